@@ -1,0 +1,97 @@
+"""Every error syncrun raises on purpose, and the exit code each one means.
+
+SyncrunError                       base; `exit_code` says what the CLI returns
+├── ConfigError                    a source file is wrong; lists every Problem      (exit 2)
+├── UsageError                     bad arguments or environment (BATCH_SIZE=abc)   (exit 2)
+├── SettingError                   a ${env.X}/${secret.X} is unset at run start     (exit 2)
+├── SchemaMismatch                 the database lacks a table/column a source needs (exit 2)
+├── DatabaseError                  PostgreSQL unreachable or failing               (exit 1)
+├── RunFailed                      the run as a whole failed (Retry-After beyond max_wait,
+│                                  circuit breaker, fail_ratio exceeded)           (exit 1)
+└── EntityError                    one entity failed; the run goes on (never reaches the CLI)
+    ├── FetchError                 HTTP failure after retries, timeout, body too big, bad body
+    │   └── Transient              retryable failure that exhausted its attempts (no penalty)
+    ├── OutcomeError               an outcome rule classified the response as `error`
+    ├── MappingError               a JMESPath mapping failed or produced an unusable value
+    └── WriteError                 a value does not fit its column; table, column, value
+
+Messages never contain secret values: every message that can carry API data passes through
+the run's redactor before it is logged or stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SyncrunError(Exception):
+    exit_code = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a source file: `file:line: path: message`."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.path or '(top)'}: {self.message}"
+
+
+class ConfigError(SyncrunError):
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.path, p.message))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(SyncrunError):
+    exit_code = 2
+
+
+class SettingError(SyncrunError):
+    exit_code = 2
+
+
+class SchemaMismatch(SyncrunError):
+    exit_code = 2
+
+
+class DatabaseError(SyncrunError):
+    exit_code = 1
+
+
+class RunFailed(SyncrunError):
+    exit_code = 1
+
+
+class EntityError(SyncrunError):
+    """One entity failed. `definitive` failures advance the entity's backoff; others do not."""
+
+    definitive = True
+
+
+class FetchError(EntityError):
+    pass
+
+
+class Transient(FetchError):
+    """A retryable failure (5xx, 429, timeout, connection error) that used up its attempts."""
+
+    definitive = False
+
+
+class OutcomeError(EntityError):
+    pass
+
+
+class MappingError(EntityError):
+    pass
+
+
+class WriteError(EntityError):
+    pass

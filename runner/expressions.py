@@ -1,0 +1,257 @@
+"""Compiled JMESPath expressions and syncrun's registry of custom JMESPath functions.
+
+Every expression in a source file is compiled once at load time into an `Expression`; the engine
+only calls `Expression.search`. The custom functions below are the whole "transform language":
+there is no eval, no templating engine and no plugin loading from YAML.
+
+Functions (all return null instead of raising on unusable input, so a mapping can decide):
+
+    as_int(v)                 "42", 42.0, "1,234" -> 42 / 1234; anything else -> null
+    as_float(v)               "1.5" -> 1.5; anything else -> null
+    clamp_or_null(v, lo, hi)  v when lo <= v <= hi, else null
+    lower(s) / trim(s)        string case and whitespace; null passes through
+    coalesce(a, b, ...)       the first argument that is not null
+    parse_date(s)             "Dec 21, 2012", "21 Dec, 2012", "2012-12-21", "December 2012" -> "2012-12-21";
+                              "Q2 2021", "Coming soon", "Summer 2025", "" -> null (never a guessed day)
+    from_unix(n)              unix seconds -> ISO-8601 UTC timestamp
+    from_unix_ms(n)           unix milliseconds -> ISO-8601 UTC timestamp
+    unix_date(n)              unix seconds -> "YYYY-MM-DD" (UTC)
+    enum_or(v, allowed, d)    v when v is in the list `allowed`, else d
+    range_low(s)/range_high(s) "0 .. 20,000" -> 0 / 20000
+    sorted_ints(list)         positive ints, de-duplicated, sorted; non-ints dropped
+    add(a, b) sub(a, b) mul(a, b)  arithmetic; null if either side is null
+    max0(v)                   max(0, v); null stays null
+    greatest(a, b)            the larger, ignoring nulls
+    not_(v)                   boolean negation; null stays null
+    concat(a, b, ...)         string concatenation of the non-null arguments
+    to_json(v)                compact JSON text of v
+    keys_of(obj)              the keys of an object as strings (JMESPath `keys` with a null fallback)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import jmespath
+from jmespath import functions as jp_functions
+from jmespath.parser import ParsedResult
+
+JSON = Any  # the one sanctioned Any: a decoded JSON value
+
+
+_MONTHS = {
+    name: index
+    for index, names in enumerate(
+        [
+            ("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"),
+            ("may",), ("jun", "june"), ("jul", "july"), ("aug", "august"),
+            ("sep", "sept", "september"), ("oct", "october"), ("nov", "november"), ("dec", "december"),
+        ],
+        start=1,
+    )
+    for name in names
+}
+_DATE_PATTERNS = (
+    re.compile(r"^(?P<m>[A-Za-z]+)\.? (?P<d>\d{1,2}),? (?P<y>\d{4})$"),  # Dec 21, 2012
+    re.compile(r"^(?P<d>\d{1,2}) (?P<m>[A-Za-z]+)\.?,? (?P<y>\d{4})$"),  # 21 Dec, 2012
+    re.compile(r"^(?P<y>\d{4})-(?P<mm>\d{2})-(?P<d>\d{2})$"),  # 2012-12-21
+    re.compile(r"^(?P<m>[A-Za-z]+),? (?P<y>\d{4})$"),  # December 2012 (day 1)
+)
+
+
+def parse_date(text: str) -> date | None:
+    """A calendar date from Steam's release-date strings; None when the text names no real day."""
+    text = " ".join(text.strip().split())
+    for pattern in _DATE_PATTERNS:
+        match = pattern.match(text)
+        if not match:
+            continue
+        parts = match.groupdict()
+        month = int(parts["mm"]) if parts.get("mm") else _MONTHS.get(parts["m"].lower())
+        if month is None:
+            return None
+        try:
+            return date(int(parts["y"]), month, int(parts.get("d") or 1))
+        except ValueError:  # Feb 30 is not a day: never roll it into March
+            return None
+    return None
+
+
+def _as_int(value: JSON) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip().replace(",", "")
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        if re.fullmatch(r"[+-]?\d+\.0*", text):
+            return int(float(text))
+    return None
+
+
+def _as_float(value: JSON) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            result = float(value.strip().replace(",", ""))
+        except ValueError:
+            return None
+        return result if result == result and abs(result) != float("inf") else None
+    return None
+
+
+def _number(value: JSON) -> float | int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return value
+    return _as_int(value) if _as_int(value) is not None else _as_float(value)
+
+
+def _range_part(value: JSON, index: int) -> int | None:
+    if not isinstance(value, str):
+        return None
+    parts = value.split("..")
+    if len(parts) != 2:
+        return None
+    return _as_int(parts[index])
+
+
+class _Functions(jp_functions.Functions):
+    """Registered on every compiled expression. Names are part of the source format: never rename."""
+
+    @jp_functions.signature({"types": []})
+    def _func_as_int(self, value: JSON) -> int | None:
+        return _as_int(value)
+
+    @jp_functions.signature({"types": []})
+    def _func_as_float(self, value: JSON) -> float | None:
+        return _as_float(value)
+
+    @jp_functions.signature({"types": []}, {"types": ["number"]}, {"types": ["number"]})
+    def _func_clamp_or_null(self, value: JSON, low: float, high: float) -> JSON:
+        number = _number(value)
+        return number if number is not None and low <= number <= high else None
+
+    @jp_functions.signature({"types": ["string", "null"]})
+    def _func_lower(self, value: str | None) -> str | None:
+        return None if value is None else value.lower()
+
+    @jp_functions.signature({"types": ["string", "null"]})
+    def _func_trim(self, value: str | None) -> str | None:
+        return None if value is None else value.strip()
+
+    @jp_functions.signature({"types": [], "variadic": True})
+    def _func_coalesce(self, *values: JSON) -> JSON:
+        return next((v for v in values if v is not None), None)
+
+    @jp_functions.signature({"types": []})
+    def _func_parse_date(self, value: JSON) -> str | None:
+        parsed = parse_date(value) if isinstance(value, str) else None
+        return parsed.isoformat() if parsed else None
+
+    @jp_functions.signature({"types": []})
+    def _func_from_unix(self, value: JSON) -> str | None:
+        number = _number(value)
+        return None if number is None else datetime.fromtimestamp(number, UTC).isoformat()
+
+    @jp_functions.signature({"types": []})
+    def _func_from_unix_ms(self, value: JSON) -> str | None:
+        number = _number(value)
+        return None if number is None else datetime.fromtimestamp(number / 1000, UTC).isoformat()
+
+    @jp_functions.signature({"types": []})
+    def _func_unix_date(self, value: JSON) -> str | None:
+        number = _number(value)
+        return None if number is None else datetime.fromtimestamp(number, UTC).date().isoformat()
+
+    @jp_functions.signature({"types": []}, {"types": ["array"]}, {"types": []})
+    def _func_enum_or(self, value: JSON, allowed: list[JSON], default: JSON) -> JSON:
+        return value if value in allowed else default
+
+    @jp_functions.signature({"types": []})
+    def _func_range_low(self, value: JSON) -> int | None:
+        return _range_part(value, 0)
+
+    @jp_functions.signature({"types": []})
+    def _func_range_high(self, value: JSON) -> int | None:
+        return _range_part(value, 1)
+
+    @jp_functions.signature({"types": ["array", "null"]})
+    def _func_sorted_ints(self, values: list[JSON] | None) -> list[int]:
+        ints = {_as_int(v) for v in values or []}
+        return sorted(i for i in ints if i is not None and i > 0)
+
+    @jp_functions.signature({"types": []}, {"types": []})
+    def _func_add(self, a: JSON, b: JSON) -> JSON:
+        x, y = _number(a), _number(b)
+        return None if x is None or y is None else x + y
+
+    @jp_functions.signature({"types": []}, {"types": []})
+    def _func_sub(self, a: JSON, b: JSON) -> JSON:
+        x, y = _number(a), _number(b)
+        return None if x is None or y is None else x - y
+
+    @jp_functions.signature({"types": []}, {"types": []})
+    def _func_mul(self, a: JSON, b: JSON) -> JSON:
+        x, y = _number(a), _number(b)
+        return None if x is None or y is None else x * y
+
+    @jp_functions.signature({"types": []})
+    def _func_max0(self, value: JSON) -> JSON:
+        number = _number(value)
+        return None if number is None else max(0, number)
+
+    @jp_functions.signature({"types": []}, {"types": []})
+    def _func_greatest(self, a: JSON, b: JSON) -> JSON:
+        numbers = [n for n in (_number(a), _number(b)) if n is not None]
+        return max(numbers) if numbers else None
+
+    @jp_functions.signature({"types": []})
+    def _func_not_(self, value: JSON) -> bool | None:
+        return None if value is None else not value
+
+    @jp_functions.signature({"types": [], "variadic": True})
+    def _func_concat(self, *values: JSON) -> str:
+        return "".join(str(v) for v in values if v is not None)
+
+    @jp_functions.signature({"types": []})
+    def _func_to_json(self, value: JSON) -> str:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    @jp_functions.signature({"types": []})
+    def _func_keys_of(self, value: JSON) -> list[str] | None:
+        return [str(k) for k in value] if isinstance(value, dict) else None
+
+
+CUSTOM_FUNCTIONS: frozenset[str] = frozenset(
+    name.removeprefix("_func_") for name in vars(_Functions) if name.startswith("_func_")
+)
+_OPTIONS = jmespath.Options(custom_functions=_Functions())
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A JMESPath expression compiled once; keeps its source text for messages."""
+
+    text: str
+    parsed: ParsedResult = field(repr=False, compare=False)
+
+    @classmethod
+    def compile(cls, text: str) -> Expression:
+        """Compile `text`; raises jmespath.exceptions.ParseError (config.py turns it into a Problem)."""
+        return cls(text, jmespath.compile(text))
+
+    def search(self, data: JSON) -> JSON:
+        return self.parsed.search(data, options=_OPTIONS)

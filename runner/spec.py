@@ -1,0 +1,268 @@
+"""The frozen, typed form of a source file. `config.load` builds it; nothing downstream sees YAML.
+
+Field names match the YAML keys (schemas/source.schema.json), so reading one tells you the other.
+Durations are float seconds, sizes are int bytes, expressions are compiled, templates are parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from runner.expressions import Expression
+
+
+# --- templates -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Literal:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """`{name}` in a template: an entity column (percent-encoded when it lands in a URL)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """`${env.NAME:-default}` (visible) or `${secret.NAME}` (redacted everywhere). Resolved at run start."""
+
+    kind: str  # "env" | "secret"
+    name: str
+    default: str | None = None
+
+    @property
+    def secret(self) -> bool:
+        return self.kind == "secret"
+
+
+Segment = Literal | Column | Setting
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    text: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def columns(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.segments if isinstance(s, Column))
+
+    @property
+    def settings(self) -> tuple[Setting, ...]:
+        return tuple(s for s in self.segments if isinstance(s, Setting))
+
+
+# --- selection of entities --------------------------------------------------------------------------
+class SelectionType(StrEnum):
+    DEFAULT = "default"  # syncrun's generic due-ness query over the status table
+    FUNCTION = "function"  # a named Postgres function, e.g. get_apps_for_sync(p_source, p_limit)
+    SQL = "sql"  # a query with %(limit)s and %(after_key)s named parameters
+    LIST = "list"  # list-shaped: pages through a catalogue, no entity selection
+
+
+@dataclass(frozen=True, slots=True)
+class EntityColumn:
+    name: str
+    type: str  # "int" | "bigint" | "text" | "float" | "bool" | "json" | "timestamptz" | "date"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entities:
+    type: SelectionType
+    key: str  # the entity key column, e.g. "appid"
+    key_type: str  # "int" | "bigint" | "text"
+    columns: tuple[EntityColumn, ...]  # what the selection returns; key first
+    limit: int  # entities per run (overridden by --limit / --batch-size / BATCH_SIZE)
+    function: QualifiedName | None = None
+    args: tuple[tuple[str, FunctionArg], ...] = ()
+    sql: str | None = None
+    refresh_interval: float = 86400.0  # default selection: how old a stamp may get (seconds)
+    interval_column: str | None = "sync_interval_hours"  # per-entity override, in hours, when present
+    priority_column: str | None = "priority_score"
+    syncable_column: str | None = "is_syncable"
+
+    @property
+    def column_names(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionArg:
+    """A function argument: a literal, or one of the engine's named parameters (`limit`, `after_key`,
+    `source`)."""
+
+    value: str | int | float | bool | None = None
+    parameter: str | None = None
+
+
+# --- request ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    method: str = "GET"
+    url: Template
+    query: tuple[tuple[str, Template], ...] = ()
+    headers: tuple[tuple[str, Template], ...] = ()
+    timeout: float = 30.0  # per attempt: connect + send + the whole body
+    max_body: int = 10_000_000
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pagination:
+    """How a response leads to the next request. `none` for one request per entity."""
+
+    type: str = "none"  # "none" | "cursor" | "page"
+    param: str | None = None  # query parameter carrying the cursor / page number
+    cursor: Expression | None = None  # cursor: where the next cursor sits in the body
+    has_more: Expression | None = None  # cursor: continue while this is true
+    start: int = 0  # page: first page number
+    max_pages: int | None = None  # a cap; reaching it makes the run "not complete"
+
+
+# --- rate limit and retry ---------------------------------------------------------------------------
+class LimitScope(StrEnum):
+    PROCESS = "process"  # one limiter per bucket name in this process
+    DATABASE = "database"  # shared across processes through PostgreSQL
+    REDIS = "redis"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """At most `requests` requests in every sliding window of `per` seconds, measured at arrival."""
+
+    requests: int
+    per: float
+    burst: int = 1
+    bucket: str  # defaults to the source name
+    shared: LimitScope = LimitScope.PROCESS
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.per
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    attempts: int = 4  # total attempts, the first included
+    initial: float = 1.0  # first backoff, seconds
+    factor: float = 2.0
+    max_delay: float = 30.0  # cap on one backoff
+    jitter: float = 0.1  # +/- fraction of each backoff
+    statuses: frozenset[int] = frozenset({408, 429, *range(500, 600)})
+    max_wait: float = 300.0  # longest Retry-After honoured; beyond it the run fails
+
+
+# --- outcomes -----------------------------------------------------------------------------------------
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    SKIP = "skip"
+    ERROR = "error"
+    SKIP_UNTIL = "skip_until"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageTemplate:
+    """`"API said {body.error}"`: each `{...}` is a JMESPath expression over the outcome context."""
+
+    text: str
+    parts: tuple[str | Expression, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeRule:
+    """The first rule whose `when` is truthy over {status, headers, body, entity} decides."""
+
+    when: Expression
+    outcome: Outcome
+    message: MessageTemplate | None = None  # error: the entity's error text
+    stamp: bool | None = None  # skip: stamp the success column? None = status.stamp_on_skip
+    duration: float | None = None  # skip_until: how long the entity is left alone
+    name: str = ""  # for explanations: "rule 2" or the YAML `name`
+
+
+# --- writes -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class QualifiedName:
+    schema: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    column: str
+    expression: Expression
+
+
+class Merge(StrEnum):
+    REPLACE = "replace"  # excluded.col (the default)
+    GREATEST = "greatest"  # greatest(existing, new): never lowered
+    KEEP_EXISTING_IF_NULL = "keep_existing_if_null"  # coalesce(new, existing)
+
+
+class WriteMode(StrEnum):
+    UPSERT = "upsert"  # insert ... on conflict (key) do update set <mapped columns>
+    INSERT = "insert"  # append only: on conflict (key) do nothing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Write:
+    table: QualifiedName
+    key: tuple[str, ...]
+    columns: tuple[Field, ...]
+    mode: WriteMode = WriteMode.UPSERT
+    rows: Expression | None = None  # one row per item of this list (the item is `item` in the context)
+    merge: tuple[tuple[str, Merge], ...] = ()
+    when: Expression | None = None  # write only records for which this is truthy
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(f.column for f in self.columns)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """Where the seed-compatible success stamp goes: `update table set column = now() where key = ...`."""
+
+    table: QualifiedName
+    key: str
+    column: str  # default last_<name>_sync
+    stamp_on_skip: bool = False
+    error_columns: bool = True  # also write the seed's last_error_source/message/at (dashboards only)
+
+
+# --- the source ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    name: str
+    path: Path
+    description: str = ""
+    job_type: str
+    entities: Entities
+    request: Request
+    pagination: Pagination = Pagination()
+    rate_limit: RateLimit
+    retry: Retry = Retry()
+    outcomes: tuple[OutcomeRule, ...]  # the user's rules, then the defaults (2xx/404/4xx)
+    records: Expression | None = None  # None: the whole body is the one record
+    writes: tuple[Write, ...]
+    status: Status | None
+    concurrency: int = 4
+    write_batch: int = 100  # entities per write transaction
+    fail_ratio: float = 0.5  # failed/processed above this makes the run exit 1
+
+    @property
+    def settings(self) -> tuple[Setting, ...]:
+        """Every ${env.*}/${secret.*} the source uses, in order of first appearance."""
+        templates = [self.request.url, *(t for _, t in self.request.query), *(t for _, t in self.request.headers)]
+        seen: dict[tuple[str, str], Setting] = {}
+        for template in templates:
+            for setting in template.settings:
+                seen.setdefault((setting.kind, setting.name), setting)
+        return tuple(seen.values())
