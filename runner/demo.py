@@ -1,0 +1,147 @@
+"""`syncrun demo`: the example catalogue API on loopback, the example source run against it on the
+embedded database through the normal run path, and a look at what was written.
+
+The API is deterministic: app N's fields derive from N, and a few apps are edge cases on purpose
+(a delisted app, an unknown app, a flaky one that answers 503 twice, a price beyond its bounds, a
+release date that names no day) so the demo shows every outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+DEMO_APPIDS = tuple(range(10, 410, 10))  # 40 apps, multiples of 10 like real Steam appids
+DELISTED, UNKNOWN, FLAKY, EXPENSIVE, UNDATED = 70, 130, 200, 250, 310
+_TYPES = ("game", "dlc", "demo", "Episode")  # "Episode" is outside the enum: the mapping falls back
+_DATES = ("Dec 21, 2012", "21 Dec, 2012", "2019-06-01", "Coming soon")
+
+
+def app_document(appid: int) -> tuple[int, dict[str, Any]]:
+    """The (status, body) the demo API answers for one app."""
+    if appid == UNKNOWN or appid % 10:
+        return 404, {"error": "no such app"}
+    if appid == DELISTED:
+        return 200, {"success": False}
+    n = appid // 10
+    price = 999_999 if appid == EXPENSIVE else (n % 7) * 500
+    return 200, {
+        "success": True,
+        "data": {
+            "name": f"  Demo Game {n}  ",
+            "type": _TYPES[n % len(_TYPES)],
+            "is_free": price == 0,
+            "price": {"cents": str(price), "currency": "USD"},
+            "release_date": "Summer 2025" if appid == UNDATED else _DATES[n % len(_DATES)],
+            "tags": ["Indie", "indie ", "Strategy"][: 1 + n % 3],
+            "players": n * 37,
+        },
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    flaky_left: dict[int, int]
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        parts = path.strip("/").split("/")
+        appid = int(parts[1]) if len(parts) == 2 and parts[0] == "apps" and parts[1].isdigit() else -1
+        if appid == FLAKY and self.server.flaky_left.get(appid, 0) > 0:  # type: ignore[attr-defined]
+            self.server.flaky_left[appid] -= 1  # type: ignore[attr-defined]
+            self._send(503, {"error": "try again"}, {"Retry-After": "0"})
+            return
+        status, body = app_document(appid) if appid >= 0 else (404, {"error": "not found"})
+        self._send(status, body)
+
+    def _send(self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the demo prints its own summary
+
+
+@contextmanager
+def serve(port: int = 0) -> Iterator[str]:
+    """Serve the demo API on 127.0.0.1 (a free port by default); yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+    server.flaky_left = {FLAKY: 2}  # type: ignore[attr-defined]
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="demo-api", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def tables_sql() -> str:
+    """DDL for the example source's target tables (shipped as runner/sql/tables/example.sql)."""
+    return resources.files("runner").joinpath("sql/tables/example.sql").read_text()
+
+
+_DEMO_TABLES = ("apps", "app_tags", "daily_metrics")
+
+
+def prepare(conn: psycopg.Connection[Any]) -> None:
+    """Create the demo's tables and give it 40 fresh apps to sync (a rerun starts from scratch)."""
+    with conn.transaction():
+        conn.execute(tables_sql())
+        conn.execute("truncate apps, app_tags, daily_metrics")
+        conn.execute("delete from syncrun_state where source = 'example'")
+        conn.execute("delete from sync_status")
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into sync_status (appid, priority_score) values (%s, %s)",
+                [(appid, appid % 50) for appid in DEMO_APPIDS],
+            )
+
+
+def summary(conn: psycopg.Connection[Any], job_type: str) -> str:
+    """Rows per table, a few sample rows, and the latest job rows, as text."""
+    lines = ["", "rows written:"]
+    for table in _DEMO_TABLES:
+        count = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(table))).fetchone()
+        lines.append(f"  {table:<14} {count[0] if count else 0}")
+    lines += ["", "sample apps:"]
+    for row in conn.execute(
+        "select appid, name, type, price_cents, release_date, release_date_raw from apps order by appid limit 6"
+    ):
+        lines.append("  " + " | ".join("null" if v is None else str(v) for v in row))
+    lines += ["", "sync_status (per entity):"]
+    stamped = conn.execute(
+        "select count(*) filter (where last_example_sync is not null), count(*) from sync_status"
+    ).fetchone()
+    if stamped:
+        lines.append(f"  {stamped[0]} of {stamped[1]} apps stamped last_example_sync")
+    for row in conn.execute(
+        "select entity_key, consecutive_errors, last_error from syncrun_state"
+        " where source = 'example' and last_error is not null order by entity_key"
+    ):
+        lines.append(f"  app {row[0]}: {row[1]} error(s): {row[2]}")
+    lines += ["", "sync_jobs:"]
+    for row in conn.execute(
+        "select job_type, status, items_processed, items_succeeded, items_failed, items_skipped, requests_made"
+        " from sync_jobs where job_type = %s order by started_at desc limit 3",
+        (job_type,),
+    ):
+        lines.append(
+            f"  {row[0]} {row[1]}: processed {row[2]}, succeeded {row[3]}, failed {row[4]},"
+            f" skipped {row[5]}, requests {row[6]}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,413 @@
+"""One source run: select due entities -> fetch them concurrently under the limiter -> classify ->
+map -> write in batches (rows, status and state in one transaction) -> finish the job row.
+
+The concurrency of syncrun lives here and only here. Database calls are synchronous psycopg on
+connections owned by one task each, run in worker threads so the event loop keeps fetching.
+
+    producer ──entities──▶ fetchers (×concurrency) ──results──▶ writer (batches of write_batch)
+        ▲                                                          │
+        └───── stop (signal, --max-runtime, run failure) ──────────┘   heartbeat every few seconds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+
+from runner import client, fetch, jobs, mapping, outcomes, selection, spec, writer
+from runner.errors import EntityError, MappingError, RunFailed
+from runner.expressions import JSON
+from runner.ratelimit import Limiter
+from runner.templating import Settings
+
+log = logging.getLogger("syncrun")
+
+_DONE = object()  # end of a queue
+_FLUSH_EVERY = 0.25  # seconds a partial write batch may wait for more results
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    limit: int
+    ids: tuple[str, ...] | None = None
+    dry_run: bool = False
+    max_runtime: float | None = None
+    grace: float = 5.0  # after a stop, how long in-flight entities may take to finish
+    partition: tuple[int, int] | None = None  # (i, n): static shard i of n
+    progress_every: int = 100
+    heartbeat_every: float = 5.0
+    lease: float = 600.0  # entity claim lifetime, renewed with the heartbeat
+    holder: str = ""  # this runner's claim identity
+    github_run_id: str | None = None
+    stale_after: float = 300.0  # reap running jobs whose heartbeat is older than this
+    metadata: dict[str, JSON] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Trace:
+    """What happened to one entity, for --dry-run and test-read explanations."""
+
+    entity: dict[str, JSON]
+    requests: list[str] = field(default_factory=list)
+    status: int | None = None
+    elapsed: float = 0.0
+    excerpt: str = ""
+    rule: str = ""
+    result: writer.EntityResult | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    source: str
+    status: str = "completed"  # completed | failed | cancelled
+    job_id: str | None = None
+    counters: jobs.Counters = field(default_factory=jobs.Counters)
+    error: str | None = None
+    signal: int | None = None
+    traces: list[Trace] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+Connect = Callable[[], psycopg.Connection[Any]]
+
+
+class _Run:
+    def __init__(
+        self,
+        source: spec.Source,
+        options: Options,
+        settings: Settings,
+        limiter: Limiter,
+        http: httpx.AsyncClient,
+        connect: Connect | None,
+        catalog: Any,
+        sleep: Callable[[float], Any],
+    ) -> None:
+        self.source, self.options, self.settings = source, options, settings
+        self.limiter, self.http, self.connect, self.catalog, self.sleep = limiter, http, connect, catalog, sleep
+        self.report = Report(source.name)
+        self.stop = asyncio.Event()
+        self.started = time.monotonic()
+        self.now = datetime.now(UTC)
+        self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
+        self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
+        self.unprocessed: list[JSON] = []
+        self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
+
+    # --- stopping ---------------------------------------------------------------------------------
+    def halt(self, status: str, error: str | None = None, signum: int | None = None) -> None:
+        """Take no new entities; in-flight ones finish (within the grace period) and are written."""
+        if not self.stop.is_set():
+            self.report.status, self.report.error, self.report.signal = status, error, signum
+            self.stop.set()
+
+    # --- the pipeline -----------------------------------------------------------------------------
+    async def produce(self, chunks: Iterator[list[dict[str, JSON]]]) -> None:
+        try:
+            while not self.stop.is_set():
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    break
+                for entity in chunk:
+                    if self.stop.is_set():
+                        self.unprocessed.append(entity[self.source.entities.key])
+                        continue
+                    await self.entities.put(entity)
+        finally:
+            for _ in range(self.source.concurrency):
+                await self.entities.put(_DONE)
+
+    async def fetcher(self) -> None:
+        while (entity := await self.entities.get()) is not _DONE:
+            assert isinstance(entity, dict)
+            if self.stop.is_set():
+                self.unprocessed.append(entity[self.source.entities.key])
+                continue
+            key = entity[self.source.entities.key]
+            self.inflight.add(key)
+            trace = await self.process(entity)
+            if trace is not None:
+                await self.results.put(trace)
+            self.inflight.discard(key)
+
+    async def process(self, entity: dict[str, JSON]) -> Trace | None:
+        trace = Trace(entity)
+        try:
+            replies = await fetch.entity(
+                self.http, self.source, entity, self.settings, limiter=self.limiter, sleep=self.sleep
+            )
+            trace.result = self.classify(entity, replies, trace)
+        except RunFailed as error:
+            self.halt("failed", self.settings.redact(str(error)))
+            return None
+        except EntityError as error:
+            trace.result = self.failure(entity, self.settings.redact(str(error)), definitive=error.definitive)
+        return trace
+
+    def classify(self, entity: dict[str, JSON], replies: list[fetch.Reply], trace: Trace) -> writer.EntityResult:
+        first = replies[0]
+        trace.requests = [reply.url for reply in replies]
+        trace.status, trace.elapsed = first.status, sum(r.elapsed for r in replies)
+        trace.excerpt = fetch.describe(first)
+        stamp_on_skip = self.source.status.stamp_on_skip if self.source.status else False
+        decision = outcomes.classify(self.source.outcomes, first, entity, stamp_on_skip=stamp_on_skip)
+        trace.rule = decision.rule
+        if decision.outcome is spec.Outcome.ERROR:
+            return self.failure(entity, decision.message or f"HTTP {first.status}", definitive=True)
+        if decision.outcome is not spec.Outcome.SUCCESS:
+            return self.result(entity, decision.outcome, stamp=decision.stamp, skip_until=decision.until)
+        rows: dict[int, list[mapping.Row]] = {index: [] for index in range(len(self.source.writes))}
+        for reply in replies:
+            if reply.body is None:
+                raise MappingError(f"expected a JSON body, got {fetch.describe(reply)}")
+            base = mapping.context(reply.body, reply.status, reply.headers, entity, self.run_values())
+            for index, produced in mapping.rows(self.source, base).items():
+                rows[index].extend(produced)
+        return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True)
+
+    def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
+        return writer.EntityResult(
+            key=entity[self.source.entities.key],
+            entity=entity,
+            outcome=outcome,
+            rows=fields.get("rows", {}),
+            error=fields.get("error"),
+            definitive=fields.get("definitive", True),
+            stamp=fields.get("stamp", False),
+            skip_until=fields.get("skip_until"),
+            error_source=self.source.name,
+        )
+
+    def failure(self, entity: dict[str, JSON], message: str, *, definitive: bool) -> writer.EntityResult:
+        return self.result(entity, spec.Outcome.ERROR, error=message, definitive=definitive)
+
+    def run_values(self) -> dict[str, JSON]:
+        return {
+            "now": self.now.isoformat(),
+            "today": self.now.date().isoformat(),  # the run's UTC date, never the machine's local date
+            "started_at": self.now.isoformat(),
+            "job_id": self.report.job_id,
+        }
+
+    async def write(self, conn: psycopg.Connection[Any] | None) -> None:
+        batch: list[Trace] = []
+        finished = False
+        while not finished:
+            try:
+                item = await asyncio.wait_for(self.results.get(), timeout=_FLUSH_EVERY)
+            except TimeoutError:
+                item = None
+            finished = item is _DONE
+            if isinstance(item, Trace):
+                batch.append(item)
+            if batch and (finished or item is None or len(batch) >= self.source.write_batch):
+                await self.flush(conn, batch)
+                batch = []
+
+    async def flush(self, conn: psycopg.Connection[Any] | None, batch: list[Trace]) -> None:
+        results = [t.result for t in batch if t.result is not None]
+        if conn is not None:
+            failed = await asyncio.to_thread(
+                writer.write, conn, self.source, results, catalog=self.catalog, job_id=self.report.job_id
+            )
+            replaced = {id(f.entity): f for f in failed}
+            for trace in batch:
+                if trace.result is not None and id(trace.result.entity) in replaced:
+                    trace.result = replaced[id(trace.result.entity)]
+        for trace in batch:
+            self.count(trace)
+        if self.options.dry_run:
+            self.report.traces.extend(batch)
+
+    def count(self, trace: Trace) -> None:
+        result = trace.result
+        assert result is not None
+        c = self.report.counters
+        kind = {"success": "succeeded", "error": "failed"}.get(result.outcome.value, "skipped")
+        c = replace(c, processed=c.processed + 1, **{kind: getattr(c, kind) + 1})
+        self.report.counters = c
+        if result.outcome is spec.Outcome.ERROR:
+            log.warning("%s %s failed: %s", self.source.name, result.key, result.error)
+        if c.processed % self.options.progress_every == 0:
+            log.info("progress", extra={"source": self.source.name, **self.progress()})
+
+    def progress(self) -> dict[str, JSON]:
+        c = self.report.counters
+        elapsed = time.monotonic() - self.started
+        return {
+            "processed": c.processed,
+            "succeeded": c.succeeded,
+            "failed": c.failed,
+            "skipped": c.skipped,
+            "requests": self.limiter.requests,
+            "rate": round(c.processed / elapsed, 2) if elapsed else 0.0,
+        }
+
+
+async def run(
+    sources: list[spec.Source],
+    options: Options,
+    *,
+    settings: Settings,
+    limiters: dict[str, Limiter],
+    connect: Connect | None,
+    catalog: Any = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+    install_signals: bool = True,
+) -> list[Report]:
+    """Run sources side by side to the end (or until stopped); one Report each, in order.
+
+    Sources naming the same rate-limit bucket share its limiter. With `options.dry_run` nothing is
+    written: no job row, no rows, no status. `connect` may then be None when `--ids` names the
+    entities and the selection needs no database.
+    """
+    clients = [
+        client.build(s.request, limiters[s.rate_limit.bucket], transport=transport, max_connections=s.concurrency)
+        for s in sources
+    ]
+    states = [
+        _Run(s, options, settings, limiters[s.rate_limit.bucket], http, connect, catalog, sleep)
+        for s, http in zip(sources, clients, strict=True)
+    ]
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+    for signum in signals:
+        loop.add_signal_handler(signum, _halt_all, states, signum)
+    try:
+        return list(await asyncio.gather(*(_drive(state) for state in states)))
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        for http in clients:
+            await http.aclose()
+
+
+def _halt_all(states: list[_Run], signum: int) -> None:
+    log.warning("received %s: finishing in-flight entities, taking no new ones", signal.Signals(signum).name)
+    for state in states:
+        state.halt("cancelled", f"cancelled by {signal.Signals(signum).name}", signum)
+
+
+async def _drive(state: _Run) -> Report:
+    source, options = state.source, state.options
+    select_conn = state.connect() if state.connect else None
+    write_conn = state.connect() if state.connect and not options.dry_run else None
+    job_conn = state.connect() if state.connect and not options.dry_run else None
+    try:
+        if job_conn is not None:
+            state.report.job_id = jobs.start(
+                job_conn,
+                source.job_type,
+                batch_size=options.limit,
+                github_run_id=options.github_run_id,
+                metadata=options.metadata,
+            )
+        chunks = _chunks(state, select_conn)
+        tasks = [
+            asyncio.create_task(state.produce(chunks)),
+            *(asyncio.create_task(state.fetcher()) for _ in range(source.concurrency)),
+        ]
+        writer_task = asyncio.create_task(state.write(write_conn))
+        side = [asyncio.create_task(_heartbeat(state, job_conn)), asyncio.create_task(_deadline(state))]
+        await _finish_fetching(state, tasks)
+        await state.results.put(_DONE)
+        await writer_task
+        for task in side:
+            task.cancel()
+        _conclude(state)
+    except BaseException as error:
+        state.report.status = "failed"
+        state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        _close(state, job_conn, select_conn)
+        for conn in (select_conn, write_conn, job_conn):
+            if conn is not None:
+                conn.close()
+    return state.report
+
+
+def _chunks(state: _Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[dict[str, JSON]]]:
+    source, options = state.source, state.options
+    if conn is None:  # dry run with --ids and a key-only selection: no database needed
+        key = source.entities.key
+        ids = [selection.cast_key(source, value) for value in options.ids or ()]
+        return iter([[{key: value} for value in ids]] if ids else [])
+    return selection.chunks(
+        conn,
+        source,
+        limit=options.limit,
+        holder=options.holder,
+        lease_seconds=options.lease,
+        ids=options.ids,
+        partition=options.partition,
+        claim=not options.dry_run,
+    )
+
+
+async def _finish_fetching(state: _Run, tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for the fetchers; once stopped, give in-flight entities `grace` seconds, then cut them."""
+    pending = set(tasks)
+    stop_wait = asyncio.create_task(state.stop.wait())
+    while pending:
+        done, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        pending.discard(stop_wait)
+        if stop_wait in done:
+            break
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=state.options.grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    stop_wait.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]  # a bug in the pipeline: surface it
+
+
+async def _heartbeat(state: _Run, job_conn: psycopg.Connection[Any] | None) -> None:
+    if job_conn is None or state.report.job_id is None:
+        return
+    while True:
+        await asyncio.sleep(state.options.heartbeat_every)
+        counters = replace(state.report.counters, requests=state.limiter.requests)
+        await asyncio.to_thread(jobs.heartbeat, job_conn, state.report.job_id, counters)
+
+
+async def _deadline(state: _Run) -> None:
+    if state.options.max_runtime is None:
+        return
+    await asyncio.sleep(state.options.max_runtime)
+    log.info("max runtime reached: taking no new entities")
+    state.halt("completed", None)
+
+
+def _conclude(state: _Run) -> None:
+    report, source = state.report, state.source
+    report.elapsed = time.monotonic() - state.started
+    report.counters = replace(report.counters, requests=state.limiter.requests)
+    c = report.counters
+    if report.status == "completed" and c.processed and c.failed / c.processed > source.fail_ratio:
+        report.status = "failed"
+        report.error = f"{c.failed} of {c.processed} entities failed, above fail_ratio {source.fail_ratio}"
+
+
+def _close(state: _Run, job_conn: psycopg.Connection[Any] | None, select_conn: Any) -> None:
+    """Always finalise: a job row never stays `running` after its run is over."""
+    report = state.report
+    if select_conn is not None and not state.options.dry_run:
+        keys = [*state.unprocessed, *state.inflight]
+        if keys:
+            selection.release(select_conn, state.source, state.options.holder, keys)
+    if job_conn is not None and report.job_id is not None:
+        jobs.finish(job_conn, report.job_id, report.status, report.counters, report.error)

@@ -1,0 +1,97 @@
+"""Rows from a response: the source's JMESPath mappings evaluated over one context document.
+
+The context holds the record, the entity's columns, the response and the run's values:
+
+    {"record": ..., "item": ... (only for `rows:` writes), "entity": {...},
+     "response": {"status": 200, "headers": {...}, "body": ...}, "body": ..., "run": {...}}
+
+Pure functions: no I/O, no database. A failure raises MappingError naming the column, the
+expression and the value that did not fit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from jmespath.exceptions import JMESPathError
+
+from runner import spec
+from runner.errors import MappingError
+from runner.expressions import JSON, Expression
+
+Row = dict[str, JSON]
+_EXCERPT = 120
+
+
+def context(
+    body: JSON, status: int, headers: Mapping[str, str], entity: Mapping[str, JSON], run: Mapping[str, Any]
+) -> dict[str, JSON]:
+    """The document every mapping and the `records` expression is evaluated over."""
+    return {
+        "entity": dict(entity),
+        "response": {"status": status, "headers": dict(headers), "body": body},
+        "body": body,
+        "run": dict(run),
+    }
+
+
+def records(source: spec.Source, base: dict[str, JSON]) -> list[JSON]:
+    """The record(s) a response carries: `records:` may select one object or a list of them."""
+    found = base["body"] if source.records is None else _search(source.records, base, "records")
+    if found is None:
+        where = source.records.text if source.records else "body"
+        raise MappingError(f"records: {where!r} found nothing in the response body {_excerpt(base['body'])}")
+    return found if isinstance(found, list) else [found]
+
+
+def rows(source: spec.Source, base: dict[str, JSON]) -> dict[int, list[Row]]:
+    """Rows per write target (by index in `source.writes`) for every record of one response."""
+    out: dict[int, list[Row]] = {index: [] for index in range(len(source.writes))}
+    for record in records(source, base):
+        document = {**base, "record": record}
+        for index, write in enumerate(source.writes):
+            out[index].extend(_write_rows(write, document, index))
+    return out
+
+
+def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> list[Row]:
+    if write.when is not None and not _truthy(_search(write.when, document, f"writes[{index}].when")):
+        return []
+    if write.rows is None:
+        return [_row(write, document, index)]
+    items = _search(write.rows, document, f"writes[{index}].rows")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise MappingError(
+            f"{write.table}: rows {write.rows.text!r} must select a list, got {type(items).__name__} {_excerpt(items)}"
+        )
+    return [_row(write, {**document, "item": item}, index) for item in items]
+
+
+def _row(write: spec.Write, document: dict[str, JSON], index: int) -> Row:
+    row = {f.column: _search(f.expression, document, f"{write.table}.{f.column}") for f in write.columns}
+    for column in write.key:
+        if row[column] is None:
+            expression = next(f.expression.text for f in write.columns if f.column == column)
+            raise MappingError(f"{write.table}.{column}: key column is null ({expression!r} found nothing)")
+    return row
+
+
+def _search(expression: Expression, document: JSON, where: str) -> JSON:
+    try:
+        return expression.search(document)
+    except JMESPathError as error:
+        raise MappingError(f"{where}: {expression.text!r} failed: {error}") from None
+
+
+def _truthy(value: JSON) -> bool:
+    # JMESPath truthiness: false, null, empty strings, lists and objects are false; 0 is true.
+    return value is not None and value is not False and value != "" and value != [] and value != {}
+
+
+def _excerpt(value: JSON) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "…"

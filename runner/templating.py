@@ -1,0 +1,117 @@
+"""Templates in source files: `{column}` for entity values, `${env.NAME:-default}` and `${secret.NAME}`
+for settings. Parsed at load, resolved once at run start, rendered per request.
+
+Entity values are percent-encoded when rendered into a URL (nothing in a value can change scheme,
+host or path structure); settings are inserted as written, because a setting such as a base URL is
+meant to define them. There are no expressions, filters or defaults from thin air: a missing
+setting is an error at run start naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from runner import spec
+from runner.errors import SettingError
+from runner.expressions import JSON
+from runner.redaction import Redactor
+
+_TOKEN = re.compile(
+    r"\$\{(?P<kind>[a-z]+)\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"|\{(?P<column>[A-Za-z_][A-Za-z0-9_]*)\}"
+)
+_STRAY = re.compile(r"\$\{|[{}]")
+SETTING_KINDS = ("env", "secret")
+
+
+def parse(text: str) -> spec.Template:
+    """Split `text` into literal, column and setting segments; ValueError says what is wrong."""
+    segments: list[spec.Segment] = []
+    position = 0
+    for match in _TOKEN.finditer(text):
+        _literal(text[position : match.start()], segments)
+        if match["column"]:
+            segments.append(spec.Column(match["column"]))
+        elif match["kind"] not in SETTING_KINDS:
+            raise ValueError(f"unknown setting kind '${{{match['kind']}.…}}' (use ${{env.NAME}} or ${{secret.NAME}})")
+        else:
+            segments.append(spec.Setting(match["kind"], match["name"], match["default"]))
+        position = match.end()
+    _literal(text[position:], segments)
+    return spec.Template(text, tuple(segments))
+
+
+def _literal(text: str, segments: list[spec.Segment]) -> None:
+    if stray := _STRAY.search(text):
+        raise ValueError(
+            f"unbalanced or malformed placeholder near {text[stray.start() :][:20]!r}"
+            " (write {column}, ${env.NAME}, ${env.NAME:-default} or ${secret.NAME})"
+        )
+    if text:
+        segments.append(spec.Literal(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Resolved setting values for a run, and the redactor that masks the secret ones."""
+
+    values: Mapping[tuple[str, str], str]
+    redact: Redactor
+
+
+def resolve(
+    settings: Iterable[spec.Setting], environ: Mapping[str, str], *, extra_secrets: Iterable[str] = ()
+) -> Settings:
+    """Look every setting up in `environ`. An empty value counts as unset. Raises SettingError
+    naming every missing variable (never a value). `extra_secrets` (the DATABASE_URL password)
+    are masked too."""
+    values: dict[tuple[str, str], str] = {}
+    missing: list[str] = []
+    for setting in settings:
+        value = environ.get(setting.name) or setting.default
+        if value is None or value == "":
+            missing.append(f"{setting.name} (${{{setting.kind}.{setting.name}}})")
+        else:
+            values[(setting.kind, setting.name)] = value
+    if missing:
+        raise SettingError(
+            "missing setting"
+            + ("s" if len(missing) > 1 else "")
+            + ": "
+            + ", ".join(sorted(set(missing)))
+            + " — set the environment variable"
+            + ("s" if len(missing) > 1 else "")
+            + " before running"
+        )
+    secrets = [v for (kind, _), v in values.items() if kind == "secret"]
+    return Settings(values, Redactor([*secrets, *extra_secrets]))
+
+
+def render(template: spec.Template, entity: Mapping[str, JSON], settings: Settings, *, url: bool) -> str:
+    """The template's text for one entity. With `url=True` entity values are percent-encoded."""
+    out: list[str] = []
+    for segment in template.segments:
+        if isinstance(segment, spec.Literal):
+            out.append(segment.text)
+        elif isinstance(segment, spec.Column):
+            out.append(encode(entity[segment.name]) if url else _text(entity[segment.name]))
+        else:
+            out.append(settings.values[(segment.kind, segment.name)])
+    return "".join(out)
+
+
+def encode(value: JSON) -> str:
+    """Percent-encode one entity value so it stays inside one URL path segment or query value."""
+    text = quote(_text(value), safe="")
+    # "." and ".." are legal path segments that servers resolve; encode them so a value can never
+    # climb out of the path the template fixed.
+    return text.replace(".", "%2E") if set(text) <= {"."} else text
+
+
+def _text(value: JSON) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)

@@ -1,0 +1,1 @@
+"""PostgreSQL fixtures (see tests/conftest.py)."""
