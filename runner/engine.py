@@ -150,7 +150,7 @@ class _Run:
             self.halt("failed", self.settings.redact(str(error)))
             return None
         except EntityError as error:
-            trace.result = self.failure(entity, self.settings.redact(str(error)), definitive=error.definitive)
+            trace.result = self.failure(entity, str(error), definitive=error.definitive)
         return trace
 
     def classify(self, entity: dict[str, JSON], replies: list[fetch.Reply], trace: Trace) -> writer.EntityResult:
@@ -188,7 +188,8 @@ class _Run:
         )
 
     def failure(self, entity: dict[str, JSON], message: str, *, definitive: bool) -> writer.EntityResult:
-        return self.result(entity, spec.Outcome.ERROR, error=message, definitive=definitive)
+        # API text can echo a token back (an error page quoting the request): redact before storing.
+        return self.result(entity, spec.Outcome.ERROR, error=self.settings.redact(message), definitive=definitive)
 
     def run_values(self) -> dict[str, JSON]:
         return {

@@ -26,6 +26,9 @@ Functions (all return null instead of raising on unusable input, so a mapping ca
     concat(a, b, ...)         string concatenation of the non-null arguments
     to_json(v)                compact JSON text of v
     keys_of(obj)              the keys of an object as strings (JMESPath `keys` with a null fallback)
+    get(obj, key)             obj[key] for any string key, e.g. get(body, to_string(entity.appid)) for
+                              Steam's {"730": {...}} bodies (JMESPath can't index by a computed key)
+    hours_between(a, b)       hours from timestamp a to timestamp b (ISO-8601); null if either is null
 """
 
 from __future__ import annotations
@@ -251,6 +254,20 @@ class _Functions(jp_functions.Functions):  # type: ignore[misc]  # untyped base 
     @_signature({"types": []})
     def _func_keys_of(self, value: JSON) -> list[str] | None:
         return [str(k) for k in value] if isinstance(value, dict) else None
+
+    @_signature({"types": []}, {"types": []})
+    def _func_get(self, value: JSON, key: JSON) -> JSON:
+        return value.get(str(key)) if isinstance(value, dict) and key is not None else None
+
+    @_signature({"types": []}, {"types": []})
+    def _func_hours_between(self, start: JSON, end: JSON) -> float | None:
+        try:
+            a, b = datetime.fromisoformat(str(start)), datetime.fromisoformat(str(end))
+        except ValueError:
+            return None
+        if start is None or end is None or (a.tzinfo is None) != (b.tzinfo is None):
+            return None
+        return (b - a).total_seconds() / 3600
 
 
 CUSTOM_FUNCTIONS: frozenset[str] = frozenset(

@@ -40,9 +40,9 @@ Sleep = Callable[[float], Awaitable[None]]
 class Limiter:
     """At most `requests` grants in every window of `per` (+ margin) seconds, at most `burst` back to back.
 
-    >>> limiter = Limiter(spec.RateLimit(requests=10, per=1.0, bucket="steam"))
-    >>> await limiter.acquire()          # waits until the request may be sent
-    >>> limiter.pause(30)                # a Retry-After: every holder of this bucket waits 30 s
+    limiter = Limiter(spec.RateLimit(requests=10, per=1.0, bucket="steam"))
+    await limiter.acquire()  # waits until one more request may be sent
+    limiter.pause(30)        # a Retry-After: every holder of this bucket waits 30 s
     """
 
     def __init__(
@@ -93,12 +93,11 @@ class Limiter:
         return max(waits)
 
 
-def limiters(rate_limits: Iterable[spec.RateLimit], **options: float) -> dict[str, Limiter]:
+def limiters(rate_limits: Iterable[spec.RateLimit], *, margin: float = MARGIN) -> dict[str, Limiter]:
     """One limiter per bucket name: sources naming the same bucket share it.
 
     Sources sharing a bucket must declare the same requests/per/burst: a silent "stricter wins"
     would hide a typo and cannot rank 10/s against 500/min, so a mismatch is a UsageError.
-    `options` go to every Limiter (tests pass `margin`).
     """
     by_bucket: dict[str, Limiter] = {}
     for rate in rate_limits:
@@ -108,7 +107,7 @@ def limiters(rate_limits: Iterable[spec.RateLimit], **options: float) -> dict[st
                 " use shared: process (the default)"
             )
         if (existing := by_bucket.get(rate.bucket)) is None:
-            by_bucket[rate.bucket] = Limiter(rate, **options)
+            by_bucket[rate.bucket] = Limiter(rate, margin=margin)
         elif _limits(existing.rate) != _limits(rate):
             raise UsageError(
                 f"rate-limit bucket '{rate.bucket}' is declared twice with different limits"

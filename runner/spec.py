@@ -101,6 +101,18 @@ class FunctionArg:
 
 # --- request ----------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """Several entities per request (Steam price: 30 appids joined by commas), one outcome per
+    *requested* entity: `record` picks each entity's part of the body, and that part is what the
+    outcome rules and mappings see as `body` (the whole body stays at `response.body`)."""
+
+    size: int
+    param: str  # the query parameter carrying the joined keys
+    separator: str = ","
+    record: Expression  # e.g. get(body, to_string(entity.appid)); null -> no data for that entity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
     method: str = "GET"
     url: Template
@@ -109,6 +121,7 @@ class Request:
     timeout: float = 30.0  # per attempt: connect + send + the whole body
     max_body: int = 10_000_000
     verify_tls: bool = True
+    batch: Batch | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +134,7 @@ class Pagination:
     has_more: Expression | None = None  # cursor: continue while this is true
     start: int = 0  # page: first page number
     max_pages: int | None = None  # a cap; reaching it makes the run "not complete"
+    page_size: int | None = None  # page: a page with fewer records than this is the last one
 
 
 # --- rate limit and retry ---------------------------------------------------------------------------
@@ -182,6 +196,7 @@ class OutcomeRule:
     stamp: bool | None = None  # skip: stamp the success column? None = status.stamp_on_skip
     duration: float | None = None  # skip_until: how long the entity is left alone
     name: str = ""  # for explanations: "rule 2" or the YAML `name`
+    set: tuple[Field, ...] = ()  # status-table columns written when this rule decides
 
 
 # --- writes -------------------------------------------------------------------------------------------
@@ -212,6 +227,18 @@ class WriteMode(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Lookup:
+    """A column filled from a dimension row looked up (or created earlier in the same transaction by
+    a preceding write) by a natural key: `developer_id` = developers.id where normalized_name = value."""
+
+    column: str
+    table: QualifiedName
+    key: str  # the dimension's natural-key column
+    returning: str  # the dimension column to copy into `column`
+    value: Expression  # evaluated over the row's context, compared with `key`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Write:
     table: QualifiedName
     key: tuple[str, ...]
@@ -220,6 +247,9 @@ class Write:
     rows: Expression | None = None  # one row per item of this list (the item is `item` in the context)
     merge: tuple[tuple[str, Merge], ...] = ()
     when: Expression | None = None  # write only records for which this is truthy
+    replace_by: tuple[str, ...] = ()  # delete this entity's rows matching these columns first (stale links go)
+    lookups: tuple[Lookup, ...] = ()
+    function: QualifiedName | None = None  # an RPC target: select fn(column => value, ...) per row
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -235,6 +265,21 @@ class Status:
     column: str  # default last_<name>_sync
     stamp_on_skip: bool = False
     error_columns: bool = True  # also write the seed's last_error_source/message/at (dashboards only)
+    set: tuple[Field, ...] = ()  # extra status columns written on success (storefront_accessible: true)
+
+
+class StepWhen(StrEnum):
+    ALWAYS = "always"
+    COMPLETE = "complete"  # all pages, not capped, not cancelled, no failures
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """SQL run before or after the entities (e.g. mark apps SteamSpy never listed). Parameters:
+    %(job_id)s, %(started_at)s, %(source)s."""
+
+    sql: str
+    when: StepWhen = StepWhen.ALWAYS
 
 
 # --- the source ---------------------------------------------------------------------------------------
@@ -256,6 +301,8 @@ class Source:
     concurrency: int = 4
     write_batch: int = 100  # entities per write transaction
     fail_ratio: float = 0.5  # failed/processed above this makes the run exit 1
+    before: tuple[Step, ...] = ()
+    after: tuple[Step, ...] = ()
 
     @property
     def settings(self) -> tuple[Setting, ...]:

@@ -1,8 +1,8 @@
 -- The seed-compatible jobs table, re-applied on every migrate (idempotent). It also upgrades the
 -- seed shapes: Supabase public.sync_jobs (no heartbeat_at / requests_made / metadata) and Tiger
 -- ops.sync_jobs (CHECK (status in ('running','completed','failed')), widened to allow 'cancelled').
--- Placeholders, filled by runner/migrations.py: {jobs_table} {jobs_literal} {jobs_index_type}
--- {jobs_index_running}.
+-- Placeholders in braces (jobs_table, jobs_literal, the index names) are filled by
+-- runner/migrations.py with quoted identifiers/literals; nothing else is substituted.
 
 create table if not exists {jobs_table} (
     id uuid primary key default gen_random_uuid(),

@@ -1,6 +1,7 @@
 -- The seed-compatible status table (one row per entity), re-applied on every migrate (idempotent).
--- Each source adds its own `last_<source>_sync` column (runner/migrations.py). Placeholders:
--- {status_table} {status_literal} {key} {key_literal} {key_type} {function} {function_schema}.
+-- Each source adds its own `last_<source>_sync` column (runner/migrations.py). Placeholders in
+-- braces (status table, key, key type, function) are filled by runner/migrations.py with quoted
+-- identifiers/literals; nothing else is substituted.
 
 create table if not exists {status_table} (
     {key} {key_type} primary key,

@@ -1,0 +1,152 @@
+"""`sync_jobs` rows: start, heartbeat, finish, reap stale ones, list recent ones.
+
+Every function runs in its own short transaction and leaves the connection idle, so a job row is
+visible to dashboards (and to other runners' `reap`) as soon as it changes. Error messages arrive
+already redacted. The table defaults to `sync_jobs`; Tiger's is `ops.sync_jobs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from runner.database import identifier
+from runner.migrations import JOBS_TABLE
+from runner.spec import QualifiedName
+
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    created: int = 0
+    updated: int = 0
+    requests: int = 0
+
+    def params(self) -> dict[str, int]:
+        return {
+            "processed": self.processed,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "created": self.created,
+            "updated": self.updated,
+            "requests": self.requests,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the jobs table, as `recent` returns it."""
+
+    id: str
+    job_type: str
+    status: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    heartbeat_at: datetime | None
+    counters: Counters
+    error_message: str | None
+
+
+_SET_COUNTERS = sql.SQL(
+    "items_processed = %(processed)s, items_succeeded = %(succeeded)s, items_failed = %(failed)s,"
+    " items_skipped = %(skipped)s, items_created = %(created)s, items_updated = %(updated)s,"
+    " requests_made = %(requests)s"
+)
+
+
+def start(
+    conn: psycopg.Connection,
+    job_type: str,
+    *,
+    batch_size: int | None = None,
+    github_run_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    table: QualifiedName = JOBS_TABLE,
+) -> str:
+    """Insert a `running` job row (heartbeat now) and return its id."""
+    query = sql.SQL(
+        "insert into {} (job_type, status, batch_size, github_run_id, metadata, heartbeat_at)"
+        " values (%s, 'running', %s, %s, %s, now()) returning id::text"
+    ).format(identifier(table))
+    with conn.transaction():
+        row = conn.execute(
+            query, (job_type, batch_size, github_run_id, None if metadata is None else Jsonb(metadata))
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def heartbeat(conn: psycopg.Connection, job_id: str, counters: Counters, *, table: QualifiedName = JOBS_TABLE) -> None:
+    """Say the job is alive, with its counters so far."""
+    query = sql.SQL("update {} set heartbeat_at = now(), {} where id = %(id)s").format(identifier(table), _SET_COUNTERS)
+    with conn.transaction():
+        conn.execute(query, {**counters.params(), "id": job_id})
+
+
+def finish(
+    conn: psycopg.Connection,
+    job_id: str,
+    status: str,
+    counters: Counters,
+    error_message: str | None = None,
+    *,
+    table: QualifiedName = JOBS_TABLE,
+) -> None:
+    """Close the job: `completed`, `failed` or `cancelled`, with final counters and completed_at."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"job status must be one of {sorted(FINAL_STATUSES)}, not {status!r}")
+    query = sql.SQL(
+        "update {} set status = %(status)s, completed_at = now(), heartbeat_at = now(),"
+        " error_message = %(error)s, {} where id = %(id)s"
+    ).format(identifier(table), _SET_COUNTERS)
+    with conn.transaction():
+        conn.execute(query, {**counters.params(), "id": job_id, "status": status, "error": error_message})
+
+
+def reap(conn: psycopg.Connection, timeout_seconds: float, *, table: QualifiedName = JOBS_TABLE) -> int:
+    """Fail `running` jobs of any type silent for longer than the timeout; return how many.
+
+    Silence is measured from heartbeat_at, or started_at for rows that never had one (seed workers
+    killed by a CI timeout leave those behind forever).
+    """
+    seconds = round(timeout_seconds)
+    query = sql.SQL(
+        "update {} set status = 'failed', completed_at = now(), error_message = %(message)s"
+        " where status = 'running'"
+        " and coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %(seconds)s)"
+    ).format(identifier(table))
+    with conn.transaction():
+        cursor = conn.execute(query, {"message": f"abandoned: no heartbeat for {seconds}s", "seconds": seconds})
+    return cursor.rowcount
+
+
+def recent(conn: psycopg.Connection, job_type: str, n: int = 10, *, table: QualifiedName = JOBS_TABLE) -> list[Job]:
+    """The last `n` jobs of this type, newest first."""
+    query = sql.SQL(
+        "select id::text as id, job_type, status, started_at, completed_at, heartbeat_at, error_message,"
+        " coalesce(items_processed, 0) as processed, coalesce(items_succeeded, 0) as succeeded,"
+        " coalesce(items_failed, 0) as failed, coalesce(items_skipped, 0) as skipped,"
+        " coalesce(items_created, 0) as created, coalesce(items_updated, 0) as updated,"
+        " coalesce(requests_made, 0) as requests"
+        " from {} where job_type = %s order by started_at desc nulls last limit %s"
+    ).format(identifier(table))
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(query, (job_type, n)).fetchall()
+    return [_job(row) for row in rows]
+
+
+def _job(row: dict[str, Any]) -> Job:
+    counters = Counters(**{name: row.pop(name) for name in Counters.__dataclass_fields__})
+    return Job(counters=counters, **row)

@@ -1,0 +1,85 @@
+"""Classifying a reply: the first outcome rule whose `when` is truthy decides success, skip, skip_until
+or error. The rules are data (spec.OutcomeRule); this module only evaluates them in order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from jmespath.exceptions import JMESPathError
+
+from runner import spec
+from runner.errors import OutcomeError
+from runner.expressions import JSON, Expression
+from runner.fetch import Reply, truthy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    outcome: spec.Outcome
+    rule: str  # the rule's name, "rule 3", or "" when no rule matched
+    message: str | None  # error: the entity's error text
+    stamp: bool  # stamp the success column
+    until: float | None  # skip_until: seconds the entity is left alone
+
+
+def classify(
+    rules: Sequence[spec.OutcomeRule], reply: Reply, entity: Mapping[str, JSON], *, stamp_on_skip: bool
+) -> Decision:
+    """The decision of the first rule whose `when` is truthy over {status, headers, body, entity}.
+
+    No matching rule is an error "no outcome rule matched HTTP <status>". `stamp_on_skip` is the
+    status section's default for skip rules that do not say `stamp`.
+    """
+    context = {"status": reply.status, "headers": dict(reply.headers), "body": reply.body, "entity": dict(entity)}
+    for index, rule in enumerate(rules, start=1):
+        name = rule.name or f"rule {index}"
+        if truthy(_search(rule.when, context, name)):
+            return _decide(rule, name, context, stamp_on_skip)
+    return Decision(
+        outcome=spec.Outcome.ERROR,
+        rule="",
+        message=f"no outcome rule matched HTTP {reply.status}",
+        stamp=False,
+        until=None,
+    )
+
+
+def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: bool) -> Decision:
+    outcome = rule.outcome
+    skipping = outcome in (spec.Outcome.SKIP, spec.Outcome.SKIP_UNTIL)
+    message = None
+    if outcome is spec.Outcome.ERROR:
+        message = (
+            _message(rule.message, context, name)
+            if rule.message
+            else f"HTTP {context['status']} classified as an error by outcome {name}"
+        )
+    return Decision(
+        outcome=outcome,
+        rule=name,
+        message=message,
+        stamp=outcome is spec.Outcome.SUCCESS
+        or (skipping and (rule.stamp if rule.stamp is not None else stamp_on_skip)),
+        until=rule.duration if outcome is spec.Outcome.SKIP_UNTIL else None,
+    )
+
+
+def _message(template: spec.MessageTemplate, context: JSON, name: str) -> str:
+    parts = []
+    for part in template.parts:
+        if isinstance(part, str):
+            parts.append(part)
+            continue
+        value = _search(part, context, name)
+        parts.append("null" if value is None else value if isinstance(value, str) else json.dumps(value))
+    return "".join(parts)
+
+
+def _search(expression: Expression, context: JSON, name: str) -> JSON:
+    try:
+        return expression.search(context)
+    except JMESPathError as exc:
+        raise OutcomeError(f"outcome {name}: {expression.text} failed: {exc}") from None

@@ -1,0 +1,415 @@
+"""Picking due entities (default / function / sql / explicit ids), in keyset chunks, with claims.
+
+`chunks(...)` yields lists of entity dicts (the declared `entities.columns`), at most `chunk_size`
+each and `limit` in total. It never uses OFFSET and never one unbounded statement.
+
+- default: the status table's due-ness query. Order: never synced for this source first, then
+  priority desc, oldest stamp, key. Every sort key is made ascending (priority negated, a sentinel
+  for the null stamp) so one row comparison `(a, b, c, d) > (...)` is the keyset cursor.
+  Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
+  in the future, or a live claim by another holder.
+- function: `select * from fn(name => value, ...)`. A function taking the `after_key` parameter
+  is paged with it; any other function is called once with the whole limit.
+- sql: the user's query with `%(limit)s`, `%(after_key)s` (null first) and `%(source)s`; it must
+  return the key column, order by it and start after `after_key`. Paged with after_key.
+- ids: exactly these entities (`--ids`), whether due or not (backoff is ignored, claims are not).
+
+Claims, so several runners of one source never process the same entity at once: every chunk is
+claimed in the same statement that selects it, with `insert into syncrun_state ... on conflict do
+update set claimed_by = ... where <the claim is free or expired or ours>` returning the keys won.
+Under READ COMMITTED a concurrent claimer of the same row waits for the other's commit, then the
+WHERE is re-checked on the committed row, so exactly one wins; rows are claimed in key order, so
+two claimers cannot deadlock. Unlike `FOR UPDATE SKIP LOCKED` on the status table this takes no
+lock on the user's table (seed workers keep updating it) and leaves a lease that outlives the
+transaction, which is what a run of minutes needs. Claims commit before a chunk is yielded.
+
+Static sharding (`--partition i/n`): `partition_of(key, n)` = first 32 bits of md5(key as text)
+mod n, in Python and SQL alike. Steam appids are multiples of 10, so `appid % n` is not an option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from runner.database import identifier
+from runner.migrations import KEY_TYPES
+from runner.spec import SelectionType, Source
+
+CHUNK_SIZE = 500
+NEVER = datetime(1900, 1, 1, tzinfo=UTC)  # sort sentinel for a null stamp (never-synced rows sort first anyway)
+Entity = dict[str, Any]
+_INTERNAL = ("__synced", "__neg_priority", "__stamp", "__claimed")
+
+
+class Partition(NamedTuple):
+    """`--partition index/count`; a plain `(index, count)` tuple works too."""
+
+    index: int
+    count: int
+
+
+def partition_of(key: object, count: int) -> int:
+    """The shard of `key` among `count`; agrees with `partition_sql`."""
+    return int(hashlib.md5(str(key).encode()).hexdigest()[:8], 16) % count
+
+
+def partition_sql(key: sql.Composable, count: int | sql.Composable) -> sql.Composed:
+    """The SQL twin of `partition_of`: `key`'s shard among `count` (an int or a placeholder)."""
+    modulus = count if isinstance(count, sql.Composable) else sql.Literal(count)
+    return sql.SQL("(('x' || substr(md5(({})::text), 1, 8))::bit(32)::bigint %% {})").format(key, modulus)
+
+
+def chunks(
+    conn: psycopg.Connection,
+    source: Source,
+    *,
+    limit: int,
+    holder: str,
+    lease_seconds: float,
+    after: Any = None,
+    ids: Sequence[Any] | None = None,
+    partition: tuple[int, int] | None = None,
+    claim: bool = True,
+    chunk_size: int = CHUNK_SIZE,
+) -> Iterator[list[Entity]]:
+    """Entities in chunks, `limit` in total, each chunk claimed for `holder` before it is yielded.
+
+    `after` starts past that key; `claim=False` (dry runs) selects without claiming anything.
+    """
+    claims = _Claim(source.name, holder, lease_seconds, claim)
+    part = Partition(*partition) if partition is not None else None
+    if ids is not None:
+        pages = _by_ids(conn, source, list(ids), claims, chunk_size)
+    elif source.entities.type is SelectionType.DEFAULT:
+        pages = _default(conn, source, claims, part, after, chunk_size)
+    elif source.entities.type is SelectionType.FUNCTION:
+        pages = _function(conn, source, claims, part, after, limit, chunk_size)
+    elif source.entities.type is SelectionType.SQL:
+        pages = _user_sql(conn, source, claims, part, after, chunk_size)
+    else:
+        raise ValueError(f"{source.name}: a list-shaped source has no entity selection")
+    yield from _up_to(pages, limit)
+
+
+def _up_to(pages: Iterator[list[Entity]], limit: int) -> Iterator[list[Entity]]:
+    remaining = limit
+    for page in pages:
+        if remaining <= 0:
+            return
+        if page:
+            yield page[:remaining]
+            remaining -= len(page[:remaining])
+    # A generator left unfinished is closed by the caller; nothing here holds a transaction open.
+
+
+def renew(conn: psycopg.Connection, source: Source | str, holder: str, lease_seconds: float) -> int:
+    """Extend every claim `holder` has on `source` (call with the job heartbeat); returns how many."""
+    with conn.transaction():
+        cursor = conn.execute(
+            "update syncrun_state set claim_expires_at = now() + %s::float8 * interval '1 second'"
+            " where source = %s and claimed_by = %s",
+            (lease_seconds, _name(source), holder),
+        )
+    return cursor.rowcount
+
+
+def release(conn: psycopg.Connection, source: Source | str, holder: str, keys: Sequence[Any]) -> int:
+    """Drop `holder`'s claims on these entities (they were not processed)."""
+    with conn.transaction():
+        cursor = conn.execute(
+            "update syncrun_state set claimed_by = null, claim_expires_at = null"
+            " where source = %s and claimed_by = %s and entity_key = any(%s::text[])",
+            (_name(source), holder, [str(k) for k in keys]),
+        )
+    return cursor.rowcount
+
+
+def _name(source: Source | str) -> str:
+    return source if isinstance(source, str) else source.name
+
+
+# --- claims ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    source: str
+    holder: str
+    lease: float
+    enabled: bool = True
+
+    def params(self) -> dict[str, Any]:
+        return {"source": self.source, "holder": self.holder, "lease": self.lease}
+
+
+_FREE = sql.SQL("(st.claimed_by is null or st.claimed_by = {holder} or st.claim_expires_at <= now())").format(
+    holder=sql.Placeholder("holder")
+)
+_NOT_BACKING_OFF = sql.SQL(
+    "coalesce(st.next_attempt_at, '-infinity') <= now() and coalesce(st.skip_until, '-infinity') <= now()"
+)
+
+
+def _claim_sql(candidates: sql.Composable, respect_backoff: bool) -> sql.Composed:
+    """insert ... on conflict do update ... where free: the keys (as text) this holder won."""
+    condition = sql.SQL(" and ").join([_FREE, _NOT_BACKING_OFF] if respect_backoff else [_FREE])
+    return sql.SQL(
+        "insert into syncrun_state as st (source, entity_key, claimed_by, claim_expires_at)"
+        " select %(source)s, k, %(holder)s, now() + %(lease)s::float8 * interval '1 second'"
+        " from ({}) c(k) order by k"
+        " on conflict (source, entity_key) do update"
+        " set claimed_by = excluded.claimed_by, claim_expires_at = excluded.claim_expires_at,"
+        " updated_at = now() where {} returning st.entity_key"
+    ).format(candidates, condition)
+
+
+def _claim_keys(conn: psycopg.Connection, claim: _Claim, keys: list[Any], respect_backoff: bool) -> set[str]:
+    query = _claim_sql(sql.SQL("select unnest(%(keys)s::text[])"), respect_backoff)
+    with conn.transaction():
+        rows = conn.execute(query, {**claim.params(), "keys": [str(k) for k in keys]}).fetchall()
+    return {row[0] for row in rows}
+
+
+def _claimed(conn: psycopg.Connection, claim: _Claim, rows: list[Entity], key: str, backoff: bool) -> list[Entity]:
+    if not claim.enabled:
+        return rows
+    won = _claim_keys(conn, claim, [row[key] for row in rows], backoff) if rows else set()
+    return [row for row in rows if str(row[key]) in won]
+
+
+# --- default selection ----------------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def _default_sql(source: Source, keyset: bool, partitioned: bool, after: bool, claiming: bool) -> sql.Composed:
+    entities, status = source.entities, source.status
+    assert status is not None
+    key, stamp = sql.Identifier(entities.key), sql.Identifier(status.column)
+    order = _order_exprs(source)
+    where = [
+        sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(entities.syncable_column))
+        if entities.syncable_column
+        else sql.SQL("true"),
+        sql.SQL("(s.{0} is null or s.{0} < now() - {1})").format(stamp, _interval(source)),
+        sql.SQL("(st.source is null or ({} and {}))").format(_NOT_BACKING_OFF, _FREE),
+    ]
+    if keyset:
+        cursor = sql.SQL(", ").join(sql.Placeholder(f"c{i}") for i in range(4))
+        where.append(sql.SQL("({}) > ({})").format(sql.SQL(", ").join(order), cursor))
+    if partitioned:
+        where.append(
+            sql.SQL("{} = %(part_index)s").format(
+                partition_sql(sql.SQL("s.{}").format(key), sql.Placeholder("part_count"))
+            )
+        )
+    if after:
+        where.append(sql.SQL("s.{} > %(after)s").format(key))
+    columns = sql.SQL(", ").join(sql.SQL("s.{0} as {0}").format(sql.Identifier(c.name)) for c in entities.columns)
+    internal = sql.SQL(", ").join(
+        sql.SQL("{} as {}").format(expr, sql.Identifier(name)) for expr, name in zip(order, _INTERNAL, strict=False)
+    )
+    return sql.SQL(
+        "with candidates as (select {columns}, {internal} from {status} s"
+        " left join syncrun_state st on st.source = %(source)s and st.entity_key = s.{key}::text"
+        " where {where} order by {order} limit %(n)s),"
+        " claimed as ({claim})"
+        " select c.*, k.entity_key is not null as __claimed from candidates c"
+        " left join claimed k on k.entity_key = c.{key}::text order by {internal_order}"
+    ).format(
+        columns=columns,
+        internal=internal,
+        status=identifier(status.table),
+        key=key,
+        where=sql.SQL(" and ").join(where),
+        order=sql.SQL(", ").join(order),
+        claim=_claim_sql(sql.SQL("select {}::text from candidates").format(key), True)
+        if claiming
+        else sql.SQL("select {}::text as entity_key from candidates").format(key),
+        internal_order=sql.SQL(", ").join([*(sql.Identifier(n) for n in _INTERNAL[:3]), sql.SQL("c.{}").format(key)]),
+    )
+
+
+def _order_exprs(source: Source) -> list[sql.Composable]:
+    """(synced?, -priority, stamp, key): all ascending, none null, so a row comparison is the keyset."""
+    assert source.status is not None
+    stamp, priority = sql.Identifier(source.status.column), source.entities.priority_column
+    return [
+        sql.SQL("(s.{} is not null)").format(stamp),
+        sql.SQL("-coalesce(s.{}, 0)").format(sql.Identifier(priority)) if priority else sql.SQL("0"),
+        sql.SQL("coalesce(s.{}, {})").format(stamp, sql.Literal(NEVER)),
+        sql.SQL("s.{}").format(sql.Identifier(source.entities.key)),
+    ]
+
+
+def _interval(source: Source) -> sql.Composable:
+    default = sql.SQL("{}::float8 * interval '1 second'").format(sql.Literal(source.entities.refresh_interval))
+    column = source.entities.interval_column
+    if not column:
+        return default
+    return sql.SQL("coalesce(s.{} * interval '1 hour', {})").format(sql.Identifier(column), default)
+
+
+def _default(
+    conn: psycopg.Connection,
+    source: Source,
+    claim: _Claim,
+    partition: Partition | None,
+    after: Any,
+    size: int,
+) -> Iterator[list[Entity]]:
+    cursor: tuple[Any, ...] | None = None
+    while True:
+        query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled)
+        params = {**claim.params(), "n": size, "after": after}
+        if partition is not None:
+            params.update(part_index=partition.index, part_count=partition.count)
+        params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
+        rows = _fetch(conn, query, params)
+        if not rows:
+            return
+        last = rows[-1]
+        cursor = (last["__synced"], last["__neg_priority"], last["__stamp"], last[source.entities.key])
+        yield [_public(row) for row in rows if row["__claimed"]]
+        if len(rows) < size:
+            return
+
+
+def _fetch(conn: psycopg.Connection, query: sql.SQL | sql.Composed, params: dict[str, Any]) -> list[Entity]:
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, params).fetchall()
+
+
+def _public(row: Entity) -> Entity:
+    return {name: value for name, value in row.items() if name not in _INTERNAL}
+
+
+# --- explicit ids ---------------------------------------------------------------------------------------
+def _by_ids(
+    conn: psycopg.Connection, source: Source, ids: list[Any], claim: _Claim, size: int
+) -> Iterator[list[Entity]]:
+    key = source.entities.key
+    typed = [cast_key(source, value) for value in ids]
+    for start in range(0, len(typed), size):
+        page = typed[start : start + size]
+        if source.entities.type is SelectionType.DEFAULT and source.status is not None:
+            rows = _status_rows(conn, source, page)
+        else:
+            rows = [{key: value} for value in page]
+        yield _claimed(conn, claim, rows, key, backoff=False)
+
+
+def cast_key(source: Source, value: Any) -> Any:
+    """An `--ids` value as the key type (int for int/bigint keys)."""
+    return str(value) if source.entities.key_type == "text" else int(value)
+
+
+def _status_rows(conn: psycopg.Connection, source: Source, keys: list[Any]) -> list[Entity]:
+    """The declared columns of these entities from the status table (null where it has no row)."""
+    assert source.status is not None
+    key = sql.Identifier(source.entities.key)
+    others = [sql.SQL("s.{0} as {0}").format(sql.Identifier(c.name)) for c in source.entities.columns[1:]]
+    query = sql.SQL(
+        "select u.k as {key}{sep}{others} from unnest(%(keys)s::{type}[]) with ordinality u(k, n)"
+        " left join {status} s on s.{key} = u.k order by u.n"
+    ).format(
+        key=key,
+        sep=sql.SQL(", " if others else ""),
+        others=sql.SQL(", ").join(others),
+        type=sql.SQL(KEY_TYPES[source.entities.key_type]),
+        status=identifier(source.status.table),
+    )
+    return _fetch(conn, query, {"keys": keys})
+
+
+# --- function and sql selection -------------------------------------------------------------------------
+def _function_sql(source: Source, limit: int, after: Any) -> sql.Composed:
+    """`select * from fn(name => value, ...)`; values are literals, safely quoted by psycopg."""
+    engine = {"limit": limit, "after_key": after, "source": source.name}
+    args = [
+        sql.SQL("{} => {}").format(
+            sql.Identifier(name), sql.Literal(engine[arg.parameter] if arg.parameter else arg.value)
+        )
+        for name, arg in source.entities.args
+    ]
+    assert source.entities.function is not None
+    return sql.SQL("select * from {}({})").format(identifier(source.entities.function), sql.SQL(", ").join(args))
+
+
+def _takes_after_key(source: Source) -> bool:
+    return any(arg.parameter == "after_key" for _, arg in source.entities.args)
+
+
+def _function(
+    conn: psycopg.Connection,
+    source: Source,
+    claim: _Claim,
+    partition: Partition | None,
+    after: Any,
+    limit: int,
+    size: int,
+) -> Iterator[list[Entity]]:
+    if _takes_after_key(source):
+        yield from _paged(conn, source, claim, partition, after, size, lambda n, a: (_function_sql(source, n, a), {}))
+        return
+    # Called once: a function without after_key cannot be paged. With --partition it is asked for
+    # limit x count rows so that this shard still gets about `limit` after filtering.
+    wanted = limit * (partition.count if partition else 1)
+    rows = _keep(source, _fetch(conn, _function_sql(source, wanted, after), {}), partition)
+    for start in range(0, len(rows), size):
+        yield _claimed(conn, claim, rows[start : start + size], source.entities.key, backoff=True)
+
+
+def _user_sql(
+    conn: psycopg.Connection,
+    source: Source,
+    claim: _Claim,
+    partition: Partition | None,
+    after: Any,
+    size: int,
+) -> Iterator[list[Entity]]:
+    assert source.entities.sql is not None
+    query = sql.SQL(source.entities.sql)
+
+    def page(n: int, after_key: Any) -> tuple[sql.SQL, dict[str, Any]]:
+        return query, {"limit": n, "after_key": after_key, "source": source.name}
+
+    yield from _paged(conn, source, claim, partition, after, size, page)
+
+
+def _paged(
+    conn: psycopg.Connection,
+    source: Source,
+    claim: _Claim,
+    partition: Partition | None,
+    after: Any,
+    size: int,
+    page: Callable[[int, Any], tuple[sql.SQL | sql.Composed, dict[str, Any]]],
+) -> Iterator[list[Entity]]:
+    """Call `page(n, after_key)` until it returns fewer than n rows or nothing new."""
+    key, seen = source.entities.key, set[Any]()
+    while True:
+        query, params = page(size, after)
+        rows = _fetch(conn, query, params)
+        fresh = [row for row in rows if row[key] not in seen]
+        if not fresh:
+            return  # also guards against a query that ignores after_key
+        seen.update(row[key] for row in fresh)
+        after = rows[-1][key]
+        yield _claimed(conn, claim, _keep(source, fresh, partition), key, backoff=True)
+        if len(rows) < size:
+            return
+
+
+def _keep(source: Source, rows: list[Entity], partition: Partition | None) -> list[Entity]:
+    """The declared columns the rows have, for rows in this shard."""
+    names = [c.name for c in source.entities.columns]
+    kept = [{n: row[n] for n in names if n in row} for row in rows]
+    if partition is None:
+        return kept
+    key = source.entities.key
+    return [row for row in kept if partition_of(row[key], partition.count) == partition.index]

@@ -1,0 +1,144 @@
+"""The `syncrun` command as a user runs it: a separate process, signals, exit codes, output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.apiserver import ApiServer, Reply
+from tests.pg import Database
+from tests.test_engine import app, seed, write_source
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def env(db: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    return {"DATABASE_URL": db.dsn, "API_URL": api.url, "API_TOKEN": "s3cr3t-token-value"}
+
+
+def held_routes(api: ApiServer, fast: int, held: int, hold: float) -> None:
+    for appid in range(1, fast + 1):
+        api.route(f"/apps/{appid}", app(appid))
+    for appid in range(fast + 1, fast + held + 1):
+        api.route(f"/apps/{appid}", Reply(200, json={"name": f"App {appid}", "price": 1}, delay=hold))
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_cleanly_with_exact_counters(
+    db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM while responses are held open: in-flight entities finish and are written, the job is
+    `cancelled` with exact counters, no entity is half-written, exit 143."""
+    source = write_source(tmp_path)
+    seed(db, source, appids=range(1, 13))
+    held_routes(api, fast=2, held=10, hold=1.0)
+    process = start(["run", str(source)], env)
+    wait_for(lambda: len(api.requests) >= 5)  # 2 done, >= 2 held open by the server
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 143, err
+    status, processed, succeeded = db.rows("select status, items_processed, items_succeeded from sync_jobs")[0]
+    assert status == "cancelled"
+    written = db.scalar("select count(*) from apps")
+    stamped = db.scalar("select count(*) from sync_status where last_alpha_sync is not null")
+    assert processed == succeeded == written == stamped == len(api.requests)
+    assert processed < 12
+
+
+@pytest.mark.slow
+def test_max_runtime_stops_cleanly_and_completes(
+    db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """--max-runtime takes no new entities after the deadline, writes in-flight ones, marks the job completed."""
+    source = write_source(tmp_path)
+    seed(db, source, appids=range(1, 31))
+    held_routes(api, fast=0, held=30, hold=0.4)
+    process = start(["run", str(source), "--max-runtime", "1"], env)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    status, processed = db.rows("select status, items_processed from sync_jobs")[0]
+    assert status == "completed"
+    assert 0 < processed < 30
+    assert processed == db.scalar("select count(*) from apps") == len(api.requests)
+
+
+def test_validate_exit_codes(tmp_path: Path) -> None:
+    """validate exits 0 for the bundled sources and 2 (listing file:line: path) for a broken one."""
+    ok = subprocess.run([sys.executable, "-m", "runner", "validate"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: Bad-Name\nrate_limit: {requests: 1, per: soon}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "validate", str(bad)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"{bad}:1: name:" in result.stdout
+    assert f"{bad}:2: rate_limit.per:" in result.stdout
+
+
+def test_unreachable_database_url_fails_without_fallback(tmp_path: Path) -> None:
+    """A set but unreachable DATABASE_URL fails the run (never the embedded database), password masked."""
+    source = write_source(tmp_path)
+    env = {**os.environ, "DATABASE_URL": "postgresql://u:hunter22@127.0.0.1:1/x", "API_URL": "http://127.0.0.1:1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(source)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 1
+    assert "hunter22" not in result.stdout + result.stderr
+    assert "***" in result.stderr
+
+
+def test_json_logs_never_contain_secrets(db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path) -> None:
+    """--log-format json prints one JSON object per line; the secret and DB password never appear."""
+    import json
+
+    source = write_source(tmp_path)
+    seed(db, source, appids=[1, 2])
+    api.route("/apps/1", Reply(400, json={"error": "token s3cr3t-token-value rejected"}))
+    api.route("/apps/2", app(2))
+    source.write_text(
+        source.read_text()
+        + "outcomes:\n  - {when: 'status == `400`', outcome: error, message: 'API said {body.error}'}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(source), "--log-format", "json", "--progress-every", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("{")]
+    assert lines
+    assert all(isinstance(json.loads(line), dict) for line in lines)
+    assert "s3cr3t-token-value" not in result.stdout + result.stderr
+    stored = db.scalar("select last_error from syncrun_state where entity_key = '1'")
+    assert "s3cr3t-token-value" not in stored
+    assert "***" in stored

@@ -1,0 +1,280 @@
+"""End-to-end runs through the CLI entry point: real HTTP on loopback, real PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner import cli
+from tests.apiserver import ApiServer, Reply
+from tests.pg import Database
+
+TABLES = """
+create table apps (appid int primary key, name text, price_cents int, review_count int, updated_at timestamptz);
+"""
+
+SOURCE = """\
+name: {name}
+entities:
+  type: default
+  columns: {{appid: int}}
+  limit: 100
+request:
+  url: "${{env.API_URL}}/{path}/{{appid}}"
+  headers:
+    Authorization: "Bearer ${{secret.API_TOKEN:-tok-default}}"
+  timeout: 2s
+rate_limit: {{requests: 200, per: 1s, burst: 20, bucket: {bucket}}}
+retry: {{attempts: 4, initial: 10ms, max_delay: 50ms, max_wait: 5s}}
+concurrency: 4
+write_batch: 10
+records: body
+writes:
+  - table: apps
+    key: [appid]
+    columns:
+      appid: entity.appid
+      {columns}
+"""
+
+
+def write_source(
+    tmp: Path, name: str = "alpha", *, path: str = "apps", bucket: str | None = None, columns: str = ""
+) -> Path:
+    columns = columns or "name: record.name\n      price_cents: record.price"
+    (tmp / "syncrun.yaml").write_text(
+        "status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n"
+    )
+    file = tmp / f"{name}.yaml"
+    file.write_text(SOURCE.format(name=name, path=path, bucket=bucket or name, columns=columns))
+    return file
+
+
+def app(appid: int, **fields: Any) -> Reply:
+    return Reply(200, json={"name": f"App {appid}", "price": appid * 10, **fields})
+
+
+def seed(db: Database, *sources: Path, appids: range | list[int] = range(1, 6)) -> None:
+    code = cli.main(["migrate", *map(str, sources)])
+    assert code == 0
+    db.run(TABLES)
+    db.run("insert into sync_status (appid) select unnest(%s::int[])" % ("'{" + ",".join(map(str, appids)) + "}'"))
+
+
+@pytest.fixture
+def env(db: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> Database:
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-token-value")
+    return db
+
+
+def run(*args: str) -> int:
+    return cli.main(["run", *args])
+
+
+def test_full_run_writes_rows_status_state_and_job(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A run writes rows, stamps status, records state, completes its job; counters match the DB and the server."""
+    source = write_source(tmp_path)
+    seed(env, source)
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", app(appid))
+    assert run(str(source)) == 0
+    assert env.rows("select appid, name, price_cents from apps order by appid") == [
+        (i, f"App {i}", i * 10) for i in range(1, 6)
+    ]
+    stamped = env.scalar("select count(*) from sync_status where last_alpha_sync is not null")
+    job = env.rows(
+        "select status, items_processed, items_succeeded, items_failed, items_skipped, requests_made, batch_size"
+        " from sync_jobs where job_type = 'alpha'"
+    )
+    assert job == [("completed", 5, 5, 0, 0, 5, 100)]
+    assert stamped == 5 == len(api.requests)
+    assert env.scalar("select count(*) from syncrun_state where source = 'alpha' and last_success_at is not null") == 5
+    assert all(r.headers["authorization"] == "Bearer s3cr3t-token-value" for r in api.requests)
+
+
+def test_a_run_with_no_work_completes_with_zeros(env: Database, tmp_path: Path) -> None:
+    """No due entities: the job is still written, `completed`, all counters zero."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[])
+    assert run(str(source)) == 0
+    assert env.rows("select status, items_processed from sync_jobs") == [("completed", 0)]
+
+
+def test_transient_failures_then_success(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """503, 503, 503, 200 succeeds after backoff; a 404 is a skip after one request."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1, 2])
+    api.route("/apps/1", Reply(503), Reply(503), Reply(503), app(1))
+    api.route("/apps/2", Reply(404))
+    assert run(str(source)) == 0
+    assert [r.path for r in api.requests].count("/apps/1") == 4
+    assert [r.path for r in api.requests].count("/apps/2") == 1
+    assert env.rows("select items_succeeded, items_skipped, items_failed, requests_made from sync_jobs") == [
+        (1, 1, 0, 5)
+    ]
+
+
+def test_bad_body_fails_only_that_entity(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A non-JSON body is an error for that entity, saying what arrived; the others succeed."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1, 2, 3])
+    api.route("/apps/1", app(1))
+    api.route(
+        "/apps/2", Reply(200, body=b"<html><body>maintenance</body></html>", headers={"Content-Type": "text/html"})
+    )
+    api.route("/apps/3", app(3))
+    assert run(str(source)) == 0
+    assert env.rows("select appid from apps order by appid") == [(1,), (3,)]
+    error = env.scalar("select last_error from syncrun_state where source = 'alpha' and entity_key = '2'")
+    assert "HTTP 200 text/html" in error
+    assert "<html><body>maintenance" in error
+    assert env.rows("select items_succeeded, items_failed from sync_jobs") == [(2, 1)]
+
+
+def test_value_that_does_not_fit_a_column_is_an_entity_error(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A mapped value that doesn't fit its column fails that entity, naming table, column and value."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1, 2])
+    api.route("/apps/1", app(1, price="lots"))
+    api.route("/apps/2", app(2))
+    assert run(str(source)) == 0
+    error = env.scalar("select last_error from syncrun_state where entity_key = '1'")
+    assert "apps.price_cents" in error
+    assert "lots" in error
+    assert env.rows("select appid from apps") == [(2,)]
+
+
+def test_other_sources_columns_survive(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """An upsert sets only its mapped columns: another source's column on the same row survives."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1])
+    env.run("insert into apps (appid, name, review_count) values (1, 'old', 77)")
+    api.route("/apps/1", app(1))
+    assert run(str(source)) == 0
+    assert env.rows("select name, price_cents, review_count from apps") == [("App 1", 10, 77)]
+
+
+def test_errors_of_one_source_do_not_delay_another(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A's definitive failure backs the entity off for A only (B still selects it), and A's next run skips it."""
+    a = write_source(tmp_path, "alpha", path="a")
+    b = write_source(tmp_path, "beta", path="b", columns="review_count: record.reviews")
+    seed(env, a, b, appids=[1])
+    api.route("/a/1", Reply(400, json={"error": "bad"}))
+    api.route("/b/1", Reply(200, json={"reviews": 5}))
+    assert run(str(a)) == 1  # 1 of 1 failed: above the default fail_ratio 0.5
+    assert env.scalar("select next_attempt_at > now() from syncrun_state where source = 'alpha'") is True
+    assert run(str(b)) == 0
+    assert env.rows("select review_count from apps") == [(5,)]
+    requests_before = len(api.requests)
+    assert run(str(a)) == 0
+    assert len(api.requests) == requests_before  # still backing off: not selected
+
+
+def test_skip_until_excludes_the_entity(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A skip_until outcome keeps the entity out of later selections until it expires."""
+    source = write_source(tmp_path)
+    text = source.read_text() + (
+        "outcomes:\n  - {name: invalid app, when: 'body.result == `42`', outcome: skip_until, duration: 30d}\n"
+    )
+    source.write_text(text)
+    seed(env, source, appids=[1])
+    api.route("/apps/1", Reply(200, json={"result": 42}))
+    assert run(str(source)) == 0
+    assert run(str(source)) == 0
+    assert len(api.requests) == 1
+    assert env.scalar("select skip_until > now() + interval '29 days' from syncrun_state") is True
+
+
+def test_two_sources_one_bucket_share_the_limiter(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """Two sources naming one bucket, run in one process, stay under the bucket's limit together."""
+    from tests.apiserver import worst_window
+
+    a = write_source(tmp_path, "alpha", path="a", bucket="shared")
+    b = write_source(tmp_path, "beta", path="b", bucket="shared", columns="review_count: record.reviews")
+    for file in (a, b):
+        file.write_text(
+            file.read_text().replace("requests: 200, per: 1s, burst: 20", "requests: 10, per: 500ms, burst: 2")
+        )
+    seed(env, a, b, appids=range(1, 21))
+    for appid in range(1, 21):
+        api.route(f"/a/{appid}", app(appid))
+        api.route(f"/b/{appid}", Reply(200, json={"reviews": appid}))
+    assert cli.main(["run", str(a), str(b)]) == 0
+    assert len(api.requests) == 40
+    assert worst_window(api.arrivals(), per=0.5) <= 10
+
+
+def test_stale_running_job_of_another_type_is_reaped(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A `running` job of any type without a recent heartbeat is marked failed by the next invocation."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[])
+    env.run(
+        "insert into sync_jobs (job_type, status, started_at, heartbeat_at)"
+        " values ('storefront', 'running', now() - interval '2 hours', now() - interval '2 hours')"
+    )
+    assert run(str(source)) == 0
+    status, message = env.rows("select status, error_message from sync_jobs where job_type = 'storefront'")[0]
+    assert status == "failed"
+    assert "abandoned" in message
+
+
+def test_dry_run_writes_nothing(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run fetches and maps, prints rows with secrets masked, and writes no row, status or job."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1, 2])
+    api.route("/apps/1", app(1))
+    api.route("/apps/2", Reply(404))
+    assert run(str(source), "--dry-run") == 0
+    out = capsys.readouterr()
+    assert "App 1" in out.out
+    assert "skip" in out.out
+    assert "s3cr3t-token-value" not in out.out + out.err
+    assert env.scalar("select count(*) from apps") == 0
+    assert env.scalar("select count(*) from sync_jobs") == 0
+    assert env.scalar("select count(*) from syncrun_state") == 0
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 0
+
+
+def test_missing_secret_stops_before_any_request_or_job(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unset ${secret.X} without default is exit 2 naming the variable, before any request or job row."""
+    source = write_source(tmp_path)
+    source.write_text(source.read_text().replace("${secret.API_TOKEN:-tok-default}", "${secret.API_TOKEN}"))
+    seed(env, source, appids=[1])
+    monkeypatch.delenv("API_TOKEN")
+    assert run(str(source)) == 2
+    assert "API_TOKEN" in capsys.readouterr().err
+    assert api.requests == []
+    assert env.scalar("select count(*) from sync_jobs") == 0
+
+
+def test_missing_column_exits_2_naming_it_and_the_migrate_command(
+    env: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` against a database lacking the status column exits 2 and names the migrate command."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1])
+    env.run("alter table sync_status drop column last_alpha_sync")
+    assert run(str(source)) == 2
+    err = capsys.readouterr().err
+    assert "last_alpha_sync" in err
+    assert "syncrun migrate" in err
+
+
+def test_non_integer_batch_size_is_a_usage_error(
+    env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BATCH_SIZE=abc exits 2; an empty BATCH_SIZE means the default."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[])
+    monkeypatch.setenv("BATCH_SIZE", "abc")
+    assert run(str(source)) == 2
+    monkeypatch.setenv("BATCH_SIZE", "")
+    assert run(str(source)) == 0
