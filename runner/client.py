@@ -97,6 +97,7 @@ async def send(
     jitter, or the server's Retry-After, which pauses the whole bucket. Raises Transient when the
     attempts run out, FetchError for a body over `max_body`, RunFailed for a Retry-After beyond
     `policy.max_wait`. Any other status is returned: the outcome rules decide what it means.
+    `client` must come from `build`: its transport starts the timeout clock when the budget is granted.
     """
     url = redact(str(request.url))
     retrying = tenacity.AsyncRetrying(

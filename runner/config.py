@@ -8,44 +8,30 @@ filled) with the cross-field checks the schema cannot express. Does not resolve 
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
-import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import cast
 
-import yaml
-from jmespath import functions as jp_functions
-from jmespath.exceptions import ParseError
-from jsonschema import Draft202012Validator, ValidationError
-
 from runner import spec, templating
 from runner.errors import ConfigError, Problem
-from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
+from runner.exprcheck import Roots, compile_checked, message_template, split_message
+from runner.expressions import JSON, Expression
+from runner.sourcefile import Document, Path_, check, did_you_mean, read, show
+from runner.sourcefile import schema as schema  # re-exported: `config.schema()` for the CLI and tests
 
-MAX_FILE_BYTES = 1_000_000
-MAX_DEPTH = 32  # deeper nesting is never a real source, and PyYAML's composer recurses
 PROJECT_FILE = "syncrun.yaml"
 DEFAULT_LIMIT = 100
 RUN_FIELDS = frozenset({"now", "today", "job_id", "started_at"})
 ENGINE_PARAMETERS = ("limit", "after_key", "source")
-FUNCTIONS = frozenset(CUSTOM_FUNCTIONS) | frozenset(
-    name.removeprefix("_func_") for name in dir(jp_functions.Functions) if name.startswith("_func_")
-)
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^([0-9]+)(B|KB|MB|GB|KiB|MiB|GiB)$")
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 _SQL_PARAMETER = re.compile(r"%\((\w+)\)s")
-_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
-
-Path_ = tuple[str | int, ...]  # a location in the document: keys and list indexes
 
 
 def default_paths(root: Path | None = None) -> list[Path]:
@@ -64,12 +50,13 @@ def load(path: Path) -> spec.Source:
 
 def loads(text: bytes | str, path: Path) -> spec.Source:
     """Like `load`, for text already read; `path` names the file in messages and finds syncrun.yaml."""
-    doc, problems = _read(text, str(path))
+    doc, problems = read(text, str(path))
     if doc is None:
         raise ConfigError(problems)
     project, project_problems = _project(path)
-    problems += project_problems + _schema_problems(doc, _validator("source.schema.json"))
-    source = _Builder(doc, path, project, problems).source()
+    schema_problems, blocked = check(doc, "source.schema.json")
+    problems += project_problems + schema_problems
+    source = _Builder(doc, path, project, problems, blocked).source()
     if problems or source is None:
         raise ConfigError(list(dict.fromkeys(problems)))
     return source
@@ -93,7 +80,7 @@ def parse_duration(value: str | float) -> float:
         return float(value)
     match = _DURATION.match(value) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"{_show(value)} is not a duration (use 500ms, 30s, 1m, 1h, 7d)")
+        raise ValueError(f"{show(value)} is not a duration (use 500ms, 30s, 1m, 1h, 7d)")
     return float(match[1]) * _DURATION_UNITS[match[2]]
 
 
@@ -103,246 +90,19 @@ def parse_size(value: str | int) -> int:
         return value
     match = _SIZE.match(value) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"{_show(value)} is not a size (use 512KB, 10MB, 1GB or a number of bytes)")
+        raise ValueError(f"{show(value)} is not a size (use 512KB, 10MB, 1GB or a number of bytes)")
     return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
-def schema(name: str = "source.schema.json") -> dict[str, JSON]:
-    """The JSON Schema, from the installed package (runner/schemas) or the checkout's schemas/."""
-    packaged = resources.files("runner").joinpath("schemas", name)
-    if packaged.is_file():
-        return cast(dict[str, JSON], json.loads(packaged.read_text("utf-8")))
-    checkout = Path(__file__).resolve().parent.parent / "schemas" / name
-    return cast(dict[str, JSON], json.loads(checkout.read_text("utf-8")))
-
-
-@functools.cache
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name))
-
-
-# --- reading YAML, keeping lines ----------------------------------------------------------------
-@dataclass
-class _Doc:
-    file: str
-    data: JSON
-    lines: dict[Path_, int]  # where each value starts
-    key_lines: dict[Path_, int]  # where each mapping key is written
-
-    def line(self, path: Path_, *, key: bool = False) -> int:
-        if key and path in self.key_lines:
-            return self.key_lines[path]
-        while path not in self.lines and path:
-            path = path[:-1]
-        return self.lines.get(path, 1)
-
-    def problem(self, path: Path_, message: str, *, key: bool = False) -> Problem:
-        return Problem(self.file, self.line(path, key=key), _dotted(path), message)
-
-
-class _Refused(Exception):
-    def __init__(self, mark: yaml.Mark, message: str) -> None:
-        self.line, self.message = mark.line + 1, message
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader's composer, refusing aliases (no alias bombs) and absurd nesting."""
-
-    depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            raise _Refused(event.start_mark, "YAML aliases (*name) are not supported: repeat the value")
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-def _read(text: bytes | str, file: str) -> tuple[_Doc | None, list[Problem]]:
-    if len(text) > MAX_FILE_BYTES:
-        return None, [Problem(file, 1, "", f"the file is larger than {MAX_FILE_BYTES // 1000} KB")]
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-    except _Refused as refused:
-        return None, [Problem(file, refused.line, "", refused.message)]
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        return None, [Problem(file, mark.line + 1 if mark else 1, "", f"not valid YAML: {error.problem}")]
-    except yaml.YAMLError as error:  # a reader error: bytes that are not text
-        return None, [Problem(file, 1, "", f"not valid YAML: {str(error).splitlines()[0]}")]
-    finally:
-        loader.dispose()
-    if node is None:
-        return None, [Problem(file, 1, "", "the file is empty")]
-    doc = _Doc(file, None, {}, {})
-    problems: list[Problem] = []
-    doc.data = _to_data(node, (), doc, loader, problems)
-    return (doc if not problems else None), problems
-
-
-def _to_data(node: yaml.Node, path: Path_, doc: _Doc, loader: _Loader, problems: list[Problem]) -> JSON:
-    doc.lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode) and node.tag == "tag:yaml.org,2002:map":
-        out: dict[str, JSON] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is None:
-                problems.append(Problem(doc.file, key_node.start_mark.line + 1, _dotted(path), "keys must be text"))
-            elif key in out:
-                first = doc.key_lines[(*path, key)]
-                problems.append(doc.problem((*path, key), f"duplicate key '{key}' (first at line {first})"))
-            else:
-                doc.key_lines[(*path, key)] = key_node.start_mark.line + 1
-                out[key] = _to_data(value_node, (*path, key), doc, loader, problems)
-        return out
-    if isinstance(node, yaml.SequenceNode) and node.tag == "tag:yaml.org,2002:seq":
-        return [_to_data(item, (*path, i), doc, loader, problems) for i, item in enumerate(node.value)]
-    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:timestamp":
-        return node.value  # a date stays text: the schema decides what it may be
-    if isinstance(node, yaml.ScalarNode) and node.tag in _SCALAR_TAGS:
-        value = loader.construct_object(node)
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(doc.problem(path, f"{node.value} is not a finite number"))
-        return value
-    problems.append(doc.problem(path, f"unsupported YAML tag {node.tag} (use plain values, lists and mappings)"))
-    return None
-
-
-# --- schema errors, in words ----------------------------------------------------------------------
-_TYPE_WORDS = {
-    "string": "text",
-    "integer": "a whole number",
-    "number": "a number",
-    "boolean": "true or false",
-    "object": "a mapping (key: value)",
-    "array": "a list",
-    "null": "null",
-}
-_PATTERN_WORDS = {
-    "duration": "is not a duration (use 500ms, 30s, 1m, 1h, 7d)",
-    "size": "is not a size (use 512KB, 10MB, 1GB or a number of bytes)",
-    "identifier": "is not a valid name (lower-case letters, digits and _, not starting with a digit, ≤ 63 long)",
-    "qualified_name": "is not a valid name (name or schema.name; lower-case letters, digits and _)",
-    "source_name": "is not a valid source name (lower-case letters, digits and _, starting with a letter, ≤ 50 long)",
-    "job_type": "is not a valid job type (letters, digits, _ . -)",
-    "bucket": "is not a valid bucket name (letters, digits, _ . : -)",
-    "header_name": "is not a valid header name",
-}
-_DISCRIMINATOR_DEFAULTS = {"entities": ("type", "default"), "pagination": ("type", "none")}
-
-
-def _schema_problems(doc: _Doc, validator: Draft202012Validator) -> list[Problem]:
-    return [problem for error in validator.iter_errors(doc.data) for problem in _explain(error, doc)]
-
-
-def _explain(error: ValidationError, doc: _Doc) -> list[Problem]:
-    path: Path_ = tuple(error.absolute_path)
-    kind, value = error.validator, error.instance
-    if "propertyNames" in error.absolute_schema_path:  # the key itself is wrong: point at the key
-        return [doc.problem((*path, value), _value_message(error), key=True)]
-    if kind == "additionalProperties":
-        return [doc.problem((*path, key), _unknown_key(key, error.schema), key=True) for key in _extra(error)]
-    if kind == "required":
-        missing = [name for name in error.validator_value if name not in value]
-        return [doc.problem((*path, name), "is required but missing") for name in missing]
-    if kind == "not":
-        return [doc.problem(path, _not_applicable(path, doc), key=True)]
-    return [doc.problem(path, _value_message(error))]
-
-
-def _value_message(error: ValidationError) -> str:
-    kind, expected, value = error.validator, error.validator_value, error.instance
-    if kind == "type":
-        types = [expected] if isinstance(expected, str) else list(expected)
-        hint = " (quote it if you mean text)" if isinstance(value, bool) and "string" in types else ""
-        return f"expected {' or '.join(_TYPE_WORDS[t] for t in types)}, got {_show(value)}{hint}"
-    if kind == "enum":
-        return f"{_show(value)} is not one of: {', '.join(map(str, expected))}{_did_you_mean(value, expected)}"
-    if kind == "pattern":
-        return f"{_show(value)} {_PATTERN_WORDS.get(error.schema.get('title', ''), f'does not match {expected}')}"
-    if kind == "const":
-        return f"{_show(value)} is not allowed here (write false to turn stamping off, or a mapping)"
-    if kind in ("minimum", "exclusiveMinimum", "maximum"):
-        word = {"minimum": "at least", "exclusiveMinimum": "more than", "maximum": "at most"}[kind]
-        return f"{_show(value)} is out of range: must be {word} {expected}"
-    if kind in ("minItems", "minProperties", "minLength"):
-        return "must not be empty"
-    if kind == "uniqueItems":
-        return "lists the same value twice"
-    return str(error.message)
-
-
-def _extra(error: ValidationError) -> list[str]:
-    known = set(error.schema.get("properties", {}))
-    return [key for key in error.instance if key not in known]
-
-
-def _unknown_key(key: str, schema: Mapping[str, JSON]) -> str:
-    allowed = sorted(schema.get("properties", {}))
-    hint = _did_you_mean(key, allowed) or f" (allowed: {', '.join(allowed)})"
-    return f"unknown key {_show(key)}{hint}"
-
-
-def _not_applicable(path: Path_, doc: _Doc) -> str:
-    parent = _get(doc.data, path[:-1])
-    name, default = _DISCRIMINATOR_DEFAULTS.get(str(path[0]), ("outcome", ""))
-    if len(path) > 2 and path[0] == "outcomes":
-        name, default = "outcome", ""
-    chosen = parent.get(name, default) if isinstance(parent, dict) else default
-    return f"does not apply to {name}: {chosen} (remove it)"
-
-
-def _get(data: JSON, path: Path_) -> JSON:
-    for part in path:
-        data = data[part]
-    return data
-
-
-def _did_you_mean(word: JSON, choices: Iterable[JSON]) -> str:
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _show(value: JSON) -> str:
-    """A value as a YAML author wrote it, short and on one line."""
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return str(value)
-
-
-def _dotted(path: Path_) -> str:
-    """`writes[0].columns.price`; odd keys in quotes, with no `:` so the path stays one field."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
-            out += f".{part}" if out else part
-        else:
-            out += "[" + json.dumps(part).replace(":", "\\u003a") + "]"
-    return out
-
-
 # --- project defaults (syncrun.yaml) ------------------------------------------------------------------
+_SYNC_STATUS = spec.QualifiedName(None, "sync_status")
+
+
 @dataclass(frozen=True)
 class Project:
     """Defaults shared by the sources below a syncrun.yaml; the built-in ones when there is none."""
 
-    status_table: spec.QualifiedName = spec.QualifiedName(None, "sync_status")
+    status_table: spec.QualifiedName = _SYNC_STATUS
     status_key: str = "appid"
     key: str = "appid"
     key_type: str = "int"
@@ -362,9 +122,9 @@ def _project(source: Path) -> tuple[Project, list[Problem]]:
     if found is None:
         return Project(), []
     shown = found if source.is_absolute() else Path(os.path.relpath(found))
-    doc, problems = _read(found.read_bytes(), str(shown))
+    doc, problems = read(found.read_bytes(), str(shown))
     if doc is not None:
-        problems += _schema_problems(doc, _validator("project.schema.json"))
+        problems += check(doc, "project.schema.json")[0]
     if doc is None or problems:
         return Project(), problems
     status, entities = doc.data.get("status", {}), doc.data.get("entities", {})
@@ -381,3 +141,394 @@ def _qualified(text: str) -> spec.QualifiedName:
     schema_name, _, name = text.rpartition(".")
     return spec.QualifiedName(schema_name or None, name)
 
+
+# --- building the spec, section by section ----------------------------------------------------------
+def _rule(name: str, when: str, outcome: spec.Outcome, message: str | None = None) -> spec.OutcomeRule:
+    template = message_template(message) if message else None
+    return spec.OutcomeRule(name=name, when=Expression.compile(when), outcome=outcome, message=template)
+
+
+# Appended after the user's rules, so a source only states what is special about its API.
+DEFAULT_OUTCOMES = (
+    _rule("default 2xx", "status >= `200` && status < `300`", spec.Outcome.SUCCESS),
+    _rule("default 404", "status == `404`", spec.Outcome.SKIP),
+    _rule("default 4xx", "status >= `400` && status < `500`", spec.Outcome.ERROR, "HTTP {status}"),
+)
+
+
+class _Builder:
+    """Turns a schema-checked document into spec objects. A section with schema errors is skipped
+    (its problems are reported already) while the others are still checked, so one run reports all."""
+
+    def __init__(self, doc: Document, path: Path, project: Project, problems: list[Problem], blocked: set[Path_]):
+        self.doc, self.path, self.project, self.problems, self.blocked = doc, path, project, problems, blocked
+        self.raw: dict[str, JSON] = doc.data if isinstance(doc.data, dict) else {}
+
+    def add(self, path: Path_, message: str) -> None:
+        self.problems.append(self.doc.problem(path, message))
+
+    def usable(self, path: Path_) -> bool:
+        return not any(error[: len(path)] == path for error in self.blocked)
+
+    def section(self, key: str, default: JSON = None) -> JSON:
+        """The section's raw value; None when it has schema problems (already reported) or is missing.
+        A list section is usable unless the list itself is wrong: its items are checked one by one."""
+        usable = (key,) not in self.blocked if isinstance(self.raw.get(key), list) else self.usable((key,))
+        return self.raw.get(key, default) if usable else None
+
+    def source(self) -> spec.Source | None:
+        if not isinstance(self.doc.data, dict):
+            return None
+        name = self.section("name")
+        entities = self.entities()
+        columns = None if entities is None else entities.column_names
+        request = self.request(columns, entities is not None and entities.type is spec.SelectionType.LIST)
+        parts: dict[str, JSON] = {
+            "pagination": self.pagination(),
+            "rate_limit": self.rate_limit(name or "source"),
+            "retry": self.retry(),
+            "outcomes": self.outcomes(columns),
+            "records": self.optional_expression(("records",), self.mapping_roots(columns, record=False)),
+            "writes": self.writes(columns),
+            "status": self.status(name or "source", columns),
+            "before": self.steps("before"),
+            "after": self.steps("after"),
+        }
+        scalars: dict[str, JSON] = {
+            k: self.raw[k] for k in ("description", "job_type", "concurrency", "write_batch") if k in self.raw
+        }
+        if "fail_ratio" in self.raw:
+            scalars["fail_ratio"] = float(self.raw["fail_ratio"])
+        if self.problems or name is None or entities is None or request is None:
+            return None
+        scalars.setdefault("job_type", name)
+        return spec.Source(name=name, path=self.path, entities=entities, request=request, **parts, **scalars)
+
+    # -- entities ----------------------------------------------------------------------------------
+    def entities(self) -> spec.Entities | None:
+        raw = self.section("entities")
+        if raw is None:
+            return None
+        kind = spec.SelectionType(raw.get("type", "default"))
+        key = raw.get("key", self.project.key)
+        declared = list(raw.get("columns", {}).items())
+        key_type = self.key_type(raw, dict(declared), key)
+        if declared and declared[0][0] != key:
+            self.add(
+                ("entities", "columns"), f"the key column '{key}' must come first (columns: {{{key}: {key_type}, ...}})"
+            )
+        if kind is spec.SelectionType.LIST:
+            declared = []
+        elif not declared:
+            declared = [(key, key_type)]
+        extra: dict[str, JSON] = {
+            k: raw[k] for k in ("interval_column", "priority_column", "syncable_column") if k in raw
+        }
+        if "refresh_interval" in raw:
+            extra["refresh_interval"] = self.duration(("entities", "refresh_interval"), raw["refresh_interval"])
+        if "sql" in raw:
+            extra["sql"] = self.sql(("entities", "sql"), raw["sql"])
+        if "function" in raw:
+            extra["function"] = _qualified(raw["function"])
+            extra["args"] = tuple((name, _function_arg(value)) for name, value in raw.get("args", {}).items())
+        columns = tuple(spec.EntityColumn(name, type_) for name, type_ in declared)
+        return spec.Entities(
+            type=kind, key=key, key_type=key_type, columns=columns, limit=raw.get("limit", DEFAULT_LIMIT), **extra
+        )
+
+    def key_type(self, raw: dict[str, JSON], columns: dict[str, str], key: str) -> str:
+        explicit, declared = raw.get("key_type"), columns.get(key)
+        if explicit and declared and explicit != declared:
+            self.add(("entities", "columns", key), f"type {declared} differs from key_type {explicit}: make them equal")
+        key_type = cast(str, explicit or declared or self.project.key_type)
+        if key_type not in ("int", "bigint", "text"):
+            self.add(("entities", "columns", key), f"the key column must be int, bigint or text, not {key_type}")
+        return key_type
+
+    def sql(self, path: Path_, text: str) -> str:
+        _check_sql(self, path, text, allowed=ENGINE_PARAMETERS, required=("limit", "after_key"))
+        return text
+
+    # -- request -----------------------------------------------------------------------------------
+    def request(self, columns: frozenset[str] | None, listed: bool) -> spec.Request | None:
+        raw = self.raw.get("request")
+        if not isinstance(raw, dict):
+            return None
+        # Templates are checked even when another request key is wrong: they need only themselves.
+        templates: dict[Path_, spec.Template | None] = {
+            path: self.template(path, value, columns, listed)
+            for path, value in [(("request", "url"), raw.get("url"))]
+            + [(("request", part, k), v) for part in ("query", "headers") for k, v in _items(raw.get(part))]
+            if isinstance(value, str | int | float) and self.usable(path)
+        }
+        url = templates.get(("request", "url"))
+        if url is not None:
+            self.check_url(url)
+        if not self.usable(("request",)) or url is None:
+            return None
+        extra: dict[str, JSON] = {k: raw[k] for k in ("method", "verify_tls") if k in raw}
+        for part in ("query", "headers"):
+            extra[part] = tuple((str(p[2]), t) for p, t in templates.items() if p[1] == part and t is not None)
+        if "timeout" in raw:
+            extra["timeout"] = self.duration(("request", "timeout"), raw["timeout"], positive=True)
+        if "max_body" in raw:
+            extra["max_body"] = parse_size(raw["max_body"])
+        if "batch" in raw:
+            extra["batch"] = self.batch(raw["batch"], columns)
+        return spec.Request(url=url, **extra)
+
+    def batch(self, raw: JSON, columns: frozenset[str] | None) -> spec.Batch | None:
+        roots: Roots = {"status": None, "headers": None, "body": None, "entity": columns}
+        record = self.expression(("request", "batch", "record"), raw["record"], roots)
+        extra = {k: raw[k] for k in ("separator",) if k in raw}
+        return None if record is None else spec.Batch(size=raw["size"], param=raw["param"], record=record, **extra)
+
+    def template(self, path: Path_, value: JSON, columns: frozenset[str] | None, listed: bool) -> spec.Template | None:
+        try:
+            template = templating.parse(value if isinstance(value, str) else str(value))
+        except ValueError as error:
+            self.add(path, str(error))
+            return None
+        for column in sorted(template.columns):
+            if listed:
+                self.add(path, f"{{{column}}}: a list source has no entity columns to fill in")
+            elif columns is not None and column not in columns:
+                have = ", ".join(sorted(columns))
+                self.add(
+                    path,
+                    f"{{{column}}} is not an entity column (have: {have}{did_you_mean(column, columns, inside=True)})",
+                )
+        return template
+
+    def check_url(self, url: spec.Template) -> None:
+        first = url.segments[0] if url.segments else None
+        if isinstance(first, spec.Literal) and not re.match(r"https?://", first.text, re.IGNORECASE):
+            self.add(("request", "url"), "must start with http:// or https:// (or a setting such as ${env.API_URL})")
+        head = ""
+        for segment in url.segments:
+            if isinstance(segment, spec.Column):
+                if "/" not in re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", head):
+                    self.add(
+                        ("request", "url"), f"{{{segment.name}}} would be in the host: put entity values in the path"
+                    )
+                return
+            head += segment.text if isinstance(segment, spec.Literal) else "x"
+
+    # -- pagination, rate limit, retry --------------------------------------------------------------
+    def pagination(self) -> spec.Pagination | None:
+        raw = self.section("pagination", {})
+        if raw is None:
+            return None
+        extra: dict[str, JSON] = {k: raw[k] for k in ("type", "param", "start", "max_pages", "page_size") if k in raw}
+        for key in ("cursor", "has_more"):  # evaluated over the reply body itself
+            extra[key] = self.optional_expression(("pagination", key), None, raw)
+        return spec.Pagination(**extra)
+
+    def rate_limit(self, name: str) -> spec.RateLimit | None:
+        raw = self.section("rate_limit")
+        if raw is None:
+            return None
+        burst = raw.get("burst", 1)
+        if burst > raw["requests"]:
+            self.add(("rate_limit", "burst"), f"{burst} is more than requests ({raw['requests']}): lower it")
+        return spec.RateLimit(
+            requests=raw["requests"],
+            per=self.duration(("rate_limit", "per"), raw["per"], positive=True),
+            burst=burst,
+            bucket=raw.get("bucket", name),
+            shared=spec.LimitScope(raw.get("shared", "process")),
+        )
+
+    def retry(self) -> spec.Retry | None:
+        raw = self.section("retry", {})
+        if raw is None:
+            return None
+        extra: dict[str, JSON] = {k: raw[k] for k in ("attempts",) if k in raw}
+        extra |= {k: float(raw[k]) for k in ("factor", "jitter") if k in raw}
+        extra |= {k: self.duration(("retry", k), raw[k]) for k in ("initial", "max_delay", "max_wait") if k in raw}
+        if "statuses" in raw:
+            extra["statuses"] = frozenset(raw["statuses"])
+        retry = spec.Retry(**extra)
+        if retry.initial > retry.max_delay:
+            self.add(
+                ("retry", "initial"),
+                f"the first backoff ({retry.initial:g}s) is above max_delay ({retry.max_delay:g}s)",
+            )
+        return retry
+
+    # -- outcomes ----------------------------------------------------------------------------------
+    def outcomes(self, columns: frozenset[str] | None) -> tuple[spec.OutcomeRule, ...] | None:
+        raw = self.section("outcomes", [])
+        if raw is None:
+            return None
+        roots: Roots = {"status": None, "headers": None, "body": None, "entity": columns}
+        rules: list[spec.OutcomeRule] = []
+        names: dict[str, int] = {}
+        for i, rule in enumerate(raw):
+            path = ("outcomes", i)
+            if not self.usable(path):
+                continue
+            name = rule.get("name", f"rule {i + 1}")
+            if "name" in rule and names.setdefault(name, i) != i:
+                self.add((*path, "name"), f"duplicate rule name '{name}' (also outcomes[{names[name]}])")
+            when = self.expression((*path, "when"), rule["when"], roots)
+            extra: dict[str, JSON] = {k: rule[k] for k in ("stamp",) if k in rule}
+            if "message" in rule:
+                extra["message"] = self.message((*path, "message"), rule["message"], roots)
+            if "duration" in rule:
+                extra["duration"] = self.duration((*path, "duration"), rule["duration"], positive=True)
+            extra["set"] = self.assignments((*path, "set"), rule.get("set", {}), roots)
+            if when is not None:
+                rules.append(spec.OutcomeRule(name=name, when=when, outcome=spec.Outcome(rule["outcome"]), **extra))
+        return (*rules, *DEFAULT_OUTCOMES)
+
+    def message(self, path: Path_, text: str, roots: Roots) -> spec.MessageTemplate | None:
+        try:
+            parts = split_message(text)
+        except ValueError as error:
+            self.add(path, str(error))
+            return None
+        compiled = [self.expression(path, part, roots) if is_expression else part for is_expression, part in parts]
+        if any(part is None for part in compiled):
+            return None
+        return spec.MessageTemplate(text=text, parts=tuple(cast(list[str | Expression], compiled)))
+
+    # -- writes ------------------------------------------------------------------------------------
+    def writes(self, columns: frozenset[str] | None) -> tuple[spec.Write, ...] | None:
+        raw = self.section("writes")
+        if raw is None:
+            return None
+        writes = (self.write(("writes", i), write, columns) for i, write in enumerate(raw))
+        return tuple(w for i, w in enumerate(writes) if w is not None and self.usable(("writes", i)))
+
+    def write(self, path: Path_, raw: JSON, entity_columns: frozenset[str] | None) -> spec.Write | None:
+        if not self.usable(path):
+            return None
+        rows = self.optional_expression((*path, "rows"), self.mapping_roots(entity_columns), raw)
+        roots = self.mapping_roots(entity_columns, item="rows" in raw)
+        fields = self.assignments((*path, "columns"), raw["columns"], roots)
+        lookups = tuple(
+            self.lookup((*path, "lookups", i), lookup, roots) for i, lookup in enumerate(raw.get("lookups", []))
+        )
+        mapped = [*raw["columns"], *(lookup.column for lookup in lookups)]
+        self.check_columns(path, raw, mapped)
+        target = "function" if "function" in raw else "table"
+        return spec.Write(
+            table=_qualified(raw[target]),
+            function=_qualified(raw["function"]) if "function" in raw else None,
+            key=tuple(raw.get("key", ())),
+            columns=fields,
+            mode=spec.WriteMode(raw.get("mode", "upsert")),
+            rows=rows,
+            merge=tuple((column, spec.Merge(how)) for column, how in raw.get("merge", {}).items()),
+            when=self.optional_expression((*path, "when"), roots, raw),
+            replace_by=tuple(raw.get("replace_by", ())),
+            lookups=lookups,
+        )
+
+    def lookup(self, path: Path_, raw: JSON, roots: Roots) -> spec.Lookup:
+        value = self.expression((*path, "value"), raw["value"], roots) or Expression.compile("@")
+        names = {k: raw[k] for k in ("column", "key", "returning")}
+        return spec.Lookup(table=_qualified(raw["table"]), value=value, **names)
+
+    def check_columns(self, path: Path_, raw: JSON, mapped: list[str]) -> None:
+        """Keys, replace_by and merge name mapped columns; each column is written once."""
+        for i, column in enumerate(mapped[len(raw["columns"]) :]):
+            if column in mapped[: len(raw["columns"]) + i]:
+                self.add((*path, "lookups", i, "column"), f"'{column}' is already written by this write")
+        for part in ("key", "replace_by"):
+            for i, column in enumerate(raw.get(part, ())):
+                if column not in mapped:
+                    self.add((*path, part, i), f"'{column}' is not a mapped column (have: {', '.join(mapped)})")
+        merge = raw.get("merge", {})
+        if merge and raw.get("mode") == "insert":
+            self.add((*path, "merge"), "merge applies to mode: upsert only (insert never updates a row)")
+        for column in merge:
+            if column not in mapped or column in raw["key"]:
+                reason = "is a key column" if column in mapped else "is not a mapped column"
+                self.add((*path, "merge", column), f"'{column}' {reason}: only mapped non-key columns merge")
+
+    def mapping_roots(self, entity: frozenset[str] | None, *, record: bool = True, item: bool = False) -> Roots:
+        """The mapping context: `records` sees no record yet, and only a write with rows has `item`."""
+        roots: dict[str, frozenset[str] | None] = {"record": None, "item": None} if item else {"record": None}
+        roots |= {
+            "entity": entity,
+            "response": frozenset({"status", "headers", "body"}),
+            "body": None,
+            "run": RUN_FIELDS,
+        }
+        return roots if record else {k: v for k, v in roots.items() if k != "record"}
+
+    # -- status ------------------------------------------------------------------------------------
+    def status(self, name: str, columns: frozenset[str] | None) -> spec.Status | None:
+        raw = self.section("status", {})
+        if raw is None or raw is False:
+            return None
+        roots = self.mapping_roots(columns, record=False)
+        return spec.Status(
+            set=self.assignments(("status", "set"), raw.get("set", {}), roots),
+            table=_qualified(raw["table"]) if "table" in raw else self.project.status_table,
+            key=raw.get("key", self.project.status_key),
+            column=raw.get("column", f"last_{name}_sync"),
+            **{k: raw[k] for k in ("stamp_on_skip", "error_columns") if k in raw},
+        )
+
+    def assignments(self, path: Path_, raw: dict[str, JSON], roots: Roots) -> tuple[spec.Field, ...]:
+        """`column: expression` pairs; a plain true/false/number/null is that literal value."""
+        fields = []
+        for column, value in raw.items():
+            text = value if isinstance(value, str) else f"`{json.dumps(value)}`"
+            if (expression := self.expression((*path, column), text, roots)) is not None:
+                fields.append(spec.Field(column, expression))
+        return tuple(fields)
+
+    def steps(self, key: str) -> tuple[spec.Step, ...] | None:
+        raw = self.section(key, [])
+        if raw is None:
+            return None
+        steps = [(i, step) for i, step in enumerate(raw) if self.usable((key, i))]
+        for i, step in steps:
+            _check_sql(self, (key, i, "sql"), step["sql"], allowed=("job_id", "started_at", "source"), required=())
+        return tuple(spec.Step(sql=step["sql"], when=spec.StepWhen(step.get("when", "always"))) for _, step in steps)
+
+    # -- values ------------------------------------------------------------------------------------
+    def duration(self, path: Path_, value: JSON, *, positive: bool = False) -> float:
+        seconds = parse_duration(value)  # the schema has checked the form
+        if positive and seconds <= 0:
+            self.add(path, f"{show(value)} is out of range: must be more than 0")
+        return seconds
+
+    def optional_expression(self, path: Path_, roots: Roots | None, raw: JSON = None) -> Expression | None:
+        raw = self.raw if raw is None else raw
+        key = path[-1]
+        return self.expression(path, raw[key], roots) if key in raw else None
+
+    def expression(self, path: Path_, text: str, roots: Roots | None) -> Expression | None:
+        """Compiled once; unknown functions and context names are problems (jmespath checks neither)."""
+        expression, messages = compile_checked(text, roots)
+        for message in messages:
+            self.add(path, message)
+        return expression
+
+
+def _check_sql(
+    builder: _Builder, path: Path_, text: str, *, allowed: tuple[str, ...], required: tuple[str, ...]
+) -> None:
+    used = set(_SQL_PARAMETER.findall(text))
+    for name in sorted(used - set(allowed)):
+        builder.add(path, f"unknown parameter %({name})s (use {', '.join(f'%({a})s' for a in allowed)})")
+    for name in required:
+        if name not in used:
+            builder.add(path, f"the query must use %({name})s: the engine pages through it by key")
+    if "%" in _SQL_PARAMETER.sub("", text).replace("%%", ""):
+        builder.add(path, "a literal % must be written %% (parameters are written %(name)s)")
+
+
+def _items(value: JSON) -> list[tuple[str, JSON]]:
+    return list(value.items()) if isinstance(value, dict) else []
+
+
+def _function_arg(value: JSON) -> spec.FunctionArg:
+    if isinstance(value, dict):
+        return spec.FunctionArg(parameter=value["param"])
+    return spec.FunctionArg(value=value)

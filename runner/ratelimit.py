@@ -62,15 +62,14 @@ class Limiter:
         self._grants: deque[float] = deque(maxlen=rate.requests)
         self._paused_until = float("-inf")
         self._clock, self._sleep = clock, sleep
-        self._lock: asyncio.Lock | None = None  # created in the running loop on first use
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None  # per event loop
         self._closed = False
 
     async def acquire(self) -> None:
         """Wait until one more request fits the budget (FIFO among waiters), then count it."""
         if self._closed:
             raise RuntimeError(f"rate limiter for bucket '{self.rate.bucket}' is closed")
-        self._lock = self._lock or asyncio.Lock()
-        async with self._lock:  # one waiter at a time keeps the order fair and the log consistent
+        async with self._loop_lock():  # one waiter at a time keeps the order fair and the log consistent
             while (wait := self._wait(self._clock())) > 0:
                 await self._sleep(wait)
             self._grants.append(self._clock())
@@ -82,6 +81,13 @@ class Limiter:
 
     def close(self) -> None:
         self._closed = True
+
+    def _loop_lock(self) -> asyncio.Lock:
+        """An asyncio.Lock belongs to one event loop; a limiter may outlive one `asyncio.run`."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        return self._lock[1]
 
     def _wait(self, now: float) -> float:
         grants, burst = self._grants, self.rate.burst

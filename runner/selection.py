@@ -51,10 +51,10 @@ _INTERNAL = ("__synced", "__neg_priority", "__stamp", "__claimed")
 
 
 class Partition(NamedTuple):
-    """`--partition index/count`; a plain `(index, count)` tuple works too."""
+    """`--partition shard/shards`, e.g. 0/4; a plain `(shard, shards)` tuple works too."""
 
-    index: int
-    count: int
+    shard: int
+    shards: int
 
 
 def partition_of(key: object, count: int) -> int:
@@ -87,28 +87,34 @@ def chunks(
     """
     claims = _Claim(source.name, holder, lease_seconds, claim)
     part = Partition(*partition) if partition is not None else None
+    budget = _Budget(limit, chunk_size)
     if ids is not None:
-        pages = _by_ids(conn, source, list(ids), claims, chunk_size)
+        pages = _by_ids(conn, source, list(ids), claims, budget)
     elif source.entities.type is SelectionType.DEFAULT:
-        pages = _default(conn, source, claims, part, after, chunk_size)
+        pages = _default(conn, source, claims, part, after, budget)
     elif source.entities.type is SelectionType.FUNCTION:
-        pages = _function(conn, source, claims, part, after, limit, chunk_size)
+        pages = _function(conn, source, claims, part, after, budget)
     elif source.entities.type is SelectionType.SQL:
-        pages = _user_sql(conn, source, claims, part, after, chunk_size)
+        pages = _user_sql(conn, source, claims, part, after, budget)
     else:
         raise ValueError(f"{source.name}: a list-shaped source has no entity selection")
-    yield from _up_to(pages, limit)
+    # Pages can be empty (every candidate claimed by someone else); the caller never sees those.
+    yield from (page for page in pages if page)
 
 
-def _up_to(pages: Iterator[list[Entity]], limit: int) -> Iterator[list[Entity]]:
-    remaining = limit
-    for page in pages:
-        if remaining <= 0:
-            return
-        if page:
-            yield page[:remaining]
-            remaining -= len(page[:remaining])
-    # A generator left unfinished is closed by the caller; nothing here holds a transaction open.
+@dataclass(slots=True)
+class _Budget:
+    """How many entities may still be claimed: no chunk ever claims more than the run will process."""
+
+    left: int
+    size: int
+
+    def next(self) -> int:
+        return max(0, min(self.size, self.left))
+
+    def spend(self, rows: list[Entity]) -> list[Entity]:
+        self.left -= len(rows)
+        return rows
 
 
 def renew(conn: psycopg.Connection, source: Source | str, holder: str, lease_seconds: float) -> int:
@@ -260,21 +266,21 @@ def _default(
     claim: _Claim,
     partition: Partition | None,
     after: Any,
-    size: int,
+    budget: _Budget,
 ) -> Iterator[list[Entity]]:
     cursor: tuple[Any, ...] | None = None
-    while True:
+    while (size := budget.next()) > 0:
         query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled)
         params = {**claim.params(), "n": size, "after": after}
         if partition is not None:
-            params.update(part_index=partition.index, part_count=partition.count)
+            params.update(part_index=partition.shard, part_count=partition.shards)
         params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
         rows = _fetch(conn, query, params)
         if not rows:
             return
         last = rows[-1]
         cursor = (last["__synced"], last["__neg_priority"], last["__stamp"], last[source.entities.key])
-        yield [_public(row) for row in rows if row["__claimed"]]
+        yield budget.spend([_public(row) for row in rows if row["__claimed"]])
         if len(rows) < size:
             return
 
@@ -290,17 +296,17 @@ def _public(row: Entity) -> Entity:
 
 # --- explicit ids ---------------------------------------------------------------------------------------
 def _by_ids(
-    conn: psycopg.Connection, source: Source, ids: list[Any], claim: _Claim, size: int
+    conn: psycopg.Connection, source: Source, ids: list[Any], claim: _Claim, budget: _Budget
 ) -> Iterator[list[Entity]]:
     key = source.entities.key
-    typed = [cast_key(source, value) for value in ids]
-    for start in range(0, len(typed), size):
-        page = typed[start : start + size]
+    typed = list(dict.fromkeys(cast_key(source, value) for value in ids))
+    while typed and (size := budget.next()) > 0:
+        page, typed = typed[:size], typed[size:]
         if source.entities.type is SelectionType.DEFAULT and source.status is not None:
             rows = _status_rows(conn, source, page)
         else:
             rows = [{key: value} for value in page]
-        yield _claimed(conn, claim, rows, key, backoff=False)
+        yield budget.spend(_claimed(conn, claim, rows, key, backoff=False))
 
 
 def cast_key(source: Source, value: Any) -> Any:
@@ -350,18 +356,19 @@ def _function(
     claim: _Claim,
     partition: Partition | None,
     after: Any,
-    limit: int,
-    size: int,
+    budget: _Budget,
 ) -> Iterator[list[Entity]]:
     if _takes_after_key(source):
-        yield from _paged(conn, source, claim, partition, after, size, lambda n, a: (_function_sql(source, n, a), {}))
+        yield from _paged(conn, source, claim, partition, after, budget, lambda n, a: (_function_sql(source, n, a), {}))
         return
     # Called once: a function without after_key cannot be paged. With --partition it is asked for
     # limit x count rows so that this shard still gets about `limit` after filtering.
-    wanted = limit * (partition.count if partition else 1)
+    # Entities backing off are dropped after the call, so fewer than `limit` may come back.
+    wanted = budget.left * (partition.shards if partition else 1)
     rows = _keep(source, _fetch(conn, _function_sql(source, wanted, after), {}), partition)
-    for start in range(0, len(rows), size):
-        yield _claimed(conn, claim, rows[start : start + size], source.entities.key, backoff=True)
+    while rows and (size := budget.next()) > 0:
+        page, rows = rows[:size], rows[size:]
+        yield budget.spend(_claimed(conn, claim, page, source.entities.key, backoff=True))
 
 
 def _user_sql(
@@ -370,7 +377,7 @@ def _user_sql(
     claim: _Claim,
     partition: Partition | None,
     after: Any,
-    size: int,
+    budget: _Budget,
 ) -> Iterator[list[Entity]]:
     assert source.entities.sql is not None
     query = sql.SQL(source.entities.sql)
@@ -378,7 +385,7 @@ def _user_sql(
     def page(n: int, after_key: Any) -> tuple[sql.SQL, dict[str, Any]]:
         return query, {"limit": n, "after_key": after_key, "source": source.name}
 
-    yield from _paged(conn, source, claim, partition, after, size, page)
+    yield from _paged(conn, source, claim, partition, after, budget, page)
 
 
 def _paged(
@@ -387,12 +394,12 @@ def _paged(
     claim: _Claim,
     partition: Partition | None,
     after: Any,
-    size: int,
+    budget: _Budget,
     page: Callable[[int, Any], tuple[sql.SQL | sql.Composed, dict[str, Any]]],
 ) -> Iterator[list[Entity]]:
     """Call `page(n, after_key)` until it returns fewer than n rows or nothing new."""
     key, seen = source.entities.key, set[Any]()
-    while True:
+    while (size := budget.next()) > 0:
         query, params = page(size, after)
         rows = _fetch(conn, query, params)
         fresh = [row for row in rows if row[key] not in seen]
@@ -400,7 +407,7 @@ def _paged(
             return  # also guards against a query that ignores after_key
         seen.update(row[key] for row in fresh)
         after = rows[-1][key]
-        yield _claimed(conn, claim, _keep(source, fresh, partition), key, backoff=True)
+        yield budget.spend(_claimed(conn, claim, _keep(source, fresh, partition)[:size], key, backoff=True))
         if len(rows) < size:
             return
 
@@ -412,4 +419,4 @@ def _keep(source: Source, rows: list[Entity], partition: Partition | None) -> li
     if partition is None:
         return kept
     key = source.entities.key
-    return [row for row in kept if partition_of(row[key], partition.count) == partition.index]
+    return [row for row in kept if partition_of(row[key], partition.shards) == partition.shard]

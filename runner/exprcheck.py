@@ -1,0 +1,135 @@
+"""Load-time checks of JMESPath text: compile errors in words, unknown function names and names
+read from the context document (jmespath checks neither until it runs), and `{...}` message templates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import cast
+
+from jmespath import functions as jp_functions
+from jmespath.exceptions import JMESPathError
+
+from runner import spec
+from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
+from runner.sourcefile import did_you_mean, show
+
+FUNCTIONS = frozenset(CUSTOM_FUNCTIONS) | frozenset(
+    name.removeprefix("_func_") for name in dir(jp_functions.Functions) if name.startswith("_func_")
+)
+Roots = Mapping[str, frozenset[str] | None]  # context names -> their known fields (None: any)
+
+
+def compile_checked(text: str, roots: Roots | None) -> tuple[Expression | None, list[str]]:
+    """The compiled expression, or None and what is wrong with it. `roots=None` skips the name check
+    (for expressions over a reply body, whose names are the API's)."""
+    try:
+        expression = Expression.compile(text)
+    except JMESPathError as error:
+        return None, [f"bad JMESPath {show(text)}: {_parse_message(error)}"]
+    tree = expression.parsed.parsed
+    messages = [
+        f"unknown function {name}() in {show(text)}{did_you_mean(name, FUNCTIONS)}"
+        for name in _function_names(tree)
+        if name not in FUNCTIONS
+    ]
+    for name, field in _references(tree) if roots is not None else ():
+        if message := _reference_problem(name, field, roots or {}, text):
+            messages.append(message)
+    return (None if messages else expression), messages
+
+
+def _function_names(node: JSON) -> Iterator[str]:
+    if node.get("type") == "function_expression":
+        yield node["value"]
+    for child in node.get("children", []):
+        yield from _function_names(child)
+
+
+def _references(node: JSON) -> Iterator[tuple[str, str | None]]:
+    """(name, field) for each name read from the context document, e.g. `run.today` -> ("run", "today").
+    Names inside projections, filters, pipes' right sides and &expr apply to elements, not the context."""
+    kind, children = node["type"], node.get("children", [])
+    if kind == "field":
+        yield node["value"], None
+    elif kind == "subexpression" and children[0]["type"] == "field":
+        yield children[0]["value"], _leading_field(children[1])
+    elif kind in ("subexpression", "index_expression", "projection", "value_projection", "filter_projection", "pipe"):
+        yield from _references(children[0])
+    elif kind != "expref":
+        for child in children:
+            yield from _references(child)
+
+
+def _leading_field(node: JSON) -> str | None:
+    if node["type"] == "field":
+        return cast(str, node["value"])
+    return _leading_field(node["children"][0]) if node["type"] == "index_expression" else None
+
+
+def _parse_message(error: Exception) -> str:
+    first = str(error).splitlines()[0]
+    first = re.sub(r"^(Invalid|Bad) jmespath expression: ", "", first, flags=re.IGNORECASE)
+    first = re.sub(r": Parse error at column.*$", "", first).rstrip(":")
+    column = getattr(error, "lex_position", None)
+    return f"{first} (at column {column})" if column is not None else first
+
+
+def _reference_problem(name: str, field: str | None, roots: Roots, text: str) -> str | None:
+    where = f"in {show(text)}"
+    if name in ("true", "false"):
+        return f"'{name}' {where} is a field name, not a boolean (write `{name}` in backticks)"
+    if name == "null" and field is None:
+        return None  # a bare `null` reads a missing field: null, as the author meant
+    if name not in roots:
+        if name == "item" and "record" in roots:
+            return f"'item' {where} exists only with rows: (one row per item of a list)"
+        return f"unknown name '{name}' {where} (use {', '.join(roots)}{did_you_mean(name, roots, inside=True)})"
+    known = roots[name]
+    if known is None or field is None or field in known:
+        return None
+    have = f"has {', '.join(sorted(known))}" if known else "has no columns in a list source"
+    return f"'{name}.{field}' {where} does not exist ({name} {have}{did_you_mean(field, known, inside=True)})"
+
+
+def message_template(text: str) -> spec.MessageTemplate:
+    """`"API said {body.error}"` -> literal and compiled parts; ValueError/ParseError if malformed."""
+    parts: list[str | Expression] = []
+    for is_expression, part in split_message(text):
+        parts.append(Expression.compile(part) if is_expression else part)
+    return spec.MessageTemplate(text=text, parts=tuple(parts))
+
+
+def split_message(text: str) -> list[tuple[bool, str]]:
+    parts: list[tuple[bool, str]] = []
+    literal, i = "", 0
+    while i < len(text):
+        if text.startswith(("{{", "}}"), i):
+            literal, i = literal + text[i], i + 2
+        elif text[i] == "}":
+            raise ValueError("unbalanced '}' (write }} for a literal brace)")
+        elif text[i] == "{":
+            end = _closing_brace(text, i)
+            parts += [(False, literal)] if literal else []
+            parts.append((True, text[i + 1 : end]))
+            literal, i = "", end + 1
+        else:
+            literal, i = literal + text[i], i + 1
+    return parts + ([(False, literal)] if literal else [])
+
+
+def _closing_brace(text: str, start: int) -> int:
+    """The `}` closing the `{` at `start`; braces inside JMESPath quotes and literals don't count."""
+    depth, quote, escaped = 0, "", False
+    for i in range(start, len(text)):
+        char = text[i]
+        if quote:
+            escaped, quote = (not escaped and char == "\\"), ("" if char == quote and not escaped else quote)
+        elif char in "'\"`":
+            quote = char
+        elif char in "{}":
+            depth += 1 if char == "{" else -1
+            if depth == 0:
+                return i
+    raise ValueError("unclosed '{' (write {{ for a literal brace)")

@@ -1,0 +1,276 @@
+"""Reading a YAML file for config: node lines kept, aliases and absurd nesting refused, and JSON
+Schema errors turned into `file:line: path: message` problems a YAML author can act on.
+
+Used by `config` only (for source files and syncrun.yaml); returns plain dicts, lists and scalars.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import cast
+
+import yaml
+from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
+
+from runner.errors import Problem
+from runner.expressions import JSON
+
+MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 32  # deeper nesting is never a real source, and PyYAML's composer recurses
+_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
+
+Path_ = tuple[str | int, ...]  # a location in the document: keys and list indexes
+
+
+def schema(name: str = "source.schema.json") -> dict[str, JSON]:
+    """The JSON Schema, from the installed package (runner/schemas) or the checkout's schemas/."""
+    packaged = resources.files("runner").joinpath("schemas", name)
+    if packaged.is_file():
+        return cast(dict[str, JSON], json.loads(packaged.read_text("utf-8")))
+    checkout = Path(__file__).resolve().parent.parent / "schemas" / name
+    return cast(dict[str, JSON], json.loads(checkout.read_text("utf-8")))
+
+
+@functools.cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(name))
+
+
+# --- reading YAML, keeping lines ----------------------------------------------------------------
+@dataclass
+class Document:
+    file: str
+    data: JSON
+    lines: dict[Path_, int]  # where each value starts
+    key_lines: dict[Path_, int]  # where each mapping key is written
+
+    def line(self, path: Path_, *, key: bool = False) -> int:
+        if key and path in self.key_lines:
+            return self.key_lines[path]
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+    def problem(self, path: Path_, message: str, *, key: bool = False) -> Problem:
+        return Problem(self.file, self.line(path, key=key), dotted(path), message)
+
+
+class _Refused(Exception):
+    def __init__(self, mark: object, message: str) -> None:
+        self.line, self.message = getattr(mark, "line", 0) + 1, message
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader's composer, refusing aliases (no alias bombs) and absurd nesting."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(event.start_mark, "YAML aliases (*name) are not supported: repeat the value")
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def read(text: bytes | str, file: str) -> tuple[Document | None, list[Problem]]:
+    if len(text) > MAX_FILE_BYTES:
+        return None, [Problem(file, 1, "", f"the file is larger than {MAX_FILE_BYTES // 1000} KB")]
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader checks the characters already here
+        node = loader.get_single_node()
+    except _Refused as refused:
+        return None, [Problem(file, refused.line, "", refused.message)]
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        return None, [Problem(file, mark.line + 1 if mark else 1, "", f"not valid YAML: {error.problem}")]
+    except yaml.reader.ReaderError as error:  # bytes that are not UTF-8, or control characters
+        line = text[: error.position].count("\n" if isinstance(text, str) else b"\n") + 1
+        return None, [Problem(file, line, "", f"not valid YAML: {error.reason} (character #x{error.character:04x})")]
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if node is None:
+        return None, [Problem(file, 1, "", "the file is empty")]
+    doc = Document(file, None, {}, {})
+    problems: list[Problem] = []
+    doc.data = _to_data(node, (), doc, loader, problems)
+    return (doc if not problems else None), problems
+
+
+def _to_data(node: yaml.Node, path: Path_, doc: Document, loader: _Loader, problems: list[Problem]) -> JSON:
+    doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode) and node.tag == "tag:yaml.org,2002:map":
+        out: dict[str, JSON] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None:
+                problems.append(Problem(doc.file, key_node.start_mark.line + 1, dotted(path), "keys must be text"))
+            elif key in out:
+                first = doc.key_lines[(*path, key)]
+                line = key_node.start_mark.line + 1
+                problems.append(Problem(doc.file, line, dotted((*path, key)), f"duplicate key '{key}' (first at line {first})"))
+            else:
+                doc.key_lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = _to_data(value_node, (*path, key), doc, loader, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode) and node.tag == "tag:yaml.org,2002:seq":
+        return [_to_data(item, (*path, i), doc, loader, problems) for i, item in enumerate(node.value)]
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:timestamp":
+        return node.value  # a date stays text: the schema decides what it may be
+    if isinstance(node, yaml.ScalarNode) and node.tag in _SCALAR_TAGS:
+        value = loader.construct_object(node)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(doc.problem(path, f"{node.value} is not a finite number"))
+        return value
+    problems.append(doc.problem(path, f"unsupported YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} (use plain values, lists, mappings)"))
+    return None
+
+
+# --- schema errors, in words ----------------------------------------------------------------------
+_TYPE_WORDS = {
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping (key: value)",
+    "array": "a list",
+    "null": "null",
+}
+_PATTERN_WORDS = {
+    "duration": "is not a duration (use 500ms, 30s, 1m, 1h, 7d)",
+    "size": "is not a size (use 512KB, 10MB, 1GB or a number of bytes)",
+    "identifier": "is not a valid name (lower-case letters, digits and _, not starting with a digit, ≤ 63 long)",
+    "qualified_name": "is not a valid name (name or schema.name; lower-case letters, digits and _)",
+    "source_name": "is not a valid source name (lower-case letters, digits and _, starting with a letter, ≤ 50 long)",
+    "job_type": "is not a valid job type (letters, digits, _ . -)",
+    "bucket": "is not a valid bucket name (letters, digits, _ . : -)",
+    "header_name": "is not a valid header name",
+}
+_DISCRIMINATOR_DEFAULTS = {"entities": ("type", "default"), "pagination": ("type", "none")}
+
+
+def check(doc: Document, schema_name: str) -> tuple[list[Problem], set[Path_]]:
+    """Every schema problem, and the paths they are at (so the caller can skip broken sections)."""
+    errors = list(validator(schema_name).iter_errors(doc.data))
+    problems = [problem for error in errors for problem in _explain(error, doc)]
+    # An unknown or inapplicable key leaves the rest of its section well-formed: still check that.
+    return problems, {tuple(e.absolute_path) for e in errors if e.validator not in ("additionalProperties", "not")}
+
+
+def _explain(error: ValidationError, doc: Document) -> list[Problem]:
+    path: Path_ = tuple(error.absolute_path)
+    kind, value = error.validator, error.instance
+    if "propertyNames" in error.absolute_schema_path:  # the key itself is wrong: point at the key
+        return [doc.problem((*path, value), _value_message(error), key=True)]
+    if kind == "additionalProperties":
+        return [doc.problem((*path, key), _unknown_key(key, error.schema), key=True) for key in _extra(error)]
+    if kind == "required":
+        missing = [name for name in error.validator_value if name not in value]
+        return [doc.problem((*path, name), "is required but missing") for name in missing]
+    if kind == "const" and not isinstance(value, bool):
+        return []  # the type error for the same value says it better
+    if kind == "not":
+        return [doc.problem(path, _not_applicable(path, doc), key=True)]
+    return [doc.problem(path, _value_message(error))]
+
+
+def _value_message(error: ValidationError) -> str:
+    kind, expected, value = error.validator, error.validator_value, error.instance
+    if kind == "type":
+        types = [expected] if isinstance(expected, str) else list(expected)
+        types = [t for t in types if not (t == "integer" and "number" in types)]
+        hint = " (quote it if you mean text)" if isinstance(value, bool) and "string" in types else ""
+        words = [_TYPE_WORDS[t] for t in types]
+        if types == ["object", "boolean"]:  # `status:` is a mapping, or false to turn it off
+            words = [_TYPE_WORDS["object"], "false"]
+        either = " or ".join([", ".join(words[:-1]), words[-1]] if len(words) > 2 else words)
+        return f"expected {either}, got {show(value)}{hint}"
+    if kind == "enum":
+        return f"{show(value)} is not one of: {', '.join(map(str, expected))}{did_you_mean(value, expected)}"
+    if kind == "pattern":
+        return f"{show(value)} {_PATTERN_WORDS.get(error.schema.get('title', ''), f'does not match {expected}')}"
+    if kind == "const":
+        return f"{show(value)} is not allowed here (write false to turn stamping off, or a mapping)"
+    if kind in ("minimum", "exclusiveMinimum", "maximum"):
+        word = {"minimum": "at least", "exclusiveMinimum": "more than", "maximum": "at most"}[kind]
+        return f"{show(value)} is out of range: must be {word} {expected}"
+    if kind in ("minItems", "minProperties", "minLength"):
+        return "must not be empty"
+    if kind == "uniqueItems":
+        return "lists the same value twice"
+    return str(error.message)
+
+
+def _extra(error: ValidationError) -> list[str]:
+    known = set(error.schema.get("properties", {}))
+    return [key for key in error.instance if key not in known]
+
+
+def _unknown_key(key: str, schema: Mapping[str, JSON]) -> str:
+    allowed = sorted(schema.get("properties", {}))
+    hint = did_you_mean(key, allowed) or f" (allowed: {', '.join(allowed)})"
+    return f"unknown key {show(key)}{hint}"
+
+
+def _not_applicable(path: Path_, doc: Document) -> str:
+    parent = _get(doc.data, path[:-1])
+    name, default = _DISCRIMINATOR_DEFAULTS.get(str(path[0]), ("outcome", ""))
+    if path[0] == "writes":
+        return "does not apply to a write with function: (remove it)"
+    chosen = parent.get(name, default) if isinstance(parent, dict) else default
+    return f"does not apply to {name}: {chosen} (remove it)"
+
+
+def _get(data: JSON, path: Path_) -> JSON:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def did_you_mean(word: JSON, choices: Iterable[JSON], *, inside: bool = False) -> str:
+    """` (did you mean 'x'?)`, or `; did you mean 'x'?` to go `inside` a parenthesis; "" if nothing is close."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1) if isinstance(word, str) else []
+    if not close:
+        return ""
+    return f"; did you mean '{close[0]}'?" if inside else f" (did you mean '{close[0]}'?)"
+
+
+def show(value: JSON) -> str:
+    """A value as a YAML author wrote it, short and on one line."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def dotted(path: Path_) -> str:
+    """`writes[0].columns.price`; odd keys in quotes, with no `:` so the path stays one field."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            out += f".{part}" if out else part
+        else:
+            out += "[" + json.dumps(part).replace(":", "\\u003a") + "]"
+    return out

@@ -1,0 +1,270 @@
+"""client.send: retries with backoff, Retry-After for the whole bucket, total timeout, body cap."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from runner import client, spec
+from runner.errors import FetchError, RunFailed, Transient
+from runner.ratelimit import Limiter
+from tests.apiserver import ApiServer, FakeClock, Reply
+
+POLICY = spec.Retry(attempts=4, initial=1.0, factor=2.0, jitter=0.0)
+
+
+def _limiter(clock: FakeClock | None = None, requests: int = 1000) -> Limiter:
+    rate = spec.RateLimit(requests=requests, per=1.0, bucket="t")
+    return Limiter(rate, clock=clock, sleep=clock.sleep) if clock else Limiter(rate)
+
+
+def _request_spec(url: str = "http://api.test/", timeout: float = 5.0) -> spec.Request:
+    return spec.Request(url=spec.Template(url, (spec.Literal(url),)), timeout=timeout)
+
+
+def send(
+    url: str,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    policy: spec.Retry = POLICY,
+    clock: FakeClock | None = None,
+    limiter: Limiter | None = None,
+    timeout: float = 5.0,
+    max_body: int = 1_000_000,
+    redact: Callable[[str], str] = str,
+) -> client.Reply:
+    """One client.send through client.build, with the fake clock's sleep (no real waiting)."""
+    clock = clock or FakeClock()
+    limiter = limiter or _limiter()
+
+    async def main() -> client.Reply:
+        async with client.build(_request_spec(url, timeout), limiter, transport=transport, max_connections=4) as http:
+            request = http.build_request("GET", url)
+            return await client.send(
+                http,
+                request,
+                policy,
+                max_body=max_body,
+                timeout=timeout,
+                limiter=limiter,
+                redact=redact,
+                sleep=clock.sleep,
+            )
+
+    return asyncio.run(main())
+
+
+def scripted(*responses: httpx.Response) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A MockTransport answering `responses` in order, and the list of requests it saw."""
+    seen: list[httpx.Request] = []
+    replies: Iterator[httpx.Response] = iter(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return next(replies)
+
+    return httpx.MockTransport(handler), seen
+
+
+# --- retry logic (MockTransport) ---------------------------------------------------------------------
+def test_transient_statuses_retry_with_backoff_then_succeed() -> None:
+    """503, 503, 503, 200: success after backing off 1, 2 and 4 s."""
+    transport, seen = scripted(*(httpx.Response(503) for _ in range(3)), httpx.Response(200, json={"ok": 1}))
+    clock = FakeClock()
+    reply = send("http://api.test/x", transport=transport, clock=clock)
+    assert (reply.status, reply.body, len(seen)) == (200, {"ok": 1}, 4)
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    """Backoff grows by `factor`, stays within +/- jitter, and never exceeds max_delay (+ jitter)."""
+    transport, _ = scripted(*(httpx.Response(500) for _ in range(5)), httpx.Response(200))
+    clock = FakeClock()
+    policy = spec.Retry(attempts=6, initial=1.0, factor=3.0, max_delay=5.0, jitter=0.1)
+    send("http://api.test/x", transport=transport, clock=clock, policy=policy)
+    for slept, nominal in zip(clock.sleeps, [1.0, 3.0, 5.0, 5.0, 5.0], strict=True):
+        assert nominal * 0.9 <= slept <= nominal * 1.1
+
+
+def test_non_transient_status_is_returned_after_one_request() -> None:
+    """A 404 is an answer, not a failure: returned as is, no retry."""
+    transport, seen = scripted(httpx.Response(404, json={"error": "gone"}))
+    reply = send("http://api.test/x", transport=transport)
+    assert (reply.status, reply.body, len(seen)) == (404, {"error": "gone"}, 1)
+
+
+def test_exhausted_attempts_raise_transient_with_a_redacted_url() -> None:
+    """Four 503s: Transient naming the attempts, the last status and the URL with the secret masked."""
+    transport, seen = scripted(*(httpx.Response(503, text="down") for _ in range(4)))
+    with pytest.raises(Transient) as caught:
+        send("http://api.test/x?key=hunter22", transport=transport, redact=lambda s: s.replace("hunter22", "***"))
+    assert str(caught.value) == "gave up after 4 attempts: HTTP 503 'down' (GET http://api.test/x?key=***)"
+    assert caught.value.definitive is False
+    assert len(seen) == 4
+
+
+def test_connection_errors_are_transient() -> None:
+    """A transport error is retried and, when it persists, reported with its type."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(Transient, match=r"gave up after 2 attempts: connection failed \(ConnectError: connection"):
+        send("http://api.test/x", transport=httpx.MockTransport(refuse), policy=spec.Retry(attempts=2, jitter=0))
+
+
+def test_reply_fields() -> None:
+    """Reply: lower-case headers, media type without parameters, decoded JSON, raw excerpt, elapsed."""
+    transport, _ = scripted(httpx.Response(200, headers={"X-Thing": "1"}, json={"a": [1, 2]}))
+    reply = send("http://api.test/x", transport=transport)
+    assert reply.headers["x-thing"] == "1"
+    assert reply.content_type == "application/json"
+    assert reply.raw == b'{"a":[1,2]}'
+    assert reply.url == "http://api.test/x"
+    assert reply.elapsed >= 0
+
+
+# --- Retry-After, timeouts, body cap (a real server) ---------------------------------------------------
+def test_retry_after_pauses_the_whole_bucket(api: ApiServer) -> None:
+    """`Retry-After: 1` on one request makes it wait 1 s, and another request on the same limiter waits too."""
+    api.route("/a", Reply(429, headers={"Retry-After": "1"}), Reply(200, json={"a": 1}))
+    api.route("/b", Reply(200, json={"b": 1}))
+    limiter = _limiter()
+    sleeps: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(seconds)
+
+    async def main() -> list[client.Reply]:
+        async with client.build(_request_spec(), limiter, max_connections=4) as http:
+
+            async def get(path: str) -> client.Reply:
+                request = http.build_request("GET", api.url + path)
+                return await client.send(
+                    http, request, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str, sleep=recording_sleep
+                )
+
+            first = asyncio.create_task(get("/a"))
+            while not api.requests:  # /b starts once the 429 has been answered
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            return [await first, await get("/b")]
+
+    replies = asyncio.run(main())
+    assert [r.body for r in replies] == [{"a": 1}, {"b": 1}]
+    assert sleeps == [1.0]
+    a, b = api.arrivals("/a"), api.arrivals("/b")
+    assert b[0] - a[0] >= 0.95  # /b did not go out while the bucket was paused
+
+
+def test_retry_after_http_date(api: ApiServer) -> None:
+    """An HTTP-date Retry-After is waited out as seconds from now."""
+    when = email.utils.formatdate(time.time() + 3, usegmt=True)
+    api.route("/x", Reply(503, headers={"Retry-After": when}), Reply(200, json={}))
+    clock = FakeClock()
+    send(api.url + "/x", clock=clock, limiter=_limiter(clock))
+    assert len(clock.sleeps) == 1
+    assert 1.5 < clock.sleeps[0] <= 3.0
+
+
+def test_retry_after_beyond_max_wait_fails_the_run(api: ApiServer) -> None:
+    """Retry-After longer than retry.max_wait stops the run at once instead of sleeping for hours."""
+    api.route("/x", Reply(429, headers={"Retry-After": "7200"}))
+    clock = FakeClock()
+    with pytest.raises(RunFailed) as caught:
+        send(api.url + "/x", clock=clock, limiter=_limiter(clock))
+    assert str(caught.value) == (
+        f"{api.url}/x answered HTTP 429 with Retry-After: 7200 (7200 s), longer than retry.max_wait (300 s);"
+        " stopping the run instead of waiting"
+    )
+    assert clock.sleeps == []
+    assert len(api.requests) == 1
+
+
+def test_hung_server_hits_the_total_timeout(api: ApiServer) -> None:
+    """A server that never answers is cut at request.timeout per attempt, then Transient."""
+    api.route("/x", Reply(hang=True))
+    started = time.monotonic()
+    with pytest.raises(Transient) as caught:
+        send(api.url + "/x", timeout=0.3, policy=spec.Retry(attempts=2, jitter=0))
+    assert str(caught.value) == (
+        f"gave up after 2 attempts: no complete answer within 0.3 s (request.timeout) (GET {api.url}/x)"
+    )
+    assert 0.6 <= time.monotonic() - started < 2.0
+    assert len(api.requests) == 2
+
+
+def test_slow_drip_body_hits_the_total_timeout(api: ApiServer) -> None:
+    """A body trickling in a byte every 0.1 s beats every per-read timeout but not the total one."""
+    api.route("/x", Reply(drip=0.1))
+    started = time.monotonic()
+    with pytest.raises(Transient, match=r"no complete answer within 0\.5 s"):
+        send(api.url + "/x", timeout=0.5, policy=spec.Retry(attempts=2, jitter=0))
+    assert 1.0 <= time.monotonic() - started < 2.5
+
+
+def test_waiting_for_the_rate_limit_does_not_count_as_timeout(api: ApiServer) -> None:
+    """The timeout clock starts at the grant: queueing 0.6 s for budget with a 0.3 s timeout is fine."""
+    api.route("/x", Reply(200, json={}))
+    limiter = Limiter(spec.RateLimit(requests=1, per=0.6, bucket="t"))
+
+    async def main() -> list[int]:
+        async with client.build(_request_spec(timeout=0.3), limiter, max_connections=2) as http:
+
+            async def get() -> int:
+                request = http.build_request("GET", api.url + "/x")
+                reply = await client.send(
+                    http,
+                    request,
+                    POLICY,
+                    max_body=100,
+                    timeout=0.3,
+                    limiter=limiter,
+                    redact=str,
+                    sleep=FakeClock().sleep,
+                )
+                return reply.status
+
+            return list(await asyncio.gather(get(), get()))
+
+    assert asyncio.run(main()) == [200, 200]
+
+
+def test_connection_reset_is_retried(api: ApiServer) -> None:
+    """A reset connection is a transient failure: the next attempt succeeds."""
+    api.route("/x", Reply(reset=True), Reply(200, json={"ok": True}))
+    reply = send(api.url + "/x", policy=spec.Retry(attempts=2, jitter=0))
+    assert reply.body == {"ok": True}
+    assert len(api.requests) == 2
+
+
+def test_oversized_streamed_body_is_abandoned_at_the_cap(api: ApiServer) -> None:
+    """A 50 MB chunked body is cut at a 100 KB cap without buffering it (peak memory stays small)."""
+    api.route("/x", Reply(200, size=50_000_000, chunked=True))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError) as caught:
+            send(api.url + "/x", max_body=100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == (
+        f"response body from {api.url}/x exceeded request.max_body (100,000 bytes); stopped reading"
+    )
+    assert caught.value.definitive is True
+    assert peak < 5_000_000, f"peak {peak:,} bytes"
+
+
+def test_declared_oversized_body_is_refused_up_front(api: ApiServer) -> None:
+    """A Content-Length above the cap fails before reading the body."""
+    api.route("/x", Reply(200, size=50_000_000))
+    with pytest.raises(FetchError, match=r"declares 50,000,000 bytes \(Content-Length\), more than request\.max_body"):
+        send(api.url + "/x", max_body=100_000)
+    assert len(api.requests) == 1

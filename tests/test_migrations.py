@@ -1,0 +1,200 @@
+"""migrations: versioned files, idempotent upgrades of seed-shaped schemas, check, --sql."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from runner import jobs, migrations, writer
+from runner.errors import SchemaMismatch
+from runner.spec import Outcome, QualifiedName
+from tests.pg import Database, make_source, with_status, write
+
+DATA = Path(__file__).parent / "data" / "migrations"
+APPS = write("apps", ["appid"], ["appid", "name"])
+
+
+def _mismatch(db: Database, *sources: object) -> str:
+    with pytest.raises(SchemaMismatch) as caught:
+        migrations.check(db.conn, list(sources))  # type: ignore[arg-type]
+    return str(caught.value)
+
+
+def test_check_on_an_empty_database_names_everything_and_the_command(db: Database) -> None:
+    """An empty schema: every syncrun table is named, with the migrate command for the source."""
+    source = make_source()
+    assert _mismatch(db, source).splitlines() == [
+        "syncrun_migrations is missing: run `syncrun migrate sources/example.yaml`",
+        "syncrun_state is missing: run `syncrun migrate sources/example.yaml`",
+        "syncrun_cursors is missing: run `syncrun migrate sources/example.yaml`",
+        "sync_jobs is missing: run `syncrun migrate sources/example.yaml`",
+        "sync_status is missing: run `syncrun migrate sources/example.yaml`",
+    ]
+
+
+def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
+    """The first migrate applies 0001, a second one applies nothing and check passes."""
+    source = make_source()
+    assert migrations.migrate(db.conn, [source]) == ["0001_base"]
+    assert migrations.migrate(db.conn, [source]) == []
+    assert db.rows("select version, name from syncrun_migrations") == [(1, "0001_base")]
+    catalog = migrations.check(db.conn, [source])
+    assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
+
+
+def test_a_new_source_needs_its_status_column(db: Database) -> None:
+    """A source added after the migration is reported by its column and its own file."""
+    db.migrate(make_source())
+    assert _mismatch(db, make_source("other")) == (
+        "sync_status.last_other_sync is missing: run `syncrun migrate sources/other.yaml`"
+    )
+    db.migrate(make_source("other"))
+    migrations.check(db.conn, [make_source("other")])
+
+
+def test_check_names_unknown_target_columns_and_missing_tables(db: Database) -> None:
+    """Mapped columns are checked against the catalog; target tables are the user's to create."""
+    source = make_source(
+        writes=(write("apps", ["appid"], ["appid", "nme"]), write("app_tags", ["appid", "tag"], ["appid", "tag"]))
+    )
+    db.migrate(source)
+    db.run("create table apps (appid int primary key, name text)")
+    assert _mismatch(db, source).splitlines() == [
+        "apps.nme: no such column (sources/example.yaml writes[0])",
+        "app_tags is missing: syncrun does not create target tables (sources/example.yaml writes[1])",
+    ]
+
+
+def test_check_requires_a_unique_index_on_the_write_key(db: Database) -> None:
+    """`on conflict (key)` needs a primary key or unique index on exactly the key columns."""
+    source = make_source(writes=(write("app_tags", ["appid", "tag"], ["appid", "tag"]),))
+    db.migrate(source)
+    db.run("create table app_tags (appid int, tag text)")
+    assert _mismatch(db, source) == "app_tags: no primary key or unique index on (appid, tag) (sources/example.yaml writes[0])"
+    db.run("create unique index on app_tags (tag, appid)")
+    assert migrations.check(db.conn, [source])[QualifiedName(None, "app_tags")] == {"appid": "integer", "tag": "text"}
+
+
+def test_check_returns_column_types_of_targets(db: Database) -> None:
+    """The catalog maps every written table to its columns' format_type text."""
+    source = make_source(writes=(write("apps", ["appid"], ["appid", "price"]),))
+    db.migrate(source)
+    db.run("create table apps (appid bigint primary key, price numeric(10,2), tags text[], raw jsonb)")
+    assert migrations.check(db.conn, [source])[QualifiedName(None, "apps")] == {
+        "appid": "bigint",
+        "price": "numeric(10,2)",
+        "tags": "text[]",
+        "raw": "jsonb",
+    }
+
+
+def test_migration_sql_is_a_runnable_idempotent_script(db: Database) -> None:
+    """`syncrun migrate --sql` output runs twice and leaves a schema that passes check."""
+    source = make_source()
+    script = migrations.migration_sql([source])
+    with db.connect() as conn:
+        conn.autocommit = True
+        conn.execute(script)  # type: ignore[call-overload]
+        conn.execute(script)  # type: ignore[call-overload]
+    migrations.check(db.conn, [source])
+    assert migrations.migrate(db.conn, [source]) == []
+
+
+def test_schema_qualified_status_table(db: Database) -> None:
+    """A status table like ops.sync_status is created in its schema, with its own function."""
+    ops = db.new_schema("ops")
+    source = make_source(status_table=f"{ops}.sync_status")
+    db.migrate(source)
+    migrations.check(db.conn, [source])
+    assert db.scalar("select to_regprocedure(%s) is not null", (f"{ops}.get_apps_for_sync(text,integer)",))
+
+
+def test_generic_get_apps_for_sync(db: Database) -> None:
+    """Due = syncable and never synced or older than sync_interval_hours; never-synced first, priority desc."""
+    db.migrate(make_source())
+    db.run(
+        "insert into sync_status (appid, priority_score, is_syncable, sync_interval_hours, last_example_sync) values"
+        " (10, 1, true, 24, now() - interval '25 hours'), (20, 9, true, 24, now() - interval '2 hours'),"
+        " (30, 5, true, 1, now() - interval '2 hours'), (40, 0, true, 24, null), (50, 99, false, 24, null),"
+        " (60, 7, true, 24, null)"
+    )
+    rows = db.rows("select * from get_apps_for_sync('example', 10)")
+    assert rows == [(60, 7), (40, 0), (30, 5), (10, 1)]
+    assert db.rows("select * from get_apps_for_sync('example', 1)") == [(60, 7)]
+
+
+# --- seed-shaped databases ----------------------------------------------------------------------------
+def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Database) -> None:
+    """Supabase: jobs gain heartbeat/requests/metadata, the enum accepts our source, rows and function survive."""
+    db.run((DATA / "supabase.sql").read_text())
+    source = make_source("storefront_v2", writes=(APPS,))
+    assert migrations.migrate(db.conn, [source]) == ["0001_base"]
+    migrations.check(db.conn, [source])
+    assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [
+        (10, 50, "storefront"),
+        (20, 5, None),
+        (30, 0, None),
+    ]
+    assert db.rows("select job_type, status, heartbeat_at from sync_jobs order by job_type") == [
+        ("reviews", "running", None),
+        ("storefront", "completed", None),
+    ]
+    # the user's function is untouched and not overloaded (PostgREST would find the call ambiguous)
+    assert db.rows("select oid::regprocedure::text from pg_proc where proname = 'get_apps_for_sync' and pronamespace = current_schema()::regnamespace") == [
+        ("get_apps_for_sync(sync_source,integer)",)
+    ]
+    assert db.rows("select appid from get_apps_for_sync('storefront', 10)") == [(10,), (20,), (30,)]
+    assert migrations.migrate(db.conn, [source]) == []
+
+
+def test_supabase_enum_error_source_accepts_our_source_name(db: Database) -> None:
+    """Writing an error for a new source into sync_status.last_error_source (enum sync_source) works."""
+    db.run((DATA / "supabase.sql").read_text())
+    source = make_source("storefront_v2", writes=(APPS,))
+    db.migrate(source)
+    catalog = migrations.check(db.conn, [source])
+    failed = writer.EntityResult(
+        key=20, entity={"appid": 20}, outcome=Outcome.ERROR, error="HTTP 403", error_source="storefront_v2"
+    )
+    assert writer.write(db.conn, source, [failed], catalog=catalog) == []
+    assert db.rows("select last_error_source::text, last_error_message from sync_status where appid = 20") == [
+        ("storefront_v2", "HTTP 403")
+    ]
+
+
+def test_check_reports_an_enum_without_our_source(db: Database) -> None:
+    """Before migrate, a sync_source enum lacking the source name is reported with the command."""
+    db.run((DATA / "supabase.sql").read_text())
+    source = make_source("storefront")  # 'storefront' is already an enum value
+    other = make_source("steamstore")
+    db.migrate(source)
+    assert _mismatch(db, other).splitlines() == [
+        "sync_status.last_steamstore_sync is missing: run `syncrun migrate sources/steamstore.yaml`",
+        "sync_status.last_error_source does not accept 'steamstore': run `syncrun migrate sources/steamstore.yaml`",
+    ]
+
+
+def test_upgrading_a_tiger_shaped_database_widens_the_status_check(db: Database) -> None:
+    """Tiger: ops.sync_jobs's CHECK gains 'cancelled'; rows, metadata and ops.get_apps_for_sync survive."""
+    ops = db.new_schema("ops")
+    db.run((DATA / "tiger.sql").read_text().replace("ops.", f"{ops}."))
+    jobs_table = QualifiedName(ops, "sync_jobs")
+    source = with_status(make_source("storefront", status_table=f"{ops}.sync_status"))
+    with pytest.raises(SchemaMismatch) as caught:
+        migrations.check(db.conn, [source], jobs_table=jobs_table)
+    assert f"{ops}.sync_jobs.status: its check constraint does not allow 'cancelled'" in str(caught.value)
+    db.migrate(source, jobs_table=jobs_table)
+    migrations.check(db.conn, [source], jobs_table=jobs_table)
+    job = jobs.start(db.conn, "storefront", table=jobs_table)
+    jobs.finish(db.conn, job, "cancelled", jobs.Counters(), table=jobs_table)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.run(f"insert into {ops}.sync_jobs (job_type, status) values ('x', 'bogus')")
+    assert db.rows(f"select job_type, status, metadata from {ops}.sync_jobs order by job_type, status") == [
+        ("histogram", "failed", None),
+        ("storefront", "cancelled", None),
+        ("storefront", "completed", {"partition": 0}),
+    ]
+    assert db.rows(f"select appid, priority_score from {ops}.sync_status order by appid") == [(10, 50), (20, 5)]
+    assert db.rows(f"select * from {ops}.get_apps_for_sync('storefront', 5)") == [(10, 50), (20, 5)]

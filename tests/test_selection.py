@@ -1,0 +1,226 @@
+"""selection: due-ness order, keyset chunks, claims, ids, function/sql selection, partitions."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from runner import selection
+from runner.spec import FunctionArg, QualifiedName, SelectionType
+from tests.pg import Database, make_source
+
+SOURCE = make_source(columns=(("priority_score", "int"),))
+
+
+@pytest.fixture
+def status(db: Database) -> Database:
+    """sync_status with entities in every due-ness situation (see the comments)."""
+    db.migrate(SOURCE)
+    db.run(
+        "insert into sync_status (appid, priority_score, is_syncable, sync_interval_hours, last_example_sync) values"
+        " (10, 1, true, 24, now() - interval '30 hours'),"  # stale, low priority
+        " (20, 9, true, 24, now() - interval '2 hours'),"  # fresh: not due
+        " (30, 5, true, 1, now() - interval '2 hours'),"  # fresh by default, but its interval is 1 h
+        " (40, 0, true, 24, null),"  # never synced
+        " (50, 99, false, 24, null),"  # not syncable
+        " (60, 7, true, 24, null),"  # never synced, higher priority
+        " (70, 1, true, 24, now() - interval '40 hours'),"  # stale, same priority as 10 but older
+        " (80, 3, true, null, now() - interval '25 hours'),"  # no interval: refresh_interval (24 h)
+        " (90, 8, true, 24, null),"  # never synced but backing off
+        " (100, 8, true, 24, null)"  # never synced but skipped until tomorrow
+    )
+    db.run(
+        "insert into syncrun_state (source, entity_key, next_attempt_at, skip_until) values"
+        " ('example', '90', now() + interval '1 hour', null), ('example', '100', null, now() + interval '1 day'),"
+        " ('other', '10', now() + interval '1 hour', now() + interval '1 day')"  # another source's state
+    )
+    return db
+
+
+def _select(db: Database, source: Any = SOURCE, holder: str = "a", **kwargs: Any) -> list[list[Any]]:
+    kwargs.setdefault("limit", 100)
+    pages = selection.chunks(db.conn, source, holder=holder, lease_seconds=60, **kwargs)
+    return [[row[source.entities.key] for row in page] for page in pages]
+
+
+def _flat(pages: list[list[Any]]) -> list[Any]:
+    return [key for page in pages for key in page]
+
+
+def test_default_order_never_synced_then_priority_then_oldest(status: Database) -> None:
+    """Never synced first, then priority desc, oldest stamp, key; not-due entities are left out."""
+    assert _flat(_select(status)) == [60, 40, 30, 80, 70, 10]
+
+
+def test_default_rows_carry_the_declared_columns(status: Database) -> None:
+    """Each entity dict has exactly the declared entity columns."""
+    pages = list(selection.chunks(status.conn, SOURCE, limit=2, holder="a", lease_seconds=60))
+    assert pages == [[{"appid": 60, "priority_score": 7}, {"appid": 40, "priority_score": 0}]]
+
+
+def test_keyset_chunks_page_through_in_order(status: Database) -> None:
+    """Small chunks give the same order as one big one, without duplicates, and stop at the limit."""
+    assert _select(status, chunk_size=2) == [[60, 40], [30, 80], [70, 10]]
+    assert _select(status, chunk_size=4, limit=5) == [[60, 40, 30, 80], [70]]
+
+
+def test_refresh_interval_applies_without_an_interval_column(status: Database) -> None:
+    """With interval_column unset, refresh_interval decides for every entity."""
+    source = make_source(interval_column=None, refresh_interval=3600.0)
+    assert _flat(_select(status, source)) == [60, 40, 20, 30, 80, 70, 10]
+
+
+def test_claims_keep_concurrent_runners_apart(status: Database) -> None:
+    """A live claim by another holder hides an entity; the holder itself may select it again."""
+    assert _flat(_select(status, holder="a", limit=2)) == [60, 40]
+    assert _flat(_select(status, holder="b")) == [30, 80, 70, 10]
+    assert _flat(_select(status, holder="a", limit=3)) == [60, 40]
+    assert status.rows("select claimed_by, count(*) from syncrun_state where claimed_by is not null group by 1 order by 1") == [
+        ("a", 2),
+        ("b", 4),
+    ]
+
+
+def test_expired_claims_can_be_taken_over(status: Database) -> None:
+    """Once a claim's lease expires, another holder gets the entity."""
+    _select(status, holder="a", limit=2)
+    status.run("update syncrun_state set claim_expires_at = now() - interval '1 second' where entity_key = '60'")
+    assert _flat(_select(status, holder="b", limit=1)) == [60]
+
+
+def test_renew_and_release(status: Database) -> None:
+    """renew extends a holder's leases; release frees chosen entities for others."""
+    _select(status, holder="a", limit=3)
+    status.run("update syncrun_state set claim_expires_at = now() + interval '1 second' where claimed_by = 'a'")
+    assert selection.renew(status.conn, SOURCE, "a", 600) == 3
+    assert status.scalar("select min(claim_expires_at) > now() + interval '500 seconds' from syncrun_state where claimed_by = 'a'")
+    assert selection.release(status.conn, SOURCE, "a", [60, 40]) == 2
+    assert _flat(_select(status, holder="b", limit=2)) == [60, 40]
+
+
+def test_dry_runs_claim_nothing(status: Database) -> None:
+    """claim=False selects the same entities and leaves syncrun_state untouched."""
+    assert _flat(_select(status, claim=False)) == [60, 40, 30, 80, 70, 10]
+    assert status.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
+
+
+def test_concurrent_runners_never_share_an_entity(db: Database) -> None:
+    """Four threads claiming from 400 due entities at once end with disjoint sets covering them all."""
+    db.migrate(SOURCE)
+    db.run("insert into sync_status (appid) select g * 10 from generate_series(1, 400) g")
+    results: dict[str, list[Any]] = {}
+
+    def runner(holder: str) -> None:
+        with db.connect() as conn:
+            pages = selection.chunks(conn, SOURCE, limit=400, holder=holder, lease_seconds=60, chunk_size=25)
+            results[holder] = [row["appid"] for page in pages for row in page]
+
+    threads = [threading.Thread(target=runner, args=(f"r{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [key for keys in results.values() for key in keys]
+    assert len(claimed) == len(set(claimed)) == 400
+
+
+def test_ids_select_exactly_those_entities(status: Database) -> None:
+    """--ids ignores due-ness and backoff, keeps the order given and fills unknown ones with nulls."""
+    pages = list(selection.chunks(status.conn, SOURCE, limit=10, holder="a", lease_seconds=60, ids=["20", 90, "12345"]))
+    assert pages == [[{"appid": 20, "priority_score": 9}, {"appid": 90, "priority_score": 8}, {"appid": 12345, "priority_score": None}]]
+
+
+def test_ids_respect_other_holders_claims(status: Database) -> None:
+    """An entity claimed by another live runner is not handed out again through --ids."""
+    _select(status, holder="b", limit=1)
+    assert _flat(_select(status, holder="a", ids=[60, 40])) == [40]
+
+
+def test_partition_of_is_balanced_on_steam_appids() -> None:
+    """Appids are multiples of 10: every shard of n = 2..8 gets a fair share (appid % n would not)."""
+    keys = range(10, 200_010, 10)
+    for shards in range(2, 9):
+        sizes = Counter(selection.partition_of(key, shards) for key in keys)
+        assert sorted(sizes) == list(range(shards))
+        assert all(abs(size * shards / len(keys) - 1) < 0.1 for size in sizes.values())
+
+
+def test_partition_sql_agrees_with_python(db: Database) -> None:
+    """The SQL expression puts every key in the same shard as partition_of."""
+    from psycopg import sql
+
+    query = sql.SQL("select k, {} from unnest(%s::text[]) k").format(selection.partition_sql(sql.SQL("k"), 7))
+    keys = [str(k) for k in range(10, 5000, 10)] + ["abc", "ÿ-ünï"]
+    with db.conn.transaction():
+        rows = db.conn.execute(query, (keys,)).fetchall()
+    assert rows == [(k, selection.partition_of(k, 7)) for k in keys]
+
+
+def test_partitions_split_the_default_selection(status: Database) -> None:
+    """The shards of one selection are disjoint and together give all due entities."""
+    shards = [_flat(_select(status, partition=(i, 3), claim=False)) for i in range(3)]
+    assert sorted(k for shard in shards for k in shard) == [10, 30, 40, 60, 70, 80]
+    assert all(selection.partition_of(k, 3) == i for i, shard in enumerate(shards) for k in shard)
+
+
+# --- function and sql selection --------------------------------------------------------------------------
+def _function_source(*args: tuple[str, FunctionArg]) -> Any:
+    return make_source(
+        selection=SelectionType.FUNCTION, function=QualifiedName(None, "pick"), args=args, columns=(("score", "int"),)
+    )
+
+
+def test_function_with_after_key_is_paged(status: Database) -> None:
+    """A function taking after_key is called page by page with the last key seen."""
+    status.run(
+        "create function pick(p_source text, p_limit int, p_after int) returns table (appid int, score int, extra text)"
+        " language sql as $$ select appid, priority_score, 'x' from sync_status"
+        " where appid > coalesce(p_after, 0) order by appid limit p_limit $$"
+    )
+    source = _function_source(
+        ("p_source", FunctionArg(parameter="source")),
+        ("p_limit", FunctionArg(parameter="limit")),
+        ("p_after", FunctionArg(parameter="after_key")),
+    )
+    pages = list(selection.chunks(status.conn, source, limit=5, holder="a", lease_seconds=60, chunk_size=3))
+    assert pages[0] == [{"appid": 10, "score": 1}, {"appid": 20, "score": 9}, {"appid": 30, "score": 5}]
+    assert [[row["appid"] for row in page] for page in pages] == [[10, 20, 30], [40, 50]]
+    # a second holder: a's claims, 90 (backing off) and 100 (skipped) are dropped, paging goes on
+    assert _select(status, source, holder="b", chunk_size=3) == [[60], [70, 80]]
+
+
+def test_function_without_after_key_is_called_once(status: Database) -> None:
+    """get_apps_for_sync(p_source, p_limit) is called once with the limit; backing-off rows are dropped after."""
+    source = make_source(
+        selection=SelectionType.FUNCTION,
+        function=QualifiedName(None, "get_apps_for_sync"),
+        args=(("p_source", FunctionArg(value="example")), ("p_limit", FunctionArg(parameter="limit"))),
+    )
+    # the function returns 90, 100, 60, 40; 90 and 100 are backing off, so the first chunk is empty
+    assert _select(status, source, limit=4, chunk_size=2) == [[60, 40]]
+
+
+def test_sql_selection_pages_with_after_key(status: Database) -> None:
+    """User SQL gets %(limit)s and %(after_key)s (null first) and is paged by the key."""
+    query = (
+        "select appid from sync_status where appid > coalesce(%(after_key)s::int, 0)"
+        " and priority_score < 9 order by appid limit %(limit)s"
+    )
+    source = make_source(selection=SelectionType.SQL, sql=query)
+    assert _select(status, source, chunk_size=3) == [[10, 30, 40], [60, 70, 80]]
+
+
+def test_sql_selection_that_ignores_after_key_stops(status: Database) -> None:
+    """A query that returns the same rows again ends the selection instead of looping forever."""
+    source = make_source(selection=SelectionType.SQL, sql="select appid from sync_status order by appid limit %(limit)s")
+    assert _select(status, source, chunk_size=3, claim=False) == [[10, 20, 30]]
+
+
+def test_ids_for_function_sources_are_key_only(status: Database) -> None:
+    """With --ids a function/sql source gets {key: id} dicts, the key cast to its type."""
+    source = make_source(selection=SelectionType.SQL, sql="select 1")
+    pages = list(selection.chunks(status.conn, source, limit=5, holder="a", lease_seconds=60, ids=["7", "8"]))
+    assert pages == [[{"appid": 7}, {"appid": 8}]]

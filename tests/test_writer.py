@@ -1,0 +1,256 @@
+"""writer: upserts of mapped columns only, merges, status stamps, per-source state, bad values, replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from runner import migrations, writer
+from runner.errors import DatabaseError
+from runner.spec import Merge, Outcome, WriteMode
+from runner.writer import EntityResult
+from tests.pg import Database, make_source, with_status, write
+
+APPS = write("apps", ["appid"], ["appid", "name", "price_cents"])
+TAGS = write("app_tags", ["appid", "tag"], ["appid", "tag"])
+METRICS = write(
+    "daily_metrics",
+    ["appid", "day"],
+    ["appid", "day", "peak", "note"],
+    merge=(("peak", Merge.GREATEST), ("note", Merge.KEEP_EXISTING_IF_NULL)),
+)
+SOURCE = make_source(writes=(APPS, TAGS, METRICS))
+
+
+@pytest.fixture
+def tables(db: Database) -> Database:
+    db.migrate(SOURCE)
+    db.run(
+        "create table apps (appid int primary key, name text, price_cents int check (price_cents >= 0),"
+        " owner text, updated_at timestamptz);"
+        "create table app_tags (appid int references apps, tag text, primary key (appid, tag));"
+        "create table daily_metrics (appid int, day date, peak int, note text, primary key (appid, day))"
+    )
+    return db
+
+
+def ok(key: int, *rows: tuple[int, list[dict[str, Any]]], outcome: Outcome = Outcome.SUCCESS, **kw: Any) -> EntityResult:
+    return EntityResult(key=key, entity={"appid": key}, outcome=outcome, rows=dict(rows), error_source="example", **kw)
+
+
+def app(key: int, name: str = "x", price: Any = 100) -> tuple[int, list[dict[str, Any]]]:
+    return (0, [{"appid": key, "name": name, "price_cents": price}])
+
+
+def run(db: Database, results: list[EntityResult], source: Any = SOURCE) -> list[EntityResult]:
+    catalog = migrations.check(db.conn, [source])
+    return writer.write(db.conn, source, results, catalog=catalog, job_id=None)
+
+
+def test_upsert_sets_only_mapped_columns(tables: Database) -> None:
+    """Columns the source does not map survive; updated_at is touched where the table has it."""
+    tables.run("insert into apps values (10, 'old', 5, 'someone else', null)")
+    assert run(tables, [ok(10, app(10, "new", 7)), ok(20, app(20))]) == []
+    assert tables.rows("select appid, name, price_cents, owner, updated_at is not null from apps order by 1") == [
+        (10, "new", 7, "someone else", True),
+        (20, "x", 100, None, True),
+    ]
+
+
+def test_rows_are_deduplicated_last_wins(tables: Database) -> None:
+    """Two rows with one key in a batch do not fail the statement; the last one is written."""
+    assert run(tables, [ok(10, app(10, "first")), ok(10, app(10, "second"))]) == []
+    assert tables.rows("select name from apps") == [("second",)]
+
+
+def test_merge_rules(tables: Database) -> None:
+    """greatest never lowers a value; keep_existing_if_null keeps the old value over a null."""
+    tables.run("insert into daily_metrics values (10, '2025-01-01', 500, 'kept')")
+    rows = [{"appid": 10, "day": "2025-01-01", "peak": 300, "note": None}]
+    assert run(tables, [ok(10, (2, rows))]) == []
+    assert tables.rows("select peak, note from daily_metrics") == [(500, "kept")]
+    rows = [{"appid": 10, "day": "2025-01-01", "peak": 900, "note": "new"}]
+    run(tables, [ok(10, (2, rows))])
+    assert tables.rows("select peak, note from daily_metrics") == [(900, "new")]
+
+
+def test_insert_mode_keeps_existing_rows(tables: Database) -> None:
+    """mode=insert appends: a row with an existing key is left as it was."""
+    source = make_source(writes=(write("apps", ["appid"], ["appid", "name"], mode=WriteMode.INSERT),))
+    tables.run("insert into apps (appid, name) values (10, 'old')")
+    assert run(tables, [ok(10, (0, [{"appid": 10, "name": "new"}])), ok(20, (0, [{"appid": 20, "name": "b"}]))], source) == []
+    assert tables.rows("select appid, name from apps order by 1") == [(10, "old"), (20, "b")]
+
+
+def test_success_stamps_and_upserts_the_status_row(tables: Database) -> None:
+    """Success stamps last_<source>_sync, creating the status row when the entity has none."""
+    tables.run("insert into sync_status (appid, priority_score) values (10, 40)")
+    run(tables, [ok(10, app(10)), ok(20, app(20))])
+    assert tables.rows("select appid, priority_score, last_example_sync is not null from sync_status order by 1") == [
+        (10, 40, True),
+        (20, 0, True),
+    ]
+
+
+def test_skip_stamps_only_when_asked(tables: Database) -> None:
+    """A skip stamps with stamp=True and not otherwise; both reset the error state."""
+    run(tables, [ok(10, outcome=Outcome.SKIP, stamp=True), ok(20, outcome=Outcome.SKIP)])
+    assert tables.rows("select appid from sync_status where last_example_sync is not null") == [(10,)]
+    assert tables.rows("select entity_key, consecutive_errors, last_success_at is not null from syncrun_state order by 1") == [
+        ("10", 0, True),
+        ("20", 0, True),
+    ]
+
+
+def _state(db: Database, key: str = "10") -> tuple[Any, ...]:
+    return db.rows(
+        "select consecutive_errors, last_error,"
+        " round(extract(epoch from next_attempt_at - now()) / 60), round(extract(epoch from skip_until - now()) / 3600)"
+        " from syncrun_state where entity_key = %s",
+        (key,),
+    )[0]
+
+
+def test_definitive_errors_back_off_exponentially(tables: Database) -> None:
+    """Each definitive error doubles the wait from 15 minutes, capped at 24 hours; success resets it."""
+    fail = ok(10, outcome=Outcome.ERROR, error="HTTP 403")
+    waits = []
+    for _ in range(9):
+        run(tables, [fail])
+        waits.append(_state(tables)[2])
+    assert waits == [15, 30, 60, 120, 240, 480, 960, 1440, 1440]
+    assert _state(tables)[:2] == (9, "HTTP 403")
+    run(tables, [ok(10, app(10))])
+    assert _state(tables) == (0, "HTTP 403", None, None)
+
+
+def test_transient_errors_do_not_advance_backoff(tables: Database) -> None:
+    """A transient failure records its message but neither counts nor backs off."""
+    run(tables, [ok(10, outcome=Outcome.ERROR, error="HTTP 403")])
+    run(tables, [ok(10, outcome=Outcome.ERROR, error="timeout", definitive=False)])
+    assert _state(tables) == (1, "timeout", 15, None)
+
+
+def test_skip_until_sets_the_skip(tables: Database) -> None:
+    """skip_until leaves the entity alone for the given seconds."""
+    run(tables, [ok(10, outcome=Outcome.SKIP_UNTIL, skip_until=3 * 3600.0)])
+    assert _state(tables) == (0, None, None, 3)
+
+
+def test_errors_fill_the_seed_error_columns(tables: Database) -> None:
+    """Errors write last_error_source/message/at on the status table (dashboards)."""
+    tables.run("insert into sync_status (appid) values (10)")
+    run(tables, [ok(10, outcome=Outcome.ERROR, error="API error: gone")])
+    assert tables.rows("select last_error_source, last_error_message, last_error_at is not null from sync_status") == [
+        ("example", "API error: gone", True)
+    ]
+    no_columns = with_status(SOURCE, error_columns=False)
+    run(tables, [ok(10, outcome=Outcome.ERROR, error="other")], no_columns)
+    assert tables.scalar("select last_error_message from sync_status") == "API error: gone"
+
+
+def test_claims_are_released(tables: Database) -> None:
+    """Every processed entity's claim is cleared."""
+    tables.run(
+        "insert into syncrun_state (source, entity_key, claimed_by, claim_expires_at) values"
+        " ('example', '10', 'me', now() + interval '1 hour'), ('example', '20', 'me', now() + interval '1 hour')"
+    )
+    run(tables, [ok(10, app(10)), ok(20, outcome=Outcome.ERROR, error="x")])
+    assert tables.rows("select claimed_by, claim_expires_at from syncrun_state") == [(None, None), (None, None)]
+
+
+def test_a_value_that_does_not_fit_fails_only_its_entity(tables: Database) -> None:
+    """'abc' for an int column makes that entity an error naming table, column and value."""
+    failed = run(tables, [ok(10, app(10)), ok(20, app(20, price="abc")), ok(30, app(30, price="42"))])
+    assert [(f.key, f.outcome, f.error) for f in failed] == [(20, Outcome.ERROR, "apps.price_cents: 'abc' is not an integer")]
+    assert tables.rows("select appid, price_cents from apps order by 1") == [(10, 100), (30, 42)]
+    assert _state(tables, "20")[:2] == (1, "apps.price_cents: 'abc' is not an integer")
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value", "message"),
+    [
+        ("integer", 2**31, "2147483648 is out of range for integer"),
+        ("integer", 1.5, "1.5 is not an integer"),
+        ("integer", True, "True is not an integer"),
+        ("numeric(10,2)", "x1", "'x1' is not a number"),
+        ("boolean", "maybe", "'maybe' is not a boolean"),
+        ("date", "Dec 2012", "'Dec 2012' is not a date (YYYY-MM-DD)"),
+        ("timestamp with time zone", "soon", "'soon' is not a timestamp (ISO 8601)"),
+        ("text", {"a": 1}, "{'a': 1} is not text (map it with to_json(...) to store JSON as text)"),
+        ("text", "a\x00b", "'a\\x00b' contains a NUL character, which PostgreSQL text cannot store"),
+        ("character varying(3)", "abcd", "'abcd' is longer than 3 characters"),
+        ("jsonb", {"a": "\x00"}, "{'a': '\\x00'} contains a NUL character, which jsonb cannot store"),
+        ("integer[]", 5, "5 is not a list"),
+        ("uuid", "nope", "'nope' is not a UUID"),
+    ],
+)
+def test_value_checks(type_name: str, value: Any, message: str) -> None:
+    """Each column type rejects values PostgreSQL would, with a message naming the value."""
+    with pytest.raises(ValueError) as caught:
+        writer.coerce(type_name, value)
+    assert f"{value!r} {caught.value}" == message
+
+
+def test_values_are_converted_for_their_columns() -> None:
+    """Accepted values come out in the form the column needs."""
+    assert writer.coerce("integer", "42") == 42
+    assert writer.coerce("bigint", 3.0) == 3
+    assert writer.coerce("boolean", "true") is True
+    assert writer.coerce("text", 12) == "12"
+    assert str(writer.coerce("date", "2012-12-21")) == "2012-12-21"
+    assert str(writer.coerce("timestamp with time zone", "2024-01-02T03:04:05")) == "2024-01-02 03:04:05+00:00"
+    assert writer.coerce("my_enum", "anything") == "anything"
+
+
+def test_a_constraint_violation_is_replayed_per_entity(tables: Database) -> None:
+    """A check or FK failure sinks only the entity that caused it; the others are written."""
+    results = [
+        ok(10, app(10), (1, [{"appid": 10, "tag": "rpg"}])),
+        ok(20, app(20, price=-5)),
+        ok(30, (1, [{"appid": 999, "tag": "orphan"}])),
+        ok(40, app(40)),
+    ]
+    failed = run(tables, results)
+    assert [(f.key, f.error) for f in failed] == [
+        (20, 'apps: new row for relation "apps" violates check constraint "apps_price_cents_check"'),
+        (
+            30,
+            'app_tags: insert or update on table "app_tags" violates foreign key constraint "app_tags_appid_fkey"'
+            ' (Key (appid)=(999) is not present in table "apps".)',
+        ),
+    ]
+    assert failed[0].entity is results[1].entity  # the engine matches failures by their entity
+    assert tables.rows("select appid from apps order by 1") == [(10,), (40,)]
+    assert tables.rows("select appid from sync_status where last_example_sync is not null order by 1") == [(10,), (40,)]
+    assert tables.rows("select entity_key, consecutive_errors from syncrun_state order by 1") == [
+        ("10", 0),
+        ("20", 1),
+        ("30", 1),
+        ("40", 0),
+    ]
+
+
+def test_deadlocks_retry_the_batch(tables: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadlock retries the whole batch; repeated ones become a DatabaseError."""
+    calls = []
+    original = writer._attempt
+
+    def flaky(*args: Any) -> list[EntityResult]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return original(*args)
+
+    monkeypatch.setattr(writer, "_attempt", flaky)
+    assert run(tables, [ok(10, app(10))]) == []
+    assert tables.rows("select appid from apps") == [(10,)]
+
+    def always(*args: Any) -> list[EntityResult]:
+        raise psycopg.errors.SerializationFailure("could not serialize access")
+
+    monkeypatch.setattr(writer, "_attempt", always)
+    with pytest.raises(DatabaseError, match="writing example: gave up after 3 attempts: could not serialize access"):
+        run(tables, [ok(10, app(10))])
