@@ -282,9 +282,11 @@ class Started:
         return Proc(self.cmd, self.proc.returncode, elapsed, usage.ru_maxrss, texts[0], texts[1])
 
 
-def syncrun(args: Sequence[str], *, dsn: str, api: str, cwd: Path) -> Started:
+def syncrun(args: Sequence[str], *, dsn: str, api: str, cwd: Path, transport: str = "httpx") -> Started:
+    """`syncrun ARGS` as a child process; transport "aiohttp" goes through bench/aiohttp_shim.py."""
     env = {"DATABASE_URL": dsn, "BENCH_API_URL": api}
-    return Started([PYTHON, "-m", "runner", *args], env, cwd)
+    module = "bench.aiohttp_shim" if transport == "aiohttp" else "runner"
+    return Started([PYTHON, "-m", module, *args], env, cwd)
 
 
 def baseline(limit: int, concurrency: int, transport: str, *, dsn: str, api: str) -> Started:

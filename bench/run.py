@@ -66,7 +66,15 @@ class Bench:
 
     # --- helpers --------------------------------------------------------------------------------------
     def run_syncrun(
-        self, name: str, source_text: str, entities: int, limit: int, latency_ms: int, *, processes: int = 1
+        self,
+        name: str,
+        source_text: str,
+        entities: int,
+        limit: int,
+        latency_ms: int,
+        *,
+        processes: int = 1,
+        transport: str = "httpx",
     ) -> tuple[list[Proc], dict[str, object] | None]:
         """Scratch schema + source + migrate + `syncrun run` (× processes, concurrently). Returns the
         finished processes and the newest job row; `self.written` counts the rows in the bench tables."""
@@ -78,7 +86,10 @@ class Bench:
                 raise Failure(f"syncrun migrate exited {migrate.returncode}: {migrate.tail()}")
             self.server.reset()
             args = ["run", str(source), "--limit", str(limit), "--progress-every", "1000000"]
-            started = [harness.syncrun(args, dsn=dsn, api=api, cwd=self.work.path) for _ in range(processes)]
+            started = [
+                harness.syncrun(args, dsn=dsn, api=api, cwd=self.work.path, transport=transport)
+                for _ in range(processes)
+            ]
             procs = [s.wait() for s in started]
             job = job_row(dsn)
             self.written = harness.query(
@@ -122,13 +133,13 @@ class Bench:
             {"syncrun_s": procs[0].elapsed, "baseline_s": base.elapsed, "job": job, "ratio": ratio},
         )
 
-    def limited(self) -> None:
+    def limited(self, burst: int) -> None:
         n = self.sizes.limited
-        label = f"3. rate limit {LIMIT}/s (burst {BURST}), {LIMIT_LATENCY_MS} ms latency, {n} entities"
-        text = harness.apps_source(concurrency=CONCURRENCY, requests=LIMIT, burst=BURST)
-        procs, job = self.run_syncrun("s3", text, n, n, LIMIT_LATENCY_MS)
+        label = f"3. rate limit {LIMIT}/s (burst {burst}), {LIMIT_LATENCY_MS} ms latency, {n} entities"
+        text = harness.apps_source(concurrency=CONCURRENCY, requests=LIMIT, burst=burst)
+        procs, job = self.run_syncrun(f"s3_{burst}", text, n, n, LIMIT_LATENCY_MS)
         self.check_syncrun(procs, job, n)
-        self.limit_row(label, n, 1)
+        self.limit_row(label, burst)
 
     def shared(self) -> None:
         n = self.sizes.shared
@@ -152,11 +163,11 @@ class Bench:
                 raise Failure(f"syncrun exited {proc.returncode}: {proc.tail()}")
         if self.written != n:
             raise Failure(f"3 runners wrote {self.written} rows, expected {n}")
-        self.limit_row(label, n, 3)
+        self.limit_row(label, BURST)
 
-    def limit_row(self, label: str, n: int, processes: int) -> None:
+    def limit_row(self, label: str, burst: int) -> None:
         arrivals, keys = self.server.stats()
-        rate = harness.achieved_rate(arrivals, BURST, LIMIT)
+        rate = harness.achieved_rate(arrivals, burst, LIMIT)
         worst = harness.worst_window(arrivals, 1.0)
         twice = harness.fetched_twice(keys)
         percent = 100 * rate / LIMIT
@@ -217,22 +228,27 @@ class Bench:
         )
 
     def transports(self) -> None:
-        """The baseline on httpx's transport vs httpx-aiohttp's, for choosing syncrun's default."""
+        """httpx's own transport vs httpx-aiohttp's, for syncrun (via bench/aiohttp_shim.py) and the baseline."""
         n = self.sizes.latency
         for latency_ms, concurrency in ((0, CONCURRENCY), (50, CONCURRENCY), (50, 64)):
-            rates = {}
+            ours, theirs = {}, {}
+            text = harness.apps_source(concurrency=concurrency)
             for transport in ("httpx", "aiohttp"):
-                proc = self.run_baseline(f"t{latency_ms}_{transport}", n, latency_ms, concurrency, transport)
-                rates[transport] = (n / proc.elapsed, proc.elapsed)
-            ratio = rates["aiohttp"][0] / rates["httpx"][0]
+                name = f"t{latency_ms}_{concurrency}_{transport}"
+                procs, job = self.run_syncrun(name, text, n, n, latency_ms, transport=transport)
+                self.check_syncrun(procs, job, n)
+                ours[transport] = n / procs[0].elapsed
+                proc = self.run_baseline(name, n, latency_ms, concurrency, transport)
+                theirs[transport] = n / proc.elapsed
             self.add(
-                f"T. baseline transport, {n:,} entities, {latency_ms} ms, concurrency {concurrency}",
-                f"aiohttp {rates['aiohttp'][0]:,.0f} entities/s",
-                f"httpx {rates['httpx'][0]:,.0f} entities/s",
-                f"aiohttp/httpx {ratio:.2f}×",
+                f"T. transports, {n:,} entities, {latency_ms} ms, concurrency {concurrency}",
+                f"httpx {ours['httpx']:,.0f}/s, aiohttp {ours['aiohttp']:,.0f}/s",
+                f"baseline: httpx {theirs['httpx']:,.0f}/s, aiohttp {theirs['aiohttp']:,.0f}/s",
+                f"aiohttp/httpx: syncrun {ours['aiohttp'] / ours['httpx']:.2f}×,"
+                f" baseline {theirs['aiohttp'] / theirs['httpx']:.2f}×",
                 "(informational)",
                 None,
-                {"rates": rates},
+                {"syncrun": ours, "baseline": theirs},
             )
 
     # --- output ---------------------------------------------------------------------------------------
@@ -313,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.append(("1", f"1. {n:,} entities, 0 ms", lambda n=n: bench.compare("1", n, 0, 1.0)))
     plan += [
         ("2", "2. 50 ms latency", lambda: bench.compare("2", sizes.latency, 50, 0.8)),
-        ("3", "3. rate-limited", bench.limited),
+        ("3", "3. rate-limited, burst 5", lambda: bench.limited(BURST)),
+        ("3", "3. rate-limited, burst 1", lambda: bench.limited(1)),
         ("4", "4. shared limit", bench.shared),
         ("5", "5. bulk", bench.bulk),
         ("6", "6. peak RSS", bench.rss),

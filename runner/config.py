@@ -194,11 +194,10 @@ class _Builder:
             "before": self.steps("before"),
             "after": self.steps("after"),
         }
-        scalars: dict[str, JSON] = {
-            k: self.raw[k] for k in ("description", "job_type", "concurrency", "write_batch") if k in self.raw
-        }
-        if "fail_ratio" in self.raw:
-            scalars["fail_ratio"] = float(self.raw["fail_ratio"])
+        keys = ("description", "job_type", "concurrency", "write_batch", "fail_ratio")
+        scalars: dict[str, JSON] = {k: self.raw[k] for k in keys if k in self.raw and self.usable((k,))}
+        if "fail_ratio" in scalars:
+            scalars["fail_ratio"] = float(scalars["fail_ratio"])
         if self.problems or name is None or entities is None or request is None:
             return None
         scalars.setdefault("job_type", name)

@@ -164,15 +164,20 @@ class _Run:
         if decision.outcome is spec.Outcome.ERROR:
             return self.failure(entity, decision.message or f"HTTP {first.status}", definitive=True)
         if decision.outcome is not spec.Outcome.SUCCESS:
-            return self.result(entity, decision.outcome, stamp=decision.stamp, skip_until=decision.until)
+            return self.result(
+                entity, decision.outcome, stamp=decision.stamp, skip_until=decision.until, values=dict(decision.values)
+            )
         rows: dict[int, list[mapping.Row]] = {index: [] for index in range(len(self.source.writes))}
+        values: dict[str, JSON] = dict(decision.values)
         for reply in replies:
             if reply.body is None:
                 raise MappingError(f"expected a JSON body, got {fetch.describe(reply)}")
             base = mapping.context(reply.body, reply.status, reply.headers, entity, self.run_values())
             for index, produced in mapping.rows(self.source, base).items():
                 rows[index].extend(produced)
-        return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True)
+            if self.source.status is not None:
+                values.update(mapping.status_values(self.source.status, base))
+        return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
         return writer.EntityResult(
@@ -185,6 +190,7 @@ class _Run:
             stamp=fields.get("stamp", False),
             skip_until=fields.get("skip_until"),
             error_source=self.source.name,
+            status_values=fields.get("values", {}),
         )
 
     def failure(self, entity: dict[str, JSON], message: str, *, definitive: bool) -> writer.EntityResult:
@@ -218,7 +224,13 @@ class _Run:
         results = [t.result for t in batch if t.result is not None]
         if conn is not None:
             failed = await asyncio.to_thread(
-                writer.write, conn, self.source, results, catalog=self.catalog, job_id=self.report.job_id
+                writer.write,
+                conn,
+                self.source,
+                results,
+                catalog=self.catalog,
+                job_id=self.report.job_id,
+                holder=self.options.holder,
             )
             replaced = {id(f.entity): f for f in failed}
             for trace in batch:
@@ -358,8 +370,8 @@ def _chunks(state: _Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[
 
 async def _finish_fetching(state: _Run, tasks: list[asyncio.Task[None]]) -> None:
     """Wait for the fetchers; once stopped, give in-flight entities `grace` seconds, then cut them."""
-    pending = set(tasks)
-    stop_wait = asyncio.create_task(state.stop.wait())
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    stop_wait: asyncio.Task[Any] = asyncio.create_task(state.stop.wait())
     while pending:
         done, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         pending.discard(stop_wait)
@@ -383,6 +395,8 @@ async def _heartbeat(state: _Run, job_conn: psycopg.Connection[Any] | None) -> N
         await asyncio.sleep(state.options.heartbeat_every)
         counters = replace(state.report.counters, requests=state.limiter.requests)
         await asyncio.to_thread(jobs.heartbeat, job_conn, state.report.job_id, counters)
+        # Claims live as long as their runner does: renewed with the heartbeat, expiring after a crash.
+        await asyncio.to_thread(selection.renew, job_conn, state.source, state.options.holder, state.options.lease)
 
 
 async def _deadline(state: _Run) -> None:

@@ -56,6 +56,11 @@ def rows(source: spec.Source, base: dict[str, JSON]) -> dict[int, list[Row]]:
     return out
 
 
+def status_values(status: spec.Status, base: dict[str, JSON]) -> dict[str, JSON]:
+    """The `status.set` columns for a successful entity (e.g. storefront_accessible: `true`)."""
+    return {f.column: _search(f.expression, base, f"status.set.{f.column}") for f in status.set}
+
+
 def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> list[Row]:
     if write.when is not None and not _truthy(_search(write.when, document, f"writes[{index}].when")):
         return []

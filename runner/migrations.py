@@ -287,6 +287,11 @@ def _status_problems(conn: psycopg.Connection, source: Source) -> list[str]:
             f" ({_display(source.path)})"
             for c in sorted(source.entities.column_names - columns.keys())
         ]
+    problems += [
+        f"{table}.{f.column}: no such column ({_display(source.path)} status.set)"
+        for f in source.status.set
+        if f.column not in columns
+    ]
     if source.status.error_columns and _enum_lacks(conn, table, source.name):
         problems.append(f"{table}.last_error_source does not accept '{source.name}': {fix}")
     return problems

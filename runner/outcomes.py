@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jmespath.exceptions import JMESPathError
 
@@ -23,6 +23,7 @@ class Decision:
     message: str | None  # error: the entity's error text
     stamp: bool  # stamp the success column
     until: float | None  # skip_until: seconds the entity is left alone
+    values: Mapping[str, JSON] = field(default_factory=dict)  # the rule's `set:` status columns, evaluated
 
 
 def classify(
@@ -64,6 +65,7 @@ def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: boo
         stamp=outcome is spec.Outcome.SUCCESS
         or (skipping and (rule.stamp if rule.stamp is not None else stamp_on_skip)),
         until=rule.duration if outcome is spec.Outcome.SKIP_UNTIL else None,
+        values={f.column: _search(f.expression, context, name) for f in rule.set},
     )
 
 

@@ -123,7 +123,9 @@ def _to_data(node: yaml.Node, path: Path_, doc: Document, loader: _Loader, probl
             elif key in out:
                 first = doc.key_lines[(*path, key)]
                 line = key_node.start_mark.line + 1
-                problems.append(Problem(doc.file, line, dotted((*path, key)), f"duplicate key '{key}' (first at line {first})"))
+                problems.append(
+                    Problem(doc.file, line, dotted((*path, key)), f"duplicate key '{key}' (first at line {first})")
+                )
             else:
                 doc.key_lines[(*path, key)] = key_node.start_mark.line + 1
                 out[key] = _to_data(value_node, (*path, key), doc, loader, problems)
@@ -137,7 +139,8 @@ def _to_data(node: yaml.Node, path: Path_, doc: Document, loader: _Loader, probl
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(doc.problem(path, f"{node.value} is not a finite number"))
         return value
-    problems.append(doc.problem(path, f"unsupported YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} (use plain values, lists, mappings)"))
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    problems.append(doc.problem(path, f"unsupported YAML tag {tag} (use plain values, lists and mappings)"))
     return None
 
 

@@ -42,7 +42,9 @@ def test_heartbeat_and_finish_write_counters(migrated: Database) -> None:
 def test_finish_rejects_unknown_statuses(migrated: Database) -> None:
     """Only completed, failed and cancelled end a job."""
     job = jobs.start(migrated.conn, "example")
-    with pytest.raises(ValueError, match="job status must be one of \\['cancelled', 'completed', 'failed'\\], not 'done'"):
+    with pytest.raises(
+        ValueError, match="job status must be one of \\['cancelled', 'completed', 'failed'\\], not 'done'"
+    ):
         jobs.finish(migrated.conn, job, "done", jobs.Counters())
 
 

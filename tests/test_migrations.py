@@ -9,8 +9,8 @@ import pytest
 
 from runner import jobs, migrations, writer
 from runner.errors import SchemaMismatch
-from runner.spec import Outcome, QualifiedName
-from tests.pg import Database, make_source, with_status, write
+from runner.spec import Field, Outcome, QualifiedName
+from tests.pg import Database, expr, make_source, with_status, write
 
 DATA = Path(__file__).parent / "data" / "migrations"
 APPS = write("apps", ["appid"], ["appid", "name"])
@@ -72,7 +72,10 @@ def test_check_requires_a_unique_index_on_the_write_key(db: Database) -> None:
     source = make_source(writes=(write("app_tags", ["appid", "tag"], ["appid", "tag"]),))
     db.migrate(source)
     db.run("create table app_tags (appid int, tag text)")
-    assert _mismatch(db, source) == "app_tags: no primary key or unique index on (appid, tag) (sources/example.yaml writes[0])"
+    assert (
+        _mismatch(db, source)
+        == "app_tags: no primary key or unique index on (appid, tag) (sources/example.yaml writes[0])"
+    )
     db.run("create unique index on app_tags (tag, appid)")
     assert migrations.check(db.conn, [source])[QualifiedName(None, "app_tags")] == {"appid": "integer", "tag": "text"}
 
@@ -142,9 +145,10 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         ("storefront", "completed", None),
     ]
     # the user's function is untouched and not overloaded (PostgREST would find the call ambiguous)
-    assert db.rows("select oid::regprocedure::text from pg_proc where proname = 'get_apps_for_sync' and pronamespace = current_schema()::regnamespace") == [
-        ("get_apps_for_sync(sync_source,integer)",)
-    ]
+    assert db.rows(
+        "select oid::regprocedure::text from pg_proc"
+        " where proname = 'get_apps_for_sync' and pronamespace = current_schema()::regnamespace"
+    ) == [("get_apps_for_sync(sync_source,integer)",)]
     assert db.rows("select appid from get_apps_for_sync('storefront', 10)") == [(10,), (20,), (30,)]
     assert migrations.migrate(db.conn, [source]) == []
 
@@ -198,3 +202,12 @@ def test_upgrading_a_tiger_shaped_database_widens_the_status_check(db: Database)
     ]
     assert db.rows(f"select appid, priority_score from {ops}.sync_status order by appid") == [(10, 50), (20, 5)]
     assert db.rows(f"select * from {ops}.get_apps_for_sync('storefront', 5)") == [(10, 50), (20, 5)]
+
+
+def test_check_names_missing_status_set_columns(db: Database) -> None:
+    """status.set columns are the user's: a missing one is named with its source, not migrated."""
+    source = with_status(make_source(), set=(Field("storefront_accessible", expr("`true`")),))
+    db.migrate(source)
+    assert (
+        _mismatch(db, source) == "sync_status.storefront_accessible: no such column (sources/example.yaml status.set)"
+    )

@@ -78,7 +78,9 @@ def test_claims_keep_concurrent_runners_apart(status: Database) -> None:
     assert _flat(_select(status, holder="a", limit=2)) == [60, 40]
     assert _flat(_select(status, holder="b")) == [30, 80, 70, 10]
     assert _flat(_select(status, holder="a", limit=3)) == [60, 40]
-    assert status.rows("select claimed_by, count(*) from syncrun_state where claimed_by is not null group by 1 order by 1") == [
+    assert status.rows(
+        "select claimed_by, count(*) from syncrun_state where claimed_by is not null group by 1 order by 1"
+    ) == [
         ("a", 2),
         ("b", 4),
     ]
@@ -96,7 +98,9 @@ def test_renew_and_release(status: Database) -> None:
     _select(status, holder="a", limit=3)
     status.run("update syncrun_state set claim_expires_at = now() + interval '1 second' where claimed_by = 'a'")
     assert selection.renew(status.conn, SOURCE, "a", 600) == 3
-    assert status.scalar("select min(claim_expires_at) > now() + interval '500 seconds' from syncrun_state where claimed_by = 'a'")
+    assert status.scalar(
+        "select min(claim_expires_at) > now() + interval '500 seconds' from syncrun_state where claimed_by = 'a'"
+    )
     assert selection.release(status.conn, SOURCE, "a", [60, 40]) == 2
     assert _flat(_select(status, holder="b", limit=2)) == [60, 40]
 
@@ -130,7 +134,13 @@ def test_concurrent_runners_never_share_an_entity(db: Database) -> None:
 def test_ids_select_exactly_those_entities(status: Database) -> None:
     """--ids ignores due-ness and backoff, keeps the order given and fills unknown ones with nulls."""
     pages = list(selection.chunks(status.conn, SOURCE, limit=10, holder="a", lease_seconds=60, ids=["20", 90, "12345"]))
-    assert pages == [[{"appid": 20, "priority_score": 9}, {"appid": 90, "priority_score": 8}, {"appid": 12345, "priority_score": None}]]
+    assert pages == [
+        [
+            {"appid": 20, "priority_score": 9},
+            {"appid": 90, "priority_score": 8},
+            {"appid": 12345, "priority_score": None},
+        ]
+    ]
 
 
 def test_ids_respect_other_holders_claims(status: Database) -> None:
@@ -215,7 +225,9 @@ def test_sql_selection_pages_with_after_key(status: Database) -> None:
 
 def test_sql_selection_that_ignores_after_key_stops(status: Database) -> None:
     """A query that returns the same rows again ends the selection instead of looping forever."""
-    source = make_source(selection=SelectionType.SQL, sql="select appid from sync_status order by appid limit %(limit)s")
+    source = make_source(
+        selection=SelectionType.SQL, sql="select appid from sync_status order by appid limit %(limit)s"
+    )
     assert _select(status, source, chunk_size=3, claim=False) == [[10, 20, 30]]
 
 
