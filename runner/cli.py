@@ -15,17 +15,34 @@ import socket
 import sys
 import traceback
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from runner import config, database, engine, jobs, logs, migrations, ratelimit, spec, templating
+import httpx
+
+from runner import (
+    config,
+    database,
+    engine,
+    explain,
+    jobs,
+    logs,
+    migrations,
+    progress,
+    ratelimit,
+    replay,
+    spec,
+    templating,
+    workflow,
+)
 from runner.errors import ConfigError, SyncrunError, UsageError
 from runner.redaction import Redactor
 
 log = logging.getLogger("syncrun")
 
 EXIT_INTERNAL = 70
-COMMANDS = ("validate", "migrate", "run", "demo")
+COMMANDS = ("validate", "migrate", "run", "demo", "test-read", "status", "workflow", "new")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +91,16 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=5.0, metavar="SECONDS", help="time in-flight entities get after a stop"
     )
     run.add_argument("--partition", help="static shard i/n of the selection (e.g. 0/4)")
+    run.add_argument("--restart", action="store_true", help="list-shaped sources: ignore the saved cursor, start over")
+    run.add_argument("--record", type=Path, metavar="DIR", help="save the run's HTTP exchanges (secrets masked) to DIR")
+    run.add_argument("--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network")
+    run.add_argument(
+        "--rate-scale",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="with --replay: run the rate limiter and every wait K times faster (recorded in the job row)",
+    )
     run.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument("--progress-every", type=int, default=100, metavar="N")
     run.add_argument(
@@ -87,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the example source against a local demo API on the embedded database")
     demo.set_defaults(handler=_demo)
+    _more_commands(commands)
     return parser
 
 
@@ -127,12 +155,21 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     dsn = database.dsn_from_env(environ)
     secrets = [p for p in [database.password(dsn)] if p]
     settings = templating.resolve([s for src in sources for s in src.settings], environ, extra_secrets=secrets)
-    logs.configure(args.log_format, settings.redact)
-    reports = asyncio.run(_execute(sources, options, settings, dsn))
+    workflow.announce_masks(environ, [v for (kind, _), v in settings.values.items() if kind == "secret"] + secrets)
+    logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
+    listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
+    progress.start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)
+    try:
+        reports = asyncio.run(_execute(sources, options, settings, dsn, _playback(args)))
+    finally:
+        progress.stop()
     for report in reports:
-        if options.dry_run:
+        if options.dry_run and getattr(args, "explain", False):
+            explain.print_reports([report], sources, settings.redact)
+        elif options.dry_run:
             _print_traces(report, settings.redact)
         _summarise(report)
+    workflow.write_step_summary(environ, reports, progress.top_errors())
     return max(_exit_code(report) for report in reports)
 
 
@@ -151,7 +188,26 @@ def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list
         holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         github_run_id=environ.get("GITHUB_RUN_ID") or None,
         stale_after=args.stale_after,
+        restart=args.restart,
+        metadata={"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Playback:
+    """Where HTTP goes: the network (optionally recorded) or a replay, and how fast time runs."""
+
+    record: Path | None = None
+    replay: Path | None = None
+    rate_scale: float = 1.0
+
+
+def _playback(args: argparse.Namespace) -> _Playback:
+    if args.record and args.replay:
+        raise UsageError("--record and --replay exclude each other")
+    if args.rate_scale <= 0 or (args.rate_scale != 1.0 and not args.replay):
+        raise UsageError("--rate-scale takes a positive number and only goes with --replay")
+    return _Playback(args.record, args.replay, args.rate_scale)
 
 
 def _env_int(environ: Mapping[str, str], name: str) -> int | None:
@@ -180,7 +236,11 @@ def _partition(text: str | None) -> tuple[int, int] | None:
 
 
 async def _execute(
-    sources: list[spec.Source], options: engine.Options, settings: templating.Settings, dsn: str | None
+    sources: list[spec.Source],
+    options: engine.Options,
+    settings: templating.Settings,
+    dsn: str | None,
+    playback: _Playback = _Playback(),
 ) -> list[engine.Report]:
     needs_db = not (options.dry_run and options.ids and all(_key_only(s) for s in sources))
     target = await asyncio.to_thread(database.open_target, dsn) if needs_db else None
@@ -195,7 +255,12 @@ async def _execute(
                 log.warning(
                     "marked %d abandoned job(s) failed (no heartbeat for %ss)", reaped, int(options.stale_after)
                 )
-    limiters = ratelimit.limiters(s.rate_limit for s in sources)
+    scale = playback.rate_scale
+    rates = [replace(s.rate_limit, per=s.rate_limit.per / scale) for s in sources]
+    if target is None:  # a dry run that needs no database limits itself in-process
+        rates = [replace(rate, shared=spec.LimitScope.PROCESS) for rate in rates]
+    limiters = ratelimit.limiters(rates, dsn=target.dsn if target else None)
+    transport, recorders = _transports(playback, settings)
     try:
         return await engine.run(
             sources,
@@ -204,10 +269,37 @@ async def _execute(
             limiters=limiters,
             connect=target.connect if target else None,
             catalog=catalog,
+            transport=transport,
+            sleep=(lambda seconds: asyncio.sleep(seconds / scale)) if scale != 1.0 else asyncio.sleep,
         )
     finally:
         for limiter in limiters.values():
             limiter.close()
+        for source in sources:
+            if source.name in recorders and playback.record is not None:
+                saved = recorders[source.name].save(playback.record / source.path.stem)
+                print(f"recorded {len(recorders[source.name].interactions)} exchange(s) to {saved}", file=sys.stderr)
+
+
+def _transports(
+    playback: _Playback, settings: templating.Settings
+) -> tuple[Callable[[spec.Source], httpx.AsyncBaseTransport] | None, dict[str, replay.RecordingTransport]]:
+    recorders: dict[str, replay.RecordingTransport] = {}
+    if playback.replay is not None:
+        try:
+            shared = replay.ReplayTransport(playback.replay, settings.redact)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+        return (lambda source: shared), recorders
+    if playback.record is not None:
+
+        def recording(source: spec.Source) -> httpx.AsyncBaseTransport:
+            limits = httpx.Limits(max_connections=source.concurrency)
+            inner = httpx.AsyncHTTPTransport(verify=source.request.verify_tls, limits=limits)
+            return recorders.setdefault(source.name, replay.RecordingTransport(inner, settings.redact))
+
+        return recording, recorders
+    return None, recorders
 
 
 def _key_only(source: spec.Source) -> bool:
@@ -279,3 +371,82 @@ def _bundled_source(name: str) -> Path:
     if not path.exists():
         raise UsageError(f"{path} not found: run `syncrun demo` from a checkout of the syncrun repository")
     return path
+
+
+# --- test-read, status, workflow, new (runner/explain.py, overview.py, workflow.py, scaffold.py) ---------
+def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    read = commands.add_parser("test-read", help="fetch and map these entities, explain each step; write nothing")
+    read.add_argument("sources", nargs="+", type=Path)
+    read.add_argument("--ids", required=True, help="comma-separated entity keys to read")
+    read.add_argument("--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network")
+    read.add_argument("--log-format", choices=("text", "json"), default="text")
+    read.set_defaults(handler=_test_read)
+
+    status = commands.add_parser("status", help="per source: due, never synced, backing off, failing; last runs")
+    status.add_argument("sources", nargs="*", type=Path, help="source files (default: sources/*.yaml)")
+    status.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    status.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to show")
+    status.set_defaults(handler=_status)
+
+    flow = commands.add_parser("workflow", help="print a scheduled GitHub Actions workflow for a source")
+    flow.add_argument("source", type=Path)
+    flow.add_argument("--out", type=Path, help="write it to this file instead of printing it")
+    flow.set_defaults(handler=_workflow)
+
+    new = commands.add_parser("new", help="write a starter source file from a URL and a sample response")
+    new.add_argument("name", help="the source name (lower-case letters, digits and _)")
+    new.add_argument("--url", required=True, help="the endpoint, with {placeholders} for entity columns")
+    new.add_argument("--sample", type=Path, help="a JSON response of the endpoint, to infer mappings from")
+    new.add_argument("--out", type=Path, help="where to write it (default: sources/NAME.yaml)")
+    new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.set_defaults(handler=_new)
+
+
+def _test_read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`run --dry-run --ids` on the same code path, printed as an explanation. Every option test-read
+    declares is forwarded to run's namespace under the same name (so run options added later, like
+    --replay, need only be declared here too)."""
+    forwarded = _parser().parse_args(["run", *map(str, args.sources)])
+    for name, value in vars(args).items():
+        if name not in ("handler", "command"):
+            setattr(forwarded, name, value)
+    forwarded.dry_run, forwarded.explain = True, True
+    return _run(forwarded, environ)
+
+
+def _status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from runner import overview
+
+    sources = [config.load(path) for path in args.sources or config.default_paths()]
+    if args.runs <= 0:
+        raise UsageError(f"--runs must be a positive integer, got {args.runs}")
+    target = database.open_target(database.dsn_from_env(environ))
+    with target.connect() as conn:
+        states = [overview.collect(conn, source, runs=args.runs) for source in sources]
+    print(overview.to_json(states) if args.json else overview.format_text(states), end="")
+    return 0
+
+
+def _workflow(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    source = config.load(args.source)
+    path = args.source.as_posix()
+    if args.source.is_absolute() and args.source.is_relative_to(Path.cwd()):
+        path = args.source.relative_to(Path.cwd()).as_posix()
+    text = workflow.render(source, path)
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from runner import scaffold
+
+    out = args.out or Path("sources") / f"{args.name}.yaml"
+    text = scaffold.source_text(args.name, args.url, scaffold.read_sample(args.sample) if args.sample else None, out)
+    scaffold.write(out, text, force=args.force)
+    print(f"wrote {out}: edit it, then `syncrun validate {out}` and `syncrun test-read {out} --ids …`")
+    return 0

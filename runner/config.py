@@ -500,7 +500,7 @@ class _Builder:
     def optional_expression(self, path: Path_, roots: Roots | None, raw: JSON = None) -> Expression | None:
         raw = self.raw if raw is None else raw
         key = path[-1]
-        return self.expression(path, raw[key], roots) if key in raw else None
+        return self.expression(path, raw[key], roots) if key in raw and self.usable(path) else None
 
     def expression(self, path: Path_, text: str, roots: Roots | None) -> Expression | None:
         """Compiled once; unknown functions and context names are problems (jmespath checks neither)."""

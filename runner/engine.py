@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from runner import client, fetch, jobs, mapping, outcomes, selection, spec, writer
+from runner import client, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
 from runner.errors import EntityError, MappingError, RunFailed
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
@@ -32,6 +32,7 @@ from runner.templating import Settings
 log = logging.getLogger("syncrun")
 
 _DONE = object()  # end of a queue
+_PAGE = "page"  # list-shaped sources: the page number stands in for the entity key
 _FLUSH_EVERY = 0.25  # seconds a partial write batch may wait for more results
 
 
@@ -48,6 +49,7 @@ class Options:
     lease: float = 600.0  # entity claim lifetime, renewed with the heartbeat
     holder: str = ""  # this runner's claim identity
     github_run_id: str | None = None
+    restart: bool = False  # list-shaped sources: ignore the checkpointed cursor
     stale_after: float = 300.0  # reap running jobs whose heartbeat is older than this
     metadata: dict[str, JSON] = field(default_factory=dict)
 
@@ -102,6 +104,7 @@ class _Run:
         self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
         self.unprocessed: list[JSON] = []
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
+        self.complete = True  # before-steps see True; after-steps see whether the run really was complete
 
     # --- stopping ---------------------------------------------------------------------------------
     def halt(self, status: str, error: str | None = None, signum: int | None = None) -> None:
@@ -112,34 +115,46 @@ class _Run:
 
     # --- the pipeline -----------------------------------------------------------------------------
     async def produce(self, chunks: Iterator[list[dict[str, JSON]]]) -> None:
+        """Feed the fetchers groups of entities: one each, or `request.batch.size` for batched requests
+        (grouped here, in selection order, so batches are full and deterministic)."""
+        size = self.source.request.batch.size if self.source.request.batch else 1
+        group: list[dict[str, JSON]] = []
         try:
             while not self.stop.is_set():
                 chunk = await asyncio.to_thread(next, chunks, None)
                 if chunk is None:
                     break
                 for entity in chunk:
-                    if self.stop.is_set():
-                        self.unprocessed.append(entity[self.source.entities.key])
-                        continue
-                    await self.entities.put(entity)
+                    group.append(entity)
+                    if len(group) == size:
+                        await self.hand_over(group)
+                        group = []
+            if group:
+                await self.hand_over(group)
         finally:
             for _ in range(self.source.concurrency):
                 await self.entities.put(_DONE)
 
-    async def fetcher(self) -> None:
-        while (entity := await self.entities.get()) is not _DONE:
-            assert isinstance(entity, dict)
-            if self.stop.is_set():
-                self.unprocessed.append(entity[self.source.entities.key])
-                continue
-            key = entity[self.source.entities.key]
-            self.inflight.add(key)
-            trace = await self.process(entity)
-            if trace is not None:
-                await self.results.put(trace)
-            self.inflight.discard(key)
+    async def hand_over(self, group: list[dict[str, JSON]]) -> None:
+        if self.stop.is_set():
+            self.unprocessed.extend(entity[self.source.entities.key] for entity in group)
+        else:
+            await self.entities.put(group)
 
-    async def process(self, entity: dict[str, JSON]) -> Trace | None:
+    async def fetcher(self) -> None:
+        while (group := await self.entities.get()) is not _DONE:
+            assert isinstance(group, list)
+            keys = [entity[self.source.entities.key] for entity in group]
+            if self.stop.is_set():
+                self.unprocessed.extend(keys)
+                continue
+            self.inflight.update(keys)
+            traces = await (self.process_batch(group) if self.source.request.batch else self.process(group[0]))
+            for trace in traces:
+                await self.results.put(trace)
+            self.inflight.difference_update(keys)
+
+    async def process(self, entity: dict[str, JSON]) -> list[Trace]:
         trace = Trace(entity)
         try:
             replies = await fetch.entity(
@@ -148,12 +163,55 @@ class _Run:
             trace.result = self.classify(entity, replies, trace)
         except RunFailed as error:
             self.halt("failed", self.settings.redact(str(error)))
-            return None
+            return []
         except EntityError as error:
             trace.result = self.failure(entity, str(error), definitive=error.definitive)
-        return trace
+        return [trace]
 
-    def classify(self, entity: dict[str, JSON], replies: list[fetch.Reply], trace: Trace) -> writer.EntityResult:
+    async def process_batch(self, group: list[dict[str, JSON]]) -> list[Trace]:
+        """One request for several entities; each *requested* entity gets its own outcome, so an id
+        the API left out is "no data" for that entity and a failed request fails every one of them."""
+        batch = self.source.request.batch
+        assert batch is not None
+        key = self.source.entities.key
+        group = sorted(group, key=lambda entity: entity[key])  # deterministic requests (and replays)
+        joined = batch.separator.join(str(entity[key]) for entity in group)
+        traces = [Trace(entity) for entity in group]
+        try:
+            replies = await fetch.entity(
+                self.http,
+                self.source,
+                group[0],
+                self.settings,
+                limiter=self.limiter,
+                sleep=self.sleep,
+                params={batch.param: joined},
+            )
+        except RunFailed as error:
+            self.halt("failed", self.settings.redact(str(error)))
+            return []
+        except EntityError as error:
+            for trace in traces:
+                trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
+            return traces
+        for trace in traces:
+            try:
+                parts = [self.part(reply, trace.entity) for reply in replies]
+                trace.result = self.classify(trace.entity, parts, trace, whole=replies[0].body)
+            except EntityError as error:
+                trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
+        return traces
+
+    def part(self, reply: fetch.Reply, entity: dict[str, JSON]) -> fetch.Reply:
+        """This entity's view of a batched reply: `body` is what `batch.record` picks for it."""
+        batch = self.source.request.batch
+        assert batch is not None
+        document = mapping.context(reply.body, reply.status, reply.headers, entity, self.run_values())
+        return replace(reply, body=batch.record.search(document) if reply.body is not None else None)
+
+    def classify(
+        self, entity: dict[str, JSON], replies: list[fetch.Reply], trace: Trace, *, whole: JSON = None
+    ) -> writer.EntityResult:
         first = replies[0]
         trace.requests = [reply.url for reply in replies]
         trace.status, trace.elapsed = first.status, sum(r.elapsed for r in replies)
@@ -172,7 +230,7 @@ class _Run:
         for reply in replies:
             if reply.body is None:
                 raise MappingError(f"expected a JSON body, got {fetch.describe(reply)}")
-            base = mapping.context(reply.body, reply.status, reply.headers, entity, self.run_values())
+            base = mapping.context(reply.body, reply.status, reply.headers, entity, self.run_values(), whole=whole)
             for index, produced in mapping.rows(self.source, base).items():
                 rows[index].extend(produced)
             if self.source.status is not None:
@@ -181,7 +239,7 @@ class _Run:
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
         return writer.EntityResult(
-            key=entity[self.source.entities.key],
+            key=entity.get(self.source.entities.key, entity.get(_PAGE)),
             entity=entity,
             outcome=outcome,
             rows=fields.get("rows", {}),
@@ -248,6 +306,7 @@ class _Run:
         kind = {"success": "succeeded", "error": "failed"}.get(result.outcome.value, "skipped")
         c = replace(c, processed=c.processed + 1, **{kind: getattr(c, kind) + 1})
         self.report.counters = c
+        progress.tick(self.source.name, c, result.error)
         if result.outcome is spec.Outcome.ERROR:
             log.warning("%s %s failed: %s", self.source.name, result.key, result.error)
         if c.processed % self.options.progress_every == 0:
@@ -274,7 +333,7 @@ async def run(
     limiters: dict[str, Limiter],
     connect: Connect | None,
     catalog: Any = None,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: Callable[[spec.Source], httpx.AsyncBaseTransport | None] | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
     install_signals: bool = True,
 ) -> list[Report]:
@@ -285,7 +344,12 @@ async def run(
     entities and the selection needs no database.
     """
     clients = [
-        client.build(s.request, limiters[s.rate_limit.bucket], transport=transport, max_connections=s.concurrency)
+        client.build(
+            s.request,
+            limiters[s.rate_limit.bucket],
+            transport=transport(s) if transport else None,
+            max_connections=s.concurrency,
+        )
         for s in sources
     ]
     states = [
@@ -324,20 +388,19 @@ async def _drive(state: _Run) -> Report:
                 batch_size=options.limit,
                 github_run_id=options.github_run_id,
                 metadata=options.metadata,
+                started_at=state.now,
             )
-        chunks = _chunks(state, select_conn)
-        tasks = [
-            asyncio.create_task(state.produce(chunks)),
-            *(asyncio.create_task(state.fetcher()) for _ in range(source.concurrency)),
-        ]
-        writer_task = asyncio.create_task(state.write(write_conn))
+            await _steps(state, job_conn, source.before, "before")
         side = [asyncio.create_task(_heartbeat(state, job_conn)), asyncio.create_task(_deadline(state))]
-        await _finish_fetching(state, tasks)
-        await state.results.put(_DONE)
-        await writer_task
+        if source.entities.type is spec.SelectionType.LIST:
+            await _catalogue(state, write_conn, job_conn)
+        else:
+            await _pipeline(state, select_conn, write_conn)
         for task in side:
             task.cancel()
         _conclude(state)
+        if job_conn is not None:
+            await _steps(state, job_conn, source.after, "after")
     except BaseException as error:
         state.report.status = "failed"
         state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
@@ -348,6 +411,74 @@ async def _drive(state: _Run) -> Report:
             if conn is not None:
                 conn.close()
     return state.report
+
+
+async def _pipeline(
+    state: _Run, select_conn: psycopg.Connection[Any] | None, write_conn: psycopg.Connection[Any] | None
+) -> None:
+    """Entity-shaped sources: selection -> concurrent fetchers -> batched writer."""
+    tasks = [
+        asyncio.create_task(state.produce(_chunks(state, select_conn))),
+        *(asyncio.create_task(state.fetcher()) for _ in range(state.source.concurrency)),
+    ]
+    writer_task = asyncio.create_task(state.write(write_conn))
+    await _finish_fetching(state, tasks)
+    await state.results.put(_DONE)
+    await writer_task
+    state.complete = state.report.counters.failed == 0
+
+
+async def _catalogue(
+    state: _Run, write_conn: psycopg.Connection[Any] | None, cursor_conn: psycopg.Connection[Any] | None
+) -> None:
+    """List-shaped sources: the page is the unit. Pages are sequential (each needs the previous
+    cursor); each page's rows commit, then its cursor is checkpointed, so an interrupted run resumes
+    where it stopped (`--restart` starts over). Reading to the natural end clears the checkpoint."""
+    source, options = state.source, state.options
+    start = None
+    if cursor_conn is not None and not options.restart:
+        start = await asyncio.to_thread(jobs.load_cursor, cursor_conn, source.name)
+        if start is not None:
+            log.info("%s: resuming at %s=%s (use --restart to start over)", source.name, source.pagination.param, start)
+    pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
+    number = 0
+    try:
+        async for page in pages:
+            trace = Trace({_PAGE: number})
+            try:
+                trace.result = state.classify({_PAGE: number}, [page.reply], trace)
+            except EntityError as error:
+                trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
+            await state.flush(write_conn, [trace])
+            if trace.result is None or trace.result.outcome is spec.Outcome.ERROR:
+                return  # the next cursor came from a page we could not use: stop here, resume later
+            if cursor_conn is not None:
+                if page.resume is None:
+                    await asyncio.to_thread(jobs.clear_cursor, cursor_conn, source.name)
+                else:
+                    await asyncio.to_thread(
+                        jobs.save_cursor, cursor_conn, source.name, page.resume, state.report.job_id
+                    )
+            state.complete = page.resume is None
+            number += 1
+            if state.stop.is_set():
+                return
+    except RunFailed as error:
+        state.halt("failed", state.settings.redact(str(error)))
+    except EntityError as error:
+        trace = Trace({_PAGE: number})
+        trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
+        await state.flush(write_conn, [trace])
+    finally:
+        await pages.aclose()
+
+
+async def _steps(state: _Run, conn: psycopg.Connection[Any], steps_: tuple[spec.Step, ...], phase: str) -> None:
+    if not steps_:
+        return
+    complete = state.complete and state.report.status == "completed"
+    params = {"job_id": state.report.job_id, "started_at": state.now, "source": state.source.name}
+    await asyncio.to_thread(steps.run, conn, steps_, phase=phase, complete=complete, params=params)
 
 
 def _chunks(state: _Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[dict[str, JSON]]]:

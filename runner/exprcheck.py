@@ -5,11 +5,13 @@ read from the context document (jmespath checks neither until it runs), and `{..
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import cast
 
 from jmespath import functions as jp_functions
 from jmespath.exceptions import JMESPathError
+from jmespath.lexer import Lexer
 
 from runner import spec
 from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
@@ -25,9 +27,15 @@ def compile_checked(text: str, roots: Roots | None) -> tuple[Expression | None, 
     """The compiled expression, or None and what is wrong with it. `roots=None` skips the name check
     (for expressions over a reply body, whose names are the API's)."""
     try:
-        expression = Expression.compile(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # legacy `literals` warn: reported below instead
+            expression = Expression.compile(text)
     except JMESPathError as error:
         return None, [f"bad JMESPath {show(text)}: {_parse_message(error)}"]
+    except ValueError as error:  # jmespath lets json's error out for some `literals`, e.g. `3:00`
+        return None, [f"bad JMESPath {show(text)}: a `literal` is not JSON ({error})"]
+    if _legacy_literal(text):
+        return None, [f"bad JMESPath {show(text)}: a `literal` is not JSON (write text as 'text' or `\"text\"`)"]
     tree = expression.parsed.parsed
     messages = [
         f"unknown function {name}() in {show(text)}{did_you_mean(name, FUNCTIONS)}"
@@ -38,6 +46,15 @@ def compile_checked(text: str, roots: Roots | None) -> tuple[Expression | None, 
         if message := _reference_problem(name, field, roots or {}, text):
             messages.append(message)
     return (None if messages else expression), messages
+
+
+def _legacy_literal(text: str) -> bool:
+    """Whether a backtick literal is not JSON: jmespath then guesses a string and warns (deprecated).
+    Tokenized here because jmespath caches parsed expressions, so compile warns only the first time."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        list(Lexer().tokenize(text))
+    return any(issubclass(w.category, DeprecationWarning | PendingDeprecationWarning) for w in caught)
 
 
 def _function_names(node: JSON) -> Iterator[str]:

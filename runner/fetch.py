@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import httpx
 
@@ -17,7 +18,7 @@ from runner.errors import FetchError
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 
-__all__ = ["Reply", "build_request", "describe", "entity"]
+__all__ = ["Page", "Reply", "build_request", "describe", "entity", "pages"]
 
 _PLACEHOLDER = "0"  # stands in for every entity value when checking the URL's structure
 
@@ -58,6 +59,16 @@ def _shape(url: str) -> tuple[str, str, int | None, int, tuple[str, ...]]:
     return parsed.scheme, parsed.host, parsed.port, parsed.raw_path.split(b"?")[0].count(b"/"), query
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One reply of a paginated fetch, and the `param` value that asks for the page after it
+    (None on the last page). List-shaped sources checkpoint `resume` after committing the page."""
+
+    reply: Reply
+    resume: str | int | None
+    capped: bool = False  # max_pages stopped the paging although the API had more
+
+
 async def entity(
     client: httpx.AsyncClient,
     source: spec.Source,
@@ -66,24 +77,50 @@ async def entity(
     *,
     limiter: Limiter,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    params: Mapping[str, str] | None = None,
 ) -> list[Reply]:
-    """Every page for one entity, in order. Paging stops at a non-2xx reply (it is the last one
-    returned, for the outcome rules), at `max_pages`, or as the pagination type says:
+    """Every page for one entity, in order (see `pages`)."""
+    return [
+        page.reply
+        async for page in pages(client, source, entity, settings, limiter=limiter, sleep=sleep, params=params)
+    ]
+
+
+async def pages(
+    client: httpx.AsyncClient,
+    source: spec.Source,
+    entity: Mapping[str, JSON],
+    settings: templating.Settings,
+    *,
+    limiter: Limiter,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    start: str | int | None = None,
+    params: Mapping[str, str] | None = None,
+) -> AsyncGenerator[Page, None]:
+    """Pages in order, one request each. Paging stops at a non-2xx reply (it is the last one
+    yielded, for the outcome rules), at `max_pages`, or as the pagination type says:
 
     - `none`: one request.
     - `cursor`: the next cursor is `pagination.cursor` over the body, sent as query `param`; continue
       while `has_more` (if given) is truthy and the cursor is not null/empty. A repeated cursor is a
       FetchError (the API would loop forever).
     - `page`: page numbers from `start` in query `param`; stop at an empty page (no body, `{}`, `[]`;
-      not returned unless it is the first) or a non-JSON page (returned, so the mapping reports it).
+      not yielded unless it is the first), a short page (`page_size`), or a non-JSON page (yielded,
+      so the caller decides: an entity error, or the end of a list-shaped catalogue).
+
+    `start` resumes at a checkpointed cursor or page; `params` adds query parameters (batched ids).
     """
     pagination = source.pagination
     first = build_request(client, source, entity, settings)
-    request, page, seen = first, pagination.start, set[str]()
-    if pagination.type == "page":
-        request = _with_param(first, pagination, page)
-    replies: list[Reply] = []
+    for name, value in (params or {}).items():
+        first = _with_query(first, name, value)
+    position: str | int | None = pagination.start if pagination.type == "page" else None
+    if start is not None:
+        position = int(start) if pagination.type == "page" else start
+    seen: set[str] = set()
+    count, previous = 0, None
     while True:
+        request = first if position is None else _with_param(first, pagination, position)
         reply = await http.send(
             client,
             request,
@@ -94,36 +131,54 @@ async def entity(
             redact=settings.redact,
             sleep=sleep,
         )
-        if pagination.type == "page" and replies and reply.status // 100 == 2 and _empty(reply):
-            return replies
-        replies.append(reply)
-        if pagination.type == "none" or reply.status // 100 != 2:
-            return replies
-        if pagination.max_pages is not None and len(replies) >= pagination.max_pages:
-            return replies
-        if pagination.type == "cursor":
-            cursor = _next_cursor(pagination, reply)
-            if cursor is None:
-                return replies
-            if cursor in seen:
-                raise FetchError(
-                    f"pagination loop: {reply.url} returned cursor {cursor!r} a second time"
-                    f" (after {len(replies)} pages); stopped"
-                )
+        if pagination.type == "page" and count and reply.status // 100 == 2 and _empty(reply):
+            return
+        count += 1
+        follow = _follow(pagination, reply, position, seen, previous, count)
+        capped = follow is not None and pagination.max_pages is not None and count >= pagination.max_pages
+        yield Page(reply, follow, capped)
+        if follow is None or capped:
+            return
+        position, previous = follow, reply.body
+
+
+def _follow(
+    pagination: spec.Pagination,
+    reply: Reply,
+    position: str | int | None,
+    seen: set[str],
+    previous: JSON,
+    count: int,
+) -> str | int | None:
+    """The `param` value for the page after `reply`, or None when `reply` is the last page."""
+    if pagination.type == "none" or reply.status // 100 != 2:
+        return None
+    if pagination.type == "cursor":
+        cursor = _next_cursor(pagination, reply)
+        if cursor is not None and cursor in seen:
+            raise FetchError(
+                f"pagination loop: {reply.url} returned cursor {cursor!r} a second time (after {count} pages); stopped"
+            )
+        if cursor is not None:
             seen.add(cursor)
-            request = _with_param(first, pagination, cursor)
-        elif pagination.type == "page":
-            if reply.body is None or _empty(reply):
-                return replies
-            if len(replies) > 1 and reply.body == replies[-2].body:
-                raise FetchError(
-                    f"pagination loop: page {page} from {reply.url} repeats the previous page"
-                    f" (does the API read the '{pagination.param}' parameter?); stopped"
-                )
-            page += 1
-            request = _with_param(first, pagination, page)
-        else:
-            raise FetchError(f"unknown pagination type '{pagination.type}'")
+        return cursor
+    if pagination.type == "page":
+        if reply.body is None or _empty(reply) or _short(pagination, reply):
+            return None
+        if count > 1 and reply.body == previous:
+            raise FetchError(
+                f"pagination loop: page {position} from {reply.url} repeats the previous page"
+                f" (does the API read the '{pagination.param}' parameter?); stopped"
+            )
+        assert isinstance(position, int)
+        return position + 1
+    raise FetchError(f"unknown pagination type '{pagination.type}'")
+
+
+def _short(pagination: spec.Pagination, reply: Reply) -> bool:
+    body = reply.body
+    size = len(body) if isinstance(body, list | dict) else 0
+    return pagination.page_size is not None and size < pagination.page_size
 
 
 def _next_cursor(pagination: spec.Pagination, reply: Reply) -> str | None:
@@ -140,7 +195,11 @@ def _next_cursor(pagination: spec.Pagination, reply: Reply) -> str | None:
 def _with_param(request: httpx.Request, pagination: spec.Pagination, value: str | int) -> httpx.Request:
     if not pagination.param:
         raise FetchError(f"pagination type '{pagination.type}' needs pagination.param")
-    url = request.url.copy_set_param(pagination.param, str(value))
+    return _with_query(request, pagination.param, str(value))
+
+
+def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
+    url = request.url.copy_set_param(name, value)
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
 
 

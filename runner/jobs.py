@@ -73,16 +73,19 @@ def start(
     batch_size: int | None = None,
     github_run_id: str | None = None,
     metadata: dict[str, Any] | None = None,
+    started_at: datetime | None = None,
     table: QualifiedName = JOBS_TABLE,
 ) -> str:
-    """Insert a `running` job row (heartbeat now) and return its id."""
+    """Insert a `running` job row (heartbeat now) and return its id. `started_at` (default now) is the
+    run's own clock, so `run.started_at` in mappings equals the job row's (the applist run token)."""
     query = sql.SQL(
-        "insert into {} (job_type, status, batch_size, github_run_id, metadata, heartbeat_at)"
-        " values (%s, 'running', %s, %s, %s, now()) returning id::text"
+        "insert into {} (job_type, status, batch_size, github_run_id, metadata, heartbeat_at, started_at)"
+        " values (%s, 'running', %s, %s, %s, now(), coalesce(%s, now())) returning id::text"
     ).format(identifier(table))
     with conn.transaction():
         row = conn.execute(
-            query, (job_type, batch_size, github_run_id, None if metadata is None else Jsonb(metadata))
+            query,
+            (job_type, batch_size, github_run_id, None if metadata is None else Jsonb(metadata), started_at),
         ).fetchone()
     assert row is not None
     return str(row[0])
@@ -150,3 +153,29 @@ def recent(conn: psycopg.Connection, job_type: str, n: int = 10, *, table: Quali
 def _job(row: dict[str, Any]) -> Job:
     counters = Counters(**{name: row.pop(name) for name in Counters.__dataclass_fields__})
     return Job(counters=counters, **row)
+
+
+# --- list-shaped sources: the catalogue cursor -----------------------------------------------------------
+def load_cursor(conn: psycopg.Connection, source: str) -> Any:
+    """Where an interrupted (or capped) run of a list-shaped source stopped; None to start over."""
+    with conn.transaction():
+        row = conn.execute("select cursor from syncrun_cursors where source = %s", (source,)).fetchone()
+    return None if row is None else row[0]
+
+
+def save_cursor(conn: psycopg.Connection, source: str, cursor: Any, job_id: str | None) -> None:
+    """Checkpoint after a page's rows committed: a crash re-fetches at most that one page, and writes
+    are idempotent, so nothing is lost and nothing is doubled."""
+    with conn.transaction():
+        conn.execute(
+            "insert into syncrun_cursors (source, cursor, job_id, updated_at) values (%s, %s, %s, now())"
+            " on conflict (source) do update set cursor = excluded.cursor, job_id = excluded.job_id,"
+            " updated_at = now()",
+            (source, Jsonb(cursor), job_id),
+        )
+
+
+def clear_cursor(conn: psycopg.Connection, source: str) -> None:
+    """The catalogue was read to its end: the next run starts from the first page."""
+    with conn.transaction():
+        conn.execute("delete from syncrun_cursors where source = %s", (source,))

@@ -42,6 +42,18 @@ class _Text(logging.Formatter):
         return f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f" {extras}" if extras else "")
 
 
+class _GitHub(_Text):
+    """Text, with warnings and errors as GitHub Actions annotations (`::warning::`, `::error::`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return "::error::" + line
+        if record.levelno >= logging.WARNING:
+            return "::warning::" + line
+        return line
+
+
 class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document = {
@@ -54,9 +66,9 @@ class _Json(logging.Formatter):
 
 
 def configure(fmt: str, redact: Redactor, *, level: int = logging.INFO) -> None:
-    """Send syncrun's log to stderr in `fmt` ("text" or "json"), redacting every record."""
+    """Send syncrun's log to stderr in `fmt` ("text", "json" or "github"), redacting every record."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Json() if fmt == "json" else _Text())
+    handler.setFormatter({"json": _Json, "github": _GitHub}.get(fmt, _Text)())
     handler.addFilter(_Redacting(redact))
     logger = logging.getLogger("syncrun")
     logger.handlers[:] = [handler]

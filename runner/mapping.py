@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from jmespath.exceptions import JMESPathError
@@ -26,12 +28,19 @@ _EXCERPT = 120
 
 
 def context(
-    body: JSON, status: int, headers: Mapping[str, str], entity: Mapping[str, JSON], run: Mapping[str, Any]
+    body: JSON,
+    status: int,
+    headers: Mapping[str, str],
+    entity: Mapping[str, JSON],
+    run: Mapping[str, Any],
+    *,
+    whole: JSON = None,
 ) -> dict[str, JSON]:
-    """The document every mapping and the `records` expression is evaluated over."""
+    """The document every mapping and the `records` expression is evaluated over. For a batched
+    request `body` is this entity's part and `whole` the full response body."""
     return {
-        "entity": dict(entity),
-        "response": {"status": status, "headers": dict(headers), "body": body},
+        "entity": {name: _plain(value) for name, value in entity.items()},
+        "response": {"status": status, "headers": dict(headers), "body": body if whole is None else whole},
         "body": body,
         "run": dict(run),
     }
@@ -78,6 +87,9 @@ def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> lis
 
 def _row(write: spec.Write, document: dict[str, JSON], index: int) -> Row:
     row = {f.column: _search(f.expression, document, f"{write.table}.{f.column}") for f in write.columns}
+    # A lookup column carries its natural-key value here; the writer swaps in the dimension's id.
+    for lookup in write.lookups:
+        row[lookup.column] = _search(lookup.value, document, f"{write.table}.{lookup.column}")
     for column in write.key:
         if row[column] is None:
             expression = next(f.expression.text for f in write.columns if f.column == column)
@@ -90,6 +102,16 @@ def _search(expression: Expression, document: JSON, where: str) -> JSON:
         return expression.search(document)
     except JMESPathError as error:
         raise MappingError(f"{where}: {expression.text!r} failed: {error}") from None
+
+
+def _plain(value: JSON) -> JSON:
+    """Entity values as JSON would carry them: dates and timestamps as ISO-8601 text, decimals as
+    numbers, so `entity.synced_on == run.today` compares like with like."""
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
 
 
 def _truthy(value: JSON) -> bool:

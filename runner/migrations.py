@@ -10,7 +10,8 @@ Then each source gets its `last_<source>_sync` column (and its selection columns
 
 `migrate` runs everything in one transaction under an advisory lock, so two migrates never race.
 `check` never changes anything: it names every missing table/column and the command that fixes it,
-and returns the column types of every table a source writes (the writer checks values against them).
+and returns the column types of every table a source writes or looks up in, and the argument types
+of every function writer (the writer checks values against them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from psycopg import sql
 
 from runner.database import identifier, regclass_text
 from runner.errors import SchemaMismatch
-from runner.spec import QualifiedName, SelectionType, Source
+from runner.spec import QualifiedName, SelectionType, Source, Write
 
 JOBS_TABLE = QualifiedName(None, "sync_jobs")
 SQL_DIR = Path(__file__).parent / "sql"
@@ -318,14 +319,58 @@ def _targets(conn: psycopg.Connection, sources: Sequence[Source]) -> tuple[Catal
             catalog[source.status.table] = table_columns(conn, source.status.table) or {}
         for index, write in enumerate(source.writes):
             where = f"({_display(source.path)} writes[{index}])"
+            problems += _lookup_problems(conn, write, catalog, where)
+            if write.function is not None:
+                problems += _function_problems(conn, write, catalog, where)
+                continue
             columns = table_columns(conn, write.table)
             if columns is None:
                 problems.append(f"{write.table} is missing: syncrun does not create target tables {where}")
                 continue
             catalog[write.table] = columns
-            mapped = dict.fromkeys([*write.key, *write.column_names])
+            mapped = dict.fromkeys([*write.key, *write.column_names, *(lookup.column for lookup in write.lookups)])
             problems += [f"{write.table}.{c}: no such column {where}" for c in mapped if c not in columns]
             if set(write.key) <= columns.keys() and frozenset(write.key) not in unique_keys(conn, write.table):
                 key = ", ".join(write.key)
                 problems.append(f"{write.table}: no primary key or unique index on ({key}) {where}")
     return catalog, problems
+
+
+def _lookup_problems(conn: psycopg.Connection, write: Write, catalog: Catalog, where: str) -> list[str]:
+    """Each lookup's dimension table, with its key and returning columns, joins the catalog."""
+    problems: list[str] = []
+    for lookup in write.lookups:
+        columns = table_columns(conn, lookup.table)
+        if columns is None:
+            problems.append(f"{lookup.table} is missing: lookup {lookup.column} reads it {where}")
+            continue
+        catalog[lookup.table] = columns
+        for column in dict.fromkeys((lookup.key, lookup.returning)):
+            if column not in columns:
+                problems.append(f"{lookup.table}.{column}: no such column (lookup {lookup.column}) {where}")
+    return problems
+
+
+def _function_problems(conn: psycopg.Connection, write: Write, catalog: Catalog, where: str) -> list[str]:
+    """A function writer's catalog entry is its input arguments (name -> type), under its name."""
+    assert write.function is not None
+    arguments = function_arguments(conn, write.function)
+    if arguments is None:
+        return [f"{write.function}: no such function, or more than one with that name {where}"]
+    catalog[write.function] = arguments
+    mapped = [*write.column_names, *(lookup.column for lookup in write.lookups)]
+    return [f"{write.function}: no argument named {c} {where}" for c in mapped if c not in arguments]
+
+
+def function_arguments(conn: psycopg.Connection, name: QualifiedName) -> dict[str, str] | None:
+    """Input argument name -> `format_type` text of a function, or None if no (single) such function."""
+    if conn.execute("select to_regproc(%s)", (regclass_text(name),)).fetchone() == (None,):
+        return None  # to_regproc is null for an unknown name and for an overloaded one alike
+    rows = conn.execute(
+        "select a.name, format_type(a.type, null) from pg_proc p,"
+        " unnest(p.proargnames, coalesce(p.proallargtypes, p.proargtypes::oid[]), p.proargmodes)"
+        " as a(name, type, mode)"
+        " where p.oid = to_regproc(%s) and coalesce(a.mode, 'i') in ('i', 'b', 'v') and a.name <> ''",
+        (regclass_text(name),),
+    ).fetchall()
+    return {name: type_ for name, type_ in rows}

@@ -15,14 +15,20 @@ when that lands, this is still the only module that imports it.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, LiteralString
 
 import httpx
+import psycopg
 
 from runner import spec
-from runner.errors import UsageError
+from runner.errors import DatabaseError, SchemaMismatch, UsageError
+
+log = logging.getLogger(__name__)
 
 # Every window is padded by this much. The limiter grants at the client; the API counts at arrival,
 # and latency jitter (connection set-up, GIL hand-over, a busy event loop) can bunch arrivals that
@@ -32,6 +38,15 @@ MARGIN = 0.010
 # Request extension key: called right after the budget is granted. client.send uses it to start an
 # attempt's timeout clock then, so time spent waiting for the budget never counts as a timeout.
 GRANTED = "syncrun.granted"
+
+# DatabaseLimiter: a grant is a reservation of a moment, recorded before it is used (unlike the in-process
+# log, which records when the grant actually happens). A process that gets to use it later than this
+# (a reply delayed by the network, a busy CPU) leaves it unused and takes another, rather than bunch
+# with the other processes' next grants. Half the margin: the rest absorbs the jitter after the grant.
+LATE = MARGIN / 2
+
+# DatabaseLimiter: how long a sample of the offset between our clock and the database's stays usable.
+OFFSET_MEMORY = 10.0
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -99,36 +114,190 @@ class Limiter:
         return max(waits)
 
 
-def limiters(rate_limits: Iterable[spec.RateLimit], *, margin: float = MARGIN) -> dict[str, Limiter]:
+class DatabaseLimiter(Limiter):
+    """A `Limiter` whose budget and pause live in PostgreSQL, shared by every process using the bucket.
+
+    Each grant is one statement, `syncrun_rate_grant(...)` (runner/sql/0002_rate_limits.sql): under
+    the bucket row's lock it reserves the earliest moment the sliding-window and burst rules allow,
+    by the database's clock, records it in the row's ring of the last `requests` grants and returns
+    the wait. The caller then sleeps that long. One process holds at most one reservation at a time
+    (its waiters queue FIFO behind an asyncio lock, as in `Limiter`), so processes take turns.
+
+    `pause()` records the Retry-After locally at once and in the row (`paused_until`) in the
+    background; every later reservation by any process starts after it. A reservation granted
+    before the pause was recorded may still be used, like a request already in flight in-process.
+
+    Blocking psycopg calls run in a worker thread (`asyncio.to_thread`): one autocommit connection per
+    limiter, opened on the first acquire, closed by `close()`.
+    """
+
+    def __init__(
+        self,
+        rate: spec.RateLimit,
+        dsn: str,
+        *,
+        margin: float = MARGIN,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__(rate, margin=margin, clock=clock, sleep=sleep)
+        self._dsn = dsn
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._conn_lock = threading.Lock()  # grant and pause threads share the connection
+        self._flushes: set[asyncio.Task[None]] = set()  # background pause writes, kept referenced
+        self._offsets: deque[tuple[float, float]] = deque()  # (our time, clock offset sample)
+        self.discarded = 0  # grants reserved but not used: too late, or inside a pause
+
+    async def connect(self) -> None:
+        """Open the connection now and check the migration is there (else `acquire` does it lazily)."""
+        found = await asyncio.to_thread(self._call, "select to_regproc('syncrun_rate_grant') is not null", ())
+        if not found:
+            raise self._missing()
+
+    async def acquire(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"rate limiter for bucket '{self.rate.bucket}' is closed")
+        async with self._loop_lock():
+            while True:
+                paused_until = self._paused_until
+                granted_at, db_now = await asyncio.to_thread(self._grant, paused_until - self._clock())
+                deadline = granted_at + self._offset(self._clock() - db_now)
+                while (remaining := deadline - self._clock()) > 0:
+                    await self._sleep(remaining)
+                if self._clock() - deadline > LATE:
+                    # the grant came back (or we woke) too late: sent now, the request could bunch with
+                    # the next processes' on-time ones. Leave it unused (it still counts) and take another.
+                    self.discarded += 1
+                elif self._paused_until > paused_until:
+                    self.discarded += 1  # paused meanwhile: this grant falls inside the pause
+                else:
+                    break
+            self.requests += 1
+
+    def pause(self, seconds: float) -> None:
+        super().pause(seconds)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_pause(seconds)
+            return
+        task = loop.create_task(asyncio.to_thread(self._write_pause, seconds))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushed)
+
+    def close(self) -> None:
+        super().close()
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _offset(self, sample: float) -> float:
+        """Our clock minus the database's, from `sample` = (our time on receipt - its time on reply).
+
+        A sample overstates the offset by the reply's travel time, which varies (network, thread
+        hand-over, a busy CPU); the smallest recent sample is the closest to the truth. Using it rather
+        than this reply's own keeps that variation out of the send times (it would bunch arrivals), and
+        it can never make a grant early, since every sample is >= the true offset. Samples expire after
+        OFFSET_MEMORY seconds so clock drift cannot accumulate.
+        """
+        now, samples = self._clock(), self._offsets
+        samples.append((now, sample))
+        while samples[0][0] < now - OFFSET_MEMORY:
+            samples.popleft()
+        return min(s for _, s in samples)
+
+    # --- blocking, in a worker thread ---
+    def _grant(self, pause: float) -> tuple[float, float]:
+        """Reserve one grant: (its time, the time now), epoch seconds by the database's clock.
+        `pause` > 0 also extends the shared pause."""
+        rate = self.rate
+        granted_at, db_now = self._call(
+            "select syncrun_rate_grant(%s, %s, %s, %s, %s)",
+            (rate.bucket, rate.requests, self._window, rate.burst, pause if pause > 0 else None),
+        )
+        return float(granted_at), float(db_now)
+
+    def _write_pause(self, seconds: float) -> None:
+        self._call("select syncrun_rate_pause(%s, %s)", (self.rate.bucket, seconds))
+
+    def _call(self, query: LiteralString, params: tuple[Any, ...]) -> Any:
+        with self._conn_lock:
+            if self._closed:
+                raise RuntimeError(f"rate limiter for bucket '{self.rate.bucket}' is closed")
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self._dsn, autocommit=True, prepare_threshold=None)
+                row = self._conn.execute(query, params).fetchone()
+            except psycopg.errors.UndefinedFunction:
+                raise self._missing() from None
+            except psycopg.Error as exc:
+                if self._conn is not None and self._conn.broken:
+                    self._conn = None  # reconnect on the next grant
+                raise DatabaseError(f"rate-limit bucket '{self.rate.bucket}': PostgreSQL failed: {exc}") from None
+            assert row is not None
+            return row[0]
+
+    def _missing(self) -> SchemaMismatch:
+        return SchemaMismatch(
+            f"rate_limit.shared: database (bucket '{self.rate.bucket}') needs syncrun's syncrun_rate_limits"
+            " table (migration 0002); run `syncrun migrate` against this database"
+        )
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning(
+                "could not share the pause of bucket '%s' (it travels with the next grant): %s", self.rate.bucket, exc
+            )
+
+
+def limiters(
+    rate_limits: Iterable[spec.RateLimit], *, margin: float = MARGIN, dsn: str | None = None
+) -> dict[str, Limiter]:
     """One limiter per bucket name: sources naming the same bucket share it.
 
-    Sources sharing a bucket must declare the same requests/per/burst: a silent "stricter wins"
+    `shared: database` buckets get a `DatabaseLimiter` on `dsn` (the run's database; its first
+    search_path schema must hold migration 0002's `syncrun_rate_limits`), shared by every process
+    that uses the bucket name there. No connection is opened until the first `acquire`.
+
+    Sources sharing a bucket must declare the same requests/per/burst/shared: a silent "stricter wins"
     would hide a typo and cannot rank 10/s against 500/min, so a mismatch is a UsageError.
     """
     by_bucket: dict[str, Limiter] = {}
     for rate in rate_limits:
-        if rate.shared is not spec.LimitScope.PROCESS:
+        if (existing := by_bucket.get(rate.bucket)) is not None:
+            if _limits(existing.rate) != _limits(rate):
+                raise UsageError(
+                    f"rate-limit bucket '{rate.bucket}' is declared twice with different limits"
+                    f" ({_describe(existing.rate)} and {_describe(rate)}); sources sharing a bucket must"
+                    " declare the same requests, per, burst and shared"
+                )
+            continue
+        if rate.shared is spec.LimitScope.PROCESS:
+            by_bucket[rate.bucket] = Limiter(rate, margin=margin)
+        elif rate.shared is spec.LimitScope.DATABASE:
+            if dsn is None:
+                raise UsageError(
+                    f"rate_limit.shared: database (bucket '{rate.bucket}') needs a database:"
+                    " set DATABASE_URL (or --dsn), or use shared: process"
+                )
+            by_bucket[rate.bucket] = DatabaseLimiter(rate, dsn, margin=margin)
+        else:
             raise UsageError(
                 f"rate_limit.shared: {rate.shared} (bucket '{rate.bucket}') is not supported yet;"
-                " use shared: process (the default)"
-            )
-        if (existing := by_bucket.get(rate.bucket)) is None:
-            by_bucket[rate.bucket] = Limiter(rate, margin=margin)
-        elif _limits(existing.rate) != _limits(rate):
-            raise UsageError(
-                f"rate-limit bucket '{rate.bucket}' is declared twice with different limits"
-                f" ({_describe(existing.rate)} and {_describe(rate)}); sources sharing a bucket must declare"
-                " the same requests, per and burst"
+                " use shared: database (through PostgreSQL) or shared: process"
             )
     return by_bucket
 
 
-def _limits(rate: spec.RateLimit) -> tuple[int, float, int]:
-    return rate.requests, rate.per, rate.burst
+def _limits(rate: spec.RateLimit) -> tuple[int, float, int, spec.LimitScope]:
+    return rate.requests, rate.per, rate.burst, rate.shared
 
 
 def _describe(rate: spec.RateLimit) -> str:
-    return f"{rate.requests} per {rate.per:g} s, burst {rate.burst}"
+    shared = "" if rate.shared is spec.LimitScope.PROCESS else f", shared: {rate.shared}"
+    return f"{rate.requests} per {rate.per:g} s, burst {rate.burst}{shared}"
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):

@@ -99,7 +99,8 @@ def read(text: bytes | str, file: str) -> tuple[Document | None, list[Problem]]:
         mark = error.problem_mark or error.context_mark
         return None, [Problem(file, mark.line + 1 if mark else 1, "", f"not valid YAML: {error.problem}")]
     except yaml.reader.ReaderError as error:  # bytes that are not UTF-8, or control characters
-        line = text[: error.position].count("\n" if isinstance(text, str) else b"\n") + 1
+        before = text[: error.position]
+        line = (before.count("\n") if isinstance(before, str) else before.count(b"\n")) + 1
         return None, [Problem(file, line, "", f"not valid YAML: {error.reason} (character #x{error.character:04x})")]
     finally:
         if loader is not None:

@@ -1,15 +1,14 @@
 """`write(conn, source, results)`: rows + status stamp + per-source state, one transaction per batch.
 
-For each write target one `insert ... on conflict (key) do update` sets only the mapped columns, so
-other sources' columns on the same row survive; rows are deduplicated on the key within a batch
-(last wins) because one statement cannot update a row twice. Small row sets go out with a pipelined
-`executemany`; from `COPY_FROM` rows per table, COPY into a temp table + one `insert ... select`.
+Write targets go in declaration order (lookups, replace_by, upserts, function calls: runner.targets),
+then the status stamps, then the per-source state: the same lock order in every runner.
 
-A value that does not fit its column (by the catalog types `migrations.check` returned) turns its
-entity into an error result before anything is sent. If the batch still fails on a data error
-(FK, check, not-null), it is replayed one entity per savepoint so one bad entity cannot sink the
-others. Deadlocks and serialization failures retry the whole batch; a lost connection is the
-caller's (DatabaseError).
+A value that does not fit its column (by the catalog types; see runner.values) turns its entity into
+an error result before anything is sent, as does a `replace_by` column that cannot be worked out
+from the entity. If the batch still fails on a data error (FK, check, not-null, a function's
+`raise exception`, a lookup miss), it is replayed one entity per savepoint so one bad entity cannot
+sink the others. Deadlocks and serialization failures retry the whole batch; a lost connection is
+the caller's (DatabaseError).
 
 Per-source state (syncrun_state), per entity: success/skip reset the error count and backoff;
 a definitive error backs off `BACKOFF_BASE * 2^(n-1)` capped at `BACKOFF_CAP` (15 min, 30 min, 1 h,
@@ -19,45 +18,39 @@ Every processed entity's claim is released.
 
 from __future__ import annotations
 
-import json
-import re
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg.types.json import Json, Jsonb
 
+from runner import targets
 from runner.database import identifier
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
-from runner.spec import Merge, Outcome, Source, Status, Write, WriteMode
+from runner.spec import Outcome, Source, Status
+from runner.targets import MAX_MESSAGE
+from runner.values import Unfit, coerce, column_types, fit
 
 BACKOFF_BASE = 15 * 60.0  # seconds: the first retry of a definitively failing entity
 BACKOFF_CAP = 24 * 3600.0  # seconds: a broken entity is still retried daily
 ATTEMPTS = 3  # whole-batch attempts on deadlock / serialization failure
-MAX_MESSAGE = 1000  # characters of an error message stored in the database
-# From this many rows for one table in a batch, COPY into a temp table + one insert ... select beats
-# a pipelined executemany (measured, local PG 15, 10 columns: even at 100 rows COPY ~20k rows/s vs
-# ~10k; at 1,000 rows ~75k vs ~10k; at 20 rows they tie). Below it, executemany skips the temp
-# table's catalog churn; the one-entity replay always uses executemany.
-COPY_FROM = 50
-_TEMP = sql.Identifier("_syncrun_rows")
-
-_DATA_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
 # 40P01 / 40001 (and the rest of class 40): the whole batch can simply run again
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.TransactionRollback)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EntityResult:
-    """What happened to one entity: its rows (write index -> rows) or its error."""
+    """What happened to one entity: its rows (write index -> rows) or its error.
+
+    `rows` holds an entry for every write the mapping evaluated, an empty list included: for a
+    `replace_by` write, a successful entity with an entry (even empty) replaces its rows; one without
+    an entry leaves them alone.
+    """
 
     key: Any
     entity: dict[str, Any]
@@ -69,6 +62,8 @@ class EntityResult:
     skip_until: float | None = None  # seconds from now
     error_source: str = ""  # the source name, for the seed's last_error_source
     status_values: dict[str, Any] = field(default_factory=dict)  # `status.set` columns, written with the stamp
+    # write index -> this entity's replace_by values (targets.scope); `write` fills it in, callers don't
+    scopes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def stamped(self) -> bool:
@@ -77,25 +72,15 @@ class EntityResult:
     def failed(self, message: str) -> EntityResult:
         """This entity as a definitive error (its rows are not written); the entity dict is kept."""
         return replace(
-            self, outcome=Outcome.ERROR, rows={}, status_values={}, error=message, definitive=True, stamp=False
+            self,
+            outcome=Outcome.ERROR,
+            rows={},
+            status_values={},
+            scopes={},
+            error=message,
+            definitive=True,
+            stamp=False,
         )
-
-
-class _StatementFailed(Exception):
-    """A data error while writing `table`: the message names the table and the constraint."""
-
-    def __init__(self, table: str, error: psycopg.Error) -> None:
-        self.table, self.error = table, error
-        super().__init__(describe(table, error))
-
-
-def describe(table: str, error: psycopg.Error) -> str:
-    """`apps: new row for relation "apps" violates check constraint "apps_price_check"` (+ FK detail)."""
-    message = f"{table}: {error.diag.message_primary or str(error).strip()}"
-    detail = error.diag.message_detail
-    if detail and detail.startswith("Key ("):  # FK / unique: says which key; "Failing row" would echo data
-        message += f" ({detail})"
-    return message[:MAX_MESSAGE]
 
 
 def write(
@@ -111,9 +96,8 @@ def write(
 
     `holder`: release only this holder's claims (None releases any). `job_id` is not stored today.
     """
-    checked = [_checked(source, result, catalog) for result in results]
-    batch = [result if message is None else result.failed(message) for result, message in checked]
-    unfit = [result for result, (_, message) in zip(batch, checked, strict=True) if message is not None]
+    batch = [_checked(source, result, catalog) for result in results]
+    unfit = [checked for checked, result in zip(batch, results, strict=True) if checked.outcome is not result.outcome]
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return unfit + _attempt(conn, source, batch, catalog, holder)
@@ -133,7 +117,7 @@ def _attempt(
         with conn.transaction():
             _write_all(conn, source, batch, catalog, holder)
         return []
-    except _StatementFailed:
+    except targets.Failed:
         pass  # rolled back: find the culprits one entity at a time
     return _replay(conn, source, batch, catalog, holder)
 
@@ -147,7 +131,7 @@ def _replay(
             try:
                 with conn.transaction():  # a savepoint
                     _write_all(conn, source, [result], catalog, holder, bulk=False)
-            except _StatementFailed as failure:
+            except targets.Failed as failure:
                 bad = result.failed(str(failure))
                 with conn.transaction():
                     _write_all(conn, source, [bad], catalog, holder, bulk=False)
@@ -164,21 +148,43 @@ def _write_all(
     bulk: bool = True,
 ) -> None:
     """Targets in declaration order, then status, then state: the same lock order in every runner."""
+    live = [result for result in batch if result.outcome is not Outcome.ERROR]
     with conn.cursor() as cursor:
         for index, target in enumerate(source.writes):
-            rows = _dedup(
-                target, [row for r in batch if r.outcome is not Outcome.ERROR for row in r.rows.get(index, [])]
-            )
-            params = [tuple(row.get(c) for c in target.column_names) for row in rows]
-            touch = "updated_at" in catalog.get(target.table, {})
-            if bulk and len(params) >= COPY_FROM:
-                _copy(cursor, target, touch, params)
-            else:
-                _run(cursor, str(target.table), upsert_sql(target, touch), params)
+            rows = [row for result in live for row in result.rows.get(index, [])]
+            scopes = [result.scopes[index] for result in live if index in result.scopes]
+            targets.write(cursor, target, rows, scopes, catalog, bulk=bulk)
         _write_status(cursor, source, batch, catalog)
-        _run(cursor, "syncrun_state", _STATE, [_state_params(source, result, holder) for result in batch])
+        params = [_state_params(source, result, holder) for result in batch]
+        targets.run(cursor, "syncrun_state", _STATE, params)
 
 
+def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityResult:
+    """The result with its values converted for their columns and its replace scopes worked out; or,
+    when something does not fit, the result failed with a message naming table, column and value."""
+    if result.outcome is Outcome.ERROR:
+        return result
+    try:
+        if result.status_values and source.status is not None:
+            fit(str(source.status.table), catalog.get(source.status.table, {}), result.status_values)
+        rows = {index: _fitted(source, index, rows, catalog) for index, rows in result.rows.items()}
+        scopes = {
+            index: targets.scope(target, result.entity, catalog)
+            for index, target in enumerate(source.writes)
+            if target.replace_by and index in result.rows and result.outcome is Outcome.SUCCESS
+        }
+    except Unfit as unfit:
+        return result.failed(str(unfit))
+    return replace(result, rows=rows, scopes=scopes)
+
+
+def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Catalog) -> list[dict[str, Any]]:
+    target = source.writes[index]
+    types = column_types(target, catalog)
+    return [fit(str(target.function or target.table), types, row) for row in rows]
+
+
+# --- status --------------------------------------------------------------------------------------------
 def _write_status(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], catalog: Catalog) -> None:
     status = source.status
     if status is None:
@@ -191,100 +197,11 @@ def _write_status(cursor: psycopg.Cursor[Any], source: Source, batch: list[Entit
         extra = stamped[key].status_values
         groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
     for names, params in groups.items():
-        _run(cursor, str(status.table), stamp_sql(status, touch, names), params)
+        targets.run(cursor, str(status.table), stamp_sql(status, touch, names), params)
     if status.error_columns:
         errors = [r for r in batch if r.outcome is Outcome.ERROR]
         params = [(r.error_source or source.name, (r.error or "")[:MAX_MESSAGE], r.key) for r in errors]
-        _run(cursor, str(status.table), error_sql(status, touch), params)
-
-
-def _run(cursor: psycopg.Cursor[Any], table: str, statement: sql.SQL | sql.Composed, params: list[Any]) -> None:
-    if not params:
-        return
-    try:
-        cursor.executemany(statement, params)
-    except _DATA_ERRORS as error:
-        raise _StatementFailed(table, error) from error
-
-
-def _dedup(target: Write, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per conflict key, the last one winning, in key order (the same lock order everywhere)."""
-    unique = {tuple(row.get(k) for k in target.key): row for row in rows}
-    return [unique[k] for k in sorted(unique, key=str)]
-
-
-# --- statements (built once per write target) -----------------------------------------------------------
-_MERGES = {
-    Merge.REPLACE: "excluded.{0}",
-    Merge.GREATEST: "greatest(t.{0}, excluded.{0})",
-    Merge.KEEP_EXISTING_IF_NULL: "coalesce(excluded.{0}, t.{0})",
-}
-
-
-def _copy(cursor: psycopg.Cursor[Any], target: Write, touch: bool, params: list[tuple[Any, ...]]) -> None:
-    """COPY into a temp table shaped like the mapped columns, then one insert ... select ... on conflict."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, target.column_names))
-    try:
-        cursor.execute(
-            sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(
-                _TEMP, columns, identifier(target.table)
-            )
-        )
-        with cursor.copy(sql.SQL("copy {} ({}) from stdin").format(_TEMP, columns)) as copy:
-            for row in params:
-                copy.write_row(row)
-        cursor.execute(copy_upsert_sql(target, touch))
-        cursor.execute(sql.SQL("drop table {}").format(_TEMP))  # the next target reuses the name
-    except _DATA_ERRORS as error:
-        raise _StatementFailed(str(target.table), error) from error
-
-
-@lru_cache(maxsize=256)
-def upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
-    """insert ... values (...) on conflict (key) do update set <mapped columns only> (or do nothing)."""
-    columns, values, action = _upsert_parts(target, touch_updated_at)
-    return sql.SQL("insert into {} as t ({}) values ({}) on conflict ({}) {}").format(
-        identifier(target.table), columns, values, sql.SQL(", ").join(map(sql.Identifier, target.key)), action
-    )
-
-
-@lru_cache(maxsize=256)
-def copy_upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
-    """The same upsert, reading the rows COPY put into the temp table."""
-    columns, _, action = _upsert_parts(target, touch_updated_at)
-    values = sql.SQL(", ").join(
-        [*map(sql.Identifier, target.column_names), *([sql.SQL("now()")] if _touches(target, touch_updated_at) else [])]
-    )
-    return sql.SQL("insert into {} as t ({}) select {} from {} on conflict ({}) {}").format(
-        identifier(target.table), columns, values, _TEMP, sql.SQL(", ").join(map(sql.Identifier, target.key)), action
-    )
-
-
-def _touches(target: Write, touch_updated_at: bool) -> bool:
-    return touch_updated_at and "updated_at" not in target.column_names
-
-
-def _upsert_parts(target: Write, touch_updated_at: bool) -> tuple[sql.Composed, sql.Composed, sql.Composable]:
-    """(column list, values list, conflict action) shared by both upsert forms."""
-    merges = dict(target.merge)
-    sets: list[sql.Composable] = [
-        sql.SQL("{} = ").format(sql.Identifier(c))
-        + sql.SQL(_MERGES[merges.get(c, Merge.REPLACE)]).format(sql.Identifier(c))
-        for c in target.column_names
-        if c not in target.key
-    ]
-    touch = _touches(target, touch_updated_at)
-    if touch:
-        sets.append(sql.SQL("updated_at = now()"))
-    action: sql.Composable = sql.SQL("do update set {}").format(sql.SQL(", ").join(sets))
-    if target.mode is WriteMode.INSERT or not sets:
-        action = sql.SQL("do nothing")
-    columns: list[sql.Composable] = [sql.Identifier(c) for c in target.column_names]
-    values: list[sql.Composable] = [sql.Placeholder()] * len(columns)
-    if touch:
-        columns.append(sql.Identifier("updated_at"))
-        values.append(sql.SQL("now()"))
-    return sql.SQL(", ").join(columns), sql.SQL(", ").join(values), action
+        targets.run(cursor, str(status.table), error_sql(status, touch), params)
 
 
 @lru_cache(maxsize=64)
@@ -366,161 +283,3 @@ def _state_params(source: Source, result: EntityResult, holder: str | None) -> d
         "cap": BACKOFF_CAP,
         "holder": holder,
     }
-
-
-# --- value checks against the catalog types -------------------------------------------------------------
-class _Unfit(ValueError):
-    pass
-
-
-def _checked(source: Source, result: EntityResult, catalog: Catalog) -> tuple[EntityResult, str | None]:
-    """The result with values converted for their columns, or the first value that does not fit."""
-    if result.outcome is Outcome.ERROR:
-        return result, None
-    if result.status_values and source.status is not None:
-        columns = catalog.get(source.status.table, {})
-        for column, value in result.status_values.items():
-            try:
-                coerce(columns.get(column), value)
-            except _Unfit as unfit:
-                return result, f"{source.status.table}.{column}: {_show(value)} {unfit}"
-    if not result.rows:
-        return result, None
-    converted: dict[int, list[dict[str, Any]]] = {}
-    for index, rows in result.rows.items():
-        target = source.writes[index]
-        columns = catalog.get(target.table, {})
-        converted[index] = []
-        for row in rows:
-            fitted: dict[str, Any] = {}
-            for column, value in row.items():
-                try:
-                    fitted[column] = coerce(columns.get(column), value)
-                except _Unfit as unfit:
-                    return result, f"{target.table}.{column}: {_show(value)} {unfit}"
-            converted[index].append(fitted)
-    return replace(result, rows=converted), None
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def coerce(type_name: str | None, value: Any) -> Any:
-    """`value` ready for a column of `type_name` (format_type text); raises _Unfit with the reason."""
-    if value is None or type_name is None:
-        return value
-    if type_name.endswith("[]"):
-        if not isinstance(value, list):
-            raise _Unfit("is not a list")
-        return value
-    base, _, size = type_name.partition("(")
-    handler = _HANDLERS.get(base)
-    return handler(value, size.rstrip(")")) if handler else value
-
-
-def _int(bits: int) -> Callable[[Any, str], int]:
-    limit = 2 ** (bits - 1)
-    name = {16: "smallint", 32: "integer", 64: "bigint"}[bits]
-
-    def convert(value: Any, _: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise _Unfit("is not an integer")
-        if isinstance(value, float) and not value.is_integer():
-            raise _Unfit("is not an integer")
-        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            raise _Unfit("is not an integer")
-        number = int(value)
-        if not -limit <= number < limit:
-            raise _Unfit(f"is out of range for {name}")
-        return number
-
-    return convert
-
-
-def _number(value: Any, _: str) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _Unfit("is not a number")
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            raise _Unfit("is not a number") from None
-    return value
-
-
-_BOOLEAN_TEXT = {"true": True, "false": False, "t": True, "f": False, "yes": True, "no": False}
-
-
-def _boolean(value: Any, _: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _BOOLEAN_TEXT:
-        return _BOOLEAN_TEXT[value.strip().lower()]
-    raise _Unfit("is not a boolean")
-
-
-def _date(value: Any, _: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise _Unfit("is not a date (YYYY-MM-DD)") from None
-
-
-def _timestamp(value: Any, _: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise _Unfit("is not a timestamp (ISO 8601)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # naive means UTC, never the host's zone
-
-
-def _naive_timestamp(value: Any, size: str) -> datetime:
-    return _timestamp(value, size).astimezone(UTC).replace(tzinfo=None)
-
-
-def _text(value: Any, size: str) -> str:
-    if isinstance(value, dict | list):
-        raise _Unfit("is not text (map it with to_json(...) to store JSON as text)")
-    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    if "\x00" in text:
-        raise _Unfit("contains a NUL character, which PostgreSQL text cannot store")
-    if size.isdigit() and len(text) > int(size):
-        raise _Unfit(f"is longer than {size} characters")
-    return text
-
-
-def _jsonb(value: Any, _: str) -> Jsonb:
-    if "\\u0000" in json.dumps(value):
-        raise _Unfit("contains a NUL character, which jsonb cannot store")
-    return Jsonb(value)
-
-
-def _uuid(value: Any, _: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise _Unfit("is not a UUID") from None
-
-
-_HANDLERS: dict[str, Callable[[Any, str], Any]] = {
-    "smallint": _int(16),
-    "integer": _int(32),
-    "bigint": _int(64),
-    "numeric": _number,
-    "real": _number,
-    "double precision": _number,
-    "boolean": _boolean,
-    "date": _date,
-    "timestamp with time zone": _timestamp,
-    "timestamp without time zone": _naive_timestamp,
-    "text": _text,
-    "character varying": _text,
-    "character": _text,
-    "jsonb": _jsonb,
-    "json": lambda value, _: Json(value),
-    "uuid": _uuid,
-}

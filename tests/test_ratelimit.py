@@ -72,13 +72,13 @@ def test_registry_refuses_conflicting_limits_for_one_bucket() -> None:
         limiters([rate(10, 1.0, bucket="steam"), rate(200, 60.0, bucket="steam")])
     assert str(caught.value) == (
         "rate-limit bucket 'steam' is declared twice with different limits (10 per 1 s, burst 1 and"
-        " 200 per 60 s, burst 1); sources sharing a bucket must declare the same requests, per and burst"
+        " 200 per 60 s, burst 1); sources sharing a bucket must declare the same requests, per, burst and shared"
     )
 
 
-def test_shared_database_is_not_supported_yet() -> None:
-    """shared: database is refused with a clear message until it is built."""
-    with pytest.raises(UsageError, match=r"shared: database \(bucket 'b'\) is not supported yet"):
+def test_shared_database_needs_a_dsn() -> None:
+    """shared: database without a DSN is refused with a clear message (tests/test_ratelimit_shared.py has the rest)."""
+    with pytest.raises(UsageError, match=r"shared: database \(bucket 'b'\) needs a database"):
         limiters([rate(10, 1.0, shared=spec.LimitScope.DATABASE)])
 
 

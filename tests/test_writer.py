@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner import migrations, writer
+from runner import migrations, targets, writer
 from runner.errors import DatabaseError
 from runner.spec import Merge, Outcome, WriteMode
 from runner.writer import EntityResult
@@ -178,42 +178,6 @@ def test_a_value_that_does_not_fit_fails_only_its_entity(tables: Database) -> No
     assert _state(tables, "20")[:2] == (1, "apps.price_cents: 'abc' is not an integer")
 
 
-@pytest.mark.parametrize(
-    ("type_name", "value", "message"),
-    [
-        ("integer", 2**31, "2147483648 is out of range for integer"),
-        ("integer", 1.5, "1.5 is not an integer"),
-        ("integer", True, "True is not an integer"),
-        ("numeric(10,2)", "x1", "'x1' is not a number"),
-        ("boolean", "maybe", "'maybe' is not a boolean"),
-        ("date", "Dec 2012", "'Dec 2012' is not a date (YYYY-MM-DD)"),
-        ("timestamp with time zone", "soon", "'soon' is not a timestamp (ISO 8601)"),
-        ("text", {"a": 1}, "{'a': 1} is not text (map it with to_json(...) to store JSON as text)"),
-        ("text", "a\x00b", "'a\\x00b' contains a NUL character, which PostgreSQL text cannot store"),
-        ("character varying(3)", "abcd", "'abcd' is longer than 3 characters"),
-        ("jsonb", {"a": "\x00"}, "{'a': '\\x00'} contains a NUL character, which jsonb cannot store"),
-        ("integer[]", 5, "5 is not a list"),
-        ("uuid", "nope", "'nope' is not a UUID"),
-    ],
-)
-def test_value_checks(type_name: str, value: Any, message: str) -> None:
-    """Each column type rejects values PostgreSQL would, with a message naming the value."""
-    with pytest.raises(ValueError, match=r"^(is|contains) ") as caught:
-        writer.coerce(type_name, value)
-    assert f"{value!r} {caught.value}" == message
-
-
-def test_values_are_converted_for_their_columns() -> None:
-    """Accepted values come out in the form the column needs."""
-    assert writer.coerce("integer", "42") == 42
-    assert writer.coerce("bigint", 3.0) == 3
-    assert writer.coerce("boolean", "true") is True
-    assert writer.coerce("text", 12) == "12"
-    assert str(writer.coerce("date", "2012-12-21")) == "2012-12-21"
-    assert str(writer.coerce("timestamp with time zone", "2024-01-02T03:04:05")) == "2024-01-02 03:04:05+00:00"
-    assert writer.coerce("my_enum", "anything") == "anything"
-
-
 def test_a_constraint_violation_is_replayed_per_entity(tables: Database) -> None:
     """A check or FK failure sinks only the entity that caused it; the others are written."""
     results = [
@@ -269,7 +233,7 @@ def test_large_batches_go_through_copy_with_the_same_semantics(tables: Database)
     """From COPY_FROM rows on, COPY + insert…select keeps merges, dedup, updated_at and unmapped columns."""
     tables.run("insert into apps (appid, name, owner) values (1, 'old', 'someone else')")
     tables.run("insert into daily_metrics values (1, '2025-01-01', 500, 'kept')")
-    count = writer.COPY_FROM + 10
+    count = targets.COPY_FROM + 10
     metrics = [{"appid": i, "day": "2025-01-01", "peak": 100, "note": None} for i in range(1, count + 1)]
     results = [ok(i, app(i, f"app {i}", i)) for i in range(1, count + 1)] + [
         ok(1, app(1, "last wins", 1), (2, metrics))
@@ -285,7 +249,7 @@ def test_large_batches_go_through_copy_with_the_same_semantics(tables: Database)
 
 def test_a_bad_row_in_a_copied_batch_is_replayed_per_entity(tables: Database) -> None:
     """A check violation inside the COPY path still sinks only its entity."""
-    count = writer.COPY_FROM + 5
+    count = targets.COPY_FROM + 5
     results = [ok(i, app(i, price=-1 if i == 7 else i)) for i in range(1, count + 1)]
     failed = run(tables, results)
     assert [(f.key, f.error) for f in failed] == [

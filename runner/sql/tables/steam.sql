@@ -174,6 +174,16 @@ create index if not exists ccu_snapshots_snapshot_time on ccu_snapshots (snapsho
 -- syncrun's migration creates the table (runner/sql/status_table.sql); this line only makes the
 -- file apply on its own too (the migration then adds its columns to it).
 create table if not exists sync_status (appid int primary key);
+-- The seed-shaped columns (same defaults as runner/sql/status_table.sql). The migration adds them
+-- only for a source with a status stamp; applist and steamspy-all have `status: false` but write
+-- priority_score / is_syncable themselves, so `syncrun migrate` of those alone does not add them.
+alter table sync_status add column if not exists priority_score int default 0;
+alter table sync_status add column if not exists is_syncable boolean default true;
+alter table sync_status add column if not exists sync_interval_hours int default 24;
+alter table sync_status add column if not exists consecutive_errors int default 0;
+alter table sync_status add column if not exists last_error_source text;
+alter table sync_status add column if not exists last_error_message text;
+alter table sync_status add column if not exists last_error_at timestamptz;
 -- success stamps (syncrun's migration adds last_<source>_sync for each source too; listed here so
 -- the seed and a plain `psql -f` have them)
 alter table sync_status add column if not exists last_steamspy_sync timestamptz;

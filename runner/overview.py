@@ -1,0 +1,202 @@
+"""`syncrun status`: per source, what is due, what is backing off or failing, and the last runs.
+
+Read-only queries over the status table, `syncrun_state` and the jobs table. "Due now" is counted
+with the default selection's own query (selection's SQL, without claiming), so it never disagrees
+with what a run would pick; the other selection types (function, sql, list) decide in user code,
+so for them it is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from runner import jobs, migrations, selection
+from runner.database import identifier
+from runner.errors import SchemaMismatch
+from runner.spec import SelectionType, Source
+
+_COUNT_ALL = 2_000_000_000  # the default selection's limit when counting every due entity
+TOP_ERRORS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: str
+    status: str
+    started_at: str | None
+    duration: float | None  # seconds; so far, for a running job
+    processed: int
+    succeeded: int
+    failed: int
+    skipped: int
+    requests: int
+    rate: float | None  # requests_made / duration
+    error: str | None
+
+
+@dataclass(slots=True)
+class SourceState:
+    source: str
+    job_type: str
+    selection: str
+    entities: int | None = None  # rows of the status table that are syncable
+    due: int | None = None
+    never_synced: int | None = None
+    backoff: int = 0
+    skip_until: int = 0
+    claimed: int = 0
+    failing: int = 0
+    top_errors: list[tuple[str, int]] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _exists(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("select to_regclass(%s) is not null", (name,)).fetchone()
+    return bool(row and row[0])
+
+
+def collect(conn: psycopg.Connection, source: Source, *, runs: int = 5) -> SourceState:
+    """Everything `status` shows for one source. Raises SchemaMismatch when syncrun's tables are missing."""
+    state = SourceState(source.name, source.job_type, source.entities.type.value)
+    with conn.transaction():
+        missing = [t for t in ("syncrun_state", str(migrations.JOBS_TABLE)) if not _exists(conn, t)]
+    if missing:
+        raise SchemaMismatch(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: this database has not been"
+            f" set up for syncrun; run `syncrun migrate {source.path}` (with the same DATABASE_URL)"
+        )
+    _entities(conn, source, state)
+    _state(conn, source, state)
+    state.runs = [_run(job) for job in jobs.recent(conn, source.job_type, runs)]
+    return state
+
+
+def _entities(conn: psycopg.Connection, source: Source, state: SourceState) -> None:
+    status = source.status
+    if status is None or source.entities.type is not SelectionType.DEFAULT:
+        state.notes.append(f"due entities are decided by the {source.entities.type.value} selection: not counted")
+        return
+    with conn.transaction():
+        columns = migrations.table_columns(conn, status.table)
+    if columns is None or status.column not in columns:
+        where = status.table if columns is None else f"{status.table}.{status.column}"
+        state.notes.append(f"{where} is missing: run `syncrun migrate {source.path}`")
+        return
+    syncable = source.entities.syncable_column
+    alive = (
+        sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(syncable))
+        if syncable and syncable in columns
+        else sql.SQL("true")
+    )
+    counts = sql.SQL(
+        "select count(*) filter (where {alive}), count(*) filter (where {alive} and s.{stamp} is null) from {table} s"
+    ).format(alive=alive, stamp=sql.Identifier(status.column), table=identifier(status.table))
+    # The run's own query, not claiming: an entity claimed by a live runner is not due.
+    due = selection._default_sql(source, False, False, False, False)
+    params = {"source": source.name, "holder": "", "lease": 0.0, "n": _COUNT_ALL, "after": None}
+    with conn.transaction():
+        row = conn.execute(counts).fetchone()
+        due_row = conn.execute(sql.SQL("select count(*) from ({}) due").format(due), params).fetchone()
+    assert row is not None
+    assert due_row is not None
+    state.entities, state.never_synced, state.due = int(row[0]), int(row[1]), int(due_row[0])
+
+
+def _state(conn: psycopg.Connection, source: Source, state: SourceState) -> None:
+    with conn.transaction():
+        row = conn.execute(
+            "select count(*) filter (where next_attempt_at > now()),"
+            " count(*) filter (where skip_until > now()),"
+            " count(*) filter (where claimed_by is not null and claim_expires_at > now()),"
+            " count(*) filter (where consecutive_errors > 0)"
+            " from syncrun_state where source = %s",
+            (source.name,),
+        ).fetchone()
+        errors = conn.execute(
+            "select last_error, count(*) from syncrun_state"
+            " where source = %s and consecutive_errors > 0 and last_error is not null"
+            " group by last_error order by count(*) desc, last_error limit %s",
+            (source.name, TOP_ERRORS),
+        ).fetchall()
+    assert row is not None
+    state.backoff, state.skip_until, state.claimed, state.failing = (int(v) for v in row)
+    state.top_errors = [(str(message), int(count)) for message, count in errors]
+
+
+def _run(job: jobs.Job) -> Run:
+    end = job.completed_at or (datetime.now(UTC) if job.status == "running" else job.heartbeat_at)
+    duration = (end - job.started_at).total_seconds() if end and job.started_at else None
+    c = job.counters
+    return Run(
+        id=job.id,
+        status=job.status,
+        started_at=job.started_at.isoformat() if job.started_at else None,
+        duration=round(duration, 1) if duration is not None else None,
+        processed=c.processed,
+        succeeded=c.succeeded,
+        failed=c.failed,
+        skipped=c.skipped,
+        requests=c.requests,
+        rate=round(c.requests / duration, 2) if duration else None,
+        error=job.error_message,
+    )
+
+
+# --- output --------------------------------------------------------------------------------------------
+def to_json(states: list[SourceState]) -> str:
+    """One JSON document: {"sources": [...]} with every field of every SourceState."""
+    documents: list[dict[str, Any]] = []
+    for state in states:
+        document = asdict(state)
+        document["top_errors"] = [{"message": m, "count": n} for m, n in state.top_errors]
+        documents.append(document)
+    return json.dumps({"sources": documents}, indent=2) + "\n"
+
+
+def _n(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def format_text(states: list[SourceState]) -> str:
+    """The human form: one block per source."""
+    out: list[str] = []
+    for state in states:
+        out.append(f"{state.source} (job type {state.job_type}, {state.selection} selection)")
+        out.append(f"  entities {_n(state.entities)}   due now {_n(state.due)}   never synced {_n(state.never_synced)}")
+        out.append(
+            f"  backing off {state.backoff:,}   skip-until {state.skip_until:,}   claimed {state.claimed:,}"
+            f"   failing {state.failing:,}"
+        )
+        out += [f"  note: {note}" for note in state.notes]
+        if state.top_errors:
+            out.append("  top errors:")
+            out += [f"    {count:>6,} × {message[:160]}" for message, count in state.top_errors]
+        if not state.runs:
+            out.append("  no runs yet")
+        else:
+            out.append("  last runs:")
+            for run in state.runs:
+                rate = "—" if run.rate is None else f"{run.rate:.2f}/s"
+                out.append(
+                    f"    {(run.started_at or '?')[:19]}  {run.status:9}  {_duration(run.duration):>7}"
+                    f"  processed {run.processed:,} (ok {run.succeeded:,}, failed {run.failed:,},"
+                    f" skipped {run.skipped:,})  {run.requests:,} requests, {rate}"
+                    + (f"  — {run.error[:120]}" if run.error else "")
+                )
+        out.append("")
+    return "\n".join(out)

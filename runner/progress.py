@@ -1,0 +1,122 @@
+"""Progress of a run: a live bar on a terminal (tqdm), the engine's periodic log lines elsewhere.
+
+The engine calls one hook per finished entity, from `_Run.count`:
+
+    progress.tick(self.source.name, self.report.counters, result.error)
+
+and the CLI brackets a run with `start(...)` / `stop()`. Off a terminal (CI, cron, a pipe) `start`
+shows nothing and the engine's `log.info("progress", ...)` lines every N entities are the progress;
+on a terminal they are dropped while the bar is up, and every other log line is printed above the
+bar. `tick` also tallies error messages per source, for the step summary's "top errors".
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from runner.jobs import Counters
+
+
+@dataclass
+class _Board:
+    bars: dict[str, tqdm[Any]] = field(default_factory=dict)
+    errors: dict[str, Counter[str]] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    handlers: list[tuple[logging.Handler, Any]] = field(default_factory=list)
+
+
+_board = _Board()
+
+
+class _DropProgress(logging.Filter):
+    """While bars are up the periodic `progress` log lines would only repeat them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "progress"
+
+
+class _AboveBars:
+    """A stream for log handlers that prints each line above the bars instead of through them."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            tqdm.write(text.rstrip("\n"), file=self.stream)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def enabled(stream: TextIO | None = None) -> bool:
+    """A live bar only on an interactive terminal."""
+    target = stream or sys.stderr
+    return bool(getattr(target, "isatty", lambda: False)())
+
+
+def start(sources: Sequence[str], total: int | None, *, stream: TextIO | None = None, live: bool | None = None) -> None:
+    """Begin a run of these sources, each taking up to `total` entities; bars only when `live`
+    (default: stderr is a terminal)."""
+    global _board
+    stop()
+    _board = _Board(errors={name: Counter() for name in sources})
+    target = stream or sys.stderr
+    if not (enabled(target) if live is None else live):
+        return
+    for position, name in enumerate(sources):
+        _board.bars[name] = tqdm(
+            total=total, desc=name, unit="entity", position=position, file=target, dynamic_ncols=True, leave=True
+        )
+    logger = logging.getLogger("syncrun")
+    drop = _DropProgress()
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            previous = handler.setStream(_AboveBars(target))
+            handler.addFilter(drop)
+            _board.handlers.append((handler, (previous, drop)))
+
+
+def tick(source: str, counters: Counters, error: str | None = None) -> None:
+    """One entity finished (the engine's hook): advance the bar, tally the error if it failed."""
+    if error:
+        _board.errors.setdefault(source, Counter())[error[:200]] += 1
+    bar = _board.bars.get(source)
+    if bar is None:
+        return
+    bar.n = counters.processed
+    elapsed = time.monotonic() - _board.started
+    bar.set_postfix(
+        ok=counters.succeeded,
+        failed=counters.failed,
+        skipped=counters.skipped,
+        rate=f"{counters.processed / elapsed:.1f}/s" if elapsed else "-",
+        refresh=False,
+    )
+    bar.refresh()
+
+
+def top_errors(n: int = 5) -> dict[str, list[tuple[str, int]]]:
+    """The most frequent error messages per source since `start`."""
+    return {source: counts.most_common(n) for source, counts in _board.errors.items() if counts}
+
+
+def stop() -> None:
+    """Close the bars and give the log handlers their streams back (safe to call twice)."""
+    for bar in _board.bars.values():
+        bar.close()
+    _board.bars.clear()
+    for handler, (previous, drop) in _board.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(previous)
+            handler.removeFilter(drop)
+    _board.handlers.clear()

@@ -1,0 +1,105 @@
+"""Recorded HTTP exchanges: `--record DIR` saves a run's exchanges, `--replay DIR` serves them.
+
+Both are httpx transports plugged in *under* the rate limiter (the engine's injected transport
+seam), so a replay spends rate-limit budget exactly like the live run; `--rate-scale K` speeds the
+limiter and every wait up by K instead of switching anything off.
+
+The files are vcrpy cassettes (format version 1), so cassettes recorded with vcrpy replay here and
+ours load in vcrpy. We don't use vcrpy's own patching: it hooks `httpx.AsyncClient` above the
+transport, which would bypass the limiter. Secrets are masked (`***`) in everything recorded; the
+same masking is applied to live requests before matching, so a replay works with any secret value.
+
+A request matches an exchange by method, scheme, host, path and its query parameters in any order.
+Exchanges for the same request play in recorded order; the last one then repeats.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from runner.redaction import Redactor
+
+CASSETTE = "cassette.yaml"
+Key = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
+
+
+def _key(method: str, url: httpx.URL | str, redact: Redactor) -> Key:
+    parsed = httpx.URL(redact(str(url)))
+    query = tuple(sorted(parsed.params.multi_items()))
+    return method.upper(), parsed.scheme, parsed.host, parsed.path, query
+
+
+class ReplayTransport(httpx.AsyncBaseTransport):
+    """Serves the exchanges of every `cassette.yaml` under `directory`; opens no socket at all."""
+
+    def __init__(self, directory: Path, redact: Redactor) -> None:
+        self._redact = redact
+        self._exchanges: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        files = sorted(directory.rglob(CASSETTE)) if directory.is_dir() else []
+        if not files:
+            raise FileNotFoundError(f"no {CASSETTE} under {directory}: record one with --record {directory}")
+        for file in files:
+            for interaction in yaml.safe_load(file.read_text()).get("interactions", []):
+                request = interaction["request"]
+                self._exchanges[_key(request["method"], request["uri"], redact)].append(interaction["response"])
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        queue = self._exchanges.get(_key(request.method, request.url, self._redact))
+        if not queue:
+            # A connection error, so the engine treats it like any unreachable server: retried, then
+            # that entity fails with this message.
+            raise httpx.ConnectError(
+                f"replay has no recorded exchange for {request.method} {self._redact(str(request.url))}"
+            )
+        response = queue.pop(0) if len(queue) > 1 else queue[0]
+        headers = [(name, value) for name, values in response.get("headers", {}).items() for value in values]
+        body = (response.get("body") or {}).get("string") or ""
+        content = body.encode() if isinstance(body, str) else bytes(body)
+        return httpx.Response(response["status"]["code"], headers=headers, content=content, request=request)
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Passes requests to `inner` and keeps every exchange (secrets masked) for `save`."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, redact: Redactor) -> None:
+        self._inner, self._redact = inner, redact
+        self.interactions: list[dict[str, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        content = await response.aread()  # recorded whole: a recording is for debugging, not bulk runs
+        await response.aclose()
+        self.interactions.append(
+            {
+                "request": {
+                    "method": request.method,
+                    "uri": self._redact(str(request.url)),
+                    "body": None,
+                    "headers": {},  # request headers carry credentials; matching never needs them
+                },
+                "response": {
+                    "status": {"code": response.status_code, "message": response.reason_phrase},
+                    "headers": {
+                        name: [self._redact(value)]
+                        for name, value in response.headers.items()
+                        if name.lower() in ("content-type", "retry-after", "date")
+                    },
+                    "body": {"string": self._redact(content.decode("utf-8", "replace"))},
+                },
+            }
+        )
+        return httpx.Response(response.status_code, headers=response.headers, content=content, request=request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CASSETTE
+        path.write_text(yaml.safe_dump({"interactions": self.interactions, "version": 1}, sort_keys=False))
+        return path

@@ -1,0 +1,54 @@
+"""One OS process sharing a `shared: database` rate-limit bucket (run by tests/test_ratelimit_shared.py).
+
+    python -m tests.shared_limit_worker DSN URL BUCKET REQUESTS PER BURST CONCURRENCY START_AT STOP_AT
+
+From wall-clock START_AT until STOP_AT, CONCURRENCY tasks send GET URL?w=PID through `client.send`
+(so a 429 with Retry-After pauses the bucket, as in a real run) under a `DatabaseLimiter`. Prints the
+number of grants and of grants left unused. One warm-up request to URL's sibling /warm-up precedes
+the start. Wall-clock times let processes started at different moments begin together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from runner import client, spec
+from runner.ratelimit import DatabaseLimiter
+
+
+async def main(argv: list[str]) -> int:
+    dsn, url, bucket = argv[:3]
+    requests, per, burst, concurrency = int(argv[3]), float(argv[4]), int(argv[5]), int(argv[6])
+    start_at, stop_at = float(argv[7]), float(argv[8])
+    worker_id = str(os.getpid())
+    rate = spec.RateLimit(requests=requests, per=per, burst=burst, bucket=bucket, shared=spec.LimitScope.DATABASE)
+    limiter = DatabaseLimiter(rate, dsn)
+    request_spec = spec.Request(url=spec.Template(url, (spec.Literal(url),)), timeout=5.0)
+    policy = spec.Retry(attempts=3, initial=0.01, jitter=0.0)
+    await limiter.connect()  # before the start line: connecting takes a few ms
+    try:
+        # built before the start line too: building a client takes ~0.3 s (TLS context), and a request
+        # sent that late after its grant would bunch with the next ones (as it would in-process)
+        async with client.build(request_spec, limiter, max_connections=concurrency) as http:
+            # and warmed up: the first request through a new process pays lazy imports and set-up
+            warm = http.build_request("GET", url.rsplit("/", 1)[0] + "/warm-up")
+            await client.send(http, warm, policy, max_body=10_000, timeout=5.0, limiter=limiter, redact=str)
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+
+            async def worker() -> None:
+                while time.time() < stop_at:
+                    request = http.build_request("GET", url, params={"w": worker_id})
+                    await client.send(http, request, policy, max_body=10_000, timeout=5.0, limiter=limiter, redact=str)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        limiter.close()
+    print(limiter.requests, limiter.discarded)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -1,0 +1,171 @@
+"""ratelimit, `shared: database`: one bucket across OS processes through PostgreSQL (migration 0002)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from runner import spec
+from runner.errors import SchemaMismatch, UsageError
+from runner.ratelimit import MARGIN, DatabaseLimiter, Limiter, limiters
+from tests.apiserver import ApiServer, Recorded, Reply, worst_window
+from tests.pg import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared(requests: int, per: float, *, burst: int = 1, bucket: str = "b") -> spec.RateLimit:
+    return spec.RateLimit(requests=requests, per=per, burst=burst, bucket=bucket, shared=spec.LimitScope.DATABASE)
+
+
+def migrated(db: Database) -> Database:
+    db.migrate()
+    return db
+
+
+def test_registry_builds_database_limiters_with_a_dsn(db: Database) -> None:
+    """shared: database buckets get a DatabaseLimiter; process buckets keep the in-process one."""
+    process = spec.RateLimit(requests=5, per=1.0, bucket="local")
+    registry = limiters([shared(10, 1.0, bucket="steam"), shared(10, 1.0, bucket="steam"), process], dsn=db.dsn)
+    assert isinstance(registry["steam"], DatabaseLimiter)
+    assert type(registry["local"]) is Limiter
+    for limiter in registry.values():
+        limiter.close()
+
+
+def test_registry_needs_a_dsn_for_database_buckets() -> None:
+    with pytest.raises(UsageError, match=r"shared: database \(bucket 'b'\) needs a database"):
+        limiters([shared(10, 1.0)])
+
+
+def test_registry_refuses_one_bucket_shared_two_ways(db: Database) -> None:
+    """The same bucket as process in one source and database in another is a conflict."""
+    with pytest.raises(UsageError, match="declared twice with different limits"):
+        limiters([shared(10, 1.0), spec.RateLimit(requests=10, per=1.0, bucket="b")], dsn=db.dsn)
+
+
+def test_redis_is_not_supported_yet() -> None:
+    rate = spec.RateLimit(requests=10, per=1.0, bucket="b", shared=spec.LimitScope.REDIS)
+    with pytest.raises(UsageError, match=r"shared: redis \(bucket 'b'\) is not supported yet"):
+        limiters([rate])
+
+
+def test_missing_migration_names_the_fix(db: Database) -> None:
+    limiter = DatabaseLimiter(shared(10, 1.0), db.dsn)
+    try:
+        with pytest.raises(SchemaMismatch, match="run `syncrun migrate`"):
+            asyncio.run(limiter.connect())
+        with pytest.raises(SchemaMismatch, match="migration 0002"):
+            asyncio.run(limiter.acquire())
+    finally:
+        limiter.close()
+
+
+def test_grants_follow_the_in_process_rules(db: Database) -> None:
+    """6 per 0.6 s, burst 2: pairs (0.6 + margin) * 2 / 6 s apart by the database's clock; the log
+    keeps the last 6 grants; every grant used or discarded (too late, on a busy machine) is counted."""
+    limiter = DatabaseLimiter(shared(6, 0.6, burst=2), migrated(db).dsn)
+
+    async def main() -> None:
+        for _ in range(6):
+            await limiter.acquire()
+
+    try:
+        asyncio.run(main())
+    finally:
+        limiter.close()
+    granted = [row[0] for row in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")]
+    assert len(granted) == 6
+    spacing = (0.6 + MARGIN) * 2 / 6
+    assert all(later - earlier >= spacing - 1e-6 for earlier, later in zip(granted, granted[2:], strict=False))
+    if limiter.discarded == 0:
+        assert [round((t - granted[0]) / spacing) for t in granted] == [0, 0, 1, 1, 2, 2]
+    assert limiter.requests == 6
+    assert db.scalar("select seq from syncrun_rate_limits where bucket = 'b'") == 6 + limiter.discarded
+
+
+def test_pause_is_shared_between_limiters(db: Database) -> None:
+    """A pause on one limiter holds the other's next grant (two connections, one bucket)."""
+    first, second = DatabaseLimiter(shared(100, 1.0), migrated(db).dsn), DatabaseLimiter(shared(100, 1.0), db.dsn)
+
+    async def main() -> float:
+        await second.acquire()
+        first.pause(0.6)
+        await asyncio.gather(*first._flushes)
+        started = time.monotonic()
+        await second.acquire()
+        return time.monotonic() - started
+
+    try:
+        assert 0.5 <= asyncio.run(main()) < 1.0
+    finally:
+        first.close()
+        second.close()
+
+
+def _spawn(db: Database, api: ApiServer, rate: spec.RateLimit, concurrency: int, start: float, stop: float) -> list:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [db.dsn, api.url + "/x", rate.bucket, rate.requests, rate.per, rate.burst, concurrency, start, stop]
+    command = [sys.executable, "-m", "tests.shared_limit_worker", *map(str, args)]
+    return [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+
+
+def _wait(processes: list) -> list[int]:
+    counts = []
+    for process in processes:
+        out, _ = process.communicate(timeout=30)
+        assert process.returncode == 0
+        counts.append(int(out.split()[0]))
+    return counts
+
+
+@pytest.mark.slow
+def test_three_processes_share_one_limit(db: Database, api: ApiServer) -> None:
+    """3 processes x 8 tasks on 10 per 0.5 s for 3 s (6 periods): no server-side window over 10,
+    combined rate >= 90 % of 20/s, and every process gets a fair share."""
+    api.route("/x", Reply(200, json={}))
+    rate = shared(10, 0.5)
+    migrated(db)
+    start = time.time() + 2.0  # interpreters and imports take ~0.5 s each
+    processes = _spawn(db, api, rate, 8, start, start + 3.0)
+    counts = _wait(processes)
+    arrivals = api.arrivals("/x")
+    assert sum(counts) == len(arrivals) + 3  # and one warm-up request each
+    assert worst_window(arrivals, 0.5) <= 10
+    achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    assert achieved >= 0.9 * 20, f"achieved {achieved:.2f}/s of 20/s"
+    shares = Counter(r.query["w"] for r in api.requests if r.path == "/x")
+    assert len(shares) == 3
+    assert min(shares.values()) >= 0.25 * len(arrivals), shares
+
+
+@pytest.mark.slow
+def test_retry_after_pauses_every_process(db: Database, api: ApiServer) -> None:
+    """The 15th request gets 429 Retry-After: 1; for the rest of that second no process sends
+    (beyond one reservation each already granted), then all resume."""
+    limited: list[float] = []
+
+    def script(recorded: Recorded) -> Reply:
+        if len(api.arrivals("/x")) != 15:
+            return Reply(200, json={})
+        limited.append(recorded.at)
+        return Reply(429, headers={"Retry-After": "1"})
+
+    api.route("/x", script)
+    migrated(db)
+    start = time.time() + 2.0
+    processes = _spawn(db, api, shared(10, 0.5), 4, start, start + 3.0)
+    _wait(processes)
+    assert len(limited) == 1
+    arrivals = [at - limited[0] for at in api.arrivals("/x")]
+    during = [at for at in arrivals if 0 < at < 0.95]
+    assert len(during) <= 2, during  # the other two processes' reservations already in hand
+    assert all(at < 0.2 for at in during), during
+    assert any(0.95 <= at < 1.3 for at in arrivals)  # and then they resume

@@ -1,0 +1,593 @@
+"""The Steam ports end to end: each source replayed against seed.sql and compared with its golden file.
+
+Every run goes through `syncrun` itself (cli.main in-process, or `python -m runner` in a subprocess):
+fresh schema -> `syncrun migrate <source>` -> runner/sql/tables/steam.sql + tests/data/replays/seed.sql
+-> `syncrun run <source> --replay tests/data/replays/<stem> --rate-scale 50` -> compare with
+tests/data/golden/<stem>.json (tests/golden.py implements the README's markers).
+
+The `test_hazard_*` tests pin the reference's §7.2 hazards (shared/reference/steam-workers.md) that
+touch these sources: each shows syncrun doing the right thing, mostly on the golden replays plus a
+targeted assertion, or on a small variation of a cassette.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from runner import cli, config, selection
+from tests import golden
+from tests.golden import Golden
+from tests.pg import Database
+
+RATE_SCALE = "50"  # the golden runs (issue #5)
+FAST = "500"  # hazard runs that do not measure time: SteamSpy's 1 page/min is 0.12 s
+BASE_URL_SETTINGS = ("STEAM_API_URL", "STEAM_STORE_URL", "STEAMSPY_URL", "BATCH_SIZE")
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+@pytest.fixture
+def steam(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    """`db` with the run's environment: DATABASE_URL, the default base URLs, the replay key."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("STEAM_API_KEY", "test-steam-key")
+    for name in BASE_URL_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    return db
+
+
+def prepare(db: Database, golden_file: Golden, monkeypatch: pytest.MonkeyPatch | None = None) -> golden.Seed:
+    """Migrate the source, apply steam.sql and seed.sql; what the seed left."""
+    if monkeypatch is not None:
+        for name, value in golden_file.settings.items():
+            monkeypatch.setenv(name, value)
+    assert cli.main(["migrate", str(golden_file.source)]) == 0
+    seed_now = golden.seed(db)
+    return golden.snapshot(db, golden_file, seed_now)
+
+
+def replay(source: Path | str, replay_dir: Path | str, *extra: str, scale: str = RATE_SCALE) -> int:
+    return cli.main(["run", str(source), "--replay", str(replay_dir), "--rate-scale", scale, *extra])
+
+
+def replay_subprocess(
+    db: Database, golden_file: Golden, *extra: str, tz: str | None = None, replay_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in BASE_URL_SETTINGS}
+    env.update(golden_file.settings, DATABASE_URL=db.dsn)
+    if tz is not None:
+        env["TZ"] = tz
+        env["PGTZ"] = tz  # the database session too: a date must not depend on either
+    command = [sys.executable, "-m", "runner", "run", str(golden_file.source)]
+    command += ["--replay", str(replay_dir or golden_file.replay_dir), "--rate-scale", RATE_SCALE, *extra]
+    return subprocess.run(command, env=env, cwd=golden.ROOT, capture_output=True, text=True, timeout=120)
+
+
+def assert_golden(db: Database, golden_file: Golden, seed: golden.Seed, exit_code: int | None) -> None:
+    problems = golden.compare(db, golden_file, seed, exit_code)
+    assert not problems, golden.report(golden_file, problems)
+
+
+def run_golden(steam: Database, stem: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Golden, golden.Seed]:
+    """Seed, replay `stem` in-process and check it against its golden file."""
+    golden_file = Golden.load(stem)
+    seed = prepare(steam, golden_file, monkeypatch)
+    code = replay(golden_file.source, golden_file.replay_dir)
+    assert_golden(steam, golden_file, seed, code)
+    return golden_file, seed
+
+
+def run_replay(
+    steam: Database, stem: str, monkeypatch: pytest.MonkeyPatch, *extra: str, scale: str = FAST
+) -> tuple[Golden, golden.Seed, int]:
+    """Seed and replay `stem` without the golden comparison (the hazard tests assert their own point)."""
+    golden_file = Golden.load(stem)
+    seed = prepare(steam, golden_file, monkeypatch)
+    return golden_file, seed, replay(golden_file.source, golden_file.replay_dir, *extra, scale=scale)
+
+
+def cassette(tmp_path: Path, stem: str, change: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+    """A copy of `stem`'s cassette in tmp_path/<stem>/, with the responses of some URIs replaced.
+
+    `change` maps a URI substring to the responses that request gets instead (in order).
+    """
+    data = yaml.safe_load((golden.REPLAYS / stem / "cassette.yaml").read_text())
+    interactions = []
+    done: set[str] = set()
+    for interaction in data["interactions"]:
+        uri = interaction["request"]["uri"]
+        hit = next((part for part in (change or {}) if part in uri), None)
+        if hit is None:
+            interactions.append(interaction)
+        elif hit not in done:
+            done.add(hit)
+            interactions += [{"request": interaction["request"], "response": r} for r in (change or {})[hit]]
+    assert done == set(change or {}), f"no interaction in {stem} matches {set(change or {}) - done}"
+    directory = tmp_path / stem
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cassette.yaml").write_text(yaml.safe_dump({**data, "interactions": interactions}, sort_keys=False))
+    return directory
+
+
+def response(status: int, body: str, content_type: str = "application/json") -> dict[str, Any]:
+    return {
+        "status": {"code": status, "message": "x"},
+        "headers": {"Content-Type": [content_type]},
+        "body": {"string": body},
+    }
+
+
+BAD_GATEWAY = response(502, "<html><body>Bad Gateway</body></html>", "text/html")
+
+
+def today_utc(db: Database) -> dt.date:
+    started = db.scalar("select max(started_at) from sync_jobs")
+    return started.astimezone(dt.UTC).date()
+
+
+# --- 1. one end-to-end golden test per source ---------------------------------------------------------
+@pytest.mark.parametrize("stem", golden.STEMS)
+def test_replay_matches_golden(stem: str, steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replaying the source once against seed.sql gives exactly the golden file's state."""
+    run_golden(steam, stem, monkeypatch)
+
+
+def test_every_source_has_a_golden_and_a_replay() -> None:
+    sources = sorted(p.stem for p in (golden.ROOT / "sources").glob("steam*.yaml"))
+    assert sources == golden.STEMS
+    for stem in sources:
+        assert (golden.REPLAYS / stem / "cassette.yaml").is_file()
+
+
+# --- 2. time zones: a subprocess run under a far-off TZ gives the same golden state -------------------
+@pytest.mark.parametrize(
+    ("stem", "tz"),
+    [
+        ("steam-storefront", "Asia/Tokyo"),  # release dates: "Dec 21, 2012" was 2012-12-20 in Node under Tokyo
+        ("steam-histogram", "America/Los_Angeles"),  # unix midnights: a local-time date would be the day before
+    ],
+)
+def test_hazard_16_dates_do_not_shift_with_the_time_zone(stem: str, tz: str, steam: Database) -> None:
+    golden_file = Golden.load(stem)
+    seed = prepare(steam, golden_file)
+    done = replay_subprocess(steam, golden_file, tz=tz)
+    assert done.returncode == golden_file.exit_code, done.stderr
+    assert_golden(steam, golden_file, seed, done.returncode)
+
+
+def test_hazard_16_run_today_is_the_utc_date_in_any_time_zone(steam: Database) -> None:
+    """ccu under a TZ whose local date is not today's UTC date still writes the UTC day's row."""
+    now = dt.datetime.now(dt.UTC)
+    # +14 h and -12 h span 26 hours: at any moment one of them is on another calendar day than UTC
+    tz = next(
+        name
+        for name, offset in (("Pacific/Kiritimati", 14), ("Etc/GMT+12", -12))
+        if (now + dt.timedelta(hours=offset)).date() != now.date()
+    )
+    golden_file = Golden.load("steam-ccu")
+    seed = prepare(steam, golden_file)
+    done = replay_subprocess(steam, golden_file, tz=tz)
+    assert done.returncode == 0, done.stderr
+    assert_golden(steam, golden_file, seed, done.returncode)
+
+
+def test_hazard_16_dates_are_utc_and_never_guessed(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vague or impossible release dates are null (never guessed, never rolled over); the raw text is kept."""
+    run_golden(steam, "steam-storefront", monkeypatch)
+    rows = dict(steam.rows("select release_date_raw, release_date from apps where release_date_raw is not null"))
+    assert rows["Q2 2021"] is None
+    assert rows["Summer 2025"] is None
+    assert rows["Feb 30, 2025"] is None
+    assert rows["Coming soon"] is None
+    assert rows["Dec 21, 2012"] == rows["21 Dec, 2012"] == dt.date(2012, 12, 21)
+
+
+# --- 3. a replay opens no socket beyond loopback --------------------------------------------------------
+def _loopback(host: object) -> bool:
+    if not isinstance(host, str):
+        return True  # AF_UNIX paths as bytes
+    if host in ("localhost", "") or host.startswith("/"):
+        return True  # unix sockets (psycopg's default) are local by definition
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Any connect or name lookup that is not loopback raises, and is recorded."""
+    attempts: list[str] = []
+
+    def refuse(what: str) -> OSError:
+        attempts.append(what)
+        return OSError(f"test guard: non-loopback network access: {what}")
+
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_create, real_getaddrinfo = socket.create_connection, socket.getaddrinfo
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        host = address[0] if isinstance(address, tuple) else address
+        if not _loopback(host):
+            raise refuse(f"connect {address}")
+        return real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> Any:
+        host = address[0] if isinstance(address, tuple) else address
+        if not _loopback(host):
+            raise refuse(f"connect_ex {address}")
+        return real_connect_ex(self, address)
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _loopback(address[0]):
+            raise refuse(f"create_connection {address}")
+        return real_create(address, *args, **kwargs)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None and not _loopback(name):
+            raise refuse(f"getaddrinfo {name}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts
+
+
+def test_network_guard_trips_on_a_real_address(no_network: list[str]) -> None:
+    """The guard itself works (else the next test would prove nothing)."""
+    with pytest.raises(OSError, match="test guard"):
+        socket.create_connection(("192.0.2.1", 443), timeout=0.1)
+    with pytest.raises(OSError, match="test guard"):
+        socket.getaddrinfo("store.steampowered.com", 443)
+    with socket.socket() as sock, pytest.raises(OSError, match="test guard"):
+        sock.connect(("203.0.113.7", 80))
+    assert len(no_network) == 3
+
+
+@pytest.mark.parametrize("stem", ["steam-storefront", "steam-applist", "steamspy-all"])
+def test_replay_opens_no_socket_beyond_loopback(
+    stem: str, steam: Database, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    """A replay serves every request from the cassette: no DNS lookup, no connection to Steam."""
+    run_golden(steam, stem, monkeypatch)
+    assert no_network == []
+
+
+# --- 4. the §7.2 hazards --------------------------------------------------------------------------------
+def test_hazard_3_partitions_balanced_on_appids(steam: Database) -> None:
+    """Static shards hash the key: appids (multiples of 10) spread evenly, unlike appid % n."""
+    appids = range(10, 600_010, 10)  # 60,000 Steam-like appids
+    for count in (2, 3, 5, 6, 10):
+        sizes = [0] * count
+        for appid in appids:
+            sizes[selection.partition_of(appid, count)] += 1
+        mean = len(appids) / count
+        assert all(abs(size - mean) < 0.05 * mean for size in sizes), (count, sizes)
+    # what #3 was about: appid % 6 leaves shards 1, 3, 5 empty, appid % 5 puts everything on shard 0
+    assert {a % 6 for a in appids} == {0, 2, 4}
+    assert {a % 5 for a in appids} == {0}
+    # the SQL twin agrees with the Python one
+    sample = list(range(10, 20_010, 10))
+    query = selection.partition_sql(psycopg.sql.SQL("k"), 6)
+    in_sql = steam.rows(psycopg.sql.SQL("select k, {} from unnest(%s::int[]) as k").format(query), (sample,))
+    assert dict(in_sql) == {k: selection.partition_of(k, 6) for k in sample}
+
+
+def test_hazard_3_partitions_split_a_run_without_overlap_or_gaps(
+    steam: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """storefront --partition 0/3, 1/3, 2/3: every due app exactly once, no app twice."""
+    golden_file = Golden.load("steam-storefront")
+    prepare(steam, golden_file, monkeypatch)
+    for shard in range(3):
+        assert replay(golden_file.source, golden_file.replay_dir, "--partition", f"{shard}/3") == 0
+    jobs = steam.rows("select items_processed, requests_made from sync_jobs where job_type = 'storefront'")
+    assert len(jobs) == 3
+    assert sum(j[0] for j in jobs) == 11  # the golden's 11 due apps, each once
+    assert sum(j[1] for j in jobs) == 12  # + the one 429 retry
+    stamped = {r[0] for r in steam.rows("select appid from sync_status where last_storefront_sync > now() - '1 min'")}
+    assert stamped == {570, 1086940, 2222220, 2378500, 4615010, 1500010, 1500020, 1500030, 1500040, 1500050, 3000000}
+
+
+def test_hazard_4_price_missing_is_null_never_0(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free (data []), out of bounds and unanswered apps never get price 0."""
+    run_golden(steam, "steam-price", monkeypatch)
+    assert steam.scalar("select count(*) from apps where current_price_cents = 0") == 0
+    assert steam.scalar("select count(*) from daily_metrics where price_cents = 0") == 0
+
+
+def test_hazard_4_failed_price_request_is_an_error_never_price_0(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The 30-id request fails on every attempt: each app is an error; nothing written, nothing stamped."""
+    golden_file = Golden.load("steam-price")
+    seed = prepare(steam, golden_file, monkeypatch)
+    directory = cassette(tmp_path, "steam-price", {"appdetails": [BAD_GATEWAY]})
+    code = replay(golden_file.source, directory)
+    job = golden.job_row(steam, "price")
+    assert (job["items_processed"], job["items_succeeded"], job["items_failed"], job["items_skipped"]) == (5, 0, 5, 0)
+    assert job["requests_made"] == 4  # retried (retry.attempts 4), then given up
+    assert code == 1  # every app failed: above fail_ratio
+    # apps and daily_metrics exactly as seeded: no price 0, no new rows
+    for table in ("apps", "daily_metrics"):
+        rows = {tuple(r[k] for k in seed.keys[table]): r for r in golden.fetch(steam, table)}
+        assert rows == seed.tables[table], f"{table} changed after a failed price request"
+    due = [570, 1086940, 2222220, 99999990, 4615010]
+    status = steam.rows(
+        "select appid, last_price_sync, last_error_source, last_error_message from sync_status"
+        " where appid = any(%s) order by appid",
+        (due,),
+    )
+    assert all(r[1] is None and r[2] == "price" and "502" in (r[3] or "") for r in status), status
+    state = steam.rows(
+        "select entity_key, consecutive_errors, next_attempt_at is not null from syncrun_state where source = 'price'"
+    )
+    assert sorted(state) == sorted((str(a), 1, True) for a in due)
+
+
+def test_hazard_5_histogram_error_is_not_no_data(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """{"success":2} is an error (unstamped, counted failed); only an empty histogram is "no data"."""
+    run_golden(steam, "steam-histogram", monkeypatch)
+    row = steam.rows("select last_histogram_sync, last_error_source from sync_status where appid = 730")
+    assert row == [(None, "histogram")]
+    assert steam.scalar("select items_failed from sync_jobs where job_type = 'histogram'") == 1
+    # the empty histogram (570) is the only skip, and it is stamped
+    assert steam.scalar("select last_histogram_sync is not null from sync_status where appid = 570")
+
+
+def test_hazard_5_histogram_transport_error_is_an_error(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A 502 on every attempt is an error too: not stamped, not hidden for 7 days, items_failed counts it."""
+    golden_file = Golden.load("steam-histogram")
+    prepare(steam, golden_file, monkeypatch)
+    directory = cassette(tmp_path, "steam-histogram", {"appreviewhistogram/2378500": [BAD_GATEWAY]})
+    assert replay(golden_file.source, directory) == 0
+    row = steam.rows("select last_histogram_sync, last_error_source from sync_status where appid = 2378500")
+    assert row == [(None, "histogram")]
+    assert steam.scalar("select count(*) from review_histogram where appid = 2378500") == 0
+    job = golden.job_row(steam, "histogram")
+    assert (job["items_failed"], job["items_skipped"], job["requests_made"]) == (2, 1, 7)
+    state = steam.rows(
+        "select consecutive_errors, skip_until, next_attempt_at is not null from syncrun_state"
+        " where source = 'histogram' and entity_key = '2378500'"
+    )
+    assert state == [(1, None, True)]
+
+
+def test_hazard_6_steamspy_not_found_is_stamped_and_errors_are_not(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """(§7.2 #6, steamspy_app) not-found is stamped; a fetch error is an error, never filed as not found."""
+    golden_file = Golden.load("steamspy-app")
+    prepare(steam, golden_file, monkeypatch)
+    directory = cassette(tmp_path, "steamspy-app", {"appid=3527290": [BAD_GATEWAY]})
+    assert replay(golden_file.source, directory) == 0
+    row = steam.rows("select last_steamspy_individual_fetch, last_error_source from sync_status where appid = 3527290")
+    assert row == [(None, "steamspy_app")]
+
+
+def test_hazard_7_every_steam_source_has_a_request_timeout() -> None:
+    """No request without a timeout (the workers had none): every source sets one, at most 2 minutes."""
+    for stem in golden.STEMS:
+        source = config.load(golden.ROOT / "sources" / f"{stem}.yaml")
+        timeout = source.request.timeout
+        assert timeout is not None and 0 < timeout <= 120, (stem, timeout)
+
+
+@pytest.mark.parametrize(
+    ("stem", "bucket", "requests"),
+    [
+        ("steamspy-all", "steamspy-all", 4),  # page 1's 502 and its retry
+        ("steam-storefront", "steam-store", 12),  # 1500040's 429 and its retry
+        ("steam-reviews", "steam-reviews", 5),  # 730's 503 and its retry
+        ("steam-histogram", "steam-histogram", 5),  # 2378500's 502 and its retry
+    ],
+)
+def test_hazard_7_timeouts_and_retries_spend_budget(
+    stem: str, bucket: str, requests: int, steam: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every attempt, retries included, took a token from the shared bucket (the worker's retries bypassed it)."""
+    run_golden(steam, stem, monkeypatch)
+    assert steam.scalar("select requests_made from sync_jobs") == requests
+    assert steam.rows("select bucket, seq from syncrun_rate_limits") == [(bucket, requests)]
+
+
+def test_hazard_7_retry_waits_for_a_token(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """steamspy-all at 1 page a minute: 4 requests (one a retry) need 3 full windows, not 2."""
+    golden_file = Golden.load("steamspy-all")
+    prepare(steam, golden_file, monkeypatch)
+    started = time.monotonic()
+    assert replay(golden_file.source, golden_file.replay_dir) == 0
+    elapsed = time.monotonic() - started
+    window = 60 / float(RATE_SCALE)
+    assert elapsed >= 3 * window * 0.95, f"{elapsed:.2f}s: the retry did not wait for its token"
+
+
+def test_hazard_8_shared_buckets(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources on one endpoint declare one database-shared bucket with the same numbers, and really share it."""
+    sources = {stem: config.load(golden.ROOT / "sources" / f"{stem}.yaml") for stem in golden.STEMS}
+    by_bucket: dict[str, set[str]] = {}
+    for stem, source in sources.items():
+        assert source.rate_limit.shared.value == "database", stem
+        by_bucket.setdefault(source.rate_limit.bucket, set()).add(stem)
+    assert by_bucket["steam-store"] == {"steam-storefront", "steam-price"}
+    assert by_bucket["steam-webapi"] == {"steam-applist", "steam-ccu"}
+    for stems in by_bucket.values():
+        limits = {(sources[s].rate_limit.requests, sources[s].rate_limit.per, sources[s].rate_limit.burst) for s in stems}
+        assert len(limits) == 1, stems
+    # storefront then price, applist then ccu, on one database: one bucket row each, counting both
+    golden_file = Golden.load("steam-storefront")
+    prepare(steam, golden_file, monkeypatch)
+    for stem in ("steam-storefront", "steam-price", "steam-applist", "steam-ccu"):
+        other = Golden.load(stem)
+        assert cli.main(["migrate", str(other.source)]) == 0
+        replay(other.source, other.replay_dir)
+    buckets = dict(steam.rows("select bucket, seq from syncrun_rate_limits"))
+    made = dict(steam.rows("select job_type, requests_made from sync_jobs"))
+    assert buckets == {
+        "steam-store": made["storefront"] + made["price"],
+        "steam-webapi": made["applist"] + made["ccu"],
+    }
+
+
+def test_hazard_9_steamspy_never_lowers_ccu_peak(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SteamSpy's lower CCU never overwrites today's Steam API sample; a later Steam sample still wins."""
+    run_golden(steam, "steamspy-all", monkeypatch)
+    today = today_utc(steam)
+    peaks = lambda: dict(  # noqa: E731
+        (r[0], (r[1], r[2]))
+        for r in steam.rows("select appid, ccu_peak, ccu_source from daily_metrics where metric_date = %s", (today,))
+    )
+    assert peaks()[570] == (700000, "steam_api")  # SteamSpy said 627387
+    assert peaks()[1086940] == (71234, "steamspy")  # nothing else wrote this row: SteamSpy fills it
+    # the CCU source afterwards: 1086940's Steam sample (95000) is higher and takes over
+    ccu = Golden.load("steam-ccu")
+    assert cli.main(["migrate", str(ccu.source)]) == 0
+    assert replay(ccu.source, ccu.replay_dir) == 0
+    assert peaks()[570] == (700000, "steam_api")
+    assert peaks()[1086940] == (95000, "steam_api")
+
+
+def test_hazard_10_greatest_is_atomic(steam: Database) -> None:
+    """The peak is greatest(existing, new) inside the upsert: a concurrent higher peak is never lost.
+
+    A row lock held by this test stands in for a concurrent writer: the ccu run's upsert of 730 waits
+    on it, the test commits a higher peak, and the run must keep that peak. A read-compare-write (the
+    Supabase path) would have read the old peak and overwritten the new one with its own sample.
+    """
+    golden_file = Golden.load("steam-ccu")
+    prepare(steam, golden_file)
+    other = psycopg.connect(steam.dsn)
+    try:
+        other.execute(
+            "insert into daily_metrics (appid, metric_date, ccu_peak, ccu_source)"
+            " values (730, (now() at time zone 'utc')::date, 100, 'steam_api')"
+        )
+        other.commit()
+        other.execute(
+            "update daily_metrics set ccu_peak = 2000000 where appid = 730"
+            " and metric_date = (now() at time zone 'utc')::date"
+        )  # uncommitted: holds the row lock
+        env = {k: v for k, v in os.environ.items() if k not in BASE_URL_SETTINGS}
+        env.update(golden_file.settings, DATABASE_URL=steam.dsn)
+        command = [sys.executable, "-m", "runner", "run", str(golden_file.source), "--ids", "730"]
+        command += ["--replay", str(golden_file.replay_dir), "--rate-scale", RATE_SCALE]
+        process = subprocess.Popen(command, env=env, cwd=golden.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            waiting = False
+            while time.monotonic() < deadline and process.poll() is None:
+                waiting = bool(
+                    steam.scalar(
+                        "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                        " and query ilike '%daily_metrics%'"
+                    )
+                )
+                if waiting:
+                    break
+                time.sleep(0.05)
+            assert waiting, "the ccu run's upsert never waited on the locked daily_metrics row"
+            other.commit()  # the concurrent writer's higher peak lands first
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        other.close()
+    peak = steam.rows(
+        "select ccu_peak from daily_metrics where appid = 730 and metric_date = (now() at time zone 'utc')::date"
+    )
+    assert peak == [(2000000,)]
+    assert steam.scalar("select player_count from ccu_snapshots where appid = 730") == 1034567
+
+
+def test_hazard_10_ccu_peak_keeps_the_higher_seeded_value(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_golden(steam, "steam-ccu", monkeypatch)
+    today = today_utc(steam)
+    assert steam.scalar("select ccu_peak from daily_metrics where appid = 570 and metric_date = %s", (today,)) == 700000
+    assert steam.scalar("select player_count from ccu_snapshots where appid = 570") == 650000
+
+
+def test_hazard_11_junctions_are_replaced(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Storefront replaces an app's links (stale developer and DLC gone, another source's DLC kept), even to none."""
+    golden_file, _ = run_golden(steam, "steam-storefront", monkeypatch)
+
+    def links() -> tuple[set[str], set[tuple[int, str]]]:
+        developers = steam.rows(
+            "select d.normalized_name from app_developers l join developers d on d.id = l.developer_id"
+            " where l.appid = 1086940"
+        )
+        dlc = steam.rows("select dlc_appid, source from app_dlc where parent_appid = 1086940")
+        return {r[0] for r in developers}, set(dlc)
+
+    assert links() == ({"larian studios"}, {(2378500, "storefront"), (3165620, "storefront"), (1234560, "pics")})
+    assert steam.scalar("select count(*) from developers where normalized_name = 'old dev'") == 1  # dimension kept
+
+    # the next day's page lists another developer and no DLC at all: links follow it
+    body = (
+        '{"1086940":{"success":true,"data":{"type":"game","name":"Baldur\'s Gate 3","is_free":false,'
+        '"developers":["Larian Studios","New Dev"],"publishers":["Larian Studios"],"dlc":[],'
+        '"packages":[359370],"release_date":{"coming_soon":false,"date":"Aug 3, 2023"}}}}'
+    )
+    directory = cassette(tmp_path, "steam-storefront", {"appids=1086940": [response(200, body)]})
+    assert replay(golden_file.source, directory, "--ids", "1086940") == 0
+    assert links() == ({"larian studios", "new dev"}, {(1234560, "pics")})
+
+
+def test_hazard_17_same_day_review_deltas(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A second sync the same UTC day widens the day's row from the day's baseline; nothing is lost."""
+    golden_file, _ = run_golden(steam, "steam-reviews", monkeypatch)
+    # golden: 570's row holds the whole day's increment (60000 from the 2,500,000 baseline, not 10000)
+    row = steam.rows("select reviews_added, positive_added, negative_added from review_deltas where appid = 570")
+    assert row == [(60000, 50000, 10000)]
+
+    # a third sync of 570 today (and a second of 1086940): both measure from the day's baseline again
+    body = (
+        '{"success":1,"query_summary":{"num_reviews":0,"review_score":8,"review_score_desc":"Very Positive",'
+        '"total_positive":%d,"total_negative":%d,"total_reviews":%d},"reviews":[],"cursor":"*"}'
+    )
+    directory = cassette(
+        tmp_path,
+        "steam-reviews",
+        {
+            "appreviews/570?": [response(200, body % (2158000, 412000, 2570000))],
+            "appreviews/1086940?": [response(200, body % (1000, 130, 1130))],
+        },
+    )
+    assert replay(golden_file.source, directory, "--ids", "570,1086940") == 0
+    today = today_utc(steam)
+    deltas = steam.rows(
+        "select appid, delta_date, reviews_added, positive_added, negative_added, round(hours_since_last_sync)"
+        " from review_deltas where appid in (570, 1086940) order by appid"
+    )
+    assert deltas == [(570, today, 70000, 58000, 12000, 29), (1086940, today, 130, 100, 30, 25)]
+    baseline = steam.rows(
+        "select appid, reviews_baseline_date, reviews_baseline_total, reviews_baseline_positive,"
+        " last_known_total_reviews from sync_status where appid in (570, 1086940) order by appid"
+    )
+    assert baseline == [(570, today, 2500000, 2100000, 2570000), (1086940, today, 1000, 900, 1130)]
+    assert steam.scalar("select count(*) from review_deltas") == 3  # still one row per app per day
+
+
+def test_module_fixtures_are_consistent(tmp_path: Path) -> None:
+    """The cassette helper replaces exactly the named exchanges (guards the hazard variants above)."""
+    directory = cassette(tmp_path, "steam-price", {"appdetails": [BAD_GATEWAY]})
+    data = yaml.safe_load((directory / "cassette.yaml").read_text())
+    assert [i["response"]["status"]["code"] for i in data["interactions"]] == [502]

@@ -1,0 +1,316 @@
+"""targets (through writer.write): replace_by, lookups, function writers, merges, append-only inserts."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from runner import mapping, migrations, targets, writer
+from runner.errors import SchemaMismatch
+from runner.spec import Field, Lookup, Merge, Outcome, QualifiedName, Source, Write, WriteMode
+from runner.writer import EntityResult
+from tests.pg import Database, expr, make_source
+
+Rows = dict[int, list[dict[str, Any]]]
+
+
+def target(table: str, key: list[str], columns: dict[str, str], **kwargs: Any) -> Write:
+    """A write mapping `column: expression` (replace_by needs real `entity.*` mappings)."""
+    fields = tuple(Field(c, expr(e)) for c, e in columns.items())
+    return Write(table=QualifiedName(None, table), key=tuple(key), columns=fields, **kwargs)
+
+
+DLC = target(
+    "app_dlc",
+    ["parent_appid", "dlc_appid"],
+    {"parent_appid": "entity.appid", "dlc_appid": "item", "source": "'storefront'"},
+    rows=expr("record.dlc"),
+    replace_by=("parent_appid", "source"),
+)
+DEVELOPERS = target(
+    "developers",
+    ["normalized_name"],
+    {"name": "trim(item)", "normalized_name": "lower(trim(item))"},
+    rows=expr("record.developers"),
+)
+APP_DEVELOPERS = target(
+    "app_developers",
+    ["appid", "developer_id"],
+    {"appid": "entity.appid"},
+    rows=expr("record.developers"),
+    replace_by=("appid",),
+    lookups=(
+        Lookup(
+            column="developer_id",
+            table=QualifiedName(None, "developers"),
+            key="normalized_name",
+            returning="id",
+            value=expr("lower(trim(item))"),
+        ),
+    ),
+)
+SOURCE = make_source(writes=(DLC, DEVELOPERS, APP_DEVELOPERS))
+
+
+@pytest.fixture
+def tables(db: Database) -> Database:
+    db.migrate(SOURCE)
+    db.run(
+        "create table app_dlc (parent_appid int, dlc_appid int, source text not null,"
+        " primary key (parent_appid, dlc_appid));"
+        "create table developers (id int generated always as identity primary key, name text not null,"
+        " normalized_name text not null unique);"
+        "create table app_developers (appid int, developer_id int not null references developers,"
+        " primary key (appid, developer_id))"
+    )
+    return db
+
+
+def result(key: int, rows: Rows, outcome: Outcome = Outcome.SUCCESS) -> EntityResult:
+    return EntityResult(key=key, entity={"appid": key}, outcome=outcome, rows=rows, error_source="example")
+
+
+def mapped(key: int, record: dict[str, Any], source: Source = SOURCE) -> EntityResult:
+    """The entity's rows as the mapping layer makes them from `record`."""
+    base = {"entity": {"appid": key}, "body": record, "response": {}, "run": {}}
+    return result(key, mapping.rows(source, base))
+
+
+def run(db: Database, results: list[EntityResult], source: Source = SOURCE) -> list[EntityResult]:
+    catalog = migrations.check(db.conn, [source])
+    return writer.write(db.conn, source, results, catalog=catalog)
+
+
+def dlc(db: Database) -> list[tuple[Any, ...]]:
+    return db.rows("select parent_appid, dlc_appid, source from app_dlc order by 1, 2")
+
+
+# --- replace_by ---------------------------------------------------------------------------------------
+def test_replace_removes_stale_links_and_keeps_other_entities_links(tables: Database) -> None:
+    """An entity's links are replaced by its fresh ones; other entities' and other sources' rows stay."""
+    tables.run(
+        "insert into app_dlc values (10, 1, 'storefront'), (10, 2, 'storefront'), (10, 3, 'pics'),"
+        " (20, 5, 'storefront')"
+    )
+    assert run(tables, [mapped(10, {"dlc": [2, 4]})]) == []
+    assert dlc(tables) == [(10, 2, "storefront"), (10, 3, "pics"), (10, 4, "storefront"), (20, 5, "storefront")]
+
+
+def test_an_empty_list_clears_the_entitys_links(tables: Database) -> None:
+    """An entity whose list came back empty (or missing) still deletes its stale links."""
+    tables.run("insert into app_dlc values (10, 1, 'storefront'), (20, 5, 'storefront')")
+    assert run(tables, [mapped(10, {"dlc": []}), mapped(20, {})]) == []
+    assert dlc(tables) == []
+
+
+def test_skipped_and_failed_entities_keep_their_links(tables: Database) -> None:
+    """Only successful entities that produced the write replace: skips, errors and rows-less results don't."""
+    tables.run("insert into app_dlc values (10, 1, 'storefront'), (20, 2, 'storefront'), (30, 3, 'storefront')")
+    results = [
+        result(10, {0: []}, Outcome.SKIP),
+        result(20, {}, Outcome.ERROR),
+        result(30, {}),  # the mapping never evaluated this write
+    ]
+    assert run(tables, results) == []
+    assert dlc(tables) == [(10, 1, "storefront"), (20, 2, "storefront"), (30, 3, "storefront")]
+
+
+def test_replace_by_must_come_from_the_entity(tables: Database) -> None:
+    """A replace_by column mapped from the record fails the entity: an empty list could not clear links."""
+    bad = target(
+        "app_dlc",
+        ["parent_appid", "dlc_appid"],
+        {"parent_appid": "record.parent", "dlc_appid": "item", "source": "'storefront'"},
+        rows=expr("record.dlc"),
+        replace_by=("parent_appid", "source"),
+    )
+    source = make_source(writes=(bad,))
+    failed = run(tables, [result(10, {0: [{"parent_appid": 10, "dlc_appid": 1, "source": "storefront"}]})], source)
+    assert [f.error for f in failed] == [
+        "app_dlc.parent_appid: replace_by needs a value from the entity alone"
+        " (map it from entity.* or a literal, not 'record.parent')"
+    ]
+    assert dlc(tables) == []
+
+
+def test_a_failing_entity_in_a_replaced_batch_keeps_its_links(tables: Database) -> None:
+    """When one entity's rows break a constraint, the replay keeps its old links and replaces the others'."""
+    tables.run("insert into app_dlc values (10, 1, 'storefront'), (20, 2, 'storefront')")
+    broken = result(20, {0: [{"parent_appid": 20, "dlc_appid": 9, "source": None}]})
+    failed = run(tables, [mapped(10, {"dlc": [4]}), broken])
+    assert [f.key for f in failed] == [20]
+    assert dlc(tables) == [(10, 4, "storefront"), (20, 2, "storefront")]
+
+
+# --- lookups ------------------------------------------------------------------------------------------
+def developer_links(db: Database) -> list[tuple[Any, ...]]:
+    return db.rows(
+        "select l.appid, d.name, d.normalized_name from app_developers l join developers d on d.id = l.developer_id"
+        " order by 1, 2"
+    )
+
+
+def test_lookup_creates_dimension_rows_once_and_links_them(tables: Database) -> None:
+    """Case and whitespace variants make one dimension row (last name wins), linked from every app."""
+    results = [
+        mapped(10, {"developers": ["Larian Studios", " larian studios "]}),
+        mapped(20, {"developers": ["LARIAN STUDIOS", "Owlcat"]}),
+    ]
+    assert run(tables, results) == []
+    assert tables.rows("select name, normalized_name from developers order by 2") == [
+        ("LARIAN STUDIOS", "larian studios"),
+        ("Owlcat", "owlcat"),
+    ]
+    assert developer_links(tables) == [
+        (10, "LARIAN STUDIOS", "larian studios"),
+        (20, "LARIAN STUDIOS", "larian studios"),
+        (20, "Owlcat", "owlcat"),
+    ]
+    ids = tables.rows("select id from developers order by id")
+    assert run(tables, [mapped(20, {"developers": ["owlcat"]})]) == []  # same ids, stale link gone
+    assert tables.rows("select id from developers order by id") == ids
+    assert developer_links(tables)[1:] == [(20, "owlcat", "owlcat")]
+
+
+def test_a_lookup_miss_fails_only_its_entity(tables: Database) -> None:
+    """A natural key with no dimension row fails that entity, naming table, key and value."""
+    source = make_source(writes=(APP_DEVELOPERS,))
+    tables.run("insert into developers (name, normalized_name) values ('Valve', 'valve')")
+    failed = run(
+        tables, [mapped(10, {"developers": ["Valve"]}, source), mapped(20, {"developers": ["Nobody"]}, source)], source
+    )
+    assert [(f.key, f.error) for f in failed] == [
+        (20, "app_developers.developer_id: no developers row with normalized_name = 'nobody'")
+    ]
+    assert developer_links(tables) == [(10, "Valve", "valve")]
+    assert tables.rows("select entity_key, consecutive_errors from syncrun_state order by 1") == [("10", 0), ("20", 1)]
+
+
+# --- function writers ---------------------------------------------------------------------------------
+PRICES = Write(
+    table=QualifiedName(None, "batch_update_prices"),
+    function=QualifiedName(None, "batch_update_prices"),
+    key=(),
+    columns=(Field("p_price_cents", expr("record.price")), Field("p_appid", expr("entity.appid"))),
+)
+
+
+def test_a_function_writer_is_called_per_row_with_named_arguments(tables: Database) -> None:
+    """Each row is one fn(column => value, ...) call; a `raise exception` fails only its entity."""
+    tables.run(
+        "create table price_log (appid int, price_cents int);"
+        "create function batch_update_prices(p_appid int, p_price_cents int) returns void language plpgsql as $$"
+        " begin if p_price_cents < 0 then raise exception 'negative price for %', p_appid; end if;"
+        " insert into price_log values (p_appid, p_price_cents); end $$"
+    )
+    source = make_source(writes=(PRICES,))
+    results = [
+        result(10, {0: [{"p_price_cents": "999", "p_appid": 10}]}),
+        result(20, {0: [{"p_price_cents": -1, "p_appid": 20}]}),
+        result(30, {0: [{"p_price_cents": 0, "p_appid": 30}, {"p_price_cents": 5, "p_appid": 30}]}),
+    ]
+    failed = run(tables, results, source)
+    assert [(f.key, f.error) for f in failed] == [(20, "batch_update_prices: negative price for 20")]
+    assert tables.rows("select * from price_log order by 1, 2") == [(10, 999), (30, 0), (30, 5)]
+
+
+def test_check_catalogs_functions_and_lookup_tables(tables: Database) -> None:
+    """migrations.check names a missing function, unknown arguments and missing lookup columns."""
+    tables.run("create function batch_update_prices(p_appid int) returns void language sql as 'select 1'")
+    tables.run("alter table developers rename column normalized_name to norm")
+    with pytest.raises(SchemaMismatch) as caught:
+        migrations.check(tables.conn, [make_source(writes=(PRICES, APP_DEVELOPERS))])
+    assert str(caught.value).splitlines() == [
+        "batch_update_prices: no argument named p_price_cents (sources/example.yaml writes[0])",
+        "developers.normalized_name: no such column (lookup developer_id) (sources/example.yaml writes[1])",
+    ]
+    tables.run("drop function batch_update_prices")
+    with pytest.raises(SchemaMismatch, match=r"^batch_update_prices: no such function, or more than one"):
+        migrations.check(tables.conn, [make_source(writes=(PRICES,))])
+
+
+# --- merges and append-only inserts ---------------------------------------------------------------------
+CCU = target(
+    "daily_metrics",
+    ["appid", "metric_date"],
+    {"appid": "entity.appid", "metric_date": "run.today", "ccu_peak": "record.ccu", "note": "record.note"},
+    merge=(("ccu_peak", Merge.GREATEST), ("note", Merge.KEEP_EXISTING_IF_NULL)),
+)
+
+
+@pytest.fixture
+def metrics(db: Database) -> Database:
+    db.migrate(make_source(writes=(CCU,)))
+    db.run(
+        "create table daily_metrics (appid int, metric_date date, ccu_peak int, note text,"
+        " primary key (appid, metric_date))"
+    )
+    return db
+
+
+def ccu(key: int, peak: int | None, note: str | None = None) -> EntityResult:
+    return result(key, {0: [{"appid": key, "metric_date": "2025-01-01", "ccu_peak": peak, "note": note}]})
+
+
+def test_a_second_same_day_run_never_lowers_ccu_peak(metrics: Database) -> None:
+    """greatest keeps the day's peak; keep_existing_if_null keeps a value over a null."""
+    source = make_source(writes=(CCU,))
+    assert run(metrics, [ccu(10, 900, "first")], source) == []
+    assert run(metrics, [ccu(10, 300, None)], source) == []
+    assert metrics.rows("select ccu_peak, note from daily_metrics") == [(900, "first")]
+    assert run(metrics, [ccu(10, 1200, "later")], source) == []
+    assert metrics.rows("select ccu_peak, note from daily_metrics") == [(1200, "later")]
+
+
+def test_greatest_is_atomic_in_sql(metrics: Database) -> None:
+    """The merge is one upsert evaluated against the locked row: a concurrent higher peak is never lost."""
+    statement = targets.upsert_sql(CCU, False).as_string()
+    assert 'on conflict ("appid", "metric_date") do update set' in statement
+    assert '"ccu_peak" = greatest(t."ccu_peak", excluded."ccu_peak")' in statement
+    source = make_source(writes=(CCU,))
+    catalog = migrations.check(metrics.conn, [source])
+    with metrics.connect() as other:
+        other.execute(  # an uncommitted 900 holds the row; our 300 must wait for it, then keep it
+            "insert into daily_metrics values (10, '2025-01-01', 900, null)"
+        )
+        writing = threading.Thread(
+            target=writer.write, args=(metrics.conn, source, [ccu(10, 300)]), kwargs={"catalog": catalog}
+        )
+        writing.start()
+        writing.join(0.3)
+        assert writing.is_alive()  # blocked on the row lock, not working from a stale read
+        other.commit()
+        writing.join(10)
+    assert metrics.rows("select ccu_peak from daily_metrics") == [(900,)]
+
+
+def test_insert_mode_appends_once_across_a_retried_batch(metrics: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mode=insert with a key fixed before any retry (run.started_at): a retried batch adds no duplicates."""
+    metrics.run(
+        "create table ccu_samples (appid int, fetched_at timestamptz, players int, primary key (appid, fetched_at))"
+    )
+    samples = target(
+        "ccu_samples",
+        ["appid", "fetched_at"],
+        {"appid": "entity.appid", "fetched_at": "run.started_at", "players": "record.players"},
+        mode=WriteMode.INSERT,
+    )
+    source = make_source(writes=(samples,))
+    row = {"appid": 10, "fetched_at": "2025-01-01T10:00:00+00:00", "players": 5}
+    calls: list[int] = []
+    original = writer._write_all
+
+    def deadlock_once(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # after the rows went in: the rollback must undo them, the retry redo them
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+
+    monkeypatch.setattr(writer, "_write_all", deadlock_once)
+    assert run(metrics, [result(10, {0: [row]})], source) == []
+    assert run(metrics, [result(10, {0: [{**row, "players": 99}]})], source) == []  # a re-sent row is ignored
+    assert len(calls) == 3
+    assert metrics.rows("select appid, players from ccu_samples") == [(10, 5)]
