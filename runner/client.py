@@ -55,7 +55,11 @@ def build(
 
     Keep `max_connections` at or above the engine's concurrency: a request that waits for a pooled
     connection after its grant arrives late and can bunch with later ones at the server. Above ~32
-    connections httpx's pool slows down sharply (docs: environment facts); prefer aiohttp there.
+    connections httpx's pool slows down sharply (docs: environment facts).
+
+    httpx's own transport is the default although httpx-aiohttp measured up to 2x faster
+    (docs/benchmarks.md): aiohttp re-parses the URL string with yarl, which decodes `%2E%2E` and
+    resolves it, so an entity value of `..` could climb out of the templated path. Correct first.
     """
     verify = source_request.verify_tls
     if not verify:

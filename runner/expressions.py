@@ -276,17 +276,42 @@ CUSTOM_FUNCTIONS: frozenset[str] = frozenset(
 _OPTIONS = jmespath.Options(custom_functions=_Functions())
 
 
+def _fast(ast: dict[str, Any]) -> tuple[str, ...] | None:
+    """`record.a.b` as ("record", "a", "b"): plain field paths skip jmespath's interpreter, which is
+    most of the per-row mapping cost on bulk pages. Anything else returns None."""
+    if ast["type"] == "field":
+        return (ast["value"],)
+    if ast["type"] == "subexpression":
+        parts: list[str] = []
+        for child in ast["children"]:
+            path = _fast(child)
+            if path is None:
+                return None
+            parts.extend(path)
+        return tuple(parts)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Expression:
     """A JMESPath expression compiled once; keeps its source text for messages."""
 
     text: str
     parsed: ParsedResult = field(repr=False, compare=False)
+    path: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def compile(cls, text: str) -> Expression:
         """Compile `text`; raises jmespath.exceptions.ParseError (config.py turns it into a Problem)."""
-        return cls(text, jmespath.compile(text))
+        parsed = jmespath.compile(text)
+        return cls(text, parsed, _fast(parsed.parsed))
 
     def search(self, data: JSON) -> JSON:
+        if self.path is not None:
+            # The same answer jmespath gives: a field of anything but an object is null.
+            for name in self.path:
+                if not isinstance(data, dict):
+                    return None
+                data = data.get(name)
+            return data
         return self.parsed.search(data, options=_OPTIONS)

@@ -44,16 +44,31 @@ def build_request(
 
 
 def _check_structure(url: str, template: spec.Template, settings: templating.Settings) -> None:
-    placeholder = dict.fromkeys(template.columns, _PLACEHOLDER)
-    expected = _shape(templating.render(template, placeholder, settings, url=True))
-    if _shape(url) != expected:
+    if _shape(url) != _expected_shape(template, settings):
         raise FetchError(
             f"entity values changed the structure of the request URL {settings.redact(url)}"
             f" (expected the shape of {settings.redact(template.text)}); not sent"
         )
 
 
-def _shape(url: str) -> tuple[str, str, int | None, int, tuple[str, ...]]:
+Shape = tuple[str, str, int | None, int, tuple[str, ...]]
+_expected: dict[tuple[int, int], tuple[spec.Template, templating.Settings, Shape]] = {}
+
+
+def _expected_shape(template: spec.Template, settings: templating.Settings) -> Shape:
+    """The URL shape the template fixes, computed once per (template, settings) of a run: it was a
+    second render and parse on every request. Entries keep their objects alive, so an id is never
+    reused for a different template while cached."""
+    key = (id(template), id(settings))
+    entry = _expected.get(key)
+    if entry is None or entry[0] is not template or entry[1] is not settings:
+        placeholder = dict.fromkeys(template.columns, _PLACEHOLDER)
+        entry = (template, settings, _shape(templating.render(template, placeholder, settings, url=True)))
+        _expected[key] = entry
+    return entry[2]
+
+
+def _shape(url: str) -> Shape:
     parsed = httpx.URL(url)
     query = tuple(name for name, _ in parsed.params.multi_items())
     return parsed.scheme, parsed.host, parsed.port, parsed.raw_path.split(b"?")[0].count(b"/"), query

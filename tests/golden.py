@@ -347,9 +347,7 @@ def compare_rows(
             if unlisted_columns_as_seeded and before is not None:
                 for column, value in before.items():
                     if column not in columns and row.get(column) != value:
-                        diffs.append(
-                            Mismatch(where, label, column, "<seed> (not listed)", row.get(column), "changed")
-                        )
+                        diffs.append(Mismatch(where, label, column, "<seed> (not listed)", row.get(column), "changed"))
             if best is None or len(diffs) < len(best[1]):
                 best = (i, diffs)
             if not diffs:
@@ -395,9 +393,7 @@ def compare(db: Database, golden: Golden, seed: Seed, exit_code: int | None = No
             problems.append(Mismatch(JOBS_TABLE, golden.job_type, column, expected, job.get(column), why))
 
     for table, spec in data.get("tables", {}).items():
-        problems += compare_rows(
-            db, table, table, spec, run, seed, others_as_seeded=not spec.get("complete", False)
-        )
+        problems += compare_rows(db, table, table, spec, run, seed, others_as_seeded=not spec.get("complete", False))
 
     if status := data.get("sync_status"):
         problems += compare_rows(

@@ -63,7 +63,8 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
         for name, child in node.get("properties", {}).items():
             out.append((f"{path}.{name}", child))
         for key, child in node.items():
-            out += _walk(child, f"{path}/{key}")
+            if key not in ("if", "then", "else", "allOf", "not"):  # branch constraints, not declarations
+                out += _walk(child, f"{path}/{key}")
     elif isinstance(node, list):
         for index, child in enumerate(node):
             out += _walk(child, f"{path}[{index}]")
@@ -138,10 +139,12 @@ def test_merge_enum() -> None:
     assert merge == [m.value for m in spec.Merge]
 
 
-@pytest.mark.parametrize(("path", "node"), _walk(SCHEMA) + _walk(PROJECT_SCHEMA), ids=lambda x: str(x)[:60])
-def test_every_property_is_described(path: str, node: dict[str, Any]) -> None:
+def test_every_property_is_described() -> None:
     """The schema is the reference for YAML authors: every property says what it is."""
-    assert _resolve(node).get("description"), path
+    undescribed = [
+        path for path, node in _walk(SCHEMA) + _walk(PROJECT_SCHEMA) if not _resolve(node).get("description")
+    ]
+    assert undescribed == []
 
 
 def test_objects_are_strict() -> None:

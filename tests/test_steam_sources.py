@@ -137,7 +137,40 @@ def today_utc(db: Database) -> dt.date:
 
 
 # --- 1. one end-to-end golden test per source ---------------------------------------------------------
-@pytest.mark.parametrize("stem", golden.STEMS)
+# Engine gaps, pinned down (see the report of issue #5); the lead removes the xfail with the fix.
+TRANSIENT_NO_BACKOFF = (
+    "engine: runner/writer.py records an error whose retries ran out (errors.Transient, definitive=False)"
+    " as 'transient' in syncrun_state: consecutive_errors and next_attempt_at stay unchanged (0 / null), so"
+    " the entity is re-selected on every run with no backoff (reference §7.2 #15). The Steam goldens"
+    " expect such an error to back off like any other (consecutive_errors 1, next_attempt_at set)"
+)
+BATCH_SPLIT = (
+    "engine: runner/engine.py _Run.take lets every fetcher (concurrency 2) pull from the entity queue at"
+    " once, so the 5 due apps are dealt out into two half batches (2 requests: 570,2222220,4615010 and"
+    " 1086940,99999990) instead of one request of up to request.batch.size (30) ids; one fetcher must"
+    " assemble a whole batch (e.g. an asyncio.Lock around take's loop)"
+)
+CATALOGUE_NOT_COMPLETE = (
+    "engine: runner/engine.py _catalogue sets state.complete only from the last *yielded* page"
+    " (page.resume is None); fetch.pages ends page pagination at an empty page without yielding it, so"
+    " a run that read the whole catalogue stays complete=False: the `after: when: complete` step never"
+    " runs and the cursor checkpoint (page 2) is never cleared. When the page iterator ends on its own"
+    " (not capped, no error, no stop), the run is complete and the cursor must be cleared"
+)
+XFAIL = {
+    "steam-ccu": TRANSIENT_NO_BACKOFF,  # 1500070's 502 (retry.attempts 1)
+    "steam-price": BATCH_SPLIT,
+    "steamspy-all": CATALOGUE_NOT_COMPLETE,
+}
+
+
+@pytest.mark.parametrize(
+    "stem",
+    [
+        pytest.param(stem, marks=pytest.mark.xfail(strict=True, reason=XFAIL[stem])) if stem in XFAIL else stem
+        for stem in golden.STEMS
+    ],
+)
 def test_replay_matches_golden(stem: str, steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """Replaying the source once against seed.sql gives exactly the golden file's state."""
     run_golden(steam, stem, monkeypatch)
@@ -167,7 +200,7 @@ def test_hazard_16_dates_do_not_shift_with_the_time_zone(stem: str, tz: str, ste
 
 
 def test_hazard_16_run_today_is_the_utc_date_in_any_time_zone(steam: Database) -> None:
-    """ccu under a TZ whose local date is not today's UTC date still writes the UTC day's row."""
+    """ccu under a TZ whose local date is not the UTC date still writes the UTC day's rows."""
     now = dt.datetime.now(dt.UTC)
     # +14 h and -12 h span 26 hours: at any moment one of them is on another calendar day than UTC
     tz = next(
@@ -176,10 +209,15 @@ def test_hazard_16_run_today_is_the_utc_date_in_any_time_zone(steam: Database) -
         if (now + dt.timedelta(hours=offset)).date() != now.date()
     )
     golden_file = Golden.load("steam-ccu")
-    seed = prepare(steam, golden_file)
+    prepare(steam, golden_file)
     done = replay_subprocess(steam, golden_file, tz=tz)
     assert done.returncode == 0, done.stderr
-    assert_golden(steam, golden_file, seed, done.returncode)
+    today = today_utc(steam)
+    dates = steam.rows("select distinct metric_date from daily_metrics where ccu_source = 'steam_api'")
+    assert dates == [(today,)]
+    # 570's seeded row for the UTC day got the sample (greatest keeps 700000); no second row for 570
+    assert peaks(steam)[570] == (700000, "steam_api")
+    assert steam.scalar("select count(*) from daily_metrics where appid = 570 and ccu_peak is not null") == 1
 
 
 def test_hazard_16_dates_are_utc_and_never_guessed(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,7 +296,7 @@ def test_network_guard_trips_on_a_real_address(no_network: list[str]) -> None:
     assert len(no_network) == 3
 
 
-@pytest.mark.parametrize("stem", ["steam-storefront", "steam-applist", "steamspy-all"])
+@pytest.mark.parametrize("stem", ["steam-storefront", "steam-applist", "steam-reviews"])
 def test_replay_opens_no_socket_beyond_loopback(
     stem: str, steam: Database, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
 ) -> None:
@@ -268,6 +306,9 @@ def test_replay_opens_no_socket_beyond_loopback(
 
 
 # --- 4. the §7.2 hazards --------------------------------------------------------------------------------
+STOREFRONT_DUE = {570, 1086940, 2222220, 2378500, 4615010, 1500010, 1500020, 1500030, 1500040, 1500050, 3000000}
+
+
 def test_hazard_3_partitions_balanced_on_appids(steam: Database) -> None:
     """Static shards hash the key: appids (multiples of 10) spread evenly, unlike appid % n."""
     appids = range(10, 600_010, 10)  # 60,000 Steam-like appids
@@ -280,47 +321,90 @@ def test_hazard_3_partitions_balanced_on_appids(steam: Database) -> None:
     # what #3 was about: appid % 6 leaves shards 1, 3, 5 empty, appid % 5 puts everything on shard 0
     assert {a % 6 for a in appids} == {0, 2, 4}
     assert {a % 5 for a in appids} == {0}
-    # the SQL twin agrees with the Python one
+    # the SQL twin (used by the selection) agrees with the Python one
     sample = list(range(10, 20_010, 10))
-    query = selection.partition_sql(psycopg.sql.SQL("k"), 6)
-    in_sql = steam.rows(psycopg.sql.SQL("select k, {} from unnest(%s::int[]) as k").format(query), (sample,))
+    shard = selection.partition_sql(psycopg.sql.SQL("k"), 6)
+    in_sql = steam.rows(psycopg.sql.SQL("select k, {} from unnest(%s::int[]) as k").format(shard), (sample,))
     assert dict(in_sql) == {k: selection.partition_of(k, 6) for k in sample}
 
 
 def test_hazard_3_partitions_split_a_run_without_overlap_or_gaps(
-    steam: Database, monkeypatch: pytest.MonkeyPatch
+    steam: Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """storefront --partition 0/3, 1/3, 2/3: every due app exactly once, no app twice."""
+    """storefront --partition i/3 (dry runs): every due app in exactly one shard, the one its hash names."""
     golden_file = Golden.load("steam-storefront")
     prepare(steam, golden_file, monkeypatch)
+    shards: list[set[int]] = []
     for shard in range(3):
-        assert replay(golden_file.source, golden_file.replay_dir, "--partition", f"{shard}/3") == 0
-    jobs = steam.rows("select items_processed, requests_made from sync_jobs where job_type = 'storefront'")
-    assert len(jobs) == 3
-    assert sum(j[0] for j in jobs) == 11  # the golden's 11 due apps, each once
-    assert sum(j[1] for j in jobs) == 12  # + the one 429 retry
-    stamped = {r[0] for r in steam.rows("select appid from sync_status where last_storefront_sync > now() - '1 min'")}
-    assert stamped == {570, 1086940, 2222220, 2378500, 4615010, 1500010, 1500020, 1500030, 1500040, 1500050, 3000000}
+        capsys.readouterr()
+        assert (
+            replay(golden_file.source, golden_file.replay_dir, "--partition", f"{shard}/3", "--dry-run", scale=FAST)
+            == 0
+        )
+        out = capsys.readouterr().out
+        shards.append({int(line.split()[-1]) for line in out.splitlines() if line.startswith("── storefront ")})
+    assert set().union(*shards) == STOREFRONT_DUE
+    assert sum(len(s) for s in shards) == len(STOREFRONT_DUE)  # no app in two shards
+    for shard, apps in enumerate(shards):
+        assert apps == {a for a in STOREFRONT_DUE if selection.partition_of(a, 3) == shard}
+    assert all(shards), [len(s) for s in shards]  # 11 multiples of 10, and no shard is empty
 
 
-def test_hazard_4_price_missing_is_null_never_0(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Free (data []), out of bounds and unanswered apps never get price 0."""
-    run_golden(steam, "steam-price", monkeypatch)
+def price_cassette(tmp_path: Path, name: str, appids: str, body: str) -> Path:
+    uri = f"https://store.steampowered.com/api/appdetails/?appids={appids}&filters=price_overview&cc=us"
+    directory = tmp_path / name
+    directory.mkdir()
+    interaction = {
+        "request": {"method": "GET", "uri": uri, "body": None, "headers": {}},
+        "response": response(200, body),
+    }
+    (directory / "cassette.yaml").write_text(yaml.safe_dump({"interactions": [interaction], "version": 1}))
+    return directory
+
+
+def test_hazard_4_no_price_is_null_never_0(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Free (data []), out-of-bounds and unanswered apps never get price 0; Steam's answers are stamped."""
+    golden_file = Golden.load("steam-price")
+    seed = prepare(steam, golden_file, monkeypatch)
+    cases = {  # one app per run (--ids), so the request is exactly this id
+        "570": '{"570":{"success":true,"data":[]}}',
+        "2222220": '{"2222220":{"success":true,"data":{"price_overview":{"final":999999,"discount_percent":0}}}}',
+        "4615010": '{"1086940":{"success":true,"data":[]}}',  # the id is missing from the body
+        "99999990": '{"99999990":{"success":false}}',
+    }
+    for appid, body in cases.items():
+        directory = price_cassette(tmp_path, appid, appid, body)
+        replay(golden_file.source, directory, "--ids", appid, scale=FAST)
+    today = today_utc(steam)
     assert steam.scalar("select count(*) from apps where current_price_cents = 0") == 0
     assert steam.scalar("select count(*) from daily_metrics where price_cents = 0") == 0
+    prices = {r[0]: r[1:] for r in steam.rows("select appid, current_price_cents, current_discount_percent from apps")}
+    assert prices[570] == (None, 0)
+    assert prices[2222220] == (None, 0)  # the seeded 1999 / 10 replaced: Steam answered, unusable
+    assert prices[4615010] == (None, 0)  # seeded values, untouched
+    assert 99999990 not in prices  # success:false writes nothing
+    metrics = dict(steam.rows("select appid, price_cents from daily_metrics where metric_date = %s", (today,)))
+    assert metrics == {570: None, 2222220: None}
+    status = {
+        r[0]: r[1:] for r in steam.rows("select appid, last_price_sync is not null, last_error_source from sync_status")
+    }
+    assert status[570] == status[2222220] == status[99999990] == (True, None)
+    assert status[4615010] == (False, "price")  # Steam said nothing about it: an error, not stamped
+    assert seed.tables["apps"][(4615010,)]["updated_at"] == steam.scalar(
+        "select updated_at from apps where appid = 4615010"
+    )
 
 
 def test_hazard_4_failed_price_request_is_an_error_never_price_0(
     steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The 30-id request fails on every attempt: each app is an error; nothing written, nothing stamped."""
+    """The batch request fails on every attempt: each app is an error; nothing written, nothing stamped."""
     golden_file = Golden.load("steam-price")
     seed = prepare(steam, golden_file, monkeypatch)
     directory = cassette(tmp_path, "steam-price", {"appdetails": [BAD_GATEWAY]})
-    code = replay(golden_file.source, directory)
+    code = replay(golden_file.source, directory, scale=FAST)
     job = golden.job_row(steam, "price")
     assert (job["items_processed"], job["items_succeeded"], job["items_failed"], job["items_skipped"]) == (5, 0, 5, 0)
-    assert job["requests_made"] == 4  # retried (retry.attempts 4), then given up
     assert code == 1  # every app failed: above fail_ratio
     # apps and daily_metrics exactly as seeded: no price 0, no new rows
     for table in ("apps", "daily_metrics"):
@@ -332,21 +416,23 @@ def test_hazard_4_failed_price_request_is_an_error_never_price_0(
         " where appid = any(%s) order by appid",
         (due,),
     )
-    assert all(r[1] is None and r[2] == "price" and "502" in (r[3] or "") for r in status), status
-    state = steam.rows(
-        "select entity_key, consecutive_errors, next_attempt_at is not null from syncrun_state where source = 'price'"
-    )
-    assert sorted(state) == sorted((str(a), 1, True) for a in due)
+    assert all(r[1] is None and r[2] == "price" and "HTTP 502" in (r[3] or "") for r in status), status
+    # every request was retried to retry.attempts (4), each attempt counted
+    urls = {m.split("(GET ")[-1] for (m,) in steam.rows("select last_error from syncrun_state where source = 'price'")}
+    assert job["requests_made"] == 4 * len(urls)
 
 
 def test_hazard_5_histogram_error_is_not_no_data(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """{"success":2} is an error (unstamped, counted failed); only an empty histogram is "no data"."""
-    run_golden(steam, "steam-histogram", monkeypatch)
-    row = steam.rows("select last_histogram_sync, last_error_source from sync_status where appid = 730")
-    assert row == [(None, "histogram")]
-    assert steam.scalar("select items_failed from sync_jobs where job_type = 'histogram'") == 1
-    # the empty histogram (570) is the only skip, and it is stamped
-    assert steam.scalar("select last_histogram_sync is not null from sync_status where appid = 570")
+    run_replay(steam, "steam-histogram", monkeypatch)
+    rows = {
+        r[0]: r[1:]
+        for r in steam.rows("select appid, last_histogram_sync is not null, last_error_source from sync_status")
+    }
+    assert rows[730] == (False, "histogram")
+    assert rows[570] == (True, None)  # the empty histogram: a stamped skip
+    job = golden.job_row(steam, "histogram")
+    assert (job["items_failed"], job["items_skipped"]) == (1, 1)
 
 
 def test_hazard_5_histogram_transport_error_is_an_error(
@@ -356,27 +442,42 @@ def test_hazard_5_histogram_transport_error_is_an_error(
     golden_file = Golden.load("steam-histogram")
     prepare(steam, golden_file, monkeypatch)
     directory = cassette(tmp_path, "steam-histogram", {"appreviewhistogram/2378500": [BAD_GATEWAY]})
-    assert replay(golden_file.source, directory) == 0
+    assert replay(golden_file.source, directory, scale=FAST) == 0
     row = steam.rows("select last_histogram_sync, last_error_source from sync_status where appid = 2378500")
     assert row == [(None, "histogram")]
     assert steam.scalar("select count(*) from review_histogram where appid = 2378500") == 0
     job = golden.job_row(steam, "histogram")
     assert (job["items_failed"], job["items_skipped"], job["requests_made"]) == (2, 1, 7)
     state = steam.rows(
-        "select consecutive_errors, skip_until, next_attempt_at is not null from syncrun_state"
+        "select last_error, skip_until from syncrun_state where source = 'histogram' and entity_key = '2378500'"
+    )
+    assert len(state) == 1
+    assert "HTTP 502" in state[0][0]
+    assert state[0][1] is None
+
+
+@pytest.mark.xfail(strict=True, reason=TRANSIENT_NO_BACKOFF)
+def test_errors_after_retries_back_off(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A request that failed every attempt backs its entity off like any error (goldens: ccu, price, histogram)."""
+    golden_file = Golden.load("steam-histogram")
+    prepare(steam, golden_file, monkeypatch)
+    directory = cassette(tmp_path, "steam-histogram", {"appreviewhistogram/2378500": [BAD_GATEWAY]})
+    assert replay(golden_file.source, directory, scale=FAST) == 0
+    state = steam.rows(
+        "select consecutive_errors, next_attempt_at > now() from syncrun_state"
         " where source = 'histogram' and entity_key = '2378500'"
     )
-    assert state == [(1, None, True)]
+    assert state == [(1, True)]
 
 
-def test_hazard_6_steamspy_not_found_is_stamped_and_errors_are_not(
+def test_hazard_6_steamspy_fetch_error_is_not_not_found(
     steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """(§7.2 #6, steamspy_app) not-found is stamped; a fetch error is an error, never filed as not found."""
+    """(§7.2 #6, steamspy_app) a fetch error is an error, never filed as "not found" and stamped."""
     golden_file = Golden.load("steamspy-app")
     prepare(steam, golden_file, monkeypatch)
     directory = cassette(tmp_path, "steamspy-app", {"appid=3527290": [BAD_GATEWAY]})
-    assert replay(golden_file.source, directory) == 0
+    assert replay(golden_file.source, directory, scale=FAST) == 0
     row = steam.rows("select last_steamspy_individual_fetch, last_error_source from sync_status where appid = 3527290")
     assert row == [(None, "steamspy_app")]
 
@@ -386,7 +487,8 @@ def test_hazard_7_every_steam_source_has_a_request_timeout() -> None:
     for stem in golden.STEMS:
         source = config.load(golden.ROOT / "sources" / f"{stem}.yaml")
         timeout = source.request.timeout
-        assert timeout is not None and 0 < timeout <= 120, (stem, timeout)
+        assert timeout is not None, stem
+        assert 0 < timeout <= 120, (stem, timeout)
 
 
 @pytest.mark.parametrize(
@@ -402,20 +504,20 @@ def test_hazard_7_timeouts_and_retries_spend_budget(
     stem: str, bucket: str, requests: int, steam: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every attempt, retries included, took a token from the shared bucket (the worker's retries bypassed it)."""
-    run_golden(steam, stem, monkeypatch)
+    run_replay(steam, stem, monkeypatch)
     assert steam.scalar("select requests_made from sync_jobs") == requests
     assert steam.rows("select bucket, seq from syncrun_rate_limits") == [(bucket, requests)]
 
 
 def test_hazard_7_retry_waits_for_a_token(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """steamspy-all at 1 page a minute: 4 requests (one a retry) need 3 full windows, not 2."""
+    """steamspy-all at 1 page a minute (burst 1): 4 requests, one a retry, need 3 full windows, not 2."""
     golden_file = Golden.load("steamspy-all")
     prepare(steam, golden_file, monkeypatch)
+    scale = 200
     started = time.monotonic()
-    assert replay(golden_file.source, golden_file.replay_dir) == 0
+    assert replay(golden_file.source, golden_file.replay_dir, scale=str(scale)) == 0
     elapsed = time.monotonic() - started
-    window = 60 / float(RATE_SCALE)
-    assert elapsed >= 3 * window * 0.95, f"{elapsed:.2f}s: the retry did not wait for its token"
+    assert elapsed >= 3 * 60 / scale * 0.95, f"{elapsed:.2f}s: the retry did not wait for its token"
 
 
 def test_hazard_8_shared_buckets(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -428,15 +530,16 @@ def test_hazard_8_shared_buckets(steam: Database, monkeypatch: pytest.MonkeyPatc
     assert by_bucket["steam-store"] == {"steam-storefront", "steam-price"}
     assert by_bucket["steam-webapi"] == {"steam-applist", "steam-ccu"}
     for stems in by_bucket.values():
-        limits = {(sources[s].rate_limit.requests, sources[s].rate_limit.per, sources[s].rate_limit.burst) for s in stems}
+        limits = {
+            (sources[s].rate_limit.requests, sources[s].rate_limit.per, sources[s].rate_limit.burst) for s in stems
+        }
         assert len(limits) == 1, stems
     # storefront then price, applist then ccu, on one database: one bucket row each, counting both
-    golden_file = Golden.load("steam-storefront")
-    prepare(steam, golden_file, monkeypatch)
+    prepare(steam, Golden.load("steam-storefront"), monkeypatch)
     for stem in ("steam-storefront", "steam-price", "steam-applist", "steam-ccu"):
         other = Golden.load(stem)
         assert cli.main(["migrate", str(other.source)]) == 0
-        replay(other.source, other.replay_dir)
+        replay(other.source, other.replay_dir, scale=FAST)
     buckets = dict(steam.rows("select bucket, seq from syncrun_rate_limits"))
     made = dict(steam.rows("select job_type, requests_made from sync_jobs"))
     assert buckets == {
@@ -445,22 +548,38 @@ def test_hazard_8_shared_buckets(steam: Database, monkeypatch: pytest.MonkeyPatc
     }
 
 
+def peaks(db: Database) -> dict[int, tuple[int | None, str | None]]:
+    rows = db.rows("select appid, ccu_peak, ccu_source from daily_metrics where metric_date = %s", (today_utc(db),))
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 def test_hazard_9_steamspy_never_lowers_ccu_peak(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """SteamSpy's lower CCU never overwrites today's Steam API sample; a later Steam sample still wins."""
-    run_golden(steam, "steamspy-all", monkeypatch)
-    today = today_utc(steam)
-    peaks = lambda: dict(  # noqa: E731
-        (r[0], (r[1], r[2]))
-        for r in steam.rows("select appid, ccu_peak, ccu_source from daily_metrics where metric_date = %s", (today,))
-    )
-    assert peaks()[570] == (700000, "steam_api")  # SteamSpy said 627387
-    assert peaks()[1086940] == (71234, "steamspy")  # nothing else wrote this row: SteamSpy fills it
+    run_replay(steam, "steamspy-all", monkeypatch)
+    assert peaks(steam)[570] == (700000, "steam_api")  # SteamSpy said 627387
+    assert peaks(steam)[1086940] == (71234, "steamspy")  # nothing else wrote this row: SteamSpy fills it
     # the CCU source afterwards: 1086940's Steam sample (95000) is higher and takes over
     ccu = Golden.load("steam-ccu")
     assert cli.main(["migrate", str(ccu.source)]) == 0
-    assert replay(ccu.source, ccu.replay_dir) == 0
-    assert peaks()[570] == (700000, "steam_api")
-    assert peaks()[1086940] == (95000, "steam_api")
+    assert replay(ccu.source, ccu.replay_dir, scale=FAST) == 0
+    assert peaks(steam)[570] == (700000, "steam_api")
+    assert peaks(steam)[1086940] == (95000, "steam_api")
+
+
+def test_hazard_9_steamspy_app_never_overwrites_a_steam_sample(
+    steam: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """steamspy_app's CCU goes in only when today's row has none: a Steam sample written first stays."""
+    golden_file = Golden.load("steamspy-app")
+    prepare(steam, golden_file, monkeypatch)
+    steam.run(
+        "insert into daily_metrics (appid, metric_date, ccu_peak, ccu_source)"
+        " values (1500050, (now() at time zone 'utc')::date, 10, 'steam_api')"
+    )
+    assert replay(golden_file.source, golden_file.replay_dir, scale=FAST) == 0
+    assert peaks(steam)[1500050] == (10, "steam_api")  # SteamSpy said 40: not a Steam sample
+    owners = steam.rows("select owners_min, owners_max from daily_metrics where appid = 1500050")
+    assert owners == [(20000, 50000)]  # its own columns are still written
 
 
 def test_hazard_10_greatest_is_atomic(steam: Database) -> None:
@@ -486,21 +605,19 @@ def test_hazard_10_greatest_is_atomic(steam: Database) -> None:
         env = {k: v for k, v in os.environ.items() if k not in BASE_URL_SETTINGS}
         env.update(golden_file.settings, DATABASE_URL=steam.dsn)
         command = [sys.executable, "-m", "runner", "run", str(golden_file.source), "--ids", "730"]
-        command += ["--replay", str(golden_file.replay_dir), "--rate-scale", RATE_SCALE]
+        command += ["--replay", str(golden_file.replay_dir), "--rate-scale", FAST]
         process = subprocess.Popen(command, env=env, cwd=golden.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 30
             waiting = False
-            while time.monotonic() < deadline and process.poll() is None:
+            while not waiting and time.monotonic() < deadline and process.poll() is None:
                 waiting = bool(
                     steam.scalar(
                         "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
-                        " and query ilike '%daily_metrics%'"
+                        " and query ilike '%daily_metrics%' and pid <> pg_backend_pid()"
                     )
                 )
-                if waiting:
-                    break
-                time.sleep(0.05)
+                time.sleep(0.02)
             assert waiting, "the ccu run's upsert never waited on the locked daily_metrics row"
             other.commit()  # the concurrent writer's higher peak lands first
             _, stderr = process.communicate(timeout=60)
@@ -511,23 +628,20 @@ def test_hazard_10_greatest_is_atomic(steam: Database) -> None:
         assert process.returncode == 0, stderr.decode()
     finally:
         other.close()
-    peak = steam.rows(
-        "select ccu_peak from daily_metrics where appid = 730 and metric_date = (now() at time zone 'utc')::date"
-    )
-    assert peak == [(2000000,)]
+    assert peaks(steam)[730] == (2000000, "steam_api")
     assert steam.scalar("select player_count from ccu_snapshots where appid = 730") == 1034567
 
 
 def test_hazard_10_ccu_peak_keeps_the_higher_seeded_value(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_golden(steam, "steam-ccu", monkeypatch)
-    today = today_utc(steam)
-    assert steam.scalar("select ccu_peak from daily_metrics where appid = 570 and metric_date = %s", (today,)) == 700000
+    run_replay(steam, "steam-ccu", monkeypatch)
+    assert peaks(steam)[570] == (700000, "steam_api")
     assert steam.scalar("select player_count from ccu_snapshots where appid = 570") == 650000
 
 
 def test_hazard_11_junctions_are_replaced(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Storefront replaces an app's links (stale developer and DLC gone, another source's DLC kept), even to none."""
-    golden_file, _ = run_golden(steam, "steam-storefront", monkeypatch)
+    golden_file, _, code = run_replay(steam, "steam-storefront", monkeypatch)
+    assert code == 0
 
     def links() -> tuple[set[str], set[tuple[int, str]]]:
         developers = steam.rows(
@@ -540,25 +654,26 @@ def test_hazard_11_junctions_are_replaced(steam: Database, monkeypatch: pytest.M
     assert links() == ({"larian studios"}, {(2378500, "storefront"), (3165620, "storefront"), (1234560, "pics")})
     assert steam.scalar("select count(*) from developers where normalized_name = 'old dev'") == 1  # dimension kept
 
-    # the next day's page lists another developer and no DLC at all: links follow it
+    # the next page lists another developer and no DLC at all: the links follow it
     body = (
         '{"1086940":{"success":true,"data":{"type":"game","name":"Baldur\'s Gate 3","is_free":false,'
         '"developers":["Larian Studios","New Dev"],"publishers":["Larian Studios"],"dlc":[],'
         '"packages":[359370],"release_date":{"coming_soon":false,"date":"Aug 3, 2023"}}}}'
     )
     directory = cassette(tmp_path, "steam-storefront", {"appids=1086940": [response(200, body)]})
-    assert replay(golden_file.source, directory, "--ids", "1086940") == 0
+    assert replay(golden_file.source, directory, "--ids", "1086940", scale=FAST) == 0
     assert links() == ({"larian studios", "new dev"}, {(1234560, "pics")})
 
 
 def test_hazard_17_same_day_review_deltas(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A second sync the same UTC day widens the day's row from the day's baseline; nothing is lost."""
-    golden_file, _ = run_golden(steam, "steam-reviews", monkeypatch)
-    # golden: 570's row holds the whole day's increment (60000 from the 2,500,000 baseline, not 10000)
+    golden_file, _, code = run_replay(steam, "steam-reviews", monkeypatch)
+    assert code == 0
+    # 570's row holds the whole day's increment (60000 from the 2,500,000 baseline), not the 10000 since 5 h ago
     row = steam.rows("select reviews_added, positive_added, negative_added from review_deltas where appid = 570")
     assert row == [(60000, 50000, 10000)]
 
-    # a third sync of 570 today (and a second of 1086940): both measure from the day's baseline again
+    # another sync of 570 and 1086940 today: both still measure from the day's baseline
     body = (
         '{"success":1,"query_summary":{"num_reviews":0,"review_score":8,"review_score_desc":"Very Positive",'
         '"total_positive":%d,"total_negative":%d,"total_reviews":%d},"reviews":[],"cursor":"*"}'
@@ -571,7 +686,7 @@ def test_hazard_17_same_day_review_deltas(steam: Database, monkeypatch: pytest.M
             "appreviews/1086940?": [response(200, body % (1000, 130, 1130))],
         },
     )
-    assert replay(golden_file.source, directory, "--ids", "570,1086940") == 0
+    assert replay(golden_file.source, directory, "--ids", "570,1086940", scale=FAST) == 0
     today = today_utc(steam)
     deltas = steam.rows(
         "select appid, delta_date, reviews_added, positive_added, negative_added, round(hours_since_last_sync)"
@@ -586,8 +701,25 @@ def test_hazard_17_same_day_review_deltas(steam: Database, monkeypatch: pytest.M
     assert steam.scalar("select count(*) from review_deltas") == 3  # still one row per app per day
 
 
-def test_module_fixtures_are_consistent(tmp_path: Path) -> None:
-    """The cassette helper replaces exactly the named exchanges (guards the hazard variants above)."""
+# --- engine contracts the goldens rely on ----------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason=CATALOGUE_NOT_COMPLETE)
+def test_a_complete_catalogue_run_runs_its_after_step_and_clears_the_cursor(
+    steam: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, code = run_replay(steam, "steamspy-all", monkeypatch)
+    assert code == 0
+    assert steam.rows("select cursor from syncrun_cursors where source = 'steamspy' and cursor is not null") == []
+    assert steam.scalar("select steamspy_available from sync_status where appid = 3527290") is False
+
+
+@pytest.mark.xfail(strict=True, reason=BATCH_SPLIT)
+def test_price_batch_is_one_request_for_up_to_30_apps(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, code = run_replay(steam, "steam-price", monkeypatch)
+    assert steam.scalar("select requests_made from sync_jobs where job_type = 'price'") == 1
+    assert code == 0
+
+
+def test_cassette_helper_replaces_exactly_the_named_exchanges(tmp_path: Path) -> None:
     directory = cassette(tmp_path, "steam-price", {"appdetails": [BAD_GATEWAY]})
     data = yaml.safe_load((directory / "cassette.yaml").read_text())
     assert [i["response"]["status"]["code"] for i in data["interactions"]] == [502]

@@ -1,0 +1,138 @@
+"""expressions: the custom JMESPath functions, each returning null instead of raising on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
+
+
+def _eval(expression: str, data: JSON = None) -> JSON:
+    return Expression.compile(expression).search(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Dec 21, 2012", "2012-12-21"),
+        ("21 Dec, 2012", "2012-12-21"),
+        ("2012-12-21", "2012-12-21"),
+        ("December 2012", "2012-12-01"),
+        ("Sept 3, 2020", "2020-09-03"),
+        ("  Dec  21,   2012 ", "2012-12-21"),
+        ("Q2 2021", None),
+        ("Coming soon", None),
+        ("Summer 2025", None),
+        ("Feb 30, 2025", None),
+        ("", None),
+        ("Foo 1, 2020", None),
+    ],
+)
+def test_parse_date(text: str, expected: str | None) -> None:
+    """Steam release dates become ISO days; anything that names no real day is null, never a guess."""
+    assert _eval("parse_date(@)", text) == expected
+
+
+def test_parse_date_of_non_text_is_null() -> None:
+    """A number or null is not a date."""
+    assert _eval("parse_date(@)", 20121221) is None
+    assert _eval("parse_date(@)", None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("42", 42),
+        (42.0, 42),
+        ("1,234", 1234),
+        (" -7 ", -7),
+        ("3.0", 3),
+        (3.5, None),
+        ("x", None),
+        (True, None),
+        (None, None),
+    ],
+)
+def test_as_int(value: JSON, expected: int | None) -> None:
+    """as_int takes ints, whole floats and numeric text (with thousands commas); else null."""
+    assert _eval("as_int(@)", value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1.5", 1.5), (2, 2.0), ("nan", None), ("inf", None), (False, None)])
+def test_as_float(value: JSON, expected: float | None) -> None:
+    """as_float takes numbers and numeric text; NaN, infinities and booleans are null."""
+    assert _eval("as_float(@)", value) == expected
+
+
+def test_clamp_or_null() -> None:
+    """A value outside [lo, hi] is null, not clamped."""
+    assert _eval("clamp_or_null(@, `0`, `50000`)", "1200") == 1200
+    assert _eval("clamp_or_null(@, `0`, `50000`)", 50001) is None
+    assert _eval("clamp_or_null(@, `0`, `50000`)", "abc") is None
+
+
+def test_text_functions() -> None:
+    """lower, trim and concat pass null through and skip null parts."""
+    assert _eval("lower(@)", "GaMe") == "game"
+    assert _eval("lower(@)", None) is None
+    assert _eval("trim(@)", "  x ") == "x"
+    assert _eval("concat(a, `null`, b)", {"a": "x", "b": 1}) == "x1"
+
+
+def test_coalesce_and_enum_or() -> None:
+    """coalesce picks the first non-null; enum_or falls back outside the allowed list."""
+    assert _eval("coalesce(a, b, `0`)", {"b": 2}) == 2
+    assert _eval("enum_or(@, ['game', 'dlc'], 'game')", "dlc") == "dlc"
+    assert _eval("enum_or(@, ['game', 'dlc'], 'game')", "mod") == "game"
+
+
+def test_unix_times() -> None:
+    """Unix seconds and milliseconds become UTC timestamps or dates."""
+    assert _eval("from_unix(@)", 0) == "1970-01-01T00:00:00+00:00"
+    assert _eval("from_unix_ms(@)", 1500) == "1970-01-01T00:00:01.500000+00:00"
+    assert _eval("unix_date(@)", 86400 * 365) == "1971-01-01"
+    assert _eval("from_unix(@)", "soon") is None
+
+
+def test_ranges_and_ints() -> None:
+    """SteamSpy owner ranges split into bounds; id lists become sorted positive unique ints."""
+    assert _eval("range_low(@)", "0 .. 20,000") == 0
+    assert _eval("range_high(@)", "20,000 .. 50,000") == 50000
+    assert _eval("range_high(@)", "many") is None
+    assert _eval("sorted_ints(@)", [30, "10", 10, -1, "x", 0, 20.0]) == [10, 20, 30]
+    assert _eval("sorted_ints(@)", None) == []
+
+
+def test_arithmetic() -> None:
+    """add/sub/mul are null when either side is; max0 and greatest ignore nulls sensibly."""
+    assert _eval("add(a, b)", {"a": 1, "b": "2"}) == 3
+    assert _eval("sub(a, b)", {"a": 1}) is None
+    assert _eval("mul(a, b)", {"a": 2, "b": 1.5}) == 3.0
+    assert _eval("max0(sub(a, b))", {"a": 1, "b": 5}) == 0
+    assert _eval("greatest(a, b)", {"a": None, "b": 3}) == 3
+    assert _eval("greatest(a, b)", {}) is None
+
+
+def test_misc_functions() -> None:
+    """not_, to_json, keys_of, get and hours_between."""
+    assert _eval("not_(@)", True) is False
+    assert _eval("not_(@)", None) is None
+    assert _eval("to_json(@)", {"b": 1, "a": [1]}) == '{"a":[1],"b":1}'
+    assert _eval("keys_of(@)", {"730": {}}) == ["730"]
+    assert _eval("keys_of(@)", [1]) is None
+    assert _eval("get(@, to_string(`730`))", {"730": {"success": True}}) == {"success": True}
+    assert _eval("hours_between(a, b)", {"a": "2024-01-01T00:00:00Z", "b": "2024-01-02T06:00:00+00:00"}) == 30.0
+
+
+def test_every_custom_function_is_tested_here() -> None:
+    """Adding a function means adding a test above."""
+    source = Path(__file__).read_text()
+    tested = {name for name in CUSTOM_FUNCTIONS if f"{name}(" in source}
+    assert tested == set(CUSTOM_FUNCTIONS)
+
+
+def test_expression_keeps_its_text() -> None:
+    """Messages quote the expression as written."""
+    assert Expression.compile("record.name").text == "record.name"

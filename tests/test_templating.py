@@ -1,0 +1,92 @@
+"""templating: `{column}` and `${env.X}` / `${secret.X}` templates, percent-encoding, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner import spec, templating
+from runner.errors import SettingError
+
+
+def _render(text: str, value: object, environ: dict[str, str] | None = None) -> str:
+    template = templating.parse(text)
+    settings = templating.resolve(template.settings, environ or {})
+    return templating.render(template, {"v": value}, settings, url=True)
+
+
+def test_parse_segments() -> None:
+    """Literals, columns and settings (with a default) are told apart."""
+    template = templating.parse("${env.BASE:-http://x}/apps/{appid}?k=${secret.KEY}")
+    assert template.segments == (
+        spec.Setting("env", "BASE", "http://x"),
+        spec.Literal("/apps/"),
+        spec.Column("appid"),
+        spec.Literal("?k="),
+        spec.Setting("secret", "KEY"),
+    )
+    assert template.columns == {"appid"}
+    assert [s.secret for s in template.settings] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        ("../admin", "..%2Fadmin"),
+        ("..", "%2E%2E"),
+        (".", "%2E"),
+        ("@evil.example", "%40evil.example"),
+        ("?x=1", "%3Fx%3D1"),
+        ("a#b", "a%23b"),
+        ("%2F", "%252F"),
+        ("é ü", "%C3%A9%20%C3%BC"),
+        (730, "730"),
+        (True, "true"),
+        (None, ""),
+    ],
+)
+def test_entity_values_are_percent_encoded(value: object, encoded: str) -> None:
+    """An entity value stays inside its path segment: nothing in it changes host, path or query."""
+    assert _render("https://api.example/apps/{v}", value) == f"https://api.example/apps/{encoded}"
+
+
+def test_settings_are_inserted_as_written() -> None:
+    """A setting may define scheme and host, so it is not encoded."""
+    assert _render("${env.BASE}/x/{v}", 1, {"BASE": "https://h.example:8443/api"}) == "https://h.example:8443/api/x/1"
+
+
+def test_setting_default_applies_when_unset_or_empty() -> None:
+    """`${env.X:-d}` uses d when X is unset or empty."""
+    assert _render("${env.BASE:-http://d}/{v}", 1) == "http://d/1"
+    assert _render("${env.BASE:-http://d}/{v}", 1, {"BASE": ""}) == "http://d/1"
+
+
+def test_missing_settings_are_named_together() -> None:
+    """Every unset setting is named, never a value."""
+    template = templating.parse("${env.A}/${secret.B}")
+    with pytest.raises(SettingError) as caught:
+        templating.resolve(template.settings, {})
+    assert str(caught.value) == (
+        "missing settings: A (${env.A}), B (${secret.B}) — set the environment variables before running"
+    )
+
+
+def test_secrets_are_redacted() -> None:
+    """Resolved secrets feed the run's redactor."""
+    settings = templating.resolve(templating.parse("${secret.TOKEN}").settings, {"TOKEN": "s3cr3t"})
+    assert settings.redact("Bearer s3cr3t") == "Bearer ***"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{appid", "unbalanced or malformed placeholder near '{appid'"),
+        ("x}", "unbalanced or malformed placeholder near '}'"),
+        ("${env.X", "unbalanced or malformed placeholder near '${env.X'"),
+        ("${vault.X}", "unknown setting kind '${vault.…}' (use ${env.NAME} or ${secret.NAME})"),
+        ("{a-b}", "unbalanced or malformed placeholder near '{a-b}'"),
+    ],
+)
+def test_bad_templates(text: str, message: str) -> None:
+    """Malformed placeholders are a ValueError saying what to write instead."""
+    with pytest.raises(ValueError, match="^" + __import__("re").escape(message)):
+        templating.parse(text)
