@@ -193,6 +193,7 @@ class _Builder:
             "status": self.status(name or "source", columns),
             "before": self.steps("before"),
             "after": self.steps("after"),
+            "schedule": self.schedule(),
         }
         keys = ("description", "job_type", "concurrency", "write_batch", "fail_ratio")
         scalars: dict[str, JSON] = {k: self.raw[k] for k in keys if k in self.raw and self.usable((k,))}
@@ -322,6 +323,10 @@ class _Builder:
         for key in ("cursor", "has_more"):  # evaluated over the reply body itself
             extra[key] = self.optional_expression(("pagination", key), None, raw)
         return spec.Pagination(**extra)
+
+    def schedule(self) -> spec.Schedule | None:
+        raw = self.section("schedule")
+        return None if raw is None else spec.Schedule(**raw)
 
     def rate_limit(self, name: str) -> spec.RateLimit | None:
         raw = self.section("rate_limit")

@@ -282,6 +282,15 @@ class Step:
     when: StepWhen = StepWhen.ALWAYS
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """How `syncrun workflow` schedules the source on GitHub Actions."""
+
+    cron: str  # UTC, five fields
+    timeout_minutes: int | None = None  # default: derived from limit / rate with margin
+    partitions: int | None = None  # run as a matrix of N static shards (--partition i/N)
+
+
 # --- the source ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Source:
@@ -303,6 +312,7 @@ class Source:
     fail_ratio: float = 0.5  # failed/processed above this makes the run exit 1
     before: tuple[Step, ...] = ()
     after: tuple[Step, ...] = ()
+    schedule: Schedule | None = None
 
     @property
     def settings(self) -> tuple[Setting, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -48,6 +48,19 @@ def fit(table: str, types: Mapping[str, str], row: Mapping[str, Any]) -> dict[st
         except Unfit as unfit:
             raise Unfit(f"{table}.{column}: {show(value)} {unfit}") from None
     return fitted
+
+
+def array_cast(type_name: str | None, values: Iterable[Any]) -> str | None:
+    """`type[]`, to send a column's `values` (already coerced) as one array parameter and `unnest` it
+    back; None when they cannot travel that way: an unknown type, an array column (`unnest` would
+    flatten it), values psycopg cannot put in one array (mixed Python types: `numeric` keeps ints and
+    floats as they came), or dicts and lists (only a json/jsonb column's wrappers are dumpable)."""
+    if type_name is None or type_name.endswith("]"):
+        return None
+    kinds = {type(value) for value in values if value is not None}
+    if len(kinds) > 1 or kinds & {dict, list}:
+        return None
+    return type_name + "[]"
 
 
 def show(value: Any) -> str:

@@ -34,7 +34,7 @@ from runner.errors import DatabaseError
 from runner.migrations import Catalog
 from runner.spec import Outcome, Source, Status
 from runner.targets import MAX_MESSAGE
-from runner.values import Unfit, coerce, column_types, fit
+from runner.values import Unfit, array_cast, coerce, column_types, fit
 
 BACKOFF_BASE = 15 * 60.0  # seconds: the first retry of a definitively failing entity
 BACKOFF_CAP = 24 * 3600.0  # seconds: a broken entity is still retried daily
@@ -155,8 +155,7 @@ def _write_all(
             scopes = [result.scopes[index] for result in live if index in result.scopes]
             targets.write(cursor, target, rows, scopes, catalog, bulk=bulk)
         _write_status(cursor, source, batch, catalog)
-        params = [_state_params(source, result, holder) for result in batch]
-        targets.run(cursor, "syncrun_state", _STATE, params)
+        _write_state(cursor, source, batch, holder)
 
 
 def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityResult:
@@ -186,6 +185,7 @@ def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Cat
 
 # --- status --------------------------------------------------------------------------------------------
 def _write_status(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], catalog: Catalog) -> None:
+    """One statement per set of `status.set` columns for the stamps (usually one), one for the errors."""
     status = source.status
     if status is None:
         return
@@ -197,11 +197,36 @@ def _write_status(cursor: psycopg.Cursor[Any], source: Source, batch: list[Entit
         extra = stamped[key].status_values
         groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
     for names, params in groups.items():
-        targets.run(cursor, str(status.table), stamp_sql(status, touch, names), params)
+        casts = _casts(columns, (status.key, *names), params)
+        if casts is None:  # an array or unknown type, or mixed values: a row at a time
+            targets.run(cursor, str(status.table), stamp_sql(status, touch, names), params)
+        else:
+            arrays = [list(values) for values in zip(*params, strict=True)]
+            targets.run(cursor, str(status.table), stamp_many_sql(status, touch, names, casts), [arrays])
     if status.error_columns:
-        errors = [r for r in batch if r.outcome is Outcome.ERROR]
-        params = [(r.error_source or source.name, (r.error or "")[:MAX_MESSAGE], r.key) for r in errors]
-        targets.run(cursor, str(status.table), error_sql(status, touch), params)
+        errors = {r.key: r for r in batch if r.outcome is Outcome.ERROR}  # last wins, as row by row did
+        params = [
+            (errors[key].error_source or source.name, (errors[key].error or "")[:MAX_MESSAGE], key)
+            for key in sorted(errors, key=str)
+        ]
+        key_cast = _casts(columns, (status.key,), [(key,) for key in errors])
+        if key_cast is None:
+            targets.run(cursor, str(status.table), error_sql(status, touch), params)
+        elif params:
+            arrays = [list(values) for values in zip(*params, strict=True)]
+            targets.run(cursor, str(status.table), error_many_sql(status, touch, key_cast[0]), [arrays])
+
+
+def _casts(types: dict[str, str], names: tuple[str, ...], params: list[tuple[Any, ...]]) -> tuple[str, ...] | None:
+    """The array type of each column for `params` (rows of values for `names`), or None when some
+    column cannot go as one array (values.array_cast)."""
+    casts = []
+    for index, name in enumerate(names):
+        cast = array_cast(types.get(name), (row[index] for row in params))
+        if cast is None:
+            return None
+        casts.append(cast)
+    return tuple(casts)
 
 
 @lru_cache(maxsize=64)
@@ -210,10 +235,6 @@ def stamp_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = (
 
     `extra` are `status.set` columns (e.g. storefront_accessible), bound after the key.
     """
-    sets: list[sql.Composable] = [sql.SQL("{} = now()").format(sql.Identifier(status.column))]
-    sets += [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in extra]
-    if touch_updated_at:
-        sets.append(sql.SQL("updated_at = now()"))
     columns = [sql.Identifier(status.key), sql.Identifier(status.column), *map(sql.Identifier, extra)]
     values = [sql.Placeholder(), sql.SQL("now()"), *(sql.Placeholder() for _ in extra)]
     return sql.SQL("insert into {} as s ({}) values ({}) on conflict ({}) do update set {}").format(
@@ -221,8 +242,41 @@ def stamp_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = (
         sql.SQL(", ").join(columns),
         sql.SQL(", ").join(values),
         sql.Identifier(status.key),
-        sql.SQL(", ").join(sets),
+        _stamp_sets(status, touch_updated_at, extra),
     )
+
+
+@lru_cache(maxsize=64)
+def stamp_many_sql(
+    status: Status, touch_updated_at: bool, extra: tuple[str, ...], casts: tuple[str, ...]
+) -> sql.Composed:
+    """The same upsert for a whole batch: one array per column (key, then `extra`), `casts` their types."""
+    names = (status.key, *extra)
+    columns = [sql.Identifier(status.key), sql.Identifier(status.column), *map(sql.Identifier, extra)]
+    values = [sql.SQL("v.{}").format(sql.Identifier(status.key)), sql.SQL("now()")]
+    values += [sql.SQL("v.{}").format(sql.Identifier(c)) for c in extra]
+    return sql.SQL("insert into {} as s ({}) select {} from {} on conflict ({}) do update set {}").format(
+        identifier(status.table),
+        sql.SQL(", ").join(columns),
+        sql.SQL(", ").join(values),
+        unnest_sql(names, casts),
+        sql.Identifier(status.key),
+        _stamp_sets(status, touch_updated_at, extra),
+    )
+
+
+def _stamp_sets(status: Status, touch_updated_at: bool, extra: tuple[str, ...]) -> sql.Composed:
+    sets: list[sql.Composable] = [sql.SQL("{} = now()").format(sql.Identifier(status.column))]
+    sets += [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in extra]
+    if touch_updated_at:
+        sets.append(sql.SQL("updated_at = now()"))
+    return sql.SQL(", ").join(sets)
+
+
+def unnest_sql(names: tuple[str, ...], casts: tuple[str, ...]) -> sql.Composed:
+    """`unnest(%s::int[], %s::text[]) as v(a, b)`: rows from one array parameter per column."""
+    arrays = sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(cast) for cast in casts)
+    return sql.SQL("unnest({}) as v({})").format(arrays, sql.SQL(", ").join(map(sql.Identifier, names)))
 
 
 @lru_cache(maxsize=64)
@@ -234,30 +288,45 @@ def error_sql(status: Status, touch_updated_at: bool) -> sql.Composed:
     ).format(identifier(status.table), touch, sql.Identifier(status.key))
 
 
-# kind: ok (success/skip), skip_until, error (definitive: backoff), transient (recorded, no backoff)
+@lru_cache(maxsize=64)
+def error_many_sql(status: Status, touch_updated_at: bool, key_cast: str) -> sql.Composed:
+    """The same update for a whole batch: arrays of sources, messages and keys."""
+    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "")
+    return sql.SQL(
+        "update {} as s set last_error_source = v.source, last_error_message = v.message, last_error_at = now(){}"
+        " from unnest(%s::text[], %s::text[], %s::{}) as v(source, message, key) where s.{} = v.key"
+    ).format(identifier(status.table), touch, sql.SQL(key_cast), sql.Identifier(status.key))
+
+
+# --- per-source state --------------------------------------------------------------------------------------
+# One row per entity from arrays: kind is ok (success/skip), skip_until, error (definitive: backoff)
+# or transient (recorded, no backoff). `on conflict do update` sees only the proposed row (excluded),
+# so the update reads the kind back from it: error <=> consecutive_errors = 1; transient <=> an error
+# message with consecutive_errors = 0; ok/skip_until <=> last_success_at (skip_until: skip_until too).
 _STATE = sql.SQL(
     """insert into syncrun_state as st (source, entity_key, consecutive_errors, last_error, last_error_at,
     next_attempt_at, skip_until, last_success_at, claimed_by, claim_expires_at, updated_at)
-values (%(source)s, %(key)s,
-    case when %(kind)s::text = 'error' then 1 else 0 end,
-    %(error)s::text,
-    case when %(error)s::text is not null then now() end,
-    case when %(kind)s::text = 'error' then now() + %(base)s::float8 * interval '1 second' end,
-    case when %(kind)s::text = 'skip_until' then now() + %(until)s::float8 * interval '1 second' end,
-    case when %(kind)s::text in ('ok', 'skip_until') then now() end,
-    null, null, now())
+select %(source)s::text, v.key,
+    case when v.kind = 'error' then 1 else 0 end,
+    v.error,
+    case when v.error is not null then now() end,
+    case when v.kind = 'error' then now() + %(base)s::float8 * interval '1 second' end,
+    case when v.kind = 'skip_until' then now() + v.until * interval '1 second' end,
+    case when v.kind in ('ok', 'skip_until') then now() end,
+    null, null, now()
+from unnest(%(keys)s::text[], %(kinds)s::text[], %(errors)s::text[], %(untils)s::float8[]) as v(key, kind, error, until)
 on conflict (source, entity_key) do update set
-    consecutive_errors = case %(kind)s::text when 'error' then st.consecutive_errors + 1
-        when 'transient' then st.consecutive_errors else 0 end,
-    last_error = coalesce(%(error)s::text, st.last_error),
-    last_error_at = case when %(error)s::text is not null then now() else st.last_error_at end,
-    next_attempt_at = case %(kind)s::text
-        when 'error' then now() + least(%(base)s::float8 * power(2, least(st.consecutive_errors, 30)),
-                                        %(cap)s::float8) * interval '1 second'
-        when 'transient' then st.next_attempt_at end,
-    skip_until = case when %(kind)s::text = 'skip_until' then now() + %(until)s::float8 * interval '1 second'
-        when %(kind)s::text = 'ok' then null else st.skip_until end,
-    last_success_at = case when %(kind)s::text in ('ok', 'skip_until') then now() else st.last_success_at end,
+    consecutive_errors = case when excluded.consecutive_errors = 1 then st.consecutive_errors + 1
+        when excluded.last_error is not null then st.consecutive_errors else 0 end,
+    last_error = coalesce(excluded.last_error, st.last_error),
+    last_error_at = coalesce(excluded.last_error_at, st.last_error_at),
+    next_attempt_at = case
+        when excluded.consecutive_errors = 1
+            then now() + least(%(base)s::float8 * power(2, least(st.consecutive_errors, 30)), %(cap)s::float8)
+                * interval '1 second'
+        when excluded.last_error is not null then st.next_attempt_at end,
+    skip_until = case when excluded.last_success_at is not null then excluded.skip_until else st.skip_until end,
+    last_success_at = coalesce(excluded.last_success_at, st.last_success_at),
     claimed_by = case when %(holder)s::text is null or st.claimed_by = %(holder)s::text then null
         else st.claimed_by end,
     claim_expires_at = case when %(holder)s::text is null or st.claimed_by = %(holder)s::text then null
@@ -266,20 +335,37 @@ on conflict (source, entity_key) do update set
 )
 
 
-def _state_params(source: Source, result: EntityResult, holder: str | None) -> dict[str, Any]:
-    kind = "ok"
+def _write_state(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], holder: str | None) -> None:
+    """One statement per round: an entity that occurs twice in the batch (one statement cannot update a
+    row twice) goes again in the next round, so its outcomes apply in order as they did row by row."""
+    rounds: list[dict[str, EntityResult]] = []
+    for result in batch:
+        key = str(result.key)
+        place = next((r for r in rounds if key not in r), None)
+        if place is None:
+            place = {}
+            rounds.append(place)
+        place[key] = result
+    for entities in rounds:
+        keys = sorted(entities)  # the same lock order in every runner
+        rows = [_state_row(entities[key]) for key in keys]
+        params = {
+            "source": source.name,
+            "keys": keys,
+            "kinds": [row[0] for row in rows],
+            "errors": [row[1] for row in rows],
+            "untils": [row[2] for row in rows],
+            "base": BACKOFF_BASE,
+            "cap": BACKOFF_CAP,
+            "holder": holder,
+        }
+        targets.run(cursor, "syncrun_state", _STATE, [params])
+
+
+def _state_row(result: EntityResult) -> tuple[str, str | None, float | None]:
+    """(kind, error message, skip seconds)."""
     if result.outcome is Outcome.ERROR:
-        kind = "error" if result.definitive else "transient"
-    elif result.skip_until is not None:
-        kind = "skip_until"
-    error = (result.error or "error")[:MAX_MESSAGE] if result.outcome is Outcome.ERROR else None
-    return {
-        "source": source.name,
-        "key": str(result.key),
-        "kind": kind,
-        "error": error,
-        "until": result.skip_until,
-        "base": BACKOFF_BASE,
-        "cap": BACKOFF_CAP,
-        "holder": holder,
-    }
+        return ("error" if result.definitive else "transient", (result.error or "error")[:MAX_MESSAGE], None)
+    if result.skip_until is not None:
+        return ("skip_until", None, float(result.skip_until))
+    return ("ok", None, None)
