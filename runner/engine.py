@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from runner import client, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
+from runner import breaker, client, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
 from runner.errors import EntityError, MappingError, RunFailed
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
@@ -104,6 +104,7 @@ class _Run:
         self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
         self.unprocessed: list[JSON] = []
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
+        self.breaker = breaker.Breaker()
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
 
     # --- stopping ---------------------------------------------------------------------------------
@@ -220,7 +221,9 @@ class _Run:
         decision = outcomes.classify(self.source.outcomes, first, entity, stamp_on_skip=stamp_on_skip)
         trace.rule = decision.rule
         if decision.outcome is spec.Outcome.ERROR:
-            return self.failure(entity, decision.message or f"HTTP {first.status}", definitive=True)
+            # A refused credential is the source's problem, not the entity's: record, don't penalise.
+            definitive = first.status not in breaker.AUTH_STATUSES
+            return self.failure(entity, decision.message or f"HTTP {first.status}", definitive=definitive)
         if decision.outcome is not spec.Outcome.SUCCESS:
             return self.result(
                 entity, decision.outcome, stamp=decision.stamp, skip_until=decision.until, values=dict(decision.values)
@@ -307,8 +310,17 @@ class _Run:
         c = replace(c, processed=c.processed + 1, **{kind: getattr(c, kind) + 1})
         self.report.counters = c
         progress.tick(self.source.name, c, result.error)
-        if result.outcome is spec.Outcome.ERROR:
+        failed = result.outcome is spec.Outcome.ERROR
+        if failed:
             log.warning("%s %s failed: %s", self.source.name, result.key, result.error)
+        trip = self.breaker.observe(
+            failed=failed,
+            auth=failed and trace.status in breaker.AUTH_STATUSES,
+            transient=failed and not result.definitive and trace.status not in breaker.AUTH_STATUSES,
+        )
+        if trip:
+            log.error("%s: %s", self.source.name, trip)
+            self.halt("failed", trip)
         if c.processed % self.options.progress_every == 0:
             log.info("progress", extra={"source": self.source.name, **self.progress()})
 
@@ -441,7 +453,7 @@ async def _catalogue(
         if start is not None:
             log.info("%s: resuming at %s=%s (use --restart to start over)", source.name, source.pagination.param, start)
     pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
-    number = 0
+    number, capped = 0, False
     try:
         async for page in pages:
             trace = Trace({_PAGE: number})
@@ -451,6 +463,7 @@ async def _catalogue(
                 trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
             await state.flush(write_conn, [trace])
             if trace.result is None or trace.result.outcome is spec.Outcome.ERROR:
+                state.complete = False
                 return  # the next cursor came from a page we could not use: stop here, resume later
             if cursor_conn is not None:
                 if page.resume is None:
@@ -459,13 +472,21 @@ async def _catalogue(
                     await asyncio.to_thread(
                         jobs.save_cursor, cursor_conn, source.name, page.resume, state.report.job_id
                     )
-            state.complete = page.resume is None
+            capped = page.capped
             number += 1
             if state.stop.is_set():
+                state.complete = False
                 return
+        # The pages ran out by themselves (an empty or last page, not the max_pages cap): the whole
+        # catalogue was read, so after-steps with `when: complete` may run and the next run starts over.
+        state.complete = not capped
+        if cursor_conn is not None and not capped:
+            await asyncio.to_thread(jobs.clear_cursor, cursor_conn, source.name)
     except RunFailed as error:
+        state.complete = False
         state.halt("failed", state.settings.redact(str(error)))
     except EntityError as error:
+        state.complete = False
         trace = Trace({_PAGE: number})
         trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
         await state.flush(write_conn, [trace])

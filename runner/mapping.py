@@ -91,9 +91,12 @@ def _row(write: spec.Write, document: dict[str, JSON], index: int) -> Row:
     for lookup in write.lookups:
         row[lookup.column] = _search(lookup.value, document, f"{write.table}.{lookup.column}")
     for column in write.key:
-        if row[column] is None:
-            expression = next(f.expression.text for f in write.columns if f.column == column)
-            raise MappingError(f"{write.table}.{column}: key column is null ({expression!r} found nothing)")
+        if row.get(column) is None:
+            sources = {f.column: f.expression.text for f in write.columns}
+            sources.update({lookup.column: lookup.value.text for lookup in write.lookups})
+            raise MappingError(
+                f"{write.table}.{column}: key column is null ({sources.get(column, '?')!r} found nothing)"
+            )
     return row
 
 

@@ -38,7 +38,7 @@ from psycopg import sql
 from runner.database import identifier
 from runner.migrations import Catalog
 from runner.spec import Lookup, Merge, Write, WriteMode
-from runner.values import Unfit, column_types, fit, show
+from runner.values import Unfit, array_cast, column_types, fit, show
 
 MAX_MESSAGE = 1000  # characters of an error message stored in the database
 # From this many rows for one table in a batch, COPY into a temp table + one insert ... select beats
@@ -46,6 +46,7 @@ MAX_MESSAGE = 1000  # characters of an error message stored in the database
 # ~10k; at 1,000 rows ~75k vs ~10k; at 20 rows they tie). Below it, executemany skips the temp
 # table's catalog churn; the one-entity replay always uses executemany.
 COPY_FROM = 50
+UNNEST_FROM = 2
 _TEMP = sql.Identifier("_syncrun_rows")
 # P0001 is a function's or trigger's `raise exception`: about the data it was given, like a check
 DATA_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError, pg_errors.RaiseException)
@@ -110,12 +111,49 @@ def write(
         types = column_types(target, catalog)
         run(cursor, str(target.function), function_sql(target, tuple(types.get(c) for c in columns)), params)
         return
-    run(cursor, str(target.table), delete_sql(target), sorted(set(scopes), key=str))
-    touch = "updated_at" in catalog.get(target.table, {})
+    _delete(cursor, target, sorted(set(scopes), key=str), column_types(target, catalog))
+    types = catalog.get(target.table, {})
+    touch = "updated_at" in types
     if bulk and len(params) >= COPY_FROM:
         _copy(cursor, target, touch, params)
-    else:
+        return
+    casts = array_casts(types, columns, params) if len(params) >= UNNEST_FROM else None
+    if casts is None:
         run(cursor, str(target.table), upsert_sql(target, touch), params)
+    else:
+        run(cursor, str(target.table), unnest_upsert_sql(target, touch, casts), [arrays(params)])
+
+
+def array_casts(types: dict[str, str], names: tuple[str, ...], params: list[tuple[Any, ...]]) -> tuple[str, ...] | None:
+    """The array type of each column of `params` (rows of values for `names`), or None when some
+    column cannot go as one array parameter (values.array_cast)."""
+    casts = []
+    for index, name in enumerate(names):
+        cast = array_cast(types.get(name), (row[index] for row in params))
+        if cast is None:
+            return None
+        casts.append(cast)
+    return tuple(casts)
+
+
+def arrays(params: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows of values -> one list per column."""
+    return [list(column) for column in zip(*params, strict=True)]
+
+
+def unnest_sql(names: tuple[str, ...], casts: tuple[str, ...]) -> sql.Composed:
+    """`unnest(%s::int[], %s::text[]) as v(a, b)`: rows from one array parameter per column."""
+    parameters = sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(cast) for cast in casts)
+    return sql.SQL("unnest({}) as v({})").format(parameters, sql.SQL(", ").join(map(sql.Identifier, names)))
+
+
+def _delete(cursor: psycopg.Cursor[Any], target: Write, scopes: list[tuple[Any, ...]], types: dict[str, str]) -> None:
+    """The replaced scopes' rows: one statement from arrays, or one per scope if they cannot go as arrays."""
+    casts = array_casts(types, target.replace_by, scopes) if len(scopes) > 1 else None
+    if casts is None:
+        run(cursor, str(target.table), delete_sql(target), scopes)
+    else:
+        run(cursor, str(target.table), delete_many_sql(target, casts), [arrays(scopes)])
 
 
 def run(cursor: psycopg.Cursor[Any], table: str, statement: sql.SQL | sql.Composed, params: list[Any]) -> None:
@@ -184,6 +222,15 @@ def delete_sql(target: Write) -> sql.Composed:
 
 
 @lru_cache(maxsize=256)
+def delete_many_sql(target: Write, casts: tuple[str, ...]) -> sql.Composed:
+    """delete the rows of many replace scopes, bound as one array per replace_by column."""
+    where = sql.SQL(" and ").join(sql.SQL("t.{0} = v.{0}").format(sql.Identifier(c)) for c in target.replace_by)
+    return sql.SQL("delete from {} as t using {} where {}").format(
+        identifier(target.table), unnest_sql(target.replace_by, casts), where
+    )
+
+
+@lru_cache(maxsize=256)
 def lookup_sql(lookup: Lookup, key_type: str | None) -> sql.Composed:
     """(key, returning) of the dimension rows whose key is in the bound list.
 
@@ -240,6 +287,27 @@ def copy_upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
     )
     return sql.SQL("insert into {} as t ({}) select {} from {} on conflict ({}) {}").format(
         identifier(target.table), columns, values, _TEMP, sql.SQL(", ").join(map(sql.Identifier, target.key)), action
+    )
+
+
+@lru_cache(maxsize=256)
+def unnest_upsert_sql(target: Write, touch_updated_at: bool, casts: tuple[str, ...]) -> sql.Composed:
+    """The same upsert, reading the rows from one array parameter per written column (`casts`)."""
+    columns, _, action = _upsert_parts(target, touch_updated_at)
+    names = written_columns(target)
+    values = sql.SQL(", ").join(
+        [
+            *(sql.SQL("v.{}").format(sql.Identifier(c)) for c in names),
+            *([sql.SQL("now()")] if _touches(target, touch_updated_at) else []),
+        ]
+    )
+    return sql.SQL("insert into {} as t ({}) select {} from {} on conflict ({}) {}").format(
+        identifier(target.table),
+        columns,
+        values,
+        unnest_sql(names, casts),
+        sql.SQL(", ").join(map(sql.Identifier, target.key)),
+        action,
     )
 
 

@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 from psycopg.types.json import Json, Jsonb
@@ -43,8 +44,12 @@ def fit(table: str, types: Mapping[str, str], row: Mapping[str, Any]) -> dict[st
     """`row` with every value converted for its column; raises Unfit naming the first misfit."""
     fitted: dict[str, Any] = {}
     for column, value in row.items():
+        convert = None if value is None else converter(types.get(column))
+        if convert is None:
+            fitted[column] = value
+            continue
         try:
-            fitted[column] = coerce(types.get(column), value)
+            fitted[column] = convert(value)
         except Unfit as unfit:
             raise Unfit(f"{table}.{column}: {show(value)} {unfit}") from None
     return fitted
@@ -75,15 +80,34 @@ def coerce(type_name: str | None, value: Any) -> Any:
     >>> coerce("integer", "42")
     42
     """
-    if value is None or type_name is None:
+    if value is None:
         return value
+    convert = converter(type_name)
+    return value if convert is None else convert(value)
+
+
+@lru_cache(maxsize=1024)
+def converter(type_name: str | None) -> Callable[[Any], Any] | None:
+    """The conversion for a column type (format_type text), or None for a type we leave to PostgreSQL.
+
+    Cached per type name: `fit` runs for every value of every row.
+    """
+    if type_name is None:
+        return None
     if type_name.endswith("[]"):
-        if not isinstance(value, list):
-            raise Unfit("is not a list")
-        return value
+        return _list
     base, _, size = type_name.partition("(")
     handler = _HANDLERS.get(base)
-    return handler(value, size.rstrip(")")) if handler else value
+    if handler is None:
+        return None
+    size = size.rstrip(")")
+    return lambda value: handler(value, size)
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise Unfit("is not a list")
+    return value
 
 
 def _int(bits: int) -> Callable[[Any, str], int]:
@@ -91,6 +115,8 @@ def _int(bits: int) -> Callable[[Any, str], int]:
     name = {16: "smallint", 32: "integer", 64: "bigint"}[bits]
 
     def convert(value: Any, _: str) -> int:
+        if type(value) is int and -limit <= value < limit:  # the common case, first
+            return value
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise Unfit("is not an integer")
         if isinstance(value, float) and not value.is_integer():
@@ -149,6 +175,8 @@ def _naive_timestamp(value: Any, size: str) -> datetime:
 
 
 def _text(value: Any, size: str) -> str:
+    if type(value) is str and not size and "\x00" not in value:  # the common case, first
+        return value
     if isinstance(value, dict | list):
         raise Unfit("is not text (map it with to_json(...) to store JSON as text)")
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)

@@ -34,7 +34,7 @@ from runner.errors import DatabaseError
 from runner.migrations import Catalog
 from runner.spec import Outcome, Source, Status
 from runner.targets import MAX_MESSAGE
-from runner.values import Unfit, array_cast, coerce, column_types, fit
+from runner.values import Unfit, coerce, column_types, fit
 
 BACKOFF_BASE = 15 * 60.0  # seconds: the first retry of a definitively failing entity
 BACKOFF_CAP = 24 * 3600.0  # seconds: a broken entity is still retried daily
@@ -197,36 +197,24 @@ def _write_status(cursor: psycopg.Cursor[Any], source: Source, batch: list[Entit
         extra = stamped[key].status_values
         groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
     for names, params in groups.items():
-        casts = _casts(columns, (status.key, *names), params)
+        casts = targets.array_casts(columns, (status.key, *names), params)
         if casts is None:  # an array or unknown type, or mixed values: a row at a time
             targets.run(cursor, str(status.table), stamp_sql(status, touch, names), params)
         else:
-            arrays = [list(values) for values in zip(*params, strict=True)]
-            targets.run(cursor, str(status.table), stamp_many_sql(status, touch, names, casts), [arrays])
+            targets.run(
+                cursor, str(status.table), stamp_many_sql(status, touch, names, casts), [targets.arrays(params)]
+            )
     if status.error_columns:
         errors = {r.key: r for r in batch if r.outcome is Outcome.ERROR}  # last wins, as row by row did
         params = [
             (errors[key].error_source or source.name, (errors[key].error or "")[:MAX_MESSAGE], key)
             for key in sorted(errors, key=str)
         ]
-        key_cast = _casts(columns, (status.key,), [(key,) for key in errors])
+        key_cast = targets.array_casts(columns, (status.key,), [(key,) for key in errors])
         if key_cast is None:
             targets.run(cursor, str(status.table), error_sql(status, touch), params)
         elif params:
-            arrays = [list(values) for values in zip(*params, strict=True)]
-            targets.run(cursor, str(status.table), error_many_sql(status, touch, key_cast[0]), [arrays])
-
-
-def _casts(types: dict[str, str], names: tuple[str, ...], params: list[tuple[Any, ...]]) -> tuple[str, ...] | None:
-    """The array type of each column for `params` (rows of values for `names`), or None when some
-    column cannot go as one array (values.array_cast)."""
-    casts = []
-    for index, name in enumerate(names):
-        cast = array_cast(types.get(name), (row[index] for row in params))
-        if cast is None:
-            return None
-        casts.append(cast)
-    return tuple(casts)
+            targets.run(cursor, str(status.table), error_many_sql(status, touch, key_cast[0]), [targets.arrays(params)])
 
 
 @lru_cache(maxsize=64)
@@ -259,7 +247,7 @@ def stamp_many_sql(
         identifier(status.table),
         sql.SQL(", ").join(columns),
         sql.SQL(", ").join(values),
-        unnest_sql(names, casts),
+        targets.unnest_sql(names, casts),
         sql.Identifier(status.key),
         _stamp_sets(status, touch_updated_at, extra),
     )
@@ -271,12 +259,6 @@ def _stamp_sets(status: Status, touch_updated_at: bool, extra: tuple[str, ...]) 
     if touch_updated_at:
         sets.append(sql.SQL("updated_at = now()"))
     return sql.SQL(", ").join(sets)
-
-
-def unnest_sql(names: tuple[str, ...], casts: tuple[str, ...]) -> sql.Composed:
-    """`unnest(%s::int[], %s::text[]) as v(a, b)`: rows from one array parameter per column."""
-    arrays = sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(cast) for cast in casts)
-    return sql.SQL("unnest({}) as v({})").format(arrays, sql.SQL(", ").join(map(sql.Identifier, names)))
 
 
 @lru_cache(maxsize=64)

@@ -278,3 +278,38 @@ def test_non_integer_batch_size_is_a_usage_error(
     assert run(str(source)) == 2
     monkeypatch.setenv("BATCH_SIZE", "")
     assert run(str(source)) == 0
+
+
+def test_breaker_stops_on_refused_credentials_without_penalty(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """401 on every request trips the breaker: the run fails early with one clear error; no entity backs off."""
+    source = write_source(tmp_path)
+    source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
+    seed(env, source, appids=range(1, 41))
+    for appid in range(1, 41):
+        api.route(f"/apps/{appid}", Reply(401, json={"error": "bad key"}))
+    assert run(str(source)) == 1
+    status, message = env.rows("select status, error_message from sync_jobs")[0]
+    assert status == "failed"
+    assert "circuit breaker" in message
+    assert "credentials" in message
+    assert len(api.requests) < 40
+    assert (
+        env.scalar("select count(*) from syncrun_state where consecutive_errors > 0 or next_attempt_at is not null")
+        == 0
+    )
+
+
+def test_breaker_stops_an_api_wide_outage_without_penalty(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """When entity after entity fails transiently after its retries, the breaker stops the run; no backoff."""
+    source = write_source(tmp_path)
+    text = source.read_text().replace("concurrency: 4", "concurrency: 1").replace("attempts: 4", "attempts: 1")
+    source.write_text(text)
+    seed(env, source, appids=range(1, 61))
+    for appid in range(1, 61):
+        api.route(f"/apps/{appid}", Reply(503))
+    assert run(str(source)) == 1
+    message = env.scalar("select error_message from sync_jobs")
+    assert "API looks down" in message
+    assert len(api.requests) < 60
+    assert env.scalar("select count(*) from syncrun_state where next_attempt_at is not null") == 0
+    assert env.scalar("select count(*) from syncrun_state where last_error is not null") >= 20

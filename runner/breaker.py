@@ -1,0 +1,45 @@
+"""The circuit breaker: stop a run whose failures are the API's, not the entities'.
+
+Two trips, both ending the run as `failed` with one clear message and penalising no entity
+(their errors are recorded, but their backoff does not advance):
+
+- **credentials**: `AUTH_TRIP` consecutive 401/403 answers. A revoked key fails every entity the
+  same way; there is no point spending the rate budget of the whole run to learn that.
+- **outage**: `OUTAGE_TRIP` consecutive entities that failed with transient errors (5xx, 429,
+  timeouts, connection resets) after all their retries: the API is down, not those entities.
+
+Any success or skip closes the breaker again (resets both counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AUTH_STATUSES = frozenset({401, 403})
+AUTH_TRIP = 5
+OUTAGE_TRIP = 20
+
+
+@dataclass(slots=True)
+class Breaker:
+    auth: int = 0
+    outage: int = 0
+
+    def observe(self, *, failed: bool, auth: bool, transient: bool) -> str | None:
+        """Count one finished entity; the trip message when the breaker opens, else None."""
+        if not failed:
+            self.auth = self.outage = 0
+            return None
+        self.auth = self.auth + 1 if auth else 0
+        self.outage = self.outage + 1 if transient else 0
+        if self.auth >= AUTH_TRIP:
+            return (
+                f"circuit breaker: the API refused our credentials (HTTP 401/403) for {self.auth} entities"
+                " in a row — check the source's secrets; no entity was penalised"
+            )
+        if self.outage >= OUTAGE_TRIP:
+            return (
+                f"circuit breaker: {self.outage} entities in a row failed with transient errors after every"
+                " retry — the API looks down; stopped early, no entity was penalised"
+            )
+        return None
