@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+from psycopg.conninfo import make_conninfo
 
 from runner import (
     config,
@@ -91,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=5.0, metavar="SECONDS", help="time in-flight entities get after a stop"
     )
     run.add_argument("--partition", help="static shard i/n of the selection (e.g. 0/4)")
+    run.add_argument(
+        "--lease",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a claim on an entity lives without a heartbeat (a crashed runner's entities free up after it)",
+    )
+    run.add_argument(
+        "--heartbeat", type=float, default=5.0, metavar="SECONDS", help="job heartbeat and claim renewal interval"
+    )
     run.add_argument("--restart", action="store_true", help="list-shaped sources: ignore the saved cursor, start over")
     run.add_argument("--record", type=Path, metavar="DIR", help="save the run's HTTP exchanges (secrets masked) to DIR")
     run.add_argument("--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network")
@@ -112,7 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
-    demo = commands.add_parser("demo", help="run the example source against a local demo API on the embedded database")
+    demo = commands.add_parser(
+        "demo", help="replay every bundled Steam source into the embedded database, offline, and show the result"
+    )
+    demo.add_argument(
+        "--example", action="store_true", help="run sources/example.yaml against a local demo API instead"
+    )
     demo.set_defaults(handler=_demo)
     _more_commands(commands)
     return parser
@@ -189,6 +205,8 @@ def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list
         github_run_id=environ.get("GITHUB_RUN_ID") or None,
         stale_after=args.stale_after,
         restart=args.restart,
+        lease=args.lease,
+        heartbeat_every=args.heartbeat,
         metadata={"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {},
     )
 
@@ -343,10 +361,38 @@ def _print_traces(report: engine.Report, redact: Redactor) -> None:
 
 # --- demo ----------------------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    """Serve the demo API, run sources/example.yaml against it on the embedded database, show the result."""
+    """The Steam sources from their replays on the embedded database (or, with --example, the example
+    source against a local demo API), through the normal run path; then what was written."""
     from runner import demo  # the demo API is only imported when asked for
 
-    source_path = _bundled_source("example.yaml")
+    if args.example:
+        return _example_demo(environ)
+    root = _checkout()
+    sources = [root / "sources" / f"{stem}.yaml" for stem in demo.STEAM_ORDER]
+    specs = [config.load(path) for path in sources]
+    target = database.open_target(None)  # the demo never touches the database DATABASE_URL names
+    with target.connect() as conn:
+        demo.fresh_database(conn)
+    dsn = make_conninfo(target.dsn, dbname=demo.DEMO_DATABASE)
+    with database.connect(dsn) as conn:
+        migrations.migrate(conn, specs)
+        demo.steam_prepare(conn, root)
+    local = {**environ, "DATABASE_URL": dsn, "STEAM_API_KEY": "demo-key"}
+    print(f"replaying {len(sources)} Steam sources into {database.redact_dsn(dsn)}", file=sys.stderr)
+    codes = []
+    for path in sources:
+        replayed = root / "sources" / "replays" / path.stem
+        run_args = ["run", str(path), "--replay", str(replayed), "--rate-scale", "50", "--progress-every", "50"]
+        codes.append(int(_run(_parser().parse_args(run_args), local)))
+    with database.connect(dsn) as conn:
+        print(demo.steam_summary(conn))
+    return max(codes)
+
+
+def _example_demo(environ: Mapping[str, str]) -> int:
+    from runner import demo
+
+    source_path = _checkout() / "sources" / "example.yaml"
     source = config.load(source_path)
     local = {k: v for k, v in environ.items() if k != "DATABASE_URL"}  # the demo never touches your database
     target = database.open_target(None)
@@ -366,11 +412,11 @@ def _run_demo(source_path: Path, environ: Mapping[str, str]) -> int:
     return int(_run(args, environ))
 
 
-def _bundled_source(name: str) -> Path:
-    path = Path(__file__).resolve().parent.parent / "sources" / name
-    if not path.exists():
-        raise UsageError(f"{path} not found: run `syncrun demo` from a checkout of the syncrun repository")
-    return path
+def _checkout() -> Path:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "sources" / "replays").is_dir():
+        raise UsageError(f"{root / 'sources'} not found: run `syncrun demo` from a checkout of the syncrun repository")
+    return root
 
 
 # --- test-read, status, workflow, new (runner/explain.py, overview.py, workflow.py, scaffold.py) ---------

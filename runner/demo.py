@@ -145,3 +145,85 @@ def summary(conn: psycopg.Connection[Any], job_type: str) -> str:
             f" skipped {row[5]}, requests {row[6]}"
         )
     return "\n".join(lines)
+
+
+# --- the Steam demo: every bundled Steam source, replayed ----------------------------------------------
+STEAM_ORDER = (  # applist first: it feeds the entity table the other sources select from
+    "steam-applist",
+    "steamspy-all",
+    "steamspy-app",
+    "steam-storefront",
+    "steam-price",
+    "steam-reviews",
+    "steam-histogram",
+    "steam-ccu",
+)
+STEAM_TABLES = (
+    "apps",
+    "developers",
+    "publishers",
+    "app_developers",
+    "app_publishers",
+    "app_dlc",
+    "app_demos",
+    "daily_metrics",
+    "review_deltas",
+    "review_histogram",
+    "ccu_snapshots",
+    "sync_status",
+)
+DEMO_DATABASE = "syncrun_demo"
+
+
+def fresh_database(conn: psycopg.Connection[Any]) -> None:
+    """Drop and recreate the demo's own database, so every demo starts from the same state and
+    never touches the embedded server's default database."""
+    conn.autocommit = True
+    name = sql.Identifier(DEMO_DATABASE)
+    conn.execute(sql.SQL("drop database if exists {} with (force)").format(name))
+    conn.execute(sql.SQL("create database {}").format(name))
+
+
+def steam_prepare(conn: psycopg.Connection[Any], root: Any) -> None:
+    """The Steam target tables (runner/sql/tables/steam.sql) and the replays' starting state."""
+    with conn.transaction():
+        conn.execute(resources.files("runner").joinpath("sql/tables/steam.sql").read_text())
+        conn.execute((root / "sources" / "replays" / "seed.sql").read_text())
+
+
+def steam_summary(conn: psycopg.Connection[Any]) -> str:
+    """Rows per table, a few sample rows, and the job rows, as text."""
+    lines = ["", "rows per table:"]
+    for table in STEAM_TABLES:
+        row = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(table))).fetchone()
+        lines.append(f"  {table:<18} {row[0] if row else 0}")
+    samples = (
+        (
+            "apps",
+            "select appid, name, type, release_date, release_date_raw, current_price_cents from apps"
+            " where name is not null order by appid limit 6",
+        ),
+        (
+            "daily_metrics",
+            "select appid, metric_date, owners_min, owners_max, ccu_peak, total_reviews from daily_metrics"
+            " order by appid limit 5",
+        ),
+        (
+            "app_developers",
+            "select a.appid, d.name from app_developers a join developers d on d.id = a.developer_id"
+            " order by 1, 2 limit 5",
+        ),
+    )
+    for title, query in samples:
+        lines += ["", f"sample {title}:"]
+        lines += ["  " + " | ".join("null" if v is None else str(v) for v in row) for row in conn.execute(query)]
+    lines += ["", "sync_jobs:"]
+    for row in conn.execute(
+        "select job_type, status, items_processed, items_succeeded, items_failed, items_skipped, requests_made"
+        " from sync_jobs order by started_at"
+    ):
+        lines.append(
+            f"  {row[0]:<14} {row[1]:<9} processed {row[2]}, succeeded {row[3]}, failed {row[4]},"
+            f" skipped {row[5]}, requests {row[6]}"
+        )
+    return "\n".join(lines)

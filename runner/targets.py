@@ -27,6 +27,7 @@ which makes the writer replay the batch one entity per savepoint.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from typing import Any
 
@@ -196,21 +197,53 @@ def _dedup(target: Write, rows: list[Row]) -> list[Row]:
 
 
 def _copy(cursor: psycopg.Cursor[Any], target: Write, touch: bool, params: list[tuple[Any, ...]]) -> None:
-    """COPY into a temp table shaped like the written columns, then one insert ... select ... on conflict."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, written_columns(target)))
+    """COPY into a temp table shaped like the written columns, then one insert ... select ... on conflict.
+
+    The temp table (one per target: `temp_sql`) is created if missing and emptied at commit, inside
+    every transaction: no create + drop per batch, and still right through a transaction-mode pooler
+    that hands each transaction a different server session.
+    """
     try:
-        cursor.execute(
-            sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(
-                _TEMP, columns, identifier(target.table)
+        if _KEEP_TEMP:
+            cursor.execute(temp_sql(target))
+        else:
+            cursor.execute(
+                sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(
+                    _TEMP, sql.SQL(", ").join(map(sql.Identifier, written_columns(target))), identifier(target.table)
+                )
             )
-        )
-        with cursor.copy(sql.SQL("copy {} ({}) from stdin").format(_TEMP, columns)) as copy:
+        with cursor.copy(copy_sql(target)) as copy:
             for row in params:
                 copy.write_row(row)
         cursor.execute(copy_upsert_sql(target, touch))
-        cursor.execute(sql.SQL("drop table {}").format(_TEMP))  # the next target reuses the name
+        if not _KEEP_TEMP:
+            cursor.execute(sql.SQL("drop table {}").format(_TEMP))  # the next target reuses the name
     except DATA_ERRORS as error:
         raise Failed(describe(str(target.table), error)) from error
+
+
+_KEEP_TEMP = True
+
+
+def _temp(target: Write) -> sql.Identifier:
+    """The temp table's name for a target: its table and written columns, hashed (names are <= 63 bytes)."""
+    shape = repr((str(target.table), written_columns(target))).encode()
+    return sql.Identifier("_syncrun_rows_" + hashlib.blake2b(shape, digest_size=8).hexdigest()) if _KEEP_TEMP else _TEMP
+
+
+@lru_cache(maxsize=256)
+def temp_sql(target: Write) -> sql.Composed:
+    """create temp table if not exists ... on commit delete rows: typed like the written columns."""
+    return sql.SQL("create temp table if not exists {} on commit delete rows as select {} from {} with no data").format(
+        _temp(target), sql.SQL(", ").join(map(sql.Identifier, written_columns(target))), identifier(target.table)
+    )
+
+
+@lru_cache(maxsize=256)
+def copy_sql(target: Write) -> sql.Composed:
+    return sql.SQL("copy {} ({}) from stdin").format(
+        _temp(target), sql.SQL(", ").join(map(sql.Identifier, written_columns(target)))
+    )
 
 
 # --- statements (built once per write target) -----------------------------------------------------------
@@ -286,7 +319,12 @@ def copy_upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
         ]
     )
     return sql.SQL("insert into {} as t ({}) select {} from {} on conflict ({}) {}").format(
-        identifier(target.table), columns, values, _TEMP, sql.SQL(", ").join(map(sql.Identifier, target.key)), action
+        identifier(target.table),
+        columns,
+        values,
+        _temp(target),
+        sql.SQL(", ").join(map(sql.Identifier, target.key)),
+        action,
     )
 
 

@@ -26,7 +26,7 @@ from tests.pg import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = ROOT / "tests" / "data" / "golden"
-REPLAYS = ROOT / "tests" / "data" / "replays"
+REPLAYS = ROOT / "sources" / "replays"
 SEED = REPLAYS / "seed.sql"
 STEAM_TABLES = ROOT / "runner" / "sql" / "tables" / "steam.sql"
 STEMS = sorted(p.stem for p in GOLDEN_DIR.glob("*.json"))

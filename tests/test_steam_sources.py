@@ -1,8 +1,8 @@
 """The Steam ports end to end: each source replayed against seed.sql and compared with its golden file.
 
 Every run goes through `syncrun` itself (cli.main in-process, or `python -m runner` in a subprocess):
-fresh schema -> `syncrun migrate <source>` -> runner/sql/tables/steam.sql + tests/data/replays/seed.sql
--> `syncrun run <source> --replay tests/data/replays/<stem> --rate-scale 50` -> compare with
+fresh schema -> `syncrun migrate <source>` -> runner/sql/tables/steam.sql + sources/replays/seed.sql
+-> `syncrun run <source> --replay sources/replays/<stem> --rate-scale 50` -> compare with
 tests/data/golden/<stem>.json (tests/golden.py implements the README's markers).
 
 The `test_hazard_*` tests pin the reference's §7.2 hazards (shared/reference/steam-workers.md) that

@@ -1,9 +1,9 @@
--- Starting state for the Steam replays (tests/data/replays/<source>/cassette.yaml). Each golden
+-- Starting state for the Steam replays (sources/replays/<source>/cassette.yaml). Each golden
 -- file (tests/data/golden/<source>.json) is the state after replaying ONE source against a fresh
 -- copy of this seed, so every golden starts from exactly these rows.
 --
 -- Apply after syncrun's migration and runner/sql/tables/steam.sql, into an empty schema:
---     psql -v ON_ERROR_STOP=1 -f runner/sql/tables/steam.sql -f tests/data/replays/seed.sql
+--     psql -v ON_ERROR_STOP=1 -f runner/sql/tables/steam.sql -f sources/replays/seed.sql
 -- Times are relative to now(); "today" is the UTC date, like syncrun's run.today. Seed and replay
 -- must run on the same UTC day (the reviews and ccu goldens depend on today's daily_metrics row).
 --
