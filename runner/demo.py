@@ -197,21 +197,51 @@ def steam_summary(conn: psycopg.Connection[Any]) -> str:
     for table in STEAM_TABLES:
         row = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(table))).fetchone()
         lines.append(f"  {table:<18} {row[0] if row else 0}")
+    # A representative picture: catalogue apps, a discounted game, its DLC (a stub until storefront
+    # hydrates it), a coming-soon game and its demo; who made them; today's merged metrics row (SteamSpy,
+    # price, reviews and CCU each fill their own columns); the latest monthly histogram rollups.
     samples = (
         (
-            "apps",
-            "select appid, name, type, release_date, release_date_raw, current_price_cents from apps"
-            " where name is not null order by appid limit 6",
+            "apps (appid | name | type | released | price | parent)",
+            "select appid, name, type, coalesce(release_date::text, release_date_raw, '-'),"
+            " case when current_price_cents is null then case when is_free then 'free' else '-' end"
+            "      else '$' || to_char(current_price_cents / 100.0, 'FM999990.00')"
+            "           || case when current_discount_percent > 0 then ' (-' || current_discount_percent || '%)'"
+            "                   else '' end end,"
+            " coalesce(parent_appid::text, '-')"
+            " from apps where appid in (20, 30, 570, 1086940, 1500040, 3165620, 4615010, 4707330)"
+            " order by appid",
         ),
         (
-            "daily_metrics",
-            "select appid, metric_date, owners_min, owners_max, ccu_peak, total_reviews from daily_metrics"
-            " order by appid limit 5",
+            "developers / publishers",
+            "select a.appid, a.name,"
+            " (select string_agg(d.name, ', ' order by d.name) from app_developers ad"
+            "    join developers d on d.id = ad.developer_id where ad.appid = a.appid),"
+            " coalesce((select string_agg(p.name, ', ' order by p.name) from app_publishers ap"
+            "    join publishers p on p.id = ap.publisher_id where ap.appid = a.appid), '-')"
+            " from apps a where exists (select 1 from app_developers ad where ad.appid = a.appid)"
+            " order by a.appid limit 6",
         ),
         (
-            "app_developers",
-            "select a.appid, d.name from app_developers a join developers d on d.id = a.developer_id"
-            " order by 1, 2 limit 5",
+            "DLC and demos (parent -> child)",
+            "select parent_appid, 'dlc' as kind, dlc_appid, source from app_dlc"
+            " union all select parent_appid, 'demo', demo_appid, source from app_demos order by 1, 3",
+        ),
+        (
+            "daily_metrics today (appid | owners | ccu peak | price | reviews +/total | score)",
+            "select appid,"
+            " coalesce(owners_min || '..' || owners_max, '-'),"
+            " coalesce(ccu_peak || ' (' || ccu_source || ')', '-'),"
+            " coalesce(price_cents::text, '-'),"
+            " coalesce(positive_reviews || '/' || total_reviews, '-'),"
+            " coalesce(review_score_desc, '-')"
+            " from daily_metrics where metric_date = (now() at time zone 'utc')::date"
+            " and appid in (20, 30, 570, 730, 1086940, 3165620, 4707330) order by appid",
+        ),
+        (
+            "review_histogram, latest month per app (appid | month | up | down | months)",
+            "select distinct on (appid) appid, month_start, recommendations_up, recommendations_down,"
+            " count(*) over (partition by appid) from review_histogram order by appid, month_start desc",
         ),
     )
     for title, query in samples:
