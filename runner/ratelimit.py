@@ -1,21 +1,33 @@
 """Rate limits: one `Limiter` per bucket name, and the transport that spends its budget per attempt.
 
-`N` requests `per` P seconds means: in every sliding window of length P, at most N requests are sent
-(retries and pages included), at most `burst` of them back to back. Does not retry; see client.send.
+`N` requests `per` P seconds means: in every sliding window of length P, at most N requests arrive at
+the API (retries and pages included), at most `burst` of them back to back. Does not retry; see
+client.send. docs/rate-limits.md has the proof sketch and the measurements.
+
+How the window is kept as the API counts it, not as the client grants:
+
+- Every grant enters the log *open*: it counts in every window until it is stamped with the moment
+  its bytes actually leave. `RateLimitedTransport` stamps it from httpcore's `trace` extension at
+  `send_request_headers.started`, after the pool handed out a connection (and connected it), with no
+  await left before the socket write. Time lost between the grant and the send (a busy event loop,
+  a descheduled process, connection set-up) only moves the stamp later, which is always safe.
+- Grants are *scheduled* against ideal slots (the burst rule spaces slots, not wake-ups), so an
+  oversleeping `asyncio.sleep` delays one request, not every later one.
 
 Why not pyrate-limiter (measured, 10 per 0.5 s, 30 concurrent tasks): its `InMemoryBucket` stacked
 with a pacing rate reached 93.9 % of the limit with `buffer_ms=1` and 49 % with the default 50 ms,
 because it works in whole milliseconds and adds the buffer to every wait; it cannot take an injected
-clock or sleep; and a Retry-After pause would have to be layered on top anyway. The sliding-window
-log below is ~40 lines, float-precise, FIFO-fair, and reached 97–98 % with the safety margin (see
-`MARGIN`). pyrate-limiter stays the planned backend for `shared: database` (its `PostgresBucket`):
-when that lands, this is still the only module that imports it.
+clock or sleep; it records the grant, not the send; and a Retry-After pause would have to be layered
+on top anyway. `shared: database` has its own table (see DatabaseLimiter and docs/rate-limits.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -30,9 +42,10 @@ from runner.errors import DatabaseError, SchemaMismatch, UsageError
 
 log = logging.getLogger(__name__)
 
-# Every window is padded by this much. The limiter grants at the client; the API counts at arrival,
-# and latency jitter (connection set-up, GIL hand-over, a busy event loop) can bunch arrivals that
-# were granted exactly `per / requests` apart. 10 ms costs 1 % of the rate at per = 1 s, 2 % at 0.5 s.
+# Every window is padded by this much. The log stamps a request when its bytes are handed to the
+# socket; the API counts it when it has read them. What varies in between (loopback or network
+# transit, the server's own scheduling) can bunch arrivals stamped `per + margin` apart only if it
+# varies by more than the margin. 10 ms costs 1 % of the rate at per = 1 s, 2 % at 0.5 s.
 MARGIN = 0.010
 
 # Request extension key: called right after the budget is granted. client.send uses it to start an
@@ -52,12 +65,40 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class Grant:
+    """One request's place in a limiter's budget, from `reserve()` until it is sent.
+
+    `at`: the moment the grant was due (its scheduled slot; for `shared: database`, its reservation),
+    by the limiter's clock. `sent`: when its bytes left, once `sending()` stamped it; None while open.
+    """
+
+    __slots__ = ("at", "paused_until", "sent")
+
+    def __init__(self, at: float, paused_until: float) -> None:
+        self.at = at
+        self.paused_until = paused_until  # the bucket's pause when granted (DatabaseLimiter)
+        self.sent: float | None = None
+
+
 class Limiter:
-    """At most `requests` grants in every window of `per` (+ margin) seconds, at most `burst` back to back.
+    """At most `requests` sends in every window of `per` (+ margin) seconds, at most `burst` back to back.
 
     limiter = Limiter(spec.RateLimit(requests=10, per=1.0, bucket="steam"))
-    await limiter.acquire()  # waits until one more request may be sent
+    await limiter.acquire()  # waits until one more request may be sent, and counts it as sent now
     limiter.pause(30)        # a Retry-After: every holder of this bucket waits 30 s
+
+    The transport splits `acquire` in three, so that the log holds when requests really left:
+    `grant = await reserve()` (an open grant: counted in every window), `await sending(grant)` right
+    before the bytes go (stamps it), `release(grant)` when the attempt is over (stamps it now if it
+    never got that far: a failed connect, a cancellation).
+
+    The rules, for a grant at time T (W = per + margin, B = burst):
+    - window: the open grants, plus the sends stamped after T - W, are at most requests - 1. Open
+      grants count whatever their slot, so a request that leaves late can never be missed; stamps
+      only ever move later than the slot, which only makes the limiter stricter.
+    - burst: T >= the slot B grants ago + W * B / requests. Slots, not stamps: a grant that woke
+      late does not push the schedule back (no drift); the window rule still sees when it left.
+    - T >= the pause, and >= the moment the caller asked.
     """
 
     def __init__(
@@ -74,21 +115,48 @@ class Limiter:
         self.requests = 0  # grants so far: every attempt of every page
         self._window = rate.per + margin
         self._spacing = self._window * rate.burst / rate.requests  # `burst` grants per spacing
-        self._grants: deque[float] = deque(maxlen=rate.requests)
+        self._slots: deque[float] = deque(maxlen=rate.burst)  # scheduled times of the last `burst` grants
+        self._sent: list[float] = []  # stamps of sent grants, ascending; the last `requests` matter
+        self._open = 0  # grants not stamped yet
+        self._stamped: asyncio.Future[None] | None = None  # resolved when an open grant is stamped
         self._paused_until = float("-inf")
         self._clock, self._sleep = clock, sleep
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None  # per event loop
         self._closed = False
 
-    async def acquire(self) -> None:
-        """Wait until one more request fits the budget (FIFO among waiters), then count it."""
+    async def acquire(self) -> Grant:
+        """Wait until one more request fits the budget (FIFO among waiters), then count it as sent now."""
+        grant = await self.reserve()
+        await self.sending(grant)
+        return grant
+
+    async def reserve(self) -> Grant:
+        """Wait until one more request fits the budget (FIFO among waiters); the grant stays open
+        (counted in every window) until `sending` or `release` stamps it."""
         if self._closed:
             raise RuntimeError(f"rate limiter for bucket '{self.rate.bucket}' is closed")
         async with self._loop_lock():  # one waiter at a time keeps the order fair and the log consistent
-            while (wait := self._wait(self._clock())) > 0:
-                await self._sleep(wait)
-            self._grants.append(self._clock())
+            asked = self._clock()
+            while (slot := self._slot(asked)) > (now := self._clock()):
+                if slot == math.inf:  # `requests` grants are open: wait until one is stamped
+                    self._stamped = asyncio.get_running_loop().create_future()
+                    await self._stamped
+                else:
+                    await self._sleep(slot - now)
+            self._slots.append(slot)
+            self._open += 1
             self.requests += 1
+            return Grant(slot, self._paused_until)
+
+    async def sending(self, grant: Grant) -> bool:
+        """Its bytes leave now: stamp `grant` (once). Returns whether it was granted again (never here)."""
+        self._stamp(grant)
+        return False
+
+    def release(self, grant: Grant) -> None:
+        """The attempt is over: a grant never stamped (the send failed before, or was cancelled) is
+        stamped now, since it may have left at any moment until now."""
+        self._stamp(grant)
 
     def pause(self, seconds: float) -> None:
         """Grant nothing for `seconds` from now (never shortens an earlier, longer pause)."""
@@ -104,14 +172,29 @@ class Limiter:
             self._lock = (loop, asyncio.Lock())
         return self._lock[1]
 
-    def _wait(self, now: float) -> float:
-        grants, burst = self._grants, self.rate.burst
-        waits = [self._paused_until - now]
-        if len(grants) == grants.maxlen:
-            waits.append(grants[0] + self._window - now)
-        if len(grants) >= burst:
-            waits.append(grants[-burst] + self._spacing - now)
-        return max(waits)
+    def _slot(self, asked: float) -> float:
+        """The earliest time the next grant may have, given the log as it is (inf: none until a stamp)."""
+        slot = max(asked, self._paused_until)
+        if len(self._slots) == self.rate.burst:
+            slot = max(slot, self._slots[0] + self._spacing)
+        room = self.rate.requests - self._open  # sends the window may still hold, the new one included
+        if room <= 0:
+            return math.inf
+        if len(self._sent) >= room:  # the room-th latest send must have left the window
+            slot = max(slot, self._sent[-room] + self._window)
+        return slot
+
+    def _stamp(self, grant: Grant) -> None:
+        if grant.sent is not None:
+            return
+        grant.sent = now = max(self._clock(), grant.at)
+        self._open -= 1
+        bisect.insort(self._sent, now)  # nearly always at the end; an out-of-order stamp goes in place
+        if len(self._sent) > 2 * self.rate.requests:  # trim in batches: O(1) amortised
+            del self._sent[: -self.rate.requests]
+        if self._stamped is not None and not self._stamped.done():
+            with contextlib.suppress(RuntimeError):  # its event loop may be gone
+                self._stamped.set_result(None)
 
 
 class DatabaseLimiter(Limiter):

@@ -48,6 +48,7 @@ MAX_MESSAGE = 1000  # characters of an error message stored in the database
 # table's catalog churn; the one-entity replay always uses executemany.
 COPY_FROM = 50
 UNNEST_FROM = 2
+_PARAM = "%b"
 _TEMP = sql.Identifier("_syncrun_rows")
 # P0001 is a function's or trigger's `raise exception`: about the data it was given, like a check
 DATA_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError, pg_errors.RaiseException)
@@ -144,7 +145,7 @@ def arrays(params: list[tuple[Any, ...]]) -> list[list[Any]]:
 
 def unnest_sql(names: tuple[str, ...], casts: tuple[str, ...]) -> sql.Composed:
     """`unnest(%s::int[], %s::text[]) as v(a, b)`: rows from one array parameter per column."""
-    parameters = sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(cast) for cast in casts)
+    parameters = sql.SQL(", ").join(sql.SQL(_PARAM + "::") + sql.SQL(cast) for cast in casts)
     return sql.SQL("unnest({}) as v({})").format(parameters, sql.SQL(", ").join(map(sql.Identifier, names)))
 
 
