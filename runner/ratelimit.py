@@ -237,7 +237,7 @@ class DatabaseLimiter(Limiter):
         if not found:
             raise self._missing()
 
-    async def acquire(self) -> None:
+    async def reserve(self) -> Grant:
         if self._closed:
             raise RuntimeError(f"rate limiter for bucket '{self.rate.bucket}' is closed")
         async with self._loop_lock():
@@ -256,6 +256,28 @@ class DatabaseLimiter(Limiter):
                 else:
                     break
             self.requests += 1
+            return Grant(deadline, paused_until)
+
+    async def sending(self, grant: Grant) -> bool:
+        """The same check at the moment the bytes leave, which may be well after `reserve` returned
+        (the first request of a run connects first; a busy loop delays the write): a reservation now
+        more than LATE old, or overtaken by a pause, is left unused and a new one taken before the
+        write. Returns whether that happened (the caller restarts its attempt clock)."""
+        if grant.sent is not None:
+            return False
+        regranted = False
+        while self._clock() - grant.at > LATE or self._paused_until > grant.paused_until:
+            self.requests -= 1  # it was counted as used
+            self.discarded += 1
+            fresh = await self.reserve()
+            grant.at, grant.paused_until, regranted = fresh.at, fresh.paused_until, True
+        grant.sent = self._clock()
+        return regranted
+
+    def release(self, grant: Grant) -> None:
+        """Nothing to record: the database's log holds the reservation, which the send never precedes."""
+        if grant.sent is None:
+            grant.sent = self._clock()
 
     def pause(self, seconds: float) -> None:
         super().pause(seconds)
@@ -384,7 +406,14 @@ def _describe(rate: spec.RateLimit) -> str:
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):
-    """Wait for the bucket's budget before every request an `AsyncClient` sends, retries included.
+    """Wait for the bucket's budget before every request an `AsyncClient` sends, retries included, and
+    stamp the grant when the request's bytes actually leave.
+
+    With httpx's own transport (httpcore) the stamp comes from the `trace` extension at
+    `send_request_headers.started`: the connection is taken from the pool (and connected) by then, and
+    nothing awaits between that event and the socket write. Any other inner transport (MockTransport,
+    httpx-aiohttp) has no such event: the grant is stamped as it is handed over, and what that
+    transport does before writing (connecting, its own pool) is not seen; see docs/rate-limits.md.
 
     Wraps rather than subclasses, so tests build `RateLimitedTransport(httpx.MockTransport(h), limiter)`
     and exercise the production path.
@@ -392,12 +421,38 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport, limiter: Limiter) -> None:
         self._inner, self._limiter = inner, limiter
+        self._traced = isinstance(inner, httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._limiter.acquire()
-        if callable(granted := request.extensions.get(GRANTED)):
-            granted()
-        return await self._inner.handle_async_request(request)
+        limiter = self._limiter
+        grant = await limiter.reserve()
+        extensions = request.extensions
+        previous = extensions.get("trace")
+        try:
+            granted = extensions.get(GRANTED)
+            if callable(granted):
+                granted()
+            if not self._traced:
+                if await limiter.sending(grant) and callable(granted):
+                    granted()
+                return await self._inner.handle_async_request(request)
+
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                if previous is not None:
+                    await previous(event, info)
+                # last, so that nothing runs between the stamp and the write
+                started = event.endswith(".send_request_headers.started")
+                if started and await limiter.sending(grant) and callable(granted):
+                    granted()  # granted again (DatabaseLimiter): restart the attempt's clock
+
+            extensions["trace"] = trace
+            return await self._inner.handle_async_request(request)
+        finally:
+            limiter.release(grant)
+            if previous is None:
+                extensions.pop("trace", None)
+            else:
+                extensions["trace"] = previous
 
     async def aclose(self) -> None:
         await self._inner.aclose()

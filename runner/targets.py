@@ -6,7 +6,8 @@ Per target, in this order:
   any(...)` swaps it for the dimension's id. Dimension rows written by an earlier write of the batch
   are visible (same transaction, declared order). A value with no dimension row raises `Failed`
   naming the table, key and value; a null stays null.
-- replace_by: the rows of each replaced scope are deleted first, so links that disappeared from the
+- replace_by: the rows of each replaced scope are deleted first (one `delete ... using unnest(...)`
+  for the batch's scopes), so links that disappeared from the
   API go. A scope is one successful entity's `replace_by` values, worked out by `scope` from the
   entity alone: the columns' mappings evaluated over `{"entity": ...}`. They must therefore be mapped
   from `entity.*` or literals (`parent_appid: entity.appid`, `source: "'storefront'"`); that is
@@ -14,9 +15,17 @@ Per target, in this order:
 - table writes: one `insert ... on conflict (key) do update` sets only the mapped columns, so other
   sources' columns on the same row survive; `merge` rules are evaluated in that statement
   (`greatest`, `coalesce`), never read-then-write; `mode: insert` is `on conflict do nothing`. Rows
-  are deduplicated on the key (last wins) because one statement cannot update a row twice. Small row
-  sets go out with a pipelined `executemany`; from `COPY_FROM` rows, COPY into a temp table + one
-  `insert ... select`.
+  are deduplicated on the key (last wins) because one statement cannot update a row twice. How the
+  rows travel (numbers below):
+  - from `COPY_FROM` rows (batch writes only): COPY into a temp table + one `insert ... select`. The
+    temp table, one per target, is `create temp table if not exists ... on commit delete rows; delete
+    from it` at the start of every use: no create + drop per batch, and still right behind a transaction-mode pooler
+    (pgbouncer), where each transaction may land on another server session: wherever it lands, the
+    statement creates the table or finds it there, empty.
+  - from 2 rows: one `insert ... select ... from unnest(%b::int[], %b::text[], ...)`, one binary
+    array parameter per column: one statement, no temp table, nothing kept between transactions.
+  - one row, or columns that cannot go as arrays (an array-typed or unknown column, or values of
+    mixed Python types: `values.array_cast`): a pipelined `executemany` of `insert ... values`.
 - function writes (RPC targets): `select fn(column => value, ...)` per row, the named arguments
   being the mapped columns, cast to the argument types `migrations.check` found. Rows are
   deduplicated only when the write declares a key.
@@ -42,14 +51,21 @@ from runner.spec import Lookup, Merge, Write, WriteMode
 from runner.values import Unfit, array_cast, column_types, fit, show
 
 MAX_MESSAGE = 1000  # characters of an error message stored in the database
-# From this many rows for one table in a batch, COPY into a temp table + one insert ... select beats
-# a pipelined executemany (measured, local PG 15, 10 columns: even at 100 rows COPY ~20k rows/s vs
-# ~10k; at 1,000 rows ~75k vs ~10k; at 20 rows they tie). Below it, executemany skips the temp
-# table's catalog churn; the one-entity replay always uses executemany.
-COPY_FROM = 50
-UNNEST_FROM = 2
-_PARAM = "%b"
-_TEMP = sql.Identifier("_syncrun_rows")
+# Rows of one table in a batch, by size (`python -m bench.writer --batch N [--copy-from N]`: whole
+# `writer.write` calls, bench source of 6 columns, local PG 15, 2 busy cores; µs per entity, wall /
+# this process's CPU, best of 5):
+#   rows/batch    executemany    unnest (%b)    COPY (temp table kept)
+#   10            208 / 85       198 / 91       246 / 96     (per-batch costs dominate)
+#   100            73 / 30        46 / 22        51 / 22
+#   200            78 / 26        37 / 20        39 / 18
+#   500             -             32 / 17        33 / 16
+#   5,000 (bulk)    -            8.7 / 5.0      7.5 / 4.0    (per row; 5 entities of 1,000 rows)
+# executemany sends a statement per row; unnest is one statement but dumps every value into arrays
+# (more CPU, which the event loop feels: the writer runs in a thread); COPY costs two more round trips
+# (create-if-not-exists, copy) and wins from a few hundred rows. The earlier create + drop of the temp
+# table per batch cost ~1-3 µs per entity more at 500 rows.
+COPY_FROM = 100
+UNNEST_FROM = 2  # one row: a plain insert ... values
 # P0001 is a function's or trigger's `raise exception`: about the data it was given, like a check
 DATA_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError, pg_errors.RaiseException)
 
@@ -145,7 +161,7 @@ def arrays(params: list[tuple[Any, ...]]) -> list[list[Any]]:
 
 def unnest_sql(names: tuple[str, ...], casts: tuple[str, ...]) -> sql.Composed:
     """`unnest(%s::int[], %s::text[]) as v(a, b)`: rows from one array parameter per column."""
-    parameters = sql.SQL(", ").join(sql.SQL(_PARAM + "::") + sql.SQL(cast) for cast in casts)
+    parameters = sql.SQL(", ").join(sql.SQL("%b::") + sql.SQL(cast) for cast in casts)
     return sql.SQL("unnest({}) as v({})").format(parameters, sql.SQL(", ").join(map(sql.Identifier, names)))
 
 
@@ -200,44 +216,34 @@ def _dedup(target: Write, rows: list[Row]) -> list[Row]:
 def _copy(cursor: psycopg.Cursor[Any], target: Write, touch: bool, params: list[tuple[Any, ...]]) -> None:
     """COPY into a temp table shaped like the written columns, then one insert ... select ... on conflict.
 
-    The temp table (one per target: `temp_sql`) is created if missing and emptied at commit, inside
-    every transaction: no create + drop per batch, and still right through a transaction-mode pooler
-    that hands each transaction a different server session.
+    The temp table (one per target: `temp_sql`) is created if missing, and emptied, inside every
+    transaction: no create + drop per batch, and still right through a transaction-mode pooler that
+    hands each transaction a different server session.
     """
     try:
-        if _KEEP_TEMP:
-            cursor.execute(temp_sql(target))
-        else:
-            cursor.execute(
-                sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(
-                    _TEMP, sql.SQL(", ").join(map(sql.Identifier, written_columns(target))), identifier(target.table)
-                )
-            )
+        cursor.execute(temp_sql(target))
         with cursor.copy(copy_sql(target)) as copy:
             for row in params:
                 copy.write_row(row)
         cursor.execute(copy_upsert_sql(target, touch))
-        if not _KEEP_TEMP:
-            cursor.execute(sql.SQL("drop table {}").format(_TEMP))  # the next target reuses the name
     except DATA_ERRORS as error:
         raise Failed(describe(str(target.table), error)) from error
-
-
-_KEEP_TEMP = True
 
 
 def _temp(target: Write) -> sql.Identifier:
     """The temp table's name for a target: its table and written columns, hashed (names are <= 63 bytes)."""
     shape = repr((str(target.table), written_columns(target))).encode()
-    return sql.Identifier("_syncrun_rows_" + hashlib.blake2b(shape, digest_size=8).hexdigest()) if _KEEP_TEMP else _TEMP
+    return sql.Identifier("_syncrun_rows_" + hashlib.blake2b(shape, digest_size=8).hexdigest())
 
 
 @lru_cache(maxsize=256)
 def temp_sql(target: Write) -> sql.Composed:
-    """create temp table if not exists ... on commit delete rows: typed like the written columns."""
-    return sql.SQL("create temp table if not exists {} on commit delete rows as select {} from {} with no data").format(
-        _temp(target), sql.SQL(", ").join(map(sql.Identifier, written_columns(target))), identifier(target.table)
-    )
+    """create temp table if not exists ... on commit delete rows (typed like the written columns); then
+    empty it, for a caller whose transaction spans batches (no commit between them: a savepoint each).
+    Two statements, one round trip: no parameters, so psycopg sends them as one query."""
+    return sql.SQL(
+        "create temp table if not exists {0} on commit delete rows as select {1} from {2} with no data; delete from {0}"
+    ).format(_temp(target), sql.SQL(", ").join(map(sql.Identifier, written_columns(target))), identifier(target.table))
 
 
 @lru_cache(maxsize=256)

@@ -513,7 +513,11 @@ def test_hazard_7_timeouts_and_retries_spend_budget(
     """Every attempt, retries included, took a token from the shared bucket (the worker's retries bypassed it)."""
     run_replay(steam, stem, monkeypatch)
     assert steam.scalar("select requests_made from sync_jobs") == requests
-    assert steam.rows("select bucket, seq from syncrun_rate_limits") == [(bucket, requests)]
+    # seq counts every grant; a grant the process could not use on time (a loaded machine) is dropped
+    # and a fresh one taken, so the bucket may count more grants than requests, never fewer.
+    [(name, grants)] = steam.rows("select bucket, seq from syncrun_rate_limits")
+    assert name == bucket
+    assert grants >= requests
 
 
 def test_hazard_7_retry_waits_for_a_token(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -571,10 +575,10 @@ def test_hazard_8_shared_buckets(steam: Database, monkeypatch: pytest.MonkeyPatc
         replay(other.source, other.replay_dir, scale=FAST)
     buckets = dict(steam.rows("select bucket, seq from syncrun_rate_limits"))
     made = dict(steam.rows("select job_type, requests_made from sync_jobs"))
-    assert buckets == {
-        "steam-store": made["storefront"] + made["price"],
-        "steam-webapi": made["applist"] + made["ccu"],
-    }
+    assert set(buckets) == {"steam-store", "steam-webapi"}
+    # every request of both sources took a grant from the one shared row (dropped late grants add more)
+    assert buckets["steam-store"] >= made["storefront"] + made["price"]
+    assert buckets["steam-webapi"] >= made["applist"] + made["ccu"]
 
 
 def peaks(db: Database) -> dict[int, tuple[int | None, str | None]]:

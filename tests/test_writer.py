@@ -268,3 +268,60 @@ def test_status_set_columns_are_written_with_the_stamp(tables: Database) -> None
     ) == [(10, True, 7, True), (20, None, 0, True)]
     failed = run(tables, [ok(30, app(30), status_values={"storefront_accessible": "maybe"})])
     assert [f.error for f in failed] == ["sync_status.storefront_accessible: 'maybe' is not a boolean"]
+
+
+def test_an_entity_twice_in_a_batch_applies_its_outcomes_in_order(tables: Database) -> None:
+    """One statement cannot update a row twice: a repeated entity's state goes in a second round, so
+    two errors count twice (as row by row), and the last error is the one on the status row."""
+    tables.run("insert into sync_status (appid) values (10)")
+    fail = [ok(10, outcome=Outcome.ERROR, error=f"HTTP 50{i}") for i in range(2)]
+    assert run(tables, [*fail, ok(20, app(20))]) == []
+    assert _state(tables)[:3] == (2, "HTTP 501", 30)
+    assert tables.scalar("select last_error_message from sync_status where appid = 10") == "HTTP 501"
+    run(tables, [ok(10, outcome=Outcome.ERROR, error="again"), ok(10, app(10))])
+    assert _state(tables) == (0, "again", None, None)
+    assert tables.rows("select entity_key, consecutive_errors from syncrun_state order by 1") == [("10", 0), ("20", 0)]
+
+
+def test_values_that_cannot_go_as_arrays_are_written_row_by_row(tables: Database) -> None:
+    """An array column, or a numeric column holding ints and floats, falls back from unnest to
+    executemany (and a status.set column likewise); COPY takes either."""
+    tables.run("create table scores (appid int primary key, tags int[], score numeric)")
+    tables.run("alter table sync_status add column rating numeric")
+    source = make_source(writes=(write("scores", ["appid"], ["appid", "tags", "score"]),))
+    rows = [(0, [{"appid": i, "tags": [i, i + 1], "score": 1.5 if i % 2 else i}]) for i in range(1, 4)]
+    values = [{"rating": 2.5}, {"rating": 3}, {"rating": "4"}]
+    results = [ok(i, row, status_values=extra) for (i, row), extra in zip(enumerate(rows, 1), values, strict=True)]
+    assert run(tables, results, source) == []
+    assert tables.rows("select appid, tags, score from scores order by 1") == [
+        (1, [1, 2], 1.5),
+        (2, [2, 3], 2),
+        (3, [3, 4], 1.5),
+    ]
+    assert tables.rows("select appid, rating from sync_status order by 1") == [(1, 2.5), (2, 3), (3, 4)]
+    count = targets.COPY_FROM + 1
+    many = [ok(i, (0, [{"appid": i, "tags": [i], "score": 0.5 if i % 2 else i}])) for i in range(1, count + 1)]
+    assert run(tables, many, source) == []
+    assert tables.scalar("select sum(score) from scores") == sum(0.5 if i % 2 else i for i in range(1, count + 1))
+
+
+def test_the_copy_temp_table_is_kept_empty_across_batches(tables: Database) -> None:
+    """The per-target temp table survives commits (created if missing in every transaction), empty;
+    a rolled-back batch (replayed) does not break the next one."""
+    count = targets.COPY_FROM + 5
+    for price in (1, -1, 2):  # -1: a check violation, the batch is replayed entity by entity
+        results = [ok(i, app(i, price=price if i == 3 else i)) for i in range(1, count + 1)]
+        failed = run(tables, results)
+        assert [f.key for f in failed] == ([3] if price < 0 else [])
+        temp = tables.conn.execute(
+            "select relname from pg_class where relpersistence = 't' and relname like '\\_syncrun\\_rows\\_%'"
+        ).fetchall()
+        assert len(temp) == 1
+        assert tables.conn.execute(f'select count(*) from pg_temp."{temp[0][0]}"').fetchone() == (0,)
+        tables.conn.commit()
+    assert tables.rows("select price_cents from apps where appid = 3") == [(2,)]
+    assert tables.scalar("select count(*) from apps") == count
+    with tables.conn.transaction():  # a caller's transaction around two batches: no commit between them
+        for name in ("first", "second"):
+            assert run(tables, [ok(i, app(i, name)) for i in range(1, count + 1)]) == []
+    assert tables.rows("select distinct name from apps") == [("second",)]

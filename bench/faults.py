@@ -1,0 +1,526 @@
+"""`python -m bench.faults`: the fault matrix (issue #6). Every cell but the counters must be 0.
+
+Each fault runs the fault source (bench/faultlib.py: 24 entities, 3 write targets, 30 requests/s)
+as a real `syncrun run` subprocess against tests/apiserver.py's scriptable server and a private
+PostgreSQL cluster, then:
+
+1. checks the database right after the fault run: an entity stamped as synced has exactly the rows
+   its answer maps to; an entity that is not has none (no half-written entity);
+2. heals the API and runs once more ("clean rerun": a normal run for transient faults, which must
+   pick every unfinished entity up by itself; `--ids <all>` for faults in the data, whose entities
+   legitimately back off), then checks the data equals a clean run's (timestamps and job ids aside).
+
+Columns: proc/ok/fail/skip — the fault run's job counters; missing — rows an entity should have
+and lacks (either check); dup — rows present twice; wrong — rows no expected entity explains (a
+differing value, a stale child row, a half-written entity); stuck — jobs left `running` and claims
+still held once every runner has exited; over — requests beyond the rate limit in any 1 s window at
+the server, plus requests that arrived while a Retry-After pause was in force; unfair — entities
+put into backoff by a failure that was not theirs; miscount — job counters that disagree with the
+database. `checks` lists the fault's own expectations that failed (job status, message, exit code,
+duration), or `ok`.
+
+    python -m bench.faults                 # the whole matrix (~3 minutes on 2 cores)
+    python -m bench.faults --only 1a,10    # some rows
+    python -m bench.faults --trials 5      # fewer SIGKILL trials
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import random
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.faultlib import (
+    RATE,
+    Bouncer,
+    Cluster,
+    Completed,
+    Verdict,
+    Workload,
+    compare,
+    payload,
+    wait_for,
+)
+from tests.apiserver import ApiServer, Recorded, Reply, Script, worst_window
+
+KILL_TRIALS = 20
+
+
+@dataclass
+class Result:
+    id: str
+    fault: str
+    status: str = ""
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    missing: int = 0
+    duplicated: int = 0
+    wrong: int = 0
+    stuck: int = 0
+    over: int = 0
+    unfair: int = 0
+    miscount: int = 0
+    problems: list[str] = field(default_factory=list)  # expectations that failed
+    notes: list[str] = field(default_factory=list)
+
+    ZEROS = ("missing", "duplicated", "wrong", "stuck", "over", "unfair", "miscount")
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems and all(getattr(self, name) == 0 for name in self.ZEROS)
+
+    def explain(self) -> str:
+        return "; ".join(self.problems + self.notes)
+
+
+class Pauses:
+    """Retry-After pauses the server announced: (sent at, paused until), monotonic seconds."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[float, float]] = []
+        self.lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.windows.append((now, now + seconds))
+
+    def violations(self, arrivals: list[float]) -> int:
+        # In-flight requests granted before the client read the 429 may still land just after it.
+        return sum(1 for a in arrivals for sent, until in self.windows if sent + 0.15 < a < until - 0.15)
+
+
+@dataclass
+class Fault:
+    id: str
+    title: str
+    routes: Callable[[int, Pauses], list[Script]]  # the scripted replies of one entity
+    definitive: Callable[[int], bool] = lambda appid: False  # entities whose failure is theirs (they back off)
+    served: Callable[[int], dict[str, Any]] = payload  # the body a stamped entity's rows must come from
+    status: str = "completed"
+    message: str | None = None
+    code: int = 0
+    max_seconds: float = 30.0
+    entities: int = 24
+    workload: dict[str, Any] = field(default_factory=dict)
+    during: Callable[[Any, ApiServer, Workload], None] | None = None  # acts on the running process
+    bouncer: bool = False
+    slow: bool = False
+
+    @property
+    def rerun_ids(self) -> bool:
+        """Faults in the data back their entities off: the clean rerun names every entity."""
+        return any(self.definitive(k) for k in range(1, self.entities + 1))
+
+
+def ok(appid: int, delay: float = 0.0) -> Reply:
+    return Reply(200, json=payload(appid), delay=delay)
+
+
+def _retry_after_seconds(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 6 == 1:
+
+        def storm(_: Recorded) -> Reply:
+            pauses.add(1.0)
+            return Reply(429, json={"error": "slow down"}, headers={"Retry-After": "1"})
+
+        return [storm, ok(appid)]
+    if appid % 3 == 2:  # 429 without Retry-After: exponential backoff
+        return [Reply(429), Reply(429), ok(appid)]
+    return [ok(appid)]
+
+
+def _retry_after_date(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 8 == 1:
+
+        def storm(_: Recorded) -> Reply:
+            when = time.time() + 2
+            pauses.add(when - time.time() - 1)  # an HTTP-date has whole seconds: at least 1 s of it stands
+            return Reply(503, headers={"Retry-After": email.utils.formatdate(when, usegmt=True)})
+
+        return [storm, ok(appid)]
+    return [ok(appid)]
+
+
+def _retry_after_beyond(appid: int, pauses: Pauses) -> list[Script]:
+    if appid == 5:
+        return [Reply(429, headers={"Retry-After": "3600"})]
+    return [ok(appid, delay=0.05)]
+
+
+def _bursts(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 7 == 0:
+        return [Reply(503, body=b"upstream down")]  # every attempt: gives up, transient
+    if appid % 3 == 0:
+        return [Reply(500), Reply(502, body=b"<html>bad gateway</html>"), Reply(504), ok(appid)]
+    return [ok(appid)]
+
+
+def _resets(appid: int, pauses: Pauses) -> list[Script]:
+    if appid == 11:
+        return [Reply(reset=True)]
+    if appid % 2 == 0:
+        return [Reply(reset=True), Reply(reset=True), ok(appid)]
+    return [ok(appid)]
+
+
+def _hangs(appid: int, pauses: Pauses) -> list[Script]:
+    if appid == 9:
+        return [Reply(hang=True)]
+    if appid % 4 == 0:
+        return [Reply(hang=True), ok(appid)]
+    return [ok(appid)]
+
+
+def _drips(appid: int, pauses: Pauses) -> list[Script]:
+    if appid == 10:
+        return [Reply(drip=0.05)]
+    if appid % 4 == 1:
+        return [Reply(drip=0.05), ok(appid)]
+    return [ok(appid)]
+
+
+def _malformed(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 5 == 0:
+        return [Reply(200, body=b'{"name": "App", "price": ', headers={"Content-Type": "application/json"})]
+    return [ok(appid)]
+
+
+def _html(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 5 == 1:
+        page = b"<!doctype html><html><body><h1>Service temporarily unavailable</h1></body></html>"
+        return [Reply(200, body=page, headers={"Content-Type": "text/html"})]
+    return [ok(appid)]
+
+
+def _oversized(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 5 == 2:
+        return [Reply(200, size=5_000_000, headers={"Content-Type": "application/json"})]  # declared
+    if appid % 5 == 3:
+        return [Reply(200, size=5_000_000, chunked=True, headers={"Content-Type": "application/json"})]
+    return [ok(appid)]
+
+
+def _typed_body(appid: int) -> dict[str, Any]:
+    body = payload(appid)
+    if appid % 6 == 0:
+        body["price"] = "lots"
+    elif appid % 6 == 1:
+        body["price"] = 10**20  # does not fit an int column
+    elif appid % 6 == 2:
+        body["price"] = {"cents": 5}
+    elif appid % 6 == 3:
+        del body["name"], body["tags"]  # missing fields: nulls and no tags, a legitimate answer
+    return body
+
+
+def _types(appid: int, pauses: Pauses) -> list[Script]:
+    return [Reply(200, json=_typed_body(appid))]
+
+
+def _unauthorised(appid: int, pauses: Pauses) -> list[Script]:
+    return [Reply(401 if appid % 2 else 403, json={"error": "invalid API key"})]
+
+
+class _Outage:
+    """The API goes down after its first few answers: every later request gets a 503."""
+
+    def __init__(self, healthy: int) -> None:
+        self.left, self.lock = healthy, threading.Lock()
+
+    def routes(self, appid: int, pauses: Pauses) -> list[Script]:
+        def answer(_: Recorded) -> Reply:
+            with self.lock:
+                self.left -= 1
+                healthy = self.left >= 0
+            return ok(appid) if healthy else Reply(503, body=b"service unavailable")
+
+        return [answer]
+
+
+def _restart_postgres(proc: Any, api: ApiServer, workload: Workload) -> None:
+    wait_for(lambda: len(api.requests) >= 8 or proc.poll() is not None, what="8 requests")
+    workload.cluster.restart()
+
+
+def _sigterm(proc: Any, api: ApiServer, workload: Workload) -> None:
+    wait_for(lambda: len(api.requests) >= 7 or proc.poll() is not None, what="7 requests")
+    time.sleep(0.1)  # the held requests are in flight
+    proc.send_signal(signal.SIGTERM)
+
+
+FAULTS = [
+    Fault("1a", "429 storm, Retry-After seconds", _retry_after_seconds),
+    Fault("1b", "429/503 Retry-After HTTP-date", _retry_after_date),
+    Fault(
+        "1c",
+        "Retry-After beyond max_wait",
+        _retry_after_beyond,
+        status="failed",
+        message="longer than retry.max_wait",
+        code=1,
+        max_seconds=10,
+    ),
+    Fault("2", "5xx bursts", _bursts),
+    Fault("3", "connection resets", _resets),
+    Fault("4", "accepts, never answers", _hangs, slow=True),
+    Fault("5", "slow-drip bodies", _drips, slow=True),
+    Fault("6", "malformed JSON", _malformed, definitive=lambda k: k % 5 == 0),
+    Fault("7", "200 with an HTML error page", _html, definitive=lambda k: k % 5 == 1),
+    Fault("8", "oversized bodies", _oversized, definitive=lambda k: k % 5 in (2, 3)),
+    Fault("9", "wrong types / missing fields", _types, definitive=lambda k: k % 6 in (0, 1, 2), served=_typed_body),
+    Fault(
+        "10",
+        "PostgreSQL restarted mid-run",
+        lambda k, p: [ok(k, delay=0.15)],
+        status="completed|failed",
+        code=-1,
+        during=_restart_postgres,
+        workload={"concurrency": 2, "write_batch": 2},
+        slow=True,
+    ),
+    Fault(
+        "12",
+        "SIGTERM, responses in flight",
+        lambda k, p: [ok(k) if k <= 4 else ok(k, delay=1.0)],
+        status="cancelled",
+        message="cancelled by SIGTERM",
+        code=143,
+        during=_sigterm,
+        slow=True,
+    ),
+    Fault(
+        "13",
+        "401/403 on every request",
+        _unauthorised,
+        status="failed",
+        message="refused our credentials",
+        code=1,
+    ),
+    Fault(
+        "14",
+        "API-wide outage (503 after 4 answers)",
+        lambda k, p: [],  # replaced per run: the outage counts requests across entities
+        status="failed",
+        message="the API looks down",
+        code=1,
+        entities=40,
+        workload={"attempts": 2},
+    ),
+    Fault("15", "through pgbouncer (transaction mode)", _bursts, bouncer=True),
+]
+
+
+# --- running one fault ---------------------------------------------------------------------------------
+def _expect(result: Result, fault: Fault, job: tuple[Any, ...] | None, run: Completed) -> None:
+    if job is None:
+        result.problems.append("no job row")
+        return
+    status, error = job[1], job[6] or ""
+    if status not in fault.status.split("|"):
+        result.problems.append(f"job {status}, expected {fault.status}: {error[:200]}")
+    if fault.message and fault.message not in error:
+        result.problems.append(f"job error {error[:200]!r} lacks {fault.message!r}")
+    if fault.code >= 0 and run.code != fault.code:
+        result.problems.append(f"exit {run.code}, expected {fault.code}: {run.stderr[-300:]}")
+    if run.code == 70 or "Traceback" in run.stderr:
+        result.problems.append(f"internal error: {run.stderr[-600:]}")
+    if run.elapsed > fault.max_seconds:
+        result.problems.append(f"took {run.elapsed:.1f}s, expected under {fault.max_seconds:g}s")
+
+
+def _over(api: ApiServer, first: int, last: int, pauses: Pauses, rate: int) -> int:
+    arrivals = [r.at for r in api.requests[first:last]]
+    return max(0, worst_window(arrivals, 1.0) - rate) + pauses.violations(arrivals)
+
+
+def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
+    result = Result(fault.id, fault.title)
+    workload = Workload(cluster, f"f{fault.id}", tmp / fault.id, entities=fault.entities, **fault.workload)
+    bouncer = Bouncer(cluster) if fault.bouncer else None
+    api = ApiServer().start()
+    try:
+        dsn = cluster.dsn(workload.name, port=bouncer.port) if bouncer else None
+        pauses = Pauses()
+        routes = _Outage(4).routes if fault.id == "14" else fault.routes
+        for appid in workload.keys:
+            api.route(f"/apps/{appid}", *routes(appid, pauses))
+        # 1. the fault run
+        started = time.monotonic()
+        proc = workload.start(workload.run_args(), api.url, dsn)
+        if fault.during is not None:
+            fault.during(proc, api, workload)
+        out, err = proc.communicate(timeout=120)
+        run = Completed(proc.returncode, out, err, time.monotonic() - started)
+        first_end = len(api.requests)
+        jobs = workload.jobs()
+        job = jobs[0] if jobs else None
+        _expect(result, fault, job, run)
+        if job is not None:
+            result.status = job[1]
+            result.processed, result.succeeded, result.failed, result.skipped = job[2:6]
+        stamped, errored = workload.stamped(), workload.errored()
+        verdict = compare(workload.data(), {k: fault.served(k) if k in stamped else None for k in workload.keys})
+        if job is not None:
+            counted = {"succeeded": (job[3], len(stamped)), "failed": (job[4], len(errored - stamped))}
+            counted["processed"] = (job[2], sum(job[3:6]))
+            for name, (said, seen) in counted.items():
+                if said != seen:
+                    result.miscount += 1
+                    result.notes.append(f"job says {name} {said}, database shows {seen}")
+        result.unfair = len(workload.penalised() - {k for k in workload.keys if fault.definitive(k)})
+        result.stuck = workload.stuck()
+        if result.stuck:
+            result.notes.append(f"after the fault run: {workload.query('select status, count(*) from sync_jobs group by 1')}, "
+                                f"claims held {workload.query('select entity_key from syncrun_state where claimed_by is not null')}")
+        # 2. heal the API, one clean rerun, the data must equal a clean run's
+        for appid in workload.keys:
+            api.route(f"/apps/{appid}", ok(appid))
+        extra = ("--ids", ",".join(map(str, workload.keys))) if fault.rerun_ids else ()
+        rerun = workload.cli(workload.run_args(*extra), api.url, dsn)
+        if rerun.code != 0:
+            result.problems.append(f"clean rerun exited {rerun.code}: {rerun.stderr[-300:]}")
+        verdict.add(compare(workload.data(), {k: payload(k) for k in workload.keys}))
+        result.missing, result.duplicated, result.wrong = verdict.missing, verdict.duplicated, verdict.wrong
+        result.notes += verdict.notes
+        result.stuck += workload.stuck()
+        result.over = _over(api, 0, first_end, pauses, workload.rate) + _over(
+            api, first_end, len(api.requests), pauses, workload.rate
+        )
+    finally:
+        api.stop()
+        if bouncer is not None:
+            bouncer.close()
+    return result
+
+
+# --- 11: SIGKILL at random points ---------------------------------------------------------------------------
+def kill_trial(trial: int, cluster: Cluster, tmp: Path, seed: int = 6) -> Result:
+    """SIGKILL after a random number of requests; wait out the lease and the stale timeout; a normal run
+    must reap the job, re-claim the unfinished entities, and leave the data equal to a clean run's."""
+    rng = random.Random(seed * 1000 + trial)
+    result = Result("11", "SIGKILL at random points")
+    workload = Workload(cluster, f"kill{trial}", tmp / f"kill{trial}")
+    api = ApiServer().start()
+    try:
+        for appid in workload.keys:
+            api.route(f"/apps/{appid}", ok(appid, delay=0.03))
+        lease = ("--lease", "1.2", "--heartbeat", "0.3", "--stale-after", "1")
+        args = ["run", str(workload.source), *lease]
+        proc = workload.start(args, api.url)
+        at = rng.randint(0, workload.entities)
+        try:
+            wait_for(lambda: len(api.requests) >= at or proc.poll() is not None, what=f"{at} requests")
+        finally:
+            time.sleep(rng.uniform(0, 0.05))
+            proc.kill()
+            proc.communicate()
+        first_end = len(api.requests)
+        stamped = workload.stamped()
+        verdict = compare(workload.data(), {k: payload(k) if k in stamped else None for k in workload.keys})
+        time.sleep(1.4)  # the lease (1.2 s) and the stale timeout (1 s) run out
+        rerun = workload.cli(args, api.url)
+        if rerun.code != 0:
+            result.problems.append(f"trial {trial}: recovery run exited {rerun.code}: {rerun.stderr[-300:]}")
+        jobs = workload.jobs()
+        killed = [j for j in jobs[:-1]]
+        if killed and (killed[0][1] != "failed" or "abandoned" not in (killed[0][6] or "")):
+            result.problems.append(f"trial {trial}: killed job not reaped: {killed[0]}")
+        if jobs:
+            result.status = jobs[-1][1]
+            result.processed, result.succeeded, result.failed, result.skipped = jobs[-1][2:6]
+            if jobs[-1][3] != workload.entities - len(stamped):
+                result.miscount += 1
+                result.notes.append(f"trial {trial}: recovery succeeded {jobs[-1][3]}, expected {workload.entities - len(stamped)}")
+        final = compare(workload.data(), {k: payload(k) for k in workload.keys})
+        verdict.add(final)
+        result.missing, result.duplicated, result.wrong = verdict.missing, verdict.duplicated, verdict.wrong
+        result.notes += [f"trial {trial} (killed after {at} requests): {n}" for n in verdict.notes]
+        result.stuck = workload.stuck()
+        result.unfair = len(workload.penalised())
+        pauses = Pauses()
+        result.over = _over(api, 0, first_end, pauses, workload.rate) + _over(
+            api, first_end, len(api.requests), pauses, workload.rate
+        )
+    finally:
+        api.stop()
+    return result
+
+
+def run_kills(cluster: Cluster, tmp: Path, trials: int = KILL_TRIALS, workers: int = 2) -> Result:
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda t: kill_trial(t, cluster, tmp), range(trials)))
+    total = Result("11", f"SIGKILL at random points ({trials} trials)", status="recovered")
+    for r in results:
+        for name in ("processed", "succeeded", "failed", "skipped", *Result.ZEROS):
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+        total.problems += r.problems
+        total.notes += r.notes
+        if r.status != "completed":
+            total.problems.append(f"a recovery run ended {r.status}")
+    return total
+
+
+# --- the table -------------------------------------------------------------------------------------------
+HEADER = ("#", "fault", "job", "proc", "ok", "fail", "skip", "missing", "dup", "wrong", "stuck", "over", "unfair",
+          "miscount", "checks")
+
+
+def format_table(results: list[Result]) -> str:
+    rows = [HEADER] + [
+        (r.id, r.fault, r.status, r.processed, r.succeeded, r.failed, r.skipped, r.missing, r.duplicated, r.wrong,
+         r.stuck, r.over, r.unfair, r.miscount, "ok" if not r.problems else "FAILED")
+        for r in results
+    ]
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    for r in results:
+        if not r.clean:
+            lines.append(f"  {r.id}: {r.explain()}")
+    return "\n".join(lines)
+
+
+def run_matrix(cluster: Cluster, tmp: Path, only: set[str] | None = None, trials: int = KILL_TRIALS) -> list[Result]:
+    results = []
+    for fault in FAULTS:
+        if only is None or fault.id in only:
+            results.append(run_fault(fault, cluster, tmp))
+        if fault.id == "10" and (only is None or "11" in only):
+            results.append(run_kills(cluster, tmp, trials))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated fault ids, e.g. 1a,10,11")
+    parser.add_argument("--trials", type=int, default=KILL_TRIALS, help="SIGKILL trials (fault 11)")
+    args = parser.parse_args(argv)
+    only = {x.strip() for x in args.only.split(",")} if args.only else None
+    started = time.monotonic()
+    cluster = Cluster()
+    try:
+        with tempfile.TemporaryDirectory(prefix="syncrun-faults-") as tmp:
+            results = run_matrix(cluster, Path(tmp), only, args.trials)
+    finally:
+        cluster.close()
+    print(format_table(results))
+    print(f"\n{len(results)} faults in {time.monotonic() - started:.0f}s; "
+          + ("all zeros" if all(r.clean for r in results) else "NOT all zeros"))
+    return 0 if all(r.clean for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
