@@ -70,6 +70,8 @@ def _private_dir(prefix: str) -> Path:
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 class Cluster:
+    AUTH = ("--auth-local=trust", "--auth-host=scram-sha-256")  # the socket is ours; TCP needs the password
+
     def __init__(self) -> None:
         self.initdb, self.pg_ctl = _binary("initdb", PG_BIN), _binary("pg_ctl", PG_BIN)
         self.root = _private_dir("syncrun-faults-pg-")
@@ -77,10 +79,7 @@ class Cluster:
         self.port = free_port()
         try:
             self._server(["mkdir", "-p", str(self.sockets)])
-            self._server(
-                [self.initdb, "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--no-sync"]
-                + ["--auth-local=trust", "--auth-host=scram-sha-256"]
-            )
+            self._server([self.initdb, "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--no-sync", *self.AUTH])
             self.start()
             with self.admin() as conn:
                 conn.execute(
@@ -317,7 +316,14 @@ class Workload:
 
     def env(self, api_url: str, dsn: str | None = None) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CI", "GITHUB_ACTIONS")}
-        return {**base, "DATABASE_URL": dsn or self.dsn, "API_URL": api_url, "API_TOKEN": TOKEN, "NO_COLOR": "1"}
+        return {
+            **base,
+            "DATABASE_URL": dsn or self.dsn,
+            "API_URL": api_url,
+            "API_TOKEN": TOKEN,
+            "NO_COLOR": "1",
+            "PYTHONFAULTHANDLER": "1",
+        }
 
     def start(self, args: Sequence[str], api_url: str, dsn: str | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(

@@ -30,6 +30,7 @@ import argparse
 import email.utils
 import random
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -40,11 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.faultlib import (
-    RATE,
     Bouncer,
     Cluster,
     Completed,
-    Verdict,
     Workload,
     compare,
     payload,
@@ -116,6 +115,7 @@ class Fault:
     workload: dict[str, Any] = field(default_factory=dict)
     during: Callable[[Any, ApiServer, Workload], None] | None = None  # acts on the running process
     bouncer: bool = False
+    exact: bool = False  # every request of the fault run belongs to an entity counted as succeeded
     slow: bool = False
 
     @property
@@ -286,6 +286,7 @@ FAULTS = [
         lambda k, p: [ok(k, delay=0.15)],
         status="completed|failed",
         code=-1,
+        max_seconds=20,
         during=_restart_postgres,
         workload={"concurrency": 2, "write_batch": 2},
         slow=True,
@@ -293,11 +294,12 @@ FAULTS = [
     Fault(
         "12",
         "SIGTERM, responses in flight",
-        lambda k, p: [ok(k) if k <= 4 else ok(k, delay=1.0)],
+        lambda k, p: [ok(k) if k <= 4 else ok(k, delay=0.6)],
         status="cancelled",
         message="cancelled by SIGTERM",
         code=143,
         during=_sigterm,
+        exact=True,
         slow=True,
     ),
     Fault(
@@ -361,9 +363,18 @@ def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
         proc = workload.start(workload.run_args(), api.url, dsn)
         if fault.during is not None:
             fault.during(proc, api, workload)
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=fault.max_seconds + 10)
+        except subprocess.TimeoutExpired:  # a hung runner: dump its threads (PYTHONFAULTHANDLER), note it
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate()
+            result.problems.append(f"runner hung (killed after {fault.max_seconds + 10:g}s): {err[-1500:]}")
         run = Completed(proc.returncode, out, err, time.monotonic() - started)
         first_end = len(api.requests)
+        if fault.exact and run.code >= 0:
+            requests, stamped_now = first_end, len(workload.stamped())
+            if not 0 < requests == stamped_now < workload.entities:
+                result.problems.append(f"{requests} requests, {stamped_now} entities stamped (of {workload.entities})")
         jobs = workload.jobs()
         job = jobs[0] if jobs else None
         _expect(result, fault, job, run)
@@ -382,8 +393,10 @@ def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
         result.unfair = len(workload.penalised() - {k for k in workload.keys if fault.definitive(k)})
         result.stuck = workload.stuck()
         if result.stuck:
-            result.notes.append(f"after the fault run: {workload.query('select status, count(*) from sync_jobs group by 1')}, "
-                                f"claims held {workload.query('select entity_key from syncrun_state where claimed_by is not null')}")
+            result.notes.append(
+                f"after the fault run: {workload.query('select status, count(*) from sync_jobs group by 1')}, "
+                f"claims held {workload.query('select entity_key from syncrun_state where claimed_by is not null')}"
+            )
         # 2. heal the API, one clean rerun, the data must equal a clean run's
         for appid in workload.keys:
             api.route(f"/apps/{appid}", ok(appid))
@@ -434,7 +447,7 @@ def kill_trial(trial: int, cluster: Cluster, tmp: Path, seed: int = 6) -> Result
         if rerun.code != 0:
             result.problems.append(f"trial {trial}: recovery run exited {rerun.code}: {rerun.stderr[-300:]}")
         jobs = workload.jobs()
-        killed = [j for j in jobs[:-1]]
+        killed = jobs[:-1]
         if killed and (killed[0][1] != "failed" or "abandoned" not in (killed[0][6] or "")):
             result.problems.append(f"trial {trial}: killed job not reaped: {killed[0]}")
         if jobs:
@@ -442,7 +455,9 @@ def kill_trial(trial: int, cluster: Cluster, tmp: Path, seed: int = 6) -> Result
             result.processed, result.succeeded, result.failed, result.skipped = jobs[-1][2:6]
             if jobs[-1][3] != workload.entities - len(stamped):
                 result.miscount += 1
-                result.notes.append(f"trial {trial}: recovery succeeded {jobs[-1][3]}, expected {workload.entities - len(stamped)}")
+                result.notes.append(
+                    f"trial {trial}: recovery succeeded {jobs[-1][3]}, expected {workload.entities - len(stamped)}"
+                )
         final = compare(workload.data(), {k: payload(k) for k in workload.keys})
         verdict.add(final)
         result.missing, result.duplicated, result.wrong = verdict.missing, verdict.duplicated, verdict.wrong
@@ -473,19 +488,52 @@ def run_kills(cluster: Cluster, tmp: Path, trials: int = KILL_TRIALS, workers: i
 
 
 # --- the table -------------------------------------------------------------------------------------------
-HEADER = ("#", "fault", "job", "proc", "ok", "fail", "skip", "missing", "dup", "wrong", "stuck", "over", "unfair",
-          "miscount", "checks")
+HEADER = (
+    "#",
+    "fault",
+    "job",
+    "proc",
+    "ok",
+    "fail",
+    "skip",
+    "missing",
+    "dup",
+    "wrong",
+    "stuck",
+    "over",
+    "unfair",
+    "miscount",
+    "checks",
+)
 
 
 def format_table(results: list[Result]) -> str:
     rows = [HEADER] + [
-        (r.id, r.fault, r.status, r.processed, r.succeeded, r.failed, r.skipped, r.missing, r.duplicated, r.wrong,
-         r.stuck, r.over, r.unfair, r.miscount, "ok" if not r.problems else "FAILED")
+        (
+            r.id,
+            r.fault,
+            r.status,
+            r.processed,
+            r.succeeded,
+            r.failed,
+            r.skipped,
+            r.missing,
+            r.duplicated,
+            r.wrong,
+            r.stuck,
+            r.over,
+            r.unfair,
+            r.miscount,
+            "ok" if not r.problems else "FAILED",
+        )
         for r in results
     ]
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
     lines.insert(1, "-" * len(lines[0]))
     for r in results:
         if not r.clean:
@@ -517,8 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cluster.close()
     print(format_table(results))
-    print(f"\n{len(results)} faults in {time.monotonic() - started:.0f}s; "
-          + ("all zeros" if all(r.clean for r in results) else "NOT all zeros"))
+    print(
+        f"\n{len(results)} faults in {time.monotonic() - started:.0f}s; "
+        + ("all zeros" if all(r.clean for r in results) else "NOT all zeros")
+    )
     return 0 if all(r.clean for r in results) else 1
 
 

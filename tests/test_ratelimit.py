@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +16,9 @@ import pytest
 
 from runner import client, spec
 from runner.errors import UsageError
-from runner.ratelimit import Limiter, RateLimitedTransport, limiters
+from runner.ratelimit import FRESH, LATE, DatabaseLimiter, Limiter, RateLimitedTransport, limiters
 from tests.apiserver import ApiServer, FakeClock, Reply, worst_window
+from tests.pg import Database
 
 
 def rate(requests: int, per: float, *, burst: int = 1, bucket: str = "b", **kw: object) -> spec.RateLimit:
@@ -62,6 +64,59 @@ def test_pause_holds_every_grant_until_it_ends() -> None:
     limiter.pause(2.0)
     limiter.pause(0.5)
     assert asyncio.run(grant_times(limiter, clock, 1)) == [2.0]
+
+
+def test_oversleeping_does_not_drift_the_schedule() -> None:
+    """Every sleep wakes 50 ms late: grants keep their slots 250 ms apart (the old log drifted 50 ms per
+    grant: 0, .30, .60, .90, ...); only the window rule, which sees the real sends, adds the lateness,
+    once per window."""
+    clock = FakeClock()
+
+    async def late(seconds: float) -> None:
+        clock.now += seconds + 0.05
+
+    limiter = Limiter(rate(4, 1.0), margin=0.0, clock=clock, sleep=late)
+    assert asyncio.run(grant_times(limiter, clock, 9)) == [0.0, 0.3, 0.55, 0.8, 1.05, 1.35, 1.6, 1.85, 2.1]
+
+
+def test_open_grants_count_until_sent_and_late_sends_push_the_window() -> None:
+    """2 per second: two grants reserved but not sent yet block a third; once the first is sent (late,
+    at 3 s) the third waits until that send has left the window (4 s), not the first grant (1 s)."""
+    clock = FakeClock()
+    limiter = Limiter(rate(2, 1.0), margin=0.0, clock=clock, sleep=clock.sleep)
+
+    async def main() -> float:
+        first = await limiter.reserve()
+        await limiter.reserve()
+        third = asyncio.create_task(limiter.reserve())
+        await asyncio.sleep(0.01)
+        assert not third.done()
+        clock.now = 1003.0
+        await limiter.sending(first)
+        await third
+        return clock() - 1000.0
+
+    assert asyncio.run(main()) == 4.0
+
+
+def test_a_stamp_never_moves_and_release_stamps_an_unsent_grant() -> None:
+    """sending() stamps once; release() of a grant never sent stamps it then (it may have left)."""
+    clock = FakeClock()
+    limiter = Limiter(rate(1, 1.0), margin=0.0, clock=clock, sleep=clock.sleep)
+
+    async def main() -> list[float]:
+        sent = await limiter.reserve()
+        clock.now += 0.5
+        await limiter.sending(sent)
+        clock.now += 2.0
+        limiter.release(sent)  # already stamped at 0.5: unchanged
+        failed = await limiter.reserve()  # at 2.5
+        clock.now += 0.2
+        limiter.release(failed)  # never sent: stamped at 2.7, so the next waits until 3.7
+        await limiter.acquire()
+        return [round(g - 1000.0, 6) for g in (sent.sent or 0, failed.sent or 0, clock())]
+
+    assert asyncio.run(main()) == [0.5, 2.7, 3.7]
 
 
 def test_registry_shares_one_limiter_per_bucket() -> None:
@@ -159,6 +214,69 @@ def test_every_attempt_spends_budget(api: ApiServer) -> None:
     assert limiter.requests == len(api.requests) == 3
 
 
+def test_transport_stamps_at_the_write_and_a_new_connection_as_later(api: ApiServer) -> None:
+    """1 per 0.2 s: the first request opens its connection and is logged FRESH later than its write,
+    so the second writes >= 0.2 + FRESH after it; the third reuses the connection: >= 0.2 after."""
+    api.route("/x", Reply(200, json={}))
+    limiter = Limiter(rate(1, 0.2), margin=0.0)
+    writes: list[float] = []
+
+    async def trace(event: str, info: dict[str, object]) -> None:
+        if event.endswith("send_request_headers.started"):
+            writes.append(time.monotonic())
+
+    async def main() -> None:
+        async with client.build(spec.Request(url=_template(api.url + "/x")), limiter, max_connections=1) as http:
+            for _ in range(3):
+                (await http.get(api.url + "/x", extensions={"trace": trace})).raise_for_status()
+
+    asyncio.run(main())
+    assert len(writes) == 3
+    assert limiter.requests == 3
+    assert writes[1] - writes[0] >= 0.2 + FRESH
+    assert 0.2 <= writes[2] - writes[1] < 0.2 + FRESH  # the wake-up is late by far less than FRESH
+
+
+def test_failed_connections_release_their_grants() -> None:
+    """1 per 0.1 s against a closed port: every attempt fails before writing and still frees its grant
+    (else the next would wait forever)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/x"
+    limiter = Limiter(rate(1, 0.1))
+
+    async def main() -> None:
+        async with client.build(spec.Request(url=_template(url)), limiter, max_connections=2) as http:
+            for _ in range(3):
+                with pytest.raises(httpx.ConnectError):
+                    await http.get(url)
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert limiter.requests == 3
+
+
+def test_database_limiter_takes_a_new_grant_when_the_send_is_late(db: Database) -> None:
+    """A reservation used more than LATE after its time, at the moment of the write, is left unused and
+    replaced: the bucket's log holds both, the limiter counts one request and one discarded."""
+    db.migrate()
+    limiter = DatabaseLimiter(rate(100, 1.0, shared=spec.LimitScope.DATABASE), db.dsn)
+
+    async def main() -> tuple[bool, bool]:
+        on_time = await limiter.reserve()
+        fresh = await limiter.sending(on_time)
+        late = await limiter.reserve()
+        await asyncio.sleep(LATE + 0.03)
+        return fresh, await limiter.sending(late)
+
+    try:
+        assert asyncio.run(main()) == (False, True)
+    finally:
+        limiter.close()
+    assert limiter.requests == 2
+    assert limiter.discarded >= 1
+    assert db.scalar("select seq from syncrun_rate_limits where bucket = 'b'") == 2 + limiter.discarded
+
+
 def _template(text: str) -> spec.Template:
     return spec.Template(text, (spec.Literal(text),))
 
@@ -236,10 +354,11 @@ def test_window_holds_at_the_server_under_cpu_load(api: ApiServer, burst: int) -
 
 @pytest.mark.slow
 def test_rate_reaches_97_percent_at_50_per_second(api: ApiServer) -> None:
-    """50 per second, burst 1, 16 tasks, 170 requests (3.4 s): >= 97 % of the limit, no window over 50.
-    Oversleeping one grant does not delay the next (slots are scheduled, not measured from the last)."""
+    """50 per second, burst 1, 16 tasks, 250 requests (5 s): >= 97 % of the limit, no window over 50.
+    Oversleeping one grant does not delay the next (slots are scheduled, not measured from the last).
+    Ideal: 50 / 1.01 = 99 %; measured 97.8-98.5 % on a loaded 2-CPU machine (docs/rate-limits.md)."""
     limiter = Limiter(rate(50, 1.0))
-    arrivals = sorted(hammer(api, limiter, requests=170, tasks=16))
+    arrivals = sorted(hammer(api, limiter, requests=250, tasks=16))
     achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     assert worst_window(arrivals, 1.0) <= 50
     assert achieved >= 0.97 * 50, f"achieved {achieved:.2f}/s of 50/s"

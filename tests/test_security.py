@@ -1,0 +1,329 @@
+"""Security properties end to end (issue #6): secrets never leak, SQL cannot be injected, entity values
+cannot steer a request elsewhere, TLS verification is on unless a source turns it off (loudly).
+
+Runs `syncrun` as a subprocess against a private PostgreSQL cluster whose role has a real password
+(bench/faultlib.py), so DATABASE_URL carries a secret just as `${secret.*}` does. Without initdb the
+tests skip locally and fail under CI=true. YAML fuzzing lives in tests/test_config.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import psycopg
+import pytest
+
+from bench import faultlib
+from bench.faultlib import PASSWORD, TOKEN
+from tests.apiserver import ApiServer, Recorded, Reply
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: install it, see .ci/run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[faultlib.Cluster]:
+    try:
+        private = faultlib.Cluster()
+    except faultlib.Missing as missing:
+        unavailable(f"no private PostgreSQL cluster: {missing}")
+    try:
+        yield private
+    finally:
+        private.close()
+
+
+SOURCE = """\
+name: sec
+entities:
+  type: default
+  columns: {{slug: text}}
+  limit: 100
+request:
+  url: "{base}/items/{{slug}}/detail"
+  query:
+    key: "${{secret.API_TOKEN}}"
+    v: "1"
+  headers:
+    Authorization: "Bearer ${{secret.API_TOKEN}}"
+  timeout: 2s
+{extra}rate_limit: {{requests: 200, per: 1s, burst: 20, bucket: sec}}
+retry: {{attempts: 2, initial: 10ms, max_delay: 20ms, max_wait: 2s}}
+concurrency: 2
+write_batch: 4
+fail_ratio: 1
+outcomes:
+  - {{name: api error, when: "status == `400`", outcome: error, message: "API said {{body.error}}"}}
+records: body
+writes:
+  - table: {table}
+    key: [slug]
+    columns:
+      slug: entity.slug
+      title: record.title
+      note: record.note
+  - table: item_tags
+    key: [slug, tag]
+    rows: record.tags
+    columns:
+      slug: entity.slug
+      tag: item
+"""
+
+TABLES = """
+create table items (slug text primary key, title text, note text);
+create table item_tags (slug text not null, tag text not null, primary key (slug, tag));
+"""
+
+
+class Project:
+    """A database in the private cluster, the `sec` source, and subprocess runs of syncrun."""
+
+    def __init__(self, cluster: faultlib.Cluster, tmp: Path, name: str, *, base: str = "${env.API_URL}") -> None:
+        self.tmp, self.cluster = tmp, cluster
+        (tmp / "syncrun.yaml").write_text(
+            "status: {table: sync_status, key: slug}\nentities: {key: slug, key_type: text}\n"
+        )
+        self.source = tmp / "sec.yaml"
+        self.write_source(base=base)
+        self.dsn = cluster.create_database(name)
+        self.outputs: list[str] = []
+        self.syncrun("migrate", str(self.source), api_url="http://127.0.0.1:9")
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(TABLES)  # type: ignore[arg-type]
+
+    def write_source(self, *, base: str = "${env.API_URL}", extra: str = "", table: str = "items") -> None:
+        self.source.write_text(SOURCE.format(base=base, extra=extra, table=table))
+
+    def seed(self, slugs: list[str]) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("insert into sync_status (slug) select unnest(%s::text[])", (slugs,))
+
+    def syncrun(
+        self, *args: str, api_url: str, dsn: str | None = None, code: int | None = 0
+    ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GITHUB_ACTIONS")}
+        env |= {"DATABASE_URL": dsn or self.dsn, "API_URL": api_url, "API_TOKEN": TOKEN}
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        self.outputs += [result.stdout, result.stderr]
+        if code is not None:
+            assert result.returncode == code, result.stdout + result.stderr
+        return result
+
+    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def every_text_value(self, *, besides: tuple[str, ...] = ()) -> list[str]:
+        """Every value of every column of every table in the database (but `besides`), as text."""
+        tables = self.rows(
+            "select table_schema, table_name from information_schema.tables"
+            " where table_schema not in ('pg_catalog', 'information_schema') and table_type = 'BASE TABLE'"
+            " and table_name <> all(%s)",
+            (list(besides),),
+        )
+        values: list[str] = []
+        for schema, table in tables:
+            query = psycopg.sql.SQL("select t::text from {}.{} t").format(
+                psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table)
+            )
+            values += [row[0] for row in self.rows(query)]  # type: ignore[arg-type]
+        return values
+
+
+SECRET_FORMS = sorted({form for s in (TOKEN, PASSWORD) for form in (s, quote(s, safe=""), quote_plus(s))})
+
+
+def leaks(texts: list[str]) -> list[str]:
+    return [
+        f"{form!r} in {text[max(0, text.find(form) - 80) :][:200]!r}"
+        for text in texts
+        for form in SECRET_FORMS
+        if form in text
+    ]
+
+
+def echo(request: Recorded) -> Reply:
+    """An API that quotes the request back, credentials included, in whatever it answers."""
+    said = f"{request.target} {request.headers.get('authorization')}"
+    slug = request.path.split("/")[2]
+    if slug == "bad":
+        return Reply(400, json={"error": f"key rejected: {said}"})
+    if slug == "down":
+        return Reply(503, body=f"upstream failed for {said}".encode())
+    if slug == "html":
+        return Reply(200, body=f"<html>{said}</html>".encode(), headers={"Content-Type": "text/html"})
+    return Reply(200, json={"title": f"Item {slug}", "note": said, "tags": [said[-40:]]})
+
+
+def test_secrets_never_appear_in_any_output(cluster: faultlib.Cluster, tmp_path: Path) -> None:
+    """With a known API token and DATABASE_URL password, run every path — run (text and JSON logs),
+    errors echoing the token, --dry-run, test-read, --record, status, a failed connection — and
+    search stdout, stderr, every text column of every table and the cassette for either secret,
+    raw and percent-encoded."""
+    project = Project(cluster, tmp_path, "sec_secrets")
+    slugs = ["ok1", "ok2", "bad", "down", "html"]
+    project.seed(slugs)
+    api = ApiServer().start()
+    try:
+        for slug in slugs:
+            api.route(f"/items/{slug}/detail", echo)
+        src, url = str(project.source), api.url
+        project.syncrun("run", src, "--dry-run", "--ids", "ok1,bad", api_url=url)
+        project.syncrun("test-read", src, "--ids", "ok1,bad,html", api_url=url)
+        project.syncrun("run", src, "--log-format", "json", "--progress-every", "1", api_url=url)
+        project.syncrun("run", src, "--ids", ",".join(slugs), "--record", str(tmp_path / "rec"), api_url=url)
+        project.syncrun("run", src, "--ids", "ok1,down", "--log-format", "text", "--progress-every", "1", api_url=url)
+        project.syncrun("status", src, api_url=url)
+        project.syncrun("status", src, "--json", api_url=url)
+        wrong_db = project.dsn.rsplit("/", 1)[0] + "/no_such_database"
+        failed = project.syncrun("run", src, api_url=url, dsn=wrong_db, code=1)
+        assert "***" in failed.stderr
+        wrong_port = project.dsn.replace(f":{cluster.port}/", ":1/")
+        project.syncrun("status", src, api_url=url, dsn=wrong_port, code=1)
+        cassettes = [p.read_text() for p in (tmp_path / "rec").rglob("*") if p.is_file()]
+    finally:
+        api.stop()
+    assert cassettes
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" and r.query["key"] == TOKEN for r in api.requests)
+    # The mapped data tables hold what the API said (it echoed the token into `note` on purpose, to test
+    # dry-run output and the cassette): data, not syncrun's output. Every other table is searched.
+    stored = project.every_text_value(besides=("items", "item_tags"))
+    assert len(stored) > 10
+    assert any("***" in value for value in stored)  # the echoed token was there, masked
+    assert leaks(project.outputs + stored + cassettes) == []
+
+
+INJECTION = "'); DROP TABLE items; --"
+
+
+def test_sql_values_are_bound_and_identifiers_validated(cluster: faultlib.Cluster, tmp_path: Path) -> None:
+    """SQL-looking text in entity keys (text keys) and in every mapped field is stored verbatim; a table
+    name that is not a plain identifier is rejected by validation before anything runs."""
+    project = Project(cluster, tmp_path, "sec_sql")
+    slugs = [INJECTION, "x'; drop table sync_status; --", 'a"b', "robert'); delete from items where ('1'='1"]
+    project.seed(slugs)
+    api = ApiServer().start()
+    try:
+        for slug in slugs:
+            api.route(
+                f"/items/{quote(slug, safe='')}/detail",
+                Reply(200, json={"title": INJECTION, "note": f"{slug}\\'; --", "tags": [INJECTION, "$$; drop $$"]}),
+            )
+        project.syncrun("run", str(project.source), api_url=api.url)
+    finally:
+        api.stop()
+    assert sorted(project.rows("select slug, title, note from items")) == sorted(
+        (slug, INJECTION, f"{slug}\\'; --") for slug in slugs
+    )
+    assert len(project.rows("select * from item_tags")) == 2 * len(slugs)
+    assert len(project.rows("select * from sync_status where last_sec_sync is not null")) == len(slugs)
+    for bad in ['"items; drop table items; --"', '"Items"', '"items\\"x"', '"public.items; --"']:
+        project.write_source(table=bad)
+        result = project.syncrun("validate", str(project.source), api_url=api.url, code=2)
+        assert "writes[0].table" in result.stdout
+    assert project.rows("select count(*) from items") == [(len(slugs),)]
+
+
+HOSTILE = ["../admin", "..", ".", "@evil.example", "?x=1", "#frag", "%2F", "a/b", "ünïcødé ✓", "a b+c", "\\..\\x"]
+
+
+def test_entity_values_cannot_change_scheme_host_or_path(cluster: faultlib.Cluster, tmp_path: Path) -> None:
+    """Entity keys full of URL syntax: the server sees every request on the template's host, under
+    /items/<one segment>/detail with only the template's query names, and each entity gets its own data."""
+    project = Project(cluster, tmp_path, "sec_urls")
+    project.seed(HOSTILE)
+    api = ApiServer().start()
+    expected = {}
+    try:
+        for slug in HOSTILE:
+            segment = quote(slug, safe="")
+            segment = segment.replace(".", "%2E") if set(segment) <= {"."} else segment
+            expected[f"/items/{segment}/detail"] = slug
+            api.route(f"/items/{segment}/detail", Reply(200, json={"title": slug, "tags": []}))
+        project.syncrun("run", str(project.source), api_url=api.url)
+    finally:
+        api.stop()
+    host = api.url.removeprefix("http://")
+    assert len(api.requests) == len(HOSTILE)
+    for request in api.requests:
+        assert request.headers["host"] == host
+        assert request.path in expected, request.target
+        assert set(request.query) == {"key", "v"}
+    assert sorted(project.rows("select slug, title from items")) == sorted((s, s) for s in HOSTILE)
+
+
+@pytest.fixture
+def tls_api(tmp_path: Path) -> Iterator[ApiServer]:
+    """An ApiServer speaking HTTPS with a self-signed certificate."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        unavailable("openssl is not installed (needed for a self-signed certificate)")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = ApiServer()
+    server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_tls_verification_is_on_by_default_and_off_only_with_a_warning(
+    cluster: faultlib.Cluster, tmp_path: Path, tls_api: ApiServer
+) -> None:
+    """A self-signed certificate fails the entity by default; `request.verify_tls: false` accepts it and
+    the run log says that verification is off, naming the URL."""
+    project = Project(cluster, tmp_path, "sec_tls")
+    project.seed(["one"])
+    tls_api.route("/items/one/detail", Reply(200, json={"title": "One", "tags": []}))
+    url = tls_api.url.replace("http://", "https://")
+    strict = project.syncrun("run", str(project.source), api_url=url)  # fail_ratio 1: the entity fails, exit 0
+    assert "CERTIFICATE_VERIFY_FAILED" in strict.stderr or "certificate verify failed" in strict.stderr
+    assert "verification is disabled" not in strict.stderr
+    assert project.rows("select count(*) from items") == [(0,)]
+    project.source.write_text(
+        project.source.read_text().replace("  timeout: 2s\n", "  timeout: 2s\n  verify_tls: false\n")
+    )
+    relaxed = project.syncrun("run", str(project.source), "--ids", "one", api_url=url)
+    assert "TLS certificate verification is disabled for ${env.API_URL}/items/{slug}/detail" in relaxed.stderr
+    assert project.rows("select slug, title from items") == [("one", "One")]
