@@ -40,7 +40,7 @@ from runner import targets
 from runner.database import identifier
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
-from runner.spec import Outcome, Source, Status
+from runner.spec import Outcome, SelectionType, Source, Status
 from runner.targets import MAX_MESSAGE
 from runner.values import Unfit, coerce, column_types, fit
 
@@ -123,11 +123,41 @@ def _attempt(
 ) -> list[EntityResult]:
     try:
         with conn.transaction():
-            _write_all(conn, source, batch, catalog, holder)
-        return []
+            kept, lost = _fence(conn, source, batch, holder)
+            _write_all(conn, source, kept, catalog, holder)
+        return lost
     except targets.Failed:
         pass  # rolled back: find the culprits one entity at a time
     return _replay(conn, source, batch, catalog, holder)
+
+
+def _fence(
+    conn: psycopg.Connection, source: Source, batch: list[EntityResult], holder: str | None
+) -> tuple[list[EntityResult], list[EntityResult]]:
+    """Writes are fenced to the claim holder: lock the claims this runner still holds (so none can be
+    taken over until we commit) and drop the entities whose claim expired and went to another runner
+    meanwhile — their rows, status and state are that runner's to write now."""
+    if holder is None or source.entities.type is SelectionType.LIST or not batch:
+        return batch, []
+    keys = sorted({str(result.key) for result in batch})
+    held = {
+        row[0]
+        for row in conn.execute(
+            "select entity_key from syncrun_state where source = %s and entity_key = any(%s)"
+            " and claimed_by = %s order by entity_key for update",
+            (source.name, keys, holder),
+        )
+    }
+    kept = [result for result in batch if str(result.key) in held]
+    lost = [
+        replace(
+            result.failed("claim lost: the lease expired and another runner took this entity; not written"),
+            definitive=False,
+        )
+        for result in batch
+        if str(result.key) not in held
+    ]
+    return kept, lost
 
 
 def _replay(
@@ -135,6 +165,7 @@ def _replay(
 ) -> list[EntityResult]:
     failures: list[EntityResult] = []
     with conn.transaction():
+        batch, failures = _fence(conn, source, batch, holder)
         for result in batch:
             try:
                 with conn.transaction():  # a savepoint
@@ -163,7 +194,8 @@ def _write_all(
             scopes = [result.scopes[index] for result in live if index in result.scopes]
             targets.write(cursor, target, rows, scopes, catalog, bulk=bulk)
         _write_status(cursor, source, batch, catalog)
-        _write_state(cursor, source, batch, holder)
+        if source.entities.type is not SelectionType.LIST:  # a catalogue page is no entity: no state
+            _write_state(cursor, source, batch, holder)
 
 
 def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityResult:

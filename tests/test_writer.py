@@ -325,3 +325,22 @@ def test_the_copy_temp_table_is_kept_empty_across_batches(tables: Database) -> N
         for name in ("first", "second"):
             assert run(tables, [ok(i, app(i, name)) for i in range(1, count + 1)]) == []
     assert tables.rows("select distinct name from apps") == [("second",)]
+
+
+def test_writes_are_fenced_to_the_claim_holder(tables: Database) -> None:
+    """A runner whose claim expired and went to another runner writes nothing for that entity (rows,
+    status, state); the entities it still holds are written."""
+    tables.run(
+        "insert into syncrun_state (source, entity_key, claimed_by, claim_expires_at) values"
+        " ('example', '10', 'runner-a', now() + interval '1 minute'),"
+        " ('example', '20', 'runner-b', now() + interval '1 minute')"
+    )
+    catalog = migrations.check(tables.conn, [SOURCE])
+    failed = writer.write(tables.conn, SOURCE, [ok(10, app(10)), ok(20, app(20))], catalog=catalog, holder="runner-a")
+    assert [(r.key, r.definitive) for r in failed] == [(20, False)]
+    assert "claim lost" in (failed[0].error or "")
+    assert tables.rows("select appid from apps") == [(10,)]
+    assert tables.rows("select entity_key, claimed_by from syncrun_state order by 1") == [
+        ("10", None),
+        ("20", "runner-b"),
+    ]
