@@ -30,6 +30,7 @@ from runner import (
     jobs,
     logs,
     migrations,
+    ownership,
     progress,
     ratelimit,
     replay,
@@ -138,14 +139,19 @@ def _parser() -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     paths = args.paths or config.default_paths()
     problems = 0
+    loaded: dict[Path, spec.Source] = {}
     for path in paths:
         try:
-            config.load(path)
+            loaded[path] = config.load(path)
         except ConfigError as error:
             problems += len(error.problems)
             print(error)
         else:
             print(f"{path}: ok")
+    shared = ownership.problems(loaded)  # across files: two sources writing one column
+    for problem in shared:
+        print(problem)
+    problems += len(shared)
     if problems:
         print(f"{problems} problem(s) found", file=sys.stderr)
         return 2

@@ -95,14 +95,14 @@ def tables_sql() -> str:
     return resources.files("runner").joinpath("sql/tables/example.sql").read_text()
 
 
-_DEMO_TABLES = ("apps", "app_tags", "daily_metrics")
+_DEMO_TABLES = ("games", "game_tags", "game_metrics")
 
 
 def prepare(conn: psycopg.Connection[Any]) -> None:
     """Create the demo's tables and give it 40 fresh apps to sync (a rerun starts from scratch)."""
     with conn.transaction():
         conn.execute(tables_sql())
-        conn.execute("truncate apps, app_tags, daily_metrics")
+        conn.execute("truncate games, game_tags, game_metrics")
         conn.execute("delete from syncrun_state where source = 'example'")
         conn.execute("delete from sync_status")
         with conn.cursor() as cur:
@@ -118,9 +118,9 @@ def summary(conn: psycopg.Connection[Any], job_type: str) -> str:
     for table in _DEMO_TABLES:
         count = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(table))).fetchone()
         lines.append(f"  {table:<14} {count[0] if count else 0}")
-    lines += ["", "sample apps:"]
+    lines += ["", "sample games:"]
     for row in conn.execute(
-        "select appid, name, type, price_cents, release_date, release_date_raw from apps order by appid limit 6"
+        "select appid, name, type, price_cents, release_date, release_date_raw from games order by appid limit 6"
     ):
         lines.append("  " + " | ".join("null" if v is None else str(v) for v in row))
     lines += ["", "sync_status (per entity):"]

@@ -1,6 +1,6 @@
--- Target tables of sources/example.yaml (the demo). Apply with `syncrun migrate --tables example`
--- or copy into your own migrations.
-create table if not exists apps (
+-- Target tables of sources/example.yaml (`syncrun demo --example` applies them); named apart from the
+-- Steam tables. Apply them with `psql -f runner/sql/tables/example.sql`, or copy them into your migrations.
+create table if not exists games (
     appid int primary key,
     name text,
     type text,
@@ -10,12 +10,12 @@ create table if not exists apps (
     release_date_raw text,
     updated_at timestamptz default now()
 );
-create table if not exists app_tags (
+create table if not exists game_tags (
     appid int not null,
     tag text not null,
     primary key (appid, tag)
 );
-create table if not exists daily_metrics (
+create table if not exists game_metrics (
     appid int not null,
     metric_date date not null,
     ccu_peak int,
