@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -370,6 +372,8 @@ def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
             out, err = proc.communicate()
             result.problems.append(f"runner hung: killed after {fault.max_seconds + 10:g}s (thread dump on its stderr)")
         run = Completed(proc.returncode, out, err, time.monotonic() - started)
+        if os.environ.get("SYNCRUN_FAULTS_VERBOSE"):
+            print(f"--- {fault.id} stderr ---\n{err}", file=sys.stderr)
         first_end = len(api.requests)
         if fault.exact and run.code >= 0:
             requests, stamped_now = first_end, len(workload.stamped())

@@ -15,12 +15,16 @@ we fail with its redacted form instead of silently writing somewhere else.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -28,6 +32,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from runner.errors import DatabaseError
 from runner.spec import QualifiedName
+
+log = logging.getLogger("syncrun")
+T = TypeVar("T")
 
 DEFAULT_DATA_DIR = Path(".syncrun") / "pgdata"
 CONNECT_TIMEOUT = 10  # seconds; a wrong host should fail the run quickly, not after the OS timeout
@@ -133,3 +140,42 @@ def identifier(name: QualifiedName) -> sql.Identifier:
 def regclass_text(name: QualifiedName) -> str:
     """The quoted name as text, for `to_regclass(%s)` / `'...'::regclass` (keeps case and dots exact)."""
     return identifier(name).as_string()
+
+
+class Link:
+    """One connection a task owns, reopened when the server drops it (a restart, a failover, a pooler
+    recycling its backends). `call` retries an operation on a fresh connection only when the old one
+    is *broken*: a failed statement on a healthy connection is the caller's error, not ours to hide.
+
+    Retrying a whole operation is safe because syncrun's writes are idempotent (upserts, inserts that
+    do nothing on conflict) and each operation is one transaction: it committed or it did not.
+    """
+
+    RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0, 5.0, 5.0)  # ~17 s: long enough for a PostgreSQL restart
+
+    def __init__(self, open_: Callable[[], psycopg.Connection], sleep: Callable[[float], None] = time.sleep) -> None:
+        self._open, self._sleep = open_, sleep
+        self.conn = open_()
+
+    def call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for wait in (*self.RECONNECT_WAITS, None):
+            try:
+                return operation(self.conn, *args, **kwargs)
+            except (DatabaseError, psycopg.Error):
+                if wait is None or not (self.conn.broken or self.conn.closed):
+                    raise
+                log.warning("lost the database connection; reconnecting in %.1fs", wait)
+            self._reopen(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reopen(self, wait: float) -> None:
+        self._sleep(wait)
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+        # Still down? Then the next attempt fails on the closed connection and waits again.
+        with contextlib.suppress(DatabaseError):
+            self.conn = self._open()
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()

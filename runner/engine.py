@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from runner import breaker, client, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
-from runner.errors import EntityError, MappingError, RunFailed
+from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
+from runner.errors import DatabaseError, EntityError, MappingError, RunFailed
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
@@ -105,6 +105,7 @@ class _Run:
         self.unprocessed: list[JSON] = []
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker()
+        self.write_failed = False
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
 
     # --- stopping ---------------------------------------------------------------------------------
@@ -122,7 +123,11 @@ class _Run:
         group: list[dict[str, JSON]] = []
         try:
             while not self.stop.is_set():
-                chunk = await asyncio.to_thread(next, chunks, None)
+                try:
+                    chunk = await asyncio.to_thread(next, chunks, None)
+                except (DatabaseError, psycopg.Error) as error:
+                    self.halt("failed", f"selecting entities: {error}")
+                    break
                 if chunk is None:
                     break
                 for entity in chunk:
@@ -151,6 +156,8 @@ class _Run:
                 continue
             self.inflight.update(keys)
             traces = await (self.process_batch(group) if self.source.request.batch else self.process(group[0]))
+            if not traces:  # the run failed under this group (Retry-After beyond max_wait): release it
+                self.unprocessed.extend(keys)
             for trace in traces:
                 await self.results.put(trace)
             self.inflight.difference_update(keys)
@@ -266,9 +273,13 @@ class _Run:
             "job_id": self.report.job_id,
         }
 
-    async def write(self, conn: psycopg.Connection[Any] | None) -> None:
+    async def write(self, conn: database.Link | None) -> None:
+        """Batch results into write transactions until the fetchers are done. The writer never stops
+        consuming before that, even after a failure: a fetcher blocked on a full queue would hang the
+        run (and leave its job `running`)."""
         batch: list[Trace] = []
         finished = False
+        crash: BaseException | None = None
         while not finished:
             try:
                 item = await asyncio.wait_for(self.results.get(), timeout=_FLUSH_EVERY)
@@ -278,21 +289,38 @@ class _Run:
             if isinstance(item, Trace):
                 batch.append(item)
             if batch and (finished or item is None or len(batch) >= self.source.write_batch):
-                await self.flush(conn, batch)
+                try:
+                    await self.flush(conn, batch)
+                except Exception as error:  # a bug: stop the run, keep draining, surface it at the end
+                    crash = crash or error
+                    self.write_failed = True
+                    self.halt("failed", f"internal error while writing: {error!r}")
                 batch = []
+        if crash is not None:
+            raise crash
 
-    async def flush(self, conn: psycopg.Connection[Any] | None, batch: list[Trace]) -> None:
+    async def flush(self, conn: database.Link | None, batch: list[Trace]) -> None:
         results = [t.result for t in batch if t.result is not None]
         if conn is not None:
-            failed = await asyncio.to_thread(
-                writer.write,
-                conn,
-                self.source,
-                results,
-                catalog=self.catalog,
-                job_id=self.report.job_id,
-                holder=self.options.holder,
-            )
+            if self.write_failed:  # the database is gone: nothing more is written or counted
+                self.unprocessed.extend(result.key for result in results)
+                return
+            try:
+                failed = await asyncio.to_thread(
+                    conn.call,
+                    writer.write,
+                    self.source,
+                    results,
+                    catalog=self.catalog,
+                    job_id=self.report.job_id,
+                    holder=self.options.holder,
+                )
+            except (DatabaseError, psycopg.Error) as error:
+                # Nothing of this batch committed (one transaction), so none of it is counted.
+                self.write_failed = True
+                self.unprocessed.extend(result.key for result in results)
+                self.halt("failed", self.settings.redact(f"writing to the database failed: {error}"))
+                return
             replaced = {id(f.entity): f for f in failed}
             for trace in batch:
                 if trace.result is not None and id(trace.result.entity) in replaced:
@@ -390,44 +418,45 @@ def _halt_all(states: list[_Run], signum: int) -> None:
 async def _drive(state: _Run) -> Report:
     source, options = state.source, state.options
     select_conn = state.connect() if state.connect else None
-    write_conn = state.connect() if state.connect and not options.dry_run else None
-    job_conn = state.connect() if state.connect and not options.dry_run else None
+    write_link = database.Link(state.connect) if state.connect and not options.dry_run else None
+    job_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     try:
-        if job_conn is not None:
-            state.report.job_id = jobs.start(
-                job_conn,
+        if job_link is not None:
+            state.report.job_id = await asyncio.to_thread(
+                job_link.call,
+                jobs.start,
                 source.job_type,
                 batch_size=options.limit,
                 github_run_id=options.github_run_id,
                 metadata=options.metadata,
                 started_at=state.now,
             )
-            await _steps(state, job_conn, source.before, "before")
-        side = [asyncio.create_task(_heartbeat(state, job_conn)), asyncio.create_task(_deadline(state))]
+            await _steps(state, job_link, source.before, "before")
+        side = [asyncio.create_task(_heartbeat(state, job_link)), asyncio.create_task(_deadline(state))]
         if source.entities.type is spec.SelectionType.LIST:
-            await _catalogue(state, write_conn, job_conn)
+            await _catalogue(state, write_link, job_link)
         else:
-            await _pipeline(state, select_conn, write_conn)
+            await _pipeline(state, select_conn, write_link)
         for task in side:
             task.cancel()
         _conclude(state)
-        if job_conn is not None:
-            await _steps(state, job_conn, source.after, "after")
+        if job_link is not None:
+            await _steps(state, job_link, source.after, "after")
     except BaseException as error:
         state.report.status = "failed"
         state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
         raise
     finally:
-        _close(state, job_conn, select_conn)
-        for conn in (select_conn, write_conn, job_conn):
-            if conn is not None:
-                conn.close()
+        _close(state, job_link)
+        if select_conn is not None:
+            select_conn.close()
+        for link in (write_link, job_link):
+            if link is not None:
+                link.close()
     return state.report
 
 
-async def _pipeline(
-    state: _Run, select_conn: psycopg.Connection[Any] | None, write_conn: psycopg.Connection[Any] | None
-) -> None:
+async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, write_conn: database.Link | None) -> None:
     """Entity-shaped sources: selection -> concurrent fetchers -> batched writer."""
     tasks = [
         asyncio.create_task(state.produce(_chunks(state, select_conn))),
@@ -440,16 +469,14 @@ async def _pipeline(
     state.complete = state.report.counters.failed == 0
 
 
-async def _catalogue(
-    state: _Run, write_conn: psycopg.Connection[Any] | None, cursor_conn: psycopg.Connection[Any] | None
-) -> None:
+async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn: database.Link | None) -> None:
     """List-shaped sources: the page is the unit. Pages are sequential (each needs the previous
     cursor); each page's rows commit, then its cursor is checkpointed, so an interrupted run resumes
     where it stopped (`--restart` starts over). Reading to the natural end clears the checkpoint."""
     source, options = state.source, state.options
     start = None
     if cursor_conn is not None and not options.restart:
-        start = await asyncio.to_thread(jobs.load_cursor, cursor_conn, source.name)
+        start = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
         if start is not None:
             log.info("%s: resuming at %s=%s (use --restart to start over)", source.name, source.pagination.param, start)
     pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
@@ -467,10 +494,10 @@ async def _catalogue(
                 return  # the next cursor came from a page we could not use: stop here, resume later
             if cursor_conn is not None:
                 if page.resume is None:
-                    await asyncio.to_thread(jobs.clear_cursor, cursor_conn, source.name)
+                    await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
                 else:
                     await asyncio.to_thread(
-                        jobs.save_cursor, cursor_conn, source.name, page.resume, state.report.job_id
+                        cursor_conn.call, jobs.save_cursor, source.name, page.resume, state.report.job_id
                     )
             capped = page.capped
             number += 1
@@ -481,7 +508,7 @@ async def _catalogue(
         # catalogue was read, so after-steps with `when: complete` may run and the next run starts over.
         state.complete = not capped
         if cursor_conn is not None and not capped:
-            await asyncio.to_thread(jobs.clear_cursor, cursor_conn, source.name)
+            await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
     except RunFailed as error:
         state.complete = False
         state.halt("failed", state.settings.redact(str(error)))
@@ -494,12 +521,12 @@ async def _catalogue(
         await pages.aclose()
 
 
-async def _steps(state: _Run, conn: psycopg.Connection[Any], steps_: tuple[spec.Step, ...], phase: str) -> None:
+async def _steps(state: _Run, conn: database.Link, steps_: tuple[spec.Step, ...], phase: str) -> None:
     if not steps_:
         return
     complete = state.complete and state.report.status == "completed"
     params = {"job_id": state.report.job_id, "started_at": state.now, "source": state.source.name}
-    await asyncio.to_thread(steps.run, conn, steps_, phase=phase, complete=complete, params=params)
+    await asyncio.to_thread(conn.call, steps.run, steps_, phase=phase, complete=complete, params=params)
 
 
 def _chunks(state: _Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[dict[str, JSON]]]:
@@ -540,15 +567,20 @@ async def _finish_fetching(state: _Run, tasks: list[asyncio.Task[None]]) -> None
             raise task.exception()  # type: ignore[misc]  # a bug in the pipeline: surface it
 
 
-async def _heartbeat(state: _Run, job_conn: psycopg.Connection[Any] | None) -> None:
-    if job_conn is None or state.report.job_id is None:
+async def _heartbeat(state: _Run, job_link: database.Link | None) -> None:
+    if job_link is None or state.report.job_id is None:
         return
     while True:
         await asyncio.sleep(state.options.heartbeat_every)
         counters = replace(state.report.counters, requests=state.limiter.requests)
-        await asyncio.to_thread(jobs.heartbeat, job_conn, state.report.job_id, counters)
-        # Claims live as long as their runner does: renewed with the heartbeat, expiring after a crash.
-        await asyncio.to_thread(selection.renew, job_conn, state.source, state.options.holder, state.options.lease)
+        try:
+            await asyncio.to_thread(job_link.call, jobs.heartbeat, state.report.job_id, counters)
+            # Claims live as long as their runner does: renewed with the heartbeat, expire after a crash.
+            await asyncio.to_thread(
+                job_link.call, selection.renew, state.source, state.options.holder, state.options.lease
+            )
+        except (DatabaseError, psycopg.Error) as error:
+            log.warning("%s: heartbeat failed (%s); retrying at the next beat", state.source.name, error)
 
 
 async def _deadline(state: _Run) -> None:
@@ -569,12 +601,17 @@ def _conclude(state: _Run) -> None:
         report.error = f"{c.failed} of {c.processed} entities failed, above fail_ratio {source.fail_ratio}"
 
 
-def _close(state: _Run, job_conn: psycopg.Connection[Any] | None, select_conn: Any) -> None:
-    """Always finalise: a job row never stays `running` after its run is over."""
+def _close(state: _Run, job_link: database.Link | None) -> None:
+    """Always finalise: a job row never stays `running` after its run is over (reconnecting if the
+    database restarted under the run), and claims this run will not use are released."""
     report = state.report
-    if select_conn is not None and not state.options.dry_run:
-        keys = [*state.unprocessed, *state.inflight]
+    if job_link is None:
+        return
+    keys = [*state.unprocessed, *state.inflight]
+    try:
         if keys:
-            selection.release(select_conn, state.source, state.options.holder, keys)
-    if job_conn is not None and report.job_id is not None:
-        jobs.finish(job_conn, report.job_id, report.status, report.counters, report.error)
+            job_link.call(selection.release, state.source, state.options.holder, keys)
+    except (DatabaseError, psycopg.Error) as error:
+        log.warning("%s: could not release claims (%s); they expire with their lease", state.source.name, error)
+    if report.job_id is not None:
+        job_link.call(jobs.finish, report.job_id, report.status, report.counters, report.error)
