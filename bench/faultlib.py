@@ -33,7 +33,15 @@ from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-PG_BIN = Path(os.environ.get("SYNCRUN_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    """Where initdb and pg_ctl are: $SYNCRUN_PG_BIN, else the newest of Debian's installed versions."""
+    if configured := os.environ.get("SYNCRUN_PG_BIN"):
+        return Path(configured)
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 ROLE = "syncrun"
 PASSWORD = "pw-Zq7!x:y@/k%3F"  # URL-hostile on purpose: it must be percent-encoded in DATABASE_URL
 TOKEN = "tok-9f3b2c71e8a4d6"  # the API secret (${secret.API_TOKEN})
