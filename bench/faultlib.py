@@ -33,6 +33,8 @@ from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
 def _pg_bin() -> Path:
     """Where initdb and pg_ctl are: $SYNCRUN_PG_BIN, else the newest of Debian's installed versions."""
     if configured := os.environ.get("SYNCRUN_PG_BIN"):

@@ -283,7 +283,7 @@ async def _execute(
     rates = [replace(s.rate_limit, per=s.rate_limit.per / scale) for s in sources]
     if target is None:  # a dry run that needs no database limits itself in-process
         rates = [replace(rate, shared=spec.LimitScope.PROCESS) for rate in rates]
-    limiters = ratelimit.limiters(rates, dsn=target.dsn if target else None)
+    limiters = ratelimit.limiters(rates, dsn=target.dsn if target else None, time_scale=scale)
     transport, recorders = _transports(playback, settings)
     try:
         return await engine.run(

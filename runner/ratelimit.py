@@ -115,10 +115,13 @@ class Limiter:
         margin: float = MARGIN,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        time_scale: float = 1.0,
     ) -> None:
         if not 1 <= rate.burst <= rate.requests:
             raise UsageError(f"rate_limit.burst must be between 1 and requests ({rate.requests}), got {rate.burst}")
         self.rate = rate
+        # `--replay --rate-scale K`: the caller scales `rate.per`; server-given pauses scale here
+        self.time_scale = time_scale
         self.requests = 0  # grants so far: every attempt of every page
         self._window = rate.per + margin
         self._spacing = self._window * rate.burst / rate.requests  # `burst` grants per spacing
@@ -167,8 +170,9 @@ class Limiter:
         self._stamp(grant)
 
     def pause(self, seconds: float) -> None:
-        """Grant nothing for `seconds` from now (never shortens an earlier, longer pause)."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        """Grant nothing for `seconds` (the server's Retry-After, divided by `time_scale`) from now;
+        never shortens an earlier, longer pause."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds / self.time_scale)
 
     def close(self) -> None:
         self._closed = True
@@ -230,8 +234,9 @@ class DatabaseLimiter(Limiter):
         margin: float = MARGIN,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        time_scale: float = 1.0,
     ) -> None:
-        super().__init__(rate, margin=margin, clock=clock, sleep=sleep)
+        super().__init__(rate, margin=margin, clock=clock, sleep=sleep, time_scale=time_scale)
         self._dsn = dsn
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._conn_lock = threading.Lock()  # grant and pause threads share the connection
@@ -290,6 +295,7 @@ class DatabaseLimiter(Limiter):
 
     def pause(self, seconds: float) -> None:
         super().pause(seconds)
+        seconds /= self.time_scale
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -367,7 +373,7 @@ class DatabaseLimiter(Limiter):
 
 
 def limiters(
-    rate_limits: Iterable[spec.RateLimit], *, margin: float = MARGIN, dsn: str | None = None
+    rate_limits: Iterable[spec.RateLimit], *, margin: float = MARGIN, dsn: str | None = None, time_scale: float = 1.0
 ) -> dict[str, Limiter]:
     """One limiter per bucket name: sources naming the same bucket share it.
 
@@ -389,14 +395,14 @@ def limiters(
                 )
             continue
         if rate.shared is spec.LimitScope.PROCESS:
-            by_bucket[rate.bucket] = Limiter(rate, margin=margin)
+            by_bucket[rate.bucket] = Limiter(rate, margin=margin, time_scale=time_scale)
         elif rate.shared is spec.LimitScope.DATABASE:
             if dsn is None:
                 raise UsageError(
                     f"rate_limit.shared: database (bucket '{rate.bucket}') needs a database:"
                     " set DATABASE_URL (or --dsn), or use shared: process"
                 )
-            by_bucket[rate.bucket] = DatabaseLimiter(rate, dsn, margin=margin)
+            by_bucket[rate.bucket] = DatabaseLimiter(rate, dsn, margin=margin, time_scale=time_scale)
         else:
             raise UsageError(
                 f"rate_limit.shared: {rate.shared} (bucket '{rate.bucket}') is not supported yet;"

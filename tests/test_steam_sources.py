@@ -140,13 +140,6 @@ def today_utc(db: Database) -> dt.date:
 
 # --- 1. one end-to-end golden test per source ---------------------------------------------------------
 # Engine gaps, pinned down (see the report of issue #5); the lead removes the xfail with the fix.
-RETRY_AFTER_UNSCALED = (
-    "engine: runner/client.py _transient_status calls limiter.pause(retry_after) with the server's"
-    " Retry-After in real seconds; cli._execute scales the limiter's window and the retry sleep by"
-    " --rate-scale, but not this pause (Limiter._paused_until / syncrun_rate_limits.paused_until), so a"
-    " replayed 429 with Retry-After: 2 still stalls the bucket for 2 real seconds at --rate-scale 500."
-    " The pause must be divided by the rate scale too (e.g. a scale given to ratelimit.limiters)"
-)
 XFAIL = {}
 
 
@@ -531,7 +524,6 @@ def test_hazard_7_retry_waits_for_a_token(steam: Database, monkeypatch: pytest.M
     assert elapsed >= 3 * 60 / scale * 0.95, f"{elapsed:.2f}s: the retry did not wait for its token"
 
 
-@pytest.mark.xfail(strict=True, reason=RETRY_AFTER_UNSCALED)
 def test_hazard_7_retry_after_pauses_the_bucket_at_the_rate_scale(
     steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
