@@ -1,3 +1,4 @@
-"""Shared fixtures live in plain modules by concern: tests/pg.py (PostgreSQL), tests/apiserver.py (HTTP)."""
+"""Shared fixtures live in plain modules by concern: tests/pg.py (PostgreSQL), tests/apiserver.py (HTTP),
+tests/cluster.py (a private PostgreSQL cluster)."""
 
-pytest_plugins = ["tests.pg", "tests.apiserver"]
+pytest_plugins = ["tests.pg", "tests.apiserver", "tests.cluster"]

@@ -8,33 +8,13 @@ binaries skip these tests locally and fail them under CI=true.
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench import faultlib, faults
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: install it, see .ci/run)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[faultlib.Cluster]:
-    try:
-        private = faultlib.Cluster()
-    except faultlib.Missing as missing:
-        unavailable(f"no private PostgreSQL cluster: {missing}")
-    try:
-        yield private
-    finally:
-        private.close()
-
+from tests.cluster import unavailable
 
 BUGS: dict[str, str] = {}  # fault id -> engine bug (a strict xfail); empty: every fault is handled
 

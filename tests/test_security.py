@@ -24,26 +24,9 @@ import pytest
 from bench import faultlib
 from bench.faultlib import PASSWORD, TOKEN
 from tests.apiserver import ApiServer, Recorded, Reply
+from tests.cluster import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: install it, see .ci/run)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[faultlib.Cluster]:
-    try:
-        private = faultlib.Cluster()
-    except faultlib.Missing as missing:
-        unavailable(f"no private PostgreSQL cluster: {missing}")
-    try:
-        yield private
-    finally:
-        private.close()
 
 
 SOURCE = """\
