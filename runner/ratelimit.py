@@ -209,27 +209,18 @@ class Limiter:
                 self._stamped.set_result(None)
 
 
-class DatabaseLimiter(Limiter):
-    """A `Limiter` whose budget and pause live in PostgreSQL, shared by every process using the bucket.
+class _SharedLimiter(Limiter):
+    """What `DatabaseLimiter` and `RedisLimiter` have in common: the log lives on a server, each grant is
+    a reservation made there by the server's clock, mapped onto ours, slept until, and left unused
+    (taken again) if used more than LATE after its time or overtaken by a pause.
 
-    Each grant is one statement, `syncrun_rate_grant(...)` (runner/sql/0002_rate_limits.sql): under
-    the bucket row's lock it reserves the earliest moment the sliding-window and burst rules allow,
-    by the database's clock, records it in the row's ring of the last `requests` grants and returns
-    the wait. The caller then sleeps that long. One process holds at most one reservation at a time
-    (its waiters queue FIFO behind an asyncio lock, as in `Limiter`), so processes take turns.
-
-    `pause()` records the Retry-After locally at once and in the row (`paused_until`) in the
-    background; every later reservation by any process starts after it. A reservation granted
-    before the pause was recorded may still be used, like a request already in flight in-process.
-
-    Blocking psycopg calls run in a worker thread (`asyncio.to_thread`): one autocommit connection per
-    limiter, opened on the first acquire, closed by `close()`.
+    Subclasses provide `_remote_grant` (reserve one grant; returns (its time, the server's now), epoch
+    seconds of the server's clock; `pause` > 0 first extends the shared pause) and `_remote_pause`.
     """
 
     def __init__(
         self,
         rate: spec.RateLimit,
-        dsn: str,
         *,
         margin: float = MARGIN,
         clock: Clock = time.monotonic,
@@ -237,18 +228,9 @@ class DatabaseLimiter(Limiter):
         time_scale: float = 1.0,
     ) -> None:
         super().__init__(rate, margin=margin, clock=clock, sleep=sleep, time_scale=time_scale)
-        self._dsn = dsn
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._conn_lock = threading.Lock()  # grant and pause threads share the connection
         self._flushes: set[asyncio.Task[None]] = set()  # background pause writes, kept referenced
         self._offsets: deque[tuple[float, float]] = deque()  # (our time, clock offset sample)
         self.discarded = 0  # grants reserved but not used: too late, or inside a pause
-
-    async def connect(self) -> None:
-        """Open the connection now and check the migration is there (else `acquire` does it lazily)."""
-        found = await asyncio.to_thread(self._call, "select to_regproc('syncrun_rate_grant') is not null", ())
-        if not found:
-            raise self._missing()
 
     async def reserve(self) -> Grant:
         if self._closed:
@@ -256,8 +238,8 @@ class DatabaseLimiter(Limiter):
         async with self._loop_lock():
             while True:
                 paused_until = self._paused_until
-                granted_at, db_now = await asyncio.to_thread(self._grant, paused_until - self._clock())
-                deadline = granted_at + self._offset(self._clock() - db_now)
+                granted_at, server_now = await self._remote_grant(paused_until - self._clock())
+                deadline = granted_at + self._offset(self._clock() - server_now)
                 while (remaining := deadline - self._clock()) > 0:
                     await self._sleep(remaining)
                 if self._clock() - deadline > LATE:
@@ -289,7 +271,7 @@ class DatabaseLimiter(Limiter):
         return regranted
 
     def release(self, grant: Grant) -> None:
-        """Nothing to record: the database's log holds the reservation, which the send never precedes."""
+        """Nothing to record: the server's log holds the reservation, which the send never precedes."""
         if grant.sent is None:
             grant.sent = self._clock()
 
@@ -299,21 +281,23 @@ class DatabaseLimiter(Limiter):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._write_pause(seconds)
+            self._pause_outside_loop(seconds)
             return
-        task = loop.create_task(asyncio.to_thread(self._write_pause, seconds))
+        task = loop.create_task(self._remote_pause(seconds))
         self._flushes.add(task)
         task.add_done_callback(self._flushed)
 
-    def close(self) -> None:
-        super().close()
-        with self._conn_lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+    async def _remote_grant(self, pause: float) -> tuple[float, float]:
+        raise NotImplementedError
+
+    async def _remote_pause(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def _pause_outside_loop(self, seconds: float) -> None:
+        """`pause` called with no event loop running: the pause travels with the next grant."""
 
     def _offset(self, sample: float) -> float:
-        """Our clock minus the database's, from `sample` = (our time on receipt - its time on reply).
+        """Our clock minus the server's, from `sample` = (our time on receipt - its time on reply).
 
         A sample overstates the offset by the reply's travel time, which varies (network, thread
         hand-over, a busy CPU); the smallest recent sample is the closest to the truth. Using it rather
@@ -326,6 +310,68 @@ class DatabaseLimiter(Limiter):
         while samples[0][0] < now - OFFSET_MEMORY:
             samples.popleft()
         return min(s for _, s in samples)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning(
+                "could not share the pause of bucket '%s' (it travels with the next grant): %s", self.rate.bucket, exc
+            )
+
+
+class DatabaseLimiter(_SharedLimiter):
+    """A `Limiter` whose budget and pause live in PostgreSQL, shared by every process using the bucket.
+
+    Each grant is one statement, `syncrun_rate_grant(...)` (runner/sql/0002_rate_limits.sql): under
+    the bucket row's lock it reserves the earliest moment the sliding-window and burst rules allow,
+    by the database's clock, records it in the row's ring of the last `requests` grants and returns
+    the wait. The caller then sleeps that long. One process holds at most one reservation at a time
+    (its waiters queue FIFO behind an asyncio lock, as in `Limiter`), so processes take turns.
+
+    `pause()` records the Retry-After locally at once and in the row (`paused_until`) in the
+    background; every later reservation by any process starts after it. A reservation granted
+    before the pause was recorded may still be used, like a request already in flight in-process.
+
+    Blocking psycopg calls run in a worker thread (`asyncio.to_thread`): one autocommit connection per
+    limiter, opened on the first acquire, closed by `close()`.
+    """
+
+    def __init__(
+        self,
+        rate: spec.RateLimit,
+        dsn: str,
+        *,
+        margin: float = MARGIN,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        time_scale: float = 1.0,
+    ) -> None:
+        super().__init__(rate, margin=margin, clock=clock, sleep=sleep, time_scale=time_scale)
+        self._dsn = dsn
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._conn_lock = threading.Lock()  # grant and pause threads share the connection
+
+    async def connect(self) -> None:
+        """Open the connection now and check the migration is there (else `acquire` does it lazily)."""
+        found = await asyncio.to_thread(self._call, "select to_regproc('syncrun_rate_grant') is not null", ())
+        if not found:
+            raise self._missing()
+
+    def close(self) -> None:
+        super().close()
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def _remote_grant(self, pause: float) -> tuple[float, float]:
+        return await asyncio.to_thread(self._grant, pause)
+
+    async def _remote_pause(self, seconds: float) -> None:
+        await asyncio.to_thread(self._write_pause, seconds)
+
+    def _pause_outside_loop(self, seconds: float) -> None:
+        self._write_pause(seconds)
 
     # --- blocking, in a worker thread ---
     def _grant(self, pause: float) -> tuple[float, float]:
@@ -364,12 +410,6 @@ class DatabaseLimiter(Limiter):
             " table (migration 0002); run `syncrun migrate` against this database"
         )
 
-    def _flushed(self, task: asyncio.Task[None]) -> None:
-        self._flushes.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning(
-                "could not share the pause of bucket '%s' (it travels with the next grant): %s", self.rate.bucket, exc
-            )
 
 
 def limiters(

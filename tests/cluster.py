@@ -29,3 +29,18 @@ def cluster() -> Iterator[faultlib.Cluster]:
         yield private
     finally:
         private.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault matrix of the rows this session ran, as `python -m bench.faults` prints it."""
+    from bench import faults
+    from tests import test_faults
+
+    if test_faults.MATRIX:
+        terminalreporter.section("fault matrix")
+        terminalreporter.write_line(faults.format_table(sorted(test_faults.MATRIX, key=_order)))
+
+
+def _order(result: object) -> tuple[int, str]:
+    number = "".join(c for c in str(getattr(result, "id", "")) if c.isdigit())
+    return int(number or 0), str(getattr(result, "id", ""))

@@ -26,12 +26,16 @@ def _param(fault: faults.Fault) -> object:
     return pytest.param(fault, id=f"{fault.id}-{fault.title}", marks=marks)
 
 
+MATRIX: list[faults.Result] = []  # printed at the end of the session (tests/cluster.py)
+
+
 @pytest.mark.parametrize("fault", [_param(f) for f in faults.FAULTS])
 def test_fault_leaves_all_zeros(fault: faults.Fault, cluster: faultlib.Cluster, tmp_path: Path) -> None:
     """One row of the matrix: the fault run, the checks right after it, a clean rerun, the final data."""
     if fault.bouncer and shutil.which("pgbouncer") is None:
         unavailable("pgbouncer is not installed")
     result = faults.run_fault(fault, cluster, tmp_path)
+    MATRIX.append(result)
     assert result.clean, faults.format_table([result])
     assert result.processed > 0
 
@@ -41,6 +45,7 @@ def test_sigkill_at_random_points_recovers(cluster: faultlib.Cluster, tmp_path: 
     """20 runners killed with SIGKILL after a random number of requests; each time the next run reaps
     the job, re-claims the unfinished entities once the lease runs out, and the data equals a clean run's."""
     result = faults.run_kills(cluster, tmp_path, trials=faults.KILL_TRIALS)
+    MATRIX.append(result)
     assert result.clean, faults.format_table([result])
     assert result.succeeded > 0
 
