@@ -295,16 +295,24 @@ def baseline(limit: int, concurrency: int, transport: str, *, dsn: str, api: str
     return Started([*cmd, "--transport", transport], env, REPO)
 
 
-def job_row(dsn: str) -> dict[str, Any] | None:
+def job_rows(dsn: str) -> list[dict[str, Any]]:
+    """Every sync_jobs row of the scratch schema, newest first."""
     rows = query(
         dsn,
         "select status, items_processed, items_succeeded, items_failed, items_skipped, requests_made,"
         " extract(epoch from completed_at - started_at), error_message"
-        " from sync_jobs order by started_at desc limit 1",
+        " from sync_jobs order by started_at desc",
     )
-    if not rows:
-        return None
     names = ("status", "processed", "succeeded", "failed", "skipped", "requests", "duration", "error")
-    row = dict(zip(names, rows[0], strict=True))
-    row["duration"] = float(row["duration"]) if row["duration"] is not None else None
-    return row
+    jobs = [dict(zip(names, row, strict=True)) for row in rows]
+    for job in jobs:
+        job["duration"] = float(job["duration"]) if job["duration"] is not None else None
+    return jobs
+
+
+def shared_grants(dsn: str) -> int:
+    """Grants handed out through `rate_limit.shared: database` (migration 0002's syncrun_rate_limits)."""
+    sql = "select coalesce(sum(seq), 0) from syncrun_rate_limits"
+    if query(dsn, "select to_regclass('syncrun_rate_limits')")[0][0] is None:
+        return 0
+    return int(query(dsn, sql)[0][0])

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from psycopg.conninfo import make_conninfo
@@ -175,7 +176,8 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sources = [config.load(path) for path in args.sources]
     options = _options(args, environ, sources)
     dsn = database.dsn_from_env(environ)
-    secrets = [p for p in [database.password(dsn)] if p]
+    redis_password = urlsplit(ratelimit.redis_url_from_env(environ)).password
+    secrets = [p for p in [database.password(dsn), redis_password] if p]
     settings = templating.resolve([s for src in sources for s in src.settings], environ, extra_secrets=secrets)
     workflow.announce_masks(environ, [v for (kind, _), v in settings.values.items() if kind == "secret"] + secrets)
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
@@ -283,7 +285,12 @@ async def _execute(
     rates = [replace(s.rate_limit, per=s.rate_limit.per / scale) for s in sources]
     if target is None:  # a dry run that needs no database limits itself in-process
         rates = [replace(rate, shared=spec.LimitScope.PROCESS) for rate in rates]
-    limiters = ratelimit.limiters(rates, dsn=target.dsn if target else None, time_scale=scale)
+    limiters = ratelimit.limiters(
+        rates,
+        dsn=target.dsn if target else None,
+        redis_url=ratelimit.redis_url_from_env(os.environ),
+        time_scale=scale,
+    )
     transport, recorders = _transports(playback, settings)
     try:
         return await engine.run(
@@ -298,7 +305,7 @@ async def _execute(
         )
     finally:
         for limiter in limiters.values():
-            limiter.close()
+            await limiter.aclose()
         for source in sources:
             if source.name in recorders and playback.record is not None:
                 saved = recorders[source.name].save(playback.record / source.path.stem)

@@ -5,7 +5,7 @@ SyncrunError                       base; `exit_code` says what the CLI returns
 ├── UsageError                     bad arguments or environment (BATCH_SIZE=abc)   (exit 2)
 ├── SettingError                   a ${env.X}/${secret.X} is unset at run start     (exit 2)
 ├── SchemaMismatch                 the database lacks a table/column a source needs (exit 2)
-├── DatabaseError                  PostgreSQL unreachable or failing               (exit 1)
+├── DatabaseError                  PostgreSQL or Redis unreachable or failing      (exit 1)
 ├── RunFailed                      the run as a whole failed (Retry-After beyond max_wait,
 │                                  circuit breaker, fail_ratio exceeded)           (exit 1)
 └── EntityError                    one entity failed; the run goes on (never reaches the CLI)

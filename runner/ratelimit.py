@@ -18,7 +18,8 @@ Why not pyrate-limiter (measured, 10 per 0.5 s, 30 concurrent tasks): its `InMem
 with a pacing rate reached 93.9 % of the limit with `buffer_ms=1` and 49 % with the default 50 ms,
 because it works in whole milliseconds and adds the buffer to every wait; it cannot take an injected
 clock or sleep; it records the grant, not the send; and a Retry-After pause would have to be layered
-on top anyway. `shared: database` has its own table (see DatabaseLimiter and docs/rate-limits.md).
+on top anyway. `shared: database` has its own table (see DatabaseLimiter and docs/rate-limits.md),
+`shared: redis` its own Lua script (RedisLimiter).
 """
 
 from __future__ import annotations
@@ -31,14 +32,19 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, LiteralString
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, LiteralString, NamedTuple
 
 import httpx
 import psycopg
 
 from runner import spec
+from runner.database import redact_dsn
 from runner.errors import DatabaseError, SchemaMismatch, UsageError
+
+if TYPE_CHECKING:
+    import redis.asyncio
+    import redis.commands.core
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +65,13 @@ GRANTED = "syncrun.granted"
 # a stamp later is always safe; it costs one shift of at most this much per new connection.
 FRESH = 0.050
 
-# DatabaseLimiter: a grant is a reservation of a moment, recorded before it is used (unlike the in-process
+# DatabaseLimiter, RedisLimiter: a grant is a reservation of a moment, recorded before it is used (unlike the in-process
 # log, which records when the grant actually happens). A process that gets to use it later than this
 # (a reply delayed by the network, a busy CPU) leaves it unused and takes another, rather than bunch
 # with the other processes' next grants. Half the margin: the rest absorbs the jitter after the grant.
 LATE = MARGIN / 2
 
-# DatabaseLimiter: how long a sample of the offset between our clock and the database's stays usable.
+# DatabaseLimiter, RedisLimiter: how long a sample of the offset between our clock and the database's stays usable.
 OFFSET_MEMORY = 10.0
 
 Clock = Callable[[], float]
@@ -176,6 +182,10 @@ class Limiter:
 
     def close(self) -> None:
         self._closed = True
+
+    async def aclose(self) -> None:
+        """Close from inside the event loop (a shared limiter flushes its last pause first)."""
+        self.close()
 
     def _loop_lock(self) -> asyncio.Lock:
         """An asyncio.Lock belongs to one event loop; a limiter may outlive one `asyncio.run`."""
@@ -411,15 +421,206 @@ class DatabaseLimiter(_SharedLimiter):
         )
 
 
+# RedisLimiter: the bucket's keys are REDIS_PREFIX + bucket (its log) and that + ":state".
+REDIS_PREFIX = "syncrun:ratelimit:"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# One grant, atomically (a script runs alone on the server). KEYS[1]: the bucket's log, a sorted set of
+# its last `requests` grant times (score: epoch seconds by this server's clock). KEYS[2]: its state, a
+# hash {seq: grants so far, paused_until}. ARGV: requests, window (per + margin), burst, pause (seconds
+# to extend the shared pause by first; <= 0: none). The rules are syncrun_rate_grant's (migration 0002).
+# Returns {the grant's time, now} as strings, and passes scores as strings: Lua numbers would be
+# truncated to integers on return and rounded to 14 digits (100 us) when passed to a command.
+REDIS_GRANT = """
+pcall(redis.replicate_commands)  -- Redis < 5: allow writes after TIME
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local requests, window, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local pause = tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[2], 'seq', 'paused_until')
+local seq = (tonumber(state[1]) or 0) + 1
+local paused = tonumber(state[2]) or 0
+if pause > 0 then paused = math.max(paused, now + pause) end
+local function ago(n, plus)  -- the grant n ago (the n-th latest in the log) + plus; 0 if none
+  local row = redis.call('ZRANGE', KEYS[1], -n, -n, 'WITHSCORES')
+  if row[2] then return tonumber(row[2]) + plus end
+  return 0
+end
+local at = math.max(now, paused, ago(1, 0), ago(requests, window), ago(burst, window * burst / requests))
+local when = string.format('%.6f', at)
+redis.call('ZADD', KEYS[1], when, string.format('%d:', seq) .. when)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -requests - 1)
+redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq), 'paused_until', string.format('%.6f', paused))
+-- an idle bucket vanishes once its log imposes nothing (and its pause is over), plus a second
+local ttl = math.ceil((math.max(at + window, paused) - now) * 1000) + 1000
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return {when, string.format('%.6f', now)}
+"""
+
+# A Retry-After: grant nothing in the bucket for ARGV[1] seconds from now (never shortens a longer pause).
+REDIS_PAUSE = """
+pcall(redis.replicate_commands)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local paused = math.max(tonumber(redis.call('HGET', KEYS[2], 'paused_until')) or 0, now + tonumber(ARGV[1]))
+redis.call('HSET', KEYS[2], 'paused_until', string.format('%.6f', paused))
+local ttl = math.ceil((paused - now) * 1000) + 1000
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+return string.format('%.6f', paused)
+"""
+
+
+def redis_url_from_env(environ: Mapping[str, str]) -> str:
+    """`$SYNCRUN_REDIS_URL`, else DEFAULT_REDIS_URL (a Redis on this machine)."""
+    return environ.get("SYNCRUN_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+class RedisLimiter(_SharedLimiter):
+    """A `Limiter` whose budget and pause live in Redis, shared by every process using the bucket there.
+
+    Same semantics as `DatabaseLimiter`, by the Redis server's clock (`TIME`, read inside the script):
+    each grant is one atomic Lua script, REDIS_GRANT (EVALSHA, loaded again if the server lost it),
+    which reserves the earliest moment the window, burst and pause rules allow and records it in the
+    bucket's sorted set; the caller sleeps until then. Grants used more than LATE after their time, or
+    overtaken by a pause, are left unused and taken again. `pause()` applies locally at once and is
+    written to the bucket's state in the background (and travels with the next grant).
+
+    `redis.asyncio`, imported here so syncrun works without the package: one connection per limiter
+    (per event loop), opened on the first acquire. `close()` inside its event loop closes it in a task
+    (after any pause still being written); `await aclose()` also waits for that.
+    """
+
+    def __init__(
+        self,
+        rate: spec.RateLimit,
+        url: str = DEFAULT_REDIS_URL,
+        *,
+        margin: float = MARGIN,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        time_scale: float = 1.0,
+        timeout: float = 5.0,
+    ) -> None:
+        try:
+            import redis.asyncio  # noqa: F401  # lazily: an optional dependency
+        except ImportError:
+            raise UsageError(
+                f"rate_limit.shared: redis (bucket '{rate.bucket}') needs the redis package:"
+                " pip install 'syncrun[redis]' (or use shared: database or shared: process)"
+            ) from None
+        super().__init__(rate, margin=margin, clock=clock, sleep=sleep, time_scale=time_scale)
+        self.url = url
+        self.keys = [REDIS_PREFIX + rate.bucket, REDIS_PREFIX + rate.bucket + ":state"]
+        self._timeout = timeout
+        self._redis: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, _Scripts] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def connect(self) -> None:
+        """Check Redis answers now (else `acquire` connects lazily)."""
+        client, _ = self._client()
+        await self._call(client.ping())
+
+    def close(self) -> None:
+        super().close()
+        if self._redis is None:
+            return
+        loop, client, _ = self._redis
+        self._redis = None
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        shutdown = self._shutdown(client, set(self._flushes))
+        if running is loop:
+            # close() is synchronous: a task, whose first step (the disconnect, unless a pause is still
+            # being written) runs before `asyncio.run` cancels what is left at its end
+            task = loop.create_task(shutdown)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        elif running is None and not loop.is_closed():
+            loop.run_until_complete(shutdown)
+        else:  # its event loop is gone, and its connection with it
+            shutdown.close()
+
+    async def aclose(self) -> None:
+        """`close()`, and wait until the connection is closed."""
+        self.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    @staticmethod
+    async def _shutdown(client: redis.asyncio.Redis, flushes: set[asyncio.Task[None]]) -> None:
+        """Close the client's one connection once the pauses being written are written."""
+        try:
+            await asyncio.gather(*flushes, return_exceptions=True)
+        finally:
+            connection, client.connection = client.connection, None
+            if connection is not None:
+                await connection.disconnect(nowait=True)  # no await inside: done in this step
+
+    async def _remote_grant(self, pause: float) -> tuple[float, float]:
+        rate = self.rate
+        _, scripts = self._client()
+        args = (rate.requests, repr(self._window), rate.burst, repr(pause if pause > 0 else 0.0))
+        granted_at, server_now = await self._call(scripts.grant(keys=self.keys, args=args))
+        return float(granted_at), float(server_now)
+
+    def _remote_pause(self, seconds: float) -> Coroutine[Any, Any, None]:
+        _, scripts = self._client()  # now: a `close()` right after this call waits for the write
+        return self._call(scripts.pause(keys=self.keys, args=(repr(seconds),)))
+
+    def _client(self) -> tuple[redis.asyncio.Redis, _Scripts]:
+        """This event loop's client (a limiter may outlive one `asyncio.run`), made on first use."""
+        if self._closed:
+            raise RuntimeError(f"rate limiter for bucket '{self.rate.bucket}' is closed")
+        loop = asyncio.get_running_loop()
+        if self._redis is None or self._redis[0] is not loop:
+            import redis.asyncio
+            import redis.asyncio.retry
+            import redis.backoff
+
+            client = redis.asyncio.Redis.from_url(
+                self.url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                single_connection_client=True,  # one connection per limiter, as for shared: database
+                retry=redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), 2),
+            )
+            scripts = _Scripts(client.register_script(REDIS_GRANT), client.register_script(REDIS_PAUSE))
+            self._redis = (loop, client, scripts)
+        return self._redis[1], self._redis[2]
+
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        import redis.exceptions
+
+        try:
+            return await command
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise DatabaseError(
+                f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
+            ) from None
+
+
+class _Scripts(NamedTuple):
+    grant: redis.commands.core.AsyncScript
+    pause: redis.commands.core.AsyncScript
+
 
 def limiters(
-    rate_limits: Iterable[spec.RateLimit], *, margin: float = MARGIN, dsn: str | None = None, time_scale: float = 1.0
+    rate_limits: Iterable[spec.RateLimit],
+    *,
+    margin: float = MARGIN,
+    dsn: str | None = None,
+    redis_url: str | None = None,
+    time_scale: float = 1.0,
 ) -> dict[str, Limiter]:
     """One limiter per bucket name: sources naming the same bucket share it.
 
     `shared: database` buckets get a `DatabaseLimiter` on `dsn` (the run's database; its first
     search_path schema must hold migration 0002's `syncrun_rate_limits`), shared by every process
-    that uses the bucket name there. No connection is opened until the first `acquire`.
+    that uses the bucket name there. `shared: redis` buckets get a `RedisLimiter` on `redis_url`
+    (None: DEFAULT_REDIS_URL; the CLI passes `redis_url_from_env`); without the redis package that
+    is a UsageError. No connection is opened until the first `acquire`.
 
     Sources sharing a bucket must declare the same requests/per/burst/shared: a silent "stricter wins"
     would hide a typo and cannot rank 10/s against 500/min, so a mismatch is a UsageError.
@@ -443,10 +644,13 @@ def limiters(
                     " set DATABASE_URL (or --dsn), or use shared: process"
                 )
             by_bucket[rate.bucket] = DatabaseLimiter(rate, dsn, margin=margin, time_scale=time_scale)
+        elif rate.shared is spec.LimitScope.REDIS:
+            url = redis_url or DEFAULT_REDIS_URL
+            by_bucket[rate.bucket] = RedisLimiter(rate, url, margin=margin, time_scale=time_scale)
         else:
             raise UsageError(
-                f"rate_limit.shared: {rate.shared} (bucket '{rate.bucket}') is not supported yet;"
-                " use shared: database (through PostgreSQL) or shared: process"
+                f"rate_limit.shared: {rate.shared} (bucket '{rate.bucket}') is not supported;"
+                " use shared: process, database or redis"
             )
     return by_bucket
 

@@ -1,9 +1,11 @@
-"""One OS process sharing a `shared: database` rate-limit bucket (run by tests/test_ratelimit_shared.py).
+"""One OS process sharing a `shared: database` or `shared: redis` rate-limit bucket (run by
+tests/test_ratelimit_shared.py and tests/test_ratelimit_redis.py).
 
     python -m tests.shared_limit_worker DSN URL BUCKET REQUESTS PER BURST CONCURRENCY START_AT STOP_AT
 
 From wall-clock START_AT until STOP_AT, CONCURRENCY tasks send GET URL?w=PID through `client.send`
-(so a 429 with Retry-After pauses the bucket, as in a real run) under a `DatabaseLimiter`. Prints the
+(so a 429 with Retry-After pauses the bucket, as in a real run) under a `DatabaseLimiter`, or a
+`RedisLimiter` when DSN is a redis:// URL. Prints the
 number of grants and of grants left unused. One warm-up request to URL's sibling /warm-up precedes
 the start. Wall-clock times let processes started at different moments begin together.
 """
@@ -16,7 +18,7 @@ import sys
 import time
 
 from runner import client, spec
-from runner.ratelimit import DatabaseLimiter
+from runner.ratelimit import DatabaseLimiter, RedisLimiter
 
 
 async def main(argv: list[str]) -> int:
@@ -24,8 +26,10 @@ async def main(argv: list[str]) -> int:
     requests, per, burst, concurrency = int(argv[3]), float(argv[4]), int(argv[5]), int(argv[6])
     start_at, stop_at = float(argv[7]), float(argv[8])
     worker_id = str(os.getpid())
-    rate = spec.RateLimit(requests=requests, per=per, burst=burst, bucket=bucket, shared=spec.LimitScope.DATABASE)
-    limiter = DatabaseLimiter(rate, dsn)
+    redis = dsn.startswith("redis://")
+    scope = spec.LimitScope.REDIS if redis else spec.LimitScope.DATABASE
+    rate = spec.RateLimit(requests=requests, per=per, burst=burst, bucket=bucket, shared=scope)
+    limiter = RedisLimiter(rate, dsn) if redis else DatabaseLimiter(rate, dsn)
     request_spec = spec.Request(url=spec.Template(url, (spec.Literal(url),)), timeout=5.0)
     policy = spec.Retry(attempts=3, initial=0.01, jitter=0.0)
     await limiter.connect()  # before the start line: connecting takes a few ms
@@ -45,7 +49,10 @@ async def main(argv: list[str]) -> int:
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
     finally:
-        limiter.close()
+        if isinstance(limiter, RedisLimiter):
+            await limiter.aclose()
+        else:
+            limiter.close()
     print(limiter.requests, limiter.discarded)
     return 0
 

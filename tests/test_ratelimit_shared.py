@@ -51,12 +51,6 @@ def test_registry_refuses_one_bucket_shared_two_ways(db: Database) -> None:
         limiters([shared(10, 1.0), spec.RateLimit(requests=10, per=1.0, bucket="b")], dsn=db.dsn)
 
 
-def test_redis_is_not_supported_yet() -> None:
-    rate = spec.RateLimit(requests=10, per=1.0, bucket="b", shared=spec.LimitScope.REDIS)
-    with pytest.raises(UsageError, match=r"shared: redis \(bucket 'b'\) is not supported yet"):
-        limiters([rate])
-
-
 def test_missing_migration_names_the_fix(db: Database) -> None:
     limiter = DatabaseLimiter(shared(10, 1.0), db.dsn)
     try:

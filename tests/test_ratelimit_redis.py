@@ -1,0 +1,284 @@
+"""ratelimit, `shared: redis`: one bucket across limiters and OS processes through Redis (RedisLimiter).
+
+The tests that talk to Redis use the server on 127.0.0.1:6379 (SYNCRUN_TEST_REDIS_URL to change it) and
+skip when none answers: Redis is an optional backend. Every test uses its own bucket name, since CI and
+other runs share that server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from runner import spec
+from runner.errors import DatabaseError, UsageError
+from runner.ratelimit import (
+    DEFAULT_REDIS_URL,
+    LATE,
+    MARGIN,
+    REDIS_PREFIX,
+    Limiter,
+    RedisLimiter,
+    limiters,
+    redis_url_from_env,
+)
+from tests.apiserver import ApiServer, Reply, worst_window
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("SYNCRUN_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def shared(requests: int, per: float, *, burst: int = 1, bucket: str = "b") -> spec.RateLimit:
+    return spec.RateLimit(requests=requests, per=per, burst=burst, bucket=bucket, shared=spec.LimitScope.REDIS)
+
+
+class FakeTime:
+    """A clock that moves only when slept on (by `extra` more than asked, once, if set)."""
+
+    def __init__(self) -> None:
+        self.now, self.slept, self.extra = 1000.0, 0.0, 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds + self.extra
+        self.slept += seconds + self.extra
+        self.extra = 0.0
+
+
+def _reachable() -> str | None:
+    """None if a Redis answers PING at REDIS_URL, else why not."""
+    try:
+        import redis
+    except ImportError:
+        return "the redis package is not installed (pip install 'syncrun[redis]')"
+    parts = urlsplit(REDIS_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5).close()
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=1.0)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (OSError, redis.RedisError) as exc:
+        return f"no Redis at {REDIS_URL} ({exc}); shared: redis is an optional backend"
+    return None
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    if (reason := _reachable()) is not None:
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+@pytest.fixture
+def bucket(redis_url: str) -> Iterator[str]:
+    """A bucket name of this test's own; its keys are deleted afterwards."""
+    import redis
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(REDIS_PREFIX + name, REDIS_PREFIX + name + ":state")
+    finally:
+        client.close()
+
+
+def _log(redis_url: str, bucket: str) -> tuple[list[float], dict[bytes, bytes], int]:
+    """The bucket's grant times (ascending), its state hash and the log's TTL in ms."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        times = [score for _, score in client.zrange(REDIS_PREFIX + bucket, 0, -1, withscores=True)]
+        return times, client.hgetall(REDIS_PREFIX + bucket + ":state"), client.pttl(REDIS_PREFIX + bucket)
+    finally:
+        client.close()
+
+
+# --- without a server ------------------------------------------------------------------------------------
+def test_registry_builds_redis_limiters() -> None:
+    """shared: redis buckets get a RedisLimiter on the given URL (default: DEFAULT_REDIS_URL); no
+    connection is opened until the first acquire."""
+    pytest.importorskip("redis")
+    process = spec.RateLimit(requests=5, per=1.0, bucket="local")
+    registry = limiters([shared(10, 1.0, bucket="steam"), process], redis_url="redis://cache:6380/2")
+    steam = registry["steam"]
+    assert isinstance(steam, RedisLimiter)
+    assert steam.url == "redis://cache:6380/2"
+    assert steam.keys == ["syncrun:ratelimit:steam", "syncrun:ratelimit:steam:state"]
+    assert type(registry["local"]) is Limiter
+    default = limiters([shared(10, 1.0)])["b"]
+    assert isinstance(default, RedisLimiter)
+    assert default.url == DEFAULT_REDIS_URL
+    for limiter in [*registry.values(), default]:
+        limiter.close()
+
+
+def test_redis_url_from_env() -> None:
+    assert redis_url_from_env({}) == DEFAULT_REDIS_URL == "redis://127.0.0.1:6379/0"
+    assert redis_url_from_env({"SYNCRUN_REDIS_URL": ""}) == DEFAULT_REDIS_URL
+    assert redis_url_from_env({"SYNCRUN_REDIS_URL": "redis://h:1/3"}) == "redis://h:1/3"
+
+
+def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the redis package, shared: redis is a UsageError naming the fix; syncrun itself imports."""
+    monkeypatch.setitem(sys.modules, "redis", None)  # `import redis` now raises ImportError
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(
+        UsageError, match=r"shared: redis \(bucket 'b'\) needs the redis package: pip install 'syncrun\[redis\]'"
+    ):
+        limiters([shared(10, 1.0)])
+
+
+def test_unreachable_redis_is_a_database_error_with_the_url_redacted() -> None:
+    pytest.importorskip("redis")
+    limiter = RedisLimiter(shared(10, 1.0), "redis://:s3cret@127.0.0.1:1/0", timeout=1.0)
+
+    async def main() -> None:
+        try:
+            with pytest.raises(
+                DatabaseError, match=r"bucket 'b': Redis at redis://:\*\*\*@127.0.0.1:1/0 failed"
+            ) as info:
+                await limiter.acquire()
+            assert "s3cret" not in str(info.value)
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(main())
+
+
+# --- against the server ---------------------------------------------------------------------------------
+def test_grants_follow_the_in_process_rules(redis_url: str, bucket: str) -> None:
+    """6 per 0.6 s, burst 2, 8 grants: the script reserves pairs (0.6 + margin) * 2 / 6 s apart by the
+    server's clock (a fake sleep: no real waiting), the 7th a full window after the 1st; the log keeps
+    the last 6 grants and expires once it imposes nothing."""
+    fake = FakeTime()
+    limiter = RedisLimiter(shared(6, 0.6, burst=2, bucket=bucket), redis_url, clock=fake.clock, sleep=fake.sleep)
+
+    async def main() -> list[float]:
+        try:
+            return [(await limiter.acquire()).at for _ in range(8)]
+        finally:
+            await limiter.aclose()
+
+    local = asyncio.run(main())
+    granted, state, ttl = _log(redis_url, bucket)
+    window, spacing = 0.6 + MARGIN, (0.6 + MARGIN) * 2 / 6
+    assert len(granted) == 6  # trimmed to the last `requests`
+    assert int(state[b"seq"]) == 8
+    assert limiter.requests == 8
+    assert limiter.discarded == 0
+    slots = [round((t - granted[0]) / spacing) for t in granted]
+    assert slots == [0, 0, 1, 1, 2, 2], granted  # grants 3..8
+    assert all(later - earlier >= spacing - 1e-6 for earlier, later in zip(granted, granted[2:], strict=False))
+    # grants 1..8 as this process saw them: the same schedule, mapped onto its clock
+    assert [round((t - local[0]) / spacing) for t in local] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert local[6] - local[0] >= window - 1e-3
+    # the last reservation is 3 spacings after the first (made at once), + the window, + 1 s
+    assert 1000 < ttl <= (3 * spacing + window + 1.0) * 1000 + 50
+
+
+def test_a_late_grant_is_left_unused_and_taken_again(redis_url: str, bucket: str) -> None:
+    """A process that wakes more than LATE after its reservation does not use it: it still counts in
+    the shared log, and a new grant is taken."""
+    fake = FakeTime()
+    limiter = RedisLimiter(shared(2, 0.5, bucket=bucket), redis_url, clock=fake.clock, sleep=fake.sleep)
+
+    async def main() -> None:
+        try:
+            await limiter.acquire()
+            fake.extra = LATE + 0.02  # the sleep until the second reservation overshoots
+            await limiter.acquire()
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(main())
+    granted, state, _ = _log(redis_url, bucket)
+    assert (limiter.requests, limiter.discarded) == (2, 1)
+    assert int(state[b"seq"]) == 3
+    assert granted[1] - granted[0] >= (0.5 + MARGIN) / 2 - 1e-6
+
+
+def test_pause_is_shared_between_limiters(redis_url: str, bucket: str) -> None:
+    """A Retry-After on one limiter (6 s at time_scale 10: 0.6 s) holds another limiter's next grant,
+    by the server's clock, and a later, shorter pause does not shorten it."""
+    fake = FakeTime()
+    first = RedisLimiter(shared(100, 1.0, bucket=bucket), redis_url, time_scale=10.0)
+    second = RedisLimiter(shared(100, 1.0, bucket=bucket), redis_url, clock=fake.clock, sleep=fake.sleep)
+
+    async def main() -> float:
+        try:
+            await second.acquire()
+            first.pause(6.0)
+            first.pause(1.0)
+            await asyncio.gather(*first._flushes)
+            slept = fake.slept
+            await second.acquire()
+            return fake.slept - slept
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    waited = asyncio.run(main())
+    assert 0.5 <= waited <= 0.6 + 1e-3, waited
+    _, state, _ = _log(redis_url, bucket)
+    assert float(state[b"paused_until"]) > 0
+
+
+def test_the_script_is_loaded_again_when_the_server_lost_it(redis_url: str, bucket: str) -> None:
+    """EVALSHA with a fallback: after SCRIPT FLUSH (a restarted server) the next grant still works."""
+    import redis
+
+    limiter = RedisLimiter(shared(100, 1.0, bucket=bucket), redis_url)
+
+    async def main() -> None:
+        try:
+            await limiter.acquire()
+            admin = redis.Redis.from_url(redis_url)
+            try:
+                admin.script_flush()
+            finally:
+                admin.close()
+            await limiter.acquire()
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(main())
+    assert _log(redis_url, bucket)[1][b"seq"] == b"2"
+
+
+@pytest.mark.slow
+def test_three_processes_share_one_limit(redis_url: str, bucket: str, api: ApiServer) -> None:
+    """3 OS processes x 8 tasks on 10 per 0.5 s for 3 s (6 periods): no server-side window over 10,
+    combined rate >= 90 % of 20/s."""
+    api.route("/x", Reply(200, json={}))
+    start = time.time() + 2.0  # interpreters and imports take ~0.5 s each
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [redis_url, api.url + "/x", bucket, 10, 0.5, 1, 8, start, start + 3.0]
+    command = [sys.executable, "-m", "tests.shared_limit_worker", *map(str, args)]
+    processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    counts = []
+    for process in processes:
+        out, _ = process.communicate(timeout=30)
+        assert process.returncode == 0
+        counts.append(int(out.split()[0]))
+    arrivals = api.arrivals("/x")
+    assert sum(counts) == len(arrivals) + 3  # and one warm-up request each
+    assert worst_window(arrivals, 0.5) <= 10
+    achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    assert achieved >= 0.9 * 20, f"achieved {achieved:.2f}/s of 20/s"
+    assert len({r.query["w"] for r in api.requests if r.path == "/x"}) == 3
