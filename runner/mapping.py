@@ -86,10 +86,10 @@ def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> lis
 
 
 def _row(write: spec.Write, document: dict[str, JSON], index: int) -> Row:
-    row = {f.column: _search(f.expression, document, f"{write.table}.{f.column}") for f in write.columns}
+    row = {f.column: _search(f.expression, document, write.table, f.column) for f in write.columns}
     # A lookup column carries its natural-key value here; the writer swaps in the dimension's id.
     for lookup in write.lookups:
-        row[lookup.column] = _search(lookup.value, document, f"{write.table}.{lookup.column}")
+        row[lookup.column] = _search(lookup.value, document, write.table, lookup.column)
     for column in write.key:
         if row.get(column) is None:
             sources = {f.column: f.expression.text for f in write.columns}
@@ -100,11 +100,14 @@ def _row(write: spec.Write, document: dict[str, JSON], index: int) -> Row:
     return row
 
 
-def _search(expression: Expression, document: JSON, where: str) -> JSON:
+def _search(expression: Expression, document: JSON, where: object, column: str | None = None) -> JSON:
+    """`where` (and `column`) name the failing place; the message is only built on failure, since
+    this runs for every column of every row."""
     try:
         return expression.search(document)
     except JMESPathError as error:
-        raise MappingError(f"{where}: {expression.text!r} failed: {error}") from None
+        place = f"{where}.{column}" if column else str(where)
+        raise MappingError(f"{place}: {expression.text!r} failed: {error}") from None
 
 
 def _plain(value: JSON) -> JSON:
