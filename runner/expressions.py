@@ -34,10 +34,12 @@ Functions (all return null instead of raising on unusable input, so a mapping ca
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import jmespath
@@ -277,8 +279,7 @@ _OPTIONS = jmespath.Options(custom_functions=_Functions())
 
 
 def _fast(ast: dict[str, Any]) -> tuple[str, ...] | None:
-    """`record.a.b` as ("record", "a", "b"): plain field paths skip jmespath's interpreter, which is
-    most of the per-row mapping cost on bulk pages. Anything else returns None."""
+    """`record.a.b` as ("record", "a", "b"); None for anything but a plain field path."""
     if ast["type"] == "field":
         return (ast["value"],)
     if ast["type"] == "subexpression":
@@ -292,26 +293,107 @@ def _fast(ast: dict[str, Any]) -> tuple[str, ...] | None:
     return None
 
 
+Compiled = Callable[[JSON], JSON]
+_ORDERING = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
+
+
+def _compile(ast: dict[str, Any]) -> Compiled | None:
+    """Plain Python for the shapes outcome rules and most mappings are made of: field paths,
+    literals, comparisons, `&&`, `||`, `!`. They run for every request and every row, and jmespath's
+    interpreter costs ~5 µs a node. Anything else (functions, projections, …) returns None and is
+    interpreted. Semantics follow jmespath's visitor exactly (tests/test_expressions.py compares)."""
+    kind = ast["type"]
+    if kind in ("field", "subexpression"):
+        path = _fast(ast)
+        return None if path is None else partial(_walk, path)
+    if kind == "literal":
+        value = ast["value"]
+        return lambda _: value
+    parts = [_compile(child) for child in ast["children"]]
+    if any(part is None for part in parts):
+        return None
+    compiled = [part for part in parts if part is not None]
+    if kind == "comparator":
+        return _comparator(ast["value"], compiled[0], compiled[1])
+    if kind == "and_expression":
+        left, right = compiled
+        return lambda data: right(data) if _true(found := left(data)) else found
+    if kind == "or_expression":
+        left, right = compiled
+        return lambda data: found if _true(found := left(data)) else right(data)
+    if kind == "not_expression":
+        (inner,) = compiled
+        return lambda data: _not(inner(data))
+    return None
+
+
+def _walk(path: tuple[str, ...], data: JSON) -> JSON:
+    for name in path:  # a field of anything but an object is null, as in jmespath
+        if not isinstance(data, dict):
+            return None
+        data = data.get(name)
+    return data
+
+
+def _comparator(op: str, left: Compiled, right: Compiled) -> Compiled:
+    if op == "eq":
+        return lambda data: _equals(left(data), right(data))
+    if op == "ne":
+        return lambda data: not _equals(left(data), right(data))
+    compare = _ORDERING[op]
+
+    def ordered(data: JSON) -> JSON:
+        a, b = left(data), right(data)
+        return compare(a, b) if _comparable(a) and _comparable(b) else None  # else null, like jmespath
+
+    return ordered
+
+
+def _is_number(value: JSON) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _comparable(value: JSON) -> bool:
+    return _is_number(value) or isinstance(value, str)
+
+
+def _equals(a: JSON, b: JSON) -> bool:
+    # Python says 1 == True and 0 == False; JMESPath does not.
+    if (_is_number(a) and a in (0, 1) and isinstance(b, bool)) or (
+        _is_number(b) and b in (0, 1) and isinstance(a, bool)
+    ):
+        return False
+    return bool(a == b)
+
+
+def _true(value: JSON) -> bool:
+    return not (value is None or value is False or value == "" or value == [] or value == {})
+
+
+def _not(value: JSON) -> bool:
+    return False if _is_number(value) and value == 0 else not value
+
+
 @dataclass(frozen=True, slots=True)
 class Expression:
     """A JMESPath expression compiled once; keeps its source text for messages."""
 
     text: str
     parsed: ParsedResult = field(repr=False, compare=False)
-    path: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    fast: Compiled | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def compile(cls, text: str) -> Expression:
         """Compile `text`; raises jmespath.exceptions.ParseError (config.py turns it into a Problem)."""
         parsed = jmespath.compile(text)
-        return cls(text, parsed, _fast(parsed.parsed))
+        return cls(text, parsed, _compile(parsed.parsed))
+
+    @property
+    def path(self) -> tuple[str, ...] | None:
+        """The field path, when the expression is nothing but one (`record.a.b`)."""
+        return _fast(self.parsed.parsed)
 
     def search(self, data: JSON) -> JSON:
-        if self.path is not None:
-            # The same answer jmespath gives: a field of anything but an object is null.
-            for name in self.path:
-                if not isinstance(data, dict):
-                    return None
-                data = data.get(name)
-            return data
+        if self.fast is not None:
+            return self.fast(data)
         return self.parsed.search(data, options=_OPTIONS)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jmespath
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
 
@@ -136,3 +139,58 @@ def test_every_custom_function_is_tested_here() -> None:
 def test_expression_keeps_its_text() -> None:
     """Messages quote the expression as written."""
     assert Expression.compile("record.name").text == "record.name"
+
+
+# --- the compiled fast path agrees with jmespath's interpreter ------------------------------------------
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from([0.0, 1.0, 2.5]) | st.sampled_from(["", "a", "b"]),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
+    max_leaves=6,
+)
+_DOCUMENTS = st.dictionaries(st.sampled_from(["a", "b", "status", "body"]), _VALUES, max_size=4)
+_FAST_EXPRESSIONS = [
+    "a",
+    "a.b",
+    "body.a.b",
+    "status >= `200` && status < `300`",
+    "status == `404`",
+    "a == b",
+    "a != b",
+    "a < b",
+    "a >= `1`",
+    "a == `true`",
+    "a == `1`",
+    "b != null",
+    "a || b",
+    "a && b",
+    "!a",
+    "!(a.b)",
+    "!a && (b || `0`)",
+    "a == `[1]`",
+    'a == `{"a": 1}`',
+]
+
+
+def test_the_common_shapes_are_compiled() -> None:
+    """Paths, literals, comparisons and logic skip the interpreter; function calls do not."""
+    assert all(Expression.compile(text).fast is not None for text in _FAST_EXPRESSIONS)
+    assert Expression.compile("trim(a)").fast is None
+    assert Expression.compile("a[0]").fast is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=_DOCUMENTS, text=st.sampled_from(_FAST_EXPRESSIONS))
+def test_compiled_expressions_agree_with_jmespath(document: dict[str, object], text: str) -> None:
+    """Over random documents, the compiled form returns exactly what jmespath's interpreter returns
+    (or raises the same kind of error)."""
+    expression = Expression.compile(text)
+    try:
+        expected: object = jmespath.search(text, document)
+    except TypeError:
+        with pytest.raises(TypeError):
+            expression.search(document)
+        return
+    actual = expression.search(document)
+    assert actual == expected
+    assert type(actual) is type(expected)
