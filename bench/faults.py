@@ -452,7 +452,10 @@ def kill_trial(trial: int, cluster: Cluster, tmp: Path, seed: int = 6) -> Result
             result.problems.append(f"trial {trial}: recovery run exited {rerun.code}: {rerun.stderr[-300:]}")
         jobs = workload.jobs()
         killed = jobs[:-1]
-        if killed and (killed[0][1] != "failed" or "abandoned" not in (killed[0][6] or "")):
+        # The kill may land after the run already finished its job row (killed after its last request):
+        # then `completed` is the truth. Anything else must have been reaped as abandoned.
+        reaped = killed and killed[0][1] == "failed" and "abandoned" in (killed[0][6] or "")
+        if killed and not reaped and killed[0][1] != "completed":
             result.problems.append(f"trial {trial}: killed job not reaped: {killed[0]}")
         if jobs:
             result.status = jobs[-1][1]
