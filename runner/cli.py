@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create or upgrade syncrun's tables (idempotent)")
     migrate.add_argument("sources", nargs="*", type=Path, help="sources whose status columns to add")
     migrate.add_argument("--sql", action="store_true", help="print the DDL instead of applying it")
+    migrate.add_argument(
+        "--tables",
+        action="append",
+        default=[],
+        choices=migrations.bundled_tables(),
+        help="also create a bundled source family's target tables (runner/sql/tables/NAME.sql), e.g. steam",
+    )
     migrate.set_defaults(handler=_migrate)
 
     run = commands.add_parser("run", help="run one or more sources (also: syncrun SOURCE.yaml)")
@@ -162,11 +169,16 @@ def _validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 # --- migrate -------------------------------------------------------------------------------------------
 def _migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sources = [config.load(path) for path in args.sources]
+    tables = [migrations.tables_sql(name) for name in args.tables]
     if args.sql:
-        print(migrations.migration_sql(sources))
+        print("\n".join([migrations.migration_sql(sources), *tables]))
         return 0
     with database.connect(database.dsn_from_env(environ)) as conn:
         applied = migrations.migrate(conn, sources)
+        for name, script in zip(args.tables, tables, strict=True):
+            with conn.transaction():
+                conn.execute(script)  # idempotent DDL: `if not exists` throughout
+            applied.append(f"tables/{name}")
     print(f"migrated: {applied}" if applied else "up to date")
     return 0
 

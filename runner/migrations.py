@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
 from pathlib import Path
 
 import psycopg
@@ -374,3 +375,14 @@ def function_arguments(conn: psycopg.Connection, name: QualifiedName) -> dict[st
         (regclass_text(name),),
     ).fetchall()
     return {name: type_ for name, type_ in rows}
+
+
+def bundled_tables() -> list[str]:
+    """The target-table families shipped with syncrun (runner/sql/tables/*.sql): `steam`, `example`."""
+    folder = resources.files("runner").joinpath("sql/tables")
+    return sorted(entry.name.removesuffix(".sql") for entry in folder.iterdir() if entry.name.endswith(".sql"))
+
+
+def tables_sql(name: str) -> str:
+    """The idempotent DDL of one bundled family of target tables (`syncrun migrate --tables NAME`)."""
+    return resources.files("runner").joinpath(f"sql/tables/{name}.sql").read_text()

@@ -214,3 +214,17 @@ def test_check_names_missing_status_set_columns(db: Database) -> None:
     assert (
         _mismatch(db, source) == "sync_status.storefront_accessible: no such column (sources/example.yaml status.set)"
     )
+
+
+def test_migrate_tables_creates_a_bundled_family(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`syncrun migrate --tables steam` creates the Steam target tables, idempotently; --sql prints them."""
+    from runner import cli
+
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    steam = [str(p) for p in sorted(Path("sources").glob("steam*.yaml"))]
+    assert cli.main(["migrate", *steam, "--tables", "steam"]) == 0
+    assert cli.main(["migrate", *steam, "--tables", "steam"]) == 0
+    assert db.scalar("select count(*) from review_histogram") == 0
+    assert db.scalar("select to_regclass('app_developers') is not null") is True
+    assert migrations.bundled_tables() == ["example", "steam"]
+    assert "create table if not exists review_histogram" in migrations.tables_sql("steam").lower()

@@ -1,5 +1,5 @@
 -- Target tables of sources/example.yaml (`syncrun demo --example` applies them); named apart from the
--- Steam tables. Apply them with `psql -f runner/sql/tables/example.sql`, or copy them into your migrations.
+-- Steam tables. Apply with `syncrun migrate sources/example.yaml --tables example`, `psql -f`, or copy them.
 create table if not exists games (
     appid int primary key,
     name text,

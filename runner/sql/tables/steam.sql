@@ -1,7 +1,7 @@
 -- Target tables of the Steam sources (sources/steam-*.yaml), in the public schema with the column
 -- names of the Supabase/Tiger schemas the hand-written workers wrote (docs/porting.md).
 -- Apply after syncrun's own migration (it creates sync_status): `psql -f runner/sql/tables/steam.sql`
--- (or `syncrun migrate --tables steam`). Every statement is idempotent, and every column is added
+-- (or `syncrun migrate sources/steam-*.yaml --tables steam`). Every statement is idempotent, and every column is added
 -- with `add column if not exists`, so the file upgrades an existing table (example.sql's apps and
 -- daily_metrics, or an older copy of this file) instead of failing on it.
 --
