@@ -317,10 +317,10 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
         return _comparator(ast["value"], compiled[0], compiled[1])
     if kind == "and_expression":
         left, right = compiled
-        return lambda data: right(data) if _true(found := left(data)) else found
+        return lambda data: right(data) if truthy(found := left(data)) else found
     if kind == "or_expression":
         left, right = compiled
-        return lambda data: found if _true(found := left(data)) else right(data)
+        return lambda data: found if truthy(found := left(data)) else right(data)
     if kind == "not_expression":
         (inner,) = compiled
         return lambda data: _not(inner(data))
@@ -366,7 +366,8 @@ def _equals(a: JSON, b: JSON) -> bool:
     return bool(a == b)
 
 
-def _true(value: JSON) -> bool:
+def truthy(value: JSON) -> bool:
+    """JMESPath truthiness: false, null, "", [] and {} are false; every number (0 too) is true."""
     return not (value is None or value is False or value == "" or value == [] or value == {})
 
 
@@ -387,11 +388,6 @@ class Expression:
         """Compile `text`; raises jmespath.exceptions.ParseError (config.py turns it into a Problem)."""
         parsed = jmespath.compile(text)
         return cls(text, parsed, _compile(parsed.parsed))
-
-    @property
-    def path(self) -> tuple[str, ...] | None:
-        """The field path, when the expression is nothing but one (`record.a.b`)."""
-        return _fast(self.parsed.parsed)
 
     def search(self, data: JSON) -> JSON:
         if self.fast is not None:

@@ -15,7 +15,7 @@ from runner import client as http
 from runner import spec, templating
 from runner.client import Reply
 from runner.errors import FetchError
-from runner.expressions import JSON
+from runner.expressions import JSON, truthy
 from runner.ratelimit import Limiter
 
 __all__ = ["Page", "Reply", "build_request", "describe", "entity", "pages"]
@@ -220,11 +220,6 @@ def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
 
 def _empty(reply: Reply) -> bool:
     return reply.body in ({}, []) or (reply.body is None and not reply.raw.strip())
-
-
-def truthy(value: JSON) -> bool:
-    """JMESPath truthiness: false, null, "", [] and {} are false; every number (0 too) is true."""
-    return not (value is None or value is False or value in ("", [], {}))
 
 
 def describe(reply: Reply) -> str:

@@ -21,7 +21,7 @@ from jmespath.exceptions import JMESPathError
 
 from runner import spec
 from runner.errors import MappingError
-from runner.expressions import JSON, Expression
+from runner.expressions import JSON, Expression, truthy
 
 Row = dict[str, JSON]
 _EXCERPT = 120
@@ -71,7 +71,7 @@ def status_values(status: spec.Status, base: dict[str, JSON]) -> dict[str, JSON]
 
 
 def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> list[Row]:
-    if write.when is not None and not _truthy(_search(write.when, document, f"writes[{index}].when")):
+    if write.when is not None and not truthy(_search(write.when, document, f"writes[{index}].when")):
         return []
     if write.rows is None:
         return [_row(write, document, index)]
@@ -118,11 +118,6 @@ def _plain(value: JSON) -> JSON:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
-
-
-def _truthy(value: JSON) -> bool:
-    # JMESPath truthiness: false, null, empty strings, lists and objects are false; 0 is true.
-    return value is not None and value is not False and value != "" and value != [] and value != {}
 
 
 def _excerpt(value: JSON) -> str:

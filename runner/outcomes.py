@@ -12,8 +12,8 @@ from jmespath.exceptions import JMESPathError
 
 from runner import spec
 from runner.errors import OutcomeError
-from runner.expressions import JSON, Expression
-from runner.fetch import Reply, truthy
+from runner.expressions import JSON, Expression, truthy
+from runner.fetch import Reply
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
