@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -149,15 +150,25 @@ class Link:
 
     Retrying a whole operation is safe because syncrun's writes are idempotent (upserts, inserts that
     do nothing on conflict) and each operation is one transaction: it committed or it did not.
+
+    Operations run one at a time: a connection carries one transaction, and callers reach it from
+    worker threads (`asyncio.to_thread`) whose work goes on after the awaiting task is cancelled. The
+    job's final update once met a heartbeat still running on the same connection
+    (OutOfOrderTransactionNesting, the job left `running`); now it waits for it.
     """
 
     RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0, 5.0, 5.0)  # ~17 s: long enough for a PostgreSQL restart
 
     def __init__(self, open_: Callable[[], psycopg.Connection], sleep: Callable[[float], None] = time.sleep) -> None:
         self._open, self._sleep = open_, sleep
+        self._lock = threading.RLock()
         self.conn = open_()
 
     def call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return self._call(operation, *args, **kwargs)
+
+    def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         for wait in (*self.RECONNECT_WAITS, None):
             try:
                 return operation(self.conn, *args, **kwargs)
@@ -177,5 +188,5 @@ class Link:
             self.conn = self._open()
 
     def close(self) -> None:
-        with contextlib.suppress(psycopg.Error):
+        with self._lock, contextlib.suppress(psycopg.Error):
             self.conn.close()

@@ -420,6 +420,7 @@ async def _drive(state: _Run) -> Report:
     select_conn = state.connect() if state.connect else None
     write_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     job_link = database.Link(state.connect) if state.connect and not options.dry_run else None
+    side: list[asyncio.Task[None]] = []
     try:
         if job_link is not None:
             state.report.job_id = await asyncio.to_thread(
@@ -437,8 +438,7 @@ async def _drive(state: _Run) -> Report:
             await _catalogue(state, write_link, job_link)
         else:
             await _pipeline(state, select_conn, write_link)
-        for task in side:
-            task.cancel()
+        await _cancel(side)
         _conclude(state)
         if job_link is not None:
             await _steps(state, job_link, source.after, "after")
@@ -447,6 +447,7 @@ async def _drive(state: _Run) -> Report:
         state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
         raise
     finally:
+        await _cancel(side)  # no heartbeat may start after the final update (a running one is waited for)
         _close(state, job_link)
         if select_conn is not None:
             select_conn.close()
@@ -463,9 +464,11 @@ async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, wr
         *(asyncio.create_task(state.fetcher()) for _ in range(state.source.concurrency)),
     ]
     writer_task = asyncio.create_task(state.write(write_conn))
-    await _finish_fetching(state, tasks)
-    await state.results.put(_DONE)
-    await writer_task
+    try:
+        await _finish_fetching(state, tasks)
+    finally:  # even when a fetcher crashed: what was fetched is written, and counted, before the run ends
+        await state.results.put(_DONE)
+        await writer_task
     state.complete = state.report.counters.failed == 0
 
 
@@ -554,7 +557,10 @@ async def _finish_fetching(state: _Run, tasks: list[asyncio.Task[None]]) -> None
     while pending:
         done, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         pending.discard(stop_wait)
-        if stop_wait in done:
+        crashed = [t.exception() for t in done if t is not stop_wait and not t.cancelled() and t.exception()]
+        if crashed:  # a bug: stop taking entities (the producer would wait forever for fetchers that are gone)
+            state.halt("failed", state.settings.redact(f"internal error: {crashed[0]!r}"))
+        if stop_wait in done or state.stop.is_set():
             break
     if pending:
         _, late = await asyncio.wait(pending, timeout=state.options.grace)
@@ -565,6 +571,12 @@ async def _finish_fetching(state: _Run, tasks: list[asyncio.Task[None]]) -> None
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]  # a bug in the pipeline: surface it
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _heartbeat(state: _Run, job_link: database.Link | None) -> None:

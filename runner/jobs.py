@@ -92,8 +92,11 @@ def start(
 
 
 def heartbeat(conn: psycopg.Connection, job_id: str, counters: Counters, *, table: QualifiedName = JOBS_TABLE) -> None:
-    """Say the job is alive, with its counters so far."""
-    query = sql.SQL("update {} set heartbeat_at = now(), {} where id = %(id)s").format(identifier(table), _SET_COUNTERS)
+    """Say the job is alive, with its counters so far. A finished job is left as it is: a heartbeat that
+    lands after the final update must not roll its counters back."""
+    query = sql.SQL("update {} set heartbeat_at = now(), {} where id = %(id)s and status = 'running'").format(
+        identifier(table), _SET_COUNTERS
+    )
     with conn.transaction():
         conn.execute(query, {**counters.params(), "id": job_id})
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from runner import database
 from runner.errors import DatabaseError
+from tests.pg import Database
 
 
 def test_dsn_from_env_treats_empty_as_unset() -> None:
@@ -81,3 +86,30 @@ def test_embedded_default_starts_in_its_data_dir() -> None:
 
         get_server(tmp / "pgdata").cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_link_runs_one_operation_at_a_time(db: Database) -> None:
+    """Two threads calling one Link (a heartbeat still running when the job's final update comes) take
+    turns: the second waits for the first's transaction instead of nesting inside it."""
+    link = database.Link(db.connect)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(conn: psycopg.Connection) -> int:
+        with conn.transaction():
+            inside.set()
+            release.wait(5)
+            return int(conn.execute("select 1").fetchone()[0])  # type: ignore[index]
+
+    def quick(conn: psycopg.Connection) -> int:
+        with conn.transaction():
+            return int(conn.execute("select 2").fetchone()[0])  # type: ignore[index]
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(link.call, slow)
+        assert inside.wait(5)
+        second = pool.submit(link.call, quick)
+        time.sleep(0.1)
+        assert not second.done()  # waiting for the first operation, not nesting inside its transaction
+        release.set()
+        assert (first.result(5), second.result(5)) == (1, 2)
+    link.close()

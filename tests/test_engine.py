@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from runner import cli
+from runner import cli, fetch
 from tests.apiserver import ApiServer, Reply
 from tests.pg import Database
 
@@ -313,3 +315,59 @@ def test_breaker_stops_an_api_wide_outage_without_penalty(env: Database, api: Ap
     assert len(api.requests) < 60
     assert env.scalar("select count(*) from syncrun_state where next_attempt_at is not null") == 0
     assert env.scalar("select count(*) from syncrun_state where last_error is not null") >= 20
+
+
+RACE_RUNS = int(os.environ.get("SYNCRUN_RACE_RUNS", "20"))  # 200 to reproduce the issue's count
+
+
+@pytest.mark.slow
+def test_job_rows_end_even_when_a_heartbeat_is_in_flight(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Short runs at the shortest heartbeat: the final update never races a heartbeat on the job's
+    connection (it did: OutOfOrderTransactionNesting, exit 70, job left `running`), and a heartbeat that
+    lands after the finish never rolls the counters back."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1, 2])
+    # every update of a job row takes 20 ms, so a heartbeat is nearly always in flight when the run ends
+    env.run(
+        "create function slow_update() returns trigger language plpgsql as"
+        " $$ begin perform pg_sleep(0.02); return new; end $$;"
+        " create trigger slow before update on sync_jobs for each row execute function slow_update()"
+    )
+    for appid in (1, 2):
+        api.route(f"/apps/{appid}", Reply(200, json={"name": "x", "price": 1}, delay=0.002))
+    # a run that leaked its job transaction would block the next run's reap forever: fail instead
+    dsn = conninfo_to_dict(env.dsn)
+    monkeypatch.setenv("DATABASE_URL", make_conninfo(**{**dsn, "options": f"{dsn['options']} -c lock_timeout=5s"}))
+    codes = [run(str(source), "--ids", "1,2", "--heartbeat", "0.0005") for _ in range(RACE_RUNS)]
+    assert codes == [0] * RACE_RUNS
+    assert env.rows("select status, items_succeeded, count(*) from sync_jobs group by 1, 2") == [
+        ("completed", 2, RACE_RUNS)
+    ]
+
+
+def test_a_bug_while_fetching_ends_the_run_with_exact_counters(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception in one fetcher (a bug) used to leave the producer waiting forever: the
+    process never exited and the job said 0/0/0/0. Now the run stops, writes what it fetched, ends
+    `failed` with the counters the database shows, and exits 70."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=range(1, 41))
+    for appid in range(1, 41):
+        api.route(f"/apps/{appid}", app(appid))
+    real = fetch.entity
+
+    async def buggy(*args: Any, **kwargs: Any) -> Any:  # every fetcher meets it: the producer is left alone
+        if args[2]["appid"] > 4:
+            raise RuntimeError("a bug")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(fetch, "entity", buggy)
+    assert run(str(source), "--grace", "2") == 70
+    ((status, succeeded, message),) = env.rows("select status, items_succeeded, error_message from sync_jobs")
+    assert status == "failed"
+    assert "a bug" in message
+    assert succeeded == env.scalar("select count(*) from sync_status where last_alpha_sync is not null")
+    assert succeeded == env.scalar("select count(*) from apps")
