@@ -37,7 +37,9 @@ _CHUNK = 64 * 1024
 class Reply:
     """What the server answers. `json` wins over `body`; `size` streams that many bytes lazily
     (with Content-Length unless `chunked`); `drip` sends the body one byte per `drip` seconds, forever;
-    `hang` never answers; `reset` closes the connection with a TCP RST before answering."""
+    `hang` never answers; `reset` closes the connection with a TCP RST before answering; `raw` is written
+    to the socket verbatim (status line, headers and body: lies about lengths, broken chunking), then
+    the connection is closed."""
 
     status: int = 200
     json: Any = None
@@ -49,6 +51,7 @@ class Reply:
     drip: float | None = None
     hang: bool = False
     reset: bool = False
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.reset:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        if reply.raw is not None:
+            self.wfile.write(reply.raw)
+            self.wfile.flush()
             self.close_connection = True
             return
         body = json.dumps(reply.json).encode() if reply.json is not None else reply.body
