@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -394,11 +395,45 @@ class Completed:
     stdout: str
     stderr: str
     elapsed: float
+    peak_rss: int = 0  # the process's own peak resident memory in bytes (wait4), 0 when unknown
+    hung: bool = False  # still running at the timeout: sent SIGABRT (PYTHONFAULTHANDLER dumps its threads)
 
     def check(self, what: str) -> Completed:
         if self.code != 0:
             raise RuntimeError(f"{what} exited {self.code}: {self.stderr[-3000:]}")
         return self
+
+
+def reap(proc: subprocess.Popen[str], timeout: float, started: float) -> Completed:
+    """`proc.communicate()`, but the child is reaped with os.wait4, which reports *its* peak RSS (getrusage
+    of RUSAGE_CHILDREN is the maximum over every child ever reaped). A child still running after `timeout`
+    gets SIGABRT. A child already reaped by `proc.poll()` has an unknown peak (0)."""
+    output: dict[str, str] = {}
+
+    def drain(name: str, stream: Any) -> None:
+        output[name] = stream.read()
+        stream.close()
+
+    readers = [threading.Thread(target=drain, args=(n, s)) for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    deadline, hung, peak = time.monotonic() + timeout, False, 0
+    while proc.returncode is None:
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # proc.poll() reaped it already
+            break
+        if pid:
+            proc.returncode, peak = os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024  # KiB on Linux
+            break
+        if not hung and time.monotonic() > deadline:
+            hung = True
+            proc.send_signal(signal.SIGABRT)
+        time.sleep(0.01)
+    for reader in readers:
+        reader.join()
+    code = proc.returncode if proc.returncode is not None else proc.wait()
+    return Completed(code, output.get("out", ""), output.get("err", ""), time.monotonic() - started, peak, hung)
 
 
 @dataclass
