@@ -511,11 +511,16 @@ def _expect(result: Result, fault: Fault, job: tuple[Any, ...] | None, run: Comp
 
 
 def _check_messages(result: Result, fault: Fault, workload: Workload) -> None:
+    """An entity with an expected error must have failed with it and backed off (a poison entity that is
+    never penalised holds the source up on every run)."""
     errors = dict(workload.query("select entity_key::int, last_error from syncrun_state"))
+    penalised = workload.penalised()
     for appid in workload.keys:
         fragment = fault.says(appid)
         if fragment and fragment not in (errors.get(appid) or ""):
             result.problems.append(f"entity {appid}: error {errors.get(appid)!r} lacks {fragment!r}")
+        if fragment and appid not in penalised:
+            result.problems.append(f"entity {appid} failed definitively but was not backed off")
 
 
 def _over(api: ApiServer, first: int, last: int, pauses: Pauses, rate: int) -> int:

@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from psycopg.types.json import Jsonb
 
 from runner import client, spec
 from runner.errors import FetchError, RunFailed, Transient
+from runner.expressions import Expression
 from runner.ratelimit import Limiter
 from tests.apiserver import ApiServer, FakeClock, Reply
+from tests.pg import Database
 
 POLICY = spec.Retry(attempts=4, initial=1.0, factor=2.0, jitter=0.0)
 
@@ -471,3 +474,26 @@ def test_legitimate_json_edge_cases_parse(body: bytes, value: object) -> None:
 def test_html_is_not_json_without_a_problem() -> None:
     """A page that never claimed to be JSON is just not JSON: describe() quotes it without a parse error."""
     assert client.parse_json(b"<html>oops</html>", "text/html") == (None, "")
+
+
+def test_json_at_the_depth_limit_survives_everything_downstream(db: Database) -> None:
+    """A body nested MAX_DEPTH deep is accepted, so everything that recurses over it later must cope, even
+    from a call stack 300 frames deep: JMESPath (to_json, ==, sort), json.dumps, psycopg's Jsonb, and
+    PostgreSQL's jsonb input and output."""
+    text = '{"a":' * (client.MAX_DEPTH - 1) + "[1]" + "}" * (client.MAX_DEPTH - 1)
+    value, problem = client.parse_json(text.encode())
+    assert problem == ""
+    db.run("create table deep (doc jsonb)")
+
+    def downstream(frames: int) -> None:
+        if frames:
+            return downstream(frames - 1)
+        context = {"body": value, "other": value}
+        assert Expression.compile("to_json(body)").search(context) == text.replace(" ", "")
+        assert Expression.compile("body == other").search(context) is True
+        assert json.loads(json.dumps(value)) == value
+        with db.conn.transaction():
+            db.conn.execute("insert into deep values (%s)", (Jsonb(value),))
+        assert db.scalar("select doc from deep") == value
+
+    downstream(300)
