@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from runner import client, spec
@@ -497,3 +499,62 @@ def test_json_at_the_depth_limit_survives_everything_downstream(db: Database) ->
         assert db.scalar("select doc from deep") == value
 
     downstream(300)
+
+
+# --- fuzzing: no bytes make the decoder or the parser raise anything but their own error ---------------
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _mangle(data: bytes, cuts: list[int], noise: bytes) -> bytes:
+    """`data` with bytes dropped or replaced at `cuts`: truncations, flipped bits, garbage."""
+    out = bytearray(data)
+    for cut in cuts:
+        if out:
+            out[cut % len(out)] ^= noise[0] if noise else 0xFF
+    return bytes(out[: len(out) - (len(noise) % 7)]) + noise
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=_JSONISH,
+    coding=st.sampled_from(["gzip", "deflate", "gzip, gzip", "identity", "x-gzip, deflate", "br", ""]),
+    cuts=st.lists(st.integers(0, 10_000), max_size=3),
+    noise=st.binary(max_size=8),
+    chunk=st.integers(1, 64),
+)
+def test_no_body_makes_decoding_or_parsing_raise(
+    value: object, coding: str, cuts: list[int], noise: bytes, chunk: int
+) -> None:
+    """Valid JSON, encoded, then mangled and fed in arbitrary chunks: the decoder raises only _BadBody,
+    parse_json never raises, and an untouched body round-trips."""
+    data = json.dumps(value).encode()
+    for layer in [c.strip() for c in coding.split(",") if c.strip() not in ("", "identity", "br")]:
+        data = gzip.compress(data) if layer in ("gzip", "x-gzip") else zlib.compress(data)
+    for body in (data, _mangle(data, cuts, noise)):
+        decoded = bytearray()
+        try:
+            decoder = client._Decoder(httpx.Headers({"Content-Encoding": coding}), limit=1_000_000)
+            for offset in range(0, len(body), chunk):
+                for piece in decoder.feed(body[offset : offset + chunk]):
+                    decoded += piece
+            decoder.finish()
+        except client._BadBody:
+            assert coding == "br" or body is not data
+            continue
+        parsed, problem = client.parse_json(bytes(decoded))
+        assert isinstance(problem, str)
+        if body is data and coding != "br":
+            assert (parsed, problem) == (value, "")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    raw=st.binary(max_size=300) | st.text(alphabet='[]{}",:0123456789.eE+-\\u tnrfalsN', max_size=300).map(str.encode)
+)
+def test_parse_json_never_raises(raw: bytes) -> None:
+    value, problem = client.parse_json(raw)
+    assert value is None or problem == ""
