@@ -708,7 +708,7 @@ def format_table(results: list[Result]) -> str:
             r.over,
             r.unfair,
             r.miscount,
-            f"{r.seconds:.1f}",
+            f"{r.seconds:.1f}" if r.seconds else "-",
             f"{r.rss_mb:.0f}" if r.rss_mb else "-",
             "ok" if not r.problems else "FAILED",
         )
