@@ -405,9 +405,11 @@ class Completed:
 
 
 def reap(proc: subprocess.Popen[str], timeout: float, started: float) -> Completed:
-    """`proc.communicate()`, but the child is reaped with os.wait4, which reports *its* peak RSS (getrusage
-    of RUSAGE_CHILDREN is the maximum over every child ever reaped). A child still running after `timeout`
-    gets SIGABRT. A child already reaped by `proc.poll()` has an unknown peak (0)."""
+    """`proc.communicate()`, also measuring the child's own peak RSS: VmHWM of /proc/PID/status, sampled
+    every 10 ms until it exits (a high-water mark, so only growth in its last 10 ms can be missed).
+    Not rusage: Linux carries the parent's high-water mark into a child across fork/vfork and exec, so
+    wait4's ru_maxrss of a runner started from a big test process reports the test process's size.
+    A child still running after `timeout` gets SIGABRT (PYTHONFAULTHANDLER dumps its threads)."""
     output: dict[str, str] = {}
 
     def drain(name: str, stream: Any) -> None:
@@ -418,22 +420,28 @@ def reap(proc: subprocess.Popen[str], timeout: float, started: float) -> Complet
     for reader in readers:
         reader.start()
     deadline, hung, peak = time.monotonic() + timeout, False, 0
-    while proc.returncode is None:
-        try:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        except ChildProcessError:  # proc.poll() reaped it already
-            break
-        if pid:
-            proc.returncode, peak = os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024  # KiB on Linux
-            break
+    while proc.poll() is None:
+        peak = max(peak, _high_water(proc.pid))
         if not hung and time.monotonic() > deadline:
             hung = True
             proc.send_signal(signal.SIGABRT)
         time.sleep(0.01)
     for reader in readers:
         reader.join()
-    code = proc.returncode if proc.returncode is not None else proc.wait()
+    code = proc.returncode
     return Completed(code, output.get("out", ""), output.get("err", ""), time.monotonic() - started, peak, hung)
+
+
+def _high_water(pid: int) -> int:
+    """Peak resident bytes of a live process (0 once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    return 0
 
 
 @dataclass

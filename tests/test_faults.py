@@ -71,8 +71,9 @@ def test_a_row_over_its_memory_or_time_bound_fails() -> None:
 
 
 def test_reap_reports_the_childs_own_peak_rss() -> None:
-    """wait4's rusage is the child's own: a child that allocates 200 MB reports at least that, and a
-    later small child reports its own small peak (RUSAGE_CHILDREN would keep the maximum)."""
+    """The peak is the child's own: a child holding 200 MB reports at least that, and a small child
+    started while this process holds 300 MB reports its own small peak (wait4's ru_maxrss would say
+    300 MB: Linux carries the parent's high-water mark across vfork and exec)."""
     import subprocess
     import sys
     import time
@@ -81,8 +82,10 @@ def test_reap_reports_the_childs_own_peak_rss() -> None:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return faultlib.reap(proc, 30, time.monotonic())
 
-    big = run("b = bytearray(200_000_000); print('done')")
-    small = run("print('small')")
+    big = run("import time; b = b'x' * 200_000_000; time.sleep(0.2); print('done')")
+    ballast = b"x" * 300_000_000
+    small = run("import time; time.sleep(0.2); print('small')")
+    del ballast
     assert (big.code, big.stdout, small.stdout) == (0, "done\n", "small\n")
     assert big.peak_rss > 200_000_000
-    assert small.peak_rss < 100_000_000
+    assert 0 < small.peak_rss < 100_000_000
