@@ -266,7 +266,8 @@ async def _read(response: httpx.Response, max_body: int, url: str) -> bytes:
                         f" (Content-Encoding: {decoder.codings}); stopped reading"
                     )
                 await asyncio.sleep(0)  # inflating is CPU work: let the other requests run between steps
-        decoder.finish()
+        if seen:  # a 204 or an empty 200 may still name a coding: nothing to decode is not truncated
+            decoder.finish()
     except _BadBody as exc:
         raise FetchError(f"response body from {url} {exc}") from None
     return bytes(body)

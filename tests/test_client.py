@@ -341,6 +341,14 @@ def test_a_body_its_encoding_does_not_describe_is_a_definitive_error(
     assert len(api.requests) == 1
 
 
+@pytest.mark.parametrize("status", [200, 204])
+def test_an_empty_body_that_names_a_coding_is_empty(api: ApiServer, status: int) -> None:
+    """Servers send `Content-Encoding: gzip` on empty answers (204s, empty 200s): nothing to decode."""
+    api.route("/x", Reply(status, headers={"Content-Encoding": "gzip"}))
+    reply = send(api.url + "/x")
+    assert (reply.status, reply.body, reply.raw, reply.problem) == (status, None, b"", "")
+
+
 def test_a_bad_encoding_on_a_transient_status_is_still_retried(api: ApiServer) -> None:
     """The excerpt of a 503 is best effort: a lying Content-Encoding cannot turn a retry into a crash."""
     headers = {"Content-Encoding": "gzip"}
