@@ -377,9 +377,10 @@ class _Decoder:
 
 
 def _reply(response: httpx.Response, raw: bytes, url: str, elapsed: float) -> Reply:
-    headers: dict[str, str] = {}
-    for name, value in response.headers.multi_items():
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    values: dict[str, list[str]] = {}
+    for name, value in response.headers.multi_items():  # joined once: thousands of repeats stay linear
+        values.setdefault(name, []).append(value)
+    headers = {name: ", ".join(repeated) for name, repeated in values.items()}
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     body, problem = parse_json(raw, content_type)
     return Reply(

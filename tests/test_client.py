@@ -436,6 +436,15 @@ def test_broken_framing_is_a_transient_failure(api: ApiServer, raw: bytes) -> No
     assert len(api.requests) == 2
 
 
+def test_thousands_of_repeated_headers_are_joined(api: ApiServer) -> None:
+    """httpcore accepts up to 100 KB of headers: 15,000 repeats of one name are joined with ", "."""
+    head = "HTTP/1.1 200 OK\nContent-Length: 2\n" + "X-A: v\n" * 15_000
+    api.route("/x", Reply(raw=_raw(head, b"{}")))
+    reply = send(api.url + "/x")
+    assert reply.headers["x-a"] == ", ".join(["v"] * 15_000)
+    assert reply.body == {}
+
+
 def test_content_length_shorter_than_the_body_reads_what_it_declared(api: ApiServer) -> None:
     """Content-Length: 2 before a longer body: the client reads exactly 2 bytes (`{}`); the rest is junk
     on a connection that is closed, never taken as the next response."""
