@@ -395,7 +395,7 @@ class Completed:
     stdout: str
     stderr: str
     elapsed: float
-    peak_rss: int = 0  # the process's own peak resident memory in bytes (wait4), 0 when unknown
+    peak_rss: int = 0  # the process's own peak resident memory in bytes (VmHWM), 0 when unknown
     hung: bool = False  # still running at the timeout: sent SIGABRT (PYTHONFAULTHANDLER dumps its threads)
 
     def check(self, what: str) -> Completed:
