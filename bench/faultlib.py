@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -394,11 +395,53 @@ class Completed:
     stdout: str
     stderr: str
     elapsed: float
+    peak_rss: int = 0  # the process's own peak resident memory in bytes (VmHWM), 0 when unknown
+    hung: bool = False  # still running at the timeout: sent SIGABRT (PYTHONFAULTHANDLER dumps its threads)
 
     def check(self, what: str) -> Completed:
         if self.code != 0:
             raise RuntimeError(f"{what} exited {self.code}: {self.stderr[-3000:]}")
         return self
+
+
+def reap(proc: subprocess.Popen[str], timeout: float, started: float) -> Completed:
+    """`proc.communicate()`, also measuring the child's own peak RSS: VmHWM of /proc/PID/status, sampled
+    every 10 ms until it exits (a high-water mark, so only growth in its last 10 ms can be missed).
+    Not rusage: Linux carries the parent's high-water mark into a child across fork/vfork and exec, so
+    wait4's ru_maxrss of a runner started from a big test process reports the test process's size.
+    A child still running after `timeout` gets SIGABRT (PYTHONFAULTHANDLER dumps its threads)."""
+    output: dict[str, str] = {}
+
+    def drain(name: str, stream: Any) -> None:
+        output[name] = stream.read()
+        stream.close()
+
+    readers = [threading.Thread(target=drain, args=(n, s)) for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    deadline, hung, peak = time.monotonic() + timeout, False, 0
+    while proc.poll() is None:
+        peak = max(peak, _high_water(proc.pid))
+        if not hung and time.monotonic() > deadline:
+            hung = True
+            proc.send_signal(signal.SIGABRT)
+        time.sleep(0.01)
+    for reader in readers:
+        reader.join()
+    code = proc.returncode
+    return Completed(code, output.get("out", ""), output.get("err", ""), time.monotonic() - started, peak, hung)
+
+
+def _high_water(pid: int) -> int:
+    """Peak resident bytes of a live process (0 once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    return 0
 
 
 @dataclass

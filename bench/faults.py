@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import functools
+import gzip
+import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +52,7 @@ from bench.faultlib import (
     Workload,
     compare,
     payload,
+    reap,
     wait_for,
 )
 from tests.apiserver import ApiServer, Recorded, Reply, Script, worst_window
@@ -72,6 +76,8 @@ class Result:
     over: int = 0
     unfair: int = 0
     miscount: int = 0
+    seconds: float = 0.0  # the fault run's wall time
+    rss_mb: float = 0.0  # the fault run's peak resident memory (0: unknown)
     problems: list[str] = field(default_factory=list)  # expectations that failed
     notes: list[str] = field(default_factory=list)
 
@@ -113,11 +119,13 @@ class Fault:
     message: str | None = None
     code: int = 0
     max_seconds: float = 30.0
+    max_rss_mb: float = 250.0  # the fault run's peak RSS (a clean run: ~70 MB)
     entities: int = 24
     workload: dict[str, Any] = field(default_factory=dict)
     during: Callable[[Any, ApiServer, Workload], None] | None = None  # acts on the running process
     bouncer: bool = False
     exact: bool = False  # every request of the fault run belongs to an entity counted as succeeded
+    says: Callable[[int], str] = lambda appid: ""  # a fragment the entity's recorded error must contain
     slow: bool = False
 
     @property
@@ -235,6 +243,108 @@ def _unauthorised(appid: int, pauses: Pauses) -> list[Script]:
     return [Reply(401 if appid % 2 else 403, json={"error": "invalid API key"})]
 
 
+# --- hostile responses (issue #10): each ends as that entity's outcome, in bounded memory and time ----------
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def _json(appid: int) -> bytes:
+    return json.dumps(payload(appid)).encode()
+
+
+def _encoded(body: bytes, coding: str, **extra: Any) -> Reply:
+    return Reply(200, body=body, headers={**JSON_TYPE, "Content-Encoding": coding}, **extra)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def _lying_encodings(appid: int, pauses: Pauses) -> list[Script]:
+    body = _json(appid)
+    return [
+        [
+            _encoded(body, "gzip"),  # the header lies: plain JSON (httpx.DecodingError hung the runner)
+            _encoded(gzip.compress(body)[:-12], "gzip"),  # cut inside the compressed data
+            _encoded(body, "br"),  # never asked for
+            _encoded(gzip.compress(gzip.compress(gzip.compress(body))), "gzip, gzip, gzip"),  # one layer too many
+            _encoded(gzip.compress(body), "x-gzip"),
+            _encoded(_raw_deflate(body), "deflate"),  # raw deflate where RFC 9110 says zlib: decoded
+            _encoded(gzip.compress(gzip.compress(body)), "gzip, gzip"),  # legal, decoded
+            ok(appid),
+        ][appid % 8]
+    ]
+
+
+@functools.cache
+def _bomb(codings: tuple[str, ...], size: int = 1_000_000_000) -> bytes:
+    """`size` zero bytes under `codings` (applied in order), compressed without holding them in memory."""
+    zeros, packer = b"\0" * 1_000_000, zlib.compressobj(9, wbits=16 + zlib.MAX_WBITS if codings[0] == "gzip" else 15)
+    body = b"".join(packer.compress(zeros) for _ in range(size // len(zeros))) + packer.flush()
+    for coding in codings[1:]:
+        body = gzip.compress(body, 9) if coding == "gzip" else zlib.compress(body, 9)
+    return body
+
+
+def _bombs(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 4 == 3:
+        return [ok(appid)]
+    codings = [("gzip", "gzip"), ("deflate", "deflate"), ("gzip",)][appid % 4]
+    size = 1_000_000_000 if len(codings) == 2 else 50_000_000  # one layer of 1 GB is ~1 MB on the wire
+    return [_encoded(_bomb(codings, size), ", ".join(codings), chunked=True)]  # no Content-Length to refuse
+
+
+def _deep_json(appid: int, pauses: Pauses) -> list[Script]:
+    if appid % 6 == 0:  # the issue's body: 8 KB, 2,000 levels (RecursionError exited 70 on every run)
+        return [Reply(200, body=b"[" * 2000 + b"]" * 2000, headers=JSON_TYPE)]
+    if appid % 6 == 3:  # 30,000 levels, just under max_body
+        return [Reply(200, body=b"[" * 30_000 + b"]" * 30_000, headers=JSON_TYPE)]
+    if appid % 6 == 1:  # 100 levels in an unmapped field: legitimate, the entity succeeds
+        nested = json.loads("[" * 99 + "[]" + "]" * 99)
+        return [Reply(200, json={**payload(appid), "extra": nested})]
+    return [ok(appid)]
+
+
+def _hostile_values(appid: int, pauses: Pauses) -> list[Script]:
+    text = _json(appid)
+    price = f'"price": {appid * 10}'.encode()
+    bodies = [
+        text.replace(price, b'"price": NaN'),
+        text.replace(price, b'"price": 1e999'),
+        text.replace(price, b'"price": ' + b"9" * 5000),  # beyond CPython's int-string limit
+        text.replace(b'"App ', b'"\\ud800App '),  # a lone surrogate escape
+        text.replace(b'"App ', b'"\xff\xfeApp '),  # not UTF-8
+        json.dumps(payload(appid)).encode("utf-16"),  # UTF-16 with a BOM: legitimate
+        text.replace(b"{", b'{"price": "lots", ', 1),  # a duplicate key: the last wins
+        text,
+    ]
+    return [Reply(200, body=bodies[appid % 8], headers=JSON_TYPE)]
+
+
+def _raw_reply(head: str, body: bytes) -> Reply:
+    return Reply(raw=head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+
+
+def _lying_framing(appid: int, pauses: Pauses) -> list[Script]:
+    text = _json(appid)
+    first = [
+        _raw_reply("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 9999\n", text),
+        _raw_reply("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"%x\r\n%s\r\n" % (len(text), text)),
+        _raw_reply("HTTP/1.1 200 OK\nX-Pad: " + "a" * 200_000 + "\n", b""),  # headers over httpcore's 100 KB
+        Reply(200, size=10**12, chunked=True, headers=JSON_TYPE),  # an endless fast stream: max_body stops it
+        Reply(raw=b"\x00\xff not HTTP at all\r\n\r\n"),
+        None,
+    ][appid % 6]
+    if first is None:
+        return [ok(appid)]
+    return [first] if appid % 6 == 3 else [first, ok(appid)]  # broken framing is transient: retried
+
+
+def _says(modulo: int, *fragments: str) -> Callable[[int], str]:
+    """Entity k's error must contain fragments[k % modulo] (none past the list)."""
+    return lambda appid: fragments[appid % modulo] if appid % modulo < len(fragments) else ""
+
+
 class _Outage:
     """The API goes down after its first few answers: every later request gets a 503."""
 
@@ -323,6 +433,58 @@ FAULTS = [
         workload={"attempts": 2},
     ),
     Fault("15", "through pgbouncer (transaction mode)", _bursts, bouncer=True),
+    Fault(
+        "16",
+        "Content-Encoding that lies, unknown, stacked",
+        _lying_encodings,
+        definitive=lambda k: k % 8 < 4,
+        says=_says(8, "is not valid gzip data", "ends inside its gzip data", "Content-Encoding br", "encoded 3 times"),
+        max_seconds=15,
+        max_rss_mb=150,
+    ),
+    Fault(
+        "17",
+        "compression bombs (1 GB in KBs)",
+        _bombs,
+        definitive=lambda k: k % 4 != 3,
+        says=_says(4, *["inflates past request.max_body (64,000 bytes)"] * 3),
+        max_seconds=15,
+        max_rss_mb=150,
+    ),
+    Fault(
+        "18",
+        "JSON nested 2,000-30,000 deep",
+        _deep_json,
+        definitive=lambda k: k % 3 == 0,
+        says=_says(6, "JSON nested deeper than 128 levels", "", "", "JSON nested deeper than 128 levels"),
+        max_seconds=15,
+        max_rss_mb=150,
+    ),
+    Fault(
+        "19",
+        "NaN, 1e999, 5,000 digits, bad Unicode in JSON",
+        _hostile_values,
+        definitive=lambda k: k % 8 < 5,
+        says=_says(
+            8,
+            "NaN is not a JSON number",
+            "the number 1e999 is out of range",
+            "more digits than Python converts",
+            "lone UTF-16 surrogate",
+            "not valid UTF-8 at byte",
+        ),
+        max_seconds=15,
+        max_rss_mb=150,
+    ),
+    Fault(
+        "20",
+        "framing that lies, huge headers, endless stream",
+        _lying_framing,
+        definitive=lambda k: k % 6 == 3,
+        says=_says(6, "", "", "", "exceeded request.max_body"),
+        max_seconds=15,
+        max_rss_mb=150,
+    ),
 ]
 
 
@@ -342,6 +504,23 @@ def _expect(result: Result, fault: Fault, job: tuple[Any, ...] | None, run: Comp
         result.problems.append(f"internal error: {run.stderr[-600:]}")
     if run.elapsed > fault.max_seconds:
         result.problems.append(f"took {run.elapsed:.1f}s, expected under {fault.max_seconds:g}s")
+    if run.peak_rss > fault.max_rss_mb * 1e6:
+        result.problems.append(f"peak RSS {run.peak_rss / 1e6:.0f} MB, expected under {fault.max_rss_mb:g} MB")
+    if run.hung:
+        result.problems.append(f"runner hung: killed after {fault.max_seconds + 10:g}s (thread dump on its stderr)")
+
+
+def _check_messages(result: Result, fault: Fault, workload: Workload) -> None:
+    """An entity with an expected error must have failed with it and backed off (a poison entity that is
+    never penalised holds the source up on every run)."""
+    errors = dict(workload.query("select entity_key::int, last_error from syncrun_state"))
+    penalised = workload.penalised()
+    for appid in workload.keys:
+        fragment = fault.says(appid)
+        if fragment and fragment not in (errors.get(appid) or ""):
+            result.problems.append(f"entity {appid}: error {errors.get(appid)!r} lacks {fragment!r}")
+        if fragment and appid not in penalised:
+            result.problems.append(f"entity {appid} failed definitively but was not backed off")
 
 
 def _over(api: ApiServer, first: int, last: int, pauses: Pauses, rate: int) -> int:
@@ -365,15 +544,10 @@ def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
         proc = workload.start(workload.run_args(), api.url, dsn)
         if fault.during is not None:
             fault.during(proc, api, workload)
-        try:
-            out, err = proc.communicate(timeout=fault.max_seconds + 10)
-        except subprocess.TimeoutExpired:  # a hung runner: dump its threads (PYTHONFAULTHANDLER), note it
-            proc.send_signal(signal.SIGABRT)
-            out, err = proc.communicate()
-            result.problems.append(f"runner hung: killed after {fault.max_seconds + 10:g}s (thread dump on its stderr)")
-        run = Completed(proc.returncode, out, err, time.monotonic() - started)
+        run = reap(proc, fault.max_seconds + 10, started)  # a hung runner: SIGABRT dumps its threads
+        result.seconds, result.rss_mb = run.elapsed, run.peak_rss / 1e6
         if os.environ.get("SYNCRUN_FAULTS_VERBOSE"):
-            print(f"--- {fault.id} stderr ---\n{err}", file=sys.stderr)
+            print(f"--- {fault.id} stderr ---\n{run.stderr}", file=sys.stderr)
         first_end = len(api.requests)
         if fault.exact and run.code >= 0:
             requests, stamped_now = first_end, len(workload.stamped())
@@ -395,6 +569,7 @@ def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
                     result.miscount += 1
                     result.notes.append(f"job says {name} {said}, database shows {seen}")
         result.unfair = len(workload.penalised() - {k for k in workload.keys if fault.definitive(k)})
+        _check_messages(result, fault, workload)
         result.stuck = workload.stuck()
         if result.stuck:
             result.notes.append(
@@ -510,6 +685,8 @@ HEADER = (
     "over",
     "unfair",
     "miscount",
+    "secs",
+    "MB",
     "checks",
 )
 
@@ -531,6 +708,8 @@ def format_table(results: list[Result]) -> str:
             r.over,
             r.unfair,
             r.miscount,
+            f"{r.seconds:.1f}" if r.seconds else "-",
+            f"{r.rss_mb:.0f}" if r.rss_mb else "-",
             "ok" if not r.problems else "FAILED",
         )
         for r in results

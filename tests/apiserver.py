@@ -36,8 +36,11 @@ _CHUNK = 64 * 1024
 @dataclass(frozen=True)
 class Reply:
     """What the server answers. `json` wins over `body`; `size` streams that many bytes lazily
-    (with Content-Length unless `chunked`); `drip` sends the body one byte per `drip` seconds, forever;
-    `hang` never answers; `reset` closes the connection with a TCP RST before answering."""
+    (with Content-Length unless `chunked`; `chunked` alone sends `body` chunked, without a length);
+    `drip` sends the body one byte per `drip` seconds, forever;
+    `hang` never answers; `reset` closes the connection with a TCP RST before answering; `raw` is written
+    to the socket verbatim (status line, headers and body: lies about lengths, broken chunking), then
+    the connection is closed."""
 
     status: int = 200
     json: Any = None
@@ -49,6 +52,7 @@ class Reply:
     drip: float | None = None
     hang: bool = False
     reset: bool = False
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             return
+        if reply.raw is not None:
+            self.wfile.write(reply.raw)
+            self.wfile.flush()
+            self.close_connection = True
+            return
         body = json.dumps(reply.json).encode() if reply.json is not None else reply.body
         headers = {"Content-Type": "application/json" if reply.json is not None else "text/plain"}
         headers |= reply.headers
@@ -212,6 +221,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._drip(reply.drip)
         elif reply.size is not None:
             self._stream(reply.size, chunked=reply.chunked)
+        elif reply.chunked and self.command != "HEAD":  # `body` without a Content-Length
+            for offset in range(0, len(body), _CHUNK):
+                piece = body[offset : offset + _CHUNK]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
         elif self.command != "HEAD":
             self.wfile.write(body)
 

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
+import json
 import time
 import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psycopg.types.json import Jsonb
 
 from runner import client, spec
 from runner.errors import FetchError, RunFailed, Transient
+from runner.expressions import Expression
 from runner.ratelimit import Limiter
 from tests.apiserver import ApiServer, FakeClock, Reply
+from tests.pg import Database
 
 POLICY = spec.Retry(attempts=4, initial=1.0, factor=2.0, jitter=0.0)
 
@@ -268,3 +276,310 @@ def test_declared_oversized_body_is_refused_up_front(api: ApiServer) -> None:
     with pytest.raises(FetchError, match=r"declares 50,000,000 bytes \(Content-Length\), more than request\.max_body"):
         send(api.url + "/x", max_body=100_000)
     assert len(api.requests) == 1
+
+
+# --- hostile bodies: content codings (a real server) ---------------------------------------------------
+PAYLOAD = {"name": "App", "tags": ["a", "b"], "n": 1}
+TEXT = json.dumps(PAYLOAD).encode()
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("gzip", gzip.compress(TEXT)),
+        ("x-gzip", gzip.compress(TEXT)),
+        ("GZip", gzip.compress(TEXT)),
+        ("deflate", zlib.compress(TEXT)),  # RFC 9110: zlib-wrapped
+        ("deflate", _raw_deflate(TEXT)),  # what some servers send instead
+        ("gzip, gzip", gzip.compress(gzip.compress(TEXT))),
+        ("deflate, gzip", gzip.compress(zlib.compress(TEXT))),
+        ("identity", TEXT),
+        ("gzip", gzip.compress(TEXT[:10]) + gzip.compress(TEXT[10:])),  # two gzip members
+        ("gzip", gzip.compress(TEXT) + b"\0" * 16),  # NUL padding after the data
+    ],
+)
+def test_content_codings_are_decoded(api: ApiServer, coding: str, body: bytes) -> None:
+    """gzip (also x-gzip, any case), deflate zlib-wrapped or raw, two stacked layers, identity."""
+    api.route("/x", Reply(200, body=body, headers={"Content-Type": "application/json", "Content-Encoding": coding}))
+    assert send(api.url + "/x").body == PAYLOAD
+    assert api.requests[0].headers["accept-encoding"] == "gzip, deflate"  # nothing we cannot bound
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "message"),
+    [
+        ("gzip", TEXT, "is not valid gzip data (Content-Encoding: gzip): Error -3 while decompressing data"),
+        ("deflate", b"\x78\x9c" + TEXT, "is not valid deflate data (Content-Encoding: deflate)"),
+        ("gzip", gzip.compress(TEXT)[:-9], "ends inside its gzip data (truncated; Content-Encoding: gzip)"),
+        ("gzip", b"\x1f", "ends inside its gzip data (truncated"),
+        ("gzip", gzip.compress(TEXT) + b"<html>", "is not valid gzip data"),
+        ("deflate", zlib.compress(TEXT) + b"junk", "has 4 bytes after the end of its deflate data"),
+        ("br", TEXT, "uses Content-Encoding br, which syncrun does not decode (it asks for gzip, deflate)"),
+        ("zstd, gzip", TEXT, "uses Content-Encoding zstd, which syncrun does not decode"),
+        (
+            "gzip, gzip, gzip",
+            TEXT,
+            "is encoded 3 times (Content-Encoding: gzip, gzip, gzip); syncrun decodes at most 2",
+        ),
+    ],
+)
+def test_a_body_its_encoding_does_not_describe_is_a_definitive_error(
+    api: ApiServer, coding: str, body: bytes, message: str
+) -> None:
+    """A coding that lies, is truncated, unknown or stacked too deep: FetchError naming it, one request
+    (the same bytes would come back), never httpx.DecodingError (it escaped the run and hung it)."""
+    api.route("/x", Reply(200, body=body, headers={"Content-Type": "application/json", "Content-Encoding": coding}))
+    with pytest.raises(FetchError) as caught:
+        send(api.url + "/x")
+    assert f"response body from {api.url}/x {message}" in str(caught.value)
+    assert caught.value.definitive is True
+    assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize("status", [200, 204])
+def test_an_empty_body_that_names_a_coding_is_empty(api: ApiServer, status: int) -> None:
+    """Servers send `Content-Encoding: gzip` on empty answers (204s, empty 200s): nothing to decode."""
+    api.route("/x", Reply(status, headers={"Content-Encoding": "gzip"}))
+    reply = send(api.url + "/x")
+    assert (reply.status, reply.body, reply.raw, reply.problem) == (status, None, b"", "")
+
+
+def test_a_bad_encoding_on_a_transient_status_is_still_retried(api: ApiServer) -> None:
+    """The excerpt of a 503 is best effort: a lying Content-Encoding cannot turn a retry into a crash."""
+    headers = {"Content-Encoding": "gzip"}
+    api.route("/x", Reply(503, body=b"not gzip", headers=headers), Reply(200, json=PAYLOAD))
+    assert send(api.url + "/x", policy=spec.Retry(attempts=2, jitter=0)).body == PAYLOAD
+
+
+def _bomb(codings: list[str], size: int) -> bytes:
+    """`size` zero bytes under `codings` (in the order applied), never holding the zeros in memory."""
+    wbits = 16 + zlib.MAX_WBITS if codings[0] == "gzip" else zlib.MAX_WBITS
+    packer, zeros = zlib.compressobj(9, wbits=wbits), b"\0" * 1_000_000
+    body = b"".join(packer.compress(zeros) for _ in range(size // len(zeros))) + packer.flush()
+    for coding in codings[1:]:
+        body = gzip.compress(body, 9) if coding == "gzip" else zlib.compress(body, 9)
+    return body
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, gzip", "deflate, deflate"])
+def test_compression_bomb_is_capped_after_decoding_in_bounded_memory(api: ApiServer, coding: str) -> None:
+    """1 GB of zeros, compressed once or twice to a few KB: stopped at max_body of *decoded* bytes, with
+    peak memory near the cap (the old client inflated a 6.8 KB "gzip, gzip" body to 8.3 GB)."""
+    body = _bomb([c.strip() for c in coding.split(",")], 1_000_000_000)
+    assert len(body) < 1_100_000  # one layer of gzip is ~1 MB; two are a few KB
+    api.route("/x", Reply(200, body=body, headers={"Content-Encoding": coding}))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError) as caught:
+            send(api.url + "/x", max_body=2_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "request.max_body (2,000,000 bytes)" in str(caught.value)
+    assert caught.value.definitive is True
+    assert peak < 12_000_000, f"peak {peak:,} bytes"
+
+
+def test_inflating_yields_to_the_event_loop(api: ApiServer) -> None:
+    """Decoding runs in steps: a ticker task on the same loop keeps running while a 20 MB bomb inflates."""
+    api.route("/x", Reply(200, body=_bomb(["gzip"], 20_000_000), headers={"Content-Encoding": "gzip"}))
+    ticks: list[float] = []
+
+    async def main() -> None:
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/x"), limiter, max_connections=1) as http:
+            request = http.build_request("GET", api.url + "/x")
+            reply = await client.send(
+                http, request, POLICY, max_body=30_000_000, timeout=5, limiter=limiter, redact=str
+            )
+        assert reply.raw == b"\0" * client.EXCERPT
+        task.cancel()
+
+    asyncio.run(main())
+    assert len(ticks) > 20_000_000 // (64 * 1024) // 2  # about one tick per 64 KB decoded
+
+
+# --- hostile bodies: framing that lies (raw bytes on the socket) ------------------------------------------
+def _raw(head: str, body: bytes) -> bytes:
+    return head.replace("\n", "\r\n").encode() + b"\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _raw("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 500\n", TEXT),  # longer than sent
+        _raw("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b'5\r\n{"a":\r\n'),  # no last chunk
+        _raw("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"zz\r\n{}\r\n0\r\n\r\n"),  # bad chunk size
+        _raw("HTTP/1.1 200 OK\n" + "X-Pad: " + "a" * 200_000 + "\n", b""),  # headers over 100 KB
+        _raw("HTTP/1.1 200 OK\n" + "".join(f"X-H{i}: v\n" for i in range(20_000)), b""),  # too many
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",  # the connection closes inside the headers
+        b"\x00\xff garbage, not HTTP\r\n\r\n",
+    ],
+)
+def test_broken_framing_is_a_transient_failure(api: ApiServer, raw: bytes) -> None:
+    """A body cut short, broken chunking, oversized headers, garbage instead of HTTP: the connection
+    broke, so the attempt is retried (next: a good answer) rather than blamed on the entity."""
+    api.route("/x", Reply(raw=raw), Reply(200, json=PAYLOAD))
+    reply = send(api.url + "/x", policy=spec.Retry(attempts=2, jitter=0))
+    assert reply.body == PAYLOAD
+    assert len(api.requests) == 2
+
+
+def test_thousands_of_repeated_headers_are_joined(api: ApiServer) -> None:
+    """httpcore accepts up to 100 KB of headers: 15,000 repeats of one name are joined with ", "."""
+    head = "HTTP/1.1 200 OK\nContent-Length: 2\n" + "X-A: v\n" * 15_000
+    api.route("/x", Reply(raw=_raw(head, b"{}")))
+    reply = send(api.url + "/x")
+    assert reply.headers["x-a"] == ", ".join(["v"] * 15_000)
+    assert reply.body == {}
+
+
+def test_content_length_shorter_than_the_body_reads_what_it_declared(api: ApiServer) -> None:
+    """Content-Length: 2 before a longer body: the client reads exactly 2 bytes (`{}`); the rest is junk
+    on a connection that is closed, never taken as the next response."""
+    api.route("/x", Reply(raw=_raw("HTTP/1.1 200 OK\nContent-Length: 2\n", b'{}{"x": 1}')), Reply(200, json=PAYLOAD))
+    assert send(api.url + "/x").body == {}
+    assert send(api.url + "/x").body == PAYLOAD
+
+
+# --- hostile bodies: JSON ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"[" * 2000 + b"]" * 2000, "JSON nested deeper than 128 levels"),
+        (b'{"a":' * 129 + b"1" + b"}" * 129, "JSON nested 129 levels deep, more than 128"),
+        (b'{"a": NaN}', "unusable JSON: NaN is not a JSON number"),
+        (b"[-Infinity]", "unusable JSON: -Infinity is not a JSON number"),
+        (b'{"a": 1e999}', "unusable JSON: the number 1e999 is out of range for a double"),
+        (b"9" * 100_000, "unusable JSON: a number has more digits than Python converts (4,300)"),
+        (b'{"a": "\\ud800"}', "unusable JSON: a string holds a lone UTF-16 surrogate"),
+        (b'{"\\udc00": 1}', "unusable JSON: a string holds a lone UTF-16 surrogate"),
+        (b'{"a": "\xff"}', "not valid UTF-8 at byte 7: invalid start byte"),
+        (b'{"a": "\xed\xa0\x80"}', "not valid UTF-8 at byte 7"),  # an encoded surrogate
+        (b'{"a": ', "not valid JSON: Expecting value: line 1 column 7 (char 6)"),
+        (b'{"a": 1} {"b": 2}', "not valid JSON: Extra data"),
+    ],
+)
+def test_hostile_json_is_not_json_and_says_why(body: bytes, problem: str) -> None:
+    """Each arrives as body None with a `problem` naming what was wrong (describe() quotes it), so a
+    success rule's mapping fails that entity definitively; nothing raises (RecursionError exited 70)."""
+    value, said = client.parse_json(body, "application/json")
+    assert value is None
+    assert said.startswith(problem), said
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (b"[" * 128 + b"]" * 128, eval("[" * 127 + "[]" + "]" * 127)),  # at the limit
+        (b'{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # a surrogate *pair* is fine
+        (b'\xef\xbb\xbf{"a": 1}', {"a": 1}),  # UTF-8 BOM
+        ('{"a": "\u00e9"}'.encode("utf-16"), {"a": "\u00e9"}),  # UTF-16 with BOM (RFC 8259 detection)
+        ('{"a": 1}'.encode("utf-32-le"), {"a": 1}),
+        (b'{"a": 1, "a": 2}', {"a": 2}),  # duplicate keys: the last wins, as in jsonb
+        (b'"' + b"x" * 1_000_000 + b'"', "x" * 1_000_000),  # a bare huge string
+        (b"[" + b"1," * 100_000 + b"1]", [1] * 100_001),  # wide is fine
+        (b"1e308", 1e308),
+        (b"9" * 4300, int("9" * 4300)),
+    ],
+)
+def test_legitimate_json_edge_cases_parse(body: bytes, value: object) -> None:
+    assert client.parse_json(body) == (value, "")
+
+
+def test_html_is_not_json_without_a_problem() -> None:
+    """A page that never claimed to be JSON is just not JSON: describe() quotes it without a parse error."""
+    assert client.parse_json(b"<html>oops</html>", "text/html") == (None, "")
+
+
+def test_json_at_the_depth_limit_survives_everything_downstream(db: Database) -> None:
+    """A body nested MAX_DEPTH deep is accepted, so everything that recurses over it later must cope, even
+    from a call stack 300 frames deep: JMESPath (to_json, ==, sort), json.dumps, psycopg's Jsonb, and
+    PostgreSQL's jsonb input and output."""
+    text = '{"a":' * (client.MAX_DEPTH - 1) + "[1]" + "}" * (client.MAX_DEPTH - 1)
+    value, problem = client.parse_json(text.encode())
+    assert problem == ""
+    db.run("create table deep (doc jsonb)")
+
+    def downstream(frames: int) -> None:
+        if frames:
+            return downstream(frames - 1)
+        context = {"body": value, "other": value}
+        assert Expression.compile("to_json(body)").search(context) == text.replace(" ", "")
+        assert Expression.compile("body == other").search(context) is True
+        assert json.loads(json.dumps(value)) == value
+        with db.conn.transaction():
+            db.conn.execute("insert into deep values (%s)", (Jsonb(value),))
+        assert db.scalar("select doc from deep") == value
+
+    downstream(300)
+
+
+# --- fuzzing: no bytes make the decoder or the parser raise anything but their own error ---------------
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _mangle(data: bytes, cuts: list[int], noise: bytes) -> bytes:
+    """`data` with bytes dropped or replaced at `cuts`: truncations, flipped bits, garbage."""
+    out = bytearray(data)
+    for cut in cuts:
+        if out:
+            out[cut % len(out)] ^= noise[0] if noise else 0xFF
+    return bytes(out[: len(out) - (len(noise) % 7)]) + noise
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=_JSONISH,
+    coding=st.sampled_from(["gzip", "deflate", "gzip, gzip", "identity", "x-gzip, deflate", "br", ""]),
+    cuts=st.lists(st.integers(0, 10_000), max_size=3),
+    noise=st.binary(max_size=8),
+    chunk=st.integers(1, 64),
+)
+def test_no_body_makes_decoding_or_parsing_raise(
+    value: object, coding: str, cuts: list[int], noise: bytes, chunk: int
+) -> None:
+    """Valid JSON, encoded, then mangled and fed in arbitrary chunks: the decoder raises only _BadBody,
+    parse_json never raises, and an untouched body round-trips."""
+    data = json.dumps(value).encode()
+    for layer in [c.strip() for c in coding.split(",") if c.strip() not in ("", "identity", "br")]:
+        data = gzip.compress(data) if layer in ("gzip", "x-gzip") else zlib.compress(data)
+    for body in (data, _mangle(data, cuts, noise)):
+        decoded = bytearray()
+        try:
+            decoder = client._Decoder(httpx.Headers({"Content-Encoding": coding}), limit=1_000_000)
+            for offset in range(0, len(body), chunk):
+                for piece in decoder.feed(body[offset : offset + chunk]):
+                    decoded += piece
+            decoder.finish()
+        except client._BadBody:
+            assert coding == "br" or body is not data
+            continue
+        parsed, problem = client.parse_json(bytes(decoded))
+        assert isinstance(problem, str)
+        if body is data and coding != "br":
+            assert (parsed, problem) == (value, "")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    raw=st.binary(max_size=300) | st.text(alphabet='[]{}",:0123456789.eE+-\\u tnrfalsN', max_size=300).map(str.encode)
+)
+def test_parse_json_never_raises(raw: bytes) -> None:
+    value, problem = client.parse_json(raw)
+    assert value is None or problem == ""

@@ -1,6 +1,7 @@
-"""The fault matrix of issue #6 (bench/faults.py), asserted: every fault leaves nothing missing,
+"""The fault matrix of issues #6 and #10 (bench/faults.py), asserted: every fault leaves nothing missing,
 duplicated, wrong or stuck, sends nothing over the rate limit, penalises no entity for the API's
-failure, and its job counters agree with the database. `python -m bench.faults` prints the same rows.
+failure, its job counters agree with the database, and the fault run stays within its row's wall-time
+and peak-RSS bounds. `python -m bench.faults` prints the same rows.
 
 Needs initdb/pg_ctl (a private cluster: faults 10 restarts it) and pgbouncer (fault 15): missing
 binaries skip these tests locally and fail them under CI=true.
@@ -54,7 +55,37 @@ def test_matrix_table_lists_every_column() -> None:
     """The printed matrix has every column of the issue, and a failing row explains itself."""
     row = faults.Result("x", "example", missing=1, problems=["job running"])
     table = faults.format_table([row])
-    for column in ("proc", "ok", "fail", "skip", "missing", "dup", "wrong", "stuck", "over"):
+    for column in ("proc", "ok", "fail", "skip", "missing", "dup", "wrong", "stuck", "over", "secs", "MB"):
         assert column in table.splitlines()[0]
     assert "x: job running" in table
     assert not row.clean
+
+
+def test_a_row_over_its_memory_or_time_bound_fails() -> None:
+    """The bounds are checks like the others: a run over them marks its row FAILED and says by how much."""
+    fault = faults.Fault("x", "example", lambda k, p: [], max_seconds=2, max_rss_mb=100)
+    result = faults.Result("x", "example")
+    run = faultlib.Completed(0, "", "", elapsed=3.0, peak_rss=300_000_000)
+    faults._expect(result, fault, ("id", "completed", 0, 0, 0, 0, None), run)
+    assert result.problems == ["took 3.0s, expected under 2s", "peak RSS 300 MB, expected under 100 MB"]
+
+
+def test_reap_reports_the_childs_own_peak_rss() -> None:
+    """The peak is the child's own: a child holding 200 MB reports at least that, and a small child
+    started while this process holds 300 MB reports its own small peak (wait4's ru_maxrss would say
+    300 MB: Linux carries the parent's high-water mark across vfork and exec)."""
+    import subprocess
+    import sys
+    import time
+
+    def run(code: str) -> faultlib.Completed:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return faultlib.reap(proc, 30, time.monotonic())
+
+    big = run("import time; b = b'x' * 200_000_000; time.sleep(0.2); print('done')")
+    ballast = b"x" * 300_000_000
+    small = run("import time; time.sleep(0.2); print('small')")
+    del ballast
+    assert (big.code, big.stdout, small.stdout) == (0, "done\n", "small\n")
+    assert big.peak_rss > 200_000_000
+    assert 0 < small.peak_rss < 100_000_000

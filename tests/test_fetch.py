@@ -131,6 +131,16 @@ def test_non_json_body_is_reported_not_raised(api: ApiServer) -> None:
     assert fetch.describe(reply) == "HTTP 200 text/html: '<html><body>oops</body></html>'"
 
 
+def test_unusable_json_is_reported_with_the_reason(api: ApiServer) -> None:
+    """A JSON body that cannot be used (here 2,000 levels deep) arrives as body None; describe() says why."""
+    api.route("/x", Reply(200, body=b"[" * 2000 + b"]" * 2000, headers={"Content-Type": "application/json"}))
+    (reply,) = fetch_entity(make_source(api.url + "/x"), {"appid": "1"})
+    assert reply.body is None
+    assert fetch.describe(reply) == (
+        f"HTTP 200 application/json: {'[' * 80!r} (JSON nested deeper than {client.MAX_DEPTH} levels)"
+    )
+
+
 def test_describe_empty_body() -> None:
     """describe() of an empty body says so."""
     reply = client.Reply(status=204, headers={}, body=None, raw=b"", url="u", elapsed=0.0, content_type="")
