@@ -27,6 +27,7 @@ from runner.ratelimit import GRANTED, Limiter, RateLimitedTransport
 log = logging.getLogger(__name__)
 
 EXCERPT = 200  # bytes of the body kept in Reply.raw for messages
+TRANSIENT_EXCERPT = 80  # characters of a transient answer's body quoted in its retry message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,7 +188,10 @@ def _transient_status(
             )
         limiter.pause(retry_after)
     detail = f"HTTP {response.status_code}" + (f" (Retry-After: {header})" if header else "")
-    text = raw[:80].decode("utf-8", "replace").strip()
+    # Cut by characters, with a mark: the caller redacts this text (it has the redactor), which masks
+    # any 8-character piece of a secret and, before the mark, any start of one the cut left behind.
+    text = raw.decode("utf-8", "replace").strip()
+    text = text if len(text) <= TRANSIENT_EXCERPT else text[:TRANSIENT_EXCERPT] + "…"
     return _Retryable(detail + (f" {text!r}" if text else ""), retry_after)
 
 
