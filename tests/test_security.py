@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -141,18 +141,6 @@ class Project:
         return values
 
 
-SECRET_FORMS = sorted({form for s in (TOKEN, PASSWORD) for form in (s, quote(s, safe=""), quote_plus(s))})
-
-
-def leaks(texts: list[str]) -> list[str]:
-    return [
-        f"{form!r} in {text[max(0, text.find(form) - 80) :][:200]!r}"
-        for text in texts
-        for form in SECRET_FORMS
-        if form in text
-    ]
-
-
 def echo(request: Recorded) -> Reply:
     """An API that quotes the request back, credentials included, in whatever it answers."""
     said = f"{request.target} {request.headers.get('authorization')}"
@@ -169,8 +157,8 @@ def echo(request: Recorded) -> Reply:
 def test_secrets_never_appear_in_any_output(cluster: faultlib.Cluster, tmp_path: Path) -> None:
     """With a known API token and DATABASE_URL password, run every path — run (text and JSON logs),
     errors echoing the token, --dry-run, test-read, --record, status, a failed connection — and
-    search stdout, stderr, every text column of every table and the cassette for either secret,
-    raw and percent-encoded."""
+    search stdout, stderr, every text column of every table and the cassette for any 8-character piece
+    of either secret, in any escape."""
     project = Project(cluster, tmp_path, "sec_secrets")
     slugs = ["ok1", "ok2", "bad", "down", "html"]
     project.seed(slugs)
@@ -201,7 +189,8 @@ def test_secrets_never_appear_in_any_output(cluster: faultlib.Cluster, tmp_path:
     stored = project.every_text_value(besides=("items", "item_tags"))
     assert len(stored) > 10
     assert any("***" in value for value in stored)  # the echoed token was there, masked
-    assert leaks(project.outputs + stored + cassettes) == []
+    leaked = planted_leaks(project.outputs + stored + cassettes, [TOKEN, PASSWORD])
+    assert not leaked, "\n".join(leaked)
 
 
 # --- planted hostile secrets (issue #10 §4) ------------------------------------------------------------
@@ -211,13 +200,14 @@ QUERY_SECRET = 'qk\\ "Zx/%2B+~ ünï✓ çode-7e1f9a3b5d'
 HEADER_SECRET = 'hk \\"Wv/%41+~ plain-ascii-4c8e2a6f0b'
 MULTI_SECRET = "mk first line Yq7\nsecond line ÿ-5a9c3e7b"
 DB_SECRET = 'dbp\\ "Jr/%3F+~ é@x:y-2b6d8f0a4c'
-PLANTED = [QUERY_SECRET, HEADER_SECRET, MULTI_SECRET, DB_SECRET]
+REDIS_SECRET = "rds/+~ %é\\ Kp-6f1e3d5c7b"  # in SYNCRUN_REDIS_URL: unused by this source, still masked
+PLANTED = [QUERY_SECRET, HEADER_SECRET, MULTI_SECRET, DB_SECRET, REDIS_SECRET]
 CUTS = range(40, 76, 5)  # where an 80-character excerpt ends inside the echoed secret: 8 different places
 
 HOSTILE_SOURCE = SOURCE.replace('    key: "${{secret.API_TOKEN}}"', '    key: "${{secret.QUERY_KEY}}"').replace(
     '    Authorization: "Bearer ${{secret.API_TOKEN}}"', '    X-Key: "${{secret.HEADER_KEY}}"'
 )
-MULTI_SOURCE = HOSTILE_SOURCE.replace('    X-Key: "${{secret.HEADER_KEY}}"', '    X-Multi: "${{secret.MULTI_KEY}}"')
+MULTI_SOURCE = HOSTILE_SOURCE.replace("secret.QUERY_KEY", "secret.MULTI_KEY")
 
 
 def hostile_echo(request: Recorded) -> Reply:
@@ -242,9 +232,9 @@ def fragments(text: str) -> set[str]:
     return {text[i : i + FRAGMENT] for i in range(len(text) - FRAGMENT + 1)}
 
 
-def planted_leaks(texts: list[str]) -> list[str]:
-    """Every place where any 8-character piece of any planted secret, in any escape, appears."""
-    pieces = {piece for secret in PLANTED for text in escapes(secret) for piece in fragments(text)}
+def planted_leaks(texts: list[str], secrets: list[str] = PLANTED) -> list[str]:
+    """Every place where any 8-character piece of any of `secrets`, in any escape, appears."""
+    pieces = {piece for secret in secrets for text in escapes(secret) for piece in fragments(text)}
     found = []
     for text in texts:
         for piece in pieces:
@@ -274,7 +264,12 @@ def test_planted_hostile_secrets_never_leak_in_any_form(cluster: faultlib.Cluste
     dsn = f"postgresql://{role}:{quote(DB_SECRET, safe='')}@127.0.0.1:{cluster.port}/sec_planted"
     project.template = HOSTILE_SOURCE
     project.write_source()
-    project.env = {"QUERY_KEY": QUERY_SECRET, "HEADER_KEY": HEADER_SECRET, "MULTI_KEY": MULTI_SECRET}
+    project.env = {
+        "QUERY_KEY": QUERY_SECRET,
+        "HEADER_KEY": HEADER_SECRET,
+        "MULTI_KEY": MULTI_SECRET,
+        "SYNCRUN_REDIS_URL": f"redis://:{quote(REDIS_SECRET, safe='')}@127.0.0.1:1/0",
+    }
     slugs = ["ok1", "bad", "down", "html", "long", *(f"cut{n}" for n in CUTS), *(f"tcut{n}" for n in CUTS)]
     project.seed(slugs)
     summary = tmp_path / "step-summary.md"
@@ -305,11 +300,12 @@ def test_planted_hostile_secrets_never_leak_in_any_form(cluster: faultlib.Cluste
         raw_dsn = f"postgresql://{role}:{DB_SECRET}@127.0.0.1:{cluster.port}/sec_planted"  # not percent-encoded
         unencoded = syncrun("run", src, "--ids", "ok1", code=1, DATABASE_URL=raw_dsn)
         assert "percent-encoded" in unencoded.stderr
-        # The multi-line secret, in a header: refused at run start (exit 2) or sent, whatever
-        # happens nothing of it may show, also under GitHub Actions.
+        # The multi-line secret, in the query: refused at run start (exit 2) or sent and echoed;
+        # whatever happens nothing of it may show, also under GitHub Actions.
         project.template = MULTI_SOURCE
         project.write_source()
-        syncrun("run", src, "--ids", "ok1,bad,cut60", code=None)
+        multi = syncrun("run", src, "--ids", "ok1,bad,down,cut60,tcut60", code=None)
+        assert multi.returncode in (0, 2), multi.stderr  # ran (those entities failed), or refused it
         syncrun("test-read", src, "--ids", "ok1", code=None)
         syncrun("run", src, "--ids", "ok1", code=None, GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
     finally:
