@@ -153,8 +153,10 @@ class Redactor:
             return self(value)
         if isinstance(value, dict):
             return {self.value(k): self.value(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(self.value(v) for v in value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, tuple):  # a plain tuple back (a named tuple cannot be rebuilt from one iterable)
+            return tuple(self.value(v) for v in value)
         return value
 
 
