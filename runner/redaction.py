@@ -103,8 +103,9 @@ class Redactor:
         with self._lock:
             if pieces <= self._pieces and heads <= self._heads:
                 return
-            self._pieces |= pieces
-            self._heads |= heads
+            # New objects, swapped in whole: a thread redacting meanwhile sees the old ones or the new.
+            self._pieces = self._pieces | pieces
+            self._heads = self._heads | heads
             self._pattern = re.compile(_trie_regex(self._pieces))
 
     def __call__(self, text: str) -> str:
