@@ -169,8 +169,19 @@ def _grams(form: str) -> set[str]:
     return {form[i : i + FRAGMENT] for i in range(len(form) - FRAGMENT + 1)}
 
 
+_TRIE_DEPTH = 64  # longer pieces (a whole DSN) are plain alternatives: the trie is built recursively
+
+
 def _trie_regex(pieces: Iterable[str]) -> str:
-    """One regex matching any of `pieces`, longest first at each position, as a trie of alternations."""
+    """One regex matching any of `pieces`, longest first at each position: a trie of alternations for
+    the many short ones (sre then tries one branch per character), longest-first literals for the rest."""
+    short = [piece for piece in pieces if len(piece) <= _TRIE_DEPTH]
+    long = sorted((piece for piece in pieces if len(piece) > _TRIE_DEPTH), key=len, reverse=True)
+    alternatives = [*map(re.escape, long), _trie(short)] if short else list(map(re.escape, long))
+    return "|".join(alternatives)
+
+
+def _trie(pieces: Iterable[str]) -> str:
     trie: dict[str, Any] = {}
     for piece in pieces:
         node = trie

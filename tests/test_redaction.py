@@ -128,6 +128,14 @@ def test_whole_only_values_do_not_mask_their_pieces() -> None:
     )
 
 
+def test_a_very_long_whole_value_is_masked_and_still_longest_first() -> None:
+    """A 5,000-character DSN (client certificates inline, say) is masked whole, before the shorter
+    password inside it would leave its head and tail readable."""
+    dsn = "postgresql://u:" + "pw-0123456789" + "@h/db?options=" + "x" * 5000
+    redact = Redactor(["pw-0123456789"], whole=[dsn])
+    assert redact(f"at {dsn} and pw-0123456789") == f"at {MASK} and {MASK}"
+
+
 def test_add_masks_a_secret_learnt_at_run_time_from_then_on() -> None:
     """`add` is the seam for tokens obtained mid-run (OAuth2): later outputs honour it."""
     redact = Redactor(["first-secret-value"])
