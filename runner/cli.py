@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 from psycopg.conninfo import make_conninfo
@@ -188,9 +187,9 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sources = [config.load(path) for path in args.sources]
     options = _options(args, environ, sources)
     dsn = database.dsn_from_env(environ)
-    redis_password = urlsplit(ratelimit.redis_url_from_env(environ)).password
-    secrets = [p for p in [database.password(dsn), redis_password] if p]
+    secrets, urls = _connection_secrets(environ, dsn)
     settings = templating.resolve([s for src in sources for s in src.settings], environ, extra_secrets=secrets)
+    settings.redact.add(*urls, fragments=False)
     workflow.announce_masks(environ, [v for (kind, _), v in settings.values.items() if kind == "secret"] + secrets)
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
     listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
@@ -491,11 +490,23 @@ def _status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sources = [config.load(path) for path in args.sources or config.default_paths()]
     if args.runs <= 0:
         raise UsageError(f"--runs must be a positive integer, got {args.runs}")
-    target = database.open_target(database.dsn_from_env(environ))
+    dsn = database.dsn_from_env(environ)
+    target = database.open_target(dsn)
     with target.connect() as conn:
         states = [overview.collect(conn, source, runs=args.runs) for source in sources]
-    print(overview.to_json(states) if args.json else overview.format_text(states), end="")
+    # Settings are not resolved (status needs no API token), but any secret that is set is masked.
+    names = sorted({s.name for src in sources for s in src.settings if s.kind == "secret"})
+    secrets, urls = _connection_secrets(environ, dsn)
+    redact = Redactor([*(environ.get(name) for name in names), *secrets], whole=urls)
+    print(overview.to_json(states, redact) if args.json else overview.format_text(states, redact), end="")
     return 0
+
+
+def _connection_secrets(environ: Mapping[str, str], dsn: str | None) -> tuple[list[str], list[str]]:
+    """The DATABASE_URL and SYNCRUN_REDIS_URL passwords (every form), and those URLs whole when they
+    have one: what the redactor must mask besides the `${secret.*}` values."""
+    urls = [url for url in (dsn, ratelimit.redis_url_from_env(environ)) if url and database.passwords(url)]
+    return [p for url in urls for p in database.passwords(url)], urls
 
 
 def _workflow(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

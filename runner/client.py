@@ -35,6 +35,7 @@ ACCEPT_ENCODING = "gzip, deflate"  # what _Decoder can inflate in bounded steps 
 MAX_CODINGS = 2  # content-coding layers decoded ("gzip, gzip" is legal); more are refused
 MAX_DEPTH = 128  # JSON nesting accepted: far below Python's recursion limit and PostgreSQL's jsonb's
 _STEP = 64 * 1024  # decoded bytes per decompress call: the work one event-loop step does
+TRANSIENT_EXCERPT = 80  # characters of a transient answer's body quoted in its retry message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,7 +204,10 @@ def _transient_status(
             )
         limiter.pause(retry_after)
     detail = f"HTTP {response.status_code}" + (f" (Retry-After: {header})" if header else "")
-    text = raw[:80].decode("utf-8", "replace").strip()
+    # Cut by characters, with a mark: the caller redacts this text (it has the redactor), which masks
+    # any 8-character piece of a secret and, before the mark, any start of one the cut left behind.
+    text = raw.decode("utf-8", "replace").strip()
+    text = text if len(text) <= TRANSIENT_EXCERPT else text[:TRANSIENT_EXCERPT] + "…"
     return _Retryable(detail + (f" {text!r}" if text else ""), retry_after)
 
 

@@ -26,12 +26,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from runner.errors import DatabaseError
+from runner.redaction import Redactor
 from runner.spec import QualifiedName
 
 log = logging.getLogger("syncrun")
@@ -40,10 +42,14 @@ T = TypeVar("T")
 DEFAULT_DATA_DIR = Path(".syncrun") / "pgdata"
 CONNECT_TIMEOUT = 10  # seconds; a wrong host should fail the run quickly, not after the OS timeout
 
-# user:password@ in URIs, and password=... in key/value conninfo strings
-_URI_PASSWORD = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<secret>[^/\s]*)(?P<tail>@)")
+# A URI's scheme; what follows up to the *last* `@` is its userinfo, and the password is everything in
+# it after the first `:`. That is forgiving on purpose: a password that was not percent-encoded (a
+# space, `/`, `@`, `?`) still ends at the last `@`, where libpq would have split it somewhere inside.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]*)", re.IGNORECASE)
+# What a URI password must percent-encode for libpq to read it as written.
+_UNENCODED = re.compile(r"[@/?#\s\[\]]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +81,45 @@ def data_dir_from_env(environ: Mapping[str, str], cwd: Path | None = None) -> Pa
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by `***`, safe for messages and logs."""
-    if "://" in dsn:
-        return _QUERY_PASSWORD.sub(r"\g<head>***", _URI_PASSWORD.sub(r"\g<head>***\g<tail>", dsn))
-    return _KV_PASSWORD.sub(r"\g<head>***", dsn)
+    """The DSN with any password replaced by `***`, safe for messages and logs (also when the
+    password was not percent-encoded: see `_userinfo`)."""
+    userinfo = _userinfo(dsn)
+    if userinfo is None:
+        return _KV_PASSWORD.sub(r"\g<head>***", dsn)
+    start, end = userinfo
+    colon = dsn.find(":", start, end)
+    if colon >= 0:
+        dsn = dsn[: colon + 1] + "***" + dsn[end:]
+    return _QUERY_PASSWORD.sub(r"\g<head>***", dsn)
+
+
+def _userinfo(dsn: str) -> tuple[int, int] | None:
+    """Where a URI's userinfo starts and ends (at its last `@`, forgivingly); None for a key/value
+    DSN; (start, start) when the URI has no `@` at all."""
+    scheme = _SCHEME.match(dsn.strip())
+    if scheme is None:
+        return None
+    start = dsn.index("://") + 3
+    at = dsn.rfind("@", start)
+    return (start, at) if at >= 0 else (start, start)
+
+
+def passwords(dsn: str | None) -> list[str]:
+    """Every form of the password inside a DSN, for the run's redactor: as libpq decodes it, and as
+    written between the userinfo's first `:` and its last `@` (which is also where a password that
+    was not percent-encoded ends). Empty when there is none."""
+    if not dsn:
+        return []
+    found = [password(dsn)]
+    userinfo = _userinfo(dsn)
+    if userinfo is not None:
+        start, end = userinfo
+        colon = dsn.find(":", start, end)
+        if colon >= 0:
+            written = dsn[colon + 1 : end]
+            found += [written, unquote(written)]
+        found += [unquote(m["secret"]) for m in _QUERY_PASSWORD.finditer(dsn)]
+    return list(dict.fromkeys(p for p in found if p))
 
 
 def open_target(dsn: str | None, *, data_dir: Path | None = None) -> Target:
@@ -126,11 +167,33 @@ def connect(dsn: str | None, *, data_dir: Path | None = None) -> psycopg.Connect
     """
     if dsn is None:
         dsn = embedded_dsn(data_dir or data_dir_from_env(os.environ))
+    if _unencoded_password(dsn):
+        # libpq would split the password at the stray character and quote a piece of it in its error
+        # ("failed to resolve host 'ss@db'"), so its message is not shown at all.
+        raise DatabaseError(
+            f"cannot connect to {redact_dsn(dsn)}: the password in DATABASE_URL must be percent-encoded"
+            " (write @ / ? # [ ] and spaces as %40 %2F %3F %23 %5B %5D %20)"
+        )
     try:
         return psycopg.connect(dsn, autocommit=False, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as exc:
-        reason = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {reason}") from None
+        raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {_reason(exc, dsn)}") from None
+
+
+def _unencoded_password(dsn: str) -> bool:
+    userinfo = _userinfo(dsn)
+    if userinfo is None:
+        return False
+    start, end = userinfo
+    colon = dsn.find(":", start, end)
+    return colon >= 0 and _UNENCODED.search(dsn, colon + 1, end) is not None
+
+
+def _reason(exc: psycopg.Error, dsn: str) -> str:
+    """libpq's first line, with the DSN and its password masked *before* it is cut to that line."""
+    redact = Redactor(passwords(dsn), whole=[dsn])
+    text = redact_dsn(redact(str(exc))).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def identifier(name: QualifiedName) -> sql.Identifier:

@@ -112,6 +112,8 @@ class _Run:
     def halt(self, status: str, error: str | None = None, signum: int | None = None) -> None:
         """Take no new entities; in-flight ones finish (within the grace period) and are written."""
         if not self.stop.is_set():
+            # Redacted here too: a halt message may quote an exception (`{error!r}`) nobody redacted.
+            error = self.settings.redact(error) if error is not None else None
             self.report.status, self.report.error, self.report.signal = status, error, signum
             self.stop.set()
 

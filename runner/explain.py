@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 _WIDTH = 100
 
 
-def _value(value: Any) -> str:
+def _value(value: Any, redact: Redactor) -> str:
+    """`value` as JSON (else repr), its strings redacted *before* they are escaped, and the text after."""
+    clean = redact.value(value)
     try:
-        return json.dumps(value, default=str, ensure_ascii=False)
+        text = json.dumps(clean, default=str, ensure_ascii=False)
     except (TypeError, ValueError):
-        return repr(value)
+        text = repr(clean)
+    return redact(text)
 
 
 def explain(report: Report, source: spec.Source, redact: Redactor) -> str:
@@ -47,11 +50,11 @@ def explain(report: Report, source: spec.Source, redact: Redactor) -> str:
 def _entity(trace: Trace, source: spec.Source, redact: Redactor) -> list[str]:
     result = trace.result
     key = result.key if result is not None else trace.entity.get(source.entities.key)
-    head = f"── {source.name} {source.entities.key}={key} "
+    head = f"── {source.name} {source.entities.key}={redact(str(key))} "
     lines = [head + "─" * max(0, _WIDTH - len(head))]
     others = {k: v for k, v in trace.entity.items() if k != source.entities.key}
     if others:
-        lines.append(f"  entity    {redact(_value(others))}")
+        lines.append(f"  entity    {_value(others, redact)}")
     for url in trace.requests:
         lines.append(f"  request   {source.request.method} {redact(url)}")
     if trace.status is not None:
@@ -70,7 +73,7 @@ def _entity(trace: Trace, source: spec.Source, redact: Redactor) -> list[str]:
         stamped = "yes" if result.stamped else "no"
         lines.append(f"  stamp     {source.status.table}.{source.status.column}: {stamped}")
         for column, value in sorted(result.status_values.items()):
-            lines.append(f"  status    {source.status.table}.{column} = {redact(_value(value))}")
+            lines.append(f"  status    {source.status.table}.{column} = {_value(value, redact)}")
     for index, write in enumerate(source.writes):
         rows = result.rows.get(index, [])
         if result.outcome is not spec.Outcome.SUCCESS:
@@ -78,7 +81,7 @@ def _entity(trace: Trace, source: spec.Source, redact: Redactor) -> list[str]:
         target = write.function or write.table
         lines.append(f"  {target}: {len(rows)} row(s)")
         for row in rows:
-            lines.append(f"    {redact(_value(row))}")
+            lines.append(f"    {_value(row, redact)}")
     return lines
 
 

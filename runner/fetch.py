@@ -225,7 +225,8 @@ def _empty(reply: Reply) -> bool:
 def describe(reply: Reply) -> str:
     """What arrived, for messages: `HTTP 200 text/html: '<html><body>oops'`, and why it is not
     usable JSON when the client said (`... ('JSON nested 2,000 levels deep, more than 128')`)."""
-    text = reply.raw[:80].decode("utf-8", "replace")
+    text = reply.raw.decode("utf-8", "replace")
+    text = text if len(text) <= 80 else text[:80] + "…"  # the mark lets the redactor mask a secret cut here
     kind = reply.content_type or "(no content type)"
     what = f"HTTP {reply.status} {kind}: {text!r}" if text else f"HTTP {reply.status} {kind}: (empty body)"
     return f"{what} ({reply.problem})" if reply.problem else what

@@ -15,6 +15,7 @@ from typing import Any
 from runner.redaction import Redactor
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_OURS = "_syncrun_redacting"  # marks the root handler `configure` adds, so a second call replaces it
 
 
 class _Redacting(logging.Filter):
@@ -23,12 +24,23 @@ class _Redacting(logging.Filter):
         self.redact = redact
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # getMessage() applies the %-args (reprs included) first, so the finished text is redacted.
         record.msg = self.redact(record.getMessage())
         record.args = None
         for name, value in _extras(record).items():
-            if isinstance(value, str):
-                setattr(record, name, self.redact(value))
+            setattr(record, name, self._extra(value))
+        # A traceback or stack is never printed by our formatters, but a handler added later could.
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
+
+    def _extra(self, value: Any) -> Any:
+        """An extra field, redacted before it is formatted: strings inside dicts and lists one by one
+        (so JSON escaping cannot hide a secret), anything else as the text it would print as."""
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str | dict | list | tuple):
+            return self.redact.value(value)
+        return self.redact(str(value))
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -74,3 +86,13 @@ def configure(fmt: str, redact: Redactor, *, level: int = logging.INFO) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    # Other libraries' warnings (asyncio's "exception was never retrieved", httpx, psycopg) would reach
+    # stderr unredacted through logging's last-resort handler; they go through the redactor too.
+    root = logging.getLogger()
+    root.handlers[:] = [handler_ for handler_ in root.handlers if not getattr(handler_, _OURS, False)]
+    fallback = logging.StreamHandler(sys.stderr)
+    fallback.setFormatter(handler.formatter)
+    fallback.addFilter(_Redacting(redact))
+    fallback.setLevel(logging.WARNING)
+    setattr(fallback, _OURS, True)
+    root.addHandler(fallback)

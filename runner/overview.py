@@ -19,6 +19,7 @@ from psycopg import sql
 from runner import jobs, migrations, selection
 from runner.database import identifier
 from runner.errors import SchemaMismatch
+from runner.redaction import Redactor
 from runner.spec import SelectionType, Source
 
 _COUNT_ALL = 2_000_000_000  # the default selection's limit when counting every due entity
@@ -150,14 +151,17 @@ def _run(job: jobs.Job) -> Run:
 
 
 # --- output --------------------------------------------------------------------------------------------
-def to_json(states: list[SourceState]) -> str:
-    """One JSON document: {"sources": [...]} with every field of every SourceState."""
+# Messages were redacted when they were stored, but by that run's secrets and redactor: `status` masks
+# them again with today's, before any cut or JSON escaping.
+def to_json(states: list[SourceState], redact: Redactor | None = None) -> str:
+    """One JSON document: {"sources": [...]} with every field of every SourceState (strings redacted)."""
+    redact = redact or Redactor()
     documents: list[dict[str, Any]] = []
     for state in states:
         document = asdict(state)
         document["top_errors"] = [{"message": m, "count": n} for m, n in state.top_errors]
-        documents.append(document)
-    return json.dumps({"sources": documents}, indent=2) + "\n"
+        documents.append(redact.value(document))
+    return redact(json.dumps({"sources": documents}, indent=2)) + "\n"
 
 
 def _n(value: int | None) -> str:
@@ -172,8 +176,9 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-def format_text(states: list[SourceState]) -> str:
-    """The human form: one block per source."""
+def format_text(states: list[SourceState], redact: Redactor | None = None) -> str:
+    """The human form: one block per source (messages redacted, then cut)."""
+    redact = redact or Redactor()
     out: list[str] = []
     for state in states:
         out.append(f"{state.source} (job type {state.job_type}, {state.selection} selection)")
@@ -182,10 +187,10 @@ def format_text(states: list[SourceState]) -> str:
             f"  backing off {state.backoff:,}   skip-until {state.skip_until:,}   claimed {state.claimed:,}"
             f"   failing {state.failing:,}"
         )
-        out += [f"  note: {note}" for note in state.notes]
+        out += [f"  note: {redact(note)}" for note in state.notes]
         if state.top_errors:
             out.append("  top errors:")
-            out += [f"    {count:>6,} × {message[:160]}" for message, count in state.top_errors]
+            out += [f"    {count:>6,} × {redact.excerpt(message, 160)}" for message, count in state.top_errors]
         if not state.runs:
             out.append("  no runs yet")
         else:
@@ -196,7 +201,7 @@ def format_text(states: list[SourceState]) -> str:
                     f"    {(run.started_at or '?')[:19]}  {run.status:9}  {_duration(run.duration):>7}"
                     f"  processed {run.processed:,} (ok {run.succeeded:,}, failed {run.failed:,},"
                     f" skipped {run.skipped:,})  {run.requests:,} requests, {rate}"
-                    + (f"  — {run.error[:120]}" if run.error else "")
+                    + (f"  — {redact.excerpt(run.error, 120)}" if run.error else "")
                 )
         out.append("")
     return "\n".join(out)

@@ -6,8 +6,12 @@ limiter and every wait up by K instead of switching anything off.
 
 The files are vcrpy cassettes (format version 1), so cassettes recorded with vcrpy replay here and
 ours load in vcrpy. We don't use vcrpy's own patching: it hooks `httpx.AsyncClient` above the
-transport, which would bypass the limiter. Secrets are masked (`***`) in everything recorded; the
-same masking is applied to live requests before matching, so a replay works with any secret value.
+transport, which would bypass the limiter. Secrets are masked (`***`) in everything recorded (URI,
+status text, the few response headers kept, the body) *before* it is serialised: the redactor knows
+a secret's JSON, percent and YAML escapes and masks any 8-character piece of them, so neither an API
+echoing a token in an escaped form nor YAML's own escaping can carry one into the file. Request
+headers are not recorded at all. The same masking is applied to live requests before matching, so a
+replay works with any secret value.
 
 A request matches an exchange by method, scheme, host, path and its query parameters in any order.
 Exchanges for the same request play in recorded order; the last one then repeats.
@@ -83,7 +87,7 @@ class RecordingTransport(httpx.AsyncBaseTransport):
                     "headers": {},  # request headers carry credentials; matching never needs them
                 },
                 "response": {
-                    "status": {"code": response.status_code, "message": response.reason_phrase},
+                    "status": {"code": response.status_code, "message": self._redact(response.reason_phrase)},
                     "headers": {
                         name: [self._redact(value)]
                         for name, value in response.headers.items()

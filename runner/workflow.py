@@ -197,8 +197,15 @@ def log_format(requested: str, environ: Mapping[str, str]) -> str:
 
 
 def mask_lines(secrets: Sequence[str]) -> list[str]:
-    """`::add-mask::<value>` per secret value, so the runner masks it in the whole job's log."""
-    return [f"::add-mask::{value}" for value in dict.fromkeys(s for s in secrets if s)]
+    """`::add-mask::<value>` per secret value, so the runner masks it in the whole job's log. A
+    multi-line value is announced line by line: a workflow command ends at a newline, so its second
+    line would otherwise be printed as plain text (GitHub's advice for multi-line secrets)."""
+    lines = (line for s in secrets if s for line in s.splitlines())
+    # The runner unescapes %25, %0D and %0A in command data (as @actions/core escapes them), so a
+    # literal `%` is written as %25, or a secret containing "%0A" would be registered as another value.
+    return [
+        f"::add-mask::{value.replace('%', '%25')}" for value in dict.fromkeys(line for line in lines if line.strip())
+    ]
 
 
 def announce_masks(environ: Mapping[str, str], secrets: Sequence[str], out: TextIO | None = None) -> None:

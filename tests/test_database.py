@@ -52,6 +52,36 @@ def test_password_is_extracted_for_the_redactor() -> None:
     assert database.password(None) is None
 
 
+@pytest.mark.parametrize(
+    ("dsn", "redacted", "secret"),
+    [
+        ("postgresql://u:pa ss/x@h/db", "postgresql://u:***@h/db", "pa ss/x"),
+        ("postgresql://u:p@ss@h:5432/db", "postgresql://u:***@h:5432/db", "p@ss"),
+        ('postgres://u:a\\"b c~+é@h/db?sslmode=require', "postgres://u:***@h/db?sslmode=require", 'a\\"b c~+é'),
+        ("postgresql://u:pa%20ss@h/db", "postgresql://u:***@h/db", "pa ss"),
+    ],
+)
+def test_a_password_that_was_not_percent_encoded_is_still_found_and_masked(
+    dsn: str, redacted: str, secret: str
+) -> None:
+    """Forgiving: the password runs from the userinfo's first `:` to the *last* `@`, whatever it
+    contains; passwords() gives the redactor every form of it (as written and decoded)."""
+    assert database.redact_dsn(dsn) == redacted
+    assert secret in database.passwords(dsn)
+
+
+def test_an_unencoded_password_is_refused_without_quoting_libpq() -> None:
+    """libpq would split `p@ss word` inside the password and name a piece of it as the host; we say
+    what to fix instead, and nothing of the password shows."""
+    for dsn in ("postgresql://app:p@ss word-long-secret@127.0.0.1:1/app", "postgresql://app:pa ss/x@127.0.0.1:1/app"):
+        with pytest.raises(DatabaseError) as caught:
+            database.connect(dsn)
+        message = str(caught.value)
+        assert message.startswith("cannot connect to postgresql://app:***@127.0.0.1:1/app: ")
+        assert "percent-encoded" in message
+        assert "ss" not in message.split("@127.0.0.1", 1)[0]
+
+
 def test_unreachable_database_url_fails_with_the_redacted_dsn() -> None:
     """A set but unreachable DATABASE_URL is an error naming it without its password; no fallback."""
     dsn = "postgresql://app:s3cret@127.0.0.1:1/app"

@@ -137,7 +137,7 @@ def test_unusable_json_is_reported_with_the_reason(api: ApiServer) -> None:
     (reply,) = fetch_entity(make_source(api.url + "/x"), {"appid": "1"})
     assert reply.body is None
     assert fetch.describe(reply) == (
-        f"HTTP 200 application/json: {'[' * 80!r} (JSON nested deeper than {client.MAX_DEPTH} levels)"
+        f"HTTP 200 application/json: {'[' * 80 + '…'!r} (JSON nested deeper than {client.MAX_DEPTH} levels)"
     )
 
 

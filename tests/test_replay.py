@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import httpx
 import pytest
+import yaml
 
 from runner import cli
-from runner.redaction import Redactor
+from runner.redaction import FRAGMENT, Redactor, forms
 from runner.replay import CASSETTE, RecordingTransport, ReplayTransport
 from tests.apiserver import ApiServer, Reply
 from tests.pg import Database
@@ -72,3 +74,37 @@ def test_recording_masks_secrets_in_uri_and_body(tmp_path: Path) -> None:
     saved = recorder.save(tmp_path).read_text()
     assert "k3y-value" not in saved
     assert "key=***" in saved
+
+
+HOSTILE = 'k3y\\ "q/%2F+~ ünï-0a9b8c7d6e'  # \ " / % + ~, a space and non-ASCII: every escape differs
+
+
+def test_a_cassette_holds_no_piece_of_a_secret_in_any_form(tmp_path: Path) -> None:
+    """A secret with `\\ " / % + ~`, a space and non-ASCII, in the URL and echoed by the API in the
+    status text, a kept header and the body (raw, JSON-escaped, percent-encoded, cut short): the YAML
+    file has no 8-character piece of any form of it, and the recording still replays."""
+    said = [HOSTILE, HOSTILE[:13], quote_plus(HOSTILE), HOSTILE[-10:]]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400,
+            json={"error": said, "echo": str(request.url)},
+            headers={"Retry-After": HOSTILE.encode()[:20]},
+            extensions={"reason_phrase": b"Bad " + HOSTILE[:12].encode()},
+        )
+
+    recorder = RecordingTransport(httpx.MockTransport(handler), Redactor([HOSTILE]))
+
+    async def get(transport: httpx.AsyncBaseTransport) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get("http://api.test/x", params={"key": HOSTILE}, headers={"X-Key": "ascii-only"})
+
+    live = asyncio.run(get(recorder))
+    saved = recorder.save(tmp_path).read_text()
+    for form in forms(HOSTILE) | {yaml.safe_dump(HOSTILE, width=10**6).strip()}:
+        pieces = {form[i : i + FRAGMENT] for i in range(len(form) - FRAGMENT + 1)}
+        assert not [piece for piece in pieces if piece in saved], form
+    assert "key=***" in saved
+    replayed = asyncio.run(get(ReplayTransport(tmp_path, Redactor([HOSTILE]))))
+    assert replayed.status_code == live.status_code == 400
+    assert replayed.json()["error"][0] == "***"

@@ -16,15 +16,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import psycopg
 import pytest
 
 from bench import faultlib
 from bench.faultlib import PASSWORD, TOKEN
+from runner.redaction import FRAGMENT
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.cluster import unavailable
+from tests.test_redaction import escapes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +79,8 @@ class Project:
 
     def __init__(self, cluster: faultlib.Cluster, tmp: Path, name: str, *, base: str = "${env.API_URL}") -> None:
         self.tmp, self.cluster = tmp, cluster
+        self.env: dict[str, str] = {"API_TOKEN": TOKEN}  # what every syncrun run gets on top of os.environ
+        self.template = SOURCE
         (tmp / "syncrun.yaml").write_text(
             "status: {table: sync_status, key: slug}\nentities: {key: slug, key_type: text}\n"
         )
@@ -89,7 +93,7 @@ class Project:
             conn.execute(TABLES)  # type: ignore[arg-type]
 
     def write_source(self, *, base: str = "${env.API_URL}", extra: str = "", table: str = "items") -> None:
-        self.source.write_text(SOURCE.format(base=base, extra=extra, table=table))
+        self.source.write_text(self.template.format(base=base, extra=extra, table=table))
 
     def seed(self, slugs: list[str]) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -98,10 +102,13 @@ class Project:
     def syncrun(
         self, *args: str, api_url: str, dsn: str | None = None, code: int | None = 0
     ) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GITHUB_ACTIONS")}
-        env |= {"DATABASE_URL": dsn or self.dsn, "API_URL": api_url, "API_TOKEN": TOKEN}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY")
+        }
+        env |= {"DATABASE_URL": dsn or self.dsn, "API_URL": api_url, "PYTHONPATH": str(ROOT), **self.env}
+        # Run in the test's directory, so whatever syncrun writes under `.syncrun/` lands there (and is searched).
         result = subprocess.run(
-            [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "runner", *args], cwd=self.tmp, env=env, capture_output=True, text=True, timeout=120
         )
         self.outputs += [result.stdout, result.stderr]
         if code is not None:
@@ -113,32 +120,25 @@ class Project:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
     def every_text_value(self, *, besides: tuple[str, ...] = ()) -> list[str]:
-        """Every value of every column of every table in the database (but `besides`), as text."""
-        tables = self.rows(
-            "select table_schema, table_name from information_schema.tables"
-            " where table_schema not in ('pg_catalog', 'information_schema') and table_type = 'BASE TABLE'"
-            " and table_name <> all(%s)",
+        """Every value of every column of every table in the database (but `besides`), as text: one
+        column at a time (a whole row's text form would escape `"` and `\\` once more)."""
+        columns = self.rows(
+            "select c.table_schema, c.table_name, c.column_name from information_schema.columns c"
+            " join information_schema.tables t using (table_schema, table_name)"
+            " where c.table_schema not in ('pg_catalog', 'information_schema') and t.table_type = 'BASE TABLE'"
+            " and c.table_name <> all(%s)",
             (list(besides),),
         )
         values: list[str] = []
-        for schema, table in tables:
-            query = psycopg.sql.SQL("select t::text from {}.{} t").format(
-                psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table)
+        for schema, table, column in columns:
+            query = psycopg.sql.SQL("select {}::text from {}.{} where {} is not null").format(
+                psycopg.sql.Identifier(column),
+                psycopg.sql.Identifier(schema),
+                psycopg.sql.Identifier(table),
+                psycopg.sql.Identifier(column),
             )
             values += [row[0] for row in self.rows(query)]  # type: ignore[arg-type]
         return values
-
-
-SECRET_FORMS = sorted({form for s in (TOKEN, PASSWORD) for form in (s, quote(s, safe=""), quote_plus(s))})
-
-
-def leaks(texts: list[str]) -> list[str]:
-    return [
-        f"{form!r} in {text[max(0, text.find(form) - 80) :][:200]!r}"
-        for text in texts
-        for form in SECRET_FORMS
-        if form in text
-    ]
 
 
 def echo(request: Recorded) -> Reply:
@@ -157,8 +157,8 @@ def echo(request: Recorded) -> Reply:
 def test_secrets_never_appear_in_any_output(cluster: faultlib.Cluster, tmp_path: Path) -> None:
     """With a known API token and DATABASE_URL password, run every path — run (text and JSON logs),
     errors echoing the token, --dry-run, test-read, --record, status, a failed connection — and
-    search stdout, stderr, every text column of every table and the cassette for either secret,
-    raw and percent-encoded."""
+    search stdout, stderr, every text column of every table and the cassette for any 8-character piece
+    of either secret, in any escape."""
     project = Project(cluster, tmp_path, "sec_secrets")
     slugs = ["ok1", "ok2", "bad", "down", "html"]
     project.seed(slugs)
@@ -189,7 +189,147 @@ def test_secrets_never_appear_in_any_output(cluster: faultlib.Cluster, tmp_path:
     stored = project.every_text_value(besides=("items", "item_tags"))
     assert len(stored) > 10
     assert any("***" in value for value in stored)  # the echoed token was there, masked
-    assert leaks(project.outputs + stored + cassettes) == []
+    leaked = planted_leaks(project.outputs + stored + cassettes, [TOKEN, PASSWORD])
+    assert not leaked, "\n".join(leaked)
+
+
+# --- planted hostile secrets (issue #10 §4) ------------------------------------------------------------
+# Each has `\\ " / % + ~`, spaces or non-ASCII and is long enough to be cut by an 80-byte excerpt. The
+# header one is ASCII (httpx sends header values as ASCII); the multi-line one may be refused at run start.
+QUERY_SECRET = 'qk\\ "Zx/%2B+~ ünï✓ çode-7e1f9a3b5d'
+HEADER_SECRET = 'hk \\"Wv/%41+~ plain-ascii-4c8e2a6f0b'
+MULTI_SECRET = "mk first line Yq7\nsecond line ÿ-5a9c3e7b"
+DB_SECRET = 'dbp\\ "Jr/%3F+~ é@x:y-2b6d8f0a4c'
+REDIS_SECRET = "rds/+~ %é\\ Kp-6f1e3d5c7b"  # in SYNCRUN_REDIS_URL: unused by this source, still masked
+PLANTED = [QUERY_SECRET, HEADER_SECRET, MULTI_SECRET, DB_SECRET, REDIS_SECRET]
+CUTS = range(40, 76, 5)  # where an 80-character excerpt ends inside the echoed secret: 8 different places
+
+HOSTILE_SOURCE = SOURCE.replace('    key: "${{secret.API_TOKEN}}"', '    key: "${{secret.QUERY_KEY}}"').replace(
+    '    Authorization: "Bearer ${{secret.API_TOKEN}}"', '    X-Key: "${{secret.HEADER_KEY}}"'
+)
+MULTI_SOURCE = HOSTILE_SOURCE.replace("secret.QUERY_KEY", "secret.MULTI_KEY")
+
+
+def hostile_echo(request: Recorded) -> Reply:
+    """Quotes the secrets back as received (decoded, raw, percent-encoded), whole and cut, in JSON
+    bodies (escaped), text bodies, error bodies and transient errors."""
+    slug = request.path.split("/")[2]
+    said = (
+        f"{request.target} {request.headers.get('x-key')} {request.query.get('key')} {request.headers.get('x-multi')}"
+    )
+    if slug.startswith("cut"):  # the 80-character excerpt ends `cut` characters into the JSON text
+        pad = "p" * (int(slug[3:]) - len('{"error": "'))
+        return Reply(400, json={"error": pad + str(request.query.get("key")) + " " + said})
+    if slug.startswith("tcut"):  # a transient answer quoting the key; its retry message cuts at 80
+        pad = "t" * int(slug[4:])
+        return Reply(503, body=f"{pad}{request.query.get('key')} {said}".encode())
+    if slug == "long":  # a long body (past the 200-byte excerpt) with the secret at every offset
+        return Reply(200, json={"title": "long", "note": "n" * 150 + said * 3, "tags": [said[-40:]]})
+    return echo(request)
+
+
+def fragments(text: str) -> set[str]:
+    return {text[i : i + FRAGMENT] for i in range(len(text) - FRAGMENT + 1)}
+
+
+def planted_leaks(texts: list[str], secrets: list[str] = PLANTED) -> list[str]:
+    """Every place where any 8-character piece of any of `secrets`, in any escape, appears."""
+    pieces = {piece for secret in secrets for text in escapes(secret) for piece in fragments(text)}
+    found = []
+    for text in texts:
+        for piece in pieces:
+            if piece in text:
+                at = text.find(piece)
+                found.append(f"{piece!r} in …{text[max(0, at - 60) : at + 60]!r}…")
+                break
+    return found
+
+
+def test_planted_hostile_secrets_never_leak_in_any_form(cluster: faultlib.Cluster, tmp_path: Path) -> None:
+    """Secrets with `\\ " / % + ~`, spaces, non-ASCII and a newline, echoed back by the API whole, cut at
+    8 places by 80-character excerpts, JSON-escaped and percent-encoded; a DATABASE_URL whose password
+    has the same (percent-encoded, and once not); runs of every kind: run (text, JSON and GitHub logs,
+    with a step summary), --dry-run, test-read, --record, --replay, status, status --json, failed
+    connections. Stdout, stderr, every file under the test's directory (cassettes, step summary,
+    `.syncrun/`) and every column of every table syncrun writes hold no 8-character piece of any of them."""
+    project = Project(cluster, tmp_path, "sec_planted")
+    role = "planted_role"
+    with cluster.admin() as conn:
+        conn.execute(psycopg.sql.SQL("drop role if exists {}").format(psycopg.sql.Identifier(role)))
+        conn.execute(
+            psycopg.sql.SQL("create role {} login password {} in role {}").format(
+                psycopg.sql.Identifier(role), psycopg.sql.Literal(DB_SECRET), psycopg.sql.Identifier(faultlib.ROLE)
+            )
+        )
+    dsn = f"postgresql://{role}:{quote(DB_SECRET, safe='')}@127.0.0.1:{cluster.port}/sec_planted"
+    project.template = HOSTILE_SOURCE
+    project.write_source()
+    project.env = {
+        "QUERY_KEY": QUERY_SECRET,
+        "HEADER_KEY": HEADER_SECRET,
+        "MULTI_KEY": MULTI_SECRET,
+        "SYNCRUN_REDIS_URL": f"redis://:{quote(REDIS_SECRET, safe='')}@127.0.0.1:1/0",
+    }
+    slugs = ["ok1", "bad", "down", "html", "long", *(f"cut{n}" for n in CUTS), *(f"tcut{n}" for n in CUTS)]
+    project.seed(slugs)
+    summary = tmp_path / "step-summary.md"
+    api = ApiServer().start()
+    try:
+        for slug in slugs:
+            api.route(f"/items/{slug}/detail", hostile_echo)
+        src, url, ids = str(project.source), api.url, ",".join(slugs)
+
+        def syncrun(*args: str, code: int | None = 0, **env: str) -> subprocess.CompletedProcess[str]:
+            project.env |= env
+            try:
+                return project.syncrun(*args, api_url=url, dsn=env.get("DATABASE_URL", dsn), code=code)
+            finally:
+                for name in env:
+                    project.env.pop(name, None)
+
+        syncrun("run", src, "--dry-run", "--ids", ids)
+        syncrun("test-read", src, "--ids", ids)
+        syncrun("run", src, "--log-format", "json", "--progress-every", "1")
+        syncrun("run", src, "--ids", ids, "--record", str(tmp_path / "rec"))
+        syncrun("run", src, "--ids", ids, "--replay", str(tmp_path / "rec"), "--rate-scale", "20")
+        github = syncrun("run", src, "--ids", ids, GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+        syncrun("status", src)
+        syncrun("status", src, "--json")
+        wrong_db = syncrun("status", src, code=1, DATABASE_URL=dsn.replace("/sec_planted", "/no_such_database"))
+        assert "***" in wrong_db.stderr
+        raw_dsn = f"postgresql://{role}:{DB_SECRET}@127.0.0.1:{cluster.port}/sec_planted"  # not percent-encoded
+        unencoded = syncrun("run", src, "--ids", "ok1", code=1, DATABASE_URL=raw_dsn)
+        assert "percent-encoded" in unencoded.stderr
+        # The multi-line secret, in the query: refused at run start (exit 2) or sent and echoed;
+        # whatever happens nothing of it may show, also under GitHub Actions.
+        project.template = MULTI_SOURCE
+        project.write_source()
+        multi = syncrun("run", src, "--ids", "ok1,bad,down,cut60,tcut60", code=None)
+        assert multi.returncode in (0, 2), multi.stderr  # ran (those entities failed), or refused it
+        syncrun("test-read", src, "--ids", "ok1", code=None)
+        multi = syncrun("run", src, "--ids", "ok1", code=None, GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+        if multi.returncode == 0:  # announced line by line: a second line would be printed as plain text
+            assert {f"::add-mask::{line}" for line in MULTI_SECRET.splitlines()} <= set(multi.stdout.splitlines())
+    finally:
+        api.stop()
+    assert any(r.query.get("key") == QUERY_SECRET for r in api.requests)
+    assert any(r.headers.get("x-key") == HEADER_SECRET for r in api.requests)
+    masks = [line for line in github.stdout.splitlines() if line.startswith("::add-mask::")]
+    # The one place a secret is printed (the runner eats it): `%` escaped as the runner unescapes it.
+    assert "::add-mask::" + QUERY_SECRET.replace("%", "%25") in masks
+    outputs = [
+        "\n".join(line for line in out.splitlines() if not line.startswith("::add-mask::")) for out in project.outputs
+    ]
+    files = [p.read_text("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()]
+    # Every path was taken with a secret in it: masked in the summary's top errors, the cassette, and
+    # in excerpts cut short (the transient errors' 80 characters end with a cut mark).
+    assert "***" in summary.read_text()
+    assert "***" in "".join(p.read_text() for p in (tmp_path / "rec").rglob("cassette.yaml"))
+    assert "***…" in "".join(project.outputs)
+    stored = project.every_text_value(besides=("items", "item_tags"))
+    assert sum("***" in value for value in stored) >= len(CUTS)  # the echoed secrets were there, masked
+    leaked = planted_leaks(outputs + files + stored)
+    assert not leaked, "\n".join(leaked)
 
 
 INJECTION = "'); DROP TABLE items; --"
