@@ -14,6 +14,7 @@ from jmespath.exceptions import JMESPathError
 from jmespath.lexer import Lexer
 
 from runner import spec
+from runner.errors import ExpressionTooComplex
 from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
 from runner.sourcefile import did_you_mean, show
 
@@ -30,6 +31,8 @@ def compile_checked(text: str, roots: Roots | None) -> tuple[Expression | None, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # legacy `literals` warn: reported below instead
             expression = Expression.compile(text)
+    except ExpressionTooComplex as error:
+        return None, [f"bad JMESPath {show(text)}: {error} — split it into simpler expressions"]
     except JMESPathError as error:
         return None, [f"bad JMESPath {show(text)}: {_parse_message(error)}"]
     except ValueError as error:  # jmespath lets json's error out for some `literals`, e.g. `3:00`
