@@ -31,7 +31,8 @@ ENGINE_PARAMETERS = ("limit", "after_key", "source")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 3650 * 86400.0  # ten years: longer is a typo, and asyncio cannot sleep for 1e300 s
-_SIZE = re.compile(r"^([0-9]{1,18})(B|KB|MB|GB|KiB|MiB|GiB)$")  # 18 digits: far beyond any body, below int limits
+_SIZE = re.compile(r"^([0-9]+)(B|KB|MB|GB|KiB|MiB|GiB)$")
+MAX_SIZE_DIGITS = 15  # a petabyte of GB: far beyond any body, far below CPython's int-string limit
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 _SQL_PARAMETER = re.compile(r"%\((\w+)\)s")
 
@@ -96,6 +97,8 @@ def parse_size(value: str | int) -> int:
     match = _SIZE.match(value) if isinstance(value, str) else None
     if not match:
         raise ValueError(f"{show(value)} is not a size (use 512KB, 10MB, 1GB or a number of bytes)")
+    if len(match[1].lstrip("0")) > MAX_SIZE_DIGITS:
+        raise ValueError(f"{show(value)} is out of range: a size has at most {MAX_SIZE_DIGITS} digits")
     return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
