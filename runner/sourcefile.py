@@ -133,8 +133,9 @@ def _to_data(node: yaml.Node, path: Path_, doc: Document, loader: _Loader, probl
         out: dict[str, JSON] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is None:
-                problems.append(Problem(doc.file, key_node.start_mark.line + 1, dotted(path), "keys must be text"))
+            if key is None or _not_text(key):
+                message = "keys must be text" if key is None else f"a key {_not_text(key)}"
+                problems.append(Problem(doc.file, key_node.start_mark.line + 1, dotted(path), message))
             elif key in out:
                 first = doc.key_lines[(*path, key)]
                 line = key_node.start_mark.line + 1
@@ -170,7 +171,18 @@ def _scalar(node: yaml.ScalarNode, loader: _Loader) -> tuple[JSON, str | None]:
         return None, f"{_clip(node.value)} is not a finite number"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
         return None, too_large
+    if isinstance(value, str) and (problem := _not_text(value)):
+        return None, problem
     return value, None
+
+
+def _not_text(text: str) -> str | None:
+    """A `"\\ud800"` escape makes a lone surrogate: not text, and a crash wherever it is encoded; `"\\0"`
+    makes a NUL, which neither PostgreSQL text nor HTTP can carry."""
+    if "\0" in text:
+        return "contains a NUL character (\\0), which PostgreSQL and HTTP cannot carry: remove it"
+    char = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+    return None if char is None else f"contains a lone surrogate (U+{ord(char):04X}), which is not text: remove it"
 
 
 # --- schema errors, in words ----------------------------------------------------------------------

@@ -284,7 +284,7 @@ _SCALARS = st.one_of(
     st.text(max_size=20),
     st.text(st.characters(codec="utf-8"), max_size=20),  # every plane, controls and odd marks included
     st.sampled_from(["30s", "0s", "1MB", "{appid}", "${env.X}", "${x.Y}", "record.[", "entity.appid", "greatest", "%"]),
-    st.sampled_from(["1e400s", "9" * 30 + "d", "9" * 30 + "MB", "http://[::1", "\n", "x" * 5000]),
+    st.sampled_from(["1e400s", "9" * 30 + "d", "9" * 30 + "MB", "http://[::1", "\n", "x" * 5000, "h\ud800"]),
     _DEEP,
 )
 _KEYS = st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none(), st.floats())
@@ -382,6 +382,7 @@ def _edit(path: str, value: str) -> str:
 @example(text=_edit("request.query", "{1: us, true: x, null: y, 1.5: z}"))  # keys that are not text
 @example(text=_edit("name", '"\\u202e\\u0000\\ud800"'))  # odd unicode: bidi override, NUL, lone surrogate
 @example(text=_edit("description", "x" * 900_000))
+@example(text=_edit("request.url", '"http://h/\\ud800/{appid}"'))  # found: UnicodeEncodeError parsing the URL
 def test_fuzz_every_config_is_a_spec_or_located_problems(text: str) -> None:
     """Whatever the text, load returns a Source or raises ConfigError with `file:line: path: message` lines."""
     _assert_spec_or_located_problems(text)
@@ -419,6 +420,7 @@ _DAMAGE = st.sampled_from(
         b"0x" + b"f" * 40,
         b"(" * 3000,
         b"[" * 100,
+        b'"\\ud800"',  # a lone surrogate, by escape
         b"${env.X",
         b"${secret.Y}",
         b"{appid}",
