@@ -21,7 +21,7 @@ from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
 from runner.redaction import Redactor
-from runner.sourcefile import Document, Path_, check, did_you_mean, read, show
+from runner.sourcefile import MAX_FILE_BYTES, Document, Path_, check, did_you_mean, read, show
 from runner.sourcefile import schema as schema  # re-exported: `config.schema()` for the CLI and tests
 
 PROJECT_FILE = "syncrun.yaml"
@@ -45,7 +45,8 @@ def default_paths(root: Path | None = None) -> list[Path]:
 def load(path: Path) -> spec.Source:
     """Read one source file and return a ready-to-run Source; ConfigError lists every problem."""
     try:
-        text = path.read_bytes()
+        with path.open("rb") as file:
+            text = file.read(MAX_FILE_BYTES + 1)  # enough to tell it is too large, never a whole huge file
     except OSError as error:  # a missing or unreadable file is the user's to fix, not a crash
         raise ConfigError([Problem(str(path), 1, "", f"cannot read the file: {error.strerror}")]) from None
     return loads(text, path)

@@ -215,6 +215,14 @@ def test_file_size_limit(tmp_path: Path) -> None:
     assert problems == ["1: (top): the file is larger than 1000 KB"]
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_file_is_refused_without_reading_it_all() -> None:
+    """A file that never ends (/dev/zero) is read only up to the limit: a problem, not all of memory."""
+    with pytest.raises(ConfigError) as caught:
+        config.load(Path("/dev/zero"))
+    assert [p.message for p in caught.value.problems] == ["the file is larger than 1000 KB"]
+
+
 def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     """Pathological nesting is a problem, not a RecursionError."""
     assert _problems(tmp_path, "x: " + "[" * 5000) == ["1: (top): nested more than 32 levels deep"]
