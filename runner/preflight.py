@@ -60,6 +60,8 @@ def value_problem(label: str, value: str, *, secret: bool | None = None) -> str 
     kind = "secrets" if (label.startswith("secret ") if secret is None else secret) else "variables"
     if value.endswith(("\n", "\r")):
         return f"{label} ends with a line break — a common copy-paste mistake in CI {kind}; remove it"
+    if reason := templating.not_utf8(value):
+        return f"{label} {reason}"
     if (char := _control(value)) is not None:
         return f"{label} contains a control character ({_code(char)}) — a setting is one line of text; remove it"
     if value != value.strip():
@@ -101,7 +103,7 @@ def _dsn_problem(dsn: str) -> str | None:
             " postgresql://user:password@host:5432/dbname, percent-encoding special characters in the password"
         )
     for port in str(info.get("port") or "").split(","):
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        if port and not templating.valid_port(port):
             return f"DATABASE_URL has {templating.port_words(port)}"
     return None
 

@@ -88,8 +88,18 @@ def resolve(
             + ("s" if len(missing) > 1 else "")
             + " before running"
         )
+    for (kind, name), value in values.items():  # checked before the redactor percent-encodes them
+        if not_utf8(value):
+            raise SettingError(f"{'secret' if kind == 'secret' else 'setting'} {name} {not_utf8(value)}")
     secrets = [v for (kind, _), v in values.items() if kind == "secret"]
     return Settings(values, Redactor([*secrets, *extra_secrets]))
+
+
+def not_utf8(value: str) -> str | None:
+    """Python reads environment bytes that are not UTF-8 as lone surrogates, which nothing can encode."""
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        return "is not valid UTF-8 text — set it again as UTF-8"
+    return None
 
 
 def render(template: spec.Template, entity: Mapping[str, JSON], settings: Settings, *, url: bool) -> str:
@@ -126,7 +136,7 @@ def url_problem(url: str) -> str | None:
         return reason
     try:
         httpx.URL(url)
-    except httpx.InvalidURL as error:  # its text quotes parts of the URL: keep only the words before
+    except (httpx.InvalidURL, ValueError) as error:  # its text quotes the URL: keep only the words before
         return f"httpx cannot parse it ({re.split(r'[,:]', str(error))[0].strip() or 'invalid URL'})"
     return None
 
@@ -147,13 +157,17 @@ def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
         return f"it has no host (write {parts.scheme.lower()}://host/…)"
     host = parts.netloc.rpartition("@")[2]
     port = host.rpartition("]")[2].removeprefix(":") if host.startswith("[") else host.partition(":")[2]
-    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+    if port and not valid_port(port):
         return f"it has {port_words(port)}"
     return None
 
 
+def valid_port(port: str) -> bool:
+    return re.fullmatch(r"[0-9]{1,5}", port) is not None and 1 <= int(port) <= 65535
+
+
 def port_words(port: str) -> str:
     """`port 99999 out of range (1–65535)`; a long or odd port is not quoted (it may be a secret's part)."""
-    if port.isdigit() and len(port) <= 6:
+    if re.fullmatch(r"[0-9]{1,6}", port):
         return f"port {int(port)} out of range (1–65535)"
     return "a port that is not a number from 1 to 65535"

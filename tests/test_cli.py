@@ -160,6 +160,10 @@ BAD_SETTINGS = {
         " (U+00F6): HTTP header values must be ASCII — retype it (a pasted typographic quote or non-breaking"
         " space?), or encode it as the API expects",
     ),
+    "token that is not UTF-8": (
+        {"API_TOKEN": "s3cr3t-\udcff-value"},  # the byte 0xff, passed through as Python reads it
+        "secret API_TOKEN is not valid UTF-8 text — set it again as UTF-8",
+    ),
     "URL with a trailing newline": (
         {"API_URL": "{api}\n"},
         "setting API_URL ends with a line break — a common copy-paste mistake in CI variables; remove it",

@@ -88,6 +88,15 @@ def test_good_settings_pass(tmp_path: Path) -> None:
             " space?), or encode it as the API expects",
         ),
         (
+            {"API_TOKEN": "s3cr3t-\udcff-value"},  # the byte 0xff in the environment, as Python reads it
+            "secret API_TOKEN is not valid UTF-8 text — set it again as UTF-8",
+        ),
+        (
+            {"API_URL": "http://127.0.0.1:\u00b2"},  # a digit to str.isdigit, not to int()
+            "setting API_URL makes the request URL of source 'alpha' unusable: it has a port that is not a number"
+            " from 1 to 65535",
+        ),
+        (
             {"API_URL": "http://[::1"},
             "setting API_URL makes the request URL of source 'alpha' unusable: the host has an unbalanced '[' or ']'"
             " (an IPv6 host is written like http://[::1]:8080/)",
