@@ -63,14 +63,19 @@ def _legacy_literal(text: str) -> bool:
 def _function_names(node: JSON) -> Iterator[str]:
     if node.get("type") == "function_expression":
         yield node["value"]
-    for child in node.get("children", []):
+    for child in _nodes(node):
         yield from _function_names(child)
+
+
+def _nodes(node: JSON) -> list[JSON]:
+    """A node's child nodes: a slice's children are its numbers (or None), not nodes."""
+    return [child for child in node.get("children", []) if isinstance(child, dict)]
 
 
 def _references(node: JSON) -> Iterator[tuple[str, str | None]]:
     """(name, field) for each name read from the context document, e.g. `run.today` -> ("run", "today").
     Names inside projections, filters, pipes' right sides and &expr apply to elements, not the context."""
-    kind, children = node["type"], node.get("children", [])
+    kind, children = node["type"], _nodes(node)
     if kind == "field":
         yield node["value"], None
     elif kind == "subexpression" and children[0]["type"] == "field":

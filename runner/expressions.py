@@ -317,6 +317,8 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
     if kind == "literal":
         value = ast["value"]
         return lambda _: value
+    if kind not in ("comparator", "and_expression", "or_expression", "not_expression"):
+        return None  # before the children: a slice's children are numbers, not nodes
     parts = [_compile(child) for child in ast["children"]]
     if any(part is None for part in parts):
         return None

@@ -294,6 +294,10 @@ _SCALARS = st.one_of(
     st.sampled_from(["30s", "0s", "1MB", "{appid}", "${env.X}", "${x.Y}", "record.[", "entity.appid", "greatest", "%"]),
     st.sampled_from(["1e400s", "9" * 30 + "d", "9" * 30 + "MB", "http://[::1", "\n", "x" * 5000, "h\ud800"]),
     _DEEP,
+    st.sampled_from(  # JMESPath syntax of every kind: slices once crashed the loader (their children are numbers)
+        ["body[0:1]", "body[::-1]", "body[-1]", "@", "body.*", "body[]", "{a: body}", "[body, status]", "body | [0]"]
+        + ["body[?a == `1`]", "sort_by(body, &a)[:2]", "!body", "body && status || `null`", '`{"a": [1]}`']
+    ),
 )
 _KEYS = st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none(), st.floats())
 _VALUES = st.recursive(
@@ -390,7 +394,11 @@ def _edit(path: str, value: str) -> str:
 @example(text=_edit("request.query", "{1: us, true: x, null: y, 1.5: z}"))  # keys that are not text
 @example(text=_edit("name", '"\\u202e\\u0000\\ud800"'))  # odd unicode: bidi override, NUL, lone surrogate
 @example(text=_edit("description", "x" * 900_000))
-@example(text=_edit("request.url", '"http://h/\\ud800/{appid}"'))  # found: UnicodeEncodeError parsing the URL
+@example(text=_edit("request.url", '"http://h/\\ud800/{appid}"'))
+@example(text=_edit("records", "body.data[0:1]"))  # found: AttributeError, a slice's children are numbers
+@example(
+    text=_edit("outcomes", "[{when: 'body[::2] == `[]`', outcome: skip}]")
+)  # found: UnicodeEncodeError parsing the URL
 def test_fuzz_every_config_is_a_spec_or_located_problems(text: str) -> None:
     """Whatever the text, load returns a Source or raises ConfigError with `file:line: path: message` lines."""
     _assert_spec_or_located_problems(text)
