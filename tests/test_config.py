@@ -295,8 +295,11 @@ _SCALARS = st.one_of(
     st.sampled_from(["1e400s", "9" * 30 + "d", "9" * 30 + "MB", "http://[::1", "\n", "x" * 5000, "h\ud800"]),
     _DEEP,
     st.sampled_from(  # JMESPath syntax of every kind: slices once crashed the loader (their children are numbers)
-        ["body[0:1]", "body[::-1]", "body[-1]", "@", "body.*", "body[]", "{a: body}", "[body, status]", "body | [0]"]
-        + ["body[?a == `1`]", "sort_by(body, &a)[:2]", "!body", "body && status || `null`", '`{"a": [1]}`']
+        [
+            *("body[0:1]", "body[::-1]", "body[-1]", "@", "body.*", "body[]", "{a: body}", "[body, status]"),
+            *("body | [0]", "body[?a == `1`]", "sort_by(body, &a)[:2]", "!body", "body && status || `null`"),
+            '`{"a": [1]}`',
+        ]
     ),
 )
 _KEYS = st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none(), st.floats())
