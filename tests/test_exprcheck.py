@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from runner.exprcheck import compile_checked
 from runner.expressions import MAX_EXPRESSION_LENGTH, MAX_NESTING
@@ -63,3 +67,28 @@ def test_deep_but_reasonable_is_fine(text: str) -> None:
     """Below the bounds nothing is refused."""
     expression, messages = compile_checked(text, ROOTS)
     assert (expression is not None, messages) == (True, [])
+
+
+_TOKENS = st.sampled_from(
+    [
+        *("body", "status", "a", "entity", ".", "[", "]", "(", ")", "{", "}", ":", ",", "*", "?", "!", "&"),
+        *("&&", "||", "|", "==", "!=", "<", ">=", "@", "-1", "0", "::", "`1`", "`[`", '`{"a": [1]}`', "'x'"),
+        *('"y"', "sort_by(", "length(", "as_int(", "nope(", "$", " ", "\\", "`", "'", '"', "\n", "\u00e9"),
+    ]
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("SYNCRUN_FUZZ_EXAMPLES", "1000")),
+    derandomize=os.environ.get("CI", "").lower() == "true",
+    deadline=None,
+)
+@given(text=st.lists(_TOKENS, max_size=40).map("".join) | st.text(max_size=60))
+@example(text="body[0:1]")  # found: the loader crashed on every slice
+@example(text="sort_by(body, &a)[::2]")
+@example(text="`" + "[" * 3000 + "`")  # json's recursion inside a literal
+def test_fuzz_any_text_is_an_expression_or_messages(text: str) -> None:
+    """Whatever the text, compile_checked returns an expression or messages; it never raises."""
+    expression, messages = compile_checked(text, ROOTS)
+    assert (expression is None) == bool(messages)
+    assert all("\n" not in message for message in messages)  # one line: it ends up in `file:line: path: message`
