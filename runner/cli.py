@@ -31,6 +31,7 @@ from runner import (
     logs,
     migrations,
     ownership,
+    preflight,
     progress,
     ratelimit,
     replay,
@@ -172,6 +173,7 @@ def _migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.sql:
         print("\n".join([migrations.migration_sql(sources), *tables]))
         return 0
+    preflight.check_environment(environ)
     with database.connect(database.dsn_from_env(environ)) as conn:
         applied = migrations.migrate(conn, sources)
         for name, script in zip(args.tables, tables, strict=True):
@@ -186,10 +188,12 @@ def _migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sources = [config.load(path) for path in args.sources]
     options = _options(args, environ, sources)
+    preflight.check_environment(environ)  # a bad setting exits 2 here: before any request or job row
     dsn = database.dsn_from_env(environ)
     secrets, urls = _connection_secrets(environ, dsn)
     settings = templating.resolve([s for src in sources for s in src.settings], environ, extra_secrets=secrets)
     settings.redact.add(*urls, fragments=False)
+    preflight.check_settings(sources, settings)
     workflow.announce_masks(environ, [v for (kind, _), v in settings.values.items() if kind == "secret"] + secrets)
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
     listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
@@ -490,6 +494,7 @@ def _status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sources = [config.load(path) for path in args.sources or config.default_paths()]
     if args.runs <= 0:
         raise UsageError(f"--runs must be a positive integer, got {args.runs}")
+    preflight.check_environment(environ)
     dsn = database.dsn_from_env(environ)
     target = database.open_target(dsn)
     with target.connect() as conn:

@@ -20,7 +20,8 @@ from runner import spec, templating
 from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
-from runner.sourcefile import Document, Path_, check, did_you_mean, read, show
+from runner.redaction import Redactor
+from runner.sourcefile import MAX_FILE_BYTES, Document, Path_, check, did_you_mean, read, show
 from runner.sourcefile import schema as schema  # re-exported: `config.schema()` for the CLI and tests
 
 PROJECT_FILE = "syncrun.yaml"
@@ -29,7 +30,9 @@ RUN_FIELDS = frozenset({"now", "today", "job_id", "started_at"})
 ENGINE_PARAMETERS = ("limit", "after_key", "source")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 3650 * 86400.0  # ten years: longer is a typo, and asyncio cannot sleep for 1e300 s
 _SIZE = re.compile(r"^([0-9]+)(B|KB|MB|GB|KiB|MiB|GiB)$")
+MAX_SIZE_DIGITS = 15  # a petabyte of GB: far beyond any body, far below CPython's int-string limit
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 _SQL_PARAMETER = re.compile(r"%\((\w+)\)s")
 
@@ -42,7 +45,8 @@ def default_paths(root: Path | None = None) -> list[Path]:
 def load(path: Path) -> spec.Source:
     """Read one source file and return a ready-to-run Source; ConfigError lists every problem."""
     try:
-        text = path.read_bytes()
+        with path.open("rb") as file:
+            text = file.read(MAX_FILE_BYTES + 1)  # enough to tell it is too large, never a whole huge file
     except OSError as error:  # a missing or unreadable file is the user's to fix, not a crash
         raise ConfigError([Problem(str(path), 1, "", f"cannot read the file: {error.strerror}")]) from None
     return loads(text, path)
@@ -77,11 +81,14 @@ def validate(paths: Iterable[Path]) -> dict[Path, list[Problem]]:
 def parse_duration(value: str | float) -> float:
     """`500ms`, `30s`, `1m`, `1h`, `7d` or a number of seconds -> seconds; ValueError otherwise."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match:
+        seconds = float(value)
+    elif (match := _DURATION.match(value) if isinstance(value, str) else None) is not None:
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    else:
         raise ValueError(f"{show(value)} is not a duration (use 500ms, 30s, 1m, 1h, 7d)")
-    return float(match[1]) * _DURATION_UNITS[match[2]]
+    if not seconds <= MAX_DURATION:  # also inf and nan
+        raise ValueError(f"{show(value)} is out of range: must be at most 3650d")
+    return seconds
 
 
 def parse_size(value: str | int) -> int:
@@ -91,6 +98,8 @@ def parse_size(value: str | int) -> int:
     match = _SIZE.match(value) if isinstance(value, str) else None
     if not match:
         raise ValueError(f"{show(value)} is not a size (use 512KB, 10MB, 1GB or a number of bytes)")
+    if len(match[1].lstrip("0")) > MAX_SIZE_DIGITS:
+        raise ValueError(f"{show(value)} is out of range: a size has at most {MAX_SIZE_DIGITS} digits")
     return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
@@ -272,7 +281,7 @@ class _Builder:
         if "timeout" in raw:
             extra["timeout"] = self.duration(("request", "timeout"), raw["timeout"], positive=True)
         if "max_body" in raw:
-            extra["max_body"] = parse_size(raw["max_body"])
+            extra["max_body"] = self.size(("request", "max_body"), raw["max_body"])
         if "batch" in raw:
             extra["batch"] = self.batch(raw["batch"], columns)
         return spec.Request(url=url, **extra)
@@ -298,12 +307,33 @@ class _Builder:
                     path,
                     f"{{{column}}} is not an entity column (have: {have}{did_you_mean(column, columns, inside=True)})",
                 )
+        self.check_text(path, template)
         return template
+
+    def check_text(self, path: Path_, template: spec.Template) -> None:
+        """What the file itself puts in a request: one line of text, and ASCII in a header (httpx
+        sends header values as ASCII). Settings' values are checked at run start (runner/preflight.py)."""
+        if path == ("request", "url") and not template.settings:
+            return  # check_url parses the whole URL
+        written = "".join(
+            s.text if isinstance(s, spec.Literal) else s.default or ""
+            for s in template.segments
+            if not isinstance(s, spec.Column)
+        )
+        if (char := next((c for c in written if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)) is not None:
+            self.add(path, f"contains a control character (U+{ord(char):04X}): a request value is one line of text")
+        elif path[1] == "headers" and (char := next((c for c in written if not c.isascii()), None)) is not None:
+            self.add(path, f"contains a non-ASCII character (U+{ord(char):04X}): HTTP header values must be ASCII")
 
     def check_url(self, url: spec.Template) -> None:
         first = url.segments[0] if url.segments else None
         if isinstance(first, spec.Literal) and not re.match(r"https?://", first.text, re.IGNORECASE):
             self.add(("request", "url"), "must start with http:// or https:// (or a setting such as ${env.API_URL})")
+        elif not url.settings:  # nothing left to fill in at run start: check the whole URL now
+            placeholders = dict.fromkeys(url.columns, "0")
+            no_settings = templating.Settings({}, Redactor())
+            if reason := templating.url_problem(templating.render(url, placeholders, no_settings, url=True)):
+                self.add(("request", "url"), f"is not a usable URL: {reason}")
         head = ""
         for segment in url.segments:
             if isinstance(segment, spec.Column):
@@ -497,10 +527,21 @@ class _Builder:
 
     # -- values ------------------------------------------------------------------------------------
     def duration(self, path: Path_, value: JSON, *, positive: bool = False) -> float:
-        seconds = parse_duration(value)  # the schema has checked the form
+        try:
+            seconds = parse_duration(value)  # the schema has checked the form, not the range
+        except ValueError as error:
+            self.add(path, str(error))
+            return 1.0  # a stand-in so the other checks go on; the problem stops the load
         if positive and seconds <= 0:
             self.add(path, f"{show(value)} is out of range: must be more than 0")
         return seconds
+
+    def size(self, path: Path_, value: JSON) -> int:
+        try:
+            return parse_size(value)
+        except ValueError as error:
+            self.add(path, str(error))
+            return 1
 
     def optional_expression(self, path: Path_, roots: Roots | None, raw: JSON = None) -> Expression | None:
         raw = self.raw if raw is None else raw

@@ -15,6 +15,9 @@ SyncrunError                       base; `exit_code` says what the CLI returns
     ├── MappingError               a JMESPath mapping failed or produced an unusable value
     └── WriteError                 a value does not fit its column; table, column, value
 
+ExpressionTooComplex (a ValueError, not a SyncrunError): a JMESPath text too long or too deeply
+nested to parse safely; raised by `Expression.compile`, reported by config as a Problem.
+
 Messages never contain secret values: every message that can carry API data passes through
 the run's redactor before it is logged or stored.
 """
@@ -95,3 +98,7 @@ class MappingError(EntityError):
 
 class WriteError(EntityError):
     pass
+
+
+class ExpressionTooComplex(ValueError):
+    """A JMESPath text jmespath must not parse: its parser and evaluator recurse once per level."""

@@ -14,6 +14,7 @@ from jmespath.exceptions import JMESPathError
 from jmespath.lexer import Lexer
 
 from runner import spec
+from runner.errors import ExpressionTooComplex
 from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
 from runner.sourcefile import did_you_mean, show
 
@@ -30,6 +31,8 @@ def compile_checked(text: str, roots: Roots | None) -> tuple[Expression | None, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # legacy `literals` warn: reported below instead
             expression = Expression.compile(text)
+    except ExpressionTooComplex as error:
+        return None, [f"bad JMESPath {show(text)}: {error} — split it into simpler expressions"]
     except JMESPathError as error:
         return None, [f"bad JMESPath {show(text)}: {_parse_message(error)}"]
     except ValueError as error:  # jmespath lets json's error out for some `literals`, e.g. `3:00`
@@ -60,14 +63,19 @@ def _legacy_literal(text: str) -> bool:
 def _function_names(node: JSON) -> Iterator[str]:
     if node.get("type") == "function_expression":
         yield node["value"]
-    for child in node.get("children", []):
+    for child in _nodes(node):
         yield from _function_names(child)
+
+
+def _nodes(node: JSON) -> list[JSON]:
+    """A node's child nodes: a slice's children are its numbers (or None), not nodes."""
+    return [child for child in node.get("children", []) if isinstance(child, dict)]
 
 
 def _references(node: JSON) -> Iterator[tuple[str, str | None]]:
     """(name, field) for each name read from the context document, e.g. `run.today` -> ("run", "today").
     Names inside projections, filters, pipes' right sides and &expr apply to elements, not the context."""
-    kind, children = node["type"], node.get("children", [])
+    kind, children = node["type"], _nodes(node)
     if kind == "field":
         yield node["value"], None
     elif kind == "subexpression" and children[0]["type"] == "field":

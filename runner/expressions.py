@@ -46,7 +46,15 @@ import jmespath
 from jmespath import functions as jp_functions
 from jmespath.parser import ParsedResult
 
+from runner.errors import ExpressionTooComplex
+
 JSON = Any  # the one sanctioned Any: a decoded JSON value
+
+# jmespath's parser recurses up to 4 frames per nesting level, and its evaluator (and ours) once per
+# level of the tree: bounded well below Python's recursion limit, far above any real expression
+# (the bundled sources' longest is 345 characters, 8 levels deep).
+MAX_EXPRESSION_LENGTH = 4000
+MAX_NESTING = 48
 
 
 _MONTHS = {
@@ -309,6 +317,8 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
     if kind == "literal":
         value = ast["value"]
         return lambda _: value
+    if kind not in ("comparator", "and_expression", "or_expression", "not_expression"):
+        return None  # before the children: a slice's children are numbers, not nodes
     parts = [_compile(child) for child in ast["children"]]
     if any(part is None for part in parts):
         return None
@@ -385,11 +395,64 @@ class Expression:
 
     @classmethod
     def compile(cls, text: str) -> Expression:
-        """Compile `text`; raises jmespath.exceptions.ParseError (config.py turns it into a Problem)."""
-        parsed = jmespath.compile(text)
+        """Compile `text`; raises jmespath.exceptions.ParseError, or ExpressionTooComplex when it is
+        too long or deep to parse safely (config.py turns either into a Problem)."""
+        if reason := too_complex(text):
+            raise ExpressionTooComplex(reason)
+        try:
+            parsed = jmespath.compile(text)
+        except RecursionError:  # the bounds above are estimates; never let one become a crash
+            raise ExpressionTooComplex(f"nested more than {MAX_NESTING} levels deep") from None
+        if _depth(parsed.parsed) > MAX_NESTING:
+            raise ExpressionTooComplex(f"nested more than {MAX_NESTING} levels deep")
         return cls(text, parsed, _compile(parsed.parsed))
 
     def search(self, data: JSON) -> JSON:
         if self.fast is not None:
             return self.fast(data)
         return self.parsed.search(data, options=_OPTIONS)
+
+
+def too_complex(text: str) -> str | None:
+    """Why `text` must not reach jmespath's parser, in words; None when it is safe to parse."""
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        return f"longer than {MAX_EXPRESSION_LENGTH} characters"
+    if _nesting(text) > MAX_NESTING:
+        return f"nested more than {MAX_NESTING} levels deep"
+    return None
+
+
+def _nesting(text: str) -> int:
+    """An upper bound of the parser's recursion: the deepest bracket (inside `literals` too, which
+    json parses recursively) plus every prefix operator (`!`, `&expr`) and projection (`*`)."""
+    depth = deepest = prefixes = 0
+    quote, i = "", 0
+    while i < len(text):
+        char = text[i]
+        if quote and char == "\\":
+            i += 1  # the escaped character never closes the quote
+        elif char == quote:
+            quote = ""
+        elif quote in ("", "`") and char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif quote in ("", "`") and char in ")]}":
+            depth -= 1
+        elif not quote and char in "'\"`":
+            quote = char
+        elif not quote and char == "&" and text.startswith("&&", i):
+            i += 1  # `&&` is an operator, not an expression reference
+        elif not quote and char in "!&*" and not text.startswith("!=", i):
+            prefixes += 1
+        i += 1
+    return deepest + prefixes
+
+
+def _depth(tree: dict[str, Any]) -> int:
+    """The parsed tree's depth, without recursion (`a || b || …` parses flat but nests deep)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node.get("children", ()) if isinstance(child, dict))
+    return deepest

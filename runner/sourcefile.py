@@ -19,12 +19,16 @@ from typing import cast
 
 import yaml
 from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
+from jsonschema.validators import extend  # type: ignore[import-untyped]
 
 from runner.errors import Problem
 from runner.expressions import JSON
 
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 32  # deeper nesting is never a real source, and PyYAML's composer recurses
+# Whole numbers fit PostgreSQL's bigint: anything larger is never a count, size or id a source means,
+# and CPython refuses to read an integer of more than 4,300 digits at all (ValueError).
+MAX_INT = 2**63 - 1
 _SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
 
 Path_ = tuple[str | int, ...]  # a location in the document: keys and list indexes
@@ -39,9 +43,19 @@ def schema(name: str = "source.schema.json") -> dict[str, JSON]:
     return cast(dict[str, JSON], json.loads(checkout.read_text("utf-8")))
 
 
+def _whole_number(checker: object, instance: object) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# jsonschema counts 1.0 as an integer; the builders then get a float where a count or size belongs.
+_Strict = extend(
+    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number)
+)
+
+
 @functools.cache
 def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name))
+    return _Strict(schema(name))
 
 
 # --- reading YAML, keeping lines ----------------------------------------------------------------
@@ -119,8 +133,9 @@ def _to_data(node: yaml.Node, path: Path_, doc: Document, loader: _Loader, probl
         out: dict[str, JSON] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is None:
-                problems.append(Problem(doc.file, key_node.start_mark.line + 1, dotted(path), "keys must be text"))
+            if key is None or _not_text(key):
+                message = "keys must be text" if key is None else f"a key {_not_text(key)}"
+                problems.append(Problem(doc.file, key_node.start_mark.line + 1, dotted(path), message))
             elif key in out:
                 first = doc.key_lines[(*path, key)]
                 line = key_node.start_mark.line + 1
@@ -136,13 +151,38 @@ def _to_data(node: yaml.Node, path: Path_, doc: Document, loader: _Loader, probl
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:timestamp":
         return node.value  # a date stays text: the schema decides what it may be
     if isinstance(node, yaml.ScalarNode) and node.tag in _SCALAR_TAGS:
-        value = loader.construct_object(node)
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(doc.problem(path, f"{node.value} is not a finite number"))
+        value, problem = _scalar(node, loader)
+        if problem:
+            problems.append(doc.problem(path, problem))
         return value
     tag = node.tag.replace("tag:yaml.org,2002:", "!!")
     problems.append(doc.problem(path, f"unsupported YAML tag {tag} (use plain values, lists and mappings)"))
     return None
+
+
+def _scalar(node: yaml.ScalarNode, loader: _Loader) -> tuple[JSON, str | None]:
+    """The scalar's value, or None and why no source can mean this number."""
+    too_large = f"{_clip(node.value)} is too large: whole numbers must be within ±{MAX_INT}"
+    try:
+        value = loader.construct_object(node)
+    except ValueError:  # an integer of more than 4,300 digits: CPython's int-string limit
+        return None, too_large
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, f"{_clip(node.value)} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return None, too_large
+    if isinstance(value, str) and (problem := _not_text(value)):
+        return None, problem
+    return value, None
+
+
+def _not_text(text: str) -> str | None:
+    """A `"\\ud800"` escape makes a lone surrogate: not text, and a crash wherever it is encoded; `"\\0"`
+    makes a NUL, which neither PostgreSQL text nor HTTP can carry."""
+    if "\0" in text:
+        return "contains a NUL character (\\0), which PostgreSQL and HTTP cannot carry: remove it"
+    char = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+    return None if char is None else f"contains a lone surrogate (U+{ord(char):04X}), which is not text: remove it"
 
 
 # --- schema errors, in words ----------------------------------------------------------------------
@@ -264,13 +304,22 @@ def show(value: JSON) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return str(value)
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return "a number too large to show"  # str() of a huge int is slow, or a ValueError
+    return _clip(str(value))
+
+
+def _clip(text: str) -> str:
+    """A number's text, shortened when absurdly long (it would fill the screen)."""
+    return text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
 
 
 def dotted(path: Path_) -> str:
     """`writes[0].columns.price`; odd keys in quotes, with no `:` so the path stays one field."""
     out = ""
     for part in path:
+        if isinstance(part, str) and len(part) > 60:  # an absurd key is named, not printed whole
+            part = part[:57] + "..."
         if isinstance(part, int):
             out += f"[{part}]"
         elif re.fullmatch(r"[A-Za-z0-9_-]+", part):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+
+import httpx
 
 from runner import spec
 from runner.errors import SettingError
@@ -86,8 +88,18 @@ def resolve(
             + ("s" if len(missing) > 1 else "")
             + " before running"
         )
+    for (kind, name), value in values.items():  # checked before the redactor percent-encodes them
+        if not_utf8(value):
+            raise SettingError(f"{'secret' if kind == 'secret' else 'setting'} {name} {not_utf8(value)}")
     secrets = [v for (kind, _), v in values.items() if kind == "secret"]
     return Settings(values, Redactor([*secrets, *extra_secrets]))
+
+
+def not_utf8(value: str) -> str | None:
+    """Python reads environment bytes that are not UTF-8 as lone surrogates, which nothing can encode."""
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        return "is not valid UTF-8 text — set it again as UTF-8"
+    return None
 
 
 def render(template: spec.Template, entity: Mapping[str, JSON], settings: Settings, *, url: bool) -> str:
@@ -115,3 +127,47 @@ def _text(value: JSON) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
+
+
+def url_problem(url: str) -> str | None:
+    """What stops httpx from sending a request to `url`, in words; None when it can. Never quotes the
+    URL, which may hold a secret."""
+    if reason := uri_problem(url, ("http", "https")):
+        return reason
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as error:  # its text quotes the URL: keep only the words before
+        return f"httpx cannot parse it ({re.split(r'[,:]', str(error))[0].strip() or 'invalid URL'})"
+    return None
+
+
+def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Scheme, host, IPv6 brackets and port of a URL, in words that never quote it; None when fine."""
+    if (char := next((c for c in url if ord(c) < 0x20 or ord(c) == 0x7F), None)) is not None:
+        return f"it contains a control character (U+{ord(char):04X})"
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # its text may quote the host: not passed on
+        if "Invalid IPv6 URL" in str(error):
+            return "the host has an unbalanced '[' or ']' (an IPv6 host is written like http://[::1]:8080/)"
+        return "its host is not a valid name or IP address"
+    if parts.scheme.lower() not in schemes:
+        return "it must start with " + " or ".join(f"{scheme}://" for scheme in schemes)
+    if not parts.hostname and parts.scheme.lower() != "unix":
+        return f"it has no host (write {parts.scheme.lower()}://host/…)"
+    host = parts.netloc.rpartition("@")[2]
+    port = host.rpartition("]")[2].removeprefix(":") if host.startswith("[") else host.partition(":")[2]
+    if port and not valid_port(port):
+        return f"it has {port_words(port)}"
+    return None
+
+
+def valid_port(port: str) -> bool:
+    return re.fullmatch(r"[0-9]{1,5}", port) is not None and 1 <= int(port) <= 65535
+
+
+def port_words(port: str) -> str:
+    """`port 99999 out of range (1–65535)`; a long or odd port is not quoted (it may be a secret's part)."""
+    if re.fullmatch(r"[0-9]{1,6}", port):
+        return f"port {int(port)} out of range (1–65535)"
+    return "a port that is not a number from 1 to 65535"

@@ -142,3 +142,104 @@ def test_json_logs_never_contain_secrets(db: Database, api: ApiServer, env: dict
     stored = db.scalar("select last_error from syncrun_state where entity_key = '1'")
     assert "s3cr3t-token-value" not in stored
     assert "***" in stored
+
+
+# --- bad settings exit 2 before anything happens ----------------------------------------------------------
+BAD_SETTINGS = {
+    "token with a trailing newline": (
+        {"API_TOKEN": "s3cr3t-token-value\n"},
+        "secret API_TOKEN ends with a line break — a common copy-paste mistake in CI secrets; remove it",
+    ),
+    "token with CRLF": (
+        {"API_TOKEN": "s3cr3t-token-value\r\n"},
+        "secret API_TOKEN ends with a line break — a common copy-paste mistake in CI secrets; remove it",
+    ),
+    "non-ASCII token": (
+        {"API_TOKEN": "s3cr3t-tökén-value"},
+        "secret API_TOKEN is sent in header Authorization of source 'alpha' but contains a non-ASCII character"
+        " (U+00F6): HTTP header values must be ASCII — retype it (a pasted typographic quote or non-breaking"
+        " space?), or encode it as the API expects",
+    ),
+    "token that is not UTF-8": (
+        {"API_TOKEN": "s3cr3t-\udcff-value"},  # the byte 0xff, passed through as Python reads it
+        "secret API_TOKEN is not valid UTF-8 text — set it again as UTF-8",
+    ),
+    "URL with a trailing newline": (
+        {"API_URL": "{api}\n"},
+        "setting API_URL ends with a line break — a common copy-paste mistake in CI variables; remove it",
+    ),
+    "unterminated IPv6 host": (
+        {"API_URL": "http://[::1"},
+        "setting API_URL makes the request URL of source 'alpha' unusable: the host has an unbalanced '[' or ']'"
+        " (an IPv6 host is written like http://[::1]:8080/)",
+    ),
+    "port out of range": (
+        {"API_URL": "http://127.0.0.1:99999"},
+        "setting API_URL makes the request URL of source 'alpha' unusable: it has port 99999 out of range (1–65535)",
+    ),
+    "DATABASE_URL with a trailing newline": (
+        {"DATABASE_URL": "{dsn}\n"},
+        "DATABASE_URL ends with a line break — a common copy-paste mistake in CI secrets; remove it",
+    ),
+    "unterminated IPv6 Redis host": (
+        {"SYNCRUN_REDIS_URL": "redis://:r3dis-pass-word@[::1:6379/0"},
+        "SYNCRUN_REDIS_URL is not a usable Redis URL: the host has an unbalanced '[' or ']' (an IPv6 host is"
+        " written like http://[::1]:8080/) (e.g. redis://host:6379/0)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS, ids=list(BAD_SETTINGS))
+def test_bad_setting_exits_2_before_any_request_or_job(
+    db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path, case: str
+) -> None:
+    """A real `syncrun run` with one bad setting: exit 2 with exactly the message naming it; no job row,
+    no request reached the server, and no 8-character piece of any secret in the output."""
+    source = write_source(tmp_path)
+    seed(db, source, appids=[1, 2])
+    api.route("/apps/1", app(1))
+    api.route("/apps/2", app(2))
+    changes, message = BAD_SETTINGS[case]
+    bad = {name: value.format(api=api.url, dsn=db.dsn) for name, value in changes.items()}
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(source)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, **bad},
+    )
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+    assert db.scalar("select count(*) from sync_jobs") == 0
+    assert api.requests == []
+    for secret in ("s3cr3t-token-value", "s3cr3t-tökén-value", "r3dis-pass-word"):
+        for start in range(len(secret) - 7):
+            assert secret[start : start + 8] not in result.stdout + result.stderr
+
+
+HOSTILE_FILES = {
+    "a 5000-digit number": ("limit: 200", "limit: " + "9" * 5000),
+    "a float for a size": ("max_body: 1MB", "max_body: 1.0"),
+    "JMESPath nested 5000 deep": ("records: body.data", "records: '" + "(" * 5000 + "body" + ")" * 5000 + "'"),
+    "JMESPath nested 20000 deep": ("records: body.data", "records: '" + "!" * 20000 + "body'"),
+    "YAML nested 5000 deep": ("records: body.data", "records: " + "[" * 5000),
+    "a NUL byte": ("cc: us", "cc: \x00"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_FILES, ids=list(HOSTILE_FILES))
+def test_hostile_files_exit_2_never_70(tmp_path: Path, case: str) -> None:
+    """`syncrun validate` and `syncrun run` on files that used to crash: exit 2 with located problems."""
+    old, new = HOSTILE_FILES[case]
+    path = tmp_path / "hostile.yaml"
+    path.write_text((ROOT / "sources" / "example.yaml").read_text().replace(old, new))
+    for command in ("validate", "run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", command, str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DATABASE_URL": "postgresql://u@127.0.0.1:1/x"},
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"{path}:" in result.stdout + result.stderr

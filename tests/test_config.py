@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runner import config, sourcefile, spec
@@ -214,6 +215,14 @@ def test_file_size_limit(tmp_path: Path) -> None:
     assert problems == ["1: (top): the file is larger than 1000 KB"]
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_file_is_refused_without_reading_it_all() -> None:
+    """A file that never ends (/dev/zero) is read only up to the limit: a problem, not all of memory."""
+    with pytest.raises(ConfigError) as caught:
+        config.load(Path("/dev/zero"))
+    assert [p.message for p in caught.value.problems] == ["the file is larger than 1000 KB"]
+
+
 def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     """Pathological nesting is a problem, not a RecursionError."""
     assert _problems(tmp_path, "x: " + "[" * 5000) == ["1: (top): nested more than 32 levels deep"]
@@ -260,18 +269,43 @@ def test_loading_does_not_mutate_the_document(tmp_path: Path) -> None:
 
 
 # --- fuzzing ----------------------------------------------------------------------------------------------
-_BASE = yaml.safe_load((Path(__file__).parent.parent / "sources" / "example.yaml").read_text())
+# Whatever a file holds, load ends in a Source or located problems: never another exception (which the
+# CLI turns into exit 70). Every input a fuzzer ever found is pinned with @example, so a lucky run
+# cannot hide it again; under CI the search is derandomised, so a red build is reproducible.
+_FUZZ = settings(
+    max_examples=int(os.environ.get("SYNCRUN_FUZZ_EXAMPLES", "1000")),
+    derandomize=os.environ.get("CI", "").lower() == "true",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+_BASE_TEXT = (Path(__file__).parent.parent / "sources" / "example.yaml").read_text()
+_BASE = yaml.safe_load(_BASE_TEXT)
+_DEEP = st.tuples(
+    st.sampled_from(["(", "!", "[", "{a:", "a[*].", "a||", "`[", "&", "a[?", "length("]), st.integers(1, 6000)
+).map(lambda t: t[0] * t[1])
 _SCALARS = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**40), 2**40),
-    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(10**4000), 10**4000),  # beyond bigint, up to CPython's int-string limit
+    st.floats(),  # nan and inf too
     st.text(max_size=20),
+    st.text(st.characters(codec="utf-8"), max_size=20),  # every plane, controls and odd marks included
     st.sampled_from(["30s", "0s", "1MB", "{appid}", "${env.X}", "${x.Y}", "record.[", "entity.appid", "greatest", "%"]),
+    st.sampled_from(["1e400s", "9" * 30 + "d", "9" * 30 + "MB", "http://[::1", "\n", "x" * 5000, "h\ud800"]),
+    _DEEP,
+    st.sampled_from(  # JMESPath syntax of every kind: slices once crashed the loader (their children are numbers)
+        [
+            *("body[0:1]", "body[::-1]", "body[-1]", "@", "body.*", "body[]", "{a: body}", "[body, status]"),
+            *("body | [0]", "body[?a == `1`]", "sort_by(body, &a)[:2]", "!body", "body && status || `null`"),
+            '`{"a": [1]}`',
+        ]
+    ),
 )
+_KEYS = st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none(), st.floats())
 _VALUES = st.recursive(
     _SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
     max_leaves=8,
 )
 
@@ -304,7 +338,7 @@ def _mutated(draw: st.DrawFn) -> str:
         elif action == "delete" and isinstance(parent, dict):
             del parent[path[-1]]
         elif isinstance(parent, dict):
-            parent[draw(st.text(min_size=1, max_size=10))] = draw(_VALUES)
+            parent[draw(_KEYS)] = draw(_VALUES)
     text = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
     if draw(st.booleans()):  # raw text damage too: what a careless edit does
         position = draw(st.integers(0, len(text)))
@@ -316,10 +350,7 @@ def _mutated(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.one_of(_mutated(), st.text(max_size=200)))
-def test_fuzz_every_config_is_a_spec_or_located_problems(text: str) -> None:
-    """Whatever the text, load returns a Source or raises ConfigError with `file:line: path: message` lines."""
+def _assert_spec_or_located_problems(text: str | bytes) -> None:
     problems = []
     try:
         source: spec.Source | None = config.loads(text, Path("sources/fuzz.yaml"))
@@ -329,3 +360,130 @@ def test_fuzz_every_config_is_a_spec_or_located_problems(text: str) -> None:
     for problem in problems:
         assert PROBLEM.match(problem), problem
         assert "\n" not in problem
+        assert len(problem) < 1000, problem[:200]  # a huge value is shown clipped
+
+
+def _edit(path: str, value: str) -> str:
+    """The example source's text with the value at a dotted path replaced by raw YAML text."""
+    *parents, key = path.split(".")
+    lines, indent, at = _BASE_TEXT.splitlines(), "", 0
+    for part in [*parents, key]:
+        at = next(i for i in range(at, len(lines)) if lines[i].startswith(f"{indent}{part}:"))
+        indent += "  "
+    head = lines[at].split(":")[0]
+    return "\n".join([*lines[:at], f"{head}: {value}", *lines[at + 1 :]]) + "\n"
+
+
+@_FUZZ
+@given(text=st.one_of(_mutated(), st.text(max_size=200)))
+@example(text=_edit("request.max_body", "1.0"))  # found in a fresh-clone run: ValueError from parse_size
+@example(text=_edit("entities.limit", "9" * 5000))  # CPython's int-string limit: ValueError
+@example(text=_edit("entities.limit", "-" + "9" * 5000))
+@example(text=_edit("entities.limit", "0x" + "f" * 5000))
+@example(text=_edit("entities.limit", "1" + "0" * 5000 + ".5"))
+@example(text=_edit("entities.limit", "200.0"))  # a float where a count belongs
+@example(text=_edit("retry.initial", "1" + "0" * 400))  # OverflowError: int too large for float
+@example(text=_edit("retry.initial", "1" + "0" * 400 + "d"))
+@example(text=_edit("retry.max_wait", ".inf"))
+@example(text=_edit("request.timeout", ".nan"))
+@example(text=_BASE_TEXT.replace("  attempts: 4", "  attempts: 100\n  factor: 1.0e300"))  # overflow in backoff
+@example(text=_edit("request.max_body", "9" * 5000 + "MB"))
+@example(text=_edit("records", "'" + "(" * 5000 + "a" + ")" * 5000 + "'"))  # RecursionError in jmespath
+@example(text=_edit("records", "'" + "!" * 20000 + "a'"))
+@example(text=_edit("records", "'" + "[" * 5000 + "'"))
+@example(text=_edit("records", "'" + "a[*]." * 900 + "a'"))
+@example(text=_edit("records", "'" + "||".join("a" * 1500) + "'"))
+@example(text=_edit("records", "'`" + "[" * 2000 + "`'"))  # json's recursion inside a `literal`
+@example(text=_edit("request.query", "{1: us, true: x, null: y, 1.5: z}"))  # keys that are not text
+@example(text=_edit("name", '"\\u202e\\u0000\\ud800"'))  # odd unicode: bidi override, NUL, lone surrogate
+@example(text=_edit("description", "x" * 900_000))
+@example(text=_edit("request.url", '"http://h/\\ud800/{appid}"'))
+@example(text=_edit("records", "body.data[0:1]"))  # found: AttributeError, a slice's children are numbers
+@example(
+    text=_edit("outcomes", "[{when: 'body[::2] == `[]`', outcome: skip}]")
+)  # found: UnicodeEncodeError parsing the URL
+def test_fuzz_every_config_is_a_spec_or_located_problems(text: str) -> None:
+    """Whatever the text, load returns a Source or raises ConfigError with `file:line: path: message` lines."""
+    _assert_spec_or_located_problems(text)
+
+
+_DAMAGE = st.sampled_from(
+    [
+        b"\n",
+        b"\r\n",
+        b"\t",
+        b"\x00",
+        b"\xff\xfe",
+        b"\xc3",  # a cut UTF-8 sequence
+        "\u202e".encode(),
+        b": ",
+        b"- ",
+        b"{",
+        b"[",
+        b"'",
+        b'"',
+        b"`",
+        b"&a ",
+        b"*a",
+        b"!!binary ",
+        b"!!python/object ",
+        b"? ",
+        b"|",
+        b"%YAML 1.1\n---\n",
+        b"---\n",
+        b"9" * 5000,
+        b"1e400",
+        b".nan",
+        b"-.inf",
+        b"1.0",
+        b"0x" + b"f" * 40,
+        b"(" * 3000,
+        b"[" * 100,
+        b'"\\ud800"',  # a lone surrogate, by escape
+        b"${env.X",
+        b"${secret.Y}",
+        b"{appid}",
+    ]
+)
+
+
+@st.composite
+def _damaged_bytes(draw: st.DrawFn) -> bytes:
+    """The example source's bytes with a few byte-level edits: flips, inserts, deletions, repeats."""
+    data = bytearray(_BASE_TEXT.encode())
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["flip", "insert", "random", "delete", "repeat"]))
+        if action == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif action == "insert":
+            data[at:at] = draw(_DAMAGE)
+        elif action == "random":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif action == "delete":
+            del data[at : at + draw(st.integers(1, 40))]
+        else:
+            span = data[at : at + draw(st.integers(1, 40))]
+            data[at:at] = span * draw(st.integers(1, 50))
+    return bytes(data)
+
+
+@_FUZZ
+@given(data=_damaged_bytes())
+@example(data=_BASE_TEXT.encode().replace(b"max_body: 1MB", b"max_body: 1.0"))
+@example(data=_BASE_TEXT.encode().replace(b"limit: 200", b"limit: " + b"9" * 5000))
+@example(data=_BASE_TEXT.encode().replace(b"records: body.data", b"records: " + b"(" * 3000))
+@example(data=_BASE_TEXT.encode().replace(b"cc: us", b"cc: \xff\xfe"))
+@example(data=_BASE_TEXT.encode().replace(b"name: example", b"name: \x00"))
+@example(data=b")# yaml-language-server:" * 30 + _BASE_TEXT.encode())  # found: a 700-character key, printed whole
+def test_fuzz_damaged_bytes_are_a_spec_or_located_problems(data: bytes) -> None:
+    """Byte-level damage (not only well-formed YAML): still a Source or located problems, never a crash."""
+    _assert_spec_or_located_problems(data)
+
+
+def test_fuzz_examples_edit_what_they_say() -> None:
+    """The pinned examples really change the value they name (a moved key would make them vacuous)."""
+    assert "max_body: 1.0\n" in _edit("request.max_body", "1.0")
+    assert f"  limit: {'9' * 5000}\n" in _edit("entities.limit", "9" * 5000)
+    assert "records: 'x'\n" in _edit("records", "'x'")
+    assert "  initial: 5s\n" in _edit("retry.initial", "5s")

@@ -1,0 +1,143 @@
+"""What a run reads from the environment, checked at run start, before any job row or request.
+
+Every `${env.X}`/`${secret.X}` value, each source's request URL and headers with those values filled
+in, DATABASE_URL and SYNCRUN_REDIS_URL. A bad value is a SettingError (exit 2) that names the
+variable, says what is wrong and how to fix it, and never quotes the value (it may be a secret).
+
+The rules, and why each would otherwise fail every request of the run:
+- no control characters (CR/LF, tab, NUL, DEL, C1) and no leading or trailing whitespace in any value:
+  a trailing newline is the classic mistake of a secret pasted into CI.
+- a setting sent in a header is ASCII: httpx encodes header values as ASCII (RFC 9110 treats other
+  bytes as obsolete), so a pasted typographic quote or non-breaking space cannot be sent.
+- the request URL, rendered with a placeholder for each entity value, is http(s) with a host, a port
+  in 1–65535 and balanced IPv6 brackets, and httpx can parse it.
+- DATABASE_URL is a connection string psycopg can read, with ports in 1–65535; SYNCRUN_REDIS_URL (when
+  set) is a redis://, rediss:// or unix:// URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from runner import spec, templating
+from runner.errors import SettingError
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_PLACEHOLDER = "0"  # stands in for every entity value: the URL's structure must not depend on them
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """DATABASE_URL and SYNCRUN_REDIS_URL, when set; SettingError listing every problem."""
+    problems = [
+        problem
+        for problem in (
+            _dsn_problem(environ.get("DATABASE_URL", "")),
+            _redis_problem(environ.get("SYNCRUN_REDIS_URL", "")),
+        )
+        if problem
+    ]
+    _raise(problems)
+
+
+def check_settings(sources: Sequence[spec.Source], settings: templating.Settings) -> None:
+    """Each resolved setting value, then each source's request URL and headers with the values filled
+    in; SettingError listing every problem."""
+    used = {(s.kind, s.name): s for source in sources for s in source.settings}
+    bad = {key: problem for key, s in used.items() if (problem := value_problem(_label(s), settings.values[key]))}
+    problems = list(dict.fromkeys(bad.values()))  # ${env.X} and ${secret.X} read one variable
+    for source in sources:
+        if not any((s.kind, s.name) in bad for s in source.settings):
+            problems += _request_problems(source, settings)
+    _raise(problems)
+
+
+def value_problem(label: str, value: str, *, secret: bool | None = None) -> str | None:
+    """What makes one setting value unusable anywhere, in words that never quote it."""
+    kind = "secrets" if (label.startswith("secret ") if secret is None else secret) else "variables"
+    if value.endswith(("\n", "\r")):
+        return f"{label} ends with a line break — a common copy-paste mistake in CI {kind}; remove it"
+    if reason := templating.not_utf8(value):
+        return f"{label} {reason}"
+    if (char := _control(value)) is not None:
+        return f"{label} contains a control character ({_code(char)}) — a setting is one line of text; remove it"
+    if value != value.strip():
+        return f"{label} starts or ends with whitespace — a common copy-paste mistake in CI {kind}; remove it"
+    return None
+
+
+def _request_problems(source: spec.Source, settings: templating.Settings) -> list[str]:
+    problems = []
+    request = source.request
+    if request.url.settings:
+        placeholders = dict.fromkeys(request.url.columns, _PLACEHOLDER)
+        if reason := templating.url_problem(templating.render(request.url, placeholders, settings, url=True)):
+            names = ", ".join(dict.fromkeys(_label(s) for s in request.url.settings))
+            verb = "makes" if len(request.url.settings) == 1 else "make"
+            problems.append(f"{names} {verb} the request URL of source '{source.name}' unusable: {reason}")
+    for header, template in request.headers:
+        for setting in template.settings:
+            value = settings.values[(setting.kind, setting.name)]
+            if (char := next((c for c in value if not c.isascii()), None)) is not None:
+                problems.append(
+                    f"{_label(setting)} is sent in header {header} of source '{source.name}' but contains"
+                    f" a non-ASCII character ({_code(char)}): HTTP header values must be ASCII — retype it"
+                    " (a pasted typographic quote or non-breaking space?), or encode it as the API expects"
+                )
+    return problems
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    if not dsn:
+        return None  # unset or empty: the embedded PostgreSQL
+    if problem := value_problem("DATABASE_URL", dsn, secret=True):
+        return problem
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as error:
+        return (
+            f"DATABASE_URL is not a connection string PostgreSQL can read ({_unquoted(error)}) — write"
+            " postgresql://user:password@host:5432/dbname, percent-encoding special characters in the password"
+        )
+    for port in str(info.get("port") or "").split(","):
+        if port and not templating.valid_port(port):
+            return f"DATABASE_URL has {templating.port_words(port)}"
+    return None
+
+
+def _redis_problem(url: str) -> str | None:
+    if not url:
+        return None
+    if problem := value_problem("SYNCRUN_REDIS_URL", url, secret=True):
+        return problem
+    if reason := templating.uri_problem(url, _REDIS_SCHEMES):
+        return f"SYNCRUN_REDIS_URL is not a usable Redis URL: {reason} (e.g. redis://host:6379/0)"
+    return None
+
+
+def _label(setting: spec.Setting) -> str:
+    return f"{'secret' if setting.secret else 'setting'} {setting.name}"
+
+
+def _control(text: str) -> str | None:
+    return next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)
+
+
+def _code(char: str) -> str:
+    return f"U+{ord(char):04X}"
+
+
+def _unquoted(error: Exception) -> str:
+    """psycopg's reason without its quotes, which can hold parts of the password."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return re.sub(r'"[^"]*"', lambda m: m[0] if len(m[0]) <= 5 else '"…"', first).rstrip(".:")
+
+
+def _raise(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise SettingError(problems[0])
+    if problems:
+        raise SettingError(f"{len(problems)} setting problems:\n  " + "\n  ".join(problems))

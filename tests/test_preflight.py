@@ -1,0 +1,228 @@
+"""preflight: settings checked at run start — the exact text of each error, and never a secret in it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runner import config, preflight, spec, templating
+from runner.errors import SettingError
+
+TOKEN = "s3cr3t-token-value"
+SOURCE = """\
+name: alpha
+entities: {columns: {appid: int}}
+request:
+  url: "${env.API_URL}/apps/{appid}"
+  query: {key: "${secret.QUERY_KEY:-k}"}
+  headers: {Authorization: "Bearer ${secret.API_TOKEN}"}
+rate_limit: {requests: 1, per: 1s}
+writes:
+  - {table: apps, key: [appid], columns: {appid: entity.appid}}
+"""
+FINE = {"API_URL": "http://127.0.0.1:8080/api", "API_TOKEN": TOKEN}
+
+
+def _source(tmp_path: Path, text: str = SOURCE) -> spec.Source:
+    (tmp_path / "alpha.yaml").write_text(textwrap.dedent(text))
+    return config.load(tmp_path / "alpha.yaml")
+
+
+def _check(tmp_path: Path, **environ: str) -> str | None:
+    """The SettingError's text for these variables (over FINE), or None when they pass."""
+    source = _source(tmp_path)
+    try:
+        settings = templating.resolve(source.settings, {**FINE, **environ})
+        preflight.check_settings([source], settings)
+    except SettingError as error:
+        return str(error)
+    return None
+
+
+def assert_no_fragment(text: str, secret: str) -> None:
+    """No 8-character piece of the secret (the whole of a shorter one) appears in `text`."""
+    size = min(8, len(secret.strip()))
+    for start in range(len(secret) - size + 1):
+        assert secret[start : start + size] not in text, f"{secret[start : start + size]!r} leaked"
+
+
+def test_good_settings_pass(tmp_path: Path) -> None:
+    """A base URL with a port and path, an ASCII token: nothing to say."""
+    assert _check(tmp_path) is None
+    assert _check(tmp_path, API_URL="https://[::1]:8443", API_TOKEN="a b") is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"API_TOKEN": TOKEN + "\n"},
+            "secret API_TOKEN ends with a line break — a common copy-paste mistake in CI secrets; remove it",
+        ),
+        (
+            {"API_TOKEN": TOKEN + "\r\n"},
+            "secret API_TOKEN ends with a line break — a common copy-paste mistake in CI secrets; remove it",
+        ),
+        (
+            {"API_URL": "http://127.0.0.1:8080\r\n"},
+            "setting API_URL ends with a line break — a common copy-paste mistake in CI variables; remove it",
+        ),
+        (
+            {"API_TOKEN": "s3cr3t\x00token-value"},
+            "secret API_TOKEN contains a control character (U+0000) — a setting is one line of text; remove it",
+        ),
+        (
+            {"API_TOKEN": "s3cr3t\ttoken-value"},
+            "secret API_TOKEN contains a control character (U+0009) — a setting is one line of text; remove it",
+        ),
+        (
+            {"API_TOKEN": " " + TOKEN},
+            "secret API_TOKEN starts or ends with whitespace — a common copy-paste mistake in CI secrets; remove it",
+        ),
+        (
+            {"API_TOKEN": "s3cr3t-tökén-value"},
+            "secret API_TOKEN is sent in header Authorization of source 'alpha' but contains a non-ASCII character"
+            " (U+00F6): HTTP header values must be ASCII — retype it (a pasted typographic quote or non-breaking"
+            " space?), or encode it as the API expects",
+        ),
+        (
+            {"API_TOKEN": "s3cr3t-\udcff-value"},  # the byte 0xff in the environment, as Python reads it
+            "secret API_TOKEN is not valid UTF-8 text — set it again as UTF-8",
+        ),
+        (
+            {"API_URL": "http://127.0.0.1:\u00b2"},  # a digit to str.isdigit, not to int()
+            "setting API_URL makes the request URL of source 'alpha' unusable: it has a port that is not a number"
+            " from 1 to 65535",
+        ),
+        (
+            {"API_URL": "http://[::1"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: the host has an unbalanced '[' or ']'"
+            " (an IPv6 host is written like http://[::1]:8080/)",
+        ),
+        (
+            {"API_URL": "http://127.0.0.1:99999"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: it has port 99999 out of range"
+            " (1–65535)",
+        ),
+        (
+            {"API_URL": "http://127.0.0.1:80x"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: it has a port that is not a number"
+            " from 1 to 65535",
+        ),
+        (
+            {"API_URL": "api.example.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: it must start with http:// or https://",
+        ),
+        (
+            {"API_URL": "http://"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: it has no host (write http://host/…)",
+        ),
+        (
+            {"API_URL": "http://exa\u200bmple.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: httpx cannot parse it"
+            " (Invalid IDNA hostname)",
+        ),
+    ],
+)
+def test_bad_setting_texts(tmp_path: Path, environ: dict[str, str], message: str) -> None:
+    """Each bad value: the setting's name, what is wrong and what to do — exactly this text."""
+    assert _check(tmp_path, **environ) == message
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    """Several bad settings are reported together; a bad value is not reported twice (as a URL too)."""
+    assert _check(tmp_path, API_URL="http://h\n", API_TOKEN=TOKEN + "\n", QUERY_KEY="k\x7f") == (
+        "3 setting problems:\n"
+        "  setting API_URL ends with a line break — a common copy-paste mistake in CI variables; remove it\n"
+        "  secret QUERY_KEY contains a control character (U+007F) — a setting is one line of text; remove it\n"
+        "  secret API_TOKEN ends with a line break — a common copy-paste mistake in CI secrets; remove it"
+    )
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "s3cr3t-token-value\n",
+        "http://user:hunter2-Zq9xW7v@[::1/",
+        "http://user:hunter2-Zq9xW7v@host:123456789/",
+        "p@ssw0rd-é-1234567",
+        "tab\tinside-the-secret",
+        "\u200bzero-width-secret",
+    ],
+)
+def test_no_message_quotes_a_secret(tmp_path: Path, secret: str) -> None:
+    """Whatever is wrong with a secret, no 8-character piece of it reaches the message."""
+    text = """\
+    name: alpha
+    entities: {columns: {appid: int}}
+    request:
+      url: "${secret.API_URL}/apps/{appid}"
+      headers: {Authorization: "${secret.API_TOKEN}"}
+    rate_limit: {requests: 1, per: 1s}
+    writes:
+      - {table: apps, key: [appid], columns: {appid: entity.appid}}
+    """
+    source = _source(tmp_path, text)
+    messages = []
+    for environ in ({"API_URL": secret, "API_TOKEN": "t"}, {"API_URL": "http://h", "API_TOKEN": secret}):
+        try:  # each is wrong as a URL; some are fine as a header value
+            preflight.check_settings([source], templating.resolve(source.settings, environ))
+        except SettingError as error:
+            messages.append(str(error))
+    assert messages
+    for message in messages:
+        assert_no_fragment(message, secret)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"DATABASE_URL": "postgresql://u:hunter2-Zq9xW7v@db.example/app\n"},
+            "DATABASE_URL ends with a line break — a common copy-paste mistake in CI secrets; remove it",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://u:hunter2-Zq9xW7v@db.example:99999/app"},
+            "DATABASE_URL has port 99999 out of range (1–65535)",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://u:hunter2-Zq9xW7v@[::1/app"},
+            "DATABASE_URL is not a connection string PostgreSQL can read (end of string reached when looking for"
+            ' matching "]" in IPv6 host address in URI: "…") — write postgresql://user:password@host:5432/dbname,'
+            " percent-encoding special characters in the password",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://u:hunter2 Zq9xW7v@db.example/app"},
+            'DATABASE_URL is not a connection string PostgreSQL can read (unexpected spaces found in "…", use'
+            " percent-encoded spaces (%20) instead) — write postgresql://user:password@host:5432/dbname,"
+            " percent-encoding special characters in the password",
+        ),
+        (
+            {"SYNCRUN_REDIS_URL": "redis://:hunter2-Zq9xW7v@[::1:6379/0"},
+            "SYNCRUN_REDIS_URL is not a usable Redis URL: the host has an unbalanced '[' or ']' (an IPv6 host is"
+            " written like http://[::1]:8080/) (e.g. redis://host:6379/0)",
+        ),
+        (
+            {"SYNCRUN_REDIS_URL": "http://redis.example:6379"},
+            "SYNCRUN_REDIS_URL is not a usable Redis URL: it must start with redis:// or rediss:// or unix://"
+            " (e.g. redis://host:6379/0)",
+        ),
+    ],
+)
+def test_bad_connection_urls(environ: dict[str, str], message: str) -> None:
+    """DATABASE_URL and SYNCRUN_REDIS_URL: named, what is wrong, never the password."""
+    with pytest.raises(SettingError) as caught:
+        preflight.check_environment(environ)
+    assert str(caught.value) == message
+    assert_no_fragment(str(caught.value), "hunter2-Zq9xW7v")
+
+
+def test_good_connection_urls_pass() -> None:
+    """Unset, empty, key=value and multi-host forms are fine."""
+    preflight.check_environment({})
+    preflight.check_environment({"DATABASE_URL": "", "SYNCRUN_REDIS_URL": ""})
+    preflight.check_environment({"DATABASE_URL": "host=db.example port=5432 dbname=app password='a b'"})
+    preflight.check_environment({"DATABASE_URL": "postgresql://u@h1:5432,h2:5433/app"})
+    preflight.check_environment({"SYNCRUN_REDIS_URL": "rediss://:pw@[::1]:6380/1"})
