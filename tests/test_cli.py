@@ -243,3 +243,46 @@ def test_hostile_files_exit_2_never_70(tmp_path: Path, case: str) -> None:
         assert result.returncode == 2, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
         assert f"{path}:" in result.stdout + result.stderr
+
+
+CATALOGUE = """\
+name: catalogue
+entities: {type: list}
+request: {url: "${env.API_URL}/catalogue"}
+pagination: {type: page, param: page, start: 0}
+rate_limit: {requests: 1, per: 60s, burst: 1, bucket: catalogue}
+status: false
+records: body.items
+writes:
+  - table: apps
+    key: [appid]
+    columns: {appid: record.appid, name: record.name}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_catalogue_waiting_for_its_next_grant_stops_within_the_grace_period(
+    db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path, signum: signal.Signals
+) -> None:
+    """1 request per 60 s: page 0 is written, page 1 waits for its grant. A signal stops the wait after
+    the grace period (it used to wait the whole minute): exit 130/143, job `cancelled`, page 0 kept."""
+    source = tmp_path / "catalogue.yaml"
+    source.write_text(CATALOGUE)
+    (tmp_path / "syncrun.yaml").write_text("status: {table: sync_status, key: appid}\n")
+    assert (
+        subprocess.run([sys.executable, "-m", "runner", "migrate", str(source)], env={**os.environ, **env}).returncode
+        == 0
+    )
+    db.run("create table apps (appid int primary key, name text)")
+    api.route("/catalogue", lambda r: Reply(200, json={"items": [{"appid": int(r.query["page"]) + 1, "name": "x"}]}))
+    process = start(["run", str(source), "--grace", "1"], env)
+    wait_for(lambda: db.scalar("select count(*) from apps") == 1, timeout=20)
+    time.sleep(0.3)  # waiting for page 1's grant now
+    signalled = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - signalled < 10  # the grace period (1 s) plus shutdown, not the minute
+    assert process.returncode == 128 + signum, err
+    assert db.rows("select status from sync_jobs") == [("cancelled",)]
+    assert len(api.requests) == 1
