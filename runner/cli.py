@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import socket
 import sys
@@ -56,18 +57,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(parsed.handler(parsed, os.environ))
     except ConfigError as error:
-        print(error, file=sys.stderr)
+        print(logs.redactor()(str(error)), file=sys.stderr)
         print(f"{len(error.problems)} problem(s) found", file=sys.stderr)
         return error.exit_code
     except SyncrunError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(logs.redactor()(f"error: {error}"), file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception:
-        traceback.print_exc()
+        # a bug's traceback can quote anything it was handling, a token included
+        print(logs.redactor()(traceback.format_exc()), end="", file=sys.stderr)
         print("syncrun hit an internal error (a bug): please report it with the traceback above", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+_LONGEST = 10 * 365 * 86400.0  # any longer wait is a typo, and the event loop cannot schedule 1e300 s
+
+
+def _seconds(text: str) -> float:
+    """A duration option: a finite number of seconds above 0 (argparse turns the error into exit 2)."""
+    value = _seconds_or_zero(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= _LONGEST:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to {_LONGEST:.0f}, got {text!r}")
+    return value
+
+
+def _factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most 1000000, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A count option: a whole number from 1 (argparse turns the error into exit 2)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 12 or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 999999999999, got {text!r}")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,40 +132,44 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run one or more sources (also: syncrun SOURCE.yaml)")
     run.add_argument("sources", nargs="+", type=Path)
-    run.add_argument("--limit", type=int, help="entities per run (default: the source's entities.limit)")
-    run.add_argument("--batch-size", type=int, dest="batch_size", help="alias of --limit (as the seed's BATCH_SIZE)")
+    run.add_argument("--limit", type=_count, help="entities per run (default: the source's entities.limit)")
+    run.add_argument("--batch-size", type=_count, dest="batch_size", help="alias of --limit (as the seed's BATCH_SIZE)")
     run.add_argument("--ids", help="comma-separated entity keys to run instead of the selection")
     run.add_argument("--dry-run", action="store_true", help="fetch, classify and map; print; write nothing")
-    run.add_argument("--max-runtime", type=float, metavar="SECONDS", help="stop taking entities after this long")
+    run.add_argument("--max-runtime", type=_seconds, metavar="SECONDS", help="stop taking entities after this long")
     run.add_argument(
-        "--grace", type=float, default=5.0, metavar="SECONDS", help="time in-flight entities get after a stop"
+        "--grace",
+        type=_seconds_or_zero,
+        default=5.0,
+        metavar="SECONDS",
+        help="time in-flight entities get after a stop",
     )
     run.add_argument("--partition", help="static shard i/n of the selection (e.g. 0/4)")
     run.add_argument(
         "--lease",
-        type=float,
+        type=_seconds,
         default=600.0,
         metavar="SECONDS",
         help="how long a claim on an entity lives without a heartbeat (a crashed runner's entities free up after it)",
     )
     run.add_argument(
-        "--heartbeat", type=float, default=5.0, metavar="SECONDS", help="job heartbeat and claim renewal interval"
+        "--heartbeat", type=_seconds, default=5.0, metavar="SECONDS", help="job heartbeat and claim renewal interval"
     )
     run.add_argument("--restart", action="store_true", help="list-shaped sources: ignore the saved cursor, start over")
     run.add_argument("--record", type=Path, metavar="DIR", help="save the run's HTTP exchanges (secrets masked) to DIR")
     run.add_argument("--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network")
     run.add_argument(
         "--rate-scale",
-        type=float,
+        type=_factor,
         default=1.0,
         metavar="K",
         help="with --replay: run the rate limiter and every wait K times faster (recorded in the job row)",
     )
     run.add_argument("--log-format", choices=("text", "json"), default="text")
-    run.add_argument("--progress-every", type=int, default=100, metavar="N")
+    run.add_argument("--progress-every", type=_count, default=100, metavar="N")
     run.add_argument(
         "--stale-after",
-        type=float,
+        type=_seconds,
         default=300.0,
         metavar="SECONDS",
         help="reap running jobs without a heartbeat for this long",
@@ -459,7 +503,7 @@ def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     status = commands.add_parser("status", help="per source: due, never synced, backing off, failing; last runs")
     status.add_argument("sources", nargs="*", type=Path, help="source files (default: sources/*.yaml)")
     status.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    status.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to show")
+    status.add_argument("--runs", type=_count, default=5, metavar="N", help="how many recent runs to show")
     status.set_defaults(handler=_status)
 
     flow = commands.add_parser("workflow", help="print a scheduled GitHub Actions workflow for a source")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from runner.ratelimit import Limiter
 
 __all__ = ["Page", "Reply", "build_request", "describe", "entity", "pages"]
 
+_HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")  # what a header value may carry (RFC 9110 field-vchar, SP, HTAB)
 _PLACEHOLDER = "0"  # stands in for every entity value when checking the URL's structure
 
 
@@ -40,6 +42,10 @@ def build_request(
     for name, value in headers:
         if "\r" in value or "\n" in value:
             raise FetchError(f"header {name} would contain a line break (from an entity value); not sent")
+        if not _HEADER_TEXT.fullmatch(value):  # settings were checked at run start: an entity value did this
+            raise FetchError(
+                f"header {name} would contain a non-ASCII or control character (from an entity value); not sent"
+            )
     return client.build_request(request.method, url, params=params or None, headers=headers)
 
 

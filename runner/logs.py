@@ -15,6 +15,7 @@ from typing import Any
 from runner.redaction import Redactor
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_configured: list[Redactor] = [Redactor()]  # see redactor()
 _OURS = "_syncrun_redacting"  # marks the root handler `configure` adds, so a second call replaces it
 
 
@@ -77,8 +78,15 @@ class _Json(logging.Formatter):
         return json.dumps(document, default=str)
 
 
+def redactor() -> Redactor:
+    """The redactor of the last `configure` (an empty one before): the command line's last words (a
+    run failure, an internal error's traceback) go through it as the log does."""
+    return _configured[0]
+
+
 def configure(fmt: str, redact: Redactor, *, level: int = logging.INFO) -> None:
     """Send syncrun's log to stderr in `fmt` ("text", "json" or "github"), redacting every record."""
+    _configured[0] = redact
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter({"json": _Json, "github": _GitHub}.get(fmt, _Text)())
     handler.addFilter(_Redacting(redact))

@@ -286,3 +286,34 @@ def test_a_catalogue_waiting_for_its_next_grant_stops_within_the_grace_period(
     assert process.returncode == 128 + signum, err
     assert db.rows("select status from sync_jobs") == [("cancelled",)]
     assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--grace", "nan"),
+        ("--grace", "-1"),
+        ("--heartbeat", "0"),
+        ("--heartbeat", "inf"),
+        ("--lease", "1e400"),
+        ("--max-runtime", "-5"),
+        ("--stale-after", "soon"),
+        ("--rate-scale", "0"),
+        ("--rate-scale", "nan"),
+        ("--limit", "0"),
+        ("--limit", "1" * 5000),
+        ("--batch-size", "-3"),
+        ("--progress-every", "1.5"),
+    ],
+)
+def test_bad_option_values_exit_2_naming_the_option(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN, infinities, negatives and zero used to pass argparse's float/int and fail later (or wait
+    forever): they exit 2 at once, naming the option."""
+    from runner import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "sources/example.yaml", option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: expected" in capsys.readouterr().err

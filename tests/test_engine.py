@@ -348,7 +348,7 @@ def test_job_rows_end_even_when_a_heartbeat_is_in_flight(
 
 
 def test_a_bug_while_fetching_ends_the_run_with_exact_counters(
-    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An unexpected exception in one fetcher (a bug) used to leave the producer waiting forever: the
     process never exited and the job said 0/0/0/0. Now the run stops, writes what it fetched, ends
@@ -361,7 +361,7 @@ def test_a_bug_while_fetching_ends_the_run_with_exact_counters(
 
     async def buggy(*args: Any, **kwargs: Any) -> Any:  # every fetcher meets it: the producer is left alone
         if args[2]["appid"] > 4:
-            raise RuntimeError("a bug")
+            raise RuntimeError("a bug near s3cr3t-token-value")
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(fetch, "entity", buggy)
@@ -371,3 +371,7 @@ def test_a_bug_while_fetching_ends_the_run_with_exact_counters(
     assert "a bug" in message
     assert succeeded == env.scalar("select count(*) from sync_status where last_alpha_sync is not null")
     assert succeeded == env.scalar("select count(*) from apps")
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "a bug near ***" in err
+    assert "s3cr3t-t" not in err

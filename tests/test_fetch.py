@@ -109,6 +109,15 @@ def test_line_breaks_in_headers_are_refused() -> None:
         build(source, {"appid": "1\r\nX-Admin: yes"})
 
 
+@pytest.mark.parametrize("value", ["é", "caf\u00e9", "\x00", "a\x7fb", "\ud800", "💥"])
+def test_non_ascii_or_control_characters_in_headers_are_the_entitys_error(value: str) -> None:
+    """A text key with a non-ASCII or control character in a header template used to escape as
+    UnicodeEncodeError (exit 70); it is that entity's error now, and nothing is sent."""
+    source = make_source("http://api.test/x", headers={"X-App": "{appid}"})
+    with pytest.raises(FetchError, match="header X-App would contain a non-ASCII or control character"):
+        build(source, {"appid": value})
+
+
 def test_a_column_in_the_host_is_refused() -> None:
     """The structure check: a value that would choose the host is refused, URL redacted."""
     source = make_source("http://{appid}.api.test/x?key=${secret.KEY}")
