@@ -386,7 +386,9 @@ def _transports(
         def recording(source: spec.Source) -> httpx.AsyncBaseTransport:
             limits = httpx.Limits(max_connections=source.concurrency)
             inner = httpx.AsyncHTTPTransport(verify=source.request.verify_tls, limits=limits)
-            return recorders.setdefault(source.name, replay.RecordingTransport(inner, settings.redact))
+            return recorders.setdefault(
+                source.name, replay.RecordingTransport(inner, settings.redact, max_body=source.request.max_body)
+            )
 
         return recording, recorders
     return None, recorders

@@ -174,7 +174,7 @@ async def _attempt(
             try:
                 if response.status_code in policy.statuses:
                     raise _transient_status(response, policy, limiter, url, await _excerpt(response))
-                raw = await _read(response, max_body, url)
+                raw = await read_body(response, max_body, url)
             finally:
                 await response.aclose()
     except TimeoutError:
@@ -245,7 +245,7 @@ async def _excerpt(response: httpx.Response) -> bytes:
     return bytes(excerpt)
 
 
-async def _read(response: httpx.Response, max_body: int, url: str) -> bytes:
+async def read_body(response: httpx.Response, max_body: int, url: str) -> bytes:
     """The whole decoded body, abandoned (not buffered) as soon as the bytes on the wire or the decoded
     bytes would exceed `max_body`. The raw stream is decoded here, in steps of at most _STEP bytes with
     a yield to the loop between them, so a compression bomb costs at most `max_body` of memory and work."""

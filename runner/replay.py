@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
+from runner import client
 from runner.redaction import Redactor
 
 CASSETTE = "cassette.yaml"
@@ -70,14 +71,16 @@ class ReplayTransport(httpx.AsyncBaseTransport):
 class RecordingTransport(httpx.AsyncBaseTransport):
     """Passes requests to `inner` and keeps every exchange (secrets masked) for `save`."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, redact: Redactor) -> None:
-        self._inner, self._redact = inner, redact
+    def __init__(self, inner: httpx.AsyncBaseTransport, redact: Redactor, *, max_body: int) -> None:
+        self._inner, self._redact, self._max_body = inner, redact, max_body
         self.interactions: list[dict[str, Any]] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
-        content = await response.aread()  # recorded whole: a recording is for debugging, not bulk runs
-        await response.aclose()
+        try:  # decoded by the client's own bounded reader: a bomb costs no more when recording
+            content = await client.read_body(response, self._max_body, self._redact(str(request.url)))
+        finally:
+            await response.aclose()
         self.interactions.append(
             {
                 "request": {
@@ -97,7 +100,10 @@ class RecordingTransport(httpx.AsyncBaseTransport):
                 },
             }
         )
-        return httpx.Response(response.status_code, headers=response.headers, content=content, request=request)
+        # The body is decoded now: its Content-Encoding (and the length on the wire) no longer describe it.
+        drop = (b"content-encoding", b"content-length")
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in drop]
+        return httpx.Response(response.status_code, headers=headers, content=content, request=request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import resource
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -45,6 +47,32 @@ def test_record_then_replay_gives_the_same_rows(
     assert db.rows("select items_succeeded, items_skipped, requests_made from sync_jobs") == [(2, 1, 4)]
 
 
+def test_recording_gzip_answers_and_bombs(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--record used to decode a body, then hand it on still labelled gzip (every gzip answer failed),
+    and read it without bound. Now a gzip answer records and replays; a bomb is that entity's error,
+    in bounded memory, as without --record."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    source = write_source(tmp_path)
+    seed(db, source, appids=[1, 2])
+    api.route("/apps/1", Reply(200, body=gzip.compress(b'{"name": "App 1", "price": 10}'), headers=GZIP))
+    api.route("/apps/2", Reply(200, body=gzip.compress(b"[" + b" " * 200_000_000 + b"]"), headers=GZIP))
+    recorded = tmp_path / "recorded"
+    assert cli.main(["run", str(source), "--record", str(recorded)]) == 0
+    assert db.rows("select appid, name from apps") == [(1, "App 1")]
+    (error,) = db.rows("select last_error from syncrun_state where entity_key = '2'")[0]
+    assert "max_body" in error
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 1_000_000  # KiB: the bomb was not inflated
+    db.run("truncate apps, syncrun_state, sync_jobs; update sync_status set last_alpha_sync = null")
+    assert cli.main(["run", str(source), "--replay", str(recorded), "--ids", "1"]) == 0
+    assert db.rows("select appid, name from apps") == [(1, "App 1")]
+
+
+GZIP = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+
+
 def test_a_request_without_a_recording_is_a_connection_error(tmp_path: Path) -> None:
     """An unrecorded request fails like an unreachable server, naming the request (masked)."""
     (tmp_path / CASSETTE).write_text("interactions: []\nversion: 1\n")
@@ -64,7 +92,7 @@ def test_recording_masks_secrets_in_uri_and_body(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"echo": "k3y-value"})
 
-    recorder = RecordingTransport(httpx.MockTransport(handler), Redactor(["k3y-value"]))
+    recorder = RecordingTransport(httpx.MockTransport(handler), Redactor(["k3y-value"]), max_body=10_000_000)
 
     async def get() -> None:
         async with httpx.AsyncClient(transport=recorder) as client:
@@ -93,7 +121,7 @@ def test_a_cassette_holds_no_piece_of_a_secret_in_any_form(tmp_path: Path) -> No
             extensions={"reason_phrase": b"Bad " + HOSTILE[:12].encode()},
         )
 
-    recorder = RecordingTransport(httpx.MockTransport(handler), Redactor([HOSTILE]))
+    recorder = RecordingTransport(httpx.MockTransport(handler), Redactor([HOSTILE]), max_body=10_000_000)
 
     async def get(transport: httpx.AsyncBaseTransport) -> httpx.Response:
         async with httpx.AsyncClient(transport=transport) as client:
