@@ -131,9 +131,12 @@ def _code(char: str) -> str:
 
 
 def _unquoted(error: Exception) -> str:
-    """psycopg's reason without its quotes, which can hold parts of the password."""
+    """psycopg's reason without what it quotes, which can hold the password: everything from the first
+    quote to the last goes (a password can hold quotes itself, so quoted pieces cannot be told apart),
+    except the one-character pieces psycopg names as syntax (`missing matching "]"`)."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r'"[^"]*"', lambda m: m[0] if len(m[0]) <= 5 else '"…"', first).rstrip(".:")
+    first = re.sub(r'"([\]\[@:/])"', "\x00\\1\x00", first)
+    return re.sub(r'".*"', '"…"', first).replace("\x00", '"').rstrip(".:")
 
 
 def _raise(problems: list[str]) -> None:

@@ -199,6 +199,12 @@ def test_no_message_quotes_a_secret(tmp_path: Path, secret: str) -> None:
             " percent-encoded spaces (%20) instead) — write postgresql://user:password@host:5432/dbname,"
             " percent-encoding special characters in the password",
         ),
+        (  # a password with a quote of its own: psycopg's quoted piece ends inside it ("dbp\ "Jr")
+            {"DATABASE_URL": 'postgresql://u:dbp\\ "Jr/+~ é@x-2b6d8f0a4c@db.example/app'},
+            'DATABASE_URL is not a connection string PostgreSQL can read (unexpected spaces found in "…", use'
+            " percent-encoded spaces (%20) instead) — write postgresql://user:password@host:5432/dbname,"
+            " percent-encoding special characters in the password",
+        ),
         (
             {"SYNCRUN_REDIS_URL": "redis://:hunter2-Zq9xW7v@[::1:6379/0"},
             "SYNCRUN_REDIS_URL is not a usable Redis URL: the host has an unbalanced '[' or ']' (an IPv6 host is"

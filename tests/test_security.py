@@ -298,7 +298,7 @@ def test_planted_hostile_secrets_never_leak_in_any_form(cluster: faultlib.Cluste
         wrong_db = syncrun("status", src, code=1, DATABASE_URL=dsn.replace("/sec_planted", "/no_such_database"))
         assert "***" in wrong_db.stderr
         raw_dsn = f"postgresql://{role}:{DB_SECRET}@127.0.0.1:{cluster.port}/sec_planted"  # not percent-encoded
-        unencoded = syncrun("run", src, "--ids", "ok1", code=1, DATABASE_URL=raw_dsn)
+        unencoded = syncrun("run", src, "--ids", "ok1", code=2, DATABASE_URL=raw_dsn)
         assert "percent-encoded" in unencoded.stderr
         # The multi-line secret, in the query: refused at run start (exit 2) or sent and echoed;
         # whatever happens nothing of it may show, also under GitHub Actions.
