@@ -243,10 +243,12 @@ class _Run:
             if reply.body is None:
                 raise MappingError(f"expected a JSON body, got {fetch.describe(reply)}")
             base = mapping.context(reply.body, reply.status, reply.headers, entity, self.run_values(), whole=whole)
+            redact = self.settings.redact.value  # an API that echoes a token never gets it stored
             for index, produced in mapping.rows(self.source, base).items():
-                rows[index].extend(produced)
+                rows[index].extend({column: redact(value) for column, value in row.items()} for row in produced)
             if self.source.status is not None:
-                values.update(mapping.status_values(self.source.status, base))
+                status = mapping.status_values(self.source.status, base)
+                values.update({column: redact(value) for column, value in status.items()})
         return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
