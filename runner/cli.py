@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import math
 import os
@@ -50,6 +51,9 @@ COMMANDS = ("validate", "migrate", "run", "demo", "test-read", "status", "workfl
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a message quoting odd input must print, not crash (exit 70)
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] not in COMMANDS and not args[0].startswith("-"):
         args.insert(0, "run")  # `syncrun sources/x.yaml` is `syncrun run sources/x.yaml`
@@ -72,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+_MAX_LIMIT = 2**31 - 1  # sync_jobs.batch_size is an integer column
 _LONGEST = 10 * 365 * 86400.0  # any longer wait is a typo, and the event loop cannot schedule 1e300 s
 
 
@@ -105,8 +110,8 @@ def _factor(text: str) -> float:
 
 def _count(text: str) -> int:
     """A count option: a whole number from 1 (argparse turns the error into exit 2)."""
-    if not text.isascii() or not text.isdigit() or len(text) > 12 or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 999999999999, got {text!r}")
+    if not text.isascii() or not text.isdigit() or len(text) > 10 or not 1 <= int(text) <= _MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {_MAX_LIMIT}, got {text!r}")
     return int(text)
 
 
@@ -258,11 +263,14 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list[spec.Source]) -> engine.Options:
     limit = args.limit or args.batch_size or _env_int(environ, "BATCH_SIZE") or sources[0].entities.limit
-    if limit <= 0:
-        raise UsageError(f"--limit must be a positive integer, got {limit}")
+    if not 0 < limit <= _MAX_LIMIT:
+        raise UsageError(f"--limit must be a whole number from 1 to {_MAX_LIMIT}, got {limit}")
+    ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else None
+    for source in sources:
+        _check_ids(source, ids or ())
     return engine.Options(
         limit=limit,
-        ids=tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else None,
+        ids=ids,
         dry_run=args.dry_run,
         max_runtime=args.max_runtime,
         grace=args.grace,
@@ -276,6 +284,22 @@ def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list
         heartbeat_every=args.heartbeat,
         metadata={"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {},
     )
+
+
+_BIGINT = 2**63 - 1
+
+
+def _check_ids(source: spec.Source, ids: tuple[str, ...]) -> None:
+    """`--ids` values must be keys of the source's key type: refused here, before any job row."""
+    if source.entities.key_type == "text":
+        return
+    for value in ids:
+        digits = value[1:] if value[:1] in "+-" else value
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and abs(int(value)) <= _BIGINT):
+            raise UsageError(
+                f"--ids: {value!r} is not a whole number, and {source.name}'s key"
+                f" {source.entities.key} is {source.entities.key_type}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

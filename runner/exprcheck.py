@@ -40,6 +40,8 @@ def compile_checked(text: str, roots: Roots | None) -> tuple[Expression | None, 
     if _legacy_literal(text):
         return None, [f"bad JMESPath {show(text)}: a `literal` is not JSON (write text as 'text' or `\"text\"`)"]
     tree = expression.parsed.parsed
+    if _has_surrogate(tree):  # a `"\ud800"` escape: no output, file or column could ever hold the text
+        return None, [f"bad JMESPath {show(text)}: a literal or name holds a lone surrogate (\\ud800–\\udfff)"]
     messages = [
         f"unknown function {name}() in {show(text)}{did_you_mean(name, FUNCTIONS)}"
         for name in _function_names(tree)
@@ -58,6 +60,16 @@ def _legacy_literal(text: str) -> bool:
         warnings.simplefilter("always")
         list(Lexer().tokenize(text))
     return any(issubclass(w.category, DeprecationWarning | PendingDeprecationWarning) for w in caught)
+
+
+def _has_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_surrogate(v) for v in value)
+    return False
 
 
 def _function_names(node: JSON) -> Iterator[str]:

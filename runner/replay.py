@@ -20,6 +20,7 @@ Exchanges for the same request play in recorded order; the last one then repeats
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import httpx
 import yaml
 
 from runner import client
+from runner.errors import UsageError
 from runner.redaction import Redactor
 
 CASSETTE = "cassette.yaml"
@@ -49,9 +51,8 @@ class ReplayTransport(httpx.AsyncBaseTransport):
         if not files:
             raise FileNotFoundError(f"no {CASSETTE} under {directory}: record one with --record {directory}")
         for file in files:
-            for interaction in yaml.safe_load(file.read_text()).get("interactions", []):
-                request = interaction["request"]
-                self._exchanges[_key(request["method"], request["uri"], redact)].append(interaction["response"])
+            for method, uri, response in _interactions(file):
+                self._exchanges[_key(method, uri, redact)].append(response)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         queue = self._exchanges.get(_key(request.method, request.url, self._redact))
@@ -64,8 +65,57 @@ class ReplayTransport(httpx.AsyncBaseTransport):
         response = queue.pop(0) if len(queue) > 1 else queue[0]
         headers = [(name, value) for name, values in response.get("headers", {}).items() for value in values]
         body = (response.get("body") or {}).get("string") or ""
-        content = body.encode() if isinstance(body, str) else bytes(body)
+        content = body.encode("utf-8", "surrogatepass")
         return httpx.Response(response["status"]["code"], headers=headers, content=content, request=request)
+
+
+class _NoAliases(yaml.SafeLoader):
+    """A cassette is data we wrote: an alias in one is a hand edit or an attack (a billion laughs)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not allowed in a cassette")
+        return super().compose_node(parent, index)
+
+
+def _interactions(file: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(method, uri, response) of each exchange in a cassette, its shape checked: a damaged or foreign
+    file is a usage error naming it (exit 2), never a crash in the middle of a run."""
+    try:
+        document = yaml.load(file.read_bytes(), Loader=_NoAliases)  # a SafeLoader
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+        raise UsageError(f"{file} is not a cassette syncrun can read: {str(error).splitlines()[0]}") from None
+    interactions = document.get("interactions") if isinstance(document, dict) else None
+    if not isinstance(interactions, list):
+        raise UsageError(f"{file} is not a cassette: it needs an `interactions` list (record one with --record)")
+    for number, interaction in enumerate(interactions):
+        if not _exchange(interaction):
+            raise UsageError(
+                f"{file}: interaction {number} is not an exchange syncrun recorded (request.method and uri,"
+                " response.status.code 100–599, headers of text lists, body.string text)"
+            )
+        yield interaction["request"]["method"], interaction["request"]["uri"], interaction["response"]
+
+
+def _exchange(interaction: Any) -> bool:
+    request = interaction.get("request") if isinstance(interaction, dict) else None
+    response = interaction.get("response") if isinstance(interaction, dict) else None
+    if not (isinstance(request, dict) and isinstance(response, dict)):
+        return False
+    status = response.get("status")
+    code = status.get("code") if isinstance(status, dict) else None
+    headers = response.get("headers", {})
+    body = response.get("body") or {}
+    return (
+        isinstance(request.get("method"), str)
+        and isinstance(request.get("uri"), str)
+        and type(code) is int
+        and 100 <= code <= 599
+        and isinstance(headers, dict)
+        and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in headers.values())
+        and isinstance(body, dict)
+        and isinstance(body.get("string") or "", str)
+    )
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):

@@ -317,3 +317,30 @@ def test_bad_option_values_exit_2_naming_the_option(
         cli.main(["run", "sources/example.yaml", option, value])
     assert exit_.value.code == 2
     assert f"argument {option}: expected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--ids", "1e3"],
+        ["--ids", "1,two"],
+        ["--ids", "9" * 30],
+        ["--ids", "٣"],  # an Arabic-Indic digit: isdigit() says yes, PostgreSQL says no
+        ["--limit", "99999999999999999999"],
+    ],
+)
+def test_ids_and_limits_the_database_cannot_take_exit_2_before_any_job(
+    args: list[str], db: Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ids 1e3` for an int key made a job row and then exit 70; a limit past the integer column
+    exit 70 too. Both are usage errors now, before anything is written."""
+    from runner import cli
+
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    try:
+        code = cli.main(["run", "sources/example.yaml", *args])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    assert code == 2
+    assert "--ids" in capsys.readouterr().err or args[0] == "--limit"
+    assert db.scalar("select to_regclass('sync_jobs')") is None  # not even migrated: refused before any of it

@@ -136,3 +136,32 @@ def test_a_cassette_holds_no_piece_of_a_secret_in_any_form(tmp_path: Path) -> No
     replayed = asyncio.run(get(ReplayTransport(tmp_path, Redactor([HOSTILE]))))
     assert replayed.status_code == live.status_code == 400
     assert replayed.json()["error"][0] == "***"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes(range(256)) * 4, "is not a cassette syncrun can read"),
+        (b"interactions: 5\n", "it needs an `interactions` list"),
+        (b"- just\n- a list\n", "it needs an `interactions` list"),
+        (b"interactions: [{request: {method: GET}}]\n", "interaction 0 is not an exchange"),
+        (
+            b"interactions:\n- request: {method: GET, uri: 'http://x/'}\n  response: {status: {code: 9999}}\n",
+            "interaction 0",
+        ),
+        (b"a: &x [1, 2]\nb: [*x, *x]\n", "aliases are not allowed in a cassette"),
+        (b"[" * 5000, "is not a cassette syncrun can read"),
+    ],
+)
+def test_a_damaged_cassette_is_a_usage_error(
+    content: bytes, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Random bytes, a foreign YAML shape, aliases or deep nesting in a cassette: exit 2 naming the file
+    (random bytes and `interactions: 5` were exit 70), before any job row."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("API_URL", "http://127.0.0.1:9")
+    source = write_source(tmp_path)
+    (tmp_path / "rec" / source.stem).mkdir(parents=True)
+    (tmp_path / "rec" / source.stem / CASSETTE).write_bytes(content)
+    assert cli.main(["run", str(source), "--replay", str(tmp_path / "rec"), "--dry-run", "--ids", "1"]) == 2
+    assert message in capsys.readouterr().err
