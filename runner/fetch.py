@@ -5,6 +5,7 @@ return one `Reply` per page. Sending, retries and the rate limit are client.send
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -138,7 +139,7 @@ async def pages(
     position: str | int | None = pagination.start if pagination.type == "page" else None
     if start is not None:
         position = int(start) if pagination.type == "page" else start
-    seen: set[str] = set()
+    seen: set[bytes] = set()  # digests of the cursors so far: an endless listing costs 16 bytes a page
     count, previous = 0, None
     while True:
         request = first if position is None else _with_param(first, pagination, position)
@@ -167,7 +168,7 @@ def _follow(
     pagination: spec.Pagination,
     reply: Reply,
     position: str | int | None,
-    seen: set[str],
+    seen: set[bytes],
     previous: JSON,
     count: int,
 ) -> str | int | None:
@@ -176,12 +177,15 @@ def _follow(
         return None
     if pagination.type == "cursor":
         cursor = _next_cursor(pagination, reply)
-        if cursor is not None and cursor in seen:
+        if cursor is None:
+            return None
+        digest = hashlib.blake2b(str(cursor).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in seen:
+            shown = str(cursor) if len(str(cursor)) <= 80 else str(cursor)[:80] + "…"
             raise FetchError(
-                f"pagination loop: {reply.url} returned cursor {cursor!r} a second time (after {count} pages); stopped"
+                f"pagination loop: {reply.url} returned cursor {shown!r} a second time (after {count} pages); stopped"
             )
-        if cursor is not None:
-            seen.add(cursor)
+        seen.add(digest)
         return cursor
     if pagination.type == "page":
         if reply.body is None or _empty(reply) or _short(pagination, reply):

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from runner import config, templating
+from runner.client import parse_json
 from runner.errors import UsageError
 from runner.spec import Column
 
@@ -27,19 +28,26 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\
 _MAX_COLUMNS = 60
 
 
+MAX_SAMPLE = 20_000_000
+
+
 def read_sample(path: Path) -> Any:
     """The sample response as JSON; UsageError saying how to get one when it is not."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_SAMPLE + 1)
     except OSError as error:
         raise UsageError(f"--sample {path}: cannot read it ({error.strerror})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+    if len(raw) > MAX_SAMPLE:
+        raise UsageError(f"--sample {path}: larger than {MAX_SAMPLE // 1_000_000} MB; save one response, not a dump")
+    # The engine's own parser: what it refuses (too deep, NaN, bad bytes) it would refuse at run time too.
+    value, problem = parse_json(raw)
+    if problem or value is None:
         raise UsageError(
-            f"--sample {path}:{error.lineno}:{error.colno}: not JSON ({error.msg}) — save one raw response"
+            f"--sample {path}: not JSON syncrun can use ({problem or 'empty'}) — save one raw response"
             f" of the endpoint, e.g. `curl -s 'https://…/730' > {path}`"
-        ) from None
+        )
+    return value
 
 
 def placeholders(url: str) -> list[str]:

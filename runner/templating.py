@@ -153,6 +153,8 @@ def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
         return "its host is not a valid name or IP address"
     if parts.scheme.lower() not in schemes:
         return "it must start with " + " or ".join(f"{scheme}://" for scheme in schemes)
+    if "\\" in parts.netloc:  # parsers disagree on it: httpx sent `http://a:1\@b` to host b
+        return "its host part contains a backslash (percent-encode it as %5C, or use / for a path)"
     if not parts.hostname and parts.scheme.lower() != "unix":
         return f"it has no host (write {parts.scheme.lower()}://host/…)"
     host = parts.netloc.rpartition("@")[2]

@@ -119,6 +119,11 @@ def test_good_settings_pass(tmp_path: Path) -> None:
             {"API_URL": "http://"},
             "setting API_URL makes the request URL of source 'alpha' unusable: it has no host (write http://host/…)",
         ),
+        (  # urllib reads host 127.0.0.1; httpx sent the request to evil.example
+            {"API_URL": "http://127.0.0.1:18001\\@evil.example"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host part contains a backslash"
+            " (percent-encode it as %5C, or use / for a path)",
+        ),
         (
             {"API_URL": "http://exa\u200bmple.com"},
             "setting API_URL makes the request URL of source 'alpha' unusable: httpx cannot parse it"

@@ -91,8 +91,18 @@ def test_bad_arguments_say_what_to_do(project: Path, name: str, url: str, messag
         scaffold.source_text(name, url, None, Path("sources/x.yaml"))
 
 
-def test_sample_that_is_not_json(project: Path) -> None:
-    """A sample that is not JSON names the file, line and column and how to save a response."""
-    (project / "bad.json").write_text("<html>")
-    with pytest.raises(UsageError, match=r"--sample bad.json:1:1: not JSON \(Expecting value\)"):
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"<html>", "not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        (b"[" * 5000 + b"]" * 5000, "JSON nested deeper than 128 levels"),  # was RecursionError, exit 70
+        (b'{"a": "\xff\xfe"}', "not valid UTF-8 at byte 7: invalid start byte"),  # was UnicodeDecodeError
+        (b"", "empty"),
+    ],
+)
+def test_sample_that_is_not_usable_json(project: Path, content: bytes, reason: str) -> None:
+    """A sample the engine could not read either names the file and why, and how to save a response."""
+    (project / "bad.json").write_bytes(content)
+    with pytest.raises(UsageError) as error:
         scaffold.read_sample(Path("bad.json"))
+    assert str(error.value).startswith(f"--sample bad.json: not JSON syncrun can use ({reason}) — save one raw")
