@@ -212,19 +212,22 @@ def _transient_status(
 
 
 def _retry_after(value: str) -> float | None:
-    """Seconds from a Retry-After header: delay-seconds or an HTTP-date; None when unreadable."""
+    """Seconds from a Retry-After header: delay-seconds or an HTTP-date; None when unreadable, which
+    includes NaN, infinity and a date no datetime holds (year 99999999999 is an OverflowError)."""
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 async def _excerpt(response: httpx.Response) -> bytes:

@@ -4,36 +4,46 @@ Every expression in a source file is compiled once at load time into an `Express
 only calls `Expression.search`. The custom functions below are the whole "transform language":
 there is no eval, no templating engine and no plugin loading from YAML.
 
-Functions (all return null instead of raising on unusable input, so a mapping can decide):
+Functions (all return null instead of raising on unusable input, so a mapping can decide). Every
+function is total over JSON: a value it cannot represent is null, never an exception. Numbers are
+bounded: an integer beyond the signed 64-bit range (|n| >= 2^63) and a float that is NaN or infinite
+count as "no number" for every function below, and a result beyond those bounds is null too.
 
-    as_int(v)                 "42", 42.0, "1,234" -> 42 / 1234; anything else -> null
-    as_float(v)               "1.5" -> 1.5; anything else -> null
+    as_int(v)                 "42", 42.0, "1,234" -> 42 / 1234; anything else -> null (also a value
+                              beyond 64 bits, "999…9.0", NaN, infinity)
+    as_float(v)               "1.5" -> 1.5; anything else -> null (also an integer or text beyond the
+                              float range, NaN, infinity)
     clamp_or_null(v, lo, hi)  v when lo <= v <= hi, else null
     lower(s) / trim(s)        string case and whitespace; null passes through
     coalesce(a, b, ...)       the first argument that is not null
     parse_date(s)             "Dec 21, 2012", "21 Dec, 2012", "2012-12-21", "December 2012" -> "2012-12-21";
                               "Q2 2021", "Coming soon", "Summer 2025", "" -> null (never a guessed day)
-    from_unix(n)              unix seconds -> ISO-8601 UTC timestamp
-    from_unix_ms(n)           unix milliseconds -> ISO-8601 UTC timestamp
-    unix_date(n)              unix seconds -> "YYYY-MM-DD" (UTC)
+    from_unix(n)              unix seconds -> ISO-8601 UTC timestamp; null outside years 1..9999
+    from_unix_ms(n)           unix milliseconds -> ISO-8601 UTC timestamp; null outside years 1..9999
+    unix_date(n)              unix seconds -> "YYYY-MM-DD" (UTC); null outside years 1..9999
     enum_or(v, allowed, d)    v when v is in the list `allowed`, else d
     range_low(s)/range_high(s) "0 .. 20,000" -> 0 / 20000
     sorted_ints(list)         positive ints, de-duplicated, sorted; non-ints dropped
-    add(a, b) sub(a, b) mul(a, b)  arithmetic; null if either side is null
+    add(a, b) sub(a, b) mul(a, b)  arithmetic; null if either side is null, or the result is beyond
+                              64 bits / the float range
     max0(v)                   max(0, v); null stays null
     greatest(a, b)            the larger, ignoring nulls
     not_(v)                   boolean negation; null stays null
-    concat(a, b, ...)         string concatenation of the non-null arguments
-    to_json(v)                compact JSON text of v
+    concat(a, b, ...)         string concatenation of the non-null arguments; null when one cannot be
+                              written as text (an integer of more than 4300 digits, nesting too deep)
+    to_json(v)                compact JSON text of v; null when v has no JSON text (NaN, infinity, an
+                              integer of more than 4300 digits, nesting too deep)
     keys_of(obj)              the keys of an object as strings (JMESPath `keys` with a null fallback)
     get(obj, key)             obj[key] for any string key, e.g. get(body, to_string(entity.appid)) for
-                              Steam's {"730": {...}} bodies (JMESPath can't index by a computed key)
+                              Steam's {"730": {...}} bodies (JMESPath can't index by a computed key);
+                              null when key has no text (an integer of more than 4300 digits)
     hours_between(a, b)       hours from timestamp a to timestamp b (ISO-8601); null if either is null
 """
 
 from __future__ import annotations
 
 import json
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -104,33 +114,52 @@ def parse_date(text: str) -> date | None:
     return None
 
 
+# Numbers the functions work with: a signed 64-bit integer or a finite float. Beyond them Python
+# either raises (int(inf), str() of a 4301-digit int, datetime of year 10^12) or computes without end.
+_INT_LIMIT = 2**63
+_INT_DIGITS = len(str(_INT_LIMIT))
+
+
+def _bounded(value: int | float) -> int | float | None:
+    """`value` when it is a number the functions handle, else None."""
+    if isinstance(value, int):
+        return value if -_INT_LIMIT <= value < _INT_LIMIT else None
+    return value if math.isfinite(value) else None
+
+
 def _as_int(value: JSON) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if -_INT_LIMIT <= value < _INT_LIMIT else None
     if isinstance(value, float):
-        return int(value) if value.is_integer() else None
+        return _as_int(int(value)) if math.isfinite(value) and value.is_integer() else None
     if isinstance(value, str):
-        text = value.strip().replace(",", "")
-        if re.fullmatch(r"[+-]?\d+", text):
-            return int(text)
-        if re.fullmatch(r"[+-]?\d+\.0*", text):
-            return int(float(text))
+        match = _INTEGER_TEXT.fullmatch(value.strip().replace(",", ""))
+        # Length first: int() of over 4300 digits raises, and "999…9.0" is not a float we can round.
+        if match and len(match["digits"].lstrip("0")) <= _INT_DIGITS:
+            return _as_int(int(match["digits"]) * (-1 if match["sign"] == "-" else 1))
     return None
+
+
+_INTEGER_TEXT = re.compile(r"(?P<sign>[+-]?)(?P<digits>\d+)(?:\.0*)?")
 
 
 def _as_float(value: JSON) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond the float range
+            return None
+        return result if math.isfinite(result) else None
     if isinstance(value, str):
         try:
             result = float(value.strip().replace(",", ""))
         except ValueError:
             return None
-        return result if result == result and abs(result) != float("inf") else None
+        return result if math.isfinite(result) else None
     return None
 
 
@@ -138,8 +167,27 @@ def _number(value: JSON) -> float | int | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return value
-    return _as_int(value) if _as_int(value) is not None else _as_float(value)
+        return _bounded(value)
+    as_int = _as_int(value)
+    return as_int if as_int is not None else _as_float(value)
+
+
+def _timestamp(seconds: float | int | None) -> datetime | None:
+    """The UTC moment `seconds` after the epoch; None outside the years datetime holds (1..9999)."""
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):  # each platform picks its own for "out of range"
+        return None
+
+
+def _text(value: JSON) -> str | None:
+    """str(value), or None when Python cannot write it (an int over 4300 digits, nesting too deep)."""
+    try:
+        return str(value)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _range_part(value: JSON, index: int) -> int | None:
@@ -194,18 +242,19 @@ class _Functions(jp_functions.Functions):  # type: ignore[misc]  # untyped base 
 
     @_signature({"types": []})
     def _func_from_unix(self, value: JSON) -> str | None:
-        number = _number(value)
-        return None if number is None else datetime.fromtimestamp(number, UTC).isoformat()
+        moment = _timestamp(_number(value))
+        return None if moment is None else moment.isoformat()
 
     @_signature({"types": []})
     def _func_from_unix_ms(self, value: JSON) -> str | None:
         number = _number(value)
-        return None if number is None else datetime.fromtimestamp(number / 1000, UTC).isoformat()
+        moment = None if number is None else _timestamp(number / 1000)
+        return None if moment is None else moment.isoformat()
 
     @_signature({"types": []})
     def _func_unix_date(self, value: JSON) -> str | None:
-        number = _number(value)
-        return None if number is None else datetime.fromtimestamp(number, UTC).date().isoformat()
+        moment = _timestamp(_number(value))
+        return None if moment is None else moment.date().isoformat()
 
     @_signature({"types": []}, {"types": ["array"]}, {"types": []})
     def _func_enum_or(self, value: JSON, allowed: list[JSON], default: JSON) -> JSON:
@@ -227,17 +276,17 @@ class _Functions(jp_functions.Functions):  # type: ignore[misc]  # untyped base 
     @_signature({"types": []}, {"types": []})
     def _func_add(self, a: JSON, b: JSON) -> JSON:
         x, y = _number(a), _number(b)
-        return None if x is None or y is None else x + y
+        return None if x is None or y is None else _bounded(x + y)
 
     @_signature({"types": []}, {"types": []})
     def _func_sub(self, a: JSON, b: JSON) -> JSON:
         x, y = _number(a), _number(b)
-        return None if x is None or y is None else x - y
+        return None if x is None or y is None else _bounded(x - y)
 
     @_signature({"types": []}, {"types": []})
     def _func_mul(self, a: JSON, b: JSON) -> JSON:
         x, y = _number(a), _number(b)
-        return None if x is None or y is None else x * y
+        return None if x is None or y is None else _bounded(x * y)
 
     @_signature({"types": []})
     def _func_max0(self, value: JSON) -> JSON:
@@ -254,12 +303,16 @@ class _Functions(jp_functions.Functions):  # type: ignore[misc]  # untyped base 
         return None if value is None else not value
 
     @_signature({"types": [], "variadic": True})
-    def _func_concat(self, *values: JSON) -> str:
-        return "".join(str(v) for v in values if v is not None)
+    def _func_concat(self, *values: JSON) -> str | None:
+        texts = [_text(v) for v in values if v is not None]
+        return None if None in texts else "".join(cast(list[str], texts))
 
     @_signature({"types": []})
-    def _func_to_json(self, value: JSON) -> str:
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    def _func_to_json(self, value: JSON) -> str | None:
+        try:  # allow_nan=False: NaN is not JSON, and PostgreSQL's json types reject it
+            return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        except (ValueError, RecursionError):
+            return None
 
     @_signature({"types": []})
     def _func_keys_of(self, value: JSON) -> list[str] | None:
@@ -267,13 +320,14 @@ class _Functions(jp_functions.Functions):  # type: ignore[misc]  # untyped base 
 
     @_signature({"types": []}, {"types": []})
     def _func_get(self, value: JSON, key: JSON) -> JSON:
-        return value.get(str(key)) if isinstance(value, dict) and key is not None else None
+        name = None if key is None else _text(key)
+        return value.get(name) if isinstance(value, dict) and name is not None else None
 
     @_signature({"types": []}, {"types": []})
     def _func_hours_between(self, start: JSON, end: JSON) -> float | None:
         try:
             a, b = datetime.fromisoformat(str(start)), datetime.fromisoformat(str(end))
-        except ValueError:
+        except (ValueError, RecursionError):  # str() of a 4301-digit int is a ValueError too
             return None
         if start is None or end is None or (a.tzinfo is None) != (b.tzinfo is None):
             return None
@@ -300,6 +354,20 @@ def _fast(ast: dict[str, Any]) -> tuple[str, ...] | None:
         return tuple(parts)
     return None
 
+
+# What evaluating an expression can raise besides JMESPathError when a function meets a value it
+# cannot handle: ours are total, but jmespath's built-ins are not (to_string of a 4301-digit integer
+# is a ValueError, abs/sum of huge numbers an OverflowError). mapping.py and outcomes.py turn these
+# into the entity's error, with the exception's type and text, so one hostile value never ends the run.
+EVALUATION_FAULTS: tuple[type[Exception], ...] = (
+    ArithmeticError,
+    ValueError,  # UnicodeError too
+    TypeError,
+    LookupError,
+    AttributeError,
+    RecursionError,
+    OSError,
+)
 
 Compiled = Callable[[JSON], JSON]
 _ORDERING = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}

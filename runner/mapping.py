@@ -21,7 +21,7 @@ from jmespath.exceptions import JMESPathError
 
 from runner import spec
 from runner.errors import MappingError
-from runner.expressions import JSON, Expression, truthy
+from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
 
 Row = dict[str, JSON]
 _EXCERPT = 120
@@ -108,6 +108,9 @@ def _search(expression: Expression, document: JSON, where: object, column: str |
     except JMESPathError as error:
         place = f"{where}.{column}" if column else str(where)
         raise MappingError(f"{place}: {expression.text!r} failed: {error}") from None
+    except EVALUATION_FAULTS as error:  # a value no function should have met: the entity's error, named
+        place = f"{where}.{column}" if column else str(where)
+        raise MappingError(f"{place}: {expression.text!r} failed: {type(error).__name__}: {error}") from None
 
 
 def _plain(value: JSON) -> JSON:
@@ -121,5 +124,8 @@ def _plain(value: JSON) -> JSON:
 
 
 def _excerpt(value: JSON) -> str:
-    text = json.dumps(value, default=str)
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):  # a 4301-digit integer, nesting too deep: say what it is
+        text = f"<{type(value).__name__} that cannot be shown>"
     return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "…"

@@ -12,7 +12,7 @@ from jmespath.exceptions import JMESPathError
 
 from runner import spec
 from runner.errors import OutcomeError
-from runner.expressions import JSON, Expression, truthy
+from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
 from runner.fetch import Reply
 
 
@@ -76,8 +76,16 @@ def _message(template: spec.MessageTemplate, context: JSON, name: str) -> str:
             parts.append(part)
             continue
         value = _search(part, context, name)
-        parts.append("null" if value is None else value if isinstance(value, str) else json.dumps(value))
+        parts.append("null" if value is None else value if isinstance(value, str) else _json(value))
     return "".join(parts)
+
+
+def _json(value: JSON) -> str:
+    """A value quoted into an error message; one JSON cannot write (a 4301-digit integer) is named."""
+    try:
+        return json.dumps(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 def _search(expression: Expression, context: JSON, name: str) -> JSON:
@@ -85,3 +93,5 @@ def _search(expression: Expression, context: JSON, name: str) -> JSON:
         return expression.search(context)
     except JMESPathError as exc:
         raise OutcomeError(f"outcome {name}: {expression.text} failed: {exc}") from None
+    except EVALUATION_FAULTS as exc:  # a value no function should have met: the entity's error, named
+        raise OutcomeError(f"outcome {name}: {expression.text} failed: {type(exc).__name__}: {exc}") from None

@@ -1,14 +1,19 @@
 """Mapped values checked and converted against their columns' catalog types, before anything is sent.
 
-A value PostgreSQL would reject (an int out of range, 'abc' for a date, a NUL in text) raises
-`Unfit` with a message naming the table, the column and the value, so the writer can fail that one
-entity instead of the whole batch. Types we do not know (enums, domains, ranges) pass unchanged
+A value PostgreSQL (or psycopg, writing it) would reject raises `Unfit` with a message naming the
+table, the column and the value, so the writer can fail that one entity instead of the whole batch:
+an int out of range, 'abc' for a date, an integer of more than 4300 digits (Python cannot write it as
+text), NaN or infinity for a number (never stored as a number that means nothing), a NUL character or
+a lone surrogate in text or JSON (PostgreSQL cannot store either; a NUL is refused, not stripped, so
+stored text is always what the API sent). Text length is bounded by the response size limit the
+client enforces; `varchar(n)` is checked here. Types we do not know (enums, domains, ranges) pass unchanged
 and are left to PostgreSQL. Does not touch the database.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +57,9 @@ def fit(table: str, types: Mapping[str, str], row: Mapping[str, Any]) -> dict[st
             fitted[column] = convert(value)
         except Unfit as unfit:
             raise Unfit(f"{table}.{column}: {show(value)} {unfit}") from None
+        except _FAULTS as error:  # a value no converter foresaw: still this entity's error, named
+            reason = f"{type(error).__name__}: {error}"
+            raise Unfit(f"{table}.{column}: {show(value)} cannot be converted: {reason}") from None
     return fitted
 
 
@@ -68,9 +76,17 @@ def array_cast(type_name: str | None, values: Iterable[Any]) -> str | None:
     return type_name + "[]"
 
 
+# What a converter could raise beyond Unfit on a value nobody foresaw (fit names it in the message).
+_FAULTS = (ArithmeticError, ValueError, TypeError, LookupError, RecursionError)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate has no UTF-8 encoding: psycopg would raise
+
+
 def show(value: Any) -> str:
     """A value for a message, cut to 60 characters (API data can be long)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # repr of an int over 4300 digits raises
+        return f"<{type(value).__name__} that cannot be shown>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -121,8 +137,8 @@ def _int(bits: int) -> Callable[[Any, str], int]:
             raise Unfit("is not an integer")
         if isinstance(value, float) and not value.is_integer():
             raise Unfit("is not an integer")
-        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            raise Unfit("is not an integer")
+        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?\d{1,40}\s*", value):
+            raise Unfit("is not an integer")  # 40 digits: int() of over 4300 raises ValueError
         number = int(value)
         if not -limit <= number < limit:
             raise Unfit(f"is out of range for {name}")
@@ -131,15 +147,47 @@ def _int(bits: int) -> Callable[[Any, str], int]:
     return convert
 
 
+# What PostgreSQL's numeric input reads (ASCII digits; Python's float() takes more: "1_0", "١").
+# The exponent is bounded: numeric refuses exponents beyond about ±1000.
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?\s*")
+_DIGITS = 4300  # Python's limit for int <-> text (sys.get_int_max_str_digits); psycopg writes ints as text
+
+
 def _number(value: Any, _: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise Unfit("is not a number")
-    if isinstance(value, str):
+    if isinstance(value, int) and value.bit_length() > _DIGITS * 3:  # 3 bits < 1 digit: cheap, safe bound
         try:
-            float(value)
+            str(value)
         except ValueError:
-            raise Unfit("is not a number") from None
+            raise Unfit(f"has more than {_DIGITS} digits") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Unfit("is not a finite number")
+    if isinstance(value, str) and not (len(value) <= _DIGITS and _NUMBER_TEXT.fullmatch(value)):
+        raise Unfit("is not a number")
     return value
+
+
+def _float(value: Any, size: str) -> float:
+    """real / double precision: as a Python float, which must be finite (an int beyond ~1.8e308 is not)."""
+    _number(value, size)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise Unfit("is out of range for double precision") from None
+    if not math.isfinite(number):
+        raise Unfit("is out of range for double precision")
+    return number
+
+
+def _real(value: Any, size: str) -> float:
+    number = _float(value, size)
+    if abs(number) > _REAL_MAX or (number != 0 and abs(number) < _REAL_MIN):
+        raise Unfit("is out of range for real")
+    return number
+
+
+_REAL_MAX, _REAL_MIN = 3.4028234663852886e38, 1.401298464324817e-45
 
 
 _BOOLEAN_TEXT = {"true": True, "false": False, "t": True, "f": False, "yes": True, "no": False}
@@ -175,22 +223,45 @@ def _naive_timestamp(value: Any, size: str) -> datetime:
 
 
 def _text(value: Any, size: str) -> str:
-    if type(value) is str and not size and "\x00" not in value:  # the common case, first
+    if type(value) is str and not size and "\x00" not in value and not _SURROGATE.search(value):  # common case
         return value
     if isinstance(value, dict | list):
         raise Unfit("is not text (map it with to_json(...) to store JSON as text)")
-    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    try:
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    except ValueError:  # str() of an int over 4300 digits
+        raise Unfit(f"has more than {_DIGITS} digits to write as text") from None
     if "\x00" in text:
         raise Unfit("contains a NUL character, which PostgreSQL text cannot store")
+    if _SURROGATE.search(text):
+        raise Unfit("contains a lone surrogate (\\ud800-\\udfff), which is not UTF-8")
     if size.isdigit() and len(text) > int(size):
         raise Unfit(f"is longer than {size} characters")
     return text
 
 
 def _jsonb(value: Any, _: str) -> Jsonb:
-    if "\\u0000" in json.dumps(value):
+    if "\\u0000" in _json_text(value):
         raise Unfit("contains a NUL character, which jsonb cannot store")
     return Jsonb(value)
+
+
+def _json(value: Any, _: str) -> Json:
+    _json_text(value)
+    return Json(value)
+
+
+def _json_text(value: Any) -> str:
+    """The JSON psycopg will send, checked: PostgreSQL's json types refuse NaN and lone surrogates."""
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)  # an emoji stays one character
+    except ValueError as error:  # NaN / infinity, an int over 4300 digits
+        raise Unfit(f"is not JSON ({error})") from None
+    except RecursionError:
+        raise Unfit("is nested too deeply for JSON") from None
+    if _SURROGATE.search(text):
+        raise Unfit("contains a lone surrogate (\\ud800-\\udfff), which JSON in PostgreSQL cannot store")
+    return text
 
 
 def _uuid(value: Any, _: str) -> str:
@@ -205,8 +276,8 @@ _HANDLERS: dict[str, Callable[[Any, str], Any]] = {
     "integer": _int(32),
     "bigint": _int(64),
     "numeric": _number,
-    "real": _number,
-    "double precision": _number,
+    "real": _real,
+    "double precision": _float,
     "boolean": _boolean,
     "date": _date,
     "timestamp with time zone": _timestamp,
@@ -215,6 +286,6 @@ _HANDLERS: dict[str, Callable[[Any, str], Any]] = {
     "character varying": _text,
     "character": _text,
     "jsonb": _jsonb,
-    "json": lambda value, _: Json(value),
+    "json": _json,
     "uuid": _uuid,
 }

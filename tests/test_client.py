@@ -583,3 +583,26 @@ def test_no_body_makes_decoding_or_parsing_raise(
 def test_parse_json_never_raises(raw: bytes) -> None:
     value, problem = client.parse_json(raw)
     assert value is None or problem == ""
+
+
+@pytest.mark.parametrize(
+    "header", ["Mon, 01 Jan 99999999999 00:00:00 GMT", "nan", "inf", "1e999", "-inf", "Mon, 99 Foo 2024 99:99:99 GMT"]
+)
+def test_an_unreadable_retry_after_is_normal_backoff(api: ApiServer, header: str) -> None:
+    """A Retry-After no clock can wait for (a year beyond datetime: OverflowError; NaN; infinity)
+    counts as absent: the usual backoff, then the retry succeeds — never a crash, never a stuck run."""
+    api.route("/x", Reply(503, headers={"Retry-After": header}), Reply(200, json={"ok": True}))
+    clock = FakeClock()
+    reply = send(api.url + "/x", clock=clock, limiter=_limiter(clock))
+    assert reply.body == {"ok": True}
+    assert len(api.requests) == 2
+    assert clock.sleeps
+    assert all(0 < s <= POLICY.max_delay for s in clock.sleeps)
+
+
+def test_retry_after_parsing_is_total() -> None:
+    """_retry_after reads seconds and HTTP-dates; everything else, however hostile, is None."""
+    assert client._retry_after(" 5 ") == 5.0
+    assert client._retry_after("-3") == 0.0
+    for header in ("Mon, 01 Jan 99999999999 00:00:00 GMT", "nan", "inf", "", "soon", "\x00", "9" * 5000):
+        assert client._retry_after(header) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import jmespath
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.expressions import CUSTOM_FUNCTIONS, JSON, Expression
+from runner.expressions import _OPTIONS, CUSTOM_FUNCTIONS, JSON, Expression
 
 
 def _eval(expression: str, data: JSON = None) -> JSON:
@@ -194,3 +195,84 @@ def test_compiled_expressions_agree_with_jmespath(document: dict[str, object], t
     actual = expression.search(document)
     assert actual == expected
     assert type(actual) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("expression", "value", "expected"),
+    [
+        ("as_int(@)", "9" * 400 + ".0", None),  # float() of it is infinity; int() of that raised
+        ("as_int(@)", "9" * 5000, None),  # int() of over 4300 digits raised
+        ("as_int(@)", 2**63, None),
+        ("as_int(@)", str(2**63 - 1), 2**63 - 1),
+        ("as_int(@)", str(-(2**63)) + ".00", -(2**63)),
+        ("as_int(@)", 1e300, None),
+        ("as_int(@)", float("nan"), None),
+        ("as_float(@)", 10**400, None),  # beyond the float range: OverflowError
+        ("as_float(@)", "1e999", None),
+        ("from_unix(@)", 1e20, None),  # OverflowError
+        ("from_unix(@)", -1e15, None),  # year -31686769: ValueError
+        ("from_unix(@)", float("nan"), None),
+        ("from_unix_ms(@)", 10**30, None),
+        ("unix_date(@)", "253402300800", None),  # year 10000
+        ("unix_date(@)", 253402300799, "9999-12-31"),
+        ("add(@, @)", 2**62, None),  # 2^63: beyond 64 bits
+        ("sub(`0`, @)", 2**62, -(2**62)),
+        ("mul(@, @)", 10**3500, None),
+        ("mul(@, @)", 1e200, None),  # infinity
+        ("add(@, @)", 2**62 - 1, 2**63 - 2),
+        ("max0(@)", float("inf"), None),
+        ("greatest(@, `1`)", 10**30, 1),  # the huge one counts as no number
+        ("clamp_or_null(@, `0`, `10`)", float("nan"), None),
+        ("concat('#', @)", 10**4400, None),  # str() of over 4300 digits raised
+        ("to_json(@)", 10**4400, None),
+        ("to_json(@)", [float("inf")], None),  # NaN / Infinity is not JSON
+        ("get(`{}`, @)", 10**4400, None),
+        ("hours_between(@, '2024-01-01T00:00:00')", 10**4400, None),
+        ("sorted_ints(@)", ["9" * 5000, 2**64, "3"], [3]),
+        ("range_high(@)", "1 .. " + "9" * 5000, None),
+    ],
+    ids=lambda part: part if isinstance(part, str) and len(part) < 45 else type(part).__name__,
+)
+def test_values_beyond_the_bounds_are_null(expression: str, value: JSON, expected: JSON) -> None:
+    """Each function is total: integers beyond 64 bits, NaN, infinity, dates outside years
+    1..9999 and text Python cannot write are null (the reported crashes among them)."""
+    assert _eval(expression, value) == expected
+
+
+_HOSTILE_NUMBERS = st.sampled_from(
+    [2**63, -(2**63) - 1, 1e308, -1e308, 5e-324, float("nan"), float("inf")]
+) | st.sampled_from([4299, -4299, 5000]).map(lambda e: 10 ** abs(e) * (1 if e > 0 else -1))  # repr() of these raises
+_HOSTILE_TEXT = st.sampled_from(
+    ["9" * 400 + ".0", "9" * 5000, "1e999", "-1e15", "0 .. " + "9" * 4400, "\x00", "\ud800"]
+)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | _HOSTILE_NUMBERS
+    | st.floats()
+    | st.text(st.characters(codec=None, categories=None))  # lone surrogates too
+    | _HOSTILE_TEXT
+)
+ANY_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+def _arity(name: str) -> list[int]:
+    """How many arguments `name` takes (a variadic one: its minimum and one more), from its signature."""
+    signature = _OPTIONS.custom_functions.FUNCTION_TABLE[name]["signature"]
+    return [len(signature), len(signature) + 1] if signature and signature[-1].get("variadic") else [len(signature)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(sorted(CUSTOM_FUNCTIONS)), arguments=st.lists(ANY_JSON, min_size=3, max_size=3))
+def test_no_json_value_makes_a_custom_function_raise(name: str, arguments: list[JSON]) -> None:
+    """Any JSON value, in every argument of every custom function: a value or a jmespath error (a
+    wrong argument type, which mapping turns into the entity's error), never another exception."""
+    for arity in _arity(name):
+        text = f"{name}({', '.join(f'@[{i}]' for i in range(arity))})"
+        with contextlib.suppress(jmespath.exceptions.JMESPathError):
+            _eval(text, arguments)

@@ -101,3 +101,18 @@ def test_failing_expression_is_an_outcome_error() -> None:
     rules = (rule("abs(body)", spec.Outcome.SUCCESS),)
     with pytest.raises(OutcomeError, match=r"outcome rule 1: abs\(body\) failed"):
         classify(rules, reply(200, "text"), {}, stamp_on_skip=False)
+
+
+def test_a_builtin_that_raises_is_an_outcome_error_with_its_type() -> None:
+    """to_string of a 4301-digit integer raises ValueError inside jmespath: the entity's OutcomeError,
+    naming the rule and the exception, never the run's crash."""
+    rules = (rule("to_string(body.n) == 'x'", spec.Outcome.SUCCESS, name="huge"),)
+    with pytest.raises(OutcomeError, match=r"^outcome huge: to_string\(body.n\) == 'x' failed: ValueError: .*4300"):
+        classify(rules, reply(200, {"n": 10**4400}), {}, stamp_on_skip=False)
+
+
+def test_an_error_message_quoting_an_unwritable_value_is_still_a_message() -> None:
+    """A message part that JSON cannot write (a 4301-digit integer) is described, not raised."""
+    rules = (rule("`true`", spec.Outcome.ERROR, message=message("got ", Expression.compile("body.n"))),)
+    decision = classify(rules, reply(500, {"n": 10**4400}), {}, stamp_on_skip=False)
+    assert decision.message == "got <int that cannot be shown>"

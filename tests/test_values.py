@@ -8,7 +8,7 @@ import pytest
 
 from runner import values
 from runner.spec import Lookup, QualifiedName
-from tests.pg import expr, write
+from tests.pg import Database, expr, write
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,96 @@ def test_a_lookup_column_is_checked_against_the_dimension_key() -> None:
         QualifiedName(None, "developers"): {"id": "integer", "normalized_name": "text"},
     }
     assert values.column_types(target, catalog) == {"appid": "integer", "developer_id": "text"}
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value", "reason"),
+    [
+        ("integer", "9" * 5000, "is not an integer"),  # int() of over 4300 digits raised ValueError
+        ("bigint", float("inf"), "is not an integer"),
+        ("numeric", float("nan"), "is not a finite number"),
+        ("numeric", "NaN", "is not a number"),
+        ("numeric", "Infinity", "is not a number"),
+        ("numeric", "1_000", "is not a number"),  # Python's float() reads these; PostgreSQL does not
+        ("numeric", "\u0661\u0662", "is not a number"),
+        ("numeric", "1" * 4301, "is not a number"),
+        ("double precision", "1e999", "is out of range for double precision"),
+        ("double precision", 10**400, "is out of range for double precision"),
+        ("real", 1e39, "is out of range for real"),
+        ("real", 1e-50, "is out of range for real"),
+        ("text", "a\ud800b", "contains a lone surrogate (\\ud800-\\udfff), which is not UTF-8"),
+        (
+            "jsonb",
+            {"a": "\ud800"},
+            "contains a lone surrogate (\\ud800-\\udfff), which JSON in PostgreSQL cannot store",
+        ),
+        ("json", ["\udfff"], "contains a lone surrogate (\\ud800-\\udfff), which JSON in PostgreSQL cannot store"),
+    ],
+    ids=lambda part: part if isinstance(part, str) and len(part) < 40 else type(part).__name__,
+)
+def test_hostile_values_are_refused_with_a_reason(type_name: str, value: Any, reason: str) -> None:
+    """Values psycopg or PostgreSQL would refuse mid-batch are Unfit here, for that entity alone."""
+    with pytest.raises(values.Unfit) as caught:
+        values.coerce(type_name, value)
+    assert str(caught.value) == reason
+
+
+@pytest.mark.parametrize("type_name", ["jsonb", "json"])
+@pytest.mark.parametrize("value", [[float("nan")], {"a": float("inf")}, [10**4400]], ids=["nan", "inf", "huge"])
+def test_json_columns_refuse_what_is_not_json(type_name: str, value: Any) -> None:
+    """NaN, infinity and integers Python cannot write are not JSON: Unfit, not a ValueError in psycopg."""
+    with pytest.raises(values.Unfit, match=r"^is not JSON \("):
+        values.coerce(type_name, value)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "message"),
+    [
+        ("integer", "t.n: <int that cannot be shown> is out of range for integer"),
+        ("numeric", "t.n: <int that cannot be shown> has more than 4300 digits"),
+        ("text", "t.n: <int that cannot be shown> has more than 4300 digits to write as text"),
+        ("character varying(10)", "t.n: <int that cannot be shown> has more than 4300 digits to write as text"),
+        ("uuid", "t.n: <int that cannot be shown> is not a UUID"),
+    ],
+)
+def test_an_integer_python_cannot_write_is_named_not_raised(type_name: str, message: str) -> None:
+    """repr() of a 4301-digit integer raises: the message describes it instead (the old code crashed)."""
+    with pytest.raises(values.Unfit) as caught:
+        values.fit("t", {"n": type_name}, {"n": 10**4400})
+    assert str(caught.value) == message
+
+
+def test_a_4000_digit_integer_fits_numeric_and_text() -> None:
+    """Below Python's 4300-digit limit a huge integer is still a number and still text."""
+    assert values.coerce("numeric", 10**3999) == 10**3999
+    assert values.coerce("text", 10**3999) == "1" + "0" * 3999
+
+
+def test_a_converter_fault_nobody_foresaw_is_unfit_with_its_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: a converter raising anything but Unfit still fails only the entity, naming it."""
+
+    def broken(value: Any, size: str) -> Any:
+        raise OverflowError("boom")
+
+    monkeypatch.setitem(values._HANDLERS, "date", broken)
+    values.converter.cache_clear()
+    try:
+        with pytest.raises(values.Unfit, match=r"^t.d: 'x' cannot be converted: OverflowError: boom$"):
+            values.fit("t", {"d": "date"}, {"d": "x"})
+    finally:
+        values.converter.cache_clear()
+
+
+def test_accepted_edge_values_are_stored_by_postgresql(db: Database) -> None:
+    """What passes is what PostgreSQL takes: emoji in text and jsonb, a denormal real, big numerics."""
+    db.run("create table edge (t text, j jsonb, r real, d double precision, n numeric)")
+    row = values.fit(
+        "edge",
+        {"t": "text", "j": "jsonb", "r": "real", "d": "double precision", "n": "numeric"},
+        {"t": "ok \U0001f600", "j": {"e": "\U0001f600"}, "r": 1e-44, "d": "1.5e300", "n": 10**3999},
+    )
+    with db.connect() as conn:
+        conn.execute("insert into edge values (%(t)s, %(j)s, %(r)s, %(d)s, %(n)s)", row)
+    assert db.rows("select t, j->>'e', r > 0, d, length(n::text) from edge") == [
+        ("ok \U0001f600", "\U0001f600", True, 1.5e300, 4000)
+    ]
