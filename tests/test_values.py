@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from runner import values
 from runner.spec import Lookup, QualifiedName
@@ -163,3 +165,62 @@ def test_accepted_edge_values_are_stored_by_postgresql(db: Database) -> None:
     assert db.rows("select t, j->>'e', r > 0, d, length(n::text) from edge") == [
         ("ok \U0001f600", "\U0001f600", True, 1.5e300, 4000)
     ]
+
+
+_TYPES = sorted([*values._HANDLERS, "character varying(5)", "integer[]"])
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(st.characters(codec=None, categories=None))  # NUL and lone surrogates too
+    | st.sampled_from([4299, 5000]).map(lambda e: 10**e)  # repr() of 10**5000 raises
+    | st.sampled_from(["9" * 5000, "1e999", "NaN", "-Infinity", "1_0", "\u0661", " 12 "])
+)
+ANY_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(type_name=st.sampled_from(_TYPES), value=ANY_JSON)
+def test_any_json_value_for_any_column_type_is_a_value_or_unfit(type_name: str, value: Any) -> None:
+    """fit never raises anything but Unfit, and its message can always be built."""
+    message = ""
+    try:
+        values.fit("t", {"c": type_name}, {"c": value})
+    except values.Unfit as unfit:
+        message = str(unfit)
+    assert message == "" or message.startswith("t.c: ")
+
+
+_STORED = {
+    "i": "integer",
+    "b": "bigint",
+    "n": "numeric",
+    "r": "real",
+    "d": "double precision",
+    "t": "text",
+    "v": "character varying(5)",
+    "j": "jsonb",
+    "k": "json",
+    "u": "uuid",
+    "dt": "date",
+}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(column=st.sampled_from(sorted(_STORED)), value=ANY_JSON)
+def test_every_value_fit_accepts_postgresql_stores(db: Database, column: str, value: Any) -> None:
+    """The other half of the contract: what fit lets through never fails the batch in PostgreSQL."""
+    columns = ", ".join(f"{name} {type_name}" for name, type_name in _STORED.items())
+    db.run(f"create table if not exists hostile ({columns})")
+    try:
+        row = values.fit("hostile", _STORED, {column: value})
+    except values.Unfit:
+        return
+    event("stored")
+    with db.connect() as conn:
+        conn.execute(f"insert into hostile ({column}) values (%s)", [row[column]])
