@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from runner.redaction import FRAGMENT, MASK, Redactor, forms
+from runner.redaction import FRAGMENT, MASK, Redactor, forms, views
 
 HOSTILE = 'tok\\en"/%2F+~ spa cé ✓ü-9f3b2c71'  # \ " / % + ~, spaces, non-ASCII: 31 characters
 SECRETS = [HOSTILE, "line one\nline two!", "plain-9f3b2c71e8a4d6ab"]
@@ -185,12 +189,154 @@ def test_log_records_are_redacted_in_message_args_and_extras(capsys: pytest.Capt
     assert learnt[:8] not in capsys.readouterr().err
 
 
+# Echoes in escape styles no list of forms knows, mixed per character (an outside tester's finding).
+TESTER = 'p/Q"r/s+t/u~v/w%x/y\\z/A B/C D/E-F/G'
+NON_ASCII = "é/ü/ß/ñ/ø/å/ç/ë/ï/ô/ž/ł-token-9f3b"
+NAMED = {'"': "&quot;", "&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&#39;"}
+
+
+def _utf16(char: str, order: str) -> str:
+    return char.encode(f"utf-16-{order}").decode("latin-1")  # a UTF-16 body read as Latin-1
+
+
+STYLES: dict[str, Any] = {
+    "raw": lambda c: c,
+    "php": lambda c: json.dumps(c)[1:-1].replace("/", "\\/"),  # PHP's json_encode: `\/`, \u for non-ASCII
+    "dotnet": lambda c: c if c.isascii() and c.isalnum() else "".join(f"\\u{ord(u):04X}" for u in _units(c)),
+    "json-lower": lambda c: "".join(f"\\u{ord(u):04x}" for u in _units(c)),
+    "utf16-le": lambda c: _utf16(c, "le"),
+    "utf16-be": lambda c: _utf16(c, "be"),
+    "utf16-repr": lambda c: repr(_utf16(c, "le"))[1:-1],  # an excerpt repr'd: literal `\x00` text
+    "html-decimal": lambda c: f"&#{ord(c)};",
+    "html-hex": lambda c: f"&#x{ord(c):X};",
+    "html-hex-lower": lambda c: f"&#x{ord(c):x};",
+    "html-named": lambda c: NAMED.get(c, c),
+    "percent": lambda c: quote(c, safe=""),
+    "percent-lower": lambda c: "".join(f"%{b:02x}" for b in c.encode()),
+}
+
+
+def _units(char: str) -> list[str]:
+    """UTF-16 code units, as JSON's \\u escapes write a character beyond the BMP (a surrogate pair)."""
+    data = char.encode("utf-16-be", "surrogatepass")
+    return [chr(int.from_bytes(data[i : i + 2], "big")) for i in range(0, len(data), 2)]
+
+
+def echo(secret: str, style: str | list[str]) -> str:
+    """`secret` escaped character by character, each in its own style (one style: all the same)."""
+    chosen = [style] * len(secret) if isinstance(style, str) else style
+    return "".join(STYLES[name](char) for char, name in zip(secret, chosen, strict=True))
+
+
+def assert_unreadable(text: str, secret: str) -> None:
+    """No FRAGMENT-character piece of `secret` in `text` nor in any decoding of it."""
+    for reading in views(text):
+        leaked = [piece for piece in fragments(secret) if piece in reading]
+        assert not leaked, f"{leaked[0]!r} of {secret!r} readable in {reading!r} (from {text!r})"
+
+
+def test_the_testers_echoes_are_masked() -> None:
+    """The four echo styles that reached test-read, --dry-run and cassettes, exactly as reported."""
+    redact = Redactor([TESTER])
+    echoes = [
+        'p\\/Q\\"r\\/s+t\\/u~v\\/w%x\\/y\\\\z\\/A B\\/C D\\/E-F\\/G',  # PHP: escaped slashes
+        "p\\u002FQ\\u0022r\\u002Fs\\u002Bt\\u002Fu~v\\u002Fw%x\\u002Fy\\u005Cz\\u002FA B\\u002FC D\\u002FE-F\\u002FG",
+        "".join(char + "\x00" for char in TESTER),  # UTF-16 LE read as UTF-8
+        "".join("\x00" + char for char in TESTER),  # UTF-16 BE
+        repr("".join(char + "\x00" for char in TESTER)),  # ... in a repr'd excerpt: literal \x00
+        "p&#47;Q&quot;r&#x2F;s+t&#x2f;u~v&#47;w%x&#47;y\\z&#x2F;A B&#47;C D&#47;E-F&#47;G",
+    ]
+    for text in echoes:
+        said = f"HTTP 400 {{'error': 'bad key {text}'}} (GET /x)"
+        clean = redact(said)
+        assert_unreadable(clean, TESTER)
+        assert clean.startswith("HTTP 400 {'error': 'bad key ")
+        assert clean.endswith("'} (GET /x)")
+
+
+@pytest.mark.parametrize("secret", [TESTER, NON_ASCII, HOSTILE, "plain-9f3b2c71e8a4d6ab", "a&amp;b%41c\\u0041d-e𝄞f"])
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_every_echo_style_is_masked(secret: str, style: str) -> None:
+    """Each style alone: .NET upper-case \\u (punctuation too), PHP `\\/`, UTF-16 both orders (and
+    repr'd), HTML numeric (decimal, hex both cases) and named, percent (both cases, UTF-8 bytes)."""
+    clean = Redactor([secret])(f"said <{echo(secret, style)}> ok")
+    assert_unreadable(clean, secret)
+    assert clean.startswith("said <")
+    assert clean.endswith("> ok")
+
+
+@pytest.mark.parametrize("secret", [TESTER, NON_ASCII, HOSTILE])
+def test_mixed_per_character_escaping_is_masked(secret: str) -> None:
+    """Every character in a style of its own: no list of forms could enumerate these."""
+    redact = Redactor([secret])
+    rng = random.Random(11)
+    for _ in range(200):
+        chosen = [rng.choice(sorted(STYLES)) for _ in secret]
+        assert_unreadable(redact(f"x {echo(secret, chosen)} y"), secret)
+
+
+@pytest.mark.parametrize("secret", [TESTER, NON_ASCII, HOSTILE])
+def test_escapes_of_escapes_are_masked(secret: str) -> None:
+    """A JSON string escaped again (`\\\\/`, `\\\\u002F`), percent-encoded JSON, HTML-escaped JSON, a
+    repr of JSON: decoded in rounds."""
+    redact = Redactor([secret])
+    php = echo(secret, "php")
+    dotnet = echo(secret, "dotnet")
+    for text in (
+        json.dumps(php)[1:-1],
+        json.dumps(dotnet)[1:-1],
+        json.dumps(json.dumps(php)[1:-1])[1:-1],
+        quote(php, safe=""),
+        quote(dotnet),
+        echo(php, "html-decimal"),
+        repr(json.dumps(secret)),
+        echo(echo(secret, "html-hex"), "percent-lower"),
+    ):
+        assert_unreadable(redact(f"x {text} y"), secret)
+
+
+def test_decoded_views_cost_nothing_without_escapes_and_leave_other_text_alone() -> None:
+    """Text with escapes but no secret is unchanged; text without escape characters has no decoding."""
+    redact = Redactor([TESTER, NON_ASCII])
+    for text in ("50% done & \\o/", "a=1&b=%2F&c=\\u002F &#47; &amp; p\\/Q", "p/Q x\x00y", "\\x00\\x41%00&#0;"):
+        assert redact(text) == text
+    assert views("plain text / no escapes") == ["plain text / no escapes"]
+    assert views("%5Cu00e9 &#x26;amp;") == ["%5Cu00e9 &#x26;amp;", "\\u00e9 &amp;", "é &"]
+
+
+_HOSTILE_CHARS = st.sampled_from(list("\\/\"'%&#;+ ~<>ux0A\x00é✓ž𝄞"))  # escape starters, hex, NUL, non-ASCII
+_SECRETS = st.text(
+    st.one_of(_HOSTILE_CHARS, st.characters(codec="utf-8", exclude_categories=("Cs",))), min_size=FRAGMENT, max_size=24
+)
+_AROUND = st.text(st.sampled_from(list("ab /\\%&#;x0\x00\"'uU")), max_size=12)
+
+
+@settings(
+    max_examples=int(os.environ.get("REDACTION_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(secret=_SECRETS, data=st.data(), before=_AROUND, after=_AROUND)
+def test_random_secrets_in_random_mixed_escapes_never_stay_readable(
+    secret: str, data: st.DataObject, before: str, after: str
+) -> None:
+    """Any secret, any per-character mix of the styles, any text around: after redacting, no decoding
+    of the output reads any FRAGMENT-character piece of the secret."""
+    chosen = data.draw(st.lists(st.sampled_from(sorted(STYLES)), min_size=len(secret), max_size=len(secret)))
+    clean = Redactor([secret])(before + echo(secret, chosen) + after)
+    assert_unreadable(clean, secret)
+
+
 def _measure() -> None:  # pragma: no cover - `python -m tests.test_redaction`: what redacting costs
     import string
     import timeit
 
     rng = random.Random(1)
-    text = "".join(rng.choice(string.ascii_letters + ' :/={}"') for _ in range(1_000_000))
+    plain = "".join(rng.choice(string.ascii_letters + ' :/={}"') for _ in range(1_000_000))
+    # JSON-ish text with an escape every ~10 characters: every line gets decoded views (and a 2nd round)
+    tokens = [*string.ascii_letters, " ", ":", "\\/", '\\"', "\\u00e9", "%2F", "&amp;", "&#47;", "\\\\n"]
+    weights = [1] * 54 + [1] * 7
+    escaped = "".join(rng.choices(tokens, weights, k=700_000))[:1_000_000]
     typical = [
         "ghp_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(36)),
         "pw-Zq7!x:y@/k%3F",
@@ -199,10 +345,11 @@ def _measure() -> None:  # pragma: no cover - `python -m tests.test_redaction`: 
     for name, secrets in (("typical: a 40-char token + a DSN password", typical), ("10 hostile 48-char secrets", many)):
         started = timeit.default_timer()
         redact = Redactor(secrets)
-        built = timeit.default_timer() - started
-        line = timeit.timeit(lambda: redact(text[:300]), number=2000) / 2000  # noqa: B023
-        body = timeit.timeit(lambda: redact(text), number=3) / 3  # noqa: B023
-        print(f"{name}: build {built * 1e3:.0f} ms, 300-char line {line * 1e6:.0f} µs, 1 MB body {body * 1e3:.0f} ms")
+        print(f"{name}: build {(timeit.default_timer() - started) * 1e3:.0f} ms")
+        for kind, text in (("plain", plain), ("escaped", escaped)):
+            line = timeit.timeit(lambda: redact(text[:300]), number=2000) / 2000  # noqa: B023
+            body = timeit.timeit(lambda: redact(text), number=3) / 3  # noqa: B023
+            print(f"  {kind} text: 300-char line {line * 1e6:.0f} µs, 1 MB body {body * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
