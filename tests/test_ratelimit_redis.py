@@ -94,7 +94,7 @@ def bucket(redis_url: str) -> Iterator[str]:
     yield name
     client = redis.Redis.from_url(redis_url)
     try:
-        client.delete(REDIS_PREFIX + name, REDIS_PREFIX + name + ":state")
+        client.delete(REDIS_PREFIX + name, REDIS_PREFIX + name + ":state", REDIS_PREFIX + name + ":tat")
     finally:
         client.close()
 

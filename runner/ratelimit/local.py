@@ -48,7 +48,8 @@ MARGIN = 0.010
 # attempt's timeout clock then, so time spent waiting for the budget never counts as a timeout.
 GRANTED = "syncrun.granted"
 
-# A request on a connection opened for it is logged as sent this much later than it was. Plain HTTP
+# A request on a plain-HTTP connection opened for it is logged as sent this much later than it was
+# (not with TLS: the handshake needs the server, so it has taken the connection by then). Plain HTTP
 # lets the client write as soon as the kernel completed the handshake, before the server's accept loop
 # has taken the connection (and started a thread or task for it): on this 2-CPU machine the fifth of
 # five simultaneous new connections was counted 24 ms after the write, benchmarks saw 23-42 ms. Moving

@@ -24,7 +24,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # One grant, atomically (a script runs alone on the server). KEYS[1]: the bucket's log, a sorted set of
 # its last grants (member: the grant's number; score: its time, epoch seconds by this server's clock).
 # KEYS[2]: its state, a hash {seq: grants so far, paused_until, last: the latest grant's time, tat: the
-# token form's GCRA state}. ARGV: requests, window (per + margin; token form: the tolerance), burst,
+# token form's GCRA state}. KEYS[3]: the token form's tat right after each grant (a hash by seq), which a
+# re-stamp refolds from the grant it moves. ARGV: requests, window (per + margin; token form: the tolerance), burst,
 # pause (seconds to extend the shared pause by first; <= 0: none), interval (> 0: the token form's
 # seconds per token). The rules are syncrun_rate_reserve's (migration 0003). Returns {the grant's
 # time, now, seq} as strings, and passes scores as strings: Lua numbers would be truncated to integers
@@ -55,13 +56,19 @@ else
 end
 local when = string.format('%.6f', at)
 redis.call('ZADD', KEYS[1], when, string.format('%d', seq))
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(requests + burst + 64) - 1)
+local gone = redis.call('ZRANGE', KEYS[1], 0, -(requests + burst + 64) - 1)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('HDEL', KEYS[3], unpack(gone))
+end
+if interval > 0 then redis.call('HSET', KEYS[3], string.format('%d', seq), string.format('%.6f', tat)) end
 redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq), 'paused_until', string.format('%.6f', paused),
            'last', when, 'tat', string.format('%.6f', tat))
 -- an idle bucket vanishes once its log imposes nothing (and its pause is over), plus a second
 local ttl = math.ceil((math.max(at + math.max(window, 0), tat, paused) - now) * 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
 return {when, string.format('%.6f', now), string.format('%d', seq)}
 """
 
@@ -77,10 +84,29 @@ local old = tonumber(redis.call('ZSCORE', KEYS[1], member))
 if not old then return false end
 local s = old + math.max(late, 0)
 local function f(x) return string.format('%.6f', x) end
-if interval > 0 then
-  if redis.call('HGET', KEYS[2], 'seq') ~= member then return false end
-  local tat = tonumber(redis.call('HGET', KEYS[2], 'tat')) or 0
-  redis.call('HSET', KEYS[2], 'tat', f(math.max(tat, s + interval)))
+if interval > 0 then  -- GCRA over the log in order of (time, seq), the moved grant at its new time
+  local rows, tats = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[3])
+  local tat_after, k, tat = {}, tonumber(member), nil
+  for i = 1, #tats, 2 do tat_after[tats[i]] = tonumber(tats[i + 1]) end
+  local from = {}  -- the grants from the moved one on, in order; tat: the fold just before them
+  local function before(a, b) if a.at ~= b.at then return a.at < b.at end return a.seq < b.seq end
+  local all = {}
+  for i = 1, #rows, 2 do all[#all + 1] = {seq = tonumber(rows[i]), at = tonumber(rows[i + 1])} end
+  table.sort(all, before)
+  for _, e in ipairs(all) do
+    if before(e, {seq = k, at = old}) then tat = tat_after[string.format('%d', e.seq)]
+    else from[#from + 1] = {seq = e.seq, at = (e.seq == k) and s or e.at} end
+  end
+  table.sort(from, before)
+  local out = {}
+  for _, e in ipairs(from) do
+    if tat and e.at < tat - window - 0.000001 then return false end
+    tat = math.max(tat or e.at, e.at) + interval
+    out[#out + 1] = string.format('%d', e.seq)
+    out[#out + 1] = f(tat)
+  end
+  redis.call('HSET', KEYS[3], unpack(out))
+  redis.call('HSET', KEYS[2], 'tat', f(tat))
 else
   local function fits(t, span, most)  -- the window (t - span, t], holding s, holds at most `most`
     local n = redis.call('ZCOUNT', KEYS[1], '(' .. f(t - span), f(t))
@@ -99,7 +125,9 @@ redis.call('ZADD', KEYS[1], f(s), member)
 local last = tonumber(redis.call('HGET', KEYS[2], 'last')) or 0
 if s > last then redis.call('HSET', KEYS[2], 'last', f(s)) end
 local ttl = math.ceil((s + math.max(window, 0) + math.max(interval, 0) - old) * 1000) + 1000
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl) end
+if redis.call('PTTL', KEYS[1]) < ttl then
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
 return f(s)
 """
 
@@ -157,7 +185,11 @@ class RedisLimiter(SharedLimiter):
             ) from None
         super().__init__(rate, margin=margin, clock=clock, sleep=sleep, time_scale=time_scale)
         self.url = url
-        self.keys = [REDIS_PREFIX + rate.bucket, REDIS_PREFIX + rate.bucket + ":state"]
+        self.keys = [
+            REDIS_PREFIX + rate.bucket,
+            REDIS_PREFIX + rate.bucket + ":state",
+            REDIS_PREFIX + rate.bucket + ":tat",
+        ]
         self._timeout = timeout
         self._redis: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, _Scripts] | None = None
         self._closing: set[asyncio.Task[None]] = set()

@@ -13,6 +13,7 @@ connect and TLS set-up, tens to hundreds of ms after its slot. `lead` hands gran
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -20,7 +21,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runner import spec
-from runner.ratelimit.local import LATE, MARGIN, Clock, Grant, Limiter, Sleep
+from runner.ratelimit.local import LATE, LEAD_CAP, MARGIN, Clock, Grant, Limiter, Sleep
 
 log = logging.getLogger("runner.ratelimit")
 
@@ -59,12 +60,15 @@ class SharedLimiter(Limiter):
         self._flushes: set[asyncio.Task[None]] = set()  # background pause writes, kept referenced
         self._offsets: deque[tuple[float, float]] = deque()  # (our time, clock offset sample)
         self._trip = 0.0  # how long the last statement took, there and back
+        self._unsent: set[Grant] = set()  # handed out, not written yet
+        self._left: asyncio.Future[None] | None = None  # resolved when one of them is written (or dropped)
         self.discarded = 0  # grants reserved but not used: refused a re-stamp, or inside a pause
         self.restamped = 0  # grants used late and moved on the server
 
     async def reserve(self) -> Grant:
         self._check_open()
         async with self._loop_lock():
+            await self._overdue()
             while True:
                 paused_until = self._paused_until
                 asked = self._clock()
@@ -76,7 +80,9 @@ class SharedLimiter(Limiter):
                     self.discarded += 1  # paused meanwhile: this grant falls inside the pause
                     continue
                 self.requests += 1
-                return Grant(deadline, paused_until, handed=self._clock(), seq=granted.seq)
+                grant = Grant(deadline, paused_until, handed=self._clock(), seq=granted.seq)
+                self._unsent.add(grant)
+                return grant
 
     async def sending(self, grant: Grant, *, later: float = 0.0, learn: bool = False) -> bool:
         """At the write: wait for the slot if the grant came early. If it is now more than LATE past its
@@ -107,13 +113,34 @@ class SharedLimiter(Limiter):
                 continue
             await self._regrant(grant)
             regranted, later, tries = True, 0.0, 0
-        grant.sent = self._clock()
+        self._written(grant)
         return regranted
 
     def release(self, grant: Grant) -> None:
         """Nothing to record: the server's log holds the reservation, which the send never precedes."""
         if grant.sent is None:
-            grant.sent = self._clock()
+            self._written(grant)
+
+    def _written(self, grant: Grant) -> None:
+        grant.sent = self._clock()
+        self._unsent.discard(grant)
+        if self._left is not None and not self._left.done():
+            with contextlib.suppress(RuntimeError):  # its event loop may be gone
+                self._left.set_result(None)
+
+    async def _overdue(self) -> None:
+        """Wait (at most LEAD_CAP) until none of this process's grants is past its slot and unwritten.
+
+        Such a grant is being connected (the first of a run, before `lead` knows the set-up time) and
+        will be re-stamped to its real send time. A reservation made meanwhile would be computed from
+        its old time, and the server would then have to refuse the re-stamp (the grant is lost).
+        Waiting costs nothing: the next reservation is usually a window away anyway."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAD_CAP
+        while any(g.at <= self._clock() for g in self._unsent) and (left := deadline - loop.time()) > 0:
+            self._left = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._left), left)
 
     def pause(self, seconds: float) -> None:
         super().pause(seconds)
@@ -131,7 +158,10 @@ class SharedLimiter(Limiter):
         """Leave `grant` unused (it still counts on the server) and take a new one in its place."""
         self.requests -= 1  # it was counted as used
         self.discarded += 1
+        self._unsent.discard(grant)
         fresh = await self.reserve()
+        self._unsent.discard(fresh)
+        self._unsent.add(grant)
         await self._until(fresh.at)
         grant.at, grant.paused_until, grant.seq = fresh.at, fresh.paused_until, fresh.seq
 

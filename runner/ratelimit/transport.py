@@ -42,12 +42,14 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                     granted()
                 return await self._inner.handle_async_request(request)
 
-            fresh = False  # this request opened its connection
+            fresh = False  # this request opened a plain-HTTP connection (see FRESH)
 
             async def trace(event: str, info: dict[str, Any]) -> None:
                 nonlocal fresh
                 if event.startswith("connection.connect_tcp."):
                     fresh = True
+                elif event.startswith("connection.start_tls."):
+                    fresh = False  # the server took part in the handshake: it has the connection
                 # the last thing before the write: nothing of ours awaits between this stamp and the
                 # socket (a caller's own trace runs after it, so it sees the write's moment too)
                 elif event.endswith(".send_request_headers.started"):

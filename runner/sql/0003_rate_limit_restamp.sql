@@ -5,6 +5,9 @@
 -- token-bucket form: the bucket's theoretical arrival time (GCRA): the next grant may go at
 -- tat - (burst - 1) * interval, and each grant moves it to greatest(tat, grant) + interval.
 alter table syncrun_rate_limits add column if not exists tat timestamptz;
+-- token form: tat right after this grant, folding the log in order of (at, seq); a re-stamp refolds
+-- from the grant it moves
+alter table syncrun_rate_log add column if not exists tat_after timestamptz;
 
 -- Reserve the earliest moment one more request of `p_bucket` may be sent. Returns {that moment, now, seq}
 -- (epoch seconds of the database's clock, and the reservation's number for syncrun_rate_restamp).
@@ -47,7 +50,7 @@ begin
         at := greatest(now_, b.paused_until, b.last_at, b.tat - make_interval(secs => p_window));
         b.tat := greatest(b.tat, at) + make_interval(secs => p_interval);
     end if;
-    insert into syncrun_rate_log (bucket, seq, at) values (p_bucket, k, at);
+    insert into syncrun_rate_log (bucket, seq, at, tat_after) values (p_bucket, k, at, b.tat);
     delete from syncrun_rate_log where bucket = p_bucket and seq <= k - keep;
     update syncrun_rate_limits
        set seq = k, last_at = at, paused_until = b.paused_until, tat = b.tat, updated_at = now_
@@ -61,8 +64,9 @@ $$;
 -- or null when refused (the caller then leaves it unused and reserves again).
 -- Window form: every window of p_window (and of the burst's span) that now holds the new time must
 -- hold at most p_requests (p_burst) rows; only windows ending at the new time or at a younger row
--- within one window after it can have grown. Token form: only the latest reservation can move, and
--- the bucket's tat moves with it.
+-- within one window after it can have grown. Token form: the GCRA fold from the moved grant on must
+-- still conform; the rows' tat_after and the bucket's tat follow it. A refusal changes nothing (the
+-- function's statements run in one transaction, the caller's autocommit statement).
 create or replace function syncrun_rate_restamp(
     p_bucket text, p_seq bigint, p_late float8,
     p_requests int, p_window float8, p_burst int, p_interval float8
@@ -73,6 +77,7 @@ declare
     old timestamptz;
     s timestamptz;
     t timestamptz;
+    r record;
 begin
     select * into b from syncrun_rate_limits where bucket = p_bucket for update;
     select l.at into old from syncrun_rate_log l where l.bucket = p_bucket and l.seq = p_seq;
@@ -81,10 +86,26 @@ begin
     end if;
     s := old + make_interval(secs => greatest(p_late, 0));
     if p_interval is not null then
-        if p_seq <> b.seq then
-            return null;
-        end if;
-        b.tat := greatest(b.tat, s + make_interval(secs => p_interval));
+        -- GCRA over the log in order, the moved grant at its new time, from the tat just before it
+        -- (p_window is the tolerance): refused if any grant from it on would no longer conform
+        -- (checked first, written after: a refusal must leave the rows as they were)
+        for step in 1..2 loop
+            select l.tat_after into t from syncrun_rate_log l
+             where l.bucket = p_bucket and (l.at, l.seq) < (old, p_seq) order by l.at desc, l.seq desc limit 1;
+            for r in
+                select l.seq, case when l.seq = p_seq then s else l.at end as at from syncrun_rate_log l
+                 where l.bucket = p_bucket and (l.at, l.seq) >= (old, p_seq) order by 2, 1
+            loop
+                if r.at < t - make_interval(secs => p_window) - interval '1 microsecond' then
+                    return null;
+                end if;
+                t := greatest(t, r.at) + make_interval(secs => p_interval);
+                if step = 2 then
+                    update syncrun_rate_log set tat_after = t where bucket = p_bucket and seq = r.seq;
+                end if;
+            end loop;
+        end loop;
+        b.tat := t;
     else
         for t in
             select s union all
