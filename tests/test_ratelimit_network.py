@@ -110,7 +110,8 @@ def test_window_limit_on_a_slow_network(
     limiter = build(kind, shaped(kind, f"net-{kind}-{time.time_ns()}", requests=3, per=1.5, burst=3), db)
     started = run(slow_tls, limiter, count=12, concurrency=3)
     arrivals = sorted(api.arrivals("/x"))
-    assert len(arrivals) == 12 and slow_tls.connections == 12
+    assert len(arrivals) == 12
+    assert slow_tls.connections == 12
     # at once: each waited for its connection set-up (0.1-0.3 s, the handshake) and its re-stamp; a
     # lost slot would cost a window (1.5 s)
     assert arrivals[2] - started < 1.0, [round(a - started, 3) for a in arrivals]

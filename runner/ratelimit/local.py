@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from runner import spec
 from runner.errors import UsageError
 
-# Every window is padded by this much (the token form: the burst tolerance is shortened by it). The log
+# Every window is padded by this much (the token form: every interval). The log
 # stamps a request when its bytes are handed to the socket; the API counts it when it has read them.
 # What varies in between (transit, the server's own scheduling) can bunch arrivals stamped
 # `per + margin` apart only if it varies by more than the margin. 10 ms costs 1 % of the rate at
@@ -113,9 +113,9 @@ class Limiter:
       grants count whatever their slot, so a request that leaves late can never be missed.
     - burst: T >= the slot B grants ago + W * B / requests. Slots, not stamps: a grant that woke
       late does not push the schedule back (no drift); the window rule still sees when it left.
-    Token form (I = per): GCRA over the stamps, every open grant taken as sent with the new one:
-    T >= tat + (open - B + 1) * I + margin, where tat folds the stamps as max(tat, t) + I; at most
-    B - 1 other grants open.
+    Token form (I = per + margin): GCRA over the stamps, every open grant taken as sent with the new
+    one: T >= tat + (open - B + 1) * I, where tat folds the stamps as max(tat, t) + I; at most B - 1
+    other grants open.
     Both: T >= the pause, and >= the moment the caller asked.
     """
 
@@ -228,7 +228,7 @@ class Limiter:
         if self.token:
             if self._open >= self.rate.burst:
                 return math.inf
-            return max(slot, self._tat + (self._open - self.rate.burst + 1) * self.rate.per + self.margin)
+            return max(slot, self._tat + (self._open - self.rate.burst + 1) * self._window)
         if len(self._slots) == self.rate.burst:
             slot = max(slot, self._slots[0] + self._spacing)
         room = self.rate.requests - self._open  # sends the window may still hold, the new one included
@@ -244,7 +244,7 @@ class Limiter:
         grant.sent = now = max(self._clock(), grant.at) + later
         self._open -= 1
         # an out-of-order stamp folds to a later tat than in order would: conservative
-        self._tat = max(self._tat, now) + self.rate.per
+        self._tat = max(self._tat, now) + self._window  # token form: the interval, padded like a window
         bisect.insort(self._sent, now)  # nearly always at the end; an out-of-order stamp goes in place
         if len(self._sent) > 2 * self.rate.requests:  # trim in batches: O(1) amortised
             del self._sent[: -self.rate.requests]

@@ -74,7 +74,7 @@ return {when, string.format('%.6f', now), string.format('%d', seq)}
 
 # Reservation ARGV[1] is used ARGV[2] seconds late: move it that much later unless a reservation already
 # made relies on it where it was (syncrun_rate_restamp's rules, migration 0003). ARGV[3..6]: requests,
-# window, burst, interval (> 0: token form, where only the latest reservation may move). Returns the
+# window, burst, interval (> 0: token form; KEYS[3] holds the fold). Returns the
 # new time as a string, or false (nil to the client) when refused.
 REDIS_RESTAMP = """
 local member, late = ARGV[1], tonumber(ARGV[2])

@@ -170,7 +170,7 @@ class SharedLimiter(Limiter):
         as the window and the time per token as the interval."""
         rate = self.rate
         if self.token:
-            return rate.requests, (rate.burst - 1) * rate.per - self.margin, rate.burst, rate.per
+            return rate.requests, (rate.burst - 1) * self._window, rate.burst, self._window
         return rate.requests, self._window, rate.burst, None
 
     async def _remote_grant(self, pause: float) -> Reservation:

@@ -52,9 +52,12 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                     fresh = False  # the server took part in the handshake: it has the connection
                 # the last thing before the write: nothing of ours awaits between this stamp and the
                 # socket (a caller's own trace runs after it, so it sees the write's moment too)
-                elif event.endswith(".send_request_headers.started"):
-                    if await limiter.sending(grant, later=FRESH if fresh else 0.0, learn=True) and callable(granted):
-                        granted()  # granted again (a shared limiter): restart the attempt's clock
+                elif (
+                    event.endswith(".send_request_headers.started")
+                    and await limiter.sending(grant, later=FRESH if fresh else 0.0, learn=True)
+                    and callable(granted)
+                ):
+                    granted()  # granted again (a shared limiter): restart the attempt's clock
                 if previous is not None:
                     await previous(event, info)
 

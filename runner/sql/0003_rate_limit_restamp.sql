@@ -13,7 +13,7 @@ alter table syncrun_rate_log add column if not exists tat_after timestamptz;
 -- (epoch seconds of the database's clock, and the reservation's number for syncrun_rate_restamp).
 -- Window form (p_interval null): at most p_requests in every window of p_window seconds, at most
 -- p_burst within p_window * p_burst / p_requests. Token form (p_interval: seconds per token): GCRA
--- with tolerance p_window (= (burst - 1) * interval - margin); p_requests, p_burst unused. Either way, none before paused_until, and grants stay in order (>= last_at).
+-- with tolerance p_window (= (burst - 1) * interval); p_requests, p_burst unused. Either way, none before paused_until, and grants stay in order (>= last_at).
 -- A re-stamped reservation may sit later than younger ones, so "the grant N ago" is the latest of the
 -- rows at or before it (a superset of the older rows holds one at least as late as the N-th latest;
 -- the log keeps 64 rows beyond N for that).
