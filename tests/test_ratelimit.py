@@ -399,7 +399,8 @@ def test_token_bucket_bursts_then_refills_one_per_interval() -> None:
         return await grant_times(limiter, clock, 4)
 
     rest = asyncio.run(later())
-    assert rest[:3] == [rest[0]] * 3 and rest[3] > rest[0] + 3.0
+    assert rest[:3] == [rest[0]] * 3
+    assert rest[3] > rest[0] + 3.0
 
 
 def test_token_bucket_counts_open_grants_and_late_sends() -> None:

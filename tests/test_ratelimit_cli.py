@@ -3,6 +3,7 @@ bundled SteamSpy catalogue source through a slow TLS network."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -129,7 +130,7 @@ def test_bundled_steamspy_source_requests_pages_a_minute_apart_through_a_slow_ne
     assert process.returncode == 0, err
     arrivals = api.arrivals("/api.php")
     assert [r.query["page"] for r in api.requests] == ["0", "1", "2"]
-    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     assert all(60.0 <= gap <= 61.0 for gap in gaps), gaps
     assert db.scalar("select status from sync_jobs") == "completed"
     assert db.scalar("select seq from syncrun_rate_limits where bucket = 'steamspy-all'") == 3
