@@ -342,11 +342,7 @@ class _Builder:
             per = parse_duration(f"1{unit}") / float(number)  # seconds per token
             return spec.RateLimit(requests=1, per=per, burst=burst, form=spec.LimitForm.TOKEN, **common)
         if burst > raw["requests"]:
-            self.add(
-                ("rate_limit", "burst"),
-                f"{burst} is more than requests ({raw['requests']}): lower it, or state the limit as a token"
-                " bucket (rate: N/s with burst)",
-            )
+            self.add(("rate_limit", "burst"), f"{burst} is more than requests ({raw['requests']}): lower it")
         return spec.RateLimit(
             requests=raw["requests"],
             per=self.duration(("rate_limit", "per"), raw["per"], positive=True),

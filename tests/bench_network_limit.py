@@ -47,12 +47,14 @@ def measure(kind: str, one_way: float, cert: tuple[Path, Path], dsn: str) -> Non
     limiter = {"process": Limiter, "database": lambda r: DatabaseLimiter(r, dsn), "redis": RedisLimiter}[kind](rate)
     try:
         with DelayProxy(api.url, one_way=one_way, tls=cert) as proxy:
-            started = net.run(proxy, limiter, count=24, concurrency=3)
+            writes: list[float] = []
+            started = net.run(proxy, limiter, count=24, concurrency=3, writes=writes)
         arrivals = sorted(api.arrivals("/x"))
     finally:
         api.stop()
     print(
-        f"{kind:8} {one_way * 1000:3.0f} ms each way: worst window {worst_window(arrivals, 1.5)}/3,"
+        f"{kind:8} {one_way * 1000:3.0f} ms each way: worst window {worst_window(arrivals, 1.5)}/3"
+        f" (writes {worst_window(writes, 1.5)}/3),"
         f" first 3 by {arrivals[2] - started:.2f} s, utilisation {1.5 / mean(net.cycles(arrivals, 3)) * 100:.1f} %,"
         f" discarded {getattr(limiter, 'discarded', 0)}, re-stamped {getattr(limiter, 'restamped', 0)}",
         flush=True,

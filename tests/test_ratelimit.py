@@ -386,13 +386,13 @@ def token(per: float, burst: int, **kw: object) -> spec.RateLimit:
 
 
 def test_token_bucket_bursts_then_refills_one_per_interval() -> None:
-    """0.33/s, burst 3 (the ported workers' limit): calls 1-3 at once, call 4 one interval (+ margin)
-    later, then one per interval; a full bucket again after an idle spell."""
+    """0.33/s, burst 3 (the ported workers' limit): calls 1-3 at once, call 4 one interval (+ margin,
+    3.045 s) later, then one per interval; a full bucket again after an idle spell."""
     clock = FakeClock()
     limiter = Limiter(token(1 / 0.33, 3), clock=clock, sleep=clock.sleep)
-    step = round(1 / 0.33 + MARGIN, 6)
+    step = round(1 / 0.33 + limiter.margin, 6)  # 0.5 % of the interval: 15 ms
     times = asyncio.run(grant_times(limiter, clock, 6))
-    assert times == [0.0, 0.0, 0.0, step, round(2 * step, 6), round(3 * step, 6)]
+    assert times == pytest.approx([0.0, 0.0, 0.0, step, 2 * step, 3 * step], abs=1e-5)
 
     async def later() -> list[float]:
         clock.now += 60

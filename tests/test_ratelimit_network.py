@@ -5,7 +5,10 @@ Each connection costs 100-300 ms to open (plus the TLS handshake) and every byte
 connection, the worst case (an expired keep-alive before each one). The server behind the proxy counts
 the arrivals. Claims, for `shared: process`, `database` and `redis`, window form and token form:
 
-- never more than the limit in any window as the server counts arrivals;
+- never more than the limit in any window: exactly as the client writes (httpcore's trace), and as the
+  server counts arrivals to within HARNESS (the proxy's child process and the server's threads wake
+  late on a loaded 2-CPU machine: 4 in a window seen 2 times in 6 runs of tests/bench_network_limit.py
+  while the writes held 3; that jitter is the harness's, a path's own is what `margin` is for);
 - >= 97 % of the limit used (each request's cycle, the time from the arrival `requests` before it, is
   the window; its mean over the run is at most window / 0.97);
 - the first `burst` requests go at once (no lost first slot).
@@ -29,6 +32,7 @@ from tests.pg import Database
 from tests.test_ratelimit_redis import REDIS_URL, _reachable
 
 KINDS = ("process", "database", "redis")
+HARNESS = 0.04  # seconds of arrival jitter the loopback harness itself adds under load (see above)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +71,19 @@ def shaped(kind: str, bucket: str, **limit: object) -> spec.RateLimit:
     return spec.RateLimit(bucket=bucket, shared=scope, **limit)  # type: ignore[arg-type]
 
 
-def run(proxy: DelayProxy, limiter: Limiter, *, count: int, concurrency: int) -> float:
-    """`count` GETs of proxy.url/x, `concurrency` at a time, through client.send. Returns when it started."""
+def run(
+    proxy: DelayProxy, limiter: Limiter, *, count: int, concurrency: int, writes: list[float] | None = None
+) -> float:
+    """`count` GETs of proxy.url/x, `concurrency` at a time, through client.send. Returns when it started;
+    `writes` gets the moment each request was written (httpcore's trace, which runs after the limiter's)."""
     request_spec = spec.Request(url=spec.Template(proxy.url + "/x", (spec.Literal(proxy.url + "/x"),)), timeout=10.0)
     policy = spec.Retry(attempts=1)
     todo = list(range(count))
+    written = writes if writes is not None else []
+
+    async def trace(event: str, info: dict[str, object]) -> None:
+        if event.endswith("send_request_headers.started"):
+            written.append(time.monotonic())
 
     async def main() -> float:
         async with client.build(request_spec, limiter, max_connections=concurrency) as http:
@@ -79,7 +91,7 @@ def run(proxy: DelayProxy, limiter: Limiter, *, count: int, concurrency: int) ->
             async def worker() -> None:
                 while todo:
                     todo.pop()
-                    request = http.build_request("GET", proxy.url + "/x")
+                    request = http.build_request("GET", proxy.url + "/x", extensions={"trace": trace})
                     await client.send(http, request, policy, max_body=10_000, timeout=10.0, limiter=limiter, redact=str)
 
             started = time.monotonic()
@@ -108,14 +120,16 @@ def test_window_limit_on_a_slow_network(
     api.route("/x", Reply(200, json={}, headers={"Connection": "close"}))
     db = request.getfixturevalue("db") if kind == "database" else None
     limiter = build(kind, shaped(kind, f"net-{kind}-{time.time_ns()}", requests=3, per=1.5, burst=3), db)
-    started = run(slow_tls, limiter, count=12, concurrency=3)
+    writes: list[float] = []
+    started = run(slow_tls, limiter, count=12, concurrency=3, writes=writes)
     arrivals = sorted(api.arrivals("/x"))
+    assert worst_window(writes, 1.5) <= 3, [round(w - started, 3) for w in sorted(writes)]
     assert len(arrivals) == 12
     assert slow_tls.connections == 12
     # at once: each waited for its connection set-up (0.1-0.3 s, the handshake) and its re-stamp; a
     # lost slot would cost a window (1.5 s)
     assert arrivals[2] - started < 1.0, [round(a - started, 3) for a in arrivals]
-    assert worst_window(arrivals, 1.5) <= 3, [round(a - started, 3) for a in arrivals]
+    assert worst_window(arrivals, 1.5 - HARNESS) <= 3, [round(a - started, 3) for a in arrivals]
     assert mean(cycles(arrivals, 3)) <= (1.5 + MARGIN) / 0.97, [round(a - started, 3) for a in arrivals]
 
 
@@ -130,13 +144,16 @@ def test_token_bucket_on_a_slow_network(
     db = request.getfixturevalue("db") if kind == "database" else None
     rate = shaped(kind, f"tok-{kind}-{time.time_ns()}", requests=1, per=1.0, burst=3, form=spec.LimitForm.TOKEN)
     limiter = build(kind, rate, db)
-    started = run(slow_tls, limiter, count=8, concurrency=3)
+    writes: list[float] = []
+    started = run(slow_tls, limiter, count=8, concurrency=3, writes=writes)
     arrivals = sorted(api.arrivals("/x"))
     shown = [round(a - started, 3) for a in arrivals]
+    writes.sort()
     assert len(arrivals) == 8
     assert arrivals[2] - started < 0.9, shown  # at once (a lost slot would cost a second)
     for i, earlier in enumerate(arrivals):
         for j in range(i + 3, len(arrivals)):  # j - i + 1 arrivals in the span: at most 3 + 1/s x span
-            assert arrivals[j] - earlier >= (j - i - 2) * 1.0 - 1e-3, shown
+            assert writes[j] - writes[i] >= (j - i - 2) * 1.0 - 1e-3, [round(w - started, 3) for w in writes]
+            assert arrivals[j] - earlier >= (j - i - 2) * 1.0 - HARNESS, shown
     # the 5 after the burst: one a second from the first token's refill (>= 97 %)
     assert arrivals[-1] - arrivals[0] <= 5 * (1.0 + MARGIN) / 0.97, shown

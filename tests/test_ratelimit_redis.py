@@ -121,7 +121,7 @@ def test_registry_builds_redis_limiters() -> None:
     steam = registry["steam"]
     assert isinstance(steam, RedisLimiter)
     assert steam.url == "redis://cache:6380/2"
-    assert steam.keys == ["syncrun:ratelimit:steam", "syncrun:ratelimit:steam:state"]
+    assert steam.keys == ["syncrun:ratelimit:steam", "syncrun:ratelimit:steam:state", "syncrun:ratelimit:steam:tat"]
     assert type(registry["local"]) is Limiter
     default = limiters([shared(10, 1.0)])["b"]
     assert isinstance(default, RedisLimiter)

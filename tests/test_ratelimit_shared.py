@@ -117,6 +117,7 @@ def _wait(processes: list) -> list[int]:
         out, _ = process.communicate(timeout=30)
         assert process.returncode == 0
         counts.append(int(out.split()[0]))
+        print("worker (grants, discarded, re-stamped):", out.strip())
     return counts
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from runner import spec
 from runner.errors import UsageError
 from runner.ratelimit.database import DatabaseLimiter
-from runner.ratelimit.local import FRESH, GRANTED, LATE, LEAD_CAP, MARGIN, Clock, Grant, Limiter, Sleep
+from runner.ratelimit.local import FRESH, GRANTED, LATE, LEAD_CAP, MARGIN, MARGIN_SHARE, Clock, Grant, Limiter, Sleep
 from runner.ratelimit.redisstore import (
     DEFAULT_REDIS_URL,
     REDIS_GRANT,
@@ -36,6 +36,7 @@ __all__ = [
     "LATE",
     "LEAD_CAP",
     "MARGIN",
+    "MARGIN_SHARE",
     "OFFSET_MEMORY",
     "REDIS_GRANT",
     "REDIS_PAUSE",
@@ -57,7 +58,7 @@ __all__ = [
 def limiters(
     rate_limits: Iterable[spec.RateLimit],
     *,
-    margin: float = MARGIN,
+    margin: float | None = None,
     dsn: str | None = None,
     redis_url: str | None = None,
     time_scale: float = 1.0,

@@ -11,7 +11,7 @@ import psycopg
 
 from runner import spec
 from runner.errors import DatabaseError, SchemaMismatch
-from runner.ratelimit.local import MARGIN, Clock, Sleep
+from runner.ratelimit.local import Clock, Sleep
 from runner.ratelimit.shared import Reservation, SharedLimiter
 
 
@@ -38,7 +38,7 @@ class DatabaseLimiter(SharedLimiter):
         rate: spec.RateLimit,
         dsn: str,
         *,
-        margin: float = MARGIN,
+        margin: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         time_scale: float = 1.0,

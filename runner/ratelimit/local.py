@@ -43,6 +43,10 @@ from runner.errors import UsageError
 # `per + margin` apart only if it varies by more than the margin. 10 ms costs 1 % of the rate at
 # per = 1 s, 2 % at 0.5 s.
 MARGIN = 0.010
+# ... at least this share of the period, though: transit varies by more than 10 ms between two requests
+# a minute apart on a real network, and for a long period one request over can cost a ban for the
+# whole period. 0.5 % of the rate buys it (300 ms at 1 per 60 s, 45 ms at 3 per 9 s).
+MARGIN_SHARE = 0.005
 
 # Request extension key: called right after the budget is granted. client.send uses it to start an
 # attempt's timeout clock then, so time spent waiting for the budget never counts as a timeout.
@@ -123,7 +127,7 @@ class Limiter:
         self,
         rate: spec.RateLimit,
         *,
-        margin: float = MARGIN,
+        margin: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         time_scale: float = 1.0,
@@ -134,8 +138,8 @@ class Limiter:
         # `--replay --rate-scale K`: the caller scales `rate.per`; server-given pauses scale here
         self.time_scale = time_scale
         self.requests = 0  # grants so far: every attempt of every page
-        self.margin = margin
-        self._window = rate.per + margin
+        self.margin = max(MARGIN, rate.per * MARGIN_SHARE) if margin is None else margin
+        self._window = rate.per + self.margin
         self._spacing = self._window * rate.burst / rate.requests  # `burst` grants per spacing
         self._slots: deque[float] = deque(maxlen=rate.burst)  # scheduled times of the last `burst` grants
         self._sent: list[float] = []  # stamps of sent grants, ascending; the last `requests` matter

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from runner import spec
 from runner.database import redact_dsn
 from runner.errors import DatabaseError, UsageError
-from runner.ratelimit.local import MARGIN, Clock, Sleep
+from runner.ratelimit.local import Clock, Sleep
 from runner.ratelimit.shared import Reservation, SharedLimiter
 
 if TYPE_CHECKING:
@@ -84,6 +84,8 @@ local old = tonumber(redis.call('ZSCORE', KEYS[1], member))
 if not old then return false end
 local s = old + math.max(late, 0)
 local function f(x) return string.format('%.6f', x) end
+-- a Retry-After came meanwhile: a late request must not go out inside it
+if s < (tonumber(redis.call('HGET', KEYS[2], 'paused_until')) or 0) then return false end
 if interval > 0 then  -- GCRA over the log in order of (time, seq), the moved grant at its new time
   local rows, tats = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[3])
   local tat_after, k, tat = {}, tonumber(member), nil
@@ -170,7 +172,7 @@ class RedisLimiter(SharedLimiter):
         rate: spec.RateLimit,
         url: str = DEFAULT_REDIS_URL,
         *,
-        margin: float = MARGIN,
+        margin: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         time_scale: float = 1.0,

@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runner import spec
-from runner.ratelimit.local import LATE, LEAD_CAP, MARGIN, Clock, Grant, Limiter, Sleep
+from runner.ratelimit.local import LATE, LEAD_CAP, Clock, Grant, Limiter, Sleep
 
 log = logging.getLogger("runner.ratelimit")
 
@@ -51,7 +51,7 @@ class SharedLimiter(Limiter):
         self,
         rate: spec.RateLimit,
         *,
-        margin: float = MARGIN,
+        margin: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         time_scale: float = 1.0,
@@ -66,8 +66,15 @@ class SharedLimiter(Limiter):
         self.restamped = 0  # grants used late and moved on the server
 
     async def reserve(self) -> Grant:
+        """Reserve on the server, sleep until the reservation less `lead`, and hand it out. The next
+        waiter of this process may only reserve from the reservation's own time on (the lock is let go
+        then, not at the hand-out): so a process holds at most one reservation ahead, however large
+        `lead`, and a pause reaches it at the next one."""
         self._check_open()
-        async with self._loop_lock():
+        lock = self._loop_lock()
+        await lock.acquire()
+        released = False
+        try:
             await self._overdue()
             while True:
                 paused_until = self._paused_until
@@ -82,7 +89,13 @@ class SharedLimiter(Limiter):
                 self.requests += 1
                 grant = Grant(deadline, paused_until, handed=self._clock(), seq=granted.seq)
                 self._unsent.add(grant)
+                if (early := deadline - self._clock()) > 0:
+                    asyncio.get_running_loop().call_later(early, lock.release)
+                    released = True
                 return grant
+        finally:
+            if not released:
+                lock.release()
 
     async def sending(self, grant: Grant, *, later: float = 0.0, learn: bool = False) -> bool:
         """At the write: wait for the slot if the grant came early. If it is now more than LATE past its

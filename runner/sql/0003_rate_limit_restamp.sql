@@ -61,7 +61,7 @@ $$;
 
 -- Reservation `p_seq` is being used `p_late` seconds after its time: move it that much later, if no
 -- other reservation already made relies on it being where it was. Returns its new time (epoch seconds),
--- or null when refused (the caller then leaves it unused and reserves again).
+-- or null when refused (the caller then leaves it unused and reserves again, after any pause).
 -- Window form: every window of p_window (and of the burst's span) that now holds the new time must
 -- hold at most p_requests (p_burst) rows; only windows ending at the new time or at a younger row
 -- within one window after it can have grown. Token form: the GCRA fold from the moved grant on must
@@ -85,6 +85,9 @@ begin
         return null;
     end if;
     s := old + make_interval(secs => greatest(p_late, 0));
+    if s < b.paused_until then
+        return null;  -- a Retry-After came meanwhile: a late request must not go out inside it
+    end if;
     if p_interval is not null then
         -- GCRA over the log in order, the moved grant at its new time, from the tat just before it
         -- (p_window is the tolerance): refused if any grant from it on would no longer conform
