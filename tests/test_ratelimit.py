@@ -280,7 +280,8 @@ def test_database_limiter_restamps_a_late_send_instead_of_discarding_it(db: Data
     assert db.scalar("select seq from syncrun_rate_limits where bucket = 'b'") == 2
     first, second = (r[0] for r in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq"))
     assert second - first >= LATE + 0.03
-    assert db.scalar("select extract(epoch from last_at - clock_timestamp()) from syncrun_rate_limits") < 0
+    # not ahead of real time (issue #10 saw minutes): at most the re-stamp's cover for the write after it
+    assert db.scalar("select extract(epoch from last_at - clock_timestamp()) from syncrun_rate_limits") < 0.5
 
 
 def _template(text: str) -> spec.Template:

@@ -21,12 +21,16 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runner import spec
-from runner.ratelimit.local import LATE, LEAD_CAP, Clock, Grant, Limiter, Sleep
+from runner.ratelimit.local import FRESH, LATE, Clock, Grant, Limiter, Sleep
 
 log = logging.getLogger("runner.ratelimit")
 
 # How long a sample of the offset between our clock and the server's stays usable.
 OFFSET_MEMORY = 10.0
+
+# How long a reservation waits for this process's grants that are being connected (see `_overdue`):
+# a connection set-up, TLS included, rarely takes longer on a real network.
+OVERDUE_WAIT = 0.5
 
 # A re-stamp is tried this many times (each covers the time its own round trip took) before the
 # grant is left unused and taken again.
@@ -67,14 +71,11 @@ class SharedLimiter(Limiter):
 
     async def reserve(self) -> Grant:
         """Reserve on the server, sleep until the reservation less `lead`, and hand it out. The next
-        waiter of this process may only reserve from the reservation's own time on (the lock is let go
-        then, not at the hand-out): so a process holds at most one reservation ahead, however large
-        `lead`, and a pause reaches it at the next one."""
+        waiter of this process reserves from the hand-out on: the grants of one burst all go out early
+        enough to connect. (So a process may hold a reservation made up to `lead` early when a pause
+        comes: the pause reaches it at its next one.)"""
         self._check_open()
-        lock = self._loop_lock()
-        await lock.acquire()
-        released = False
-        try:
+        async with self._loop_lock():
             await self._overdue()
             while True:
                 paused_until = self._paused_until
@@ -89,13 +90,7 @@ class SharedLimiter(Limiter):
                 self.requests += 1
                 grant = Grant(deadline, paused_until, handed=self._clock(), seq=granted.seq)
                 self._unsent.add(grant)
-                if (early := deadline - self._clock()) > 0:
-                    asyncio.get_running_loop().call_later(early, lock.release)
-                    released = True
                 return grant
-        finally:
-            if not released:
-                lock.release()
 
     async def sending(self, grant: Grant, *, later: float = 0.0, learn: bool = False) -> bool:
         """At the write: wait for the slot if the grant came early. If it is now more than LATE past its
@@ -136,21 +131,26 @@ class SharedLimiter(Limiter):
 
     def _written(self, grant: Grant) -> None:
         grant.sent = self._clock()
+        self._dropped(grant)
+
+    def _dropped(self, grant: Grant) -> None:
+        """`grant` is no longer waiting to be written: wake a reserve waiting in `_overdue`."""
         self._unsent.discard(grant)
         if self._left is not None and not self._left.done():
             with contextlib.suppress(RuntimeError):  # its event loop may be gone
                 self._left.set_result(None)
 
     async def _overdue(self) -> None:
-        """Wait (at most LEAD_CAP) until none of this process's grants is past its slot and unwritten.
+        """Wait (at most OVERDUE_WAIT) until none of this process's grants is more than FRESH past its slot
+        and unwritten (one a few ms late, a busy CPU, is not waited for).
 
         Such a grant is being connected (the first of a run, before `lead` knows the set-up time) and
         will be re-stamped to its real send time. A reservation made meanwhile would be computed from
         its old time, and the server would then have to refuse the re-stamp (the grant is lost).
         Waiting costs nothing: the next reservation is usually a window away anyway."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEAD_CAP
-        while any(g.at <= self._clock() for g in self._unsent) and (left := deadline - loop.time()) > 0:
+        deadline = loop.time() + OVERDUE_WAIT
+        while any(g.at + FRESH < self._clock() for g in self._unsent) and (left := deadline - loop.time()) > 0:
             self._left = loop.create_future()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._left), left)
@@ -171,7 +171,7 @@ class SharedLimiter(Limiter):
         """Leave `grant` unused (it still counts on the server) and take a new one in its place."""
         self.requests -= 1  # it was counted as used
         self.discarded += 1
-        self._unsent.discard(grant)
+        self._dropped(grant)  # else a waiter in `_overdue` holds the lock this reserve needs, for LEAD_CAP
         fresh = await self.reserve()
         self._unsent.discard(fresh)
         self._unsent.add(grant)
