@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runner import spec
-from runner.ratelimit.local import FRESH, LATE, Clock, Grant, Limiter, Sleep
+from runner.ratelimit.local import LATE, Clock, Grant, Limiter, Sleep
 
 log = logging.getLogger("runner.ratelimit")
 
@@ -141,8 +141,7 @@ class SharedLimiter(Limiter):
                 self._left.set_result(None)
 
     async def _overdue(self) -> None:
-        """Wait (at most OVERDUE_WAIT) until none of this process's grants is more than FRESH past its slot
-        and unwritten (one a few ms late, a busy CPU, is not waited for).
+        """Wait (at most OVERDUE_WAIT) until none of this process's grants is past its slot and unwritten.
 
         Such a grant is being connected (the first of a run, before `lead` knows the set-up time) and
         will be re-stamped to its real send time. A reservation made meanwhile would be computed from
@@ -150,7 +149,7 @@ class SharedLimiter(Limiter):
         Waiting costs nothing: the next reservation is usually a window away anyway."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + OVERDUE_WAIT
-        while any(g.at + FRESH < self._clock() for g in self._unsent) and (left := deadline - loop.time()) > 0:
+        while any(g.at <= self._clock() for g in self._unsent) and (left := deadline - loop.time()) > 0:
             self._left = loop.create_future()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._left), left)
