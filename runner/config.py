@@ -362,15 +362,22 @@ class _Builder:
         raw = self.section("rate_limit")
         if raw is None:
             return None
+        common = {"bucket": raw.get("bucket", name), "shared": spec.LimitScope(raw.get("shared", "process"))}
         burst = raw.get("burst", 1)
+        if "rate" in raw:  # the token form: `rate: 0.33/s` (the schema has checked the form and excluded requests/per)
+            number, unit = str(raw["rate"]).split("/")
+            if float(number) <= 0:
+                self.add(("rate_limit", "rate"), f"{show(raw['rate'])} is out of range: must be more than 0")
+                return None
+            per = parse_duration(f"1{unit}") / float(number)  # seconds per token
+            return spec.RateLimit(requests=1, per=per, burst=burst, form=spec.LimitForm.TOKEN, **common)
         if burst > raw["requests"]:
             self.add(("rate_limit", "burst"), f"{burst} is more than requests ({raw['requests']}): lower it")
         return spec.RateLimit(
             requests=raw["requests"],
             per=self.duration(("rate_limit", "per"), raw["per"], positive=True),
             burst=burst,
-            bucket=raw.get("bucket", name),
-            shared=spec.LimitScope(raw.get("shared", "process")),
+            **common,
         )
 
     def retry(self) -> spec.Retry | None:

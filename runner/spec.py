@@ -144,15 +144,23 @@ class LimitScope(StrEnum):
     REDIS = "redis"
 
 
+class LimitForm(StrEnum):
+    WINDOW = "window"  # `requests` per `per`: at most that many in every sliding window
+    TOKEN = "token"  # `rate` + `burst`: a token bucket (GCRA), one token every `per` seconds
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimit:
-    """At most `requests` requests in every sliding window of `per` seconds, measured at arrival."""
+    """At most `requests` requests in every sliding window of `per` seconds, measured at arrival; or, in
+    the token form (`rate: 0.33/s`, `burst: 3`), a bucket of `burst` tokens refilled one every `per`
+    seconds (requests = 1): `burst` at once, then one every `per`."""
 
     requests: int
     per: float
     burst: int = 1
     bucket: str  # defaults to the source name
     shared: LimitScope = LimitScope.PROCESS
+    form: LimitForm = LimitForm.WINDOW
 
     @property
     def rate(self) -> float:

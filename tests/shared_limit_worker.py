@@ -53,7 +53,7 @@ async def main(argv: list[str]) -> int:
             await limiter.aclose()
         else:
             limiter.close()
-    print(limiter.requests, limiter.discarded)
+    print(limiter.requests, limiter.discarded, limiter.restamped)
     return 0
 
 

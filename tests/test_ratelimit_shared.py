@@ -15,7 +15,7 @@ import pytest
 from runner import spec
 from runner.errors import SchemaMismatch, UsageError
 from runner.ratelimit import MARGIN, DatabaseLimiter, Limiter, limiters
-from tests.apiserver import ApiServer, Recorded, Reply, worst_window
+from tests.apiserver import ApiServer, FakeClock, Recorded, Reply, worst_window
 from tests.pg import Database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +117,7 @@ def _wait(processes: list) -> list[int]:
         out, _ = process.communicate(timeout=30)
         assert process.returncode == 0
         counts.append(int(out.split()[0]))
+        print("worker (grants, discarded, re-stamped):", out.strip())
     return counts
 
 
@@ -163,3 +164,51 @@ def test_retry_after_pauses_every_process(db: Database, api: ApiServer) -> None:
     assert len(during) <= 2, during  # the other two processes' reservations already in hand
     assert all(at < 0.2 for at in during), during
     assert any(0.95 <= at < 1.3 for at in arrivals)  # and then they resume
+
+
+def test_token_bucket_grants_by_the_database_clock(db: Database) -> None:
+    """rate 1/0.3 s, burst 3: three reservations at once, then one every 0.3 s (+ margin)."""
+    clock = FakeClock()
+    rate = spec.RateLimit(
+        requests=1, per=0.3, burst=3, bucket="tok", shared=spec.LimitScope.DATABASE, form=spec.LimitForm.TOKEN
+    )
+    limiter = DatabaseLimiter(rate, migrated(db).dsn, clock=clock, sleep=clock.sleep)
+
+    async def main() -> None:
+        for _ in range(6):
+            await limiter.acquire()
+
+    try:
+        asyncio.run(main())
+    finally:
+        limiter.close()
+    granted = [row[0] for row in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")]
+    offsets = [round((t - granted[0]) / (0.3 + MARGIN), 1) for t in granted]
+    assert offsets[:3] == [0.0, 0.0, 0.0]
+    assert offsets[3:] == [1.0, 2.0, 3.0], granted
+
+
+def test_a_restamp_that_a_younger_reservation_relies_on_is_refused(db: Database) -> None:
+    """1 per 0.5 s, two processes: A's reservation is used late, but B already holds the slot one window
+    after it; moving A's would put both in one window, so A leaves it unused and reserves after B."""
+    clock = FakeClock()
+    migrated(db)
+    a = DatabaseLimiter(shared(1, 0.5), db.dsn, clock=clock, sleep=clock.sleep)
+    b = DatabaseLimiter(shared(1, 0.5), db.dsn, clock=clock, sleep=clock.sleep)
+
+    async def main() -> bool:
+        first = await a.reserve()
+        await b.reserve()
+        clock.now += 0.05  # A connected slowly
+        return await a.sending(first)
+
+    try:
+        assert asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    assert (a.discarded, a.restamped) == (1, 0)
+    granted = [row[0] for row in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")]
+    assert len(granted) == 3
+    assert granted[1] - granted[0] >= 0.5 + MARGIN - 1e-6
+    assert granted[2] - granted[1] >= 0.5 + MARGIN - 1e-6

@@ -1,0 +1,74 @@
+"""RateLimitedTransport: every request an `AsyncClient` sends (retries included) waits for its bucket's
+budget, and its grant is stamped when its bytes actually leave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from runner.ratelimit.local import FRESH, GRANTED, Limiter
+
+
+class RateLimitedTransport(httpx.AsyncBaseTransport):
+    """Wait for the bucket's budget before every request an `AsyncClient` sends, retries included, and
+    stamp the grant when the request's bytes actually leave.
+
+    With httpx's own transport (httpcore) the stamp comes from the `trace` extension at
+    `send_request_headers.started`: the connection is taken from the pool (and connected) by then, and
+    nothing awaits between that event and the socket write. Any other inner transport (MockTransport,
+    httpx-aiohttp) has no such event: the grant is stamped as it is handed over, and what that
+    transport does before writing (connecting, its own pool) is not seen; see docs/rate-limits.md.
+
+    Wraps rather than subclasses, so tests build `RateLimitedTransport(httpx.MockTransport(h), limiter)`
+    and exercise the production path.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limiter: Limiter) -> None:
+        self._inner, self._limiter = inner, limiter
+        self._traced = isinstance(inner, httpx.AsyncHTTPTransport)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        limiter = self._limiter
+        grant = await limiter.reserve()
+        extensions = request.extensions
+        previous = extensions.get("trace")
+        try:
+            granted = extensions.get(GRANTED)
+            if callable(granted):
+                granted()
+            if not self._traced:
+                if await limiter.sending(grant) and callable(granted):
+                    granted()
+                return await self._inner.handle_async_request(request)
+
+            fresh = False  # this request opened a plain-HTTP connection (see FRESH)
+
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                nonlocal fresh
+                if event.startswith("connection.connect_tcp."):
+                    fresh = True
+                elif event.startswith("connection.start_tls."):
+                    fresh = False  # the server took part in the handshake: it has the connection
+                # the last thing before the write: nothing of ours awaits between this stamp and the
+                # socket (a caller's own trace runs after it, so it sees the write's moment too)
+                elif (
+                    event.endswith(".send_request_headers.started")
+                    and await limiter.sending(grant, later=FRESH if fresh else 0.0, learn=True)
+                    and callable(granted)
+                ):
+                    granted()  # granted again (a shared limiter): restart the attempt's clock
+                if previous is not None:
+                    await previous(event, info)
+
+            extensions["trace"] = trace
+            return await self._inner.handle_async_request(request)
+        finally:
+            limiter.release(grant)
+            if previous is None:
+                extensions.pop("trace", None)
+            else:
+                extensions["trace"] = previous
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -1,0 +1,144 @@
+"""Rate limits as a user runs them: a real `syncrun` process, signals while waiting for a grant, and the
+bundled SteamSpy catalogue source through a slow TLS network."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.apiserver import ApiServer, Recorded, Reply
+from tests.netproxy import DelayProxy, certificate
+from tests.pg import Database
+from tests.test_engine import app, seed, write_source
+from tests.test_ratelimit_redis import REDIS_URL, _reachable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("shared", "signum", "code"),
+    [
+        ("process", signal.SIGTERM, 143),
+        ("process", signal.SIGINT, 130),
+        ("database", signal.SIGTERM, 143),
+        ("redis", signal.SIGTERM, 143),
+    ],
+)
+def test_a_run_waiting_for_a_grant_stops_within_the_grace_period(
+    shared: str, signum: int, code: int, db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 request a minute: the first goes at once, the second waits ~60 s for its grant. A signal then
+    ends the run within the grace period (2 s here): exit 128 + signal, job `cancelled`."""
+    if shared == "redis" and (reason := _reachable()) is not None:
+        pytest.skip(reason)
+    source = write_source(tmp_path, bucket=f"wait-{shared}-{time.time_ns()}")
+    text = source.read_text()
+    limit = text[text.index("rate_limit:") : text.index("\n", text.index("rate_limit:"))]
+    bucket = limit.split("bucket: ")[1].rstrip("}")
+    source.write_text(
+        text.replace(limit, f"rate_limit: {{requests: 1, per: 60s, burst: 1, bucket: {bucket}, shared: {shared}}}")
+    )
+    env = {
+        "DATABASE_URL": db.dsn,
+        "API_URL": api.url,
+        "API_TOKEN": "s3cr3t-token-value",
+        "SYNCRUN_REDIS_URL": REDIS_URL,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seed(db, source, appids=range(1, 4))
+    for appid in range(1, 4):
+        api.route(f"/apps/{appid}", app(appid))
+    process = start(["run", str(source), "--grace", "2"], env)
+    try:
+        wait_for(lambda: len(api.requests) >= 1)
+        time.sleep(1.0)  # the next tasks are now waiting for their grants (59 s away)
+        assert len(api.requests) == 1
+        signalled = time.monotonic()
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=15)
+        stopped = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == code, err
+    assert stopped < 2 + 2.0, f"took {stopped:.1f} s after the signal"  # grace + shutdown
+    assert db.scalar("select status from sync_jobs") == "cancelled"
+
+
+def steamspy_page(recorded: Recorded) -> Reply:
+    """Pages 0 and 1 hold two apps each; page 2 is the end of the catalogue (`{}`)."""
+    page = int(recorded.query.get("page", "0"))
+    apps = {
+        str(appid): {"appid": appid, "name": f"App {appid}", "owners": "0 .. 20,000", "price": "999", "ccu": 3}
+        for appid in (10 * page + 1, 10 * page + 2)
+    }
+    return Reply(200, json=apps if page < 2 else {}, headers={"Connection": "close"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network", ["slow-tls", "loopback"])
+def test_bundled_steamspy_source_requests_pages_a_minute_apart(
+    network: str, db: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """sources/steamspy-all.yaml as shipped (1 per 60 s, shared: database) against a fake SteamSpy, every
+    page on a new connection: `slow-tls` behind a TLS proxy whose connections take 100-300 ms to open and
+    50 ms each way; `loopback` plain HTTP straight to the fake (issue #10's reproduction: one page in
+    200 s, reservations minutes ahead). 3 pages, 60 +- 1 s apart at the server, the run completes, and
+    the bucket's last reservation is not ahead of real time. About 2 minutes each."""
+    api.route("/api.php", steamspy_page)
+    cert, key = certificate(tmp_path)
+    env = {"DATABASE_URL": db.dsn, "SSL_CERT_FILE": str(cert)}
+    source = str(ROOT / "sources" / "steamspy-all.yaml")
+    migrate = start(["migrate", "--tables", "steam", source], env)
+    _, err = migrate.communicate(timeout=60)
+    assert migrate.returncode == 0, err
+    with contextlib.ExitStack() as stack:
+        url = api.url
+        if network == "slow-tls":
+            url = stack.enter_context(DelayProxy(api.url, one_way=0.05, tls=(cert, key), lifetime=300)).url
+        process = start(["run", source], {**env, "STEAMSPY_URL": url})
+        try:
+            _, err = process.communicate(timeout=200)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, err
+    arrivals = api.arrivals("/api.php")
+    assert [r.query["page"] for r in api.requests] == ["0", "1", "2"]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert all(60.0 <= gap <= 61.0 for gap in gaps), gaps
+    assert db.scalar("select status from sync_jobs") == "completed"
+    assert db.scalar("select seq from syncrun_rate_limits where bucket = 'steamspy-all'") == 3
+    ahead = db.scalar("select extract(epoch from last_at - clock_timestamp()) from syncrun_rate_limits")
+    assert ahead < 0, f"the last reservation is {ahead:.1f} s in the future"
