@@ -26,7 +26,8 @@ from bench.faultlib import PASSWORD, TOKEN
 from runner.redaction import FRAGMENT
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.cluster import unavailable
-from tests.test_redaction import escapes
+from tests.test_redaction import STYLES, TESTER, escapes, views
+from tests.test_redaction import echo as escaped_echo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -329,6 +330,47 @@ def test_planted_hostile_secrets_never_leak_in_any_form(cluster: faultlib.Cluste
     assert sum("***" in value for value in stored) >= len(CUTS)  # the echoed secrets were there, masked
     leaked = planted_leaks(outputs + files + stored)
     assert not leaked, "\n".join(leaked)
+
+
+def styled_echo(request: Recorded) -> Reply:
+    """Quotes the token back escaped each character its own way: PHP's `\\/`, .NET's `\\u002F`, UTF-16
+    (a body read as UTF-8 shows a NUL after each character), HTML entities, and a mix of all of them."""
+    slug = request.path.split("/")[2]
+    token = str(request.query.get("key"))
+    if slug == "utf16":
+        return Reply(400, body=f"bad key {token}".encode("utf-16-le"), headers={"Content-Type": "text/plain"})
+    chosen = [sorted(STYLES)[(i * 5) % len(STYLES)] for i in range(len(token))] if slug == "mixed" else slug
+    said = escaped_echo(token, chosen)
+    if slug.startswith("html"):
+        return Reply(400, body=f"<p>bad key {said}</p>".encode(), headers={"Content-Type": "text/html"})
+    body = '{"title": "t", "note": "' + said + '", "tags": ["' + said[-40:] + '"]}'
+    return Reply(200, body=body.encode(), headers={"Content-Type": "application/json"})
+
+
+def test_a_token_echoed_in_unknown_escapes_never_leaks(cluster: faultlib.Cluster, tmp_path: Path) -> None:
+    """The outside tester's finding: an API echoing the token PHP-, .NET-, UTF-16- or HTML-escaped (or
+    all mixed) put it in test-read, --dry-run and --record output. No decoding of any output, file or
+    stored value reads any 8-character piece of it."""
+    project = Project(cluster, tmp_path, "sec_styled")
+    project.env = {"API_TOKEN": TESTER}
+    slugs = ["php", "dotnet", "utf16", "html-decimal", "html-hex", "mixed"]
+    project.seed(slugs)
+    api = ApiServer().start()
+    try:
+        for slug in slugs:
+            api.route(f"/items/{slug}/detail", styled_echo)
+        src, url, ids = str(project.source), api.url, ",".join(slugs)
+        project.syncrun("test-read", src, "--ids", ids, api_url=url)
+        project.syncrun("run", src, "--dry-run", "--ids", ids, api_url=url)
+        project.syncrun("run", src, "--ids", ids, "--record", str(tmp_path / "rec"), api_url=url)
+    finally:
+        api.stop()
+    assert any(r.query.get("key") == TESTER for r in api.requests)
+    files = [p.read_text("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()]
+    assert "***" in "".join(p.read_text() for p in (tmp_path / "rec").rglob("cassette.yaml"))
+    readable = [reading for text in project.outputs + files + project.every_text_value() for reading in views(text)]
+    leaked = [f"{piece!r} in {text[:300]!r}" for text in readable for piece in fragments(TESTER) if piece in text]
+    assert not leaked, "\n".join(leaked[:5])
 
 
 INJECTION = "'); DROP TABLE items; --"
