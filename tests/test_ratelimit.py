@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -321,18 +321,28 @@ async def blocking_loop(stop: asyncio.Event) -> None:
 
 
 def hammer(
-    api: ApiServer, limiter: Limiter, *, requests: int, tasks: int, block: bool = False
+    api: ApiServer,
+    limiter: Limiter,
+    *,
+    requests: int,
+    tasks: int,
+    block: bool = False,
+    lags: list[float] | None = None,
 ) -> tuple[list[float], list[float]]:
     """`tasks` workers send `requests` GETs through one limiter (optionally with a blocking loop).
-    Returns the server's arrival times and the client's socket writes (httpcore's trace)."""
+    Returns the server's arrival times and the client's socket writes (httpcore's trace); `lags` gets
+    each request's arrival minus its write (paired by a query number): the harness's own delay."""
     api.route("/x", Reply(200, json={}))
     request_spec = spec.Request(url=_template(api.url + "/x"), timeout=10.0)
     todo = list(range(requests))
-    writes: list[float] = []
+    written: dict[str, float] = {}
 
-    async def trace(event: str, info: dict[str, object]) -> None:
-        if event.endswith("send_request_headers.started"):
-            writes.append(time.monotonic())
+    def tracer(number: str) -> Callable[[str, dict[str, object]], Awaitable[None]]:
+        async def trace(event: str, info: dict[str, object]) -> None:
+            if event.endswith("send_request_headers.started"):
+                written[number] = time.monotonic()
+
+        return trace
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -341,8 +351,9 @@ def hammer(
 
             async def worker() -> None:
                 while todo:
-                    todo.pop()
-                    (await http.get(api.url + "/x", extensions={"trace": trace})).raise_for_status()
+                    number = str(todo.pop())
+                    reply = await http.get(api.url + "/x", params={"n": number}, extensions={"trace": tracer(number)})
+                    reply.raise_for_status()
 
             await asyncio.gather(*(worker() for _ in range(tasks)))
         stop.set()
@@ -350,23 +361,29 @@ def hammer(
             await blocker
 
     asyncio.run(main())
-    arrivals = api.arrivals("/x")
-    assert len(arrivals) == len(writes) == requests
-    return sorted(arrivals), sorted(writes)
+    arrived = {r.query["n"]: r.at for r in api.requests if r.path == "/x"}
+    assert len(arrived) == len(written) == requests
+    if lags is not None:
+        lags.extend(arrived[n] - written[n] for n in written)
+    return sorted(arrived.values()), sorted(written.values())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("burst", [1, 5])
 def test_window_holds_at_the_server_under_cpu_load(api: ApiServer, burst: int) -> None:
     """10 per 0.5 s, 30 tasks, 70 requests, a process burning a CPU and an event loop blocked 20-40 ms
-    at a time: the writes keep 10 per (0.5 s + margin) exactly, and the server sees no window over 10.
-    (With both CPUs burned, the in-process server's own threads lag up to ~30 ms and rarely bunch two
-    arrivals; the writes still hold: docs/rate-limits.md, residual exposure.)"""
+    at a time: the writes keep 10 per (0.5 s + margin) exactly, and the server sees no window over 10
+    beyond its own measured lag. The in-process server's threads, on a CPU the burner shares, counted
+    a request up to ~30 ms after its write and once bunched two arrivals (11 in a window, while the
+    writes held 10; docs/rate-limits.md, residual exposure): that lag is the harness's, measured per
+    request in this run (arrival minus write), and only its spread is allowed for."""
     limiter = Limiter(rate(10, 0.5, burst=burst))
+    lags: list[float] = []
     with cpu_burners(1):
-        arrivals, writes = hammer(api, limiter, requests=70, tasks=30, block=True)
+        arrivals, writes = hammer(api, limiter, requests=70, tasks=30, block=True, lags=lags)
     assert worst_window(writes, 0.5 + MARGIN) <= 10
-    assert worst_window(arrivals, 0.5) <= 10, [round(t - arrivals[0], 4) for t in arrivals]
+    spread = max(lags) - min(lags)  # a few ms on a quiet machine, ~30 ms with the burner
+    assert worst_window(arrivals, 0.5 - spread) <= 10, (spread, [round(t - arrivals[0], 4) for t in arrivals])
 
 
 @pytest.mark.slow
