@@ -118,8 +118,8 @@ def _plain(value: JSON) -> JSON:
     numbers, so `entity.synced_on == run.today` compares like with like."""
     if isinstance(value, date | datetime):
         return value.isoformat()
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Decimal):  # numeric 'Infinity' equals its integral value, but int() of it raises
+        return int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
     return value
 
 

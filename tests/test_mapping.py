@@ -4,6 +4,7 @@ fault, never an exception that ends the run."""
 from __future__ import annotations
 
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,11 @@ def test_hostile_values_fail_only_their_entity_and_the_run_completes(
         " OverflowError: cannot convert float infinity to integer"
     )
     assert env.rows("select status, items_succeeded, items_failed from sync_jobs") == [("completed", 6, 4)]
+
+
+def test_entity_numerics_that_are_not_finite_do_not_raise() -> None:
+    """A numeric entity column holding 'Infinity' or 'NaN' (PostgreSQL allows both) becomes a float."""
+    entity = mapping.context(None, 200, {}, {"a": Decimal("Infinity"), "b": Decimal("NaN"), "c": Decimal("2")}, {})
+    assert entity["entity"]["a"] == float("inf")
+    assert entity["entity"]["b"] != entity["entity"]["b"]  # NaN
+    assert entity["entity"]["c"] == 2
