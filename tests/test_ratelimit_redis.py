@@ -293,12 +293,15 @@ def test_the_script_is_loaded_again_when_the_server_lost_it(redis_url: str, buck
 
 @pytest.mark.slow
 def test_three_processes_share_one_limit(redis_url: str, bucket: str, api: ApiServer) -> None:
-    """3 OS processes x 8 tasks on 10 per 0.5 s for 3 s (6 periods): no server-side window over 10,
-    combined rate >= 90 % of 20/s."""
+    """3 OS processes x 8 tasks on 10 per 0.5 s for 6 s (12 periods): no server-side window over 10,
+    combined rate >= 90 % of 20/s.
+    Three processes on 2 CPUs contend for every grant: now and then a late send's re-stamp is refused
+    (another process already reserved after it) and that slot is lost, ~3 % of a 6 s run (it was a
+    coin toss against 90 % over 3 s; docs/rate-limits.md, re-stamps)."""
     api.route("/x", Reply(200, json={}))
     start = time.time() + 2.0  # interpreters and imports take ~0.5 s each
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [redis_url, api.url + "/x", bucket, 10, 0.5, 1, 8, start, start + 3.0]
+    args = [redis_url, api.url + "/x", bucket, 10, 0.5, 1, 8, start, start + 6.0]
     command = [sys.executable, "-m", "tests.shared_limit_worker", *map(str, args)]
     processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
     counts = []
