@@ -82,29 +82,24 @@ _LONGEST = 10 * 365 * 86400.0  # any longer wait is a typo, and the event loop c
 
 def _seconds(text: str) -> float:
     """A duration option: a finite number of seconds above 0 (argparse turns the error into exit 2)."""
-    value = _seconds_or_zero(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
-    return value
+    return _number(text, 0.0, _LONGEST, "a number of seconds above 0", low_allowed=False)
 
 
 def _seconds_or_zero(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value <= _LONGEST:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to {_LONGEST:.0f}, got {text!r}")
-    return value
+    return _number(text, 0.0, _LONGEST, "a number of seconds", low_allowed=True)
 
 
 def _factor(text: str) -> float:
+    return _number(text, 0.0, 1e6, "a number above 0", low_allowed=False)
+
+
+def _number(text: str, low: float, high: float, what: str, *, low_allowed: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= 1e6:
-        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most 1000000, got {text!r}")
+    if not (low <= value <= high if low_allowed else low < value <= high):  # NaN fails both
+        raise argparse.ArgumentTypeError(f"expected {what}, at most {high:.0f}, got {text!r}")
     return value
 
 

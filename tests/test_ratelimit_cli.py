@@ -5,41 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.netproxy import DelayProxy, certificate
 from tests.pg import Database
+from tests.test_cli import start, wait_for
 from tests.test_engine import app, seed, write_source
 from tests.test_ratelimit_redis import REDIS_URL, _reachable
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-
-
-def wait_for(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -79,7 +58,7 @@ def test_a_run_waiting_for_a_grant_stops_within_the_grace_period(
         api.route(f"/apps/{appid}", app(appid))
     process = start(["run", str(source), "--grace", "2"], env)
     try:
-        wait_for(lambda: len(api.requests) >= 1)
+        wait_for(lambda: len(api.requests) >= 1, timeout=20)
         time.sleep(1.0)  # the next tasks are now waiting for their grants (59 s away)
         assert len(api.requests) == 1
         signalled = time.monotonic()
