@@ -276,7 +276,7 @@ class _View:
     """A decoding of a text: `text`, and for each of its characters the span of the text it came from.
 
     Only escapes are recorded, as (where its characters start in `text`, how many there are, start and
-    end of the escape in the decoded text); characters between escapes were copied, so their origin
+    end of the escape in the text decoded); characters between escapes were copied, so their origin
     follows from the escape before them. Text with few escapes costs little."""
 
     __slots__ = ("_escapes", "text")
