@@ -69,20 +69,13 @@ class ReplayTransport(httpx.AsyncBaseTransport):
         return httpx.Response(response["status"]["code"], headers=headers, content=content, request=request)
 
 
-class _NoAliases(yaml.SafeLoader):
-    """A cassette is data we wrote: an alias in one is a hand edit or an attack (a billion laughs)."""
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError("aliases are not allowed in a cassette")
-        return super().compose_node(parent, index)
-
-
 def _interactions(file: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(method, uri, response) of each exchange in a cassette, its shape checked: a damaged or foreign
     file is a usage error naming it (exit 2), never a crash in the middle of a run."""
     try:
-        document = yaml.load(file.read_bytes(), Loader=_NoAliases)  # a SafeLoader
+        # Aliases are fine (safe_dump writes them for repeated objects): they share one object, and the
+        # shape check below looks at each exchange once, never expanding nested aliases.
+        document = yaml.safe_load(file.read_bytes())
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
         raise UsageError(f"{file} is not a cassette syncrun can read: {str(error).splitlines()[0]}") from None
     interactions = document.get("interactions") if isinstance(document, dict) else None

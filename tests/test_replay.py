@@ -149,7 +149,7 @@ def test_a_cassette_holds_no_piece_of_a_secret_in_any_form(tmp_path: Path) -> No
             b"interactions:\n- request: {method: GET, uri: 'http://x/'}\n  response: {status: {code: 9999}}\n",
             "interaction 0",
         ),
-        (b"a: &x [1, 2]\nb: [*x, *x]\n", "aliases are not allowed in a cassette"),
+        (b"a: &x [1, 2]\nb: &y [*x, *x, *x, *x]\ninteractions: [*y, *y]\n", "interaction 0 is not an exchange"),
         (b"[" * 5000, "is not a cassette syncrun can read"),
     ],
 )
