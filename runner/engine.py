@@ -123,25 +123,26 @@ class _Run:
         (grouped here, in selection order, so batches are full and deterministic)."""
         size = self.source.request.batch.size if self.source.request.batch else 1
         group: list[dict[str, JSON]] = []
-        try:
-            while not self.stop.is_set():
-                try:
-                    chunk = await asyncio.to_thread(next, chunks, None)
-                except (DatabaseError, psycopg.Error) as error:
-                    self.halt("failed", f"selecting entities: {error}")
-                    break
-                if chunk is None:
-                    break
-                for entity in chunk:
-                    group.append(entity)
-                    if len(group) == size:
-                        await self.hand_over(group)
-                        group = []
-            if group:
-                await self.hand_over(group)
-        finally:
-            for _ in range(self.source.concurrency):
-                await self.entities.put(_DONE)
+        while not self.stop.is_set():
+            try:
+                chunk = await asyncio.to_thread(next, chunks, None)
+            except (DatabaseError, psycopg.Error) as error:
+                self.halt("failed", f"selecting entities: {error}")
+                break
+            if chunk is None:
+                break
+            for entity in chunk:
+                group.append(entity)
+                if len(group) == size:
+                    await self.hand_over(group)
+                    group = []
+        if group:
+            await self.hand_over(group)
+        # Not in a `finally`: a producer cut by the grace period (or a bug) must not then wait on a full
+        # queue that no fetcher reads any more (a hang seen when every fetcher had crashed); the
+        # fetchers are cut with it, so nobody waits for these.
+        for _ in range(self.source.concurrency):
+            await self.entities.put(_DONE)
 
     async def hand_over(self, group: list[dict[str, JSON]]) -> None:
         if self.stop.is_set():
