@@ -257,7 +257,10 @@ def _value_message(error: ValidationError) -> str:
         return "must not be empty"
     if kind == "uniqueItems":
         return "lists the same value twice"
-    return str(error.message)
+    if kind in ("oneOf", "anyOf"):  # jsonschema's own text quotes the whole value, however long
+        return f"{show(value)} matches none of the forms allowed here (docs/reference.md lists them)"
+    message = str(error.message)
+    return message if len(message) <= 300 else message[:297] + "..."
 
 
 def _extra(error: ValidationError) -> list[str]:

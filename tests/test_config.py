@@ -402,6 +402,7 @@ def _edit(path: str, value: str) -> str:
 @example(
     text=_edit("outcomes", "[{when: 'body[::2] == `[]`', outcome: skip}]")
 )  # found: UnicodeEncodeError parsing the URL
+@example(text=_edit("rate_limit", "(" * 900))  # found: a oneOf message quoted the whole value (1,000+ chars)
 def test_fuzz_every_config_is_a_spec_or_located_problems(text: str) -> None:
     """Whatever the text, load returns a Source or raises ConfigError with `file:line: path: message` lines."""
     _assert_spec_or_located_problems(text)
