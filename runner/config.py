@@ -165,6 +165,11 @@ DEFAULT_OUTCOMES = (
 )
 
 
+# A window or token interval outside these is a typo, and the shared limiters' timestamps could not hold it.
+MIN_PERIOD, MAX_PERIOD = 0.01, 365 * 86400.0
+_PERIOD_WORDS = "from 10ms to 365d"
+
+
 class _Builder:
     """Turns a schema-checked document into spec objects. A section with schema errors is skipped
     (its problems are reported already) while the others are still checked, so one run reports all."""
@@ -370,15 +375,16 @@ class _Builder:
                 self.add(("rate_limit", "rate"), f"{show(raw['rate'])} is out of range: must be more than 0")
                 return None
             per = parse_duration(f"1{unit}") / float(number)  # seconds per token
+            if not MIN_PERIOD <= per <= MAX_PERIOD:
+                self.add(("rate_limit", "rate"), f"{show(raw['rate'])} is out of range: {_PERIOD_WORDS} per token")
+                return None
             return spec.RateLimit(requests=1, per=per, burst=burst, form=spec.LimitForm.TOKEN, **common)
         if burst > raw["requests"]:
             self.add(("rate_limit", "burst"), f"{burst} is more than requests ({raw['requests']}): lower it")
-        return spec.RateLimit(
-            requests=raw["requests"],
-            per=self.duration(("rate_limit", "per"), raw["per"], positive=True),
-            burst=burst,
-            **common,
-        )
+        per = self.duration(("rate_limit", "per"), raw["per"], positive=True)
+        if per > 0 and not MIN_PERIOD <= per <= MAX_PERIOD:  # 0: already reported by duration()
+            self.add(("rate_limit", "per"), f"{show(raw['per'])} is out of range: {_PERIOD_WORDS}")
+        return spec.RateLimit(requests=raw["requests"], per=per, burst=burst, **common)
 
     def retry(self) -> spec.Retry | None:
         raw = self.section("retry", {})
