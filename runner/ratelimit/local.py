@@ -123,6 +123,8 @@ class Limiter:
     Both: T >= the pause, and >= the moment the caller asked.
     """
 
+    holds_open = True  # a grant may stay open (counted in every window) until its answer starts
+
     def __init__(
         self,
         rate: spec.RateLimit,
@@ -192,6 +194,22 @@ class Limiter:
         await self._until(grant.at)
         self._stamp(grant, later)
         return False
+
+    async def sending_unseen(self, grant: Grant) -> bool:
+        """Its bytes leave now on a new plain-HTTP connection, whose arrival the server may count any
+        time until it answers (an accept queue, a proxy: 100-300 ms were seen): wait for the slot, learn
+        the set-up time, and leave the grant open; `answered` stamps it when the answer starts. Shared
+        limiters cannot hold a reservation open: they stamp now, FRESH later (see SharedLimiter)."""
+        if not self.holds_open:
+            return await self.sending(grant, later=FRESH, learn=True)
+        if grant.sent is None:
+            self._setups.append(self._clock() - grant.handed)
+            await self._until(grant.at)
+        return False
+
+    def answered(self, grant: Grant) -> None:
+        """The answer's headers arrived: the server has counted the request by now."""
+        self._stamp(grant)
 
     def release(self, grant: Grant) -> None:
         """The attempt is over: a grant never stamped (the send failed before, or was cancelled) is

@@ -51,6 +51,8 @@ class SharedLimiter(Limiter):
     `_remote_restamp(seq, late)` (move entry `seq` `late` seconds later; None if refused) and
     `_remote_pause(seconds)`."""
 
+    holds_open = False  # a reservation is in the shared log already: it is used, or re-stamped, at the write
+
     def __init__(
         self,
         rate: spec.RateLimit,

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from runner.ratelimit.local import FRESH, GRANTED, Limiter
+from runner.ratelimit.local import GRANTED, Limiter
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):
@@ -42,7 +42,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                     granted()
                 return await self._inner.handle_async_request(request)
 
-            fresh = False  # this request opened a plain-HTTP connection (see FRESH)
+            fresh = False  # this request opened a plain-HTTP connection: the server may count it late
 
             async def trace(event: str, info: dict[str, Any]) -> None:
                 nonlocal fresh
@@ -52,12 +52,12 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                     fresh = False  # the server took part in the handshake: it has the connection
                 # the last thing before the write: nothing of ours awaits between this stamp and the
                 # socket (a caller's own trace runs after it, so it sees the write's moment too)
-                elif (
-                    event.endswith(".send_request_headers.started")
-                    and await limiter.sending(grant, later=FRESH if fresh else 0.0, learn=True)
-                    and callable(granted)
-                ):
-                    granted()  # granted again (a shared limiter): restart the attempt's clock
+                elif event.endswith(".send_request_headers.started"):
+                    again = await (limiter.sending_unseen(grant) if fresh else limiter.sending(grant, learn=True))
+                    if again and callable(granted):
+                        granted()  # granted again (a shared limiter): restart the attempt's clock
+                elif event.endswith(".receive_response_headers.complete"):
+                    limiter.answered(grant)  # a no-op once stamped at the write
                 if previous is not None:
                     await previous(event, info)
 
