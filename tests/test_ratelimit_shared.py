@@ -215,3 +215,29 @@ def test_a_restamp_that_a_younger_reservation_relies_on_is_refused(db: Database)
     assert len(granted) == 3
     assert granted[1] - granted[0] >= 0.5 + MARGIN - 1e-6
     assert granted[2] - granted[1] >= 0.5 + MARGIN - 1e-6
+
+
+def test_a_reservation_abandoned_while_waiting_is_given_back(db: Database) -> None:
+    """1 per 60 s: the first grant goes at once; a run stopped while waiting for the second used to
+    leave that reservation a minute ahead in the log, so the next run waited two minutes. The cancelled
+    wait gives it back: the log holds one grant, and a new process's next slot is the first + 60 s."""
+    migrated(db)
+    rate = shared(1, 60.0, bucket="steamspy-like")
+
+    async def stopped_while_waiting() -> DatabaseLimiter:
+        limiter = DatabaseLimiter(rate, db.dsn)
+        await limiter.acquire()
+        waiting = asyncio.create_task(limiter.acquire())
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return limiter
+
+    limiter = asyncio.run(stopped_while_waiting())
+    limiter.close()
+    assert limiter.requests_given_back == 1
+    assert db.rows("select seq from syncrun_rate_limits where bucket = 'steamspy-like'") == [(1,)]
+    (first,) = db.rows("select extract(epoch from at)::float8 from syncrun_rate_log where bucket = 'steamspy-like'")[0]
+    (reserved,) = db.rows("select (syncrun_rate_reserve('steamspy-like', 1, 60.3, 1, null, null))[1]")[0]
+    assert reserved == pytest.approx(first + 60.3, abs=0.01)  # not + 120.6

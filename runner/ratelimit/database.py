@@ -73,6 +73,10 @@ class DatabaseLimiter(SharedLimiter):
         )
         return None if moved is None else float(moved)
 
+    async def _remote_unreserve(self, seq: int) -> bool:
+        gone = await asyncio.to_thread(self._call, "select syncrun_rate_unreserve(%s, %s)", (self.rate.bucket, seq))
+        return bool(gone)
+
     async def _remote_pause(self, seconds: float) -> None:
         await asyncio.to_thread(self._write_pause, seconds)
 

@@ -46,6 +46,8 @@ class Reservation:
         self.at, self.now, self.seq = at, now, seq
 
 
+GIVE_BACK_WAIT = 2.0  # seconds a stopping run spends returning an unused reservation
+
 class SharedLimiter(Limiter):
     """Subclasses provide `_remote_grant(pause)` (reserve one; `pause` > 0 first extends the shared pause),
     `_remote_restamp(seq, late)` (move entry `seq` `late` seconds later; None if refused) and
@@ -70,6 +72,7 @@ class SharedLimiter(Limiter):
         self._left: asyncio.Future[None] | None = None  # resolved when one of them is written (or dropped)
         self.discarded = 0  # grants reserved but not used: refused a re-stamp, or inside a pause
         self.restamped = 0  # grants used late and moved on the server
+        self.requests_given_back = 0  # reservations returned unused by a run stopped while waiting
 
     async def reserve(self) -> Grant:
         """Reserve on the server, sleep until the reservation less `lead`, and hand it out. The next
@@ -85,7 +88,11 @@ class SharedLimiter(Limiter):
                 granted = await self._remote_grant(paused_until - asked)
                 self._trip = self._clock() - asked
                 deadline = granted.at + self._offset(self._clock() - granted.now)
-                await self._until(deadline - self.lead)
+                try:
+                    await self._until(deadline - self.lead)
+                except asyncio.CancelledError:  # stopped while waiting: the next run may have the slot
+                    await self._give_back(granted.seq)
+                    raise
                 if self._paused_until > paused_until:
                     self.discarded += 1  # paused meanwhile: this grant falls inside the pause
                     continue
@@ -103,7 +110,11 @@ class SharedLimiter(Limiter):
             return False
         if learn:  # the time since it was handed out: connection set-up, a pool wait, a busy loop
             self._setups.append(self._clock() - grant.handed)
-        await self._until(grant.at)
+        try:
+            await self._until(grant.at)
+        except asyncio.CancelledError:  # handed out `lead` early, stopped before its slot: never used
+            await self._give_back(grant.seq)
+            raise
         regranted = False
         tries = 0
         while True:
@@ -186,6 +197,15 @@ class SharedLimiter(Limiter):
         if self.token:
             return rate.requests, (rate.burst - 1) * self._window, rate.burst, self._window
         return rate.requests, self._window, rate.burst, None
+
+    async def _give_back(self, seq: int) -> None:
+        """Best effort, and bounded: the run is stopping, and a reservation left in place only costs time."""
+        with contextlib.suppress(Exception):
+            if await asyncio.wait_for(self._remote_unreserve(seq), GIVE_BACK_WAIT):
+                self.requests_given_back += 1
+
+    async def _remote_unreserve(self, seq: int) -> bool:
+        return False  # a store that cannot give one back keeps it (the reservation expires with its window)
 
     async def _remote_grant(self, pause: float) -> Reservation:
         raise NotImplementedError

@@ -135,3 +135,26 @@ end
 $$;
 
 create index if not exists syncrun_rate_log_at on syncrun_rate_log (bucket, at);
+
+-- Give back reservation `p_seq` that will never be used (its run was stopped while waiting for it), so
+-- the next run does not wait for a slot nobody took: a 1-per-minute bucket would lose a minute. Only
+-- the latest reservation can go: a younger one was computed from it and relies on it. Returns whether
+-- it went.
+create or replace function syncrun_rate_unreserve(p_bucket text, p_seq bigint) returns boolean
+language plpgsql as $$
+declare
+    b syncrun_rate_limits;
+    prev syncrun_rate_log;
+begin
+    select * into b from syncrun_rate_limits where bucket = p_bucket for update;
+    if not found or b.seq <> p_seq then
+        return false;
+    end if;
+    delete from syncrun_rate_log where bucket = p_bucket and seq = p_seq;
+    select * into prev from syncrun_rate_log where bucket = p_bucket and seq = p_seq - 1;
+    update syncrun_rate_limits
+       set seq = p_seq - 1, last_at = prev.at, tat = prev.tat_after, updated_at = clock_timestamp()
+     where bucket = p_bucket;
+    return true;
+end
+$$;
