@@ -315,3 +315,37 @@ def test_three_processes_share_one_limit(redis_url: str, bucket: str, api: ApiSe
     achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     assert achieved >= 0.9 * 20, f"achieved {achieved:.2f}/s of 20/s"
     assert len({r.query["w"] for r in api.requests if r.path == "/x"}) == 3
+
+
+def test_a_reservation_abandoned_while_waiting_is_given_back(redis_url: str, bucket: str) -> None:
+    """1 per 60 s: a run stopped while waiting for its second grant gives the reservation back, so the
+    log holds one grant and the next reservation is the first + 60 s, not + 120 s."""
+    rate = shared(1, 60.0, bucket=bucket)
+
+    async def main() -> RedisLimiter:
+        limiter = RedisLimiter(rate, redis_url)
+        try:
+            await limiter.acquire()
+            waiting = asyncio.create_task(limiter.acquire())
+            await asyncio.sleep(0.3)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        finally:
+            await limiter.aclose()
+        return limiter
+
+    limiter = asyncio.run(main())
+    granted, state, _ = _log(redis_url, bucket)
+    assert limiter.requests_given_back == 1
+    assert len(granted) == 1
+    assert int(state[b"seq"]) == 1
+
+    async def next_slot() -> float:
+        other = RedisLimiter(rate, redis_url)
+        try:
+            return (await other._remote_grant(0.0)).at
+        finally:
+            await other.aclose()
+
+    assert asyncio.run(next_slot()) == pytest.approx(granted[0] + 60.0 + limiter.margin, abs=0.01)

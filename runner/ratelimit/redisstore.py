@@ -76,6 +76,18 @@ return {when, string.format('%.6f', now), string.format('%d', seq)}
 # made relies on it where it was (syncrun_rate_restamp's rules, migration 0003). ARGV[3..6]: requests,
 # window, burst, interval (> 0: token form; KEYS[3] holds the fold). Returns the
 # new time as a string, or false (nil to the client) when refused.
+# Give back reservation ARGV[1], never used (its run stopped while waiting), if it is the latest: a
+# younger one was computed from it (syncrun_rate_unreserve's rule, migration 0003). Returns 1 if it went.
+REDIS_UNRESERVE = """
+if tonumber(redis.call('HGET', KEYS[2], 'seq')) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+local prev = string.format('%d', tonumber(ARGV[1]) - 1)
+local at, tat = redis.call('ZSCORE', KEYS[1], prev), redis.call('HGET', KEYS[3], prev)
+redis.call('HSET', KEYS[2], 'seq', prev, 'last', at or '0', 'tat', tat or '0')
+return 1
+"""
+
 REDIS_RESTAMP = """
 local member, late = ARGV[1], tonumber(ARGV[2])
 local requests, window, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -252,6 +264,10 @@ class RedisLimiter(SharedLimiter):
         moved = await self._call(scripts.restamp(keys=self.keys, args=args))
         return None if moved is None else float(moved)
 
+    async def _remote_unreserve(self, seq: int) -> bool:
+        _, scripts = self._client()
+        return bool(await self._call(scripts.unreserve(keys=self.keys, args=(str(seq),))))
+
     def _remote_pause(self, seconds: float) -> Coroutine[Any, Any, None]:
         _, scripts = self._client()  # now: a `close()` right after this call waits for the write
         return self._call(scripts.pause(keys=self.keys, args=(repr(seconds),)))
@@ -277,6 +293,7 @@ class RedisLimiter(SharedLimiter):
                 client.register_script(REDIS_GRANT),
                 client.register_script(REDIS_PAUSE),
                 client.register_script(REDIS_RESTAMP),
+                client.register_script(REDIS_UNRESERVE),
             )
             self._redis = (loop, client, scripts)
         return self._redis[1], self._redis[2]
@@ -296,3 +313,4 @@ class _Scripts(NamedTuple):
     grant: redis.commands.core.AsyncScript
     pause: redis.commands.core.AsyncScript
     restamp: redis.commands.core.AsyncScript
+    unreserve: redis.commands.core.AsyncScript
