@@ -59,6 +59,7 @@ def build(
     transport: httpx.AsyncBaseTransport | None = None,
     max_connections: int,
     aiohttp: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient whose every attempt waits for `limiter`. `transport` replaces the inner transport
     (tests: httpx.MockTransport); `aiohttp=True` uses httpx_aiohttp's transport instead of httpx's.
@@ -83,7 +84,7 @@ def build(
     # httpx's timeouts are per read; send() enforces the real total. These are only a backstop.
     timeout = httpx.Timeout(source_request.timeout)
     return httpx.AsyncClient(
-        transport=RateLimitedTransport(inner, limiter),
+        transport=RateLimitedTransport(inner, limiter, stop=stop),
         timeout=timeout,
         follow_redirects=False,
         headers={"Accept-Encoding": ACCEPT_ENCODING},  # never advertise a coding we cannot bound

@@ -24,7 +24,7 @@ import httpx
 import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
-from runner.errors import DatabaseError, EntityError, MappingError, RunFailed
+from runner.errors import DatabaseError, EntityError, MappingError, RunFailed, Stopped
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
@@ -93,11 +93,12 @@ class _Run:
         connect: Connect | None,
         catalog: Any,
         sleep: Callable[[float], Any],
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.source, self.options, self.settings = source, options, settings
         self.limiter, self.http, self.connect, self.catalog, self.sleep = limiter, http, connect, catalog, sleep
         self.report = Report(source.name)
-        self.stop = asyncio.Event()
+        self.stop = stop or asyncio.Event()
         self.started = time.monotonic()
         self.now = datetime.now(UTC)
         self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
@@ -175,6 +176,8 @@ class _Run:
         except RunFailed as error:
             self.halt("failed", self.settings.redact(str(error)))
             return []
+        except Stopped:
+            return []  # never sent: left for a later run
         except EntityError as error:
             trace.result = self.failure(entity, str(error), definitive=error.definitive)
         return [trace]
@@ -200,6 +203,8 @@ class _Run:
             )
         except RunFailed as error:
             self.halt("failed", self.settings.redact(str(error)))
+            return []
+        except Stopped:
             return []
         except EntityError as error:
             for trace in traces:
@@ -388,18 +393,20 @@ async def run(
     written: no job row, no rows, no status. `connect` may then be None when `--ids` names the
     entities and the selection needs no database.
     """
+    stops = [asyncio.Event() for _ in sources]
     clients = [
         client.build(
             s.request,
             limiters[s.rate_limit.bucket],
             transport=transport(s) if transport else None,
             max_connections=s.concurrency,
+            stop=stop,  # a request still waiting for its grant when the run stops is not sent
         )
-        for s in sources
+        for s, stop in zip(sources, stops, strict=True)
     ]
     states = [
-        _Run(s, options, settings, limiters[s.rate_limit.bucket], http, connect, catalog, sleep)
-        for s, http in zip(sources, clients, strict=True)
+        _Run(s, options, settings, limiters[s.rate_limit.bucket], http, connect, catalog, sleep, stop)
+        for s, http, stop in zip(sources, clients, stops, strict=True)
     ]
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
@@ -523,6 +530,8 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
     except RunFailed as error:
         state.complete = False
         state.halt("failed", state.settings.redact(str(error)))
+    except Stopped:
+        state.complete = False  # the next page's request never left: resume from the checkpoint
     except EntityError as error:
         state.complete = False
         trace = Trace({_PAGE: number})

@@ -72,6 +72,11 @@ class RunFailed(SyncrunError):
     exit_code = 1
 
 
+class Stopped(SyncrunError):
+    """The run was stopped (a signal, --max-runtime) while this request waited for its rate-limit
+    grant: it never left, and its entity is left for a later run (neither failed nor penalised)."""
+
+
 class EntityError(SyncrunError):
     """One entity failed. `definitive` failures advance the entity's backoff; others do not."""
 

@@ -344,3 +344,33 @@ def test_ids_and_limits_the_database_cannot_take_exit_2_before_any_job(
     assert code == 2
     assert "--ids" in capsys.readouterr().err or args[0] == "--limit"
     assert db.scalar("select to_regclass('sync_jobs')") is None  # not even migrated: refused before any of it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", ["process", "database"])
+def test_waiting_for_a_grant_is_not_in_flight_work(
+    db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path, shared: str
+) -> None:
+    """1 per 60 s and --grace 30: a SIGTERM while the other entities wait for their grants ends the run
+    at once (waiting is not in-flight work: a tester saw a new request 16.9 s after the signal), sends
+    nothing more, and leaves those entities unfailed for the next run; exit 143, job `cancelled`."""
+    source = write_source(tmp_path)
+    text = source.read_text().replace(
+        "rate_limit: {requests: 200, per: 1s, burst: 20, bucket: alpha}",
+        f"rate_limit: {{requests: 1, per: 60s, burst: 1, bucket: wait-{shared}, shared: {shared}}}",
+    )
+    source.write_text(text)
+    seed(db, source, appids=[1, 2, 3])
+    for appid in (1, 2, 3):
+        api.route(f"/apps/{appid}", app(appid))
+    process = start(["run", str(source), "--grace", "30"], env)
+    wait_for(lambda: db.scalar("select count(*) from apps") == 1, timeout=20)
+    time.sleep(0.3)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=40)
+    assert time.monotonic() - signalled < 5, err
+    assert process.returncode == 143, err
+    assert len(api.requests) == 1
+    assert db.rows("select status, items_processed, items_failed from sync_jobs") == [("cancelled", 1, 0)]
+    assert db.scalar("select count(*) from syncrun_state where last_error is not null") == 0

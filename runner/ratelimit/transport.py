@@ -3,11 +3,14 @@ budget, and its grant is stamped when its bytes actually leave."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import httpx
 
-from runner.ratelimit.local import GRANTED, Limiter
+from runner.errors import Stopped
+from runner.ratelimit.local import GRANTED, Grant, Limiter
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):
@@ -24,13 +27,17 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     and exercise the production path.
     """
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, limiter: Limiter) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, limiter: Limiter, *, stop: asyncio.Event | None = None) -> None:
         self._inner, self._limiter = inner, limiter
         self._traced = isinstance(inner, httpx.AsyncHTTPTransport)
+        # Once the run is stopped, a request still waiting for its grant is not sent (`Stopped`): the
+        # wait is not in-flight work, so the run ends at once instead of after the grace period.
+        self._stop = stop
+        self._stopping: asyncio.Future[Any] | None = None  # one waiter on `stop`, shared by all requests
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         limiter = self._limiter
-        grant = await limiter.reserve()
+        grant = await self._reserve()
         extensions = request.extensions
         previous = extensions.get("trace")
         try:
@@ -70,5 +77,22 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             else:
                 extensions["trace"] = previous
 
+    async def _reserve(self) -> Grant:
+        if self._stop is None:
+            return await self._limiter.reserve()
+        if self._stopping is None or self._stopping.get_loop() is not asyncio.get_running_loop():
+            self._stopping = asyncio.ensure_future(self._stop.wait())
+        if not self._stopping.done():
+            reserving = asyncio.ensure_future(self._limiter.reserve())
+            await asyncio.wait({reserving, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._stopping.done():
+                return reserving.result()
+            reserving.cancel()  # a shared limiter gives the reservation back
+            with contextlib.suppress(asyncio.CancelledError, Stopped):
+                self._limiter.release(await reserving)  # granted in the same step: stamped, never sent
+        raise Stopped("the run stopped while this request waited for its rate-limit grant; not sent")
+
     async def aclose(self) -> None:
+        if self._stopping is not None:
+            self._stopping.cancel()
         await self._inner.aclose()
