@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from runner import spec, templating
 from runner.errors import ConfigError, Problem
@@ -367,7 +367,15 @@ class _Builder:
         raw = self.section("rate_limit")
         if raw is None:
             return None
-        common = {"bucket": raw.get("bucket", name), "shared": spec.LimitScope(raw.get("shared", "process"))}
+        common: dict[str, Any] = {
+            "bucket": raw.get("bucket", name),
+            "shared": spec.LimitScope(raw.get("shared", "process")),
+        }
+        if "margin" in raw:
+            margin = self.duration(("rate_limit", "margin"), raw["margin"])
+            if not 0 <= margin <= 60:
+                self.add(("rate_limit", "margin"), f"{show(raw['margin'])} is out of range: from 0s to 60s")
+            common["margin"] = margin
         burst = raw.get("burst", 1)
         if "rate" in raw:  # the token form: `rate: 0.33/s` (the schema has checked the form and excluded requests/per)
             number, unit = str(raw["rate"]).split("/")

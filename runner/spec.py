@@ -161,6 +161,7 @@ class RateLimit:
     bucket: str  # defaults to the source name
     shared: LimitScope = LimitScope.PROCESS
     form: LimitForm = LimitForm.WINDOW
+    margin: float | None = None  # seconds every window is padded by; None: max(10 ms, 0.5 % of per)
 
     @property
     def rate(self) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner import client, spec
+from runner import client, config, spec
 from runner.errors import ConfigError, UsageError
 from runner.ratelimit import LATE, MARGIN, DatabaseLimiter, Limiter, RateLimitedTransport, limiters
 from tests.apiserver import ApiServer, FakeClock, Reply, worst_window
@@ -135,7 +135,8 @@ def test_registry_refuses_conflicting_limits_for_one_bucket() -> None:
         limiters([rate(10, 1.0, bucket="steam"), rate(200, 60.0, bucket="steam")])
     assert str(caught.value) == (
         "rate-limit bucket 'steam' is declared twice with different limits (10 per 1 s, burst 1 and"
-        " 200 per 60 s, burst 1); sources sharing a bucket must declare the same requests, per, burst and shared"
+        " 200 per 60 s, burst 1); sources sharing a bucket must declare the same requests, per (or rate), burst,"
+        " margin and shared"
     )
 
 
@@ -461,3 +462,28 @@ def test_token_form_from_yaml(tmp_path: Path) -> None:
     source.write_text(base[:start] + "rate_limit:\n  rate: 1/s\n  requests: 2\n  per: 1s" + base[end:])
     with pytest.raises(ConfigError):
         config.load(source)
+
+
+def test_a_declared_margin_pads_every_window() -> None:
+    """`margin: 100ms` (a link whose latency varies by up to that): 2 per 1 s grants the third at 1.1 s
+    instead of 1.01 s; the token form pads its interval the same way."""
+    clock = FakeClock()
+    window = spec.RateLimit(requests=2, per=1.0, bucket="m", margin=0.1)
+    times = asyncio.run(grant_times(Limiter(window, clock=clock, sleep=clock.sleep), clock, 3))
+    assert times == pytest.approx([0.0, 0.5 * 1.1, 1.1], abs=1e-6)
+    clock = FakeClock()
+    limiter = Limiter(token(1.0, 1, margin=0.1), clock=clock, sleep=clock.sleep)
+    assert asyncio.run(grant_times(limiter, clock, 3)) == pytest.approx([0.0, 1.1, 2.2], abs=1e-6)
+
+
+def test_margin_from_yaml(tmp_path: Path) -> None:
+    """`rate_limit.margin` is a duration from 0s to 60s, in both forms."""
+    base = "name: m\nrequest: {{url: 'https://api.example/{{appid}}'}}\nentities: {{columns: {{appid: int}}}}\n"
+    base += "records: body\nwrites: [{{table: t, key: [appid], columns: {{appid: entity.appid}}}}]\nrate_limit: {rl}\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(base.format(rl="{rate: 1/s, burst: 2, margin: 150ms}"))
+    assert config.load(good).rate_limit.margin == pytest.approx(0.15)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base.format(rl="{requests: 2, per: 1s, margin: 2m}"))
+    with pytest.raises(ConfigError, match=r"rate_limit.margin: '2m' is out of range: from 0s to 60s"):
+        config.load(bad)

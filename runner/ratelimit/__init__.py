@@ -81,7 +81,7 @@ def limiters(
                 raise UsageError(
                     f"rate-limit bucket '{rate.bucket}' is declared twice with different limits"
                     f" ({_describe(existing.rate)} and {_describe(rate)}); sources sharing a bucket must"
-                    " declare the same requests, per, burst and shared"
+                    " declare the same requests, per (or rate), burst, margin and shared"
                 )
             continue
         if rate.shared is spec.LimitScope.PROCESS:
@@ -104,12 +104,13 @@ def limiters(
     return by_bucket
 
 
-def _limits(rate: spec.RateLimit) -> tuple[int, float, int, spec.LimitScope, spec.LimitForm]:
-    return rate.requests, rate.per, rate.burst, rate.shared, rate.form
+def _limits(rate: spec.RateLimit) -> tuple[int, float, int, spec.LimitScope, spec.LimitForm, float | None]:
+    return rate.requests, rate.per, rate.burst, rate.shared, rate.form, rate.margin
 
 
 def _describe(rate: spec.RateLimit) -> str:
     shared = "" if rate.shared is spec.LimitScope.PROCESS else f", shared: {rate.shared}"
+    shared += "" if rate.margin is None else f", margin {rate.margin:g} s"
     if rate.form is spec.LimitForm.TOKEN:
         return f"rate {1 / rate.per:g}/s, burst {rate.burst}{shared}"
     return f"{rate.requests} per {rate.per:g} s, burst {rate.burst}{shared}"

@@ -140,7 +140,9 @@ class Limiter:
         # `--replay --rate-scale K`: the caller scales `rate.per`; server-given pauses scale here
         self.time_scale = time_scale
         self.requests = 0  # grants so far: every attempt of every page
-        self.margin = max(MARGIN, rate.per * MARGIN_SHARE) if margin is None else margin
+        if margin is None:  # the caller's (tests, benchmarks) first, then the source's, then the default
+            margin = rate.margin if rate.margin is not None else max(MARGIN, rate.per * MARGIN_SHARE)
+        self.margin = margin
         self._window = rate.per + self.margin
         self._spacing = self._window * rate.burst / rate.requests  # `burst` grants per spacing
         self._slots: deque[float] = deque(maxlen=rate.burst)  # scheduled times of the last `burst` grants

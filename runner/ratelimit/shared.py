@@ -48,6 +48,7 @@ class Reservation:
 
 GIVE_BACK_WAIT = 2.0  # seconds a stopping run spends returning an unused reservation
 
+
 class SharedLimiter(Limiter):
     """Subclasses provide `_remote_grant(pause)` (reserve one; `pause` > 0 first extends the shared pause),
     `_remote_restamp(seq, late)` (move entry `seq` `late` seconds later; None if refused) and
