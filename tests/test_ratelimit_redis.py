@@ -349,3 +349,25 @@ def test_a_reservation_abandoned_while_waiting_is_given_back(redis_url: str, buc
             await other.aclose()
 
     assert asyncio.run(next_slot()) == pytest.approx(granted[0] + 60.0 + limiter.margin, abs=0.01)
+
+
+def test_another_limit_for_a_bucket_in_use_is_refused(redis_url: str, bucket: str) -> None:
+    """As with shared: database: a different limit for a bucket whose last grant still binds is a usage
+    error naming both (two processes stalled each other without a word); later, the new one takes over."""
+
+    async def grant(rate: spec.RateLimit) -> None:
+        limiter = RedisLimiter(rate, redis_url)
+        try:
+            await limiter.acquire()
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(grant(shared(2, 0.4, bucket=bucket)))
+    with pytest.raises(UsageError) as refused:
+        asyncio.run(grant(shared(3, 9.0, burst=3, bucket=bucket)))
+    assert str(refused.value) == (
+        f"rate-limit bucket {bucket} is in use with another limit (2 per 0.410000 s, burst 1) than this process"
+        " declares (3 per 9.045000 s, burst 3): every process sharing a bucket must declare the same limit"
+    )
+    time.sleep(0.5)
+    asyncio.run(grant(shared(3, 9.0, burst=3, bucket=bucket)))

@@ -241,3 +241,27 @@ def test_a_reservation_abandoned_while_waiting_is_given_back(db: Database) -> No
     (first,) = db.rows("select extract(epoch from at)::float8 from syncrun_rate_log where bucket = 'steamspy-like'")[0]
     (reserved,) = db.rows("select (syncrun_rate_reserve('steamspy-like', 1, 60.3, 1, null, null))[1]")[0]
     assert reserved == pytest.approx(first + 60.3, abs=0.01)  # not + 120.6
+
+
+def test_another_limit_for_a_bucket_in_use_is_refused(db: Database) -> None:
+    """Two processes declaring different limits for one bucket used to stall each other (or overrun
+    the stricter one) without a word. While the bucket's last grant still binds, a different limit is a
+    usage error naming both; once it no longer does, the new limit takes over (a changed config)."""
+    migrated(db)
+
+    async def grant(rate: spec.RateLimit) -> None:
+        limiter = DatabaseLimiter(rate, db.dsn)
+        try:
+            await limiter.acquire()
+        finally:
+            limiter.close()
+
+    asyncio.run(grant(shared(2, 0.4, bucket="api")))
+    with pytest.raises(UsageError) as refused:
+        asyncio.run(grant(shared(3, 9.0, burst=3, bucket="api")))
+    assert str(refused.value) == (
+        "rate-limit bucket api is in use with another limit (2 per 0.410000 s, burst 1) than this process"
+        " declares (3 per 9.045000 s, burst 3): every process sharing a bucket must declare the same limit"
+    )
+    time.sleep(0.5)  # the 0.41 s window has passed: nothing binds any more
+    asyncio.run(grant(shared(3, 9.0, burst=3, bucket="api")))

@@ -10,9 +10,11 @@ from typing import Any, LiteralString
 import psycopg
 
 from runner import spec
-from runner.errors import DatabaseError, SchemaMismatch
+from runner.errors import DatabaseError, SchemaMismatch, UsageError
 from runner.ratelimit.local import Clock, Sleep
 from runner.ratelimit.shared import Reservation, SharedLimiter
+
+DECLARED_OTHERWISE = "SR001"  # syncrun_rate_reserve: the bucket is in use with another limit (migration 0003)
 
 
 class DatabaseLimiter(SharedLimiter):
@@ -105,6 +107,9 @@ class DatabaseLimiter(SharedLimiter):
             except psycopg.errors.UndefinedFunction:
                 raise self._missing() from None
             except psycopg.Error as exc:
+                if exc.sqlstate == DECLARED_OTHERWISE:
+                    message = str(exc.diag.message_primary or exc).removeprefix("syncrun: ")
+                    raise UsageError(f"{message}: every process sharing a bucket must declare the same limit") from None
                 if self._conn is not None and self._conn.broken:
                     self._conn = None  # reconnect on the next grant
                 raise DatabaseError(f"rate-limit bucket '{self.rate.bucket}': PostgreSQL failed: {exc}") from None

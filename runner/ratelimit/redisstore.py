@@ -27,7 +27,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # token form's GCRA state}. KEYS[3]: the token form's tat right after each grant (a hash by seq), which a
 # re-stamp refolds from the grant it moves. ARGV: requests, window (per + margin; token form: the tolerance), burst,
 # pause (seconds to extend the shared pause by first; <= 0: none), interval (> 0: the token form's
-# seconds per token). The rules are syncrun_rate_reserve's (migration 0003). Returns {the grant's
+# seconds per token), the bucket's name (for messages). The rules are syncrun_rate_reserve's (migration
+# 0003), including the refusal of another limit while the bucket's last grant still binds. Returns {the grant's
 # time, now, seq} as strings, and passes scores as strings: Lua numbers would be truncated to integers
 # on return and rounded to 14 digits (100 us) when passed to a command.
 REDIS_GRANT = """
@@ -36,7 +37,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local requests, window, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local pause, interval = tonumber(ARGV[4]), tonumber(ARGV[5])
-local state = redis.call('HMGET', KEYS[2], 'seq', 'paused_until', 'last', 'tat')
+local state = redis.call('HMGET', KEYS[2], 'seq', 'paused_until', 'last', 'tat', 'declared', 'declared_for')
+local declared
+if interval > 0 then declared = string.format('a token every %.6f s, burst %d', interval, burst)
+else declared = string.format('%d per %.6f s, burst %d', requests, window, burst) end
+if state[5] and state[5] ~= declared and (tonumber(state[3]) or 0) + (tonumber(state[6]) or 0) > now then
+  return redis.error_reply('syncrun: rate-limit bucket ' .. ARGV[6] .. ' is in use with another limit ('
+    .. state[5] .. ') than this process declares (' .. declared .. ')')
+end
 local seq = (tonumber(state[1]) or 0) + 1
 local paused = tonumber(state[2]) or 0
 local last = tonumber(state[3]) or 0
@@ -63,7 +71,8 @@ if #gone > 0 then
 end
 if interval > 0 then redis.call('HSET', KEYS[3], string.format('%d', seq), string.format('%.6f', tat)) end
 redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq), 'paused_until', string.format('%.6f', paused),
-           'last', when, 'tat', string.format('%.6f', tat))
+           'last', when, 'tat', string.format('%.6f', tat),
+           'declared', declared, 'declared_for', string.format('%.6f', math.max(window, interval)))
 -- an idle bucket vanishes once its log imposes nothing (and its pause is over), plus a second
 local ttl = math.ceil((math.max(at + math.max(window, 0), tat, paused) - now) * 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl)
@@ -253,7 +262,14 @@ class RedisLimiter(SharedLimiter):
     async def _remote_grant(self, pause: float) -> Reservation:
         requests, window, burst, interval = self._args()
         _, scripts = self._client()
-        args = (requests, repr(window), burst, repr(pause if pause > 0 else 0.0), repr(interval or 0.0))
+        args = (
+            requests,
+            repr(window),
+            burst,
+            repr(pause if pause > 0 else 0.0),
+            repr(interval or 0.0),
+            self.rate.bucket,
+        )
         at, now, seq = await self._call(scripts.grant(keys=self.keys, args=args))
         return Reservation(float(at), float(now), int(seq))
 
@@ -303,6 +319,13 @@ class RedisLimiter(SharedLimiter):
 
         try:
             return await command
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("syncrun: "):
+                raise DatabaseError(
+                    f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
+                ) from None
+            message = str(exc).removeprefix("syncrun: ")
+            raise UsageError(f"{message}: every process sharing a bucket must declare the same limit") from None
         except (redis.exceptions.RedisError, OSError) as exc:
             raise DatabaseError(
                 f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"

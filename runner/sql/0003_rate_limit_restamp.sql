@@ -5,6 +5,10 @@
 -- token-bucket form: the bucket's theoretical arrival time (GCRA): the next grant may go at
 -- tat - (burst - 1) * interval, and each grant moves it to greatest(tat, grant) + interval.
 alter table syncrun_rate_limits add column if not exists tat timestamptz;
+-- the limit the bucket's grants were made under, and how long it binds after the latest one: a process
+-- declaring another limit for the same bucket meanwhile is refused (it would stall, or overrun, both)
+alter table syncrun_rate_limits add column if not exists declared text;
+alter table syncrun_rate_limits add column if not exists declared_for float8;
 -- token form: tat right after this grant, folding the log in order of (at, seq); a re-stamp refolds
 -- from the grant it moves
 alter table syncrun_rate_log add column if not exists tat_after timestamptz;
@@ -17,6 +21,14 @@ alter table syncrun_rate_log add column if not exists tat_after timestamptz;
 -- A re-stamped reservation may sit later than younger ones, so "the grant N ago" is the latest of the
 -- rows at or before it (a superset of the older rows holds one at least as late as the N-th latest;
 -- the log keeps 64 rows beyond N for that).
+-- A bucket's limit in words, as the refusal above shows it: `10 per 2.01 s, burst 1` or `token every 3.045 s, burst 3`.
+create or replace function syncrun_rate_declaration(p_requests int, p_window float8, p_burst int, p_interval float8)
+returns text language sql immutable as $$
+    select case when p_interval is null
+        then format('%s per %s s, burst %s', p_requests, round(p_window::numeric, 6), p_burst)
+        else format('a token every %s s, burst %s', round(p_interval::numeric, 6), p_burst) end
+$$;
+
 create or replace function syncrun_rate_reserve(
     p_bucket text, p_requests int, p_window float8, p_burst int, p_pause float8, p_interval float8
 ) returns float8[]
@@ -34,6 +46,14 @@ begin
         select * into b from syncrun_rate_limits where bucket = p_bucket for update;
     end if;
     now_ := clock_timestamp();  -- after the lock: the grant is computed from when it is ours to give
+    if b.declared is distinct from syncrun_rate_declaration(p_requests, p_window, p_burst, p_interval)
+       and b.last_at + make_interval(secs => b.declared_for) > now_ then
+        raise exception 'syncrun: rate-limit bucket % is in use with another limit (%) than this process declares (%)',
+            p_bucket, b.declared, syncrun_rate_declaration(p_requests, p_window, p_burst, p_interval)
+            using errcode = 'SR001';
+    end if;
+    b.declared := syncrun_rate_declaration(p_requests, p_window, p_burst, p_interval);
+    b.declared_for := greatest(p_window, coalesce(p_interval, 0));
     if p_pause is not null then
         b.paused_until := greatest(b.paused_until, now_ + make_interval(secs => p_pause));
     end if;
@@ -53,7 +73,8 @@ begin
     insert into syncrun_rate_log (bucket, seq, at, tat_after) values (p_bucket, k, at, b.tat);
     delete from syncrun_rate_log where bucket = p_bucket and seq <= k - keep;
     update syncrun_rate_limits
-       set seq = k, last_at = at, paused_until = b.paused_until, tat = b.tat, updated_at = now_
+       set seq = k, last_at = at, paused_until = b.paused_until, tat = b.tat, updated_at = now_,
+           declared = b.declared, declared_for = b.declared_for
      where bucket = p_bucket;
     return array[extract(epoch from at), extract(epoch from clock_timestamp()), k]::float8[];
 end
