@@ -37,6 +37,7 @@ from runner import (
     progress,
     ratelimit,
     replay,
+    selection,
     spec,
     templating,
     workflow,
@@ -261,8 +262,9 @@ def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list
     if not 0 < limit <= _MAX_LIMIT:
         raise UsageError(f"--limit must be a whole number from 1 to {_MAX_LIMIT}, got {limit}")
     ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else None
-    for source in sources:
-        _check_ids(source, ids or ())
+    for source in sources:  # keys of the source's type, or a usage error before any job row
+        for value in ids or ():
+            selection.cast_key(source, value)
     return engine.Options(
         limit=limit,
         ids=ids,
@@ -279,22 +281,6 @@ def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list
         heartbeat_every=args.heartbeat,
         metadata={"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {},
     )
-
-
-_BIGINT = 2**63 - 1
-
-
-def _check_ids(source: spec.Source, ids: tuple[str, ...]) -> None:
-    """`--ids` values must be keys of the source's key type: refused here, before any job row."""
-    if source.entities.key_type == "text":
-        return
-    for value in ids:
-        digits = value[1:] if value[:1] in "+-" else value
-        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and abs(int(value)) <= _BIGINT):
-            raise UsageError(
-                f"--ids: {value!r} is not a whole number, and {source.name}'s key"
-                f" {source.entities.key} is {source.entities.key_type}"
-            )
 
 
 @dataclass(frozen=True, slots=True)

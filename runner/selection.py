@@ -41,6 +41,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from runner.database import identifier
+from runner.errors import UsageError
 from runner.migrations import KEY_TYPES
 from runner.spec import SelectionType, Source
 
@@ -309,9 +310,21 @@ def _by_ids(
         yield budget.spend(_claimed(conn, claim, rows, key, backoff=False))
 
 
+_KEY_LIMITS = {"int": 2**31 - 1, "bigint": 2**63 - 1}  # PostgreSQL's integer and bigint
+
+
 def cast_key(source: Source, value: Any) -> Any:
-    """An `--ids` value as the key type (int for int/bigint keys)."""
-    return str(value) if source.entities.key_type == "text" else int(value)
+    """An `--ids` value as the key type (int for int/bigint keys); UsageError when it is not one of
+    them (`1e3`, `٣`, past the column's range), so the command line can refuse it before any job row."""
+    kind, text = source.entities.key_type, str(value)
+    if kind == "text":
+        return text
+    digits = text[1:] if text[:1] in "+-" else text
+    if digits.isascii() and digits.isdigit() and len(digits) <= 19 and abs(int(text)) <= _KEY_LIMITS[kind]:
+        return int(text)
+    raise UsageError(
+        f"--ids: {text!r} is not a whole number of the key's type ({source.name}'s key {source.entities.key} is {kind})"
+    )
 
 
 def _status_rows(conn: psycopg.Connection, source: Source, keys: list[Any]) -> list[Entity]:

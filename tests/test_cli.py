@@ -326,6 +326,7 @@ def test_bad_option_values_exit_2_naming_the_option(
         ["--ids", "1,two"],
         ["--ids", "9" * 30],
         ["--ids", "٣"],  # an Arabic-Indic digit: isdigit() says yes, PostgreSQL says no
+        ["--ids", "3000000000"],  # past PostgreSQL's integer: the example's key is int
         ["--limit", "99999999999999999999"],
     ],
 )
