@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from runner import spec
 from runner.errors import SchemaMismatch, UsageError
 from runner.ratelimit import MARGIN, DatabaseLimiter, Limiter, limiters
+from runner.ratelimit.shared import Reservation, SharedLimiter
 from tests.apiserver import ApiServer, FakeClock, Recorded, Reply, worst_window
 from tests.pg import Database
 
@@ -265,3 +267,59 @@ def test_another_limit_for_a_bucket_in_use_is_refused(db: Database) -> None:
     )
     time.sleep(0.5)  # the 0.41 s window has passed: nothing binds any more
     asyncio.run(grant(shared(3, 9.0, burst=3, bucket="api")))
+
+
+class SteppingServer(SharedLimiter):
+    """A shared limiter whose server is a list in this process: a sliding-window log (`requests` per
+    window, burst 1) kept by a wall clock that runs `step` seconds off ours, so a test can step it."""
+
+    def __init__(self, rate: spec.RateLimit, clock: FakeClock) -> None:
+        super().__init__(rate, clock=clock, sleep=clock.sleep)
+        self.fake, self.step = clock, 0.0
+        self.log: list[float] = []  # reservation times by the server's clock, in seq order
+        self.restamps: list[float] = []
+
+    def server_now(self) -> float:
+        return self.fake.now + 5000.0 + self.step
+
+    async def _remote_grant(self, pause: float) -> Reservation:
+        requests, window, _, _ = self._args()
+        at = self.server_now()
+        if len(self.log) >= requests:
+            at = max(at, max(self.log[: len(self.log) - requests + 1]) + window)
+        self.log.append(at)
+        return Reservation(at, self.server_now(), len(self.log))
+
+    async def _remote_restamp(self, seq: int, late: float) -> float | None:
+        self.restamps.append(late)
+        self.log[seq - 1] += late
+        return self.log[seq - 1]
+
+    async def _remote_pause(self, seconds: float) -> None:
+        pass
+
+
+@pytest.mark.parametrize("step", [0.0, 6.0, 300.0])
+def test_a_server_clock_stepping_forward_cannot_shorten_a_window(step: float) -> None:
+    """1 per 60 s (the bundled SteamSpy limit); the server's wall clock steps `step` s forward after the
+    second grant (NTP on the database host, a resumed virtual machine: CI saw 54 s between two pages).
+    Our clock still sees the three grants a window apart, and the third reservation is moved on the
+    server to where it is used. No step: no extra statement."""
+    clock = FakeClock()
+    limiter = SteppingServer(spec.RateLimit(requests=1, per=60.0, bucket="b"), clock)
+    window = 60.0 + limiter.margin
+
+    async def go() -> list[float]:
+        times = []
+        for n in range(3):
+            if n == 2:
+                limiter.step = step
+            await limiter.acquire()
+            times.append(clock.now)
+        return times
+
+    times = asyncio.run(go())
+    assert [round(b - a, 6) for a, b in itertools.pairwise(times)] == [window, window]
+    # moved by the step (a step past a whole window: the server granted at once, moved by a window)
+    assert limiter.restamps == ([] if step == 0 else [pytest.approx(min(step, window))])
+    assert limiter.log[2] - limiter.log[1] == pytest.approx(window + step)  # the server's log agrees

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -74,6 +75,8 @@ class SharedLimiter(Limiter):
         self.discarded = 0  # grants reserved but not used: refused a re-stamp, or inside a pause
         self.restamped = 0  # grants used late and moved on the server
         self.requests_given_back = 0  # reservations returned unused by a run stopped while waiting
+        # this process's own slots, by our clock, in the order they were used (see `_floor`)
+        self._mine: deque[float] = deque(maxlen=max(rate.requests, rate.burst))
 
     async def reserve(self) -> Grant:
         """Reserve on the server, sleep until the reservation less `lead`, and hand it out. The next
@@ -89,14 +92,18 @@ class SharedLimiter(Limiter):
                 granted = await self._remote_grant(paused_until - asked)
                 self._trip = self._clock() - asked
                 deadline = granted.at + self._offset(self._clock() - granted.now)
+                floor = self._floor()
                 try:
-                    await self._until(deadline - self.lead)
+                    await self._until(max(deadline, floor) - self.lead)
                 except asyncio.CancelledError:  # stopped while waiting: the next run may have the slot
                     await self._give_back(granted.seq)
                     raise
                 if self._paused_until > paused_until:
                     self.discarded += 1  # paused meanwhile: this grant falls inside the pause
                     continue
+                if floor > deadline + LATE:  # the server's clock stepped: move the reservation to our use
+                    await self._remote_restamp(granted.seq, floor - deadline)  # refused: it is early there
+                    deadline = floor
                 self.requests += 1
                 grant = Grant(deadline, paused_until, handed=self._clock(), seq=granted.seq)
                 self._unsent.add(grant)
@@ -145,7 +152,28 @@ class SharedLimiter(Limiter):
 
     def _written(self, grant: Grant) -> None:
         grant.sent = self._clock()
+        self._mine.append(grant.at)
         self._dropped(grant)
+
+    def _floor(self) -> float:
+        """The earliest next slot that this process's own used slots allow, by our clock alone.
+
+        The server's clock decides every grant, and it is a wall clock: if it steps forward (NTP on the
+        database host, a virtual machine resumed), reservations made before the step map onto our
+        clock that much early, and a 1-per-60 s bucket was seen granting 54 s apart. Our monotonic clock
+        does not step, so no process exceeds the limit with its own requests, whatever the server's
+        clock does. Normally the server's slot is the later one and this costs nothing. Slots are
+        kept in the order they were used, nearly their time order (a re-stamp moves one a little)."""
+        mine, floor = self._mine, -math.inf
+        if self.token:  # a conforming GCRA sequence has at most `burst` grants in any one interval
+            if len(mine) >= self.rate.burst:
+                floor = mine[-self.rate.burst] + self._window
+            return floor
+        if len(mine) >= self.rate.requests:
+            floor = mine[-self.rate.requests] + self._window
+        if len(mine) >= self.rate.burst:
+            floor = max(floor, mine[-self.rate.burst] + self._spacing)
+        return floor
 
     def _dropped(self, grant: Grant) -> None:
         """`grant` is no longer waiting to be written: wake a reserve waiting in `_overdue`."""
@@ -184,6 +212,7 @@ class SharedLimiter(Limiter):
         """Leave `grant` unused (it still counts on the server) and take a new one in its place."""
         self.requests -= 1  # it was counted as used
         self.discarded += 1
+        self._mine.append(grant.at)  # it still counts, where it was
         self._dropped(grant)  # else a waiter in `_overdue` holds the lock this reserve needs, for LEAD_CAP
         fresh = await self.reserve()
         self._unsent.discard(fresh)
