@@ -5,17 +5,22 @@ tests/test_ratelimit_shared.py and tests/test_ratelimit_redis.py).
 
 From wall-clock START_AT until STOP_AT, CONCURRENCY tasks send GET URL?w=PID through `client.send`
 (so a 429 with Retry-After pauses the bucket, as in a real run) under a `DatabaseLimiter`, or a
-`RedisLimiter` when DSN is a redis:// URL. Prints the
-number of grants and of grants left unused. One warm-up request to URL's sibling /warm-up precedes
-the start. Wall-clock times let processes started at different moments begin together.
+`RedisLimiter` when DSN is a redis:// URL. Prints the number of grants, of grants left unused and of
+grants re-stamped, then on a second line, as JSON, when each request's attempts were written
+(request number `n` -> monotonic times). One warm-up request to
+URL's sibling /warm-up precedes the start. Wall-clock times let processes started at different moments begin together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from runner import client, spec
 from runner.ratelimit import DatabaseLimiter, RedisLimiter
@@ -32,6 +37,8 @@ async def main(argv: list[str]) -> int:
     limiter = RedisLimiter(rate, dsn) if redis else DatabaseLimiter(rate, dsn)
     request_spec = spec.Request(url=spec.Template(url, (spec.Literal(url),)), timeout=5.0)
     policy = spec.Retry(attempts=3, initial=0.01, jitter=0.0)
+    written: dict[str, list[float]] = {}  # request number -> when each attempt's bytes left (monotonic)
+    numbers = itertools.count()
     await limiter.connect()  # before the start line: connecting takes a few ms
     try:
         # built before the start line too: building a client takes ~0.3 s (TLS context), and a request
@@ -44,7 +51,9 @@ async def main(argv: list[str]) -> int:
 
             async def worker() -> None:
                 while time.time() < stop_at:
-                    request = http.build_request("GET", url, params={"w": worker_id})
+                    number = f"{worker_id}-{next(numbers)}"
+                    trace = {"trace": tracer(written.setdefault(number, []))}
+                    request = http.build_request("GET", url, params={"w": worker_id, "n": number}, extensions=trace)
                     await client.send(http, request, policy, max_body=10_000, timeout=5.0, limiter=limiter, redact=str)
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -54,7 +63,18 @@ async def main(argv: list[str]) -> int:
         else:
             limiter.close()
     print(limiter.requests, limiter.discarded, limiter.restamped)
+    print(json.dumps(written))
     return 0
+
+
+def tracer(writes: list[float]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """httpcore's trace: the moment each attempt's bytes leave (after the limiter stamped its grant)."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith("send_request_headers.started"):
+            writes.append(time.monotonic())
+
+    return trace
 
 
 if __name__ == "__main__":

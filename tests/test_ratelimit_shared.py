@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +17,12 @@ import pytest
 
 from runner import spec
 from runner.errors import SchemaMismatch, UsageError
-from runner.ratelimit import MARGIN, DatabaseLimiter, Limiter, limiters
+from runner.ratelimit import LATE, MARGIN, DatabaseLimiter, Limiter, limiters
 from runner.ratelimit.shared import Reservation, SharedLimiter
-from tests.apiserver import ApiServer, FakeClock, Recorded, Reply, worst_window
+from tests.apiserver import ApiServer, FakeClock, Recorded, Reply
+from tests.noise import Noise
 from tests.pg import Database
+from tests.test_ratelimit import check_window
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,20 +117,61 @@ def _spawn(db: Database, api: ApiServer, rate: spec.RateLimit, concurrency: int,
     return [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
 
 
-def _wait(processes: list) -> list[int]:
-    counts = []
+def wait_workers(processes: list) -> list[Worker]:
+    workers = []
     for process in processes:
         out, _ = process.communicate(timeout=30)
         assert process.returncode == 0
-        counts.append(int(out.split()[0]))
-        print("worker (grants, discarded, re-stamped):", out.strip())
-    return counts
+        counts, writes = out.split("\n", 1)
+        used, discarded, _ = counts.split()
+        workers.append(Worker(int(used), int(discarded), json.loads(writes)))
+        print("worker (grants, discarded, re-stamped):", counts)
+    return workers
+
+
+@dataclasses.dataclass
+class Worker:
+    """What a tests/shared_limit_worker.py process reported."""
+
+    used: int  # grants used (its warm-up request included)
+    discarded: int  # grants left unused (a re-stamp refused)
+    writes: dict[str, list[float]]  # request number -> when each attempt's bytes left
+
+
+def check_shared_window(workers: list[Worker], api: ApiServer, noise: Noise, requests: int, per: float) -> None:
+    """At most `requests` per `per` as the workers wrote them and as the server counted them, allowing for
+    what the machine did meanwhile (`tests.test_ratelimit.check_window`)."""
+    arrived: dict[str, list[float]] = {}
+    for r in api.requests:
+        if r.path == "/x":
+            arrived.setdefault(r.query["n"], []).append(r.at)
+    written = {n: ts for w in workers for n, ts in w.writes.items()}
+    lags = [a - t for n, ts in written.items() for a, t in zip(arrived[n], ts, strict=True)]
+    writes = sorted(t for ts in written.values() for t in ts)
+    # a worker's send may leave up to LATE after its reservation without a re-stamp: that much of the margin
+    check_window(api.arrivals("/x"), writes, lags, noise, requests=requests, per=per - LATE)
+
+
+def check_shared_rate(workers: list[Worker], arrivals: list[float], noise: Noise, rate: float) -> None:
+    """The combined rate reaches >= 90 % of `rate` (>= 80 % on a busy machine, measured), and at most 5 %
+    of the grants are left unused (their re-stamp refused).
+
+    A busy machine sends late: each late grant is re-stamped to when it left, and a saturated bucket's
+    later slots move with it. Measured: 94-99 % on a quiet machine; 87-89 % with two CPU burners, where
+    before re-stamps ignored the burst spacing 24 % of the grants were left unused (79 %)."""
+    used = sum(w.used for w in workers) - len(workers)  # less one warm-up request each
+    lost = sum(w.discarded for w in workers)
+    assert used == len(arrivals)
+    achieved = (used - 1) / (arrivals[-1] - arrivals[0])
+    share = 0.8 if noise.busy else 0.9
+    assert achieved >= share * rate, f"{achieved:.2f}/s of {rate}/s ({used} sent, {lost} lost, p90 {noise.p90:.4f} s)"
+    assert lost <= 0.05 * used, f"{lost} of {used} grants lost to refused re-stamps"
 
 
 @pytest.mark.slow
 def test_three_processes_share_one_limit(db: Database, api: ApiServer) -> None:
     """3 processes x 8 tasks on 10 per 0.5 s for 6 s (12 periods): no server-side window over 10,
-    combined rate >= 90 % of 20/s, and every process gets a fair share.
+    combined schedule >= 90 % of 20/s (`check_shared_rate`), and every process gets a fair share.
     Three processes on 2 CPUs contend for every grant: now and then a late send's re-stamp is refused
     (another process already reserved after it) and that slot is lost, ~3 % of a 6 s run (it was a
     coin toss against 90 % over 3 s; docs/rate-limits.md, re-stamps)."""
@@ -134,13 +179,12 @@ def test_three_processes_share_one_limit(db: Database, api: ApiServer) -> None:
     rate = shared(10, 0.5)
     migrated(db)
     start = time.time() + 2.0  # interpreters and imports take ~0.5 s each
-    processes = _spawn(db, api, rate, 8, start, start + 6.0)
-    counts = _wait(processes)
+    with Noise() as noise:
+        processes = _spawn(db, api, rate, 8, start, start + 6.0)
+        workers = wait_workers(processes)
     arrivals = api.arrivals("/x")
-    assert sum(counts) == len(arrivals) + 3  # and one warm-up request each
-    assert worst_window(arrivals, 0.5) <= 10
-    achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    assert achieved >= 0.9 * 20, f"achieved {achieved:.2f}/s of 20/s"
+    check_shared_window(workers, api, noise, 10, 0.5)
+    check_shared_rate(workers, arrivals, noise, 20)
     shares = Counter(r.query["w"] for r in api.requests if r.path == "/x")
     assert len(shares) == 3
     assert min(shares.values()) >= 0.25 * len(arrivals), shares
@@ -162,20 +206,41 @@ def test_retry_after_pauses_every_process(db: Database, api: ApiServer) -> None:
     migrated(db)
     start = time.time() + 2.0
     processes = _spawn(db, api, shared(10, 0.5), 4, start, start + 3.0)
-    _wait(processes)
+    wait_workers(processes)
     assert len(limited) == 1
     arrivals = [at - limited[0] for at in api.arrivals("/x")]
     during = [at for at in arrivals if 0 < at < 0.95]
-    assert len(during) <= 3, during  # at most one reservation already in hand per other process
-    assert all(at < 0.2 for at in during), during
+    # at most one reservation already in hand per other process. When in the pause they land depends
+    # on how soon the pause reaches the database and how late a busy machine sends them (0.62 s was
+    # seen with two CPU burners): a grant in hand is not taken back, only never re-stamped into it.
+    assert len(during) <= 3, during
     assert any(0.95 <= at < 1.3 for at in arrivals)  # and then they resume
 
 
+class SkippingClock(FakeClock):
+    """Real time plus every sleep skipped: our clock keeps pace with the database's between sleeps (a
+    clock that stood still would look to the limiter like the database's clock running fast)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.skipped += max(seconds, 0.0)
+
+
 def test_token_bucket_grants_by_the_database_clock(db: Database) -> None:
-    """rate 1/0.3 s, burst 3: three reservations at once, then one every 0.3 s (+ margin)."""
-    clock = FakeClock()
+    """rate 1/3 s, burst 3: three reservations at once, then one every 3 s (+ margin), by the database's
+    clock. Our sleeps are skipped, so the test takes no 9 s; the database's clock is real, and a busy
+    one took 320 ms for four reservations (a 0.3 s interval then put the fourth at its now, not at the
+    bucket's time)."""
+    clock = SkippingClock()
     rate = spec.RateLimit(
-        requests=1, per=0.3, burst=3, bucket="tok", shared=spec.LimitScope.DATABASE, form=spec.LimitForm.TOKEN
+        requests=1, per=3.0, burst=3, bucket="tok", shared=spec.LimitScope.DATABASE, form=spec.LimitForm.TOKEN
     )
     limiter = DatabaseLimiter(rate, migrated(db).dsn, clock=clock, sleep=clock.sleep)
 
@@ -188,8 +253,11 @@ def test_token_bucket_grants_by_the_database_clock(db: Database) -> None:
     finally:
         limiter.close()
     granted = [row[0] for row in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")]
-    offsets = [round((t - granted[0]) / (0.3 + MARGIN), 1) for t in granted]
-    assert offsets[:3] == [0.0, 0.0, 0.0]
+    # the first three at the database's now, each (a busy database takes ms between them), then by the
+    # bucket alone: the fourth one interval after the first, then one per interval
+    offsets = [round((t - granted[0]) / (3.0 + limiter.margin), 3) for t in granted]
+    assert granted[:3] == sorted(granted[:3]), granted
+    assert offsets[2] < 0.5, granted
     assert offsets[3:] == [1.0, 2.0, 3.0], granted
 
 

@@ -67,7 +67,7 @@ class DatabaseLimiter(SharedLimiter):
         return await asyncio.to_thread(self._grant, pause)
 
     async def _remote_restamp(self, seq: int, late: float) -> float | None:
-        requests, window, burst, interval = self._args()
+        requests, window, burst, interval = self._restamp_args()
         moved = await asyncio.to_thread(
             self._call,
             "select syncrun_rate_restamp(%s, %s, %s, %s, %s, %s, %s)",

@@ -274,7 +274,7 @@ class RedisLimiter(SharedLimiter):
         return Reservation(float(at), float(now), int(seq))
 
     async def _remote_restamp(self, seq: int, late: float) -> float | None:
-        requests, window, burst, interval = self._args()
+        requests, window, burst, interval = self._restamp_args()
         _, scripts = self._client()
         args = (str(seq), repr(late), requests, repr(window), burst, repr(interval or 0.0))
         moved = await self._call(scripts.restamp(keys=self.keys, args=args))
