@@ -266,6 +266,32 @@ class FakeClock:
         self.now += seconds
 
 
+class SkippingClock(FakeClock):
+    """Real time plus every sleep skipped (and `now` moved by hand), for limiters that talk to a real
+    server's clock (PostgreSQL, Redis): our clock keeps pace with the server's between sleeps. A clock
+    that stood still while a busy server took real milliseconds per statement would look to the
+    limiter like the server's clock running fast (a clock step, which it guards against)."""
+
+    def __init__(self) -> None:
+        self._skipped = 0.0
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def now(self) -> float:
+        return time.monotonic() + self._skipped
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._skipped = value - time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(seconds, 0.0)
+
+
 @pytest.fixture
 def api() -> Iterator[ApiServer]:
     """A started loopback ApiServer, stopped after the test."""

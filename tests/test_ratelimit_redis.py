@@ -32,7 +32,7 @@ from runner.ratelimit import (
     limiters,
     redis_url_from_env,
 )
-from tests.apiserver import ApiServer, Reply
+from tests.apiserver import ApiServer, Reply, SkippingClock
 from tests.noise import Noise
 from tests.test_ratelimit_shared import check_shared_rate, check_shared_window, wait_workers
 
@@ -44,11 +44,13 @@ def shared(requests: int, per: float, *, burst: int = 1, bucket: str = "b") -> s
     return spec.RateLimit(requests=requests, per=per, burst=burst, bucket=bucket, shared=spec.LimitScope.REDIS)
 
 
-class FakeTime:
-    """A clock that moves only when slept on (by `extra` more than asked, once, if set)."""
+class FakeTime(SkippingClock):
+    """Our clock for a limiter against the real Redis: sleeps skipped (by `extra` more than asked, once,
+    if set), `slept` adds them up."""
 
     def __init__(self) -> None:
-        self.now, self.slept, self.extra = 1000.0, 0.0, 0.0
+        super().__init__()
+        self.slept, self.extra = 0.0, 0.0
 
     def clock(self) -> float:
         return self.now

@@ -19,7 +19,7 @@ from runner import spec
 from runner.errors import SchemaMismatch, UsageError
 from runner.ratelimit import LATE, MARGIN, DatabaseLimiter, Limiter, limiters
 from runner.ratelimit.shared import Reservation, SharedLimiter
-from tests.apiserver import ApiServer, FakeClock, Recorded, Reply
+from tests.apiserver import ApiServer, FakeClock, Recorded, Reply, SkippingClock
 from tests.noise import Noise
 from tests.pg import Database
 from tests.test_ratelimit import check_window
@@ -217,22 +217,6 @@ def test_retry_after_pauses_every_process(db: Database, api: ApiServer) -> None:
     assert any(0.95 <= at < 1.3 for at in arrivals)  # and then they resume
 
 
-class SkippingClock(FakeClock):
-    """Real time plus every sleep skipped: our clock keeps pace with the database's between sleeps (a
-    clock that stood still would look to the limiter like the database's clock running fast)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.skipped = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.skipped
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.skipped += max(seconds, 0.0)
-
-
 def test_token_bucket_grants_by_the_database_clock(db: Database) -> None:
     """rate 1/3 s, burst 3: three reservations at once, then one every 3 s (+ margin), by the database's
     clock. Our sleeps are skipped, so the test takes no 9 s; the database's clock is real, and a busy
@@ -264,7 +248,7 @@ def test_token_bucket_grants_by_the_database_clock(db: Database) -> None:
 def test_a_restamp_that_a_younger_reservation_relies_on_is_refused(db: Database) -> None:
     """1 per 0.5 s, two processes: A's reservation is used late, but B already holds the slot one window
     after it; moving A's would put both in one window, so A leaves it unused and reserves after B."""
-    clock = FakeClock()
+    clock = SkippingClock()
     migrated(db)
     a = DatabaseLimiter(shared(1, 0.5), db.dsn, clock=clock, sleep=clock.sleep)
     b = DatabaseLimiter(shared(1, 0.5), db.dsn, clock=clock, sleep=clock.sleep)
