@@ -24,7 +24,7 @@ import httpx
 import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
-from runner.errors import DatabaseError, EntityError, MappingError, RunFailed, Stopped
+from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
@@ -169,10 +169,10 @@ class _Run:
     async def process(self, entity: dict[str, JSON]) -> list[Trace]:
         trace = Trace(entity)
         try:
-            replies = await fetch.entity(
+            listing = await fetch.entity(
                 self.http, self.source, entity, self.settings, limiter=self.limiter, sleep=self.sleep
             )
-            trace.result = self.classify(entity, replies, trace)
+            trace.result = self.classify(entity, self.replies(listing), trace)
         except RunFailed as error:
             self.halt("failed", self.settings.redact(str(error)))
             return []
@@ -192,7 +192,7 @@ class _Run:
         joined = batch.separator.join(str(entity[key]) for entity in group)
         traces = [Trace(entity) for entity in group]
         try:
-            replies = await fetch.entity(
+            listing = await fetch.entity(
                 self.http,
                 self.source,
                 group[0],
@@ -210,6 +210,7 @@ class _Run:
             for trace in traces:
                 trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
             return traces
+        replies = self.replies(listing)
         for trace in traces:
             try:
                 parts = [self.part(reply, trace.entity) for reply in replies]
@@ -217,6 +218,12 @@ class _Run:
             except EntityError as error:
                 trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
         return traces
+
+    def replies(self, listing: list[fetch.Page]) -> list[fetch.Reply]:
+        """The replies of an entity's listing; one cut by max_pages/max_items makes the run not complete."""
+        if listing and listing[-1].capped:
+            self.complete = False
+        return [page.reply for page in listing]
 
     def part(self, reply: fetch.Reply, entity: dict[str, JSON]) -> fetch.Reply:
         """This entity's view of a batched reply: `body` is what `batch.record` picks for it."""
@@ -481,7 +488,7 @@ async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, wr
     finally:  # even when a fetcher crashed: what was fetched is written, and counted, before the run ends
         await state.results.put(_DONE)
         await writer_task
-    state.complete = state.report.counters.failed == 0
+    state.complete = state.complete and state.report.counters.failed == 0
 
 
 async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn: database.Link | None) -> None:
@@ -493,7 +500,8 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
     if cursor_conn is not None and not options.restart:
         start = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
         if start is not None:
-            log.info("%s: resuming at %s=%s (use --restart to start over)", source.name, source.pagination.param, start)
+            where = state.settings.redact(f"{source.pagination.param or 'next page'}={start}")
+            log.info("%s: resuming at %s (use --restart to start over)", source.name, where)
     pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
     number, capped = 0, False
     try:
@@ -532,6 +540,9 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         state.halt("failed", state.settings.redact(str(error)))
     except Stopped:
         state.complete = False  # the next page's request never left: resume from the checkpoint
+    except PaginationError as error:  # going on would lose items: the listing is partial, the run fails
+        state.complete = False
+        state.halt("failed", str(error))
     except EntityError as error:
         state.complete = False
         trace = Trace({_PAGE: number})

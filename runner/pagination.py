@@ -1,0 +1,334 @@
+"""Where the next page is: one function per `pagination.type` reads a reply and says where to go
+next, whether the API said there is more, and what should have led there. `Walk` holds what one
+listing needs across pages (counts, the loop guard, the origin rule) and turns "the API says there
+is more but gives no way there" into an error naming the expression: never a silent partial listing.
+
+Sending, retries and the rate limit stay in client.send; fetch.pages owns the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from runner import links, spec
+from runner.client import Reply
+from runner.errors import PaginationError
+from runner.expressions import JSON, Expression, truthy
+
+__all__ = ["STYLES", "Step", "Walk", "context", "empty"]
+
+Position = str | int  # a cursor, a page number, an offset, or a next URL
+MAX_URL = 16_384  # a longer "next URL" is garbage, not a page
+MAX_CURSOR = 4_096  # a longer cursor would make every following request URL enormous
+_FOREIGN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One style's reading of a reply. `next` None: no next page. `more`: the API itself said there
+    is more (has_more, total, total_pages), with `why` saying so in words. `via`: what should give the
+    next page (an expression, the Link header), for the message when it did not."""
+
+    next: Position | None
+    via: str
+    more: bool = False
+    why: str = ""
+
+
+def context(reply: Reply) -> dict[str, JSON]:
+    """What every pagination expression sees: the reply's status, headers (lower-case names), body."""
+    return {"status": reply.status, "headers": dict(reply.headers), "body": reply.body}
+
+
+def empty(reply: Reply) -> bool:
+    return reply.body in ({}, []) or (reply.body is None and not reply.raw.strip())
+
+
+def _shown(expression: Expression, key: str) -> str:
+    return f"{key} ({expression.text})"
+
+
+def _search(expression: Expression, reply: Reply, key: str) -> JSON:
+    try:
+        return expression.search(context(reply))
+    except Exception as error:  # a function given the wrong type: the API's data, not a bug of ours
+        raise PaginationError(f"pagination.{key} ({expression.text}) failed on {reply.url}: {error}") from None
+
+
+def _has_more(pagination: spec.Pagination, reply: Reply) -> bool | None:
+    if pagination.has_more is None:
+        return None
+    return truthy(_search(pagination.has_more, reply, "has_more"))
+
+
+def _value(found: JSON, what: str, reply: Reply) -> str | None:
+    """A cursor or URL as text: a string or a number; null or "" is none. Anything else is an error:
+    `{"id": 1}` sent as a parameter would be a request the API never meant."""
+    if found is None or found == "":
+        return None
+    if isinstance(found, bool) or not isinstance(found, str | int | float):
+        kind = "true/false" if isinstance(found, bool) else type(found).__name__.replace("dict", "object")
+        raise PaginationError(f"{what} gave {kind} {_excerpt(found)}, not a string or a number, on {reply.url}")
+    return found if isinstance(found, str) else json.dumps(found)
+
+
+def _excerpt(value: JSON) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+def _number(expression: Expression, reply: Reply, key: str) -> int | None:
+    found = _search(expression, reply, key)
+    if found is None:
+        return None  # not given on this page: the other end rules decide
+    if isinstance(found, bool) or not isinstance(found, int | float | str) or not str(found).isdigit():
+        raise PaginationError(f"pagination.{key} ({expression.text}) gave {_excerpt(found)}, not a count")
+    return int(found)
+
+
+# --- the styles -----------------------------------------------------------------------------------
+def _cursor(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+    assert pagination.cursor is not None
+    via = _shown(pagination.cursor, "cursor")
+    more = _has_more(pagination, reply)
+    if more is False:
+        return Step(None, via)
+    found = _value(_search(pagination.cursor, reply, "cursor"), f"pagination.{via}", reply)
+    if found is not None and len(found) > MAX_CURSOR:
+        raise PaginationError(f"pagination.{via} gave a cursor of {len(found)} characters (at most {MAX_CURSOR})")
+    why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
+    return Step(found, via, bool(more), why)
+
+
+def _next_url(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+    assert pagination.next is not None
+    via = _shown(pagination.next, "next")
+    more = _has_more(pagination, reply)
+    if more is False:
+        return Step(None, via)
+    found = _value(_search(pagination.next, reply, "next"), f"pagination.{via}", reply)
+    why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
+    return Step(found, via, bool(more), why)
+
+
+def _link(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+    via = 'the Link header (rel="next")'
+    header = reply.headers.get("link")
+    if header is None:
+        return Step(None, via)
+    try:
+        return Step(links.target(header, "next"), via)
+    except ValueError as error:
+        raise PaginationError(f"unreadable Link header from {reply.url}: {error}") from None
+
+
+def _page(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+    assert isinstance(position, int)
+    if pagination.total_pages is None:
+        via = "the page numbers"
+        if reply.body is None or empty(reply) or _short(pagination, items):
+            return Step(None, via)
+        return Step(position + 1, via)
+    via = _shown(pagination.total_pages, "total_pages")
+    total = _number(pagination.total_pages, reply, "total_pages")
+    if total is None:  # not on this page: read on until an empty or short page, as without it
+        return Step(None if reply.body is None or empty(reply) or _short(pagination, items) else position + 1, via)
+    read = position - pagination.start + 1
+    if read >= total:
+        return Step(None, via)
+    return Step(position + 1, via, True, f"total_pages ({pagination.total_pages.text}) is {total}")
+
+
+def _offset(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+    assert isinstance(position, int)
+    if pagination.total is None:
+        return Step(None if _short(pagination, items) or not items else position + items, "the offsets")
+    via = _shown(pagination.total, "total")
+    total = _number(pagination.total, reply, "total")
+    if total is None:
+        return Step(None if _short(pagination, items) or not items else position + items, via)
+    if position + items >= total:
+        return Step(None, via)
+    why = f"total ({pagination.total.text}) is {total}, {position + items} read"
+    return Step(position + items if items else None, via, True, why)  # no items: no progress possible
+
+
+def _short(pagination: spec.Pagination, items: int) -> bool:
+    return pagination.page_size is not None and items < pagination.page_size
+
+
+Style = Callable[[spec.Pagination, Reply, Position | None, int], Step]
+STYLES: dict[spec.PaginationType, Style] = {
+    spec.PaginationType.CURSOR: _cursor,
+    spec.PaginationType.PAGE: _page,
+    spec.PaginationType.OFFSET: _offset,
+    spec.PaginationType.LINK: _link,
+    spec.PaginationType.NEXT_URL: _next_url,
+}
+_BY_URL = frozenset({spec.PaginationType.LINK, spec.PaginationType.NEXT_URL})
+_NUMBERED = frozenset({spec.PaginationType.PAGE, spec.PaginationType.OFFSET})
+
+
+# --- one listing ----------------------------------------------------------------------------------
+class Walk:
+    """One paged listing: counts pages and items, guards against loops and foreign origins, and
+    builds each page's request from the first one.
+
+    `secret_headers` / `secret_params`: the source's headers and query parameters holding a
+    ${secret.*}. Next URLs are kept without those parameters (they are checkpointed and shown), and
+    the parameters are added back only for the source's own origin."""
+
+    def __init__(
+        self,
+        pagination: spec.Pagination,
+        first: httpx.Request,
+        *,
+        secret_headers: frozenset[str],
+        secret_params: frozenset[str],
+        redact: Callable[[str], str],
+    ) -> None:
+        self.pagination, self.first, self.redact = pagination, first, redact
+        self.secret_headers, self.secret_params = secret_headers | _FOREIGN_HEADERS, secret_params
+        self.origins = {_origin(first.url), *(_origin(httpx.URL(o)) for o in pagination.allow_origins)}
+        self.pages = self.items = 0
+        self.seen: set[bytes] = set()  # digests of the positions so far: 16 bytes a page
+        self.said_more: Step | None = None  # the last reply said there is more (has_more, total...)
+        self.previous: JSON = None
+
+    @property
+    def by_url(self) -> bool:
+        return self.pagination.type in _BY_URL
+
+    def start(self, resume: Position | None) -> Position | None:
+        """Where the first request goes: a checkpoint, else the first page number or offset."""
+        if resume is not None:
+            return int(resume) if self.pagination.type in _NUMBERED else str(resume)
+        return self.pagination.start if self.pagination.type in _NUMBERED else None
+
+    def request(self, position: Position | None) -> httpx.Request:
+        first = self.first
+        if position is None:
+            return _sized(first, self.pagination)
+        if not self.by_url:
+            assert self.pagination.param is not None  # the schema requires it for these styles
+            return _sized(_with_query(first, self.pagination.param, str(position)), self.pagination)
+        try:
+            url = self._checked(first.url.join(str(position)), str(position))
+        except httpx.InvalidURL as error:
+            raise PaginationError(f"next-page URL {self.redact(str(position))!r} is not a URL: {error}") from None
+        own = _origin(url) == _origin(first.url)
+        if own:  # the source's own credentials go back in; the API's link never carries them
+            for name, value in first.url.params.multi_items():
+                if name in self.secret_params:
+                    url = url.copy_add_param(name, value)
+        headers = [(k, v) for k, v in first.headers.multi_items() if own or k.lower() not in self.secret_headers]
+        request = httpx.Request(first.method, url, headers=headers, extensions=dict(first.extensions))
+        return _sized(request, self.pagination)
+
+    def ended(self, reply: Reply) -> None:
+        """An empty page ended a numbered listing: an error if the page before said there was more."""
+        if self.said_more is not None:
+            self._cut(reply, self.said_more.why, f"page {self.pages + 1} is empty")
+
+    def follow(self, reply: Reply, position: Position | None, items: int, sent: httpx.Request) -> Position | None:
+        """Where the page after `reply` is (None: `reply` is the last page). Raises PaginationError
+        when going on or stopping would lose items: a loop, a foreign origin, a missing next page."""
+        self.pages, self.items = self.pages + 1, self.items + items
+        if self.pagination.type is spec.PaginationType.NONE or reply.status // 100 != 2:
+            return None
+        step = STYLES[self.pagination.type](self.pagination, reply, position, items)
+        self.said_more = step if step.more else None
+        full = self.pagination.page_size is not None and items >= self.pagination.page_size
+        if step.next is None:
+            if step.more and self.pagination.type in _NUMBERED:
+                self._cut(reply, step.why, "the page is empty")
+            elif (step.more or full) and reply.body is not None and self.pagination.type not in _NUMBERED:
+                why = step.why or f"the page is full ({items} items, page_size {self.pagination.page_size})"
+                self._cut(reply, why, f"{step.via} gave nothing")
+            return None
+        following = self._keyed(sent, step.next) if self.by_url else step.next
+        self._guard(reply, following, position)
+        return following
+
+    def capped(self, following: Position | None) -> bool:
+        """A cap stopped a listing that had more: it is not complete."""
+        if following is None:
+            return False
+        pages, items = self.pagination.max_pages, self.pagination.max_items
+        return (pages is not None and self.pages >= pages) or (items is not None and self.items >= items)
+
+    def _cut(self, reply: Reply, why: str, missing: str) -> None:
+        if self.pagination.missing_next is spec.MissingNext.END:
+            return
+        raise PaginationError(
+            f"listing cut short after {self.pages} pages ({self.items} items): {why} but {missing} ({reply.url});"
+            " if this API ends its listings that way, set pagination.missing_next: end"
+        )
+
+    def _keyed(self, sent: httpx.Request, target: Position) -> str:
+        """A next URL resolved against the request that answered, without the source's secret
+        parameters (added back by `request`): what is checkpointed, compared and shown."""
+        text = str(target)
+        if len(text) > MAX_URL:
+            raise PaginationError(f"a next-page URL of {len(text)} characters (at most {MAX_URL}); not followed")
+        try:
+            url = self._checked(sent.url.join(text), text)
+        except httpx.InvalidURL as error:
+            raise PaginationError(f"next-page URL {self.redact(text)!r} is not a URL: {error}") from None
+        return str(url.copy_with(params=[(k, v) for k, v in url.params.multi_items() if k not in self.secret_params]))
+
+    def _checked(self, url: httpx.URL, text: str) -> httpx.URL:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise PaginationError(f"next-page URL {self.redact(text)!r} is not an http(s) URL; not followed")
+        if _origin(url) not in self.origins:
+            raise PaginationError(
+                f"next-page URL {self.redact(str(url))} leads to another origin than {_origin_text(self.first.url)};"
+                " refused: the request's credentials would go there (list it in pagination.allow_origins"
+                " to follow it without them)"
+            )
+        return url
+
+    def _guard(self, reply: Reply, following: Position, position: Position | None) -> None:
+        if self.pagination.type in _NUMBERED:
+            if self.pages > 1 and reply.body == self.previous:
+                raise PaginationError(
+                    f"pagination loop: {self.pagination.param} {position} from {reply.url} repeats the previous"
+                    f" page (does the API read the '{self.pagination.param}' parameter?); stopped"
+                )
+            self.previous = reply.body
+            return
+        digest = hashlib.blake2b(str(following).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in self.seen:
+            text = self.redact(str(following))
+            shown = text if len(text) <= 80 else text[:80] + "…"
+            what = "next-page URL" if self.by_url else "cursor"
+            raise PaginationError(
+                f"pagination loop: {reply.url} returned {what} {shown!r} a second time (after {self.pages} pages);"
+                " stopped"
+            )
+        self.seen.add(digest)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _origin_text(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.netloc.decode('ascii')}"
+
+
+def _sized(request: httpx.Request, pagination: spec.Pagination) -> httpx.Request:
+    if pagination.size_param is None or pagination.page_size is None:
+        return request
+    return _with_query(request, pagination.size_param, str(pagination.page_size))
+
+
+def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
+    url = request.url.copy_set_param(name, value)
+    return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
