@@ -30,14 +30,24 @@ _FOREIGN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One style's reading of a reply. `next` None: no next page. `more`: the API itself said there
-    is more (has_more, total, total_pages), with `why` saying so in words. `via`: what should give the
-    next page (an expression, the Link header), for the message when it did not."""
+    """One style's reading of a reply. `next` None: no next page. `more`: True when the API itself
+    said there is more (has_more, total, total_pages, a rel="last" elsewhere), with `why` saying so in
+    words; False when it said this is the end; None when it said neither (then a full page means
+    more). `via`: what should give the next page (an expression, the Link header), for messages."""
 
     next: Position | None
     via: str
-    more: bool = False
+    more: bool | None = None
     why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class At:
+    """Where a reply came from: the position asked for, the items it holds, the URL sent."""
+
+    position: Position | None
+    items: int
+    url: httpx.URL
 
 
 def context(reply: Reply) -> dict[str, JSON]:
@@ -61,9 +71,12 @@ def _search(expression: Expression, reply: Reply, key: str) -> JSON:
 
 
 def _has_more(pagination: spec.Pagination, reply: Reply) -> bool | None:
+    """True/false as the API said; None when it said nothing (not declared, or missing on this page,
+    as Steam's last page): then the cursor or URL alone decides."""
     if pagination.has_more is None:
         return None
-    return truthy(_search(pagination.has_more, reply, "has_more"))
+    found = _search(pagination.has_more, reply, "has_more")
+    return None if found is None else truthy(found)
 
 
 def _value(found: JSON, what: str, reply: Reply) -> str | None:
@@ -82,87 +95,99 @@ def _excerpt(value: JSON) -> str:
     return text if len(text) <= 60 else text[:60] + "…"
 
 
-def _number(expression: Expression, reply: Reply, key: str) -> int | None:
+def _number(expression: Expression, reply: Reply, key: str) -> int:
+    """A declared total must be there: a typo would otherwise end the listing early, unnoticed."""
     found = _search(expression, reply, key)
     if found is None:
-        return None  # not given on this page: the other end rules decide
+        raise PaginationError(f"pagination.{key} ({expression.text}) gave nothing on {reply.url}: expected a count")
     if isinstance(found, bool) or not isinstance(found, int | float | str) or not str(found).isdigit():
         raise PaginationError(f"pagination.{key} ({expression.text}) gave {_excerpt(found)}, not a count")
     return int(found)
 
 
 # --- the styles -----------------------------------------------------------------------------------
-def _cursor(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+def _cursor(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
     assert pagination.cursor is not None
     via = _shown(pagination.cursor, "cursor")
     more = _has_more(pagination, reply)
     if more is False:
-        return Step(None, via)
+        return Step(None, via, False)
     found = _value(_search(pagination.cursor, reply, "cursor"), f"pagination.{via}", reply)
     if found is not None and len(found) > MAX_CURSOR:
         raise PaginationError(f"pagination.{via} gave a cursor of {len(found)} characters (at most {MAX_CURSOR})")
     why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
-    return Step(found, via, bool(more), why)
+    return Step(found, via, more, why)
 
 
-def _next_url(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+def _next_url(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
     assert pagination.next is not None
     via = _shown(pagination.next, "next")
     more = _has_more(pagination, reply)
     if more is False:
-        return Step(None, via)
+        return Step(None, via, False)
     found = _value(_search(pagination.next, reply, "next"), f"pagination.{via}", reply)
     why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
-    return Step(found, via, bool(more), why)
+    return Step(found, via, more, why)
 
 
-def _link(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
+def _link(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    """GitHub-style: rel="next" leads on. Without it, a rel="last" that is not this page says the
+    listing was cut; other links (first, prev) say this is the last page."""
     via = 'the Link header (rel="next")'
     header = reply.headers.get("link")
     if header is None:
         return Step(None, via)
     try:
-        return Step(links.target(header, "next"), via)
+        found = links.parse(header)
     except ValueError as error:
         raise PaginationError(f"unreadable Link header from {reply.url}: {error}") from None
+    following = next((link.target for link in found if "next" in link.rels), None)
+    last = next((link.target for link in found if "last" in link.rels), None)
+    if following is not None:
+        return Step(following, via)
+    if last is None or _same_page(last, at.url):
+        return Step(None, via, False if found else None)  # first/prev only: the API says this is the end
+    return Step(None, via, True, f'the Link header has rel="last" <{last}>')
 
 
-def _page(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
-    assert isinstance(position, int)
+def _same_page(target: str, url: httpx.URL) -> bool:
+    """Whether a (maybe relative) rel="last" target names the page just read."""
+    try:
+        return url.join(target) == url
+    except httpx.InvalidURL:
+        return False
+
+
+def _page(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    assert isinstance(at.position, int)
     if pagination.total_pages is None:
-        via = "the page numbers"
-        if reply.body is None or empty(reply) or _short(pagination, items):
-            return Step(None, via)
-        return Step(position + 1, via)
+        last = reply.body is None or empty(reply) or _short(pagination, at.items)
+        return Step(None if last else at.position + 1, "the page numbers")
     via = _shown(pagination.total_pages, "total_pages")
     total = _number(pagination.total_pages, reply, "total_pages")
-    if total is None:  # not on this page: read on until an empty or short page, as without it
-        return Step(None if reply.body is None or empty(reply) or _short(pagination, items) else position + 1, via)
-    read = position - pagination.start + 1
-    if read >= total:
-        return Step(None, via)
-    return Step(position + 1, via, True, f"total_pages ({pagination.total_pages.text}) is {total}")
+    if at.position - pagination.start + 1 >= total:
+        return Step(None, via, False)
+    return Step(at.position + 1, via, True, f"total_pages ({pagination.total_pages.text}) is {total}")
 
 
-def _offset(pagination: spec.Pagination, reply: Reply, position: Position | None, items: int) -> Step:
-    assert isinstance(position, int)
+def _offset(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    assert isinstance(at.position, int)
+    reached = at.position + at.items
     if pagination.total is None:
-        return Step(None if _short(pagination, items) or not items else position + items, "the offsets")
+        return Step(None if _short(pagination, at.items) or not at.items else reached, "the offsets")
     via = _shown(pagination.total, "total")
     total = _number(pagination.total, reply, "total")
-    if total is None:
-        return Step(None if _short(pagination, items) or not items else position + items, via)
-    if position + items >= total:
-        return Step(None, via)
-    why = f"total ({pagination.total.text}) is {total}, {position + items} read"
-    return Step(position + items if items else None, via, True, why)  # no items: no progress possible
+    if reached >= total:
+        return Step(None, via, False)
+    why = f"total ({pagination.total.text}) is {total}, {reached} read"
+    return Step(reached if at.items else None, via, True, why)  # no items: no progress possible
 
 
 def _short(pagination: spec.Pagination, items: int) -> bool:
     return pagination.page_size is not None and items < pagination.page_size
 
 
-Style = Callable[[spec.Pagination, Reply, Position | None, int], Step]
+Style = Callable[[spec.Pagination, Reply, At], Step]
 STYLES: dict[spec.PaginationType, Style] = {
     spec.PaginationType.CURSOR: _cursor,
     spec.PaginationType.PAGE: _page,
@@ -241,14 +266,15 @@ class Walk:
         self.pages, self.items = self.pages + 1, self.items + items
         if self.pagination.type is spec.PaginationType.NONE or reply.status // 100 != 2:
             return None
-        step = STYLES[self.pagination.type](self.pagination, reply, position, items)
+        step = STYLES[self.pagination.type](self.pagination, reply, At(position, items, sent.url))
         self.said_more = step if step.more else None
         full = self.pagination.page_size is not None and items >= self.pagination.page_size
+        numbered = self.pagination.type in _NUMBERED
         if step.next is None:
-            if step.more and self.pagination.type in _NUMBERED:
-                self._cut(reply, step.why, "the page is empty")
-            elif (step.more or full) and reply.body is not None and self.pagination.type not in _NUMBERED:
-                why = step.why or f"the page is full ({items} items, page_size {self.pagination.page_size})"
+            if step.more:
+                self._cut(reply, step.why, "the page is empty" if numbered else f"{step.via} gave nothing")
+            elif step.more is None and full and reply.body is not None and not numbered:
+                why = f"the page is full ({items} items, page_size {self.pagination.page_size})"
                 self._cut(reply, why, f"{step.via} gave nothing")
             return None
         following = self._keyed(sent, step.next) if self.by_url else step.next
