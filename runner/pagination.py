@@ -292,7 +292,8 @@ class Walk:
         if self.pagination.missing_next is spec.MissingNext.END:
             return
         raise PaginationError(
-            f"listing cut short after {self.pages} pages ({self.items} items): {why} but {missing} ({reply.url});"
+            f"listing cut short after {_count(self.pages, 'page')} ({_count(self.items, 'item')}): {why} but"
+            f" {missing} ({reply.url});"
             " if this API ends its listings that way, set pagination.missing_next: end"
         )
 
@@ -338,6 +339,10 @@ class Walk:
                 " stopped"
             )
         self.seen.add(digest)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
