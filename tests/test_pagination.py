@@ -166,7 +166,8 @@ def test_a_broken_source_fails_naming_its_expression(
     assert cli.main(["run", str(source)]) == 1
     status, error = job(env, f"broken_{style}")
     assert status == "failed"
-    assert error is not None and named in error
+    assert error is not None
+    assert named in error
     assert env.scalar("select count(*) from items") < len(pagedapi.ITEMS)
     assert "s3cr3t" not in capsys.readouterr().err
 
