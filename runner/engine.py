@@ -15,7 +15,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -505,7 +505,7 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
     pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
     number, capped = 0, False
     try:
-        while (page := await _next_page(state, pages)) is not None:
+        while (page := await fetch.next_page(pages, state.stop, state.options.grace)) is not None:
             trace = Trace({_PAGE: number})
             try:
                 trace.result = state.classify({_PAGE: number}, [page.reply], trace)
@@ -550,24 +550,6 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         await state.flush(write_conn, [trace])
     finally:
         await pages.aclose()
-
-
-async def _next_page(state: _Run, pages: AsyncGenerator[fetch.Page, None]) -> fetch.Page | None:
-    """The next page; None when the pages ran out, or when a stop came while waiting for one (a grant
-    of a 1-per-minute limit, a slow answer) and the page did not arrive within the grace period."""
-    step = asyncio.ensure_future(anext(pages, None))
-    stopped = asyncio.create_task(state.stop.wait())
-    try:
-        await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not step.done():
-            await asyncio.wait({step}, timeout=state.options.grace)
-        if not step.done():
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-            return None
-        return step.result()
-    finally:
-        stopped.cancel()
 
 
 async def _steps(state: _Run, conn: database.Link, steps_: tuple[spec.Step, ...], phase: str) -> None:

@@ -19,7 +19,7 @@ from runner.errors import EntityError, FetchError, PaginationError
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 
-__all__ = ["Page", "Reply", "build_request", "describe", "entity", "pages"]
+__all__ = ["Page", "Reply", "build_request", "describe", "entity", "next_page", "pages"]
 
 _HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")  # what a header value may carry (RFC 9110 field-vchar, SP, HTAB)
 _PLACEHOLDER = "0"  # stands in for every entity value when checking the URL's structure
@@ -162,6 +162,24 @@ async def pages(
         if follow is None or capped:
             return
         position = follow
+
+
+async def next_page(pages: AsyncGenerator[Page, None], stop: asyncio.Event, grace: float) -> Page | None:
+    """The next page; None when the pages ran out, or when a stop came while waiting for one (a grant
+    of a 1-per-minute limit, a slow answer) and the page did not arrive within `grace` seconds."""
+    step = asyncio.ensure_future(anext(pages, None))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not step.done():
+            await asyncio.wait({step}, timeout=grace)
+        if not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
+            return None
+        return step.result()
+    finally:
+        stopped.cancel()
 
 
 def _items(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> int:
