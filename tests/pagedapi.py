@@ -15,6 +15,7 @@ APIs page them, on a real loopback `ApiServer`:
     /offset               ?offset&limit, a bare list                                 many REST APIs
     /pages-total          ?page&per_page, {"meta": {"total_pages": n}, "items": []}  many REST APIs
     /pages                ?page&per_page, a bare list, [] past the end               SteamSpy-ish
+    /tickets              the tickets, two a page, Link header (a list feeding a detail source)
     /tickets/{id}/comments  X-Next-Page-Token, `COMMENTS[id]` comments per ticket    Zendesk-ish
 
 Every route pages ITEMS (ids 1..23) ten at a time unless the request asks for another size.
@@ -63,6 +64,7 @@ def install(api: ApiServer) -> None:
     }
     for path, handler in routes.items():
         api.route(path, handler)
+    api.route("/tickets", _tickets)
     for ticket in COMMENTS:
         api.route(f"/tickets/{ticket}/comments", _comments)
 
@@ -144,6 +146,12 @@ def _numbered(request: Recorded, *, total: bool) -> Reply:
     if total:
         return Reply(200, json={"meta": {"total_pages": _last_page(size), "page": page}, "items": items})
     return Reply(200, json=items)
+
+
+def _tickets(request: Recorded) -> Reply:
+    page, tickets = int(request.query.get("page", 1)), sorted(COMMENTS)
+    headers = {"Link": f'</tickets?page={page + 1}>; rel="next"'} if page * 2 < len(tickets) else {}
+    return Reply(200, json={"tickets": [{"id": t} for t in tickets[(page - 1) * 2 : page * 2]]}, headers=headers)
 
 
 def _comments(request: Recorded) -> Reply:

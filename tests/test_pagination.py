@@ -276,6 +276,38 @@ def test_a_broken_entity_listing_fails_that_entity(env: Database, api: ApiServer
     assert env.rows("select distinct ticket from comments order by 1") == [(1,)]
 
 
+def test_a_paged_list_feeds_a_detail_source(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The tutorial's shape: a list source creates a status row per ticket; the detail source then
+    reads every ticket's paged comments."""
+    detail = ticket_source(
+        tmp_path, "comments", "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"'}"
+    )
+    listing = tmp_path / "tickets.yaml"
+    listing.write_text(
+        "name: tickets\nentities: {type: list}\nrequest: {url: '${env.API_URL}/tickets'}\npagination: {type: link}\n"
+        "rate_limit: {requests: 100, per: 1s}\nrecords: body.tickets\nstatus: false\n"
+        "writes: [{table: sync_status, key: [ticket], mode: insert, columns: {ticket: record.id}}]\n"
+    )
+    prepare(env, detail, listing)
+    assert cli.main(["run", str(listing)]) == 0
+    assert env.rows("select ticket from sync_status order by 1") == [(t,) for t in sorted(pagedapi.COMMENTS)]
+    assert cli.main(["run", str(detail)]) == 0
+    assert env.scalar("select count(*) from comments") == sum(pagedapi.COMMENTS.values())
+
+
+def test_a_capped_entity_listing_succeeds_but_the_run_is_not_complete(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """max_pages on an entity's listing: the pages read go in, and `when: complete` after-steps skip."""
+    pagination = "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"', max_pages: 2}"
+    source = ticket_source(tmp_path, "comments", pagination)
+    source.write_text(source.read_text() + "after:\n  - {when: complete, sql: 'delete from comments'}\n")
+    seed_tickets(env, source)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from comments where ticket = 2") == 20
+    assert env.scalar("select count(*) from sync_status where last_comments_sync is not null") == 4
+
+
 # --- hostile APIs: each ends as an error for that listing, never a hang or a partial success ---------
 TOKEN = "s3cr3t-token-value"
 SETTINGS = templating.Settings({("secret", "API_TOKEN"): TOKEN}, Redactor([TOKEN]))
