@@ -513,8 +513,11 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                 trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
             await state.flush(write_conn, [trace])
             if trace.result is None or trace.result.outcome is spec.Outcome.ERROR:
+                # The next cursor came from a page we could not use: stop here, resume later. A
+                # listing that stopped early is never a completed run.
                 state.complete = False
-                return  # the next cursor came from a page we could not use: stop here, resume later
+                state.halt("failed", f"page {number + 1} of the listing failed: {trace.result and trace.result.error}")
+                return
             if cursor_conn is not None:
                 if page.resume is None:
                     await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
@@ -548,6 +551,7 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         trace = Trace({_PAGE: number})
         trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
         await state.flush(write_conn, [trace])
+        state.halt("failed", f"page {number + 1} of the listing failed: {error}")
     finally:
         await pages.aclose()
 

@@ -38,7 +38,7 @@ def _size(request: Recorded, name: str) -> int:
     return int(request.query.get(name, SIZE))
 
 
-def _token(offset: int) -> str:
+def token(offset: int) -> str:
     """An opaque token, as APIs hand out (base64 of a little JSON)."""
     return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
 
@@ -49,9 +49,9 @@ def _offset(token: str | None) -> int:
 
 def install(api: ApiServer) -> None:
     routes: dict[str, Callable[[Recorded], Reply]] = {
-        "/link": lambda r: _link(api, r),
+        "/link": lambda r: link_page(api, r),
         "/link-split": _link_split,
-        "/link-broken": lambda r: _link(api, r, broken=True),
+        "/link-broken": lambda r: link_page(api, r, broken=True),
         "/next-absolute": lambda r: _next(api, r, absolute=True),
         "/next-relative": lambda r: _next(api, r, absolute=False),
         "/cursor-body": _cursor_body,
@@ -66,7 +66,7 @@ def install(api: ApiServer) -> None:
         api.route(path, handler)
     api.route("/tickets", _tickets)
     for ticket in COMMENTS:
-        api.route(f"/tickets/{ticket}/comments", _comments)
+        api.route(f"/tickets/{ticket}/comments", comments_page)
 
 
 def _page_of(request: Recorded, page: int, size: int) -> list[dict[str, object]]:
@@ -77,7 +77,7 @@ def _last_page(size: int, count: int = len(ITEMS)) -> int:
     return max(1, -(-count // size))
 
 
-def _link(api: ApiServer, request: Recorded, *, broken: bool = False) -> Reply:
+def link_page(api: ApiServer, request: Recorded, *, broken: bool = False) -> Reply:
     page, size = int(request.query.get("page", 1)), _size(request, "per_page")
     last = _last_page(size)
     url = f"{api.url}{request.path}?per_page={size}&page="
@@ -116,13 +116,13 @@ def _next(api: ApiServer, request: Recorded, *, absolute: bool) -> Reply:
 def _cursor_body(request: Recorded) -> Reply:
     offset, size = _offset(request.query.get("cursor")), _size(request, "limit")
     more = offset + size < len(ITEMS)
-    metadata = {"next_cursor": _token(offset + size) if more else ""}
+    metadata = {"next_cursor": token(offset + size) if more else ""}
     return Reply(200, json={"ok": True, "members": ITEMS[offset : offset + size], "response_metadata": metadata})
 
 
 def _cursor_header(request: Recorded) -> Reply:
     offset, size = _offset(request.query.get("page_token")), _size(request, "page_size")
-    headers = {"X-Next-Page-Token": _token(offset + size)} if offset + size < len(ITEMS) else {}
+    headers = {"X-Next-Page-Token": token(offset + size)} if offset + size < len(ITEMS) else {}
     return Reply(200, json={"results": ITEMS[offset : offset + size]}, headers=headers)
 
 
@@ -154,10 +154,10 @@ def _tickets(request: Recorded) -> Reply:
     return Reply(200, json={"tickets": [{"id": t} for t in tickets[(page - 1) * 2 : page * 2]]}, headers=headers)
 
 
-def _comments(request: Recorded) -> Reply:
+def comments_page(request: Recorded) -> Reply:
     ticket = int(request.path.split("/")[2])
     comments = [{"id": ticket * 1000 + i, "body": f"comment {i}"} for i in range(1, COMMENTS[ticket] + 1)]
     offset, size = _offset(request.query.get("page_token")), _size(request, "per_page")
     following = offset + size < len(comments)
-    headers = {"X-Next-Page-Token": _token(offset + size)} if following else {}
+    headers = {"X-Next-Page-Token": token(offset + size)} if following else {}
     return Reply(200, json={"comments": comments[offset : offset + size]}, headers=headers)

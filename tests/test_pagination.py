@@ -203,6 +203,24 @@ def test_a_cap_stops_the_listing_and_keeps_it_incomplete(
     assert env.scalar("select count(*) from items") == 0  # the after-step ran this time
 
 
+def test_a_failed_page_fails_the_run_and_resumes_there(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """Page 2 keeps answering 503: the run fails (a listing that stopped early is never completed),
+    page 1 is kept and checkpointed, and the next run resumes at page 2."""
+    source = list_source(tmp_path, "flaky", "link", "{type: link}", "body")
+    prepare(env, source)
+    api.route("/link", lambda r: Reply(503) if r.query.get("page") == "2" else pagedapi.link_page(api, r))
+    assert cli.main(["run", str(source)]) == 1
+    status, error = job(env, "flaky")
+    assert status == "failed"
+    assert error is not None
+    assert error.startswith("page 2 of the listing failed: gave up after 3 attempts: HTTP 503")
+    assert env.scalar("select count(*) from items") == 10
+    api.route("/link", lambda r: pagedapi.link_page(api, r))
+    assert cli.main(["run", str(source)]) == 0
+    assert [r.query.get("page") for r in api.requests][-2:] == ["2", "3"]
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
 # --- per-entity listings ------------------------------------------------------------------------------
 ENTITY_SOURCE = """\
 name: {name}
@@ -253,8 +271,8 @@ def test_a_failed_later_page_writes_none_of_the_entitys_rows(env: Database, api:
         tmp_path, "comments", "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"'}"
     )
     seed_tickets(env, source)
-    third = pagedapi._token(20)
-    normal = pagedapi._comments
+    third = pagedapi.token(20)
+    normal = pagedapi.comments_page
     api.route("/tickets/2/comments", lambda r: Reply(503) if r.query.get("page_token") == third else normal(r))
     assert cli.main(["run", str(source)]) == 0
     assert env.scalar("select count(*) from comments where ticket = 2") == 0
