@@ -231,9 +231,20 @@ class Walk:
 
     def start(self, resume: Position | None) -> Position | None:
         """Where the first request goes: a checkpoint, else the first page number or offset."""
-        if resume is not None:
-            return int(resume) if self.pagination.type in _NUMBERED else str(resume)
-        return self.pagination.start if self.pagination.type in _NUMBERED else None
+        numbered = self.pagination.type in _NUMBERED
+        if resume is None:
+            return self.pagination.start if numbered else None
+        # A checkpoint written under another pagination type (the source was edited) is not a place
+        # to resume: say so, rather than send it as a page number or a URL.
+        fits = (
+            isinstance(resume, int) if numbered else not self.by_url or str(resume).startswith(("http://", "https://"))
+        )
+        if not fits or isinstance(resume, bool):
+            raise PaginationError(
+                f"the checkpoint {self.redact(str(resume))[:80]!r} is not a {self.pagination.type} position"
+                " (was the pagination changed?); run with --restart to start over"
+            )
+        return resume
 
     def request(self, position: Position | None) -> httpx.Request:
         first = self.first

@@ -221,6 +221,21 @@ def test_a_failed_page_fails_the_run_and_resumes_there(env: Database, api: ApiSe
     assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
 
 
+def test_a_checkpoint_of_another_pagination_type_is_refused(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The source moved from cursors to page numbers: the old checkpoint is no page; --restart helps."""
+    source = list_source(tmp_path, "moved", "pages", "{type: page, param: page, start: 1, page_size: 10}", "body")
+    prepare(env, source)
+    env.run("insert into syncrun_cursors (source, cursor) values ('moved', '\"abc\"')")
+    assert cli.main(["run", str(source)]) == 1
+    assert job(env, "moved") == (
+        "failed",
+        "the checkpoint 'abc' is not a page position (was the pagination changed?); run with --restart to start over",
+    )
+    assert api.requests == []
+    assert cli.main(["run", str(source), "--restart"]) == 0
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
 # --- per-entity listings ------------------------------------------------------------------------------
 ENTITY_SOURCE = """\
 name: {name}
@@ -449,6 +464,14 @@ def test_a_cursor_that_is_not_a_string_or_number_fails(api: ApiServer, cursor: o
     api.route("/x", Reply(200, json={"data": [], "next": cursor}))
     with pytest.raises(PaginationError, match=message):
         fetch_pages(api.url + "/x", "{type: cursor, param: after, cursor: body.next}")
+
+
+def test_an_api_ignoring_the_offset_is_a_loop(api: ApiServer) -> None:
+    """Every offset answers the first page: stopped at the second, not read forever."""
+    api.route("/x", Reply(200, json=[{"id": i} for i in range(10)]))
+    with pytest.raises(PaginationError, match=r"^pagination loop: offset 10 from .* repeats the previous page"):
+        fetch_pages(api.url + "/x", "{type: offset, param: offset, page_size: 10}")
+    assert len(api.requests) == 2
 
 
 def test_every_page_goes_through_the_limiter_and_the_retries(api: ApiServer) -> None:
