@@ -485,8 +485,7 @@ class _Builder:
             mode=spec.WriteMode(raw.get("mode", "upsert")),
             rows=rows,
             merge=tuple((column, spec.Merge(how)) for column, how in raw.get("merge", {}).items()),
-            # `when` picks records before any rows: are made, so it never sees `item`
-            when=self.optional_expression((*path, "when"), self.mapping_roots(entity_columns), raw),
+            when=self.optional_expression((*path, "when"), roots, raw),
             replace_by=tuple(raw.get("replace_by", ())),
             lookups=lookups,
         )

@@ -121,7 +121,7 @@ def _reference_problem(name: str, field: str | None, roots: Roots, text: str) ->
         return None  # a bare `null` reads a missing field: null, as the author meant
     if name not in roots:
         if name == "item" and "record" in roots:
-            return f"'item' {where} exists only in the columns and lookups of a write with rows: (one row per item)"
+            return f"'item' {where} exists only with rows: (one row per item of a list)"
         return f"unknown name '{name}' {where} (use {', '.join(roots)}{did_you_mean(name, roots, inside=True)})"
     if name == "headers" and field is not None and field != field.lower():
         quoted = field.lower().replace('"', '\\"')
