@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+from jmespath.exceptions import JMESPathError
 
 from runner import links, spec
 from runner.client import Reply
 from runner.errors import PaginationError
-from runner.expressions import JSON, Expression, truthy
+from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
 
 __all__ = ["STYLES", "Step", "Walk", "context", "empty"]
 
@@ -66,7 +67,7 @@ def _shown(expression: Expression, key: str) -> str:
 def _search(expression: Expression, reply: Reply, key: str) -> JSON:
     try:
         return expression.search(context(reply))
-    except Exception as error:  # a function given the wrong type: the API's data, not a bug of ours
+    except (JMESPathError, *EVALUATION_FAULTS) as error:  # a function met a value it cannot take: the API's data
         raise PaginationError(f"pagination.{key} ({expression.text}) failed on {reply.url}: {error}") from None
 
 
@@ -100,7 +101,14 @@ def _number(expression: Expression, reply: Reply, key: str) -> int:
     found = _search(expression, reply, key)
     if found is None:
         raise PaginationError(f"pagination.{key} ({expression.text}) gave nothing on {reply.url}: expected a count")
-    if isinstance(found, bool) or not isinstance(found, int | float | str) or not str(found).isdigit():
+    if isinstance(found, float) and found.is_integer():  # 23.0: JSON has one number type
+        found = int(found)
+    if (
+        isinstance(found, bool)
+        or not isinstance(found, int | str)
+        or not str(found).isascii()
+        or not str(found).isdigit()
+    ):
         raise PaginationError(f"pagination.{key} ({expression.text}) gave {_excerpt(found)}, not a count")
     return int(found)
 

@@ -14,7 +14,7 @@ from runner import client, config, fetch, templating
 from runner.errors import EntityError, PaginationError
 from runner.ratelimit import Limiter
 from runner.redaction import Redactor
-from tests.apiserver import ApiServer, FakeClock, Reply
+from tests.apiserver import ApiServer, FakeClock, Recorded, Reply
 
 TOKEN = "s3cr3t-token-value"
 SETTINGS = templating.Settings({("secret", "API_TOKEN"): TOKEN}, Redactor([TOKEN]))
@@ -28,13 +28,15 @@ request:
 pagination: {pagination}
 rate_limit: {{requests: 1000, per: 1s, burst: 50}}
 retry: {{attempts: 2, initial: 10ms, max_delay: 10ms}}
+records: {records}
 writes: [{{table: items, key: [id], columns: {{id: record.id}}}}]
 status: false
 """
 
 
-def fetch_pages(url: str, pagination: str = "{type: link}") -> tuple[list[fetch.Page], Limiter]:
-    source = config.loads(FETCH_SOURCE.format(url=url, pagination=pagination), Path("t.yaml"))
+def fetch_pages(url: str, pagination: str = "{type: link}", records: str = "body") -> tuple[list[fetch.Page], Limiter]:
+    text = FETCH_SOURCE.format(url=url, pagination=pagination, records=records)
+    source = config.loads(text, Path("t.yaml"))
     limiter = Limiter(source.rate_limit)
 
     async def main() -> list[fetch.Page]:
@@ -156,3 +158,25 @@ def test_every_page_goes_through_the_limiter_and_the_retries(api: ApiServer) -> 
     assert [page.reply.status for page in pages] == [200, 200]
     assert [r.query.get("page") for r in api.requests] == [None, "2", "2"]
     assert limiter.requests == 3
+
+
+def test_a_total_may_come_from_a_header_or_as_a_whole_float(api: ApiServer) -> None:
+    """X-Total-Count is text, 12.0 is a whole number: both count; -3 or "many" do not."""
+
+    def offsets(request: Recorded, *, total: str) -> Reply:
+        offset = int(request.query.get("offset", 0))
+        return Reply(
+            200, json=[{"id": i} for i in range(offset, min(offset + 5, 12))], headers={"X-Total-Count": total}
+        )
+
+    api.route("/x", lambda r: offsets(r, total="12"))
+    pages, _ = fetch_pages(
+        api.url + "/x", "{type: offset, param: offset, page_size: 5, total: 'headers.\"x-total-count\"'}"
+    )
+    assert [len(page.reply.body) for page in pages] == [5, 5, 2]  # type: ignore[arg-type]
+    api.route("/y", Reply(200, json={"total": 12.0, "items": []}))
+    with pytest.raises(PaginationError, match=r"total \(body.total\) is 12, 0 read but the page is empty"):
+        fetch_pages(api.url + "/y", "{type: offset, param: offset, page_size: 5, total: body.total}", "body.items")
+    api.route("/z", Reply(200, json={"total": "many", "items": [1]}))
+    with pytest.raises(PaginationError, match=r'^pagination.total \(body.total\) gave "many", not a count$'):
+        fetch_pages(api.url + "/z", "{type: offset, param: offset, page_size: 5, total: body.total}", "body.items")
