@@ -516,7 +516,10 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                 # The next cursor came from a page we could not use: stop here, resume later. A
                 # listing that stopped early is never a completed run.
                 state.complete = False
-                state.halt("failed", f"page {number + 1} of the listing failed: {trace.result and trace.result.error}")
+                state.halt(
+                    "failed",
+                    f"page {number + 1} of the listing failed: {trace.result.error if trace.result else 'no result'}",
+                )
                 return
             if cursor_conn is not None:
                 if page.resume is None:
