@@ -28,6 +28,9 @@ PROJECT_FILE = "syncrun.yaml"
 DEFAULT_LIMIT = 100
 RUN_FIELDS = frozenset({"now", "today", "job_id", "started_at"})
 ENGINE_PARAMETERS = ("limit", "after_key", "source")
+# What pagination expressions are evaluated over (runner/pagination.context): one reply, no entity.
+PAGINATION_ROOTS: Roots = {"status": None, "headers": None, "body": None}
+_WHOLE_LINK = re.compile(r'headers\s*\.\s*("?)link\1(?![\w"-])')
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 3650 * 86400.0  # ten years: longer is a typo, and asyncio cannot sleep for 1e300 s
@@ -292,7 +295,7 @@ class _Builder:
         return spec.Request(url=url, **extra)
 
     def batch(self, raw: JSON, columns: frozenset[str] | None) -> spec.Batch | None:
-        roots: Roots = {"status": None, "headers": None, "body": None, "entity": columns}
+        roots = self.mapping_roots(columns, record=False)  # evaluated over the mapping context (engine.part)
         record = self.expression(("request", "batch", "record"), raw["record"], roots)
         extra = {k: raw[k] for k in ("separator",) if k in raw}
         return None if record is None else spec.Batch(size=raw["size"], param=raw["param"], record=record, **extra)
@@ -354,10 +357,16 @@ class _Builder:
         raw = self.section("pagination", {})
         if raw is None:
             return None
-        extra: dict[str, JSON] = {k: raw[k] for k in ("type", "param", "start", "max_pages", "page_size") if k in raw}
-        for key in ("cursor", "has_more"):  # evaluated over the reply body itself
-            extra[key] = self.optional_expression(("pagination", key), None, raw)
-        return spec.Pagination(**extra)
+        keys = ("param", "start", "max_pages", "max_items", "page_size", "size_param")
+        extra: dict[str, Any] = {k: raw[k] for k in keys if k in raw}
+        for key in ("cursor", "next", "has_more", "total", "total_pages"):
+            if key in raw and self.usable(("pagination", key)):
+                extra[key] = self.reply_expression(("pagination", key), raw[key])
+        extra["allow_origins"] = tuple(o.rstrip("/").lower() for o in raw.get("allow_origins", ()))
+        kind = spec.PaginationType(raw.get("type", "none"))
+        if "size_param" in raw and "page_size" not in raw:
+            self.add(("pagination", "size_param"), "sends page_size, which is not set: add page_size")
+        return spec.Pagination(type=kind, missing_next=spec.MissingNext(raw.get("missing_next", "fail")), **extra)
 
     def schedule(self) -> spec.Schedule | None:
         raw = self.section("schedule")
@@ -568,6 +577,19 @@ class _Builder:
         raw = self.raw if raw is None else raw
         key = path[-1]
         return self.expression(path, raw[key], roots) if key in raw and self.usable(path) else None
+
+    def reply_expression(self, path: Path_, text: str) -> Expression | None:
+        """An expression over one reply. Before headers were visible these read the body itself, so an
+        unknown name is most likely a body field: the message says how to write it now."""
+        expression, messages = compile_checked(text, PAGINATION_ROOTS)
+        for message in messages:
+            name = re.match(r"unknown name '([^']*)'", message)
+            hint = f"; the reply body is `body`: write body.{name[1]})" if name else ""
+            self.add(path, message[:-1] + hint if hint else message)
+        if expression is not None and _WHOLE_LINK.search(text) and path[-1] in ("cursor", "next"):
+            self.add(path, 'headers.link is the whole Link header (<url>; rel="next", ...): use type: link')
+            return None
+        return expression
 
     def expression(self, path: Path_, text: str, roots: Roots | None) -> Expression | None:
         """Compiled once; unknown functions and context names are problems (jmespath checks neither)."""

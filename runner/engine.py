@@ -15,7 +15,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ import httpx
 import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
-from runner.errors import DatabaseError, EntityError, MappingError, RunFailed, Stopped
+from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
@@ -169,10 +169,10 @@ class _Run:
     async def process(self, entity: dict[str, JSON]) -> list[Trace]:
         trace = Trace(entity)
         try:
-            replies = await fetch.entity(
+            listing = await fetch.entity(
                 self.http, self.source, entity, self.settings, limiter=self.limiter, sleep=self.sleep
             )
-            trace.result = self.classify(entity, replies, trace)
+            trace.result = self.classify(entity, self.replies(listing), trace)
         except RunFailed as error:
             self.halt("failed", self.settings.redact(str(error)))
             return []
@@ -192,7 +192,7 @@ class _Run:
         joined = batch.separator.join(str(entity[key]) for entity in group)
         traces = [Trace(entity) for entity in group]
         try:
-            replies = await fetch.entity(
+            listing = await fetch.entity(
                 self.http,
                 self.source,
                 group[0],
@@ -210,6 +210,7 @@ class _Run:
             for trace in traces:
                 trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
             return traces
+        replies = self.replies(listing)
         for trace in traces:
             try:
                 parts = [self.part(reply, trace.entity) for reply in replies]
@@ -217,6 +218,12 @@ class _Run:
             except EntityError as error:
                 trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
         return traces
+
+    def replies(self, listing: list[fetch.Page]) -> list[fetch.Reply]:
+        """The replies of an entity's listing; one cut by max_pages/max_items makes the run not complete."""
+        if listing and listing[-1].capped:
+            self.complete = False
+        return [page.reply for page in listing]
 
     def part(self, reply: fetch.Reply, entity: dict[str, JSON]) -> fetch.Reply:
         """This entity's view of a batched reply: `body` is what `batch.record` picks for it."""
@@ -481,7 +488,7 @@ async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, wr
     finally:  # even when a fetcher crashed: what was fetched is written, and counted, before the run ends
         await state.results.put(_DONE)
         await writer_task
-    state.complete = state.report.counters.failed == 0
+    state.complete = state.complete and state.report.counters.failed == 0
 
 
 async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn: database.Link | None) -> None:
@@ -493,11 +500,12 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
     if cursor_conn is not None and not options.restart:
         start = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
         if start is not None:
-            log.info("%s: resuming at %s=%s (use --restart to start over)", source.name, source.pagination.param, start)
+            where = state.settings.redact(f"{source.pagination.param or 'next page'}={start}")
+            log.info("%s: resuming at %s (use --restart to start over)", source.name, where)
     pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
     number, capped = 0, False
     try:
-        while (page := await _next_page(state, pages)) is not None:
+        while (page := await fetch.next_page(pages, state.stop, state.options.grace)) is not None:
             trace = Trace({_PAGE: number})
             try:
                 trace.result = state.classify({_PAGE: number}, [page.reply], trace)
@@ -505,8 +513,14 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                 trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
             await state.flush(write_conn, [trace])
             if trace.result is None or trace.result.outcome is spec.Outcome.ERROR:
+                # The next cursor came from a page we could not use: stop here, resume later. A
+                # listing that stopped early is never a completed run.
                 state.complete = False
-                return  # the next cursor came from a page we could not use: stop here, resume later
+                state.halt(
+                    "failed",
+                    f"page {number + 1} of the listing failed: {trace.result.error if trace.result else 'no result'}",
+                )
+                return
             if cursor_conn is not None:
                 if page.resume is None:
                     await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
@@ -532,31 +546,17 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         state.halt("failed", state.settings.redact(str(error)))
     except Stopped:
         state.complete = False  # the next page's request never left: resume from the checkpoint
+    except PaginationError as error:  # going on would lose items: the listing is partial, the run fails
+        state.complete = False
+        state.halt("failed", str(error))
     except EntityError as error:
         state.complete = False
         trace = Trace({_PAGE: number})
         trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
         await state.flush(write_conn, [trace])
+        state.halt("failed", f"page {number + 1} of the listing failed: {error}")
     finally:
         await pages.aclose()
-
-
-async def _next_page(state: _Run, pages: AsyncGenerator[fetch.Page, None]) -> fetch.Page | None:
-    """The next page; None when the pages ran out, or when a stop came while waiting for one (a grant
-    of a 1-per-minute limit, a slow answer) and the page did not arrive within the grace period."""
-    step = asyncio.ensure_future(anext(pages, None))
-    stopped = asyncio.create_task(state.stop.wait())
-    try:
-        await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not step.done():
-            await asyncio.wait({step}, timeout=state.options.grace)
-        if not step.done():
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-            return None
-        return step.result()
-    finally:
-        stopped.cancel()
 
 
 async def _steps(state: _Run, conn: database.Link, steps_: tuple[spec.Step, ...], phase: str) -> None:

@@ -10,6 +10,8 @@ SyncrunError                       base; `exit_code` says what the CLI returns
 │                                  circuit breaker, fail_ratio exceeded)           (exit 1)
 └── EntityError                    one entity failed; the run goes on (never reaches the CLI)
     ├── FetchError                 HTTP failure after retries, timeout, body too big, bad body
+    │   ├── PaginationError        paging would lose items: more promised but no next page, a loop,
+    │   │                          a next URL to another origin (a list source: the run fails)
     │   └── Transient              retryable failure that exhausted its attempts (no penalty)
     ├── OutcomeError               an outcome rule classified the response as `error`
     ├── MappingError               a JMESPath mapping failed or produced an unusable value
@@ -85,6 +87,12 @@ class EntityError(SyncrunError):
 
 class FetchError(EntityError):
     pass
+
+
+class PaginationError(FetchError):
+    """Paging cannot go on without losing items or trust: the API said there is more but gave no way
+    there, a loop, a next URL to another origin, a cursor that is not a string or a number. For a
+    list-shaped source it fails the run: its listing would be partial."""
 
 
 class Transient(FetchError):

@@ -123,6 +123,9 @@ def _reference_problem(name: str, field: str | None, roots: Roots, text: str) ->
         if name == "item" and "record" in roots:
             return f"'item' {where} exists only with rows: (one row per item of a list)"
         return f"unknown name '{name}' {where} (use {', '.join(roots)}{did_you_mean(name, roots, inside=True)})"
+    if name == "headers" and field is not None and field != field.lower():
+        quoted = field.lower().replace('"', '\\"')
+        return f"'headers.{field}' {where} never matches: header names are lower-case (write headers.\"{quoted}\")"
     known = roots[name]
     if known is None or field is None or field in known:
         return None

@@ -5,8 +5,6 @@ return one `Reply` per page. Sending, retries and the rate limit are client.send
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -14,13 +12,14 @@ from dataclasses import dataclass
 import httpx
 
 from runner import client as http
-from runner import spec, templating
+from runner import mapping, spec, templating
+from runner import pagination as pagination_
 from runner.client import Reply
-from runner.errors import FetchError
-from runner.expressions import JSON, truthy
+from runner.errors import EntityError, FetchError, PaginationError
+from runner.expressions import JSON
 from runner.ratelimit import Limiter
 
-__all__ = ["Page", "Reply", "build_request", "describe", "entity", "pages"]
+__all__ = ["Page", "Reply", "build_request", "describe", "entity", "next_page", "pages"]
 
 _HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")  # what a header value may carry (RFC 9110 field-vchar, SP, HTAB)
 _PLACEHOLDER = "0"  # stands in for every entity value when checking the URL's structure
@@ -80,12 +79,12 @@ def _shape(url: str) -> Shape:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One reply of a paginated fetch, and the `param` value that asks for the page after it
-    (None on the last page). List-shaped sources checkpoint `resume` after committing the page."""
+    """One reply of a paginated fetch, and where the page after it is: a cursor, page number, offset
+    or URL (None on the last page). List-shaped sources checkpoint `resume` after committing the page."""
 
     reply: Reply
     resume: str | int | None
-    capped: bool = False  # max_pages stopped the paging although the API had more
+    capped: bool = False  # max_pages / max_items stopped the paging although the API had more
 
 
 async def entity(
@@ -97,12 +96,16 @@ async def entity(
     limiter: Limiter,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     params: Mapping[str, str] | None = None,
-) -> list[Reply]:
-    """Every page for one entity, in order (see `pages`)."""
-    return [
-        page.reply
-        async for page in pages(client, source, entity, settings, limiter=limiter, sleep=sleep, params=params)
+) -> list[Page]:
+    """Every page for one entity, in order (see `pages`). A later page that is not 2xx fails the
+    entity: the outcome rules judge the first reply, and the rows of a partial listing must not go in."""
+    listing = [
+        page async for page in pages(client, source, entity, settings, limiter=limiter, sleep=sleep, params=params)
     ]
+    for number, page in enumerate(listing[1:], start=2):
+        if page.reply.status // 100 != 2:
+            raise PaginationError(f"page {number} of the listing answered {describe(page.reply)} ({page.reply.url})")
+    return listing
 
 
 async def pages(
@@ -116,30 +119,29 @@ async def pages(
     start: str | int | None = None,
     params: Mapping[str, str] | None = None,
 ) -> AsyncGenerator[Page, None]:
-    """Pages in order, one request each. Paging stops at a non-2xx reply (it is the last one
-    yielded, for the outcome rules), at `max_pages`, or as the pagination type says:
+    """Pages in order, one request each, every one through the limiter and the retries. Paging stops
+    at a non-2xx reply (it is the last one yielded, for the outcome rules), at a cap (`max_pages`,
+    `max_items`: the last page is marked `capped`), or where the style says the listing ends
+    (runner/pagination.py). A `page` listing's empty page after the first is not yielded.
 
-    - `none`: one request.
-    - `cursor`: the next cursor is `pagination.cursor` over the body, sent as query `param`; continue
-      while `has_more` (if given) is truthy and the cursor is not null/empty. A repeated cursor is a
-      FetchError (the API would loop forever).
-    - `page`: page numbers from `start` in query `param`; stop at an empty page (no body, `{}`, `[]`;
-      not yielded unless it is the first), a short page (`page_size`), or a non-JSON page (yielded,
-      so the caller decides: an entity error, or the end of a list-shaped catalogue).
-
-    `start` resumes at a checkpointed cursor or page; `params` adds query parameters (batched ids).
+    Raises PaginationError when going on or stopping would lose items: the API said there is more
+    but gave no next page, a loop, a next URL to another origin. `start` resumes at a checkpointed
+    cursor, page, offset or URL; `params` adds query parameters (batched ids).
     """
     pagination = source.pagination
     first = build_request(client, source, entity, settings)
     for name, value in (params or {}).items():
         first = _with_query(first, name, value)
-    position: str | int | None = pagination.start if pagination.type == "page" else None
-    if start is not None:
-        position = int(start) if pagination.type == "page" else start
-    seen: set[bytes] = set()  # digests of the cursors so far: an endless listing costs 16 bytes a page
-    count, previous = 0, None
+    walk = pagination_.Walk(
+        pagination,
+        first,
+        secret_headers=frozenset(name.lower() for name in _secret_names(source.request.headers)),
+        secret_params=_secret_names(source.request.query),
+        redact=settings.redact,
+    )
+    position = walk.start(start)
     while True:
-        request = first if position is None else _with_param(first, pagination, position)
+        request = walk.request(position)
         reply = await http.send(
             client,
             request,
@@ -150,83 +152,54 @@ async def pages(
             redact=settings.redact,
             sleep=sleep,
         )
-        if pagination.type == "page" and count and reply.status // 100 == 2 and _empty(reply):
+        numbered_end = pagination.type is spec.PaginationType.PAGE and walk.pages and reply.status // 100 == 2
+        if numbered_end and pagination_.empty(reply):
+            walk.ended(reply)
             return
-        count += 1
-        follow = _follow(pagination, reply, position, seen, previous, count)
-        capped = follow is not None and pagination.max_pages is not None and count >= pagination.max_pages
+        follow = walk.follow(reply, position, _items(source, entity, reply), request)
+        capped = walk.capped(follow)
         yield Page(reply, follow, capped)
         if follow is None or capped:
             return
-        position, previous = follow, reply.body
+        position = follow
 
 
-def _follow(
-    pagination: spec.Pagination,
-    reply: Reply,
-    position: str | int | None,
-    seen: set[bytes],
-    previous: JSON,
-    count: int,
-) -> str | int | None:
-    """The `param` value for the page after `reply`, or None when `reply` is the last page."""
-    if pagination.type == "none" or reply.status // 100 != 2:
-        return None
-    if pagination.type == "cursor":
-        cursor = _next_cursor(pagination, reply)
-        if cursor is None:
+async def next_page(pages: AsyncGenerator[Page, None], stop: asyncio.Event, grace: float) -> Page | None:
+    """The next page; None when the pages ran out, or when a stop came while waiting for one (a grant
+    of a 1-per-minute limit, a slow answer) and the page did not arrive within `grace` seconds."""
+    step = asyncio.ensure_future(anext(pages, None))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not step.done():
+            await asyncio.wait({step}, timeout=grace)
+        if not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
             return None
-        digest = hashlib.blake2b(str(cursor).encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if digest in seen:
-            shown = str(cursor) if len(str(cursor)) <= 80 else str(cursor)[:80] + "…"
-            raise FetchError(
-                f"pagination loop: {reply.url} returned cursor {shown!r} a second time (after {count} pages); stopped"
-            )
-        seen.add(digest)
-        return cursor
-    if pagination.type == "page":
-        if reply.body is None or _empty(reply) or _short(pagination, reply):
-            return None
-        if count > 1 and reply.body == previous:
-            raise FetchError(
-                f"pagination loop: page {position} from {reply.url} repeats the previous page"
-                f" (does the API read the '{pagination.param}' parameter?); stopped"
-            )
-        assert isinstance(position, int)
-        return position + 1
-    raise FetchError(f"unknown pagination type '{pagination.type}'")
+        return step.result()
+    finally:
+        stopped.cancel()
 
 
-def _short(pagination: spec.Pagination, reply: Reply) -> bool:
-    body = reply.body
-    size = len(body) if isinstance(body, list | dict) else 0
-    return pagination.page_size is not None and size < pagination.page_size
+def _items(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> int:
+    """How many records the page holds, as the mappings will see them (for page_size and the caps)."""
+    if reply.body is None:
+        return 0
+    base = mapping.context(reply.body, reply.status, reply.headers, entity, {})
+    try:
+        return len(mapping.records(source, base))
+    except EntityError:
+        return 0  # no records where the source expects them: the mapping reports it for the page
 
 
-def _next_cursor(pagination: spec.Pagination, reply: Reply) -> str | None:
-    if reply.body is None or pagination.cursor is None:
-        return None
-    if pagination.has_more is not None and not truthy(pagination.has_more.search(reply.body)):
-        return None
-    cursor = pagination.cursor.search(reply.body)
-    if not truthy(cursor):
-        return None
-    return cursor if isinstance(cursor, str) else json.dumps(cursor)
-
-
-def _with_param(request: httpx.Request, pagination: spec.Pagination, value: str | int) -> httpx.Request:
-    if not pagination.param:
-        raise FetchError(f"pagination type '{pagination.type}' needs pagination.param")
-    return _with_query(request, pagination.param, str(value))
+def _secret_names(templates: tuple[tuple[str, spec.Template], ...]) -> frozenset[str]:
+    return frozenset(name for name, template in templates if any(s.secret for s in template.settings))
 
 
 def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
     url = request.url.copy_set_param(name, value)
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
-
-
-def _empty(reply: Reply) -> bool:
-    return reply.body in ({}, []) or (reply.body is None and not reply.raw.strip())
 
 
 def describe(reply: Reply) -> str:

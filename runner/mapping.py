@@ -71,10 +71,8 @@ def status_values(status: spec.Status, base: dict[str, JSON]) -> dict[str, JSON]
 
 
 def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> list[Row]:
-    if write.when is not None and not truthy(_search(write.when, document, f"writes[{index}].when")):
-        return []
     if write.rows is None:
-        return [_row(write, document, index)]
+        return [_row(write, document, index)] if _wanted(write, document, index) else []
     items = _search(write.rows, document, f"writes[{index}].rows")
     if items is None:
         return []
@@ -82,7 +80,13 @@ def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> lis
         raise MappingError(
             f"{write.table}: rows {write.rows.text!r} must select a list, got {type(items).__name__} {_excerpt(items)}"
         )
-    return [_row(write, {**document, "item": item}, index) for item in items]
+    documents = ({**document, "item": item} for item in items)
+    # With rows:, `when` is asked per item (it may read `item`, as the schema says), not once per record.
+    return [_row(write, each, index) for each in documents if _wanted(write, each, index)]
+
+
+def _wanted(write: spec.Write, document: dict[str, JSON], index: int) -> bool:
+    return write.when is None or truthy(_search(write.when, document, f"writes[{index}].when"))
 
 
 def _row(write: spec.Write, document: dict[str, JSON], index: int) -> Row:

@@ -204,6 +204,7 @@ _PATTERN_WORDS = {
     "job_type": "is not a valid job type (letters, digits, _ . -)",
     "bucket": "is not a valid bucket name (letters, digits, _ . : -)",
     "header_name": "is not a valid header name",
+    "origin": "is not an origin (http:// or https://, a host and an optional port, nothing after)",
 }
 _DISCRIMINATOR_DEFAULTS = {"entities": ("type", "default"), "pagination": ("type", "none")}
 

@@ -124,17 +124,39 @@ class Request:
     batch: Batch | None = None
 
 
+class PaginationType(StrEnum):
+    NONE = "none"  # one request
+    CURSOR = "cursor"  # a token from the body or a header, sent in `param` (also Stripe's has_more + last id)
+    PAGE = "page"  # page numbers from `start`
+    OFFSET = "offset"  # item offsets from `start`, stepping by the items received
+    LINK = "link"  # the RFC 8288 `Link` header's rel="next" URL (GitHub, GitLab)
+    NEXT_URL = "next_url"  # a next-page URL picked from the reply (absolute or relative)
+
+
+class MissingNext(StrEnum):
+    FAIL = "fail"  # the API said there is more but gave no way there: the listing is partial, fail
+    END = "end"  # this API ends its listings that way: take it as the end
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pagination:
-    """How a response leads to the next request. `none` for one request per entity."""
+    """How a reply leads to the next request. `none` for one request per entity. Every expression
+    is evaluated over {status, headers, body} of one reply (header names lower-case)."""
 
-    type: str = "none"  # "none" | "cursor" | "page"
-    param: str | None = None  # query parameter carrying the cursor / page number
-    cursor: Expression | None = None  # cursor: where the next cursor sits in the body
-    has_more: Expression | None = None  # cursor: continue while this is true
-    start: int = 0  # page: first page number
-    max_pages: int | None = None  # a cap; reaching it makes the run "not complete"
-    page_size: int | None = None  # page: a page with fewer records than this is the last one
+    type: PaginationType = PaginationType.NONE
+    param: str | None = None  # query parameter carrying the cursor / page number / offset
+    cursor: Expression | None = None  # cursor: the next cursor
+    next: Expression | None = None  # next_url: the next page's URL
+    has_more: Expression | None = None  # cursor/next_url: the API says there are more pages
+    total: Expression | None = None  # offset: how many items the listing has
+    total_pages: Expression | None = None  # page: how many pages the listing has
+    start: int = 0  # page: first page number; offset: first offset
+    page_size: int | None = None  # items in a full page; fewer: the last page
+    size_param: str | None = None  # query parameter sent with page_size (limit, per_page)
+    max_pages: int | None = None  # a cap; reaching it makes the listing "not complete"
+    max_items: int | None = None  # a cap on items, checked after each page; reaching it: "not complete"
+    missing_next: MissingNext = MissingNext.FAIL
+    allow_origins: tuple[str, ...] = ()  # next URLs may lead to these origins too (without secret headers)
 
 
 # --- rate limit and retry ---------------------------------------------------------------------------

@@ -40,12 +40,14 @@ class Reply:
     `drip` sends the body one byte per `drip` seconds, forever;
     `hang` never answers; `reset` closes the connection with a TCP RST before answering; `raw` is written
     to the socket verbatim (status line, headers and body: lies about lengths, broken chunking), then
-    the connection is closed."""
+    the connection is closed. `repeated` headers are sent after `headers`, each as its own line
+    (several `Link` headers, say)."""
 
     status: int = 200
     json: Any = None
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    repeated: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0
     size: int | None = None
     chunked: bool = False
@@ -208,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Content-Type": "application/json" if reply.json is not None else "text/plain"}
         headers |= reply.headers
         self.send_response(reply.status)
-        for name, value in headers.items():
+        for name, value in [*headers.items(), *reply.repeated]:
             self.send_header(name, value)
         if reply.drip is not None or reply.chunked:
             self.send_header("Transfer-Encoding", "chunked")

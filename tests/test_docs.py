@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import cli
+from runner import cli, config
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ("cli.md", "tutorial.md", "troubleshooting.md", "reference.md")
@@ -43,3 +43,14 @@ def test_troubleshooting_covers_the_common_problems() -> None:
     headings = re.findall(r"^## (.+)$", (ROOT / "docs" / "troubleshooting.md").read_text(), re.M)
     for topic in ("429", "stuck", "Slow", "Mapping", "pgbouncer"):
         assert any(topic in heading for heading in headings), topic
+
+
+def test_the_tutorials_paginated_example_validates(tmp_path: Path) -> None:
+    """The worked list + detail example in docs/tutorial.md is a valid project as written."""
+    text = (ROOT / "docs" / "tutorial.md").read_text()
+    section = text[text.index("## 6. A paginated list") : text.index("## Pagination")]
+    project, stations, readings = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    (tmp_path / "syncrun.yaml").write_text(project)
+    for name, body in (("stations", stations), ("readings", readings)):
+        (tmp_path / f"{name}.yaml").write_text(body)
+        assert config.validate([tmp_path / f"{name}.yaml"]) == {tmp_path / f"{name}.yaml": []}

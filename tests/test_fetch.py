@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from runner import client, fetch, spec, templating
-from runner.errors import FetchError
+from runner.errors import FetchError, PaginationError
 from runner.expressions import JSON, Expression
 from runner.ratelimit import Limiter
 from runner.redaction import Redactor
@@ -58,7 +58,8 @@ def fetch_entity(source: spec.Source, entity: dict[str, JSON]) -> list[client.Re
 
     async def main() -> list[client.Reply]:
         async with client.build(source.request, limiter, max_connections=2) as http:
-            return await fetch.entity(http, source, entity, SETTINGS, limiter=limiter, sleep=FakeClock().sleep)
+            listing = await fetch.entity(http, source, entity, SETTINGS, limiter=limiter, sleep=FakeClock().sleep)
+            return [page.reply for page in listing]
 
     return asyncio.run(main())
 
@@ -158,7 +159,10 @@ def test_describe_empty_body() -> None:
 
 # --- pagination ----------------------------------------------------------------------------------------
 CURSOR = spec.Pagination(
-    type="cursor", param="cursor", cursor=Expression.compile("next"), has_more=Expression.compile("more")
+    type=spec.PaginationType.CURSOR,
+    param="cursor",
+    cursor=Expression.compile("body.next"),
+    has_more=Expression.compile("body.more"),
 )
 
 
@@ -185,23 +189,25 @@ def test_cursor_loop_is_an_error(api: ApiServer) -> None:
 def test_max_pages_caps_pagination(api: ApiServer) -> None:
     """max_pages stops paging even while the API says there is more."""
     api.route("/x", cursor_pages)
-    pagination = spec.Pagination(type="cursor", param="cursor", cursor=Expression.compile("next"), max_pages=2)
+    pagination = spec.Pagination(
+        type=spec.PaginationType.CURSOR, param="cursor", cursor=Expression.compile("body.next"), max_pages=2
+    )
     assert len(fetch_entity(make_source(api.url + "/x", pagination=pagination), {"appid": "1"})) == 2
 
 
 def test_page_pagination_stops_at_an_empty_page(api: ApiServer) -> None:
     """page: numbers from `start`; the empty page ends paging and is not returned."""
     api.route("/x", lambda r: Reply(200, json=[r.query["p"]] if int(r.query["p"]) < 3 else []))
-    pagination = spec.Pagination(type="page", param="p", start=1)
+    pagination = spec.Pagination(type=spec.PaginationType.PAGE, param="p", start=1)
     replies = fetch_entity(make_source(api.url + "/x", pagination=pagination), {"appid": "1"})
     assert [r.body for r in replies] == [["1"], ["2"]]
     assert [r.query["p"] for r in api.requests] == ["1", "2", "3"]
 
 
-def test_paging_stops_at_a_non_2xx_reply(api: ApiServer) -> None:
-    """A 404 mid-way is the last reply returned (the outcome rules judge it)."""
+def test_a_non_2xx_reply_after_the_first_page_fails_the_entity(api: ApiServer) -> None:
+    """A 404 mid-way ends the paging; for an entity it is an error: its listing would be partial."""
     api.route("/x", lambda r: Reply(200, json=[1]) if r.query["p"] == "0" else Reply(404, json={}))
-    replies = fetch_entity(
-        make_source(api.url + "/x", pagination=spec.Pagination(type="page", param="p")), {"appid": "1"}
-    )
-    assert [r.status for r in replies] == [200, 404]
+    source = make_source(api.url + "/x", pagination=spec.Pagination(type=spec.PaginationType.PAGE, param="p"))
+    with pytest.raises(PaginationError, match=r"^page 2 of the listing answered HTTP 404 application/json: '\{\}'"):
+        fetch_entity(source, {"appid": "1"})
+    assert [r.query["p"] for r in api.requests] == ["0", "1"]

@@ -147,3 +147,20 @@ def test_entity_numerics_that_are_not_finite_do_not_raise() -> None:
     assert entity["entity"]["a"] == float("inf")
     assert entity["entity"]["b"] != entity["entity"]["b"]  # NaN
     assert entity["entity"]["c"] == 2
+
+
+def test_when_with_rows_is_asked_per_item() -> None:
+    """With rows:, `when` picks items (it may read `item`); records still pick as before."""
+    fields = (spec.Field("appid", expr("entity.appid")), spec.Field("tag", expr("item.name")))
+    write = spec.Write(
+        table=spec.QualifiedName(None, "tags"),
+        key=("appid", "tag"),
+        columns=fields,
+        rows=expr("record.tags"),
+        when=expr("item.visible && record.listed"),
+    )
+    record = {"listed": True, "tags": [{"name": "a", "visible": True}, {"name": "b", "visible": False}]}
+    base = {"entity": {"appid": 1}, "body": record, "response": {}, "run": {}}
+    assert mapping.rows(make_source(writes=(write,)), base)[0] == [{"appid": 1, "tag": "a"}]
+    base["body"] = {**record, "listed": False}
+    assert mapping.rows(make_source(writes=(write,)), base)[0] == []

@@ -44,6 +44,8 @@ NOT_IN_SPEC = {
 }
 ENUMS: dict[tuple[str, ...], type[StrEnum]] = {
     ("entities", "type"): spec.SelectionType,
+    ("pagination", "type"): spec.PaginationType,
+    ("pagination", "missing_next"): spec.MissingNext,
     ("rate_limit", "shared"): spec.LimitScope,
     ("outcome_rule", "outcome"): spec.Outcome,
     ("write", "mode"): spec.WriteMode,

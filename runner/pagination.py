@@ -1,0 +1,384 @@
+"""Where the next page is: one function per `pagination.type` reads a reply and says where to go
+next, whether the API said there is more, and what should have led there. `Walk` holds what one
+listing needs across pages (counts, the loop guard, the origin rule) and turns "the API says there
+is more but gives no way there" into an error naming the expression: never a silent partial listing.
+
+Sending, retries and the rate limit stay in client.send; fetch.pages owns the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from jmespath.exceptions import JMESPathError
+
+from runner import links, spec
+from runner.client import Reply
+from runner.errors import PaginationError
+from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
+
+__all__ = ["STYLES", "Step", "Walk", "context", "empty"]
+
+Position = str | int  # a cursor, a page number, an offset, or a next URL
+MAX_URL = 16_384  # a longer "next URL" is garbage, not a page
+MAX_CURSOR = 4_096  # a longer cursor would make every following request URL enormous
+_FOREIGN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One style's reading of a reply. `next` None: no next page. `more`: True when the API itself
+    said there is more (has_more, total, total_pages, a rel="last" elsewhere), with `why` saying so in
+    words; False when it said this is the end; None when it said neither (then a full page means
+    more). `via`: what should give the next page (an expression, the Link header), for messages."""
+
+    next: Position | None
+    via: str
+    more: bool | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class At:
+    """Where a reply came from: the position asked for, the items it holds, the URL sent."""
+
+    position: Position | None
+    items: int
+    url: httpx.URL
+
+
+def context(reply: Reply) -> dict[str, JSON]:
+    """What every pagination expression sees: the reply's status, headers (lower-case names), body."""
+    return {"status": reply.status, "headers": dict(reply.headers), "body": reply.body}
+
+
+def empty(reply: Reply) -> bool:
+    return reply.body in ({}, []) or (reply.body is None and not reply.raw.strip())
+
+
+def _shown(expression: Expression, key: str) -> str:
+    return f"{key} ({expression.text})"
+
+
+def _search(expression: Expression, reply: Reply, key: str) -> JSON:
+    try:
+        return expression.search(context(reply))
+    except (JMESPathError, *EVALUATION_FAULTS) as error:  # a function met a value it cannot take: the API's data
+        raise PaginationError(f"pagination.{key} ({expression.text}) failed on {reply.url}: {error}") from None
+
+
+def _has_more(pagination: spec.Pagination, reply: Reply) -> bool | None:
+    """True/false as the API said; None when it said nothing (not declared, or missing on this page,
+    as Steam's last page): then the cursor or URL alone decides."""
+    if pagination.has_more is None:
+        return None
+    found = _search(pagination.has_more, reply, "has_more")
+    return None if found is None else truthy(found)
+
+
+def _value(found: JSON, what: str, reply: Reply) -> str | None:
+    """A cursor or URL as text: a string or a number; null or "" is none. Anything else is an error:
+    `{"id": 1}` sent as a parameter would be a request the API never meant."""
+    if found is None or found == "":
+        return None
+    if isinstance(found, bool) or not isinstance(found, str | int | float):
+        kind = "true/false" if isinstance(found, bool) else type(found).__name__.replace("dict", "object")
+        raise PaginationError(f"{what} gave {kind} {_excerpt(found)}, not a string or a number, on {reply.url}")
+    return found if isinstance(found, str) else json.dumps(found)
+
+
+def _excerpt(value: JSON) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+def _number(expression: Expression, reply: Reply, key: str) -> int:
+    """A declared total must be there: a typo would otherwise end the listing early, unnoticed."""
+    found = _search(expression, reply, key)
+    if found is None:
+        raise PaginationError(f"pagination.{key} ({expression.text}) gave nothing on {reply.url}: expected a count")
+    if isinstance(found, float) and found.is_integer():  # 23.0: JSON has one number type
+        found = int(found)
+    if (
+        isinstance(found, bool)
+        or not isinstance(found, int | str)
+        or not str(found).isascii()
+        or not str(found).isdigit()
+    ):
+        raise PaginationError(f"pagination.{key} ({expression.text}) gave {_excerpt(found)}, not a count")
+    return int(found)
+
+
+# --- the styles -----------------------------------------------------------------------------------
+def _cursor(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    assert pagination.cursor is not None
+    via = _shown(pagination.cursor, "cursor")
+    more = _has_more(pagination, reply)
+    if more is False:
+        return Step(None, via, False)
+    found = _value(_search(pagination.cursor, reply, "cursor"), f"pagination.{via}", reply)
+    if found is not None and len(found) > MAX_CURSOR:
+        raise PaginationError(f"pagination.{via} gave a cursor of {len(found)} characters (at most {MAX_CURSOR})")
+    why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
+    return Step(found, via, more, why)
+
+
+def _next_url(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    assert pagination.next is not None
+    via = _shown(pagination.next, "next")
+    more = _has_more(pagination, reply)
+    if more is False:
+        return Step(None, via, False)
+    found = _value(_search(pagination.next, reply, "next"), f"pagination.{via}", reply)
+    why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
+    return Step(found, via, more, why)
+
+
+def _link(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    """GitHub-style: rel="next" leads on. Without it, a rel="last" that is not this page says the
+    listing was cut; other links (first, prev) say this is the last page."""
+    via = 'the Link header (rel="next")'
+    header = reply.headers.get("link")
+    if header is None:
+        return Step(None, via)
+    try:
+        found = links.parse(header)
+    except ValueError as error:
+        raise PaginationError(f"unreadable Link header from {reply.url}: {error}") from None
+    following = next((link.target for link in found if "next" in link.rels), None)
+    last = next((link.target for link in found if "last" in link.rels), None)
+    if following is not None:
+        return Step(following, via)
+    if last is None or _same_page(last, at.url):
+        return Step(None, via, False if found else None)  # first/prev only: the API says this is the end
+    return Step(None, via, True, f'the Link header has rel="last" <{last}>')
+
+
+def _same_page(target: str, url: httpx.URL) -> bool:
+    """Whether a (maybe relative) rel="last" target names the page just read."""
+    try:
+        return url.join(target) == url
+    except httpx.InvalidURL:
+        return False
+
+
+def _page(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    assert isinstance(at.position, int)
+    if pagination.total_pages is None:
+        last = reply.body is None or empty(reply) or _short(pagination, at.items)
+        return Step(None if last else at.position + 1, "the page numbers")
+    via = _shown(pagination.total_pages, "total_pages")
+    total = _number(pagination.total_pages, reply, "total_pages")
+    if at.position - pagination.start + 1 >= total:
+        return Step(None, via, False)
+    return Step(at.position + 1, via, True, f"total_pages ({pagination.total_pages.text}) is {total}")
+
+
+def _offset(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
+    assert isinstance(at.position, int)
+    reached = at.position + at.items
+    if pagination.total is None:
+        return Step(None if _short(pagination, at.items) or not at.items else reached, "the offsets")
+    via = _shown(pagination.total, "total")
+    total = _number(pagination.total, reply, "total")
+    if reached >= total:
+        return Step(None, via, False)
+    why = f"total ({pagination.total.text}) is {total}, {reached} read"
+    return Step(reached if at.items else None, via, True, why)  # no items: no progress possible
+
+
+def _short(pagination: spec.Pagination, items: int) -> bool:
+    return pagination.page_size is not None and items < pagination.page_size
+
+
+Style = Callable[[spec.Pagination, Reply, At], Step]
+STYLES: dict[spec.PaginationType, Style] = {
+    spec.PaginationType.CURSOR: _cursor,
+    spec.PaginationType.PAGE: _page,
+    spec.PaginationType.OFFSET: _offset,
+    spec.PaginationType.LINK: _link,
+    spec.PaginationType.NEXT_URL: _next_url,
+}
+_BY_URL = frozenset({spec.PaginationType.LINK, spec.PaginationType.NEXT_URL})
+_NUMBERED = frozenset({spec.PaginationType.PAGE, spec.PaginationType.OFFSET})
+
+
+# --- one listing ----------------------------------------------------------------------------------
+class Walk:
+    """One paged listing: counts pages and items, guards against loops and foreign origins, and
+    builds each page's request from the first one.
+
+    `secret_headers` / `secret_params`: the source's headers and query parameters holding a
+    ${secret.*}. Next URLs are kept without those parameters (they are checkpointed and shown), and
+    the parameters are added back only for the source's own origin."""
+
+    def __init__(
+        self,
+        pagination: spec.Pagination,
+        first: httpx.Request,
+        *,
+        secret_headers: frozenset[str],
+        secret_params: frozenset[str],
+        redact: Callable[[str], str],
+    ) -> None:
+        self.pagination, self.first, self.redact = pagination, first, redact
+        self.secret_headers, self.secret_params = secret_headers | _FOREIGN_HEADERS, secret_params
+        self.origins = {_origin(first.url), *(_origin(httpx.URL(o)) for o in pagination.allow_origins)}
+        self.pages = self.items = 0
+        self.seen: set[bytes] = set()  # digests of the positions so far: 16 bytes a page
+        self.said_more: Step | None = None  # the last reply said there is more (has_more, total...)
+        self.previous: JSON = None
+
+    @property
+    def by_url(self) -> bool:
+        return self.pagination.type in _BY_URL
+
+    def start(self, resume: Position | None) -> Position | None:
+        """Where the first request goes: a checkpoint, else the first page number or offset."""
+        numbered = self.pagination.type in _NUMBERED
+        if resume is None:
+            return self.pagination.start if numbered else None
+        # A checkpoint written under another pagination type (the source was edited) is not a place
+        # to resume: say so, rather than send it as a page number or a URL.
+        fits = (
+            isinstance(resume, int) if numbered else not self.by_url or str(resume).startswith(("http://", "https://"))
+        )
+        if not fits or isinstance(resume, bool):
+            raise PaginationError(
+                f"the checkpoint {self.redact(str(resume))[:80]!r} is not a {self.pagination.type} position"
+                " (was the pagination changed?); run with --restart to start over"
+            )
+        return resume
+
+    def request(self, position: Position | None) -> httpx.Request:
+        first = self.first
+        if position is None:
+            return _sized(first, self.pagination)
+        if not self.by_url:
+            assert self.pagination.param is not None  # the schema requires it for these styles
+            return _sized(_with_query(first, self.pagination.param, str(position)), self.pagination)
+        try:
+            url = self._checked(first.url.join(str(position)), str(position))
+        except httpx.InvalidURL as error:
+            raise PaginationError(f"next-page URL {self.redact(str(position))!r} is not a URL: {error}") from None
+        own = _origin(url) == _origin(first.url)
+        if own:  # the source's own credentials go back in; the API's link never carries them
+            for name, value in first.url.params.multi_items():
+                if name in self.secret_params:
+                    url = url.copy_add_param(name, value)
+        headers = [(k, v) for k, v in first.headers.multi_items() if own or k.lower() not in self.secret_headers]
+        request = httpx.Request(first.method, url, headers=headers, extensions=dict(first.extensions))
+        return _sized(request, self.pagination)
+
+    def ended(self, reply: Reply) -> None:
+        """An empty page ended a numbered listing: an error if the page before said there was more."""
+        if self.said_more is not None:
+            self._cut(reply, self.said_more.why, f"page {self.pages + 1} is empty")
+
+    def follow(self, reply: Reply, position: Position | None, items: int, sent: httpx.Request) -> Position | None:
+        """Where the page after `reply` is (None: `reply` is the last page). Raises PaginationError
+        when going on or stopping would lose items: a loop, a foreign origin, a missing next page."""
+        self.pages, self.items = self.pages + 1, self.items + items
+        if self.pagination.type is spec.PaginationType.NONE or reply.status // 100 != 2:
+            return None
+        step = STYLES[self.pagination.type](self.pagination, reply, At(position, items, sent.url))
+        self.said_more = step if step.more else None
+        full = self.pagination.page_size is not None and items >= self.pagination.page_size
+        numbered = self.pagination.type in _NUMBERED
+        if step.next is None:
+            if step.more:
+                self._cut(reply, step.why, "the page is empty" if numbered else f"{step.via} gave nothing")
+            elif step.more is None and full and reply.body is not None and not numbered:
+                why = f"the page is full ({items} items, page_size {self.pagination.page_size})"
+                self._cut(reply, why, f"{step.via} gave nothing")
+            return None
+        following = self._keyed(sent, step.next) if self.by_url else step.next
+        self._guard(reply, following, position)
+        return following
+
+    def capped(self, following: Position | None) -> bool:
+        """A cap stopped a listing that had more: it is not complete."""
+        if following is None:
+            return False
+        pages, items = self.pagination.max_pages, self.pagination.max_items
+        return (pages is not None and self.pages >= pages) or (items is not None and self.items >= items)
+
+    def _cut(self, reply: Reply, why: str, missing: str) -> None:
+        if self.pagination.missing_next is spec.MissingNext.END:
+            return
+        raise PaginationError(
+            f"listing cut short after {_count(self.pages, 'page')} ({_count(self.items, 'item')}): {why} but"
+            f" {missing} ({reply.url});"
+            " if this API ends its listings that way, set pagination.missing_next: end"
+        )
+
+    def _keyed(self, sent: httpx.Request, target: Position) -> str:
+        """A next URL resolved against the request that answered, without the source's secret
+        parameters (added back by `request`): what is checkpointed, compared and shown."""
+        text = str(target)
+        if len(text) > MAX_URL:
+            raise PaginationError(f"a next-page URL of {len(text)} characters (at most {MAX_URL}); not followed")
+        try:
+            url = self._checked(sent.url.join(text), text)
+        except httpx.InvalidURL as error:
+            raise PaginationError(f"next-page URL {self.redact(text)!r} is not a URL: {error}") from None
+        return str(url.copy_with(params=[(k, v) for k, v in url.params.multi_items() if k not in self.secret_params]))
+
+    def _checked(self, url: httpx.URL, text: str) -> httpx.URL:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise PaginationError(f"next-page URL {self.redact(text)!r} is not an http(s) URL; not followed")
+        if _origin(url) not in self.origins:
+            raise PaginationError(
+                f"next-page URL {self.redact(str(url))} leads to another origin than {_origin_text(self.first.url)};"
+                " refused: the request's credentials would go there (list it in pagination.allow_origins"
+                " to follow it without them)"
+            )
+        return url
+
+    def _guard(self, reply: Reply, following: Position, position: Position | None) -> None:
+        if self.pagination.type in _NUMBERED:
+            if self.pages > 1 and reply.body == self.previous:
+                raise PaginationError(
+                    f"pagination loop: {self.pagination.param} {position} from {reply.url} repeats the previous"
+                    f" page (does the API read the '{self.pagination.param}' parameter?); stopped"
+                )
+            self.previous = reply.body
+            return
+        digest = hashlib.blake2b(str(following).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in self.seen:
+            text = self.redact(str(following))
+            shown = text if len(text) <= 80 else text[:80] + "…"
+            what = "next-page URL" if self.by_url else "cursor"
+            raise PaginationError(
+                f"pagination loop: {reply.url} returned {what} {shown!r} a second time (after {self.pages} pages);"
+                " stopped"
+            )
+        self.seen.add(digest)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _origin_text(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.netloc.decode('ascii')}"
+
+
+def _sized(request: httpx.Request, pagination: spec.Pagination) -> httpx.Request:
+    if pagination.size_param is None or pagination.page_size is None:
+        return request
+    return _with_query(request, pagination.size_param, str(pagination.page_size))
+
+
+def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
+    url = request.url.copy_set_param(name, value)
+    return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))

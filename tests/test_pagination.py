@@ -1,0 +1,337 @@
+"""pagination: every style against tests/pagedapi.py on a real loopback server, through `syncrun run`
+into a real PostgreSQL. Each style's source reaches exactly the API's rows; each deliberately broken
+source fails naming its expression, and never reports a partial listing as complete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner import cli
+from tests import pagedapi
+from tests.apiserver import ApiServer, Reply
+from tests.pg import Database
+
+TABLES = """
+create table items (id int primary key, name text);
+create table comments (id int primary key, ticket int not null, body text);
+"""
+
+LIST_SOURCE = """\
+name: {name}
+entities: {{type: list}}
+request:
+  url: "${{env.API_URL}}/{route}"
+  headers: {{Authorization: "Bearer ${{secret.API_TOKEN}}"}}
+pagination: {pagination}
+rate_limit: {{requests: 1000, per: 1s, burst: 50}}
+retry: {{attempts: 3, initial: 10ms, max_delay: 20ms}}
+records: {records}
+writes:
+  - table: items
+    key: [id]
+    columns: {{id: record.id, name: record.name}}
+status: false
+concurrency: 1
+write_batch: 1
+"""
+
+# style -> (route, pagination, records): one working source per style of tests/pagedapi.py
+STYLES = {
+    "link": ("link", "{type: link}", "body"),
+    "link_split": ("link-split?per_page=7", "{type: link, page_size: 7}", "body.data"),
+    "next_absolute": ("next-absolute", "{type: next_url, next: body.links.next, page_size: 10}", "body.data"),
+    "next_relative": ("next-relative", "{type: next_url, next: body.next_page}", "body.data"),
+    "cursor_body": (
+        "cursor-body",
+        "{type: cursor, param: cursor, cursor: body.response_metadata.next_cursor, page_size: 10, size_param: limit}",
+        "body.members",
+    ),
+    "cursor_header": (
+        "cursor-header",
+        "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"'}",
+        "body.results",
+    ),
+    "stripe": (
+        "stripe",
+        "{type: cursor, param: starting_after, cursor: 'body.data[-1].id', has_more: body.has_more}",
+        "body.data",
+    ),
+    "offset_total": (
+        "offset-total",
+        "{type: offset, param: offset, page_size: 10, size_param: limit, total: body.total}",
+        "body.results",
+    ),
+    "offset": ("offset", "{type: offset, param: offset, page_size: 5, size_param: limit}", "body"),
+    "pages_total": (
+        "pages-total",
+        "{type: page, param: page, start: 1, total_pages: body.meta.total_pages}",
+        "body.items",
+    ),
+    "pages": ("pages", "{type: page, param: page, start: 1, page_size: 10}", "body"),
+}
+
+# style -> (route, pagination, records, what the failure names): the source's expression is wrong
+# (or, for link, the API drops its rel="next"), so the API says there is more and nothing leads there.
+BROKEN = {
+    "link": ("link-broken", "{type: link}", "body", 'the Link header has rel="last"'),
+    "next_url": (
+        "next-absolute",
+        "{type: next_url, next: body.links.nxt, page_size: 10}",
+        "body.data",
+        "the page is full (10 items, page_size 10) but next (body.links.nxt) gave nothing",
+    ),
+    "cursor_body": (
+        "cursor-body",
+        "{type: cursor, param: cursor, cursor: body.next_cursor, page_size: 10}",
+        "body.members",
+        "but cursor (body.next_cursor) gave nothing",
+    ),
+    "cursor_header": (
+        "cursor-header",
+        "{type: cursor, param: page_token, cursor: 'headers.\"x-next-token\"', page_size: 10}",
+        "body.results",
+        'but cursor (headers."x-next-token") gave nothing',
+    ),
+    "stripe": (
+        "stripe",
+        "{type: cursor, param: starting_after, cursor: 'body.data[-1].ID', has_more: body.has_more}",
+        "body.data",
+        "has_more (body.has_more) is true but cursor (body.data[-1].ID) gave nothing",
+    ),
+    "offset_total": (
+        "offset-total",
+        "{type: offset, param: offset, page_size: 10, size_param: limit, total: body.count}",
+        "body.results",
+        "pagination.total (body.count) gave nothing",
+    ),
+    "pages_total": (
+        "pages-total",
+        "{type: page, param: page, start: 1, total_pages: body.meta.pages}",
+        "body.items",
+        "pagination.total_pages (body.meta.pages) gave nothing",
+    ),
+}
+
+
+@pytest.fixture
+def env(db: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> Database:
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-token-value")
+    pagedapi.install(api)
+    return db
+
+
+def list_source(tmp: Path, name: str, route: str, pagination: str, records: str) -> Path:
+    file = tmp / f"{name}.yaml"
+    file.write_text(LIST_SOURCE.format(name=name, route=route, pagination=pagination, records=records))
+    assert cli.main(["validate", str(file)]) == 0
+    return file
+
+
+def prepare(db: Database, *sources: Path) -> None:
+    assert cli.main(["migrate", *map(str, sources)]) == 0
+    db.run(TABLES)
+
+
+def job(db: Database, name: str) -> tuple[str, str | None]:
+    ((status, error),) = db.rows("select status, error_message from sync_jobs where job_type = %s", (name,))
+    return status, error
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_each_style_reaches_exactly_the_apis_rows(style: str, env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A list source of each style writes every item once, completes, and clears its checkpoint."""
+    route, pagination, records = STYLES[style]
+    source = list_source(tmp_path, style, route, pagination, records)
+    prepare(env, source)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.rows("select id, name from items order by id") == [(i["id"], i["name"]) for i in pagedapi.ITEMS]
+    assert job(env, style) == ("completed", None)
+    assert env.scalar("select count(*) from syncrun_cursors") == 0
+    assert all(r.headers["authorization"] == "Bearer s3cr3t-token-value" for r in api.requests)
+
+
+@pytest.mark.parametrize("style", sorted(BROKEN))
+def test_a_broken_source_fails_naming_its_expression(
+    style: str, env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API says there is more, the source's next-page expression finds nothing: the run fails
+    (exit 1) naming the expression, and the listing is not reported complete."""
+    route, pagination, records, named = BROKEN[style]
+    source = list_source(tmp_path, f"broken_{style}", route, pagination, records)
+    prepare(env, source)
+    assert cli.main(["run", str(source)]) == 1
+    status, error = job(env, f"broken_{style}")
+    assert status == "failed"
+    assert error is not None
+    assert named in error
+    assert env.scalar("select count(*) from items") < len(pagedapi.ITEMS)
+    assert "s3cr3t" not in capsys.readouterr().err
+
+
+def test_missing_next_end_takes_the_condition_as_the_end(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """`missing_next: end` declares that a full page without a next link ends this API's listings."""
+    pagination = "{type: next_url, next: body.links.nxt, page_size: 10, missing_next: end}"
+    source = list_source(tmp_path, "declared", "next-absolute", pagination, "body.data")
+    prepare(env, source)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from items") == 10
+    assert job(env, "declared") == ("completed", None)
+
+
+@pytest.mark.parametrize("cap", ["max_pages: 2", "max_items: 15"])
+def test_a_cap_stops_the_listing_and_keeps_it_incomplete(
+    cap: str, env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """Reaching max_pages / max_items reads whole pages up to the cap, checkpoints where it stopped,
+    and leaves the listing not complete: an after-step `when: complete` does not run."""
+    source = list_source(tmp_path, "capped", "link", f"{{type: link, {cap}}}", "body")
+    source.write_text(source.read_text() + "after:\n  - {when: complete, sql: 'delete from items'}\n")
+    prepare(env, source)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from items") == 20
+    assert env.scalar("select cursor from syncrun_cursors") == f"{api.url}/link?per_page=10&page=3"
+    assert cli.main(["run", str(source)]) == 0  # resumes at page 3, reads to the end: complete
+    assert [r.query.get("page") for r in api.requests][-1] == "3"
+    assert env.scalar("select count(*) from items") == 0  # the after-step ran this time
+
+
+def test_a_failed_page_fails_the_run_and_resumes_there(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """Page 2 keeps answering 503: the run fails (a listing that stopped early is never completed),
+    page 1 is kept and checkpointed, and the next run resumes at page 2."""
+    source = list_source(tmp_path, "flaky", "link", "{type: link}", "body")
+    prepare(env, source)
+    api.route("/link", lambda r: Reply(503) if r.query.get("page") == "2" else pagedapi.link_page(api, r))
+    assert cli.main(["run", str(source)]) == 1
+    status, error = job(env, "flaky")
+    assert status == "failed"
+    assert error is not None
+    assert error.startswith("page 2 of the listing failed: gave up after 3 attempts: HTTP 503")
+    assert env.scalar("select count(*) from items") == 10
+    api.route("/link", lambda r: pagedapi.link_page(api, r))
+    assert cli.main(["run", str(source)]) == 0
+    assert [r.query.get("page") for r in api.requests][-2:] == ["2", "3"]
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
+def test_a_checkpoint_of_another_pagination_type_is_refused(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The source moved from cursors to page numbers: the old checkpoint is no page; --restart helps."""
+    source = list_source(tmp_path, "moved", "pages", "{type: page, param: page, start: 1, page_size: 10}", "body")
+    prepare(env, source)
+    env.run("insert into syncrun_cursors (source, cursor) values ('moved', '\"abc\"')")
+    assert cli.main(["run", str(source)]) == 1
+    assert job(env, "moved") == (
+        "failed",
+        "the checkpoint 'abc' is not a page position (was the pagination changed?); run with --restart to start over",
+    )
+    assert api.requests == []
+    assert cli.main(["run", str(source), "--restart"]) == 0
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
+# --- per-entity listings ------------------------------------------------------------------------------
+ENTITY_SOURCE = """\
+name: {name}
+entities: {{key: ticket, columns: {{ticket: int}}}}
+request:
+  url: "${{env.API_URL}}/tickets/{{ticket}}/comments"
+  headers: {{Authorization: "Bearer ${{secret.API_TOKEN}}"}}
+pagination: {pagination}
+rate_limit: {{requests: 1000, per: 1s, burst: 50}}
+retry: {{attempts: 2, initial: 10ms, max_delay: 20ms}}
+records: body.comments
+writes:
+  - table: comments
+    key: [id]
+    columns: {{id: record.id, ticket: entity.ticket, body: record.body}}
+status: {{table: sync_status, key: ticket}}
+"""
+
+
+def ticket_source(tmp: Path, name: str, pagination: str) -> Path:
+    (tmp / "syncrun.yaml").write_text("status: {table: sync_status, key: ticket}\nentities: {key: ticket}\n")
+    file = tmp / f"{name}.yaml"
+    file.write_text(ENTITY_SOURCE.format(name=name, pagination=pagination))
+    return file
+
+
+def seed_tickets(db: Database, source: Path) -> None:
+    prepare(db, source)
+    db.run("insert into sync_status (ticket) values (1), (2), (3), (4)")
+
+
+def test_an_entitys_pages_go_in_together_with_its_stamp(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """Per-entity paging: every comment of every ticket, over as many pages as each has."""
+    source = ticket_source(
+        tmp_path, "comments", "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"'}"
+    )
+    seed_tickets(env, source)
+    assert cli.main(["run", str(source)]) == 0
+    counts = env.rows("select ticket, count(*) from comments group by ticket order by ticket")
+    assert counts == [(t, n) for t, n in pagedapi.COMMENTS.items() if n]
+    assert env.scalar("select count(*) from sync_status where last_comments_sync is not null") == 4
+    assert len(api.requests) == 1 + 3 + 1 + 1
+
+
+def test_a_failed_later_page_writes_none_of_the_entitys_rows(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """Page 3 of ticket 2 fails after its retries: none of its pages' rows go in, it is not stamped."""
+    source = ticket_source(
+        tmp_path, "comments", "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"'}"
+    )
+    seed_tickets(env, source)
+    third = pagedapi.token(20)
+    normal = pagedapi.comments_page
+    api.route("/tickets/2/comments", lambda r: Reply(503) if r.query.get("page_token") == third else normal(r))
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from comments where ticket = 2") == 0
+    assert env.rows("select ticket from sync_status where last_comments_sync is null") == [(2,)]
+    (error,) = env.rows("select last_error_message from sync_status where ticket = 2")[0]
+    assert "gave up after 2 attempts" in error
+
+
+def test_a_broken_entity_listing_fails_that_entity(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A wrong header name with page_size: tickets whose first page is full fail naming the expression;
+    the others succeed."""
+    pagination = "{type: cursor, param: page_token, cursor: 'headers.\"x-next-token\"', page_size: 10}"
+    source = ticket_source(tmp_path, "comments", pagination)
+    seed_tickets(env, source)
+    assert cli.main(["run", str(source)]) == 0  # 2 of 4 failed: not above the default fail_ratio 0.5
+    failed = env.rows("select ticket, last_error_message from sync_status where last_error_message is not null")
+    assert [t for t, _ in failed] == [2, 3]
+    assert all('cursor (headers."x-next-token") gave nothing' in message for _, message in failed)
+    assert env.rows("select distinct ticket from comments order by 1") == [(1,)]
+
+
+def test_a_paged_list_feeds_a_detail_source(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The tutorial's shape: a list source creates a status row per ticket; the detail source then
+    reads every ticket's paged comments."""
+    detail = ticket_source(
+        tmp_path, "comments", "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"'}"
+    )
+    listing = tmp_path / "tickets.yaml"
+    listing.write_text(
+        "name: tickets\nentities: {type: list}\nrequest: {url: '${env.API_URL}/tickets'}\npagination: {type: link}\n"
+        "rate_limit: {requests: 100, per: 1s}\nrecords: body.tickets\nstatus: false\n"
+        "writes: [{table: sync_status, key: [ticket], mode: insert, columns: {ticket: record.id}}]\n"
+    )
+    prepare(env, detail, listing)
+    assert cli.main(["run", str(listing)]) == 0
+    assert env.rows("select ticket from sync_status order by 1") == [(t,) for t in sorted(pagedapi.COMMENTS)]
+    assert cli.main(["run", str(detail)]) == 0
+    assert env.scalar("select count(*) from comments") == sum(pagedapi.COMMENTS.values())
+
+
+def test_a_capped_entity_listing_succeeds_but_the_run_is_not_complete(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """max_pages on an entity's listing: the pages read go in, and `when: complete` after-steps skip."""
+    pagination = "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"', max_pages: 2}"
+    source = ticket_source(tmp_path, "comments", pagination)
+    source.write_text(source.read_text() + "after:\n  - {when: complete, sql: 'delete from comments'}\n")
+    seed_tickets(env, source)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from comments where ticket = 2") == 20
+    assert env.scalar("select count(*) from sync_status where last_comments_sync is not null") == 4

@@ -1,0 +1,182 @@
+"""pagination against hostile APIs, through fetch.pages on a real loopback server: foreign origins,
+loops, garbage and huge Link headers, cursors that are not text. Each ends as an error for that
+listing, never a hang, a crash or a partial listing taken for the whole; every page is rate-limited
+and retried like any request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from runner import client, config, fetch, templating
+from runner.errors import EntityError, PaginationError
+from runner.ratelimit import Limiter
+from runner.redaction import Redactor
+from tests.apiserver import ApiServer, FakeClock, Recorded, Reply
+
+TOKEN = "s3cr3t-token-value"
+SETTINGS = templating.Settings({("secret", "API_TOKEN"): TOKEN}, Redactor([TOKEN]))
+FETCH_SOURCE = """\
+name: t
+entities: {{type: list}}
+request:
+  url: "{url}"
+  query: {{key: "${{secret.API_TOKEN}}"}}
+  headers: {{Authorization: "Bearer ${{secret.API_TOKEN}}", Accept: application/json}}
+pagination: {pagination}
+rate_limit: {{requests: 1000, per: 1s, burst: 50}}
+retry: {{attempts: 2, initial: 10ms, max_delay: 10ms}}
+records: {records}
+writes: [{{table: items, key: [id], columns: {{id: record.id}}}}]
+status: false
+"""
+
+
+def fetch_pages(url: str, pagination: str = "{type: link}", records: str = "body") -> tuple[list[fetch.Page], Limiter]:
+    text = FETCH_SOURCE.format(url=url, pagination=pagination, records=records)
+    source = config.loads(text, Path("t.yaml"))
+    limiter = Limiter(source.rate_limit)
+
+    async def main() -> list[fetch.Page]:
+        async with client.build(source.request, limiter, max_connections=2) as http:
+            pages = fetch.pages(http, source, {}, SETTINGS, limiter=limiter, sleep=FakeClock().sleep)
+            return [page async for page in pages]
+
+    return asyncio.run(main()), limiter
+
+
+def linked(target: str, *, body: object = None) -> Reply:
+    return Reply(200, json=body if body is not None else [{"id": 1}], headers={"Link": f'<{target}>; rel="next"'})
+
+
+def test_a_next_link_to_another_origin_is_refused(api: ApiServer) -> None:
+    """localhost is another origin than 127.0.0.1: the credentials would go there, so nothing is sent."""
+    elsewhere = api.url.replace("127.0.0.1", "localhost") + "/x?page=2"
+    api.route("/x", linked(elsewhere))
+    with pytest.raises(PaginationError, match=r"leads to another origin than http://127\.0\.0\.1:\d+; refused"):
+        fetch_pages(api.url + "/x")
+    assert len(api.requests) == 1
+
+
+def test_an_allowed_origin_gets_no_credentials(api: ApiServer) -> None:
+    """allow_origins lets a next link lead there, without Authorization and without the secret parameter."""
+    other = api.url.replace("127.0.0.1", "localhost")
+    api.route("/x", linked(other + "/y?page=2"))
+    api.route("/y", Reply(200, json=[{"id": 2}]))
+    pages, _ = fetch_pages(api.url + "/x", f"{{type: link, allow_origins: ['{other}']}}")
+    assert [page.reply.body for page in pages] == [[{"id": 1}], [{"id": 2}]]
+    first, second = api.requests
+    assert first.headers["authorization"] == f"Bearer {TOKEN}"
+    assert first.query["key"] == TOKEN
+    assert "authorization" not in second.headers
+    assert second.headers["accept"] == "application/json"
+    assert "key" not in second.query
+
+
+def test_only_http_next_links_are_followed(api: ApiServer) -> None:
+    """A javascript: or file: next link is not a page."""
+    api.route("/x", linked("file:///etc/passwd"))
+    with pytest.raises(PaginationError, match=r"^next-page URL 'file:///etc/passwd' is not an http\(s\) URL"):
+        fetch_pages(api.url + "/x")
+
+
+def test_a_repeated_next_link_is_a_loop(api: ApiServer) -> None:
+    """A next link back to a page already read would loop forever: stopped, the secret masked."""
+    api.route("/x", lambda r: linked(f"/x?page={min(int(r.query.get('page', 1)) + 1, 2)}&key={TOKEN}"))
+    with pytest.raises(PaginationError) as caught:
+        fetch_pages(api.url + "/x")
+    assert str(caught.value).startswith("pagination loop: ")
+    assert "'http://127.0.0.1:" in str(caught.value)
+    assert "/x?page=2' a second time (after 2 pages); stopped" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+    assert len(api.requests) == 2
+
+
+def test_a_checkpointed_next_url_holds_no_secret(api: ApiServer) -> None:
+    """The API echoes the key in its next link: the page's resume URL lacks it, the request has it."""
+    api.route("/x", lambda r: linked(f"/x?key={TOKEN}&page=2") if "page" not in r.query else Reply(200, json=[]))
+    pages, _ = fetch_pages(api.url + "/x")
+    assert pages[0].resume == f"{api.url}/x?page=2"
+    assert api.requests[1].query == {"key": TOKEN, "page": "2"}
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("garbage", "unreadable Link header from .*: expected <URI> at character 1, found 'garbage'"),
+        ('</x?page=2>; rel="next', "expected a value for rel at character 18, found '\"next'"),
+        ("<" + "a" * 20_000 + ">; rel=next", "a next-page URL of 20000 characters"),
+        ("</p>; rel=x, " * 3000 + "junk", r"unexpected 'junk' at character|expected <URI> at character 39001"),
+    ],
+)
+def test_garbage_and_huge_link_headers_fail_the_listing(api: ApiServer, header: str, message: str) -> None:
+    """A Link header that is not one, or a next link no page has, fails the listing with the reason."""
+    api.route("/x", Reply(200, json=[{"id": 1}], headers={"Link": header}))
+    with pytest.raises(PaginationError, match=message):
+        fetch_pages(api.url + "/x")
+
+
+def test_a_link_header_beyond_the_clients_limit_is_an_entity_error(api: ApiServer) -> None:
+    """A header larger than the HTTP client reads ends as a fetch error, not a hang or a crash."""
+    api.route("/x", Reply(200, json=[], headers={"Link": "<" + "a" * 200_000 + ">"}))
+    with pytest.raises(
+        EntityError, match=r"^gave up after 2 attempts: .*\(GET http://127\.0\.0\.1:\d+/x\?key=\*\*\*\)$"
+    ):
+        fetch_pages(api.url + "/x")
+
+
+@pytest.mark.parametrize(
+    ("cursor", "message"),
+    [
+        ({"after": 3}, r"pagination.cursor \(body.next\) gave object \{\"after\": 3\}, not a string or a number"),
+        (True, r"gave true/false true, not a string or a number"),
+        ("c" * 5000, "gave a cursor of 5000 characters"),
+    ],
+)
+def test_a_cursor_that_is_not_a_string_or_number_fails(api: ApiServer, cursor: object, message: str) -> None:
+    """A cursor sent as a query parameter must be text or a number."""
+    api.route("/x", Reply(200, json={"data": [], "next": cursor}))
+    with pytest.raises(PaginationError, match=message):
+        fetch_pages(api.url + "/x", "{type: cursor, param: after, cursor: body.next}")
+
+
+def test_an_api_ignoring_the_offset_is_a_loop(api: ApiServer) -> None:
+    """Every offset answers the first page: stopped at the second, not read forever."""
+    api.route("/x", Reply(200, json=[{"id": i} for i in range(10)]))
+    with pytest.raises(PaginationError, match=r"^pagination loop: offset 10 from .* repeats the previous page"):
+        fetch_pages(api.url + "/x", "{type: offset, param: offset, page_size: 10}")
+    assert len(api.requests) == 2
+
+
+def test_every_page_goes_through_the_limiter_and_the_retries(api: ApiServer) -> None:
+    """Page 2 answers 503 once: it is retried, and every attempt took a rate-limit grant."""
+    second = iter([Reply(503), Reply(200, json=[{"id": 2}])])
+    api.route("/x", lambda r: next(second) if r.query.get("page") == "2" else linked("/x?page=2"))
+    pages, limiter = fetch_pages(api.url + "/x")
+    assert [page.reply.status for page in pages] == [200, 200]
+    assert [r.query.get("page") for r in api.requests] == [None, "2", "2"]
+    assert limiter.requests == 3
+
+
+def test_a_total_may_come_from_a_header_or_as_a_whole_float(api: ApiServer) -> None:
+    """X-Total-Count is text, 12.0 is a whole number: both count; -3 or "many" do not."""
+
+    def offsets(request: Recorded, *, total: str) -> Reply:
+        offset = int(request.query.get("offset", 0))
+        return Reply(
+            200, json=[{"id": i} for i in range(offset, min(offset + 5, 12))], headers={"X-Total-Count": total}
+        )
+
+    api.route("/x", lambda r: offsets(r, total="12"))
+    pages, _ = fetch_pages(
+        api.url + "/x", "{type: offset, param: offset, page_size: 5, total: 'headers.\"x-total-count\"'}"
+    )
+    assert [len(page.reply.body) for page in pages] == [5, 5, 2]  # type: ignore[arg-type]
+    api.route("/y", Reply(200, json={"total": 12.0, "items": []}))
+    with pytest.raises(PaginationError, match=r"total \(body.total\) is 12, 0 read but the page is empty"):
+        fetch_pages(api.url + "/y", "{type: offset, param: offset, page_size: 5, total: body.total}", "body.items")
+    api.route("/z", Reply(200, json={"total": "many", "items": [1]}))
+    with pytest.raises(PaginationError, match=r'^pagination.total \(body.total\) gave "many", not a count$'):
+        fetch_pages(api.url + "/z", "{type: offset, param: offset, page_size: 5, total: body.total}", "body.items")
