@@ -29,6 +29,7 @@ from runner import (
     database,
     engine,
     explain,
+    ids,
     jobs,
     logs,
     migrations,
@@ -332,7 +333,7 @@ async def _execute(
     dsn: str | None,
     playback: _Playback = _Playback(),
 ) -> list[engine.Report]:
-    needs_db = not (options.dry_run and options.ids and all(_key_only(s) for s in sources))
+    needs_db = not (options.dry_run and options.ids and all(ids.key_only(s) for s in sources))
     target = await asyncio.to_thread(database.open_target, dsn) if needs_db else None
     catalog = None
     if target is not None:
@@ -340,6 +341,10 @@ async def _execute(
             if target.embedded:
                 migrations.migrate(conn, sources)
             catalog = migrations.check(conn, sources)
+            for source in sources:  # a broken selection, or --ids it cannot supply, exits 2 before any job row
+                selection.check(conn, source)
+                if options.ids:
+                    ids.missing(conn, source, options.ids)
             reaped = jobs.reap(conn, options.stale_after)
             if reaped:
                 log.warning(
@@ -397,10 +402,6 @@ def _transports(
 
         return recording, recorders
     return None, recorders
-
-
-def _key_only(source: spec.Source) -> bool:
-    return source.entities.column_names <= {source.entities.key}
 
 
 def _exit_code(report: engine.Report) -> int:
