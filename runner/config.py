@@ -204,7 +204,7 @@ class _Builder:
             "outcomes": self.outcomes(columns),
             "records": self.optional_expression(("records",), self.mapping_roots(columns, record=False)),
             "writes": self.writes(columns),
-            "status": self.status(name or "source", columns),
+            "status": self.status(name or "source", columns, entities is not None and entities.type.value == "list"),
             "before": self.steps("before"),
             "after": self.steps("after"),
             "schedule": self.schedule(),
@@ -515,8 +515,16 @@ class _Builder:
         return roots if record else {k: v for k, v in roots.items() if k != "record"}
 
     # -- status ------------------------------------------------------------------------------------
-    def status(self, name: str, columns: frozenset[str] | None) -> spec.Status | None:
+    def status(self, name: str, columns: frozenset[str] | None, listed: bool) -> spec.Status | None:
         raw = self.section("status", {})
+        if listed:  # a page is no entity: a stamp would have been keyed by the page number
+            if isinstance(self.raw.get("status"), dict):
+                self.add(
+                    ("status",),
+                    "a list source has no entities to stamp: write status: false (rows of a status"
+                    " table are written by a write, e.g. mode: insert)",
+                )
+            return None
         if raw is None or raw is False:
             return None
         roots = self.mapping_roots(columns, record=False)

@@ -29,20 +29,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from runner import targets
-from runner.database import identifier
+from runner import stamps, targets
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
-from runner.spec import Outcome, SelectionType, Source, Status
+from runner.spec import Outcome, SelectionType, Source
 from runner.targets import MAX_MESSAGE
-from runner.values import Unfit, coerce, column_types, fit
+from runner.values import Unfit, column_types, fit
 
 BACKOFF_BASE = 15 * 60.0  # seconds: the first retry of a definitively failing entity
 BACKOFF_CAP = 24 * 3600.0  # seconds: a broken entity is still retried daily
@@ -193,7 +191,7 @@ def _write_all(
             rows = [row for result in live for row in result.rows.get(index, [])]
             scopes = [result.scopes[index] for result in live if index in result.scopes]
             targets.write(cursor, target, rows, scopes, catalog, bulk=bulk)
-        _write_status(cursor, source, batch, catalog)
+        stamps.write(cursor, source, batch, catalog)
         if source.entities.type is not SelectionType.LIST:  # a catalogue page is no entity: no state
             _write_state(cursor, source, batch, holder)
 
@@ -221,104 +219,6 @@ def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Cat
     target = source.writes[index]
     types = column_types(target, catalog)
     return [fit(str(target.function or target.table), types, row) for row in rows]
-
-
-# --- status --------------------------------------------------------------------------------------------
-def _write_status(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], catalog: Catalog) -> None:
-    """One statement per set of `status.set` columns for the stamps (usually one), one for the errors."""
-    status = source.status
-    if status is None:
-        return
-    columns = catalog.get(status.table, {})
-    touch = "updated_at" in columns
-    stamped = {r.key: r for r in batch if r.stamped}  # last wins, like target rows
-    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for key in sorted(stamped, key=str):
-        extra = stamped[key].status_values
-        groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
-    for names, params in groups.items():
-        casts = targets.array_casts(columns, (status.key, *names), params)
-        if casts is None:  # an array or unknown type, or mixed values: a row at a time
-            targets.run(cursor, str(status.table), stamp_sql(status, touch, names), params)
-        else:
-            targets.run(
-                cursor, str(status.table), stamp_many_sql(status, touch, names, casts), [targets.arrays(params)]
-            )
-    if status.error_columns:
-        errors = {r.key: r for r in batch if r.outcome is Outcome.ERROR}  # last wins, as row by row did
-        params = [
-            (errors[key].error_source or source.name, (errors[key].error or "")[:MAX_MESSAGE], key)
-            for key in sorted(errors, key=str)
-        ]
-        # typed by the catalog: last_error_source may be an enum (Supabase's sync_source), not text
-        casts = targets.array_casts(columns, ("last_error_source", "last_error_message", status.key), params)
-        if casts is None:
-            targets.run(cursor, str(status.table), error_sql(status, touch), params)
-        elif params:
-            targets.run(cursor, str(status.table), error_many_sql(status, touch, casts), [targets.arrays(params)])
-
-
-@lru_cache(maxsize=64)
-def stamp_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = ()) -> sql.Composed:
-    """Upsert, not update: list-shaped and function selections may stamp entities with no status row.
-
-    `extra` are `status.set` columns (e.g. storefront_accessible), bound after the key.
-    """
-    columns = [sql.Identifier(status.key), sql.Identifier(status.column), *map(sql.Identifier, extra)]
-    values = [sql.Placeholder(), sql.SQL("now()"), *(sql.Placeholder() for _ in extra)]
-    return sql.SQL("insert into {} as s ({}) values ({}) on conflict ({}) do update set {}").format(
-        identifier(status.table),
-        sql.SQL(", ").join(columns),
-        sql.SQL(", ").join(values),
-        sql.Identifier(status.key),
-        _stamp_sets(status, touch_updated_at, extra),
-    )
-
-
-@lru_cache(maxsize=64)
-def stamp_many_sql(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...], casts: tuple[str, ...]
-) -> sql.Composed:
-    """The same upsert for a whole batch: one array per column (key, then `extra`), `casts` their types."""
-    names = (status.key, *extra)
-    columns = [sql.Identifier(status.key), sql.Identifier(status.column), *map(sql.Identifier, extra)]
-    values = [sql.SQL("v.{}").format(sql.Identifier(status.key)), sql.SQL("now()")]
-    values += [sql.SQL("v.{}").format(sql.Identifier(c)) for c in extra]
-    return sql.SQL("insert into {} as s ({}) select {} from {} on conflict ({}) do update set {}").format(
-        identifier(status.table),
-        sql.SQL(", ").join(columns),
-        sql.SQL(", ").join(values),
-        targets.unnest_sql(names, casts),
-        sql.Identifier(status.key),
-        _stamp_sets(status, touch_updated_at, extra),
-    )
-
-
-def _stamp_sets(status: Status, touch_updated_at: bool, extra: tuple[str, ...]) -> sql.Composed:
-    sets: list[sql.Composable] = [sql.SQL("{} = now()").format(sql.Identifier(status.column))]
-    sets += [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in extra]
-    if touch_updated_at:
-        sets.append(sql.SQL("updated_at = now()"))
-    return sql.SQL(", ").join(sets)
-
-
-@lru_cache(maxsize=64)
-def error_sql(status: Status, touch_updated_at: bool) -> sql.Composed:
-    """The seed's last_error_* columns, for dashboards only (selection reads syncrun_state)."""
-    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "")
-    return sql.SQL(
-        "update {} set last_error_source = %s, last_error_message = %s, last_error_at = now(){} where {} = %s"
-    ).format(identifier(status.table), touch, sql.Identifier(status.key))
-
-
-@lru_cache(maxsize=64)
-def error_many_sql(status: Status, touch_updated_at: bool, casts: tuple[str, ...]) -> sql.Composed:
-    """The same update for a whole batch: arrays of sources, messages and keys, of types `casts`."""
-    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "")
-    return sql.SQL(
-        "update {} as s set last_error_source = v.source, last_error_message = v.message, last_error_at = now(){}"
-        " from unnest(%b::{}, %b::{}, %b::{}) as v(source, message, key) where s.{} = v.key"
-    ).format(identifier(status.table), touch, *map(sql.SQL, casts), sql.Identifier(status.key))
 
 
 # --- per-source state --------------------------------------------------------------------------------------
