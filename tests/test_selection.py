@@ -247,6 +247,7 @@ def test_function_without_after_key_is_called_once(status: Database) -> None:
         function=QualifiedName(None, "get_apps_for_sync"),
         args=(("p_source", FunctionArg(value="example")), ("p_limit", FunctionArg(parameter="limit"))),
     )
+    status.migrate(source)  # migrate creates get_apps_for_sync for a source that selects with it
     # the function returns 90, 100, 60, 40; 90 and 100 are backing off, so the first chunk is empty
     assert _select(status, source, limit=4, chunk_size=2) == [[60, 40]]
 
