@@ -522,7 +522,8 @@ def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     new = commands.add_parser("new", help="write a starter source file from a URL and a sample response")
     new.add_argument("name", help="the source name (lower-case letters, digits and _)")
     new.add_argument("--url", required=True, help="the endpoint, with {placeholders} for entity columns")
-    new.add_argument("--sample", type=Path, help="a JSON response of the endpoint, to infer mappings from")
+    new.add_argument("--sample", type=Path, help="a JSON response of the endpoint (default: fetch the URL)")
+    new.add_argument("--id", help="without --sample: the key to fetch a sample of (fills the URL's placeholder)")
     new.add_argument("--out", type=Path, help="where to write it (default: sources/NAME.yaml)")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
     new.set_defaults(handler=_new)
@@ -585,7 +586,8 @@ def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from runner import scaffold
 
     out = args.out or Path("sources") / f"{args.name}.yaml"
-    text = scaffold.source_text(args.name, args.url, scaffold.read_sample(args.sample) if args.sample else None, out)
+    sample = scaffold.read_sample(args.sample) if args.sample else scaffold.fetch_sample(args.url, args.id)
+    text = scaffold.source_text(args.name, args.url, sample, out)
     scaffold.write(out, text, force=args.force)
     print(f"wrote {out}: edit it, then `syncrun validate {out}` and `syncrun test-read {out} --ids …`")
     return 0
