@@ -415,7 +415,8 @@ def _summarise(report: engine.Report) -> None:
     rate = c.requests / report.elapsed if report.elapsed else 0.0
     line = (
         f"{report.source}: {report.status} — processed {c.processed}, succeeded {c.succeeded}, "
-        f"failed {c.failed}, skipped {c.skipped}; {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
+        f"failed {c.failed}, skipped {c.skipped}{f', deleted {c.deleted}' if c.deleted else ''};"
+        f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
     print(line + (f"; {report.error}" if report.error else ""), file=sys.stderr)
 

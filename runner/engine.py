@@ -345,7 +345,7 @@ class _Run:
         result = trace.result
         assert result is not None
         c = self.report.counters
-        kind = {"success": "succeeded", "error": "failed"}.get(result.outcome.value, "skipped")
+        kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
         c = replace(c, processed=c.processed + 1, **{kind: getattr(c, kind) + 1})
         self.report.counters = c
         progress.tick(self.source.name, c, result.error)

@@ -43,7 +43,15 @@ _LOCK_KEY = 7_305_215_001  # pg_advisory_xact_lock key for `migrate`; any consta
 # name -> column types, e.g. {QualifiedName(None, "apps"): {"appid": "integer", "name": "text"}}
 Catalog = dict[QualifiedName, dict[str, str]]
 
-JOB_COLUMNS = ("heartbeat_at", "requests_made", "metadata", "items_created", "items_updated", "items_skipped")
+JOB_COLUMNS = (
+    "heartbeat_at",
+    "requests_made",
+    "metadata",
+    "items_created",
+    "items_updated",
+    "items_skipped",
+    "items_deleted",
+)
 ERROR_COLUMNS = ("last_error_source", "last_error_message", "last_error_at")
 OWN_TABLES = ("syncrun_migrations", "syncrun_state", "syncrun_cursors")
 

@@ -7,7 +7,9 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
   priority desc, oldest stamp, key. Every sort key is made ascending (priority negated, a sentinel
   for the null stamp) so one row comparison `(a, b, c, d) > (...)` is the keyset cursor.
   Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
-  in the future, or a live claim by another holder.
+  in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), or a live claim by another
+  holder. The backoff, skip_until and deleted_at checks apply to function and sql selections too,
+  in the claim.
 - function: `select * from fn(name => value, ...)`. A function taking the `after_key` parameter
   is paged with it; any other function is called once with the whole limit.
 - sql: the user's query with `%(limit)s`, `%(after_key)s` (null first) and `%(source)s`; it must
@@ -160,8 +162,10 @@ class _Claim:
 _FREE = sql.SQL("(st.claimed_by is null or st.claimed_by = {holder} or st.claim_expires_at <= now())").format(
     holder=sql.Placeholder("holder")
 )
+# A deleted entity counts as backing off forever: only `--ids` (which ignores backoff) takes it again.
 _NOT_BACKING_OFF = sql.SQL(
     "coalesce(st.next_attempt_at, '-infinity') <= now() and coalesce(st.skip_until, '-infinity') <= now()"
+    " and st.deleted_at is null"
 )
 
 

@@ -15,13 +15,15 @@ cannot fill when it creates a row) fails that entity (the writer replays the bat
 
 Statements per batch: one select of the keys that have rows, then one update and (when some have
 none) one insert per set of `status.set` columns, from arrays; one update of the error columns.
+A deleted entity (`outcome: delete`) is not stamped: its rule's `set` columns, if any, update the
+row it has (one update per set of columns), and no row is created for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -60,6 +62,17 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult]
             _run(cursor, status, columns, names, old, update_sql(status, touch, names), update_many_sql)
         with _named(status, "status stamp, creating the status row the entity lacks"):
             _run(cursor, status, columns, names, new, stamp_sql(status, touch, names), stamp_many_sql)
+    # outcome delete: no stamp (nothing was synced), only the rule's `set` columns, and only on a row
+    # that exists: a gone entity must not get a status row created for it (nor one a delete just removed)
+    gone = {r.key: r for r in batch if r.outcome is Outcome.DELETE and r.status_values}
+    marks: dict[tuple[str, ...], Params] = {}
+    for key in sorted(gone, key=str):
+        extra = gone[key].status_values
+        marks.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
+    for names, params in marks.items():
+        with _named(status, "status columns of a deleted entity"):
+            many = partial(update_many_sql, stamp=False)
+            _run(cursor, status, columns, names, params, update_sql(status, touch, names, stamp=False), many)
     if status.error_columns:
         errors = {r.key: r for r in batch if r.outcome is Outcome.ERROR}  # last wins, as row by row did
         params = [
@@ -122,9 +135,12 @@ def _named(status: Status, what: str) -> Iterator[None]:
 
 # --- statements (built once per status table and set of columns) --------------------------------------
 @lru_cache(maxsize=64)
-def update_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = ()) -> sql.Composed:
-    """The stamp of one entity that has a status row; bound as (key, *extra), like the insert."""
-    sets = _stamp_sets(status, touch_updated_at, extra, "%s")
+def update_sql(
+    status: Status, touch_updated_at: bool, extra: tuple[str, ...] = (), *, stamp: bool = True
+) -> sql.Composed:
+    """The stamp of one entity that has a status row; bound as (key, *extra), like the insert.
+    `stamp=False`: the `extra` columns only (a deleted entity)."""
+    sets = _stamp_sets(status, touch_updated_at, extra, "%s", stamp=stamp)
     return sql.SQL("with v as (select %s as k) update {} as s set {} from v where s.{} = v.k").format(
         identifier(status.table), sets, sql.Identifier(status.key)
     )
@@ -132,11 +148,11 @@ def update_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = 
 
 @lru_cache(maxsize=64)
 def update_many_sql(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...], casts: tuple[str, ...]
+    status: Status, touch_updated_at: bool, extra: tuple[str, ...], casts: tuple[str, ...], *, stamp: bool = True
 ) -> sql.Composed:
     """The stamps of a whole batch of entities that have status rows: one array per column."""
     names = (status.key, *extra)
-    sets = _stamp_sets(status, touch_updated_at, extra, "v.{}")
+    sets = _stamp_sets(status, touch_updated_at, extra, "v.{}", stamp=stamp)
     return sql.SQL("update {} as s set {} from {} where s.{} = v.{}").format(
         identifier(status.table), sets, targets.unnest_sql(names, casts), *[sql.Identifier(status.key)] * 2
     )
@@ -177,9 +193,9 @@ def stamp_many_sql(
 
 
 def _stamp_sets(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...], value: str = "excluded.{}"
+    status: Status, touch_updated_at: bool, extra: tuple[str, ...], value: str = "excluded.{}", *, stamp: bool = True
 ) -> sql.Composed:
-    sets: list[sql.Composable] = [sql.SQL("{} = now()").format(sql.Identifier(status.column))]
+    sets: list[sql.Composable] = [sql.SQL("{} = now()").format(sql.Identifier(status.column))] if stamp else []
     sets += [sql.SQL("{} = ").format(sql.Identifier(c)) + sql.SQL(value).format(sql.Identifier(c)) for c in extra]
     if touch_updated_at:
         sets.append(sql.SQL("updated_at = now()"))

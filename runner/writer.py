@@ -1,7 +1,8 @@
 """`write(conn, source, results)`: rows + status stamp + per-source state, one transaction per batch.
 
-Write targets go in declaration order (lookups, replace_by, upserts, function calls: runner.targets),
-then the status stamps, then the per-source state: the same lock order in every runner.
+The rows of entities whose outcome is `delete` go first, in reverse write order (runner.deletes);
+then write targets go in declaration order (lookups, replace_by, upserts, function calls:
+runner.targets), then the status stamps, then the per-source state: the same lock order in every runner.
 
 A value that does not fit its column (by the catalog types; see runner.values) turns its entity into
 an error result before anything is sent, as does a `replace_by` column that cannot be worked out
@@ -10,7 +11,8 @@ from the entity. If the batch still fails on a data error (FK, check, not-null, 
 sink the others. Deadlocks and serialization failures retry the whole batch; a lost connection is
 the caller's (DatabaseError).
 
-Per-source state (syncrun_state), per entity: success/skip reset the error count and backoff;
+Per-source state (syncrun_state), per entity: success/skip reset the error count and backoff (and
+clear `deleted_at`); delete resets them too and sets `deleted_at`, which keeps selections away;
 a definitive error backs off `BACKOFF_BASE * 2^(n-1)` capped at `BACKOFF_CAP` (15 min, 30 min, 1 h,
 ... 24 h); a transient error (retries exhausted) records the error without advancing the backoff.
 Every processed entity's claim is released.
@@ -35,7 +37,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from runner import stamps, targets
+from runner import deletes, stamps, targets
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
 from runner.spec import Outcome, SelectionType, Source
@@ -70,6 +72,8 @@ class EntityResult:
     status_values: dict[str, Any] = field(default_factory=dict)  # `status.set` columns, written with the stamp
     # write index -> this entity's replace_by values (targets.scope); `write` fills it in, callers don't
     scopes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    # outcome delete: write index -> the entity's delete_by values (deletes.scopes); filled in like scopes
+    removals: dict[int, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def stamped(self) -> bool:
@@ -83,6 +87,7 @@ class EntityResult:
             rows={},
             status_values={},
             scopes={},
+            removals={},
             error=message,
             definitive=True,
             stamp=False,
@@ -187,6 +192,7 @@ def _write_all(
     """Targets in declaration order, then status, then state: the same lock order in every runner."""
     live = [result for result in batch if result.outcome is not Outcome.ERROR]
     with conn.cursor() as cursor:
+        deletes.write(cursor, source, live, catalog)
         for index, target in enumerate(source.writes):
             rows = [row for result in live for row in result.rows.get(index, [])]
             scopes = [result.scopes[index] for result in live if index in result.scopes]
@@ -210,9 +216,10 @@ def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityRe
             for index, target in enumerate(source.writes)
             if target.replace_by and index in result.rows and result.outcome is Outcome.SUCCESS
         }
+        removals = deletes.scopes(source, result.entity, catalog) if result.outcome is Outcome.DELETE else {}
     except Unfit as unfit:
         return result.failed(str(unfit))
-    return replace(result, rows=rows, scopes=scopes)
+    return replace(result, rows=rows, scopes=scopes, removals=removals)
 
 
 def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Catalog) -> list[dict[str, Any]]:
@@ -222,13 +229,14 @@ def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Cat
 
 
 # --- per-source state --------------------------------------------------------------------------------------
-# One row per entity from arrays: kind is ok (success/skip), skip_until, error (definitive: backoff)
-# or transient (recorded, no backoff). `on conflict do update` sees only the proposed row (excluded),
-# so the update reads the kind back from it: error <=> consecutive_errors = 1; transient <=> an error
-# message with consecutive_errors = 0; ok/skip_until <=> last_success_at (skip_until: skip_until too).
+# One row per entity from arrays: kind is ok (success/skip), skip_until, error (definitive: backoff),
+# transient (recorded, no backoff) or deleted. `on conflict do update` sees only the proposed row
+# (excluded), so the update reads the kind back from it: error <=> consecutive_errors = 1; transient <=>
+# an error message with consecutive_errors = 0; ok/skip_until <=> last_success_at (skip_until: skip_until
+# too); deleted <=> deleted_at. An answer other than gone or an error means the entity exists again.
 _STATE = sql.SQL(
     """insert into syncrun_state as st (source, entity_key, consecutive_errors, last_error, last_error_at,
-    next_attempt_at, skip_until, last_success_at, claimed_by, claim_expires_at, updated_at)
+    next_attempt_at, skip_until, last_success_at, deleted_at, claimed_by, claim_expires_at, updated_at)
 select %(source)s::text, v.key,
     case when v.kind = 'error' then 1 else 0 end,
     v.error,
@@ -236,6 +244,7 @@ select %(source)s::text, v.key,
     case when v.kind = 'error' then now() + %(base)s::float8 * interval '1 second' end,
     case when v.kind = 'skip_until' then now() + v.until * interval '1 second' end,
     case when v.kind in ('ok', 'skip_until') then now() end,
+    case when v.kind = 'deleted' then now() end,
     null, null, now()
 from unnest(%(keys)s::text[], %(kinds)s::text[], %(errors)s::text[], %(untils)s::float8[]) as v(key, kind, error, until)
 on conflict (source, entity_key) do update set
@@ -250,6 +259,8 @@ on conflict (source, entity_key) do update set
         when excluded.last_error is not null then st.next_attempt_at end,
     skip_until = case when excluded.last_success_at is not null then excluded.skip_until else st.skip_until end,
     last_success_at = coalesce(excluded.last_success_at, st.last_success_at),
+    deleted_at = case when excluded.deleted_at is not null then excluded.deleted_at
+        when excluded.last_success_at is not null then null else st.deleted_at end,
     claimed_by = case when %(holder)s::text is null or st.claimed_by = %(holder)s::text then null
         else st.claimed_by end,
     claim_expires_at = case when %(holder)s::text is null or st.claimed_by = %(holder)s::text then null
@@ -289,6 +300,8 @@ def _state_row(result: EntityResult) -> tuple[str, str | None, float | None]:
     """(kind, error message, skip seconds)."""
     if result.outcome is Outcome.ERROR:
         return ("error" if result.definitive else "transient", (result.error or "error")[:MAX_MESSAGE], None)
+    if result.outcome is Outcome.DELETE:
+        return ("deleted", None, None)
     if result.skip_until is not None:
         return ("skip_until", None, float(result.skip_until))
     return ("ok", None, None)
