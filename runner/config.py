@@ -505,7 +505,7 @@ class _Builder:
             delete_by, why = deletes.columns(write, entities.key)
             if why is not None:
                 where = ("writes", i, "on_delete") if "on_delete" in self.raw["writes"][i] else ("writes", i)
-                self.add(where, f"{why} (outcomes[{rules[0]}] is outcome: delete)")
+                self.add(where, f"outcome delete (outcomes[{rules[0]}]) {why}")
             built.append(replace(write, delete_by=delete_by))
         return tuple(built)
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 def columns(write: Write, key: str) -> tuple[tuple[str, ...], str | None]:
     """(delete_by columns, None), or ((), why this write's rows of an entity cannot be told)."""
     if write.function is not None:
-        return (), f"a function call cannot be undone by outcome delete: write on_delete: {OnDelete.KEEP}"
+        return (), f"cannot undo a function call: write on_delete: {OnDelete.KEEP}"
     mapped = {f.column: f.expression.parsed.parsed for f in write.columns}
     own = {"type": "subexpression", "children": [_field("entity"), _field(key)]}
     found = tuple(c for c in dict.fromkeys((*write.key, *write.replace_by)) if mapped.get(c) == own)
@@ -40,9 +40,9 @@ def columns(write: Write, key: str) -> tuple[tuple[str, ...], str | None]:
         return found, None
     have = ", ".join(dict.fromkeys((*write.key, *write.replace_by)))
     return (), (
-        f"outcome delete cannot tell which rows of {write.table} are the entity's: no key or replace_by"
-        f" column ({have}) is mapped to exactly entity.{key}; map one from entity.{key}, or write"
-        f" on_delete: {OnDelete.KEEP} (history or a table shared by entities)"
+        f"cannot tell which rows of {write.table} are the entity's: no key or replace_by column ({have})"
+        f" is mapped to exactly entity.{key}; map one from entity.{key}, or write on_delete: {OnDelete.KEEP}"
+        " (history, or a table shared by entities)"
     )
 
 

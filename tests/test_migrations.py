@@ -38,12 +38,18 @@ def test_check_on_an_empty_database_names_everything_and_the_command(db: Databas
 def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
     """The first migrate applies every versioned file, a second one applies nothing and check passes."""
     source = make_source()
-    assert migrations.migrate(db.conn, [source]) == ["0001_base", "0002_rate_limits", "0003_rate_limit_restamp"]
+    assert migrations.migrate(db.conn, [source]) == [
+        "0001_base",
+        "0002_rate_limits",
+        "0003_rate_limit_restamp",
+        "0004_deletes",
+    ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
         (1, "0001_base"),
         (2, "0002_rate_limits"),
         (3, "0003_rate_limit_restamp"),
+        (4, "0004_deletes"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -195,7 +201,12 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
     """Supabase: jobs gain heartbeat/requests/metadata, the enum accepts our source, rows and function survive."""
     db.run((DATA / "supabase.sql").read_text())
     source = make_source("storefront_v2", writes=(APPS,))
-    assert migrations.migrate(db.conn, [source]) == ["0001_base", "0002_rate_limits", "0003_rate_limit_restamp"]
+    assert migrations.migrate(db.conn, [source]) == [
+        "0001_base",
+        "0002_rate_limits",
+        "0003_rate_limit_restamp",
+        "0004_deletes",
+    ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [
         (10, 50, "storefront"),
