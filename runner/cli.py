@@ -27,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 from runner import (
     config,
     database,
+    deletes,
     engine,
     explain,
     ids,
@@ -252,7 +253,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if options.dry_run and getattr(args, "explain", False):
             explain.print_reports([report], sources, settings.redact)
         elif options.dry_run:
-            _print_traces(report, settings.redact)
+            _print_traces(report, next(s for s in sources if s.name == report.source), settings.redact)
         _summarise(report)
     workflow.write_step_summary(environ, reports, progress.top_errors())
     return max(_exit_code(report) for report in reports)
@@ -421,7 +422,7 @@ def _summarise(report: engine.Report) -> None:
     print(line + (f"; {report.error}" if report.error else ""), file=sys.stderr)
 
 
-def _print_traces(report: engine.Report, redact: Redactor) -> None:
+def _print_traces(report: engine.Report, source: spec.Source, redact: Redactor) -> None:
     for trace in report.traces:
         result = trace.result
         key = result.key if result else trace.entity
@@ -435,6 +436,9 @@ def _print_traces(report: engine.Report, redact: Redactor) -> None:
         print(f"   outcome  {result.outcome.value}" + (f" (rule: {trace.rule})" if trace.rule else ""))
         if result.error:
             print(f"   error    {redact(result.error)}")
+        if result.outcome is spec.Outcome.DELETE:  # what a real run would remove (or keep), in its order
+            for line in deletes.described(source, trace.entity):
+                print(f"   {redact(line)}")
         for index, rows in result.rows.items():
             for row in rows:
                 print(f"   row      {index}: {redact(repr(row))}")

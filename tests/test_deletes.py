@@ -169,6 +169,10 @@ def test_test_read_shows_what_would_go_and_deletes_nothing(
         "  delete    stations where id = 2\n"
     ) in out
     assert "0 error, 1 delete;" in out
+    assert cli.main(["run", str(file), "--dry-run", "--ids", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "   outcome  delete (rule: gone)\n   keep      station_daily" in out
+    assert "   delete    stations where id = 4\n" in out
     assert env.scalar("select count(*) from stations") == 5
     assert env.scalar("select count(*) from syncrun_state") == 0
     assert env.scalar("select count(*) from sync_jobs") == 0
