@@ -70,7 +70,7 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult]
         extra = gone[key].status_values
         marks.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
     for names, params in marks.items():
-        with _named(status, "status columns of a deleted entity"):
+        with _named(status, "status columns of a deleted entity", names):
             many = partial(update_many_sql, stamp=False)
             _run(cursor, status, columns, names, params, update_sql(status, touch, names, stamp=False), many)
     if status.error_columns:
@@ -121,9 +121,9 @@ def _run(
 
 
 @contextmanager
-def _named(status: Status, what: str) -> Iterator[None]:
-    """Say that it was the status stamp, and where, whatever PostgreSQL said."""
-    where = f"{what} ({status.table}.{status.column})"
+def _named(status: Status, what: str, columns: tuple[str, ...] = ()) -> Iterator[None]:
+    """Say that it was the status stamp (or which `columns`), and where, whatever PostgreSQL said."""
+    where = f"{what} ({', '.join(f'{status.table}.{c}' for c in columns or (status.column,))})"
     try:
         yield
     except targets.Failed as failure:

@@ -17,7 +17,8 @@ a definitive error backs off `BACKOFF_BASE * 2^(n-1)` capped at `BACKOFF_CAP` (1
 ... 24 h); a transient error (retries exhausted) records the error without advancing the backoff.
 Every processed entity's claim is released.
 
-Statements per batch, whatever its size: the targets' (runner.targets), one status stamp per set of
+Statements per batch, whatever its size: one delete per deleting table when the batch has deleted
+entities (runner.deletes), the targets' (runner.targets), one status stamp per set of
 `status.set` columns (usually one; an `insert ... select from unnest(...) on conflict`), one update
 of the seed's error columns, one `syncrun_state` upsert from arrays (plus one per extra occurrence of
 an entity repeated in the batch). Row by row, a 500-entity batch was ~1,000 statements: ~178 µs per

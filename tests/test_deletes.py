@@ -155,6 +155,33 @@ def test_a_failing_delete_rolls_the_entity_back(env: Database, api: ApiServer, t
     assert env.rows("select items_failed, items_deleted from sync_jobs") == [(1, 1)]
 
 
+def test_a_failing_status_update_after_the_deletes_rolls_them_back(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """The rule's `set` puts a null into a NOT NULL status column: it fails after both entities' rows
+    were deleted, so neither entity's delete commits; the successes do."""
+    file = seeded(env, tmp_path, api)
+    file.write_text(SOURCE.replace("set: {retired: true}", "set: {retired: body.nope}"))
+    assert cli.main(["run", str(file)]) == 0
+    assert env.rows("select id from stations order by id") == [(1,), (2,), (3,), (4,), (5,)]
+    assert env.rows("select station_id, count(*) from station_sensors group by 1 order by 1") == [
+        (1, 1),
+        (2, 2),
+        (3, 1),
+        (4, 2),
+        (5, 2),
+    ]
+    errors = env.rows(
+        "select entity_key, deleted_at is null, last_error from syncrun_state where consecutive_errors = 1 order by 1"
+    )
+    assert [row[:2] for row in errors] == [("2", True), ("4", True)]
+    assert errors[0][2] == (
+        "status columns of a deleted entity (station_status.retired): station_status: null value in column"
+        ' "retired" of relation "station_status" violates not-null constraint'
+    )
+    assert env.rows("select items_succeeded, items_failed, items_deleted from sync_jobs") == [(2, 2, 0)]
+
+
 def test_test_read_shows_what_would_go_and_deletes_nothing(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
