@@ -74,7 +74,9 @@ def seeded(db: Database, tmp: Path, api: ApiServer, gone: tuple[int, ...] = (2, 
     return file
 
 
-def test_gone_entities_lose_exactly_their_rows(env: Database, api: ApiServer, tmp_path: Path) -> None:
+def test_gone_entities_lose_exactly_their_rows(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """2 and 4 answer 410: their stations and sensors rows go, their daily history stays (on_delete:
     keep); 1 and 3 are synced; 5 (not selected) is untouched. State, status and job record it."""
     file = seeded(env, tmp_path, api)
@@ -113,6 +115,8 @@ def test_gone_entities_lose_exactly_their_rows(env: Database, api: ApiServer, tm
         "select status, items_processed, items_succeeded, items_failed, items_skipped, items_deleted"
         " from sync_jobs where job_type = 'stations'"
     ) == [("completed", 4, 2, 0, 0, 2)]
+    assert cli.main(["status", str(file)]) == 0
+    assert "   gone 2\n" in capsys.readouterr().out
 
 
 def test_a_gone_entity_is_not_selected_again_until_ids_finds_it_back(
