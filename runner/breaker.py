@@ -8,12 +8,17 @@ Two trips, both ending the run as `failed` with one clear message and penalising
 - **outage**: `OUTAGE_TRIP` consecutive entities that failed with transient errors (5xx, 429,
   timeouts, connection resets) after all their retries: the API is down, not those entities.
 
-Any success or skip closes the breaker again (resets both counts).
+Any success or skip closes the breaker again (resets both counts). The engine counts each entity as
+its outcome is decided, not when its write batch commits, so at most `AUTH_TRIP` refused requests (plus
+those already in flight, up to `concurrency - 1`) go out before the run stops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from runner.spec import Outcome
+from runner.writer import EntityResult
 
 AUTH_STATUSES = frozenset({401, 403})
 AUTH_TRIP = 5
@@ -24,6 +29,13 @@ OUTAGE_TRIP = 20
 class Breaker:
     auth: int = 0
     outage: int = 0
+
+    def judge(self, result: EntityResult, status: int | None) -> str | None:
+        """Count one entity's outcome as soon as it is known (before it is written): a refused
+        credential is an auth failure, any other non-definitive failure a transient one."""
+        failed = result.outcome is Outcome.ERROR
+        auth = failed and status in AUTH_STATUSES
+        return self.observe(failed=failed, auth=auth, transient=failed and not result.definitive and not auth)
 
     def observe(self, *, failed: bool, auth: bool, transient: bool) -> str | None:
         """Count one finished entity; the trip message when the breaker opens, else None."""

@@ -27,8 +27,10 @@ from psycopg.conninfo import make_conninfo
 from runner import (
     config,
     database,
+    deletes,
     engine,
     explain,
+    ids,
     jobs,
     logs,
     migrations,
@@ -251,7 +253,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if options.dry_run and getattr(args, "explain", False):
             explain.print_reports([report], sources, settings.redact)
         elif options.dry_run:
-            _print_traces(report, settings.redact)
+            _print_traces(report, next(s for s in sources if s.name == report.source), settings.redact)
         _summarise(report)
     workflow.write_step_summary(environ, reports, progress.top_errors())
     return max(_exit_code(report) for report in reports)
@@ -332,7 +334,7 @@ async def _execute(
     dsn: str | None,
     playback: _Playback = _Playback(),
 ) -> list[engine.Report]:
-    needs_db = not (options.dry_run and options.ids and all(_key_only(s) for s in sources))
+    needs_db = not (options.dry_run and options.ids and all(ids.key_only(s) for s in sources))
     target = await asyncio.to_thread(database.open_target, dsn) if needs_db else None
     catalog = None
     if target is not None:
@@ -340,6 +342,10 @@ async def _execute(
             if target.embedded:
                 migrations.migrate(conn, sources)
             catalog = migrations.check(conn, sources)
+            for source in sources:  # a broken selection, or --ids it cannot supply, exits 2 before any job row
+                selection.check(conn, source)
+                if options.ids:
+                    ids.missing(conn, source, options.ids)
             reaped = jobs.reap(conn, options.stale_after)
             if reaped:
                 log.warning(
@@ -399,10 +405,6 @@ def _transports(
     return None, recorders
 
 
-def _key_only(source: spec.Source) -> bool:
-    return source.entities.column_names <= {source.entities.key}
-
-
 def _exit_code(report: engine.Report) -> int:
     if report.status == "cancelled":
         return 128 + (report.signal or 15)
@@ -414,12 +416,13 @@ def _summarise(report: engine.Report) -> None:
     rate = c.requests / report.elapsed if report.elapsed else 0.0
     line = (
         f"{report.source}: {report.status} — processed {c.processed}, succeeded {c.succeeded}, "
-        f"failed {c.failed}, skipped {c.skipped}; {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
+        f"failed {c.failed}, skipped {c.skipped}{f', deleted {c.deleted}' if c.deleted else ''};"
+        f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
     print(line + (f"; {report.error}" if report.error else ""), file=sys.stderr)
 
 
-def _print_traces(report: engine.Report, redact: Redactor) -> None:
+def _print_traces(report: engine.Report, source: spec.Source, redact: Redactor) -> None:
     for trace in report.traces:
         result = trace.result
         key = result.key if result else trace.entity
@@ -433,6 +436,9 @@ def _print_traces(report: engine.Report, redact: Redactor) -> None:
         print(f"   outcome  {result.outcome.value}" + (f" (rule: {trace.rule})" if trace.rule else ""))
         if result.error:
             print(f"   error    {redact(result.error)}")
+        if result.outcome is spec.Outcome.DELETE:  # what a real run would remove (or keep), in its order
+            for line in deletes.described(source, trace.entity):
+                print(f"   {redact(line)}")
         for index, rows in result.rows.items():
             for row in rows:
                 print(f"   row      {index}: {redact(repr(row))}")
@@ -521,7 +527,8 @@ def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     new = commands.add_parser("new", help="write a starter source file from a URL and a sample response")
     new.add_argument("name", help="the source name (lower-case letters, digits and _)")
     new.add_argument("--url", required=True, help="the endpoint, with {placeholders} for entity columns")
-    new.add_argument("--sample", type=Path, help="a JSON response of the endpoint, to infer mappings from")
+    new.add_argument("--sample", type=Path, help="a JSON response of the endpoint (default: fetch the URL)")
+    new.add_argument("--id", help="without --sample: the key to fetch a sample of (fills the URL's placeholder)")
     new.add_argument("--out", type=Path, help="where to write it (default: sources/NAME.yaml)")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
     new.set_defaults(handler=_new)
@@ -584,7 +591,8 @@ def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from runner import scaffold
 
     out = args.out or Path("sources") / f"{args.name}.yaml"
-    text = scaffold.source_text(args.name, args.url, scaffold.read_sample(args.sample) if args.sample else None, out)
+    sample = scaffold.read_sample(args.sample) if args.sample else scaffold.fetch_sample(args.url, args.id)
+    text = scaffold.source_text(args.name, args.url, sample, out)
     scaffold.write(out, text, force=args.force)
     print(f"wrote {out}: edit it, then `syncrun validate {out}` and `syncrun test-read {out} --ids …`")
     return 0

@@ -12,11 +12,11 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-from runner import spec, templating
+from runner import deletes, spec, templating
 from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
@@ -206,8 +206,8 @@ class _Builder:
             "retry": self.retry(),
             "outcomes": self.outcomes(columns),
             "records": self.optional_expression(("records",), self.mapping_roots(columns, record=False)),
-            "writes": self.writes(columns),
-            "status": self.status(name or "source", columns),
+            "writes": self.deletes(self.writes(columns), entities),
+            "status": self.status(name or "source", columns, entities is not None and entities.type.value == "list"),
             "before": self.steps("before"),
             "after": self.steps("after"),
             "schedule": self.schedule(),
@@ -488,7 +488,35 @@ class _Builder:
             when=self.optional_expression((*path, "when"), roots, raw),
             replace_by=tuple(raw.get("replace_by", ())),
             lookups=lookups,
+            on_delete=spec.OnDelete(raw.get("on_delete", "delete")),
         )
+
+    def deletes(
+        self, writes: tuple[spec.Write, ...] | None, entities: spec.Entities | None
+    ) -> tuple[spec.Write, ...] | None:
+        """With an `outcome: delete` rule, each deleting write's `delete_by` (runner.deletes), or why
+        its rows of an entity cannot be told: never a guess."""
+        rules = [
+            i
+            for i, r in enumerate(self.section("outcomes") or [])
+            if isinstance(r, dict) and r.get("outcome") == "delete"
+        ]
+        if not rules or writes is None or entities is None or len(writes) != len(self.raw["writes"]):
+            return writes
+        if entities.type is spec.SelectionType.LIST:
+            self.add(("outcomes", rules[0], "outcome"), "a list source has no entities to delete (a page is no entity)")
+            return writes
+        built = []
+        for i, write in enumerate(writes):
+            if write.on_delete is spec.OnDelete.KEEP:
+                built.append(write)
+                continue
+            delete_by, why = deletes.columns(write, entities.key)
+            if why is not None:
+                where = ("writes", i, "on_delete") if "on_delete" in self.raw["writes"][i] else ("writes", i)
+                self.add(where, f"outcome delete (outcomes[{rules[0]}]) {why}")
+            built.append(replace(write, delete_by=delete_by))
+        return tuple(built)
 
     def lookup(self, path: Path_, raw: JSON, roots: Roots) -> spec.Lookup:
         value = self.expression((*path, "value"), raw["value"], roots) or Expression.compile("@")
@@ -524,8 +552,16 @@ class _Builder:
         return roots if record else {k: v for k, v in roots.items() if k != "record"}
 
     # -- status ------------------------------------------------------------------------------------
-    def status(self, name: str, columns: frozenset[str] | None) -> spec.Status | None:
+    def status(self, name: str, columns: frozenset[str] | None, listed: bool) -> spec.Status | None:
         raw = self.section("status", {})
+        if listed:  # a page is no entity: a stamp would have been keyed by the page number
+            if isinstance(self.raw.get("status"), dict):
+                self.add(
+                    ("status",),
+                    "a list source has no entities to stamp: write status: false (rows of a status"
+                    " table are written by a write, e.g. mode: insert)",
+                )
+            return None
         if raw is None or raw is False:
             return None
         roots = self.mapping_roots(columns, record=False)

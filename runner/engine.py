@@ -163,6 +163,7 @@ class _Run:
             if not traces:  # the run failed under this group (Retry-After beyond max_wait): release it
                 self.unprocessed.extend(keys)
             for trace in traces:
+                self.judge(trace)
                 await self.results.put(trace)
             self.inflight.difference_update(keys)
 
@@ -351,23 +352,21 @@ class _Run:
         result = trace.result
         assert result is not None
         c = self.report.counters
-        kind = {"success": "succeeded", "error": "failed"}.get(result.outcome.value, "skipped")
+        kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
         c = replace(c, processed=c.processed + 1, **{kind: getattr(c, kind) + 1})
         self.report.counters = c
         progress.tick(self.source.name, c, result.error)
-        failed = result.outcome is spec.Outcome.ERROR
-        if failed:
+        if result.outcome is spec.Outcome.ERROR:
             log.warning("%s %s failed: %s", self.source.name, result.key, result.error)
-        trip = self.breaker.observe(
-            failed=failed,
-            auth=failed and trace.status in breaker.AUTH_STATUSES,
-            transient=failed and not result.definitive and trace.status not in breaker.AUTH_STATUSES,
-        )
-        if trip:
-            log.error("%s: %s", self.source.name, trip)
-            self.halt("failed", trip)
         if c.processed % self.options.progress_every == 0:
             log.info("progress", extra={"source": self.source.name, **self.progress()})
+
+    def judge(self, trace: Trace) -> None:
+        """Each outcome reaches the breaker when known, not when written (a batch of bad-key requests later)."""
+        assert trace.result is not None
+        if trip := self.breaker.judge(trace.result, trace.status):
+            log.error("%s: %s", self.source.name, trip)
+            self.halt("failed", trip)
 
     def progress(self) -> dict[str, JSON]:
         c = self.report.counters

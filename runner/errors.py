@@ -6,6 +6,7 @@ SyncrunError                       base; `exit_code` says what the CLI returns
 ├── SettingError                   a ${env.X}/${secret.X} is unset at run start     (exit 2)
 ├── SchemaMismatch                 the database lacks a table/column a source needs (exit 2)
 ├── DatabaseError                  PostgreSQL or Redis unreachable or failing      (exit 1)
+│   └── SelectionError             the selection's query or column settings fail   (exit 2)
 ├── RunFailed                      the run as a whole failed (Retry-After beyond max_wait,
 │                                  circuit breaker, fail_ratio exceeded)           (exit 1)
 └── EntityError                    one entity failed; the run goes on (never reaches the CLI)
@@ -68,6 +69,14 @@ class SchemaMismatch(SyncrunError):
 
 class DatabaseError(SyncrunError):
     exit_code = 1
+
+
+class SelectionError(DatabaseError):
+    """Selecting entities failed because of the source's own settings (its `entities.sql`, function
+    or column names): the message names the setting. A DatabaseError, so a run that meets it mid-way
+    fails like any database failure; found by the check at run start, it exits 2."""
+
+    exit_code = 2
 
 
 class RunFailed(SyncrunError):

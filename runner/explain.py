@@ -2,8 +2,8 @@
 
 Per entity: the request URLs (secrets masked), the status, the time, a body excerpt, the outcome and
 the rule that decided it, the error if any, the status columns a success would stamp and the rows
-each table would get. It prints what `run --dry-run --ids` computed on the same code path; nothing
-is written.
+each table would get (for a delete: each table's rows that would go, or that its on_delete keeps).
+It prints what `run --dry-run --ids` computed on the same code path; nothing is written.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from runner import spec
+from runner import deletes, spec
 from runner.redaction import Redactor
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ def explain(report: Report, source: spec.Source, redact: Redactor) -> str:
     c = report.counters
     lines.append(
         f"{source.name}: {asked} entit{'y' if asked == 1 else 'ies'} read — {c.succeeded} success, {c.skipped} skip,"
-        f" {c.failed} error; {c.requests} request(s). Dry run: nothing was written."
+        f" {c.failed} error{f', {c.deleted} delete' if c.deleted else ''}; {c.requests} request(s)."
+        " Dry run: nothing was written."
     )
     if report.error:
         lines.append(f"{source.name}: the run stopped: {redact(report.error)}")
@@ -74,6 +75,8 @@ def _entity(trace: Trace, source: spec.Source, redact: Redactor) -> list[str]:
         lines.append(f"  stamp     {source.status.table}.{source.status.column}: {stamped}")
         for column, value in sorted(result.status_values.items()):
             lines.append(f"  status    {source.status.table}.{column} = {_value(value, redact)}")
+    if result.outcome is spec.Outcome.DELETE:  # what a real run would remove, in the order it would
+        lines += [f"  {line}" for line in deletes.described(source, trace.entity)]
     for index, write in enumerate(source.writes):
         rows = result.rows.get(index, [])
         if result.outcome is not spec.Outcome.SUCCESS:

@@ -6,7 +6,11 @@ Two kinds of SQL file:
 - `jobs_table.sql` / `status_table.sql`: the seed-shaped tables, whose names come from the sources.
   They are idempotent and re-applied on every migrate, so a new source pointing at a new status
   table, or an old seed-shaped table, is brought up to date by the same command.
-Then each source gets its `last_<source>_sync` column (and its selection columns).
+Then each source gets the status-table columns its settings use, and nothing else: its
+`last_<source>_sync` stamp; with the default selection its priority/syncable/interval columns (those
+not set to null); the `last_error_*` columns unless `error_columns: false`; and, for a source
+selecting with `function: get_apps_for_sync`, that function (when the schema has none) and the
+columns it reads.
 
 `migrate` runs everything in one transaction under an advisory lock, so two migrates never race.
 `check` never changes anything: it names every missing table/column and the command that fixes it,
@@ -30,6 +34,7 @@ from runner.errors import SchemaMismatch
 from runner.spec import QualifiedName, SelectionType, Source, Write
 
 JOBS_TABLE = QualifiedName(None, "sync_jobs")
+SEED_FUNCTION = "get_apps_for_sync"
 SQL_DIR = Path(__file__).parent / "sql"
 KEY_TYPES = {"int": "integer", "bigint": "bigint", "text": "text"}
 _VERSIONED = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -38,7 +43,15 @@ _LOCK_KEY = 7_305_215_001  # pg_advisory_xact_lock key for `migrate`; any consta
 # name -> column types, e.g. {QualifiedName(None, "apps"): {"appid": "integer", "name": "text"}}
 Catalog = dict[QualifiedName, dict[str, str]]
 
-JOB_COLUMNS = ("heartbeat_at", "requests_made", "metadata", "items_created", "items_updated", "items_skipped")
+JOB_COLUMNS = (
+    "heartbeat_at",
+    "requests_made",
+    "metadata",
+    "items_created",
+    "items_updated",
+    "items_skipped",
+    "items_deleted",
+)
 ERROR_COLUMNS = ("last_error_source", "last_error_message", "last_error_at")
 OWN_TABLES = ("syncrun_migrations", "syncrun_state", "syncrun_cursors")
 
@@ -66,26 +79,47 @@ def _jobs_sql(jobs: QualifiedName) -> sql.Composed:
 def _status_sql(source: Source) -> sql.Composed:
     assert source.status is not None
     table = source.status.table
-    schema = sql.Literal(table.schema) if table.schema else sql.SQL("current_schema()")
-    function = QualifiedName(table.schema, "get_apps_for_sync")
     return _template(
         "status_table.sql",
         status_table=identifier(table),
+        key=sql.Identifier(source.status.key),
+        key_type=sql.SQL(KEY_TYPES[source.entities.key_type]),
+    )
+
+
+def _seed_function(source: Source) -> bool:
+    """Whether the source selects with the seed's get_apps_for_sync in its status table's schema."""
+    function, status = source.entities.function, source.status
+    return (
+        source.entities.type is SelectionType.FUNCTION
+        and function is not None
+        and status is not None
+        and function.name == SEED_FUNCTION
+        and function.schema in (None, status.table.schema)
+    )
+
+
+def _function_sql(source: Source) -> sql.Composed:
+    assert source.status is not None
+    table = source.status.table
+    schema = sql.Literal(table.schema) if table.schema else sql.SQL("current_schema()")
+    return _template(
+        "status_function.sql",
         status_literal=sql.Literal(regclass_text(table)),
         key=sql.Identifier(source.status.key),
         key_literal=sql.Literal(source.status.key),
         key_type=sql.SQL(KEY_TYPES[source.entities.key_type]),
-        function=identifier(function),
+        function=identifier(QualifiedName(table.schema, SEED_FUNCTION)),
         function_schema=schema,
     )
 
 
 def _source_columns(source: Source) -> list[tuple[str, str]]:
-    """(column, DDL type) this source needs on its status table beyond the generic ones."""
+    """(column, DDL type) this source's settings use on its status table; migrate adds nothing else."""
     assert source.status is not None
     needed = [(source.status.column, "timestamptz")]
-    if source.entities.type is SelectionType.DEFAULT:
-        entities = source.entities
+    entities = source.entities
+    if entities.type is SelectionType.DEFAULT:
         for column, ddl in (
             (entities.priority_column, "int default 0"),
             (entities.syncable_column, "boolean default true"),
@@ -93,6 +127,11 @@ def _source_columns(source: Source) -> list[tuple[str, str]]:
         ):
             if column:
                 needed.append((column, ddl))
+    elif _seed_function(source):  # the columns get_apps_for_sync reads
+        needed += [("priority_score", "int default 0"), ("is_syncable", "boolean default true")]
+        needed += [("sync_interval_hours", "int default 24")]
+    if source.status.error_columns:
+        needed += list(zip(ERROR_COLUMNS, ("text", "text", "timestamptz"), strict=True))
     return needed
 
 
@@ -151,6 +190,7 @@ def _ensure_sql(sources: Sequence[Source], jobs: QualifiedName) -> list[sql.Comp
     for source in sources:
         if source.status is not None:
             statements += list(_source_sql(source))
+    statements += [_function_sql(source) for source in _status_sources(filter(_seed_function, sources))]
     return statements
 
 
@@ -204,15 +244,16 @@ def _display(path: Path) -> str:
     return str(path)
 
 
-def table_columns(conn: psycopg.Connection, table: QualifiedName) -> dict[str, str] | None:
-    """Column name -> `format_type` text ("integer", "numeric(10,2)", "jsonb"), or None if no table."""
+def table_columns(conn: psycopg.Connection, table: QualifiedName, *, generated: bool = True) -> dict[str, str] | None:
+    """Column name -> `format_type` text ("integer", "numeric(10,2)", "jsonb"), or None if no table.
+    `generated=False` leaves generated columns out: nothing may write them (nor touch updated_at)."""
     row = conn.execute("select to_regclass(%s)::oid", (regclass_text(table),)).fetchone()
     if row is None or row[0] is None:
         return None
     rows = conn.execute(
         "select attname, format_type(atttypid, atttypmod) from pg_attribute"
-        " where attrelid = %s and attnum > 0 and not attisdropped order by attnum",
-        (row[0],),
+        " where attrelid = %s and attnum > 0 and not attisdropped and (%s or attgenerated = '') order by attnum",
+        (row[0], generated),
     ).fetchall()
     return {name: type_ for name, type_ in rows}
 
@@ -279,8 +320,15 @@ def _status_problems(conn: psycopg.Connection, source: Source) -> list[str]:
     if columns is None:
         return [f"{table} is missing: {fix}"]
     wanted = [c for c, _ in _source_columns(source)]
-    wanted += list(ERROR_COLUMNS) if source.status.error_columns else []
+    writable = table_columns(conn, table, generated=False) or {}
+    stamped = [source.status.column, *(f.column for f in source.status.set)]
+    stamped += list(ERROR_COLUMNS) if source.status.error_columns else []
     problems = [f"{table}.{c} is missing: {fix}" for c in wanted if c not in columns]
+    problems += [
+        f"{table}.{c} is a generated column: the status stamp cannot write it ({_display(source.path)} status)"
+        for c in dict.fromkeys(stamped)
+        if c in columns and c not in writable
+    ]
     if source.status.key not in columns:
         problems.append(f"{table}.{source.status.key} is missing: {table} needs its key column (status.key)")
     if source.entities.type is SelectionType.DEFAULT:
@@ -316,8 +364,8 @@ def _targets(conn: psycopg.Connection, sources: Sequence[Source]) -> tuple[Catal
     catalog: Catalog = {}
     problems: list[str] = []
     for source in sources:
-        if source.status is not None:
-            catalog[source.status.table] = table_columns(conn, source.status.table) or {}
+        if source.status is not None:  # what the stamp may write: a generated updated_at is left alone
+            catalog[source.status.table] = table_columns(conn, source.status.table, generated=False) or {}
         for index, write in enumerate(source.writes):
             where = f"({_display(source.path)} writes[{index}])"
             problems += _lookup_problems(conn, write, catalog, where)

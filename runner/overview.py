@@ -53,6 +53,7 @@ class SourceState:
     skip_until: int = 0
     claimed: int = 0
     failing: int = 0
+    deleted: int = 0  # found gone by an `outcome: delete` (syncrun_state.deleted_at): never selected again
     top_errors: list[tuple[str, int]] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -116,7 +117,8 @@ def _state(conn: psycopg.Connection, source: Source, state: SourceState) -> None
             "select count(*) filter (where next_attempt_at > now()),"
             " count(*) filter (where skip_until > now()),"
             " count(*) filter (where claimed_by is not null and claim_expires_at > now()),"
-            " count(*) filter (where consecutive_errors > 0)"
+            " count(*) filter (where consecutive_errors > 0),"
+            " count(*) filter (where deleted_at is not null)"
             " from syncrun_state where source = %s",
             (source.name,),
         ).fetchone()
@@ -127,7 +129,7 @@ def _state(conn: psycopg.Connection, source: Source, state: SourceState) -> None
             (source.name, TOP_ERRORS),
         ).fetchall()
     assert row is not None
-    state.backoff, state.skip_until, state.claimed, state.failing = (int(v) for v in row)
+    state.backoff, state.skip_until, state.claimed, state.failing, state.deleted = (int(v) for v in row)
     state.top_errors = [(str(message), int(count)) for message, count in errors]
 
 
@@ -185,7 +187,7 @@ def format_text(states: list[SourceState], redact: Redactor | None = None) -> st
         out.append(f"  entities {_n(state.entities)}   due now {_n(state.due)}   never synced {_n(state.never_synced)}")
         out.append(
             f"  backing off {state.backoff:,}   skip-until {state.skip_until:,}   claimed {state.claimed:,}"
-            f"   failing {state.failing:,}"
+            f"   failing {state.failing:,}" + (f"   gone {state.deleted:,}" if state.deleted else "")
         )
         out += [f"  note: {redact(note)}" for note in state.notes]
         if state.top_errors:

@@ -1,10 +1,14 @@
-"""`syncrun new NAME --url … --sample …`: a starter source file, valid as written, ready to edit.
+"""`syncrun new NAME --url … [--sample …]`: a starter source file, valid as written, ready to edit.
 
-The URL's `{placeholders}` become the entity columns (the first is the key). From a sample response
-it guesses `records` (a lone wrapper key like `data` is unwrapped), one mapping per field with a
-type-appropriate function (as_int, as_float, parse_date), nested objects flattened one level, and
-each nested list offered as a commented child table (one row per item). Every guess carries a
-comment; `syncrun validate` passes on the result.
+The URL's `{placeholders}` become the entity columns (the first is the key); a URL with none is a list
+endpoint, and makes a list-shaped source (`entities: {type: list}`) keyed by the records' id. The
+sample is a saved response (`--sample`), or, without one, fetched from the URL itself (`--id` fills
+the key placeholder). From it, it guesses `records`: a lone wrapper key like `data` is unwrapped, as
+are the common list envelopes (`{data: […], meta, links}`, `{results: […]}`, `{items: […]}`) and
+JSON:API's `data[].attributes`. Then one mapping per field with a type-appropriate function (as_int,
+as_float, parse_date, from_unix for epoch-second timestamps), nested objects flattened one level,
+each nested list offered as a commented child table (one row per item), and the key's type from its
+value (`"stn_123"` is text). Every guess carries a comment; `syncrun validate` passes on the result.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import yaml
 
 from runner import config, templating
@@ -26,6 +32,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 _PLAIN_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 _MAX_COLUMNS = 60
+_ENVELOPES = ("data", "results", "items", "records", "entries")  # where list APIs put the list
+_TIME_NAME = re.compile(r"(^|_)(at|time|timestamp|ts|ms|date|created|updated|modified|since|until)$|time|date")
+_EPOCH = (946_684_800, 4_102_444_800)  # 2000-01-01 .. 2100-01-01 in seconds
 
 
 MAX_SAMPLE = 20_000_000
@@ -46,6 +55,34 @@ def read_sample(path: Path) -> Any:
         raise UsageError(
             f"--sample {path}: not JSON syncrun can use ({problem or 'empty'}) — save one raw response"
             f" of the endpoint, e.g. `curl -s 'https://…/730' > {path}`"
+        )
+    return value
+
+
+def fetch_sample(url: str, key_value: str | None) -> Any:
+    """The endpoint's own answer as the sample: the URL as given (a list endpoint) or with its one
+    placeholder filled by `key_value`; None when it cannot be fetched as written (a setting in it,
+    or placeholders without a value). UsageError when the API does not answer with usable JSON."""
+    columns = placeholders(url)
+    if "${" in url or len(columns) > 1 or (columns and key_value is None):
+        return None
+    target = url.replace("{" + columns[0] + "}", quote(key_value or "", safe="")) if columns else url
+    try:
+        with httpx.stream("GET", target, timeout=30.0, follow_redirects=True) as response:
+            raw = b""
+            for chunk in response.iter_bytes():
+                raw += chunk
+                if len(raw) > MAX_SAMPLE:
+                    raise UsageError(f"--url: the answer is larger than {MAX_SAMPLE // 1_000_000} MB; pass --sample")
+    except httpx.HTTPError as error:
+        raise UsageError(
+            f"--url: could not fetch a sample ({type(error).__name__}): save one and pass --sample"
+        ) from None
+    value, problem = parse_json(raw)
+    if response.status_code >= 400 or problem or value is None:
+        raise UsageError(
+            f"--url: the API answered HTTP {response.status_code}{f' ({problem})' if problem else ''}, not a sample"
+            " to learn from: save a good response and pass --sample"
         )
     return value
 
@@ -89,6 +126,18 @@ def _type_of(value: Any) -> str:
     return "json"
 
 
+def _epoch(path: str, value: Any) -> str | None:
+    """`from_unix` / `from_unix_ms` when a whole number named like a time holds one (2000-2100)."""
+    name = path.rsplit(".", 1)[-1].strip('"').lower()
+    if not _TIME_NAME.search(name) or isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if _EPOCH[0] <= value <= _EPOCH[1]:
+        return "from_unix"
+    if _EPOCH[0] * 1000 <= value <= _EPOCH[1] * 1000:
+        return "from_unix_ms"
+    return None
+
+
 def _expression(path: str, value: Any) -> tuple[str, str]:
     """The mapping for a value at `path`, and the comment saying what was guessed."""
     kind = _type_of(value)
@@ -96,6 +145,9 @@ def _expression(path: str, value: Any) -> tuple[str, str]:
     sample = sample if len(sample) <= 40 else sample[:37] + "..."
     if value is None:
         return path, "null in the sample: type unknown"
+    if function := _epoch(path, value):
+        unit = "seconds" if function == "from_unix" else "milliseconds"
+        return f"{function}({path})", f"epoch {unit}, e.g. {sample} -> a timestamptz column"
     if kind in ("int", "bigint"):
         return f"as_int({path})", f"{kind}, e.g. {sample}"
     if kind == "float":
@@ -107,35 +159,47 @@ def _expression(path: str, value: Any) -> tuple[str, str]:
     return path, f"{kind}, e.g. {sample}"
 
 
-def _unwrap(sample: Any) -> tuple[str | None, Any]:
-    """(`records` expression, first record): a lone wrapper key (`{"data": …}`) is unwrapped."""
+def _unwrap(sample: Any) -> tuple[str | None, dict[str, Any], str]:
+    """(`records` expression, first record, where its fields sit): a lone wrapper key (`{"data": …}`)
+    or a list envelope (`{"data": […], "meta": …}`, `results`, `items`) is unwrapped, and a JSON:API
+    resource's fields are read under `attributes`."""
     path: list[str] = []
     node = sample
-    while isinstance(node, dict) and len(node) == 1:
-        ((key, inner),) = node.items()
-        if not isinstance(inner, dict | list):
+    while isinstance(node, dict):
+        if len(node) == 1 and isinstance(inner := next(iter(node.values())), dict | list):
+            key = next(iter(node))
+        elif (key := next((k for k in _ENVELOPES if isinstance(node.get(k), list)), None)) is not None:
+            inner = node[key]
+        else:
             break
         path.append(field(key))
         node = inner
     records = "body." + ".".join(path) if path else ("body" if isinstance(node, list) else None)
     if isinstance(node, list):
         node = next((item for item in node if isinstance(item, dict)), {})
-    return records, node if isinstance(node, dict) else {}
+    record = node if isinstance(node, dict) else {}
+    if isinstance(record.get("attributes"), dict) and "id" in record:  # JSON:API: {id, type, attributes}
+        return records, {"id": record["id"], **record["attributes"]}, "record.attributes"
+    return records, record, "record"
 
 
-def _columns(record: dict[str, Any], taken: set[str]) -> tuple[list[str], list[tuple[str, list[Any]]]]:
-    """Mapping lines for a record's fields, and its nested lists (name, items) for child tables."""
+def _columns(
+    record: dict[str, Any], taken: set[str], base: str = "record"
+) -> tuple[list[str], list[tuple[str, list[Any]]]]:
+    """Mapping lines for a record's fields, and its nested lists (name, items) for child tables.
+    Fields sit under `base` (`record.attributes` for JSON:API), except a JSON:API `id`."""
     lines: list[str] = []
     lists: list[tuple[str, list[Any]]] = []
     for key, value in record.items():
+        at = "record" if key == "id" else base
         if isinstance(value, list):
             lists.append((key, value))
             continue
         if isinstance(value, dict) and value and all(not isinstance(v, dict | list) for v in value.values()):
             for sub, inner in value.items():
-                lines.append(_line(f"{key}_{sub}", f"record.{field(key)}.{field(sub)}", inner, taken))
+                lines.append(_line(f"{key}_{sub}", f"{at}.{field(key)}.{field(sub)}", inner, taken))
             continue
-        lines.append(_line(key, f"record.{field(key)}", value, taken))
+        lines.append(_line(key, f"{at}.{field(key)}", value, taken))
     return [line for line in lines if line], lists
 
 
@@ -148,8 +212,8 @@ def _line(name: str, path: str, value: Any, taken: set[str], indent: str = "    
     return f"{indent}{column}: {_scalar(expression)}  # {comment}"
 
 
-def _child(name: str, field_name: str, items: list[Any], key: str) -> list[str]:
-    """A commented-out child table writing one row per item of a nested list."""
+def _child(name: str, field_name: str, items: list[Any], key: str, parent: str) -> list[str]:
+    """A commented-out child table writing one row per item of a nested list; `parent` maps its key."""
     table = identifier(f"{name}_{field_name}")[:63]
     first = next((item for item in items if item is not None), None)
     lines = [
@@ -163,7 +227,7 @@ def _child(name: str, field_name: str, items: list[Any], key: str) -> list[str]:
             f"  #   key: [{key}, {identifier(second)}]",
             f"  #   rows: record.{field(field_name)}",
             "  #   columns:",
-            f"  #     {key}: entity.{key}",
+            f"  #     {key}: {parent}",
         ]
         taken = {key}
         for sub in subkeys:
@@ -177,7 +241,7 @@ def _child(name: str, field_name: str, items: list[Any], key: str) -> list[str]:
             f"  #   key: [{key}, {column}]",
             f"  #   rows: record.{field(field_name)}",
             "  #   columns:",
-            f"  #     {key}: entity.{key}",
+            f"  #     {key}: {parent}",
             f"  #     {column}: {_scalar(expression)}  # {comment}",
         ]
     return lines
@@ -203,15 +267,16 @@ def source_text(name: str, url: str, sample: Any, out: Path) -> str:
             f"source name {name!r}: use lower-case letters, digits and _, starting with a letter (e.g. {suggestion!r})"
         )
     columns = placeholders(url)
-    if not columns:
-        raise UsageError(
-            f"--url {url!r} has no {{placeholder}}: put the entity key where it goes,"
-            " e.g. https://api.example.com/items/{id}"
-        )
-    key = columns[0]
     project = config._project(out)[0]
-    records, record = _unwrap(sample) if sample is not None else (None, {})
-    key_type = project.key_type if key == project.key else _key_type(record.get(key))
+    records, record, base = _unwrap(sample) if sample is not None else (None, {}, "record")
+    listed = not columns
+    key = _list_key(record) if listed else columns[0]
+    if listed:
+        key_type = _key_type(record.get(key), "text")
+    elif key == project.key:
+        key_type = project.key_type
+    else:  # the URL's name for it, or the record's own `id`
+        key_type = _key_type(record.get(key, record.get("id")), "int")
     guessed = {c: _type_of(record[c]) if record.get(c) is not None else "text" for c in columns[1:]}
     entity_types = {
         c: t if t in ("int", "bigint", "text", "float", "bool", "date") else "text" for c, t in guessed.items()
@@ -220,16 +285,14 @@ def source_text(name: str, url: str, sample: Any, out: Path) -> str:
 
     text = _schema_comment(out)
     text += f"# Written by `syncrun new {name}`: check every guess (marked with a comment), then\n"
-    text += f"# `syncrun validate {out.as_posix()}` and `syncrun test-read {out.as_posix()} --ids …`.\n"
+    read = "run --dry-run" if listed else "test-read"
+    text += f"# `syncrun validate {out.as_posix()}` and `syncrun {read} {out.as_posix()} --ids …`.\n"
     text += f"name: {name}\n"
     text += f"description: {_scalar(f'TODO: what {name} syncs, from {url}')}\n\n"
-    text += "entities:\n  type: default                     # due entities from the status table, never synced first\n"
-    if key != project.key:
-        text += f"  key: {key}\n"
-    text += f"  columns: {{{entity_columns}}}   # the URL's placeholders; the key first\n"
-    text += "  limit: 100                        # entities per run (--limit / BATCH_SIZE override it)\n"
-    text += "  refresh_interval: 24h\n\n"
+    text += _entities(listed, key, project.key, entity_columns)
     text += f"request:\n  url: {_scalar(url)}\n  timeout: 30s\n\n"
+    if listed:
+        text += _PAGINATION_HINT
     text += "rate_limit:                         # ask the API's documentation; retries take tokens too\n"
     text += f"  requests: 1\n  per: 1s\n  burst: 1\n  bucket: {name}\n\n"
     text += "retry:\n  attempts: 4\n  initial: 1s\n  max_delay: 30s\n  max_wait: 120s\n\n"
@@ -242,16 +305,21 @@ def source_text(name: str, url: str, sample: Any, out: Path) -> str:
     )
     if records:
         text += f"records: {_scalar(records)}\n\n"
-    taken = {key}
-    lines, lists = _columns(record, taken)
-    text += f"writes:\n  - table: {name}\n    key: [{key}]\n    columns:\n      {key}: entity.{key}\n"
+    taken = {identifier(key)}
+    lines, lists = _columns({k: v for k, v in record.items() if not (listed and k == key)}, taken, base)
+    mapped = f"{_expression(f'record.{field(key)}', record.get(key))[0]}" if listed else f"entity.{key}"
+    text += f"writes:\n  - table: {name}\n    key: [{identifier(key)}]\n    columns:\n"
+    text += f"      {identifier(key)}: {_scalar(mapped)}\n"
     if lines:
         text += "\n".join(lines) + "\n"
     else:
         text += "      # name: record.name             # one line per column: column: JMESPath over the record\n"
     for field_name, items in lists:
-        text += "\n".join(_child(name, field_name, items, key)) + "\n"
-    if key != project.key:
+        parent = f"record.{field(key)}" if listed else f"entity.{key}"
+        text += "\n".join(_child(name, field_name, items, identifier(key), parent)) + "\n"
+    if listed:
+        text += "\nstatus: false                       # a list has no entities to stamp\n"
+    elif key != project.key:
         text += (
             f"\nstatus:                             # where last_{name}_sync is stamped;"
             f" `syncrun migrate {out.as_posix()}` creates it\n"
@@ -260,12 +328,39 @@ def source_text(name: str, url: str, sample: Any, out: Path) -> str:
     return text
 
 
-def _key_type(value: Any) -> str:
+_PAGINATION_HINT = (
+    "# pagination:                       # a list endpoint is usually paged: see docs/reference.md#pagination\n"
+    "#   type: cursor\n"
+    "#   param: cursor\n"
+    '#   cursor: "body.meta.next_cursor"\n\n'
+)
+
+
+def _entities(listed: bool, key: str, project_key: str, columns: str) -> str:
+    if listed:
+        return "entities:\n  type: list                        # no placeholder in the URL: a list endpoint\n\n"
+    text = "entities:\n  type: default                     # due entities from the status table, never synced first\n"
+    if key != project_key:
+        text += f"  key: {key}\n"
+    text += f"  columns: {{{columns}}}   # the URL's placeholders; the key first\n"
+    text += "  limit: 100                        # entities per run (--limit / BATCH_SIZE override it)\n"
+    return text + "  refresh_interval: 24h\n\n"
+
+
+def _list_key(record: dict[str, Any]) -> str:
+    """A listed record's key: `id`, else the first field named like an id, else the first field."""
+    scalars = [k for k, v in record.items() if not isinstance(v, dict | list)]
+    named = [k for k in scalars if k.lower() == "id"] + [k for k in scalars if k.lower().endswith("id")]
+    return (named or scalars or ["id"])[0]
+
+
+def _key_type(value: Any, unknown: str) -> str:
+    """text for a text id (`"stn_123"`), int or bigint for a whole number, `unknown` without a sample."""
     if isinstance(value, str):
         return "text"
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**31 - 1:
-        return "bigint"
-    return "int"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "bigint" if abs(value) > 2**31 - 1 else "int"
+    return unknown
 
 
 def write(out: Path, text: str, *, force: bool = False) -> None:

@@ -7,12 +7,15 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
   priority desc, oldest stamp, key. Every sort key is made ascending (priority negated, a sentinel
   for the null stamp) so one row comparison `(a, b, c, d) > (...)` is the keyset cursor.
   Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
-  in the future, or a live claim by another holder.
+  in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), or a live claim by another
+  holder. The backoff, skip_until and deleted_at checks apply to function and sql selections too,
+  in the claim.
 - function: `select * from fn(name => value, ...)`. A function taking the `after_key` parameter
   is paged with it; any other function is called once with the whole limit.
 - sql: the user's query with `%(limit)s`, `%(after_key)s` (null first) and `%(source)s`; it must
   return the key column, order by it and start after `after_key`. Paged with after_key.
-- ids: exactly these entities (`--ids`), whether due or not (backoff is ignored, claims are not).
+- ids: exactly these entities (`--ids`), whether due or not (backoff is ignored, claims are not);
+  their columns come from the source's own selection (runner.ids).
 
 Claims, so several runners of one source never process the same entity at once: every chunk is
 claimed in the same statement that selects it, with `insert into syncrun_state ... on conflict do
@@ -40,9 +43,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from runner import ids as ids_
 from runner.database import identifier
-from runner.errors import UsageError
-from runner.migrations import KEY_TYPES
+from runner.errors import SelectionError
 from runner.spec import SelectionType, Source
 
 CHUNK_SIZE = 500
@@ -159,8 +162,10 @@ class _Claim:
 _FREE = sql.SQL("(st.claimed_by is null or st.claimed_by = {holder} or st.claim_expires_at <= now())").format(
     holder=sql.Placeholder("holder")
 )
+# A deleted entity counts as backing off forever: only `--ids` (which ignores backoff) takes it again.
 _NOT_BACKING_OFF = sql.SQL(
     "coalesce(st.next_attempt_at, '-infinity') <= now() and coalesce(st.skip_until, '-infinity') <= now()"
+    " and st.deleted_at is null"
 )
 
 
@@ -247,7 +252,8 @@ def _order_exprs(source: Source) -> list[sql.Composable]:
     stamp, priority = sql.Identifier(source.status.column), source.entities.priority_column
     return [
         sql.SQL("(s.{} is not null)").format(stamp),
-        sql.SQL("-coalesce(s.{}, 0)").format(sql.Identifier(priority)) if priority else sql.SQL("0"),
+        # `0::int`, not `0`: a bare integer in ORDER BY is a column position ("position 0 is not in select list")
+        sql.SQL("-coalesce(s.{}, 0)").format(sql.Identifier(priority)) if priority else sql.SQL("0::int"),
         sql.SQL("coalesce(s.{}, {})").format(stamp, sql.Literal(NEVER)),
         sql.SQL("s.{}").format(sql.Identifier(source.entities.key)),
     ]
@@ -276,7 +282,7 @@ def _default(
         if partition is not None:
             params.update(part_index=partition.shard, part_count=partition.shards)
         params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
-        rows = _fetch(conn, query, params)
+        rows = _fetch(conn, query, params, source)
         if not rows:
             return
         last = rows[-1]
@@ -286,16 +292,71 @@ def _default(
             return
 
 
-def _fetch(conn: psycopg.Connection, query: sql.SQL | sql.Composed, params: dict[str, Any]) -> list[Entity]:
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(query, params).fetchall()
+def _fetch(
+    conn: psycopg.Connection, query: sql.SQL | sql.Composed, params: dict[str, Any], source: Source
+) -> list[Entity]:
+    try:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+            return cursor.execute(query, params).fetchall()
+    except _SETTING_ERRORS as error:
+        raise SelectionError(_failed(source, error)) from None
+
+
+# What a selection's own settings can cause (an unknown or mistyped column, the user's SQL or function
+# raising); a lost connection stays a psycopg error, the caller's to report as such.
+_SETTING_ERRORS = (psycopg.errors.ProgrammingError, psycopg.errors.DataError, psycopg.errors.RaiseException)
+
+
+def setting(source: Source) -> str:
+    """The settings a source's selection is built from, as the user wrote them."""
+    entities = source.entities
+    if entities.type is SelectionType.SQL:
+        return "entities.sql"
+    if entities.type is SelectionType.FUNCTION:
+        return f"entities.function ({entities.function})"
+    named = [
+        f"{name}: {value}"
+        for name, value in (
+            ("priority_column", entities.priority_column),
+            ("interval_column", entities.interval_column),
+            ("syncable_column", entities.syncable_column),
+        )
+        if value
+    ]
+    table = source.status.table if source.status else "?"
+    return f"the default selection over {table} (entities: {', '.join(named) or 'no optional columns'})"
+
+
+def _failed(source: Source, error: psycopg.Error) -> str:
+    reason = error.diag.message_primary or str(error).strip()
+    return f"{source.name}: selecting entities with {setting(source)} failed: {reason}"
+
+
+def check(conn: psycopg.Connection, source: Source) -> None:
+    """Plan the source's first selection statement (EXPLAIN: nothing runs, nothing is claimed), so a
+    broken query or column setting stops the run at its start (SelectionError, exit 2), named."""
+    entities = source.entities
+    if entities.type is SelectionType.LIST or (entities.type is SelectionType.DEFAULT and source.status is None):
+        return
+    params: dict[str, Any] = {**_Claim(source.name, "check", 1.0).params(), "n": 1, "after": None}
+    if entities.type is SelectionType.DEFAULT:
+        query: sql.SQL | sql.Composed = _default_sql(source, False, False, False, True)
+    elif entities.type is SelectionType.FUNCTION:
+        query = _function_sql(source, 1, None)
+    else:
+        assert entities.sql is not None
+        query, params = sql.SQL(entities.sql), {"limit": 1, "after_key": None, "source": source.name}
+    _fetch(conn, sql.SQL("explain ") + query, params, source)
 
 
 def _public(row: Entity) -> Entity:
     return {name: value for name, value in row.items() if name not in _INTERNAL}
 
 
-# --- explicit ids ---------------------------------------------------------------------------------------
+# --- explicit ids (runner.ids finds their columns) ---------------------------------------------------
+cast_key = ids_.cast_key  # the command line and the engine cast --ids here
+
+
 def _by_ids(
     conn: psycopg.Connection, source: Source, ids: list[Any], claim: _Claim, budget: _Budget
 ) -> Iterator[list[Entity]]:
@@ -303,60 +364,11 @@ def _by_ids(
     typed = list(dict.fromkeys(cast_key(source, value) for value in ids))
     while typed and (size := budget.next()) > 0:
         page, typed = typed[:size], typed[size:]
-        if source.entities.type is SelectionType.DEFAULT and source.status is not None:
-            rows = _status_rows(conn, source, page)
-        else:
-            rows = [{key: value} for value in page]
-        yield budget.spend(_claimed(conn, claim, rows, key, backoff=False))
-
-
-_KEY_LIMITS = {"int": 2**31 - 1, "bigint": 2**63 - 1}  # PostgreSQL's integer and bigint
-
-
-def cast_key(source: Source, value: Any) -> Any:
-    """An `--ids` value as the key type (int for int/bigint keys); UsageError when it is not one of
-    them (`1e3`, `٣`, past the column's range), so the command line can refuse it before any job row."""
-    kind, text = source.entities.key_type, str(value)
-    if kind == "text":
-        return text
-    digits = text[1:] if text[:1] in "+-" else text
-    if digits.isascii() and digits.isdigit() and len(digits) <= 19 and abs(int(text)) <= _KEY_LIMITS[kind]:
-        return int(text)
-    raise UsageError(
-        f"--ids: {text!r} is not a whole number of the key's type ({source.name}'s key {source.entities.key} is {kind})"
-    )
-
-
-def _status_rows(conn: psycopg.Connection, source: Source, keys: list[Any]) -> list[Entity]:
-    """The declared columns of these entities from the status table (null where it has no row)."""
-    assert source.status is not None
-    key = sql.Identifier(source.entities.key)
-    others = [sql.SQL("s.{0} as {0}").format(sql.Identifier(c.name)) for c in source.entities.columns[1:]]
-    query = sql.SQL(
-        "select u.k as {key}{sep}{others} from unnest(%(keys)s::{type}[]) with ordinality u(k, n)"
-        " left join {status} s on s.{key} = u.k order by u.n"
-    ).format(
-        key=key,
-        sep=sql.SQL(", " if others else ""),
-        others=sql.SQL(", ").join(others),
-        type=sql.SQL(KEY_TYPES[source.entities.key_type]),
-        status=identifier(source.status.table),
-    )
-    return _fetch(conn, query, {"keys": keys})
+        yield budget.spend(_claimed(conn, claim, ids_.rows(conn, source, page), key, backoff=False))
 
 
 # --- function and sql selection -------------------------------------------------------------------------
-def _function_sql(source: Source, limit: int, after: Any) -> sql.Composed:
-    """`select * from fn(name => value, ...)`; values are literals, safely quoted by psycopg."""
-    engine = {"limit": limit, "after_key": after, "source": source.name}
-    args = [
-        sql.SQL("{} => {}").format(
-            sql.Identifier(name), sql.Literal(engine[arg.parameter] if arg.parameter else arg.value)
-        )
-        for name, arg in source.entities.args
-    ]
-    assert source.entities.function is not None
-    return sql.SQL("select * from {}({})").format(identifier(source.entities.function), sql.SQL(", ").join(args))
+_function_sql = ids_.function_sql
 
 
 def _takes_after_key(source: Source) -> bool:
@@ -378,7 +390,7 @@ def _function(
     # limit x count rows so that this shard still gets about `limit` after filtering.
     # Entities backing off are dropped after the call, so fewer than `limit` may come back.
     wanted = budget.left * (partition.shards if partition else 1)
-    rows = _keep(source, _fetch(conn, _function_sql(source, wanted, after), {}), partition)
+    rows = _keep(source, _fetch(conn, _function_sql(source, wanted, after), {}, source), partition)
     while rows and (size := budget.next()) > 0:
         page, rows = rows[:size], rows[size:]
         yield budget.spend(_claimed(conn, claim, page, source.entities.key, backoff=True))
@@ -414,7 +426,7 @@ def _paged(
     key, seen = source.entities.key, set[Any]()
     while (size := budget.next()) > 0:
         query, params = page(size, after)
-        rows = _fetch(conn, query, params)
+        rows = _fetch(conn, query, params, source)
         fresh = [row for row in rows if row[key] not in seen]
         if not fresh:
             return  # also guards against a query that ignores after_key

@@ -207,6 +207,7 @@ class Outcome(StrEnum):
     SKIP = "skip"
     ERROR = "error"
     SKIP_UNTIL = "skip_until"
+    DELETE = "delete"  # the entity is gone (410 Gone): its rows go, syncrun_state.deleted_at is set
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,6 +253,13 @@ class Merge(StrEnum):
     KEEP_EXISTING_IF_NULL = "keep_existing_if_null"  # coalesce(new, existing)
 
 
+class OnDelete(StrEnum):
+    """What an `outcome: delete` does to a write's rows for the entity."""
+
+    DELETE = "delete"  # the default: the entity's rows go with it
+    KEEP = "keep"  # history (daily metrics) outlives the entity
+
+
 class WriteMode(StrEnum):
     UPSERT = "upsert"  # insert ... on conflict (key) do update set <mapped columns>
     INSERT = "insert"  # append only: on conflict (key) do nothing
@@ -281,6 +289,10 @@ class Write:
     replace_by: tuple[str, ...] = ()  # delete this entity's rows matching these columns first (stale links go)
     lookups: tuple[Lookup, ...] = ()
     function: QualifiedName | None = None  # an RPC target: select fn(column => value, ...) per row
+    on_delete: OnDelete = OnDelete.DELETE
+    # `outcome: delete` removes the rows where these columns equal the entity key: the key and
+    # replace_by columns mapped to exactly `entity.<key>` (config.py works them out, or says why not)
+    delete_by: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from jmespath.exceptions import JMESPathError
@@ -47,7 +47,7 @@ from psycopg import sql
 
 from runner.database import identifier
 from runner.migrations import Catalog
-from runner.spec import Lookup, Merge, Write, WriteMode
+from runner.spec import Lookup, Merge, QualifiedName, Write, WriteMode
 from runner.values import Unfit, array_cast, column_types, fit, show
 
 MAX_MESSAGE = 1000  # characters of an error message stored in the database
@@ -129,7 +129,9 @@ def write(
         types = column_types(target, catalog)
         run(cursor, str(target.function), function_sql(target, tuple(types.get(c) for c in columns)), params)
         return
-    _delete(cursor, target, sorted(set(scopes), key=str), column_types(target, catalog))
+    delete_scopes(
+        cursor, Scoped(target.table, target.replace_by), sorted(set(scopes), key=str), column_types(target, catalog)
+    )
     types = catalog.get(target.table, {})
     touch = "updated_at" in types
     if bulk and len(params) >= COPY_FROM:
@@ -165,13 +167,23 @@ def unnest_sql(names: tuple[str, ...], casts: tuple[str, ...]) -> sql.Composed:
     return sql.SQL("unnest({}) as v({})").format(parameters, sql.SQL(", ").join(map(sql.Identifier, names)))
 
 
-def _delete(cursor: psycopg.Cursor[Any], target: Write, scopes: list[tuple[Any, ...]], types: dict[str, str]) -> None:
-    """The replaced scopes' rows: one statement from arrays, or one per scope if they cannot go as arrays."""
-    casts = array_casts(types, target.replace_by, scopes) if len(scopes) > 1 else None
+class Scoped(NamedTuple):
+    """Rows of a table picked by the values of some columns: a replace_by scope, or a deleted entity's
+    rows (runner.deletes)."""
+
+    table: QualifiedName
+    columns: tuple[str, ...]
+
+
+def delete_scopes(
+    cursor: psycopg.Cursor[Any], by: Scoped, scopes: list[tuple[Any, ...]], types: dict[str, str]
+) -> None:
+    """The scopes' rows: one statement from arrays, or one per scope if they cannot go as arrays."""
+    casts = array_casts(types, by.columns, scopes) if len(scopes) > 1 else None
     if casts is None:
-        run(cursor, str(target.table), delete_sql(target), scopes)
+        run(cursor, str(by.table), delete_sql(by), scopes)
     else:
-        run(cursor, str(target.table), delete_many_sql(target, casts), [arrays(scopes)])
+        run(cursor, str(by.table), delete_many_sql(by, casts), [arrays(scopes)])
 
 
 def run(cursor: psycopg.Cursor[Any], table: str, statement: sql.SQL | sql.Composed, params: list[Any]) -> None:
@@ -259,18 +271,18 @@ def copy_sql(target: Write) -> sql.Composed:
 
 # --- statements (built once per write target) -----------------------------------------------------------
 @lru_cache(maxsize=256)
-def delete_sql(target: Write) -> sql.Composed:
-    """delete the rows of one replace scope: `where c1 = %s and c2 = %s` (the replace_by columns)."""
-    where = sql.SQL(" and ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in target.replace_by)
-    return sql.SQL("delete from {} where {}").format(identifier(target.table), where)
+def delete_sql(by: Scoped) -> sql.Composed:
+    """delete the rows of one scope: `where c1 = %s and c2 = %s` (the scope's columns)."""
+    where = sql.SQL(" and ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in by.columns)
+    return sql.SQL("delete from {} where {}").format(identifier(by.table), where)
 
 
 @lru_cache(maxsize=256)
-def delete_many_sql(target: Write, casts: tuple[str, ...]) -> sql.Composed:
-    """delete the rows of many replace scopes, bound as one array per replace_by column."""
-    where = sql.SQL(" and ").join(sql.SQL("t.{0} = v.{0}").format(sql.Identifier(c)) for c in target.replace_by)
+def delete_many_sql(by: Scoped, casts: tuple[str, ...]) -> sql.Composed:
+    """delete the rows of many scopes, bound as one array per column."""
+    where = sql.SQL(" and ").join(sql.SQL("t.{0} = v.{0}").format(sql.Identifier(c)) for c in by.columns)
     return sql.SQL("delete from {} as t using {} where {}").format(
-        identifier(target.table), unnest_sql(target.replace_by, casts), where
+        identifier(by.table), unnest_sql(by.columns, casts), where
     )
 
 

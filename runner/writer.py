@@ -1,7 +1,8 @@
 """`write(conn, source, results)`: rows + status stamp + per-source state, one transaction per batch.
 
-Write targets go in declaration order (lookups, replace_by, upserts, function calls: runner.targets),
-then the status stamps, then the per-source state: the same lock order in every runner.
+The rows of entities whose outcome is `delete` go first, in reverse write order (runner.deletes);
+then write targets go in declaration order (lookups, replace_by, upserts, function calls:
+runner.targets), then the status stamps, then the per-source state: the same lock order in every runner.
 
 A value that does not fit its column (by the catalog types; see runner.values) turns its entity into
 an error result before anything is sent, as does a `replace_by` column that cannot be worked out
@@ -10,12 +11,14 @@ from the entity. If the batch still fails on a data error (FK, check, not-null, 
 sink the others. Deadlocks and serialization failures retry the whole batch; a lost connection is
 the caller's (DatabaseError).
 
-Per-source state (syncrun_state), per entity: success/skip reset the error count and backoff;
+Per-source state (syncrun_state), per entity: success/skip reset the error count and backoff (and
+clear `deleted_at`); delete resets them too and sets `deleted_at`, which keeps selections away;
 a definitive error backs off `BACKOFF_BASE * 2^(n-1)` capped at `BACKOFF_CAP` (15 min, 30 min, 1 h,
 ... 24 h); a transient error (retries exhausted) records the error without advancing the backoff.
 Every processed entity's claim is released.
 
-Statements per batch, whatever its size: the targets' (runner.targets), one status stamp per set of
+Statements per batch, whatever its size: one delete per deleting table when the batch has deleted
+entities (runner.deletes), the targets' (runner.targets), one status stamp per set of
 `status.set` columns (usually one; an `insert ... select from unnest(...) on conflict`), one update
 of the seed's error columns, one `syncrun_state` upsert from arrays (plus one per extra occurrence of
 an entity repeated in the batch). Row by row, a 500-entity batch was ~1,000 statements: ~178 µs per
@@ -29,20 +32,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from runner import targets
-from runner.database import identifier
+from runner import deletes, stamps, targets
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
-from runner.spec import Outcome, SelectionType, Source, Status
+from runner.spec import Outcome, SelectionType, Source
 from runner.targets import MAX_MESSAGE
-from runner.values import Unfit, coerce, column_types, fit
+from runner.values import Unfit, column_types, fit
 
 BACKOFF_BASE = 15 * 60.0  # seconds: the first retry of a definitively failing entity
 BACKOFF_CAP = 24 * 3600.0  # seconds: a broken entity is still retried daily
@@ -72,6 +73,8 @@ class EntityResult:
     status_values: dict[str, Any] = field(default_factory=dict)  # `status.set` columns, written with the stamp
     # write index -> this entity's replace_by values (targets.scope); `write` fills it in, callers don't
     scopes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    # outcome delete: write index -> the entity's delete_by values (deletes.scopes); filled in like scopes
+    removals: dict[int, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def stamped(self) -> bool:
@@ -85,6 +88,7 @@ class EntityResult:
             rows={},
             status_values={},
             scopes={},
+            removals={},
             error=message,
             definitive=True,
             stamp=False,
@@ -189,11 +193,12 @@ def _write_all(
     """Targets in declaration order, then status, then state: the same lock order in every runner."""
     live = [result for result in batch if result.outcome is not Outcome.ERROR]
     with conn.cursor() as cursor:
+        deletes.write(cursor, source, live, catalog)
         for index, target in enumerate(source.writes):
             rows = [row for result in live for row in result.rows.get(index, [])]
             scopes = [result.scopes[index] for result in live if index in result.scopes]
             targets.write(cursor, target, rows, scopes, catalog, bulk=bulk)
-        _write_status(cursor, source, batch, catalog)
+        stamps.write(cursor, source, batch, catalog)
         if source.entities.type is not SelectionType.LIST:  # a catalogue page is no entity: no state
             _write_state(cursor, source, batch, holder)
 
@@ -212,9 +217,10 @@ def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityRe
             for index, target in enumerate(source.writes)
             if target.replace_by and index in result.rows and result.outcome is Outcome.SUCCESS
         }
+        removals = deletes.scopes(source, result.entity, catalog) if result.outcome is Outcome.DELETE else {}
     except Unfit as unfit:
         return result.failed(str(unfit))
-    return replace(result, rows=rows, scopes=scopes)
+    return replace(result, rows=rows, scopes=scopes, removals=removals)
 
 
 def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Catalog) -> list[dict[str, Any]]:
@@ -223,112 +229,15 @@ def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Cat
     return [fit(str(target.function or target.table), types, row) for row in rows]
 
 
-# --- status --------------------------------------------------------------------------------------------
-def _write_status(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], catalog: Catalog) -> None:
-    """One statement per set of `status.set` columns for the stamps (usually one), one for the errors."""
-    status = source.status
-    if status is None:
-        return
-    columns = catalog.get(status.table, {})
-    touch = "updated_at" in columns
-    stamped = {r.key: r for r in batch if r.stamped}  # last wins, like target rows
-    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for key in sorted(stamped, key=str):
-        extra = stamped[key].status_values
-        groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
-    for names, params in groups.items():
-        casts = targets.array_casts(columns, (status.key, *names), params)
-        if casts is None:  # an array or unknown type, or mixed values: a row at a time
-            targets.run(cursor, str(status.table), stamp_sql(status, touch, names), params)
-        else:
-            targets.run(
-                cursor, str(status.table), stamp_many_sql(status, touch, names, casts), [targets.arrays(params)]
-            )
-    if status.error_columns:
-        errors = {r.key: r for r in batch if r.outcome is Outcome.ERROR}  # last wins, as row by row did
-        params = [
-            (errors[key].error_source or source.name, (errors[key].error or "")[:MAX_MESSAGE], key)
-            for key in sorted(errors, key=str)
-        ]
-        # typed by the catalog: last_error_source may be an enum (Supabase's sync_source), not text
-        casts = targets.array_casts(columns, ("last_error_source", "last_error_message", status.key), params)
-        if casts is None:
-            targets.run(cursor, str(status.table), error_sql(status, touch), params)
-        elif params:
-            targets.run(cursor, str(status.table), error_many_sql(status, touch, casts), [targets.arrays(params)])
-
-
-@lru_cache(maxsize=64)
-def stamp_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = ()) -> sql.Composed:
-    """Upsert, not update: list-shaped and function selections may stamp entities with no status row.
-
-    `extra` are `status.set` columns (e.g. storefront_accessible), bound after the key.
-    """
-    columns = [sql.Identifier(status.key), sql.Identifier(status.column), *map(sql.Identifier, extra)]
-    values = [sql.Placeholder(), sql.SQL("now()"), *(sql.Placeholder() for _ in extra)]
-    return sql.SQL("insert into {} as s ({}) values ({}) on conflict ({}) do update set {}").format(
-        identifier(status.table),
-        sql.SQL(", ").join(columns),
-        sql.SQL(", ").join(values),
-        sql.Identifier(status.key),
-        _stamp_sets(status, touch_updated_at, extra),
-    )
-
-
-@lru_cache(maxsize=64)
-def stamp_many_sql(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...], casts: tuple[str, ...]
-) -> sql.Composed:
-    """The same upsert for a whole batch: one array per column (key, then `extra`), `casts` their types."""
-    names = (status.key, *extra)
-    columns = [sql.Identifier(status.key), sql.Identifier(status.column), *map(sql.Identifier, extra)]
-    values = [sql.SQL("v.{}").format(sql.Identifier(status.key)), sql.SQL("now()")]
-    values += [sql.SQL("v.{}").format(sql.Identifier(c)) for c in extra]
-    return sql.SQL("insert into {} as s ({}) select {} from {} on conflict ({}) do update set {}").format(
-        identifier(status.table),
-        sql.SQL(", ").join(columns),
-        sql.SQL(", ").join(values),
-        targets.unnest_sql(names, casts),
-        sql.Identifier(status.key),
-        _stamp_sets(status, touch_updated_at, extra),
-    )
-
-
-def _stamp_sets(status: Status, touch_updated_at: bool, extra: tuple[str, ...]) -> sql.Composed:
-    sets: list[sql.Composable] = [sql.SQL("{} = now()").format(sql.Identifier(status.column))]
-    sets += [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in extra]
-    if touch_updated_at:
-        sets.append(sql.SQL("updated_at = now()"))
-    return sql.SQL(", ").join(sets)
-
-
-@lru_cache(maxsize=64)
-def error_sql(status: Status, touch_updated_at: bool) -> sql.Composed:
-    """The seed's last_error_* columns, for dashboards only (selection reads syncrun_state)."""
-    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "")
-    return sql.SQL(
-        "update {} set last_error_source = %s, last_error_message = %s, last_error_at = now(){} where {} = %s"
-    ).format(identifier(status.table), touch, sql.Identifier(status.key))
-
-
-@lru_cache(maxsize=64)
-def error_many_sql(status: Status, touch_updated_at: bool, casts: tuple[str, ...]) -> sql.Composed:
-    """The same update for a whole batch: arrays of sources, messages and keys, of types `casts`."""
-    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "")
-    return sql.SQL(
-        "update {} as s set last_error_source = v.source, last_error_message = v.message, last_error_at = now(){}"
-        " from unnest(%b::{}, %b::{}, %b::{}) as v(source, message, key) where s.{} = v.key"
-    ).format(identifier(status.table), touch, *map(sql.SQL, casts), sql.Identifier(status.key))
-
-
 # --- per-source state --------------------------------------------------------------------------------------
-# One row per entity from arrays: kind is ok (success/skip), skip_until, error (definitive: backoff)
-# or transient (recorded, no backoff). `on conflict do update` sees only the proposed row (excluded),
-# so the update reads the kind back from it: error <=> consecutive_errors = 1; transient <=> an error
-# message with consecutive_errors = 0; ok/skip_until <=> last_success_at (skip_until: skip_until too).
+# One row per entity from arrays: kind is ok (success/skip), skip_until, error (definitive: backoff),
+# transient (recorded, no backoff) or deleted. `on conflict do update` sees only the proposed row
+# (excluded), so the update reads the kind back from it: error <=> consecutive_errors = 1; transient <=>
+# an error message with consecutive_errors = 0; ok/skip_until <=> last_success_at (skip_until: skip_until
+# too); deleted <=> deleted_at. An answer other than gone or an error means the entity exists again.
 _STATE = sql.SQL(
     """insert into syncrun_state as st (source, entity_key, consecutive_errors, last_error, last_error_at,
-    next_attempt_at, skip_until, last_success_at, claimed_by, claim_expires_at, updated_at)
+    next_attempt_at, skip_until, last_success_at, deleted_at, claimed_by, claim_expires_at, updated_at)
 select %(source)s::text, v.key,
     case when v.kind = 'error' then 1 else 0 end,
     v.error,
@@ -336,6 +245,7 @@ select %(source)s::text, v.key,
     case when v.kind = 'error' then now() + %(base)s::float8 * interval '1 second' end,
     case when v.kind = 'skip_until' then now() + v.until * interval '1 second' end,
     case when v.kind in ('ok', 'skip_until') then now() end,
+    case when v.kind = 'deleted' then now() end,
     null, null, now()
 from unnest(%(keys)s::text[], %(kinds)s::text[], %(errors)s::text[], %(untils)s::float8[]) as v(key, kind, error, until)
 on conflict (source, entity_key) do update set
@@ -350,6 +260,8 @@ on conflict (source, entity_key) do update set
         when excluded.last_error is not null then st.next_attempt_at end,
     skip_until = case when excluded.last_success_at is not null then excluded.skip_until else st.skip_until end,
     last_success_at = coalesce(excluded.last_success_at, st.last_success_at),
+    deleted_at = case when excluded.deleted_at is not null then excluded.deleted_at
+        when excluded.last_success_at is not null then null else st.deleted_at end,
     claimed_by = case when %(holder)s::text is null or st.claimed_by = %(holder)s::text then null
         else st.claimed_by end,
     claim_expires_at = case when %(holder)s::text is null or st.claimed_by = %(holder)s::text then null
@@ -389,6 +301,8 @@ def _state_row(result: EntityResult) -> tuple[str, str | None, float | None]:
     """(kind, error message, skip seconds)."""
     if result.outcome is Outcome.ERROR:
         return ("error" if result.definitive else "transient", (result.error or "error")[:MAX_MESSAGE], None)
+    if result.outcome is Outcome.DELETE:
+        return ("deleted", None, None)
     if result.skip_until is not None:
         return ("skip_until", None, float(result.skip_until))
     return ("ok", None, None)

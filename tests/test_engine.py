@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from runner import cli, fetch
+from runner import breaker, cli, fetch
 from tests.apiserver import ApiServer, Reply
 from tests.pg import Database
 
@@ -282,19 +282,28 @@ def test_non_integer_batch_size_is_a_usage_error(
     assert run(str(source)) == 0
 
 
-def test_breaker_stops_on_refused_credentials_without_penalty(env: Database, api: ApiServer, tmp_path: Path) -> None:
-    """401 on every request trips the breaker: the run fails early with one clear error; no entity backs off."""
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_breaker_stops_on_refused_credentials_without_penalty(
+    env: Database, api: ApiServer, tmp_path: Path, concurrency: int
+) -> None:
+    """401 on every request trips the breaker: the run fails early with one clear error; no entity backs
+    off. It counts outcomes as they come, not write batches: with a batch of 100 (all 40 entities) it
+    once let all 40 requests out; now at most AUTH_TRIP, plus the requests already in flight."""
     source = write_source(tmp_path)
-    source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
+    text = source.read_text().replace("concurrency: 4", f"concurrency: {concurrency}")
+    source.write_text(text.replace("write_batch: 10", "write_batch: 100"))
     seed(env, source, appids=range(1, 41))
     for appid in range(1, 41):
         api.route(f"/apps/{appid}", Reply(401, json={"error": "bad key"}))
     assert run(str(source)) == 1
-    status, message = env.rows("select status, error_message from sync_jobs")[0]
+    status, message, processed = env.rows("select status, error_message, items_processed from sync_jobs")[0]
     assert status == "failed"
-    assert "circuit breaker" in message
-    assert "credentials" in message
-    assert len(api.requests) < 40
+    assert message == (
+        f"circuit breaker: the API refused our credentials (HTTP 401/403) for {breaker.AUTH_TRIP} entities"
+        " in a row — check the source's secrets; no entity was penalised"
+    )
+    assert breaker.AUTH_TRIP <= len(api.requests) <= breaker.AUTH_TRIP + concurrency - 1
+    assert processed == len(api.requests)  # every request that went out is accounted for
     assert (
         env.scalar("select count(*) from syncrun_state where consecutive_errors > 0 or next_attempt_at is not null")
         == 0

@@ -45,3 +45,48 @@ def test_test_read_needs_ids(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["test-read", "sources/example.yaml"])
     assert exit_info.value.code == 2
     assert "--ids" in capsys.readouterr().err
+
+
+SQL_SOURCE = """\
+name: since
+entities:
+  type: sql
+  columns: {appid: int, since: text}
+  sql: >-
+    select appid, since from seen where appid > coalesce(%(after_key)s, 0) and active
+    order by appid limit %(limit)s
+request:
+  url: "${env.API_URL}/apps/{appid}?since={since}"
+rate_limit: {requests: 100, per: 1s}
+records: body
+writes:
+  - table: apps
+    key: [appid]
+    columns: {appid: entity.appid, name: record.name}
+"""
+
+
+@pytest.mark.parametrize("command", ["test-read", "run"])
+def test_ids_on_an_sql_selection_run_the_selection_itself(
+    command: str, env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ids` on an sql selection crashed with KeyError 'since' (exit 70): the ids now go through the
+    source's own query, so every column it returns is in the request; ids it leaves out exit 2."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[])
+    env.run(
+        "create table seen (appid int primary key, since text, active boolean);"
+        " insert into seen values (1, '2024-01-01', true), (2, '2024-02-02', false)"
+    )
+    sql_source = tmp_path / "since.yaml"
+    sql_source.write_text(SQL_SOURCE)
+    assert cli.main(["migrate", str(sql_source)]) == 0
+    api.route("/apps/1", app(1))
+    args = [command, str(sql_source), "--ids", "1", *(["--dry-run"] if command == "run" else [])]
+    assert cli.main(args) == 0
+    assert [r.target for r in api.requests] == ["/apps/1?since=2024-01-01"]
+    capsys.readouterr()
+    assert cli.main([command, str(sql_source), "--ids", "1,2,3", *args[4:]]) == 2
+    assert "--ids 2,3: entities.sql does not return them" in capsys.readouterr().err
+    assert len(api.requests) == 1  # refused before any request
+    assert env.scalar("select count(*) from sync_jobs") == 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from runner import jobs, migrations, writer
 from runner.errors import SchemaMismatch
-from runner.spec import Field, Outcome, QualifiedName
+from runner.spec import Field, FunctionArg, Outcome, QualifiedName, SelectionType
 from tests.pg import Database, expr, make_source, with_status, write
 
 DATA = Path(__file__).parent / "data" / "migrations"
@@ -37,12 +38,18 @@ def test_check_on_an_empty_database_names_everything_and_the_command(db: Databas
 def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
     """The first migrate applies every versioned file, a second one applies nothing and check passes."""
     source = make_source()
-    assert migrations.migrate(db.conn, [source]) == ["0001_base", "0002_rate_limits", "0003_rate_limit_restamp"]
+    assert migrations.migrate(db.conn, [source]) == [
+        "0001_base",
+        "0002_rate_limits",
+        "0003_rate_limit_restamp",
+        "0004_deletes",
+    ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
         (1, "0001_base"),
         (2, "0002_rate_limits"),
         (3, "0003_rate_limit_restamp"),
+        (4, "0004_deletes"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -112,15 +119,72 @@ def test_migration_sql_is_a_runnable_idempotent_script(db: Database) -> None:
 def test_schema_qualified_status_table(db: Database) -> None:
     """A status table like ops.sync_status is created in its schema, with its own function."""
     ops = db.new_schema("ops")
-    source = make_source(status_table=f"{ops}.sync_status")
+    source = make_source(status_table=f"{ops}.sync_status", **SEED_FUNCTION)
     db.migrate(source)
     migrations.check(db.conn, [source])
     assert db.scalar("select to_regprocedure(%s) is not null", (f"{ops}.get_apps_for_sync(text,integer)",))
 
 
+SEED_FUNCTION: dict[str, Any] = {
+    "selection": SelectionType.FUNCTION,
+    "function": QualifiedName(None, "get_apps_for_sync"),
+    "args": (("p_source", FunctionArg(parameter="source")), ("p_limit", FunctionArg(parameter="limit"))),
+}
+
+
+def test_migrate_adds_only_what_the_settings_use(db: Database) -> None:
+    """`error_columns: false` and null selection columns: the status table gets the key and the stamp,
+    nothing else (it once got priority_score, is_syncable, last_error_* ... whatever the settings)."""
+    bare = with_status(
+        make_source(priority_column=None, syncable_column=None, interval_column=None), error_columns=False
+    )
+    db.migrate(bare)
+    migrations.check(db.conn, [bare])
+    assert db.rows(
+        "select attname::text from pg_attribute where attrelid = 'sync_status'::regclass and attnum > 0"
+    ) == [
+        ("appid",),
+        ("last_example_sync",),
+    ]
+    assert db.scalar("select to_regproc('get_apps_for_sync')") is None  # no source selects with it
+    db.migrate(make_source("other"))  # the defaults: the default selection's columns and the error columns
+    assert db.rows(
+        "select attname::text from pg_attribute where attrelid = 'sync_status'::regclass and attnum > 0 order by attnum"
+    ) == [
+        (c,)
+        for c in (
+            "appid",
+            "last_example_sync",
+            "last_other_sync",
+            "priority_score",
+            "is_syncable",
+            "sync_interval_hours",
+            "last_error_source",
+            "last_error_message",
+            "last_error_at",
+        )
+    ]
+
+
+def test_generated_status_columns_the_stamp_would_write_are_named(db: Database) -> None:
+    """A generated column the stamp would write is a schema problem naming the status stamp (exit 2)."""
+    source = with_status(make_source(), error_columns=False)
+    db.migrate(source)
+    db.run(
+        "alter table sync_status drop column last_example_sync;"
+        " alter table sync_status add column last_example_sync timestamptz generated always as (null) stored"
+    )
+    with pytest.raises(SchemaMismatch) as error:
+        migrations.check(db.conn, [source])
+    assert str(error.value) == (
+        "sync_status.last_example_sync is a generated column: the status stamp cannot write it"
+        " (sources/example.yaml status)"
+    )
+
+
 def test_generic_get_apps_for_sync(db: Database) -> None:
     """Due = syncable and never synced or older than sync_interval_hours; never-synced first, priority desc."""
-    db.migrate(make_source())
+    db.migrate(make_source(**SEED_FUNCTION))
     db.run(
         "insert into sync_status (appid, priority_score, is_syncable, sync_interval_hours, last_example_sync) values"
         " (10, 1, true, 24, now() - interval '25 hours'), (20, 9, true, 24, now() - interval '2 hours'),"
@@ -137,7 +201,12 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
     """Supabase: jobs gain heartbeat/requests/metadata, the enum accepts our source, rows and function survive."""
     db.run((DATA / "supabase.sql").read_text())
     source = make_source("storefront_v2", writes=(APPS,))
-    assert migrations.migrate(db.conn, [source]) == ["0001_base", "0002_rate_limits", "0003_rate_limit_restamp"]
+    assert migrations.migrate(db.conn, [source]) == [
+        "0001_base",
+        "0002_rate_limits",
+        "0003_rate_limit_restamp",
+        "0004_deletes",
+    ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [
         (10, 50, "storefront"),

@@ -38,6 +38,7 @@ OBJECTS: dict[str, type] = {
 NOT_IN_YAML = {
     (spec.Source, "path"): "where the file was read from, not written in it",
     (spec.RateLimit, "form"): "which keys were written: requests/per (window) or rate (token)",
+    (spec.Write, "delete_by"): "worked out from key, replace_by and columns for outcome: delete (runner.deletes)",
 }
 NOT_IN_SPEC = {
     ("rate_limit", "rate"): "the token form's rate, stored as requests 1 per 1/rate seconds",
@@ -49,6 +50,7 @@ ENUMS: dict[tuple[str, ...], type[StrEnum]] = {
     ("rate_limit", "shared"): spec.LimitScope,
     ("outcome_rule", "outcome"): spec.Outcome,
     ("write", "mode"): spec.WriteMode,
+    ("write", "on_delete"): spec.OnDelete,
     ("step", "when"): spec.StepWhen,
 }
 

@@ -9,6 +9,8 @@ import pytest
 
 from runner import cli, config, scaffold
 from runner.errors import UsageError
+from runner.spec import SelectionType
+from tests.apiserver import ApiServer, Reply
 
 SAMPLE = {
     "data": {
@@ -82,11 +84,10 @@ def test_refuses_to_overwrite_without_force(project: Path) -> None:
     ("name", "url", "message"),
     [
         ("Bad-Name", "https://x/{appid}", "source name 'Bad-Name': use lower-case letters, digits and _"),
-        ("games", "https://x/all", "has no {placeholder}: put the entity key where it goes"),
     ],
 )
 def test_bad_arguments_say_what_to_do(project: Path, name: str, url: str, message: str) -> None:
-    """A bad name or a URL without placeholder is a UsageError that says what to write instead."""
+    """A bad name is a UsageError that says what to write instead."""
     with pytest.raises(UsageError, match=message.replace("{", r"\{").replace("(", r"\(")):
         scaffold.source_text(name, url, None, Path("sources/x.yaml"))
 
@@ -106,3 +107,68 @@ def test_sample_that_is_not_usable_json(project: Path, content: bytes, reason: s
     with pytest.raises(UsageError) as error:
         scaffold.read_sample(Path("bad.json"))
     assert str(error.value).startswith(f"--sample bad.json: not JSON syncrun can use ({reason}) — save one raw")
+
+
+STATIONS = [
+    {"id": "stn_123", "name": "Harbour", "created_at": 1717243200, "seen_ms": 1717243200000, "depth": 4.5},
+    {"id": "stn_124", "name": "Pier", "created_at": 1717243260, "seen_ms": 1717243260000, "depth": 2.0},
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "records", "name"),
+    [
+        ({"data": STATIONS, "meta": {"total": 2}, "links": {"next": None}}, "body.data", "record.name"),
+        ({"results": STATIONS, "count": 2, "next": None}, "body.results", "record.name"),
+        ({"items": STATIONS, "nextPageToken": None}, "body.items", "record.name"),
+        (
+            {"data": [{"id": s["id"], "type": "station", "attributes": s} for s in STATIONS], "links": {}},
+            "body.data",
+            "record.attributes.name",
+        ),
+    ],
+    ids=["data-meta-links", "results", "items", "jsonapi"],
+)
+def test_a_list_endpoint_makes_a_list_source(
+    project: Path, api: ApiServer, body: dict[str, object], records: str, name: str
+) -> None:
+    """A URL without placeholder is a list endpoint: fetched from a real API, its envelope unwrapped,
+    keyed by the records' text id, epoch timestamps mapped with from_unix; the file validates."""
+    api.route("/stations", Reply(200, json=body))
+    assert cli.main(["new", "stations", "--url", f"{api.url}/stations"]) == 0
+    source = config.load(project / "sources" / "stations.yaml")
+    assert source.entities.type is SelectionType.LIST
+    assert source.status is None
+    assert source.records is not None
+    assert source.records.text == records
+    write = source.writes[0]
+    assert write.key == ("id",)
+    columns = {f.column: f.expression.text for f in write.columns}
+    assert columns["id"] == "record.id"  # text: "stn_123" is no int
+    assert columns["name"] == name
+    assert columns["created_at"] == name.replace("name", "created_at").replace("record.", "from_unix(record.") + ")"
+    assert columns["seen_ms"].startswith("from_unix_ms(")
+    assert columns["depth"].startswith("as_float(")
+    assert [r.path for r in api.requests] == ["/stations"]
+
+
+def test_a_detail_endpoint_with_a_text_id_gets_a_text_key(project: Path, api: ApiServer) -> None:
+    """`--id` fetches one entity as the sample; the key named in the URL takes its type from the
+    record's id (`stn_123` is text, not the project's int)."""
+    api.route("/stations/stn_123", Reply(200, json={"data": STATIONS[0]}))
+    url = f"{api.url}/stations/{{station_id}}"
+    assert cli.main(["new", "station", "--url", url, "--id", "stn_123"]) == 0
+    source = config.load(project / "sources" / "station.yaml")
+    assert (source.entities.key, source.entities.key_type) == ("station_id", "text")
+    assert source.records is not None
+    assert source.records.text == "body.data"
+    assert [r.path for r in api.requests] == ["/stations/stn_123"]
+
+
+def test_a_sample_the_api_refuses_says_so(project: Path, api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """An error answer is no sample: exit 2 saying what came back and what to do."""
+    api.route("/stations", Reply(401, json={"error": "no key"}))
+    assert cli.main(["new", "stations", "--url", f"{api.url}/stations"]) == 2
+    assert "the API answered HTTP 401, not a sample to learn from: save a good response and pass --sample" in (
+        capsys.readouterr().err
+    )

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from runner import selection
+from runner.errors import SelectionError
 from runner.spec import FunctionArg, QualifiedName, SelectionType
 from tests.pg import Database, make_source
 
@@ -132,15 +133,52 @@ def test_concurrent_runners_never_share_an_entity(db: Database) -> None:
 
 
 def test_ids_select_exactly_those_entities(status: Database) -> None:
-    """--ids ignores due-ness and backoff, keeps the order given and fills unknown ones with nulls."""
+    """--ids ignores due-ness and backoff and keeps the order given; an id with no status row has no
+    columns to run with, so it is left out (the command line refuses it: tests/test_ids.py)."""
     pages = list(selection.chunks(status.conn, SOURCE, limit=10, holder="a", lease_seconds=60, ids=["20", 90, "12345"]))
-    assert pages == [
-        [
-            {"appid": 20, "priority_score": 9},
-            {"appid": 90, "priority_score": 8},
-            {"appid": 12345, "priority_score": None},
-        ]
-    ]
+    assert pages == [[{"appid": 20, "priority_score": 9}, {"appid": 90, "priority_score": 8}]]
+
+
+def test_no_priority_column_orders_by_stamp_then_key(status: Database) -> None:
+    """`priority_column: null` is allowed: never synced first, then the oldest stamp, then the key
+    (the constant put in its place was once a bare `0`, read by ORDER BY as a column position)."""
+    source = make_source(priority_column=None)
+    selection.check(status.conn, source)
+    assert _flat(_select(status, source)) == [40, 60, 70, 10, 80, 30]
+    assert _select(status, source, chunk_size=2) == [[40, 60], [70, 10], [80, 30]]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"priority_column": "name"},
+            "example: selecting entities with the default selection over sync_status (entities: priority_column:"
+            " name, interval_column: sync_interval_hours, syncable_column: is_syncable) failed: ",
+        ),
+        (
+            {"selection": SelectionType.SQL, "sql": "select appid from nowhere where appid > %(after_key)s"},
+            'example: selecting entities with entities.sql failed: relation "nowhere" does not exist',
+        ),
+        (
+            {"selection": SelectionType.FUNCTION, "function": QualifiedName(None, "no_such_fn")},
+            "example: selecting entities with entities.function (no_such_fn) failed: function no_such_fn() does not"
+            " exist",
+        ),
+    ],
+)
+def test_a_broken_selection_names_its_setting(status: Database, changes: dict[str, Any], message: str) -> None:
+    """A selection the database refuses is a SelectionError (exit 2) naming the setting, never raw SQL
+    text; the run-start check finds it without claiming anything."""
+    status.run("alter table sync_status add column name text")
+    source = make_source(**changes)
+    with pytest.raises(SelectionError) as error:
+        selection.check(status.conn, source)
+    assert str(error.value).startswith(message)
+    assert error.value.exit_code == 2
+    with pytest.raises(SelectionError):
+        _select(status, source)
+    assert status.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
 
 
 def test_ids_respect_other_holders_claims(status: Database) -> None:
@@ -209,6 +247,7 @@ def test_function_without_after_key_is_called_once(status: Database) -> None:
         function=QualifiedName(None, "get_apps_for_sync"),
         args=(("p_source", FunctionArg(value="example")), ("p_limit", FunctionArg(parameter="limit"))),
     )
+    status.migrate(source)  # migrate creates get_apps_for_sync for a source that selects with it
     # the function returns 90, 100, 60, 40; 90 and 100 are backing off, so the first chunk is empty
     assert _select(status, source, limit=4, chunk_size=2) == [[60, 40]]
 

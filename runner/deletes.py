@@ -1,0 +1,92 @@
+"""`outcome: delete`: an entity the API says is gone (HTTP 410) loses its rows in the tables the source
+writes, inside the writer's transaction, so the rows, the status and syncrun_state commit together.
+
+Which rows are the entity's: those whose `key` or `replace_by` columns mapped to exactly
+`entity.<key>` equal the entity's key (`delete_by`, worked out by `columns` when the source is
+loaded). A key column mapped any other way (`record.id`, a lookup, `entity.developer`, shared by
+several entities) says nothing about whose row it is, so a write without such a column is refused
+by `validate` (it must say `on_delete: keep`) rather than guessed at. Function writes cannot be
+undone and must say `on_delete: keep` too.
+
+Deletes run before the batch's upserts, in reverse write order: a child table (written after its
+parent, with a foreign key to it) is emptied before its parent row goes. One statement per table
+per batch, from arrays (targets.delete_scopes), whatever the number of deleted entities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from runner import targets
+from runner.migrations import Catalog
+from runner.spec import OnDelete, Outcome, Source, Write
+from runner.values import column_types, fit
+
+if TYPE_CHECKING:
+    from runner.writer import EntityResult
+
+
+def columns(write: Write, key: str) -> tuple[tuple[str, ...], str | None]:
+    """(delete_by columns, None), or ((), why this write's rows of an entity cannot be told)."""
+    if write.function is not None:
+        return (), f"cannot undo a function call: write on_delete: {OnDelete.KEEP}"
+    mapped = {f.column: f.expression.parsed.parsed for f in write.columns}
+    own = {"type": "subexpression", "children": [_field("entity"), _field(key)]}
+    found = tuple(c for c in dict.fromkeys((*write.key, *write.replace_by)) if mapped.get(c) == own)
+    if found:
+        return found, None
+    have = ", ".join(dict.fromkeys((*write.key, *write.replace_by)))
+    return (), (
+        f"cannot tell which rows of {write.table} are the entity's: no key or replace_by column ({have})"
+        f" is mapped to exactly entity.{key}; map one from entity.{key}, or write on_delete: {OnDelete.KEEP}"
+        " (history, or a table shared by entities)"
+    )
+
+
+def _field(name: str) -> dict[str, Any]:
+    return {"type": "field", "children": [], "value": name}
+
+
+def deleting(write: Write) -> bool:
+    return write.on_delete is OnDelete.DELETE and bool(write.delete_by)
+
+
+def scopes(source: Source, entity: dict[str, Any], catalog: Catalog) -> dict[int, tuple[Any, ...]]:
+    """Write index -> the entity's delete_by values, typed for their columns (values.Unfit if they
+    do not fit: the entity fails, named, before anything is sent)."""
+    found = {}
+    for index, write in enumerate(source.writes):
+        if deleting(write):
+            expressions = {f.column: f.expression for f in write.columns}
+            values = {c: expressions[c].search({"entity": entity}) for c in write.delete_by}
+            found[index] = tuple(fit(str(write.table), column_types(write, catalog), values).values())
+    return found
+
+
+def write(cursor: psycopg.Cursor[Any], source: Source, batch: Sequence[EntityResult], catalog: Catalog) -> None:
+    """Delete the rows of the batch's deleted entities, table by table in reverse write order."""
+    gone = [result for result in batch if result.outcome is Outcome.DELETE]
+    if not gone:
+        return
+    for index in reversed(range(len(source.writes))):
+        write_ = source.writes[index]
+        found = sorted({result.removals[index] for result in gone if index in result.removals}, key=str)
+        if found:
+            by = targets.Scoped(write_.table, write_.delete_by)
+            targets.delete_scopes(cursor, by, found, column_types(write_, catalog))
+
+
+def described(source: Source, entity: dict[str, Any]) -> list[str]:
+    """What a delete of this entity removes and keeps, for dry runs: `apps where appid = 10`."""
+    lines = []
+    for write in source.writes:
+        if deleting(write):
+            expressions = {f.column: f.expression for f in write.columns}
+            where = " and ".join(f"{c} = {expressions[c].search({'entity': entity})!r}" for c in write.delete_by)
+            lines.append(f"delete    {write.table} where {where}")
+        else:
+            lines.append(f"keep      {write.function or write.table} (on_delete: {OnDelete.KEEP})")
+    return lines[::-1]  # the order they would run in

@@ -1,0 +1,143 @@
+"""Explicit entities (`--ids`): each id cast to the key's type, and its entity columns found where the
+source's own selection finds them.
+
+- a key-only source (`entities.columns` is just the key): `{key: id}`, whether or not any table
+  has the entity (test-read of a brand-new id needs no row anywhere).
+- default selection: the declared columns from the status table's row.
+- sql / function selection: the source's own query (or function) run whole, restricted to these
+  ids, so every column it returns is there exactly as a normal run would see it. It is run with
+  `limit` = the largest int and `after_key` = null: its own filters (due-ness, a join) still apply.
+
+An id whose row is missing (no status row; left out by the query's own filters) cannot be run: its
+other columns are unknown, and guessing null would fetch the wrong URL or write wrong rows.
+`missing` names those ids so the command line refuses them (exit 2) before any job row or request;
+`rows` leaves them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from runner.database import identifier
+from runner.errors import UsageError
+from runner.migrations import KEY_TYPES
+from runner.spec import SelectionType, Source
+
+Entity = dict[str, Any]
+_WHOLE = 2**31 - 1  # `limit` for a selection run whole (its limit parameter is an int)
+_KEY_LIMITS = {"int": 2**31 - 1, "bigint": 2**63 - 1}  # PostgreSQL's integer and bigint
+
+
+def cast_key(source: Source, value: Any) -> Any:
+    """An `--ids` value as the key type (int for int/bigint keys); UsageError when it is not one of
+    them (`1e3`, `٣`, past the column's range), so the command line can refuse it before any job row."""
+    kind, text = source.entities.key_type, str(value)
+    if kind == "text":
+        return text
+    digits = text[1:] if text[:1] in "+-" else text
+    if digits.isascii() and digits.isdigit() and len(digits) <= 19 and abs(int(text)) <= _KEY_LIMITS[kind]:
+        return int(text)
+    raise UsageError(
+        f"--ids: {text!r} is not a whole number of the key's type ({source.name}'s key {source.entities.key} is {kind})"
+    )
+
+
+def key_only(source: Source) -> bool:
+    """Whether the source needs nothing but the key: then any id can run, with no database row."""
+    return source.entities.column_names <= {source.entities.key}
+
+
+def rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]) -> list[Entity]:
+    """The entities of these (typed) keys, in the order given; keys without a row are left out."""
+    key = source.entities.key
+    if key_only(source) or source.entities.type is SelectionType.LIST:
+        return [{key: value} for value in keys]
+    if source.entities.type is SelectionType.DEFAULT:
+        found = _status_rows(conn, source, keys)
+    else:
+        found = _selected_rows(conn, source, keys)
+    by_key = {row[key]: row for row in found}
+    return [by_key[value] for value in keys if value in by_key]
+
+
+def missing(conn: psycopg.Connection, source: Source, ids: Sequence[Any]) -> None:
+    """UsageError naming the ids whose entity columns the source's selection cannot supply."""
+    keys = list(dict.fromkeys(cast_key(source, value) for value in ids))
+    present = {row[source.entities.key] for row in rows(conn, source, keys)}
+    absent = [str(value) for value in keys if value not in present]
+    if not absent:
+        return
+    others = ", ".join(c.name for c in source.entities.columns[1:])
+    where = (
+        f"{source.status.table} has no row for them"
+        if source.entities.type is SelectionType.DEFAULT and source.status is not None
+        else f"entities.{source.entities.type.value} does not return them (its own filters leave them out)"
+    )
+    raise UsageError(
+        f"--ids {','.join(absent)}: {where}, so their entity columns ({others}) are unknown;"
+        f" {source.name} cannot run them — name ids its selection returns"
+    )
+
+
+def _fetch(conn: psycopg.Connection, query: sql.Composed, params: dict[str, Any], setting: str) -> list[Entity]:
+    try:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+            return cursor.execute(query, params).fetchall()
+    except (psycopg.errors.ProgrammingError, psycopg.errors.DataError) as error:
+        # The user's query or column settings, not a bug: say which setting, like the selection does.
+        raise UsageError(f"--ids: {setting} failed: {error.diag.message_primary or error}") from None
+
+
+def _status_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]) -> list[Entity]:
+    """The declared columns of these entities from their status rows (entities with none are left out)."""
+    assert source.status is not None
+    key = sql.Identifier(source.entities.key)
+    others = [sql.SQL(", s.{0} as {0}").format(sql.Identifier(c.name)) for c in source.entities.columns[1:]]
+    query = sql.SQL(
+        "select s.{key} as {key}{others} from unnest(%(keys)s::{type}[]) with ordinality u(k, n)"
+        " join {status} s on s.{key} = u.k order by u.n"
+    ).format(
+        key=key,
+        others=sql.SQL("").join(others),
+        type=sql.SQL(KEY_TYPES[source.entities.key_type]),
+        status=identifier(source.status.table),
+    )
+    return _fetch(conn, query, {"keys": list(keys)}, f"reading entities.columns from {source.status.table}")
+
+
+def _selected_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]) -> list[Entity]:
+    """The source's sql / function selection run whole, keeping these keys, with its declared columns."""
+    entities = source.entities
+    params: dict[str, Any] = {"keys": list(keys)}
+    if entities.type is SelectionType.SQL:
+        assert entities.sql is not None
+        inner: sql.SQL | sql.Composed = sql.SQL(entities.sql)
+        params |= {"limit": _WHOLE, "after_key": None, "source": source.name}
+        setting = "entities.sql"
+    else:
+        inner = function_sql(source, _WHOLE, None)
+        setting = f"entities.function {entities.function}"
+    columns = sql.SQL(", ").join(sql.SQL("q.{0}").format(sql.Identifier(c.name)) for c in entities.columns)
+    query = sql.SQL("select {} from ({}) q where q.{}::text = any(%(texts)s::text[])").format(
+        columns, inner, sql.Identifier(entities.key)
+    )
+    params["texts"] = [str(k) for k in params.pop("keys")]
+    return _fetch(conn, query, params, setting)
+
+
+def function_sql(source: Source, limit: int, after: Any) -> sql.Composed:
+    """`select * from fn(name => value, ...)`; values are literals, safely quoted by psycopg."""
+    engine = {"limit": limit, "after_key": after, "source": source.name}
+    args = [
+        sql.SQL("{} => {}").format(
+            sql.Identifier(name), sql.Literal(engine[arg.parameter] if arg.parameter else arg.value)
+        )
+        for name, arg in source.entities.args
+    ]
+    assert source.entities.function is not None
+    return sql.SQL("select * from {}({})").format(identifier(source.entities.function), sql.SQL(", ").join(args))

@@ -1,0 +1,96 @@
+"""ids: --ids cast to the key type, their entity columns from the source's own selection, or refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner import ids
+from runner.errors import UsageError
+from runner.spec import FunctionArg, QualifiedName, SelectionType
+from tests.pg import Database, make_source
+
+SINCE_SQL = (
+    "select s.appid, s.since from seen s where s.appid > coalesce(%(after_key)s, 0) and s.active"
+    " order by s.appid limit %(limit)s"
+)
+
+
+@pytest.fixture
+def seen(db: Database) -> Database:
+    db.run(
+        "create table seen (appid int primary key, since text, active boolean);"
+        " insert into seen values (1, '2024-01-01', true), (2, '2024-02-02', true), (3, '2024-03-03', false)"
+    )
+    return db
+
+
+def test_sql_selection_supplies_every_column_for_the_ids(seen: Database) -> None:
+    """The source's own query, restricted to the ids, in the order given: `since` is there."""
+    source = make_source(selection=SelectionType.SQL, sql=SINCE_SQL, columns=(("since", "text"),))
+    assert ids.rows(seen.conn, source, [2, 1]) == [
+        {"appid": 2, "since": "2024-02-02"},
+        {"appid": 1, "since": "2024-01-01"},
+    ]
+
+
+def test_ids_the_query_leaves_out_are_refused_by_name(seen: Database) -> None:
+    """An id the query's own filters exclude (inactive, unknown) has no columns: refused, never nulls."""
+    source = make_source(selection=SelectionType.SQL, sql=SINCE_SQL, columns=(("since", "text"),))
+    assert ids.rows(seen.conn, source, [1, 3, 9]) == [{"appid": 1, "since": "2024-01-01"}]
+    with pytest.raises(UsageError) as error:
+        ids.missing(seen.conn, source, ["1", "3", "9"])
+    assert str(error.value) == (
+        "--ids 3,9: entities.sql does not return them (its own filters leave them out), so their entity"
+        " columns (since) are unknown; example cannot run them — name ids its selection returns"
+    )
+
+
+def test_function_selection_supplies_its_columns(seen: Database) -> None:
+    """A function selection is called whole and restricted to the ids, like a query."""
+    seen.run(
+        "create function picks(p_limit int) returns table (appid int, since text)"
+        " language sql as $$ select appid, since from seen order by appid limit p_limit $$"
+    )
+    source = make_source(
+        selection=SelectionType.FUNCTION,
+        function=QualifiedName(None, "picks"),
+        args=(("p_limit", FunctionArg(parameter="limit")),),
+        columns=(("since", "text"),),
+    )
+    assert ids.rows(seen.conn, source, [3]) == [{"appid": 3, "since": "2024-03-03"}]
+
+
+def test_default_selection_needs_a_status_row_for_extra_columns(db: Database) -> None:
+    """Default selection: columns from the status row; an id with no row is refused, not filled with null."""
+    source = make_source(columns=(("cc", "text"),))
+    db.migrate(source)
+    db.run("alter table sync_status add column cc text; insert into sync_status (appid, cc) values (1, 'us')")
+    assert ids.rows(db.conn, source, [1, 2]) == [{"appid": 1, "cc": "us"}]
+    with pytest.raises(UsageError, match=r"^--ids 2: sync_status has no row for them, so their entity columns \(cc\)"):
+        ids.missing(db.conn, source, [1, 2])
+
+
+def test_key_only_sources_take_any_id(db: Database) -> None:
+    """A source needing only the key runs any id, with no row anywhere."""
+    source = make_source(selection=SelectionType.SQL, sql="select 1")
+    assert ids.rows(db.conn, source, [7]) == [{"appid": 7}]
+    ids.missing(db.conn, source, ["7"])
+
+
+def test_a_broken_query_names_the_setting(seen: Database) -> None:
+    """The user's SQL failing is a usage error naming entities.sql, not a raw database error."""
+    source = make_source(
+        selection=SelectionType.SQL,
+        sql="select appid, nope from seen where appid > %(after_key)s limit %(limit)s",
+        columns=(("nope", "text"),),
+    )
+    with pytest.raises(UsageError, match=r'^--ids: entities.sql failed: column "nope" does not exist'):
+        ids.missing(seen.conn, source, [1])
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "cast"), [("int", "42", 42), ("bigint", "-9", -9), ("text", "stn_1", "stn_1")]
+)
+def test_cast_key(kind: str, value: str, cast: object) -> None:
+    """Ids become the key's type."""
+    assert ids.cast_key(make_source(key_type=kind), value) == cast
