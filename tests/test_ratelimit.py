@@ -22,6 +22,8 @@ from tests.apiserver import ApiServer, FakeClock, Reply, worst_window
 from tests.noise import Noise
 from tests.pg import Database
 
+pytestmark = pytest.mark.timing  # every test here reads real time, or shares a module with those that do
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -18,6 +18,8 @@ from tests.test_cli import start, wait_for
 from tests.test_engine import app, seed, write_source
 from tests.test_ratelimit_redis import REDIS_URL, _reachable
 
+pytestmark = pytest.mark.timing  # every test here reads real time, or shares a module with those that do
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

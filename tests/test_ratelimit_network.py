@@ -31,6 +31,8 @@ from tests.netproxy import DelayProxy, certificate
 from tests.pg import Database
 from tests.test_ratelimit_redis import REDIS_URL, _reachable
 
+pytestmark = pytest.mark.timing  # every test here reads real time, or shares a module with those that do
+
 KINDS = ("process", "database", "redis")
 HARNESS = 0.04  # seconds of arrival jitter the loopback harness itself adds under load (see above)
 

@@ -36,6 +36,8 @@ from tests.apiserver import ApiServer, Reply, SkippingClock
 from tests.noise import Noise
 from tests.test_ratelimit_shared import check_shared_rate, check_shared_window, wait_workers
 
+pytestmark = pytest.mark.timing  # every test here reads real time, or shares a module with those that do
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("SYNCRUN_TEST_REDIS_URL", DEFAULT_REDIS_URL)
 

@@ -24,6 +24,8 @@ from tests.noise import Noise
 from tests.pg import Database
 from tests.test_ratelimit import check_window
 
+pytestmark = pytest.mark.timing  # every test here reads real time, or shares a module with those that do
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
