@@ -411,8 +411,8 @@ def test_rate_reaches_97_percent_at_50_per_second(api: ApiServer) -> None:
         arrivals, writes = hammer(api, limiter, requests=250, tasks=16, lags=lags)
     check_window(arrivals, writes, lags, noise, requests=50, per=1.0)
     achieved = (len(writes) - 1) / (writes[-1] - writes[0])
-    # a busy machine (four CPU burners: 96.3 %) wakes the sender late more often than not
-    share = 0.94 if noise.busy else 0.97
+    # a busy machine (two or four CPU burners: 94-96 %) wakes the sender late more often than not
+    share = 0.92 if noise.busy else 0.97
     assert achieved >= share * 50, f"achieved {achieved:.2f}/s of 50/s (scheduling p90 {noise.p90 * 1000:.1f} ms)"
 
 
