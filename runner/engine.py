@@ -651,6 +651,9 @@ def _close(state: _Run, job_link: database.Link | None) -> None:
     """Always finalise: a job row never stays `running` after its run is over (reconnecting if the
     database restarted under the run), and claims this run will not use are released."""
     report = state.report
+    # Every way out counts the requests made: only a run that concluded set them, and one that failed
+    # (a limiter's store gone, a bug) or was cut by a signal left the job row saying 0.
+    report.counters = replace(report.counters, requests=state.limiter.requests)
     if job_link is None:
         return
     keys = [*state.unprocessed, *state.inflight]
