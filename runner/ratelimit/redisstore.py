@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runner import spec
 from runner.database import redact_dsn
-from runner.errors import DatabaseError, UsageError
+from runner.errors import DatabaseError, StoreUnreachable, UsageError
 from runner.ratelimit.local import Clock, Sleep
 from runner.ratelimit.shared import Reservation, SharedLimiter
 
@@ -261,7 +261,6 @@ class RedisLimiter(SharedLimiter):
 
     async def _remote_grant(self, pause: float) -> Reservation:
         requests, window, burst, interval = self._args()
-        _, scripts = self._client()
         args = (
             requests,
             repr(window),
@@ -270,23 +269,24 @@ class RedisLimiter(SharedLimiter):
             repr(interval or 0.0),
             self.rate.bucket,
         )
-        at, now, seq = await self._call(scripts.grant(keys=self.keys, args=args))
+        at, now, seq = await self._store(
+            lambda: self._call(self._client()[1].grant(keys=self.keys, args=args)), "a reservation"
+        )
         return Reservation(float(at), float(now), int(seq))
 
     async def _remote_restamp(self, seq: int, late: float) -> float | None:
         requests, window, burst, interval = self._restamp_args()
-        _, scripts = self._client()
         args = (str(seq), repr(late), requests, repr(window), burst, repr(interval or 0.0))
-        moved = await self._call(scripts.restamp(keys=self.keys, args=args))
+        moved = await self._restamp_once(lambda: self._call(self._client()[1].restamp(keys=self.keys, args=args)))
         return None if moved is None else float(moved)
 
     async def _remote_unreserve(self, seq: int) -> bool:
-        _, scripts = self._client()
-        return bool(await self._call(scripts.unreserve(keys=self.keys, args=(str(seq),))))
+        unreserve = lambda: self._call(self._client()[1].unreserve(keys=self.keys, args=(str(seq),)))  # noqa: E731
+        return bool(await self._store(unreserve, "the give-back"))
 
     def _remote_pause(self, seconds: float) -> Coroutine[Any, Any, None]:
         _, scripts = self._client()  # now: a `close()` right after this call waits for the write
-        return self._call(scripts.pause(keys=self.keys, args=(repr(seconds),)))
+        return self._store(lambda: self._call(scripts.pause(keys=self.keys, args=(repr(seconds),))), "the pause")
 
     def _client(self) -> tuple[redis.asyncio.Redis, _Scripts]:
         """This event loop's client (a limiter may outlive one `asyncio.run`), made on first use."""
@@ -326,7 +326,12 @@ class RedisLimiter(SharedLimiter):
                 ) from None
             message = str(exc).removeprefix("syncrun: ")
             raise UsageError(f"{message}: every process sharing a bucket must declare the same limit") from None
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            # a restart, a failover, a network blip: the client reconnects on the next call
+            raise StoreUnreachable(
+                f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
+            ) from None
+        except redis.exceptions.RedisError as exc:
             raise DatabaseError(
                 f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
             ) from None

@@ -18,13 +18,16 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from runner import spec
+from runner.database import RECONNECT_WAITS
+from runner.errors import StoreUnreachable
 from runner.ratelimit.local import LATE, Clock, Grant, Limiter, Sleep
 
 log = logging.getLogger("runner.ratelimit")
+T = TypeVar("T")
 
 # How long a sample of the offset between our clock and the server's stays usable.
 OFFSET_MEMORY = 10.0
@@ -68,6 +71,7 @@ class SharedLimiter(Limiter):
     ) -> None:
         super().__init__(rate, margin=margin, clock=clock, sleep=sleep, time_scale=time_scale)
         self._flushes: set[asyncio.Task[None]] = set()  # background pause writes, kept referenced
+        self._reconnecting: set[asyncio.Task[Any]] = set()  # tasks waiting to reconnect to the store
         self._offsets: deque[tuple[float, float]] = deque()  # (our time, clock offset sample)
         self._trip = 0.0  # how long the last statement took, there and back
         self._unsent: set[Grant] = set()  # handed out, not written yet
@@ -212,6 +216,50 @@ class SharedLimiter(Limiter):
         task = loop.create_task(self._remote_pause(seconds))
         self._flushes.add(task)
         task.add_done_callback(self._flushed)
+
+    def close(self) -> None:
+        super().close()
+        # A pause still being retried would hold the close (and the run's exit) up to a reconnect
+        # wait; it travels with the next grant of whoever runs next.
+        for task in self._flushes & self._reconnecting:
+            if not task.get_loop().is_closed():
+                task.get_loop().call_soon_threadsafe(task.cancel)
+
+    async def _store(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """`attempt()`, again after each of database.RECONNECT_WAITS while it raises StoreUnreachable
+        (the store restarting, failing over, a network blip): the run's own connections survive a
+        ~17 s outage, and the limiter must not fail the run sooner. The waits are cancellable, so a
+        stopped run (the transport cancels a reserve waiting for its grant) ends within its grace.
+
+        Only calls that may run twice come here: a reserve whose reply was lost may have been recorded,
+        and then it stays in the log unused (it costs a slot, never the limit); a pause and a give-back
+        are idempotent. A re-stamp is not: moved twice, its entry would sit later than the send, so
+        `_remote_restamp` takes one attempt and a broken one counts as refused (the grant is taken
+        again, through here)."""
+        for wait in (*RECONNECT_WAITS, None):
+            try:
+                return await attempt()
+            except StoreUnreachable as exc:
+                if wait is None:
+                    raise
+                log.warning("%s; reconnecting in %.1fs to retry %s", exc, wait, what)
+            task = asyncio.current_task()
+            if task is not None:
+                self._reconnecting.add(task)
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self._reconnecting.discard(task)
+            self._check_open()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _restamp_once(self, attempt: Callable[[], Awaitable[float | None]]) -> float | None:
+        """A re-stamp, once (see `_store`): a broken connection counts as a refusal."""
+        try:
+            return await attempt()
+        except StoreUnreachable as exc:
+            log.warning("%s; a re-stamp counts as refused: the grant is taken again", exc)
+            return None
 
     async def _regrant(self, grant: Grant) -> None:
         """Leave `grant` unused (it still counts on the server) and take a new one in its place."""
