@@ -140,7 +140,12 @@ def test_a_limiter_failing_mid_run_leaves_the_requests_counted_and_no_task_dumps
     source.write_text(
         text.replace(limit, f"rate_limit: {{requests: 1, per: 2s, burst: 1, bucket: {bucket}, shared: {shared}}}")
     )
-    env = {"DATABASE_URL": db.dsn, "API_URL": api.url, "API_TOKEN": "s3cr3t-token-value", "SYNCRUN_REDIS_URL": REDIS_URL}
+    env = {
+        "DATABASE_URL": db.dsn,
+        "API_URL": api.url,
+        "API_TOKEN": "s3cr3t-token-value",
+        "SYNCRUN_REDIS_URL": REDIS_URL,
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     seed(db, source, appids=range(1, 6))
@@ -164,7 +169,8 @@ def test_a_limiter_failing_mid_run_leaves_the_requests_counted_and_no_task_dumps
             process.communicate()
     assert process.returncode == 2, err
     assert "is in use with another limit (another)" in err
-    assert "never retrieved" not in err and "Traceback" not in err, err
+    assert "never retrieved" not in err, err
+    assert "Traceback" not in err, err
     status, made = db.rows("select status, requests_made from sync_jobs")[0]
     assert status == "failed"
     assert made == len(api.requests) >= 1

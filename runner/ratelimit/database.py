@@ -11,9 +11,9 @@ import psycopg
 
 from runner import spec
 from runner.database import CONNECT_TIMEOUT
-from runner.errors import DatabaseError, SchemaMismatch, StoreUnreachable, UsageError
+from runner.errors import DatabaseError, SchemaMismatch, StoreUnreachable
 from runner.ratelimit.local import Clock, Sleep
-from runner.ratelimit.shared import Reservation, SharedLimiter
+from runner.ratelimit.shared import Reservation, SharedLimiter, refused
 
 DECLARED_OTHERWISE = "SR001"  # syncrun_rate_reserve: the bucket is in use with another limit (migration 0003)
 
@@ -118,13 +118,21 @@ class DatabaseLimiter(SharedLimiter):
             except psycopg.Error as exc:
                 if exc.sqlstate == DECLARED_OTHERWISE:
                     message = str(exc.diag.message_primary or exc).removeprefix("syncrun: ")
-                    raise UsageError(f"{message}: every process sharing a bucket must declare the same limit") from None
+                    raise refused(message, self.reset_sql()) from None
                 if self._conn.broken or self._conn.closed:  # a restart, a failover: the caller may retry
                     self._conn = None
                     raise self._unreachable(exc) from None
                 raise DatabaseError(f"rate-limit bucket '{self.rate.bucket}': PostgreSQL failed: {exc}") from None
             assert row is not None
             return row[0]
+
+    def reset_sql(self) -> str:
+        """The statements that clear this bucket (docs/rate-limits.md, "Changing a bucket's limit")."""
+        name = self.rate.bucket.replace("'", "''")
+        return (
+            f"delete from syncrun_rate_log where bucket = '{name}';"
+            f" delete from syncrun_rate_limits where bucket = '{name}';"
+        )
 
     def _unreachable(self, exc: psycopg.Error) -> StoreUnreachable:
         return StoreUnreachable(f"rate-limit bucket '{self.rate.bucket}': PostgreSQL failed: {exc}")

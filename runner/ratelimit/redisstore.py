@@ -11,7 +11,7 @@ from runner import spec
 from runner.database import redact_dsn
 from runner.errors import DatabaseError, StoreUnreachable, UsageError
 from runner.ratelimit.local import Clock, Sleep
-from runner.ratelimit.shared import Reservation, SharedLimiter
+from runner.ratelimit.shared import Reservation, SharedLimiter, refused
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -73,8 +73,12 @@ if interval > 0 then redis.call('HSET', KEYS[3], string.format('%d', seq), strin
 redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq), 'paused_until', string.format('%.6f', paused),
            'last', when, 'tat', string.format('%.6f', tat),
            'declared', declared, 'declared_for', string.format('%.6f', math.max(window, interval)))
--- an idle bucket vanishes once its log imposes nothing (and its pause is over), plus a second
-local ttl = math.ceil((math.max(at + math.max(window, 0), tat, paused) - now) * 1000) + 1000
+-- an idle bucket vanishes 1 s after its log imposes nothing and its pause is over: the window form's
+-- latest grant + window; the token form's tat (the bucket is full again then; `window` there is the
+-- burst's tolerance, which made the keys live (burst - 1) intervals too long)
+local imposes = tat
+if interval <= 0 then imposes = at + math.max(window, 0) end
+local ttl = math.ceil((math.max(imposes, paused) - now) * 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
@@ -147,7 +151,10 @@ end
 redis.call('ZADD', KEYS[1], f(s), member)
 local last = tonumber(redis.call('HGET', KEYS[2], 'last')) or 0
 if s > last then redis.call('HSET', KEYS[2], 'last', f(s)) end
-local ttl = math.ceil((s + math.max(window, 0) + math.max(interval, 0) - old) * 1000) + 1000
+-- as REDIS_GRANT's, from `old` (no TIME here; at most the lateness more)
+local imposes = s + math.max(window, 0)
+if interval > 0 then imposes = tonumber(redis.call('HGET', KEYS[2], 'tat')) or s end
+local ttl = math.ceil((imposes - old) * 1000) + 1000
 if redis.call('PTTL', KEYS[1]) < ttl then
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
@@ -325,7 +332,7 @@ class RedisLimiter(SharedLimiter):
                     f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
                 ) from None
             message = str(exc).removeprefix("syncrun: ")
-            raise UsageError(f"{message}: every process sharing a bucket must declare the same limit") from None
+            raise refused(message, f"redis-cli -u {redact_dsn(self.url)} DEL {' '.join(self.keys)}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             # a restart, a failover, a network blip: the client reconnects on the next call
             raise StoreUnreachable(

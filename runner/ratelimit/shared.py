@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 from runner import spec
 from runner.database import RECONNECT_WAITS
-from runner.errors import StoreUnreachable
+from runner.errors import StoreUnreachable, UsageError
 from runner.ratelimit.local import LATE, Clock, Grant, Limiter, Sleep
 
 log = logging.getLogger("runner.ratelimit")
@@ -39,6 +40,21 @@ OVERDUE_WAIT = 0.5
 # A re-stamp is tried this many times (each covers the time its own round trip took) before the
 # grant is left unused and taken again.
 RESTAMPS = 3
+
+
+_PADDED = re.compile(r"\b(\d+\.\d+) s\b")
+
+
+def refused(message: str, reset: str) -> UsageError:
+    """The store's "in use with another limit" refusal, for people: its numbers as written ("10 per
+    1.01 s", not "1.010000 s": the store compares the padded text between processes, old and new, so
+    only the display changes), and how to take a bucket over that no process uses any more (a limit
+    of `per: 365d` would otherwise bind for a year). `reset`: the store's command to clear it."""
+    shown = _PADDED.sub(lambda m: f"{float(m[1]):.6f}".rstrip("0").rstrip(".") + " s", message)
+    return UsageError(
+        f"{shown}: every process sharing a bucket must declare the same limit. If no process uses the old"
+        f" limit any more, clear the bucket (its budget starts afresh) with: {reset}"
+    )
 
 
 class Reservation:
