@@ -40,6 +40,9 @@ log = logging.getLogger("syncrun")
 T = TypeVar("T")
 
 DEFAULT_DATA_DIR = Path(".syncrun") / "pgdata"
+# The waits before each reconnect of a connection that broke: ~17 s, long enough for a PostgreSQL
+# restart or a Redis failover. Every connection of a run uses them (Link, the shared rate limiters).
+RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0, 5.0, 5.0)
 CONNECT_TIMEOUT = 10  # seconds; a wrong host should fail the run quickly, not after the OS timeout
 
 # A URI's scheme; what follows up to the *last* `@` is its userinfo, and the password is everything in
@@ -220,7 +223,7 @@ class Link:
     (OutOfOrderTransactionNesting, the job left `running`); now it waits for it.
     """
 
-    RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0, 5.0, 5.0)  # ~17 s: long enough for a PostgreSQL restart
+    RECONNECT_WAITS = RECONNECT_WAITS
 
     def __init__(self, open_: Callable[[], psycopg.Connection], sleep: Callable[[float], None] = time.sleep) -> None:
         self._open, self._sleep = open_, sleep

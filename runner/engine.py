@@ -602,9 +602,13 @@ async def _finish_fetching(state: _Run, tasks: list[asyncio.Task[None]]) -> None
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
     stop_wait.cancel()
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]  # a bug in the pipeline: surface it
+    # Every task's exception is read, not just the first one raised: several fetchers meeting the same
+    # error (a shared limiter refusing the bucket) left asyncio's "Task exception was never retrieved"
+    # dumps on stderr after the real message.
+    errors = [task.exception() for task in tasks if task.done() and not task.cancelled()]
+    for error in errors:
+        if error is not None:
+            raise error  # a bug in the pipeline, or the limiter's store: surface it
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -651,6 +655,9 @@ def _close(state: _Run, job_link: database.Link | None) -> None:
     """Always finalise: a job row never stays `running` after its run is over (reconnecting if the
     database restarted under the run), and claims this run will not use are released."""
     report = state.report
+    # Every way out counts the requests made: only a run that concluded set them, and one that failed
+    # (a limiter's store gone, a bug) or was cut by a signal left the job row saying 0.
+    report.counters = replace(report.counters, requests=state.limiter.requests)
     if job_link is None:
         return
     keys = [*state.unprocessed, *state.inflight]

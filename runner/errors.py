@@ -6,6 +6,7 @@ SyncrunError                       base; `exit_code` says what the CLI returns
 ├── SettingError                   a ${env.X}/${secret.X} is unset at run start     (exit 2)
 ├── SchemaMismatch                 the database lacks a table/column a source needs (exit 2)
 ├── DatabaseError                  PostgreSQL or Redis unreachable or failing      (exit 1)
+│   ├── StoreUnreachable           a shared rate limit's connection failed (retried first)
 │   └── SelectionError             the selection's query or column settings fail   (exit 2)
 ├── RunFailed                      the run as a whole failed (Retry-After beyond max_wait,
 │                                  circuit breaker, fail_ratio exceeded)           (exit 1)
@@ -69,6 +70,12 @@ class SchemaMismatch(SyncrunError):
 
 class DatabaseError(SyncrunError):
     exit_code = 1
+
+
+class StoreUnreachable(DatabaseError):
+    """A shared rate limit's store (PostgreSQL, Redis) could not be reached, or the connection broke
+    during a call: the limiter reconnects and retries (database.RECONNECT_WAITS) before this reaches
+    the run. A failed statement on a healthy connection is a plain DatabaseError: not ours to retry."""
 
 
 class SelectionError(DatabaseError):

@@ -202,7 +202,6 @@ _PATTERN_WORDS = {
     "qualified_name": "is not a valid name (name or schema.name; lower-case letters, digits and _)",
     "source_name": "is not a valid source name (lower-case letters, digits and _, starting with a letter, ≤ 50 long)",
     "job_type": "is not a valid job type (letters, digits, _ . -)",
-    "bucket": "is not a valid bucket name (letters, digits, _ . : -)",
     "header_name": "is not a valid header name",
     "origin": "is not an origin (http:// or https://, a host and an optional port, nothing after)",
 }
@@ -247,6 +246,8 @@ def _value_message(error: ValidationError) -> str:
         return f"expected {either}, got {show(value)}{hint}"
     if kind == "enum":
         return f"{show(value)} is not one of: {', '.join(map(str, expected))}{did_you_mean(value, expected)}"
+    if kind == "pattern" and error.schema.get("title") == "bucket" and isinstance(value, str):
+        return f"{show(value)} {_bucket_words(value)}"
     if kind == "pattern":
         return f"{show(value)} {_PATTERN_WORDS.get(error.schema.get('title', ''), f'does not match {expected}')}"
     if kind == "const":
@@ -262,6 +263,25 @@ def _value_message(error: ValidationError) -> str:
         return f"{show(value)} matches none of the forms allowed here (docs/reference.md lists them)"
     message = str(error.message)
     return message if len(message) <= 300 else message[:297] + "..."
+
+
+BUCKET_MAX = 100  # schemas/source.schema.json's bucket pattern: {1,100}
+_BUCKET_CHAR = re.compile(r"[A-Za-z0-9_.:-]")
+
+
+def _bucket_words(value: str) -> str:
+    """What is wrong with a bucket name, said exactly: one message for a name that is too long and one
+    with a Cyrillic letter sent users looking for the wrong thing."""
+    wrong: list[str] = []
+    if not value:
+        return "is not a valid bucket name: it is empty"
+    if len(value) > BUCKET_MAX:
+        wrong.append(f"{len(value)} characters long, at most {BUCKET_MAX} allowed")
+    bad = list(dict.fromkeys(c for c in value if not _BUCKET_CHAR.fullmatch(c)))
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        wrong.append(f"{shown} not allowed (only ASCII letters, digits and _ . : -)")
+    return "is not a valid bucket name: " + "; ".join(wrong)
 
 
 def _extra(error: ValidationError) -> list[str]:

@@ -123,3 +123,106 @@ def test_bundled_steamspy_source_requests_pages_a_minute_apart(
     assert db.scalar("select seq from syncrun_rate_limits where bucket = 'steamspy-all'") == 3
     ahead = db.scalar("select extract(epoch from last_at - clock_timestamp()) from syncrun_rate_limits")
     assert ahead < 0, f"the last reservation is {ahead:.1f} s in the future"
+
+
+@pytest.mark.parametrize("shared", ["database", "redis"])
+def test_a_limiter_failing_mid_run_leaves_the_requests_counted_and_no_task_dumps(
+    shared: str, db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket's declaration changes under the run (as another process declaring another limit): the
+    next reservation is refused, every fetcher meets the refusal, and the run exits 2 with that message
+    alone (no asyncio "Task exception was never retrieved" dump); the job row counts the requests that
+    reached the server (it said 0)."""
+    if shared == "redis" and (reason := _reachable()) is not None:
+        pytest.skip(reason)
+    bucket = f"midrun-{shared}-{time.time_ns()}"
+    source = write_source(tmp_path, bucket=bucket)
+    text = source.read_text()
+    limit = text[text.index("rate_limit:") : text.index("\n", text.index("rate_limit:"))]
+    source.write_text(
+        text.replace(limit, f"rate_limit: {{requests: 1, per: 2s, burst: 1, bucket: {bucket}, shared: {shared}}}")
+    )
+    env = {
+        "DATABASE_URL": db.dsn,
+        "API_URL": api.url,
+        "API_TOKEN": "s3cr3t-token-value",
+        "SYNCRUN_REDIS_URL": REDIS_URL,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seed(db, source, appids=range(1, 6))
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", app(appid))
+    process = start(["run", str(source), "--log-format", "json"], env)
+    try:
+        wait_for(lambda: len(api.requests) >= 1, timeout=20)
+        if shared == "database":
+            db.run(f"update syncrun_rate_limits set declared = 'another' where bucket = '{bucket}'")
+        else:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            client.hset(f"syncrun:ratelimit:{bucket}:state", "declared", "another")
+            client.close()
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 2, err
+    assert "is in use with another limit (another)" in err
+    assert "never retrieved" not in err, err
+    assert "Traceback" not in err, err
+    status, made = db.rows("select status, requests_made from sync_jobs")[0]
+    assert status == "failed"
+    assert made == len(api.requests) >= 1
+
+
+@pytest.mark.slow
+def test_a_run_whose_limiter_waits_to_reconnect_stops_within_the_grace_period(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis cut under the run (the proxy refuses and resets): its reserves wait to reconnect (~17 s of
+    waits); a SIGTERM then ends the run within the grace period, job `cancelled`, requests counted."""
+    from tests.cutproxy import CutProxy
+
+    if (reason := _reachable()) is not None:
+        pytest.skip(reason)
+    bucket = f"cut-{time.time_ns()}"
+    source = write_source(tmp_path, bucket=bucket)
+    text = source.read_text()
+    limit = text[text.index("rate_limit:") : text.index("\n", text.index("rate_limit:"))]
+    source.write_text(
+        text.replace(limit, f"rate_limit: {{requests: 1, per: 1s, burst: 1, bucket: {bucket}, shared: redis}}")
+    )
+    with CutProxy("127.0.0.1", 6379) as proxy:
+        env = {
+            "DATABASE_URL": db.dsn,
+            "API_URL": api.url,
+            "API_TOKEN": "s3cr3t-token-value",
+            "SYNCRUN_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        seed(db, source, appids=range(1, 6))
+        for appid in range(1, 6):
+            api.route(f"/apps/{appid}", app(appid))
+        process = start(["run", str(source), "--grace", "2"], env)
+        try:
+            wait_for(lambda: len(api.requests) >= 1, timeout=20)
+            proxy.cut()
+            time.sleep(1.5)  # the next reserve meets the cut and waits to reconnect (0.5 s, then 1 s, ...)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=15)
+            stopped = time.monotonic() - signalled
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 143, err
+    assert "reconnecting in" in err
+    assert stopped < 2 + 2.0, f"took {stopped:.1f} s after the signal"  # grace + shutdown (the waits: 17 s)
+    status, made = db.rows("select status, requests_made from sync_jobs")[0]
+    assert status == "cancelled"
+    assert made == len(api.requests) >= 1

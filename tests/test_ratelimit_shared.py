@@ -316,11 +316,18 @@ def test_another_limit_for_a_bucket_in_use_is_refused(db: Database) -> None:
     with pytest.raises(UsageError) as refused:
         asyncio.run(grant(shared(3, 9.0, burst=3, bucket="api")))
     assert str(refused.value) == (
-        "rate-limit bucket api is in use with another limit (2 per 0.410000 s, burst 1) than this process"
-        " declares (3 per 9.045000 s, burst 3): every process sharing a bucket must declare the same limit"
+        "rate-limit bucket api is in use with another limit (2 per 0.41 s, burst 1) than this process"
+        " declares (3 per 9.045 s, burst 3): every process sharing a bucket must declare the same limit."
+        " If no process uses the old limit any more, clear the bucket (its budget starts afresh) with:"
+        " delete from syncrun_rate_log where bucket = 'api'; delete from syncrun_rate_limits where bucket = 'api';"
     )
     time.sleep(0.5)  # the 0.41 s window has passed: nothing binds any more
     asyncio.run(grant(shared(3, 9.0, burst=3, bucket="api")))
+    with pytest.raises(UsageError) as refused:  # a long one binds: the recipe in the message takes it over
+        asyncio.run(grant(shared(10, 365 * 86400.0, bucket="api")))
+    assert "(3 per 9.045 s, burst 3) than this process declares (10 per 31693680 s, burst 1)" in str(refused.value)
+    db.run(str(refused.value).split("with: ", 1)[1])
+    asyncio.run(grant(shared(10, 365 * 86400.0, bucket="api")))
 
 
 class SteppingServer(SharedLimiter):

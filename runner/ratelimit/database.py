@@ -10,9 +10,10 @@ from typing import Any, LiteralString
 import psycopg
 
 from runner import spec
-from runner.errors import DatabaseError, SchemaMismatch, UsageError
+from runner.database import CONNECT_TIMEOUT
+from runner.errors import DatabaseError, SchemaMismatch, StoreUnreachable
 from runner.ratelimit.local import Clock, Sleep
-from runner.ratelimit.shared import Reservation, SharedLimiter
+from runner.ratelimit.shared import Reservation, SharedLimiter, refused
 
 DECLARED_OTHERWISE = "SR001"  # syncrun_rate_reserve: the bucket is in use with another limit (migration 0003)
 
@@ -64,23 +65,26 @@ class DatabaseLimiter(SharedLimiter):
                 self._conn = None
 
     async def _remote_grant(self, pause: float) -> Reservation:
-        return await asyncio.to_thread(self._grant, pause)
+        return await self._store(lambda: asyncio.to_thread(self._grant, pause), "the reservation")
 
     async def _remote_restamp(self, seq: int, late: float) -> float | None:
         requests, window, burst, interval = self._restamp_args()
-        moved = await asyncio.to_thread(
-            self._call,
-            "select syncrun_rate_restamp(%s, %s, %s, %s, %s, %s, %s)",
-            (self.rate.bucket, seq, late, requests, window, burst, interval),
+        moved = await self._restamp_once(
+            lambda: asyncio.to_thread(
+                self._call,
+                "select syncrun_rate_restamp(%s, %s, %s, %s, %s, %s, %s)",
+                (self.rate.bucket, seq, late, requests, window, burst, interval),
+            )
         )
         return None if moved is None else float(moved)
 
     async def _remote_unreserve(self, seq: int) -> bool:
-        gone = await asyncio.to_thread(self._call, "select syncrun_rate_unreserve(%s, %s)", (self.rate.bucket, seq))
+        query = "select syncrun_rate_unreserve(%s, %s)"
+        gone = await self._store(lambda: asyncio.to_thread(self._call, query, (self.rate.bucket, seq)), "the give-back")
         return bool(gone)
 
     async def _remote_pause(self, seconds: float) -> None:
-        await asyncio.to_thread(self._write_pause, seconds)
+        await self._store(lambda: asyncio.to_thread(self._write_pause, seconds), "the pause")
 
     def _pause_outside_loop(self, seconds: float) -> None:
         self._write_pause(seconds)
@@ -100,21 +104,38 @@ class DatabaseLimiter(SharedLimiter):
     def _call(self, query: LiteralString, params: tuple[Any, ...]) -> Any:
         with self._conn_lock:
             self._check_open()
+            if self._conn is None or self._conn.closed:
+                try:
+                    self._conn = psycopg.connect(
+                        self._dsn, autocommit=True, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT
+                    )
+                except psycopg.OperationalError as exc:  # nothing was sent: always safe to try again
+                    raise self._unreachable(exc) from None
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self._dsn, autocommit=True, prepare_threshold=None)
                 row = self._conn.execute(query, params).fetchone()
             except psycopg.errors.UndefinedFunction:
                 raise self._missing() from None
             except psycopg.Error as exc:
                 if exc.sqlstate == DECLARED_OTHERWISE:
                     message = str(exc.diag.message_primary or exc).removeprefix("syncrun: ")
-                    raise UsageError(f"{message}: every process sharing a bucket must declare the same limit") from None
-                if self._conn is not None and self._conn.broken:
-                    self._conn = None  # reconnect on the next grant
+                    raise refused(message, self.reset_sql()) from None
+                if self._conn.broken or self._conn.closed:  # a restart, a failover: the caller may retry
+                    self._conn = None
+                    raise self._unreachable(exc) from None
                 raise DatabaseError(f"rate-limit bucket '{self.rate.bucket}': PostgreSQL failed: {exc}") from None
             assert row is not None
             return row[0]
+
+    def reset_sql(self) -> str:
+        """The statements that clear this bucket (docs/rate-limits.md, "Changing a bucket's limit")."""
+        name = self.rate.bucket.replace("'", "''")
+        return (
+            f"delete from syncrun_rate_log where bucket = '{name}';"
+            f" delete from syncrun_rate_limits where bucket = '{name}';"
+        )
+
+    def _unreachable(self, exc: psycopg.Error) -> StoreUnreachable:
+        return StoreUnreachable(f"rate-limit bucket '{self.rate.bucket}': PostgreSQL failed: {exc}")
 
     def _missing(self) -> SchemaMismatch:
         return SchemaMismatch(

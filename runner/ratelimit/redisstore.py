@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runner import spec
 from runner.database import redact_dsn
-from runner.errors import DatabaseError, UsageError
+from runner.errors import DatabaseError, StoreUnreachable, UsageError
 from runner.ratelimit.local import Clock, Sleep
-from runner.ratelimit.shared import Reservation, SharedLimiter
+from runner.ratelimit.shared import Reservation, SharedLimiter, refused
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -73,8 +73,12 @@ if interval > 0 then redis.call('HSET', KEYS[3], string.format('%d', seq), strin
 redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq), 'paused_until', string.format('%.6f', paused),
            'last', when, 'tat', string.format('%.6f', tat),
            'declared', declared, 'declared_for', string.format('%.6f', math.max(window, interval)))
--- an idle bucket vanishes once its log imposes nothing (and its pause is over), plus a second
-local ttl = math.ceil((math.max(at + math.max(window, 0), tat, paused) - now) * 1000) + 1000
+-- an idle bucket vanishes 1 s after its log imposes nothing and its pause is over: the window form's
+-- latest grant + window; the token form's tat (the bucket is full again then; `window` there is the
+-- burst's tolerance, which made the keys live (burst - 1) intervals too long)
+local imposes = tat
+if interval <= 0 then imposes = at + math.max(window, 0) end
+local ttl = math.ceil((math.max(imposes, paused) - now) * 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
@@ -147,7 +151,10 @@ end
 redis.call('ZADD', KEYS[1], f(s), member)
 local last = tonumber(redis.call('HGET', KEYS[2], 'last')) or 0
 if s > last then redis.call('HSET', KEYS[2], 'last', f(s)) end
-local ttl = math.ceil((s + math.max(window, 0) + math.max(interval, 0) - old) * 1000) + 1000
+-- as REDIS_GRANT's, from `old` (no TIME here; at most the lateness more)
+local imposes = s + math.max(window, 0)
+if interval > 0 then imposes = tonumber(redis.call('HGET', KEYS[2], 'tat')) or s end
+local ttl = math.ceil((imposes - old) * 1000) + 1000
 if redis.call('PTTL', KEYS[1]) < ttl then
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
@@ -261,7 +268,6 @@ class RedisLimiter(SharedLimiter):
 
     async def _remote_grant(self, pause: float) -> Reservation:
         requests, window, burst, interval = self._args()
-        _, scripts = self._client()
         args = (
             requests,
             repr(window),
@@ -270,23 +276,24 @@ class RedisLimiter(SharedLimiter):
             repr(interval or 0.0),
             self.rate.bucket,
         )
-        at, now, seq = await self._call(scripts.grant(keys=self.keys, args=args))
+        at, now, seq = await self._store(
+            lambda: self._call(self._client()[1].grant(keys=self.keys, args=args)), "a reservation"
+        )
         return Reservation(float(at), float(now), int(seq))
 
     async def _remote_restamp(self, seq: int, late: float) -> float | None:
         requests, window, burst, interval = self._restamp_args()
-        _, scripts = self._client()
         args = (str(seq), repr(late), requests, repr(window), burst, repr(interval or 0.0))
-        moved = await self._call(scripts.restamp(keys=self.keys, args=args))
+        moved = await self._restamp_once(lambda: self._call(self._client()[1].restamp(keys=self.keys, args=args)))
         return None if moved is None else float(moved)
 
     async def _remote_unreserve(self, seq: int) -> bool:
-        _, scripts = self._client()
-        return bool(await self._call(scripts.unreserve(keys=self.keys, args=(str(seq),))))
+        unreserve = lambda: self._call(self._client()[1].unreserve(keys=self.keys, args=(str(seq),)))  # noqa: E731
+        return bool(await self._store(unreserve, "the give-back"))
 
     def _remote_pause(self, seconds: float) -> Coroutine[Any, Any, None]:
         _, scripts = self._client()  # now: a `close()` right after this call waits for the write
-        return self._call(scripts.pause(keys=self.keys, args=(repr(seconds),)))
+        return self._store(lambda: self._call(scripts.pause(keys=self.keys, args=(repr(seconds),))), "the pause")
 
     def _client(self) -> tuple[redis.asyncio.Redis, _Scripts]:
         """This event loop's client (a limiter may outlive one `asyncio.run`), made on first use."""
@@ -325,8 +332,13 @@ class RedisLimiter(SharedLimiter):
                     f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
                 ) from None
             message = str(exc).removeprefix("syncrun: ")
-            raise UsageError(f"{message}: every process sharing a bucket must declare the same limit") from None
-        except (redis.exceptions.RedisError, OSError) as exc:
+            raise refused(message, f"redis-cli -u {redact_dsn(self.url)} DEL {' '.join(self.keys)}") from None
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            # a restart, a failover, a network blip: the client reconnects on the next call
+            raise StoreUnreachable(
+                f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
+            ) from None
+        except redis.exceptions.RedisError as exc:
             raise DatabaseError(
                 f"rate-limit bucket '{self.rate.bucket}': Redis at {redact_dsn(self.url)} failed: {exc}"
             ) from None

@@ -16,15 +16,19 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections import deque
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from runner import spec
+from runner.database import RECONNECT_WAITS
+from runner.errors import StoreUnreachable, UsageError
 from runner.ratelimit.local import LATE, Clock, Grant, Limiter, Sleep
 
 log = logging.getLogger("runner.ratelimit")
+T = TypeVar("T")
 
 # How long a sample of the offset between our clock and the server's stays usable.
 OFFSET_MEMORY = 10.0
@@ -36,6 +40,21 @@ OVERDUE_WAIT = 0.5
 # A re-stamp is tried this many times (each covers the time its own round trip took) before the
 # grant is left unused and taken again.
 RESTAMPS = 3
+
+
+_PADDED = re.compile(r"\b(\d+\.\d+) s\b")
+
+
+def refused(message: str, reset: str) -> UsageError:
+    """The store's "in use with another limit" refusal, for people: its numbers as written ("10 per
+    1.01 s", not "1.010000 s": the store compares the padded text between processes, old and new, so
+    only the display changes), and how to take a bucket over that no process uses any more (a limit
+    of `per: 365d` would otherwise bind for a year). `reset`: the store's command to clear it."""
+    shown = _PADDED.sub(lambda m: f"{float(m[1]):.6f}".rstrip("0").rstrip(".") + " s", message)
+    return UsageError(
+        f"{shown}: every process sharing a bucket must declare the same limit. If no process uses the old"
+        f" limit any more, clear the bucket (its budget starts afresh) with: {reset}"
+    )
 
 
 class Reservation:
@@ -68,6 +87,7 @@ class SharedLimiter(Limiter):
     ) -> None:
         super().__init__(rate, margin=margin, clock=clock, sleep=sleep, time_scale=time_scale)
         self._flushes: set[asyncio.Task[None]] = set()  # background pause writes, kept referenced
+        self._reconnecting: set[asyncio.Task[Any]] = set()  # tasks waiting to reconnect to the store
         self._offsets: deque[tuple[float, float]] = deque()  # (our time, clock offset sample)
         self._trip = 0.0  # how long the last statement took, there and back
         self._unsent: set[Grant] = set()  # handed out, not written yet
@@ -212,6 +232,50 @@ class SharedLimiter(Limiter):
         task = loop.create_task(self._remote_pause(seconds))
         self._flushes.add(task)
         task.add_done_callback(self._flushed)
+
+    def close(self) -> None:
+        super().close()
+        # A pause still being retried would hold the close (and the run's exit) up to a reconnect
+        # wait; it travels with the next grant of whoever runs next.
+        for task in self._flushes & self._reconnecting:
+            if not task.get_loop().is_closed():
+                task.get_loop().call_soon_threadsafe(task.cancel)
+
+    async def _store(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """`attempt()`, again after each of database.RECONNECT_WAITS while it raises StoreUnreachable
+        (the store restarting, failing over, a network blip): the run's own connections survive a
+        ~17 s outage, and the limiter must not fail the run sooner. The waits are cancellable, so a
+        stopped run (the transport cancels a reserve waiting for its grant) ends within its grace.
+
+        Only calls that may run twice come here: a reserve whose reply was lost may have been recorded,
+        and then it stays in the log unused (it costs a slot, never the limit); a pause and a give-back
+        are idempotent. A re-stamp is not: moved twice, its entry would sit later than the send, so
+        `_remote_restamp` takes one attempt and a broken one counts as refused (the grant is taken
+        again, through here)."""
+        for wait in (*RECONNECT_WAITS, None):
+            try:
+                return await attempt()
+            except StoreUnreachable as exc:
+                if wait is None:
+                    raise
+                log.warning("%s; reconnecting in %.1fs to retry %s", exc, wait, what)
+            task = asyncio.current_task()
+            if task is not None:
+                self._reconnecting.add(task)
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self._reconnecting.discard(task)
+            self._check_open()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _restamp_once(self, attempt: Callable[[], Awaitable[float | None]]) -> float | None:
+        """A re-stamp, once (see `_store`): a broken connection counts as a refusal."""
+        try:
+            return await attempt()
+        except StoreUnreachable as exc:
+            log.warning("%s; a re-stamp counts as refused: the grant is taken again", exc)
+            return None
 
     async def _regrant(self, grant: Grant) -> None:
         """Leave `grant` unused (it still counts on the server) and take a new one in its place."""
