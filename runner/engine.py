@@ -557,7 +557,8 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
             capped, resume = page.capped, page.resume
             if state.stop.is_set():
                 break
-        if (resume is not None and not capped) or number == done:  # stopped (a signal, --max-runtime) before the end
+        ended = number > done and resume is None  # the last page read had no next one: the listing's end
+        if state.stop.is_set() and not ended and not capped:  # a signal, --max-runtime, a slow page: resume later
             _unfinished(state, "interrupted", "the run stopped before its end", resume, number)
             return
         if capped:  # declared by the user (or the default page cap): the run completes, the listing does not
