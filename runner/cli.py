@@ -419,7 +419,8 @@ def _summarise(report: engine.Report) -> None:
         f"failed {c.failed}, skipped {c.skipped}{f', deleted {c.deleted}' if c.deleted else ''};"
         f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
-    print(line + (f"; {report.error}" if report.error else ""), file=sys.stderr)
+    notes = [note for note in (report.listing, report.error) if note]
+    print("; ".join([line, *notes]), file=sys.stderr)
 
 
 def _print_traces(report: engine.Report, source: spec.Source, redact: Redactor) -> None:

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
+from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
@@ -65,6 +66,7 @@ class Trace:
     excerpt: str = ""
     rule: str = ""
     result: writer.EntityResult | None = None
+    declared: bool = False  # the deciding outcome rule is the source's own, not a default one
 
 
 @dataclass(slots=True)
@@ -77,6 +79,8 @@ class Report:
     signal: int | None = None
     traces: list[Trace] = field(default_factory=list)
     elapsed: float = 0.0
+    listing: str | None = None  # a list source's listing that did not end: "listing not complete: …"
+    metadata: dict[str, JSON] = field(default_factory=dict)  # merged into the job row's metadata at the end
 
 
 Connect = Callable[[], psycopg.Connection[Any]]
@@ -108,6 +112,9 @@ class _Run:
         self.breaker = breaker.Breaker()
         self.write_failed = False
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
+        # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
+        # when the listing started, carried by its checkpoint; None when a checkpoint did not say.
+        self.listing_started: datetime | None = self.now
 
     # --- stopping ---------------------------------------------------------------------------------
     def halt(self, status: str, error: str | None = None, signum: int | None = None) -> None:
@@ -174,6 +181,8 @@ class _Run:
                 self.http, self.source, entity, self.settings, limiter=self.limiter, sleep=self.sleep
             )
             trace.result = self.classify(entity, self.replies(listing), trace)
+            if listing and listing[-1].capped:  # the rows beyond the cap were not read: replace_by deletes none
+                trace.result = replace(trace.result, partial=True)
         except RunFailed as error:
             self.halt("failed", self.settings.redact(str(error)))
             return []
@@ -216,6 +225,8 @@ class _Run:
             try:
                 parts = [self.part(reply, trace.entity) for reply in replies]
                 trace.result = self.classify(trace.entity, parts, trace, whole=replies[0].body)
+                if listing[-1].capped:
+                    trace.result = replace(trace.result, partial=True)
             except EntityError as error:
                 trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
         return traces
@@ -243,6 +254,8 @@ class _Run:
         stamp_on_skip = self.source.status.stamp_on_skip if self.source.status else False
         decision = outcomes.classify(self.source.outcomes, first, entity, stamp_on_skip=stamp_on_skip)
         trace.rule = decision.rule
+        rule = self.source.outcomes[decision.index - 1] if decision.index else None
+        trace.declared = rule is not None and not any(rule is default for default in DEFAULT_OUTCOMES)
         if decision.outcome is spec.Outcome.ERROR:
             # A refused credential is the source's problem, not the entity's: record, don't penalise.
             definitive = first.status not in breaker.AUTH_STATUSES
@@ -492,22 +505,29 @@ async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, wr
 
 async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn: database.Link | None) -> None:
     """List-shaped sources: the page is the unit. Pages are sequential (each needs the previous
-    cursor); each page's rows commit, then its cursor is checkpointed, so an interrupted run resumes
-    where it stopped (`--restart` starts over). Reading to the natural end clears the checkpoint."""
+    cursor); each page's rows commit, then its cursor is checkpointed with the listing's start time
+    and page count, so an interrupted or capped run resumes where it stopped (`--restart` starts
+    over). Reading to the natural end clears the checkpoint.
+
+    A page either succeeds or is the listing's declared end (a skip by an outcome rule of the source's
+    own, as SteamSpy's `end of catalogue`); anything else, a default rule's skip of a 404 included,
+    fails the run: a listing with a hole in it is never complete."""
     source, options = state.source, state.options
-    start = None
+    start, done = None, 0  # done: pages of this listing read by earlier runs
     if cursor_conn is not None and not options.restart:
-        start = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
-        if start is not None:
-            where = state.settings.redact(f"{source.pagination.param or 'next page'}={start}")
-            log.info("%s: resuming at %s (use --restart to start over)", source.name, where)
+        checkpoint = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
+        if checkpoint is not None:
+            start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
+            log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
     pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
-    number, capped = 0, False
+    number, capped, resume = done, "", start
     try:
         while (page := await fetch.next_page(pages, state.stop, state.options.grace)) is not None:
             trace = Trace({_PAGE: number})
             try:
                 trace.result = state.classify({_PAGE: number}, [page.reply], trace)
+                if (problem := _not_a_page(trace)) is not None:
+                    trace.result = state.failure({_PAGE: number}, problem, definitive=True)
             except EntityError as error:
                 trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
             await state.flush(write_conn, [trace])
@@ -520,31 +540,49 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                     f"page {number + 1} of the listing failed: {trace.result.error if trace.result else 'no result'}",
                 )
                 return
+            number += 1
             if cursor_conn is not None:
                 if page.resume is None:
                     await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
                 else:
                     await asyncio.to_thread(
-                        cursor_conn.call, jobs.save_cursor, source.name, page.resume, state.report.job_id
+                        cursor_conn.call,
+                        jobs.save_cursor,
+                        source.name,
+                        page.resume,
+                        state.report.job_id,
+                        listing_started_at=state.listing_started,
+                        pages=number,
                     )
-            capped = page.capped
-            number += 1
+            capped, resume = page.capped, page.resume
             if state.stop.is_set():
-                state.complete = False
-                return
-        if state.stop.is_set():  # stopped while waiting for a page (a rate-limit grant, a slow answer)
-            state.complete = False
+                break
+        ended = number > done and resume is None  # the last page read had no next one: the listing's end
+        if state.stop.is_set() and not ended and not capped:  # a signal, --max-runtime, a slow page: resume later
+            _unfinished(state, "interrupted", "the run stopped before its end", resume, number)
             return
-        # The pages ran out by themselves (an empty or last page, not the max_pages cap): the whole
-        # catalogue was read, so after-steps with `when: complete` may run and the next run starts over.
-        state.complete = not capped
-        if cursor_conn is not None and not capped:
+        if capped:  # declared by the user (or the default page cap): the run completes, the listing does not
+            _unfinished(state, "capped", capped, resume, number)
+            return
+        # The pages ran out by themselves (an empty or last page): the whole catalogue was read, so
+        # after-steps with `when: complete` may run and the next run starts over.
+        state.report.metadata["listing"] = "complete"
+        if state.listing_started is None:
+            state.complete = False
+            log.warning(
+                "%s: the listing is complete, but it resumed from a checkpoint that did not record when the"
+                " listing started; `when: complete` steps are not run this time",
+                source.name,
+            )
+        else:
+            state.report.metadata["listing_started_at"] = state.listing_started.isoformat()
+        if cursor_conn is not None:
             await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
     except RunFailed as error:
         state.complete = False
         state.halt("failed", state.settings.redact(str(error)))
-    except Stopped:
-        state.complete = False  # the next page's request never left: resume from the checkpoint
+    except Stopped:  # the next page's request never left: resume from the checkpoint
+        _unfinished(state, "interrupted", "the run stopped before its end", resume, number)
     except PaginationError as error:  # going on would lose items: the listing is partial, the run fails
         state.complete = False
         state.halt("failed", str(error))
@@ -555,14 +593,52 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         await state.flush(write_conn, [trace])
         state.halt("failed", f"page {number + 1} of the listing failed: {error}")
     finally:
+        if not state.complete and "listing" not in state.report.metadata:
+            state.report.metadata["listing"] = "failed" if state.report.status == "failed" else "interrupted"
         await pages.aclose()
+
+
+def _not_a_page(trace: Trace) -> str | None:
+    """Why a list source's reply is neither a page nor the listing's declared end; None when it is one.
+    A default rule's skip (a 404 from a typo'd URL) is not an end: taken as one, the `when: complete`
+    cleanup would delete every row the listing wrote."""
+    result = trace.result
+    if result is None or result.outcome in (spec.Outcome.SUCCESS, spec.Outcome.ERROR):
+        return None
+    if trace.declared and result.outcome in (spec.Outcome.SKIP, spec.Outcome.SKIP_UNTIL):
+        return None
+    url = trace.requests[-1] if trace.requests else "?"
+    how = f"the default outcome rule '{trace.rule}'" if not trace.declared else f"outcome rule '{trace.rule}'"
+    return (
+        f"HTTP {trace.status} from {url}: {how} files it as {result.outcome.value}, but a list source's page"
+        " must succeed; only a skip by an outcome rule of the source's own ends a listing"
+    )
+
+
+def _where(state: _Run, position: JSON, pages: int) -> str:
+    """A checkpoint in words: `page 3 (cursor=abc)`, redacted."""
+    name = state.source.pagination.param or "next page"
+    return state.settings.redact(f"page {pages + 1} ({name}={position})")
+
+
+def _unfinished(state: _Run, kind: str, why: str, resume: JSON, pages: int) -> None:
+    """A listing that stopped before its end without failing: capped or interrupted. The run says so
+    (summary line, job metadata); its `when: complete` steps do not run."""
+    state.complete = False
+    where = _where(state, resume, pages) if resume is not None else "its first page (no page was read)"
+    state.report.listing = f"listing not complete: {why}; resumes at {where}"
+    state.report.metadata.update({"listing": kind, "resumes_at_page": pages + 1})
 
 
 async def _steps(state: _Run, conn: database.Link, steps_: tuple[spec.Step, ...], phase: str) -> None:
     if not steps_:
         return
     complete = state.complete and state.report.status == "completed"
-    params = {"job_id": state.report.job_id, "started_at": state.now, "source": state.source.name}
+    # A list source's listing may span runs: its steps get the time the listing started (its first
+    # run), so `delete … where seen_at < %(started_at)s` spares what the earlier runs of it wrote.
+    listing = state.source.entities.type is spec.SelectionType.LIST
+    started = state.listing_started if listing and state.listing_started is not None else state.now
+    params = {"job_id": state.report.job_id, "started_at": started, "source": state.source.name}
     await asyncio.to_thread(conn.call, steps.run, steps_, phase=phase, complete=complete, params=params)
 
 
@@ -667,4 +743,6 @@ def _close(state: _Run, job_link: database.Link | None) -> None:
     except (DatabaseError, psycopg.Error) as error:
         log.warning("%s: could not release claims (%s); they expire with their lease", state.source.name, error)
     if report.job_id is not None:
-        job_link.call(jobs.finish, report.job_id, report.status, report.counters, report.error)
+        job_link.call(
+            jobs.finish, report.job_id, report.status, report.counters, report.error, metadata=report.metadata or None
+        )

@@ -84,7 +84,7 @@ class Page:
 
     reply: Reply
     resume: str | int | None
-    capped: bool = False  # max_pages / max_items stopped the paging although the API had more
+    capped: str = ""  # why a cap (max_pages, max_items, the default page cap) stopped a listing that had more
 
 
 async def entity(

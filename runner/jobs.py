@@ -111,17 +111,23 @@ def finish(
     counters: Counters,
     error_message: str | None = None,
     *,
+    metadata: dict[str, Any] | None = None,
     table: QualifiedName = JOBS_TABLE,
 ) -> None:
-    """Close the job: `completed`, `failed` or `cancelled`, with final counters and completed_at."""
+    """Close the job: `completed`, `failed` or `cancelled`, with final counters and completed_at.
+    `metadata` keys are merged into the row's metadata (a list source's {"listing": "capped"})."""
     if status not in FINAL_STATUSES:
         raise ValueError(f"job status must be one of {sorted(FINAL_STATUSES)}, not {status!r}")
     query = sql.SQL(
         "update {} set status = %(status)s, completed_at = now(), heartbeat_at = now(),"
-        " error_message = %(error)s, {} where id = %(id)s"
+        " error_message = %(error)s, metadata = case when %(metadata)s::jsonb is null then metadata"
+        " else coalesce(metadata, '{{}}'::jsonb) || %(metadata)s::jsonb end, {} where id = %(id)s"
     ).format(identifier(table), _SET_COUNTERS)
+    extra = None if not metadata else Jsonb(metadata)
     with conn.transaction():
-        conn.execute(query, {**counters.params(), "id": job_id, "status": status, "error": error_message})
+        conn.execute(
+            query, {**counters.params(), "id": job_id, "status": status, "error": error_message, "metadata": extra}
+        )
 
 
 def reap(conn: psycopg.Connection, timeout_seconds: float, *, table: QualifiedName = JOBS_TABLE) -> int:
@@ -163,22 +169,59 @@ def _job(row: dict[str, Any]) -> Job:
 
 
 # --- list-shaped sources: the catalogue cursor -----------------------------------------------------------
-def load_cursor(conn: psycopg.Connection, source: str) -> Any:
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a listing stopped, and when that listing started (its first run): the listing's start
+    travels with it, so `%(started_at)s` of its `when: complete` steps is the start of the whole
+    listing, not of the run that read its last page. None for a checkpoint written before syncrun
+    recorded it (stored as the bare position)."""
+
+    position: Any
+    listing_started_at: datetime | None
+    pages: int = 0  # pages of the listing read before it (0 when not recorded)
+
+
+def load_cursor(conn: psycopg.Connection, source: str) -> Checkpoint | None:
     """Where an interrupted (or capped) run of a list-shaped source stopped; None to start over."""
     with conn.transaction():
         row = conn.execute("select cursor from syncrun_cursors where source = %s", (source,)).fetchone()
-    return None if row is None else row[0]
+    if row is None:
+        return None
+    stored = row[0]
+    if isinstance(stored, dict) and "position" in stored:
+        started = stored.get("listing_started_at")
+        pages = stored.get("pages")
+        return Checkpoint(
+            stored["position"],
+            datetime.fromisoformat(started) if isinstance(started, str) else None,
+            pages if isinstance(pages, int) and not isinstance(pages, bool) and pages >= 0 else 0,
+        )
+    return Checkpoint(stored, None)  # a bare position: written before the listing's start was kept
 
 
-def save_cursor(conn: psycopg.Connection, source: str, cursor: Any, job_id: str | None) -> None:
+def save_cursor(
+    conn: psycopg.Connection,
+    source: str,
+    cursor: Any,
+    job_id: str | None,
+    *,
+    listing_started_at: datetime | None,
+    pages: int = 0,
+) -> None:
     """Checkpoint after a page's rows committed: a crash re-fetches at most that one page, and writes
-    are idempotent, so nothing is lost and nothing is doubled."""
+    are idempotent, so nothing is lost and nothing is doubled. Stored as
+    {"position": …, "listing_started_at": "<ISO 8601>", "pages": <pages read so far>}."""
+    stored = {
+        "position": cursor,
+        "listing_started_at": None if listing_started_at is None else listing_started_at.isoformat(),
+        "pages": pages,
+    }
     with conn.transaction():
         conn.execute(
             "insert into syncrun_cursors (source, cursor, job_id, updated_at) values (%s, %s, %s, now())"
             " on conflict (source) do update set cursor = excluded.cursor, job_id = excluded.job_id,"
             " updated_at = now()",
-            (source, Jsonb(cursor), job_id),
+            (source, Jsonb(stored), job_id),
         )
 
 

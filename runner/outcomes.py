@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from jmespath.exceptions import JMESPathError
 
@@ -24,6 +24,7 @@ class Decision:
     stamp: bool  # stamp the success column
     until: float | None  # skip_until: seconds the entity is left alone
     values: Mapping[str, JSON] = field(default_factory=dict)  # the rule's `set:` status columns, evaluated
+    index: int = field(default=0, compare=False)  # the rule's place in `rules`, from 1; 0 when no rule matched
 
 
 def classify(
@@ -38,7 +39,7 @@ def classify(
     for index, rule in enumerate(rules, start=1):
         name = rule.name or f"rule {index}"
         if truthy(_search(rule.when, context, name)):
-            return _decide(rule, name, context, stamp_on_skip)
+            return replace(_decide(rule, name, context, stamp_on_skip), index=index)
     return Decision(
         outcome=spec.Outcome.ERROR,
         rule="",

@@ -26,6 +26,7 @@ __all__ = ["STYLES", "Step", "Walk", "context", "empty"]
 Position = str | int  # a cursor, a page number, an offset, or a next URL
 MAX_URL = 16_384  # a longer "next URL" is garbage, not a page
 MAX_CURSOR = 4_096  # a longer cursor would make every following request URL enormous
+DEFAULT_MAX_PAGES = 10_000  # the page cap of a listing without max_pages: reaching it = not complete
 _FOREIGN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
@@ -133,7 +134,11 @@ def _next_url(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
     more = _has_more(pagination, reply)
     if more is False:
         return Step(None, via, False)
-    found = _value(_search(pagination.next, reply, "next"), f"pagination.{via}", reply)
+    found = _search(pagination.next, reply, "next")
+    if found is not None and found != "" and not isinstance(found, str):  # 12345 is no URL, not even a relative one
+        kind = "true/false" if isinstance(found, bool) else type(found).__name__.replace("dict", "object")
+        raise PaginationError(f"pagination.{via} gave {kind} {_excerpt(found)}, not a URL, on {reply.url}")
+    found = _value(found, f"pagination.{via}", reply)
     why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
     return Step(found, via, more, why)
 
@@ -297,15 +302,22 @@ class Walk:
                 self._cut(reply, why, f"{step.via} gave nothing")
             return None
         following = self._keyed(sent, step.next) if self.by_url else step.next
-        self._guard(reply, following, position)
+        self._guard(reply, following, position, items)
         return following
 
-    def capped(self, following: Position | None) -> bool:
-        """A cap stopped a listing that had more: it is not complete."""
+    def capped(self, following: Position | None) -> str:
+        """Why a cap stopped a listing that had more ("max_pages 2 reached"), "" when none did. A
+        listing without max_pages stops at DEFAULT_MAX_PAGES: not complete, never an endless walk."""
         if following is None:
-            return False
+            return ""
         pages, items = self.pagination.max_pages, self.pagination.max_items
-        return (pages is not None and self.pages >= pages) or (items is not None and self.items >= items)
+        if pages is not None and self.pages >= pages:
+            return f"max_pages {pages} reached"
+        if items is not None and self.items >= items:
+            return f"max_items {items} reached ({self.items} items read)"
+        if pages is None and self.pages >= DEFAULT_MAX_PAGES:
+            return f"the default page cap ({DEFAULT_MAX_PAGES} pages, set pagination.max_pages to change it) reached"
+        return ""
 
     def _cut(self, reply: Reply, why: str, missing: str) -> None:
         if self.pagination.missing_next is spec.MissingNext.END:
@@ -339,7 +351,7 @@ class Walk:
             )
         return url
 
-    def _guard(self, reply: Reply, following: Position, position: Position | None) -> None:
+    def _guard(self, reply: Reply, following: Position, position: Position | None, items: int) -> None:
         if self.pagination.type in _NUMBERED:
             if self.pages > 1 and reply.body == self.previous:
                 raise PaginationError(
@@ -358,6 +370,13 @@ class Walk:
                 " stopped"
             )
         self.seen.add(digest)
+        # A next URL or cursor that changes every time (a nonce) over the same page is a loop too.
+        if items and self.pages > 1 and reply.body == self.previous:
+            raise PaginationError(
+                f"pagination loop: {self.redact(str(reply.url))} returned the same page as the one before it"
+                f" (after {self.pages} pages) with a new next page; stopped"
+            )
+        self.previous = reply.body if items else None
 
 
 def _count(number: int, noun: str) -> str:

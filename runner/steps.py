@@ -2,7 +2,9 @@
 never listed), each in its own transaction.
 
 A step may use the named parameters %(job_id)s, %(started_at)s and %(source)s (config.py rejects
-others) and writes a literal % as %% whether or not it uses any. Parameters are bound client side
+others). The engine provides them: `started_at` is the run's start, except for a list source, where
+it is when its listing started (the first run of a listing resumed from checkpoints; runner/jobs.py
+keeps it with the checkpoint) and writes a literal % as %% whether or not it uses any. Parameters are bound client side
 (psycopg's ClientCursor quotes them), so one step may hold several statements.
 """
 

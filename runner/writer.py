@@ -75,6 +75,9 @@ class EntityResult:
     scopes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     # outcome delete: write index -> the entity's delete_by values (deletes.scopes); filled in like scopes
     removals: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    # a capped listing (max_pages, max_items, the default page cap): its rows are upserted, but its
+    # replace_by writes delete nothing, since the rows beyond the cap were not read, not gone
+    partial: bool = False
 
     @property
     def stamped(self) -> bool:
@@ -215,7 +218,7 @@ def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityRe
         scopes = {
             index: targets.scope(target, result.entity, catalog)
             for index, target in enumerate(source.writes)
-            if target.replace_by and index in result.rows and result.outcome is Outcome.SUCCESS
+            if target.replace_by and index in result.rows and result.outcome is Outcome.SUCCESS and not result.partial
         }
         removals = deletes.scopes(source, result.entity, catalog) if result.outcome is Outcome.DELETE else {}
     except Unfit as unfit:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from runner import jobs
@@ -80,3 +82,27 @@ def test_recent_lists_newest_first(migrated: Database) -> None:
     listed = jobs.recent(migrated.conn, "example", 5)
     assert [(j.id, j.status) for j in listed] == [(second, "running"), (first, "completed")]
     assert listed[1].counters == jobs.Counters(processed=2, succeeded=2)
+
+
+def test_finish_merges_metadata_into_the_row(migrated: Database) -> None:
+    """A list source's listing state joins the metadata the job started with; none leaves it alone."""
+    job = jobs.start(migrated.conn, "example", metadata={"partition": "0/2"})
+    jobs.finish(migrated.conn, job, "completed", jobs.Counters(), metadata={"listing": "capped"})
+    other = jobs.start(migrated.conn, "example")
+    jobs.finish(migrated.conn, other, "completed", jobs.Counters())
+    assert migrated.rows("select metadata from sync_jobs order by started_at, id") in (
+        [({"partition": "0/2", "listing": "capped"},), (None,)],
+        [(None,), ({"partition": "0/2", "listing": "capped"},)],
+    )
+
+
+def test_a_checkpoint_keeps_the_listings_start_and_pages(migrated: Database) -> None:
+    """The listing's start and its pages so far travel with the position; a bare position (written
+    before they were kept) reads back with neither."""
+    started = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    jobs.save_cursor(migrated.conn, "list", "abc", None, listing_started_at=started, pages=2)
+    assert jobs.load_cursor(migrated.conn, "list") == jobs.Checkpoint("abc", started, 2)
+    migrated.run("""update syncrun_cursors set cursor = '"abc"'""")
+    assert jobs.load_cursor(migrated.conn, "list") == jobs.Checkpoint("abc", None, 0)
+    jobs.clear_cursor(migrated.conn, "list")
+    assert jobs.load_cursor(migrated.conn, "list") is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import cli
+from runner import cli, pagination
 from tests import pagedapi
 from tests.apiserver import ApiServer, Reply
 from tests.pg import Database
@@ -193,7 +193,7 @@ def test_a_cap_stops_the_listing_and_keeps_it_incomplete(
     prepare(env, source)
     assert cli.main(["run", str(source)]) == 0
     assert env.scalar("select count(*) from items") == 20
-    assert env.scalar("select cursor from syncrun_cursors") == f"{api.url}/link?per_page=10&page=3"
+    assert env.scalar("select cursor->>'position' from syncrun_cursors") == f"{api.url}/link?per_page=10&page=3"
     assert cli.main(["run", str(source)]) == 0  # resumes at page 3, reads to the end: complete
     assert [r.query.get("page") for r in api.requests][-1] == "3"
     assert env.scalar("select count(*) from items") == 0  # the after-step ran this time
@@ -335,3 +335,137 @@ def test_a_capped_entity_listing_succeeds_but_the_run_is_not_complete(
     assert cli.main(["run", str(source)]) == 0
     assert env.scalar("select count(*) from comments where ticket = 2") == 20
     assert env.scalar("select count(*) from sync_status where last_comments_sync is not null") == 4
+
+
+# --- what a list source's page may be, and when its listing is complete ----------------------------------
+CLEANUP = "after:\n  - {when: complete, sql: 'delete from items'}\n"
+
+
+@pytest.mark.parametrize("page", ["1", "2"])
+def test_a_page_a_default_rule_skips_fails_the_listing(
+    page: str, env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 404 (the default rules' skip) is no page and no end: the run fails naming URL and status, and
+    the `when: complete` cleanup never runs (a typo'd URL used to wipe the table)."""
+    source = list_source(tmp_path, "typo", "link", "{type: link}", "body")
+    source.write_text(source.read_text() + CLEANUP)
+    prepare(env, source)
+    env.run("insert into items values (100, 'kept')")
+    api.route("/link", lambda r: Reply(404) if r.query.get("page", "1") == page else pagedapi.link_page(api, r))
+    assert cli.main(["run", str(source)]) == 1
+    status, error = job(env, "typo")
+    assert status == "failed"
+    assert error is not None
+    assert error.startswith(f"page {page} of the listing failed: HTTP 404 from {api.url}/link")
+    assert "the default outcome rule 'default 404' files it as skip" in error
+    assert env.scalar("select count(*) from items where id = 100") == 1
+    assert env.scalar("select count(*) from items") == (1 if page == "1" else 11)
+    assert "typo: failed — processed" in capsys.readouterr().err
+
+
+def test_a_skip_rule_of_the_source_ends_the_listing(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The source declares how its listing ends (an outcome rule of its own, as SteamSpy's): complete."""
+    source = list_source(tmp_path, "ends", "link", "{type: link}", "body")
+    rule = "outcomes:\n  - {name: past the end, when: 'status == `404`', outcome: skip}\n"
+    source.write_text(source.read_text() + rule + CLEANUP)
+    prepare(env, source)
+    api.route("/link", lambda r: Reply(404) if r.query.get("page") == "3" else pagedapi.link_page(api, r))
+    assert cli.main(["run", str(source)]) == 0
+    assert job(env, "ends") == ("completed", None)
+    assert env.scalar("select count(*) from items") == 0  # the cleanup ran: the listing is complete
+
+
+def test_a_next_url_that_is_a_number_is_an_error(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    source = list_source(tmp_path, "numeric", "numeric", "{type: next_url, next: body.next}", "body.data")
+    prepare(env, source)
+    api.route("/numeric", Reply(200, json={"data": pagedapi.ITEMS[:3], "next": 12345}))
+    assert cli.main(["run", str(source)]) == 1
+    _, error = job(env, "numeric")
+    assert error is not None
+    assert error.startswith("pagination.next (body.next) gave int 12345, not a URL")
+    assert len(api.requests) == 1
+
+
+def test_a_listing_over_capped_runs_cleans_up_with_its_own_start(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """max_pages 1 over three pages: three runs read one page each. Each capped run says the listing is
+    not complete (summary line, job metadata) and exits 0; when the third completes it, the cleanup's
+    %(started_at)s is the first run's start, so it removes only rows no run of this listing saw."""
+    source = list_source(tmp_path, "slow", "link", "{type: link, max_pages: 1}", "body")
+    text = source.read_text().replace("name: record.name}", "name: record.name, seen_at: run.started_at}")
+    source.write_text(text + "after:\n  - {when: complete, sql: 'delete from items where seen_at < %(started_at)s'}\n")
+    prepare(env, source)
+    env.run("alter table items add column seen_at timestamptz")
+    env.run("insert into items values (100, 'gone', '2000-01-01')")
+    for run, resumes in ((1, 2), (2, 3)):
+        assert cli.main(["run", str(source)]) == 0
+        err = capsys.readouterr().err
+        assert f"; listing not complete: max_pages 1 reached; resumes at page {resumes} (next page=" in err
+        (metadata,) = env.rows("select metadata from sync_jobs order by started_at desc limit 1")[0]
+        assert metadata == {"listing": "capped", "resumes_at_page": resumes}
+        assert env.scalar("select count(*) from items") == 1 + 10 * run
+    assert cli.main(["run", str(source)]) == 0
+    assert "listing not complete" not in capsys.readouterr().err
+    assert env.rows("select id from items order by id") == [(item["id"],) for item in pagedapi.ITEMS]
+    first = env.scalar("select min(started_at) from sync_jobs")
+    ((metadata,),) = env.rows("select metadata from sync_jobs order by started_at desc limit 1")
+    assert metadata == {"listing": "complete", "listing_started_at": first.isoformat()}
+    assert env.scalar("select count(*) from syncrun_cursors") == 0
+
+
+def test_a_checkpoint_without_the_listings_start_never_cleans_up(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A checkpoint written before the listing's start was kept (a bare position): the listing is read
+    to its end, but when it started is unknown, so the `when: complete` cleanup does not run."""
+    source = list_source(tmp_path, "legacy", "link", "{type: link}", "body")
+    source.write_text(source.read_text() + CLEANUP)
+    prepare(env, source)
+    env.run("insert into items values (100, 'kept')")
+    env.run(f"""insert into syncrun_cursors (source, cursor) values ('legacy', '"{api.url}/link?page=3"')""")
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from items where id = 100") == 1
+    assert env.scalar("select count(*) from syncrun_cursors") == 0
+
+
+def test_a_page_repeated_under_a_new_next_url_is_a_loop(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A next URL with a nonce over the same page: never the same URL twice, the same page every time."""
+    source = list_source(tmp_path, "nonce", "nonce", "{type: link}", "body")
+    prepare(env, source)
+    api.route(
+        "/nonce",
+        lambda r: Reply(
+            200, json=pagedapi.ITEMS[:5], headers={"Link": f'<{api.url}/nonce?n={len(api.requests)}>; rel="next"'}
+        ),
+    )
+    assert cli.main(["run", str(source)]) == 1
+    _, error = job(env, "nonce")
+    assert error is not None
+    assert "returned the same page as the one before it (after 2 pages) with a new next page" in error
+    assert len(api.requests) == 2
+
+
+def test_a_listing_without_max_pages_stops_at_the_default_cap(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No max_pages: the default page cap (here lowered to 2) ends the run, visibly not complete."""
+    monkeypatch.setattr(pagination, "DEFAULT_MAX_PAGES", 2)
+    source = list_source(tmp_path, "endless", "link", "{type: link}", "body")
+    source.write_text(source.read_text() + CLEANUP)
+    prepare(env, source)
+    assert cli.main(["run", str(source)]) == 0
+    assert "listing not complete: the default page cap (2 pages, set pagination.max_pages" in capsys.readouterr().err
+    assert env.scalar("select count(*) from items") == 20  # the cleanup did not run
+
+
+def test_a_capped_entity_listing_replaces_nothing(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """max_pages with replace_by: the rows beyond the cap were not read, not gone; they stay."""
+    for cap, kept in (("max_pages: 1, ", 1), ("", 0)):
+        pagination = f"{{type: cursor, param: page_token, {cap}cursor: 'headers.\"x-next-page-token\"'}}"
+        source = ticket_source(tmp_path, "comments", pagination)
+        source.write_text(source.read_text().replace("key: [id]\n", "key: [id]\n    replace_by: [ticket]\n"))
+        env.run("drop table if exists comments, items, sync_status cascade")
+        seed_tickets(env, source)
+        env.run("insert into comments values (2999, 2, 'older than the cap')")
+        assert cli.main(["run", str(source)]) == 0
+        assert env.scalar("select count(*) from comments where id = 2999") == kept
+        assert env.scalar("select count(*) from comments where ticket = 2") == (10 + 1 if kept else 25)
