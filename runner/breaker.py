@@ -10,7 +10,11 @@ Two trips, both ending the run as `failed` with one clear message and penalising
 
 Any success or skip closes the breaker again (resets both counts). The engine counts each entity as
 its outcome is decided, not when its write batch commits, so at most `AUTH_TRIP` refused requests (plus
-those already in flight, up to `concurrency - 1`) go out before the run stops.
+those already in flight, up to `concurrency - 1`) go out before the run stops. The trip is reported
+once, with the count that tripped it; entities that were already in flight and finish after it are
+counted apart (`late`, `late_failed`), and `message` says so at the end of the run, so the log and
+the summary tell the same story: "stopped after 5 consecutive authentication failures (HTTP 401/403);
+7 more entities were already in flight (7 failed too)".
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ OUTAGE_TRIP = 20
 class Breaker:
     auth: int = 0
     outage: int = 0
+    tripped: str | None = None  # the trip message, without what finished after it
+    late: int = 0  # entities that finished after the trip (they were in flight)
+    late_failed: int = 0
+
+    def message(self) -> str | None:
+        """The trip message with the in-flight entities that finished after it; None if not tripped."""
+        if self.tripped is None or not self.late:
+            return self.tripped
+        head, _, tail = self.tripped.partition(" — ")
+        were = "entity was" if self.late == 1 else "entities were"
+        return f"{head}; {self.late} more {were} already in flight ({self.late_failed} failed too) — {tail}"
 
     def judge(self, result: EntityResult, status: int | None) -> str | None:
         """Count one entity's outcome as soon as it is known (before it is written): a refused
@@ -38,20 +53,25 @@ class Breaker:
         return self.observe(failed=failed, auth=auth, transient=failed and not result.definitive and not auth)
 
     def observe(self, *, failed: bool, auth: bool, transient: bool) -> str | None:
-        """Count one finished entity; the trip message when the breaker opens, else None."""
+        """Count one finished entity; the trip message when the breaker opens, else None (also for
+        each entity finishing after the trip: it was in flight, and is counted in `late`)."""
+        if self.tripped is not None:
+            self.late += 1
+            self.late_failed += failed
+            return None
         if not failed:
             self.auth = self.outage = 0
             return None
         self.auth = self.auth + 1 if auth else 0
         self.outage = self.outage + 1 if transient else 0
         if self.auth >= AUTH_TRIP:
-            return (
-                f"circuit breaker: the API refused our credentials (HTTP 401/403) for {self.auth} entities"
-                " in a row — check the source's secrets; no entity was penalised"
+            self.tripped = (
+                f"circuit breaker: stopped after {self.auth} consecutive authentication failures (HTTP 401/403)"
+                " — the API refused our credentials: check the source's secrets; no entity was penalised"
             )
-        if self.outage >= OUTAGE_TRIP:
-            return (
-                f"circuit breaker: {self.outage} entities in a row failed with transient errors after every"
-                " retry — the API looks down; stopped early, no entity was penalised"
+        elif self.outage >= OUTAGE_TRIP:
+            self.tripped = (
+                f"circuit breaker: stopped after {self.outage} consecutive entities failed with transient errors"
+                " after every retry — the API looks down; no entity was penalised"
             )
-        return None
+        return self.tripped

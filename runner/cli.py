@@ -222,12 +222,18 @@ def _migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 0
     preflight.check_environment(environ)
     with database.connect(database.dsn_from_env(environ)) as conn:
-        applied = migrations.migrate(conn, sources)
+        changed: list[str] = []
+        applied = migrations.migrate(conn, sources, changed=changed)
         for name, script in zip(args.tables, tables, strict=True):
             with conn.transaction():
                 conn.execute(script)  # idempotent DDL: `if not exists` throughout
             applied.append(f"tables/{name}")
-    print(f"migrated: {applied}" if applied else "up to date")
+    if applied:
+        print(f"migrated: {applied}")
+    for change in changed:
+        print(change)
+    if not applied and not changed:
+        print("up to date: nothing to create or add")
     return 0
 
 

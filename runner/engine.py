@@ -722,6 +722,9 @@ def _conclude(state: _Run) -> None:
     report.elapsed = time.monotonic() - state.started
     report.counters = replace(report.counters, requests=state.limiter.requests)
     c = report.counters
+    if state.breaker.late and (message := state.breaker.message()):  # in-flight entities finished after the trip
+        log.error("%s: %s", source.name, message)
+        report.error = state.settings.redact(message)
     if report.status == "completed" and c.processed and c.failed / c.processed > source.fail_ratio:
         report.status = "failed"
         report.error = f"{c.failed} of {c.processed} entities failed, above fail_ratio {source.fail_ratio}"

@@ -6,7 +6,11 @@ source's own selection finds them.
 - default selection: the declared columns from the status table's row.
 - sql / function selection: the source's own query (or function) run whole, restricted to these
   ids, so every column it returns is there exactly as a normal run would see it. It is run with
-  `limit` = the largest int and `after_key` = null: its own filters (due-ness, a join) still apply.
+  `limit` = the largest int and `after_key` = null: its own filters (due-ness, a join) still apply,
+  so an entity the query holds back as not due yet is refused. Deliberately not bypassed: the query
+  is the user's, and its due-ness cannot be told from its other filters (or from where its columns
+  come from); the default selection's due-ness and backoff, syncrun's own, are bypassed, and a key-only
+  source runs no query at all.
 
 An id whose row is missing (no status row; left out by the query's own filters) cannot be run: its
 other columns are unknown, and guessing null would fetch the wrong URL or write wrong rows.
@@ -76,7 +80,8 @@ def missing(conn: psycopg.Connection, source: Source, ids: Sequence[Any]) -> Non
     where = (
         f"{source.status.table} has no row for them"
         if source.entities.type is SelectionType.DEFAULT and source.status is not None
-        else f"entities.{source.entities.type.value} does not return them (its own filters leave them out)"
+        else f"entities.{source.entities.type.value} does not return them (its own filters, due-ness included,"
+        " apply to --ids too)"
     )
     raise UsageError(
         f"--ids {','.join(absent)}: {where}, so their entity columns ({others}) are unknown;"

@@ -212,9 +212,16 @@ def applied_versions(conn: psycopg.Connection) -> set[int]:
 
 
 def migrate(
-    conn: psycopg.Connection, sources: Sequence[Source], *, jobs_table: QualifiedName = JOBS_TABLE
+    conn: psycopg.Connection,
+    sources: Sequence[Source],
+    *,
+    jobs_table: QualifiedName = JOBS_TABLE,
+    changed: list[str] | None = None,
 ) -> list[str]:
-    """Apply pending versioned files, then (re)apply the table DDL for `sources`. Returns what ran."""
+    """Apply pending versioned files, then (re)apply the table DDL for `sources`. Returns the versioned
+    files that ran; `changed` (if given) gets what the table DDL did: `created table sync_status`,
+    `added column sync_status.last_x_sync`, `created function get_apps_for_sync` (nothing when the
+    tables were already as the sources need them)."""
     ran: list[str] = []
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
@@ -225,9 +232,46 @@ def migrate(
                 conn.execute(path.read_text())
                 conn.execute(sql.SQL(_RECORD).format(version, name))
                 ran.append(name)
+        before = _shape(conn, sources, jobs_table)
         for statement in _ensure_sql(sources, jobs_table):
             conn.execute(statement)
+        if changed is not None:
+            changed += _changes(before, _shape(conn, sources, jobs_table))
     return ran
+
+
+_Shape = dict[str, dict[str, str] | None]
+
+
+def _shape(conn: psycopg.Connection, sources: Sequence[Source], jobs: QualifiedName) -> _Shape:
+    """The tables migrate's DDL touches: name -> columns (None: missing); functions: name -> {} or None."""
+    shape: _Shape = {f"table {jobs}": table_columns(conn, jobs)}
+    for source in _status_sources(sources):
+        assert source.status is not None
+        shape[f"table {source.status.table}"] = table_columns(conn, source.status.table)
+    for source in _status_sources(filter(_seed_function, sources)):
+        assert source.status is not None
+        schema = source.status.table.schema
+        found = conn.execute(
+            "select 1 from pg_proc where proname = %s and pronamespace = coalesce(%s, current_schema())::regnamespace",
+            (SEED_FUNCTION, schema),
+        ).fetchone()
+        shape[f"function {QualifiedName(schema, SEED_FUNCTION)}"] = {} if found else None
+    return shape
+
+
+def _changes(before: _Shape, after: _Shape) -> list[str]:
+    done = []
+    for name, columns in after.items():
+        if columns is None:
+            continue
+        was = before.get(name)
+        if was is None:
+            done.append(f"created {name}")
+        else:
+            table = name.removeprefix("table ")
+            done += [f"added column {table}.{column}" for column in columns if column not in was]
+    return done
 
 
 # --- check ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ sample is a saved response (`--sample`), or, without one, fetched from the URL i
 the key placeholder). From it, it guesses `records`: a lone wrapper key like `data` is unwrapped, as
 are the common list envelopes (`{data: […], meta, links}`, `{results: […]}`, `{items: […]}`) and
 JSON:API's `data[].attributes`. Then one mapping per field with a type-appropriate function (as_int,
-as_float, parse_date, from_unix for epoch-second timestamps), nested objects flattened one level,
+as_float, parse_date for a bare date, an ISO timestamp with a time as it is (PostgreSQL reads it;
+parse_date would drop the time), from_unix for epoch-second timestamps, to_string for a whole number
+past bigint such as a 20-digit id, which also makes a text key), nested objects flattened one level,
 each nested list offered as a commented child table (one row per item), and the key's type from its
 value (`"stn_123"` is text). Every guess carries a comment; `syncrun validate` passes on the result.
 """
@@ -30,7 +32,9 @@ from runner.spec import Column
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 _PLAIN_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
+_BIGINT = 2**63 - 1  # past it a whole number (a 20-digit id) is no PostgreSQL integer: text
 _MAX_COLUMNS = 60
 _ENVELOPES = ("data", "results", "items", "records", "entries")  # where list APIs put the list
 _TIME_NAME = re.compile(r"(^|_)(at|time|timestamp|ts|ms|date|created|updated|modified|since|until)$|time|date")
@@ -118,11 +122,11 @@ def _type_of(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "bigint" if abs(value) > 2**31 - 1 else "int"
+        return "huge" if abs(value) > _BIGINT else "bigint" if abs(value) > 2**31 - 1 else "int"
     if isinstance(value, float):
         return "float"
     if isinstance(value, str):
-        return "date" if _DATE.match(value) else "text"
+        return "date" if _DATE.match(value) else "timestamp" if _TIMESTAMP.match(value) else "text"
     return "json"
 
 
@@ -148,12 +152,16 @@ def _expression(path: str, value: Any) -> tuple[str, str]:
     if function := _epoch(path, value):
         unit = "seconds" if function == "from_unix" else "milliseconds"
         return f"{function}({path})", f"epoch {unit}, e.g. {sample} -> a timestamptz column"
+    if kind == "huge":  # as_int would overflow bigint (a 20-digit id): keep every digit as text
+        return f"to_string({path})", f"text: a whole number past bigint, e.g. {sample}"
     if kind in ("int", "bigint"):
         return f"as_int({path})", f"{kind}, e.g. {sample}"
     if kind == "float":
         return f"as_float({path})", f"float, e.g. {sample}"
     if kind == "date":
         return f"parse_date({path})", f"date, e.g. {sample}"
+    if kind == "timestamp":  # parse_date would drop the time: PostgreSQL reads ISO-8601 as it is
+        return path, f"ISO-8601 timestamp, e.g. {sample} -> a timestamptz column"
     if kind == "json":
         return f"to_json({path})", f"json, e.g. {sample}"
     return path, f"{kind}, e.g. {sample}"
@@ -359,7 +367,7 @@ def _key_type(value: Any, unknown: str) -> str:
     if isinstance(value, str):
         return "text"
     if isinstance(value, int) and not isinstance(value, bool):
-        return "bigint" if abs(value) > 2**31 - 1 else "int"
+        return "text" if abs(value) > _BIGINT else "bigint" if abs(value) > 2**31 - 1 else "int"
     return unknown
 
 

@@ -290,8 +290,8 @@ class Write:
     lookups: tuple[Lookup, ...] = ()
     function: QualifiedName | None = None  # an RPC target: select fn(column => value, ...) per row
     on_delete: OnDelete = OnDelete.DELETE
-    # `outcome: delete` removes the rows where these columns equal the entity key: the key and
-    # replace_by columns mapped to exactly `entity.<key>` (config.py works them out, or says why not)
+    # `outcome: delete` removes the rows where these columns equal their value for the entity: the key
+    # and replace_by columns mapped to exactly `entity.<key>` or to a constant (runner.deletes.columns)
     delete_by: tuple[str, ...] = ()
 
     @property

@@ -225,18 +225,73 @@ def test_delete_by_comes_from_key_and_replace_by_columns_mapped_to_the_entity_ke
         ("delete", ("station_id",)),
         ("keep", ()),
     ]
-    assert deletes.columns(source.writes[2], "id") == (("station_id",), None)  # derivable, but kept
+    # kept anyway: its day (run.today) says nothing about whose row it is
+    assert deletes.columns(source.writes[2], "id")[0] == ()
 
 
 def test_rows_that_cannot_be_told_are_refused_not_guessed(tmp_path: Path) -> None:
-    """A key from the record, from another entity column, or a function write: validate says so."""
+    """A key from the record, or any key column (here run.today) that is neither entity.<key> nor a
+    constant: validate says so."""
     text = SOURCE.replace("    on_delete: keep\n", "").replace(
         "columns: {id: entity.id, name: body.name}", "columns: {id: body.id, name: body.name}"
     )
     assert load(tmp_path, text) == [
-        "15: writes[0]: outcome delete (outcomes[0]) cannot tell which rows of stations are the entity's: no"
-        " key or replace_by column (id) is mapped to exactly entity.id; map one from entity.id, or write"
-        " on_delete: keep (history, or a table shared by entities)",
+        "15: writes[0]: outcome delete (outcomes[0]) cannot tell which rows of stations are the entity's: key"
+        " id (mapped to body.id) is neither entity.id nor a constant, so it says nothing about whose row it"
+        " is; or write on_delete: keep (history, or a table shared by entities)",
+        "23: writes[2]: outcome delete (outcomes[0]) cannot tell which rows of station_daily are the entity's:"
+        " key day (mapped to run.today) is neither entity.id nor a constant, so it says nothing about whose"
+        " row it is; or write on_delete: keep (history, or a table shared by entities)",
     ]
+    constants = SOURCE.replace("columns: {id: entity.id, name: body.name}", 'columns: {id: "`7`", name: body.name}')
+    assert load(tmp_path, constants)[0].endswith(
+        "no key column (id) is mapped to exactly entity.id; map one from entity.id, or write on_delete: keep"
+        " (history, or a table shared by entities)"
+    )
     without_rule = text.replace("outcome: delete\n    set: {retired: true}", "outcome: skip")
     assert load(tmp_path, without_rule) == []  # nothing to delete: nothing to tell
+
+
+SHARED = (
+    SOURCE
+    + """\
+  - table: station_feeds
+    key: [provider, station_id, kind]
+    columns: {provider: "'acme'", station_id: entity.id, kind: "`1`", seen: body.name}
+"""
+)
+
+
+def test_a_key_mapped_to_a_constant_restricts_the_delete(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table shared by providers: the source writes ('acme', station, 1) rows only, so a gone station
+    loses those and not ('other', station, 1) nor ('acme', station, 2), which another source writes."""
+    file = seeded(env, tmp_path, api)
+    file.write_text(SHARED)
+    env.run(
+        "create table station_feeds (provider text, station_id int, kind int, seen text,"
+        " primary key (provider, station_id, kind));"
+        " insert into station_feeds select p, s, k, 'old' from unnest(array['acme', 'other']) p,"
+        " generate_series(1, 4) s, generate_series(1, 2) k"
+    )
+    source = config.load(file)
+    assert source.writes[3].delete_by == ("provider", "station_id", "kind")
+    assert cli.main(["test-read", str(file), "--ids", "2"]) == 0
+    assert (
+        "  delete    station_feeds where provider = 'acme' and station_id = 2 and kind = 1\n" in capsys.readouterr().out
+    )
+    assert cli.main(["run", str(file)]) == 0
+    assert env.rows(
+        "select provider, station_id, kind, seen from station_feeds where station_id in (2, 4) order by 1, 2, 3"
+    ) == [
+        ("acme", 2, 2, "old"),
+        ("acme", 4, 2, "old"),
+        ("other", 2, 1, "old"),
+        ("other", 2, 2, "old"),
+        ("other", 4, 1, "old"),
+        ("other", 4, 2, "old"),
+    ]
+    assert env.rows("select seen from station_feeds where provider = 'acme' and station_id = 1 and kind = 1") == [
+        ("new 1",)
+    ]

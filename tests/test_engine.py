@@ -282,28 +282,46 @@ def test_non_integer_batch_size_is_a_usage_error(
     assert run(str(source)) == 0
 
 
-@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize("concurrency", [1, 8])
 def test_breaker_stops_on_refused_credentials_without_penalty(
-    env: Database, api: ApiServer, tmp_path: Path, concurrency: int
+    env: Database, api: ApiServer, tmp_path: Path, concurrency: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """401 on every request trips the breaker: the run fails early with one clear error; no entity backs
     off. It counts outcomes as they come, not write batches: with a batch of 100 (all 40 entities) it
-    once let all 40 requests out; now at most AUTH_TRIP, plus the requests already in flight."""
+    once let all 40 requests out; now at most AUTH_TRIP, plus the requests already in flight. The log
+    and the summary agree: the trip count is AUTH_TRIP, the in-flight rest is said apart (the log once
+    counted up to "12 entities in a row" while the summary said 5)."""
     source = write_source(tmp_path)
     text = source.read_text().replace("concurrency: 4", f"concurrency: {concurrency}")
     source.write_text(text.replace("write_batch: 10", "write_batch: 100"))
     seed(env, source, appids=range(1, 41))
     for appid in range(1, 41):
-        api.route(f"/apps/{appid}", Reply(401, json={"error": "bad key"}))
+        api.route(f"/apps/{appid}", Reply(401, json={"error": "bad key"}, delay=0.05))
     assert run(str(source)) == 1
     status, message, processed = env.rows("select status, error_message, items_processed from sync_jobs")[0]
     assert status == "failed"
-    assert message == (
-        f"circuit breaker: the API refused our credentials (HTTP 401/403) for {breaker.AUTH_TRIP} entities"
-        " in a row — check the source's secrets; no entity was penalised"
+    late = processed - breaker.AUTH_TRIP
+    expected = f"circuit breaker: stopped after {breaker.AUTH_TRIP} consecutive authentication failures (HTTP 401/403)"
+    if late:
+        expected += (
+            f"; {late} more {'entity was' if late == 1 else 'entities were'} already in flight ({late} failed too)"
+        )
+    assert (
+        message == expected + " — the API refused our credentials: check the source's secrets; no entity was penalised"
     )
     assert breaker.AUTH_TRIP <= len(api.requests) <= breaker.AUTH_TRIP + concurrency - 1
+    if concurrency > 1:
+        assert late > 0  # 8 requests were out before the first 401 came back
     assert processed == len(api.requests)  # every request that went out is accounted for
+    logged = [line.split(" error   ", 1)[1] for line in capsys.readouterr().err.splitlines() if " error   " in line]
+    assert (
+        logged[0]
+        == "alpha: "
+        + expected.split(";")[0]
+        + " — the API refused our credentials: check the source's secrets; no entity was penalised"
+    )
+    assert logged[-1] == f"alpha: {message}"
+    assert len(logged) == (2 if late else 1)
     assert (
         env.scalar("select count(*) from syncrun_state where consecutive_errors > 0 or next_attempt_at is not null")
         == 0

@@ -40,9 +40,21 @@ def test_ids_the_query_leaves_out_are_refused_by_name(seen: Database) -> None:
     with pytest.raises(UsageError) as error:
         ids.missing(seen.conn, source, ["1", "3", "9"])
     assert str(error.value) == (
-        "--ids 3,9: entities.sql does not return them (its own filters leave them out), so their entity"
-        " columns (since) are unknown; example cannot run them — name ids its selection returns"
+        "--ids 3,9: entities.sql does not return them (its own filters, due-ness included, apply to --ids"
+        " too), so their entity columns (since) are unknown; example cannot run them — name ids its"
+        " selection returns"
     )
+
+
+def test_ids_not_due_by_the_querys_own_filter_are_refused(seen: Database) -> None:
+    """docs/cli.md: with an sql selection, `--ids` runs the query restricted to the ids; a due-ness
+    filter in it still holds an entity back (the docs once said "due or not")."""
+    seen.run("alter table seen add column synced_at timestamptz; update seen set synced_at = now() where appid = 2")
+    due = SINCE_SQL.replace("and s.active", "and (s.synced_at is null or s.synced_at < now() - interval '1 day')")
+    source = make_source(selection=SelectionType.SQL, sql=due, columns=(("since", "text"),))
+    assert ids.rows(seen.conn, source, [1, 2]) == [{"appid": 1, "since": "2024-01-01"}]
+    with pytest.raises(UsageError, match=r"^--ids 2: entities.sql does not return them \(its own filters, due-ness"):
+        ids.missing(seen.conn, source, ["1", "2"])
 
 
 def test_function_selection_supplies_its_columns(seen: Database) -> None:

@@ -8,10 +8,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner import jobs, migrations, writer
+from runner import cli, jobs, migrations, writer
 from runner.errors import SchemaMismatch
 from runner.spec import Field, FunctionArg, Outcome, QualifiedName, SelectionType
 from tests.pg import Database, expr, make_source, with_status, write
+from tests.test_engine import write_source
 
 DATA = Path(__file__).parent / "data" / "migrations"
 APPS = write("apps", ["appid"], ["appid", "name"])
@@ -298,3 +299,25 @@ def test_migrate_tables_creates_a_bundled_family(db: Database, monkeypatch: pyte
     assert db.scalar("select to_regclass('app_developers') is not null") is True
     assert migrations.bundled_tables() == ["example", "steam"]
     assert "create table if not exists review_histogram" in migrations.tables_sql("steam").lower()
+
+
+def test_migrate_says_what_it_created_and_added(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`syncrun migrate` names the tables and columns it created; "up to date" only when it did nothing
+    (it once said "up to date" after creating a status table and its columns)."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    source = write_source(tmp_path)
+    assert cli.main(["migrate", str(source)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("migrated: ['0001_base'")
+    assert out[1:] == ["created table sync_jobs", "created table sync_status"]
+    assert cli.main(["migrate", str(source)]) == 0
+    assert capsys.readouterr().out == "up to date: nothing to create or add\n"
+    db.run("drop table sync_status")
+    source.write_text(source.read_text().replace("  limit: 100\n", "  limit: 100\n  priority_column: rank\n"))
+    assert cli.main(["migrate", str(source)]) == 0
+    assert capsys.readouterr().out == "created table sync_status\n"
+    source.write_text(source.read_text().replace("priority_column: rank", "priority_column: weight"))
+    assert cli.main(["migrate", str(source)]) == 0
+    assert capsys.readouterr().out == "added column sync_status.weight\n"

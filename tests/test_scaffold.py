@@ -172,3 +172,25 @@ def test_a_sample_the_api_refuses_says_so(project: Path, api: ApiServer, capsys:
     assert "the API answered HTTP 401, not a sample to learn from: save a good response and pass --sample" in (
         capsys.readouterr().err
     )
+
+
+def test_a_20_digit_id_is_text_and_an_iso_timestamp_keeps_its_time(project: Path, api: ApiServer) -> None:
+    """A JSON:API list with a 20-digit id (past bigint: as_int overflowed) and a `created-at` with a
+    time (parse_date dropped it): a text key mapped with to_string, the timestamp mapped as it is."""
+    body = {
+        "data": [
+            {
+                "id": 12345678901234567890,
+                "type": "orders",
+                "attributes": {"created-at": "2024-05-01T12:34:56Z", "day": "2024-05-01", "n": 3},
+            }
+        ]
+    }
+    api.route("/orders", Reply(200, json=body))
+    assert cli.main(["new", "orders", "--url", f"{api.url}/orders"]) == 0
+    source = config.load(project / "sources" / "orders.yaml")
+    columns = {f.column: f.expression.text for f in source.writes[0].columns}
+    assert columns["id"] == "to_string(record.id)"
+    assert columns["created_at"] == 'record.attributes."created-at"'
+    assert columns["day"] == "parse_date(record.attributes.day)"
+    assert columns["n"] == "as_int(record.attributes.n)"
