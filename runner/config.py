@@ -395,11 +395,14 @@ class _Builder:
     def check_query_page_size(self, raw: dict[str, JSON], kind: spec.PaginationType) -> None:
         """A page size written in request.query instead of pagination.page_size: the request sends it,
         but pagination cannot tell a full page from the last one (the guard against a silently cut
-        listing is off), or size_param would send page_size over it."""
+        listing is off), or size_param would send page_size over it. Only refused when nothing else
+        (has_more, total, total_pages) says where the listing ends."""
         query = self.raw.get("request", {}).get("query") if isinstance(self.raw.get("request"), dict) else None
         if kind is spec.PaginationType.NONE or not isinstance(query, dict):
             return
         size_param = raw.get("size_param")
+        # Nothing else says where the listing ends (has_more, total, total_pages): page_size is the guard.
+        unguarded = not {"page_size", "has_more", "total", "total_pages"} & raw.keys()
         for name, value in query.items():
             path = ("request", "query", name)
             if name == size_param:
@@ -410,7 +413,7 @@ class _Builder:
                     if "page_size" not in raw
                     else "is pagination.size_param, which sends pagination.page_size: remove it here",
                 )
-            elif "page_size" not in raw and size_param is None and name.lower() in PAGE_SIZE_PARAMS:
+            elif unguarded and size_param is None and name.lower() in PAGE_SIZE_PARAMS:
                 self.add(
                     path,
                     f"looks like a page size: write it as pagination.page_size: {value} and size_param: {name},"
