@@ -152,11 +152,10 @@ async def pages(
             redact=settings.redact,
             sleep=sleep,
         )
-        numbered_end = pagination.type is spec.PaginationType.PAGE and walk.pages and reply.status // 100 == 2
-        if numbered_end and pagination_.empty(reply):
-            walk.ended(reply)
+        items = _items(source, entity, reply)
+        if walk.ended(reply, items):
             return
-        follow = walk.follow(reply, position, _items(source, entity, reply), request)
+        follow = walk.follow(reply, position, items or 0, request)
         capped = walk.capped(follow)
         yield Page(reply, follow, capped)
         if follow is None or capped:
@@ -182,15 +181,17 @@ async def next_page(pages: AsyncGenerator[Page, None], stop: asyncio.Event, grac
         stopped.cancel()
 
 
-def _items(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> int:
-    """How many records the page holds, as the mappings will see them (for page_size and the caps)."""
+def _items(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> int | None:
+    """How many records the page holds, as the mappings will see them (for page_size, the caps and
+    an empty page); None when there are none to count: no JSON, or no records where the source
+    expects them (the mapping reports it for the page)."""
     if reply.body is None:
-        return 0
+        return None
     base = mapping.context(reply.body, reply.status, reply.headers, entity, {})
     try:
         return len(mapping.records(source, base))
     except EntityError:
-        return 0  # no records where the source expects them: the mapping reports it for the page
+        return None
 
 
 def _secret_names(templates: tuple[tuple[str, spec.Template], ...]) -> frozenset[str]:

@@ -19,7 +19,7 @@ from jmespath.exceptions import JMESPathError
 from runner import links, spec
 from runner.client import Reply
 from runner.errors import PaginationError
-from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
+from runner.expressions import EVALUATION_FAULTS, JSON, Expression
 
 __all__ = ["STYLES", "Step", "Walk", "context", "empty"]
 
@@ -28,6 +28,24 @@ MAX_URL = 16_384  # a longer "next URL" is garbage, not a page
 MAX_CURSOR = 4_096  # a longer cursor would make every following request URL enormous
 DEFAULT_MAX_PAGES = 10_000  # the page cap of a listing without max_pages: reaching it = not complete
 _FOREIGN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+# Headers that belong to one host or one hop: never copied to a request for another origin. Host in
+# particular names the first request's host; httpx sets the right one from the URL.
+_HOP_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "origin",
+        "referer",
+    }
+)
+_TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0", ""})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +92,22 @@ def _search(expression: Expression, reply: Reply, key: str) -> JSON:
 
 def _has_more(pagination: spec.Pagination, reply: Reply) -> bool | None:
     """True/false as the API said; None when it said nothing (not declared, or missing on this page,
-    as Steam's last page): then the cursor or URL alone decides."""
+    as Steam's last page): then the cursor or URL alone decides. APIs that send flags as text or
+    numbers are read as they mean them: "true"/"1"/1 are true, "false"/"0"/""/0 false (any case).
+    Any other value is an error naming it: a guess either way could end or loop a listing."""
     if pagination.has_more is None:
         return None
     found = _search(pagination.has_more, reply, "has_more")
-    return None if found is None else truthy(found)
+    if found is None or isinstance(found, bool):
+        return found
+    if isinstance(found, str) and found.strip().lower() in _TRUE | _FALSE:
+        return found.strip().lower() in _TRUE
+    if isinstance(found, int | float) and found in (0, 1):
+        return found == 1
+    raise PaginationError(
+        f"pagination.has_more ({pagination.has_more.text}) gave {_excerpt(found)} on {reply.url}:"
+        ' expected true or false (or "true"/"false", 1/0)'
+    )
 
 
 def _value(found: JSON, what: str, reply: Reply) -> str | None:
@@ -174,7 +203,7 @@ def _same_page(target: str, url: httpx.URL) -> bool:
 def _page(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
     assert isinstance(at.position, int)
     if pagination.total_pages is None:
-        last = reply.body is None or empty(reply) or _short(pagination, at.items)
+        last = reply.body is None or not at.items or _short(pagination, at.items)
         return Step(None if last else at.position + 1, "the page numbers")
     via = _shown(pagination.total_pages, "total_pages")
     total = _number(pagination.total_pages, reply, "total_pages")
@@ -275,14 +304,25 @@ class Walk:
             for name, value in first.url.params.multi_items():
                 if name in self.secret_params:
                     url = url.copy_add_param(name, value)
-        headers = [(k, v) for k, v in first.headers.multi_items() if own or k.lower() not in self.secret_headers]
+        dropped = _HOP_HEADERS if own else _HOP_HEADERS | self.secret_headers
+        headers = [(k, v) for k, v in first.headers.multi_items() if k.lower() not in dropped]
         request = httpx.Request(first.method, url, headers=headers, extensions=dict(first.extensions))
         return _sized(request, self.pagination)
 
-    def ended(self, reply: Reply) -> None:
-        """An empty page ended a numbered listing: an error if the page before said there was more."""
+    def ended(self, reply: Reply, items: int | None) -> bool:
+        """Whether `reply` is the empty page that ends a `page` listing after its first page (it is
+        not yielded). Empty is judged on the page's records (`items`: None when the source's
+        `records` found nothing there or the body is not JSON; then the page goes on to the mappings,
+        which report it): `{"data": [], "meta": {}}` is empty, as are a blank body, `{}` and `[]`.
+        An error if the page before said there was more (total_pages not reached), unless
+        missing_next: end."""
+        if self.pagination.type is not spec.PaginationType.PAGE or not self.pages or reply.status // 100 != 2:
+            return False
+        if not (items == 0 and reply.body is not None) and not empty(reply):
+            return False
         if self.said_more is not None:
             self._cut(reply, self.said_more.why, f"page {self.pages + 1} is empty")
+        return True
 
     def follow(self, reply: Reply, position: Position | None, items: int, sent: httpx.Request) -> Position | None:
         """Where the page after `reply` is (None: `reply` is the last page). Raises PaginationError
@@ -343,6 +383,10 @@ class Walk:
     def _checked(self, url: httpx.URL, text: str) -> httpx.URL:
         if url.scheme not in ("http", "https") or not url.host:
             raise PaginationError(f"next-page URL {self.redact(text)!r} is not an http(s) URL; not followed")
+        if url.userinfo and (url.userinfo != self.first.url.userinfo or _origin(url) != _origin(self.first.url)):
+            # httpx would send it as Authorization: Basic, to whatever host the API names
+            shown = self.redact(str(url.copy_with(userinfo=b"")))
+            raise PaginationError(f"next-page URL {shown} carries a user name or password (user@host); not followed")
         if _origin(url) not in self.origins:
             raise PaginationError(
                 f"next-page URL {self.redact(str(url))} leads to another origin than {_origin_text(self.first.url)};"

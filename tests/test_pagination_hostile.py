@@ -6,6 +6,7 @@ and retried like any request."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,106 @@ def test_a_total_may_come_from_a_header_or_as_a_whole_float(api: ApiServer) -> N
     api.route("/z", Reply(200, json={"total": "many", "items": [1]}))
     with pytest.raises(PaginationError, match=r'^pagination.total \(body.total\) gave "many", not a count$'):
         fetch_pages(api.url + "/z", "{type: offset, param: offset, page_size: 5, total: body.total}", "body.items")
+
+
+# --- review 12: headers and userinfo towards other origins, empty pages, has_more as text ----------------
+@pytest.fixture
+def other() -> Iterator[ApiServer]:
+    """A second loopback server: another origin (another port), recording what it receives."""
+    server = ApiServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_an_allowed_origin_gets_its_own_host_header(api: ApiServer, other: ApiServer) -> None:
+    """The first request's Host (and credentials) never go to the other server: it sees its own."""
+    api.route("/x", linked(other.url + "/y?page=2"))
+    other.route("/y", Reply(200, json=[{"id": 2}]))
+    pages, _ = fetch_pages(api.url + "/x", f"{{type: link, allow_origins: ['{other.url}']}}")
+    assert len(pages) == 2
+    (first,), (second,) = api.requests, other.requests
+    assert first.headers["host"] == api.url.removeprefix("http://")
+    assert second.headers["host"] == other.url.removeprefix("http://")
+    assert "authorization" not in second.headers
+    assert "key" not in second.query
+    assert second.headers["accept"] == "application/json"
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_next_url_with_userinfo_is_refused(api: ApiServer, other: ApiServer, own: bool) -> None:
+    """httpx would turn user:password@ into Authorization: Basic for whatever host the API names."""
+    target = (api if own else other).url.replace("http://", "http://bob:pw@") + "/y"
+    api.route("/x", linked(target))
+    with pytest.raises(PaginationError, match=r"carries a user name or password \(user@host\); not followed") as caught:
+        fetch_pages(api.url + "/x", f"{{type: link, allow_origins: ['{other.url}']}}")
+    assert "pw" not in str(caught.value)
+    assert len(api.requests) == 1
+    assert other.requests == []
+
+
+def _numbered(request: Recorded, *, pages: int, empty_at: int | None = None, total: bool = False) -> Reply:
+    """Page n holds items n*10..n*10+4 up to `pages`, then {"data": [], "meta": {}} (never {} or [])."""
+    page = int(request.query.get("page", 1))
+    data = [{"id": page * 10 + i} for i in range(5)] if page <= pages and page != empty_at else []
+    meta = {"total_pages": pages} if total else {}
+    return Reply(200, json={"data": data, "meta": meta})
+
+
+def test_a_page_listing_ends_at_a_page_with_no_records(api: ApiServer) -> None:
+    """No page_size, no total: {"data": [], "meta": {}} is the empty page that ends it (not a loop)."""
+    api.route("/x", lambda r: _numbered(r, pages=3))
+    pages, _ = fetch_pages(api.url + "/x", "{type: page, param: page, start: 1}", "body.data")
+    assert len(pages) == 3
+    assert [r.query.get("page") for r in api.requests] == ["1", "2", "3", "4"]
+
+
+def test_an_empty_page_before_total_pages_is_a_listing_cut_short(api: ApiServer) -> None:
+    """Page 3 of 5 has no records: failed, not 4 of 5 pages taken for the whole; missing_next: end accepts it."""
+    api.route("/x", lambda r: _numbered(r, pages=5, empty_at=3, total=True))
+    pagination = "{type: page, param: page, start: 1, total_pages: body.meta.total_pages%s}"
+    with pytest.raises(
+        PaginationError,
+        match=r"^listing cut short after 2 pages \(10 items\): total_pages \(body.meta.total_pages\) is 5 but"
+        r" page 3 is empty",
+    ):
+        fetch_pages(api.url + "/x", pagination % "", "body.data")
+    pages, _ = fetch_pages(api.url + "/x", pagination % ", missing_next: end", "body.data")
+    assert len(pages) == 2
+
+
+def test_a_page_that_is_not_json_goes_on_to_the_mappings(api: ApiServer) -> None:
+    """A non-JSON page is not an end: it is yielded, for the mappings to fail (docs: it fails the listing)."""
+    api.route("/x", lambda r: _numbered(r, pages=5) if r.query.get("page") != "2" else Reply(200, body=b"<html>"))
+    pages, _ = fetch_pages(api.url + "/x", "{type: page, param: page, start: 1}", "body.data")
+    assert [page.reply.body for page in pages][1:] == [None]
+
+
+@pytest.mark.parametrize(
+    ("flag", "pages"), [("false", 1), ("FALSE", 1), ("0", 1), ("", 1), (0, 1), ("true", 2), ("1", 2), (1, 2)]
+)
+def test_has_more_as_text_or_a_number(api: ApiServer, flag: object, pages: int) -> None:
+    """Flags sent as text or 0/1 mean what they say: "false" ends the listing, "true" goes on."""
+
+    def stripe(request: Recorded) -> Reply:
+        if "after" in request.query:
+            return Reply(200, json={"data": [{"id": 2}], "has_more": False})
+        return Reply(200, json={"data": [{"id": 1}], "has_more": flag})
+
+    api.route("/x", stripe)
+    got, _ = fetch_pages(
+        api.url + "/x", "{type: cursor, param: after, cursor: 'body.data[-1].id', has_more: body.has_more}", "body.data"
+    )
+    assert len(got) == pages
+
+
+@pytest.mark.parametrize("flag", ["yes", 2, [True], {"more": True}])
+def test_has_more_of_another_kind_fails_naming_it(api: ApiServer, flag: object) -> None:
+    api.route("/x", Reply(200, json={"data": [{"id": 1}], "has_more": flag}))
+    with pytest.raises(PaginationError, match=r"^pagination.has_more \(body.has_more\) gave .* expected true or false"):
+        fetch_pages(
+            api.url + "/x",
+            "{type: cursor, param: after, cursor: 'body.data[-1].id', has_more: body.has_more}",
+            "body.data",
+        )
