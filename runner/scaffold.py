@@ -173,9 +173,10 @@ def _expression(path: str, value: Any) -> tuple[str, str]:
     return path, f"{kind}, e.g. {sample}"
 
 
-def _unwrap(sample: Any) -> tuple[str | None, dict[str, Any], str]:
+def _unwrap(sample: Any, listed: bool = False) -> tuple[str | None, dict[str, Any], str]:
     """(`records` expression, first record, where its fields sit): a lone wrapper key (`{"data": …}`)
-    or a list envelope (`{"data": […], "meta": …}`, `results`, `items`) is unwrapped, and a JSON:API
+    or a list envelope (`{"data": […], "meta": …}`, `results`, `items`; for a list endpoint also the
+    one key holding a list of objects, e.g. Slack's `members`) is unwrapped, and a JSON:API
     resource's fields are read under `attributes`."""
     path: list[str] = []
     node = sample
@@ -183,6 +184,9 @@ def _unwrap(sample: Any) -> tuple[str | None, dict[str, Any], str]:
         if len(node) == 1 and isinstance(inner := next(iter(node.values())), dict | list):
             key = next(iter(node))
         elif (key := next((k for k in _ENVELOPES if isinstance(node.get(k), list)), None)) is not None:
+            inner = node[key]
+        elif listed and len(objects := [k for k, v in node.items() if _objects(v)]) == 1:
+            key = objects[0]
             inner = node[key]
         else:
             break
@@ -195,6 +199,11 @@ def _unwrap(sample: Any) -> tuple[str | None, dict[str, Any], str]:
     if isinstance(record.get("attributes"), dict) and "id" in record:  # JSON:API: {id, type, attributes}
         return records, {"id": record["id"], **record["attributes"]}, "record.attributes"
     return records, record, "record"
+
+
+def _objects(value: Any) -> bool:
+    """A non-empty list of objects (JSON objects): a page's records."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
 
 
 def _columns(
@@ -283,8 +292,8 @@ def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, 
         )
     columns = placeholders(url)
     project = config._project(out)[0]
-    records, record, base = _unwrap(sample) if sample is not None else (None, {}, "record")
     listed = not columns
+    records, record, base = _unwrap(sample, listed) if sample is not None else (None, {}, "record")
     key = _list_key(record) if listed else columns[0]
     if listed:
         key_type = _key_type(record.get(key), "text")
