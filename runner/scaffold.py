@@ -10,7 +10,9 @@ as_float, parse_date for a bare date, an ISO timestamp with a time as it is (Pos
 parse_date would drop the time), from_unix for epoch-second timestamps, to_string for a whole number
 past bigint such as a 20-digit id, which also makes a text key), nested objects flattened one level,
 each nested list offered as a commented child table (one row per item), and the key's type from its
-value (`"stn_123"` is text). Every guess carries a comment; `syncrun validate` passes on the result.
+value (`"stn_123"` is text). A list endpoint also gets the pagination its sample reply shows (a Link
+header, a next URL or cursor in the body or a header, has_more + ids, a page count or a total), or a
+comment that it reads one page. Every guess carries a comment; `syncrun validate` passes on the result.
 """
 
 from __future__ import annotations
@@ -397,7 +399,7 @@ _NESTS = ("links", "paging", "meta", "pagination", "response_metadata", "page_in
 _TOTAL_PAGES = ("total_pages", "totalPages", "page_count", "pageCount", "last_page", "lastPage", "pages")
 _TOTALS = ("total", "total_count", "totalCount", "total_results", "totalResults", "count")
 _SIZES = ("limit", "per_page", "perPage", "page_size", "pageSize", "size")
-_HEADER_CURSOR = re.compile(r"^x-(next-)?(page-)?(token|cursor)$|^x-next-[a-z-]*(token|cursor)$")
+_HEADER_CURSOR = re.compile(r"^x-next-[a-z-]*(token|cursor)$|^x-(page-)?cursor$")  # not x-token: auth
 
 
 def _url_like(value: Any) -> bool:
