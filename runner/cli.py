@@ -598,8 +598,10 @@ def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from runner import scaffold
 
     out = args.out or Path("sources") / f"{args.name}.yaml"
-    sample = scaffold.read_sample(args.sample) if args.sample else scaffold.fetch_sample(args.url, args.id)
-    text = scaffold.source_text(args.name, args.url, sample, out)
+    sample, headers = (
+        (scaffold.read_sample(args.sample), {}) if args.sample else scaffold.fetch_reply(args.url, args.id)
+    )
+    text = scaffold.source_text(args.name, args.url, sample, out, headers)
     scaffold.write(out, text, force=args.force)
     print(f"wrote {out}: edit it, then `syncrun validate {out}` and `syncrun test-read {out} --ids …`")
     return 0

@@ -10,7 +10,9 @@ as_float, parse_date for a bare date, an ISO timestamp with a time as it is (Pos
 parse_date would drop the time), from_unix for epoch-second timestamps, to_string for a whole number
 past bigint such as a 20-digit id, which also makes a text key), nested objects flattened one level,
 each nested list offered as a commented child table (one row per item), and the key's type from its
-value (`"stn_123"` is text). Every guess carries a comment; `syncrun validate` passes on the result.
+value (`"stn_123"` is text). A list endpoint also gets the pagination its sample reply shows (a Link
+header, a next URL or cursor in the body or a header, has_more + ids, a page count or a total), or a
+comment that it reads one page. Every guess carries a comment; `syncrun validate` passes on the result.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import yaml
@@ -64,12 +66,18 @@ def read_sample(path: Path) -> Any:
 
 
 def fetch_sample(url: str, key_value: str | None) -> Any:
-    """The endpoint's own answer as the sample: the URL as given (a list endpoint) or with its one
-    placeholder filled by `key_value`; None when it cannot be fetched as written (a setting in it,
-    or placeholders without a value). UsageError when the API does not answer with usable JSON."""
+    """The endpoint's own answer as the sample (its body; see `fetch_reply`)."""
+    return fetch_reply(url, key_value)[0]
+
+
+def fetch_reply(url: str, key_value: str | None) -> tuple[Any, dict[str, str]]:
+    """The endpoint's own answer as the sample, and its headers (lower-case names; a repeated header
+    joined with commas): the URL as given (a list endpoint) or with its one placeholder filled by
+    `key_value`; (None, {}) when it cannot be fetched as written (a setting in it, or placeholders
+    without a value). UsageError when the API does not answer with usable JSON."""
     columns = placeholders(url)
     if "${" in url or len(columns) > 1 or (columns and key_value is None):
-        return None
+        return None, {}
     target = url.replace("{" + columns[0] + "}", quote(key_value or "", safe="")) if columns else url
     try:
         with httpx.stream("GET", target, timeout=30.0, follow_redirects=True) as response:
@@ -88,7 +96,7 @@ def fetch_sample(url: str, key_value: str | None) -> Any:
             f"--url: the API answered HTTP {response.status_code}{f' ({problem})' if problem else ''}, not a sample"
             " to learn from: save a good response and pass --sample"
         )
-    return value
+    return value, {name.lower(): text for name, text in response.headers.items()}
 
 
 def placeholders(url: str) -> list[str]:
@@ -167,9 +175,10 @@ def _expression(path: str, value: Any) -> tuple[str, str]:
     return path, f"{kind}, e.g. {sample}"
 
 
-def _unwrap(sample: Any) -> tuple[str | None, dict[str, Any], str]:
+def _unwrap(sample: Any, listed: bool = False) -> tuple[str | None, dict[str, Any], str]:
     """(`records` expression, first record, where its fields sit): a lone wrapper key (`{"data": …}`)
-    or a list envelope (`{"data": […], "meta": …}`, `results`, `items`) is unwrapped, and a JSON:API
+    or a list envelope (`{"data": […], "meta": …}`, `results`, `items`; for a list endpoint also the
+    one key holding a list of objects, e.g. Slack's `members`) is unwrapped, and a JSON:API
     resource's fields are read under `attributes`."""
     path: list[str] = []
     node = sample
@@ -177,6 +186,9 @@ def _unwrap(sample: Any) -> tuple[str | None, dict[str, Any], str]:
         if len(node) == 1 and isinstance(inner := next(iter(node.values())), dict | list):
             key = next(iter(node))
         elif (key := next((k for k in _ENVELOPES if isinstance(node.get(k), list)), None)) is not None:
+            inner = node[key]
+        elif listed and len(objects := [k for k, v in node.items() if _objects(v)]) == 1:
+            key = objects[0]
             inner = node[key]
         else:
             break
@@ -189,6 +201,11 @@ def _unwrap(sample: Any) -> tuple[str | None, dict[str, Any], str]:
     if isinstance(record.get("attributes"), dict) and "id" in record:  # JSON:API: {id, type, attributes}
         return records, {"id": record["id"], **record["attributes"]}, "record.attributes"
     return records, record, "record"
+
+
+def _objects(value: Any) -> bool:
+    """A non-empty list of objects (JSON objects): a page's records."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
 
 
 def _columns(
@@ -265,8 +282,9 @@ def _schema_comment(out: Path) -> str:
     return f"# yaml-language-server: $schema={Path(relative).as_posix()}\n"
 
 
-def source_text(name: str, url: str, sample: Any, out: Path) -> str:
-    """The starter source file's text."""
+def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, str] | None = None) -> str:
+    """The starter source file's text; `headers` are the sample reply's (a Link header or a
+    next-page token header sets the list's pagination)."""
     if not _NAME.match(name):
         suggestion = identifier(name)[:50]
         if not suggestion[0].isalpha():
@@ -276,8 +294,8 @@ def source_text(name: str, url: str, sample: Any, out: Path) -> str:
         )
     columns = placeholders(url)
     project = config._project(out)[0]
-    records, record, base = _unwrap(sample) if sample is not None else (None, {}, "record")
     listed = not columns
+    records, record, base = _unwrap(sample, listed) if sample is not None else (None, {}, "record")
     key = _list_key(record) if listed else columns[0]
     if listed:
         key_type = _key_type(record.get(key), "text")
@@ -300,7 +318,7 @@ def source_text(name: str, url: str, sample: Any, out: Path) -> str:
     text += _entities(listed, key, project.key, entity_columns)
     text += f"request:\n  url: {_scalar(url)}\n  timeout: 30s\n\n"
     if listed:
-        text += _PAGINATION_HINT
+        text += pagination_text(url, sample, headers, records)
     text += "rate_limit:                         # ask the API's documentation; retries take tokens too\n"
     text += f"  requests: 1\n  per: 1s\n  burst: 1\n  bucket: {name}\n\n"
     text += "retry:\n  attempts: 4\n  initial: 1s\n  max_delay: 30s\n  max_wait: 120s\n\n"
@@ -334,14 +352,6 @@ def source_text(name: str, url: str, sample: Any, out: Path) -> str:
             f"  table: {name}_status\n  key: {key}\n"
         )
     return text
-
-
-_PAGINATION_HINT = (
-    "# pagination:                       # a list endpoint is usually paged: see docs/reference.md#pagination\n"
-    "#   type: cursor\n"
-    "#   param: cursor\n"
-    '#   cursor: "body.meta.next_cursor"\n\n'
-)
 
 
 def _entities(listed: bool, key: str, project_key: str, columns: str) -> str:
@@ -378,3 +388,158 @@ def write(out: Path, text: str, *, force: bool = False) -> None:
     config.loads(text, out)  # a scaffold that does not validate is a bug: raise ConfigError now
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
+
+
+# --- pagination: guessed from the sample reply -----------------------------------------------------
+
+_LINK_NEXT = re.compile(r"""<[^>]*>\s*;[^,]*?\brel\s*=\s*"?[^",;]*\bnext\b""", re.IGNORECASE)
+_NEXT_URL_KEYS = ("next_url", "next_page_url", "nextPageUrl", "next_link", "nextLink", "next_page", "next")
+_CURSOR_KEYS = ("next_cursor", "nextCursor", "next_page_token", "nextPageToken", "next_token", "nextToken", "cursor")
+_NESTS = ("links", "paging", "meta", "pagination", "response_metadata", "page_info", "pageInfo", "metadata")
+_TOTAL_PAGES = ("total_pages", "totalPages", "page_count", "pageCount", "last_page", "lastPage", "pages")
+_TOTALS = ("total", "total_count", "totalCount", "total_results", "totalResults", "count")
+_SIZES = ("limit", "per_page", "perPage", "page_size", "pageSize", "size")
+_HEADER_CURSOR = re.compile(r"^x-next-[a-z-]*(token|cursor)$|^x-(page-)?cursor$")  # not x-token: auth
+
+
+def _url_like(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith(("http://", "https://", "/", "?")) or "?" in value)
+
+
+def _find(body: Any, keys: tuple[str, ...]) -> tuple[str, Any] | None:
+    """The first of `keys` in the body or one level down in a pagination-ish object: (JMESPath, value)."""
+    if not isinstance(body, dict):
+        return None
+    for key in keys:
+        if key in body and not isinstance(body[key], dict | list):
+            return f"body.{field(key)}", body[key]
+    for nest in _NESTS:
+        inner = body.get(nest)
+        if isinstance(inner, dict):
+            for key in keys:
+                if key in inner and not isinstance(inner[key], dict | list):
+                    return f"body.{field(nest)}.{field(key)}", inner[key]
+    return None
+
+
+def _cursor_param(key: str) -> str:
+    """The query parameter a cursor is likely sent back in: `next_page_token` -> `page_token`."""
+    name = key.rsplit(".", 1)[-1].strip('"').lower().replace("-", "_")
+    for prefix in ("x_", "next_", "next"):
+        name = name.removeprefix(prefix)
+    camel = key.rsplit(".", 1)[-1].strip('"')
+    if camel.startswith("next") and camel[4:5].isupper():  # nextPageToken -> pageToken
+        return camel[4].lower() + camel[5:]
+    return name or "cursor"
+
+
+def _page_size(url: str, body: Any) -> tuple[int, str | None, str] | None:
+    """(page_size, size_param, where it was seen) when a page size is evident in the URL's query or the body."""
+    query = parse_qs(urlsplit(url).query)
+    for name in _SIZES:
+        values = query.get(name)
+        if values and values[0].isdigit() and int(values[0]) > 0:
+            return int(values[0]), name, f"{name}={values[0]} in the URL"
+    found = _find(body, _SIZES)
+    if found and isinstance(found[1], int) and not isinstance(found[1], bool) and found[1] > 0:
+        name = found[0].rsplit(".", 1)[-1].strip('"')
+        return found[1], name, f"{found[0]} = {found[1]} in the sample"
+    return None
+
+
+def pagination_text(url: str, body: Any, headers: dict[str, str] | None, records: str | None) -> str:
+    """The `pagination:` block for what the sample reply shows (a Link header, a next URL or cursor
+    in the body or a header, Stripe's has_more, page or offset counters), with a comment saying what
+    was detected; without any, a comment saying the source reads one page and how to page it."""
+    heads = {k.lower(): v for k, v in (headers or {}).items()}
+    items = body if isinstance(body, list) else None
+    if records and records.startswith("body.") and isinstance(body, dict):
+        node: Any = body
+        for part in records.removeprefix("body.").split("."):
+            node = node.get(part.strip('"')) if isinstance(node, dict) else None
+        items = node if isinstance(node, list) else None
+    size = _page_size(url, body)
+    query = parse_qs(urlsplit(url).query)
+    has_more = _find(body, ("has_more", "hasMore", "has_next", "hasNext", "more"))
+    has_more = has_more if has_more and isinstance(has_more[1], bool) else None
+    lines: list[str] = []
+    detected = ""
+    if _LINK_NEXT.search(heads.get("link", "")):
+        detected = 'a Link header with rel="next"'
+        lines = ["type: link"]
+    elif (found := _find(body, _NEXT_URL_KEYS)) and (found[1] is None or _url_like(found[1])):
+        seen = "null on this page" if found[1] is None else "a URL"
+        detected = f"a next-page URL in the body ({found[0]}, {seen})"
+        lines = ["type: next_url", f"next: {_scalar(found[0])}"]
+    elif header := next((h for h in heads if _HEADER_CURSOR.match(h)), None):
+        expression = f'headers."{header}"'
+        param = _cursor_param(header)
+        detected = f"a next-page token in the {header} response header"
+        lines = [
+            "type: cursor",
+            f"param: {param}  # a guess from the header's name: check the API's docs",
+            f"cursor: {_scalar(expression)}",
+        ]
+    elif (found := _find(body, _CURSOR_KEYS)) or (
+        (found := _find(body, ("next",))) and isinstance(found[1], str | int)
+    ):
+        param = _cursor_param(found[0])
+        detected = f"a next-page cursor in the body ({found[0]})"
+        lines = [
+            "type: cursor",
+            f"param: {param}  # a guess from the key's name: check the API's docs",
+            f"cursor: {_scalar(found[0])}",
+        ]
+    elif has_more and records and items and isinstance(items[0], dict) and "id" in items[0]:
+        detected = f"{has_more[0]} and record ids (Stripe-style: starting_after the last record's id)"
+        lines = [
+            "type: cursor",
+            "param: starting_after  # check the API's docs",
+            f"cursor: {_scalar(records + '[-1].id')}",
+        ]
+    elif (found := _find(body, _TOTAL_PAGES)) and isinstance(found[1], int) and not isinstance(found[1], bool):
+        current = _find(body, ("page", "current_page", "currentPage", "page_number"))
+        start = 0 if current and current[1] == 0 else 1
+        detected = f"a page count in the body ({found[0]})"
+        lines = [
+            "type: page",
+            "param: page  # check the API's docs",
+            f"start: {start}",
+            f"total_pages: {_scalar(found[0])}",
+        ]
+    elif (
+        (total := _find(body, _TOTALS))
+        and isinstance(total[1], int)
+        and not isinstance(total[1], bool)
+        and (_find(body, ("offset", "skip", "start")) or "offset" in query or size or (items and len(items) < total[1]))
+    ):
+        detected = f"a total in the body ({total[0]})"
+        if size is None and items:  # the API's own page size, seen as the sample's page
+            size = len(items), None, f"the sample's {len(items)} records (the API's default page size?)"
+        lines = ["type: offset", "param: offset  # check the API's docs", f"total: {_scalar(total[0])}"]
+    elif "page" in query or "offset" in query:
+        style = "page" if "page" in query else "offset"
+        detected = f"{style}= in the URL"
+        lines = [f"type: {style}", f"param: {style}"] + (["start: 1"] if style == "page" else [])
+        if size is None and items and style == "offset":
+            size = len(items), None, f"the sample's {len(items)} records"
+    if not lines or (lines[0] == "type: offset" and size is None):
+        return _PAGINATION_HINT
+    if has_more and lines[0] in ("type: cursor", "type: next_url"):
+        lines.append(f"has_more: {_scalar(has_more[0])}")
+    if size:
+        lines.append(f"page_size: {size[0]}  # from {size[2]}: a shorter page is the last")
+        if size[1]:
+            lines.append(f"size_param: {size[1]}")
+    text = f"# pagination: detected {detected}; see docs/reference.md#pagination\n"
+    return text + "pagination:\n" + "".join(f"  {line}\n" for line in lines) + "\n"
+
+
+_PAGINATION_HINT = (
+    "# pagination: none detected in the sample, so this source reads ONE page (the first) only.\n"
+    "# If the API pages its list, add a block; see docs/reference.md#pagination, e.g.\n"
+    "# pagination:\n"
+    "#   type: cursor                    # or link, next_url, page, offset\n"
+    "#   param: cursor\n"
+    '#   cursor: "body.meta.next_cursor"\n\n'
+)

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from runner import cli, config, scaffold
 from runner.errors import UsageError
 from runner.spec import SelectionType
+from tests import pagedapi
 from tests.apiserver import ApiServer, Reply
+from tests.pg import Database
 
 SAMPLE = {
     "data": {
@@ -194,3 +197,119 @@ def test_a_20_digit_id_is_text_and_an_iso_timestamp_keeps_its_time(project: Path
     assert columns["created_at"] == 'record.attributes."created-at"'
     assert columns["day"] == "parse_date(record.attributes.day)"
     assert columns["n"] == "as_int(record.attributes.n)"
+
+
+# route (tests/pagedapi.py) -> (pagination the scaffold writes, what its comment says was detected)
+PAGED = {
+    "link": ({"type": "link"}, 'detected a Link header with rel="next"'),
+    "next-absolute": (
+        {"type": "next_url", "next": "body.links.next"},
+        "detected a next-page URL in the body (body.links.next, a URL)",
+    ),
+    "cursor-body?limit=10": (
+        {
+            "type": "cursor",
+            "param": "cursor",
+            "cursor": "body.response_metadata.next_cursor",
+            "page_size": 10,
+            "size_param": "limit",
+        },
+        "detected a next-page cursor in the body (body.response_metadata.next_cursor)",
+    ),
+    "cursor-header": (
+        {"type": "cursor", "param": "page_token", "cursor": 'headers."x-next-page-token"'},
+        "detected a next-page token in the x-next-page-token response header",
+    ),
+    "stripe": (
+        {"type": "cursor", "param": "starting_after", "cursor": "body.data[-1].id", "has_more": "body.has_more"},
+        "detected body.has_more and record ids",
+    ),
+    "offset-total?limit=10": (
+        {"type": "offset", "param": "offset", "total": "body.total", "page_size": 10, "size_param": "limit"},
+        "detected a total in the body (body.total)",
+    ),
+    "offset-total": (  # no size in the URL: the sample's page is the API's default size
+        {"type": "offset", "param": "offset", "total": "body.total", "page_size": 10},
+        "detected a total in the body (body.total)",
+    ),
+    "pages-total?per_page=5": (
+        {
+            "type": "page",
+            "param": "page",
+            "start": 1,
+            "total_pages": "body.meta.total_pages",
+            "page_size": 5,
+            "size_param": "per_page",
+        },
+        "detected a page count in the body (body.meta.total_pages)",
+    ),
+}
+
+
+def _pagination(path: Path) -> dict[str, object]:
+    """The `pagination:` mapping as written in the file (None when there is none)."""
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict)
+    block = loaded.get("pagination")
+    assert block is None or isinstance(block, dict)
+    return block or {}
+
+
+@pytest.mark.parametrize("route", sorted(PAGED))
+def test_a_list_endpoint_gets_the_pagination_its_reply_shows(project: Path, api: ApiServer, route: str) -> None:
+    """The fetched reply's Link header, next URL, cursor (body or header), has_more + ids, page count
+    or total make the matching pagination block, with a comment saying what was detected; the
+    page size evident in the URL becomes page_size + size_param; the file validates."""
+    pagedapi.install(api)
+    assert cli.main(["new", "listing", "--url", f"{api.url}/{route}"]) == 0
+    path = project / "sources" / "listing.yaml"
+    assert cli.main(["validate", str(path)]) == 0
+    expected, comment = PAGED[route]
+    written = _pagination(path)
+    assert {k: v for k, v in written.items() if k in expected or k in ("page_size", "size_param")} == expected
+    assert f"# pagination: {comment}" in path.read_text()
+    source = config.load(path)
+    assert source.pagination is not None
+    assert source.pagination.type == expected["type"]
+
+
+def test_nothing_detected_says_the_source_reads_one_page(project: Path, api: ApiServer) -> None:
+    """A bare list with no paging sign: no pagination block, and a comment saying so and how to add one."""
+    api.route("/all", Reply(200, json=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]))
+    assert cli.main(["new", "listing", "--url", f"{api.url}/all"]) == 0
+    path = project / "sources" / "listing.yaml"
+    assert cli.main(["validate", str(path)]) == 0
+    assert _pagination(path) == {}
+    text = path.read_text()
+    assert "# pagination: none detected in the sample, so this source reads ONE page (the first) only." in text
+    assert "docs/reference.md#pagination" in text
+
+
+def test_a_saved_sample_has_no_headers_but_its_body_still_tells(project: Path) -> None:
+    """With --sample there are no headers to read; a body cursor is still found."""
+    (project / "page.json").write_text(json.dumps({"items": STATIONS, "nextPageToken": "abc"}))
+    assert cli.main(["new", "stations", "--url", "https://x/stations", "--sample", "page.json"]) == 0
+    path = project / "sources" / "stations.yaml"
+    assert _pagination(path) == {"type": "cursor", "param": "pageToken", "cursor": "body.nextPageToken"}
+
+
+@pytest.mark.parametrize("route", ["link", "cursor-header", "stripe", "offset-total"])
+def test_a_scaffolded_list_source_reads_every_page(
+    project: Path, api: ApiServer, db: Database, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """End to end: the scaffolded source, migrated and run against real PostgreSQL, writes all 23
+    items, not the first page's 10, and its job completes."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    pagedapi.install(api)
+    assert cli.main(["new", "listing", "--url", f"{api.url}/{route}"]) == 0
+    path = project / "sources" / "listing.yaml"
+    fast = path.read_text().replace(
+        "  requests: 1\n  per: 1s\n  burst: 1\n", "  requests: 1000\n  per: 1s\n  burst: 50\n"
+    )
+    path.write_text(fast)
+    assert cli.main(["migrate", str(path)]) == 0
+    db.run("create table listing (id int primary key, name text)")
+    assert cli.main(["run", str(path)]) == 0
+    assert db.rows("select id, name from listing order by id") == [(i["id"], i["name"]) for i in pagedapi.ITEMS]
+    assert db.rows("select status from sync_jobs where job_type = 'listing'") == [("completed",)]
+    assert len(api.requests) == 1 + 3  # the sample, then the three pages
