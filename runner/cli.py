@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +51,7 @@ from runner.redaction import Redactor
 log = logging.getLogger("syncrun")
 
 EXIT_INTERNAL = 70
-COMMANDS = ("validate", "migrate", "run", "demo", "test-read", "status", "workflow", "new")
+COMMANDS = ("validate", "migrate", "run", "demo", "test-read", "status", "workflow", "new", "init")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +116,7 @@ def _count(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncrun", description="Declarative sync runner: HTTP APIs into PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"syncrun {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check source files; exit 2 listing every problem")
@@ -185,8 +187,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--example", action="store_true", help="run sources/example.yaml against a local demo API instead"
     )
+    demo.add_argument(
+        "--serve", action="store_true", help="only serve the example's demo API (until Ctrl-C), for your own runs"
+    )
+    demo.add_argument("--port", type=int, default=8765, help="with --serve: the port on 127.0.0.1 (default 8765)")
+    demo.add_argument(
+        "--seed",
+        type=Path,
+        metavar="SOURCE",
+        help="with --serve: first create SOURCE's tables and the example tables, and add the demo's apps to its"
+        " status table (DATABASE_URL, else the embedded database)",
+    )
     demo.set_defaults(handler=_demo)
     _more_commands(commands)
+    _project_commands(commands)
     return parser
 
 
@@ -457,6 +471,8 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     source against a local demo API), through the normal run path; then what was written."""
     from runner import demo  # the demo API is only imported when asked for
 
+    if args.serve:
+        return _serve_demo(args, environ)
     if args.example:
         return _example_demo(environ)
     root = _checkout()
@@ -505,10 +521,9 @@ def _run_demo(source_path: Path, environ: Mapping[str, str]) -> int:
 
 
 def _checkout() -> Path:
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "sources" / "replays").is_dir():
-        raise UsageError(f"{root / 'sources'} not found: run `syncrun demo` from a checkout of the syncrun repository")
-    return root
+    from runner import demo
+
+    return demo.bundled_root()  # the wheel's package data, or the checkout's sources/
 
 
 # --- test-read, status, workflow, new (runner/explain.py, overview.py, workflow.py, scaffold.py) ---------
@@ -604,4 +619,51 @@ def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     text = scaffold.source_text(args.name, args.url, sample, out, headers)
     scaffold.write(out, text, force=args.force)
     print(f"wrote {out}: edit it, then `syncrun validate {out}` and `syncrun test-read {out} --ids …`")
+    return 0
+
+
+# --- init, demo --serve, --version (runner/project.py, demo.py) -------------------------------------------
+def _project_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = commands.add_parser("init", help="start a project: syncrun.yaml, an example source, workflows, README")
+    init.add_argument("directory", nargs="?", type=Path, default=Path(), help="where (default: here)")
+    init.set_defaults(handler=_init)
+
+
+def _version() -> str:
+    from runner import project
+
+    return project.version()
+
+
+def _init(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from runner import project
+
+    written = project.init(args.directory)
+    for path in written:
+        print(f"wrote {path}")
+    where = "" if args.directory == Path() else f"cd {args.directory} && "
+    print(f"next: {where}syncrun validate && syncrun demo --serve --seed sources/example.yaml", file=sys.stderr)
+    return 0
+
+
+def _serve_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """The example's demo API on 127.0.0.1:PORT until interrupted; with --seed, its tables and apps first."""
+    from runner import demo
+
+    if args.seed is not None:
+        source = config.load(args.seed)
+        if source.status is None:
+            raise UsageError(f"--seed {args.seed}: the source has no status table to add the demo's apps to")
+        preflight.check_environment(environ)
+        target = database.open_target(database.dsn_from_env(environ))
+        with target.connect() as conn:
+            migrations.migrate(conn, [source])
+            with conn.transaction():
+                conn.execute(migrations.tables_sql("example"))
+            status = source.status
+            added = demo.seed(conn, database.identifier(status.table), status.key)
+        print(f"{target.describe()}: example tables ready, {added} demo app(s) added to {status.table}")
+    with demo.serve(args.port) as url:
+        print(f"demo API on {url} (Ctrl-C stops it)", flush=True)
+        threading.Event().wait()  # Ctrl-C: main's handler exits 130
     return 0

@@ -14,10 +14,24 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from runner.errors import UsageError
+
+
+def bundled_root() -> Path:
+    """The folder holding the bundled `sources/` (with `replays/`) and `syncrun.yaml`: the wheel's
+    package data (runner/bundled/, see pyproject.toml), else the checkout this module runs from."""
+    package = Path(__file__).resolve().parent
+    for root in (package / "bundled", package.parent):
+        if (root / "sources" / "replays").is_dir() and (root / "syncrun.yaml").is_file():
+            return root
+    raise UsageError(f"the bundled sources are missing from {package / 'bundled'}: reinstall syncrun")
+
 
 DEMO_APPIDS = tuple(range(10, 410, 10))  # 40 apps, multiples of 10 like real Steam appids
 DELISTED, UNKNOWN, FLAKY, EXPENSIVE, UNDATED = 70, 130, 200, 250, 310
@@ -110,6 +124,15 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
                 "insert into sync_status (appid, priority_score) values (%s, %s)",
                 [(appid, appid % 50) for appid in DEMO_APPIDS],
             )
+
+
+def seed(conn: psycopg.Connection[Any], table: sql.Composable, key: str) -> int:
+    """Add the demo API's apps to a status table, leaving rows already there alone; how many were new."""
+    query = sql.SQL("insert into {} ({}) select unnest(%s::bigint[]) on conflict do nothing").format(
+        table, sql.Identifier(key)
+    )
+    with conn.transaction():
+        return conn.execute(query, (list(DEMO_APPIDS),)).rowcount
 
 
 def summary(conn: psycopg.Connection[Any], job_type: str) -> str:
