@@ -212,10 +212,11 @@ def test_retry_after_pauses_every_process(db: Database, api: ApiServer) -> None:
     assert len(limited) == 1
     arrivals = [at - limited[0] for at in api.arrivals("/x")]
     during = [at for at in arrivals if 0 < at < 0.95]
-    # at most one reservation already in hand per other process. When in the pause they land depends
-    # on how soon the pause reaches the database and how late a busy machine sends them (0.62 s was
-    # seen with two CPU burners): a grant in hand is not taken back, only never re-stamped into it.
-    assert len(during) <= 3, during
+    # at most two reservations already in hand per other process: the one it waits for, and one handed
+    # out `lead` early and waiting at the write (4 were seen under load). When in the pause they land
+    # depends on how soon the pause reaches the database and how late a busy machine sends them (0.62 s
+    # was seen with two CPU burners): a grant in hand is not taken back, only never re-stamped into it.
+    assert len(during) <= 2 * (3 - 1), during
     assert any(0.95 <= at < 1.3 for at in arrivals)  # and then they resume
 
 
