@@ -38,7 +38,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from runner import deletes, stamps, targets
+from runner import conditional, deletes, stamps, targets
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
 from runner.spec import Outcome, SelectionType, Source
@@ -78,6 +78,10 @@ class EntityResult:
     # a capped listing (max_pages, max_items, the default page cap): its rows are upserted, but its
     # replace_by writes delete nothing, since the rows beyond the cap were not read, not gone
     partial: bool = False
+    # conditional requests: the validators a success's reply carried (None: leave the stored ones), and
+    # whether a 304 showed the entity unchanged (a stamped skip that writes no rows)
+    validators: conditional.Validators | None = None
+    unchanged: bool = False
 
     @property
     def stamped(self) -> bool:
@@ -204,6 +208,7 @@ def _write_all(
         stamps.write(cursor, source, batch, catalog)
         if source.entities.type is not SelectionType.LIST:  # a catalogue page is no entity: no state
             _write_state(cursor, source, batch, holder)
+            conditional.write(cursor, source, batch)
 
 
 def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityResult:
