@@ -233,3 +233,13 @@ def test_second_pass_savings(env: Database, api: ApiServer, tmp_path: Path) -> N
     print(f"\nconditional requests, {count} entities, 10% changed: pass 1 {first}; pass 2 {second}")
     assert second == {"requests": count, "bytes": second["bytes"], "rows": count // 10, "304": count - count // 10}
     assert second["bytes"] * 5 < first["bytes"]
+
+
+def test_on_by_default_only_for_one_request_per_entity(tmp_path: Path) -> None:
+    """Default on; `false` turns it off; a paged entity never sends validators (its first page's
+    validator says nothing of the others), nor does a batched request."""
+    assert conditional.enabled(config.load(source_file(tmp_path)))
+    assert not conditional.enabled(config.load(source_file(tmp_path, "  conditional: false\n")))
+    paged = source_file(tmp_path)
+    paged.write_text(paged.read_text() + "pagination: {type: page, param: page, page_size: 10}\n")
+    assert not conditional.enabled(config.load(paged))
