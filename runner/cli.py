@@ -436,7 +436,8 @@ def _summarise(report: engine.Report) -> None:
     rate = c.requests / report.elapsed if report.elapsed else 0.0
     line = (
         f"{report.source}: {report.status} — processed {c.processed}, succeeded {c.succeeded}, "
-        f"failed {c.failed}, skipped {c.skipped}{f', deleted {c.deleted}' if c.deleted else ''};"
+        f"failed {c.failed}, skipped {c.skipped}{f', deleted {c.deleted}' if c.deleted else ''}"
+        f"{f', unchanged {c.unchanged} (HTTP 304)' if c.unchanged else ''};"
         f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
     notes = [note for note in (report.listing, report.error) if note]

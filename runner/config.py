@@ -289,7 +289,7 @@ class _Builder:
             self.check_url(url)
         if not self.usable(("request",)) or url is None:
             return None
-        extra: dict[str, JSON] = {k: raw[k] for k in ("method", "verify_tls") if k in raw}
+        extra: dict[str, JSON] = {k: raw[k] for k in ("method", "verify_tls", "conditional") if k in raw}
         for part in ("query", "headers"):
             extra[part] = tuple((str(p[2]), t) for p, t in templates.items() if p[1] == part and t is not None)
         if "timeout" in raw:
@@ -384,6 +384,20 @@ class _Builder:
             )
         self.check_query_page_size(raw, kind)
         request = self.raw.get("request")
+        if (
+            isinstance(request, dict)
+            and request.get("conditional") is True
+            and (kind, "batch" in request)
+            != (
+                spec.PaginationType.NONE,
+                False,
+            )
+        ):
+            self.add(
+                ("request", "conditional"),
+                "conditional requests need one request per entity: a paged or batched reply's validator"
+                " does not cover the entity's whole data; remove `conditional: true`",
+            )
         if kind is not spec.PaginationType.NONE and isinstance(request, dict) and "batch" in request:
             self.add(
                 ("request", "batch"),

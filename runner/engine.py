@@ -24,6 +24,7 @@ import httpx
 import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
+from runner.conditional import NOT_ASKED, Store, kept
 from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
 from runner.expressions import JSON
@@ -110,6 +111,7 @@ class _Run:
         self.unprocessed: list[JSON] = []
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker()
+        self.validators = Store(source)  # ETag/Last-Modified per entity, loaded as selected
         self.write_failed = False
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
         # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
@@ -177,8 +179,9 @@ class _Run:
     async def process(self, entity: dict[str, JSON]) -> list[Trace]:
         trace = Trace(entity)
         try:
+            ask = self.validators.headers(entity)
             listing = await fetch.entity(
-                self.http, self.source, entity, self.settings, limiter=self.limiter, sleep=self.sleep
+                self.http, self.source, entity, self.settings, limiter=self.limiter, sleep=self.sleep, headers=ask
             )
             trace.result = self.classify(entity, self.replies(listing), trace)
             if listing and listing[-1].capped:  # the rows beyond the cap were not read: replace_by deletes none
@@ -252,6 +255,9 @@ class _Run:
         trace.status, trace.elapsed = first.status, sum(r.elapsed for r in replies)
         trace.excerpt = fetch.describe(first)
         stamp_on_skip = self.source.status.stamp_on_skip if self.source.status else False
+        if first.status == 304 and self.validators.enabled:  # Not Modified: only an answer to validators sent
+            unchanged = self.result(entity, spec.Outcome.SKIP, stamp=True, unchanged=True)
+            return unchanged if self.validators.asked(entity) else unchanged.failed(NOT_ASKED)
         decision = outcomes.classify(self.source.outcomes, first, entity, stamp_on_skip=stamp_on_skip)
         trace.rule = decision.rule
         rule = self.source.outcomes[decision.index - 1] if decision.index else None
@@ -276,7 +282,8 @@ class _Run:
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
-        return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values)
+        validators = kept(first) if self.validators.enabled else None
+        return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values, validators=validators)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
         return writer.EntityResult(
@@ -290,6 +297,8 @@ class _Run:
             skip_until=fields.get("skip_until"),
             error_source=self.source.name,
             status_values=fields.get("values", {}),
+            validators=fields.get("validators"),
+            unchanged=fields.get("unchanged", False),
         )
 
     def failure(self, entity: dict[str, JSON], message: str, *, definitive: bool) -> writer.EntityResult:
@@ -366,6 +375,7 @@ class _Run:
         assert result is not None
         c = self.report.counters
         kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
+        kind = "unchanged" if result.unchanged and result.outcome is not spec.Outcome.ERROR else kind
         c = replace(c, processed=c.processed + 1, **{kind: getattr(c, kind) + 1})
         self.report.counters = c
         progress.tick(self.source.name, c, result.error)
@@ -491,7 +501,7 @@ async def _drive(state: _Run) -> Report:
 async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, write_conn: database.Link | None) -> None:
     """Entity-shaped sources: selection -> concurrent fetchers -> batched writer."""
     tasks = [
-        asyncio.create_task(state.produce(_chunks(state, select_conn))),
+        asyncio.create_task(state.produce(state.validators.attach(select_conn, _chunks(state, select_conn)))),
         *(asyncio.create_task(state.fetcher()) for _ in range(state.source.concurrency)),
     ]
     writer_task = asyncio.create_task(state.write(write_conn))

@@ -96,12 +96,13 @@ async def entity(
     limiter: Limiter,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> list[Page]:
     """Every page for one entity, in order (see `pages`). A later page that is not 2xx fails the
-    entity: the outcome rules judge the first reply, and the rows of a partial listing must not go in."""
-    listing = [
-        page async for page in pages(client, source, entity, settings, limiter=limiter, sleep=sleep, params=params)
-    ]
+    entity: the outcome rules judge the first reply, and the rows of a partial listing must not go in.
+    `headers` go on the first request only (conditional requests: runner.conditional)."""
+    walk = pages(client, source, entity, settings, limiter=limiter, sleep=sleep, params=params, headers=headers)
+    listing = [page async for page in walk]
     for number, page in enumerate(listing[1:], start=2):
         if page.reply.status // 100 != 2:
             raise PaginationError(f"page {number} of the listing answered {describe(page.reply)} ({page.reply.url})")
@@ -118,6 +119,7 @@ async def pages(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     start: str | int | None = None,
     params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> AsyncGenerator[Page, None]:
     """Pages in order, one request each, every one through the limiter and the retries. Paging stops
     at a non-2xx reply (it is the last one yielded, for the outcome rules), at a cap (`max_pages`,
@@ -132,6 +134,8 @@ async def pages(
     first = build_request(client, source, entity, settings)
     for name, value in (params or {}).items():
         first = _with_query(first, name, value)
+    for name, value in (headers or {}).items():
+        first.headers[name] = value
     walk = pagination_.Walk(
         pagination,
         first,

@@ -33,6 +33,7 @@ class Counters:
     updated: int = 0
     deleted: int = 0  # entities found gone (outcome delete): their rows were removed
     requests: int = 0
+    unchanged: int = 0  # entities a 304 Not Modified showed unchanged: stamped, nothing rewritten
 
     def params(self) -> dict[str, int]:
         return {
@@ -44,6 +45,7 @@ class Counters:
             "updated": self.updated,
             "deleted": self.deleted,
             "requests": self.requests,
+            "unchanged": self.unchanged,
         }
 
 
@@ -64,7 +66,7 @@ class Job:
 _SET_COUNTERS = sql.SQL(
     "items_processed = %(processed)s, items_succeeded = %(succeeded)s, items_failed = %(failed)s,"
     " items_skipped = %(skipped)s, items_created = %(created)s, items_updated = %(updated)s,"
-    " items_deleted = %(deleted)s,"
+    " items_deleted = %(deleted)s, items_unchanged = %(unchanged)s,"
     " requests_made = %(requests)s"
 )
 
@@ -154,7 +156,7 @@ def recent(conn: psycopg.Connection, job_type: str, n: int = 10, *, table: Quali
         " coalesce(items_processed, 0) as processed, coalesce(items_succeeded, 0) as succeeded,"
         " coalesce(items_failed, 0) as failed, coalesce(items_skipped, 0) as skipped,"
         " coalesce(items_created, 0) as created, coalesce(items_updated, 0) as updated,"
-        " coalesce(items_deleted, 0) as deleted,"
+        " coalesce(items_deleted, 0) as deleted, coalesce(items_unchanged, 0) as unchanged,"
         " coalesce(requests_made, 0) as requests"
         " from {} where job_type = %s order by started_at desc nulls last limit %s"
     ).format(identifier(table))

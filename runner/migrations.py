@@ -51,9 +51,10 @@ JOB_COLUMNS = (
     "items_updated",
     "items_skipped",
     "items_deleted",
+    "items_unchanged",
 )
 ERROR_COLUMNS = ("last_error_source", "last_error_message", "last_error_at")
-OWN_TABLES = ("syncrun_migrations", "syncrun_state", "syncrun_cursors")
+OWN_TABLES = ("syncrun_migrations", "syncrun_state", "syncrun_cursors", "syncrun_validators")
 
 
 def versioned_files() -> list[tuple[int, str, Path]]:

@@ -122,6 +122,7 @@ class Request:
     max_body: int = 10_000_000
     verify_tls: bool = True
     batch: Batch | None = None
+    conditional: bool | None = None  # ETag/Last-Modified validators; None: on where usable (runner.conditional)
 
 
 class PaginationType(StrEnum):

@@ -31,6 +31,7 @@ def test_check_on_an_empty_database_names_everything_and_the_command(db: Databas
         "syncrun_migrations is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_state is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_cursors is missing: run `syncrun migrate sources/example.yaml`",
+        "syncrun_validators is missing: run `syncrun migrate sources/example.yaml`",
         "sync_jobs is missing: run `syncrun migrate sources/example.yaml`",
         "sync_status is missing: run `syncrun migrate sources/example.yaml`",
     ]
@@ -44,6 +45,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0002_rate_limits",
         "0003_rate_limit_restamp",
         "0004_deletes",
+        "0005_conditional_validators",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -51,6 +53,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (2, "0002_rate_limits"),
         (3, "0003_rate_limit_restamp"),
         (4, "0004_deletes"),
+        (5, "0005_conditional_validators"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -207,6 +210,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0002_rate_limits",
         "0003_rate_limit_restamp",
         "0004_deletes",
+        "0005_conditional_validators",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [

@@ -29,6 +29,8 @@ alter table {jobs_table} add column if not exists requests_made int default 0;
 alter table {jobs_table} add column if not exists metadata jsonb;
 -- entities an `outcome: delete` found gone (their rows removed); not in the seed shapes
 alter table {jobs_table} add column if not exists items_deleted int default 0;
+-- entities a 304 Not Modified showed unchanged (conditional requests): stamped, nothing rewritten
+alter table {jobs_table} add column if not exists items_unchanged int default 0;
 create index if not exists {jobs_index_type} on {jobs_table} (job_type, started_at desc);
 create index if not exists {jobs_index_running} on {jobs_table} (heartbeat_at) where status = 'running';
 
