@@ -53,7 +53,7 @@ JOB_COLUMNS = (
     "items_deleted",
 )
 ERROR_COLUMNS = ("last_error_source", "last_error_message", "last_error_at")
-OWN_TABLES = ("syncrun_migrations", "syncrun_state", "syncrun_cursors")
+OWN_TABLES = ("syncrun_migrations", "syncrun_state", "syncrun_cursors", "syncrun_watermarks")
 
 
 def versioned_files() -> list[tuple[int, str, Path]]:

@@ -44,6 +44,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0002_rate_limits",
         "0003_rate_limit_restamp",
         "0004_deletes",
+        "0005_watermarks",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -51,6 +52,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (2, "0002_rate_limits"),
         (3, "0003_rate_limit_restamp"),
         (4, "0004_deletes"),
+        (5, "0005_watermarks"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -207,6 +209,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0002_rate_limits",
         "0003_rate_limit_restamp",
         "0004_deletes",
+        "0005_watermarks",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [
