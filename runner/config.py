@@ -612,14 +612,13 @@ class _Builder:
         """The watermark of a list source (runner/watermarks.py), and `${incremental.since}` in the
         request only where there is one."""
         raw, path = self.section("incremental"), ("incremental",)
-        uses = request is not None and any(
-            s.kind == templating.WATERMARK[0]
-            for template in (request.url, *(t for _, t in request.query), *(t for _, t in request.headers))
-            for s in template.settings
-        )
+        templates: list[tuple[Path_, spec.Template]] = [] if request is None else [(("request", "url"), request.url)]
+        for part in ("query", "headers"):
+            templates += [(("request", part, k), t) for k, t in getattr(request, part, ())]
+        uses = [path for path, t in templates if any(s.kind == templating.WATERMARK[0] for s in t.settings)]
         if "incremental" not in self.raw:
-            if uses:
-                self.add(("request",), "${incremental.since} needs an incremental: block (its cursor and start)")
+            for where in uses:
+                self.add(where, "${incremental.since} needs an incremental: block (its cursor and start)")
             return None
         if raw is None:
             return None
@@ -638,7 +637,9 @@ class _Builder:
         lookback: float | int = 0
         if "lookback" in raw and isinstance(start, int):
             if not isinstance(raw["lookback"], int) or raw["lookback"] < 0:
-                self.add((*path, "lookback"), f"{show(raw['lookback'])}: an integer start takes a whole number")
+                self.add(
+                    (*path, "lookback"), f"{show(raw['lookback'])} is not a whole number (the start is an integer)"
+                )
             else:
                 lookback = raw["lookback"]
         elif "lookback" in raw:
