@@ -31,6 +31,7 @@ def test_check_on_an_empty_database_names_everything_and_the_command(db: Databas
         "syncrun_migrations is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_state is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_cursors is missing: run `syncrun migrate sources/example.yaml`",
+        "syncrun_watermarks is missing: run `syncrun migrate sources/example.yaml`",
         "sync_jobs is missing: run `syncrun migrate sources/example.yaml`",
         "sync_status is missing: run `syncrun migrate sources/example.yaml`",
     ]
