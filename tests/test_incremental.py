@@ -3,6 +3,7 @@ PostgreSQL, against a real loopback API that filters by `since` and counts what 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,18 @@ def test_from_listing_start_keeps_when_the_completed_listing_started(
     value = stored(env)
     assert value["type"] == "timestamp"
     assert datetime.fromisoformat(value["value"]) == started
+
+
+def test_an_interrupted_run_keeps_the_watermark(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """--max-runtime stops the run while page 2 is slow: the listing is interrupted, the watermark
+    stays at `start`; the next run resumes and, completing the listing, advances it."""
+    changes = timestamps(api)
+    file = source(tmp_path, env)
+    answer = changes.reply
+    api.route("/changes", lambda r: replace(answer(r), delay=1.5) if r.query.get("offset") == "2" else answer(r))
+    cli.main(["run", str(file), "--max-runtime", "1"])
+    assert env.scalar("select metadata->>'listing' from sync_jobs") == "interrupted"
+    assert stored(env) is None
+    api.route("/changes", answer)
+    assert cli.main(["run", str(file)]) == 0
+    assert stored(env) == {"type": "timestamp", "value": "2021-03-02T15:05:00+01:00"}
