@@ -244,3 +244,20 @@ def test_an_interrupted_run_keeps_the_watermark(env: Database, api: ApiServer, t
     api.route("/changes", answer)
     assert cli.main(["run", str(file)]) == 0
     assert stored(env) == {"type": "timestamp", "value": "2021-03-02T15:05:00+01:00"}
+
+
+def test_the_watermark_in_the_url_is_percent_encoded(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """In request.url the watermark is encoded like an entity value: `+01:00` arrives as itself, not
+    as a space, and the URL keeps its structure."""
+    changes = timestamps(api)
+    file = source(tmp_path, env)
+    file.write_text(
+        file.read_text()
+        .replace('url: "${env.API_URL}/changes"', 'url: "${env.API_URL}/changes?since=${incremental.since}"')
+        .replace('  query: {since: "${incremental.since}"}\n', "")
+    )
+    assert cli.main(["validate", str(file)]) == 0
+    assert cli.main(["run", str(file)]) == 0
+    assert cli.main(["run", str(file)]) == 0
+    assert changes.sinces[-1] == "2021-03-02T14:55:00+01:00"
+    assert "since=2021-03-02T14%3A55%3A00%2B01%3A00&" in api.requests[-1].target
