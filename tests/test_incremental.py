@@ -261,3 +261,12 @@ def test_the_watermark_in_the_url_is_percent_encoded(env: Database, api: ApiServ
     assert cli.main(["run", str(file)]) == 0
     assert changes.sinces[-1] == "2021-03-02T14:55:00+01:00"
     assert "since=2021-03-02T14%3A55%3A00%2B01%3A00&" in api.requests[-1].target
+
+
+def test_a_dry_run_asks_from_start_and_keeps_nothing(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """--dry-run writes nothing, the watermark included; it asks from `start` minus the lookback."""
+    changes = timestamps(api)
+    file = source(tmp_path, env)
+    assert cli.main(["run", str(file), "--dry-run"]) == 0
+    assert changes.sinces == ["2019-12-31T23:50:00Z"]
+    assert stored(env) is None
