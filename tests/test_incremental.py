@@ -270,3 +270,15 @@ def test_a_dry_run_asks_from_start_and_keeps_nothing(env: Database, api: ApiServ
     assert cli.main(["run", str(file), "--dry-run"]) == 0
     assert changes.sinces == ["2019-12-31T23:50:00Z"]
     assert stored(env) is None
+
+
+def test_a_stored_watermark_of_another_type_is_refused(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The source moved from integers to timestamps: the old watermark is refused; --restart helps."""
+    changes = timestamps(api)
+    file = source(tmp_path, env)
+    env.run("""insert into syncrun_watermarks (source, value) values ('changes', '{"type": "integer", "value": 7}')""")
+    assert cli.main(["run", str(file)]) == 1
+    assert changes.sinces == []
+    assert "incremental.start is a timestamp: run with --restart" in env.scalar("select error_message from sync_jobs")
+    assert cli.main(["run", str(file), "--restart"]) == 0
+    assert stored(env) == {"type": "timestamp", "value": "2021-03-02T15:05:00+01:00"}
