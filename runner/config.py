@@ -13,12 +13,13 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 
-from runner import deletes, spec, templating
+from runner import deletes, spec, templating, watermarks
 from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
@@ -212,6 +213,7 @@ class _Builder:
             "retry": self.retry(),
             "outcomes": self.outcomes(columns),
             "records": self.optional_expression(("records",), self.mapping_roots(columns, record=False)),
+            "incremental": self.incremental(columns, entities, request),
             "writes": self.deletes(self.writes(columns), entities),
             "status": self.status(name or "source", columns, entities is not None and entities.type.value == "list"),
             "before": self.steps("before"),
@@ -616,6 +618,54 @@ class _Builder:
             "run": RUN_FIELDS,
         }
         return roots if record else {k: v for k, v in roots.items() if k != "record"}
+
+    # -- incremental -------------------------------------------------------------------------------
+    def incremental(
+        self, columns: frozenset[str] | None, entities: spec.Entities | None, request: spec.Request | None
+    ) -> spec.Incremental | None:
+        """The watermark of a list source (runner/watermarks.py), and `${incremental.since}` in the
+        request only where there is one."""
+        raw, path = self.section("incremental"), ("incremental",)
+        templates: list[tuple[Path_, spec.Template]] = [] if request is None else [(("request", "url"), request.url)]
+        for part in ("query", "headers"):
+            templates += [(("request", part, k), t) for k, t in getattr(request, part, ())]
+        uses = [path for path, t in templates if any(s.kind == templating.WATERMARK[0] for s in t.settings)]
+        if "incremental" not in self.raw:
+            for where in uses:
+                self.add(where, "${incremental.since} needs an incremental: block (its cursor and start)")
+            return None
+        if raw is None:
+            return None
+        if entities is not None and entities.type is not spec.SelectionType.LIST:
+            self.add(path, "applies to list sources only (entities: {type: list})")
+        if request is not None and not uses:
+            self.add(path, "the request never uses ${incremental.since}: put it in request.query or request.url")
+        source = spec.IncrementalFrom(raw.get("from", "cursor"))
+        try:
+            start = watermarks.parse(raw["start"], 0 if isinstance(raw["start"], int) else datetime.now(UTC))
+        except ValueError as error:
+            self.add((*path, "start"), str(error))
+            return None
+        if source is spec.IncrementalFrom.LISTING_START and isinstance(start, int):
+            self.add((*path, "start"), "from: listing_start keeps a time: start must be a timestamp")
+        lookback: float | int = 0
+        if "lookback" in raw and isinstance(start, int):
+            if not isinstance(raw["lookback"], int) or raw["lookback"] < 0:
+                self.add(
+                    (*path, "lookback"), f"{show(raw['lookback'])} is not a whole number (the start is an integer)"
+                )
+            else:
+                lookback = raw["lookback"]
+        elif "lookback" in raw:
+            lookback = self.duration((*path, "lookback"), raw["lookback"])
+        cursor = None
+        if "cursor" in raw:
+            if source is spec.IncrementalFrom.LISTING_START:
+                self.add((*path, "cursor"), "from: listing_start reads no cursor (remove it)")
+            cursor = self.expression((*path, "cursor"), raw["cursor"], self.mapping_roots(columns))
+        elif source is spec.IncrementalFrom.CURSOR:
+            self.add(path, "cursor is required (e.g. cursor: record.updated_at), unless from: listing_start")
+        return spec.Incremental(cursor=cursor, from_=source, start=start, lookback=lookback)
 
     # -- status ------------------------------------------------------------------------------------
     def status(self, name: str, columns: frozenset[str] | None, listed: bool) -> spec.Status | None:

@@ -30,6 +30,7 @@ from runner.errors import DatabaseError, EntityError, MappingError, PaginationEr
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
+from runner.watermarks import Tracker
 
 log = logging.getLogger("syncrun")
 
@@ -529,6 +530,8 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         if checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
             log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
+    marks = Tracker(source, cursor_conn)  # incremental: ${incremental.since}, advanced at the end
+    state.settings = await marks.begin(state.settings, restart=options.restart, resumed=start is not None)
     pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
     number, capped, resume = done, "", start
     try:
@@ -551,6 +554,7 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                 )
                 return
             number += 1
+            await marks.page(page.reply, trace.result.outcome, state.report.job_id)  # before the checkpoint
             if cursor_conn is not None:
                 if page.resume is None:
                     await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
@@ -588,6 +592,7 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
             state.report.metadata["listing_started_at"] = state.listing_started.isoformat()
         if cursor_conn is not None:
             await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
+        await marks.complete(state.listing_started, state.report.job_id)
     except RunFailed as error:
         state.complete = False
         state.halt("failed", state.settings.redact(str(error)))

@@ -54,7 +54,13 @@ JOB_COLUMNS = (
     "items_unchanged",
 )
 ERROR_COLUMNS = ("last_error_source", "last_error_message", "last_error_at")
-OWN_TABLES = ("syncrun_migrations", "syncrun_state", "syncrun_cursors", "syncrun_validators")
+OWN_TABLES = (
+    "syncrun_migrations",
+    "syncrun_state",
+    "syncrun_cursors",
+    "syncrun_validators",
+    "syncrun_watermarks",
+)
 
 
 def versioned_files() -> list[tuple[int, str, Path]]:

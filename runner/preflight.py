@@ -80,7 +80,7 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
             problems.append(f"{names} {verb} the request URL of source '{source.name}' unusable: {reason}")
     for header, template in request.headers:
         for setting in template.settings:
-            value = settings.values[(setting.kind, setting.name)]
+            value = settings.values.get((setting.kind, setting.name), "")  # the watermark: filled in later
             if (char := next((c for c in value if not c.isascii()), None)) is not None:
                 problems.append(
                     f"{_label(setting)} is sent in header {header} of source '{source.name}' but contains"

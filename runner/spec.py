@@ -7,6 +7,7 @@ Durations are float seconds, sizes are int bytes, expressions are compiled, temp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class Column:
 class Setting:
     """`${env.NAME:-default}` (visible) or `${secret.NAME}` (redacted everywhere). Resolved at run start."""
 
-    kind: str  # "env" | "secret"
+    kind: str  # "env" | "secret" | "incremental" (the watermark: runner/watermarks.py)
     name: str
     default: str | None = None
 
@@ -335,6 +336,22 @@ class Schedule:
     partitions: int | None = None  # run as a matrix of N static shards (--partition i/N)
 
 
+class IncrementalFrom(StrEnum):
+    CURSOR = "cursor"  # the largest cursor value among the listing's records
+    LISTING_START = "listing_start"  # when the completed listing started
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Incremental:
+    """A list source's watermark (runner/watermarks.py), read by requests as ${incremental.since}.
+    `start` is a timezone-aware datetime or an int; `lookback` is seconds (timestamps) or an int."""
+
+    cursor: Expression | None = None  # required unless `from` is listing_start
+    from_: IncrementalFrom = IncrementalFrom.CURSOR
+    start: datetime | int
+    lookback: float | int = 0
+
+
 # --- the source ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Source:
@@ -349,6 +366,7 @@ class Source:
     retry: Retry = Retry()
     outcomes: tuple[OutcomeRule, ...]  # the user's rules, then the defaults (2xx/404/4xx)
     records: Expression | None = None  # None: the whole body is the one record
+    incremental: Incremental | None = None  # list sources only
     writes: tuple[Write, ...]
     status: Status | None
     concurrency: int = 4
@@ -369,5 +387,7 @@ class Source:
         seen: dict[tuple[str, str], Setting] = {}
         for template in templates:
             for setting in template.settings:
+                if setting.kind == "incremental":  # not the environment's: the engine fills it in
+                    continue
                 seen.setdefault((setting.kind, setting.name), setting)
         return tuple(seen.values())

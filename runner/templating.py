@@ -1,5 +1,6 @@
 """Templates in source files: `{column}` for entity values, `${env.NAME:-default}` and `${secret.NAME}`
-for settings. Parsed at load, resolved once at run start, rendered per request.
+for settings, `${incremental.since}` for a list source's watermark (runner/watermarks.py). Parsed at
+load, resolved once at run start, rendered per request.
 
 Entity values are percent-encoded when rendered into a URL (nothing in a value can change scheme,
 host or path structure); settings are inserted as written, because a setting such as a base URL is
@@ -27,6 +28,7 @@ _TOKEN = re.compile(
 )
 _STRAY = re.compile(r"\$\{|[{}]")
 SETTING_KINDS = ("env", "secret")
+WATERMARK = ("incremental", "since")  # ${incremental.since}: the source's watermark (runner/watermarks.py)
 
 
 def parse(text: str) -> spec.Template:
@@ -37,6 +39,10 @@ def parse(text: str) -> spec.Template:
         _literal(text[position : match.start()], segments)
         if match["column"]:
             segments.append(spec.Column(match["column"]))
+        elif match["kind"] == WATERMARK[0]:
+            if match["name"] != WATERMARK[1] or match["default"] is not None:
+                raise ValueError(f"unknown value '{match[0]}' (the watermark is written ${{incremental.since}})")
+            segments.append(spec.Setting(*WATERMARK))
         elif match["kind"] not in SETTING_KINDS:
             raise ValueError(f"unknown setting kind '${{{match['kind']}.…}}' (use ${{env.NAME}} or ${{secret.NAME}})")
         else:
@@ -110,6 +116,9 @@ def render(template: spec.Template, entity: Mapping[str, JSON], settings: Settin
             out.append(segment.text)
         elif isinstance(segment, spec.Column):
             out.append(encode(entity[segment.name]) if url else _text(entity[segment.name]))
+        elif segment.kind == WATERMARK[0]:  # a value from the API's records: encoded like an entity value
+            since = settings.values.get(WATERMARK, "")  # filled in by the engine; "" only in load-time checks
+            out.append(encode(since) if url else since)
         else:
             out.append(settings.values[(segment.kind, segment.name)])
     return "".join(out)

@@ -32,6 +32,7 @@ def test_check_on_an_empty_database_names_everything_and_the_command(db: Databas
         "syncrun_state is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_cursors is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_validators is missing: run `syncrun migrate sources/example.yaml`",
+        "syncrun_watermarks is missing: run `syncrun migrate sources/example.yaml`",
         "sync_jobs is missing: run `syncrun migrate sources/example.yaml`",
         "sync_status is missing: run `syncrun migrate sources/example.yaml`",
     ]
@@ -46,6 +47,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0003_rate_limit_restamp",
         "0004_deletes",
         "0005_conditional_validators",
+        "0006_watermarks",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -54,6 +56,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (3, "0003_rate_limit_restamp"),
         (4, "0004_deletes"),
         (5, "0005_conditional_validators"),
+        (6, "0006_watermarks"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -211,6 +214,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0003_rate_limit_restamp",
         "0004_deletes",
         "0005_conditional_validators",
+        "0006_watermarks",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [

@@ -1,0 +1,223 @@
+"""Incremental syncs of list sources: the watermark, read by requests as `${incremental.since}`.
+
+A source with `incremental:` asks its API only for what changed since the watermark: `start` until
+a listing completes; then the largest `cursor` value among that listing's records (or, with
+`from: listing_start`, when that listing started). `${incremental.since}` is the watermark minus
+`lookback`. Values are timezone-aware timestamps (ISO 8601 text) or integers; the type of `start`
+decides which, and a record's value of another type fails the run (naming it) rather than being
+guessed at.
+
+The watermark advances only when a run reads the listing to its natural end, as the checkpoint is
+cleared (runner/engine.py `_catalogue`): a failed, capped or interrupted run keeps the old one. The
+largest value seen so far is kept with it (`pending`) after each committed page, so a listing
+resumed from its checkpoint by a later run advances, at its completion, past what the earlier runs
+of it read. A new listing (no checkpoint) starts with no pending value; `--restart` forgets both.
+
+Stored in syncrun_watermarks (migration 0005), one row per source, as JSON that keeps the type:
+{"type": "timestamp", "value": "2026-01-02T03:04:05+02:00"} or {"type": "integer", "value": 17}.
+
+At-least-once: the API is asked for records at or after `since`, so records at the watermark (and
+within the lookback) come again on the next run; the writes are upserts, so they are rewritten,
+never doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from jmespath.exceptions import JMESPathError
+from psycopg.types.json import Jsonb
+
+from runner import database, mapping, spec, templating
+from runner.client import Reply
+from runner.errors import EntityError, RunFailed
+from runner.expressions import EVALUATION_FAULTS, JSON
+
+Value = datetime | int
+
+__all__ = ["Tracker", "Value", "decode", "encode", "parse", "since", "text"]
+
+
+def parse(found: JSON, kind: Value) -> Value:
+    """A cursor (or `start`) value as the type of `kind`; ValueError says why it is not one. An
+    integer cursor takes numbers and digit strings; a timestamp one takes ISO 8601 text with a zone."""
+    if isinstance(kind, int):
+        if isinstance(found, float) and found.is_integer():
+            found = int(found)
+        if isinstance(found, str) and found.strip().lstrip("-").isdigit():
+            found = int(found.strip())
+        if isinstance(found, bool) or not isinstance(found, int):
+            raise ValueError(f"{_show(found)} is not an integer")
+        return found
+    if not isinstance(found, str):
+        raise ValueError(f"{_show(found)} is not an ISO 8601 timestamp")
+    try:
+        value = datetime.fromisoformat(found.strip())
+    except ValueError:
+        raise ValueError(f"{_show(found)} is not an ISO 8601 timestamp") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{_show(found)} has no time zone (write e.g. 2020-01-01T00:00:00Z)")
+    return value
+
+
+def _later(a: Value, b: Value) -> bool:
+    """a > b for two values of one type (parse makes them so)."""
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return a > b
+    if isinstance(a, int) and isinstance(b, int):
+        return a > b
+    raise RunFailed("a timestamp and an integer cannot be compared: run with --restart")
+
+
+def _show(value: JSON) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+def text(value: Value) -> str:
+    """How a watermark is written into a request: ISO 8601 (Z for UTC) or the integer."""
+    if isinstance(value, datetime):
+        written = value.isoformat()
+        return written[:-6] + "Z" if written.endswith("+00:00") else written
+    return str(value)
+
+
+def since(incremental: spec.Incremental, value: Value) -> str:
+    """`${incremental.since}`: the watermark minus the lookback."""
+    if isinstance(value, datetime):
+        return text(value - timedelta(seconds=incremental.lookback))
+    return text(value - int(incremental.lookback))
+
+
+def encode(value: Value) -> dict[str, JSON]:
+    if isinstance(value, datetime):
+        return {"type": "timestamp", "value": value.isoformat()}
+    return {"type": "integer", "value": value}
+
+
+def decode(stored: Any, kind: Value) -> Value | None:
+    """A stored value, or None when there is none. Raises RunFailed when it is not of the type of
+    `start` (the source file changed the cursor's type): `--restart` starts over from `start`."""
+    if not isinstance(stored, dict) or stored.get("value") is None:
+        return None
+    wanted = "timestamp" if isinstance(kind, datetime) else "integer"
+    if stored.get("type") != wanted:
+        raise RunFailed(
+            f"the stored watermark is a {stored.get('type')}, but incremental.start is a {wanted}:"
+            " run with --restart to start over from incremental.start"
+        )
+    return parse(stored["value"], kind)
+
+
+# --- the table ----------------------------------------------------------------------------------------
+def load(conn: psycopg.Connection[Any], source: str) -> tuple[Any, Any]:
+    """(value, pending) as stored, (None, None) when the source has none."""
+    with conn.transaction():
+        row = conn.execute("select value, pending from syncrun_watermarks where source = %s", (source,)).fetchone()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def save(conn: psycopg.Connection[Any], source: str, *, pending: Value | None, job_id: str | None) -> None:
+    """Keep the largest value the unfinished listing has seen (None: a new listing has seen none)."""
+    with conn.transaction():
+        conn.execute(
+            "insert into syncrun_watermarks (source, pending, job_id) values (%s, %s, %s)"
+            " on conflict (source) do update set pending = excluded.pending, job_id = excluded.job_id,"
+            " updated_at = now()",
+            (source, None if pending is None else Jsonb(encode(pending)), job_id),
+        )
+
+
+def advance(conn: psycopg.Connection[Any], source: str, value: Value, job_id: str | None) -> None:
+    """The listing completed: `value` is the watermark; nothing is pending."""
+    with conn.transaction():
+        conn.execute(
+            "insert into syncrun_watermarks (source, value, pending, job_id, advanced_at)"
+            " values (%s, %s, null, %s, now())"
+            " on conflict (source) do update set value = excluded.value, pending = null, job_id = excluded.job_id,"
+            " advanced_at = now(), updated_at = now()",
+            (source, Jsonb(encode(value)), job_id),
+        )
+
+
+def reset(conn: psycopg.Connection[Any], source: str) -> None:
+    """Forget the watermark (`--restart`): the next listing asks from `start`."""
+    with conn.transaction():
+        conn.execute("delete from syncrun_watermarks where source = %s", (source,))
+
+
+# --- one listing ----------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Tracker:
+    """The watermark of one run of a list source; inert for a source without `incremental:` or
+    without a database (a dry run asks from `start` and keeps nothing)."""
+
+    source: spec.Source
+    conn: database.Link | None
+    value: Value | None = None
+    pending: Value | None = None
+
+    async def begin(self, settings: templating.Settings, *, restart: bool, resumed: bool) -> templating.Settings:
+        """Load (or, with `restart`, forget) the watermark; the run's settings with `${incremental.since}`.
+        A listing that is not `resumed` from a checkpoint forgets what an abandoned one had seen."""
+        incremental = self.source.incremental
+        if incremental is None:
+            return settings
+        if self.conn is not None:
+            if restart:
+                await asyncio.to_thread(self.conn.call, reset, self.source.name)
+            stored, pending = await asyncio.to_thread(self.conn.call, load, self.source.name)
+            self.value = decode(stored, incremental.start)
+            self.pending = decode(pending, incremental.start) if resumed else None
+        value = incremental.start if self.value is None else self.value
+        values = {**settings.values, templating.WATERMARK: since(incremental, value)}
+        return templating.Settings(values, settings.redact)
+
+    async def page(self, reply: Reply, outcome: spec.Outcome, job_id: str | None) -> None:
+        """A page's rows committed: keep the largest cursor value of its records (a declared end of
+        the listing, a skip, holds none)."""
+        incremental = self.source.incremental
+        if (
+            incremental is None
+            or incremental.cursor is None
+            or reply.body is None
+            or outcome is not spec.Outcome.SUCCESS
+        ):
+            return
+        base = mapping.context(reply.body, reply.status, reply.headers, {}, {})
+        try:
+            records = mapping.records(self.source, base)
+        except EntityError:
+            return  # no records where the source expects them: the page's own checks said so
+        for record in records:
+            try:
+                found = incremental.cursor.search({**base, "record": record})
+                value = parse(found, incremental.start)
+            except (JMESPathError, ValueError, *EVALUATION_FAULTS) as error:
+                raise RunFailed(
+                    f"incremental.cursor ({incremental.cursor.text}) on a record of {reply.url}: {error};"
+                    " the watermark is not advanced"
+                ) from None
+            if self.pending is None or _later(value, self.pending):
+                self.pending = value
+        if self.conn is not None:
+            await asyncio.to_thread(self.conn.call, save, self.source.name, pending=self.pending, job_id=job_id)
+
+    async def complete(self, listing_started: datetime | None, job_id: str | None) -> None:
+        """The listing was read to its end: the watermark advances (never backwards)."""
+        incremental = self.source.incremental
+        if incremental is None or self.conn is None:
+            return
+        if incremental.from_ is spec.IncrementalFrom.LISTING_START:
+            new: Value | None = listing_started
+        else:
+            new = self.pending
+        if new is None:
+            return  # nothing seen (or an old checkpoint without the listing's start): keep it
+        if self.value is not None and not _later(new, self.value):
+            new = self.value
+        await asyncio.to_thread(self.conn.call, advance, self.source.name, new, job_id)
