@@ -59,7 +59,7 @@ def test_the_tutorials_paginated_example_validates(tmp_path: Path) -> None:
 def test_the_tutorials_incremental_example_validates(tmp_path: Path) -> None:
     """The worked incremental example in docs/tutorial.md is a valid source as written."""
     text = (ROOT / "docs" / "tutorial.md").read_text()
-    section = text[text.index("## 8. Incremental syncs") :]
+    section = text[text.index("## 9. Incremental syncs") :]
     (tickets,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
     (tmp_path / "tickets.yaml").write_text(tickets)
     assert config.validate([tmp_path / "tickets.yaml"]) == {tmp_path / "tickets.yaml": []}
