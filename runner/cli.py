@@ -618,7 +618,7 @@ def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
     text = scaffold.source_text(args.name, args.url, sample, out, headers)
     scaffold.write(out, text, force=args.force)
-    print(f"wrote {out}: edit it, then `syncrun validate {out}` and `syncrun test-read {out} --ids …`")
+    print(f"wrote {out}: edit it, then {scaffold.next_steps(out, not scaffold.placeholders(args.url), args.name)}")
     return 0
 
 
