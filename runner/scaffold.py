@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -311,7 +312,8 @@ def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, 
 
     text = _schema_comment(out)
     text += f"# Written by `syncrun new {name}`: check every guess (marked with a comment), then\n"
-    text += f"# {next_steps(out, listed, name)}.\n"
+    steps = textwrap.wrap(f"{next_steps(out, listed, name)}.", 98, break_on_hyphens=False, break_long_words=False)
+    text += "".join(f"# {line}\n" for line in steps)
     text += f"name: {name}\n"
     text += f"description: {_scalar(f'TODO: what {name} syncs, from {url}')}\n\n"
     text += _entities(listed, key, project.key, entity_columns)

@@ -350,7 +350,7 @@ def test_a_list_source_is_told_to_dry_run_not_test_read(
     )
     assert steps in out and "--ids" not in out
     text = path.read_text()
-    assert " ".join(line.removeprefix("# ") for line in text.splitlines()[:3]).count("--dry-run") == 1
+    assert " ".join(line.removeprefix("# ") for line in text.splitlines()[:5]).count("--dry-run") == 1
     assert "--ids" not in text
     _fast(path)
     db.run("create table listing (id int primary key, name text)")
