@@ -108,10 +108,12 @@ def test_init_inside_another_project(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_init_files_end_with_one_newline(tmp_path: Path) -> None:
     """Every file init writes, the README included, ends with exactly one newline."""
     written, kept = project.init(tmp_path)
-    assert kept == [] and len(written) == len(EXPECTED)
+    assert kept == []
+    assert len(written) == len(EXPECTED)
     for path in written:
         text = path.read_text()
-        assert text.endswith("\n") and not text.endswith("\n\n"), path
+        assert text.endswith("\n"), path
+        assert not text.endswith("\n\n"), path
 
 
 def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:

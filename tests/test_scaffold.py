@@ -348,7 +348,8 @@ def test_a_list_source_is_told_to_dry_run_not_test_read(
         "`syncrun validate sources/listing.yaml`; then create the listing table, `syncrun migrate"
         " sources/listing.yaml`, and `syncrun run sources/listing.yaml --dry-run` (reads every page, writes nothing)"
     )
-    assert steps in out and "--ids" not in out
+    assert steps in out
+    assert "--ids" not in out
     text = path.read_text()
     assert " ".join(line.removeprefix("# ") for line in text.splitlines()[:5]).count("--dry-run") == 1
     assert "--ids" not in text
