@@ -619,7 +619,7 @@ def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
     text = scaffold.source_text(args.name, args.url, sample, out, headers)
     scaffold.write(out, text, force=args.force)
-    print(f"wrote {out}: edit it, then `syncrun validate {out}` and `syncrun test-read {out} --ids …`")
+    print(f"wrote {out}: edit it, then {scaffold.next_steps(out, not scaffold.placeholders(args.url), args.name)}")
     return 0
 
 
@@ -639,9 +639,13 @@ def _version() -> str:
 def _init(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from runner import project
 
-    written = project.init(args.directory)
+    written, kept = project.init(args.directory)
     for path in written:
         print(f"wrote {path}")
+    for path in kept:
+        print(f"kept {path} as it is", file=sys.stderr)
+    if args.directory / ".gitignore" in kept:
+        print("add .syncrun/ (the embedded database) to your .gitignore", file=sys.stderr)
     where = "" if args.directory == Path() else f"cd {args.directory} && "
     print(f"next: {where}syncrun validate && syncrun demo --serve --seed sources/example.yaml", file=sys.stderr)
     return 0

@@ -3,11 +3,15 @@
 A project is a `syncrun.yaml` (project-wide defaults), `sources/` with the annotated example source,
 `.github/workflows/` with a validation workflow and the example's scheduled run (runner/workflow.py),
 a `requirements.txt` pinning this syncrun, a `.gitignore` and a short README. Every source written
-must validate; nothing that exists is overwritten.
+must validate against the new project's own syncrun.yaml (not one in a parent folder). Nothing that
+exists is overwritten: an existing README.md or .gitignore (a git repository's) is kept as it is,
+and any other file init would write that exists makes it refuse, writing nothing; unrelated files
+in the folder do not matter.
 """
 
 from __future__ import annotations
 
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from runner.errors import UsageError
 
 EXAMPLE = Path("sources/example.yaml")
 REQUIREMENTS = "requirements.txt"
+KEPT = (Path("README.md"), Path(".gitignore"))  # a repository's own: kept when they exist, not refused
 
 _PROJECT = """\
 # Project-wide defaults, so sources don't repeat them. syncrun finds this file by walking up from a
@@ -124,7 +129,11 @@ def example_text() -> str:
 def files(directory: Path) -> dict[Path, str]:
     """Path (under `directory`) -> text of every file `init` writes."""
     example = example_text()
-    source = config.loads(example, directory / EXAMPLE)  # a starter that does not validate is a bug
+    # Validated against its own syncrun.yaml, as it will be once written: the lookup walks up from the
+    # source's folder, so in place it would find a parent project's (a monorepo's) file first.
+    with tempfile.TemporaryDirectory(prefix="syncrun-init-") as scratch:
+        (Path(scratch) / config.PROJECT_FILE).write_text(_PROJECT, encoding="utf-8")
+        source = config.loads(example, Path(scratch) / EXAMPLE)  # a starter that does not validate is a bug
     scheduled = workflow.render(source, EXAMPLE.as_posix(), requirements=REQUIREMENTS)
     flows = Path(".github/workflows")
     return {
@@ -138,14 +147,20 @@ def files(directory: Path) -> dict[Path, str]:
     }
 
 
-def init(directory: Path) -> list[Path]:
-    """Write a new project into `directory`; UsageError naming every file that already exists."""
+def init(directory: Path) -> tuple[list[Path], list[Path]]:
+    """Write a new project into `directory`: (written, kept). An existing README.md or .gitignore is
+    kept; UsageError naming every other file init would write that already exists (nothing written)."""
     planned = files(directory)
-    existing = [directory / path for path in planned if (directory / path).exists()]
+    kept = [directory / path for path in KEPT if (directory / path).exists()]
+    existing = [directory / path for path in planned if path not in KEPT and (directory / path).exists()]
     if existing:
         names = ", ".join(str(path) for path in existing)
         raise UsageError(f"syncrun init never overwrites, and these exist: {names}")
+    written = []
     for path, text in planned.items():
+        if directory / path in kept:
+            continue
         (directory / path).parent.mkdir(parents=True, exist_ok=True)
         (directory / path).write_text(text, encoding="utf-8")
-    return [directory / path for path in planned]
+        written.append(directory / path)
+    return written, kept

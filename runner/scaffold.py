@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -311,8 +312,8 @@ def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, 
 
     text = _schema_comment(out)
     text += f"# Written by `syncrun new {name}`: check every guess (marked with a comment), then\n"
-    read = "run --dry-run" if listed else "test-read"
-    text += f"# `syncrun validate {out.as_posix()}` and `syncrun {read} {out.as_posix()} --ids …`.\n"
+    steps = textwrap.wrap(f"{next_steps(out, listed, name)}.", 98, break_on_hyphens=False, break_long_words=False)
+    text += "".join(f"# {line}\n" for line in steps)
     text += f"name: {name}\n"
     text += f"description: {_scalar(f'TODO: what {name} syncs, from {url}')}\n\n"
     text += _entities(listed, key, project.key, entity_columns)
@@ -352,6 +353,19 @@ def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, 
             f"  table: {name}_status\n  key: {key}\n"
         )
     return text
+
+
+def next_steps(out: Path, listed: bool, table: str) -> str:
+    """What to run on the written file: a list source has no ids to test-read, so it reads its pages
+    with `run --dry-run` (every page fetched and mapped, nothing written), which checks the database
+    first: its target table must exist and `syncrun migrate` must have run."""
+    path = out.as_posix()
+    if listed:
+        return (
+            f"`syncrun validate {path}`; then create the {table} table, `syncrun migrate {path}`, and"
+            f" `syncrun run {path} --dry-run` (reads every page, writes nothing)"
+        )
+    return f"`syncrun validate {path}` and `syncrun test-read {path} --ids …`"
 
 
 def _entities(listed: bool, key: str, project_key: str, columns: str) -> str:
@@ -461,7 +475,8 @@ def pagination_text(url: str, body: Any, headers: dict[str, str] | None, records
     size = _page_size(url, body)
     query = parse_qs(urlsplit(url).query)
     has_more = _find(body, ("has_more", "hasMore", "has_next", "hasNext", "more"))
-    has_more = has_more if has_more and isinstance(has_more[1], bool) else None
+    # a JSON boolean, or the text "true"/"false" some APIs send (the runtime reads both)
+    has_more = has_more if has_more and (isinstance(has_more[1], bool) or has_more[1] in ("true", "false")) else None
     lines: list[str] = []
     detected = ""
     if _LINK_NEXT.search(heads.get("link", "")):
@@ -517,12 +532,22 @@ def pagination_text(url: str, body: Any, headers: dict[str, str] | None, records
         if size is None and items:  # the API's own page size, seen as the sample's page
             size = len(items), None, f"the sample's {len(items)} records (the API's default page size?)"
         lines = ["type: offset", "param: offset  # check the API's docs", f"total: {_scalar(total[0])}"]
-    elif "page" in query or "offset" in query:
-        style = "page" if "page" in query else "offset"
-        detected = f"{style}= in the URL"
-        lines = [f"type: {style}", f"param: {style}"] + (["start: 1"] if style == "page" else [])
-        if size is None and items and style == "offset":
-            size = len(items), None, f"the sample's {len(items)} records"
+    elif "page" in query or "offset" in query or (size and size[1] in query and items and len(items) == size[0]):
+        # page= / offset= in the URL, or a size there (per_page=7, limit=7) the sample filled exactly:
+        # a full page, so more may follow. page_size makes the first short (or empty) page the last.
+        style = (
+            "page" if "page" in query else "offset" if "offset" in query or (size and size[1] == "limit") else "page"
+        )
+        given = [f"{name}={query[name][0]}" for name in (style, size[1] if size else None) if name and name in query]
+        detected = f"{' and '.join(given)} in the URL"
+        if size and size[1] in query and items and len(items) == size[0]:
+            detected += f", and the sample's {len(items)} records fill that page"
+        first = query.get("page", ["1"])[0]
+        lines = [f"type: {style}", f"param: {style}"]
+        if style == "page":
+            lines.append(f"start: {int(first) if first.isdigit() and int(first) < 2 else 1}")
+        if size is None and items:
+            size = len(items), None, f"the sample's {len(items)} records (the API's default page size?)"
     if not lines or (lines[0] == "type: offset" and size is None):
         return _PAGINATION_HINT
     if has_more and lines[0] in ("type: cursor", "type: next_url"):

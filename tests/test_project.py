@@ -60,16 +60,60 @@ def test_init_workflows_validate_and_run_on_schedule(tmp_path: Path) -> None:
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Exit 2 naming every file that exists; nothing is written, the existing file is untouched."""
-    (tmp_path / "README.md").write_text("mine\n")
+    """Exit 2 naming every file init would write that exists; nothing is written, the existing files
+    are untouched."""
+    (tmp_path / "requirements.txt").write_text("mine\n")
     (tmp_path / "sources").mkdir()
     (tmp_path / "sources" / "example.yaml").write_text("name: mine\n")
     assert cli.main(["init", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "README.md") in err
+    assert str(tmp_path / "requirements.txt") in err
     assert str(tmp_path / "sources" / "example.yaml") in err
-    assert _written(tmp_path) == {"README.md", "sources/example.yaml"}
-    assert (tmp_path / "README.md").read_text() == "mine\n"
+    assert _written(tmp_path) == {"requirements.txt", "sources/example.yaml"}
+    assert (tmp_path / "requirements.txt").read_text() == "mine\n"
+
+
+def test_init_into_an_existing_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unrelated files do not stop init, and a repository's own README.md and .gitignore are kept as
+    they are (said on stderr, with the line .gitignore needs); the rest is written and validates."""
+    (tmp_path / "README.md").write_text("# my repo\n")
+    (tmp_path / ".gitignore").write_text("*.pyc\n")
+    (tmp_path / "main.py").write_text("print()\n")
+    assert cli.main(["init", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert _written(tmp_path) == EXPECTED | {"main.py"}
+    assert (tmp_path / "README.md").read_text() == "# my repo\n"
+    assert (tmp_path / ".gitignore").read_text() == "*.pyc\n"
+    assert "wrote" not in " ".join(line for line in captured.out.splitlines() if "README" in line)
+    assert f"kept {tmp_path / 'README.md'} as it is" in captured.err
+    assert "add .syncrun/" in captured.err
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate"]) == 0
+
+
+def test_init_inside_another_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parent folder's syncrun.yaml (a monorepo, another project) with other defaults does not
+    decide the new project's: init validates against its own syncrun.yaml, writes everything, and
+    the project validates from inside it."""
+    (tmp_path / "syncrun.yaml").write_text("entities:\n  key: station_id\n  key_type: text\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["init", "myproj"]) == 0
+    assert _written(tmp_path / "myproj") == EXPECTED
+    monkeypatch.chdir(tmp_path / "myproj")
+    assert cli.main(["validate"]) == 0
+
+
+def test_init_files_end_with_one_newline(tmp_path: Path) -> None:
+    """Every file init writes, the README included, ends with exactly one newline."""
+    written, kept = project.init(tmp_path)
+    assert kept == []
+    assert len(written) == len(EXPECTED)
+    for path in written:
+        text = path.read_text()
+        assert text.endswith("\n"), path
+        assert not text.endswith("\n\n"), path
 
 
 def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from runner import cli, config, scaffold
 from runner.errors import UsageError
 from runner.spec import SelectionType
 from tests import pagedapi
-from tests.apiserver import ApiServer, Reply
+from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 
 SAMPLE = {
@@ -232,6 +232,23 @@ PAGED = {
         {"type": "offset", "param": "offset", "total": "body.total", "page_size": 10},
         "detected a total in the body (body.total)",
     ),
+    # no total: a page or offset in the URL, or a size there the sample's page fills exactly
+    "pages?per_page=7": (
+        {"type": "page", "param": "page", "start": 1, "page_size": 7, "size_param": "per_page"},
+        "detected per_page=7 in the URL, and the sample's 7 records fill that page",
+    ),
+    "offset?limit=7": (
+        {"type": "offset", "param": "offset", "page_size": 7, "size_param": "limit"},
+        "detected limit=7 in the URL, and the sample's 7 records fill that page",
+    ),
+    "pages?page=1": (
+        {"type": "page", "param": "page", "start": 1, "page_size": 10},
+        "detected page=1 in the URL",
+    ),
+    "offset?offset=0": (
+        {"type": "offset", "param": "offset", "page_size": 10},
+        "detected offset=0 in the URL",
+    ),
     "pages-total?per_page=5": (
         {
             "type": "page",
@@ -293,23 +310,89 @@ def test_a_saved_sample_has_no_headers_but_its_body_still_tells(project: Path) -
     assert _pagination(path) == {"type": "cursor", "param": "pageToken", "cursor": "body.nextPageToken"}
 
 
-@pytest.mark.parametrize("route", ["link", "cursor-header", "stripe", "offset-total"])
+def _stripe_text(request: Recorded) -> Reply:
+    """/stripe with has_more as the text "true"/"false", as some APIs send it."""
+    size, after = int(request.query.get("limit", 10)), request.query.get("starting_after")
+    start = 0 if after is None else int(after)  # ids are 1..23, in order
+    more = "true" if start + size < len(pagedapi.ITEMS) else "false"
+    return Reply(200, json={"object": "list", "data": pagedapi.ITEMS[start : start + size], "has_more": more})
+
+
+def test_stripe_style_with_has_more_as_text(project: Path, api: ApiServer) -> None:
+    """has_more: "true" (text, which the runtime reads too) is Stripe-style paging like a boolean."""
+    api.route("/stripe-text", _stripe_text)
+    assert cli.main(["new", "listing", "--url", f"{api.url}/stripe-text"]) == 0
+    path = project / "sources" / "listing.yaml"
+    assert cli.main(["validate", str(path)]) == 0
+    written = _pagination(path)
+    assert {k: written[k] for k in ("type", "param", "cursor", "has_more")} == {
+        "type": "cursor",
+        "param": "starting_after",
+        "cursor": "body.data[-1].id",
+        "has_more": "body.has_more",
+    }
+
+
+def test_a_list_source_is_told_to_dry_run_not_test_read(
+    project: Path, api: ApiServer, db: Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--ids means nothing to a list source: the header comment and the success message point at
+    `syncrun run FILE --dry-run`, which reads every page and writes nothing; a detail source keeps
+    `test-read --ids`."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    pagedapi.install(api)
+    assert cli.main(["new", "listing", "--url", f"{api.url}/link"]) == 0
+    path = project / "sources" / "listing.yaml"
+    out = capsys.readouterr().out
+    steps = (
+        "`syncrun validate sources/listing.yaml`; then create the listing table, `syncrun migrate"
+        " sources/listing.yaml`, and `syncrun run sources/listing.yaml --dry-run` (reads every page, writes nothing)"
+    )
+    assert steps in out
+    assert "--ids" not in out
+    text = path.read_text()
+    assert " ".join(line.removeprefix("# ") for line in text.splitlines()[:5]).count("--dry-run") == 1
+    assert "--ids" not in text
+    _fast(path)
+    db.run("create table listing (id int primary key, name text)")
+    assert cli.main(["migrate", str(path)]) == 0
+    assert cli.main(["run", str(path), "--dry-run"]) == 0
+    assert len(api.requests) == 1 + 3  # the sample, then every page
+    assert db.rows("select count(*) from listing") == [(0,)]
+    assert cli.main(["new", "games", "--url", "https://api.example.com/apps/{appid}", "--sample", "sample.json"]) == 0
+    assert "`syncrun test-read sources/games.yaml --ids …`" in capsys.readouterr().out
+
+
+def _fast(path: Path) -> None:
+    path.write_text(
+        path.read_text().replace("  requests: 1\n  per: 1s\n  burst: 1\n", "  requests: 1000\n  per: 1s\n  burst: 50\n")
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "pages"),
+    [
+        ("link", 3),
+        ("cursor-header", 3),
+        ("stripe", 3),
+        ("offset-total", 3),
+        ("pages?per_page=7", 4),
+        ("offset?limit=7", 4),
+    ],
+)
 def test_a_scaffolded_list_source_reads_every_page(
-    project: Path, api: ApiServer, db: Database, monkeypatch: pytest.MonkeyPatch, route: str
+    project: Path, api: ApiServer, db: Database, monkeypatch: pytest.MonkeyPatch, route: str, pages: int
 ) -> None:
     """End to end: the scaffolded source, migrated and run against real PostgreSQL, writes all 23
-    items, not the first page's 10, and its job completes."""
+    items, not the first page's, and its job completes."""
     monkeypatch.setenv("DATABASE_URL", db.dsn)
     pagedapi.install(api)
     assert cli.main(["new", "listing", "--url", f"{api.url}/{route}"]) == 0
     path = project / "sources" / "listing.yaml"
-    fast = path.read_text().replace(
-        "  requests: 1\n  per: 1s\n  burst: 1\n", "  requests: 1000\n  per: 1s\n  burst: 50\n"
-    )
-    path.write_text(fast)
+    _fast(path)
     assert cli.main(["migrate", str(path)]) == 0
     db.run("create table listing (id int primary key, name text)")
     assert cli.main(["run", str(path)]) == 0
     assert db.rows("select id, name from listing order by id") == [(i["id"], i["name"]) for i in pagedapi.ITEMS]
     assert db.rows("select status from sync_jobs where job_type = 'listing'") == [("completed",)]
-    assert len(api.requests) == 1 + 3  # the sample, then the three pages
+    assert len(api.requests) == 1 + pages  # the sample, then every page (the last one short)
