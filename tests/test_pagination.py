@@ -440,7 +440,8 @@ def test_a_page_repeated_under_a_new_next_url_is_a_loop(env: Database, api: ApiS
     assert cli.main(["run", str(source)]) == 1
     _, error = job(env, "nonce")
     assert error is not None
-    assert "returned the same page as the one before it (after 2 pages) with a new next page" in error
+    assert "page 2 (http://127.0.0.1:" in error
+    assert 'has the same records as the previous page, with a new next page from the Link header (rel="next")' in error
     assert len(api.requests) == 2
 
 
