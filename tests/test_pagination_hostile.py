@@ -62,12 +62,15 @@ def test_a_next_link_to_another_origin_is_refused(api: ApiServer) -> None:
     assert len(api.requests) == 1
 
 
-def test_an_allowed_origin_gets_no_credentials(api: ApiServer) -> None:
-    """allow_origins lets a next link lead there, without Authorization and without the secret parameter."""
+@pytest.mark.parametrize("written", ["http://localhost:{port}", "HTTP://LocalHost:{port}/"])
+def test_an_allowed_origin_gets_no_credentials(api: ApiServer, written: str) -> None:
+    """allow_origins lets a next link lead there, without Authorization and without the secret parameter.
+    Scheme and host are matched in any case, as URLs do."""
     other = api.url.replace("127.0.0.1", "localhost")
     api.route("/x", linked(other + "/y?page=2"))
     api.route("/y", Reply(200, json=[{"id": 2}]))
-    pages, _ = fetch_pages(api.url + "/x", f"{{type: link, allow_origins: ['{other}']}}")
+    allowed = written.format(port=api.url.rpartition(":")[2])
+    pages, _ = fetch_pages(api.url + "/x", f"{{type: link, allow_origins: ['{allowed}']}}")
     assert [page.reply.body for page in pages] == [[{"id": 1}], [{"id": 2}]]
     first, second = api.requests
     assert first.headers["authorization"] == f"Bearer {TOKEN}"
