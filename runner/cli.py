@@ -440,7 +440,8 @@ def _summarise(report: engine.Report) -> None:
         f"{f', unchanged {c.unchanged} (HTTP 304)' if c.unchanged else ''};"
         f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
-    notes = [note for note in (report.listing, report.error) if note]
+    capped = f"{report.capped} entity listing{'' if report.capped == 1 else 's'} capped (not complete)"
+    notes = [note for note in (report.listing, capped if report.capped else None, report.error) if note]
     print("; ".join([line, *notes]), file=sys.stderr)
 
 

@@ -768,6 +768,8 @@ def _origin_problem(origin: str) -> str | None:
     """What makes an allow_origins entry something a next URL could never match, in words."""
     if reason := templating.url_problem(origin):
         return reason
+    if "*" in origin:
+        return "wildcards (*) are not supported: list each origin, as https://cdn.example.com"
     url = httpx.URL(origin)
     if url.userinfo:
         return "it has a user name or password (user@host): an origin is scheme://host[:port]"

@@ -69,6 +69,7 @@ class Trace:
     rule: str = ""
     result: writer.EntityResult | None = None
     declared: bool = False  # the deciding outcome rule is the source's own, not a default one
+    capped: str = ""  # why a cap (max_pages, max_items, the default page cap) cut this entity's listing
 
 
 @dataclass(slots=True)
@@ -82,6 +83,7 @@ class Report:
     traces: list[Trace] = field(default_factory=list)
     elapsed: float = 0.0
     listing: str | None = None  # a list source's listing that did not end: "listing not complete: …"
+    capped: int = 0  # entity listings cut by max_pages/max_items (the default page cap): not complete
     metadata: dict[str, JSON] = field(default_factory=dict)  # merged into the job row's metadata at the end
 
 
@@ -187,6 +189,7 @@ class _Run:
             trace.result = self.classify(entity, self.replies(listing), trace)
             if listing and listing[-1].capped:  # the rows beyond the cap were not read: replace_by deletes none
                 trace.result = replace(trace.result, partial=True)
+                self.capped(trace, listing[-1].capped)
         except RunFailed as error:
             self.halt("failed", self.settings.redact(str(error)))
             return []
@@ -231,6 +234,7 @@ class _Run:
                 trace.result = self.classify(trace.entity, parts, trace, whole=replies[0].body)
                 if listing[-1].capped:
                     trace.result = replace(trace.result, partial=True)
+                    self.capped(trace, listing[-1].capped)
             except EntityError as error:
                 trace.result = self.failure(trace.entity, str(error), definitive=error.definitive)
         return traces
@@ -240,6 +244,21 @@ class _Run:
         if listing and listing[-1].capped:
             self.complete = False
         return [page.reply for page in listing]
+
+    def capped(self, trace: Trace, why: str) -> None:
+        """An entity's listing cut by a cap: counted for the summary line and the job's metadata
+        ({"capped_entities": N}), logged, and shown by test-read; its rows beyond the cap were not read."""
+        trace.capped = why
+        self.report.capped += 1
+        self.report.metadata["capped_entities"] = self.report.capped
+        key = trace.entity.get(self.source.entities.key)
+        log.warning(
+            "%s: the listing of %s=%s was capped (%s): not complete, its pages beyond the cap were not read",
+            self.source.name,
+            self.source.entities.key,
+            self.settings.redact(str(key)),
+            why,
+        )
 
     def part(self, reply: fetch.Reply, entity: dict[str, JSON]) -> fetch.Reply:
         """This entity's view of a batched reply: `body` is what `batch.record` picks for it."""

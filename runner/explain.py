@@ -43,6 +43,11 @@ def explain(report: Report, source: spec.Source, redact: Redactor) -> str:
         f" {c.failed} error{f', {c.deleted} delete' if c.deleted else ''}; {c.requests} request(s)."
         " Dry run: nothing was written."
     )
+    if report.capped:
+        lines.append(
+            f"{source.name}: {report.capped} entity listing{'' if report.capped == 1 else 's'} capped (not complete):"
+            " a run would write the pages read, and no `when: complete` step would run."
+        )
     if report.error:
         lines.append(f"{source.name}: the run stopped: {redact(report.error)}")
     return "\n".join(lines) + "\n"
@@ -68,6 +73,8 @@ def _entity(trace: Trace, source: spec.Source, redact: Redactor) -> list[str]:
     lines.append(f"  outcome   {result.outcome.value}{rule}")
     if result.error:
         lines.append(f"  error     {redact(result.error)}")
+    if trace.capped:
+        lines.append(f"  capped    {trace.capped}: the listing has more pages, not read")
     if result.outcome is spec.Outcome.SKIP_UNTIL and result.skip_until:
         lines.append(f"  skip for  {result.skip_until:g} s")
     if source.status is not None:

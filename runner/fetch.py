@@ -156,10 +156,10 @@ async def pages(
             redact=settings.redact,
             sleep=sleep,
         )
-        items = _items(source, entity, reply)
-        if walk.ended(reply, items):
+        records = _records(source, entity, reply)
+        if walk.ended(reply, None if records is None else len(records)):
             return
-        follow = walk.follow(reply, position, items or 0, request)
+        follow = walk.follow(reply, position, records, request)
         capped = walk.capped(follow)
         yield Page(reply, follow, capped)
         if follow is None or capped:
@@ -185,15 +185,15 @@ async def next_page(pages: AsyncGenerator[Page, None], stop: asyncio.Event, grac
         stopped.cancel()
 
 
-def _items(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> int | None:
-    """How many records the page holds, as the mappings will see them (for page_size, the caps and
-    an empty page); None when there are none to count: no JSON, or no records where the source
+def _records(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> list[JSON] | None:
+    """The page's records, as the mappings will see them (for page_size, the caps, an empty page and
+    the loop guard); None when there are none to count: no JSON, or no records where the source
     expects them (the mapping reports it for the page)."""
     if reply.body is None:
         return None
     base = mapping.context(reply.body, reply.status, reply.headers, entity, {})
     try:
-        return len(mapping.records(source, base))
+        return mapping.records(source, base)
     except EntityError:
         return None
 

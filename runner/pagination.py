@@ -264,8 +264,8 @@ class Walk:
         self.origins = {_origin(first.url), *(_origin(httpx.URL(o)) for o in pagination.allow_origins)}
         self.pages = self.items = 0
         self.seen: set[bytes] = set()  # digests of the positions so far: 16 bytes a page
+        self.read: dict[bytes, int] = {}  # digest of each page's records (order-insensitive) -> its page number
         self.said_more: Step | None = None  # the last reply said there is more (has_more, total...)
-        self.previous: JSON = None
 
     @property
     def by_url(self) -> bool:
@@ -324,9 +324,13 @@ class Walk:
             self._cut(reply, self.said_more.why, f"page {self.pages + 1} is empty")
         return True
 
-    def follow(self, reply: Reply, position: Position | None, items: int, sent: httpx.Request) -> Position | None:
+    def follow(
+        self, reply: Reply, position: Position | None, records: list[JSON] | None, sent: httpx.Request
+    ) -> Position | None:
         """Where the page after `reply` is (None: `reply` is the last page). Raises PaginationError
-        when going on or stopping would lose items: a loop, a foreign origin, a missing next page."""
+        when going on or stopping would lose items: a loop, a foreign origin, a missing next page.
+        `records`: the page's records as the mappings see them (None: none to count)."""
+        items = len(records) if records is not None else 0
         self.pages, self.items = self.pages + 1, self.items + items
         if self.pagination.type is spec.PaginationType.NONE or reply.status // 100 != 2:
             return None
@@ -342,7 +346,7 @@ class Walk:
                 self._cut(reply, why, f"{step.via} gave nothing")
             return None
         following = self._keyed(sent, step.next) if self.by_url else step.next
-        self._guard(reply, following, position, items)
+        self._guard(reply, following, position, records)
         return following
 
     def capped(self, following: Position | None) -> str:
@@ -395,32 +399,69 @@ class Walk:
             )
         return url
 
-    def _guard(self, reply: Reply, following: Position, position: Position | None, items: int) -> None:
-        if self.pagination.type in _NUMBERED:
-            if self.pages > 1 and reply.body == self.previous:
+    def _guard(self, reply: Reply, following: Position, position: Position | None, records: list[JSON] | None) -> None:
+        """Stops a listing going round: a cursor or next URL seen before, or a page whose records
+        (in any order) are those of an earlier page of this listing, whatever nonce the API put in
+        its next URL, cursor or body. Only 16-byte digests are kept, one per page."""
+        if not self.by_url and self.pagination.type not in _NUMBERED:
+            digest = _digest(str(following).encode("utf-8", "surrogatepass"))
+            if digest in self.seen:
+                text = self.redact(str(following))
+                shown = text if len(text) <= 80 else text[:80] + "…"
                 raise PaginationError(
-                    f"pagination loop: {self.pagination.param} {position} from {reply.url} repeats the previous"
-                    f" page (does the API read the '{self.pagination.param}' parameter?); stopped"
+                    f"pagination loop: {self.redact(str(reply.url))} returned cursor {shown!r} a second time"
+                    f" (after {self.pages} pages, from {_shown_via(self.pagination)}); stopped{self._hint()}"
                 )
-            self.previous = reply.body
+            self.seen.add(digest)
+        elif self.by_url:
+            digest = _digest(str(following).encode("utf-8", "surrogatepass"))
+            if digest in self.seen:
+                text = self.redact(str(following))
+                shown = text if len(text) <= 80 else text[:80] + "…"
+                raise PaginationError(
+                    f"pagination loop: {self.redact(str(reply.url))} returned next-page URL {shown!r} a second time"
+                    f" (after {self.pages} pages); stopped"
+                )
+            self.seen.add(digest)
+        if records is None:  # no records to compare (no JSON, or none where the source expects them)
             return
-        digest = hashlib.blake2b(str(following).encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if digest in self.seen:
-            text = self.redact(str(following))
-            shown = text if len(text) <= 80 else text[:80] + "…"
-            what = "next-page URL" if self.by_url else "cursor"
+        canonical = sorted(json.dumps(record, sort_keys=True, separators=(",", ":")) for record in records)
+        digest = _digest("\n".join(canonical).encode("utf-8", "surrogatepass") + b"\x00" + str(len(records)).encode())
+        earlier = self.read.get(digest)
+        if earlier is None:
+            self.read[digest] = self.pages
+            return
+        what = "no records, like" if not records else "the same records as"
+        before = "the previous page" if earlier == self.pages - 1 else f"page {earlier}"
+        if self.pagination.type in _NUMBERED:
             raise PaginationError(
-                f"pagination loop: {reply.url} returned {what} {shown!r} a second time (after {self.pages} pages);"
-                " stopped"
+                f"pagination loop: {self.pagination.param} {position} from {self.redact(str(reply.url))} (page"
+                f" {self.pages}) has {what} {before}, yet the listing goes on (does the API read the"
+                f" '{self.pagination.param}' parameter?); stopped"
             )
-        self.seen.add(digest)
-        # A next URL or cursor that changes every time (a nonce) over the same page is a loop too.
-        if items and self.pages > 1 and reply.body == self.previous:
-            raise PaginationError(
-                f"pagination loop: {self.redact(str(reply.url))} returned the same page as the one before it"
-                f" (after {self.pages} pages) with a new next page; stopped"
-            )
-        self.previous = reply.body if items else None
+        raise PaginationError(
+            f"pagination loop: page {self.pages} ({self.redact(str(reply.url))}) has {what} {before}, with a new"
+            f" next page from {_shown_via(self.pagination)}; stopped{self._hint()}"
+        )
+
+    def _hint(self) -> str:
+        if self.pagination.type is spec.PaginationType.CURSOR:
+            return f"; if the API ignored the cursor, check pagination.param ({self.pagination.param})"
+        return ""
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _shown_via(pagination: spec.Pagination) -> str:
+    if pagination.type is spec.PaginationType.CURSOR and pagination.cursor is not None:
+        return "pagination." + _shown(pagination.cursor, "cursor")
+    if pagination.type is spec.PaginationType.NEXT_URL and pagination.next is not None:
+        return "pagination." + _shown(pagination.next, "next")
+    if pagination.type is spec.PaginationType.LINK:
+        return 'the Link header (rel="next")'
+    return f"pagination.type {pagination.type}"
 
 
 def _count(number: int, noun: str) -> str:

@@ -325,9 +325,13 @@ def test_a_paged_list_feeds_a_detail_source(env: Database, api: ApiServer, tmp_p
 
 
 def test_a_capped_entity_listing_succeeds_but_the_run_is_not_complete(
-    env: Database, api: ApiServer, tmp_path: Path
+    env: Database,
+    api: ApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """max_pages on an entity's listing: the pages read go in, and `when: complete` after-steps skip."""
+    """max_pages on an entity's listing: the pages read go in, and `when: complete` after-steps skip.
+    The cap is visible: the summary line, the job's metadata, a log line for the entity, test-read."""
     pagination = "{type: cursor, param: page_token, cursor: 'headers.\"x-next-page-token\"', max_pages: 2}"
     source = ticket_source(tmp_path, "comments", pagination)
     source.write_text(source.read_text() + "after:\n  - {when: complete, sql: 'delete from comments'}\n")
@@ -335,6 +339,19 @@ def test_a_capped_entity_listing_succeeds_but_the_run_is_not_complete(
     assert cli.main(["run", str(source)]) == 0
     assert env.scalar("select count(*) from comments where ticket = 2") == 20
     assert env.scalar("select count(*) from sync_status where last_comments_sync is not null") == 4
+    err = capsys.readouterr().err
+    assert "; 1 entity listing capped (not complete)" in err
+    assert env.scalar("select metadata from sync_jobs where job_type = 'comments'") == {"capped_entities": 1}
+    capped = [line for line in err.splitlines() if "was capped" in line]
+    assert len(capped) == 1
+    assert capped[0].endswith(
+        "comments: the listing of ticket=2 was capped (max_pages 2 reached): not complete, its pages beyond the"
+        " cap were not read"
+    )
+    assert cli.main(["test-read", str(source), "--ids", "2,3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  capped    max_pages 2 reached: the listing has more pages, not read") == 1
+    assert "comments: 1 entity listing capped (not complete)" in out
 
 
 # --- what a list source's page may be, and when its listing is complete ----------------------------------
@@ -440,7 +457,8 @@ def test_a_page_repeated_under_a_new_next_url_is_a_loop(env: Database, api: ApiS
     assert cli.main(["run", str(source)]) == 1
     _, error = job(env, "nonce")
     assert error is not None
-    assert "returned the same page as the one before it (after 2 pages) with a new next page" in error
+    assert "page 2 (http://127.0.0.1:" in error
+    assert 'has the same records as the previous page, with a new next page from the Link header (rel="next")' in error
     assert len(api.requests) == 2
 
 

@@ -6,6 +6,7 @@ and retried like any request."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from runner import client, config, fetch, templating
 from runner.errors import EntityError, PaginationError
 from runner.ratelimit import Limiter
 from runner.redaction import Redactor
-from tests.apiserver import ApiServer, FakeClock, Recorded, Reply
+from tests.apiserver import ApiServer, FakeClock, Recorded, Reply, Script
 
 TOKEN = "s3cr3t-token-value"
 SETTINGS = templating.Settings({("secret", "API_TOKEN"): TOKEN}, Redactor([TOKEN]))
@@ -61,12 +62,15 @@ def test_a_next_link_to_another_origin_is_refused(api: ApiServer) -> None:
     assert len(api.requests) == 1
 
 
-def test_an_allowed_origin_gets_no_credentials(api: ApiServer) -> None:
-    """allow_origins lets a next link lead there, without Authorization and without the secret parameter."""
+@pytest.mark.parametrize("written", ["http://localhost:{port}", "HTTP://LocalHost:{port}/"])
+def test_an_allowed_origin_gets_no_credentials(api: ApiServer, written: str) -> None:
+    """allow_origins lets a next link lead there, without Authorization and without the secret parameter.
+    Scheme and host are matched in any case, as URLs do."""
     other = api.url.replace("127.0.0.1", "localhost")
     api.route("/x", linked(other + "/y?page=2"))
     api.route("/y", Reply(200, json=[{"id": 2}]))
-    pages, _ = fetch_pages(api.url + "/x", f"{{type: link, allow_origins: ['{other}']}}")
+    allowed = written.format(port=api.url.rpartition(":")[2])
+    pages, _ = fetch_pages(api.url + "/x", f"{{type: link, allow_origins: ['{allowed}']}}")
     assert [page.reply.body for page in pages] == [[{"id": 1}], [{"id": 2}]]
     first, second = api.requests
     assert first.headers["authorization"] == f"Bearer {TOKEN}"
@@ -146,9 +150,87 @@ def test_a_cursor_that_is_not_a_string_or_number_fails(api: ApiServer, cursor: o
 def test_an_api_ignoring_the_offset_is_a_loop(api: ApiServer) -> None:
     """Every offset answers the first page: stopped at the second, not read forever."""
     api.route("/x", Reply(200, json=[{"id": i} for i in range(10)]))
-    with pytest.raises(PaginationError, match=r"^pagination loop: offset 10 from .* repeats the previous page"):
+    with pytest.raises(
+        PaginationError,
+        match=r"^pagination loop: offset 10 from .* \(page 2\) has the same records as the previous page",
+    ):
         fetch_pages(api.url + "/x", "{type: offset, param: offset, page_size: 10}")
     assert len(api.requests) == 2
+
+
+ITEMS5 = [{"id": i, "name": f"n{i}"} for i in range(5)]
+
+
+_CLOCK = itertools.count(1_700_000_000)  # a cursor that changes on every reply, as c0n<time>
+
+
+def _nonce(request: Recorded) -> int:
+    return int(request.query.get("n", "0")) + 1
+
+
+@pytest.mark.parametrize(
+    ("pagination", "records", "route", "message"),
+    [
+        pytest.param(
+            "{type: next_url, next: body.next}",
+            "body.data",
+            lambda r: Reply(200, json={"data": ITEMS5, "next": f"/x?n={_nonce(r)}&x={_nonce(r) * 7}"}),
+            r"^pagination loop: page 2 \(.*\) has the same records as the previous page, with a new next page"
+            r" from pagination.next \(body.next\); stopped$",
+            id="next_url-with-a-nonce",
+        ),
+        pytest.param(
+            "{type: cursor, param: c, cursor: body.next}",
+            "body.data",
+            lambda r: Reply(200, json={"data": ITEMS5, "next": f"c0n{next(_CLOCK)}"}),
+            r"^pagination loop: page 2 .* from pagination.cursor \(body.next\); stopped; if the API ignored the"
+            r" cursor, check pagination.param \(c\)$",
+            id="cursor-with-a-nonce",
+        ),
+        pytest.param(
+            "{type: link}",
+            "body",
+            lambda r: linked(
+                f"/x?n={_nonce(r)}", body=[{"id": 1}] if _nonce(r) % 2 else [{"id": 2}]
+            ),  # A, B, A, B under new links
+            r"^pagination loop: page 3 \(.*\) has the same records as page 1, with a new next page from the Link",
+            id="link-alternating",
+        ),
+        pytest.param(
+            "{type: link}",
+            "body.data",
+            lambda r: linked(f"/x?n={_nonce(r)}", body={"data": []}),
+            r"^pagination loop: page 2 \(.*\) has no records, like the previous page, with a new next page",
+            id="link-empty-pages",
+        ),
+        pytest.param(
+            "{type: link}",
+            "body",
+            lambda r: linked(f"/x?n={_nonce(r)}", body=ITEMS5[_nonce(r) % 5 :] + ITEMS5[: _nonce(r) % 5]),
+            r"^pagination loop: page 2 \(.*\) has the same records as the previous page",
+            id="link-shuffled",
+        ),
+    ],
+)
+def test_the_same_records_under_a_new_next_page_are_a_loop(
+    api: ApiServer, pagination: str, records: str, route: Script, message: str
+) -> None:
+    """An API that puts a nonce in its next URL or cursor (or alternates two pages, or shuffles one)
+    never repeats a position: the records, compared in any order with every page read so far, do."""
+    api.route("/x", route)
+    with pytest.raises(PaginationError, match=message) as caught:
+        fetch_pages(api.url + "/x", pagination, records)
+    assert TOKEN not in str(caught.value)
+    assert len(api.requests) <= 3
+
+
+def test_an_empty_last_page_still_ends_a_listing(api: ApiServer) -> None:
+    """An empty page the style takes as the end (no next link) ends it, after another empty page too."""
+    api.route(
+        "/x", lambda r: linked("/x?n=1", body={"data": []}) if "n" not in r.query else Reply(200, json={"data": []})
+    )
+    pages, _ = fetch_pages(api.url + "/x", "{type: link}", "body.data")
+    assert len(pages) == 2
 
 
 def test_every_page_goes_through_the_limiter_and_the_retries(api: ApiServer) -> None:
