@@ -23,6 +23,7 @@ from runner import spec, templating
 from runner.errors import RunFailed
 
 EXCERPT = 2048  # bytes of a 401 or token-endpoint answer read for the message
+MAX_RENEWALS = 2  # a request refused with a token is sent again with a renewed one at most this often
 MAX_MARGIN = 60.0  # renew at most this many seconds before expiry...
 MARGIN_SHARE = 0.1  # ...and at most this share of the token's lifetime
 
@@ -188,8 +189,9 @@ class Authenticator:
 
 class AuthTransport(httpx.AsyncBaseTransport):
     """Authenticates each request to the source's origin before the inner (rate-limited) transport
-    sends it. A 401 renews an OAuth2 token and sends the request once more; a 401 that remains is a
-    run failure: every other request would carry the same credentials."""
+    sends it. A 401 renews an OAuth2 token (unless another request already did) and sends the request
+    again; twice at most: a second renewal is needed only when tokens last fewer requests than are in
+    flight. A 401 that remains is a run failure: every other request would carry the same credentials."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, authenticator: Authenticator) -> None:
         self.inner, self.authenticator = inner, authenticator
@@ -200,15 +202,16 @@ class AuthTransport(httpx.AsyncBaseTransport):
             return await self.inner.handle_async_request(request)
         used = await authenticator.apply(request)
         response = await self.inner.handle_async_request(request)
-        if response.status_code != 401:
-            return response
-        if used is not None:
+        renewals = 0
+        while response.status_code == 401 and used is not None and renewals < MAX_RENEWALS:
+            # Renewed only if no other request did it meanwhile; sent again with whichever token is current.
             await response.aclose()
             await authenticator.renew(used)
-            await authenticator.apply(request)
+            renewals += 1
+            used = await authenticator.apply(request)
             response = await self.inner.handle_async_request(request)
-            if response.status_code != 401:
-                return response
+        if response.status_code != 401:
+            return response
         try:
             message = await authenticator.rejected(request, response, renewed=used is not None)
         finally:

@@ -30,17 +30,17 @@ TOKEN = "bearer-Zq8mW2xK7pL4vN9c"
 KEY = "key-Hs3Jd8Fk2Lq9Wm4T"
 PASSWORD = "pw-Rt6Yu1Io3Pa5Sd7F"
 CLIENT_SECRET = "cs-Gh2Jk4Lz6Xc8Vb0N"
-UNAUTHORIZED = Reply(
-    401, json={"error": "invalid_token"}, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-)
+UNAUTHORIZED = Reply(401, json={"error": "invalid_token"}, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 def source_with(tmp: Path, auth: str, *, concurrency: int = 4) -> Path:
     """test_engine's `alpha` source, its Authorization header replaced by `auth`."""
-    text = SOURCE.format(name="alpha", path="apps", bucket="alpha", columns="name: record.name\n      note: record.note")
+    columns = "name: record.name\n      note: record.note"
+    text = SOURCE.format(name="alpha", path="apps", bucket="alpha", columns=columns)
     text = text.replace('  headers:\n    Authorization: "Bearer ${secret.API_TOKEN:-tok-default}"\n', "")
     text = text.replace("concurrency: 4", f"concurrency: {concurrency}")
-    (tmp / "syncrun.yaml").write_text("status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n")
+    project = "status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n"
+    (tmp / "syncrun.yaml").write_text(project)
     file = tmp / "alpha.yaml"
     file.write_text(text + f"auth: {auth}\n")
     return file
@@ -50,7 +50,7 @@ def seed(db: Database, source: Path, appids: range) -> None:
     assert cli.main(["migrate", str(source)]) == 0
     db.run(TABLES)
     db.run("alter table apps add column note text")
-    db.run("insert into sync_status (appid) select generate_series(%d, %d)" % (appids.start, appids.stop - 1))
+    db.run(f"insert into sync_status (appid) select generate_series({appids.start}, {appids.stop - 1})")
 
 
 @pytest.fixture
@@ -122,8 +122,8 @@ def test_wrong_static_credentials_fail_the_run_saying_what_to_check(
 ) -> None:
     """A credential the API refuses stops the run (exit 1) with the API's reason and the key to check."""
     auth, check = STATIC[kind]
-    for name in ("API_TOKEN", "API_KEY", "API_PASSWORD"):
-        monkeypatch.setenv(name, "wrong-" + name.lower() + "-0123456789")
+    for number, name in enumerate(("API_TOKEN", "API_KEY", "API_PASSWORD")):
+        monkeypatch.setenv(name, f"wrong-{number}-Xy7Pq2Lm9Z")
     source = source_with(tmp_path, auth, concurrency=1)
     seed(env, source, range(1, 4))
     route_apps(api, range(1, 4), guarded(check))
@@ -141,9 +141,7 @@ class OAuthServer:
     """A strict OAuth2 provider and API on one ApiServer: POST /oauth/token (client credentials or
     refresh token) and /apps/{id}, which accepts a token for `uses` requests or `lifetime` seconds."""
 
-    def __init__(
-        self, api: ApiServer, *, expires_in: float = 3600, uses: int = 10**9, lifetime: float = 3600
-    ) -> None:
+    def __init__(self, api: ApiServer, *, expires_in: float = 3600, uses: int = 10**9, lifetime: float = 3600) -> None:
         self.api, self.expires_in, self.uses, self.lifetime = api, expires_in, uses, lifetime
         self.lock = threading.Lock()
         self.issued: dict[str, list[float]] = {}  # token -> [issued at, uses]
@@ -271,7 +269,8 @@ def test_a_rotated_refresh_token_is_refused_clearly(
     route_apps(api, range(1, 3), server.app)
     assert cli.main(["run", str(source)]) == 1
     err = capsys.readouterr().err
-    assert "rotated the refresh token" in err and "does not support" in err
+    assert "rotated the refresh token" in err
+    assert "does not support" in err
     assert "rt-rotated" not in err
     assert env.scalar("select count(*) from apps") == 0
 
@@ -308,7 +307,7 @@ def test_run_time_tokens_never_reach_any_output(env: Database, api: ApiServer, t
     """The API echoes the access token into rows and error messages; syncrun (text and JSON logs, a
     run that fails on a spent token) must leave no 8-character piece of any issued token, the refresh
     token or the client secret in stdout, stderr or any text column of any table."""
-    server = OAuthServer(api, uses=3)
+    server = OAuthServer(api, uses=4)
     source = source_with(tmp_path, CLIENT_CREDENTIALS)
     source.write_text(
         source.read_text()
