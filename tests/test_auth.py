@@ -7,6 +7,7 @@ requests and rejects a spent token with 401 `{"error": "invalid_token"}`, as pro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -14,12 +15,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
 
-from runner import cli
+from runner import cli, client, config, fetch, templating
+from runner.auth import for_source
+from runner.ratelimit import Limiter
+from runner.redaction import Redactor
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 from tests.test_engine import SOURCE, TABLES
@@ -362,3 +367,73 @@ def test_run_time_tokens_never_reach_any_output(env: Database, api: ApiServer, t
     assert any("seen with ***" in value for value in stored)  # the echo was stored, masked
     leaked = planted_leaks(outputs + stored, [*server.issued, CLIENT_SECRET])
     assert not leaked, "\n".join(leaked)
+
+
+# --- pages: the source's own origin gets the credentials, an allowed other origin never does ---------------
+LISTING = """\
+name: t
+entities: {{type: list}}
+request: {{url: "{url}/x", headers: {{Accept: application/json}}}}
+auth: {auth}
+pagination: {{type: link, allow_origins: ['{other}']}}
+rate_limit: {{requests: 1000, per: 1s, burst: 50}}
+retry: {{attempts: 2, initial: 10ms, max_delay: 10ms}}
+records: body
+writes: [{{table: items, key: [id], columns: {{id: record.id}}}}]
+status: false
+"""
+SECRETS = {
+    ("secret", "API_TOKEN"): TOKEN,
+    ("secret", "API_KEY"): KEY,
+    ("secret", "API_PASSWORD"): PASSWORD,
+    ("secret", "CLIENT_SECRET"): CLIENT_SECRET,
+}
+
+
+@pytest.mark.parametrize("kind", [*STATIC, "oauth2_client_credentials"])
+def test_pages_on_the_own_origin_carry_the_credentials_other_origins_never(
+    kind: str, api: ApiServer, other: ApiServer
+) -> None:
+    """Page 2 (same origin) is authenticated like page 1; page 3, on an allowed other origin, gets no
+    Authorization, no key header and no key parameter."""
+    server = OAuthServer(api)
+    if kind in STATIC:
+        auth, check = STATIC[kind]
+    else:
+        auth, check = (
+            CLIENT_CREDENTIALS.replace("${env.API_URL}", api.url),
+            lambda r: r.headers.get("authorization", "").removeprefix("Bearer ") in server.issued,
+        )
+    api.route("/x", lambda r: linked(api.url + "/x2", 1) if check(r) else UNAUTHORIZED)
+    api.route("/x2", lambda r: linked(other.url + "/y", 2) if check(r) else UNAUTHORIZED)
+    other.route("/y", Reply(200, json=[{"id": 3}]))
+    source = config.loads(LISTING.format(url=api.url, other=other.url, auth=auth), Path("t.yaml"))
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+
+    async def main() -> list[fetch.Page]:
+        authenticator = for_source(source, settings)
+        async with client.build(source.request, limiter, max_connections=2, authenticator=authenticator) as http:
+            return [page async for page in fetch.pages(http, source, {}, settings, limiter=limiter)]
+
+    pages = asyncio.run(main())
+    assert len(pages) == 3
+    assert [r.path for r in api.requests if r.path != "/oauth/token"] == ["/x", "/x2"]
+    (foreign,) = other.requests
+    assert not {"authorization", "x-api-key"} & set(foreign.headers)
+    assert "api_key" not in foreign.query
+    assert foreign.headers["accept"] == "application/json"
+    assert len(server.token_requests) == (kind not in STATIC)
+
+
+def linked(target: str, item: int) -> Reply:
+    return Reply(200, json=[{"id": item}], headers={"Link": f'<{target}>; rel="next"'})
+
+
+@pytest.fixture
+def other() -> Iterator[ApiServer]:
+    server = ApiServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
