@@ -77,9 +77,8 @@ class Authenticator:
         return templating.render(template, {}, self.settings, url=False)
 
     async def apply(self, request: httpx.Request) -> str | None:
-        """Add the credentials to `request` (own origin only); the OAuth2 token used, else None."""
-        if origin(request.url) != self.own:
-            return None
+        """Add the credentials to `request`, a copy made for sending (callers build the next page from
+        theirs, which must stay without them); the OAuth2 token used, else None."""
         auth = self.auth
         if auth.type is spec.AuthType.BEARER:
             request.headers["Authorization"] = f"Bearer {self.value(auth.token)}"
@@ -200,16 +199,17 @@ class AuthTransport(httpx.AsyncBaseTransport):
         authenticator = self.authenticator
         if origin(request.url) != authenticator.own:
             return await self.inner.handle_async_request(request)
-        used = await authenticator.apply(request)
-        response = await self.inner.handle_async_request(request)
+        sent = _copy(request)
+        used = await authenticator.apply(sent)
+        response = await self.inner.handle_async_request(sent)
         renewals = 0
         while response.status_code == 401 and used is not None and renewals < MAX_RENEWALS:
             # Renewed only if no other request did it meanwhile; sent again with whichever token is current.
             await response.aclose()
             await authenticator.renew(used)
             renewals += 1
-            used = await authenticator.apply(request)
-            response = await self.inner.handle_async_request(request)
+            used = await authenticator.apply(sent)
+            response = await self.inner.handle_async_request(sent)
         if response.status_code != 401:
             return response
         try:
@@ -221,6 +221,12 @@ class AuthTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         await self.authenticator.aclose()
         await self.inner.aclose()
+
+
+def _copy(request: httpx.Request) -> httpx.Request:
+    """The same request as a new object; its extensions (the rate limiter's grant callback) shared."""
+    headers, extensions = request.headers.copy(), request.extensions
+    return httpx.Request(request.method, request.url, headers=headers, stream=request.stream, extensions=extensions)
 
 
 async def _excerpt(response: httpx.Response) -> bytes:
