@@ -334,8 +334,8 @@ class _Builder:
         if secret and (not any(s.secret for s in template.settings) or any(not s.secret for s in template.settings)):
             self.add(
                 path,
-                "must come from a secret, e.g. ${secret.API_TOKEN}: a credential written in the file or read"
-                " from ${env.*} would be shown in logs and committed with the file",
+                "must come from a secret, e.g. ${secret.API_TOKEN}: a credential written in the file is"
+                " committed with it, and ${env.*} values are shown in logs",
             )
             return None
         self.check_text(path, template)
