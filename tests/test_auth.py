@@ -437,3 +437,22 @@ def other() -> Iterator[ApiServer]:
         yield server
     finally:
         server.stop()
+
+
+def test_every_example_in_docs_auth_validates(tmp_path: Path) -> None:
+    """Each `auth:` block in docs/auth.md, put in a minimal source, is valid as written."""
+    import re
+
+    text = (ROOT / "docs" / "auth.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("auth:")]
+    assert len(blocks) == 5
+    base = (
+        'name: t\nentities: {columns: {appid: int}}\nrequest: {url: "https://api.example.com/apps/{appid}"}\n'
+        "rate_limit: {requests: 1, per: 1s}\nwrites: [{table: apps, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    kinds = set()
+    for block in blocks:
+        source = config.loads(base + block, tmp_path / "t.yaml")
+        assert source.auth is not None
+        kinds.add(source.auth.type)
+    assert len(kinds) == 5
