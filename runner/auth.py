@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -22,12 +24,15 @@ import httpx
 from runner import spec, templating
 from runner.errors import RunFailed
 
+log = logging.getLogger("syncrun")
+
 EXCERPT = 2048  # bytes of a 401 or token-endpoint answer read for the message
 MAX_RENEWALS = 2  # a request refused with a token is sent again with a renewed one at most this often
 MAX_MARGIN = 60.0  # renew at most this many seconds before expiry...
 MARGIN_SHARE = 0.1  # ...and at most this share of the token's lifetime
 
 Origin = tuple[str, str, int | None]
+_HEADER_TEXT = re.compile(r"[\x21-\x7e]+")  # a token as RFC 6750 allows it, roughly: visible ASCII
 
 _FIELDS = {
     spec.AuthType.BEARER: "auth.token",
@@ -140,6 +145,11 @@ class Authenticator:
         if response.status_code // 100 != 2 or not isinstance(token, str) or not token:
             raise RunFailed(self.settings.redact(self.token_failure(shown, response, body)))
         self.settings.redact.add(token)  # before anything else can see it
+        if not _HEADER_TEXT.fullmatch(token):
+            raise RunFailed(
+                f"the token endpoint {shown} answered an access_token that cannot be sent in a header"
+                " (a line break, a control or a non-ASCII character)"
+            )
         assert isinstance(body, dict)
         rotated = body.get("refresh_token")
         if isinstance(rotated, str):
@@ -152,10 +162,12 @@ class Authenticator:
                 )
         self.token = token
         expires = body.get("expires_in")
-        if isinstance(expires, int | float) and not isinstance(expires, bool) and expires > 0:
+        if isinstance(expires, int | float) and not isinstance(expires, bool) and 0 < expires < 10**9:
             self.renew_at = started + expires - min(MAX_MARGIN, expires * MARGIN_SHARE)
         else:
             self.renew_at = float("inf")  # renewed only when the API rejects it
+        lasts = f"expires in {expires:g} s" if self.renew_at != float("inf") else "no expires_in"
+        log.info("fetched an access token from %s (%s; token request %d)", shown, lasts, self.fetches)
 
     def token_failure(self, shown: str, response: httpx.Response, body: object) -> str:
         what = f"the token endpoint {shown} answered HTTP {response.status_code}"

@@ -197,13 +197,19 @@ CLIENT_CREDENTIALS = (
 )
 
 
-def test_client_credentials_token_is_fetched_once_and_shared(env: Database, api: ApiServer, tmp_path: Path) -> None:
-    """One token serves every concurrent request; token requests carry the form the server demands."""
+def test_client_credentials_token_is_fetched_once_and_shared(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One token serves every concurrent request; token requests carry the form the server demands and
+    do not spend the rate limit (the run counts 20 requests, the 20 to the API)."""
     server = OAuthServer(api)
     source = source_with(tmp_path, CLIENT_CREDENTIALS)
     seed(env, source, range(1, 21))
     route_apps(api, range(1, 21), server.app)
     assert cli.main(["run", str(source)]) == 0
+    err = capsys.readouterr().err
+    assert "; 20 requests in " in err
+    assert f"fetched an access token from {api.url}/oauth/token (expires in 3600 s; token request 1)" in err
     assert env.scalar("select count(*) from apps") == 20
     assert len(server.token_requests) == 1
     assert server.token_requests[0]["grant_type"] == "client_credentials"
@@ -356,6 +362,7 @@ def test_run_time_tokens_never_reach_any_output(env: Database, api: ApiServer, t
     assert "even with a newly fetched token (invalid_token)" in failed.stderr
     outputs += [failed.stdout, failed.stderr]
     assert len(server.issued) >= 4
+    outputs += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]  # .syncrun/ and all
     columns = env.rows(
         "select table_name, column_name from information_schema.columns where table_schema = current_schema()"
     )
@@ -456,3 +463,15 @@ def test_every_example_in_docs_auth_validates(tmp_path: Path) -> None:
         assert source.auth is not None
         kinds.add(source.auth.type)
     assert len(kinds) == 5
+
+
+def test_a_bearer_secret_that_cannot_be_a_header_exits_2_before_any_request(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token holding a non-ASCII character is caught at run start, like one in request.headers."""
+    monkeypatch.setenv("API_TOKEN", "tok\u00e9n-1234567890")
+    source = source_with(tmp_path, STATIC["bearer"][0])
+    seed(env, source, range(1, 3))
+    assert cli.main(["run", str(source)]) == 2
+    assert "secret API_TOKEN is sent in header Authorization of source 'alpha'" in capsys.readouterr().err
+    assert api.requests == []
