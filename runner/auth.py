@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -27,6 +27,7 @@ from runner.errors import RunFailed
 log = logging.getLogger("syncrun")
 
 EXCERPT = 2048  # bytes of a 401 or token-endpoint answer read for the message
+NO_RETRY = spec.Retry(attempts=1)
 MAX_RENEWALS = 2  # a request refused with a token is sent again with a renewed one at most this often
 MAX_MARGIN = 60.0  # renew at most this many seconds before expiry...
 MARGIN_SHARE = 0.1  # ...and at most this share of the token's lifetime
@@ -53,7 +54,7 @@ def for_source(source: spec.Source, settings: templating.Settings) -> Authentica
         return None
     placeholders = dict.fromkeys(source.request.url.columns, "0")
     url = httpx.URL(templating.render(source.request.url, placeholders, settings, url=True))
-    return Authenticator(source.auth, origin(url), settings, timeout=source.request.timeout)
+    return Authenticator(source.auth, origin(url), settings, timeout=source.request.timeout, retry=source.retry)
 
 
 class Authenticator:
@@ -66,10 +67,13 @@ class Authenticator:
         settings: templating.Settings,
         *,
         timeout: float,
+        retry: spec.Retry = NO_RETRY,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         token_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.auth, self.own, self.settings, self.clock = auth, own, settings, clock
+        self.retry, self.sleep = retry, sleep
         self.oauth2 = auth.type in (spec.AuthType.OAUTH2_CLIENT_CREDENTIALS, spec.AuthType.OAUTH2_REFRESH_TOKEN)
         self.token: str | None = None
         self.renew_at = float("inf")
@@ -130,16 +134,7 @@ class Authenticator:
         form |= {name: self.value(template) for name, template in auth.extra}
         shown = self.settings.redact(url)
         started = self.clock()
-        self.fetches += 1
-        try:
-            response = await self.http.post(url, data=form, headers={"Accept": "application/json"})
-        except httpx.HTTPError as error:
-            raise RunFailed(
-                self.settings.redact(
-                    f"could not get an access token from {shown} ({type(error).__name__}: {error})"
-                    " — check auth.token_url and that the token endpoint is up"
-                )
-            ) from None
+        response = await self.post(url, form, shown)
         body = _json(response.content[:EXCERPT] if response.status_code >= 400 else response.content)
         token = body.get("access_token") if isinstance(body, dict) else None
         if response.status_code // 100 != 2 or not isinstance(token, str) or not token:
@@ -168,6 +163,28 @@ class Authenticator:
             self.renew_at = float("inf")  # renewed only when the API rejects it
         lasts = f"expires in {expires:g} s" if self.renew_at != float("inf") else "no expires_in"
         log.info("fetched an access token from %s (%s; token request %d)", shown, lasts, self.fetches)
+
+    async def post(self, url: str, form: dict[str, str], shown: str) -> httpx.Response:
+        """The token request, retried like an API request (source.retry: attempts, backoff, statuses)
+        when the connection fails or the answer is transient; RunFailed when the attempts run out."""
+        policy = self.retry
+        for attempt in range(1, policy.attempts + 1):
+            self.fetches += 1
+            try:
+                response = await self.http.post(url, data=form, headers={"Accept": "application/json"})
+            except httpx.HTTPError as error:
+                if attempt == policy.attempts:
+                    raise RunFailed(
+                        self.settings.redact(
+                            f"could not get an access token from {shown} ({type(error).__name__}: {error};"
+                            f" {attempt} attempts) — check auth.token_url and that the token endpoint is up"
+                        )
+                    ) from None
+            else:
+                if response.status_code not in policy.statuses or attempt == policy.attempts:
+                    return response
+            await self.sleep(min(policy.initial * policy.factor ** (attempt - 1), policy.max_delay))
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     def token_failure(self, shown: str, response: httpx.Response, body: object) -> str:
         what = f"the token endpoint {shown} answered HTTP {response.status_code}"

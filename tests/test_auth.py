@@ -289,7 +289,7 @@ def test_a_rotated_refresh_token_is_refused_clearly(
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("down", "could not get an access token from http://127.0.0.1:9/oauth/token (ConnectError"),
+        ("down", "could not get an access token from http://127.0.0.1:9/oauth/token (ConnectError: "),
         ("bad secret", "answered HTTP 401 (invalid_client: bad client secret) — check auth.client_id and"),
     ],
 )
@@ -475,3 +475,21 @@ def test_a_bearer_secret_that_cannot_be_a_header_exits_2_before_any_request(
     assert cli.main(["run", str(source)]) == 2
     assert "secret API_TOKEN is sent in header Authorization of source 'alpha'" in capsys.readouterr().err
     assert api.requests == []
+
+
+def test_a_transient_token_endpoint_answer_is_retried(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A 503 from the token endpoint is retried like an API answer (source.retry), then the run goes on."""
+    server = OAuthServer(api)
+    calls: list[str] = []
+
+    def flaky(request: Recorded) -> Reply:
+        calls.append(request.method)
+        return Reply(503, body=b"maintenance") if len(calls) == 1 else server.token(request)
+
+    api.route("/oauth/token", flaky)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS)
+    seed(env, source, range(1, 4))
+    route_apps(api, range(1, 4), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert calls == ["POST", "POST"]
+    assert env.scalar("select count(*) from apps") == 3
