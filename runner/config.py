@@ -310,6 +310,7 @@ class _Builder:
         for key, value in raw.items():
             if key in AUTH_TEMPLATES:
                 fields[key] = self.auth_template(("auth", key), value, secret=key in AUTH_SECRETS)
+        self.check_auth_overlap(raw)
         extra = tuple((k, self.auth_template(("auth", "extra", k), v)) for k, v in _items(raw.get("extra")))
         if any(t is None for t in fields.values()) or any(t is None for _, t in extra):
             return None
@@ -321,6 +322,19 @@ class _Builder:
             extra=cast(tuple[tuple[str, spec.Template], ...], extra),
             **cast(dict[str, spec.Template], fields),
         )
+
+    def check_auth_overlap(self, raw: dict[str, JSON]) -> None:
+        """A request header or query parameter that `auth` would overwrite: one of the two is a mistake."""
+        request = self.raw.get("request")
+        if not isinstance(request, dict):
+            return
+        kind = raw.get("type")
+        part, name = ("headers", "Authorization")
+        if kind == "api_key":
+            part, name = ("query" if raw.get("in") == "query" else "headers", str(raw.get("name", "")))
+        for key, _ in _items(request.get(part)):
+            if key.lower() == name.lower() if part == "headers" else key == name:
+                self.add(("request", part, key), f"is also set by auth (type: {kind}): remove one of the two")
 
     def auth_template(self, path: Path_, value: JSON, *, secret: bool = False) -> spec.Template | None:
         try:
