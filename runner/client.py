@@ -24,6 +24,7 @@ import httpx
 import tenacity
 
 from runner import spec
+from runner.auth import Authenticator, AuthTransport
 from runner.errors import FetchError, RunFailed, Transient
 from runner.expressions import JSON
 from runner.ratelimit import GRANTED, Limiter, RateLimitedTransport
@@ -60,6 +61,7 @@ def build(
     max_connections: int,
     aiohttp: bool = False,
     stop: asyncio.Event | None = None,
+    authenticator: Authenticator | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient whose every attempt waits for `limiter`. `transport` replaces the inner transport
     (tests: httpx.MockTransport); `aiohttp=True` uses httpx_aiohttp's transport instead of httpx's.
@@ -71,6 +73,8 @@ def build(
     httpx's own transport is the default although httpx-aiohttp measured up to 2x faster
     (docs/benchmarks.md): aiohttp re-parses the URL string with yarl, which decodes `%2E%2E` and
     resolves it, so an entity value of `..` could climb out of the templated path. Correct first.
+
+    `authenticator` (runner/auth.py) puts the source's credentials on every request to its origin.
     """
     verify = source_request.verify_tls
     if not verify:
@@ -83,8 +87,9 @@ def build(
     inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
     # httpx's timeouts are per read; send() enforces the real total. These are only a backstop.
     timeout = httpx.Timeout(source_request.timeout)
+    limited: httpx.AsyncBaseTransport = RateLimitedTransport(inner, limiter, stop=stop)
     return httpx.AsyncClient(
-        transport=RateLimitedTransport(inner, limiter, stop=stop),
+        transport=AuthTransport(limited, authenticator) if authenticator else limited,
         timeout=timeout,
         follow_redirects=False,
         headers={"Accept-Encoding": ACCEPT_ENCODING},  # never advertise a coding we cannot bound

@@ -219,6 +219,7 @@ class _Builder:
             "before": self.steps("before"),
             "after": self.steps("after"),
             "schedule": self.schedule(),
+            "auth": self.auth(),
         }
         keys = ("description", "job_type", "concurrency", "write_batch", "fail_ratio")
         scalars: dict[str, JSON] = {k: self.raw[k] for k in keys if k in self.raw and self.usable((k,))}
@@ -301,6 +302,60 @@ class _Builder:
         if "batch" in raw:
             extra["batch"] = self.batch(raw["batch"], columns)
         return spec.Request(url=url, **extra)
+
+    # -- auth ----------------------------------------------------------------------------------------
+    def auth(self) -> spec.Auth | None:
+        raw = self.section("auth")
+        if not isinstance(raw, dict):
+            return None
+        fields: dict[str, JSON] = {}
+        for key, value in raw.items():
+            if key in AUTH_TEMPLATES:
+                fields[key] = self.auth_template(("auth", key), value, secret=key in AUTH_SECRETS)
+        self.check_auth_overlap(raw)
+        extra = tuple((k, self.auth_template(("auth", "extra", k), v)) for k, v in _items(raw.get("extra")))
+        if any(t is None for t in fields.values()) or any(t is None for _, t in extra):
+            return None
+        return spec.Auth(
+            type=spec.AuthType(raw["type"]),
+            name=raw.get("name"),
+            in_=spec.KeyIn(raw.get("in", "header")),
+            scopes=tuple(raw.get("scopes", ())),
+            extra=cast(tuple[tuple[str, spec.Template], ...], extra),
+            **cast(dict[str, spec.Template], fields),
+        )
+
+    def check_auth_overlap(self, raw: dict[str, JSON]) -> None:
+        """A request header or query parameter that `auth` would overwrite: one of the two is a mistake."""
+        request = self.raw.get("request")
+        if not isinstance(request, dict):
+            return
+        kind = raw.get("type")
+        part, name = ("headers", "Authorization")
+        if kind == "api_key":
+            part, name = ("query" if raw.get("in") == "query" else "headers", str(raw.get("name", "")))
+        for key, _ in _items(request.get(part)):
+            if key.lower() == name.lower() if part == "headers" else key == name:
+                self.add(("request", part, key), f"is also set by auth (type: {kind}): remove one of the two")
+
+    def auth_template(self, path: Path_, value: JSON, *, secret: bool = False) -> spec.Template | None:
+        try:
+            template = templating.parse(str(value))
+        except ValueError as error:
+            self.add(path, str(error))
+            return None
+        if template.columns:
+            self.add(path, "cannot hold entity values ({column}): credentials are the same for every request")
+            return None
+        if secret and (not any(s.secret for s in template.settings) or any(not s.secret for s in template.settings)):
+            self.add(
+                path,
+                "must come from a secret, e.g. ${secret.API_TOKEN}: a credential written in the file is"
+                " committed with it, and ${env.*} values are shown in logs",
+            )
+            return None
+        self.check_text(path, template)
+        return template
 
     def batch(self, raw: JSON, columns: frozenset[str] | None) -> spec.Batch | None:
         roots = self.mapping_roots(columns, record=False)  # evaluated over the mapping context (engine.part)
@@ -776,6 +831,12 @@ def _origin_problem(origin: str) -> str | None:
     if url.raw_path not in (b"", b"/") or url.query or url.fragment:
         return "it has a path, query or fragment: an origin is scheme://host[:port]"
     return None
+
+
+AUTH_TEMPLATES = frozenset(
+    {"token", "value", "username", "password", "token_url", "client_id", "client_secret", "refresh_token"}
+)
+AUTH_SECRETS = frozenset({"token", "value", "password", "client_secret", "refresh_token"})
 
 
 def _items(value: JSON) -> list[tuple[str, JSON]]:

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
+from runner.auth import for_source as authenticator_for
 from runner.conditional import NOT_ASKED, Store, kept
 from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
@@ -450,6 +451,7 @@ async def run(
             transport=transport(s) if transport else None,
             max_connections=s.concurrency,
             stop=stop,  # a request still waiting for its grant when the run stops is not sent
+            authenticator=authenticator_for(s, settings),
         )
         for s, stop in zip(sources, stops, strict=True)
     ]

@@ -78,7 +78,7 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
             names = ", ".join(dict.fromkeys(_label(s) for s in request.url.settings))
             verb = "makes" if len(request.url.settings) == 1 else "make"
             problems.append(f"{names} {verb} the request URL of source '{source.name}' unusable: {reason}")
-    for header, template in request.headers:
+    for header, template in [*request.headers, *_auth_headers(source.auth)]:
         for setting in template.settings:
             value = settings.values.get((setting.kind, setting.name), "")  # the watermark: filled in later
             if (char := next((c for c in value if not c.isascii()), None)) is not None:
@@ -88,6 +88,17 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
                     " (a pasted typographic quote or non-breaking space?), or encode it as the API expects"
                 )
     return problems
+
+
+def _auth_headers(auth: spec.Auth | None) -> list[tuple[str, spec.Template]]:
+    """The auth values sent as header text as they are (basic credentials go base64-encoded)."""
+    if auth is None:
+        return []
+    if auth.type is spec.AuthType.BEARER and auth.token is not None:
+        return [("Authorization", auth.token)]
+    if auth.type is spec.AuthType.API_KEY and auth.in_ is spec.KeyIn.HEADER and auth.value and auth.name:
+        return [(auth.name, auth.value)]
+    return []
 
 
 def _dsn_problem(dsn: str) -> str | None:

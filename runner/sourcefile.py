@@ -205,7 +205,7 @@ _PATTERN_WORDS = {
     "header_name": "is not a valid header name",
     "origin": "is not an origin (http:// or https://, a host and an optional port, nothing after)",
 }
-_DISCRIMINATOR_DEFAULTS = {"entities": ("type", "default"), "pagination": ("type", "none")}
+_DISCRIMINATOR_DEFAULTS = {"entities": ("type", "default"), "pagination": ("type", "none"), "auth": ("type", "")}
 
 
 def check(doc: Document, schema_name: str) -> tuple[list[Problem], set[Path_]]:

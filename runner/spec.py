@@ -161,6 +161,46 @@ class Pagination:
     allow_origins: tuple[str, ...] = ()  # next URLs may lead to these origins too (without secret headers)
 
 
+# --- authentication -----------------------------------------------------------------------------------
+class AuthType(StrEnum):
+    BEARER = "bearer"  # Authorization: Bearer <token>
+    API_KEY = "api_key"  # a key in a header or a query parameter
+    BASIC = "basic"  # Authorization: Basic base64(username:password)
+    OAUTH2_CLIENT_CREDENTIALS = "oauth2_client_credentials"  # a token from token_url, renewed at run time
+    OAUTH2_REFRESH_TOKEN = "oauth2_refresh_token"  # a token from token_url for a refresh token
+
+
+class KeyIn(StrEnum):
+    HEADER = "header"
+    QUERY = "query"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    """How every request of the source to its own origin is authenticated (runner/auth.py). Only the
+    fields of `type` are set; credentials are templates holding a ${secret.*}."""
+
+    type: AuthType
+    token: Template | None = None  # bearer
+    name: str | None = None  # api_key: the header or query parameter name
+    in_: KeyIn = KeyIn.HEADER  # api_key: YAML `in`
+    value: Template | None = None  # api_key
+    username: Template | None = None  # basic
+    password: Template | None = None  # basic
+    token_url: Template | None = None  # oauth2_*
+    client_id: Template | None = None  # oauth2_*
+    client_secret: Template | None = None  # oauth2_client_credentials (optional for oauth2_refresh_token)
+    refresh_token: Template | None = None  # oauth2_refresh_token
+    scopes: tuple[str, ...] = ()  # oauth2_*: sent as `scope`, space-separated
+    extra: tuple[tuple[str, Template], ...] = ()  # oauth2_*: more form fields of the token request
+
+    @property
+    def templates(self) -> tuple[Template, ...]:
+        single = (self.token, self.value, self.username, self.password, self.token_url)
+        more = (self.client_id, self.client_secret, self.refresh_token)
+        return tuple(t for t in (*single, *more) if t is not None) + tuple(t for _, t in self.extra)
+
+
 # --- rate limit and retry ---------------------------------------------------------------------------
 class LimitScope(StrEnum):
     PROCESS = "process"  # one limiter per bucket name in this process
@@ -375,6 +415,7 @@ class Source:
     before: tuple[Step, ...] = ()
     after: tuple[Step, ...] = ()
     schedule: Schedule | None = None
+    auth: Auth | None = None
 
     @property
     def settings(self) -> tuple[Setting, ...]:
@@ -383,6 +424,7 @@ class Source:
             self.request.url,
             *(t for _, t in self.request.query),
             *(t for _, t in self.request.headers),
+            *(self.auth.templates if self.auth else ()),
         ]
         seen: dict[tuple[str, str], Setting] = {}
         for template in templates:

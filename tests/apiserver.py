@@ -65,6 +65,7 @@ class Recorded:
     path: str  # percent-decoding NOT applied: what the client put on the wire
     query: dict[str, str]  # decoded; the last value wins
     headers: dict[str, str]  # lower-case names
+    body: bytes = b""  # the request body (a token request's form)
 
 
 Script = Reply | Callable[[Recorded], Reply]
@@ -173,8 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        body = self.rfile.read(length) if length else b""
         split = urlsplit(self.path)
         recorded = Recorded(
             at=self._arrived,
@@ -183,6 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=split.path,
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
             headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
         )
         reply = self.server.api._record(recorded)
         self._answer(reply)

@@ -33,15 +33,18 @@ OBJECTS: dict[str, type] = {
     "lookup": spec.Lookup,
     "status": spec.Status,
     "step": spec.Step,
+    "auth": spec.Auth,
 }
 # Fields that are not YAML keys, with the reason.
 NOT_IN_YAML = {
     (spec.Source, "path"): "where the file was read from, not written in it",
     (spec.RateLimit, "form"): "which keys were written: requests/per (window) or rate (token)",
     (spec.Write, "delete_by"): "worked out from key, replace_by and columns for outcome: delete (runner.deletes)",
+    (spec.Auth, "in_"): "the YAML key `in`, a Python keyword",
 }
 NOT_IN_SPEC = {
     ("rate_limit", "rate"): "the token form's rate, stored as requests 1 per 1/rate seconds",
+    ("auth", "in"): "stored as in_ (a Python keyword)",
 }
 ENUMS: dict[tuple[str, ...], type[StrEnum]] = {
     ("entities", "type"): spec.SelectionType,
@@ -52,6 +55,8 @@ ENUMS: dict[tuple[str, ...], type[StrEnum]] = {
     ("write", "mode"): spec.WriteMode,
     ("write", "on_delete"): spec.OnDelete,
     ("step", "when"): spec.StepWhen,
+    ("auth", "type"): spec.AuthType,
+    ("auth", "in"): spec.KeyIn,
 }
 
 

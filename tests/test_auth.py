@@ -1,0 +1,495 @@
+"""The `auth:` block end to end: `syncrun run` against loopback servers that implement each kind
+strictly (wrong or missing credentials: 401), on a real PostgreSQL.
+
+The OAuth2 server issues tokens that stop working after a few uses or a short time, counts its token
+requests and rejects a spent token with 401 `{"error": "invalid_token"}`, as providers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+
+from runner import cli, client, config, fetch, templating
+from runner.auth import for_source
+from runner.ratelimit import Limiter
+from runner.redaction import Redactor
+from tests.apiserver import ApiServer, Recorded, Reply
+from tests.pg import Database
+from tests.test_engine import SOURCE, TABLES
+from tests.test_security import planted_leaks
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bearer-Zq8mW2xK7pL4vN9c"
+KEY = "key-Hs3Jd8Fk2Lq9Wm4T"
+PASSWORD = "pw-Rt6Yu1Io3Pa5Sd7F"
+CLIENT_SECRET = "cs-Gh2Jk4Lz6Xc8Vb0N"
+UNAUTHORIZED = Reply(401, json={"error": "invalid_token"}, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def source_with(tmp: Path, auth: str, *, concurrency: int = 4) -> Path:
+    """test_engine's `alpha` source, its Authorization header replaced by `auth`."""
+    columns = "name: record.name\n      note: record.note"
+    text = SOURCE.format(name="alpha", path="apps", bucket="alpha", columns=columns)
+    text = text.replace('  headers:\n    Authorization: "Bearer ${secret.API_TOKEN:-tok-default}"\n', "")
+    text = text.replace("concurrency: 4", f"concurrency: {concurrency}")
+    project = "status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n"
+    (tmp / "syncrun.yaml").write_text(project)
+    file = tmp / "alpha.yaml"
+    file.write_text(text + f"auth: {auth}\n")
+    return file
+
+
+def seed(db: Database, source: Path, appids: range) -> None:
+    assert cli.main(["migrate", str(source)]) == 0
+    db.run(TABLES)
+    db.run("alter table apps add column note text")
+    db.run(f"insert into sync_status (appid) select generate_series({appids.start}, {appids.stop - 1})")
+
+
+@pytest.fixture
+def env(db: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> Database:
+    for name, value in {
+        "DATABASE_URL": db.dsn,
+        "API_URL": api.url,
+        "API_TOKEN": TOKEN,
+        "API_KEY": KEY,
+        "API_PASSWORD": PASSWORD,
+        "CLIENT_SECRET": CLIENT_SECRET,
+    }.items():
+        monkeypatch.setenv(name, value)
+    return db
+
+
+def guarded(check: object) -> object:
+    """An app route that answers only requests `check` accepts, and 401 to the rest."""
+
+    def reply(request: Recorded) -> Reply:
+        if not check(request):  # type: ignore[operator]
+            return UNAUTHORIZED
+        appid = int(request.path.rsplit("/", 1)[1])
+        return Reply(200, json={"name": f"App {appid}", "note": "ok"})
+
+    return reply
+
+
+def route_apps(api: ApiServer, appids: range, handler: object) -> None:
+    for appid in appids:
+        api.route(f"/apps/{appid}", handler)  # type: ignore[arg-type]
+
+
+STATIC = {
+    "bearer": (
+        "{type: bearer, token: '${secret.API_TOKEN}'}",
+        lambda r: r.headers.get("authorization") == f"Bearer {TOKEN}",
+    ),
+    "api_key header": (
+        "{type: api_key, name: X-Api-Key, value: '${secret.API_KEY}'}",
+        lambda r: r.headers.get("x-api-key") == KEY and "authorization" not in r.headers,
+    ),
+    "api_key query": (
+        "{type: api_key, name: api_key, in: query, value: '${secret.API_KEY}'}",
+        lambda r: r.query.get("api_key") == KEY,
+    ),
+    "basic": (
+        "{type: basic, username: syncer, password: '${secret.API_PASSWORD}'}",
+        lambda r: r.headers.get("authorization") == "Basic " + base64.b64encode(f"syncer:{PASSWORD}".encode()).decode(),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(STATIC))
+def test_static_credentials_reach_every_request(kind: str, env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """Each static kind puts its credential on every request; the strict server answers them all."""
+    auth, check = STATIC[kind]
+    source = source_with(tmp_path, auth)
+    seed(env, source, range(1, 9))
+    route_apps(api, range(1, 9), guarded(check))
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from apps") == 8
+    assert len(api.requests) == 8
+
+
+@pytest.mark.parametrize("kind", list(STATIC))
+def test_wrong_static_credentials_fail_the_run_saying_what_to_check(
+    kind: str, env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A credential the API refuses stops the run (exit 1) with the API's reason and the key to check."""
+    auth, check = STATIC[kind]
+    for number, name in enumerate(("API_TOKEN", "API_KEY", "API_PASSWORD")):
+        monkeypatch.setenv(name, f"wrong-{number}-Xy7Pq2Lm9Z")
+    source = source_with(tmp_path, auth, concurrency=1)
+    seed(env, source, range(1, 4))
+    route_apps(api, range(1, 4), guarded(check))
+    assert cli.main(["run", str(source)]) == 1
+    err = capsys.readouterr().err
+    field = {"bearer": "auth.token", "basic": "auth.username and auth.password"}.get(kind, "auth.value")
+    assert "HTTP 401 from GET" in err
+    assert f"(invalid_token); check {field}" in err
+    assert "wrong-" not in err
+    assert env.scalar("select status from sync_jobs") == "failed"
+
+
+# --- OAuth2 ------------------------------------------------------------------------------------------------
+class OAuthServer:
+    """A strict OAuth2 provider and API on one ApiServer: POST /oauth/token (client credentials or
+    refresh token) and /apps/{id}, which accepts a token for `uses` requests or `lifetime` seconds."""
+
+    def __init__(self, api: ApiServer, *, expires_in: float = 3600, uses: int = 10**9, lifetime: float = 3600) -> None:
+        self.api, self.expires_in, self.uses, self.lifetime = api, expires_in, uses, lifetime
+        self.lock = threading.Lock()
+        self.issued: dict[str, list[float]] = {}  # token -> [issued at, uses]
+        self.token_requests: list[dict[str, str]] = []
+        self.rejected = 0
+        self.refresh_token = "rt-Qw3Er5Ty7Ui9Op1A"
+        self.rotate = False
+        api.route("/oauth/token", self.token)
+
+    def token(self, request: Recorded) -> Reply:
+        form = dict(parse_qsl(request.body.decode()))
+        with self.lock:
+            self.token_requests.append(form)
+        grant = form.get("grant_type")
+        if request.method != "POST" or form.get("client_id") != "syncrun-client":
+            return Reply(401, json={"error": "invalid_client"})
+        if grant == "client_credentials" and form.get("client_secret") != CLIENT_SECRET:
+            return Reply(401, json={"error": "invalid_client", "error_description": "bad client secret"})
+        if grant == "refresh_token" and form.get("refresh_token") != self.refresh_token:
+            return Reply(400, json={"error": "invalid_grant"})
+        if grant not in ("client_credentials", "refresh_token") or form.get("scope") != "read:apps":
+            return Reply(400, json={"error": "invalid_scope" if grant else "unsupported_grant_type"})
+        token = "at-" + secrets.token_hex(16)
+        with self.lock:
+            self.issued[token] = [time.monotonic(), 0]
+        body: dict[str, object] = {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
+        if self.rotate:
+            body["refresh_token"] = "rt-rotated-" + secrets.token_hex(8)
+        return Reply(200, json=body)
+
+    def app(self, request: Recorded) -> Reply:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        with self.lock:
+            entry = self.issued.get(token)
+            fresh = entry is not None and entry[1] < self.uses and time.monotonic() - entry[0] < self.lifetime
+            if not fresh:
+                self.rejected += 1
+                return UNAUTHORIZED
+            assert entry is not None
+            entry[1] += 1
+        appid = int(request.path.rsplit("/", 1)[1])
+        return Reply(200, json={"name": f"App {appid}", "note": f"seen with {token}"}, delay=0.02)
+
+
+CLIENT_CREDENTIALS = (
+    "{type: oauth2_client_credentials, token_url: '${env.API_URL}/oauth/token', client_id: syncrun-client,"
+    " client_secret: '${secret.CLIENT_SECRET}', scopes: ['read:apps']}"
+)
+
+
+def test_client_credentials_token_is_fetched_once_and_shared(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One token serves every concurrent request; token requests carry the form the server demands and
+    do not spend the rate limit (the run counts 20 requests, the 20 to the API)."""
+    server = OAuthServer(api)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS)
+    seed(env, source, range(1, 21))
+    route_apps(api, range(1, 21), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    err = capsys.readouterr().err
+    assert "; 20 requests in " in err
+    assert f"fetched an access token from {api.url}/oauth/token (expires in 3600 s; token request 1)" in err
+    assert env.scalar("select count(*) from apps") == 20
+    assert len(server.token_requests) == 1
+    assert server.token_requests[0]["grant_type"] == "client_credentials"
+    assert server.rejected == 0
+
+
+def test_a_token_spent_mid_run_is_renewed_once_per_expiry_at_concurrency_4(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """Each token stops working after 8 requests; with 4 requests in flight, the 401s they get cause one
+    token request per expiry (never a storm), each rejected request is sent once more, and the run
+    completes with every row."""
+    server = OAuthServer(api, uses=8)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS, concurrency=4)
+    seed(env, source, range(1, 41))
+    route_apps(api, range(1, 41), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from apps") == 40
+    assert env.scalar("select status from sync_jobs") == "completed"
+    assert len(server.token_requests) == 5  # 40 requests, 8 per token
+    assert server.rejected >= 4  # the expiries really happened mid-run
+
+
+def test_a_token_is_renewed_before_expires_in_runs_out(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A token that says it expires in 1 s (and does) is replaced shortly before: no request is refused."""
+    server = OAuthServer(api, expires_in=1, lifetime=1)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS, concurrency=2)
+    seed(env, source, range(1, 41))
+    for appid in range(1, 41):
+        api.route(f"/apps/{appid}", lambda r: (time.sleep(0.05), server.app(r))[1])
+    started = time.monotonic()
+    assert cli.main(["run", str(source)]) == 0
+    elapsed = time.monotonic() - started
+    assert env.scalar("select count(*) from apps") == 40
+    assert server.rejected == 0
+    assert 2 <= len(server.token_requests) <= int(elapsed / 0.9) + 2
+
+
+def test_refresh_token_grant(env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """oauth2_refresh_token trades the refresh token (a secret) for access tokens."""
+    server = OAuthServer(api)
+    monkeypatch.setenv("REFRESH_TOKEN", server.refresh_token)
+    auth = (
+        "{type: oauth2_refresh_token, token_url: '${env.API_URL}/oauth/token', client_id: syncrun-client,"
+        " refresh_token: '${secret.REFRESH_TOKEN}', scopes: ['read:apps']}"
+    )
+    source = source_with(tmp_path, auth)
+    seed(env, source, range(1, 6))
+    route_apps(api, range(1, 6), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from apps") == 5
+    assert [f["grant_type"] for f in server.token_requests] == ["refresh_token"]
+
+
+def test_a_rotated_refresh_token_is_refused_clearly(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A provider that answers a new refresh token fails the run: syncrun stores no tokens."""
+    server = OAuthServer(api)
+    server.rotate = True
+    monkeypatch.setenv("REFRESH_TOKEN", server.refresh_token)
+    auth = (
+        "{type: oauth2_refresh_token, token_url: '${env.API_URL}/oauth/token', client_id: syncrun-client,"
+        " refresh_token: '${secret.REFRESH_TOKEN}', scopes: ['read:apps']}"
+    )
+    source = source_with(tmp_path, auth)
+    seed(env, source, range(1, 3))
+    route_apps(api, range(1, 3), server.app)
+    assert cli.main(["run", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert "rotated the refresh token" in err
+    assert "does not support" in err
+    assert "rt-rotated" not in err
+    assert env.scalar("select count(*) from apps") == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("down", "could not get an access token from http://127.0.0.1:9/oauth/token (ConnectError: "),
+        ("bad secret", "answered HTTP 401 (invalid_client: bad client secret) — check auth.client_id and"),
+    ],
+)
+def test_a_token_endpoint_failure_fails_the_run_naming_it(
+    case: str, expected: str, env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """No token, no run: exit 1 with the token URL and what to check; no API request is sent."""
+    server = OAuthServer(api)
+    auth = CLIENT_CREDENTIALS
+    if case == "down":
+        auth = auth.replace("${env.API_URL}", "http://127.0.0.1:9")
+    else:
+        monkeypatch.setenv("CLIENT_SECRET", "wrong-client-secret-123")
+    source = source_with(tmp_path, auth, concurrency=2)
+    seed(env, source, range(1, 4))
+    route_apps(api, range(1, 4), server.app)
+    assert cli.main(["run", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "wrong-client-secret-123" not in err
+    assert not [r for r in api.requests if r.path.startswith("/apps/")]
+    assert env.scalar("select status from sync_jobs") == "failed"
+
+
+def test_run_time_tokens_never_reach_any_output(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The API echoes the access token into rows and error messages; syncrun (text and JSON logs, a
+    run that fails on a spent token) must leave no 8-character piece of any issued token, the refresh
+    token or the client secret in stdout, stderr or any text column of any table."""
+    server = OAuthServer(api, uses=4)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS)
+    source.write_text(
+        source.read_text()
+        + "outcomes:\n  - {when: 'status == `400`', outcome: error, message: 'API said {body.error}'}\n"
+    )
+    seed(env, source, range(1, 13))
+
+    def echo(request: Recorded) -> Reply:
+        reply = server.app(request)
+        said = request.headers.get("authorization", "")
+        if reply.status == 200 and request.path.endswith("/3"):
+            return Reply(400, json={"error": f"token {said} is not allowed here"})
+        return reply
+
+    route_apps(api, range(1, 13), echo)
+    outputs: list[str] = []
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for log_format in ("text", "json"):
+        env.run("update sync_status set last_alpha_sync = null")
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", "run", str(source), "--log-format", log_format, "--progress-every", "1"],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs += [result.stdout, result.stderr]
+    server.uses = 0  # every token now refused, even a new one: the run fails quoting the 401
+    env.run("update sync_status set last_alpha_sync = null")
+    failed = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(source)],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert "even with a newly fetched token (invalid_token)" in failed.stderr
+    outputs += [failed.stdout, failed.stderr]
+    assert len(server.issued) >= 4
+    outputs += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]  # .syncrun/ and all
+    columns = env.rows(
+        "select table_name, column_name from information_schema.columns where table_schema = current_schema()"
+    )
+    stored = [
+        value
+        for table, column in columns
+        for (value,) in env.rows(f'select "{column}"::text from "{table}" where "{column}" is not null')
+    ]
+    assert any("seen with ***" in value for value in stored)  # the echo was stored, masked
+    leaked = planted_leaks(outputs + stored, [*server.issued, CLIENT_SECRET])
+    assert not leaked, "\n".join(leaked)
+
+
+# --- pages: the source's own origin gets the credentials, an allowed other origin never does ---------------
+LISTING = """\
+name: t
+entities: {{type: list}}
+request: {{url: "{url}/x", headers: {{Accept: application/json}}}}
+auth: {auth}
+pagination: {{type: link, allow_origins: ['{other}']}}
+rate_limit: {{requests: 1000, per: 1s, burst: 50}}
+retry: {{attempts: 2, initial: 10ms, max_delay: 10ms}}
+records: body
+writes: [{{table: items, key: [id], columns: {{id: record.id}}}}]
+status: false
+"""
+SECRETS = {
+    ("secret", "API_TOKEN"): TOKEN,
+    ("secret", "API_KEY"): KEY,
+    ("secret", "API_PASSWORD"): PASSWORD,
+    ("secret", "CLIENT_SECRET"): CLIENT_SECRET,
+}
+
+
+@pytest.mark.parametrize("kind", [*STATIC, "oauth2_client_credentials"])
+def test_pages_on_the_own_origin_carry_the_credentials_other_origins_never(
+    kind: str, api: ApiServer, other: ApiServer
+) -> None:
+    """Page 2 (same origin) is authenticated like page 1; page 3, on an allowed other origin, gets no
+    Authorization, no key header and no key parameter."""
+    server = OAuthServer(api)
+    if kind in STATIC:
+        auth, check = STATIC[kind]
+    else:
+        auth, check = (
+            CLIENT_CREDENTIALS.replace("${env.API_URL}", api.url),
+            lambda r: r.headers.get("authorization", "").removeprefix("Bearer ") in server.issued,
+        )
+    api.route("/x", lambda r: linked(api.url + "/x2", 1) if check(r) else UNAUTHORIZED)
+    api.route("/x2", lambda r: linked(other.url + "/y", 2) if check(r) else UNAUTHORIZED)
+    other.route("/y", Reply(200, json=[{"id": 3}]))
+    source = config.loads(LISTING.format(url=api.url, other=other.url, auth=auth), Path("t.yaml"))
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+
+    async def main() -> list[fetch.Page]:
+        authenticator = for_source(source, settings)
+        async with client.build(source.request, limiter, max_connections=2, authenticator=authenticator) as http:
+            return [page async for page in fetch.pages(http, source, {}, settings, limiter=limiter)]
+
+    pages = asyncio.run(main())
+    assert len(pages) == 3
+    assert [r.path for r in api.requests if r.path != "/oauth/token"] == ["/x", "/x2"]
+    (foreign,) = other.requests
+    assert not {"authorization", "x-api-key"} & set(foreign.headers)
+    assert "api_key" not in foreign.query
+    assert foreign.headers["accept"] == "application/json"
+    assert len(server.token_requests) == (kind not in STATIC)
+
+
+def linked(target: str, item: int) -> Reply:
+    return Reply(200, json=[{"id": item}], headers={"Link": f'<{target}>; rel="next"'})
+
+
+@pytest.fixture
+def other() -> Iterator[ApiServer]:
+    server = ApiServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_every_example_in_docs_auth_validates(tmp_path: Path) -> None:
+    """Each `auth:` block in docs/auth.md, put in a minimal source, is valid as written."""
+    import re
+
+    text = (ROOT / "docs" / "auth.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("auth:")]
+    assert len(blocks) == 5
+    base = (
+        'name: t\nentities: {columns: {appid: int}}\nrequest: {url: "https://api.example.com/apps/{appid}"}\n'
+        "rate_limit: {requests: 1, per: 1s}\nwrites: [{table: apps, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    kinds = set()
+    for block in blocks:
+        source = config.loads(base + block, tmp_path / "t.yaml")
+        assert source.auth is not None
+        kinds.add(source.auth.type)
+    assert len(kinds) == 5
+
+
+def test_a_bearer_secret_that_cannot_be_a_header_exits_2_before_any_request(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token holding a non-ASCII character is caught at run start, like one in request.headers."""
+    monkeypatch.setenv("API_TOKEN", "tok\u00e9n-1234567890")
+    source = source_with(tmp_path, STATIC["bearer"][0])
+    seed(env, source, range(1, 3))
+    assert cli.main(["run", str(source)]) == 2
+    assert "secret API_TOKEN is sent in header Authorization of source 'alpha'" in capsys.readouterr().err
+    assert api.requests == []
+
+
+def test_a_transient_token_endpoint_answer_is_retried(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A 503 from the token endpoint is retried like an API answer (source.retry), then the run goes on."""
+    server = OAuthServer(api)
+    calls: list[str] = []
+
+    def flaky(request: Recorded) -> Reply:
+        calls.append(request.method)
+        return Reply(503, body=b"maintenance") if len(calls) == 1 else server.token(request)
+
+    api.route("/oauth/token", flaky)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS)
+    seed(env, source, range(1, 4))
+    route_apps(api, range(1, 4), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert calls == ["POST", "POST"]
+    assert env.scalar("select count(*) from apps") == 3
