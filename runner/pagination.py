@@ -403,24 +403,16 @@ class Walk:
         """Stops a listing going round: a cursor or next URL seen before, or a page whose records
         (in any order) are those of an earlier page of this listing, whatever nonce the API put in
         its next URL, cursor or body. Only 16-byte digests are kept, one per page."""
-        if not self.by_url and self.pagination.type not in _NUMBERED:
+        if self.by_url or self.pagination.type not in _NUMBERED:
             digest = _digest(str(following).encode("utf-8", "surrogatepass"))
             if digest in self.seen:
                 text = self.redact(str(following))
                 shown = text if len(text) <= 80 else text[:80] + "…"
+                via = f", from {_shown_via(self.pagination)}"
+                what, via = ("next-page URL", "") if self.by_url else ("cursor", via)
                 raise PaginationError(
-                    f"pagination loop: {self.redact(str(reply.url))} returned cursor {shown!r} a second time"
-                    f" (after {self.pages} pages, from {_shown_via(self.pagination)}); stopped{self._hint()}"
-                )
-            self.seen.add(digest)
-        elif self.by_url:
-            digest = _digest(str(following).encode("utf-8", "surrogatepass"))
-            if digest in self.seen:
-                text = self.redact(str(following))
-                shown = text if len(text) <= 80 else text[:80] + "…"
-                raise PaginationError(
-                    f"pagination loop: {self.redact(str(reply.url))} returned next-page URL {shown!r} a second time"
-                    f" (after {self.pages} pages); stopped"
+                    f"pagination loop: {self.redact(str(reply.url))} returned {what} {shown!r} a second time"
+                    f" (after {self.pages} pages{via}); stopped{'' if self.by_url else self._hint()}"
                 )
             self.seen.add(digest)
         if records is None:  # no records to compare (no JSON, or none where the source expects them)

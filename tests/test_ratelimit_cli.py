@@ -23,6 +23,24 @@ pytestmark = pytest.mark.timing  # every test here reads real time, or shares a 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def limited_source(tmp_path: Path, bucket: str, per: str, shared: str) -> Path:
+    """The engine tests' source with `1 per <per>` in `bucket`, shared as given."""
+    source = write_source(tmp_path, bucket=bucket)
+    text = source.read_text()
+    limit = text[text.index("rate_limit:") : text.index("\n", text.index("rate_limit:"))]
+    declared = f"rate_limit: {{requests: 1, per: {per}, burst: 1, bucket: {bucket}, shared: {shared}}}"
+    source.write_text(text.replace(limit, declared))
+    return source
+
+
+def run_env(db: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch, *, redis: str = REDIS_URL) -> dict[str, str]:
+    """The environment a run of that source needs, also set in this process (for `seed`)."""
+    env = {"DATABASE_URL": db.dsn, "API_URL": api.url, "API_TOKEN": "s3cr3t-token-value", "SYNCRUN_REDIS_URL": redis}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("shared", "signum", "code"),
@@ -40,21 +58,8 @@ def test_a_run_waiting_for_a_grant_stops_within_the_grace_period(
     ends the run within the grace period (2 s here): exit 128 + signal, job `cancelled`."""
     if shared == "redis" and (reason := _reachable()) is not None:
         pytest.skip(reason)
-    source = write_source(tmp_path, bucket=f"wait-{shared}-{time.time_ns()}")
-    text = source.read_text()
-    limit = text[text.index("rate_limit:") : text.index("\n", text.index("rate_limit:"))]
-    bucket = limit.split("bucket: ")[1].rstrip("}")
-    source.write_text(
-        text.replace(limit, f"rate_limit: {{requests: 1, per: 60s, burst: 1, bucket: {bucket}, shared: {shared}}}")
-    )
-    env = {
-        "DATABASE_URL": db.dsn,
-        "API_URL": api.url,
-        "API_TOKEN": "s3cr3t-token-value",
-        "SYNCRUN_REDIS_URL": REDIS_URL,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    source = limited_source(tmp_path, f"wait-{shared}-{time.time_ns()}", "60s", shared)
+    env = run_env(db, api, monkeypatch)
     seed(db, source, appids=range(1, 4))
     for appid in range(1, 4):
         api.route(f"/apps/{appid}", app(appid))
@@ -136,20 +141,8 @@ def test_a_limiter_failing_mid_run_leaves_the_requests_counted_and_no_task_dumps
     if shared == "redis" and (reason := _reachable()) is not None:
         pytest.skip(reason)
     bucket = f"midrun-{shared}-{time.time_ns()}"
-    source = write_source(tmp_path, bucket=bucket)
-    text = source.read_text()
-    limit = text[text.index("rate_limit:") : text.index("\n", text.index("rate_limit:"))]
-    source.write_text(
-        text.replace(limit, f"rate_limit: {{requests: 1, per: 2s, burst: 1, bucket: {bucket}, shared: {shared}}}")
-    )
-    env = {
-        "DATABASE_URL": db.dsn,
-        "API_URL": api.url,
-        "API_TOKEN": "s3cr3t-token-value",
-        "SYNCRUN_REDIS_URL": REDIS_URL,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    source = limited_source(tmp_path, bucket, "2s", shared)
+    env = run_env(db, api, monkeypatch)
     seed(db, source, appids=range(1, 6))
     for appid in range(1, 6):
         api.route(f"/apps/{appid}", app(appid))
@@ -188,22 +181,9 @@ def test_a_run_whose_limiter_waits_to_reconnect_stops_within_the_grace_period(
 
     if (reason := _reachable()) is not None:
         pytest.skip(reason)
-    bucket = f"cut-{time.time_ns()}"
-    source = write_source(tmp_path, bucket=bucket)
-    text = source.read_text()
-    limit = text[text.index("rate_limit:") : text.index("\n", text.index("rate_limit:"))]
-    source.write_text(
-        text.replace(limit, f"rate_limit: {{requests: 1, per: 1s, burst: 1, bucket: {bucket}, shared: redis}}")
-    )
+    source = limited_source(tmp_path, f"cut-{time.time_ns()}", "1s", "redis")
     with CutProxy("127.0.0.1", 6379) as proxy:
-        env = {
-            "DATABASE_URL": db.dsn,
-            "API_URL": api.url,
-            "API_TOKEN": "s3cr3t-token-value",
-            "SYNCRUN_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
-        }
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
+        env = run_env(db, api, monkeypatch, redis=f"redis://127.0.0.1:{proxy.port}/0")
         seed(db, source, appids=range(1, 6))
         for appid in range(1, 6):
             api.route(f"/apps/{appid}", app(appid))
