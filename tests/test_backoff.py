@@ -116,9 +116,7 @@ def test_refused_credentials_are_not_the_entitys_transient_failures(
     assert "HTTP 401" in env.scalar("select last_error_message from sync_status where appid = 2")
 
 
-def test_a_run_the_breaker_stopped_counts_no_transient_failure(
-    env: Database, api: ApiServer, tmp_path: Path
-) -> None:
+def test_a_run_the_breaker_stopped_counts_no_transient_failure(env: Database, api: ApiServer, tmp_path: Path) -> None:
     """An API-wide outage is the API's: the breaker's run leaves every transient_runs at 0."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
