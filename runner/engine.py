@@ -56,6 +56,9 @@ class Options:
     restart: bool = False  # list-shaped sources: ignore the checkpointed cursor
     stale_after: float = 300.0  # reap running jobs whose heartbeat is older than this
     metadata: dict[str, JSON] = field(default_factory=dict)
+    # list sources: records this run writes at most (an explicit --limit): pagination.max_items for this run
+    max_items: int | None = None
+    overridden: frozenset[str] = frozenset()  # `--set` paths (incremental.start overrides the watermark)
 
 
 @dataclass(slots=True)
