@@ -597,6 +597,9 @@ class _Builder:
         if raw is None:
             return None
         writes = (self.write(("writes", i), write, columns) for i, write in enumerate(raw))
+        primary = [i for i, write in enumerate(raw) if isinstance(write, dict) and write.get("primary") is True]
+        for i in primary[1:]:
+            self.add(("writes", i, "primary"), f"writes[{primary[0]}] is the primary write already: keep one")
         return tuple(w for i, w in enumerate(writes) if w is not None and self.usable(("writes", i)))
 
     def write(self, path: Path_, raw: JSON, entity_columns: frozenset[str] | None) -> spec.Write | None:
@@ -623,6 +626,7 @@ class _Builder:
             replace_by=tuple(raw.get("replace_by", ())),
             lookups=lookups,
             on_delete=spec.OnDelete(raw.get("on_delete", "delete")),
+            primary=raw.get("primary", False),
         )
 
     def deletes(

@@ -67,7 +67,8 @@ def _scalar(name: str, raw: str) -> JSON:
         reason = problems[0].message if problems else "not a value"
         raise UsageError(f"--set {name}: {reason}")
     if isinstance(doc.data, dict | list):
-        raise UsageError(f"--set {name}: the value must be a scalar (text, a number, true/false, null), not {_kind(doc.data)}")
+        kinds = "text, a number, true/false, null"
+        raise UsageError(f"--set {name}: the value must be a scalar ({kinds}), not {_kind(doc.data)}")
     return doc.data
 
 
@@ -87,7 +88,8 @@ def blame(problems: list[Problem], overrides: Sequence[Override]) -> list[Proble
     out = []
     for problem in problems:
         override = next((o for path, o in named.items() if _within(problem.path, path)), None)
-        out.append(problem if override is None else replace(problem, message=f"{problem.message} (from --set {override.name})"))
+        told = f"{problem.message} (from --set {override.name})" if override else problem.message
+        out.append(replace(problem, message=told))
     return out
 
 
@@ -160,10 +162,11 @@ def _resolve(node: JSON) -> dict[str, JSON]:
     """A schema node with its $ref followed (the source schema's refs are all `#/$defs/name`)."""
     if not isinstance(node, dict):
         return {}
-    while isinstance(node.get("$ref"), str):
-        name = cast(str, node["$ref"]).rsplit("/", 1)[-1]
-        node = cast(dict[str, JSON], cast(dict[str, JSON], schema(_SCHEMA)["$defs"])[name])
-    return node
+    found: dict[str, JSON] = node
+    while isinstance(found.get("$ref"), str):
+        name = cast(str, found["$ref"]).rsplit("/", 1)[-1]
+        found = cast(dict[str, JSON], cast(dict[str, JSON], schema(_SCHEMA)["$defs"])[name])
+    return found
 
 
 def _branches(node: dict[str, JSON]) -> list[dict[str, JSON]]:
