@@ -465,12 +465,17 @@ def _summarise(report: engine.Report) -> None:
     line = (
         f"{report.source}: {report.status} — processed {c.processed}, succeeded {c.succeeded}, "
         f"failed {c.failed}, skipped {c.skipped}{f', deleted {c.deleted}' if c.deleted else ''}"
-        f"{f', unchanged {c.unchanged} (HTTP 304)' if c.unchanged else ''};"
+        f"{f', unchanged {c.unchanged} (HTTP 304)' if c.unchanged else ''}"
+        f"{f' (records of {pages} page{_s(pages)})' if (pages := report.metadata.get('pages')) else ''};"
         f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
     capped = f"{report.capped} entity listing{'' if report.capped == 1 else 's'} capped (not complete)"
     notes = [note for note in (report.listing, capped if report.capped else None, report.error) if note]
     print("; ".join([line, *notes]), file=sys.stderr)
+
+
+def _s(count: object) -> str:
+    return "" if count == 1 else "s"
 
 
 def _print_traces(report: engine.Report, source: spec.Source, redact: Redactor) -> None:
