@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import httpx
 
-from runner import deletes, spec, templating, watermarks
+from runner import deletes, filters, spec, templating, watermarks
 from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
@@ -257,6 +257,10 @@ class _Builder:
         if "function" in raw:
             extra["function"] = _qualified(raw["function"])
             extra["args"] = tuple((name, _function_arg(value)) for name, value in raw.get("args", {}).items())
+        # join / where / order (type default only: the schema refuses them elsewhere)
+        extra.update(
+            filters.read(raw, key, lambda path, message: self.add(("entities", *path), message), parse_duration)
+        )
         columns = tuple(spec.EntityColumn(name, type_) for name, type_ in declared)
         return spec.Entities(
             type=kind, key=key, key_type=key_type, columns=columns, limit=raw.get("limit", DEFAULT_LIMIT), **extra
