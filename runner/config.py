@@ -666,6 +666,10 @@ class _Builder:
             if column not in mapped or column in raw["key"]:
                 reason = "is a key column" if column in mapped else "is not a mapped column"
                 self.add((*path, "merge", column), f"'{column}' {reason}: only mapped non-key columns merge")
+        greatest = [c for c, how in merge.items() if how == "greatest"]
+        for column in (c for c, how in merge.items() if how == "with_greatest" and len(greatest) != 1):
+            found = f"it has {', '.join(greatest)}" if greatest else "it has none"
+            self.add((*path, "merge", column), f"with_greatest follows the write's one greatest column; {found}")
 
     def mapping_roots(self, entity: frozenset[str] | None, *, record: bool = True, item: bool = False) -> Roots:
         """The mapping context: `records` sees no record yet, and only a write with rows has `item`."""

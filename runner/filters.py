@@ -310,7 +310,9 @@ def where_sql(entities: spec.Entities) -> list[sql.Composable]:
 
 def order_sql(entities: spec.Entities, column_types: Types) -> list[sql.Composable]:
     """Each term as ascending, never-null expressions, to go before the built-in order."""
-    return _Compiler(entities).order(dict(column_types))
+    compiler = _Compiler(entities)
+    compiler.where()  # numbers the where list's placeholders first, as `params` does
+    return compiler.order(dict(column_types))
 
 
 def params(entities: spec.Entities) -> dict[str, Any]:

@@ -185,6 +185,19 @@ order:
     assert [[row["appid"] for row in page] for page in pages] == [[50, 10], [20, 30], [40, 60]]
 
 
+def test_where_and_order_values_together(apps: Database, tmp_path: Path) -> None:
+    """Placeholders are numbered across where and order alike: each value lands where it belongs."""
+    source = load(
+        tmp_path,
+        """
+join: [{table: apps}]
+where: [{column: apps.type, op: "=", value: game}, {column: priority_score, op: ">", value: 10}]
+order: [{first: {column: apps.is_released, op: "=", value: false}}, {first: {column: total, op: "=", value: 0}}]
+""",
+    )
+    assert keys(apps, source) == [20, 30, 10, 40]
+
+
 # --- checks at run start ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("entities", "message"),

@@ -219,10 +219,11 @@ def test_hazard_16_run_today_is_the_utc_date_in_any_time_zone(steam: Database) -
 
 
 def test_hazard_16_dates_are_utc_and_never_guessed(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Vague or impossible release dates are null (never guessed, never rolled over); the raw text is kept."""
+    """Vague or impossible release dates are null (never guessed, never rolled over); the raw text is kept.
+    A quarter is its first month, as the worker's explicit rule says (not a guess: issue #13)."""
     run_golden(steam, "steam-storefront", monkeypatch)
     rows = dict(steam.rows("select release_date_raw, release_date from apps where release_date_raw is not null"))
-    assert rows["Q2 2021"] is None
+    assert rows["Q2 2021"] == dt.date(2021, 4, 1)
     assert rows["Summer 2025"] is None
     assert rows["Feb 30, 2025"] is None
     assert rows["Coming soon"] is None
