@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import httpx
 
-from runner import deletes, spec, templating, watermarks
+from runner import deletes, filters, spec, templating, watermarks
 from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
@@ -271,6 +271,10 @@ class _Builder:
         if "function" in raw:
             extra["function"] = _qualified(raw["function"])
             extra["args"] = tuple((name, _function_arg(value)) for name, value in raw.get("args", {}).items())
+        # join / where / order (type default only: the schema refuses them elsewhere)
+        extra.update(
+            filters.read(raw, key, lambda path, message: self.add(("entities", *path), message), parse_duration)
+        )
         columns = tuple(spec.EntityColumn(name, type_) for name, type_ in declared)
         return spec.Entities(
             type=kind, key=key, key_type=key_type, columns=columns, limit=raw.get("limit", DEFAULT_LIMIT), **extra
@@ -694,6 +698,10 @@ class _Builder:
             if column not in mapped or column in raw["key"]:
                 reason = "is a key column" if column in mapped else "is not a mapped column"
                 self.add((*path, "merge", column), f"'{column}' {reason}: only mapped non-key columns merge")
+        greatest = [c for c, how in merge.items() if how == "greatest"]
+        for column in (c for c, how in merge.items() if how == "with_greatest" and len(greatest) != 1):
+            found = f"it has {', '.join(greatest)}" if greatest else "it has none"
+            self.add((*path, "merge", column), f"with_greatest follows the write's one greatest column; {found}")
 
     def mapping_roots(self, entity: frozenset[str] | None, *, record: bool = True, item: bool = False) -> Roots:
         """The mapping context: `records` sees no record yet, and only a write with rows has `item`."""

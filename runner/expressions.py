@@ -16,8 +16,10 @@ count as "no number" for every function below, and a result beyond those bounds 
     clamp_or_null(v, lo, hi)  v when lo <= v <= hi, else null
     lower(s) / trim(s)        string case and whitespace; null passes through
     coalesce(a, b, ...)       the first argument that is not null
-    parse_date(s)             "Dec 21, 2012", "21 Dec, 2012", "2012-12-21", "December 2012" -> "2012-12-21";
-                              "Q2 2021", "Coming soon", "Summer 2025", "" -> null (never a guessed day)
+    parse_date(s)             "Dec 21, 2012", "21 Dec, 2012", "2012-12-21" -> "2012-12-21"; "December 2012"
+                              -> "2012-12-01"; "Q2 2021" -> "2021-04-01"; "2012" -> "2012-01-01" (the
+                              worker's explicit rules); "Coming soon", "Summer 2025", "Feb 30, 2025",
+                              "" -> null (never a guessed or rolled-over day)
     from_unix(n)              unix seconds -> ISO-8601 UTC timestamp; null outside years 1..9999
     from_unix_ms(n)           unix milliseconds -> ISO-8601 UTC timestamp; null outside years 1..9999
     unix_date(n)              unix seconds -> "YYYY-MM-DD" (UTC); null outside years 1..9999
@@ -93,6 +95,8 @@ _DATE_PATTERNS = (
     re.compile(r"^(?P<d>\d{1,2}) (?P<m>[A-Za-z]+)\.?,? (?P<y>\d{4})$"),  # 21 Dec, 2012
     re.compile(r"^(?P<y>\d{4})-(?P<mm>\d{2})-(?P<d>\d{2})$"),  # 2012-12-21
     re.compile(r"^(?P<m>[A-Za-z]+),? (?P<y>\d{4})$"),  # December 2012 (day 1)
+    re.compile(r"^[Qq](?P<q>[1-4]) (?P<y>\d{4})$"),  # Q2 2021: the quarter's first day (the worker's rule)
+    re.compile(r"^(?P<y>\d{4})$"),  # 2012: January 1 (the worker's rule)
 )
 
 
@@ -104,7 +108,12 @@ def parse_date(text: str) -> date | None:
         if not match:
             continue
         parts = match.groupdict()
-        month = int(parts["mm"]) if parts.get("mm") else _MONTHS.get(parts["m"].lower())
+        if parts.get("q"):
+            month: int | None = int(parts["q"]) * 3 - 2
+        elif parts.get("m"):
+            month = _MONTHS.get(parts["m"].lower())
+        else:
+            month = int(parts.get("mm") or 1)
         if month is None:
             return None
         try:

@@ -109,8 +109,8 @@ def _entities(conn: psycopg.Connection, source: Source, state: SourceState) -> N
         "select count(*) filter (where {alive}), count(*) filter (where {alive} and s.{stamp} is null) from {table} s"
     ).format(alive=alive, stamp=sql.Identifier(status.column), table=identifier(status.table))
     # The run's own query, not claiming: an entity claimed by a live runner is not due.
-    due = selection._default_sql(source, False, False, False, False)
-    params = {"source": source.name, "holder": "", "lease": 0.0, "n": _COUNT_ALL, "after": None}
+    due, filter_params = selection.due_sql(conn, source)
+    params = {**filter_params, "source": source.name, "holder": "", "lease": 0.0, "n": _COUNT_ALL, "after": None}
     with conn.transaction():
         row = conn.execute(counts).fetchone()
         due_row = conn.execute(sql.SQL("select count(*) from ({}) due").format(due), params).fetchone()

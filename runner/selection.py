@@ -10,7 +10,8 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
   in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), held back by the cut-off
   (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. The
   backoff, skip_until, deleted_at and cut-off checks apply to function and sql selections too,
-  in the claim.
+  in the claim. `entities.join/where/order` add declared filters and sort terms (runner.filters,
+  placed before the built-in order); `--ids` ignores them like it ignores due-ness.
 - function: `select * from fn(name => value, ...)`. A function taking the `after_key` parameter
   is paged with it; any other function is called once with the whole limit.
 - sql: the user's query with `%(limit)s`, `%(after_key)s` (null first) and `%(source)s`; it must
@@ -44,7 +45,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from runner import backoff
+from runner import backoff, filters
 from runner import ids as ids_
 from runner.database import identifier
 from runner.errors import SelectionError
@@ -53,7 +54,7 @@ from runner.spec import SelectionType, Source
 CHUNK_SIZE = 500
 NEVER = datetime(1900, 1, 1, tzinfo=UTC)  # sort sentinel for a null stamp (never-synced rows sort first anyway)
 Entity = dict[str, Any]
-_INTERNAL = ("__synced", "__neg_priority", "__stamp", "__claimed")
+_INTERNAL = "__"  # prefix of the selection's own columns (sort keys, __claimed): never an entity's
 
 
 class Partition(NamedTuple):
@@ -208,20 +209,25 @@ def _claimed(conn: psycopg.Connection, claim: _Claim, rows: list[Entity], key: s
 
 # --- default selection ----------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
-def _default_sql(source: Source, keyset: bool, partitioned: bool, after: bool, claiming: bool) -> sql.Composed:
+def _default_sql(
+    source: Source, keyset: bool, partitioned: bool, after: bool, claiming: bool, types: filters.Types = ()
+) -> sql.Composed:
+    """`types`: the catalog types of the columns `entities.order` names (filters.types)."""
     entities, status = source.entities, source.status
     assert status is not None
     key, stamp = sql.Identifier(entities.key), sql.Identifier(status.column)
-    order = _order_exprs(source)
+    order = [*filters.order_sql(entities, types), *_order_exprs(source)]
+    names = [sql.Identifier(f"__o{i}") for i in range(len(order) - 1)]  # the last sort key is the key itself
     where = [
         sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(entities.syncable_column))
         if entities.syncable_column
         else sql.SQL("true"),
         sql.SQL("(s.{0} is null or s.{0} < now() - {1})").format(stamp, _interval(source)),
         sql.SQL("(st.source is null or ({} and {}))").format(_waiting(backoff.held_back_sql(source)), _FREE),
+        *filters.where_sql(entities),
     ]
     if keyset:
-        cursor = sql.SQL(", ").join(sql.Placeholder(f"c{i}") for i in range(4))
+        cursor = sql.SQL(", ").join(sql.Placeholder(f"c{i}") for i in range(len(order)))
         where.append(sql.SQL("({}) > ({})").format(sql.SQL(", ").join(order), cursor))
     if partitioned:
         where.append(
@@ -233,11 +239,11 @@ def _default_sql(source: Source, keyset: bool, partitioned: bool, after: bool, c
         where.append(sql.SQL("s.{} > %(after)s").format(key))
     columns = sql.SQL(", ").join(sql.SQL("s.{0} as {0}").format(sql.Identifier(c.name)) for c in entities.columns)
     internal = sql.SQL(", ").join(
-        sql.SQL("{} as {}").format(expr, sql.Identifier(name)) for expr, name in zip(order, _INTERNAL, strict=False)
+        sql.SQL("{} as {}").format(expr, name) for expr, name in zip(order, names, strict=False)
     )
     return sql.SQL(
         "with candidates as (select {columns}, {internal} from {status} s"
-        " left join syncrun_state st on st.source = %(source)s and st.entity_key = s.{key}::text"
+        " left join syncrun_state st on st.source = %(source)s and st.entity_key = s.{key}::text{joins}"
         " where {where} order by {order} limit %(n)s),"
         " claimed as ({claim})"
         " select c.*, k.entity_key is not null as __claimed from candidates c"
@@ -246,13 +252,14 @@ def _default_sql(source: Source, keyset: bool, partitioned: bool, after: bool, c
         columns=columns,
         internal=internal,
         status=identifier(status.table),
+        joins=filters.joins_sql(entities),
         key=key,
         where=sql.SQL(" and ").join(where),
         order=sql.SQL(", ").join(order),
         claim=_claim_sql(sql.SQL("select {}::text from candidates").format(key), True, backoff.held_back_sql(source))
         if claiming
         else sql.SQL("select {}::text as entity_key from candidates").format(key),
-        internal_order=sql.SQL(", ").join([*(sql.Identifier(n) for n in _INTERNAL[:3]), sql.SQL("c.{}").format(key)]),
+        internal_order=sql.SQL(", ").join([*names, sql.SQL("c.{}").format(key)]),
     )
 
 
@@ -286,9 +293,10 @@ def _default(
     budget: _Budget,
 ) -> Iterator[list[Entity]]:
     cursor: tuple[Any, ...] | None = None
+    types = filters.types(conn, source)
     while (size := budget.next()) > 0:
-        query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled)
-        params = {**claim.params(), "n": size, "after": after}
+        query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled, types)
+        params = {**claim.params(), **filters.params(source.entities), "n": size, "after": after}
         if partition is not None:
             params.update(part_index=partition.shard, part_count=partition.shards)
         params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
@@ -296,7 +304,7 @@ def _default(
         if not rows:
             return
         last = rows[-1]
-        cursor = (last["__synced"], last["__neg_priority"], last["__stamp"], last[source.entities.key])
+        cursor = (*(value for name, value in last.items() if name.startswith("__o")), last[source.entities.key])
         yield budget.spend([_public(row) for row in rows if row["__claimed"]])
         if len(rows) < size:
             return
@@ -333,6 +341,11 @@ def setting(source: Source) -> str:
         )
         if value
     ]
+    named += [
+        f"{name}: {len(terms)}"
+        for name, terms in (("join", entities.join), ("where", entities.where), ("order", entities.order))
+        if terms
+    ]
     table = source.status.table if source.status else "?"
     return f"the default selection over {table} (entities: {', '.join(named) or 'no optional columns'})"
 
@@ -350,7 +363,9 @@ def check(conn: psycopg.Connection, source: Source) -> None:
         return
     params: dict[str, Any] = {**_Claim(source.name, "check", 1.0).params(), "n": 1, "after": None}
     if entities.type is SelectionType.DEFAULT:
-        query: sql.SQL | sql.Composed = _default_sql(source, False, False, False, True)
+        filters.check(conn, source)
+        params.update(filters.params(entities))
+        query: sql.SQL | sql.Composed = _default_sql(source, False, False, False, True, filters.types(conn, source))
     elif entities.type is SelectionType.FUNCTION:
         query = _function_sql(source, 1, None)
     else:
@@ -360,7 +375,15 @@ def check(conn: psycopg.Connection, source: Source) -> None:
 
 
 def _public(row: Entity) -> Entity:
-    return {name: value for name, value in row.items() if name not in _INTERNAL}
+    return {name: value for name, value in row.items() if not name.startswith(_INTERNAL)}
+
+
+def due_sql(conn: psycopg.Connection, source: Source) -> tuple[sql.Composed, dict[str, Any]]:
+    """The default selection's query without claiming (every row it returns is due), and its filter
+    parameters; the caller adds source, holder, lease, n and after."""
+    return _default_sql(source, False, False, False, False, filters.types(conn, source)), filters.params(
+        source.entities
+    )
 
 
 # --- explicit ids (runner.ids finds their columns) ---------------------------------------------------

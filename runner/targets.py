@@ -253,13 +253,40 @@ def _resolve(
 
 
 def _dedup(target: Write, rows: list[Row]) -> list[Row]:
-    """One row per conflict key, the last one winning, in key order (the same lock order everywhere)."""
+    """One row per conflict key, the last one winning, in key order (the same lock order everywhere).
+    A `preferred_spelling` column keeps the preferred value among the key's rows instead (the rule
+    the upsert applies against the stored row), so the result does not depend on the batch's order."""
     unique = {tuple(row.get(k) for k in target.key): row for row in rows}
+    spelled = [c for c, how in target.merge if how is Merge.PREFERRED_SPELLING]
+    if spelled and len(unique) < len(rows):
+        for row in rows:
+            kept = unique[tuple(row.get(k) for k in target.key)]
+            for column in spelled:
+                if spelling_rank(row.get(column)) < spelling_rank(kept.get(column)):
+                    kept = unique[tuple(row.get(k) for k in target.key)] = {**kept, column: row[column]}
     try:
         ordered = sorted(unique)  # native order: ~4x cheaper than formatting every key as text
     except TypeError:  # mixed types in one key column: any fixed order will do
         ordered = sorted(unique, key=str)
     return [unique[k] for k in ordered]
+
+
+def spelling_rank(value: Any) -> tuple[bool, int, str]:
+    """The `preferred_spelling` order, lowest first, as the upsert's SQL ranks (initcap, length, code
+    points); a null (or non-text) value ranks last."""
+    if not isinstance(value, str):
+        return (True, 1 << 62, "")
+    return (value != initcap(value), len(value), value)
+
+
+def initcap(text: str) -> str:
+    """PostgreSQL's initcap: the first letter of each run of letters and digits upper-case, the rest
+    lower-case ("o'neil 2nd" -> "O'Neil 2nd", where str.title gives "O'Neil 2Nd")."""
+    out, in_word = [], False
+    for char in text:
+        out.append(char.lower() if in_word else char.upper())
+        in_word = char.isalnum()
+    return "".join(out)
 
 
 def _copy(
@@ -358,6 +385,14 @@ _MERGES = {
     # evaluated by the upsert itself, against the row it has locked: no read-then-write race
     Merge.GREATEST: "greatest(t.{0}, excluded.{0})",
     Merge.KEEP_EXISTING_IF_NULL: "coalesce(excluded.{0}, t.{0})",
+    # {1}: the write's greatest column; the new value when greatest took the new one (new >= old)
+    Merge.WITH_GREATEST: "case when t.{1} is null or excluded.{1} >= t.{1} then excluded.{0} else t.{0} end",
+    # the lower (not initcap form, length, code points) wins: the same spelling whatever the order
+    Merge.PREFERRED_SPELLING: (
+        "case when t.{0} is null or (excluded.{0} <> initcap(excluded.{0}), length(excluded.{0}),"
+        ' excluded.{0} collate "C") < (t.{0} <> initcap(t.{0}), length(t.{0}), t.{0} collate "C")'
+        " then excluded.{0} else t.{0} end"
+    ),
 }
 
 
@@ -418,9 +453,10 @@ def _touches(target: Write, touch_updated_at: bool) -> bool:
 def _upsert_parts(target: Write, touch_updated_at: bool) -> tuple[sql.Composed, sql.Composed, sql.Composable]:
     """(column list, values list, conflict action) shared by both upsert forms."""
     merges = dict(target.merge)
+    greatest = next((c for c, how in target.merge if how is Merge.GREATEST), "")
     sets: list[sql.Composable] = [
         sql.SQL("{} = ").format(sql.Identifier(c))
-        + sql.SQL(_MERGES[merges.get(c, Merge.REPLACE)]).format(sql.Identifier(c))
+        + sql.SQL(_MERGES[merges.get(c, Merge.REPLACE)]).format(sql.Identifier(c), sql.Identifier(greatest))
         for c in written_columns(target)
         if c not in target.key
     ]

@@ -59,8 +59,22 @@ def test_the_tutorials_paginated_example_validates(tmp_path: Path) -> None:
 def test_the_tutorials_incremental_example_validates(tmp_path: Path) -> None:
     """The worked incremental example in docs/tutorial.md is a valid source as written."""
     text = (ROOT / "docs" / "tutorial.md").read_text()
-    section = text[text.index("## 9. Incremental syncs") :]
+    start = text.index("## 9. Incremental syncs")
+    section = text[start : text.find("\n## ", start + 1) % (len(text) + 1)]
     (tickets,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
     (tmp_path / "tickets.yaml").write_text(tickets)
     assert config.validate([tmp_path / "tickets.yaml"]) == {tmp_path / "tickets.yaml": []}
     assert "${incremental.since}" in tickets
+
+
+def test_the_tutorials_selection_example_validates(tmp_path: Path) -> None:
+    """The entities block of the where/order/join section, in a minimal source, is valid."""
+    text = (ROOT / "docs" / "tutorial.md").read_text()
+    section = text[text.index("## 10. Choosing which entities") :]
+    (entities,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    rest = (
+        'request: {url: "https://api.example/apps/{appid}"}\nrate_limit: {requests: 1, per: 1s}\n'
+        "writes: [{table: apps, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    (tmp_path / "picked.yaml").write_text("name: picked\n" + entities + rest)
+    assert config.validate([tmp_path / "picked.yaml"]) == {tmp_path / "picked.yaml": []}

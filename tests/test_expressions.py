@@ -26,7 +26,13 @@ def _eval(expression: str, data: JSON = None) -> JSON:
         ("December 2012", "2012-12-01"),
         ("Sept 3, 2020", "2020-09-03"),
         ("  Dec  21,   2012 ", "2012-12-21"),
-        ("Q2 2021", None),
+        ("Q2 2021", "2021-04-01"),  # the worker's explicit rules: a quarter's first month, a year's January
+        ("Q4 2021", "2021-10-01"),
+        ("q1 2020", "2020-01-01"),
+        ("2012", "2012-01-01"),
+        ("Q5 2021", None),
+        ("Q2", None),
+        ("20120", None),
         ("Coming soon", None),
         ("Summer 2025", None),
         ("Feb 30, 2025", None),
@@ -35,7 +41,8 @@ def _eval(expression: str, data: JSON = None) -> JSON:
     ],
 )
 def test_parse_date(text: str, expected: str | None) -> None:
-    """Steam release dates become ISO days; anything that names no real day is null, never a guess."""
+    """Steam release dates become ISO days (a quarter or a bare year by the worker's rules); anything
+    else that names no real day is null, never a guess."""
     assert _eval("parse_date(@)", text) == expected
 
 

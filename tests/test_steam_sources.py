@@ -219,10 +219,11 @@ def test_hazard_16_run_today_is_the_utc_date_in_any_time_zone(steam: Database) -
 
 
 def test_hazard_16_dates_are_utc_and_never_guessed(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Vague or impossible release dates are null (never guessed, never rolled over); the raw text is kept."""
+    """Vague or impossible release dates are null (never guessed, never rolled over); the raw text is kept.
+    A quarter is its first month, as the worker's explicit rule says (not a guess: issue #13)."""
     run_golden(steam, "steam-storefront", monkeypatch)
     rows = dict(steam.rows("select release_date_raw, release_date from apps where release_date_raw is not null"))
-    assert rows["Q2 2021"] is None
+    assert rows["Q2 2021"] == dt.date(2021, 4, 1)
     assert rows["Summer 2025"] is None
     assert rows["Feb 30, 2025"] is None
     assert rows["Coming soon"] is None
@@ -780,3 +781,109 @@ def test_ccu_backs_off_an_app_failing_transiently_on_every_run(
             " where source = 'ccu' and entity_key = '1500070'"
         ) == [(runs, runs == 3)]
     assert steam.scalar("select consecutive_errors from sync_status where appid = 1500070") == 3
+
+
+# --- issue #13: what the workers said, with the real sources ----------------------------------------------
+def due(db: Database, stem: str, limit: int = 100) -> list[int]:
+    """The appids the bundled source would select now, in order (nothing claimed)."""
+    source = config.load(Golden.load(stem).source)
+    selection.check(db.conn, source)
+    pages = selection.chunks(db.conn, source, limit=limit, holder="t", lease_seconds=60, claim=False)
+    return [row["appid"] for page in pages for row in page]
+
+
+def test_storefront_takes_released_games_without_a_date_first(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Supabase's fresh-release capture: a game marked released that still has no date goes first."""
+    prepare(steam, Golden.load("steam-storefront"), monkeypatch)
+    before = due(steam, "steam-storefront")
+    assert before[:3] == [570, 1086940, 2222220]
+    steam.run("update apps set is_released = true where appid in (1500050, 2378500)")  # 2378500 is a dlc
+    assert due(steam, "steam-storefront")[:3] == [1500050, 570, 1086940]
+    golden_file = Golden.load("steam-storefront")
+    assert replay(golden_file.source, golden_file.replay_dir, "--limit", "1", scale=FAST) == 0
+    synced = steam.rows("select appid from sync_status where last_storefront_sync > now() - interval '10 minutes'")
+    assert synced == [(1500050,)]
+
+
+def test_reviews_never_takes_a_future_release_without_reviews_unless_promoted(
+    steam: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    golden_file = Golden.load("steam-reviews")
+    prepare(steam, golden_file, monkeypatch)
+    assert sorted(due(steam, "steam-reviews")) == [570, 730, 1086940, 3000000]
+    # 730 becomes a release 30 days out with no reviews; 1086940 one 30 days out that has reviews
+    steam.run("update apps set release_date = (now() at time zone 'utc')::date + 30 where appid in (730, 1086940)")
+    assert sorted(due(steam, "steam-reviews")) == [570, 1086940, 3000000]
+    steam.run("update apps set release_date = (now() at time zone 'utc')::date + 7 where appid = 730")  # the edge
+    assert 730 in due(steam, "steam-reviews")
+    steam.run("update apps set release_date = (now() at time zone 'utc')::date + 8 where appid = 730")
+    assert 730 not in due(steam, "steam-reviews")
+    # a promotion brings it back, first
+    steam.run("update sync_status set reviews_priority_override_until = now() + interval '6 hours' where appid = 730")
+    assert due(steam, "steam-reviews")[0] == 730
+    assert replay(golden_file.source, golden_file.replay_dir, scale=FAST) == 0
+    assert steam.scalar("select last_reviews_sync is not null from sync_status where appid = 730") is True
+
+
+def test_reviews_takes_the_launch_window_first(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepare(steam, Golden.load("steam-reviews"), monkeypatch)
+    steam.run("update apps set release_date = (now() at time zone 'utc')::date - 3 where appid = 1086940")
+    assert due(steam, "steam-reviews")[0] == 1086940
+
+
+def test_storefront_404_is_an_error_not_a_skip(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    golden_file = Golden.load("steam-storefront")
+    prepare(steam, golden_file, monkeypatch)
+    directory = cassette(tmp_path, "steam-storefront", {"appids=570&": [response(404, "")]})
+    assert replay(golden_file.source, directory, "--ids", "570", scale=FAST) == 1  # its one entity failed
+    assert steam.scalar("select last_storefront_sync from sync_status where appid = 570") is None
+    state = steam.rows("select consecutive_errors, last_error from syncrun_state where entity_key = '570'")
+    assert state == [(1, "storefront HTTP 404")]
+    assert steam.scalar("select items_failed from sync_jobs where job_type = 'storefront'") == 1
+
+
+def test_ccu_result_42_stamps_the_sync_time(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, code = run_replay(steam, "steam-ccu", monkeypatch)
+    assert code == 0
+    assert steam.scalar("select last_ccu_sync > now() - interval '10 minutes' from sync_status where appid = 1500060")
+
+
+def test_ccu_source_stays_with_a_higher_kept_peak(steam: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """greatest keeps SteamSpy's higher figure for 730, and its source with it (the worker's >= rule)."""
+    golden_file = Golden.load("steam-ccu")
+    prepare(steam, golden_file, monkeypatch)
+    steam.run(
+        "insert into daily_metrics (appid, metric_date, ccu_peak, ccu_source)"
+        " values (730, (now() at time zone 'utc')::date, 2000000, 'steamspy'),"
+        "        (1086940, (now() at time zone 'utc')::date, 95000, 'steamspy')"
+    )
+    assert replay(golden_file.source, golden_file.replay_dir, scale=FAST) == 0
+    assert peaks(steam)[730] == (2000000, "steamspy")  # the sample was 1034567
+    assert peaks(steam)[1086940] == (95000, "steam_api")  # an equal sample takes over, as the worker
+
+
+def test_developer_spelling_does_not_depend_on_arrival_order(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ "Sable Works" and "sable works " for one developer keep "Sable Works", in one batch or across runs."""
+    golden_file = Golden.load("steam-storefront")
+    prepare(steam, golden_file, monkeypatch)
+    body = (
+        '{"%d":{"success":true,"data":{"type":"game","name":"x","developers":["%s"],"publishers":["%s"],'
+        '"release_date":{"coming_soon":false,"date":"2012"}}}}'
+    )
+
+    def run_with(spellings: dict[int, str]) -> None:
+        change = {f"appids={a}&": [response(200, body % (a, name, name.upper()))] for a, name in spellings.items()}
+        directory = cassette(tmp_path / str(len(list(tmp_path.iterdir()))), "steam-storefront", change)
+        ids = ",".join(str(a) for a in spellings)
+        assert replay(golden_file.source, directory, "--ids", ids, scale=FAST) == 0
+
+    run_with({570: "sable works ", 1086940: "Sable Works", 2222220: "SABLE works"})  # one batch
+    run_with({570: "sable works"})  # a later run with another spelling
+    names = steam.rows("select name from developers where normalized_name = 'sable works'")
+    assert names == [("Sable Works",)]
+    assert steam.rows("select name from publishers where normalized_name = 'sable works'") == [("SABLE WORKS",)]
+    assert steam.scalar("select release_date from apps where appid = 570") == dt.date(2012, 1, 1)  # a bare year

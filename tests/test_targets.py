@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -314,3 +315,64 @@ def test_insert_mode_appends_once_across_a_retried_batch(metrics: Database, monk
     assert run(metrics, [result(10, {0: [{**row, "players": 99}]})], source) == []  # a re-sent row is ignored
     assert len(calls) == 3
     assert metrics.rows("select appid, players from ccu_samples") == [(10, 5)]
+
+
+# --- merges that follow another column or prefer a spelling (issue #13) ---------------------------------
+SOURCED = target(
+    "daily_metrics",
+    ["appid", "metric_date"],
+    {"appid": "entity.appid", "metric_date": "run.today", "ccu_peak": "record.ccu", "note": "record.note"},
+    merge=(("ccu_peak", Merge.GREATEST), ("note", Merge.WITH_GREATEST)),
+)
+
+
+def test_with_greatest_keeps_the_old_value_when_greatest_keeps_the_old_peak(metrics: Database) -> None:
+    """ccu_source follows ccu_peak: a lower sample keeps the stored source; an equal or higher one takes over."""
+    source = make_source(writes=(SOURCED,))
+    statement = targets.upsert_sql(SOURCED, False).as_string()
+    assert 'case when t."ccu_peak" is null or excluded."ccu_peak" >= t."ccu_peak"' in statement
+    assert run(metrics, [ccu(10, 900, "steamspy")], source) == []
+    assert run(metrics, [ccu(10, 300, "steam_api")], source) == []
+    assert metrics.rows("select ccu_peak, note from daily_metrics") == [(900, "steamspy")]
+    assert run(metrics, [ccu(10, None, "nothing")], source) == []  # greatest ignores a null: so does the source
+    assert metrics.rows("select ccu_peak, note from daily_metrics") == [(900, "steamspy")]
+    assert run(metrics, [ccu(10, 900, "steam_api")], source) == []  # >=, as the worker
+    assert metrics.rows("select ccu_peak, note from daily_metrics") == [(900, "steam_api")]
+
+
+SPELLED = target(
+    "developers",
+    ["normalized_name"],
+    {"name": "trim(item)", "normalized_name": "lower(trim(item))"},
+    rows=expr("record.developers"),
+    merge=(("name", Merge.PREFERRED_SPELLING),),
+)
+SPELLINGS = ("sable works ", "SABLE WORKS", "Sable Works", "Sable works")
+
+
+@pytest.mark.parametrize("order", [*itertools.permutations(SPELLINGS[:3]), SPELLINGS[::-1]])
+def test_preferred_spelling_does_not_depend_on_the_arrival_order(tables: Database, order: tuple[str, ...]) -> None:
+    """One batch or one run per spelling, in any order: the initcap form is kept ("Sable Works")."""
+    source = make_source(writes=(SPELLED,))
+    assert run(tables, [mapped(i, {"developers": [name]}, source) for i, name in enumerate(order)], source) == []
+    assert tables.rows("select name, normalized_name from developers") == [("Sable Works", "sable works")]
+    tables.run("delete from developers")
+    for i, name in enumerate(order):
+        assert run(tables, [mapped(i, {"developers": [name]}, source)], source) == []
+    assert tables.rows("select name from developers") == [("Sable Works",)]
+
+
+def test_without_an_initcap_form_the_first_in_code_points_wins(tables: Database) -> None:
+    """Same key, same length (trimmed, lower-cased equal): code-point order decides, in any order."""
+    source = make_source(writes=(SPELLED,))
+    for batch in (["acme", "aCmE", "ACME"], ["ACME", "aCmE", "acme"]):
+        tables.run("delete from developers")
+        assert run(tables, [mapped(i, {"developers": [n]}, source) for i, n in enumerate(batch)], source) == []
+        assert tables.rows("select name from developers") == [("ACME",)]
+    assert targets.spelling_rank("Acme") < targets.spelling_rank("ACME") < targets.spelling_rank(None)
+
+
+@pytest.mark.parametrize("text", ["sable works", "o'neil 2nd", "ÉDITIONS du lac", "x-ray_team", "3d realms", ""])
+def test_initcap_is_postgresqls(tables: Database, text: str) -> None:
+    """The batch's de-duplication ranks spellings as the upsert does."""
+    assert targets.initcap(text) == tables.scalar("select initcap(%s)", (text,))

@@ -209,5 +209,12 @@ alter table sync_status add column if not exists reviews_baseline_positive int;
 alter table sync_status add column if not exists reviews_baseline_at timestamptz;
 alter table sync_status add column if not exists reviews_interval_hours int default 24;
 alter table sync_status add column if not exists last_activity_at timestamptz;
+-- reviews promotions (the seed's columns; written by whatever promotes an app, e.g. a launch job):
+-- while reviews_priority_override_until is in the future the reviews selection takes the app first,
+-- even a future release with no reviews (sources/steam-reviews.yaml).
+alter table sync_status add column if not exists reviews_priority_override_bucket text;
+alter table sync_status add column if not exists reviews_priority_override_score int;
+alter table sync_status add column if not exists reviews_priority_override_reason text;
+alter table sync_status add column if not exists reviews_priority_override_until timestamptz;
 -- No ccu_skip_until: syncrun keeps the 30-day skip after Steam's result 42 in its own per-source
 -- state (syncrun_state.skip_until), so a CCU skip never hides the app from another source.
