@@ -39,7 +39,9 @@ def block(checker: Checker, raw: dict[str, JSON], at: Path_, *, shared: str | No
     extra = tuple((k, template(checker, (*at, "extra", k), v)) for k, v in _items(raw.get("extra")))
     client_auth = spec.ClientAuth(raw.get("client_auth", spec.ClientAuth.POST.value))
     if client_auth is spec.ClientAuth.BASIC and "client_secret" not in raw:
-        checker.add((*at, "client_auth"), "client_secret_basic needs a client_secret (a public client has none: remove it)")
+        checker.add(
+            (*at, "client_auth"), "client_secret_basic needs a client_secret (a public client has none: remove it)"
+        )
         return None
     timeout = checker.duration((*at, "timeout"), raw["timeout"], positive=True) if "timeout" in raw else None
     if any(t is None for t in fields.values()) or any(t is None for _, t in extra):
@@ -71,12 +73,17 @@ def use(checker: Checker, name: str, blocks: Mapping[str, spec.Auth], project: s
     if name in blocks:
         return blocks[name]
     if project is None:
-        checker.add(("auth", "use"), f"{show(name)} names a shared auth block, but no syncrun.yaml was found above this file")
+        checker.add(
+            ("auth", "use"), f"{show(name)} names a shared auth block, but no syncrun.yaml was found above this file"
+        )
     elif not blocks:
         checker.add(("auth", "use"), f"{show(name)} is not an auth block of {project}: it has no auth: section")
     else:
         have = ", ".join(sorted(blocks))
-        checker.add(("auth", "use"), f"{show(name)} is not an auth block of {project} (have: {have}{did_you_mean(name, blocks, inside=True)})")
+        checker.add(
+            ("auth", "use"),
+            f"{show(name)} is not an auth block of {project} (have: {have}{did_you_mean(name, blocks, inside=True)})",
+        )
     return None
 
 

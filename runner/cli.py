@@ -26,6 +26,7 @@ import httpx
 from psycopg.conninfo import make_conninfo
 
 from runner import (
+    auth,
     config,
     database,
     deletes,
@@ -392,6 +393,7 @@ async def _execute(
             catalog=catalog,
             transport=transport,
             sleep=(lambda seconds: asyncio.sleep(seconds / scale)) if scale != 1.0 else asyncio.sleep,
+            tokens=auth.Tokens(stand_in=playback.replay is not None),  # a replay asks no token endpoint
         )
     finally:
         for limiter in limiters.values():

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
+from runner.auth import Tokens
 from runner.auth import for_source as authenticator_for
 from runner.conditional import NOT_ASKED, Store, kept
 from runner.config import DEFAULT_OUTCOMES
@@ -436,14 +437,16 @@ async def run(
     transport: Callable[[spec.Source], httpx.AsyncBaseTransport | None] | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
     install_signals: bool = True,
+    tokens: Tokens | None = None,
 ) -> list[Report]:
     """Run sources side by side to the end (or until stopped); one Report each, in order.
 
     Sources naming the same rate-limit bucket share its limiter. With `options.dry_run` nothing is
     written: no job row, no rows, no status. `connect` may then be None when `--ids` names the
-    entities and the selection needs no database.
+    entities and the selection needs no database. `tokens`: the run's OAuth2 tokens (runner/auth.py).
     """
     stops = [asyncio.Event() for _ in sources]
+    tokens = tokens or Tokens()  # sources using one auth block share its token
     clients = [
         client.build(
             s.request,
@@ -451,7 +454,7 @@ async def run(
             transport=transport(s) if transport else None,
             max_connections=s.concurrency,
             stop=stop,  # a request still waiting for its grant when the run stops is not sent
-            authenticator=authenticator_for(s, settings),
+            authenticator=authenticator_for(s, settings, tokens),
         )
         for s, stop in zip(sources, stops, strict=True)
     ]
