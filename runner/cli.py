@@ -263,6 +263,8 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings.redact.add(*urls, fragments=False)
     preflight.check_settings(sources, settings)
     workflow.announce_masks(environ, [v for (kind, _), v in settings.values.items() if kind == "secret"] + secrets)
+    # A token obtained mid-run (runner/tokens.py) is masked in the job's log as soon as it arrives.
+    settings.redact.listen(lambda values: workflow.announce_masks(environ, values))
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
     listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
     progress.start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)

@@ -304,7 +304,7 @@ class _Run:
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
-        validators = kept(first) if self.validators.enabled else None
+        validators = kept(first, self.settings.redact) if self.validators.enabled else None
         return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values, validators=validators)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:

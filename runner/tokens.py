@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -149,9 +148,13 @@ class Endpoint:
         response = await self.http.send(request, stream=True)
         try:
             raw = await read_body(response, MAX_BODY, shown)
-        except FetchError as error:
+        except FetchError as error:  # too large (declared, on the wire or once decoded), or a broken coding
+            detail = str(error).removeprefix(f"response body from {shown} ").replace("request.max_body", "the bound")
             raise RunFailed(
-                self.settings.redact(f"the token endpoint {error} (token answers are bounded at {MAX_BODY:,} bytes)")
+                self.settings.redact(
+                    f"the token endpoint {shown} answered a body syncrun does not read ({detail});"
+                    f" a token answer is at most {MAX_BODY:,} bytes"
+                )
             ) from None
         finally:
             await response.aclose()
@@ -196,12 +199,8 @@ class Endpoint:
         seconds = expires
         if isinstance(expires, str) and expires.strip().isdigit() and len(expires.strip()) <= 12:
             seconds = int(expires.strip())  # some providers send "3600"
-        if (
-            isinstance(seconds, int | float)
-            and not isinstance(seconds, bool)
-            and math.isfinite(seconds)
-            and 1 <= seconds <= MAX_LIFETIME
-        ):
+        # Compared, never converted: float(10**400) raises, and NaN or infinity fail the comparison.
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 1 <= seconds <= MAX_LIFETIME:
             return float(seconds)
         log.warning(
             "the token endpoint %s answered expires_in %s, not a lifetime from 1 s to 10 years: the token"
