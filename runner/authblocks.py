@@ -59,19 +59,22 @@ def block(checker: Checker, raw: dict[str, JSON], at: Path_, *, shared: str | No
     )
 
 
-def project_blocks(checker: Checker, raw: JSON) -> dict[str, spec.Auth]:
-    """syncrun.yaml's `auth:` section: name -> spec (blocks with problems are left out, and reported)."""
-    blocks: dict[str, spec.Auth] = {}
-    for name, written in _items(raw):
-        if isinstance(written, dict) and (built := block(checker, written, ("auth", name), shared=name)):
-            blocks[name] = built
-    return blocks
+def project_blocks(checker: Checker, raw: JSON) -> dict[str, spec.Auth | None]:
+    """syncrun.yaml's `auth:` section: name -> spec, or None for a block with problems (reported)."""
+    return {
+        name: block(checker, written, ("auth", name), shared=name) if isinstance(written, dict) else None
+        for name, written in _items(raw)
+    }
 
 
-def use(checker: Checker, name: str, blocks: Mapping[str, spec.Auth], project: str | None) -> spec.Auth | None:
-    """The shared block a source's `use: NAME` names; None (a problem reported) when there is none."""
-    if name in blocks:
-        return blocks[name]
+def use(
+    checker: Checker, name: str, blocks: Mapping[str, spec.Auth | None] | None, project: str | None
+) -> spec.Auth | None:
+    """The shared block a source's `use: NAME` names; None (a problem reported) when there is none.
+    `blocks` is None when syncrun.yaml could not be read: its own problems are reported already, and
+    so are a named block's (its value None)."""
+    if blocks is None or name in blocks:
+        return blocks[name] if blocks else None
     if project is None:
         checker.add(
             ("auth", "use"), f"{show(name)} names a shared auth block, but no syncrun.yaml was found above this file"

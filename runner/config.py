@@ -125,7 +125,8 @@ class Project:
     status_key: str = "appid"
     key: str = "appid"
     key_type: str = "int"
-    auth: Mapping[str, spec.Auth] = field(default_factory=dict)  # the shared blocks a source may `use:`
+    # The shared blocks a source may `use:` (None: a block with problems; no map: the file has some).
+    auth: Mapping[str, spec.Auth | None] | None = field(default_factory=dict)
     file: str | None = None  # the syncrun.yaml, as messages name it (None: there is none)
 
 
@@ -147,7 +148,7 @@ def _project(source: Path) -> tuple[Project, list[Problem]]:
     if doc is not None:
         problems += check(doc, "project.schema.json")[0]
     if doc is None or problems:
-        return Project(file=str(shown)), problems
+        return Project(auth=None, file=str(shown)), problems
     status, entities = doc.data.get("status", {}), doc.data.get("entities", {})
     default = Project()
     # The shared auth blocks are built like a source's own, their problems placed in syncrun.yaml.
