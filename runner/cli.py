@@ -559,6 +559,14 @@ def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     new.add_argument("--id", help="without --sample: the key to fetch a sample of (fills the URL's placeholder)")
     new.add_argument("--out", type=Path, help="where to write it (default: sources/NAME.yaml)")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        help="'Name: value' as curl takes it (repeatable): sent to fetch the sample; Authorization or a key"
+        " header becomes an auth: block reading a ${secret.*}, never the value itself",
+    )
+    new.add_argument("--auth", metavar="KIND", help="write a starter auth: block of KIND (bearer, api_key, basic, ...)")
     new.set_defaults(handler=_new)
 
 
@@ -616,15 +624,19 @@ def _workflow(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from runner import scaffold
+    from runner import scaffold, starters
 
     out = args.out or Path("sources") / f"{args.name}.yaml"
+    given = starters.parse_headers(args.header)
     sample, headers = (
-        (scaffold.read_sample(args.sample), {}) if args.sample else scaffold.fetch_reply(args.url, args.id)
+        (scaffold.read_sample(args.sample), {}) if args.sample else scaffold.fetch_reply(args.url, args.id, given)
     )
-    text = scaffold.source_text(args.name, args.url, sample, out, headers)
+    starter = starters.starter(args.name, given, args.auth)
+    text = scaffold.source_text(args.name, args.url, sample, out, headers, starter)
     scaffold.write(out, text, force=args.force)
     print(f"wrote {out}: edit it, then {scaffold.next_steps(out, not scaffold.placeholders(args.url), args.name)}")
+    if starter.secrets:
+        print(f"it reads the secrets {', '.join(dict.fromkeys(starter.secrets))}: set them before running")
     return 0
 
 
