@@ -129,3 +129,21 @@ def test_sources_sharing_a_block_share_its_token(
     assert db.scalar("select count(*) from apps_b") == 30
     assert len(server.token_requests) == 3  # 60 requests, 25 per token
     assert server.rejected >= 2
+
+
+def test_the_shared_example_in_docs_auth_validates(tmp_path: Path) -> None:
+    """docs/auth.md's syncrun.yaml block and the source using it load as written."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "auth.md").read_text()
+    blocks = re.findall(r"```yaml\n(# (?:syncrun\.yaml|sources/).*?)```", text, re.S)
+    assert len(blocks) == 2
+    (tmp_path / "syncrun.yaml").write_text(blocks[0])
+    source = (
+        'name: t\nentities: {columns: {appid: int}}\nrequest: {url: "https://api.example.com/apps/{appid}"}\n'
+        "rate_limit: {requests: 1, per: 1s}\nwrites: [{table: apps, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    auth = config.loads(source + blocks[1], tmp_path / "t.yaml").auth
+    assert auth is not None
+    assert auth.shared == "helpdesk"
+    assert auth.scopes == ("tickets:read",)
