@@ -15,6 +15,10 @@ once, with the count that tripped it; entities that were already in flight and f
 counted apart (`late`, `late_failed`), and `message` says so at the end of the run, so the log and
 the summary tell the same story: "stopped after 5 consecutive authentication failures (HTTP 401/403);
 7 more entities were already in flight (7 failed too)".
+
+"Stopped" only when it did stop something: a trip on the run's last entities, with nothing selected
+left to process, ends the run as `failed` all the same, but says "the run ended on ... (nothing was
+left to stop)" (`message(stopped=False)`).
 """
 
 from __future__ import annotations
@@ -34,16 +38,22 @@ class Breaker:
     auth: int = 0
     outage: int = 0
     tripped: str | None = None  # the trip message, without what finished after it
+    what: str = ""  # what tripped it: "5 consecutive authentication failures (HTTP 401/403)"
     late: int = 0  # entities that finished after the trip (they were in flight)
     late_failed: int = 0
 
-    def message(self) -> str | None:
-        """The trip message with the in-flight entities that finished after it; None if not tripped."""
-        if self.tripped is None or not self.late:
-            return self.tripped
+    def message(self, *, stopped: bool = True) -> str | None:
+        """The trip message with the in-flight entities that finished after it; None if not tripped.
+        `stopped=False`: nothing was left to process when it tripped, so it stopped nothing."""
+        if self.tripped is None:
+            return None
         head, _, tail = self.tripped.partition(" — ")
-        were = "entity was" if self.late == 1 else "entities were"
-        return f"{head}; {self.late} more {were} already in flight ({self.late_failed} failed too) — {tail}"
+        if not stopped:
+            head = f"circuit breaker: the run ended on {self.what} (nothing was left to stop)"
+        if self.late:
+            were = "entity was" if self.late == 1 else "entities were"
+            head = f"{head}; {self.late} more {were} already in flight ({self.late_failed} failed too)"
+        return f"{head} — {tail}"
 
     def judge(self, result: EntityResult, status: int | None) -> str | None:
         """Count one entity's outcome as soon as it is known (before it is written): a refused
@@ -65,13 +75,12 @@ class Breaker:
         self.auth = self.auth + 1 if auth else 0
         self.outage = self.outage + 1 if transient else 0
         if self.auth >= AUTH_TRIP:
+            self.what = f"{self.auth} consecutive authentication failures (HTTP 401/403)"
             self.tripped = (
-                f"circuit breaker: stopped after {self.auth} consecutive authentication failures (HTTP 401/403)"
+                f"circuit breaker: stopped after {self.what}"
                 " — the API refused our credentials: check the source's secrets; no entity was penalised"
             )
         elif self.outage >= OUTAGE_TRIP:
-            self.tripped = (
-                f"circuit breaker: stopped after {self.outage} consecutive entities failed with transient errors"
-                " after every retry — the API looks down; no entity was penalised"
-            )
+            self.what = f"{self.outage} consecutive entities failed with transient errors after every retry"
+            self.tripped = f"circuit breaker: stopped after {self.what} — the API looks down; no entity was penalised"
         return self.tripped

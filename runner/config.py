@@ -218,6 +218,7 @@ class _Builder:
             "pagination": self.pagination(),
             "rate_limit": self.rate_limit(name or "source"),
             "retry": self.retry(),
+            "backoff": self.backoff(),
             "outcomes": self.outcomes(columns),
             "records": self.optional_expression(("records",), self.mapping_roots(columns, record=False)),
             "incremental": self.incremental(columns, entities, request),
@@ -255,7 +256,9 @@ class _Builder:
         elif not declared:
             declared = [(key, key_type)]
         extra: dict[str, JSON] = {
-            k: raw[k] for k in ("interval_column", "priority_column", "syncable_column") if k in raw
+            k: raw[k]
+            for k in ("interval_column", "priority_column", "syncable_column", "max_consecutive_errors")
+            if k in raw
         }
         if "refresh_interval" in raw:
             extra["refresh_interval"] = self.duration(("entities", "refresh_interval"), raw["refresh_interval"])
@@ -508,6 +511,20 @@ class _Builder:
                 f"the first backoff ({retry.initial:g}s) is above max_delay ({retry.max_delay:g}s)",
             )
         return retry
+
+    def backoff(self) -> spec.Backoff | None:
+        raw = self.section("backoff", {})
+        if raw is None:
+            return None
+        extra: dict[str, JSON] = {
+            k: self.duration(("backoff", k), raw[k], positive=True) for k in ("initial", "cap") if k in raw
+        }
+        extra |= {k: float(raw[k]) for k in ("factor",) if k in raw}
+        extra |= {k: raw[k] for k in ("transient_runs",) if k in raw}
+        backoff = spec.Backoff(**extra)
+        if backoff.initial > backoff.cap:
+            self.add(("backoff", "initial"), f"the first wait ({backoff.initial:g}s) is above cap ({backoff.cap:g}s)")
+        return backoff
 
     # -- outcomes ----------------------------------------------------------------------------------
     def outcomes(self, columns: frozenset[str] | None) -> tuple[spec.OutcomeRule, ...] | None:

@@ -23,7 +23,21 @@ from typing import Any
 import httpx
 import psycopg
 
-from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
+from runner import (
+    backoff,
+    breaker,
+    client,
+    database,
+    fetch,
+    jobs,
+    mapping,
+    outcomes,
+    progress,
+    selection,
+    spec,
+    steps,
+    writer,
+)
 from runner.auth import Tokens
 from runner.auth import for_source as authenticator_for
 from runner.conditional import NOT_ASKED, Store, kept
@@ -114,6 +128,8 @@ class _Run:
         self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
         self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
         self.unprocessed: list[JSON] = []
+        self.exhausted = False  # the selection had no more entities (a breaker trip then stopped nothing)
+        self.transients = backoff.Transients(source)  # counted at the end of the run (runner.backoff)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker()
         self.validators = Store(source)  # ETag/Last-Modified per entity, loaded as selected
@@ -145,6 +161,7 @@ class _Run:
                 self.halt("failed", f"selecting entities: {error}")
                 break
             if chunk is None:
+                self.exhausted = True
                 break
             for entity in chunk:
                 group.append(entity)
@@ -384,6 +401,10 @@ class _Run:
                 self.halt("failed", self.settings.redact(f"writing to the database failed: {error}"))
                 return
             replaced = {id(f.entity): f for f in failed}
+            # as written: a claim lost or a value that turned out not to fit is no transient failure
+            self.transients.note(
+                (t.result, t.status) for t in batch if t.result is not None and id(t.result.entity) not in replaced
+            )
             for trace in batch:
                 if trace.result is not None and id(trace.result.entity) in replaced:
                     trace.result = replaced[id(trace.result.entity)]
@@ -761,7 +782,9 @@ def _conclude(state: _Run) -> None:
     report.elapsed = time.monotonic() - state.started
     report.counters = replace(report.counters, requests=state.limiter.requests)
     c = report.counters
-    if state.breaker.late and (message := state.breaker.message()):  # in-flight entities finished after the trip
+    # "stopped" only if it stopped something: entities left unprocessed, or a selection not yet exhausted
+    stopped = bool(state.unprocessed or state.inflight) or not state.exhausted
+    if (state.breaker.late or not stopped) and (message := state.breaker.message(stopped=stopped)):
         log.error("%s: %s", source.name, message)
         report.error = state.settings.redact(message)
     if report.status == "completed" and c.processed and c.failed / c.processed > source.fail_ratio:
@@ -779,6 +802,12 @@ def _close(state: _Run, job_link: database.Link | None) -> None:
     if job_link is None:
         return
     keys = [*state.unprocessed, *state.inflight]
+    try:
+        # an outage (the breaker) is the API's: its run counts no transient failure against an entity
+        if state.transients.keys and state.breaker.tripped is None:
+            job_link.call(backoff.record, state.source, state.transients.keys)
+    except (DatabaseError, psycopg.Error) as error:
+        log.warning("%s: could not count transient failures (%s)", state.source.name, error)
     try:
         if keys:
             job_link.call(selection.release, state.source, state.options.holder, keys)

@@ -1,5 +1,11 @@
 """`syncrun status`: per source, what is due, what is backing off or failing, and the last runs.
 
+Failing is counted two ways (runner.backoff): `failing`, entities with definitive errors since their
+last success (they back off at once); `failing_transiently`, entities with runs that failed
+transiently since (5xx, timeouts: they back off after `backoff.transient_runs` such runs). An entity
+can be in both. `held_back`: entities at the cut-off (`entities.max_consecutive_errors`), never
+selected again until a run by `--ids` succeeds.
+
 Read-only queries over the status table, `syncrun_state` and the jobs table. "Due now" is counted
 with the default selection's own query (selection's SQL, without claiming), so it never disagrees
 with what a run would pick; the other selection types (function, sql, list) decide in user code,
@@ -16,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from runner import jobs, migrations, selection
+from runner import backoff, jobs, migrations, selection
 from runner.database import identifier
 from runner.errors import SchemaMismatch
 from runner.redaction import Redactor
@@ -52,7 +58,9 @@ class SourceState:
     backoff: int = 0
     skip_until: int = 0
     claimed: int = 0
-    failing: int = 0
+    failing: int = 0  # with definitive errors since their last success (syncrun_state.consecutive_errors)
+    failing_transiently: int = 0  # with runs that failed transiently since their last success (transient_runs)
+    held_back: int | None = None  # at the cut-off (entities.max_consecutive_errors); None: the source has none
     deleted: int = 0  # found gone by an `outcome: delete` (syncrun_state.deleted_at): never selected again
     top_errors: list[tuple[str, int]] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
@@ -112,24 +120,31 @@ def _entities(conn: psycopg.Connection, source: Source, state: SourceState) -> N
 
 
 def _state(conn: psycopg.Connection, source: Source, state: SourceState) -> None:
+    held_back = backoff.held_back_sql(source) or sql.SQL("false")
     with conn.transaction():
         row = conn.execute(
-            "select count(*) filter (where next_attempt_at > now()),"
-            " count(*) filter (where skip_until > now()),"
-            " count(*) filter (where claimed_by is not null and claim_expires_at > now()),"
-            " count(*) filter (where consecutive_errors > 0),"
-            " count(*) filter (where deleted_at is not null)"
-            " from syncrun_state where source = %s",
+            sql.SQL(
+                "select count(*) filter (where next_attempt_at > now()),"
+                " count(*) filter (where skip_until > now()),"
+                " count(*) filter (where claimed_by is not null and claim_expires_at > now()),"
+                " count(*) filter (where consecutive_errors > 0),"
+                " count(*) filter (where deleted_at is not null),"
+                " count(*) filter (where transient_runs > 0),"
+                " count(*) filter (where deleted_at is null and {})"
+                " from syncrun_state st where source = %s"
+            ).format(held_back),
             (source.name,),
         ).fetchone()
         errors = conn.execute(
             "select last_error, count(*) from syncrun_state"
-            " where source = %s and consecutive_errors > 0 and last_error is not null"
+            " where source = %s and (consecutive_errors > 0 or transient_runs > 0) and last_error is not null"
             " group by last_error order by count(*) desc, last_error limit %s",
             (source.name, TOP_ERRORS),
         ).fetchall()
     assert row is not None
-    state.backoff, state.skip_until, state.claimed, state.failing, state.deleted = (int(v) for v in row)
+    state.backoff, state.skip_until, state.claimed, state.failing, state.deleted = (int(v) for v in row[:5])
+    state.failing_transiently = int(row[5])
+    state.held_back = int(row[6]) if source.entities.max_consecutive_errors is not None else None
     state.top_errors = [(str(message), int(count)) for message, count in errors]
 
 
@@ -187,7 +202,9 @@ def format_text(states: list[SourceState], redact: Redactor | None = None) -> st
         out.append(f"  entities {_n(state.entities)}   due now {_n(state.due)}   never synced {_n(state.never_synced)}")
         out.append(
             f"  backing off {state.backoff:,}   skip-until {state.skip_until:,}   claimed {state.claimed:,}"
-            f"   failing {state.failing:,}" + (f"   gone {state.deleted:,}" if state.deleted else "")
+            f"   failing {state.failing:,}   failing transiently {state.failing_transiently:,}"
+            + (f"   held back {state.held_back:,}" if state.held_back is not None else "")
+            + (f"   gone {state.deleted:,}" if state.deleted else "")
         )
         out += [f"  note: {redact(note)}" for note in state.notes]
         if state.top_errors:

@@ -7,8 +7,9 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
   priority desc, oldest stamp, key. Every sort key is made ascending (priority negated, a sentinel
   for the null stamp) so one row comparison `(a, b, c, d) > (...)` is the keyset cursor.
   Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
-  in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), or a live claim by another
-  holder. The backoff, skip_until and deleted_at checks apply to function and sql selections too,
+  in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), held back by the cut-off
+  (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. The
+  backoff, skip_until, deleted_at and cut-off checks apply to function and sql selections too,
   in the claim.
 - function: `select * from fn(name => value, ...)`. A function taking the `after_key` parameter
   is paged with it; any other function is called once with the whole limit.
@@ -43,6 +44,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from runner import backoff
 from runner import ids as ids_
 from runner.database import identifier
 from runner.errors import SelectionError
@@ -89,7 +91,7 @@ def chunks(
 
     `after` starts past that key; `claim=False` (dry runs) selects without claiming anything.
     """
-    claims = _Claim(source.name, holder, lease_seconds, claim)
+    claims = _Claim(source.name, holder, lease_seconds, claim, backoff.held_back_sql(source))
     part = Partition(*partition) if partition is not None else None
     budget = _Budget(limit, chunk_size)
     if ids is not None:
@@ -154,6 +156,7 @@ class _Claim:
     holder: str
     lease: float
     enabled: bool = True
+    held_back: sql.Composable | None = None  # the cut-off (entities.max_consecutive_errors), if any
 
     def params(self) -> dict[str, Any]:
         return {"source": self.source, "holder": self.holder, "lease": self.lease}
@@ -169,9 +172,16 @@ _NOT_BACKING_OFF = sql.SQL(
 )
 
 
-def _claim_sql(candidates: sql.Composable, respect_backoff: bool) -> sql.Composed:
+def _waiting(held_back: sql.Composable | None) -> sql.Composable:
+    """Backing off, skipped until later, gone, or held back by the cut-off: not to be taken now."""
+    return _NOT_BACKING_OFF if held_back is None else sql.SQL("{} and not {}").format(_NOT_BACKING_OFF, held_back)
+
+
+def _claim_sql(
+    candidates: sql.Composable, respect_backoff: bool, held_back: sql.Composable | None = None
+) -> sql.Composed:
     """insert ... on conflict do update ... where free: the keys (as text) this holder won."""
-    condition = sql.SQL(" and ").join([_FREE, _NOT_BACKING_OFF] if respect_backoff else [_FREE])
+    condition = sql.SQL(" and ").join([_FREE, _waiting(held_back)] if respect_backoff else [_FREE])
     return sql.SQL(
         "insert into syncrun_state as st (source, entity_key, claimed_by, claim_expires_at)"
         " select %(source)s, k, %(holder)s, now() + %(lease)s::float8 * interval '1 second'"
@@ -183,7 +193,7 @@ def _claim_sql(candidates: sql.Composable, respect_backoff: bool) -> sql.Compose
 
 
 def _claim_keys(conn: psycopg.Connection, claim: _Claim, keys: list[Any], respect_backoff: bool) -> set[str]:
-    query = _claim_sql(sql.SQL("select unnest(%(keys)s::text[])"), respect_backoff)
+    query = _claim_sql(sql.SQL("select unnest(%(keys)s::text[])"), respect_backoff, claim.held_back)
     with conn.transaction():
         rows = conn.execute(query, {**claim.params(), "keys": [str(k) for k in keys]}).fetchall()
     return {row[0] for row in rows}
@@ -208,7 +218,7 @@ def _default_sql(source: Source, keyset: bool, partitioned: bool, after: bool, c
         if entities.syncable_column
         else sql.SQL("true"),
         sql.SQL("(s.{0} is null or s.{0} < now() - {1})").format(stamp, _interval(source)),
-        sql.SQL("(st.source is null or ({} and {}))").format(_NOT_BACKING_OFF, _FREE),
+        sql.SQL("(st.source is null or ({} and {}))").format(_waiting(backoff.held_back_sql(source)), _FREE),
     ]
     if keyset:
         cursor = sql.SQL(", ").join(sql.Placeholder(f"c{i}") for i in range(4))
@@ -239,7 +249,7 @@ def _default_sql(source: Source, keyset: bool, partitioned: bool, after: bool, c
         key=key,
         where=sql.SQL(" and ").join(where),
         order=sql.SQL(", ").join(order),
-        claim=_claim_sql(sql.SQL("select {}::text from candidates").format(key), True)
+        claim=_claim_sql(sql.SQL("select {}::text from candidates").format(key), True, backoff.held_back_sql(source))
         if claiming
         else sql.SQL("select {}::text as entity_key from candidates").format(key),
         internal_order=sql.SQL(", ").join([*(sql.Identifier(n) for n in _INTERNAL[:3]), sql.SQL("c.{}").format(key)]),

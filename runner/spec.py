@@ -85,6 +85,8 @@ class Entities:
     interval_column: str | None = "sync_interval_hours"  # per-entity override, in hours, when present
     priority_column: str | None = "priority_score"
     syncable_column: str | None = "is_syncable"
+    # the cut-off: an entity with this many failed runs since its last success is not selected (None: never)
+    max_consecutive_errors: int | None = None
 
     @property
     def column_names(self) -> frozenset[str]:
@@ -257,6 +259,18 @@ class Retry:
     max_wait: float = 300.0  # longest Retry-After honoured; beyond it the run fails
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """When a failing entity is asked again (runner/backoff.py): the n-th definitive failure in a row
+    waits `initial * factor^(n-1)`, at most `cap`; `transient_runs` runs in a row that failed
+    transiently (retries exhausted) start the same ladder (0: transient failures never back off)."""
+
+    initial: float = 15 * 60.0  # seconds
+    factor: float = 2.0
+    cap: float = 24 * 3600.0  # a broken entity is still retried daily
+    transient_runs: int = 3
+
+
 # --- outcomes -----------------------------------------------------------------------------------------
 class Outcome(StrEnum):
     SUCCESS = "success"
@@ -418,6 +432,7 @@ class Source:
     pagination: Pagination = Pagination()
     rate_limit: RateLimit
     retry: Retry = Retry()
+    backoff: Backoff = Backoff()
     outcomes: tuple[OutcomeRule, ...]  # the user's rules, then the defaults (2xx/404/4xx)
     records: Expression | None = None  # None: the whole body is the one record
     incremental: Incremental | None = None  # list sources only

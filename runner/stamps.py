@@ -2,6 +2,12 @@
 status row, and the seed's `last_error_*` columns of failed ones; inside the writer's transaction, so
 an entity's rows and its stamp commit together.
 
+The seed's error columns behave as the seed's workers do (unless `status.error_columns: false`): a
+failure sets `last_error_source/message/at` and adds one to `consecutive_errors` (when the status
+table has that column; every failure, transient ones included: the seed counted each failed sync);
+the stamp itself clears them and sets `consecutive_errors = 0`, in the same statement. They are for
+dashboards: backoff and the cut-off read syncrun_state (runner.backoff).
+
 An entity that has a status row gets an `update` (only the stamp's columns are touched, so a status
 table with NOT NULL columns, generated columns or triggers of its own is fine). An entity that has none
 gets one created (`insert … on conflict (key) do update`): an `sql` or `function` selection may pick
@@ -32,7 +38,7 @@ from psycopg import sql
 from runner import targets
 from runner.database import identifier
 from runner.errors import DatabaseError
-from runner.migrations import Catalog
+from runner.migrations import ERROR_COLUMNS, Catalog
 from runner.spec import Outcome, Source, Status
 from runner.targets import MAX_MESSAGE
 from runner.values import coerce
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
     from runner.writer import EntityResult
 
 Params = list[tuple[Any, ...]]
+COUNTER = "consecutive_errors"  # the seed's failure counter, maintained when the status table has it
 
 
 def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], catalog: Catalog) -> None:
@@ -50,6 +57,7 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult]
         return
     columns = catalog.get(status.table, {})
     touch = "updated_at" in columns
+    clear = _cleared(status, columns)
     stamped = {r.key: r for r in batch if r.stamped}  # last wins, like target rows
     groups: dict[tuple[str, ...], Params] = {}
     for key in sorted(stamped, key=str):
@@ -59,9 +67,11 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult]
     for names, params in groups.items():
         old, new = [p for p in params if p[0] in having], [p for p in params if p[0] not in having]
         with _named(status, "status stamp"):
-            _run(cursor, status, columns, names, old, update_sql(status, touch, names), update_many_sql)
+            one, many = update_sql(status, touch, names, clear=clear), partial(update_many_sql, clear=clear)
+            _run(cursor, status, columns, names, old, one, many)
         with _named(status, "status stamp, creating the status row the entity lacks"):
-            _run(cursor, status, columns, names, new, stamp_sql(status, touch, names), stamp_many_sql)
+            one, many = stamp_sql(status, touch, names, clear=clear), partial(stamp_many_sql, clear=clear)
+            _run(cursor, status, columns, names, new, one, many)
     # outcome delete: no stamp (nothing was synced), only the rule's `set` columns, and only on a row
     # that exists: a gone entity must not get a status row created for it (nor one a delete just removed)
     gone = {r.key: r for r in batch if r.outcome is Outcome.DELETE and r.status_values}
@@ -81,11 +91,20 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult]
         ]
         # typed by the catalog: last_error_source may be an enum (Supabase's sync_source), not text
         casts = targets.array_casts(columns, ("last_error_source", "last_error_message", status.key), params)
+        count = COUNTER in columns
         with _named(status, "status error columns (last_error_*)"):
             if casts is None:
-                targets.run(cursor, str(status.table), error_sql(status, touch), params)
+                targets.run(cursor, str(status.table), error_sql(status, touch, count), params)
             elif params:
-                targets.run(cursor, str(status.table), error_many_sql(status, touch, casts), [targets.arrays(params)])
+                statement = error_many_sql(status, touch, casts, count)
+                targets.run(cursor, str(status.table), statement, [targets.arrays(params)])
+
+
+def _cleared(status: Status, columns: dict[str, str]) -> tuple[str, ...]:
+    """The seed's error columns a stamp resets (last_error_* to null, consecutive_errors to 0)."""
+    if not status.error_columns:
+        return ()
+    return tuple(c for c in (*ERROR_COLUMNS, COUNTER) if c in columns)
 
 
 def _having_rows(cursor: psycopg.Cursor[Any], status: Status, columns: dict[str, str], keys: list[Any]) -> set[Any]:
@@ -136,11 +155,16 @@ def _named(status: Status, what: str, columns: tuple[str, ...] = ()) -> Iterator
 # --- statements (built once per status table and set of columns) --------------------------------------
 @lru_cache(maxsize=64)
 def update_sql(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...] = (), *, stamp: bool = True
+    status: Status,
+    touch_updated_at: bool,
+    extra: tuple[str, ...] = (),
+    *,
+    stamp: bool = True,
+    clear: tuple[str, ...] = (),
 ) -> sql.Composed:
     """The stamp of one entity that has a status row; bound as (key, *extra), like the insert.
-    `stamp=False`: the `extra` columns only (a deleted entity)."""
-    sets = _stamp_sets(status, touch_updated_at, extra, "%s", stamp=stamp)
+    `stamp=False`: the `extra` columns only (a deleted entity). `clear`: error columns it resets."""
+    sets = _stamp_sets(status, touch_updated_at, extra, "%s", stamp=stamp, clear=clear)
     return sql.SQL("with v as (select %s as k) update {} as s set {} from v where s.{} = v.k").format(
         identifier(status.table), sets, sql.Identifier(status.key)
     )
@@ -148,18 +172,26 @@ def update_sql(
 
 @lru_cache(maxsize=64)
 def update_many_sql(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...], casts: tuple[str, ...], *, stamp: bool = True
+    status: Status,
+    touch_updated_at: bool,
+    extra: tuple[str, ...],
+    casts: tuple[str, ...],
+    *,
+    stamp: bool = True,
+    clear: tuple[str, ...] = (),
 ) -> sql.Composed:
     """The stamps of a whole batch of entities that have status rows: one array per column."""
     names = (status.key, *extra)
-    sets = _stamp_sets(status, touch_updated_at, extra, "v.{}", stamp=stamp)
+    sets = _stamp_sets(status, touch_updated_at, extra, "v.{}", stamp=stamp, clear=clear)
     return sql.SQL("update {} as s set {} from {} where s.{} = v.{}").format(
         identifier(status.table), sets, targets.unnest_sql(names, casts), *[sql.Identifier(status.key)] * 2
     )
 
 
 @lru_cache(maxsize=64)
-def stamp_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = ()) -> sql.Composed:
+def stamp_sql(
+    status: Status, touch_updated_at: bool, extra: tuple[str, ...] = (), *, clear: tuple[str, ...] = ()
+) -> sql.Composed:
     """Creates the row of an entity that has none; `on conflict … do update` for one another runner
     created meanwhile. `extra` are `status.set` columns (e.g. storefront_accessible), bound after the key."""
     columns = [sql.Identifier(status.key), sql.Identifier(status.column), *map(sql.Identifier, extra)]
@@ -169,13 +201,18 @@ def stamp_sql(status: Status, touch_updated_at: bool, extra: tuple[str, ...] = (
         sql.SQL(", ").join(columns),
         sql.SQL(", ").join(values),
         sql.Identifier(status.key),
-        _stamp_sets(status, touch_updated_at, extra),
+        _stamp_sets(status, touch_updated_at, extra, clear=clear),
     )
 
 
 @lru_cache(maxsize=64)
 def stamp_many_sql(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...], casts: tuple[str, ...]
+    status: Status,
+    touch_updated_at: bool,
+    extra: tuple[str, ...],
+    casts: tuple[str, ...],
+    *,
+    clear: tuple[str, ...] = (),
 ) -> sql.Composed:
     """The same upsert for a whole batch: one array per column (key, then `extra`), `casts` their types."""
     names = (status.key, *extra)
@@ -188,34 +225,52 @@ def stamp_many_sql(
         sql.SQL(", ").join(values),
         targets.unnest_sql(names, casts),
         sql.Identifier(status.key),
-        _stamp_sets(status, touch_updated_at, extra),
+        _stamp_sets(status, touch_updated_at, extra, clear=clear),
     )
 
 
 def _stamp_sets(
-    status: Status, touch_updated_at: bool, extra: tuple[str, ...], value: str = "excluded.{}", *, stamp: bool = True
+    status: Status,
+    touch_updated_at: bool,
+    extra: tuple[str, ...],
+    value: str = "excluded.{}",
+    *,
+    stamp: bool = True,
+    clear: tuple[str, ...] = (),
 ) -> sql.Composed:
     sets: list[sql.Composable] = [sql.SQL("{} = now()").format(sql.Identifier(status.column))] if stamp else []
     sets += [sql.SQL("{} = ").format(sql.Identifier(c)) + sql.SQL(value).format(sql.Identifier(c)) for c in extra]
+    # a `set` column of the same name wins (the user asked for it); the counter goes to 0, the rest to null
+    sets += [
+        sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL("0" if c == COUNTER else "null"))
+        for c in clear
+        if c not in extra
+    ]
     if touch_updated_at:
         sets.append(sql.SQL("updated_at = now()"))
     return sql.SQL(", ").join(sets)
 
 
 @lru_cache(maxsize=64)
-def error_sql(status: Status, touch_updated_at: bool) -> sql.Composed:
-    """The seed's last_error_* columns, for dashboards only (selection reads syncrun_state)."""
-    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "")
+def error_sql(status: Status, touch_updated_at: bool, count: bool = False) -> sql.Composed:
+    """The seed's last_error_* columns (and `consecutive_errors + 1` when `count`), for dashboards only
+    (selection reads syncrun_state)."""
+    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "") + _counted(count)
     return sql.SQL(
         "update {} set last_error_source = %s, last_error_message = %s, last_error_at = now(){} where {} = %s"
     ).format(identifier(status.table), touch, sql.Identifier(status.key))
 
 
 @lru_cache(maxsize=64)
-def error_many_sql(status: Status, touch_updated_at: bool, casts: tuple[str, ...]) -> sql.Composed:
+def error_many_sql(status: Status, touch_updated_at: bool, casts: tuple[str, ...], count: bool = False) -> sql.Composed:
     """The same update for a whole batch: arrays of sources, messages and keys, of types `casts`."""
-    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "")
+    touch = sql.SQL(", updated_at = now()" if touch_updated_at else "") + _counted(count)
     return sql.SQL(
         "update {} as s set last_error_source = v.source, last_error_message = v.message, last_error_at = now(){}"
         " from unnest(%b::{}, %b::{}, %b::{}) as v(source, message, key) where s.{} = v.key"
     ).format(identifier(status.table), touch, *map(sql.SQL, casts), sql.Identifier(status.key))
+
+
+def _counted(count: bool) -> sql.Composable:
+    """The failure counter: a NULL one (no default on the user's table) counts from 0."""
+    return sql.SQL(f", {COUNTER} = coalesce({COUNTER}, 0) + 1" if count else "")

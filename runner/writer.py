@@ -11,11 +11,12 @@ from the entity. If the batch still fails on a data error (FK, check, not-null, 
 sink the others. Deadlocks and serialization failures retry the whole batch; a lost connection is
 the caller's (DatabaseError).
 
-Per-source state (syncrun_state), per entity: success/skip reset the error count and backoff (and
-clear `deleted_at`); delete resets them too and sets `deleted_at`, which keeps selections away;
-a definitive error backs off `BACKOFF_BASE * 2^(n-1)` capped at `BACKOFF_CAP` (15 min, 30 min, 1 h,
-... 24 h); a transient error (retries exhausted) records the error without advancing the backoff.
-Every processed entity's claim is released.
+Per-source state (syncrun_state), per entity: success/skip reset the error counts (definitive and
+`transient_runs`) and backoff (and clear `deleted_at`); delete resets them too and sets `deleted_at`,
+which keeps selections away; a definitive error backs off on the source's ladder (`backoff:`
+`initial * factor^(n-1)` capped at `cap`; by default 15 min, 30 min, 1 h, ... 24 h); a transient
+error (retries exhausted) records the error without advancing the backoff here: the run counts its
+transiently failed runs at its end (runner.backoff). Every processed entity's claim is released.
 
 Statements per batch, whatever its size: one delete per deleting table when the batch has deleted
 entities (runner.deletes), the targets' (runner.targets), one status stamp per set of
@@ -46,8 +47,6 @@ from runner.spec import Outcome, SelectionType, Source
 from runner.targets import MAX_MESSAGE
 from runner.values import Unfit, column_types, fit
 
-BACKOFF_BASE = 15 * 60.0  # seconds: the first retry of a definitively failing entity
-BACKOFF_CAP = 24 * 3600.0  # seconds: a broken entity is still retried daily
 ATTEMPTS = 3  # whole-batch attempts on deadlock / serialization failure
 # 40P01 / 40001 (and the rest of class 40): the whole batch can simply run again
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.TransactionRollback)
@@ -246,7 +245,7 @@ def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Cat
 # too); deleted <=> deleted_at. An answer other than gone or an error means the entity exists again.
 _STATE = sql.SQL(
     """insert into syncrun_state as st (source, entity_key, consecutive_errors, last_error, last_error_at,
-    next_attempt_at, skip_until, last_success_at, deleted_at, claimed_by, claim_expires_at, updated_at)
+    next_attempt_at, skip_until, last_success_at, deleted_at, claimed_by, claim_expires_at, updated_at, transient_runs)
 select %(source)s::text, v.key,
     case when v.kind = 'error' then 1 else 0 end,
     v.error,
@@ -255,7 +254,7 @@ select %(source)s::text, v.key,
     case when v.kind = 'skip_until' then now() + v.until * interval '1 second' end,
     case when v.kind in ('ok', 'skip_until') then now() end,
     case when v.kind = 'deleted' then now() end,
-    null, null, now()
+    null, null, now(), 0
 from unnest(%(keys)s::text[], %(kinds)s::text[], %(errors)s::text[], %(untils)s::float8[]) as v(key, kind, error, until)
 on conflict (source, entity_key) do update set
     consecutive_errors = case when excluded.consecutive_errors = 1 then st.consecutive_errors + 1
@@ -264,9 +263,10 @@ on conflict (source, entity_key) do update set
     last_error_at = coalesce(excluded.last_error_at, st.last_error_at),
     next_attempt_at = case
         when excluded.consecutive_errors = 1
-            then now() + least(%(base)s::float8 * power(2, least(st.consecutive_errors, 30)), %(cap)s::float8)
-                * interval '1 second'
+            then now() + least(%(base)s::float8 * power(%(factor)s::float8, least(st.consecutive_errors, 30)),
+                %(cap)s::float8) * interval '1 second'
         when excluded.last_error is not null then st.next_attempt_at end,
+    transient_runs = case when excluded.last_error is not null then st.transient_runs else 0 end,
     skip_until = case when excluded.last_success_at is not null then excluded.skip_until else st.skip_until end,
     last_success_at = coalesce(excluded.last_success_at, st.last_success_at),
     deleted_at = case when excluded.deleted_at is not null then excluded.deleted_at
@@ -299,8 +299,9 @@ def _write_state(cursor: psycopg.Cursor[Any], source: Source, batch: list[Entity
             "kinds": [row[0] for row in rows],
             "errors": [row[1] for row in rows],
             "untils": [row[2] for row in rows],
-            "base": BACKOFF_BASE,
-            "cap": BACKOFF_CAP,
+            "base": source.backoff.initial,
+            "factor": source.backoff.factor,
+            "cap": source.backoff.cap,
             "holder": holder,
         }
         targets.run(cursor, "syncrun_state", _STATE, [params])

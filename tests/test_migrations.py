@@ -48,6 +48,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0004_deletes",
         "0005_conditional_validators",
         "0006_watermarks",
+        "0007_transient_runs",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -57,6 +58,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (4, "0004_deletes"),
         (5, "0005_conditional_validators"),
         (6, "0006_watermarks"),
+        (7, "0007_transient_runs"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -215,6 +217,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0004_deletes",
         "0005_conditional_validators",
         "0006_watermarks",
+        "0007_transient_runs",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [

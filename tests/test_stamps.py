@@ -103,3 +103,66 @@ def test_a_column_the_stamp_may_not_write_fails_the_run_naming_it(db: Database) 
         'status stamp (sync_status.last_example_sync) failed on sync_status: column "token" can only be updated'
         " to DEFAULT"
     )
+
+
+# --- the seed's error columns (issue #13) ------------------------------------------------------------
+@pytest.fixture
+def seeded(db: Database) -> Database:
+    """A seed-shaped status table with errors already recorded: a counter with a default, one without."""
+    db.migrate(SOURCE)
+    db.run(
+        "create table apps (appid int primary key, name text);"
+        " alter table sync_status add column consecutive_errors int default 0;"
+        " insert into sync_status (appid, consecutive_errors, last_error_source, last_error_message, last_error_at)"
+        " values (10, 2, 'other', 'old', now() - interval '1 day'), (20, 2, 'example', 'old', now()),"
+        " (30, null, null, null, null), (40, 0, 'example', 'old', now())"
+    )
+    return db
+
+
+SEED_COLUMNS = "select appid, consecutive_errors, last_error_source, last_error_message, last_error_at is not null"
+
+
+def test_a_success_clears_the_error_columns_and_a_failure_counts(seeded: Database) -> None:
+    """Like the seed's workers: a success (the stamp, in the same statement) sets consecutive_errors 0
+    and clears last_error_*, whichever source wrote them; a failure adds one (a NULL counter counts
+    from 0) and records itself; a skip that does not stamp leaves them as they are. In one
+    batch or one entity at a time."""
+    failure = {"outcome": Outcome.ERROR, "error": "HTTP 503", "definitive": False}
+    for bulk in (True, False):
+        seeded.run(
+            "update sync_status set consecutive_errors = case appid when 30 then null else 2 end,"
+            " last_error_source = 'other', last_error_message = 'old', last_error_at = now()"
+            " where appid <> 30"
+        )
+        results = [ok(10), ok(20, **failure), ok(30, **failure), ok(40, Outcome.SKIP)]
+        if bulk:
+            assert run(seeded, results) == []
+        else:
+            for result in results:
+                assert run(seeded, [result]) == []
+        assert seeded.rows(SEED_COLUMNS + " from sync_status order by 1") == [
+            (10, 0, None, None, False),
+            (20, 3, "example", "HTTP 503", True),
+            (30, 1, "example", "HTTP 503", True),
+            (40, 2, "other", "old", True),
+        ]
+        seeded.run("update sync_status set consecutive_errors = null where appid = 30")
+
+
+def test_error_columns_false_leaves_the_seed_columns_alone(seeded: Database) -> None:
+    """`status.error_columns: false`: neither recorded nor cleared, the counter untouched."""
+    source = with_status(SOURCE, error_columns=False)
+    failure = {"outcome": Outcome.ERROR, "error": "HTTP 503"}
+    assert run(seeded, [ok(10), ok(20, **failure)], source) == []
+    assert seeded.rows(SEED_COLUMNS + " from sync_status where appid in (10, 20) order by 1") == [
+        (10, 2, "other", "old", True),
+        (20, 2, "example", "old", True),
+    ]
+
+
+def test_a_set_column_of_the_same_name_wins_over_the_clear(seeded: Database) -> None:
+    """A source that sets consecutive_errors itself (status.set) gets its value, not the reset."""
+    source = with_status(SOURCE, set=(Field("consecutive_errors", expr("`7`")),))
+    assert run(seeded, [ok(10, status_values={"consecutive_errors": 7})], source) == []
+    assert seeded.rows(SEED_COLUMNS + " from sync_status where appid = 10") == [(10, 7, None, None, False)]

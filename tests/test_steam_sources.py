@@ -735,3 +735,48 @@ def test_cassette_helper_replaces_exactly_the_named_exchanges(tmp_path: Path) ->
     directory = cassette(tmp_path, "steam-price", {"appdetails": [BAD_GATEWAY]})
     data = yaml.safe_load((directory / "cassette.yaml").read_text())
     assert [i["response"]["status"]["code"] for i in data["interactions"]] == [502]
+
+
+# --- issue #13: the seed's error columns, the reviews worker's ladder, transient runs ---------------------
+def test_reviews_keeps_the_seed_error_columns_and_the_workers_ladder(
+    steam: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviews replay over apps with errors recorded before: 1086940 succeeds, so its
+    consecutive_errors goes to 0 and last_error_* are cleared (the worker's success write);
+    3000000 fails a 6th time in a row, so the seed's counter goes 5 -> 6 (previous+1) and it backs off
+    6 h: the worker's min(15 * 2^(n-1), 360) minutes, not syncrun's default 8 h at n = 6."""
+    golden_file = Golden.load("steam-reviews")
+    prepare(steam, golden_file, monkeypatch)
+    steam.run(
+        "update sync_status set consecutive_errors = 2, last_error_source = 'reviews', last_error_message = 'old',"
+        " last_error_at = now() - interval '1 day' where appid = 1086940;"
+        " update sync_status set consecutive_errors = 5 where appid = 3000000;"
+        " insert into syncrun_state (source, entity_key, consecutive_errors, last_error, last_error_at)"
+        " values ('reviews', '3000000', 5, 'earlier', now() - interval '7 hours')"
+    )
+    assert replay(golden_file.source, golden_file.replay_dir, scale=FAST) == 0
+    errors = "select consecutive_errors, last_error_source, last_error_message from sync_status where appid = %s"
+    assert steam.rows(errors, (1086940,)) == [(0, None, None)]
+    assert steam.rows(errors, (3000000,)) == [(6, "reviews", "Steam did not return a reviews summary (success=2)")]
+    state = steam.rows(
+        "select consecutive_errors, round(extract(epoch from next_attempt_at - now()) / 60)"
+        " from syncrun_state where source = 'reviews' and entity_key = '3000000'"
+    )
+    assert state == [(6, 360)]
+
+
+def test_ccu_backs_off_an_app_failing_transiently_on_every_run(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CCU's 502 app (1500070, one attempt): each run counts a transiently failed run; from the 3rd
+    it backs off (15 min), where the worker asked it again with full retries on every run."""
+    golden_file, _, code = run_replay(steam, "steam-ccu", monkeypatch)
+    assert code == 0
+    directory = cassette(tmp_path, "steam-ccu", {"appid=1500070": [response(502, "<html>Bad Gateway</html>")] * 2})
+    for runs in (2, 3):
+        replay(golden_file.source, directory, "--ids", "1500070", scale=FAST)
+        assert steam.rows(
+            "select transient_runs, next_attempt_at is not null from syncrun_state"
+            " where source = 'ccu' and entity_key = '1500070'"
+        ) == [(runs, runs == 3)]
+    assert steam.scalar("select consecutive_errors from sync_status where appid = 1500070") == 3

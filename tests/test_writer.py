@@ -314,7 +314,9 @@ def test_the_copy_temp_table_is_kept_empty_across_batches(tables: Database) -> N
         failed = run(tables, results)
         assert [f.key for f in failed] == ([3] if price < 0 else [])
         temp = tables.conn.execute(
-            "select relname from pg_class where relpersistence = 't' and relname like '\\_syncrun\\_rows\\_%'"
+            # this session's temp schema only: other sessions on a shared database have their own
+            "select relname from pg_class where relnamespace = pg_my_temp_schema()"
+            " and relname like '\\_syncrun\\_rows\\_%'"
         ).fetchall()
         assert len(temp) == 1
         assert tables.conn.execute(f'select count(*) from pg_temp."{temp[0][0]}"').fetchone() == (0,)

@@ -1,0 +1,155 @@
+"""backoff: transiently failed runs are counted per entity and back off from the K-th; the cut-off.
+
+Real runs through the CLI against a loopback API and PostgreSQL (tests/test_engine.py's harness).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner import cli
+from tests.apiserver import ApiServer, Reply
+from tests.pg import Database
+from tests.test_engine import app, env, run, seed, write_source
+
+__all__ = ["env"]  # the fixture, re-used
+
+
+def one_attempt(tmp_path: Path, extra: str = "") -> Path:
+    """The engine tests' source with one attempt per request (a 503 fails at once), no fail_ratio (a
+    rerun may ask only the failing entity) and `extra` YAML."""
+    source = write_source(tmp_path)
+    source.write_text(source.read_text().replace("attempts: 4", "attempts: 1") + "fail_ratio: 1\n" + extra)
+    return source
+
+
+def state(db: Database, key: str) -> tuple[int, int, float | None]:
+    """(consecutive_errors, transient_runs, seconds until next_attempt_at) of entity `key`."""
+    row = db.rows(
+        "select consecutive_errors, transient_runs, extract(epoch from next_attempt_at - now())::float8"
+        " from syncrun_state where source = 'alpha' and entity_key = %s",
+        (key,),
+    )[0]
+    return int(row[0]), int(row[1]), None if row[2] is None else round(float(row[2]) / 60)
+
+
+def test_transient_failures_count_runs_and_back_off_from_the_third(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entity answering 503 on every run: each run adds one transiently failed run; the 3rd backs it
+    off 15 min (the default ladder), so the 4th run does not ask; `status` counts it as failing
+    transiently; a success clears everything, the seed's columns included."""
+    source = one_attempt(tmp_path)
+    seed(env, source, appids=range(1, 6))
+    env.run("alter table sync_status add column consecutive_errors int default 0")
+    for appid in range(1, 5):
+        api.route(f"/apps/{appid}", app(appid))
+    api.route("/apps/5", Reply(503))
+    for expected in ((0, 1, None), (0, 2, None), (0, 3, 15)):
+        assert run(str(source)) == 0
+        assert state(env, "5") == expected
+    asked = len(api.requests)
+    assert run(str(source)) == 0
+    assert len(api.requests) == asked  # backing off: not selected
+    (counter, message) = env.rows("select consecutive_errors, last_error_message from sync_status where appid = 5")[0]
+    assert (counter, "HTTP 503" in message) == (3, True)  # the seed's counter counts every failed sync
+    capsys.readouterr()
+    assert cli.main(["status", str(source), "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)["sources"]
+    assert (shown["failing"], shown["failing_transiently"], shown["backoff"]) == (0, 1, 1)
+    ((top, count),) = [(e["message"], e["count"]) for e in shown["top_errors"]]
+    assert ("HTTP 503" in top, count) == (True, 1)
+    assert shown["held_back"] is None
+    assert cli.main(["status", str(source)]) == 0
+    assert "   failing 0   failing transiently 1\n" in capsys.readouterr().out
+
+    api.route("/apps/5", app(5))
+    assert run(str(source), "--ids", "5") == 0
+    assert state(env, "5") == (0, 0, None)
+    assert env.rows(
+        "select consecutive_errors, last_error_source, last_error_message, last_error_at from sync_status"
+        " where appid = 5"
+    ) == [(0, None, None, None)]
+
+
+def test_the_ladder_and_k_are_per_source(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """backoff: {initial: 10m, factor: 3, cap: 1h, transient_runs: 1}: the first transiently failed run
+    backs off 10 min already; a definitive failure climbs 10, 30, 60 (the cap), 60 minutes."""
+    source = one_attempt(tmp_path, "backoff: {initial: 10m, factor: 3, cap: 1h, transient_runs: 1}\n")
+    seed(env, source, appids=[1, 2, 3])
+    api.route("/apps/1", app(1))
+    api.route("/apps/2", Reply(503))
+    api.route("/apps/3", Reply(400))
+    assert run(str(source)) == 0
+    assert state(env, "2") == (0, 1, 10)
+    assert state(env, "3") == (1, 0, 10)
+    for expected in (30, 60, 60):
+        assert run(str(source), "--ids", "3") == 0
+        assert state(env, "3")[2] == expected
+
+
+def test_transient_runs_zero_never_backs_off(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """transient_runs: 0 keeps the old behaviour: counted (status shows it), never backed off."""
+    source = one_attempt(tmp_path, "backoff: {transient_runs: 0}\n")
+    seed(env, source, appids=[1, 2])
+    api.route("/apps/1", app(1))
+    api.route("/apps/2", Reply(503))
+    for runs in (1, 2, 3, 4):
+        assert run(str(source)) == 0
+        assert state(env, "2") == (0, runs, None)
+
+
+def test_refused_credentials_are_not_the_entitys_transient_failures(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """A 401 is recorded (and the seed's columns say so) but counts no transiently failed run."""
+    source = one_attempt(tmp_path)
+    seed(env, source, appids=[1, 2, 3])
+    api.route("/apps/1", app(1))
+    api.route("/apps/2", Reply(401))
+    api.route("/apps/3", app(3))
+    assert run(str(source)) == 0
+    assert state(env, "2") == (0, 0, None)
+    assert "HTTP 401" in env.scalar("select last_error_message from sync_status where appid = 2")
+
+
+def test_a_run_the_breaker_stopped_counts_no_transient_failure(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """An API-wide outage is the API's: the breaker's run leaves every transient_runs at 0."""
+    source = one_attempt(tmp_path)
+    source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
+    seed(env, source, appids=range(1, 31))
+    for appid in range(1, 31):
+        api.route(f"/apps/{appid}", Reply(503))
+    assert run(str(source)) == 1
+    assert env.scalar("select count(*) from syncrun_state where last_error is not null") >= 20
+    assert env.scalar("select count(*) from syncrun_state where transient_runs > 0 or next_attempt_at is not null") == 0
+
+
+def test_the_cut_off_holds_back_entities_with_too_many_failed_runs(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """entities.max_consecutive_errors: 2 — definitive errors plus transiently failed runs since the last
+    success; at 2 the entity is not selected (backoff aside), `status` says how many are held back,
+    and `--ids` still runs it."""
+    source = one_attempt(tmp_path)
+    source.write_text(source.read_text().replace("  limit: 100\n", "  limit: 100\n  max_consecutive_errors: 2\n"))
+    seed(env, source, appids=[1, 2, 3, 4])
+    env.run(
+        "insert into syncrun_state (source, entity_key, consecutive_errors, transient_runs, last_error) values"
+        " ('alpha', '1', 2, 0, 'x'), ('alpha', '2', 1, 1, 'x'), ('alpha', '3', 1, 0, 'x')"
+    )
+    for appid in range(1, 5):
+        api.route(f"/apps/{appid}", app(appid))
+    assert run(str(source)) == 0
+    assert sorted(r.path for r in api.requests) == ["/apps/3", "/apps/4"]
+    capsys.readouterr()
+    assert cli.main(["status", str(source), "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)["sources"]
+    assert (shown["held_back"], shown["due"]) == (2, 0)
+    assert cli.main(["status", str(source)]) == 0
+    assert "   held back 2" in capsys.readouterr().out
+    assert run(str(source), "--ids", "1") == 0
+    assert state(env, "1") == (0, 0, None)
