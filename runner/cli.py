@@ -36,6 +36,7 @@ from runner import (
     jobs,
     logs,
     migrations,
+    overrides,
     ownership,
     preflight,
     progress,
@@ -47,6 +48,7 @@ from runner import (
     workflow,
 )
 from runner.errors import ConfigError, SyncrunError, UsageError
+from runner.overrides import Override
 from runner.redaction import Redactor
 
 log = logging.getLogger("syncrun")
@@ -122,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check source files; exit 2 listing every problem")
     validate.add_argument("paths", nargs="*", type=Path, help="source files (default: sources/*.yaml)")
+    _set_option(validate)
     validate.set_defaults(handler=_validate)
 
     migrate = commands.add_parser("migrate", help="create or upgrade syncrun's tables (idempotent)")
@@ -171,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help="with --replay: run the rate limiter and every wait K times faster (recorded in the job row)",
     )
+    _set_option(run)
     run.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument("--progress-every", type=_count, default=100, metavar="N")
     run.add_argument(
@@ -205,14 +209,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="PATH=VALUE",
+        help="override a setting of the source files for this run, e.g. pagination.max_items=2 or"
+        " rate_limit.per=1s (repeatable; validated like the file; not for auth, headers or secrets)",
+    )
+
+
 # --- validate ------------------------------------------------------------------------------------------
 def _validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     paths = args.paths or config.default_paths()
+    sets = overrides.parse(args.overrides)
     problems = 0
     loaded: dict[Path, spec.Source] = {}
     for path in paths:
         try:
-            loaded[path] = config.load(path)
+            loaded[path] = config.load(path, sets)
         except ConfigError as error:
             problems += len(error.problems)
             print(error)
@@ -254,8 +271,9 @@ def _migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 # --- run -----------------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    sources = [config.load(path) for path in args.sources]
-    options = _options(args, environ, sources)
+    sets = overrides.parse(args.overrides)
+    sources = [config.load(path, sets) for path in args.sources]
+    options = _options(args, environ, sources, sets)
     preflight.check_environment(environ)  # a bad setting exits 2 here: before any request or job row
     dsn = database.dsn_from_env(environ)
     secrets, urls = _connection_secrets(environ, dsn)
@@ -266,6 +284,8 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # A token obtained mid-run (runner/tokens.py) is masked in the job's log as soon as it arrives.
     settings.redact.listen(lambda values: workflow.announce_masks(environ, values))
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
+    for override in sets:  # secrets cannot be overridden (runner/overrides.py): the values can be shown
+        log.info("--set %s=%s", override.name, settings.redact(repr(override.value)))
     listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
     progress.start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)
     try:
@@ -282,8 +302,11 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return max(_exit_code(report) for report in reports)
 
 
-def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list[spec.Source]) -> engine.Options:
-    limit = args.limit or args.batch_size or _env_int(environ, "BATCH_SIZE") or sources[0].entities.limit
+def _options(
+    args: argparse.Namespace, environ: Mapping[str, str], sources: list[spec.Source], sets: Sequence[Override] = ()
+) -> engine.Options:
+    given = args.limit or args.batch_size or _env_int(environ, "BATCH_SIZE")
+    limit = given or sources[0].entities.limit
     if not 0 < limit <= _MAX_LIMIT:
         raise UsageError(f"--limit must be a whole number from 1 to {_MAX_LIMIT}, got {limit}")
     ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else None
@@ -304,7 +327,12 @@ def _options(args: argparse.Namespace, environ: Mapping[str, str], sources: list
         restart=args.restart,
         lease=args.lease,
         heartbeat_every=args.heartbeat,
-        metadata={"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {},
+        metadata={
+            **({"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {}),
+            **({"overrides": overrides.recorded(sets)} if sets else {}),
+        },
+        max_items=given,
+        overridden=frozenset(o.name for o in sets),
     )
 
 
@@ -441,12 +469,17 @@ def _summarise(report: engine.Report) -> None:
     line = (
         f"{report.source}: {report.status} — processed {c.processed}, succeeded {c.succeeded}, "
         f"failed {c.failed}, skipped {c.skipped}{f', deleted {c.deleted}' if c.deleted else ''}"
-        f"{f', unchanged {c.unchanged} (HTTP 304)' if c.unchanged else ''};"
+        f"{f', unchanged {c.unchanged} (HTTP 304)' if c.unchanged else ''}"
+        f"{f' (records of {pages} page{_s(pages)})' if (pages := report.metadata.get('pages')) else ''};"
         f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
     capped = f"{report.capped} entity listing{'' if report.capped == 1 else 's'} capped (not complete)"
     notes = [note for note in (report.listing, capped if report.capped else None, report.error) if note]
     print("; ".join([line, *notes]), file=sys.stderr)
+
+
+def _s(count: object) -> str:
+    return "" if count == 1 else "s"
 
 
 def _print_traces(report: engine.Report, source: spec.Source, redact: Redactor) -> None:
@@ -538,6 +571,7 @@ def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     read.add_argument("sources", nargs="+", type=Path)
     read.add_argument("--ids", required=True, help="comma-separated entity keys to read")
     read.add_argument("--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network")
+    _set_option(read)
     read.add_argument("--log-format", choices=("text", "json"), default="text")
     read.set_defaults(handler=_test_read)
 

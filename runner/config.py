@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,8 @@ from runner import authblocks, deletes, spec, templating, watermarks
 from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
+from runner.overrides import Override, blame
+from runner.overrides import apply as apply_overrides
 from runner.redaction import Redactor
 from runner.sourcefile import MAX_FILE_BYTES, Document, Path_, check, did_you_mean, read, show
 from runner.sourcefile import schema as schema  # re-exported: `config.schema()` for the CLI and tests
@@ -52,27 +54,30 @@ def default_paths(root: Path | None = None) -> list[Path]:
     return sorted((root or Path()).joinpath("sources").glob("*.yaml"))
 
 
-def load(path: Path) -> spec.Source:
-    """Read one source file and return a ready-to-run Source; ConfigError lists every problem."""
+def load(path: Path, overrides: Sequence[Override] = ()) -> spec.Source:
+    """Read one source file and return a ready-to-run Source; ConfigError lists every problem.
+    `overrides` (`--set`, runner/overrides.py) change the YAML as read, before it is validated."""
     try:
         with path.open("rb") as file:
             text = file.read(MAX_FILE_BYTES + 1)  # enough to tell it is too large, never a whole huge file
     except OSError as error:  # a missing or unreadable file is the user's to fix, not a crash
         raise ConfigError([Problem(str(path), 1, "", f"cannot read the file: {error.strerror}")]) from None
-    return loads(text, path)
+    return loads(text, path, overrides)
 
 
-def loads(text: bytes | str, path: Path) -> spec.Source:
+def loads(text: bytes | str, path: Path, overrides: Sequence[Override] = ()) -> spec.Source:
     """Like `load`, for text already read; `path` names the file in messages and finds syncrun.yaml."""
     doc, problems = read(text, str(path))
     if doc is None:
         raise ConfigError(problems)
+    if overrides and (refused := apply_overrides(doc, overrides)):
+        raise ConfigError(refused)
     project, project_problems = _project(path)
     schema_problems, blocked = check(doc, "source.schema.json")
     problems += project_problems + schema_problems
     source = _Builder(doc, path, project, problems, blocked).source()
     if problems or source is None:
-        raise ConfigError(list(dict.fromkeys(problems)))
+        raise ConfigError(blame(list(dict.fromkeys(problems)), overrides))
     return source
 
 
@@ -253,6 +258,12 @@ class _Builder:
             )
         if kind is spec.SelectionType.LIST:
             declared = []
+            if "limit" in raw:  # a catalogue has no entities to count: its cap is on records
+                self.add(
+                    ("entities", "limit"),
+                    "does not apply to a list source: cap the records a run writes with pagination.max_items"
+                    " (or --limit)",
+                )
         elif not declared:
             declared = [(key, key_type)]
         extra: dict[str, JSON] = {
@@ -569,6 +580,9 @@ class _Builder:
         if raw is None:
             return None
         writes = (self.write(("writes", i), write, columns) for i, write in enumerate(raw))
+        primary = [i for i, write in enumerate(raw) if isinstance(write, dict) and write.get("primary") is True]
+        for i in primary[1:]:
+            self.add(("writes", i, "primary"), f"writes[{primary[0]}] is the primary write already: keep one")
         return tuple(w for i, w in enumerate(writes) if w is not None and self.usable(("writes", i)))
 
     def write(self, path: Path_, raw: JSON, entity_columns: frozenset[str] | None) -> spec.Write | None:
@@ -595,6 +609,7 @@ class _Builder:
             replace_by=tuple(raw.get("replace_by", ())),
             lookups=lookups,
             on_delete=spec.OnDelete(raw.get("on_delete", "delete")),
+            primary=raw.get("primary", False),
         )
 
     def deletes(

@@ -53,6 +53,10 @@ log = logging.getLogger("syncrun")
 _DONE = object()  # end of a queue
 _PAGE = "page"  # list-shaped sources: the page number stands in for the entity key
 _FLUSH_EVERY = 0.25  # seconds a partial write batch may wait for more results
+# Job rows' error_message texts that dashboards may match on (docs/cli.md lists them; tests pin them)
+FAIL_RATIO = "{failed} of {processed} {what} failed, above fail_ratio {ratio}"
+CANCELLED = "cancelled by {signal}"
+LISTING_PAGE_FAILED = "page {page} of the listing failed: {error}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +75,9 @@ class Options:
     restart: bool = False  # list-shaped sources: ignore the checkpointed cursor
     stale_after: float = 300.0  # reap running jobs whose heartbeat is older than this
     metadata: dict[str, JSON] = field(default_factory=dict)
+    # list sources: records this run writes at most (an explicit --limit): pagination.max_items for this run
+    max_items: int | None = None
+    overridden: frozenset[str] = frozenset()  # `--set` paths (incremental.start overrides the watermark)
 
 
 @dataclass(slots=True)
@@ -86,6 +93,7 @@ class Trace:
     result: writer.EntityResult | None = None
     declared: bool = False  # the deciding outcome rule is the source's own, not a default one
     capped: str = ""  # why a cap (max_pages, max_items, the default page cap) cut this entity's listing
+    items: int | None = None  # a list source's page: the records it counts as (None: one entity)
 
 
 @dataclass(slots=True)
@@ -140,12 +148,16 @@ class _Run:
         self.listing_started: datetime | None = self.now
 
     # --- stopping ---------------------------------------------------------------------------------
-    def halt(self, status: str, error: str | None = None, signum: int | None = None) -> None:
-        """Take no new entities; in-flight ones finish (within the grace period) and are written."""
+    def halt(self, status: str, error: str | None = None, signum: int | None = None, *, reason: str = "") -> None:
+        """Take no new entities; in-flight ones finish (within the grace period) and are written.
+        `reason`: a graceful stop asked for from outside (max_runtime, SIGTERM, SIGINT), which the
+        job row's metadata keeps ({"graceful_stop": true, "stop_reason": "max_runtime"})."""
         if not self.stop.is_set():
             # Redacted here too: a halt message may quote an exception (`{error!r}`) nobody redacted.
             error = self.settings.redact(error) if error is not None else None
             self.report.status, self.report.error, self.report.signal = status, error, signum
+            if reason:
+                self.report.metadata.update({"graceful_stop": True, "stop_reason": reason})
             self.stop.set()
 
     # --- the pipeline -----------------------------------------------------------------------------
@@ -205,7 +217,8 @@ class _Run:
             listing = await fetch.entity(
                 self.http, self.source, entity, self.settings, limiter=self.limiter, sleep=self.sleep, headers=ask
             )
-            trace.result = self.classify(entity, self.replies(listing), trace)
+            keep = listing[-1].keep if listing else None
+            trace.result = self.classify(entity, self.replies(listing), trace, keep=keep)
             if listing and listing[-1].capped:  # the rows beyond the cap were not read: replace_by deletes none
                 trace.result = replace(trace.result, partial=True)
                 self.capped(trace, listing[-1].capped)
@@ -250,7 +263,7 @@ class _Run:
         for trace in traces:
             try:
                 parts = [self.part(reply, trace.entity) for reply in replies]
-                trace.result = self.classify(trace.entity, parts, trace, whole=replies[0].body)
+                trace.result = self.classify(trace.entity, parts, trace, whole=replies[0].body, keep=listing[-1].keep)
                 if listing[-1].capped:
                     trace.result = replace(trace.result, partial=True)
                     self.capped(trace, listing[-1].capped)
@@ -287,8 +300,15 @@ class _Run:
         return replace(reply, body=batch.record.search(document) if reply.body is not None else None)
 
     def classify(
-        self, entity: dict[str, JSON], replies: list[fetch.Reply], trace: Trace, *, whole: JSON = None
+        self,
+        entity: dict[str, JSON],
+        replies: list[fetch.Reply],
+        trace: Trace,
+        *,
+        whole: JSON = None,
+        keep: int | None = None,
     ) -> writer.EntityResult:
+        """The entity's outcome and rows; `keep`: only the first records of the last reply (max_items)."""
         first = replies[0]
         trace.requests = [reply.url for reply in replies]
         trace.status, trace.elapsed = first.status, sum(r.elapsed for r in replies)
@@ -311,12 +331,13 @@ class _Run:
             )
         rows: dict[int, list[mapping.Row]] = {index: [] for index in range(len(self.source.writes))}
         values: dict[str, JSON] = dict(decision.values)
-        for reply in replies:
+        for number, reply in enumerate(replies, start=1):
             if reply.body is None:
                 raise MappingError(f"expected a JSON body, got {fetch.describe(reply)}")
             base = mapping.context(reply.body, reply.status, reply.headers, entity, self.run_values(), whole=whole)
             redact = self.settings.redact.value  # an API that echoes a token never gets it stored
-            for index, produced in mapping.rows(self.source, base).items():
+            cut = keep if number == len(replies) else None
+            for index, produced in mapping.rows(self.source, base, keep=cut).items():
                 rows[index].extend({column: redact(value) for column, value in row.items()} for row in produced)
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
@@ -384,6 +405,7 @@ class _Run:
             if self.write_failed:  # the database is gone: nothing more is written or counted
                 self.unprocessed.extend(result.key for result in results)
                 return
+            tally = writer.Tally()
             try:
                 failed = await asyncio.to_thread(
                     conn.call,
@@ -393,6 +415,7 @@ class _Run:
                     catalog=self.catalog,
                     job_id=self.report.job_id,
                     holder=self.options.holder,
+                    tally=tally,
                 )
             except (DatabaseError, psycopg.Error) as error:
                 # Nothing of this batch committed (one transaction), so none of it is counted.
@@ -400,6 +423,8 @@ class _Run:
                 self.unprocessed.extend(result.key for result in results)
                 self.halt("failed", self.settings.redact(f"writing to the database failed: {error}"))
                 return
+            c = self.report.counters  # rows of the primary target this batch inserted / updated
+            self.report.counters = replace(c, created=c.created + tally.created, updated=c.updated + tally.updated)
             replaced = {id(f.entity): f for f in failed}
             # as written: a claim lost or a value that turned out not to fit is no transient failure
             self.transients.note(
@@ -419,12 +444,19 @@ class _Run:
         c = self.report.counters
         kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
         kind = "unchanged" if result.unchanged and result.outcome is not spec.Outcome.ERROR else kind
-        c = replace(c, processed=c.processed + 1, **{kind: getattr(c, kind) + 1})
+        n = 1 if trace.items is None else trace.items  # a list source counts a page's records, not the page
+        if trace.items is not None:
+            pages = self.report.metadata
+            pages["pages"] = int(pages.get("pages") or 0) + 1
+            if result.outcome is spec.Outcome.ERROR:
+                pages["pages_failed"] = int(pages.get("pages_failed") or 0) + 1
+        c = replace(c, processed=c.processed + n, **{kind: getattr(c, kind) + n})
         self.report.counters = c
         progress.tick(self.source.name, c, result.error)
         if result.outcome is spec.Outcome.ERROR:
             log.warning("%s %s failed: %s", self.source.name, result.key, result.error)
-        if c.processed % self.options.progress_every == 0:
+        every = self.options.progress_every
+        if c.processed // every > (c.processed - n) // every:
             log.info("progress", extra={"source": self.source.name, **self.progress()})
 
     def judge(self, trace: Trace) -> None:
@@ -499,7 +531,8 @@ async def run(
 def _halt_all(states: list[_Run], signum: int) -> None:
     log.warning("received %s: finishing in-flight entities, taking no new ones", signal.Signals(signum).name)
     for state in states:
-        state.halt("cancelled", f"cancelled by {signal.Signals(signum).name}", signum)
+        name = signal.Signals(signum).name
+        state.halt("cancelled", CANCELLED.format(signal=name), signum, reason=name)
 
 
 async def _drive(state: _Run) -> Report:
@@ -570,20 +603,25 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
     fails the run: a listing with a hole in it is never complete."""
     source, options = state.source, state.options
     start, done = None, 0  # done: pages of this listing read by earlier runs
-    if cursor_conn is not None and not options.restart:
+    # `--set incremental.start=…` asks from that point for this run: a new listing, whatever was stored
+    again = "incremental.start" in options.overridden and source.incremental is not None
+    if cursor_conn is not None and not options.restart and not again:
         checkpoint = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
         if checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
             log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
     marks = Tracker(source, cursor_conn)  # incremental: ${incremental.since}, advanced at the end
-    state.settings = await marks.begin(state.settings, restart=options.restart, resumed=start is not None)
-    pages = fetch.pages(state.http, source, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
+    state.settings = await marks.begin(
+        state.settings, restart=options.restart, resumed=start is not None, override=again
+    )
+    paged = _record_cap(source, options.max_items)
+    pages = fetch.pages(state.http, paged, {}, state.settings, limiter=state.limiter, sleep=state.sleep, start=start)
     number, capped, resume = done, "", start
     try:
         while (page := await fetch.next_page(pages, state.stop, state.options.grace)) is not None:
-            trace = Trace({_PAGE: number})
+            trace = Trace({_PAGE: number}, items=page.items)
             try:
-                trace.result = state.classify({_PAGE: number}, [page.reply], trace)
+                trace.result = state.classify({_PAGE: number}, [page.reply], trace, keep=page.keep)
                 if (problem := _not_a_page(trace)) is not None:
                     trace.result = state.failure({_PAGE: number}, problem, definitive=True)
             except EntityError as error:
@@ -595,10 +633,13 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                 state.complete = False
                 state.halt(
                     "failed",
-                    f"page {number + 1} of the listing failed: {trace.result.error if trace.result else 'no result'}",
+                    LISTING_PAGE_FAILED.format(
+                        page=number + 1, error=trace.result.error if trace.result else "no result"
+                    ),
                 )
                 return
-            number += 1
+            # A page cut by max_items is read again from its start when the listing resumes.
+            number += 1 if page.keep is None else 0
             await marks.page(page.reply, trace.result.outcome, state.report.job_id)  # before the checkpoint
             if cursor_conn is not None:
                 if page.resume is None:
@@ -616,7 +657,7 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
             capped, resume = page.capped, page.resume
             if state.stop.is_set():
                 break
-        ended = number > done and resume is None  # the last page read had no next one: the listing's end
+        ended = number > done and resume is None and not capped  # the last page read had no next one
         if state.stop.is_set() and not ended and not capped:  # a signal, --max-runtime, a slow page: resume later
             _unfinished(state, "interrupted", "the run stopped before its end", resume, number)
             return
@@ -651,11 +692,19 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         trace = Trace({_PAGE: number})
         trace.result = state.failure({_PAGE: number}, str(error), definitive=error.definitive)
         await state.flush(write_conn, [trace])
-        state.halt("failed", f"page {number + 1} of the listing failed: {error}")
+        state.halt("failed", LISTING_PAGE_FAILED.format(page=number + 1, error=error))
     finally:
         if not state.complete and "listing" not in state.report.metadata:
             state.report.metadata["listing"] = "failed" if state.report.status == "failed" else "interrupted"
         await pages.aclose()
+
+
+def _record_cap(source: spec.Source, limit: int | None) -> spec.Source:
+    """The source as this run pages it: an explicit --limit caps the records like max_items does."""
+    cap = source.pagination.max_items
+    if limit is None or (cap is not None and cap <= limit):
+        return source
+    return replace(source, pagination=replace(source.pagination, max_items=limit))
 
 
 def _not_a_page(trace: Trace) -> str | None:
@@ -774,7 +823,7 @@ async def _deadline(state: _Run) -> None:
         return
     await asyncio.sleep(state.options.max_runtime)
     log.info("max runtime reached: taking no new entities")
-    state.halt("completed", None)
+    state.halt("completed", None, reason="max_runtime")
 
 
 def _conclude(state: _Run) -> None:
@@ -789,7 +838,8 @@ def _conclude(state: _Run) -> None:
         report.error = state.settings.redact(message)
     if report.status == "completed" and c.processed and c.failed / c.processed > source.fail_ratio:
         report.status = "failed"
-        report.error = f"{c.failed} of {c.processed} entities failed, above fail_ratio {source.fail_ratio}"
+        what = "records" if source.entities.type is spec.SelectionType.LIST else "entities"
+        report.error = FAIL_RATIO.format(failed=c.failed, processed=c.processed, what=what, ratio=source.fail_ratio)
 
 
 def _close(state: _Run, job_link: database.Link | None) -> None:

@@ -85,6 +85,10 @@ class Page:
     reply: Reply
     resume: str | int | None
     capped: str = ""  # why a cap (max_pages, max_items, the default page cap) stopped a listing that had more
+    # max_items fell inside this page: only its first `keep` records count, and `resume` is this
+    # page's own position (it is read again, from its start, when a list source resumes)
+    keep: int | None = None
+    items: int = 0  # the page's records (within `keep`), as the mappings will see them
 
 
 async def entity(
@@ -161,7 +165,12 @@ async def pages(
             return
         follow = walk.follow(reply, position, records, request)
         capped = walk.capped(follow)
-        yield Page(reply, follow, capped)
+        count = len(records) if records is not None else 0
+        keep = walk.keep(count)
+        if keep is not None:
+            yield Page(reply, position, capped, keep, keep)
+            return
+        yield Page(reply, follow, capped, None, count)
         if follow is None or capped:
             return
         position = follow

@@ -21,6 +21,8 @@ from runner.migrations import JOBS_TABLE
 from runner.spec import QualifiedName
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# error_message of a job `reap` failed (docs/cli.md lists the stable texts; tests pin them)
+ABANDONED = "abandoned: no heartbeat for {seconds}s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +147,7 @@ def reap(conn: psycopg.Connection, timeout_seconds: float, *, table: QualifiedNa
         " and coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %(seconds)s)"
     ).format(identifier(table))
     with conn.transaction():
-        cursor = conn.execute(query, {"message": f"abandoned: no heartbeat for {seconds}s", "seconds": seconds})
+        cursor = conn.execute(query, {"message": ABANDONED.format(seconds=seconds), "seconds": seconds})
     return cursor.rowcount
 
 

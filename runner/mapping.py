@@ -55,10 +55,12 @@ def records(source: spec.Source, base: dict[str, JSON]) -> list[JSON]:
     return found if isinstance(found, list) else [found]
 
 
-def rows(source: spec.Source, base: dict[str, JSON]) -> dict[int, list[Row]]:
-    """Rows per write target (by index in `source.writes`) for every record of one response."""
+def rows(source: spec.Source, base: dict[str, JSON], *, keep: int | None = None) -> dict[int, list[Row]]:
+    """Rows per write target (by index in `source.writes`) for every record of one response (its
+    first `keep` records: a page that max_items cut)."""
     out: dict[int, list[Row]] = {index: [] for index in range(len(source.writes))}
-    for record in records(source, base):
+    found = records(source, base)
+    for record in found if keep is None else found[:keep]:
         document = {**base, "record": record}
         for index, write in enumerate(source.writes):
             out[index].extend(_write_rows(write, document, index))

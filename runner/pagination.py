@@ -351,17 +351,27 @@ class Walk:
 
     def capped(self, following: Position | None) -> str:
         """Why a cap stopped a listing that had more ("max_pages 2 reached"), "" when none did. A
-        listing without max_pages stops at DEFAULT_MAX_PAGES: not complete, never an endless walk."""
+        listing without max_pages stops at DEFAULT_MAX_PAGES: not complete, never an endless walk.
+        A page that goes past max_items is cut (`keep`), and capped even if it was the last one."""
+        pages, items = self.pagination.max_pages, self.pagination.max_items
+        if items is not None and self.items > items:
+            return f"max_items {items} reached"
         if following is None:
             return ""
-        pages, items = self.pagination.max_pages, self.pagination.max_items
         if pages is not None and self.pages >= pages:
             return f"max_pages {pages} reached"
         if items is not None and self.items >= items:
-            return f"max_items {items} reached ({self.items} items read)"
+            return f"max_items {items} reached"
         if pages is None and self.pages >= DEFAULT_MAX_PAGES:
             return f"the default page cap ({DEFAULT_MAX_PAGES} pages, set pagination.max_pages to change it) reached"
         return ""
+
+    def keep(self, items: int) -> int | None:
+        """How many of the last page's `items` records are within max_items; None: all of them."""
+        cap = self.pagination.max_items
+        if cap is None or self.items <= cap:
+            return None
+        return max(0, items - (self.items - cap))
 
     def _cut(self, reply: Reply, why: str, missing: str) -> None:
         if self.pagination.missing_next is spec.MissingNext.END:

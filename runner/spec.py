@@ -363,6 +363,7 @@ class Write:
     # `outcome: delete` removes the rows where these columns equal their value for the entity: the key
     # and replace_by columns mapped to exactly `entity.<key>` or to a constant (runner.deletes.columns)
     delete_by: tuple[str, ...] = ()
+    primary: bool = False  # its rows are the ones items_created / items_updated count (writer.primary)
 
     @property
     def column_names(self) -> tuple[str, ...]:

@@ -117,8 +117,10 @@ def write(
     catalog: Catalog,
     *,
     bulk: bool,
-) -> None:
-    """Resolve lookups, delete the `scopes`' rows, then upsert `rows` (or call the function per row)."""
+    count: bool = False,
+) -> tuple[int, int]:
+    """Resolve lookups, delete the `scopes`' rows, then upsert `rows` (or call the function per row).
+    With `count`, (rows inserted, rows updated) by the upsert (`counted`); else (0, 0)."""
     for lookup in target.lookups:
         rows = _resolve(cursor, target, lookup, rows, catalog)
     if target.key:
@@ -128,20 +130,51 @@ def write(
     if target.function is not None:
         types = column_types(target, catalog)
         run(cursor, str(target.function), function_sql(target, tuple(types.get(c) for c in columns)), params)
-        return
+        return 0, 0
     delete_scopes(
         cursor, Scoped(target.table, target.replace_by), sorted(set(scopes), key=str), column_types(target, catalog)
     )
     types = catalog.get(target.table, {})
     touch = "updated_at" in types
+    if not params:
+        return 0, 0
     if bulk and len(params) >= COPY_FROM:
-        _copy(cursor, target, touch, params)
-        return
+        return _copy(cursor, target, touch, params, count)
     casts = array_casts(types, columns, params) if len(params) >= UNNEST_FROM else None
+    bound: list[Any]
     if casts is None:
-        run(cursor, str(target.table), upsert_sql(target, touch), params)
+        statement, bound = upsert_sql(target, touch), params
     else:
-        run(cursor, str(target.table), unnest_upsert_sql(target, touch, casts), [arrays(params)])
+        statement, bound = unnest_upsert_sql(target, touch, casts), [arrays(params)]
+    if not count:
+        run(cursor, str(target.table), statement, bound)
+        return 0, 0
+    return _counts(cursor, str(target.table), counted(statement), bound)
+
+
+def counted(statement: sql.Composed) -> sql.Composed:
+    """The upsert reporting (inserted, updated): a row version the statement inserted has no xmax; one
+    `on conflict do update` rewrote carries the updating transaction's lock in it. `do nothing`
+    returns only the rows it inserted. One result row per statement, whatever the rows written."""
+    return sql.SQL(
+        "with w as ({} returning (xmax = 0) as created)"
+        " select count(*) filter (where created), count(*) filter (where not created) from w"
+    ).format(statement)
+
+
+def _counts(cursor: psycopg.Cursor[Any], table: str, statement: sql.Composed, params: list[Any]) -> tuple[int, int]:
+    created = updated = 0
+    try:
+        cursor.executemany(statement, params, returning=True)
+        while True:
+            row = cursor.fetchone()
+            if row is not None:
+                created, updated = created + int(row[0]), updated + int(row[1])
+            if not cursor.nextset():
+                break
+    except DATA_ERRORS as error:
+        raise Failed(describe(table, error)) from error
+    return created, updated
 
 
 def array_casts(types: dict[str, str], names: tuple[str, ...], params: list[tuple[Any, ...]]) -> tuple[str, ...] | None:
@@ -229,7 +262,9 @@ def _dedup(target: Write, rows: list[Row]) -> list[Row]:
     return [unique[k] for k in ordered]
 
 
-def _copy(cursor: psycopg.Cursor[Any], target: Write, touch: bool, params: list[tuple[Any, ...]]) -> None:
+def _copy(
+    cursor: psycopg.Cursor[Any], target: Write, touch: bool, params: list[tuple[Any, ...]], count: bool
+) -> tuple[int, int]:
     """COPY into a temp table shaped like the written columns, then one insert ... select ... on conflict.
 
     The temp table (one per target: `temp_sql`) is created if missing, and emptied, inside every
@@ -241,9 +276,13 @@ def _copy(cursor: psycopg.Cursor[Any], target: Write, touch: bool, params: list[
         with cursor.copy(copy_sql(target)) as copy:
             for row in params:
                 copy.write_row(row)
-        cursor.execute(copy_upsert_sql(target, touch))
+        if not count:
+            cursor.execute(copy_upsert_sql(target, touch))
+            return 0, 0
+        found = cursor.execute(counted(copy_upsert_sql(target, touch))).fetchone()
     except DATA_ERRORS as error:
         raise Failed(describe(str(target.table), error)) from error
+    return (0, 0) if found is None else (int(found[0]), int(found[1]))
 
 
 def _temp(target: Write) -> sql.Identifier:

@@ -161,13 +161,18 @@ class Tracker:
     value: Value | None = None
     pending: Value | None = None
 
-    async def begin(self, settings: templating.Settings, *, restart: bool, resumed: bool) -> templating.Settings:
+    async def begin(
+        self, settings: templating.Settings, *, restart: bool, resumed: bool, override: bool = False
+    ) -> templating.Settings:
         """Load (or, with `restart`, forget) the watermark; the run's settings with `${incremental.since}`.
-        A listing that is not `resumed` from a checkpoint forgets what an abandoned one had seen."""
+        A listing that is not `resumed` from a checkpoint forgets what an abandoned one had seen.
+        `override` (`--set incremental.start=…`): this run asks from `start`, leaving the stored
+        watermark in place; only if its listing completes does the watermark become what it saw
+        (which may be earlier: that is what a reset is for)."""
         incremental = self.source.incremental
         if incremental is None:
             return settings
-        if self.conn is not None:
+        if self.conn is not None and not override:
             if restart:
                 await asyncio.to_thread(self.conn.call, reset, self.source.name)
             stored, pending = await asyncio.to_thread(self.conn.call, load, self.source.name)

@@ -102,6 +102,28 @@ class EntityResult:
         )
 
 
+@dataclass(slots=True)
+class Tally:
+    """Rows of the source's primary write (`primary`) that committed batches inserted and updated:
+    the job row's items_created / items_updated. Only what committed is added."""
+
+    created: int = 0
+    updated: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.created += other.created
+        self.updated += other.updated
+
+
+def primary(source: Source) -> int | None:
+    """The index of the write whose rows items_created / items_updated count: the one marked
+    `primary: true`, else the first `table:` write; None when every write calls a function."""
+    marked = [index for index, target in enumerate(source.writes) if target.primary]
+    tables = [index for index, target in enumerate(source.writes) if target.function is None]
+    found = marked or tables
+    return found[0] if found else None
+
+
 def write(
     conn: psycopg.Connection,
     source: Source,
@@ -110,16 +132,22 @@ def write(
     catalog: Catalog,
     job_id: str | None = None,
     holder: str | None = None,
+    tally: Tally | None = None,
 ) -> list[EntityResult]:
     """Write a batch in one transaction; return the results that failed here, as error results.
 
     `holder`: release only this holder's claims (None releases any). `job_id` is not stored today.
+    `tally`: gets the primary write's inserted / updated rows added, once the batch committed.
     """
     batch = [_checked(source, result, catalog) for result in results]
     unfit = [checked for checked, result in zip(batch, results, strict=True) if checked.outcome is not result.outcome]
     for attempt in range(1, ATTEMPTS + 1):
+        counts = Tally()  # an attempt that rolls back counts nothing
         try:
-            return unfit + _attempt(conn, source, batch, catalog, holder)
+            failed = unfit + _attempt(conn, source, batch, catalog, holder, counts)
+            if tally is not None:
+                tally.add(counts)
+            return failed
         except _RETRYABLE as error:
             if attempt == ATTEMPTS:
                 raise DatabaseError(f"writing {source.name}: gave up after {ATTEMPTS} attempts: {error}") from error
@@ -130,16 +158,23 @@ def write(
 
 
 def _attempt(
-    conn: psycopg.Connection, source: Source, batch: list[EntityResult], catalog: Catalog, holder: str | None
+    conn: psycopg.Connection,
+    source: Source,
+    batch: list[EntityResult],
+    catalog: Catalog,
+    holder: str | None,
+    counts: Tally,
 ) -> list[EntityResult]:
     try:
+        whole = Tally()
         with conn.transaction():
             kept, lost = _fence(conn, source, batch, holder)
-            _write_all(conn, source, kept, catalog, holder)
+            _write_all(conn, source, kept, catalog, holder, counts=whole)
+        counts.add(whole)
         return lost
     except targets.Failed:
         pass  # rolled back: find the culprits one entity at a time
-    return _replay(conn, source, batch, catalog, holder)
+    return _replay(conn, source, batch, catalog, holder, counts)
 
 
 def _fence(
@@ -172,20 +207,29 @@ def _fence(
 
 
 def _replay(
-    conn: psycopg.Connection, source: Source, batch: list[EntityResult], catalog: Catalog, holder: str | None
+    conn: psycopg.Connection,
+    source: Source,
+    batch: list[EntityResult],
+    catalog: Catalog,
+    holder: str | None,
+    counts: Tally,
 ) -> list[EntityResult]:
     failures: list[EntityResult] = []
+    kept = Tally()
     with conn.transaction():
         batch, failures = _fence(conn, source, batch, holder)
         for result in batch:
             try:
+                one = Tally()
                 with conn.transaction():  # a savepoint
-                    _write_all(conn, source, [result], catalog, holder, bulk=False)
+                    _write_all(conn, source, [result], catalog, holder, bulk=False, counts=one)
+                kept.add(one)  # the savepoint was released: these rows stay
             except targets.Failed as failure:
                 bad = result.failed(str(failure))
                 with conn.transaction():
                     _write_all(conn, source, [bad], catalog, holder, bulk=False)
                 failures.append(bad)
+    counts.add(kept)
     return failures
 
 
@@ -196,15 +240,19 @@ def _write_all(
     catalog: Catalog,
     holder: str | None,
     bulk: bool = True,
+    counts: Tally | None = None,
 ) -> None:
     """Targets in declaration order, then status, then state: the same lock order in every runner."""
     live = [result for result in batch if result.outcome is not Outcome.ERROR]
+    main = primary(source) if counts is not None else None
     with conn.cursor() as cursor:
         deletes.write(cursor, source, live, catalog)
         for index, target in enumerate(source.writes):
             rows = [row for result in live for row in result.rows.get(index, [])]
             scopes = [result.scopes[index] for result in live if index in result.scopes]
-            targets.write(cursor, target, rows, scopes, catalog, bulk=bulk)
+            created, updated = targets.write(cursor, target, rows, scopes, catalog, bulk=bulk, count=index == main)
+            if counts is not None and index == main:
+                counts.created, counts.updated = counts.created + created, counts.updated + updated
         stamps.write(cursor, source, batch, catalog)
         if source.entities.type is not SelectionType.LIST:  # a catalogue page is no entity: no state
             _write_state(cursor, source, batch, holder)

@@ -64,12 +64,18 @@ def test_sigterm_cancels_cleanly_with_exact_counters(
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=20)
     assert process.returncode == 143, err
-    status, processed, succeeded = db.rows("select status, items_processed, items_succeeded from sync_jobs")[0]
+    status, processed, succeeded, created, updated, error, metadata = db.rows(
+        "select status, items_processed, items_succeeded, items_created, items_updated, error_message, metadata"
+        " from sync_jobs"
+    )[0]
     assert status == "cancelled"
     written = db.scalar("select count(*) from apps")
     stamped = db.scalar("select count(*) from sync_status where last_alpha_sync is not null")
     assert processed == succeeded == written == stamped == len(api.requests)
     assert processed < 12
+    assert (created, updated) == (written, 0)  # every app row was new
+    assert error == "cancelled by SIGTERM"
+    assert metadata == {"graceful_stop": True, "stop_reason": "SIGTERM"}
 
 
 @pytest.mark.slow
@@ -83,10 +89,14 @@ def test_max_runtime_stops_cleanly_and_completes(
     process = start(["run", str(source), "--max-runtime", "1"], env)
     _, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
-    status, processed = db.rows("select status, items_processed from sync_jobs")[0]
+    status, processed, error, metadata = db.rows(
+        "select status, items_processed, error_message, metadata from sync_jobs"
+    )[0]
     assert status == "completed"
     assert 0 < processed < 30
     assert processed == db.scalar("select count(*) from apps") == len(api.requests)
+    assert error is None
+    assert metadata == {"graceful_stop": True, "stop_reason": "max_runtime"}
 
 
 def test_validate_exit_codes(tmp_path: Path) -> None:
@@ -284,7 +294,8 @@ def test_a_catalogue_waiting_for_its_next_grant_stops_within_the_grace_period(
     _, err = process.communicate(timeout=30)
     assert time.monotonic() - signalled < 10  # the grace period (1 s) plus shutdown, not the minute
     assert process.returncode == 128 + signum, err
-    assert db.rows("select status from sync_jobs") == [("cancelled",)]
+    ((status, reason, processed),) = db.rows("select status, metadata->>'stop_reason', items_processed from sync_jobs")
+    assert (status, reason, processed) == ("cancelled", signum.name, 1)  # one record of one page
     assert len(api.requests) == 1
 
 

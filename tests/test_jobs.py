@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from runner import jobs
-from tests.pg import Database, make_source
+from runner import breaker, engine, jobs, migrations, spec, targets, writer
+from runner.spec import Outcome, WriteMode
+from runner.writer import EntityResult
+from tests.pg import Database, make_source, write
 
 
 @pytest.fixture
@@ -106,3 +111,106 @@ def test_a_checkpoint_keeps_the_listings_start_and_pages(migrated: Database) -> 
     assert jobs.load_cursor(migrated.conn, "list") == jobs.Checkpoint("abc", None, 0)
     jobs.clear_cursor(migrated.conn, "list")
     assert jobs.load_cursor(migrated.conn, "list") is None
+
+
+# --- items_created / items_updated: the primary write's inserted and updated rows -------------------------
+def counted(db: Database, source: Any, results: list[Any]) -> tuple[tuple[int, int], list[Any]]:
+    tally = writer.Tally()
+    failed = writer.write(db.conn, source, results, catalog=migrations.check(db.conn, [source]), tally=tally)
+    return (tally.created, tally.updated), [f.key for f in failed]
+
+
+@pytest.fixture
+def apps(db: Database) -> Database:
+    db.migrate(COUNTED)
+    db.run(
+        "create table apps (appid int primary key, name text, price_cents int check (price_cents >= 0));"
+        "create table app_tags (appid int, tag text, primary key (appid, tag))"
+    )
+    return db
+
+
+APPS = write("apps", ["appid"], ["appid", "name", "price_cents"])
+TAGS = write("app_tags", ["appid", "tag"], ["appid", "tag"])
+COUNTED = make_source(writes=(TAGS, replace(APPS, primary=True)))
+
+
+def entity(appid: int, price: int = 1, tags: int = 2) -> EntityResult:
+    rows = {
+        0: [{"appid": appid, "tag": f"t{i}"} for i in range(tags)],
+        1: [{"appid": appid, "name": "x", "price_cents": price}],
+    }
+    return EntityResult(key=appid, entity={"appid": appid}, outcome=Outcome.SUCCESS, rows=rows)
+
+
+@pytest.mark.parametrize("size", [1, 3, targets.COPY_FROM + 2])  # executemany, unnest, COPY
+def test_created_and_updated_count_the_primary_writes_rows(apps: Database, size: int) -> None:
+    """The write marked primary is counted (not the first write, whose tags would count twice per app):
+    new rows are created, rows the upsert rewrote are updated, whichever way the rows travelled."""
+    assert counted(apps, COUNTED, [entity(i) for i in range(1, size + 1)]) == ((size, 0), [])
+    again = [entity(i, price=2) for i in range(1, size + 2)]  # every earlier app again, and one new
+    assert counted(apps, COUNTED, again) == ((1, size), [])
+
+
+def test_a_rolled_back_entity_counts_nothing(apps: Database) -> None:
+    """A batch replayed entity by entity (one bad price): only the rows that committed are counted."""
+    assert counted(apps, COUNTED, [entity(1), entity(2, price=-1), entity(3)]) == ((2, 0), [2])
+
+
+def test_mode_insert_counts_only_inserted_rows(apps: Database) -> None:
+    source = make_source(writes=(TAGS, replace(APPS, mode=WriteMode.INSERT, primary=True)))
+    assert counted(apps, source, [entity(1), entity(2)]) == ((2, 0), [])
+    assert counted(apps, source, [entity(1), entity(3)]) == ((1, 0), [])  # the existing row was left alone
+
+
+def test_the_primary_write_defaults_to_the_first_table_write() -> None:
+    function = replace(APPS, function=spec.QualifiedName(None, "f"))
+    assert writer.primary(make_source(writes=(TAGS, APPS))) == 0
+    assert writer.primary(make_source(writes=(function, APPS))) == 1
+    assert writer.primary(make_source(writes=(TAGS, replace(APPS, primary=True)))) == 1
+    assert writer.primary(make_source(writes=(function,))) is None
+
+
+def test_a_row_inserted_earlier_in_the_same_batch_counts_as_updated(apps: Database) -> None:
+    """steamspy's shape: an insert-only write, then an upsert of the same rows in one transaction. The
+    primary upsert finds rows the batch itself created: they count as updated (they existed when it ran)."""
+    first = replace(APPS, mode=WriteMode.INSERT, columns=APPS.columns[:2])
+    source = make_source(writes=(first, replace(APPS, primary=True)))
+    results = [
+        EntityResult(
+            key=i,
+            entity={"appid": i},
+            outcome=Outcome.SUCCESS,
+            rows={0: [{"appid": i, "name": "x"}], 1: [{"appid": i, "name": "y", "price_cents": 1}]},
+        )
+        for i in (1, 2)
+    ]
+    assert counted(apps, source, results) == ((0, 2), [])
+
+
+# --- stable error_message texts (docs/cli.md lists them) ---------------------------------------------------
+STABLE = {
+    jobs.ABANDONED.format(seconds=300): "abandoned: no heartbeat for 300s",
+    engine.FAIL_RATIO.format(failed=3, processed=10, what="entities", ratio=0.1): (
+        "3 of 10 entities failed, above fail_ratio 0.1"
+    ),
+    engine.CANCELLED.format(signal="SIGTERM"): "cancelled by SIGTERM",
+    engine.LISTING_PAGE_FAILED.format(page=2, error="HTTP 503"): "page 2 of the listing failed: HTTP 503",
+}
+
+
+def test_error_messages_are_stable_and_documented() -> None:
+    """Dashboards match on these: each text is pinned here and listed in docs/cli.md."""
+    for made, expected in STABLE.items():
+        assert made == expected
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    for template in (jobs.ABANDONED, engine.FAIL_RATIO, engine.CANCELLED, engine.LISTING_PAGE_FAILED):
+        shown = template.replace("{", "<").replace("}", ">")
+        assert f"`{shown}`" in documented, shown
+    assert "`circuit breaker: stopped after" in documented
+    breaker_ = breaker.Breaker()
+    trip = None
+    for _ in range(breaker.AUTH_TRIP):
+        trip = breaker_.observe(failed=True, auth=True, transient=False)
+    assert trip is not None
+    assert trip.startswith("circuit breaker: stopped after 5 consecutive authentication failures")

@@ -182,18 +182,23 @@ def test_missing_next_end_takes_the_condition_as_the_end(env: Database, api: Api
     assert job(env, "declared") == ("completed", None)
 
 
-@pytest.mark.parametrize("cap", ["max_pages: 2", "max_items: 15"])
+@pytest.mark.parametrize(("cap", "written", "resume"), [("max_pages: 2", 20, 3), ("max_items: 15", 15, 2)])
 def test_a_cap_stops_the_listing_and_keeps_it_incomplete(
-    cap: str, env: Database, api: ApiServer, tmp_path: Path
+    cap: str, written: int, resume: int, env: Database, api: ApiServer, tmp_path: Path
 ) -> None:
-    """Reaching max_pages / max_items reads whole pages up to the cap, checkpoints where it stopped,
-    and leaves the listing not complete: an after-step `when: complete` does not run."""
+    """max_pages reads whole pages up to the cap; max_items writes exactly that many records, cutting the
+    page it falls in, which the checkpoint then points at (read again from its start, so no record of it
+    is skipped). The listing is not complete: an after-step `when: complete` does not run."""
     source = list_source(tmp_path, "capped", "link", f"{{type: link, {cap}}}", "body")
     source.write_text(source.read_text() + "after:\n  - {when: complete, sql: 'delete from items'}\n")
     prepare(env, source)
     assert cli.main(["run", str(source)]) == 0
-    assert env.scalar("select count(*) from items") == 20
-    assert env.scalar("select cursor->>'position' from syncrun_cursors") == f"{api.url}/link?per_page=10&page=3"
+    assert env.scalar("select count(*) from items") == written
+    assert env.rows("select items_processed, items_succeeded, items_created, metadata->>'pages' from sync_jobs") == [
+        (written, written, written, "2")
+    ]
+    position = f"{api.url}/link?per_page=10&page={resume}"
+    assert env.scalar("select cursor->>'position' from syncrun_cursors") == position
     assert cli.main(["run", str(source)]) == 0  # resumes at page 3, reads to the end: complete
     assert [r.query.get("page") for r in api.requests][-1] == "3"
     assert env.scalar("select count(*) from items") == 0  # the after-step ran this time
@@ -420,14 +425,14 @@ def test_a_listing_over_capped_runs_cleans_up_with_its_own_start(
         err = capsys.readouterr().err
         assert f"; listing not complete: max_pages 1 reached; resumes at page {resumes} (next page=" in err
         (metadata,) = env.rows("select metadata from sync_jobs order by started_at desc limit 1")[0]
-        assert metadata == {"listing": "capped", "resumes_at_page": resumes}
+        assert metadata == {"listing": "capped", "resumes_at_page": resumes, "pages": 1}
         assert env.scalar("select count(*) from items") == 1 + 10 * run
     assert cli.main(["run", str(source)]) == 0
     assert "listing not complete" not in capsys.readouterr().err
     assert env.rows("select id from items order by id") == [(item["id"],) for item in pagedapi.ITEMS]
     first = env.scalar("select min(started_at) from sync_jobs")
     ((metadata,),) = env.rows("select metadata from sync_jobs order by started_at desc limit 1")
-    assert metadata == {"listing": "complete", "listing_started_at": first.isoformat()}
+    assert metadata == {"listing": "complete", "listing_started_at": first.isoformat(), "pages": 1}
     assert env.scalar("select count(*) from syncrun_cursors") == 0
 
 
