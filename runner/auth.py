@@ -3,44 +3,41 @@ tokens fetched while the run goes (client credentials, refresh token).
 
 `AuthTransport` wraps the rate-limited transport, so every attempt and every page to the source's own
 origin carries the credentials, and a request to another origin (a next-page link to `allow_origins`)
-never does. Token requests go through a plain client of their own: they do not spend the API's rate
-budget. One token is shared by all concurrent requests; one fetch is in flight at a time; it is renewed
-shortly before `expires_in` runs out, and once when the API answers 401 to it. A token is a secret the
-moment it arrives (added to the run's Redactor), and it is never stored.
+never does. Token requests (runner/tokens.py) go through a plain client of their own: they do not
+spend the API's rate budget. One token is shared by all concurrent requests, and by every source of
+the run using the same auth block (`Tokens`); one fetch is in flight at a time; it is renewed shortly
+before `expires_in` runs out, and once when the API answers 401 to it. A token is a secret the moment
+it arrives (added to the run's Redactor), and it is never stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 
 import httpx
 
-from runner import spec, templating
+from runner import spec, templating, tokens
 from runner.errors import RunFailed
 
 log = logging.getLogger("syncrun")
 
-EXCERPT = 2048  # bytes of a 401 or token-endpoint answer read for the message
+EXCERPT = tokens.EXCERPT  # bytes of a 401 answer read for the message
 NO_RETRY = spec.Retry(attempts=1)
 MAX_RENEWALS = 2  # a request refused with a token is sent again with a renewed one at most this often
 MAX_MARGIN = 60.0  # renew at most this many seconds before expiry...
 MARGIN_SHARE = 0.1  # ...and at most this share of the token's lifetime
 
 Origin = tuple[str, str, int | None]
-_HEADER_TEXT = re.compile(r"[\x21-\x7e]+")  # a token as RFC 6750 allows it, roughly: visible ASCII
-
 _FIELDS = {
-    spec.AuthType.BEARER: "auth.token",
-    spec.AuthType.API_KEY: "auth.value",
-    spec.AuthType.BASIC: "auth.username and auth.password",
-    spec.AuthType.OAUTH2_CLIENT_CREDENTIALS: "auth.client_id, auth.client_secret and auth.scopes",
-    spec.AuthType.OAUTH2_REFRESH_TOKEN: "auth.refresh_token and auth.client_id",
+    spec.AuthType.BEARER: ("token",),
+    spec.AuthType.API_KEY: ("value",),
+    spec.AuthType.BASIC: ("username", "password"),
+    spec.AuthType.OAUTH2_CLIENT_CREDENTIALS: ("client_id", "client_secret", "scopes"),
+    spec.AuthType.OAUTH2_REFRESH_TOKEN: ("refresh_token", "client_id"),
 }
 
 
@@ -48,13 +45,49 @@ def origin(url: httpx.URL) -> Origin:
     return url.scheme, url.host, url.port
 
 
-def for_source(source: spec.Source, settings: templating.Settings) -> Authenticator | None:
-    """The source's authenticator for this run, or None without an `auth:` block."""
+class Tokens:
+    """The OAuth2 tokens of one run, one per auth block: sources that use the same block (a shared
+    one from syncrun.yaml, or two identical ones) hold one token, renewed once for all of them. A
+    replayed run (`stand_in`) never asks a token endpoint: its requests are answered from a cassette,
+    which never holds a token exchange, so each source gets a stand-in token instead."""
+
+    def __init__(self, *, stand_in: bool = False) -> None:
+        self.stand_in = stand_in
+        self.held: dict[spec.Auth, Token] = {}
+
+    def token(self, auth: spec.Auth) -> Token:
+        return self.held.setdefault(auth, Token())
+
+
+class Token:
+    """One access token and when to renew it; one fetch in flight at a time (the lock)."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        self.renew_at = float("inf")
+        self.fetches = 0  # token requests made (for tests and logs)
+        self.lock = asyncio.Lock()
+
+
+def for_source(
+    source: spec.Source, settings: templating.Settings, tokens: Tokens | None = None
+) -> Authenticator | None:
+    """The source's authenticator for this run, or None without an `auth:` block. `tokens` holds the
+    run's OAuth2 tokens (shared between sources using one block); a new one when not given."""
     if source.auth is None:
         return None
+    tokens = tokens or Tokens()
     placeholders = dict.fromkeys(source.request.url.columns, "0")
     url = httpx.URL(templating.render(source.request.url, placeholders, settings, url=True))
-    return Authenticator(source.auth, origin(url), settings, timeout=source.request.timeout, retry=source.retry)
+    return Authenticator(
+        source.auth,
+        origin(url),
+        settings,
+        timeout=source.request.timeout,
+        retry=source.retry,
+        token=tokens.token(source.auth),
+        stand_in=tokens.stand_in,
+    )
 
 
 class Authenticator:
@@ -71,15 +104,20 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         token_transport: httpx.AsyncBaseTransport | None = None,
+        token: Token | None = None,
+        stand_in: bool = False,
     ) -> None:
         self.auth, self.own, self.settings, self.clock = auth, own, settings, clock
-        self.retry, self.sleep = retry, sleep
         self.oauth2 = auth.type in (spec.AuthType.OAUTH2_CLIENT_CREDENTIALS, spec.AuthType.OAUTH2_REFRESH_TOKEN)
-        self.token: str | None = None
-        self.renew_at = float("inf")
-        self.fetches = 0  # token requests made (for tests and logs)
-        self.lock = asyncio.Lock()
-        self.http = httpx.AsyncClient(transport=token_transport, timeout=timeout, follow_redirects=False)
+        self.token = token or Token()
+        self.stand_in = stand_in
+        self.endpoint = tokens.Endpoint(
+            auth, settings, timeout=timeout, retry=retry, sleep=sleep, transport=token_transport
+        )
+
+    @property
+    def fetches(self) -> int:
+        return self.token.fetches
 
     def value(self, template: spec.Template | None) -> str:
         assert template is not None  # the schema requires the type's fields
@@ -107,103 +145,60 @@ class Authenticator:
         return None
 
     async def current(self) -> str:
-        async with self.lock:
-            if self.token is None or self.clock() >= self.renew_at:
+        token = self.token
+        async with token.lock:
+            if token.value is None or self.clock() >= token.renew_at:
                 await self.fetch()
-            assert self.token is not None
-            return self.token
+            assert token.value is not None
+            return token.value
 
     async def renew(self, rejected: str) -> None:
         """The API refused `rejected`: fetch a new token, unless another request already did."""
-        async with self.lock:
-            if self.token == rejected:
+        async with self.token.lock:
+            if self.token.value == rejected:
                 await self.fetch()
 
     async def fetch(self) -> None:
-        auth = self.auth
-        url = self.value(auth.token_url)
-        form: dict[str, str] = {"client_id": self.value(auth.client_id)}
-        if auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN:
-            form |= {"grant_type": "refresh_token", "refresh_token": self.value(auth.refresh_token)}
-        else:
-            form["grant_type"] = "client_credentials"
-        if auth.client_secret is not None:
-            form["client_secret"] = self.value(auth.client_secret)
-        if auth.scopes:
-            form["scope"] = " ".join(auth.scopes)
-        form |= {name: self.value(template) for name, template in auth.extra}
-        shown = self.settings.redact(url)
+        """A new token into the shared Token (its lock held by the caller)."""
+        token = self.token
+        if self.stand_in:
+            token.fetches += 1
+            token.value, token.renew_at = f"replayed-token-{token.fetches}", float("inf")
+            return
         started = self.clock()
-        response = await self.post(url, form, shown)
-        body = _json(response.content[:EXCERPT] if response.status_code >= 400 else response.content)
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if response.status_code // 100 != 2 or not isinstance(token, str) or not token:
-            raise RunFailed(self.settings.redact(self.token_failure(shown, response, body)))
-        self.settings.redact.add(token)  # before anything else can see it
-        if not _HEADER_TEXT.fullmatch(token):
+        before = self.endpoint.attempts
+        try:
+            grant = await self.endpoint.grant()
+        finally:
+            token.fetches += self.endpoint.attempts - before  # each attempt is a token request
+        shown = self.settings.redact(self.value(self.auth.token_url))
+        if (
+            self.auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN
+            and grant.refresh_token is not None
+            and grant.refresh_token != self.value(self.auth.refresh_token)
+        ):
             raise RunFailed(
-                f"the token endpoint {shown} answered an access_token that cannot be sent in a header"
-                " (a line break, a control or a non-ASCII character)"
+                f"the token endpoint {shown} rotated the refresh token (it answered a new one), which"
+                " syncrun does not support: it never stores tokens, so the next run would hold a spent one"
+                " — use a client that does not rotate refresh tokens, or oauth2_client_credentials"
             )
-        assert isinstance(body, dict)
-        rotated = body.get("refresh_token")
-        if isinstance(rotated, str):
-            self.settings.redact.add(rotated)
-            if auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN and rotated != self.value(auth.refresh_token):
-                raise RunFailed(
-                    f"the token endpoint {shown} rotated the refresh token (it answered a new one), which"
-                    " syncrun does not support: it never stores tokens, so the next run would hold a spent one"
-                    " — use a client that does not rotate refresh tokens, or oauth2_client_credentials"
-                )
-        self.token = token
-        expires = body.get("expires_in")
-        if isinstance(expires, int | float) and not isinstance(expires, bool) and 0 < expires < 10**9:
-            self.renew_at = started + expires - min(MAX_MARGIN, expires * MARGIN_SHARE)
-        else:
-            self.renew_at = float("inf")  # renewed only when the API rejects it
-        lasts = f"expires in {expires:g} s" if self.renew_at != float("inf") else "no expires_in"
-        log.info("fetched an access token from %s (%s; token request %d)", shown, lasts, self.fetches)
-
-    async def post(self, url: str, form: dict[str, str], shown: str) -> httpx.Response:
-        """The token request, retried like an API request (source.retry: attempts, backoff, statuses)
-        when the connection fails or the answer is transient; RunFailed when the attempts run out."""
-        policy = self.retry
-        for attempt in range(1, policy.attempts + 1):
-            self.fetches += 1
-            try:
-                response = await self.http.post(url, data=form, headers={"Accept": "application/json"})
-            except httpx.HTTPError as error:
-                if attempt == policy.attempts:
-                    raise RunFailed(
-                        self.settings.redact(
-                            f"could not get an access token from {shown} ({type(error).__name__}: {error};"
-                            f" {attempt} attempts) — check auth.token_url and that the token endpoint is up"
-                        )
-                    ) from None
-            else:
-                if response.status_code not in policy.statuses or attempt == policy.attempts:
-                    return response
-            await self.sleep(min(policy.initial * policy.factor ** (attempt - 1), policy.max_delay))
-        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
-
-    def token_failure(self, shown: str, response: httpx.Response, body: object) -> str:
-        what = f"the token endpoint {shown} answered HTTP {response.status_code}"
-        if response.status_code // 100 == 2:
-            return f"{what} without an access_token — is auth.token_url the OAuth2 token endpoint?"
-        said = _oauth_error(body) or _text(response.content)
-        hint = (
-            "check auth.client_id and auth.client_secret"
-            if self.auth.type is spec.AuthType.OAUTH2_CLIENT_CREDENTIALS
-            else "check auth.refresh_token (it may have expired or been revoked) and auth.client_id"
+        token.value = grant.access_token
+        expires = grant.expires_in
+        token.renew_at = (
+            float("inf") if expires is None else started + expires - min(MAX_MARGIN, expires * MARGIN_SHARE)
         )
-        return f"{what}{f' ({said})' if said else ''} — {hint}"
+        lasts = f"expires in {expires:g} s" if expires is not None else "no expires_in"
+        log.info("fetched an access token from %s (%s; token request %d)", shown, lasts, token.fetches)
 
     async def rejected(self, request: httpx.Request, response: httpx.Response, *, renewed: bool) -> str:
         """The message for a 401 the credentials could not get past."""
+        from runner.client import parse_json  # runner.client imports this module
+
         raw = await _excerpt(response)
-        body = _json(raw)
-        said = _challenge(response.headers.get("www-authenticate", "")) or _oauth_error(body) or _text(raw)
-        fields = _FIELDS[self.auth.type]
+        body, _ = parse_json(raw)  # bounded depth: 2 KB of `[` is no traceback
+        said = _challenge(response.headers.get("www-authenticate", "")) or tokens.oauth_error(body) or tokens.text(raw)
+        names = [self.auth.field(name) for name in _FIELDS[self.auth.type]]
+        fields = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
         again = " even with a newly fetched token" if renewed else ""
         url = self.settings.redact(str(request.url))
         return self.settings.redact(
@@ -212,7 +207,7 @@ class Authenticator:
         )
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.endpoint.aclose()
 
 
 class AuthTransport(httpx.AsyncBaseTransport):
@@ -271,32 +266,10 @@ async def _excerpt(response: httpx.Response) -> bytes:
     return bytes(raw[:EXCERPT])
 
 
-def _json(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _oauth_error(body: object) -> str:
-    """`invalid_client: bad secret` from an RFC 6749 error body."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, str):
-        return ""
-    assert isinstance(body, dict)
-    description = body.get("error_description")
-    return error[:60] + (f": {description[:120]}" if isinstance(description, str) else "")
-
-
 def _challenge(header: str) -> str:
     """`invalid_token` from `Bearer error="invalid_token", error_description="..."` (RFC 6750)."""
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
         if name.split()[-1:] == ["error"]:
-            return value.strip('"')[:60]
+            return tokens.text(value.strip('"')[:60].encode()).strip("'\"")
     return ""
-
-
-def _text(raw: bytes) -> str:
-    text = " ".join(raw.decode("utf-8", "replace").split())
-    return repr(text if len(text) <= 80 else text[:80] + "…") if text else ""

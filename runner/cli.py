@@ -26,6 +26,7 @@ import httpx
 from psycopg.conninfo import make_conninfo
 
 from runner import (
+    auth,
     config,
     database,
     deletes,
@@ -280,6 +281,8 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings.redact.add(*urls, fragments=False)
     preflight.check_settings(sources, settings)
     workflow.announce_masks(environ, [v for (kind, _), v in settings.values.items() if kind == "secret"] + secrets)
+    # A token obtained mid-run (runner/tokens.py) is masked in the job's log as soon as it arrives.
+    settings.redact.listen(lambda values: workflow.announce_masks(environ, values))
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
     for override in sets:  # secrets cannot be overridden (runner/overrides.py): the values can be shown
         log.info("--set %s=%s", override.name, settings.redact(repr(override.value)))
@@ -420,6 +423,7 @@ async def _execute(
             catalog=catalog,
             transport=transport,
             sleep=(lambda seconds: asyncio.sleep(seconds / scale)) if scale != 1.0 else asyncio.sleep,
+            tokens=auth.Tokens(stand_in=playback.replay is not None),  # a replay asks no token endpoint
         )
     finally:
         for limiter in limiters.values():
@@ -589,6 +593,14 @@ def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     new.add_argument("--id", help="without --sample: the key to fetch a sample of (fills the URL's placeholder)")
     new.add_argument("--out", type=Path, help="where to write it (default: sources/NAME.yaml)")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        help="'Name: value' as curl takes it (repeatable): sent to fetch the sample; Authorization or a key"
+        " header becomes an auth: block reading a ${secret.*}, never the value itself",
+    )
+    new.add_argument("--auth", metavar="KIND", help="write a starter auth: block of KIND (bearer, api_key, basic, ...)")
     new.set_defaults(handler=_new)
 
 
@@ -646,15 +658,19 @@ def _workflow(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _new(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from runner import scaffold
+    from runner import scaffold, starters
 
     out = args.out or Path("sources") / f"{args.name}.yaml"
+    given = starters.parse_headers(args.header)
     sample, headers = (
-        (scaffold.read_sample(args.sample), {}) if args.sample else scaffold.fetch_reply(args.url, args.id)
+        (scaffold.read_sample(args.sample), {}) if args.sample else scaffold.fetch_reply(args.url, args.id, given)
     )
-    text = scaffold.source_text(args.name, args.url, sample, out, headers)
+    starter = starters.starter(args.name, given, args.auth)
+    text = scaffold.source_text(args.name, args.url, sample, out, headers, starter)
     scaffold.write(out, text, force=args.force)
     print(f"wrote {out}: edit it, then {scaffold.next_steps(out, not scaffold.placeholders(args.url), args.name)}")
+    if starter.secrets:
+        print(f"it reads the secrets {', '.join(dict.fromkeys(starter.secrets))}: set them before running")
     return 0
 
 

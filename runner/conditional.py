@@ -8,14 +8,14 @@ conditional: false` turns it off. A paged entity's first-page validator says not
 pages, and a batched reply's validator covers several entities: those never send validators.
 
 Validators are data from outside: a value over MAX_VALIDATOR characters, or with anything but
-printable ASCII and tabs (a CR/LF would split a header), is not kept. They are not secrets: an API
-echoing a token into an ETag would have it sent back to that same API, and never logged by us.
+printable ASCII and tabs (a CR/LF would split a header), is not kept; nor is one holding a secret
+or a piece of one (an API echoing the access token into an ETag): nothing of a secret is stored.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +68,11 @@ def clean(value: str | None) -> str | None:
     return value
 
 
-def kept(reply: Reply) -> Validators:
-    """What a 2xx reply says to keep (nothing usable: the stored ones are cleared)."""
-    return Validators(clean(reply.headers.get("etag")), clean(reply.headers.get("last-modified")))
+def kept(reply: Reply, redact: Callable[[str], str] = str) -> Validators:
+    """What a 2xx reply says to keep (nothing usable: the stored ones are cleared); `redact` is the
+    run's redactor: a validator it would change holds a secret, and is not kept."""
+    etag, modified = clean(reply.headers.get("etag")), clean(reply.headers.get("last-modified"))
+    return Validators(*(None if value is None or redact(value) != value else value for value in (etag, modified)))
 
 
 class Store:

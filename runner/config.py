@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 
-from runner import deletes, filters, spec, templating, watermarks
+from runner import authblocks, deletes, filters, spec, templating, watermarks
 from runner.errors import ConfigError, Problem
 from runner.exprcheck import Roots, compile_checked, message_template, split_message
 from runner.expressions import JSON, Expression
@@ -130,6 +130,9 @@ class Project:
     status_key: str = "appid"
     key: str = "appid"
     key_type: str = "int"
+    # The shared blocks a source may `use:` (None: a block with problems; no map: the file has some).
+    auth: Mapping[str, spec.Auth | None] | None = field(default_factory=dict)
+    file: str | None = None  # the syncrun.yaml, as messages name it (None: there is none)
 
 
 def find_project(source: Path) -> Path | None:
@@ -150,15 +153,19 @@ def _project(source: Path) -> tuple[Project, list[Problem]]:
     if doc is not None:
         problems += check(doc, "project.schema.json")[0]
     if doc is None or problems:
-        return Project(), problems
+        return Project(auth=None, file=str(shown)), problems
     status, entities = doc.data.get("status", {}), doc.data.get("entities", {})
     default = Project()
+    # The shared auth blocks are built like a source's own, their problems placed in syncrun.yaml.
+    blocks = authblocks.project_blocks(_Builder(doc, shown, default, problems, set()), doc.data.get("auth"))
     return Project(
         status_table=_qualified(status["table"]) if "table" in status else default.status_table,
         status_key=status.get("key", default.status_key),
         key=entities.get("key", default.key),
         key_type=entities.get("key_type", default.key_type),
-    ), []
+        auth=blocks,
+        file=str(shown),
+    ), problems
 
 
 def _qualified(text: str) -> spec.QualifiedName:
@@ -321,59 +328,18 @@ class _Builder:
             extra["batch"] = self.batch(raw["batch"], columns)
         return spec.Request(url=url, **extra)
 
-    # -- auth ----------------------------------------------------------------------------------------
+    # -- auth (runner/authblocks.py) --------------------------------------------------------------------
     def auth(self) -> spec.Auth | None:
         raw = self.section("auth")
         if not isinstance(raw, dict):
             return None
-        fields: dict[str, JSON] = {}
-        for key, value in raw.items():
-            if key in AUTH_TEMPLATES:
-                fields[key] = self.auth_template(("auth", key), value, secret=key in AUTH_SECRETS)
-        self.check_auth_overlap(raw)
-        extra = tuple((k, self.auth_template(("auth", "extra", k), v)) for k, v in _items(raw.get("extra")))
-        if any(t is None for t in fields.values()) or any(t is None for _, t in extra):
-            return None
-        return spec.Auth(
-            type=spec.AuthType(raw["type"]),
-            name=raw.get("name"),
-            in_=spec.KeyIn(raw.get("in", "header")),
-            scopes=tuple(raw.get("scopes", ())),
-            extra=cast(tuple[tuple[str, spec.Template], ...], extra),
-            **cast(dict[str, spec.Template], fields),
-        )
-
-    def check_auth_overlap(self, raw: dict[str, JSON]) -> None:
-        """A request header or query parameter that `auth` would overwrite: one of the two is a mistake."""
-        request = self.raw.get("request")
-        if not isinstance(request, dict):
-            return
-        kind = raw.get("type")
-        part, name = ("headers", "Authorization")
-        if kind == "api_key":
-            part, name = ("query" if raw.get("in") == "query" else "headers", str(raw.get("name", "")))
-        for key, _ in _items(request.get(part)):
-            if key.lower() == name.lower() if part == "headers" else key == name:
-                self.add(("request", part, key), f"is also set by auth (type: {kind}): remove one of the two")
-
-    def auth_template(self, path: Path_, value: JSON, *, secret: bool = False) -> spec.Template | None:
-        try:
-            template = templating.parse(str(value))
-        except ValueError as error:
-            self.add(path, str(error))
-            return None
-        if template.columns:
-            self.add(path, "cannot hold entity values ({column}): credentials are the same for every request")
-            return None
-        if secret and (not any(s.secret for s in template.settings) or any(not s.secret for s in template.settings)):
-            self.add(
-                path,
-                "must come from a secret, e.g. ${secret.API_TOKEN}: a credential written in the file is"
-                " committed with it, and ${env.*} values are shown in logs",
-            )
-            return None
-        self.check_text(path, template)
-        return template
+        if "use" in raw:
+            auth = authblocks.use(self, str(raw["use"]), self.project.auth, self.project.file)
+        else:
+            auth = authblocks.block(self, raw, ("auth",))
+        if auth is not None:
+            authblocks.check_overlap(self, self.raw.get("request"), auth)
+        return auth
 
     def batch(self, raw: JSON, columns: frozenset[str] | None) -> spec.Batch | None:
         roots = self.mapping_roots(columns, record=False)  # evaluated over the mapping context (engine.part)
@@ -871,12 +837,6 @@ def _origin_problem(origin: str) -> str | None:
     if url.raw_path not in (b"", b"/") or url.query or url.fragment:
         return "it has a path, query or fragment: an origin is scheme://host[:port]"
     return None
-
-
-AUTH_TEMPLATES = frozenset(
-    {"token", "value", "username", "password", "token_url", "client_id", "client_secret", "refresh_token"}
-)
-AUTH_SECRETS = frozenset({"token", "value", "password", "client_secret", "refresh_token"})
 
 
 def _items(value: JSON) -> list[tuple[str, JSON]]:

@@ -38,6 +38,7 @@ from runner import (
     steps,
     writer,
 )
+from runner.auth import Tokens
 from runner.auth import for_source as authenticator_for
 from runner.conditional import NOT_ASKED, Store, kept
 from runner.config import DEFAULT_OUTCOMES
@@ -341,7 +342,7 @@ class _Run:
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
-        validators = kept(first) if self.validators.enabled else None
+        validators = kept(first, self.settings.redact) if self.validators.enabled else None
         return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values, validators=validators)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
@@ -489,14 +490,16 @@ async def run(
     transport: Callable[[spec.Source], httpx.AsyncBaseTransport | None] | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
     install_signals: bool = True,
+    tokens: Tokens | None = None,
 ) -> list[Report]:
     """Run sources side by side to the end (or until stopped); one Report each, in order.
 
     Sources naming the same rate-limit bucket share its limiter. With `options.dry_run` nothing is
     written: no job row, no rows, no status. `connect` may then be None when `--ids` names the
-    entities and the selection needs no database.
+    entities and the selection needs no database. `tokens`: the run's OAuth2 tokens (runner/auth.py).
     """
     stops = [asyncio.Event() for _ in sources]
+    tokens = tokens or Tokens()  # sources using one auth block share its token
     clients = [
         client.build(
             s.request,
@@ -504,7 +507,7 @@ async def run(
             transport=transport(s) if transport else None,
             max_connections=s.concurrency,
             stop=stop,  # a request still waiting for its grant when the run stops is not sent
-            authenticator=authenticator_for(s, settings),
+            authenticator=authenticator_for(s, settings, tokens),
         )
         for s, stop in zip(sources, stops, strict=True)
     ]

@@ -102,6 +102,7 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
         self._raw: set[str] = set()  # the secrets' own pieces, searched in a text's decoded views
         self._raw_pattern: re.Pattern[str] | None = None
+        self._listeners: list[Callable[[list[str]], None]] = []
         self.add(*secrets)
         self.add(*whole, fragments=False)
 
@@ -132,6 +133,16 @@ class Redactor:
             self._raw = self._raw | raw
             self._pattern = re.compile(_trie_regex(self._pieces))
             self._raw_pattern = re.compile(_trie_regex(self._raw, loose=True))
+            listeners = list(self._listeners)
+        added = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
+        for listener in listeners:
+            listener(added)
+
+    def listen(self, announce: Callable[[list[str]], None]) -> None:
+        """Call `announce` with each new value `add`ed from now on, before `add` returns (so before
+        anything can print it): GitHub Actions is told to mask a token obtained at run time."""
+        with self._lock:
+            self._listeners.append(announce)
 
     def __call__(self, text: str) -> str:
         pattern = self._pattern

@@ -1,4 +1,5 @@
-"""The source-format reference, generated from schemas/source.schema.json (the one source of truth).
+"""The source-format reference, generated from schemas/source.schema.json and project.schema.json (the
+one source of truth).
 
     python -m runner.reference > docs/reference.md
 
@@ -118,8 +119,9 @@ def _ordered_objects(schema: Schema) -> list[str]:
     return order
 
 
-def render(schema: Schema) -> str:
-    """The Markdown reference for a JSON Schema shaped like source.schema.json."""
+def render(schema: Schema, project: Schema | None = None) -> str:
+    """The Markdown reference for a JSON Schema shaped like source.schema.json; with `project`
+    (project.schema.json), a section on syncrun.yaml before the value types."""
     defs = schema.get("$defs", {})
     lines = [
         "# Source file reference",
@@ -141,6 +143,12 @@ def render(schema: Schema) -> str:
         node = defs[name]
         lines += ["", f'<a id="{name}"></a>', "", f"## {name}", "", _cell(node.get("description", "")), ""]
         lines += list(_table(node, defs))
+    if project is not None:
+        lines += ["", '<a id="project"></a>', "", "## syncrun.yaml (the project file)", ""]
+        lines += [_cell(project.get("description", "")), "", *_table(project, defs)]
+        for key, node in project.get("properties", {}).items():
+            if _is_object(node):
+                lines += ["", f"### syncrun.yaml: {key}", "", *_table(node, defs)]
     lines += ["", "## Value types", ""]
     for name, node in defs.items():
         if _is_object(node):
@@ -159,8 +167,13 @@ def render(schema: Schema) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def document() -> str:
+    """docs/reference.md: the source file, then syncrun.yaml."""
+    return render(config.schema("source.schema.json"), config.schema("project.schema.json"))
+
+
 def main() -> int:
-    sys.stdout.write(render(config.schema("source.schema.json")))
+    sys.stdout.write(document())
     return 0
 
 

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import yaml
 
-from runner import config, templating
+from runner import config, starters, templating
 from runner.client import parse_json
 from runner.errors import UsageError
 from runner.spec import Column
@@ -71,7 +71,9 @@ def fetch_sample(url: str, key_value: str | None) -> Any:
     return fetch_reply(url, key_value)[0]
 
 
-def fetch_reply(url: str, key_value: str | None) -> tuple[Any, dict[str, str]]:
+def fetch_reply(
+    url: str, key_value: str | None, sent: list[tuple[str, str]] | None = None
+) -> tuple[Any, dict[str, str]]:
     """The endpoint's own answer as the sample, and its headers (lower-case names; a repeated header
     joined with commas): the URL as given (a list endpoint) or with its one placeholder filled by
     `key_value`; (None, {}) when it cannot be fetched as written (a setting in it, or placeholders
@@ -81,7 +83,8 @@ def fetch_reply(url: str, key_value: str | None) -> tuple[Any, dict[str, str]]:
         return None, {}
     target = url.replace("{" + columns[0] + "}", quote(key_value or "", safe="")) if columns else url
     try:
-        with httpx.stream("GET", target, timeout=30.0, follow_redirects=True) as response:
+        # `sent`: the user's --header values (credentials too), sent as they are and never written.
+        with httpx.stream("GET", target, headers=sent, timeout=30.0, follow_redirects=True) as response:
             raw = b""
             for chunk in response.iter_bytes():
                 raw += chunk
@@ -283,9 +286,17 @@ def _schema_comment(out: Path) -> str:
     return f"# yaml-language-server: $schema={Path(relative).as_posix()}\n"
 
 
-def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, str] | None = None) -> str:
+def source_text(
+    name: str,
+    url: str,
+    sample: Any,
+    out: Path,
+    headers: dict[str, str] | None = None,
+    starter: starters.Starter | None = None,
+) -> str:
     """The starter source file's text; `headers` are the sample reply's (a Link header or a
-    next-page token header sets the list's pagination)."""
+    next-page token header sets the list's pagination); `starter` the request headers and auth
+    block (runner/starters.py)."""
     if not _NAME.match(name):
         suggestion = identifier(name)[:50]
         if not suggestion[0].isalpha():
@@ -317,7 +328,11 @@ def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, 
     text += f"name: {name}\n"
     text += f"description: {_scalar(f'TODO: what {name} syncs, from {url}')}\n\n"
     text += _entities(listed, key, project.key, entity_columns)
-    text += f"request:\n  url: {_scalar(url)}\n  timeout: 30s\n\n"
+    text += f"request:\n  url: {_scalar(url)}\n  timeout: 30s\n"
+    starter = starter or starters.Starter()
+    if starter.headers:
+        text += "  headers:\n" + "".join(f"    {header}: {value}\n" for header, value in starter.headers)
+    text += "\n" + "".join(f"{line}\n" for line in starter.auth) + ("\n" if starter.auth else "")
     if listed:
         text += pagination_text(url, sample, headers, records)
     text += "rate_limit:                         # ask the API's documentation; retries take tokens too\n"
@@ -332,6 +347,8 @@ def source_text(name: str, url: str, sample: Any, out: Path, headers: dict[str, 
     )
     if records:
         text += f"records: {_scalar(records)}\n\n"
+    if listed:
+        text += starters.incremental(record)
     taken = {identifier(key)}
     lines, lists = _columns({k: v for k, v in record.items() if not (listed and k == key)}, taken, base)
     mapped = f"{_expression(f'record.{field(key)}', record.get(key))[0]}" if listed else f"entity.{key}"

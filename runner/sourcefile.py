@@ -20,6 +20,7 @@ from typing import cast
 import yaml
 from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
 from jsonschema.validators import extend  # type: ignore[import-untyped]
+from referencing import Registry, Resource
 
 from runner.errors import Problem
 from runner.expressions import JSON
@@ -32,6 +33,9 @@ MAX_INT = 2**63 - 1
 _SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
 
 Path_ = tuple[str | int, ...]  # a location in the document: keys and list indexes
+
+
+SCHEMAS = ("source.schema.json", "project.schema.json")
 
 
 def schema(name: str = "source.schema.json") -> dict[str, JSON]:
@@ -55,7 +59,9 @@ _Strict = extend(
 
 @functools.cache
 def validator(name: str) -> Draft202012Validator:
-    return _Strict(schema(name))
+    # syncrun.yaml's auth blocks are source.schema.json's `auth` (a `$ref` across the two files).
+    known = [(str(s["$id"]), Resource.from_contents(s)) for s in map(schema, SCHEMAS)]
+    return _Strict(schema(name), registry=Registry().with_resources(known))
 
 
 # --- reading YAML, keeping lines ----------------------------------------------------------------
@@ -300,6 +306,10 @@ def _not_applicable(path: Path_, doc: Document) -> str:
     name, default = _DISCRIMINATOR_DEFAULTS.get(str(path[0]), ("outcome", ""))
     if path[0] == "writes":
         return "does not apply to a write with function: (remove it)"
+    if path[0] == "auth" and path[-1] == "use":
+        return "cannot be used in syncrun.yaml: a shared block is written whole (type and its keys)"
+    if path[0] == "auth" and isinstance(parent, dict) and "use" in parent:
+        return "cannot sit next to use: (the shared block in syncrun.yaml is used as written; remove it here)"
     chosen = parent.get(name, default) if isinstance(parent, dict) else default
     return f"does not apply to {name}: {chosen} (remove it)"
 

@@ -277,6 +277,13 @@ class KeyIn(StrEnum):
     QUERY = "query"
 
 
+class ClientAuth(StrEnum):
+    """How an OAuth2 client authenticates at the token endpoint (RFC 6749 §2.3.1; RFC 7591's names)."""
+
+    POST = "client_secret_post"  # client_id and client_secret as form fields (what most APIs document)
+    BASIC = "client_secret_basic"  # Authorization: Basic (id:secret, each form-encoded first)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Auth:
     """How every request of the source to its own origin is authenticated (runner/auth.py). Only the
@@ -295,6 +302,13 @@ class Auth:
     refresh_token: Template | None = None  # oauth2_refresh_token
     scopes: tuple[str, ...] = ()  # oauth2_*: sent as `scope`, space-separated
     extra: tuple[tuple[str, Template], ...] = ()  # oauth2_*: more form fields of the token request
+    client_auth: ClientAuth = ClientAuth.POST  # oauth2_*: where the client id and secret go
+    timeout: float | None = None  # oauth2_*: a whole token request; None: the source's request.timeout
+    shared: str | None = None  # the block's name in syncrun.yaml's `auth:` (a source's `use:`), else None
+
+    def field(self, key: str) -> str:
+        """How a message names one of the block's keys: `auth.client_id`, or where the shared block is."""
+        return f"auth.{self.shared}.{key} in syncrun.yaml" if self.shared else f"auth.{key}"
 
     @property
     def templates(self) -> tuple[Template, ...]:

@@ -493,3 +493,78 @@ def test_a_transient_token_endpoint_answer_is_retried(env: Database, api: ApiSer
     assert cli.main(["run", str(source)]) == 0
     assert calls == ["POST", "POST"]
     assert env.scalar("select count(*) from apps") == 3
+
+
+# --- run-time tokens under GitHub Actions, in cassettes, and a replay that needs no token endpoint ------------
+def test_run_time_tokens_are_masked_recorded_masked_and_not_needed_to_replay(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """An API that echoes the access token into a row, an error and an ETag, with tokens that expire
+    mid-run. Under GitHub Actions every issued token is announced with ::add-mask::; with --record the
+    cassette holds no token (and no token exchange); --replay then completes with the token endpoint
+    and the API gone, renewing stand-in tokens at the recorded 401s. No 8-character piece of any
+    issued token is in any output (::add-mask:: lines aside), file, or text column of any table."""
+    server = OAuthServer(api, uses=3)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS, concurrency=2)
+    source.write_text(
+        source.read_text()
+        + "outcomes:\n  - {when: 'status == `400`', outcome: error, message: 'API said {body.error}'}\n"
+    )
+    seed(env, source, range(1, 9))
+
+    def echo(request: Recorded) -> Reply:
+        reply = server.app(request)
+        said = request.headers.get("authorization", "")
+        if reply.status == 200 and request.path.endswith("/3"):
+            return Reply(400, json={"error": f"token {said} is not allowed here"})
+        if reply.status == 200:
+            return Reply(200, json=reply.json, headers={"ETag": f'"{said.removeprefix("Bearer ")}"'})
+        return reply
+
+    route_apps(api, range(1, 9), echo)
+    summary = tmp_path / "summary.md"
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)}
+
+    def syncrun(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "runner", "run", str(source), *args],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    recorded = syncrun("--record", str(tmp_path / "rec"))
+    assert recorded.returncode == 0, recorded.stderr
+    assert len(server.issued) >= 3  # tokens expired mid-run
+    masks = {line.removeprefix("::add-mask::") for line in recorded.stdout.splitlines() if "::add-mask::" in line}
+    assert set(server.issued) <= masks  # every run-time token announced to the runner
+    cassette = (tmp_path / "rec" / "alpha" / "cassette.yaml").read_text()
+    assert "/oauth/token" not in cassette  # the token exchange is never recorded
+    assert "seen with ***" in cassette
+    assert env.scalar("select count(*) from syncrun_validators") == 0  # an ETag holding a token is not kept
+
+    api.stop()  # no API, no token endpoint: the replay needs neither
+    env.run("update sync_status set last_alpha_sync = null; delete from apps")
+    replayed = syncrun("--replay", str(tmp_path / "rec"))
+    assert replayed.returncode == 0, replayed.stderr
+    assert env.scalar("select count(*) from apps") == 7  # entity 3 is an error, as recorded
+    assert env.scalar("select status from sync_jobs order by started_at desc limit 1") == "completed"
+
+    outputs = [
+        "\n".join(line for line in out.splitlines() if "::add-mask::" not in line)
+        for result in (recorded, replayed)
+        for out in (result.stdout, result.stderr)
+    ]
+    outputs += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    columns = env.rows(
+        "select table_name, column_name from information_schema.columns where table_schema = current_schema()"
+    )
+    stored = [
+        value
+        for table, column in columns
+        for (value,) in env.rows(f'select "{column}"::text from "{table}" where "{column}" is not null')
+    ]
+    leaked = planted_leaks(outputs + stored, [*server.issued, CLIENT_SECRET])
+    assert not leaked, "\n".join(leaked)

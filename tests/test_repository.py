@@ -41,10 +41,12 @@ NOT_IN_YAML = {
     (spec.RateLimit, "form"): "which keys were written: requests/per (window) or rate (token)",
     (spec.Write, "delete_by"): "worked out from key, replace_by and columns for outcome: delete (runner.deletes)",
     (spec.Auth, "in_"): "the YAML key `in`, a Python keyword",
+    (spec.Auth, "shared"): "the name `use:` took the block by, from syncrun.yaml (runner.authblocks)",
 }
 NOT_IN_SPEC = {
     ("rate_limit", "rate"): "the token form's rate, stored as requests 1 per 1/rate seconds",
     ("auth", "in"): "stored as in_ (a Python keyword)",
+    ("auth", "use"): "replaced by the syncrun.yaml block it names (its name kept as shared)",
 }
 ENUMS: dict[tuple[str, ...], type[StrEnum]] = {
     ("entities", "type"): spec.SelectionType,
@@ -57,6 +59,7 @@ ENUMS: dict[tuple[str, ...], type[StrEnum]] = {
     ("step", "when"): spec.StepWhen,
     ("auth", "type"): spec.AuthType,
     ("auth", "in"): spec.KeyIn,
+    ("auth", "client_auth"): spec.ClientAuth,
 }
 
 

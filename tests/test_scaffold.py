@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import cli, config, scaffold
+from runner import cli, config, scaffold, spec
 from runner.errors import UsageError
 from runner.spec import SelectionType
 from tests import pagedapi
@@ -396,3 +396,93 @@ def test_a_scaffolded_list_source_reads_every_page(
     assert db.rows("select id, name from listing order by id") == [(i["id"], i["name"]) for i in pagedapi.ITEMS]
     assert db.rows("select status from sync_jobs where job_type = 'listing'") == [("completed",)]
     assert len(api.requests) == 1 + pages  # the sample, then every page (the last one short)
+
+
+# --- auth and incremental starters (runner/starters.py) ------------------------------------------------------
+BEARER = "sekret-Tok3n-Zq8mW2xK7pL4"
+
+
+def test_a_bearer_header_becomes_an_auth_block_and_fetches_the_sample(
+    project: Path, api: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--header 'Authorization: Bearer …'` (curl's form) is sent to fetch the sample from an API that
+    demands it, and written as an auth: bearer block reading ${secret.TICKETS_TOKEN}: the token itself is
+    in no file and no output. A harmless header is kept as written; any other one becomes a secret too."""
+
+    def tickets(request: Recorded) -> Reply:
+        if request.headers.get("authorization") != f"Bearer {BEARER}" or request.headers.get("x-tenant") != "acme":
+            return Reply(401, json={"error": "invalid_token"})
+        return Reply(200, json={"tickets": [{"id": 1, "subject": "s", "updated_at": "2026-03-02T15:05:00Z"}]})
+
+    api.route("/tickets", tickets)
+    args = ["new", "tickets", "--url", f"{api.url}/tickets", "--header", f"Authorization: Bearer {BEARER}"]
+    assert cli.main([*args, "--header", "Accept: application/json", "--header", "X-Tenant: acme"]) == 0
+    out = capsys.readouterr().out
+    assert "it reads the secrets TICKETS_TOKEN, TICKETS_X_TENANT: set them before running" in out
+    path = project / "sources" / "tickets.yaml"
+    text = path.read_text()
+    assert "auth:                               # inferred from your --header Authorization: Bearer …" in text
+    assert '  type: bearer\n  token: "${secret.TICKETS_TOKEN}"\n' in text
+    assert '    Accept: "application/json"\n    X-Tenant: "${secret.TICKETS_X_TENANT}"\n' in text
+    assert "# incremental:" in text
+    assert "#   cursor: record.updated_at" in text
+    assert BEARER[:8] not in text + out
+    assert "acme" not in text
+    assert cli.main(["validate", str(path)]) == 0
+    source = config.load(path)
+    assert source.auth is not None
+    assert source.auth.type is spec.AuthType.BEARER
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "secrets"),
+    [
+        (["--header", "Authorization: Basic c3luYzpwdw=="], "basic", ["GAMES_PASSWORD"]),
+        (["--header", "X-Api-Key: k-7Hd93Jd8"], "api_key", ["GAMES_API_KEY"]),
+        (["--auth", "bearer"], "bearer", ["GAMES_TOKEN"]),
+        (["--auth", "api_key"], "api_key", ["GAMES_API_KEY"]),
+        (["--auth", "basic"], "basic", ["GAMES_PASSWORD"]),
+        (["--auth", "oauth2_client_credentials"], "oauth2_client_credentials", ["GAMES_CLIENT_SECRET"]),
+        (["--auth", "oauth2_refresh_token"], "oauth2_refresh_token", ["GAMES_REFRESH_TOKEN"]),
+        (  # --auth wins; the Authorization header only fetched the sample (auth: sets it)
+            ["--auth", "oauth2_client_credentials", "--header", "Authorization: Bearer x-9Kd8s7Hd"],
+            "oauth2_client_credentials",
+            ["GAMES_CLIENT_SECRET"],
+        ),
+        # another scheme (Django REST's `Token …`): the whole header value becomes a secret
+        (["--header", "Authorization: Token t-8Jd7s6Hq"], None, ["GAMES_AUTHORIZATION"]),
+    ],
+)
+def test_each_auth_kind_gets_a_starter_that_validates(
+    project: Path, args: list[str], kind: str | None, secrets: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A starter block per kind, inferred or asked for with --auth: valid as written, its credentials
+    ${secret.*} placeholders; no value given on the command line is written."""
+    url = "https://api.example.com/apps/{appid}"
+    assert cli.main(["new", "games", "--url", url, "--sample", "sample.json", *args]) == 0
+    path = project / "sources" / "games.yaml"
+    text = path.read_text()
+    assert cli.main(["validate", str(path)]) == 0
+    auth = config.load(path).auth
+    assert (auth.type.value if auth else None) == kind
+    assert f"it reads the secrets {', '.join(secrets)}" in capsys.readouterr().out
+    for value in ("c3luYzpwdw", "k-7Hd93Jd8", "x-9Kd8s7Hd", "t-8Jd7s6Hq"):
+        assert value not in text
+    assert "# incremental:" not in text  # a per-entity source: no incremental starter
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--auth", "oauth"], "--auth 'oauth': one of bearer, api_key, basic, oauth2_client_credentials"),
+        (["--header", "Authorization Bearer x"], "--header 'Authorization Bearer'…: write it as curl does"),
+        (["--header", "Accept:"], "write it as curl does, 'Name: value' on one line"),
+    ],
+)
+def test_bad_auth_arguments_say_what_to_do(
+    project: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "https://api.example.com/apps/{appid}"
+    assert cli.main(["new", "games", "--url", url, "--sample", "sample.json", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (project / "sources" / "games.yaml").exists()

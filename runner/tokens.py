@@ -1,0 +1,259 @@
+"""The OAuth2 token endpoint: one token request and what its answer is worth.
+
+`Endpoint.grant()` POSTs the grant (client credentials or refresh token) with the client's id and
+secret as form fields or as HTTP Basic (`auth.client_auth`), retried like an API request
+(`source.retry`: a connection error, a timeout or a status in `retry.statuses`). Each attempt has a
+deadline for the whole exchange (`auth.timeout`, else `request.timeout`: connect, send and the answer
+read to its end, so a server that drips one byte a second cannot hold a run), and the answer is read
+with the API bodies' bounded reader (runner/client.read_body: MAX_BODY bytes, decoded in steps).
+
+The answer is hostile until checked: not JSON, a list, nested past the parser's depth, an
+access_token that is not text, too long (MAX_TOKEN) or not sendable in a header (a CR/LF, a control
+or non-ASCII character), an `expires_in` that is negative, zero, huge, text or NaN. Each one is a
+run failure naming the endpoint and what to check, or, for a useless `expires_in`, a warning and a
+token renewed only when the API refuses it. A token is handed to the run's redactor before anything
+else can see it; no message ever quotes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import quote_plus
+
+import httpx
+
+from runner import spec, templating
+from runner.errors import FetchError, RunFailed
+
+log = logging.getLogger("syncrun")
+
+MAX_BODY = 64 * 1024  # bytes of a token answer: a JWT with claims is a few KB; more is not a token answer
+MAX_TOKEN = (
+    8192  # characters of an access or refresh token (header limits are ~8 KB; the redactor's cost grows with it)
+)
+MAX_LIFETIME = 3650 * 86400.0  # an expires_in beyond ten years is a typo or a lie
+EXCERPT = 2048  # bytes of an error answer read for the message
+_HEADER_TEXT = re.compile(r"[\x21-\x7e]+")  # a token as RFC 6750 allows it, roughly: visible ASCII
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A checked token answer: the access token, its lifetime in seconds (None: unknown), and the
+    refresh token the endpoint answered, if any (a rotation, for the refresh token grant)."""
+
+    access_token: str
+    expires_in: float | None
+    refresh_token: str | None = None
+
+
+# runner.client imports runner.auth, which imports this module: its parts are imported where used.
+
+
+class Endpoint:
+    """The token requests of one source (its retry policy and deadline); `transport` is for tests."""
+
+    def __init__(
+        self,
+        auth: spec.Auth,
+        settings: templating.Settings,
+        *,
+        timeout: float,
+        retry: spec.Retry,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.auth, self.settings, self.retry, self.sleep = auth, settings, retry, sleep
+        self.timeout = auth.timeout or timeout
+        self.http = httpx.AsyncClient(transport=transport, timeout=self.timeout, follow_redirects=False)
+        self.attempts = 0  # token requests sent (for tests and logs)
+
+    def value(self, template: spec.Template | None) -> str:
+        assert template is not None  # the schema requires the type's fields
+        return templating.render(template, {}, self.settings, url=False)
+
+    def request_parts(self) -> tuple[str, dict[str, str], dict[str, str]]:
+        """(URL, form, headers) of the token request."""
+        from runner.client import ACCEPT_ENCODING
+
+        auth = self.auth
+        form: dict[str, str] = {}
+        if auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN:
+            form |= {"grant_type": "refresh_token", "refresh_token": self.value(auth.refresh_token)}
+        else:
+            form["grant_type"] = "client_credentials"
+        headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
+        client_id = self.value(auth.client_id)
+        if auth.client_auth is spec.ClientAuth.BASIC:
+            # RFC 6749 §2.3.1: each of id and secret form-encoded, then joined by `:` and base64-encoded.
+            pair = f"{quote_plus(client_id, safe='')}:{quote_plus(self.value(auth.client_secret), safe='')}"
+            encoded = base64.b64encode(pair.encode()).decode()
+            self.settings.redact.add(encoded)  # a credential, should anything echo the header
+            headers["Authorization"] = f"Basic {encoded}"
+        else:
+            form["client_id"] = client_id
+            if auth.client_secret is not None:
+                form["client_secret"] = self.value(auth.client_secret)
+        if auth.scopes:
+            form["scope"] = " ".join(auth.scopes)
+        form |= {name: self.value(template) for name, template in auth.extra}
+        return self.value(auth.token_url), form, headers
+
+    async def grant(self) -> Grant:
+        """A new token from the endpoint; RunFailed saying why not."""
+        url, form, headers = self.request_parts()
+        shown = self.settings.redact(url)
+        status, raw = await self.post(url, form, headers, shown)
+        if status // 100 != 2:
+            raise RunFailed(self.settings.redact(self.refused(shown, status, raw[:EXCERPT])))
+        return self.checked(shown, status, raw)
+
+    async def post(self, url: str, form: dict[str, str], headers: dict[str, str], shown: str) -> tuple[int, bytes]:
+        """(status, body) of the token request, retried like an API request when the connection fails,
+        the deadline passes or the answer is transient; RunFailed when the attempts run out."""
+        policy = self.retry
+        for attempt in range(1, policy.attempts + 1):
+            self.attempts += 1
+            try:
+                async with asyncio.timeout(self.timeout):
+                    status, raw = await self.exchange(url, form, headers, shown)
+            except (httpx.HTTPError, TimeoutError) as error:
+                if attempt == policy.attempts:
+                    what = (
+                        f"no answer within {self.timeout:g} s ({self.auth.field('timeout')})"
+                        if isinstance(error, TimeoutError)
+                        else f"{type(error).__name__}: {error}"
+                    )
+                    raise RunFailed(
+                        self.settings.redact(
+                            f"could not get an access token from {shown} ({what}; {attempt} attempts)"
+                            f" — check {self.auth.field('token_url')} and that the token endpoint is up"
+                        )
+                    ) from None
+            else:
+                if status not in policy.statuses or attempt == policy.attempts:
+                    return status, raw
+            await self.sleep(min(policy.initial * policy.factor ** (attempt - 1), policy.max_delay))
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    async def exchange(self, url: str, form: dict[str, str], headers: dict[str, str], shown: str) -> tuple[int, bytes]:
+        from runner.client import read_body
+
+        request = self.http.build_request("POST", url, data=form, headers=headers)
+        response = await self.http.send(request, stream=True)
+        try:
+            raw = await read_body(response, MAX_BODY, shown)
+        except FetchError as error:  # too large (declared, on the wire or once decoded), or a broken coding
+            detail = str(error).removeprefix(f"response body from {shown} ").replace("request.max_body", "the bound")
+            raise RunFailed(
+                self.settings.redact(
+                    f"the token endpoint {shown} answered a body syncrun does not read ({detail});"
+                    f" a token answer is at most {MAX_BODY:,} bytes"
+                )
+            ) from None
+        finally:
+            await response.aclose()
+        return response.status_code, raw
+
+    def checked(self, shown: str, status: int, raw: bytes) -> Grant:
+        """The answer of a 2xx, checked; the tokens in it added to the redactor first."""
+        from runner.client import parse_json
+
+        body, problem = parse_json(raw)
+        what = f"the token endpoint {shown} answered HTTP {status}"
+        if not isinstance(body, dict):
+            said = problem or ("an empty body" if body is None else f"a JSON {type(body).__name__}, not an object")
+            raise RunFailed(f"{what} with {said} — is {self.auth.field('token_url')} the OAuth2 token endpoint?")
+        token = body.get("access_token")
+        if token is None or token == "":
+            raise RunFailed(
+                f"{what} without an access_token — is {self.auth.field('token_url')} the OAuth2 token endpoint?"
+            )
+        if not isinstance(token, str):
+            raise RunFailed(f"{what} with an access_token that is not text ({_kind(token)})")
+        if len(token) > MAX_TOKEN:
+            raise RunFailed(
+                f"{what} with an access_token of {len(token):,} characters (at most {MAX_TOKEN:,} are used)"
+            )
+        self.settings.redact.add(token)  # before anything else can see it
+        if not _HEADER_TEXT.fullmatch(token):
+            raise RunFailed(
+                f"{what} with an access_token that cannot be sent in a header"
+                " (a space, a line break, a control or a non-ASCII character)"
+            )
+        rotated = body.get("refresh_token")
+        rotated = rotated if isinstance(rotated, str) and rotated else None
+        if rotated is not None and len(rotated) <= MAX_TOKEN:
+            self.settings.redact.add(rotated)
+        return Grant(token, self.lifetime(shown, body.get("expires_in")), rotated)
+
+    def lifetime(self, shown: str, expires: object) -> float | None:
+        """`expires_in` in seconds; None (with a warning) when it is absent or not a usable lifetime."""
+        if expires is None:
+            return None
+        seconds = expires
+        if isinstance(expires, str) and expires.strip().isdigit() and len(expires.strip()) <= 12:
+            seconds = int(expires.strip())  # some providers send "3600"
+        # Compared, never converted: float(10**400) raises, and NaN or infinity fail the comparison.
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 1 <= seconds <= MAX_LIFETIME:
+            return float(seconds)
+        log.warning(
+            "the token endpoint %s answered expires_in %s, not a lifetime from 1 s to 10 years: the token"
+            " is renewed when the API refuses it",
+            shown,
+            self.settings.redact(_shown(expires)),
+        )
+        return None
+
+    def refused(self, shown: str, status: int, raw: bytes) -> str:
+        from runner.client import parse_json
+
+        body, _ = parse_json(raw)
+        said = oauth_error(body) or text(raw)
+        hint = (
+            f"check {self.auth.field('client_id')} and {self.auth.field('client_secret')}"
+            + (f" (sent as {self.auth.client_auth.value})" if status in (400, 401) else "")
+            if self.auth.type is spec.AuthType.OAUTH2_CLIENT_CREDENTIALS
+            else f"check {self.auth.field('refresh_token')} (it may have expired or been revoked)"
+            f" and {self.auth.field('client_id')}"
+        )
+        return f"the token endpoint {shown} answered HTTP {status}{f' ({said})' if said else ''} — {hint}"
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def oauth_error(body: object) -> str:
+    """`invalid_client: bad secret` from an RFC 6749 error body, one line of printable text."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, str):
+        return ""
+    assert isinstance(body, dict)
+    description = body.get("error_description")
+    return _line(error[:60]) + (f": {_line(description[:120])}" if isinstance(description, str) else "")
+
+
+def text(raw: bytes) -> str:
+    """An answer's first 80 characters as one quoted line."""
+    line = _line(raw.decode("utf-8", "replace"))
+    return repr(line if len(line) <= 80 else line[:80] + "…") if line else ""
+
+
+def _line(value: str) -> str:
+    return " ".join(_UNPRINTABLE.sub(" ", value).split())
+
+
+def _kind(value: object) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _shown(value: object) -> str:
+    shown = _line(repr(value))
+    return shown if len(shown) <= 40 else shown[:39] + "…"

@@ -1,0 +1,212 @@
+"""The token endpoint (runner/tokens.py) against a strict loopback server: how the client authenticates
+(form fields or HTTP Basic), and what a hostile answer becomes (a clear RunFailed, or a token without a
+known lifetime), never a traceback, a hang or a token in a message."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import logging
+from pathlib import Path
+from urllib.parse import parse_qsl, quote_plus
+
+import pytest
+
+from runner import config, templating, tokens
+from runner.errors import RunFailed
+from runner.redaction import Redactor
+from runner.spec import Retry
+from tests.apiserver import ApiServer, Recorded, Reply
+
+CLIENT_ID = "syncrun client/1"  # a space and a slash: form-encoded inside HTTP Basic (RFC 6749 §2.3.1)
+SECRET = "cs-Pq7:Wx+Ly 3/Zk9"
+TOKEN = "at-Mv4Nb8Qc2Rt6Yh0J"
+SOURCE = """\
+name: t
+entities: {{columns: {{appid: int}}}}
+request: {{url: "https://api.example.com/apps/{{appid}}"}}
+auth:
+  type: oauth2_client_credentials
+  token_url: "{url}/oauth/token"
+  client_id: "{client_id}"
+  client_secret: "${{secret.CLIENT_SECRET}}"
+  scopes: [read]
+  timeout: {timeout}
+{more}rate_limit: {{requests: 1, per: 1s}}
+writes: [{{table: apps, key: [appid], columns: {{appid: entity.appid}}}}]
+"""
+
+
+def endpoint(
+    api: ApiServer, tmp_path: Path, *, more: str = "", timeout: str = "2s", attempts: int = 1
+) -> tokens.Endpoint:
+    text = SOURCE.format(url=api.url, client_id=CLIENT_ID, timeout=timeout, more=more)
+    source = config.loads(text, tmp_path / "t.yaml")
+    assert source.auth is not None
+    settings = templating.Settings({("secret", "CLIENT_SECRET"): SECRET}, Redactor([SECRET]))
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    retry = Retry(attempts=attempts, initial=0.01, max_delay=0.01)
+    return tokens.Endpoint(source.auth, settings, timeout=30.0, retry=retry, sleep=no_wait)
+
+
+def grant(ep: tokens.Endpoint) -> tokens.Grant:
+    async def main() -> tokens.Grant:
+        try:
+            return await ep.grant()
+        finally:
+            await ep.aclose()
+
+    return asyncio.run(main())
+
+
+def failure(ep: tokens.Endpoint) -> str:
+    with pytest.raises(RunFailed) as caught:
+        grant(ep)
+    return str(caught.value)
+
+
+# --- client authentication: form fields or HTTP Basic -------------------------------------------------
+def strict(method: str) -> object:
+    """A token endpoint that accepts the client only one way (the other is invalid_client)."""
+
+    def reply(request: Recorded) -> Reply:
+        form = dict(parse_qsl(request.body.decode()))
+        header = request.headers.get("authorization", "")
+        if method == "basic":
+            expected = base64.b64encode(f"{quote_plus(CLIENT_ID)}:{quote_plus(SECRET)}".encode()).decode()
+            good = header == f"Basic {expected}" and "client_secret" not in form and "client_id" not in form
+        else:
+            good = not header and form.get("client_id") == CLIENT_ID and form.get("client_secret") == SECRET
+        if not good or form.get("grant_type") != "client_credentials" or form.get("scope") != "read":
+            return Reply(401, json={"error": "invalid_client"})
+        return Reply(200, json={"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600})
+
+    return reply
+
+
+@pytest.mark.parametrize("server", ["basic", "post"])
+@pytest.mark.parametrize("client_auth", ["client_secret_basic", "client_secret_post", None])
+def test_client_authentication_method(client_auth: str | None, server: str, api: ApiServer, tmp_path: Path) -> None:
+    """client_secret_post (the default) sends id and secret as form fields; client_secret_basic as an
+    Authorization: Basic header of the form-encoded pair. Each works with a server that accepts only
+    it, and against the other the failure says how the client was sent."""
+    api.route("/oauth/token", strict(server))  # type: ignore[arg-type]
+    ep = endpoint(api, tmp_path, more=f"  client_auth: {client_auth}\n" if client_auth else "")
+    sent = client_auth or "client_secret_post"
+    if sent.endswith(server):
+        assert grant(ep) == tokens.Grant(TOKEN, 3600.0)
+    else:
+        message = failure(ep)
+        assert f"answered HTTP 401 (invalid_client) — check auth.client_id and auth.client_secret (sent as {sent})" in (
+            message
+        )
+        assert SECRET[:8] not in message
+
+
+# --- hostile answers ------------------------------------------------------------------------------------
+HOSTILE = {
+    "declared huge": (Reply(200, size=50_000_000), "declares 50,000,000 bytes (Content-Length)"),
+    "chunked huge": (Reply(200, size=50_000_000, chunked=True), "(exceeded the bound (65,536 bytes); stopped reading)"),
+    "gzip bomb": (
+        Reply(200, body=gzip.compress(b"{" + b" " * 20_000_000 + b"}"), headers={"Content-Encoding": "gzip"}),
+        "inflates past the bound (65,536 bytes)",
+    ),
+    "deeply nested": (Reply(200, body=b"[" * 30_000 + b"]" * 30_000), "nested"),
+    "deep under a key": (Reply(200, body=b'{"access_token": ' + b"[" * 5000 + b"]" * 5000 + b"}"), "nested"),
+    "not json": (Reply(200, body=b"<html>sign in</html>", headers={"Content-Type": "text/html"}), "not valid JSON"),
+    "a list": (Reply(200, json=[TOKEN]), "with a JSON list, not an object"),
+    "empty": (Reply(200), "with an empty body"),
+    "no token": (Reply(200, json={"token": TOKEN}), "without an access_token — is auth.token_url the OAuth2"),
+    "null token": (Reply(200, json={"access_token": None}), "without an access_token"),
+    "number token": (Reply(200, json={"access_token": 12345678}), "with an access_token that is not text (a number)"),
+    "object token": (Reply(200, json={"access_token": {"v": TOKEN}}), "that is not text (an object)"),
+    "bool token": (Reply(200, json={"access_token": True}), "that is not text (a boolean)"),
+    "huge token": (Reply(200, json={"access_token": "x" * 9000}), "an access_token of 9,000 characters"),
+    "CRLF in token": (Reply(200, json={"access_token": TOKEN + "\r\nX-Evil: 1"}), "cannot be sent in a header"),
+    "NUL in token": (Reply(200, json={"access_token": TOKEN + "\x00"}), "cannot be sent in a header"),
+    "non-ASCII token": (Reply(200, json={"access_token": TOKEN + "é"}), "cannot be sent in a header"),
+    "space in token": (Reply(200, json={"access_token": TOKEN + " x"}), "cannot be sent in a header"),
+    "NaN": (Reply(200, body=b'{"access_token": "' + TOKEN.encode() + b'", "expires_in": NaN}'), "unusable JSON"),
+    "bad error body": (
+        Reply(401, json={"error": "invalid\r\nclient\x1b[31m", "error_description": "x" * 500 + SECRET}),
+        "answered HTTP 401 (invalid client [31m: xxxxx",
+    ),
+    "long error body": (Reply(401, json={"error_description": "y" * 5000 + SECRET}), "answered HTTP 401 ('{\"error_"),
+    "error body nested": (Reply(400, body=b"[" * 5000), "answered HTTP 400 ('[[[[["),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_answer_is_a_clear_run_failure(case: str, api: ApiServer, tmp_path: Path) -> None:
+    """Each answer ends as RunFailed naming the endpoint and what was wrong: one line, no token or secret."""
+    reply, expected = HOSTILE[case]
+    api.route("/oauth/token", reply)
+    message = failure(endpoint(api, tmp_path))
+    assert expected in message
+    assert message.startswith(f"the token endpoint {api.url}/oauth/token ") or "could not get" in message
+    assert "\n" not in message
+    assert "\r" not in message
+    assert "\x1b" not in message
+    assert TOKEN[:8] not in message
+    assert SECRET[:8] not in message
+    assert len(message) < 600
+
+
+@pytest.mark.parametrize("reply", [Reply(200, drip=0.05), Reply(200, hang=True)], ids=["drip", "hang"])
+def test_a_slow_token_endpoint_runs_into_the_deadline(reply: Reply, api: ApiServer, tmp_path: Path) -> None:
+    """A server that drips its answer a byte at a time (each read well within httpx's timeout) or never
+    answers is cut at auth.timeout for the whole exchange, each attempt, then the run fails."""
+    api.route("/oauth/token", reply)
+    message = failure(endpoint(api, tmp_path, timeout="300ms", attempts=2))
+    assert "could not get an access token from" in message
+    assert "(no answer within 0.3 s (auth.timeout); 2 attempts)" in message
+    assert [r.path for r in api.requests] == ["/oauth/token"] * 2
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [
+        (3600, 3600.0),
+        (0.5 + 1, 1.5),
+        ("3600", 3600.0),  # some providers send text
+        (-5, None),
+        (0, None),
+        (10**400, None),  # float() of it would raise
+        (1e308, None),
+        ("soon", None),
+        ("9" * 5000, None),
+        ([60], None),
+        ({"s": 60}, None),
+        (True, None),
+    ],
+)
+def test_expires_in_is_used_only_when_it_is_a_lifetime(
+    expires_in: object, lifetime: float | None, api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A useless expires_in is no failure: the token is used and renewed when the API refuses it, with a
+    warning that quotes the value short."""
+    body = b'{"access_token": "' + TOKEN.encode() + b'", "expires_in": ' + json.dumps(expires_in).encode() + b"}"
+    api.route("/oauth/token", Reply(200, body=body))
+    with caplog.at_level(logging.WARNING, logger="syncrun"):
+        assert grant(endpoint(api, tmp_path)) == tokens.Grant(TOKEN, lifetime)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert bool(warnings) == (lifetime is None)
+    assert all("renewed when the API refuses it" in w and len(w) < 300 for w in warnings)
+
+
+def test_a_token_is_masked_from_the_moment_it_arrives(api: ApiServer, tmp_path: Path) -> None:
+    """The access token and a refresh token in the answer are added to the run's redactor, and any
+    listener (GitHub Actions' ::add-mask::) hears of them before grant() returns."""
+    api.route("/oauth/token", Reply(200, json={"access_token": TOKEN, "refresh_token": "rt-Kd83Jf72Hs61"}))
+    ep = endpoint(api, tmp_path)
+    heard: list[str] = []
+    ep.settings.redact.listen(heard.extend)
+    assert grant(ep).refresh_token == "rt-Kd83Jf72Hs61"
+    assert TOKEN in heard
+    assert "rt-Kd83Jf72Hs61" in heard
+    assert ep.settings.redact(f"x {TOKEN[3:11]} rt-Kd83Jf72 y") == "x *** *** y"
