@@ -193,8 +193,6 @@ def test_skip_until_excludes_the_entity(env: Database, api: ApiServer, tmp_path:
 
 def test_two_sources_one_bucket_share_the_limiter(env: Database, api: ApiServer, tmp_path: Path) -> None:
     """Two sources naming one bucket, run in one process, stay under the bucket's limit together."""
-    from tests.apiserver import worst_window
-
     a = write_source(tmp_path, "alpha", path="a", bucket="shared")
     b = write_source(tmp_path, "beta", path="b", bucket="shared", columns="review_count: record.reviews")
     for file in (a, b):
@@ -207,7 +205,11 @@ def test_two_sources_one_bucket_share_the_limiter(env: Database, api: ApiServer,
         api.route(f"/b/{appid}", Reply(200, json={"reviews": appid}))
     assert cli.main(["run", str(a), str(b)]) == 0
     assert len(api.requests) == 40
-    assert worst_window(api.arrivals(), per=0.5) <= 10
+    # One bucket: any 10 grants in a row span >= 0.5 s, so 40 take >= 1.5 s; two limiters would take
+    # ~0.75 s. Spans, not the worst window: a busy machine bunches arrivals at the in-process server by
+    # tens of ms (11 in 0.5 s seen at load 6), which the limiter's own timing tests measure and allow for.
+    arrivals = sorted(api.arrivals())
+    assert arrivals[-1] - arrivals[0] >= 1.3
 
 
 def test_stale_running_job_of_another_type_is_reaped(env: Database, api: ApiServer, tmp_path: Path) -> None:
