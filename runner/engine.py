@@ -40,6 +40,7 @@ from runner import (
 )
 from runner.auth import for_source as authenticator_for
 from runner.conditional import NOT_ASKED, Store, kept
+from runner.conditional import forget as forget_validators
 from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
 from runner.expressions import JSON
@@ -139,7 +140,8 @@ class _Run:
         self.transients = backoff.Transients(source)  # counted at the end of the run (runner.backoff)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker()
-        self.validators = Store(source)  # ETag/Last-Modified per entity, loaded as selected
+        # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
+        self.validators = Store(source, catalog=catalog, ask=not options.dry_run)
         self.write_failed = False
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
         # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
@@ -341,7 +343,7 @@ class _Run:
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
-        validators = kept(first) if self.validators.enabled else None
+        validators = kept(first, self.settings.redact) if self.validators.enabled else None
         return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values, validators=validators)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
@@ -576,6 +578,11 @@ async def _drive(state: _Run) -> Report:
 
 async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, write_conn: database.Link | None) -> None:
     """Entity-shaped sources: selection -> concurrent fetchers -> batched writer."""
+    if state.options.restart and write_conn is not None and state.validators.enabled:
+        forgotten = await asyncio.to_thread(write_conn.call, forget_validators, state.source.name)
+        log.info(
+            "%s: --restart: forgot %d stored validator(s); requests are unconditional", state.source.name, forgotten
+        )
     tasks = [
         asyncio.create_task(state.produce(state.validators.attach(select_conn, _chunks(state, select_conn)))),
         *(asyncio.create_task(state.fetcher()) for _ in range(state.source.concurrency)),
