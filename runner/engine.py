@@ -47,6 +47,7 @@ from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
 from runner.watermarks import Tracker
+from runner.watermarks import text as watermark_text
 
 log = logging.getLogger("syncrun")
 
@@ -614,7 +615,8 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         if checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
             log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
-    marks = Tracker(source, cursor_conn)  # incremental: ${incremental.since}, advanced at the end
+    # incremental: ${incremental.since}, advanced at the end, never past when the listing started
+    marks = Tracker(source, cursor_conn, ceiling=state.listing_started or state.now)
     state.settings = await marks.begin(
         state.settings, restart=options.restart, resumed=start is not None, override=again
     )
@@ -702,6 +704,16 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         await state.flush(write_conn, [trace])
         state.halt("failed", LISTING_PAGE_FAILED.format(page=number + 1, error=error))
     finally:
+        if marks.beyond:
+            state.report.metadata["watermark_capped"] = marks.beyond
+            log.warning(
+                "%s: %d record(s) had an incremental.cursor later than when the listing started (latest %s):"
+                " the watermark does not pass %s",
+                source.name,
+                marks.beyond,
+                state.settings.redact(watermark_text(marks.latest) if marks.latest is not None else "?"),
+                watermark_text(marks.ceiling) if marks.ceiling is not None else "?",
+            )
         if not state.complete and "listing" not in state.report.metadata:
             state.report.metadata["listing"] = "failed" if state.report.status == "failed" else "interrupted"
         await pages.aclose()
