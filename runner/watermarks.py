@@ -186,6 +186,7 @@ class Tracker:
     pending: Value | None = None
     beyond: int = 0  # records of this run whose cursor was later than `ceiling`
     latest: Value | None = None  # the latest of those, for the warning
+    healed: bool = False  # the stored watermark was later than `ceiling`: a completed listing stores `value`
 
     async def begin(
         self, settings: templating.Settings, *, restart: bool, resumed: bool, override: bool = False
@@ -212,7 +213,7 @@ class Tracker:
                     text(self.value),
                     text(self.ceiling),
                 )
-                self.value = self.ceiling
+                self.value, self.healed = self.ceiling, True
         value = incremental.start if self.value is None else self.value
         values = {**settings.values, templating.WATERMARK: since(incremental, value)}
         return templating.Settings(values, settings.redact)
@@ -263,6 +264,8 @@ class Tracker:
             new = self.pending
         if isinstance(new, datetime) and self.ceiling is not None and new > self.ceiling:
             new = self.ceiling
+        if new is None and self.healed:
+            new = self.value
         if new is None:
             return  # nothing seen (or an old checkpoint without the listing's start): keep it
         if self.value is not None and not _later(new, self.value):

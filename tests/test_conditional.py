@@ -377,3 +377,22 @@ def test_a_validator_echoing_a_run_time_token_is_not_kept(env: Database, api: Ap
     assert env.scalar("select count(*) from syncrun_validators") == 0
     stored = [str(row) for row in env.rows("select * from syncrun_validators")]
     assert not planted_leaks(stored, list(server.issued))
+
+
+# --- review16 F14: `unchanged` in status and the step summary ------------------------------------------------
+def test_status_and_step_summary_count_unchanged(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = Documents({1: 1, 2: 1, 3: 1})
+    file = seeded(env, tmp_path, api, docs)
+    assert run(file, 3) == 0
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert run(file, 3) == 0
+    assert "| stations | ✅ completed | 3 | 0 | 0 | 0 | 3 |" in summary.read_text()
+    capsys.readouterr()
+    assert cli.main(["status", str(file), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["sources"][0]["runs"]
+    assert [(r["processed"], r["succeeded"], r["unchanged"]) for r in runs] == [(3, 0, 3), (3, 3, 0)]
+    assert cli.main(["status", str(file)]) == 0
+    assert "processed 3 (ok 0, failed 0, skipped 0, unchanged 3)" in capsys.readouterr().out
