@@ -379,7 +379,7 @@ def test_parse_bounds() -> None:
     assert watermarks.parse(" 42 ", 0) == 42
     assert watermarks.parse(-(2**63) + 1, 0) == -(2**63) + 1
     for bad in ("٣", "1" * 50, 2**63, True, "0x10"):
-        with pytest.raises(ValueError, match="not an integer|out of range"):
+        with pytest.raises(ValueError, match=r"not an integer|out of range"):
             watermarks.parse(bad, 0)
     with pytest.raises(ValueError, match="out of range"):
         watermarks.parse("9999-12-31T23:59:59-14:00", datetime.now(UTC))
