@@ -456,6 +456,8 @@ def _transports(
 def _exit_code(report: engine.Report) -> int:
     if report.status == "cancelled":
         return 128 + (report.signal or 15)
+    if report.status == "busy":  # another run holds the listing (runner/listings.py): EX_TEMPFAIL
+        return 75
     return 0 if report.status == "completed" else 1
 
 

@@ -30,6 +30,7 @@ from runner import (
     database,
     fetch,
     jobs,
+    listings,
     mapping,
     outcomes,
     progress,
@@ -100,7 +101,7 @@ class Trace:
 @dataclass(slots=True)
 class Report:
     source: str
-    status: str = "completed"  # completed | failed | cancelled
+    status: str = "completed"  # completed | failed | cancelled | busy (runner/listings.py: read nothing)
     job_id: str | None = None
     counters: jobs.Counters = field(default_factory=jobs.Counters)
     error: str | None = None
@@ -541,7 +542,16 @@ async def _drive(state: _Run) -> Report:
     write_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     job_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     side: list[asyncio.Task[None]] = []
+    lock_conn = None
     try:
+        if job_link is not None and source.entities.type is spec.SelectionType.LIST:
+            lock_conn = state.connect() if state.connect else None
+            if lock_conn is not None and not await asyncio.to_thread(listings.take, lock_conn, source):
+                job = await asyncio.to_thread(listings.holder, lock_conn, source)
+                state.report.status = "busy"
+                state.report.error = listings.BUSY.format(source=source.name, job=f" (job {job})" if job else "")
+                log.warning("%s: %s", source.name, state.report.error)
+                return state.report
         if job_link is not None:
             state.report.job_id = await asyncio.to_thread(
                 job_link.call,
@@ -569,8 +579,9 @@ async def _drive(state: _Run) -> Report:
     finally:
         await _cancel(side)  # no heartbeat may start after the final update (a running one is waited for)
         _close(state, job_link)
-        if select_conn is not None:
-            select_conn.close()
+        for conn in (select_conn, lock_conn):  # closing the lock's connection releases the listing
+            if conn is not None:
+                conn.close()
         for link in (write_link, job_link):
             if link is not None:
                 link.close()

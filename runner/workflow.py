@@ -259,7 +259,8 @@ def step_summary(reports: Sequence[Report], errors: Mapping[str, Sequence[tuple[
 
 
 def _status_badge(status: str) -> str:
-    return {"completed": "✅ completed", "failed": "❌ failed", "cancelled": "⏹ cancelled"}.get(status, status)
+    badges = {"completed": "✅ completed", "failed": "❌ failed", "cancelled": "⏹ cancelled", "busy": "⏳ busy"}
+    return badges.get(status, status)
 
 
 def _cell(text: str) -> str:
