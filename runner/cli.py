@@ -163,7 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--heartbeat", type=_seconds, default=5.0, metavar="SECONDS", help="job heartbeat and claim renewal interval"
     )
-    run.add_argument("--restart", action="store_true", help="list-shaped sources: forget checkpoint and watermark")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget a list source's checkpoint and watermark, or a per-entity source's validators",
+    )
     run.add_argument("--record", type=Path, metavar="DIR", help="save the run's HTTP exchanges (secrets masked) to DIR")
     run.add_argument("--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network")
     run.add_argument(
