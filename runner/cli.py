@@ -164,7 +164,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--heartbeat", type=_seconds, default=5.0, metavar="SECONDS", help="job heartbeat and claim renewal interval"
     )
-    run.add_argument("--restart", action="store_true", help="list-shaped sources: forget checkpoint and watermark")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget a list source's checkpoint and watermark, or a per-entity source's validators",
+    )
     run.add_argument("--record", type=Path, metavar="DIR", help="save the run's HTTP exchanges (secrets masked) to DIR")
     run.add_argument("--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network")
     run.add_argument(
@@ -460,6 +464,8 @@ def _transports(
 def _exit_code(report: engine.Report) -> int:
     if report.status == "cancelled":
         return 128 + (report.signal or 15)
+    if report.status == "busy":  # another run holds the listing (runner/listings.py): EX_TEMPFAIL
+        return 75
     return 0 if report.status == "completed" else 1
 
 

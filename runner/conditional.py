@@ -8,24 +8,38 @@ conditional: false` turns it off. A paged entity's first-page validator says not
 pages, and a batched reply's validator covers several entities: those never send validators.
 
 Validators are data from outside: a value over MAX_VALIDATOR characters, or with anything but
-printable ASCII and tabs (a CR/LF would split a header), is not kept; nor is one holding a secret
-or a piece of one (an API echoing the access token into an ETag): nothing of a secret is stored.
+printable ASCII and tabs (a CR/LF would split a header), is not kept; nor is one holding a secret or
+any 8-character piece of one (a configured `${secret.*}`, a token obtained at run time: the run's
+Redactor knows both), since secrets never reach the database.
+
+A validator says the API's document did not change, not that *our* rows are what that document
+turns into. So one is sent only when (a) it was kept under the same `fingerprint`: a digest of
+what the source turns a reply into (the request it makes, its records, writes, status and outcome
+rules), computed once per run from the frozen spec, so editing a mapping, adding a column or
+changing an outcome rule makes the next run re-fetch every entity once; and (b) the entity's row
+is still in the primary write's table (a truncated or restored table is re-fetched), checked in
+the same query that loads the chunk's validators. `--restart` forgets a source's validators; a dry
+run (`--dry-run`, `test-read`) never sends any, so it shows what the API answers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from runner.client import Reply
+from runner.database import identifier
 from runner.expressions import JSON
-from runner.spec import Outcome, PaginationType, SelectionType, Source
+from runner.migrations import Catalog
+from runner.spec import Outcome, PaginationType, QualifiedName, SelectionType, Source
 
-__all__ = ["MAX_VALIDATOR", "Store", "Validators", "enabled", "kept", "write"]
+__all__ = ["MAX_VALIDATOR", "Store", "Validators", "enabled", "fingerprint", "forget", "kept", "write"]
 
 MAX_VALIDATOR = 1024  # characters; a longer ETag or Last-Modified is not kept (and so never sent)
 _TEXT = re.compile(r"[\t\x20-\x7e]+")  # a header value we would send (fetch._HEADER_TEXT, not empty)
@@ -69,17 +83,76 @@ def clean(value: str | None) -> str | None:
 
 
 def kept(reply: Reply, redact: Callable[[str], str] = str) -> Validators:
-    """What a 2xx reply says to keep (nothing usable: the stored ones are cleared); `redact` is the
-    run's redactor: a validator it would change holds a secret, and is not kept."""
-    etag, modified = clean(reply.headers.get("etag")), clean(reply.headers.get("last-modified"))
-    return Validators(*(None if value is None or redact(value) != value else value for value in (etag, modified)))
+    """What a 2xx reply says to keep (nothing usable: the stored ones are cleared). A value that
+    `redact` changes holds a secret (an API echoing the Authorization header into its ETag): not kept."""
+
+    def usable(value: str | None) -> str | None:
+        value = clean(value)
+        return value if value is None or redact(value) == value else None
+
+    return Validators(usable(reply.headers.get("etag")), usable(reply.headers.get("last-modified")))
+
+
+def fingerprint(source: Source) -> str:
+    """A digest of what the source turns a reply into: a validator kept under another one was made
+    for other mappings (or another request) and is not sent. The spec is frozen dataclasses whose
+    reprs hold no addresses (an Expression's repr is its text), so the digest is stable across runs."""
+    request = source.request
+    parts = (
+        request.url.text,
+        tuple((name, template.text) for name, template in request.query),
+        tuple((name, template.text) for name, template in request.headers),
+        source.entities.key,
+        source.records,
+        source.writes,
+        source.status,
+        source.outcomes,
+    )
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where an entity's row is: the primary write's table, its column mapped to exactly
+    `entity.<key>`, and that column's type (a cast for the keys, so its index is used)."""
+
+    table: QualifiedName
+    column: str
+    type: str | None
+
+
+def anchor(source: Source, catalog: Catalog | None) -> Anchor | None:
+    """The primary write's (writer.primary: the one marked `primary: true`, else the first table
+    write) key or replace_by column mapped to exactly `entity.<key>`; None when it has none (a
+    function write, a key from the record): then only the fingerprint is checked."""
+    marked = [write for write in source.writes if write.primary]
+    tables = [write for write in source.writes if write.function is None]
+    found = (marked or tables)[:1]
+    if not found or found[0].function is not None:
+        return None
+    write = found[0]
+    own = {"type": "subexpression", "children": [_field("entity"), _field(source.entities.key)]}
+    mapped = {f.column: f.expression.parsed.parsed for f in write.columns}
+    for column in dict.fromkeys((*write.key, *write.replace_by)):
+        if mapped.get(column) == own:
+            types = (catalog or {}).get(write.table, {})
+            return Anchor(write.table, column, types.get(column))
+    return None
+
+
+def _field(name: str) -> dict[str, JSON]:
+    return {"type": "field", "children": [], "value": name}
 
 
 class Store:
     """The validators of the entities a run is about to fetch, loaded chunk by chunk as selected."""
 
-    def __init__(self, source: Source) -> None:
-        self.source, self.enabled = source, enabled(source)
+    def __init__(self, source: Source, *, catalog: Catalog | None = None, ask: bool = True) -> None:
+        """`ask` False (a dry run): no validator is loaded or sent, so 304s never hide what the API
+        answers; a 304 is still classified (as an error: nothing was asked)."""
+        self.source, self.enabled, self.ask = source, enabled(source), ask
+        self.fingerprint = fingerprint(source)
+        self.anchor = anchor(source, catalog) if catalog is not None else None
         self.known: dict[str, Validators] = {}
 
     def attach(
@@ -89,8 +162,9 @@ class Store:
         before it is handed to the fetchers."""
         key = self.source.entities.key
         for chunk in chunks:
-            if self.enabled and conn is not None and chunk:
-                self.known.update(load(conn, self.source.name, [str(entity[key]) for entity in chunk]))
+            if self.enabled and self.ask and conn is not None and chunk:
+                keys = [entity[key] for entity in chunk]
+                self.known.update(load(conn, self.source.name, keys, self.fingerprint, self.anchor))
             yield chunk
 
     def headers(self, entity: Mapping[str, JSON]) -> dict[str, str]:
@@ -102,20 +176,51 @@ class Store:
         return bool(self.headers(entity))
 
 
-def load(conn: psycopg.Connection[Any], source: str, keys: list[str]) -> dict[str, Validators]:
-    with conn.transaction():  # autocommit is off: never leave the selection's connection idle in one
-        rows = conn.execute(
-            "select entity_key, etag, last_modified from syncrun_validators where source = %s and entity_key = any(%s)",
-            (source, keys),
-        ).fetchall()
+_LOAD = "select v.entity_key, v.etag, v.last_modified from syncrun_validators v where v.source = %(source)s"
+_LOAD_WHERE = " and v.entity_key = any(%(keys)s::text[]) and v.fingerprint = %(fingerprint)s"
+
+
+def load(
+    conn: psycopg.Connection[Any], source: str, keys: list[JSON], print_: str, at: Anchor | None = None
+) -> dict[str, Validators]:
+    """The validators of these entities kept under this fingerprint and, with an anchor, of those whose
+    row is still in its table: one query. A key that does not fit the anchor column's type (the
+    cast fails) loads none for the chunk: its requests are unconditional, never wrong."""
+    params: dict[str, Any] = {"source": source, "keys": [str(k) for k in keys], "fingerprint": print_}
+    query: sql.SQL | sql.Composed = sql.SQL(_LOAD + _LOAD_WHERE)
+    if at is not None:
+        cast = sql.SQL("::{}[]").format(sql.SQL(at.type)) if at.type else sql.SQL("")
+        query = sql.SQL(
+            "with present as (select t.{column}::text as key from {table} t where t.{column} = any(%(typed)s{cast}))"
+            " {load} and v.entity_key in (select key from present){where}"
+        ).format(
+            column=sql.Identifier(at.column),
+            table=identifier(at.table),
+            cast=cast,
+            load=sql.SQL(_LOAD),
+            where=sql.SQL(_LOAD_WHERE),
+        )
+        params["typed"] = [str(k) for k in keys] if at.type else list(keys)
+    try:
+        with conn.transaction():  # autocommit is off: never leave the selection's connection idle in one
+            rows = conn.execute(query, params).fetchall()
+    except (psycopg.errors.DataError, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        return {}
     return {str(key): Validators(clean(etag), clean(modified)) for key, etag, modified in rows}
 
 
-_KEEP = """insert into syncrun_validators as v (source, entity_key, etag, last_modified, updated_at)
-select %(source)s::text, k.key, k.etag, k.modified, now()
+def forget(conn: psycopg.Connection[Any], source: str) -> int:
+    """`--restart` of a per-entity source: its validators are forgotten, every request unconditional."""
+    with conn.transaction():
+        return conn.execute("delete from syncrun_validators where source = %s", (source,)).rowcount
+
+
+_KEEP = """insert into syncrun_validators as v (source, entity_key, etag, last_modified, fingerprint, updated_at)
+select %(source)s::text, k.key, k.etag, k.modified, %(fingerprint)s, now()
 from unnest(%(keys)s::text[], %(etags)s::text[], %(modified)s::text[]) as k(key, etag, modified)
 on conflict (source, entity_key) do update set
-    etag = excluded.etag, last_modified = excluded.last_modified, updated_at = now()"""
+    etag = excluded.etag, last_modified = excluded.last_modified, fingerprint = excluded.fingerprint,
+    updated_at = now()"""
 _DROP = "delete from syncrun_validators where source = %(source)s and entity_key = any(%(keys)s::text[])"
 
 
@@ -141,6 +246,7 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[Any]) -> None
                 "keys": list(keep),
                 "etags": [v.etag for v in keep.values()],
                 "modified": [v.last_modified for v in keep.values()],
+                "fingerprint": fingerprint(source),
             },
         )
     if drop:

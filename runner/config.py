@@ -234,6 +234,7 @@ class _Builder:
             "schedule": self.schedule(),
             "auth": self.auth(),
         }
+        self.incremental_steps(parts["incremental"], parts["after"])
         keys = ("description", "job_type", "concurrency", "write_batch", "fail_ratio")
         scalars: dict[str, JSON] = {k: self.raw[k] for k in keys if k in self.raw and self.usable((k,))}
         if "fail_ratio" in scalars:
@@ -707,11 +708,13 @@ class _Builder:
         except ValueError as error:
             self.add((*path, "start"), str(error))
             return None
+        if isinstance(start, datetime) and start > datetime.now(UTC):
+            self.add((*path, "start"), f"{show(raw['start'])} is in the future: nothing would ever be asked for")
         if source is spec.IncrementalFrom.LISTING_START and isinstance(start, int):
             self.add((*path, "start"), "from: listing_start keeps a time: start must be a timestamp")
         lookback: float | int = 0
         if "lookback" in raw and isinstance(start, int):
-            if not isinstance(raw["lookback"], int) or raw["lookback"] < 0:
+            if not isinstance(raw["lookback"], int) or not 0 <= raw["lookback"] <= watermarks.MAX_INTEGER:
                 self.add(
                     (*path, "lookback"), f"{show(raw['lookback'])} is not a whole number (the start is an integer)"
                 )
@@ -727,6 +730,22 @@ class _Builder:
         elif source is spec.IncrementalFrom.CURSOR:
             self.add(path, "cursor is required (e.g. cursor: record.updated_at), unless from: listing_start")
         return spec.Incremental(cursor=cursor, from_=source, start=start, lookback=lookback)
+
+    def incremental_steps(self, incremental: JSON, after: JSON) -> None:
+        """An incremental listing holds only what changed since the watermark: a `when: complete`
+        step, written for a whole listing (the cleanup `delete … where seen_at < %(started_at)s`),
+        would delete every row that did not change. Refused rather than guessed at."""
+        if incremental is None or not isinstance(after, tuple):
+            return
+        for index, step in enumerate(after):
+            if isinstance(step, spec.Step) and step.when is spec.StepWhen.COMPLETE:
+                self.add(
+                    ("after", index, "when"),
+                    "an incremental listing reads only what changed since the watermark, never the whole"
+                    " catalogue, so a `when: complete` step (a cleanup of rows not seen) would delete every"
+                    " unchanged row; remove it (prune from a source without incremental:), or use"
+                    " when: always for a step that does not assume a whole listing",
+                )
 
     # -- status ------------------------------------------------------------------------------------
     def status(self, name: str, columns: frozenset[str] | None, listed: bool) -> spec.Status | None:

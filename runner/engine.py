@@ -30,6 +30,7 @@ from runner import (
     database,
     fetch,
     jobs,
+    listings,
     mapping,
     outcomes,
     progress,
@@ -41,12 +42,14 @@ from runner import (
 from runner.auth import Tokens
 from runner.auth import for_source as authenticator_for
 from runner.conditional import NOT_ASKED, Store, kept
+from runner.conditional import forget as forget_validators
 from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
 from runner.watermarks import Tracker
+from runner.watermarks import text as watermark_text
 
 log = logging.getLogger("syncrun")
 
@@ -99,7 +102,7 @@ class Trace:
 @dataclass(slots=True)
 class Report:
     source: str
-    status: str = "completed"  # completed | failed | cancelled
+    status: str = "completed"  # completed | failed | cancelled | busy (runner/listings.py: read nothing)
     job_id: str | None = None
     counters: jobs.Counters = field(default_factory=jobs.Counters)
     error: str | None = None
@@ -140,7 +143,8 @@ class _Run:
         self.transients = backoff.Transients(source)  # counted at the end of the run (runner.backoff)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker()
-        self.validators = Store(source)  # ETag/Last-Modified per entity, loaded as selected
+        # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
+        self.validators = Store(source, catalog=catalog, ask=not options.dry_run)
         self.write_failed = False
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
         # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
@@ -541,7 +545,16 @@ async def _drive(state: _Run) -> Report:
     write_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     job_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     side: list[asyncio.Task[None]] = []
+    lock_conn = None
     try:
+        if job_link is not None and source.entities.type is spec.SelectionType.LIST:
+            lock_conn = state.connect() if state.connect else None
+            if lock_conn is not None and not await asyncio.to_thread(listings.take, lock_conn, source):
+                job = await asyncio.to_thread(listings.holder, lock_conn, source)
+                state.report.status = "busy"
+                state.report.error = listings.BUSY.format(source=source.name, job=f" (job {job})" if job else "")
+                log.warning("%s: %s", source.name, state.report.error)
+                return state.report
         if job_link is not None:
             state.report.job_id = await asyncio.to_thread(
                 job_link.call,
@@ -569,8 +582,9 @@ async def _drive(state: _Run) -> Report:
     finally:
         await _cancel(side)  # no heartbeat may start after the final update (a running one is waited for)
         _close(state, job_link)
-        if select_conn is not None:
-            select_conn.close()
+        for conn in (select_conn, lock_conn):  # closing the lock's connection releases the listing
+            if conn is not None:
+                conn.close()
         for link in (write_link, job_link):
             if link is not None:
                 link.close()
@@ -579,6 +593,11 @@ async def _drive(state: _Run) -> Report:
 
 async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, write_conn: database.Link | None) -> None:
     """Entity-shaped sources: selection -> concurrent fetchers -> batched writer."""
+    if state.options.restart and write_conn is not None and state.validators.enabled:
+        forgotten = await asyncio.to_thread(write_conn.call, forget_validators, state.source.name)
+        log.info(
+            "%s: --restart: forgot %d stored validator(s); requests are unconditional", state.source.name, forgotten
+        )
     tasks = [
         asyncio.create_task(state.produce(state.validators.attach(select_conn, _chunks(state, select_conn)))),
         *(asyncio.create_task(state.fetcher()) for _ in range(state.source.concurrency)),
@@ -610,7 +629,8 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         if checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
             log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
-    marks = Tracker(source, cursor_conn)  # incremental: ${incremental.since}, advanced at the end
+    # incremental: ${incremental.since}, advanced at the end, never past when the listing started
+    marks = Tracker(source, cursor_conn, ceiling=state.listing_started or state.now)
     state.settings = await marks.begin(
         state.settings, restart=options.restart, resumed=start is not None, override=again
     )
@@ -644,6 +664,10 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
             if cursor_conn is not None:
                 if page.resume is None:
                     await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
+                elif state.settings.redact(str(page.resume)) != str(page.resume):
+                    # A next link echoing a secret under a name the source does not send it as: never
+                    # stored. The previous checkpoint stays: an interrupted listing re-reads pages.
+                    log.warning("%s: the position of page %d holds a secret: not checkpointed", source.name, number + 1)
                 else:
                     await asyncio.to_thread(
                         cursor_conn.call,
@@ -694,6 +718,16 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
         await state.flush(write_conn, [trace])
         state.halt("failed", LISTING_PAGE_FAILED.format(page=number + 1, error=error))
     finally:
+        if marks.beyond:
+            state.report.metadata["watermark_capped"] = marks.beyond
+            log.warning(
+                "%s: %d record(s) had an incremental.cursor later than when the listing started (latest %s):"
+                " the watermark does not pass %s",
+                source.name,
+                marks.beyond,
+                state.settings.redact(watermark_text(marks.latest) if marks.latest is not None else "?"),
+                watermark_text(marks.ceiling) if marks.ceiling is not None else "?",
+            )
         if not state.complete and "listing" not in state.report.metadata:
             state.report.metadata["listing"] = "failed" if state.report.status == "failed" else "interrupted"
         await pages.aclose()

@@ -144,7 +144,7 @@ async def pages(
         pagination,
         first,
         secret_headers=frozenset(name.lower() for name in _secret_names(source.request.headers)),
-        secret_params=_secret_names(source.request.query),
+        secret_params=_secret_names(source.request.query) | _auth_param(source),
         redact=settings.redact,
     )
     position = walk.start(start)
@@ -209,6 +209,15 @@ def _records(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> l
 
 def _secret_names(templates: tuple[tuple[str, spec.Template], ...]) -> frozenset[str]:
     return frozenset(name for name, template in templates if any(s.secret for s in template.settings))
+
+
+def _auth_param(source: spec.Source) -> frozenset[str]:
+    """An `api_key` with `in: query`: its parameter, echoed by an API into its next links, is dropped
+    from them (they are checkpointed and shown); runner/auth.py puts it on every request it sends."""
+    auth = source.auth
+    if auth is None or auth.type is not spec.AuthType.API_KEY or auth.in_ is not spec.KeyIn.QUERY or not auth.name:
+        return frozenset()
+    return frozenset({auth.name})
 
 
 def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from runner import backoff, jobs, migrations, selection
+from runner import backoff, jobs, migrations, selection, watermarks
 from runner.database import identifier
 from runner.errors import SchemaMismatch
 from runner.redaction import Redactor
@@ -42,6 +42,7 @@ class Run:
     succeeded: int
     failed: int
     skipped: int
+    unchanged: int  # a 304 Not Modified (conditional requests): stamped, nothing rewritten
     requests: int
     rate: float | None  # requests_made / duration
     error: str | None
@@ -63,6 +64,8 @@ class SourceState:
     held_back: int | None = None  # at the cut-off (entities.max_consecutive_errors); None: the source has none
     deleted: int = 0  # found gone by an `outcome: delete` (syncrun_state.deleted_at): never selected again
     top_errors: list[tuple[str, int]] = field(default_factory=list)
+    # an incremental list source's watermark (runner/watermarks.py): {"value", "pending", "advanced_at"}
+    watermark: dict[str, Any] | None = None
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -84,6 +87,7 @@ def collect(conn: psycopg.Connection, source: Source, *, runs: int = 5) -> Sourc
         )
     _entities(conn, source, state)
     _state(conn, source, state)
+    _watermark(conn, source, state)
     state.runs = [_run(job) for job in jobs.recent(conn, source.job_type, runs)]
     return state
 
@@ -148,6 +152,29 @@ def _state(conn: psycopg.Connection, source: Source, state: SourceState) -> None
     state.top_errors = [(str(message), int(count)) for message, count in errors]
 
 
+def _watermark(conn: psycopg.Connection, source: Source, state: SourceState) -> None:
+    """Where an incremental source's next listing asks from: the watermark (None before the first
+    complete listing: it asks from incremental.start), what an unfinished listing has seen so far."""
+    if source.incremental is None:
+        return
+    with conn.transaction():
+        row = (
+            conn.execute(
+                "select value->'value', pending->'value', advanced_at from syncrun_watermarks where source = %s",
+                (source.name,),
+            ).fetchone()
+            if _exists(conn, "syncrun_watermarks")
+            else None
+        )
+    value, pending, advanced = row if row is not None else (None, None, None)
+    state.watermark = {
+        "value": value,
+        "pending": pending,
+        "advanced_at": advanced.isoformat() if advanced is not None else None,
+        "start": watermarks.text(source.incremental.start),
+    }
+
+
 def _run(job: jobs.Job) -> Run:
     end = job.completed_at or (datetime.now(UTC) if job.status == "running" else job.heartbeat_at)
     duration = (end - job.started_at).total_seconds() if end and job.started_at else None
@@ -161,6 +188,7 @@ def _run(job: jobs.Job) -> Run:
         succeeded=c.succeeded,
         failed=c.failed,
         skipped=c.skipped,
+        unchanged=c.unchanged,
         requests=c.requests,
         rate=round(c.requests / duration, 2) if duration else None,
         error=job.error_message,
@@ -206,6 +234,17 @@ def format_text(states: list[SourceState], redact: Redactor | None = None) -> st
             + (f"   held back {state.held_back:,}" if state.held_back is not None else "")
             + (f"   gone {state.deleted:,}" if state.deleted else "")
         )
+        if (mark := state.watermark) is not None:
+            value = (
+                "none yet (asks from incremental.start " + mark["start"] + ")"
+                if mark["value"] is None
+                else mark["value"]
+            )
+            out.append(
+                f"  watermark {redact(str(value))}"
+                + (f" (advanced {mark['advanced_at'][:19]})" if mark["advanced_at"] else "")
+                + (f"   pending {redact(str(mark['pending']))}" if mark["pending"] is not None else "")
+            )
         out += [f"  note: {redact(note)}" for note in state.notes]
         if state.top_errors:
             out.append("  top errors:")
@@ -219,7 +258,8 @@ def format_text(states: list[SourceState], redact: Redactor | None = None) -> st
                 out.append(
                     f"    {(run.started_at or '?')[:19]}  {run.status:9}  {_duration(run.duration):>7}"
                     f"  processed {run.processed:,} (ok {run.succeeded:,}, failed {run.failed:,},"
-                    f" skipped {run.skipped:,})  {run.requests:,} requests, {rate}"
+                    f" skipped {run.skipped:,}{f', unchanged {run.unchanged:,}' if run.unchanged else ''})"
+                    f"  {run.requests:,} requests, {rate}"
                     + (f"  — {redact.excerpt(run.error, 120)}" if run.error else "")
                 )
         out.append("")

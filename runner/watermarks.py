@@ -24,8 +24,9 @@ never doubled.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -38,20 +39,31 @@ from runner.errors import EntityError, RunFailed
 from runner.expressions import EVALUATION_FAULTS, JSON
 
 Value = datetime | int
+log = logging.getLogger("syncrun")
 
-__all__ = ["Tracker", "Value", "decode", "encode", "parse", "since", "text"]
+__all__ = ["MAX_INTEGER", "Tracker", "Value", "decode", "encode", "parse", "since", "text"]
+
+
+MAX_INTEGER = 2**63 - 1  # an integer watermark is a bigint: a version or sequence number, not 10**35
+_EXACT_FLOAT = 2**53  # a JSON number beyond this is no longer exact as a float: it is refused
 
 
 def parse(found: JSON, kind: Value) -> Value:
     """A cursor (or `start`) value as the type of `kind`; ValueError says why it is not one. An
-    integer cursor takes numbers and digit strings; a timestamp one takes ISO 8601 text with a zone."""
+    integer cursor takes whole numbers and strings of ASCII digits (APIs send 64-bit numbers as text),
+    within a signed 64-bit integer; a timestamp one takes ISO 8601 text with a zone, within the years
+    1 to 9999 in UTC too."""
     if isinstance(kind, int):
-        if isinstance(found, float) and found.is_integer():
+        if isinstance(found, float) and found.is_integer() and abs(found) < _EXACT_FLOAT:
             found = int(found)
-        if isinstance(found, str) and found.strip().lstrip("-").isdigit():
-            found = int(found.strip())
+        if isinstance(found, str) and len(found) <= 40:
+            digits = found.strip()
+            if digits.removeprefix("-").isascii() and digits.removeprefix("-").isdigit():
+                found = int(digits)
         if isinstance(found, bool) or not isinstance(found, int):
             raise ValueError(f"{_show(found)} is not an integer")
+        if abs(found) > MAX_INTEGER:
+            raise ValueError(f"{_show(found)} is out of range (an integer watermark is at most {MAX_INTEGER})")
         return found
     if not isinstance(found, str):
         raise ValueError(f"{_show(found)} is not an ISO 8601 timestamp")
@@ -61,6 +73,10 @@ def parse(found: JSON, kind: Value) -> Value:
         raise ValueError(f"{_show(found)} is not an ISO 8601 timestamp") from None
     if value.tzinfo is None:
         raise ValueError(f"{_show(found)} has no time zone (write e.g. 2020-01-01T00:00:00Z)")
+    try:
+        value.astimezone(UTC)  # comparisons go through UTC: 0001-01-01T00:00:00+05:00 is before year 1
+    except OverflowError:
+        raise ValueError(f"{_show(found)} is out of range (years 1 to 9999 in UTC)") from None
     return value
 
 
@@ -87,10 +103,14 @@ def text(value: Value) -> str:
 
 
 def since(incremental: spec.Incremental, value: Value) -> str:
-    """`${incremental.since}`: the watermark minus the lookback."""
+    """`${incremental.since}`: the watermark minus the lookback, never before the earliest value
+    (`start: 0001-01-01T00:00:00Z` with a lookback asks from that start)."""
     if isinstance(value, datetime):
-        return text(value - timedelta(seconds=incremental.lookback))
-    return text(value - int(incremental.lookback))
+        try:
+            return text(value - timedelta(seconds=incremental.lookback))
+        except OverflowError:
+            return text(datetime.min.replace(tzinfo=UTC))
+    return text(max(value - int(incremental.lookback), -MAX_INTEGER - 1))
 
 
 def encode(value: Value) -> dict[str, JSON]:
@@ -158,8 +178,15 @@ class Tracker:
 
     source: spec.Source
     conn: database.Link | None
+    # A timestamp watermark never passes when the listing started: a record dated later (2099, a
+    # placeholder, a skewed or hostile API) would otherwise make every later run ask for nothing.
+    # Such records count the value as the listing's start, so the next run asks for them again.
+    ceiling: datetime | None = None
     value: Value | None = None
     pending: Value | None = None
+    beyond: int = 0  # records of this run whose cursor was later than `ceiling`
+    latest: Value | None = None  # the latest of those, for the warning
+    healed: bool = False  # the stored watermark was later than `ceiling`: a completed listing stores `value`
 
     async def begin(
         self, settings: templating.Settings, *, restart: bool, resumed: bool, override: bool = False
@@ -178,6 +205,15 @@ class Tracker:
             stored, pending = await asyncio.to_thread(self.conn.call, load, self.source.name)
             self.value = decode(stored, incremental.start)
             self.pending = decode(pending, incremental.start) if resumed else None
+            if isinstance(self.value, datetime) and self.ceiling is not None and self.value > self.ceiling:
+                # kept before watermarks were capped (or the clock went back): no later than now
+                log.warning(
+                    "%s: the stored watermark %s is later than this listing's start: asking from %s",
+                    self.source.name,
+                    text(self.value),
+                    text(self.ceiling),
+                )
+                self.value, self.healed = self.ceiling, True
         value = incremental.start if self.value is None else self.value
         values = {**settings.values, templating.WATERMARK: since(incremental, value)}
         return templating.Settings(values, settings.redact)
@@ -207,6 +243,11 @@ class Tracker:
                     f"incremental.cursor ({incremental.cursor.text}) on a record of {reply.url}: {error};"
                     " the watermark is not advanced"
                 ) from None
+            if isinstance(value, datetime) and self.ceiling is not None and value > self.ceiling:
+                self.beyond += 1
+                if self.latest is None or _later(value, self.latest):
+                    self.latest = value
+                value = self.ceiling
             if self.pending is None or _later(value, self.pending):
                 self.pending = value
         if self.conn is not None:
@@ -221,6 +262,10 @@ class Tracker:
             new: Value | None = listing_started
         else:
             new = self.pending
+        if isinstance(new, datetime) and self.ceiling is not None and new > self.ceiling:
+            new = self.ceiling
+        if new is None and self.healed:
+            new = self.value
         if new is None:
             return  # nothing seen (or an old checkpoint without the listing's start): keep it
         if self.value is not None and not _later(new, self.value):

@@ -238,15 +238,15 @@ def step_summary(reports: Sequence[Report], errors: Mapping[str, Sequence[tuple[
     lines = [
         "## syncrun",
         "",
-        "| source | status | processed | succeeded | failed | skipped | requests | duration | rate |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| source | status | processed | succeeded | failed | skipped | unchanged | requests | duration | rate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for report in reports:
         c = report.counters
         rate = c.requests / report.elapsed if report.elapsed else 0.0
         lines.append(
             f"| {report.source} | {_status_badge(report.status)} | {c.processed} | {c.succeeded} | {c.failed} |"
-            f" {c.skipped} | {c.requests} | {report.elapsed:.1f} s | {rate:.2f}/s |"
+            f" {c.skipped} | {c.unchanged} | {c.requests} | {report.elapsed:.1f} s | {rate:.2f}/s |"
         )
     for report in reports:
         if report.error:
@@ -259,7 +259,8 @@ def step_summary(reports: Sequence[Report], errors: Mapping[str, Sequence[tuple[
 
 
 def _status_badge(status: str) -> str:
-    return {"completed": "✅ completed", "failed": "❌ failed", "cancelled": "⏹ cancelled"}.get(status, status)
+    badges = {"completed": "✅ completed", "failed": "❌ failed", "cancelled": "⏹ cancelled", "busy": "⏳ busy"}
+    return badges.get(status, status)
 
 
 def _cell(text: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from pathlib import Path
 
@@ -243,3 +243,156 @@ def test_on_by_default_only_for_one_request_per_entity(tmp_path: Path) -> None:
     paged = source_file(tmp_path)
     paged.write_text(paged.read_text() + "pagination: {type: page, param: page, page_size: 10}\n")
     assert not conditional.enabled(config.load(paged))
+
+
+# --- review16 F1: a validator says the API's document did not change, not that our rows are right ---------
+def sent_validators(api: ApiServer, since: int) -> int:
+    return sum("if-none-match" in r.headers or "if-modified-since" in r.headers for r in api.requests[since:])
+
+
+def test_emptied_target_table_is_fetched_again(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The rows are gone (a truncate, a restore): their validators are not sent, so the entities come
+    back instead of being `unchanged` forever. Entities whose rows are there still get 304s."""
+    docs = Documents({1: 1, 2: 1, 3: 1})
+    file = seeded(env, tmp_path, api, docs)
+    assert run(file, 3) == 0
+    env.run("delete from stations where id in (1, 2)")
+    before = len(api.requests)
+    assert run(file, 3) == 0
+    assert {r.path: "if-none-match" in r.headers for r in api.requests[before:]} == {
+        "/stations/1": False,
+        "/stations/2": False,
+        "/stations/3": True,
+    }
+    assert docs.not_modified == 1
+    assert env.scalar("select count(*) from stations") == 3
+    env.run("truncate stations")
+    assert run(file, 3) == 0
+    assert env.scalar("select count(*) from stations") == 3
+    assert env.rows("select items_succeeded, items_unchanged from sync_jobs order by started_at desc limit 1") == [
+        (3, 0)
+    ]
+
+
+def test_a_changed_mapping_fetches_every_entity_again(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A column added to the writes: validators kept under the old mapping are not sent, the new
+    column is filled on the next run; the run after that is conditional again."""
+    docs = Documents({1: 1, 2: 1})
+    file = seeded(env, tmp_path, api, docs)
+    assert run(file, 2) == 0
+    env.run("alter table stations add column first_reading int")
+    file.write_text(
+        file.read_text().replace(
+            "readings: body.readings}", "readings: body.readings, first_reading: 'body.readings[0]'}"
+        )
+    )
+    before = len(api.requests)
+    assert run(file, 2) == 0
+    assert sent_validators(api, before) == 0
+    assert env.rows("select id, first_reading from stations order by id") == [(1, 1), (2, 1)]
+    assert run(file, 2) == 0
+    assert docs.not_modified == 2
+
+
+def test_restart_forgets_the_validators(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    docs = Documents({1: 1, 2: 1})
+    file = seeded(env, tmp_path, api, docs)
+    assert run(file, 2) == 0
+    before = len(api.requests)
+    assert cli.main(["run", str(file), "--ids", "1,2", "--restart"]) == 0
+    assert sent_validators(api, before) == 0
+    assert env.scalar("select count(*) from syncrun_validators") == 2  # kept again by that run
+    assert run(file, 2) == 0
+    assert docs.not_modified == 2
+
+
+def test_dry_run_and_test_read_send_no_validators(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a dry run shows is what the API answers: never a 304 hiding it."""
+    docs = Documents({1: 1})
+    file = seeded(env, tmp_path, api, docs)
+    assert run(file, 1) == 0
+    before = len(api.requests)
+    assert cli.main(["run", str(file), "--ids", "1", "--dry-run"]) == 0
+    assert cli.main(["test-read", str(file), "--ids", "1"]) == 0
+    assert sent_validators(api, before) == 0
+    assert docs.not_modified == 0
+    assert "station 1 v1" in capsys.readouterr().out
+
+
+def test_fingerprint_is_stable_and_follows_the_mappings(tmp_path: Path) -> None:
+    file = source_file(tmp_path)
+    first = conditional.fingerprint(config.load(file))
+    assert conditional.fingerprint(config.load(file)) == first
+    file.write_text(file.read_text().replace("name: body.name", "name: body.title"))
+    assert conditional.fingerprint(config.load(file)) != first
+
+
+# --- review16 F12: a validator holding a secret never reaches the database ------------------------------
+def test_a_validator_echoing_a_secret_is_not_kept(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The API echoes the Authorization header (a configured ${secret.*}) into ETag and Last-Modified:
+    neither is kept, the next request is unconditional, and no piece of the secret is in the table."""
+    from tests.test_security import planted_leaks
+
+    docs = Documents({1: 1, 2: 1})
+    file = seeded(env, tmp_path, api, docs)
+    file.write_text(file.read_text() + "auth: {type: bearer, token: '${secret.API_TOKEN}'}\n")
+
+    def echo(request: Recorded) -> Reply:
+        reply = docs.answer(request)
+        said = request.headers.get("authorization", "")
+        if request.path.endswith("/1"):
+            return replace(reply, headers={**reply.headers, "ETag": f'"{said}"', "Last-Modified": f"tok {said}"})
+        return reply
+
+    api.route("/stations/1", echo)
+    assert run(file, 2) == 0
+    assert env.rows("select entity_key, etag from syncrun_validators order by 1") == [("2", '"v1-2"')]
+    stored = [str(row) for row in env.rows("select * from syncrun_validators")]
+    assert not planted_leaks(stored, ["s3cr3t-token-value"])
+
+
+def test_a_validator_echoing_a_run_time_token_is_not_kept(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The same with an OAuth2 access token obtained at run time (added to the run's Redactor)."""
+    from tests.test_auth import CLIENT_CREDENTIALS, CLIENT_SECRET, OAuthServer
+    from tests.test_security import planted_leaks
+
+    server = OAuthServer(api)
+    docs = Documents({1: 1, 2: 1})
+    file = seeded(env, tmp_path, api, docs)
+    file.write_text(file.read_text() + f"auth: {CLIENT_CREDENTIALS}\n")
+
+    def echo(request: Recorded) -> Reply:
+        reply = docs.answer(request)
+        said = request.headers.get("authorization", "")
+        return replace(reply, headers={**reply.headers, "ETag": f'W/"{said[-20:]}"', "Last-Modified": said})
+
+    api.route("/stations/1", echo)
+    api.route("/stations/2", echo)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIENT_SECRET", CLIENT_SECRET)
+        assert run(file, 2) == 0
+    assert server.issued
+    assert env.scalar("select count(*) from syncrun_validators") == 0
+    stored = [str(row) for row in env.rows("select * from syncrun_validators")]
+    assert not planted_leaks(stored, list(server.issued))
+
+
+# --- review16 F14: `unchanged` in status and the step summary ------------------------------------------------
+def test_status_and_step_summary_count_unchanged(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = Documents({1: 1, 2: 1, 3: 1})
+    file = seeded(env, tmp_path, api, docs)
+    assert run(file, 3) == 0
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert run(file, 3) == 0
+    assert "| stations | ✅ completed | 3 | 0 | 0 | 0 | 3 |" in summary.read_text()
+    capsys.readouterr()
+    assert cli.main(["status", str(file), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["sources"][0]["runs"]
+    assert [(r["processed"], r["succeeded"], r["unchanged"]) for r in runs] == [(3, 0, 3), (3, 3, 0)]
+    assert cli.main(["status", str(file)]) == 0
+    assert "processed 3 (ok 0, failed 0, skipped 0, unchanged 3)" in capsys.readouterr().out

@@ -3,6 +3,7 @@ PostgreSQL, against a real loopback API that filters by `since` and counts what 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runner import cli
+from runner import cli, watermarks
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 
@@ -282,3 +283,103 @@ def test_a_stored_watermark_of_another_type_is_refused(env: Database, api: ApiSe
     assert "incremental.start is a timestamp: run with --restart" in env.scalar("select error_message from sync_jobs")
     assert cli.main(["run", str(file), "--restart"]) == 0
     assert stored(env) == {"type": "timestamp", "value": "2021-03-02T15:05:00+01:00"}
+
+
+# --- review16 F6, F7, F18, F14 ------------------------------------------------------------------------------
+def test_a_future_dated_record_cannot_freeze_the_watermark(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One record dated 2099 (a typo, a placeholder): the watermark stops at when the listing started,
+    the run counts and names it, `status` shows the watermark, and a record changed after that run
+    is fetched by the next one."""
+    changes = timestamps(api)
+    changes.put(9, "2099-01-01T00:00:00Z")
+    file = source(tmp_path, env)
+    assert cli.main(["run", str(file)]) == 0
+    started = env.scalar("select started_at from sync_jobs")
+    value = datetime.fromisoformat(stored(env)["value"])
+    assert value == started
+    assert env.scalar("select metadata->>'watermark_capped' from sync_jobs") == "1"
+    assert (
+        "1 record(s) had an incremental.cursor later than when the listing started (latest 2099-01-01T00:00:00Z)"
+        in (capsys.readouterr().err)
+    )
+    changes.take()
+    changes.put(10, datetime.now(UTC).isoformat())
+    assert cli.main(["run", str(file)]) == 0
+    assert 10 in changes.take()
+    capsys.readouterr()
+    assert cli.main(["status", str(file), "--json"]) == 0
+    (state,) = json.loads(capsys.readouterr().out)["sources"]
+    mark = state["watermark"]
+    assert datetime.fromisoformat(mark["value"]) <= datetime.now(UTC)
+    assert mark["pending"] is None
+    assert mark["start"] == "2020-01-01T00:00:00Z"
+    assert cli.main(["status", str(file)]) == 0
+    assert f"  watermark {mark['value']} (advanced " in capsys.readouterr().out
+
+
+def test_a_poisoned_stored_watermark_is_capped(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A watermark stored in the future before the cap existed: asked from no later than now."""
+    changes = timestamps(api)
+    file = source(tmp_path, env)
+    env.run(
+        "insert into syncrun_watermarks (source, value)"
+        """ values ('changes', '{"type": "timestamp", "value": "2099-01-01T00:00:00+00:00"}')"""
+    )
+    assert cli.main(["run", str(file)]) == 0
+    assert datetime.fromisoformat(changes.sinces[-1]) < datetime.now(UTC)
+    assert datetime.fromisoformat(stored(env)["value"]) <= datetime.now(UTC)
+
+
+def test_a_start_at_the_earliest_date_with_a_lookback_asks_from_it(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """`start: 0001-01-01T00:00:00Z` with a lookback: `since` is clamped, no overflow (exit 0)."""
+    changes = timestamps(api)
+    file = source(tmp_path, env, '{cursor: record.updated_at, start: "0001-01-01T00:00:00Z", lookback: 10m}')
+    assert cli.main(["run", str(file)]) == 0
+    assert changes.sinces == ["0001-01-01T00:00:00Z"]
+    assert cli.main(["run", str(file), "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (10**35, "is out of range"),
+        (2**63, "is out of range"),
+        (1e30, "is not an integer"),
+        ("7.5", "is not an integer"),
+    ],
+)
+def test_integer_cursors_are_bounded(value: Any, why: str, env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """An integer watermark is a 64-bit integer: 10**35 or 1e30 fails the run naming it; nothing advances."""
+    changes = ChangesApi(api, "version")
+    changes.put(1, 3)
+    changes.records[2] = {"id": 2, "name": "x", "version": value}
+    changes._key = lambda v: float(v)  # type: ignore[method-assign]  # the API orders them anyhow
+    file = source(tmp_path, env, INTEGERS)
+    assert cli.main(["run", str(file)]) == 1
+    assert stored(env) is None
+    assert why in env.scalar("select error_message from sync_jobs")
+
+
+def test_integer_cursors_as_digit_strings_are_read(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """APIs send 64-bit numbers as text ("9007199254740993"): read exactly, as documented."""
+    changes = ChangesApi(api, "version")
+    changes.put(1, "9007199254740993")
+    changes.put(2, 5)
+    changes._key = lambda v: int(v)  # type: ignore[method-assign]
+    file = source(tmp_path, env, INTEGERS)
+    assert cli.main(["run", str(file)]) == 0
+    assert stored(env) == {"type": "integer", "value": 9007199254740993}
+
+
+def test_parse_bounds() -> None:
+    assert watermarks.parse(" 42 ", 0) == 42
+    assert watermarks.parse(-(2**63) + 1, 0) == -(2**63) + 1
+    for bad in ("٣", "1" * 50, 2**63, True, "0x10"):
+        with pytest.raises(ValueError, match=r"not an integer|out of range"):
+            watermarks.parse(bad, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        watermarks.parse("9999-12-31T23:59:59-14:00", datetime.now(UTC))

@@ -49,6 +49,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0005_conditional_validators",
         "0006_watermarks",
         "0007_transient_runs",
+        "0008_validator_fingerprint",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -59,6 +60,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (5, "0005_conditional_validators"),
         (6, "0006_watermarks"),
         (7, "0007_transient_runs"),
+        (8, "0008_validator_fingerprint"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -218,6 +220,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0005_conditional_validators",
         "0006_watermarks",
         "0007_transient_runs",
+        "0008_validator_fingerprint",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [

@@ -10,7 +10,7 @@ import pytest
 
 from runner import cli, pagination
 from tests import pagedapi
-from tests.apiserver import ApiServer, Reply
+from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 
 TABLES = """
@@ -492,3 +492,53 @@ def test_a_capped_entity_listing_replaces_nothing(env: Database, api: ApiServer,
         assert cli.main(["run", str(source)]) == 0
         assert env.scalar("select count(*) from comments where id = 2999") == kept
         assert env.scalar("select count(*) from comments where ticket = 2") == (10 + 1 if kept else 25)
+
+
+def test_an_api_key_echoed_in_next_links_is_never_checkpointed(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review16 F13: `auth: api_key, in: query`, and an API that builds its next link from the whole
+    request query (the key included). Page 3 fails: the checkpoint holds the next URL without the key
+    (no 8-character piece of it anywhere in the database), and the resumed run sends the key again."""
+    from urllib.parse import urlencode
+
+    from tests.test_security import planted_leaks
+
+    key = "APIKEYsecret-abcdef123456"
+    env_key = pytest.MonkeyPatch()
+    env_key.setenv("API_KEY", key)
+
+    def page(request: Recorded) -> Reply:
+        if request.query.get("api_key") != key:
+            return Reply(401, json={"error": "no key"})
+        number = int(request.query.get("page", "1"))
+        items = pagedapi.ITEMS[(number - 1) * 10 : number * 10]
+        following = {**request.query, "page": str(number + 1)}
+        more = number * 10 < len(pagedapi.ITEMS)
+        return Reply(200, json={"items": items, "next": f"{api.url}/keyed?{urlencode(following)}" if more else None})
+
+    source = list_source(tmp_path, "keyed", "keyed", "{type: next_url, next: body.next}", "body.items")
+    source.write_text(
+        source.read_text().replace('  headers: {Authorization: "Bearer ${secret.API_TOKEN}"}\n', "")
+        + "auth: {type: api_key, name: api_key, in: query, value: '${secret.API_KEY}'}\n"
+    )
+    prepare(env, source)
+    api.route("/keyed", lambda r: Reply(500) if r.query.get("page") == "3" else page(r))
+    try:
+        assert cli.main(["run", str(source)]) == 1
+        position = env.scalar("select cursor from syncrun_cursors where source = 'keyed'")
+        assert "page=3" in str(position)
+        assert "api_key" not in str(position)
+        columns = env.rows(
+            "select table_name, column_name from information_schema.columns where table_schema = current_schema()"
+        )
+        stored = [
+            str(value)
+            for table, column in columns
+            for (value,) in env.rows(f'select "{column}"::text from "{table}" where "{column}" is not null')
+        ]
+        assert not planted_leaks(stored, [key])
+        api.route("/keyed", page)
+        assert cli.main(["run", str(source)]) == 0
+        assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+        assert api.requests[-1].query.get("api_key") == key
+    finally:
+        env_key.undo()

@@ -128,9 +128,11 @@ def test_github_log_format_annotates_warnings_and_errors(capsys: pytest.CaptureF
 
 def test_step_summary_markdown() -> None:
     """The summary has a row per source with counters, duration and rate, then top errors."""
-    report = Report("alpha", elapsed=10.0, counters=jobs.Counters(processed=5, succeeded=3, failed=2, requests=20))
+    counters = jobs.Counters(processed=9, succeeded=3, failed=2, unchanged=4, requests=20)
+    report = Report("alpha", elapsed=10.0, counters=counters)
     text = workflow.step_summary([report], {"alpha": [("HTTP 500 | oops", 2)]})
-    assert "| alpha | ✅ completed | 5 | 3 | 2 | 0 | 20 | 10.0 s | 2.00/s |" in text
+    assert "| source | status | processed | succeeded | failed | skipped | unchanged | requests |" in text
+    assert "| alpha | ✅ completed | 9 | 3 | 2 | 0 | 4 | 20 | 10.0 s | 2.00/s |" in text
     assert "| 2 | HTTP 500 \\| oops |" in text
 
 
