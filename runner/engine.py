@@ -25,6 +25,7 @@ import psycopg
 
 from runner import breaker, client, database, fetch, jobs, mapping, outcomes, progress, selection, spec, steps, writer
 from runner.auth import for_source as authenticator_for
+from runner.claimsize import ClaimSize
 from runner.conditional import NOT_ASKED, Store, kept
 from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
@@ -113,6 +114,10 @@ class _Run:
         self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
         self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
         self.unprocessed: list[JSON] = []
+        # Claim about a quarter second of this runner's work at a time: runners of one source share
+        # the due set instead of the first one claiming all of it.
+        per_request = source.request.batch.size if source.request.batch else 1
+        self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker()
         self.validators = Store(source)  # ETag/Last-Modified per entity, loaded as selected
@@ -179,6 +184,7 @@ class _Run:
                 self.judge(trace)
                 await self.results.put(trace)
             self.inflight.difference_update(keys)
+            self.claim_size.done(len(keys))
 
     async def process(self, entity: dict[str, JSON]) -> list[Trace]:
         trace = Trace(entity)
@@ -693,6 +699,7 @@ def _chunks(state: _Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[
         ids=options.ids,
         partition=options.partition,
         claim=not options.dry_run,
+        chunk_size=state.claim_size.size,
     )
 
 
