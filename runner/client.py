@@ -24,6 +24,7 @@ import httpx
 import tenacity
 
 from runner import spec
+from runner.aiotransport import AiohttpTransport
 from runner.auth import Authenticator, AuthTransport
 from runner.errors import FetchError, RunFailed, Transient
 from runner.expressions import JSON
@@ -59,20 +60,18 @@ def build(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     max_connections: int,
-    aiohttp: bool = False,
     stop: asyncio.Event | None = None,
     authenticator: Authenticator | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient whose every attempt waits for `limiter`. `transport` replaces the inner transport
-    (tests: httpx.MockTransport); `aiohttp=True` uses httpx_aiohttp's transport instead of httpx's.
+    (tests: httpx.MockTransport).
 
     Keep `max_connections` at or above the engine's concurrency: a request that waits for a pooled
-    connection after its grant arrives late and can bunch with later ones at the server. Above ~32
-    connections httpx's pool slows down sharply (docs: environment facts).
+    connection after its grant arrives late and can bunch with later ones at the server.
 
-    httpx's own transport is the default although httpx-aiohttp measured up to 2x faster
-    (docs/benchmarks.md): aiohttp re-parses the URL string with yarl, which decodes `%2E%2E` and
-    resolves it, so an entity value of `..` could climb out of the templated path. Correct first.
+    The inner transport is runner/aiotransport.py's: httpx's API over aiohttp's connection pool,
+    which stays linear where httpcore's collapses above ~32 connections (docs/benchmarks.md). It
+    hands aiohttp the URL already encoded, so `%2E%2E` in an entity value stays a literal segment.
 
     `authenticator` (runner/auth.py) puts the source's credentials on every request to its origin.
     """
@@ -80,11 +79,7 @@ def build(
     if not verify:
         log.warning("TLS certificate verification is disabled for %s", source_request.url.text)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    if transport is None and aiohttp:
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(verify=verify, limits=limits)
-    inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+    inner = transport or AiohttpTransport(verify=verify, limits=limits)
     # httpx's timeouts are per read; send() enforces the real total. These are only a backstop.
     timeout = httpx.Timeout(source_request.timeout)
     limited: httpx.AsyncBaseTransport = RateLimitedTransport(inner, limiter, stop=stop)
