@@ -1,13 +1,15 @@
-"""The hand-written baseline syncrun is measured against: the same job, written directly and well.
+"""The hand-written httpx baseline: the same job as syncrun's bench source, written directly and well.
 
     DATABASE_URL=... BENCH_API_URL=http://127.0.0.1:PORT/l0 \
-        python -m bench.baseline --limit 2000 --concurrency 16 --transport httpx
+        python -m bench.baseline --limit 2000 --concurrency 16
 
 Selects due entities from sync_status (never synced first), opens one sync_jobs row, fetches
-`/apps/{appid}` with `concurrency` workers over one httpx.AsyncClient (httpx's own transport or
-httpx-aiohttp's), maps each body to a row in Python, and writes a transaction per `--batch`
+`/apps/{appid}` with `concurrency` workers spread over ceil(concurrency / 8) httpx.AsyncClients of 8
+connections each (one httpx pool above ~32 connections collapses: its bookkeeping grows with the
+square of the pool), maps each body to a row in Python, and writes a transaction per `--batch`
 entities (executemany upsert of the rows + one UPDATE stamping sync_status), overlapped with the
 fetching on an async psycopg connection; finally completes the job row with its counters.
+The stronger aiohttp baseline is bench/aiohttp_baseline.py.
 """
 
 from __future__ import annotations
@@ -22,53 +24,27 @@ import time
 import httpx
 import psycopg
 
-SOURCE = "bench"
-SELECT = """
-select appid from sync_status
- where coalesce(is_syncable, true)
-   and (last_bench_sync is null
-        or last_bench_sync < now() - make_interval(hours => coalesce(sync_interval_hours, 24)))
- order by last_bench_sync is not null, coalesce(priority_score, 0) desc, last_bench_sync, appid
- limit %s"""
-UPSERT = """
-insert into bench_apps (appid, name, type, is_free, price_cents, release_date_raw)
-values (%s, %s, %s, %s, %s, %s)
-on conflict (appid) do update set name = excluded.name, type = excluded.type, is_free = excluded.is_free,
-    price_cents = excluded.price_cents, release_date_raw = excluded.release_date_raw"""
-STAMP = "update sync_status set last_bench_sync = now() where appid = any(%s)"
-TYPES = {"game", "dlc", "demo", "music"}
+from bench.job import SELECT, SOURCE, STAMP, UPSERT, map_row
+
+__all__ = ["SELECT", "SOURCE", "STAMP", "UPSERT", "map_row", "run"]
+
 _DONE = None
 
 
-def client(transport: str, concurrency: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    if transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        inner: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
-    else:
-        inner = httpx.AsyncHTTPTransport(limits=limits)
-    return httpx.AsyncClient(transport=inner, timeout=10.0)
+SHARD = 8  # connections per httpx client
 
 
-def map_row(appid: int, body: dict) -> tuple | None:
-    """The same mapping as the bench source's `writes` (None: the API said there is no such app)."""
-    if body.get("success") is False:
-        return None
-    record = body["data"]
-    kind = (record.get("type") or "").lower()
-    cents = (record.get("price") or {}).get("cents")
-    return (
-        appid,
-        (record.get("name") or "").strip(),
-        kind if kind in TYPES else "game",
-        record.get("is_free"),
-        int(cents) if cents is not None else None,
-        record.get("release_date"),
-    )
+def clients(concurrency: int) -> list[httpx.AsyncClient]:
+    """ceil(concurrency / SHARD) clients whose pools together hold `concurrency` connections."""
+    count = -(-concurrency // SHARD)
+    sizes = [concurrency // count + (1 if i < concurrency % count else 0) for i in range(count)]
+    return [
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n), timeout=10.0)
+        for n in sizes
+    ]
 
 
-async def run(dsn: str, url: str, limit: int, concurrency: int, transport: str, batch: int) -> dict[str, int]:
+async def run(dsn: str, url: str, limit: int, concurrency: int, batch: int) -> dict[str, int]:
     counts = {"processed": 0, "succeeded": 0, "failed": 0, "skipped": 0}
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         keys = [row[0] for row in await (await conn.execute(SELECT, (limit,))).fetchall()]
@@ -114,11 +90,15 @@ async def run(dsn: str, url: str, limit: int, concurrency: int, transport: str, 
             counts["skipped"] += len(stamped) - len(rows)
             counts["failed"] += len(pending) - len(stamped)
 
-        async with client(transport, concurrency) as http:
+        pools = clients(concurrency)
+        try:
             write_task = asyncio.create_task(writer())
-            await asyncio.gather(*(fetcher(http) for _ in range(concurrency)))
+            await asyncio.gather(*(fetcher(pools[i % len(pools)]) for i in range(concurrency)))
             await done.put(_DONE)
             await write_task
+        finally:
+            for pool in pools:
+                await pool.aclose()
         await conn.execute(
             """update sync_jobs set status = 'completed', completed_at = now(), heartbeat_at = now(),
                       items_processed = %s, items_succeeded = %s, items_failed = %s, items_skipped = %s,
@@ -133,14 +113,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="hand-written baseline for the syncrun benchmark")
     parser.add_argument("--limit", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--transport", choices=("httpx", "aiohttp"), default="httpx")
     parser.add_argument("--batch", type=int, default=500, help="entities per write transaction")
     args = parser.parse_args()
     dsn = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     started = time.perf_counter()
-    counts = asyncio.run(
-        run(dsn, os.environ["BENCH_API_URL"], args.limit, args.concurrency, args.transport, args.batch)
-    )
+    counts = asyncio.run(run(dsn, os.environ["BENCH_API_URL"], args.limit, args.concurrency, args.batch))
     elapsed = time.perf_counter() - started
     print(json.dumps({**counts, "elapsed": round(elapsed, 3)}))
     return 0 if counts["failed"] == 0 else 1

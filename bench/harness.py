@@ -259,6 +259,7 @@ class Started:
         self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in wait()
         self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.started = time.perf_counter()
+        self.spawned = time.monotonic()  # the server stamps arrivals with the same (system-wide) clock
         self.proc = subprocess.Popen(cmd, env=_pythonpath(env), cwd=cwd, stdout=self.out, stderr=self.err)
 
     def wait(self, timeout: float = 900.0) -> Proc:
@@ -282,17 +283,20 @@ class Started:
         return Proc(self.cmd, self.proc.returncode, elapsed, usage.ru_maxrss, texts[0], texts[1])
 
 
-def syncrun(args: Sequence[str], *, dsn: str, api: str, cwd: Path, transport: str = "httpx") -> Started:
-    """`syncrun ARGS` as a child process; transport "aiohttp" goes through bench/aiohttp_shim.py."""
+def syncrun(args: Sequence[str], *, dsn: str, api: str, cwd: Path) -> Started:
+    """`syncrun ARGS` as a child process."""
     env = {"DATABASE_URL": dsn, "BENCH_API_URL": api}
-    module = "bench.aiohttp_shim" if transport == "aiohttp" else "runner"
-    return Started([PYTHON, "-m", module, *args], env, cwd)
+    return Started([PYTHON, "-m", "runner", *args], env, cwd)
 
 
-def baseline(limit: int, concurrency: int, transport: str, *, dsn: str, api: str) -> Started:
+BASELINES = {"aiohttp": "bench.aiohttp_baseline", "httpx": "bench.baseline"}
+
+
+def baseline(limit: int, concurrency: int, client: str, *, dsn: str, api: str) -> Started:
+    """A hand-written baseline: "aiohttp" (bench/aiohttp_baseline.py) or "httpx" (bench/baseline.py)."""
     env = {"DATABASE_URL": dsn, "BENCH_API_URL": api}
-    cmd = [PYTHON, "-m", "bench.baseline", "--limit", str(limit), "--concurrency", str(concurrency)]
-    return Started([*cmd, "--transport", transport], env, REPO)
+    cmd = [PYTHON, "-m", BASELINES[client], "--limit", str(limit), "--concurrency", str(concurrency)]
+    return Started(cmd, env, REPO)
 
 
 def job_rows(dsn: str) -> list[dict[str, Any]]:
@@ -300,13 +304,15 @@ def job_rows(dsn: str) -> list[dict[str, Any]]:
     rows = query(
         dsn,
         "select status, items_processed, items_succeeded, items_failed, items_skipped, requests_made,"
-        " extract(epoch from completed_at - started_at), error_message"
+        " extract(epoch from completed_at - started_at), error_message,"
+        " extract(epoch from started_at), extract(epoch from completed_at)"
         " from sync_jobs order by started_at desc",
     )
-    names = ("status", "processed", "succeeded", "failed", "skipped", "requests", "duration", "error")
+    names = ("status", "processed", "succeeded", "failed", "skipped", "requests", "duration", "error", "t0", "t1")
     jobs = [dict(zip(names, row, strict=True)) for row in rows]
     for job in jobs:
-        job["duration"] = float(job["duration"]) if job["duration"] is not None else None
+        for name in ("duration", "t0", "t1"):
+            job[name] = float(job[name]) if job[name] is not None else None
     return jobs
 
 

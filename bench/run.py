@@ -1,7 +1,9 @@
-"""`python -m bench [--quick]`: syncrun against a hand-written baseline, printed as one table.
+"""`python -m bench [--quick]`: syncrun against hand-written baselines, printed as one table.
 
-Scenarios (issue #4): 1 unthrottled, 2 50 ms latency, 3 rate-limited, 4 three runners sharing one
-limit, 5 bulk pages vs raw COPY + upsert, 6 peak RSS at few vs many entities, T the HTTP transports.
+Scenarios (issues #4, #11): 1 the throughput matrix (concurrency 16 / 64 x latency 0 / 50 ms x 2,000 /
+10,000 entities) against an aiohttp and a sharded-httpx baseline, plus concurrency 64 / 16 and
+start-up; 3 rate-limited; 4 runners of one source (1, 2, 4) sharing the due set, and 4 runners
+sharing one limit (`shared: database`); 5 bulk pages vs raw COPY + upsert; 6 peak RSS.
 Each run gets a fresh scratch schema (dropped afterwards) and the API server is reset before it.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -26,18 +29,22 @@ from bench.harness import Proc, Server, Workdir, scratch
 
 @dataclass
 class Sizes:
-    unthrottled: tuple[int, ...]
-    latency: int
+    matrix: tuple[int, ...]
     limited: int
     shared: int
+    runners: int
     pages: int
     rss: tuple[int, int]
 
 
-FULL = Sizes(unthrottled=(2000, 10000), latency=2000, limited=500, shared=600, pages=50, rss=(1000, 100000))
-QUICK = Sizes(unthrottled=(1000,), latency=300, limited=100, shared=150, pages=10, rss=(500, 5000))
-CONCURRENCY = 16  # the bench source's concurrency, and the baseline's: httpx's pool degrades from 32 up
-LIMIT, LIMIT_LATENCY_MS, BURST = 50, 200, 5  # scenarios 3 and 4: 50 requests per 1 s window
+FULL = Sizes(matrix=(2000, 10000), limited=500, shared=600, runners=8000, pages=50, rss=(1000, 100000))
+QUICK = Sizes(matrix=(1000,), limited=100, shared=200, runners=1200, pages=10, rss=(500, 5000))
+CONCURRENCIES = (16, 64)
+LATENCIES = (0, 50)
+CONCURRENCY = 16  # scenarios 3-6
+LIMIT, LIMIT_LATENCY_MS, BURST = 50, 200, 5  # scenarios 3 and 4s: 50 requests per 1 s window
+RUNNERS, RUNNERS_LATENCY_MS = (1, 2, 4), 50
+STARTUP_SLACK = 0.1  # s: syncrun's start-up may exceed the aiohttp baseline's by this much
 
 
 @dataclass
@@ -55,12 +62,13 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.dsn = args.dsn
         self.sizes = QUICK if args.quick else FULL
-        self.transport = args.baseline_transport
         self.server = Server()
         self.work = Workdir()
         self.rows: list[Row] = []
         self.jobs: list[dict[str, object]] = []
         self.written = self.shared_grants = 0
+        self.rates: dict[tuple[int, int, int], float] = {}  # (latency, concurrency, n) -> syncrun entities/s
+        self.startup: dict[str, float] = {}
 
     def close(self) -> None:
         self.server.close()
@@ -68,20 +76,13 @@ class Bench:
 
     # --- helpers --------------------------------------------------------------------------------------
     def run_syncrun(
-        self,
-        name: str,
-        source_text: str,
-        entities: int,
-        limit: int,
-        latency_ms: int,
-        *,
-        processes: int = 1,
-        transport: str = "httpx",
+        self, name: str, source_text: str, entities: int, limit: int, latency_ms: int, *, processes: int = 1
     ) -> tuple[list[Proc], dict[str, object] | None]:
-        """Scratch schema + source + migrate + `syncrun run` (× processes, concurrently). Returns the
+        """Scratch schema + source + migrate + `syncrun run` (x processes, concurrently). Returns the
         finished processes and the newest job row; `self.jobs` holds every job row (newest first),
         `self.written` the rows in the bench tables, `self.shared_grants` the grants `shared: database`
-        handed out through syncrun_rate_limits."""
+        handed out through syncrun_rate_limits, `self.first_arrival` the first request's delay after
+        the (first) process was spawned."""
         source = self.work.source(source_text)
         with scratch(self.dsn, name, entities) as dsn:
             api = self.server.url(latency_ms)
@@ -90,11 +91,9 @@ class Bench:
                 raise Failure(f"syncrun migrate exited {migrate.returncode}: {migrate.tail()}")
             self.server.reset()
             args = ["run", str(source), "--limit", str(limit), "--progress-every", "1000000"]
-            started = [
-                harness.syncrun(args, dsn=dsn, api=api, cwd=self.work.path, transport=transport)
-                for _ in range(processes)
-            ]
+            started = [harness.syncrun(args, dsn=dsn, api=api, cwd=self.work.path) for _ in range(processes)]
             procs = [s.wait() for s in started]
+            self.first_arrival = self.arrival_after(started[0].spawned)
             self.jobs = harness.job_rows(dsn)
             job = self.jobs[0] if self.jobs else None
             self.written = harness.query(
@@ -103,13 +102,20 @@ class Bench:
             self.shared_grants = harness.shared_grants(dsn)
         return procs, job
 
-    def run_baseline(self, name: str, n: int, latency_ms: int, concurrency: int, transport: str) -> Proc:
+    def arrival_after(self, spawned: float) -> float:
+        arrivals, _ = self.server.stats()
+        return min(arrivals) - spawned if arrivals else math.nan
+
+    def run_baseline(self, name: str, n: int, latency_ms: int, concurrency: int, client: str) -> tuple[float, float]:
+        """(seconds the baseline itself measured, process start -> first request)."""
         with scratch(self.dsn, name, n) as dsn:
-            proc = harness.baseline(n, concurrency, transport, dsn=dsn, api=self.server.url(latency_ms)).wait()
+            self.server.reset()
+            started = harness.baseline(n, concurrency, client, dsn=dsn, api=self.server.url(latency_ms))
+            proc = started.wait()
             written = harness.query(dsn, "select count(*) from bench_apps")[0][0]
         if proc.returncode != 0 or written != n:
-            raise Failure(f"baseline ({transport}) exited {proc.returncode}, wrote {written}/{n}: {proc.tail()}")
-        return proc
+            raise Failure(f"baseline ({client}) exited {proc.returncode}, wrote {written}/{n}: {proc.tail()}")
+        return float(json.loads(proc.stdout.strip().splitlines()[-1])["elapsed"]), self.arrival_after(started.spawned)
 
     def check_syncrun(self, procs: list[Proc], job: dict[str, object] | None, expect: int) -> None:
         for proc in procs:
@@ -121,22 +127,65 @@ class Bench:
             raise Failure(f"syncrun wrote {self.written} rows, expected {expect}")
 
     # --- scenarios ------------------------------------------------------------------------------------
-    def compare(self, number: str, n: int, latency_ms: int, target: float) -> None:
-        """syncrun vs the baseline on the same job at equal concurrency."""
-        label = f"{number}. {n:,} entities, {latency_ms} ms latency, concurrency {CONCURRENCY}"
-        procs, job = self.run_syncrun(f"s{number}", harness.apps_source(concurrency=CONCURRENCY), n, n, latency_ms)
+    def matrix_cell(self, n: int, latency_ms: int, concurrency: int) -> None:
+        """syncrun vs both baselines on the same job at equal concurrency; rates exclude start-up
+        (syncrun: its job row's duration; the baselines: the time they measure themselves)."""
+        target = 0.8 if latency_ms == 0 else 0.9
+        label = f"1. {n:,} entities, {latency_ms} ms, concurrency {concurrency}"
+        text = harness.apps_source(concurrency=concurrency)
+        procs, job = self.run_syncrun(f"s1_{latency_ms}_{concurrency}", text, n, n, latency_ms)
         self.check_syncrun(procs, job, n)
-        base = self.run_baseline(f"b{number}", n, latency_ms, CONCURRENCY, self.transport)
-        ours, theirs = n / procs[0].elapsed, n / base.elapsed
-        ratio = ours / theirs
+        assert job is not None
+        ours = n / float(job["duration"])  # type: ignore[arg-type]
+        first = self.first_arrival
+        aio_s, aio_first = self.run_baseline(f"a1_{latency_ms}_{concurrency}", n, latency_ms, concurrency, "aiohttp")
+        hx_s, _ = self.run_baseline(f"h1_{latency_ms}_{concurrency}", n, latency_ms, concurrency, "httpx")
+        aio, hx = n / aio_s, n / hx_s
+        self.rates[(latency_ms, concurrency, n)] = ours
+        if not self.startup:
+            self.startup = {"syncrun": first, "aiohttp": aio_first}
+        ratio = ours / aio
         self.add(
             label,
-            f"{ours:,.0f} entities/s ({procs[0].elapsed:.1f} s)",
-            f"{theirs:,.0f} entities/s ({base.elapsed:.1f} s, {self.transport})",
-            f"{ratio:.2f}×",
-            f"≥ {target:.1f}×",
+            f"{ours:,.0f}/s (job {float(job['duration']):.1f} s)",  # type: ignore[arg-type]
+            f"aiohttp {aio:,.0f}/s; httpx×{-(-concurrency // 8)} {hx:,.0f}/s",
+            f"{ratio:.2f}× aiohttp ({ours / hx:.2f}× httpx)",
+            f"≥ {target:.1f}× aiohttp",
             ratio >= target,
-            {"syncrun_s": procs[0].elapsed, "baseline_s": base.elapsed, "job": job, "ratio": ratio},
+            {"syncrun": ours, "aiohttp": aio, "httpx": hx, "ratio": ratio, "job": job},
+        )
+
+    def scaling(self) -> None:
+        """Throughput never falls when concurrency rises (5 % allowed for noise)."""
+        for latency_ms in LATENCIES:
+            for n in self.sizes.matrix:
+                low, high = self.rates.get((latency_ms, 16, n)), self.rates.get((latency_ms, 64, n))
+                if low is None or high is None:
+                    continue
+                ratio = high / low
+                self.add(
+                    f"1. concurrency 64 vs 16, {n:,} entities, {latency_ms} ms",
+                    f"{high:,.0f}/s at 64",
+                    f"{low:,.0f}/s at 16",
+                    f"{ratio:.2f}×",
+                    "≥ 0.95× (never falls)",
+                    ratio >= 0.95,
+                    {"ratio": ratio},
+                )
+
+    def started(self) -> None:
+        """Process start -> first request at the server, syncrun vs the aiohttp baseline (first matrix cell)."""
+        if not self.startup:
+            return
+        ours, theirs = self.startup["syncrun"], self.startup["aiohttp"]
+        self.add(
+            "1. start-up: process start → first request",
+            f"{ours:.2f} s",
+            f"{theirs:.2f} s (aiohttp baseline)",
+            f"+{ours - theirs:.2f} s",
+            f"≤ +{STARTUP_SLACK:.1f} s",
+            ours - theirs <= STARTUP_SLACK,
+            dict(self.startup),
         )
 
     def limited(self, burst: int) -> None:
@@ -147,21 +196,50 @@ class Bench:
         self.check_syncrun(procs, job, n)
         self.limit_row(label, burst)
 
-    def shared(self) -> None:
-        n = self.sizes.shared
-        label = f"4. 3 runners, shared: database, {LIMIT}/s, {LIMIT_LATENCY_MS} ms, {n} entities"
-        text = harness.apps_source(concurrency=CONCURRENCY, requests=LIMIT, burst=BURST, shared="database")
-        procs, _ = self.run_syncrun("s4", text, n, n // 3, LIMIT_LATENCY_MS, processes=3)
+    def runners(self) -> None:
+        """1, 2 and 4 runners of one source (no --partition, each `--limit N`) share the due set."""
+        n = self.sizes.runners
+        rates: dict[int, float] = {}
+        text = harness.apps_source(concurrency=CONCURRENCY)
+        for count in RUNNERS:
+            procs, _ = self.run_syncrun(f"s4_{count}", text, n, n, RUNNERS_LATENCY_MS, processes=count)
+            self.check_runners(procs, count, n)
+            rates[count] = n / (max(float(j["t1"]) for j in self.jobs) - min(float(j["t0"]) for j in self.jobs))  # type: ignore[arg-type]
+            _, keys = self.server.stats()
+            twice = harness.fetched_twice(keys)
+            shares = sorted((int(j["processed"]) for j in self.jobs), reverse=True)  # type: ignore[call-overload]
+            fair = max(abs(share - n / count) for share in shares) / (n / count)
+            ratio = rates[count] / rates[1]
+            target = 3.5 if count == 4 else 0.9 * count
+            ok = ratio >= target and fair <= 0.10 and twice == 0
+            self.add(
+                f"4. {count} runner{'s' if count > 1 else ''} of one source, {RUNNERS_LATENCY_MS} ms, {n:,} entities",
+                f"{rates[count]:,.0f}/s; per runner {'/'.join(map(str, shares))}",
+                f"1 runner {rates[1]:,.0f}/s",
+                f"{ratio:.2f}×; shares ±{100 * fair:.0f}%; fetched twice: {twice}",
+                f"≥ {target:.1f}×, ±10%, 0 twice",
+                ok if count > 1 else (twice == 0),
+                {"rate": rates[count], "ratio": ratio, "shares": shares, "twice": twice},
+            )
+
+    def check_runners(self, procs: list[Proc], count: int, n: int) -> None:
         for proc in procs:
             if proc.returncode != 0:
                 raise Failure(f"syncrun exited {proc.returncode}: {proc.tail()}")
         if self.written != n:
-            raise Failure(f"3 runners wrote {self.written} rows, expected {n}")
-        if len(self.jobs) != 3 or any(j["status"] != "completed" for j in self.jobs):
-            raise Failure(f"3 runners' job rows: {self.jobs}")
+            raise Failure(f"{count} runners wrote {self.written} rows, expected {n}")
+        if len(self.jobs) != count or any(j["status"] != "completed" for j in self.jobs):
+            raise Failure(f"{count} runners' job rows: {self.jobs}")
+
+    def shared(self) -> None:
+        n, count = self.sizes.shared, RUNNERS[-1]
+        label = f"4. {count} runners, shared: database, {LIMIT}/s, {LIMIT_LATENCY_MS} ms, {n} entities"
+        text = harness.apps_source(concurrency=CONCURRENCY, requests=LIMIT, burst=BURST, shared="database")
+        procs, _ = self.run_syncrun("s4s", text, n, n, LIMIT_LATENCY_MS, processes=count)
+        self.check_runners(procs, count, n)
         if self.shared_grants == 0:  # the runners limited themselves in-process: the bucket was not shared
             raise Failure("no grant went through syncrun_rate_limits: shared: database was not used")
-        shares = sorted(int(j["processed"]) for j in self.jobs)
+        shares = sorted((int(j["processed"]) for j in self.jobs), reverse=True)  # type: ignore[call-overload]
         self.limit_row(label, BURST, shares)
 
     def limit_row(self, label: str, burst: int, shares: list[int] | None = None) -> None:
@@ -234,32 +312,6 @@ class Bench:
             },
         )
 
-    def transports(self) -> None:
-        """httpx's own transport vs httpx-aiohttp's, for syncrun (via bench/aiohttp_shim.py) and the baseline.
-
-        Information only: syncrun keeps httpx (aiohttp/yarl resolves encoded dot segments in entity values)."""
-        n = self.sizes.latency
-        for latency_ms, concurrency in ((0, CONCURRENCY), (50, CONCURRENCY), (50, 64)):
-            ours, theirs = {}, {}
-            text = harness.apps_source(concurrency=concurrency)
-            for transport in ("httpx", "aiohttp"):
-                name = f"t{latency_ms}_{concurrency}_{transport}"
-                procs, job = self.run_syncrun(name, text, n, n, latency_ms, transport=transport)
-                self.check_syncrun(procs, job, n)
-                ours[transport] = n / procs[0].elapsed
-                proc = self.run_baseline(name, n, latency_ms, concurrency, transport)
-                theirs[transport] = n / proc.elapsed
-            self.add(
-                f"T. transports, {n:,} entities, {latency_ms} ms, concurrency {concurrency}",
-                f"httpx {ours['httpx']:,.0f}/s, aiohttp {ours['aiohttp']:,.0f}/s",
-                f"baseline: httpx {theirs['httpx']:,.0f}/s, aiohttp {theirs['aiohttp']:,.0f}/s",
-                f"aiohttp/httpx: syncrun {ours['aiohttp'] / ours['httpx']:.2f}×,"
-                f" baseline {theirs['aiohttp'] / theirs['httpx']:.2f}×",
-                "(information: httpx stays the default, URL safety)",
-                None,
-                {"syncrun": ours, "baseline": theirs},
-            )
-
     # --- output ---------------------------------------------------------------------------------------
     def add(self, scenario: str, ours: str, ref: str, result: str, target: str, ok: bool | None, detail: dict) -> None:
         met = "n/a" if ok is None else ("yes" if ok else "NO")
@@ -319,33 +371,32 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a ~1 minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every scenario")
     parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL") or harness.DEFAULT_DSN)
-    parser.add_argument("--only", help="comma-separated scenarios to run, e.g. 1,3,T (default: all)")
-    parser.add_argument(
-        "--baseline-transport",
-        choices=("httpx", "aiohttp"),
-        default="httpx",
-        help="the baseline's transport in scenarios 1 and 2: use the one syncrun uses (default: httpx)",
-    )
+    parser.add_argument("--only", help="comma-separated scenarios to run, e.g. 1,4 (default: all of 1 3 4 5 6)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = parser.parse_args(argv)
     only = {s.strip().upper() for s in args.only.split(",")} if args.only else None
     bench = Bench(args)
     sizes = bench.sizes
     plan: list[tuple[str, str, Callable[[], None]]] = []
-    for n in sizes.unthrottled:
-        plan.append(("1", f"1. {n:,} entities, 0 ms", lambda n=n: bench.compare("1", n, 0, 1.0)))
+    for latency_ms in LATENCIES:
+        for concurrency in CONCURRENCIES:
+            for n in sizes.matrix:
+                name = f"1. {n:,} entities, {latency_ms} ms, concurrency {concurrency}"
+                plan.append(("1", name, lambda n=n, ms=latency_ms, c=concurrency: bench.matrix_cell(n, ms, c)))
     plan += [
-        ("2", "2. 50 ms latency", lambda: bench.compare("2", sizes.latency, 50, 0.8)),
+        ("1", "1. concurrency 64 vs 16", bench.scaling),
+        ("1", "1. start-up", bench.started),
         ("3", "3. rate-limited, burst 5", lambda: bench.limited(BURST)),
         ("3", "3. rate-limited, burst 1", lambda: bench.limited(1)),
+        ("4", "4. runners of one source", bench.runners),
         ("4", "4. shared limit", bench.shared),
         ("5", "5. bulk", bench.bulk),
         ("6", "6. peak RSS", bench.rss),
-        ("T", "T. transports", bench.transports),
     ]
     started = time.perf_counter()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(f"syncrun bench ({'quick' if args.quick else 'full'}) on {machine()}", file=sys.stderr, flush=True)
     try:
         for key, name, step in plan:
@@ -358,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     total = time.perf_counter() - started
+    after = Path("/proc/loadavg").read_text().split()[:3] if load else []
     print(table(bench.rows))
-    print(f"\n{machine()}; total {total:.0f} s; command: python -m bench {' '.join(argv or sys.argv[1:])}".rstrip())
+    print(f"\n{machine()}; load average before {' '.join(load)}, after {' '.join(after)}; total {total:.0f} s")
+    print(f"command: python -m bench {' '.join(argv or sys.argv[1:])}".rstrip())
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in bench.rows], indent=2, default=str))
     return 1 if any(r.met == "error" for r in bench.rows) else 0

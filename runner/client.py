@@ -24,6 +24,7 @@ import httpx
 import tenacity
 
 from runner import spec
+from runner.aiotransport import AiohttpTransport
 from runner.auth import Authenticator, AuthTransport
 from runner.errors import FetchError, RunFailed, Transient
 from runner.expressions import JSON
@@ -59,20 +60,18 @@ def build(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     max_connections: int,
-    aiohttp: bool = False,
     stop: asyncio.Event | None = None,
     authenticator: Authenticator | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient whose every attempt waits for `limiter`. `transport` replaces the inner transport
-    (tests: httpx.MockTransport); `aiohttp=True` uses httpx_aiohttp's transport instead of httpx's.
+    (tests: httpx.MockTransport).
 
     Keep `max_connections` at or above the engine's concurrency: a request that waits for a pooled
-    connection after its grant arrives late and can bunch with later ones at the server. Above ~32
-    connections httpx's pool slows down sharply (docs: environment facts).
+    connection after its grant arrives late and can bunch with later ones at the server.
 
-    httpx's own transport is the default although httpx-aiohttp measured up to 2x faster
-    (docs/benchmarks.md): aiohttp re-parses the URL string with yarl, which decodes `%2E%2E` and
-    resolves it, so an entity value of `..` could climb out of the templated path. Correct first.
+    The inner transport is runner/aiotransport.py's: httpx's API over aiohttp's connection pool,
+    which stays linear where httpcore's collapses above ~32 connections (docs/benchmarks.md). It
+    hands aiohttp the URL already encoded, so `%2E%2E` in an entity value stays a literal segment.
 
     `authenticator` (runner/auth.py) puts the source's credentials on every request to its origin.
     """
@@ -80,11 +79,7 @@ def build(
     if not verify:
         log.warning("TLS certificate verification is disabled for %s", source_request.url.text)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    if transport is None and aiohttp:
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(verify=verify, limits=limits)
-    inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+    inner = transport or AiohttpTransport(verify=verify, limits=limits)
     # httpx's timeouts are per read; send() enforces the real total. These are only a backstop.
     timeout = httpx.Timeout(source_request.timeout)
     limited: httpx.AsyncBaseTransport = RateLimitedTransport(inner, limiter, stop=stop)
@@ -125,35 +120,49 @@ async def send(
     `client` must come from `build`: its transport starts the timeout clock when the budget is granted.
     """
     url = redact(str(request.url))
-    retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(policy.attempts),
-        wait=_wait(policy),
-        retry=tenacity.retry_if_exception_type(_Retryable),
-        sleep=sleep,
-        reraise=True,
-    )
+    # The first attempt runs without tenacity: building its retry machinery for every request cost
+    # ~30 us of event-loop time, and most requests never retry.
     try:
-        async for attempt in retrying:
-            with attempt:
-                return await _attempt(client, request, policy, max_body, timeout, limiter, url)
+        return await _attempt(client, request, policy, max_body, timeout, limiter, url)
     except _Retryable as exc:
-        raise Transient(
-            redact(f"gave up after {policy.attempts} attempts: {exc.reason} ({request.method} {url})")
-        ) from None
-    raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+        failed = exc
+    if policy.attempts > 1:
+        await sleep(_delay(policy, failed, 1))
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(policy.attempts - 1),
+            wait=_wait(policy),
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            sleep=sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await _attempt(client, request, policy, max_body, timeout, limiter, url)
+        except _Retryable as exc:
+            failed = exc
+    raise Transient(
+        redact(f"gave up after {policy.attempts} attempts: {failed.reason} ({request.method} {url})")
+    ) from None
 
 
 def _wait(policy: spec.Retry) -> Callable[[tenacity.RetryCallState], float]:
-    """Retry-After when the server sent one, else exponential backoff with +/- jitter, capped."""
+    """tenacity's wait for the attempts after the first (its attempt 1 is the request's attempt 2)."""
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return exc.retry_after
-        backoff = min(policy.initial * policy.factor ** (state.attempt_number - 1), policy.max_delay)
-        return max(0.0, backoff * (1 + random.uniform(-policy.jitter, policy.jitter)))
+        return _delay(policy, exc, state.attempt_number + 1)
 
     return wait
+
+
+def _delay(policy: spec.Retry, exc: BaseException | None, attempt: int) -> float:
+    """After failed attempt `attempt` (1-based): Retry-After when the server sent one, else exponential
+    backoff with +/- jitter, capped."""
+    if isinstance(exc, _Retryable) and exc.retry_after is not None:
+        return exc.retry_after
+    backoff = min(policy.initial * policy.factor ** (attempt - 1), policy.max_delay)
+    return max(0.0, backoff * (1 + random.uniform(-policy.jitter, policy.jitter)))
 
 
 async def _attempt(

@@ -41,6 +41,7 @@ from runner import (
 )
 from runner.auth import Tokens
 from runner.auth import for_source as authenticator_for
+from runner.claimsize import ClaimSize
 from runner.conditional import NOT_ASKED, Store, kept
 from runner.conditional import forget as forget_validators
 from runner.config import DEFAULT_OUTCOMES
@@ -141,6 +142,10 @@ class _Run:
         self.unprocessed: list[JSON] = []
         self.exhausted = False  # the selection had no more entities (a breaker trip then stopped nothing)
         self.transients = backoff.Transients(source)  # counted at the end of the run (runner.backoff)
+        # Claim about a quarter second of this runner's work at a time: runners of one source share
+        # the due set instead of the first one claiming all of it.
+        per_request = source.request.batch.size if source.request.batch else 1
+        self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker()
         # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
@@ -213,6 +218,7 @@ class _Run:
                 self.judge(trace)
                 await self.results.put(trace)
             self.inflight.difference_update(keys)
+            self.claim_size.done(len(keys))
 
     async def process(self, entity: dict[str, JSON]) -> list[Trace]:
         trace = Trace(entity)
@@ -800,6 +806,7 @@ def _chunks(state: _Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[
         ids=options.ids,
         partition=options.partition,
         claim=not options.dry_run,
+        chunk_size=state.claim_size.size,
     )
 
 

@@ -86,11 +86,13 @@ def chunks(
     ids: Sequence[Any] | None = None,
     partition: tuple[int, int] | None = None,
     claim: bool = True,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | Callable[[], int] = CHUNK_SIZE,
 ) -> Iterator[list[Entity]]:
     """Entities in chunks, `limit` in total, each chunk claimed for `holder` before it is yielded.
 
     `after` starts past that key; `claim=False` (dry runs) selects without claiming anything.
+    `chunk_size` may be a callable asked before each chunk (runner/claimsize.py: a runner claims what
+    it will finish soon, so several runners of one source share the due set).
     """
     claims = _Claim(source.name, holder, lease_seconds, claim, backoff.held_back_sql(source))
     part = Partition(*partition) if partition is not None else None
@@ -114,10 +116,11 @@ class _Budget:
     """How many entities may still be claimed: no chunk ever claims more than the run will process."""
 
     left: int
-    size: int
+    size: int | Callable[[], int]
 
     def next(self) -> int:
-        return max(0, min(self.size, self.left))
+        size = self.size() if callable(self.size) else self.size
+        return max(0, min(max(1, size), self.left))
 
     def spend(self, rows: list[Entity]) -> list[Entity]:
         self.left -= len(rows)

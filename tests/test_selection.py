@@ -275,3 +275,34 @@ def test_ids_for_function_sources_are_key_only(status: Database) -> None:
     source = make_source(selection=SelectionType.SQL, sql="select 1")
     pages = list(selection.chunks(status.conn, source, limit=5, holder="a", lease_seconds=60, ids=["7", "8"]))
     assert pages == [[{"appid": 7}, {"appid": 8}]]
+
+
+def test_runners_claiming_in_small_chunks_share_the_due_set(db: Database) -> None:
+    """Two runners of one source, each asking for all 100 due entities but claiming 10 at a time (a
+    callable chunk size, as runner/claimsize.py gives), alternate: each gets half, none twice."""
+    db.migrate(SOURCE)
+    db.run("insert into sync_status (appid) select g from generate_series(1, 100) g")
+    asked: list[str] = []
+    with db.connect() as other:
+        runners = {
+            holder: selection.chunks(
+                conn,
+                SOURCE,
+                limit=100,
+                holder=holder,
+                lease_seconds=60,
+                chunk_size=lambda h=holder: asked.append(h) or 10,
+            )
+            for holder, conn in (("a", db.conn), ("b", other))
+        }
+        taken: dict[str, list[Any]] = {"a": [], "b": []}
+        while runners:
+            for holder in list(runners):
+                page = next(runners[holder], None)
+                if page is None:
+                    del runners[holder]
+                else:
+                    taken[holder] += [row["appid"] for row in page]
+    assert sorted(taken["a"] + taken["b"]) == list(range(1, 101))
+    assert (len(taken["a"]), len(taken["b"])) == (50, 50)
+    assert asked[:2] == ["a", "b"]

@@ -1,0 +1,185 @@
+"""AiohttpTransport: httpx's API (requests, responses, exceptions) over an aiohttp connection pool.
+
+Why: httpcore's pool bookkeeping grows with the square of the pool size; one `AsyncClient` above ~32
+connections collapses (50-120 requests/s at 64, docs/benchmarks.md), while aiohttp's connector stays
+linear. Everything above the transport stays httpx: request building, auth, the rate limiter's
+transport, the body-size and decompression bounds of runner/client.py.
+
+What this transport guarantees, and how:
+
+- The URL goes over exactly as httpx built it. aiohttp is handed `yarl.URL(..., encoded=True)`, so
+  yarl neither decodes `%2E%2E` nor resolves dot segments: an entity value `..` stays a literal
+  segment (tests/test_fetch.py::test_entity_values_cannot_change_url_structure).
+- The body arrives as the server sent it: `auto_decompress=False`, so runner/client.py's bounded
+  decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
+- No cookie jar (httpx's client owns cookies), no redirects, no proxy from the environment (as with
+  httpx's own transport under a custom transport), TLS verified with httpx's SSL context.
+- The rate limiter's send-time stamping works as with httpcore: aiohttp's trace hooks are forwarded
+  to the request's httpx `trace` extension under httpcore's event names. `on_request_headers_sent`
+  runs right before the request line and headers are serialised and written (for a request without
+  a body, nothing awaits between them), like httpcore's `send_request_headers.started`.
+- Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
+  on a kept-alive connection the server had closed is switched off.
+- aiohttp's exceptions become httpx's: connection trouble is an `httpx.TransportError` (retryable),
+  aiohttp's own timeouts an `httpx.TimeoutException`. Nothing else is caught: a cancellation (the
+  attempt's total deadline) passes through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import httpx
+import yarl
+
+# Bounds on a response's head, so hostile headers cost at most ~8 MiB per connection: 64 KiB per line
+# (a Link header with a long next-page URL must reach runner/pagination.py, which names the problem;
+# aiohttp's default is 8,190) and 128 fields (aiohttp's default). A response over them is a protocol
+# error: retried, then the entity's transient failure.
+_HEADER_LIMIT = 64 * 1024
+MAX_HEADERS = 128
+_TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One aiohttp session (created on first use, inside the running loop) holding `limits.max_connections`."""
+
+    emits_trace = True  # runner/ratelimit/transport.py: stamps grants at send_request_headers.started
+
+    def __init__(self, *, verify: bool = True, limits: httpx.Limits) -> None:
+        self._ssl: ssl.SSLContext | bool = httpx.create_ssl_context(verify=verify) if verify else False
+        self._limits = limits
+        self._session: aiohttp.ClientSession | None = None
+        self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
+
+    def _open(self) -> aiohttp.ClientSession:
+        limit = self._limits.max_connections or 0
+        connector = aiohttp.TCPConnector(
+            limit=limit,
+            limit_per_host=0,
+            ssl=self._ssl,
+            keepalive_timeout=self._limits.keepalive_expiry if self._limits.keepalive_expiry is not None else 5.0,
+        )
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_start.append(_connect_started)
+        trace.on_request_headers_sent.append(_headers_sent)
+        trace.on_request_end.append(_answered)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[trace],
+            max_line_size=_HEADER_LIMIT,
+            max_field_size=_HEADER_LIMIT,
+            max_headers=MAX_HEADERS,
+        )
+        # aiohttp silently sends an idempotent request again when a kept-alive connection turns out
+        # closed: an attempt that spent no rate-limit budget (bench/faults.py fault 3 saw the windows
+        # overrun). No public switch; tests/test_faults.py fault 3 fails if this stops working.
+        session._retry_connection = False
+        return session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._session is None:
+            self._session = self._open()
+        timeouts = request.extensions.get("timeout", {})
+        body = await request.aread()
+        url = yarl.URL(str(request.url), encoded=True)
+        self._tls = self._tls or url.scheme == "https"
+        context = SimpleNamespace(trace=request.extensions.get("trace"), scheme=url.scheme)
+        with _mapped():
+            response = await self._session.request(
+                request.method,
+                url,
+                headers=list(request.headers.multi_items()),
+                data=body or None,
+                allow_redirects=False,
+                compress=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
+                ),
+                server_hostname=request.extensions.get("sni_hostname"),
+                trace_request_ctx=context,
+            )
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_Body(response),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            if self._tls:  # aiohttp's advice: TLS connections closed by the server (Connection: close)
+                await asyncio.sleep(_TLS_SHUTDOWN)  # finish their shutdown after the session is gone
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body as it arrives; closing it before the end closes the connection (aiohttp
+    does not return a connection with unread body bytes to its pool)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _mapped():
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc)) from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise httpx.ReadTimeout(str(exc)) from exc
+    except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
+        raise httpx.ProxyError(str(exc)) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc)) from exc
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        raise httpx.UnsupportedProtocol(str(exc)) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
+        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
+    except aiohttp.ClientError as exc:  # ClientOSError (reset mid-response) and the rest: the wire failed
+        raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+
+
+# --- aiohttp trace hooks -> the request's httpx `trace` extension (httpcore's event names) -----------
+async def _forward(context: SimpleNamespace, event: str) -> None:
+    trace = getattr(context.trace_request_ctx, "trace", None)
+    if trace is not None:
+        await trace(event, {})
+
+
+async def _connect_started(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
+    await _forward(context, "connection.connect_tcp.started")
+    if getattr(context.trace_request_ctx, "scheme", "") == "https":  # the server takes part in the handshake
+        await _forward(context, "connection.start_tls.started")
+
+
+async def _headers_sent(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
+    await _forward(context, "http11.send_request_headers.started")
+
+
+async def _answered(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
+    await _forward(context, "http11.receive_response_headers.complete")
