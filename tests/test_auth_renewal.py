@@ -12,10 +12,13 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from runner import auth, config, templating
+from runner import auth, cli, config, templating
 from runner.errors import RunFailed
 from runner.redaction import Redactor
+from tests import test_auth
 from tests.apiserver import ApiServer, Recorded, Reply
+from tests.pg import Database
+from tests.test_auth import env  # noqa: F401 (a fixture)
 
 CLIENT_SECRET = "cs-Wq5Er7Ty9Ui1Op3A"
 REFRESH = "rt-Zx4Cv6Bn8Ml0Kj2H"
@@ -191,3 +194,25 @@ def test_another_403_stays_the_entity_s_outcome(api: ApiServer, tmp_path: Path) 
     api.route("/apps/2", Reply(403, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'}))
     with pytest.raises(RunFailed, match="the bearer credentials lack a permission this request needs; check what"):
         send(api, tmp_path, block, "/apps/2")
+
+
+# --- a run that could not get a token is never `completed` ----------------------------------------------------
+def test_max_runtime_while_the_token_endpoint_hangs_fails_the_run(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--max-runtime passes while the first token request hangs; the token failure that follows (within
+    the grace period) makes the run `failed`, exit 1, not `completed` with nothing processed."""
+    api.route("/oauth/token", Reply(200, hang=True))
+    block = test_auth.CLIENT_CREDENTIALS.replace("scopes:", "timeout: 400ms, scopes:")
+    source = test_auth.source_with(tmp_path, block, concurrency=2)
+    test_auth.seed(env, source, range(1, 4))
+    assert cli.main(["run", str(source), "--max-runtime", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "max runtime reached" in err
+    assert "could not get an access token" in err
+    status, processed, metadata = env.rows("select status, items_processed, metadata from sync_jobs")[0]
+    assert (status, processed) == ("failed", 0)
+    assert metadata["stop_reason"] == "max_runtime"
