@@ -3,11 +3,12 @@ tokens fetched while the run goes (client credentials, refresh token).
 
 `AuthTransport` wraps the rate-limited transport, so every attempt and every page to the source's own
 origin carries the credentials, and a request to another origin (a next-page link to `allow_origins`)
-never does. Token requests (runner/tokens.py) go through a plain client of their own: they do not
-spend the API's rate budget. One token is shared by all concurrent requests, and by every source of
-the run using the same auth block (`Tokens`); one fetch is in flight at a time; it is renewed shortly
-before `expires_in` runs out, and once when the API answers 401 to it. A token is a secret the moment
-it arrives (added to the run's Redactor), and it is never stored.
+never does. Token requests (runner/tokens.py) go through a client of their own: they do not spend the
+API's rate budget unless the block says so (`rate_limited: true`). One token is shared by all
+concurrent requests, and by every source of the run using the same auth block (`Tokens`); one fetch
+is in flight at a time; it is renewed shortly before `expires_in` runs out, and once when the API
+answers 401 to it. A token is a secret the moment it arrives (added to the run's Redactor), and it is
+never stored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import httpx
 
 from runner import spec, templating, tokens
 from runner.errors import RunFailed
+from runner.ratelimit.local import Limiter
 
 log = logging.getLogger("syncrun")
 
@@ -77,10 +79,11 @@ class Token:
 
 
 def for_source(
-    source: spec.Source, settings: templating.Settings, tokens: Tokens | None = None
+    source: spec.Source, settings: templating.Settings, tokens: Tokens | None = None, limiter: Limiter | None = None
 ) -> Authenticator | None:
     """The source's authenticator for this run, or None without an `auth:` block. `tokens` holds the
-    run's OAuth2 tokens (shared between sources using one block); a new one when not given."""
+    run's OAuth2 tokens (shared between sources using one block); a new one when not given. `limiter`:
+    the source's, which token requests wait for only with `auth.rate_limited`."""
     if source.auth is None:
         return None
     tokens = tokens or Tokens()
@@ -94,6 +97,8 @@ def for_source(
         retry=source.retry,
         token=tokens.token(source.auth),
         stand_in=tokens.stand_in,
+        verify_tls=source.request.verify_tls if source.auth.verify_tls is None else source.auth.verify_tls,
+        limiter=limiter if source.auth.rate_limited else None,
     )
 
 
@@ -113,13 +118,22 @@ class Authenticator:
         token_transport: httpx.AsyncBaseTransport | None = None,
         token: Token | None = None,
         stand_in: bool = False,
+        verify_tls: bool = True,
+        limiter: Limiter | None = None,
     ) -> None:
         self.auth, self.own, self.settings, self.clock = auth, own, settings, clock
         self.oauth2 = auth.type in (spec.AuthType.OAUTH2_CLIENT_CREDENTIALS, spec.AuthType.OAUTH2_REFRESH_TOKEN)
         self.token = token or Token()
         self.stand_in = stand_in
         self.endpoint = tokens.Endpoint(
-            auth, settings, timeout=timeout, retry=retry, sleep=sleep, transport=token_transport
+            auth,
+            settings,
+            timeout=timeout,
+            retry=retry,
+            sleep=sleep,
+            transport=token_transport,
+            verify_tls=verify_tls,
+            limiter=limiter,
         )
 
     @property

@@ -59,6 +59,8 @@ def block(checker: Checker, raw: dict[str, JSON], at: Path_, *, shared: str | No
         extra=cast(tuple[tuple[str, spec.Template], ...], extra),
         client_auth=client_auth,
         timeout=timeout,
+        verify_tls=cast(bool | None, raw.get("verify_tls")),
+        rate_limited=raw.get("rate_limited") is True,
         shared=shared,
         **cast(dict[str, spec.Template], fields),
     )

@@ -512,7 +512,7 @@ async def run(
             transport=transport(s) if transport else None,
             max_connections=s.concurrency,
             stop=stop,  # a request still waiting for its grant when the run stops is not sent
-            authenticator=authenticator_for(s, settings, tokens),
+            authenticator=authenticator_for(s, settings, tokens, limiters[s.rate_limit.bucket]),
         )
         for s, stop in zip(sources, stops, strict=True)
     ]

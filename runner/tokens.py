@@ -2,7 +2,9 @@
 
 `Endpoint.grant()` POSTs the grant (client credentials or refresh token) with the client's id and
 secret as form fields or as HTTP Basic (`auth.client_auth`), retried like an API request
-(`source.retry`: a connection error, a timeout or a status in `retry.statuses`). Each attempt has a
+(`source.retry`: a connection error, a timeout or a status in `retry.statuses`). The endpoint's TLS
+certificate is verified as `auth.verify_tls` says (default: `request.verify_tls`), and with
+`auth.rate_limited` each attempt waits for the source's rate limit and spends its budget. Each attempt has a
 deadline for the whole exchange (`auth.timeout`, else `request.timeout`: connect, send and the answer
 read to its end, so a server that drips one byte a second cannot hold a run), and the answer is read
 with the API bodies' bounded reader (runner/client.read_body: MAX_BODY bytes, decoded in steps).
@@ -29,6 +31,7 @@ import httpx
 
 from runner import spec, templating
 from runner.errors import FetchError, RunFailed
+from runner.ratelimit.local import Limiter
 
 log = logging.getLogger("syncrun")
 
@@ -67,11 +70,21 @@ class Endpoint:
         retry: spec.Retry,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify_tls: bool = True,
+        limiter: Limiter | None = None,
     ) -> None:
         self.auth, self.settings, self.retry, self.sleep = auth, settings, retry, sleep
         self.timeout = auth.timeout or timeout
         self.deadline_key = auth.field("timeout") if auth.timeout else "request.timeout"
-        self.http = httpx.AsyncClient(transport=transport, timeout=self.timeout, follow_redirects=False)
+        if not verify_tls:
+            shown = auth.token_url.text if auth.token_url else ""  # as written: a setting stays ${...}
+            log.warning("TLS certificate verification is disabled for the token endpoint %s", shown)
+        inner = transport or httpx.AsyncHTTPTransport(verify=verify_tls)
+        if limiter is not None:  # auth.rate_limited: the token endpoint shares the API's quota
+            from runner.ratelimit.transport import RateLimitedTransport
+
+            inner = RateLimitedTransport(inner, limiter)
+        self.http = httpx.AsyncClient(transport=inner, timeout=self.timeout, follow_redirects=False)
         self.attempts = 0  # token requests sent (for tests and logs)
         self.answered: int | None = None  # the status of the current attempt, once its headers arrived
 

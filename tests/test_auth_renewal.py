@@ -19,6 +19,7 @@ from tests import test_auth
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 from tests.test_auth import env  # noqa: F401 (a fixture)
+from tests.test_security import tls_api  # noqa: F401 (a fixture: HTTPS with a throwaway certificate)
 
 CLIENT_SECRET = "cs-Wq5Er7Ty9Ui1Op3A"
 REFRESH = "rt-Zx4Cv6Bn8Ml0Kj2H"
@@ -216,3 +217,72 @@ def test_max_runtime_while_the_token_endpoint_hangs_fails_the_run(
     status, processed, metadata = env.rows("select status, items_processed, metadata from sync_jobs")[0]
     assert (status, processed) == ("failed", 0)
     assert metadata["stop_reason"] == "max_runtime"
+
+
+# --- the token endpoint's TLS: as the source's request.verify_tls, unless auth.verify_tls says -----------------
+TOKEN_ANSWER = Reply(200, json={"access_token": "at-Tl5Sv7Er9Fy1Ca3B", "expires_in": 3600})
+
+
+def tls_source(server: ApiServer, tmp_path: Path, *, request: str = "", block: str = "") -> auth.Authenticator:
+    url = server.url.replace("http://", "https://")
+    text = SOURCE.format(
+        url=url, auth=CLIENT_CREDENTIALS.format(url=url).replace("client_id: c1,", block + " client_id: c1,")
+    )
+    text = text.replace(
+        f'request: {{url: "{url}/apps/{{appid}}"}}', f'request: {{url: "{url}/apps/{{appid}}"{request}}}'
+    )
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    found = auth.for_source(source, settings)
+    assert found is not None
+    return found
+
+
+def first_token(found: auth.Authenticator) -> str:
+    async def main() -> str:
+        try:
+            return await found.current()
+        finally:
+            await found.aclose()
+
+    return asyncio.run(main())
+
+
+def test_the_token_endpoint_follows_request_verify_tls(
+    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A self-signed token endpoint: refused by default; accepted (with a warning naming it) when the
+    source turns verification off; refused again when auth.verify_tls turns it back on for the token
+    endpoint alone."""
+    tls_api.route("/oauth/token", TOKEN_ANSWER)
+    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        first_token(tls_source(tls_api, tmp_path))
+    with caplog.at_level("WARNING", logger="syncrun"):
+        assert first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false")) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert "TLS certificate verification is disabled for the token endpoint https://" in caplog.text
+    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false", block=" verify_tls: true,"))
+    assert first_token(tls_source(tls_api, tmp_path, block=" verify_tls: false,")) == "at-Tl5Sv7Er9Fy1Ca3B"
+
+
+# --- token requests and the rate budget ----------------------------------------------------------------------
+@pytest.mark.parametrize("rate_limited", [False, True])
+def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
+    rate_limited: bool, api: ApiServer, tmp_path: Path
+) -> None:
+    """With `rate_limited: true` each token request waits for the source's limiter and counts in it;
+    by default the limiter never sees one."""
+    from runner.ratelimit import Limiter
+
+    api.route("/oauth/token", Reply(503), TOKEN_ANSWER)  # two token requests: a retry is a request too
+    block = CLIENT_CREDENTIALS.replace("client_id: c1,", f"rate_limited: {str(rate_limited).lower()}, client_id: c1,")
+    source = config.loads(SOURCE.format(url=api.url, auth=block.format(url=api.url)), tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+    assert first_token(found) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert len(api.requests) == 2
+    assert limiter.requests == (2 if rate_limited else 0)
