@@ -225,6 +225,14 @@ class Endpoint:
                 f"{what} with an access_token that cannot be sent in a header"
                 " (a space, a line break, a control or a non-ASCII character)"
             )
+        kind = body.get("token_type")
+        if kind is not None and (not isinstance(kind, str) or kind.lower() != "bearer"):
+            log.warning(
+                "the token endpoint %s answered token_type %s: syncrun sends every token as Bearer (RFC 6750),"
+                " the only kind it supports; if the API refuses it, ask the provider for Bearer tokens",
+                shown,
+                self.settings.redact(_shown(kind)),
+            )
         rotated = body.get("refresh_token")
         rotated = rotated if isinstance(rotated, str) and rotated else None
         if rotated is not None and len(rotated) <= MAX_TOKEN:

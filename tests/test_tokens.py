@@ -260,3 +260,17 @@ def test_a_token_is_masked_from_the_moment_it_arrives(api: ApiServer, tmp_path: 
     assert TOKEN in heard
     assert "rt-Kd83Jf72Hs61" in heard
     assert ep.settings.redact(f"x {TOKEN[3:11]} rt-Kd83Jf72 y") == "x *** *** y"
+
+
+@pytest.mark.parametrize(("token_type", "warned"), [("Bearer", False), ("bearer", False), (None, False), ("mac", True)])
+def test_a_token_type_other_than_bearer_is_used_with_a_warning(
+    token_type: str | None, warned: bool, api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """syncrun sends Bearer tokens only: another token_type is said, not silently taken for one."""
+    body = {"access_token": TOKEN, "expires_in": 60} | ({"token_type": token_type} if token_type else {})
+    api.route("/oauth/token", Reply(200, json=body))
+    with caplog.at_level(logging.WARNING, logger="syncrun"):
+        assert grant(endpoint(api, tmp_path)).access_token == TOKEN
+    said = [r.getMessage() for r in caplog.records if "token_type" in r.getMessage()]
+    assert bool(said) == warned
+    assert all("answered token_type 'mac': syncrun sends every token as Bearer" in m for m in said)
