@@ -168,6 +168,11 @@ class _Run:
             if reason:
                 self.report.metadata.update({"graceful_stop": True, "stop_reason": reason})
             self.stop.set()
+        elif status == "failed" and self.report.status == "completed":
+            # A failure while --max-runtime lets in-flight work finish (a token endpoint that never
+            # answered, say) is still a failure: the run must not end `completed`, exit 0.
+            self.report.status = status
+            self.report.error = self.settings.redact(error) if error is not None else None
 
     # --- the pipeline -----------------------------------------------------------------------------
     async def produce(self, chunks: Iterator[list[dict[str, JSON]]]) -> None:
@@ -517,7 +522,7 @@ async def run(
             transport=transport(s) if transport else None,
             max_connections=s.concurrency,
             stop=stop,  # a request still waiting for its grant when the run stops is not sent
-            authenticator=authenticator_for(s, settings, tokens),
+            authenticator=authenticator_for(s, settings, tokens, limiters[s.rate_limit.bucket]),
         )
         for s, stop in zip(sources, stops, strict=True)
     ]
