@@ -290,6 +290,9 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
     for override in sets:  # secrets cannot be overridden (runner/overrides.py): the values can be shown
         log.info("--set %s=%s", override.name, settings.redact(repr(override.value)))
+    if sets:  # the job row keeps them as the log shows them: a secret's value given by mistake is masked
+        shown = overrides.recorded(sets, settings.redact)
+        options = replace(options, metadata={**options.metadata, "overrides": shown})
     listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
     progress.start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)
     try:
@@ -333,7 +336,6 @@ def _options(
         heartbeat_every=args.heartbeat,
         metadata={
             **({"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {}),
-            **({"overrides": overrides.recorded(sets)} if sets else {}),
         },
         max_items=given,
         overridden=frozenset(o.name for o in sets),

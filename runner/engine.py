@@ -630,9 +630,17 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
     start, done = None, 0  # done: pages of this listing read by earlier runs
     # `--set incremental.start=…` asks from that point for this run: a new listing, whatever was stored
     again = "incremental.start" in options.overridden and source.incremental is not None
+    url = listings.address(source, state.settings)  # a checkpoint is resumed only by the same listing
     if cursor_conn is not None and not options.restart and not again:
         checkpoint = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
-        if checkpoint is not None:
+        if checkpoint is not None and not listings.resumable(checkpoint, url):
+            log.warning(
+                "%s: the checkpoint was made for another URL (%s, now %s): not resumed, the listing starts over",
+                source.name,
+                checkpoint.url,
+                url,
+            )
+        elif checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
             log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
     # incremental: ${incremental.since}, advanced at the end, never past when the listing started
@@ -683,6 +691,7 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                         state.report.job_id,
                         listing_started_at=state.listing_started,
                         pages=number,
+                        url=url,
                     )
             capped, resume = page.capped, page.resume
             if state.stop.is_set():
