@@ -147,7 +147,7 @@ class _Run:
         per_request = source.request.batch.size if source.request.batch else 1
         self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
-        self.breaker = breaker.Breaker()
+        self.breaker = breaker.Breaker(transient_runs=source.backoff.transient_runs)
         # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
         self.validators = Store(source, catalog=catalog, ask=not options.dry_run)
         self.write_failed = False
@@ -903,8 +903,8 @@ def _close(state: _Run, job_link: database.Link | None) -> None:
         return
     keys = [*state.unprocessed, *state.inflight]
     try:
-        # an outage (the breaker) is the API's: its run counts no transient failure against an entity
-        if state.transients.keys and state.breaker.tripped is None:
+        # a breaker run too: entities failing on every run must back off, or they stop every run (runner/breaker.py)
+        if state.transients.keys:
             job_link.call(backoff.record, state.source, state.transients.keys)
     except (DatabaseError, psycopg.Error) as error:
         log.warning("%s: could not count transient failures (%s)", state.source.name, error)
