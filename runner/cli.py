@@ -471,6 +471,10 @@ def _exit_code(report: engine.Report) -> int:
     return 0 if report.status == "completed" else 1
 
 
+# The summary line's note for a run --max-runtime ended (its job row: graceful_stop, stop_reason max_runtime)
+STOPPED_EARLY = "stopped early: --max-runtime reached, no new entities were taken; the rest is left for the next run"
+
+
 def _summarise(report: engine.Report) -> None:
     c = report.counters
     rate = c.requests / report.elapsed if report.elapsed else 0.0
@@ -482,7 +486,8 @@ def _summarise(report: engine.Report) -> None:
         f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
     capped = f"{report.capped} entity listing{'' if report.capped == 1 else 's'} capped (not complete)"
-    notes = [note for note in (report.listing, capped if report.capped else None, report.error) if note]
+    early = STOPPED_EARLY if report.metadata.get("stop_reason") == "max_runtime" else None
+    notes = [note for note in (early, report.listing, capped if report.capped else None, report.error) if note]
     print("; ".join([line, *notes]), file=sys.stderr)
 
 

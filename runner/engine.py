@@ -445,6 +445,14 @@ class _Run:
                     trace.result = replaced[id(trace.result.entity)]
         for trace in batch:
             self.count(trace)
+        if conn is not None and self.report.job_id is not None and results:
+            # The job row's counters follow the commits (one cheap update per batch): a runner killed
+            # outright leaves a row, reaped later, that says what it committed (jobs.heartbeat).
+            counters = replace(self.report.counters, requests=self.limiter.requests)
+            try:
+                await asyncio.to_thread(conn.call, jobs.heartbeat, self.report.job_id, counters)
+            except (DatabaseError, psycopg.Error) as error:
+                log.warning("%s: could not update the job's counters (%s)", self.source.name, error)
         if self.options.dry_run:
             self.report.traces.extend(batch)
 
