@@ -249,6 +249,25 @@ def test_a_token_is_renewed_before_expires_in_runs_out(env: Database, api: ApiSe
     assert 2 <= len(server.token_requests) <= int(elapsed / 0.9) + 2
 
 
+def test_a_request_that_waited_for_the_rate_limit_carries_a_token_fresh_at_the_send(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """Tokens of 2 s (renewed 0.2 s before) at 4 requests/s with 4 in flight: each request waits up to
+    1 s for its grant. The token is put on after the grant, so no request carries a token that expired
+    while it waited: no 401 (picked before the wait, about one request in three was refused and sent
+    again), and each request is one rate-limited attempt."""
+    server = OAuthServer(api, expires_in=2, lifetime=2)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS, concurrency=4)
+    source.write_text(source.read_text().replace("requests: 200, per: 1s, burst: 20", "requests: 4, per: 1s, burst: 1"))
+    seed(env, source, range(1, 21))
+    route_apps(api, range(1, 21), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from apps") == 20
+    assert server.rejected == 0
+    assert len([r for r in api.requests if r.path.startswith("/apps/")]) == 20
+    assert len(server.token_requests) >= 3  # tokens really ran out mid-run
+
+
 def test_refresh_token_grant(env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """oauth2_refresh_token trades the refresh token (a secret) for access tokens."""
     server = OAuthServer(api)
