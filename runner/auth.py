@@ -58,6 +58,7 @@ class Tokens:
     def __init__(self, *, stand_in: bool = False) -> None:
         self.stand_in = stand_in
         self.held: dict[spec.Auth, Token] = {}
+        self.unverified: set[str] = set()  # token endpoints already named in a warning (once per run)
 
     def token(self, auth: spec.Auth) -> Token:
         return self.held.setdefault(auth, Token())
@@ -90,6 +91,12 @@ def for_source(
     tokens = tokens or Tokens()
     placeholders = dict.fromkeys(source.request.url.columns, "0")
     url = httpx.URL(templating.render(source.request.url, placeholders, settings, url=True))
+    verify_tls = source.request.verify_tls if source.auth.verify_tls is None else source.auth.verify_tls
+    if not verify_tls and source.auth.token_url is not None:  # it receives the client secret: say so, once
+        shown = settings.redact(templating.render(source.auth.token_url, {}, settings, url=True))
+        if shown not in tokens.unverified:
+            tokens.unverified.add(shown)
+            log.warning("TLS certificate verification is disabled for the token endpoint %s", shown)
     return Authenticator(
         source.auth,
         origin(url),
@@ -98,7 +105,7 @@ def for_source(
         retry=source.retry,
         token=tokens.token(source.auth),
         stand_in=tokens.stand_in,
-        verify_tls=source.request.verify_tls if source.auth.verify_tls is None else source.auth.verify_tls,
+        verify_tls=verify_tls,
         limiter=limiter if source.auth.rate_limited else None,
     )
 
