@@ -24,7 +24,8 @@ import httpx
 
 from runner import spec, templating, tokens
 from runner.errors import RunFailed
-from runner.ratelimit.local import Limiter
+from runner.ratelimit.local import AUTHORIZE, Limiter
+from runner.ratelimit.transport import RateLimitedTransport
 
 log = logging.getLogger("syncrun")
 
@@ -57,6 +58,7 @@ class Tokens:
     def __init__(self, *, stand_in: bool = False) -> None:
         self.stand_in = stand_in
         self.held: dict[spec.Auth, Token] = {}
+        self.unverified: set[str] = set()  # token endpoints already named in a warning (once per run)
 
     def token(self, auth: spec.Auth) -> Token:
         return self.held.setdefault(auth, Token())
@@ -89,6 +91,12 @@ def for_source(
     tokens = tokens or Tokens()
     placeholders = dict.fromkeys(source.request.url.columns, "0")
     url = httpx.URL(templating.render(source.request.url, placeholders, settings, url=True))
+    verify_tls = source.request.verify_tls if source.auth.verify_tls is None else source.auth.verify_tls
+    if not verify_tls and source.auth.token_url is not None:  # it receives the client secret: say so, once
+        shown = settings.redact(templating.render(source.auth.token_url, {}, settings, url=True))
+        if shown not in tokens.unverified:
+            tokens.unverified.add(shown)
+            log.warning("TLS certificate verification is disabled for the token endpoint %s", shown)
     return Authenticator(
         source.auth,
         origin(url),
@@ -97,7 +105,7 @@ def for_source(
         retry=source.retry,
         token=tokens.token(source.auth),
         stand_in=tokens.stand_in,
-        verify_tls=source.request.verify_tls if source.auth.verify_tls is None else source.auth.verify_tls,
+        verify_tls=verify_tls,
         limiter=limiter if source.auth.rate_limited else None,
     )
 
@@ -144,9 +152,10 @@ class Authenticator:
         assert template is not None  # the schema requires the type's fields
         return templating.render(template, {}, self.settings, url=False)
 
-    async def apply(self, request: httpx.Request) -> str | None:
+    async def apply(self, request: httpx.Request, *, fetch: bool = True) -> str | None:
         """Add the credentials to `request`, a copy made for sending (callers build the next page from
-        theirs, which must stay without them); the OAuth2 token used, else None."""
+        theirs, which must stay without them); the OAuth2 token used, else None. `fetch`: renew a token
+        that is due (else the newest one is used as it is)."""
         auth = self.auth
         if auth.type is spec.AuthType.BEARER:
             request.headers["Authorization"] = f"Bearer {self.value(auth.token)}"
@@ -160,7 +169,7 @@ class Authenticator:
             else:
                 request.url = request.url.copy_set_param(auth.name, self.value(auth.value))
         else:
-            token = await self.current()
+            token = await self.current() if fetch or self.token.value is None else self.token.value
             request.headers["Authorization"] = f"Bearer {token}"
             return token
         return None
@@ -278,16 +287,33 @@ class AuthTransport(httpx.AsyncBaseTransport):
         if origin(request.url) != authenticator.own:
             return await self.inner.handle_async_request(request)
         sent = _copy(request)
-        used = await authenticator.apply(sent)
-        response = await self.inner.handle_async_request(sent)
+        used: str | None = None
+
+        async def authorize(sending: httpx.Request) -> None:
+            # After the limiter's grant: a token picked before the wait (up to concurrency × the rate's
+            # interval earlier) could expire in the queue and come back as a 401, spending the budget twice.
+            # Renewing here holds the grant while the token endpoint answers; with `rate_limited` the token
+            # request itself waits for the limiter, so then the newest token is taken as it is (a due one
+            # was renewed before the wait, below) and a 401 renews it as usual.
+            nonlocal used
+            used = await authenticator.apply(sending, fetch=not authenticator.auth.rate_limited)
+
+        async def send() -> httpx.Response:
+            if not isinstance(self.inner, RateLimitedTransport):
+                await authorize(sent)
+            elif authenticator.oauth2:
+                await authenticator.current()  # a token due now is renewed before the wait, not holding a grant
+            return await self.inner.handle_async_request(sent)
+
+        sent.extensions[AUTHORIZE] = authorize
+        response = await send()
         renewals = 0
         while response.status_code == 401 and used is not None and renewals < MAX_RENEWALS:
             # Renewed only if no other request did it meanwhile; sent again with whichever token is current.
             await response.aclose()
             await authenticator.renew(used)
             renewals += 1
-            used = await authenticator.apply(sent)
-            response = await self.inner.handle_async_request(sent)
+            response = await send()
         if response.status_code == 403:  # sent with the credentials (the request is to the own origin)
             challenge = _params(response.headers.get("www-authenticate", ""))
             if challenge.get("error") == "insufficient_scope":  # RFC 6750 §3.1: the same for every request
@@ -307,8 +333,8 @@ class AuthTransport(httpx.AsyncBaseTransport):
 
 
 def _copy(request: httpx.Request) -> httpx.Request:
-    """The same request as a new object; its extensions (the rate limiter's grant callback) shared."""
-    headers, extensions = request.headers.copy(), request.extensions
+    """The same request as a new object; its extensions (the rate limiter's grant callback) copied."""
+    headers, extensions = request.headers.copy(), dict(request.extensions)
     return httpx.Request(request.method, request.url, headers=headers, stream=request.stream, extensions=extensions)
 
 

@@ -129,6 +129,9 @@ def template(checker: Checker, path: Path_, value: JSON, *, secret: bool = False
     if parsed.columns:
         checker.add(path, "cannot hold entity values ({column}): credentials are the same for every request")
         return None
+    if any(s.kind == templating.WATERMARK[0] for s in parsed.settings):  # only env and secret read here
+        checker.add(path, "cannot read ${incremental.since}: it belongs in request.query, not in credentials")
+        return None
     if secret and (not any(s.secret for s in parsed.settings) or any(not s.secret for s in parsed.settings)):
         checker.add(
             path,

@@ -36,11 +36,15 @@ Code that cuts, escapes or reprs external text must redact first (`excerpt` does
 fragment masking is the net under that rule, not a licence to skip it.
 
 Run-time values (`add(..., run_time=True)`: OAuth2 tokens, which replace each other all run long)
-are masked while recent: the newest RECENT always, older ones until RETAIN seconds after they were
-replaced, MAX_RECENT at most. Every output is redacted as it is made, so a token is retired long after
-the last text that could hold it; and the pattern, rebuilt at each renewal, stays bounded: adding the
-40th 1 KB token took 1.9 s when every token ever seen stayed in it, ~0.3 s with the bound, and the
-240th (an 8-hour run with 120-second tokens) costs the same (busy 2-core machine).
+stay masked for the whole run, every one of them: an output made late can carry an early token (a
+next-page link echoing `access_token=`, the answer to a request sent before several renewals). Their
+pieces (of every form, and as a decoded view reads them) go into runner/fragments.py's set instead of
+the pattern, so a renewal costs what its own token's pieces cost, not a rebuild of everything seen:
+`python -m bench.redaction_growth` (240 1 KB tokens, busy 2-core machine): adding the 240th takes
+3 ms (1.9 s for the 40th when each renewal rebuilt a pattern of all; 170 ms when that pattern held
+only the newest 8), a 300-character line costs 42 µs as with one token (118 µs with the newest 8 in
+the pattern), a 1 MB JSON-ish body 134 ms (242 ms), and the 240 tokens' pieces take ~46 MB. A
+run-time value shorter than FRAGMENT joins the configured secrets (masked whole).
 
 Cost: one regular expression over a trie of all pieces, so redacting is linear in the text; a text
 without `\\`, `&`, `%` or NUL has no decoded view (one character-class scan). Measured (`python -m
@@ -55,7 +59,6 @@ import html
 import json
 import re
 import threading
-import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from html.entities import html5
@@ -65,12 +68,11 @@ from urllib.parse import quote, quote_plus
 
 import yaml
 
+from runner.fragments import FRAGMENT, Fragments
+
 MASK = "***"
 MIN_SECRET_LENGTH = 3  # masking 1–2 character "secrets" would shred every message
-FRAGMENT = 8  # no piece of a secret this long (in any form) reaches an output
-RECENT = 4  # run-time values (tokens) always masked: the one in use and those just before it
-RETAIN = 300.0  # seconds an older run-time value stays masked after the next one replaced it...
-MAX_RECENT = 8  # ...but at most this many run-time values are masked (see Redactor.add)
+# FRAGMENT (runner/fragments.py): no piece of a secret this long (in any form) reaches an output
 CUT_MARKS = re.compile(r"…|\.\.\.")  # how syncrun's excerpts say they were cut
 
 # What a URL may keep unencoded (reserved and unreserved characters): httpx leaves these alone when a
@@ -106,24 +108,16 @@ def _markdown_cell(text: str) -> str:
 class Redactor:
     """Masks the secrets it was given (and those `add`ed later) in any text: `redact(text)`."""
 
-    def __init__(
-        self,
-        secrets: Iterable[str | None] = (),
-        *,
-        whole: Iterable[str | None] = (),
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, secrets: Iterable[str | None] = (), *, whole: Iterable[str | None] = ()) -> None:
         self._lock = threading.Lock()
         self._pieces: set[str] = set()  # configured secrets' pieces (every form), kept for the whole run
         self._heads: set[str] = set()  # the first characters of every form, for a secret cut at a mark
         self._raw: set[str] = set()  # the secrets' own pieces, searched in a text's decoded views
-        # Run-time values (`add(..., run_time=True)`), newest last: value -> (pieces, heads, raw, added at).
-        self._recent: dict[str, tuple[set[str], set[str], set[str], float]] = {}
-        self._masked_heads: frozenset[str] = frozenset()  # _heads and the recent values' heads, as used
+        self._tokens = Fragments()  # run-time values' pieces (every form and reading), for the whole run
+        self._masked_heads: frozenset[str] = frozenset()  # _heads, as used
         self._pattern: re.Pattern[str] | None = None
         self._raw_pattern: re.Pattern[str] | None = None
         self._listeners: list[Callable[[list[str]], None]] = []
-        self.clock = clock
         self.add(*secrets)
         self.add(*whole, fragments=False)
 
@@ -131,68 +125,62 @@ class Redactor:
         """Mask these values too, in every output from now on (a token fetched mid-run, say).
 
         `run_time`: a value obtained while the run goes (an access token), one of a series that replace
-        each other. Only the newest RECENT of them, and older ones for RETAIN seconds after they were
-        replaced (MAX_RECENT in all), stay in the pattern: rebuilding it for every token ever seen made
-        each renewal slower than the last (2 s for the 40th 1 KB token, blocking the event loop). A
-        retired token was replaced long before: no request carries it any more, and what its answers
-        said was redacted when it was handled (rows, errors, cassettes and logs are redacted as they
-        are made, never later)."""
-        if run_time and len(secrets) > 1:  # each one retires on its own
-            for secret in secrets:
-                self.add(secret, fragments=fragments, run_time=True)
+        each other. Its pieces join runner/fragments.py's set rather than the pattern, which is not
+        rebuilt: each renewal costs what its own token costs (a rebuilt pattern of every token ever
+        seen took 2 s for the 40th 1 KB token, blocking the event loop). A short one (under FRAGMENT
+        characters) is masked whole, as a configured secret."""
+        added = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
+        if not added:
             return
+        if run_time and fragments:
+            long = [secret for secret in added if len(secret) >= FRAGMENT]
+            if long:
+                self._add_run_time(long)
+            added = [secret for secret in added if len(secret) < FRAGMENT]
+            if not added:
+                return
         pieces: set[str] = set()
         heads: set[str] = set()
         raw: set[str] = set()
-        for secret in secrets:
-            if not secret or len(secret) < MIN_SECRET_LENGTH:
-                continue
+        for secret in added:
             cut = fragments and len(secret) >= FRAGMENT
             for form in forms(secret):
                 pieces |= _grams(form) if cut else {form}
                 if fragments:
-                    heads |= {form[:k] for k in range(MIN_SECRET_LENGTH, min(FRAGMENT, len(form)))}
+                    heads |= _heads(form)
             # The secret as a decoded view reads it: raw, and its own decodings (a secret holding `%41`
             # or `&amp;` reads differently once its neighbours were escaped and the view decodes both).
             for reading in views(secret):
                 if len(reading) >= MIN_SECRET_LENGTH:
                     raw |= _grams(reading) if cut else {reading}
-        added = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
-        if not added:
-            return
         with self._lock:
-            if run_time:
-                now = self.clock()
-                for secret in added:
-                    self._recent.pop(secret, None)  # answered again: the newest once more
-                    self._recent[secret] = (pieces, heads, raw, now)
-                self._retire(now)
-            elif pieces <= self._pieces and heads <= self._heads and raw <= self._raw:
+            if pieces <= self._pieces and heads <= self._heads and raw <= self._raw:
                 return
-            else:
-                self._pieces = self._pieces | pieces
-                self._heads = self._heads | heads
-                self._raw = self._raw | raw
             # New objects, swapped in whole: a thread redacting meanwhile sees the old ones or the new.
-            recent = list(self._recent.values())
-            every = self._pieces.union(*(r[0] for r in recent))
-            self._masked_heads = frozenset(self._heads.union(*(r[1] for r in recent)))
-            readings = self._raw.union(*(r[2] for r in recent))
-            self._pattern = re.compile(_trie_regex(every)) if every else None
-            self._raw_pattern = re.compile(_trie_regex(readings, loose=True)) if readings else None
+            self._pieces = self._pieces | pieces
+            self._heads = self._heads | heads
+            self._raw = self._raw | raw
+            self._masked_heads = frozenset(self._heads)
+            self._pattern = re.compile(_trie_regex(self._pieces)) if self._pieces else None
+            self._raw_pattern = re.compile(_trie_regex(self._raw, loose=True)) if self._raw else None
             listeners = list(self._listeners)
         for listener in listeners:
             listener(added)
 
-    def _retire(self, now: float) -> None:
-        """Drop the oldest run-time values beyond the newest RECENT: each once it was replaced more
-        than RETAIN seconds ago (by the next one), or at once beyond MAX_RECENT."""
-        while len(self._recent) > RECENT:
-            values = list(self._recent.values())
-            replaced = values[1][3]  # when the value after the oldest arrived
-            if len(values) <= MAX_RECENT and now - replaced < RETAIN:
-                return
-            del self._recent[next(iter(self._recent))]
+    def _add_run_time(self, secrets: list[str]) -> None:
+        pieces: set[str] = set()
+        heads: set[str] = set()
+        for secret in secrets:
+            for form in forms(secret):
+                pieces |= _grams(form)
+                heads |= _heads(form)
+            for reading in views(secret):  # what a decoded view of an echo reads (see add)
+                pieces |= _grams(reading)
+        with self._lock:
+            self._tokens.add(pieces, heads)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(secrets)
 
     def listen(self, announce: Callable[[list[str]], None]) -> None:
         """Call `announce` with each new value `add`ed from now on, before `add` returns (so before
@@ -201,12 +189,12 @@ class Redactor:
             self._listeners.append(announce)
 
     def __call__(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is None or not text:
+        pattern, tokens = self._pattern, self._tokens
+        if (pattern is None and not tokens) or not text:
             return text
-        spans = [*self._matches(pattern, text), *self._cut_heads(text)]
+        spans = [*self._matches(pattern, text), *tokens.spans(text), *self._cut_heads(text)]
         raw_pattern = self._raw_pattern
-        if raw_pattern is not None and _ESCAPISH.search(text):
+        if (raw_pattern is not None or tokens) and _ESCAPISH.search(text):
             spans += self._decoded_matches(raw_pattern, text)
         spans.sort()
         if not spans:
@@ -221,7 +209,9 @@ class Redactor:
         return "".join(out)
 
     @staticmethod
-    def _matches(pattern: re.Pattern[str], text: str) -> Iterator[tuple[int, int]]:
+    def _matches(pattern: re.Pattern[str] | None, text: str) -> Iterator[tuple[int, int]]:
+        if pattern is None:
+            return
         # A consuming search (not a lookahead per character) lets sre skip ahead on the first-character
         # set; restarting one past each match start finds the overlapping fragments (merged by the caller).
         position = 0
@@ -229,25 +219,26 @@ class Redactor:
             yield match.span()
             position = match.start() + 1
 
-    def _decoded_matches(self, pattern: re.Pattern[str], text: str) -> Iterator[tuple[int, int]]:
+    def _decoded_matches(self, pattern: re.Pattern[str] | None, text: str) -> Iterator[tuple[int, int]]:
         # The secret in a decoded view (escapes read as the characters they stand for), masked in the
         # original: whatever mix of escapes an echo chose, per character, reads as the secret there.
         chain: list[_View] = []
         for view in _decodings(text):
             chain.append(view)
-            for start, end in [*self._matches(pattern, view.text), *self._cut_heads(view.text)]:
+            found = [*self._matches(pattern, view.text), *self._tokens.spans(view.text), *self._cut_heads(view.text)]
+            for start, end in found:
                 for link in reversed(chain):
                     start, end = link.span(start, end)
                 yield start, end
 
     def _cut_heads(self, text: str) -> Iterator[tuple[int, int]]:
-        heads = self._masked_heads
-        if not heads:
+        heads, more = self._masked_heads, self._tokens.heads
+        if not heads and not more:
             return
         for mark in CUT_MARKS.finditer(text):
             end = mark.start()
             for length in range(min(FRAGMENT - 1, end), MIN_SECRET_LENGTH - 1, -1):
-                if text[end - length : end] in heads:
+                if text[end - length : end] in heads or text[end - length : end] in more:
                     yield end - length, end
                     break
 
@@ -268,6 +259,10 @@ class Redactor:
         if isinstance(value, tuple):  # a plain tuple back (a named tuple cannot be rebuilt from one iterable)
             return tuple(self.value(v) for v in value)
         return value
+
+
+def _heads(form: str) -> set[str]:
+    return {form[:k] for k in range(MIN_SECRET_LENGTH, min(FRAGMENT, len(form)))}
 
 
 def _grams(form: str) -> set[str]:

@@ -332,6 +332,8 @@ def source_text(
     starter = starter or starters.Starter()
     if starter.headers:
         text += "  headers:\n" + "".join(f"    {header}: {value}\n" for header, value in starter.headers)
+    if starter.query:
+        text += "  query:\n" + "".join(f"    {json.dumps(name)}: {value}\n" for name, value in starter.query)
     text += "\n" + "".join(f"{line}\n" for line in starter.auth) + ("\n" if starter.auth else "")
     if listed:
         text += pagination_text(url, sample, headers, records)

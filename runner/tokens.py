@@ -76,9 +76,6 @@ class Endpoint:
         self.auth, self.settings, self.retry, self.sleep = auth, settings, retry, sleep
         self.timeout = auth.timeout or timeout
         self.deadline_key = auth.field("timeout") if auth.timeout else "request.timeout"
-        if not verify_tls:
-            shown = auth.token_url.text if auth.token_url else ""  # as written: a setting stays ${...}
-            log.warning("TLS certificate verification is disabled for the token endpoint %s", shown)
         inner = transport or httpx.AsyncHTTPTransport(verify=verify_tls)
         if limiter is not None:  # auth.rate_limited: the token endpoint shares the API's quota
             from runner.ratelimit.transport import RateLimitedTransport

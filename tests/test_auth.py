@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import secrets
 import subprocess
@@ -246,6 +247,25 @@ def test_a_token_is_renewed_before_expires_in_runs_out(env: Database, api: ApiSe
     assert env.scalar("select count(*) from apps") == 40
     assert server.rejected == 0
     assert 2 <= len(server.token_requests) <= int(elapsed / 0.9) + 2
+
+
+def test_a_request_that_waited_for_the_rate_limit_carries_a_token_fresh_at_the_send(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """Tokens of 2 s (renewed 0.2 s before) at 4 requests/s with 4 in flight: each request waits up to
+    1 s for its grant. The token is put on after the grant, so no request carries a token that expired
+    while it waited: no 401 (picked before the wait, about one request in three was refused and sent
+    again), and each request is one rate-limited attempt."""
+    server = OAuthServer(api, expires_in=2, lifetime=2)
+    source = source_with(tmp_path, CLIENT_CREDENTIALS, concurrency=4)
+    source.write_text(source.read_text().replace("requests: 200, per: 1s, burst: 20", "requests: 4, per: 1s, burst: 1"))
+    seed(env, source, range(1, 21))
+    route_apps(api, range(1, 21), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from apps") == 20
+    assert server.rejected == 0
+    assert len([r for r in api.requests if r.path.startswith("/apps/")]) == 20
+    assert len(server.token_requests) >= 3  # tokens really ran out mid-run
 
 
 def test_refresh_token_grant(env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -571,4 +591,73 @@ def test_run_time_tokens_are_masked_recorded_masked_and_not_needed_to_replay(
         for (value,) in env.rows(f'select "{column}"::text from "{table}" where "{column}" is not null')
     ]
     leaked = planted_leaks(outputs + stored, [*server.issued, CLIENT_SECRET])
+    assert not leaked, "\n".join(leaked)
+
+
+GRAPH = """\
+name: graph
+entities: {{type: list}}
+request: {{url: "${{env.API_URL}}/g"}}
+auth: {auth}
+pagination: {{type: next_url, next: body.next}}
+rate_limit: {{requests: 1000, per: 1s, burst: 50}}
+retry: {{attempts: 1}}
+records: body.items
+writes: [{{table: items, key: [id], columns: {{id: record.id, note: record.note}}}}]
+status: false
+"""
+
+
+def test_an_old_token_echoed_many_renewals_later_never_reaches_any_output(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """A Graph-API-style listing: each next link carries `access_token=` of the token the listing
+    started with, and each page's records echo it, while the token is renewed at every page (a token
+    good for one request). Page 14 fails, its error body quoting that first token: by then 13 newer
+    tokens replaced it (more than any "recent" window), yet no 8-character piece of any issued token
+    is in stdout, stderr, the job's error message, the checkpoint or a row."""
+    server = OAuthServer(api, uses=1)
+    first: list[str] = []
+
+    def graph(request: Recorded) -> Reply:
+        reply = server.app(dataclasses.replace(request, path="/apps/0"))
+        if reply.status != 200:
+            return reply
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        first.append(first[0] if first else token)
+        page = int(request.query.get("page", "1"))
+        if page == 14:
+            return Reply(503, json={"error": f"page link for {first[0]} is not ready"})
+        link = f"{api.url}/g?page={page + 1}&access_token={first[0]}"
+        return Reply(200, json={"items": [{"id": page, "note": f"listed for {first[0]}"}], "next": link})
+
+    api.route("/g", graph)
+    source = tmp_path / "graph.yaml"
+    source.write_text(GRAPH.format(auth=CLIENT_CREDENTIALS))
+    assert cli.main(["migrate", str(source)]) == 0
+    env.run("create table items (id int primary key, note text)")
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(source)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len(server.issued) >= 14  # the first token was replaced 13 times before it came back
+    assert env.scalar("select count(*) from items") == 13
+    assert "access_token=***" in env.scalar("select error_message from sync_jobs")
+    assert "holds a secret: not checkpointed" in result.stderr
+    columns = env.rows(
+        "select table_name, column_name from information_schema.columns where table_schema = current_schema()"
+    )
+    stored = [
+        value
+        for table, column in columns
+        for (value,) in env.rows(f'select "{column}"::text from "{table}" where "{column}" is not null')
+    ]
+    assert any("listed for ***" in value for value in stored)
+    files = [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    leaked = planted_leaks([result.stdout, result.stderr, *stored, *files], [*server.issued, CLIENT_SECRET])
     assert not leaked, "\n".join(leaked)

@@ -286,3 +286,34 @@ def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
     assert first_token(found) == "at-Tl5Sv7Er9Fy1Ca3B"
     assert len(api.requests) == 2
     assert limiter.requests == (2 if rate_limited else 0)
+
+
+def test_a_run_names_the_unverified_token_endpoint_once(
+    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`request.verify_tls: false` turns verification off for the token endpoint too (it receives the
+    client secret): a `syncrun run` of two sources sharing the endpoint warns once, naming it."""
+    url = tls_api.url.replace("http://", "https://")
+    tls_api.route("/oauth/token", TOKEN_ANSWER)
+    for appid in (1, 2):
+        tls_api.route(f"/apps/{appid}", Reply(200, json={"appid": appid}))
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("CLIENT_SECRET", CLIENT_SECRET)
+    project = "status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n"
+    (tmp_path / "syncrun.yaml").write_text(project)
+    paths = []
+    for name in ("t", "u"):
+        text = SOURCE.replace("name: t", f"name: {name}").format(url=url, auth=CLIENT_CREDENTIALS.format(url=url))
+        text = text.replace('/apps/{appid}"}', '/apps/{appid}", verify_tls: false}')
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text.replace("writes: [{table: apps", f"writes: [{{table: {name}_apps"))
+        paths.append(str(path))
+    db.run("create table t_apps (appid int primary key); create table u_apps (appid int primary key)")
+    assert cli.main(["migrate", *paths]) == 0
+    assert cli.main(["run", *paths, "--ids", "1,2"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count(f"TLS certificate verification is disabled for the token endpoint {url}/oauth/token") == 1, err

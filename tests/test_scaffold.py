@@ -475,7 +475,7 @@ def test_each_auth_kind_gets_a_starter_that_validates(
     ("args", "message"),
     [
         (["--auth", "oauth"], "--auth 'oauth': one of bearer, api_key, basic, oauth2_client_credentials"),
-        (["--header", "Authorization Bearer x"], "--header 'Authorization Bearer'…: write it as curl does"),
+        (["--header", "Authorization Bearer x"], "--header #1: write it as curl does"),
         (["--header", "Accept:"], "write it as curl does, 'Name: value' on one line"),
     ],
 )
@@ -486,3 +486,80 @@ def test_bad_auth_arguments_say_what_to_do(
     assert cli.main(["new", "games", "--url", url, "--sample", "sample.json", *args]) == 2
     assert message in capsys.readouterr().err
     assert not (project / "sources" / "games.yaml").exists()
+
+
+def test_values_the_sample_echoes_never_reach_the_file(
+    project: Path, api: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An endpoint that answers with the request's headers and query (httpbin's /anything, a `/me` that
+    returns the key): the example comments (`# e.g. "…"`) show `***`, and no 8-character piece of any
+    header value or of the URL's key is in the file or any output. The key parameter of --url becomes
+    an api_key block in the query (the sample was fetched with it), a second one a request.query
+    secret; the file validates."""
+    from tests.test_security import planted_leaks
+
+    bearer, cookie, trace, key, sig = (
+        "STATICtok-1234567890abcdef",
+        "sid=COOKIEsecret-77777777zz",
+        "TRACEsecret-5555aaaa",
+        "APIKEYsecret-abcdef123456",
+        "SIGsecret-9f8e7d6c5b4a",
+    )
+
+    def echo(request: Recorded) -> Reply:
+        if request.query.get("api_key") != key:
+            return Reply(401, json={"error": "no key"})
+        seen = {name: request.headers.get(name.lower()) for name in ("Authorization", "Cookie", "X-Trace-Id")}
+        return Reply(200, json=[{"id": 1, "headers": seen, "query": request.query, "note": f"key={key[2:12]}"}])
+
+    api.route("/echo", echo)
+    url = f"{api.url}/echo?api_key={key}&cc=us&sig={sig}"
+    args = ["new", "tkb", "--url", url, "--header", f"Authorization: Bearer {bearer}", "--header", f"Cookie: {cookie}"]
+    assert cli.main([*args, "--header", f"X-Trace-Id: {trace}"]) == 0
+    captured = capsys.readouterr()
+    path = project / "sources" / "tkb.yaml"
+    text = path.read_text()
+    assert 'e.g. "Bearer ***"' in text
+    assert not planted_leaks([text, captured.out, captured.err], [bearer, cookie, trace, key, sig])
+    assert f"url: {api.url}/echo?cc=us\n" in text
+    assert '"sig": "${secret.TKB_SIG}"' in text
+    assert cli.main(["validate", str(path)]) == 0
+    source = config.load(path)
+    assert source.auth is not None
+    assert source.auth.type is spec.AuthType.BEARER  # the Authorization header wins; the key goes to query
+    assert "TKB_API_KEY" in captured.out
+
+
+def test_a_key_in_the_url_alone_becomes_an_api_key_block_in_the_query(project: Path) -> None:
+    key = "k-Pq8Wm3Zx7Lt2"
+    url = "https://api.example.com/apps/{appid}?key=" + key + "&l=en"
+    assert cli.main(["new", "games", "--url", url, "--sample", "sample.json"]) == 0
+    path = project / "sources" / "games.yaml"
+    text = path.read_text()
+    assert key[:8] not in text
+    assert key[-8:] not in text
+    auth = config.load(path).auth
+    assert auth is not None
+    assert auth.type is spec.AuthType.API_KEY
+    assert auth.in_ is spec.KeyIn.QUERY
+    assert auth.name == "key"
+    assert cli.main(["validate", str(path)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("X-Api-Key: APIKEYsecret-abcdef123456\n", "--header 'X-Api-Key': write it as curl does"),
+        ("APIKEYsecret-abcdef123456", "--header #1: write it as curl does"),
+        ("X-Api-Key: APIKEYsécret-abcdef123456", "--header 'X-Api-Key': its value contains a non-ASCII"),
+    ],
+)
+def test_a_bad_header_exits_2_quoting_nothing_of_its_value(
+    project: Path, header: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "https://api.example.com/apps/{appid}"
+    assert cli.main(["new", "games", "--url", url, "--header", header, "--id", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "APIK" not in err
+    assert "secret" not in err

@@ -51,6 +51,10 @@ MARGIN_SHARE = 0.005
 # Request extension key: called right after the budget is granted. client.send uses it to start an
 # attempt's timeout clock then, so time spent waiting for the budget never counts as a timeout.
 GRANTED = "syncrun.granted"
+# Request extension key: an async callable awaited with the request once its budget is granted, right
+# before it is sent (before GRANTED's clock starts). runner/auth.py puts the credentials on there, so a
+# request that waited for the limiter never carries a token that expired while it waited.
+AUTHORIZE = "syncrun.authorize"
 
 # A request on a plain-HTTP connection opened for it is logged as sent this much later than it was
 # (not with TLS: the handshake needs the server, so it has taken the connection by then). Plain HTTP

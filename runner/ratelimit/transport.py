@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from runner.errors import Stopped
-from runner.ratelimit.local import GRANTED, Grant, Limiter
+from runner.ratelimit.local import AUTHORIZE, GRANTED, Grant, Limiter
 
 
 class RateLimitedTransport(httpx.AsyncBaseTransport):
@@ -43,6 +43,9 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         extensions = request.extensions
         previous = extensions.get("trace")
         try:
+            authorize = extensions.get(AUTHORIZE)
+            if callable(authorize):  # the credentials, as fresh as the moment of sending (runner/auth.py)
+                await authorize(request)
             granted = extensions.get(GRANTED)
             if callable(granted):
                 granted()
