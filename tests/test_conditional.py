@@ -274,6 +274,47 @@ def test_emptied_target_table_is_fetched_again(env: Database, api: ApiServer, tm
     ]
 
 
+@dataclass
+class Keyed(Documents):
+    """The same API, its documents carrying their id (mapped as `id: body.id`, the tutorial's style)."""
+
+    def body(self, ident: int) -> dict[str, object]:
+        return {"id": ident, **super().body(ident)}
+
+
+def test_emptied_table_is_fetched_again_when_the_key_comes_from_the_reply(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """review16b N1: with the key column mapped from the reply (`id: body.id`), not `entity.id`, the
+    row each validator's reply wrote is kept with it (row_key) and looked up: deleted or truncated
+    rows are re-fetched, present ones still get 304s."""
+    docs = Keyed({1: 1, 2: 1, 3: 1})
+    file = seeded(env, tmp_path, api, docs)
+    file.write_text(file.read_text().replace("{id: entity.id,", "{id: body.id,"))
+    assert run(file, 3) == 0
+    assert env.rows("select entity_key, row_key from syncrun_validators order by 1") == [
+        (str(i), {"id": str(i)}) for i in range(1, 4)
+    ]
+    assert run(file, 3) == 0
+    assert docs.not_modified == 3
+    env.run("delete from stations where id = 2")
+    before = len(api.requests)
+    assert run(file, 3) == 0
+    assert {r.path: "if-none-match" in r.headers for r in api.requests[before:]} == {
+        "/stations/1": True,
+        "/stations/2": False,
+        "/stations/3": True,
+    }
+    env.run("truncate stations")
+    before = len(api.requests)
+    assert run(file, 3) == 0
+    assert sent_validators(api, before) == 0
+    assert env.scalar("select count(*) from stations") == 3
+    assert env.rows("select items_succeeded, items_unchanged from sync_jobs order by started_at desc limit 1") == [
+        (3, 0)
+    ]
+
+
 def test_a_changed_mapping_fetches_every_entity_again(env: Database, api: ApiServer, tmp_path: Path) -> None:
     """A column added to the writes: validators kept under the old mapping are not sent, the new
     column is filled on the next run; the run after that is conditional again."""
