@@ -31,8 +31,9 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -41,7 +42,8 @@ from runner.client import Reply
 from runner.database import identifier
 from runner.expressions import JSON
 from runner.migrations import Catalog
-from runner.spec import Outcome, PaginationType, QualifiedName, SelectionType, Source
+from runner.spec import Column, Outcome, PaginationType, QualifiedName, SelectionType, Source
+from runner.templating import Settings, render
 
 __all__ = ["MAX_VALIDATOR", "Store", "Validators", "enabled", "fingerprint", "forget", "kept", "write"]
 
@@ -57,6 +59,7 @@ NOT_ASKED = (
 class Validators:
     etag: str | None = None
     last_modified: str | None = None
+    fingerprint: str | None = field(default=None, compare=False)  # the run's (Store.kept); None: from the spec
 
     def headers(self) -> dict[str, str]:
         sent = {"If-None-Match": self.etag, "If-Modified-Since": self.last_modified}
@@ -97,12 +100,28 @@ def kept(reply: Reply, redact: Callable[[str], str] = str) -> Validators:
     return Validators(usable(reply.headers.get("etag")), usable(reply.headers.get("last-modified")))
 
 
-def fingerprint(source: Source) -> str:
-    """A digest of what the source turns a reply into: a validator kept under another one was made
-    for other mappings (or another request) and is not sent. The spec is frozen dataclasses whose
-    reprs hold no addresses (an Expression's repr is its text), so the digest is stable across runs."""
+def origin(source: Source, settings: Settings) -> str:
+    """scheme://host:port of the source's resolved URL (`${env.API_URL}` filled in): validators one
+    server made are not sent to another (review16b N8). No user info, path or query, and masked by
+    the run's redactor, so no secret can flow into the fingerprint's input even in a host name."""
+    entity = {segment.name: "x" for segment in source.request.url.segments if isinstance(segment, Column)}
+    try:
+        parts = urlsplit(render(source.request.url, entity, settings, url=True))
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+        found = f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
+    except (KeyError, ValueError):  # an unresolved setting or a bad port: the run reports it elsewhere
+        return ""
+    return settings.redact(found)
+
+
+def fingerprint(source: Source, origin: str = "") -> str:
+    """A digest of what the source turns a reply into, and of the server it asks (`origin`): a
+    validator kept under another one was made for other mappings, another request or another server,
+    and is not sent. The spec is frozen dataclasses whose reprs hold no addresses (an Expression's
+    repr is its text), so the digest is stable across runs."""
     request = source.request
     parts = (
+        origin,
         request.url.text,
         tuple((name, template.text) for name, template in request.query),
         tuple((name, template.text) for name, template in request.headers),
@@ -173,11 +192,14 @@ def _field(name: str) -> dict[str, JSON]:
 class Store:
     """The validators of the entities a run is about to fetch, loaded chunk by chunk as selected."""
 
-    def __init__(self, source: Source, *, catalog: Catalog | None = None, ask: bool = True) -> None:
+    def __init__(
+        self, source: Source, *, catalog: Catalog | None = None, ask: bool = True, settings: Settings | None = None
+    ) -> None:
         """`ask` False (a dry run): no validator is loaded or sent, so 304s never hide what the API
-        answers; a 304 is still classified (as an error: nothing was asked)."""
+        answers; a 304 is still classified (as an error: nothing was asked). `settings`: the run's,
+        for the origin its validators are kept under."""
         self.source, self.enabled, self.ask = source, enabled(source), ask
-        self.fingerprint = fingerprint(source)
+        self.fingerprint = fingerprint(source, origin(source, settings) if settings is not None else "")
         self.anchor = anchor(source, catalog) if catalog is not None else None
         self.known: dict[str, Validators] = {}
 
@@ -192,6 +214,10 @@ class Store:
                 keys = [entity[key] for entity in chunk]
                 self.known.update(load(conn, self.source.name, keys, self.fingerprint, self.anchor))
             yield chunk
+
+    def kept(self, reply: Reply, redact: Callable[[str], str] = str) -> Validators:
+        """`kept`, to be stored under this run's fingerprint."""
+        return replace(kept(reply, redact), fingerprint=self.fingerprint)
 
     def headers(self, entity: Mapping[str, JSON]) -> dict[str, str]:
         """The conditional headers for this entity's request ({} when it has no validator)."""
@@ -261,9 +287,9 @@ def forget(conn: psycopg.Connection[Any], source: str) -> int:
 
 _KEEP = """insert into syncrun_validators as v
     (source, entity_key, etag, last_modified, fingerprint, row_key, updated_at)
-select %(source)s::text, k.key, k.etag, k.modified, %(fingerprint)s, k.row_key::jsonb, now()
-from unnest(%(keys)s::text[], %(etags)s::text[], %(modified)s::text[], %(row_keys)s::text[])
-    as k(key, etag, modified, row_key)
+select %(source)s::text, k.key, k.etag, k.modified, k.print, k.row_key::jsonb, now()
+from unnest(%(keys)s::text[], %(etags)s::text[], %(modified)s::text[], %(prints)s::text[], %(row_keys)s::text[])
+    as k(key, etag, modified, print, row_key)
 on conflict (source, entity_key) do update set
     etag = excluded.etag, last_modified = excluded.last_modified, fingerprint = excluded.fingerprint,
     row_key = excluded.row_key, updated_at = now()"""
@@ -285,6 +311,7 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[Any]) -> None
         elif result.outcome is Outcome.DELETE:
             latest[str(result.key)] = None
     keep = {key: v for key, v in sorted(latest.items()) if v}
+    spec_print = fingerprint(source) if any(v.fingerprint is None for v in keep.values()) else ""
     drop = [key for key, v in sorted(latest.items()) if not v]
     if keep:
         cursor.execute(
@@ -295,7 +322,7 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[Any]) -> None
                 "etags": [v.etag for v in keep.values()],
                 "modified": [v.last_modified for v in keep.values()],
                 "row_keys": [rows[key] for key in keep],
-                "fingerprint": fingerprint(source),
+                "prints": [v.fingerprint or spec_print for v in keep.values()],
             },
         )
     if drop:

@@ -43,7 +43,7 @@ from runner import (
 from runner.auth import Tokens
 from runner.auth import for_source as authenticator_for
 from runner.claimsize import ClaimSize
-from runner.conditional import NOT_ASKED, Store, kept
+from runner.conditional import NOT_ASKED, Store
 from runner.conditional import forget as forget_validators
 from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
@@ -151,7 +151,7 @@ class _Run:
         self.breaker = breaker.Breaker()
         self.lease: listings.Lease | None = None  # a list source's lease on its listing, renewed with the heartbeat
         # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
-        self.validators = Store(source, catalog=catalog, ask=not options.dry_run)
+        self.validators = Store(source, catalog=catalog, ask=not options.dry_run, settings=settings)
         self.write_failed = False
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
         # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
@@ -359,7 +359,7 @@ class _Run:
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
-        validators = kept(first, self.settings.redact) if self.validators.enabled else None
+        validators = self.validators.kept(first, self.settings.redact) if self.validators.enabled else None
         return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values, validators=validators)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
