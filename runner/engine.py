@@ -866,8 +866,7 @@ async def _heartbeat(state: _Run, job_link: database.Link | None) -> None:
                 job_link.call, selection.renew, state.source, state.options.holder, state.options.lease
             )
             if state.lease is not None and not await asyncio.to_thread(job_link.call, state.lease.renew):
-                lost = listings.LOST.format(source=state.source.name, seconds=state.lease.seconds)
-                state.halt("failed", lost)
+                state.halt("failed", listings.LOST.format(source=state.source.name, seconds=state.lease.seconds))
         except (DatabaseError, psycopg.Error) as error:
             log.warning("%s: heartbeat failed (%s); retrying at the next beat", state.source.name, error)
 
