@@ -18,17 +18,22 @@ what the source turns a reply into (the request it makes, its records, writes, s
 rules), computed once per run from the frozen spec, so editing a mapping, adding a column or
 changing an outcome rule makes the next run re-fetch every entity once; and (b) the entity's row
 is still in the primary write's table (a truncated or restored table is re-fetched), checked in
-the same query that loads the chunk's validators. `--restart` forgets a source's validators; a dry
-run (`--dry-run`, `test-read`) never sends any, so it shows what the API answers.
+the same query that loads the chunk's validators: by the key column mapped to `entity.<key>`, or
+else by the key of the first row the reply wrote there, kept with the validator (`row_key`), so a
+key mapped from the record (`id: record.id`) is checked too. A function write has no row to check.
+`--restart` forgets a source's validators; a dry run (`--dry-run`, `test-read`) never sends any, so
+it shows what the API answers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -37,7 +42,8 @@ from runner.client import Reply
 from runner.database import identifier
 from runner.expressions import JSON
 from runner.migrations import Catalog
-from runner.spec import Outcome, PaginationType, QualifiedName, SelectionType, Source
+from runner.spec import Column, Outcome, PaginationType, QualifiedName, SelectionType, Source
+from runner.templating import Settings, render
 
 __all__ = ["MAX_VALIDATOR", "Store", "Validators", "enabled", "fingerprint", "forget", "kept", "write"]
 
@@ -53,6 +59,7 @@ NOT_ASKED = (
 class Validators:
     etag: str | None = None
     last_modified: str | None = None
+    fingerprint: str | None = field(default=None, compare=False)  # the run's (Store.kept); None: from the spec
 
     def headers(self) -> dict[str, str]:
         sent = {"If-None-Match": self.etag, "If-Modified-Since": self.last_modified}
@@ -93,12 +100,28 @@ def kept(reply: Reply, redact: Callable[[str], str] = str) -> Validators:
     return Validators(usable(reply.headers.get("etag")), usable(reply.headers.get("last-modified")))
 
 
-def fingerprint(source: Source) -> str:
-    """A digest of what the source turns a reply into: a validator kept under another one was made
-    for other mappings (or another request) and is not sent. The spec is frozen dataclasses whose
-    reprs hold no addresses (an Expression's repr is its text), so the digest is stable across runs."""
+def origin(source: Source, settings: Settings) -> str:
+    """scheme://host:port of the source's resolved URL (`${env.API_URL}` filled in): validators one
+    server made are not sent to another (review16b N8). No user info, path or query, and masked by
+    the run's redactor, so no secret can flow into the fingerprint's input even in a host name."""
+    entity = {segment.name: "x" for segment in source.request.url.segments if isinstance(segment, Column)}
+    try:
+        parts = urlsplit(render(source.request.url, entity, settings, url=True))
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+        found = f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
+    except (KeyError, ValueError):  # an unresolved setting or a bad port: the run reports it elsewhere
+        return ""
+    return settings.redact(found)
+
+
+def fingerprint(source: Source, origin: str = "") -> str:
+    """A digest of what the source turns a reply into, and of the server it asks (`origin`): a
+    validator kept under another one was made for other mappings, another request or another server,
+    and is not sent. The spec is frozen dataclasses whose reprs hold no addresses (an Expression's
+    repr is its text), so the digest is stable across runs."""
     request = source.request
     parts = (
+        origin,
         request.url.text,
         tuple((name, template.text) for name, template in request.query),
         tuple((name, template.text) for name, template in request.headers),
@@ -113,31 +136,53 @@ def fingerprint(source: Source) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Anchor:
-    """Where an entity's row is: the primary write's table, its column mapped to exactly
-    `entity.<key>`, and that column's type (a cast for the keys, so its index is used)."""
+    """Where an entity's row is: the primary write's table and, when one of its key columns is mapped
+    to exactly `entity.<key>`, that column and its type (a cast for the keys, so its index is used).
+    Otherwise (`id: record.id`) `keys` are the write's key columns and their types: the row is found
+    by the values each validator's reply wrote there, kept with it (`row_key`)."""
 
     table: QualifiedName
-    column: str
+    column: str | None
     type: str | None
+    keys: tuple[tuple[str, str | None], ...] = ()
+
+
+def primary(source: Source) -> int | None:
+    """The primary write's index (writer.primary: the one marked `primary: true`, else the first
+    table write) when it writes a table; None when it calls a function (no row to check)."""
+    marked = [i for i, write in enumerate(source.writes) if write.primary]
+    tables = [i for i, write in enumerate(source.writes) if write.function is None]
+    found = (marked or tables)[:1]
+    return found[0] if found and source.writes[found[0]].function is None else None
 
 
 def anchor(source: Source, catalog: Catalog | None) -> Anchor | None:
-    """The primary write's (writer.primary: the one marked `primary: true`, else the first table
-    write) key or replace_by column mapped to exactly `entity.<key>`; None when it has none (a
-    function write, a key from the record): then only the fingerprint is checked."""
-    marked = [write for write in source.writes if write.primary]
-    tables = [write for write in source.writes if write.function is None]
-    found = (marked or tables)[:1]
-    if not found or found[0].function is not None:
+    """How to find the entity's row in the primary write's table; None for a function write: then
+    only the fingerprint is checked."""
+    index = primary(source)
+    if index is None:
         return None
-    write = found[0]
+    write = source.writes[index]
+    types = (catalog or {}).get(write.table, {})
     own = {"type": "subexpression", "children": [_field("entity"), _field(source.entities.key)]}
     mapped = {f.column: f.expression.parsed.parsed for f in write.columns}
     for column in dict.fromkeys((*write.key, *write.replace_by)):
         if mapped.get(column) == own:
-            types = (catalog or {}).get(write.table, {})
             return Anchor(write.table, column, types.get(column))
-    return None
+    return Anchor(write.table, None, None, tuple((column, types.get(column)) for column in write.key))
+
+
+def row_key(source: Source, rows: Mapping[int, list[dict[str, Any]]]) -> str | None:
+    """The key of the first row an entity's reply wrote in the primary write's table, as JSON text
+    ({} when it wrote none there: nothing to lose); None for a function write."""
+    index = primary(source)
+    if index is None:
+        return None
+    written = rows.get(index)
+    if not written:
+        return "{}"
+    first = written[0]
+    return json.dumps({c: None if first.get(c) is None else str(first[c]) for c in source.writes[index].key})
 
 
 def _field(name: str) -> dict[str, JSON]:
@@ -147,11 +192,14 @@ def _field(name: str) -> dict[str, JSON]:
 class Store:
     """The validators of the entities a run is about to fetch, loaded chunk by chunk as selected."""
 
-    def __init__(self, source: Source, *, catalog: Catalog | None = None, ask: bool = True) -> None:
+    def __init__(
+        self, source: Source, *, catalog: Catalog | None = None, ask: bool = True, settings: Settings | None = None
+    ) -> None:
         """`ask` False (a dry run): no validator is loaded or sent, so 304s never hide what the API
-        answers; a 304 is still classified (as an error: nothing was asked)."""
+        answers; a 304 is still classified (as an error: nothing was asked). `settings`: the run's,
+        for the origin its validators are kept under."""
         self.source, self.enabled, self.ask = source, enabled(source), ask
-        self.fingerprint = fingerprint(source)
+        self.fingerprint = fingerprint(source, origin(source, settings) if settings is not None else "")
         self.anchor = anchor(source, catalog) if catalog is not None else None
         self.known: dict[str, Validators] = {}
 
@@ -166,6 +214,10 @@ class Store:
                 keys = [entity[key] for entity in chunk]
                 self.known.update(load(conn, self.source.name, keys, self.fingerprint, self.anchor))
             yield chunk
+
+    def kept(self, reply: Reply, redact: Callable[[str], str] = str) -> Validators:
+        """`kept`, to be stored under this run's fingerprint."""
+        return replace(kept(reply, redact), fingerprint=self.fingerprint)
 
     def headers(self, entity: Mapping[str, JSON]) -> dict[str, str]:
         """The conditional headers for this entity's request ({} when it has no validator)."""
@@ -188,7 +240,7 @@ def load(
     cast fails) loads none for the chunk: its requests are unconditional, never wrong."""
     params: dict[str, Any] = {"source": source, "keys": [str(k) for k in keys], "fingerprint": print_}
     query: sql.SQL | sql.Composed = sql.SQL(_LOAD + _LOAD_WHERE)
-    if at is not None:
+    if at is not None and at.column is not None:
         cast = sql.SQL("::{}[]").format(sql.SQL(at.type)) if at.type else sql.SQL("")
         query = sql.SQL(
             "with present as (select t.{column}::text as key from {table} t where t.{column} = any(%(typed)s{cast}))"
@@ -201,6 +253,24 @@ def load(
             where=sql.SQL(_LOAD_WHERE),
         )
         params["typed"] = [str(k) for k in keys] if at.type else list(keys)
+    elif at is not None:  # the key is mapped from the record: look up the row the reply wrote
+        same = [
+            sql.SQL("t.{c} = (v.row_key->>{name}){cast}").format(
+                c=sql.Identifier(column), name=sql.Literal(column), cast=sql.SQL("::{}").format(sql.SQL(kind))
+            )
+            if kind
+            else sql.SQL("t.{c}::text = v.row_key->>{name}").format(c=sql.Identifier(column), name=sql.Literal(column))
+            for column, kind in at.keys
+        ]
+        query = sql.SQL(
+            "{load}{where} and v.row_key is not null"  # kept before row_key was: not sent (one unconditional run)
+            " and (v.row_key = '{{}}'::jsonb or exists (select 1 from {table} t where {same}))"
+        ).format(
+            load=sql.SQL(_LOAD),
+            where=sql.SQL(_LOAD_WHERE),
+            table=identifier(at.table),
+            same=sql.SQL(" and ").join(same),
+        )
     try:
         with conn.transaction():  # autocommit is off: never leave the selection's connection idle in one
             rows = conn.execute(query, params).fetchall()
@@ -215,12 +285,14 @@ def forget(conn: psycopg.Connection[Any], source: str) -> int:
         return conn.execute("delete from syncrun_validators where source = %s", (source,)).rowcount
 
 
-_KEEP = """insert into syncrun_validators as v (source, entity_key, etag, last_modified, fingerprint, updated_at)
-select %(source)s::text, k.key, k.etag, k.modified, %(fingerprint)s, now()
-from unnest(%(keys)s::text[], %(etags)s::text[], %(modified)s::text[]) as k(key, etag, modified)
+_KEEP = """insert into syncrun_validators as v
+    (source, entity_key, etag, last_modified, fingerprint, row_key, updated_at)
+select %(source)s::text, k.key, k.etag, k.modified, k.print, k.row_key::jsonb, now()
+from unnest(%(keys)s::text[], %(etags)s::text[], %(modified)s::text[], %(prints)s::text[], %(row_keys)s::text[])
+    as k(key, etag, modified, print, row_key)
 on conflict (source, entity_key) do update set
     etag = excluded.etag, last_modified = excluded.last_modified, fingerprint = excluded.fingerprint,
-    updated_at = now()"""
+    row_key = excluded.row_key, updated_at = now()"""
 _DROP = "delete from syncrun_validators where source = %(source)s and entity_key = any(%(keys)s::text[])"
 
 
@@ -231,12 +303,15 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[Any]) -> None
     if not enabled(source):
         return
     latest: dict[str, Validators | None] = {}
+    rows: dict[str, str | None] = {}
     for result in batch:  # last wins, like rows
         if result.outcome is Outcome.SUCCESS and result.validators is not None:
             latest[str(result.key)] = result.validators
+            rows[str(result.key)] = row_key(source, result.rows)
         elif result.outcome is Outcome.DELETE:
             latest[str(result.key)] = None
     keep = {key: v for key, v in sorted(latest.items()) if v}
+    spec_print = fingerprint(source) if any(v.fingerprint is None for v in keep.values()) else ""
     drop = [key for key, v in sorted(latest.items()) if not v]
     if keep:
         cursor.execute(
@@ -246,7 +321,8 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[Any]) -> None
                 "keys": list(keep),
                 "etags": [v.etag for v in keep.values()],
                 "modified": [v.last_modified for v in keep.values()],
-                "fingerprint": fingerprint(source),
+                "row_keys": [rows[key] for key in keep],
+                "prints": [v.fingerprint or spec_print for v in keep.values()],
             },
         )
     if drop:

@@ -150,14 +150,20 @@ def _project(source: Path) -> tuple[Project, list[Problem]]:
         return Project(), []
     shown = found if source.is_absolute() else Path(os.path.relpath(found))
     doc, problems = read(found.read_bytes(), str(shown))
-    if doc is not None:
-        problems += check(doc, "project.schema.json")[0]
-    if doc is None or problems:
-        return Project(auth=None, file=str(shown)), problems
+    schema, blocked = check(doc, "project.schema.json") if doc is not None else ([], set())
+    # A broken section keeps the others: a problem in `auth:` must not also drop the entity key, or
+    # every source below gets a second, misleading error about `appid` (review16b N11).
+    if doc is None or not isinstance(doc.data, dict) or any(p[:1] in ((), ("status",), ("entities",)) for p in blocked):
+        return Project(auth=None, file=str(shown)), problems + schema
     status, entities = doc.data.get("status", {}), doc.data.get("entities", {})
     default = Project()
-    # The shared auth blocks are built like a source's own, their problems placed in syncrun.yaml.
-    blocks = authblocks.project_blocks(_Builder(doc, shown, default, problems, set()), doc.data.get("auth"))
+    # The shared auth blocks are built like a source's own, their problems placed in syncrun.yaml;
+    # not when the file has other problems (None: a source's `use:` reports nothing more).
+    blocks: Mapping[str, spec.Auth | None] | None = None
+    if problems or schema:
+        problems += schema
+    else:
+        blocks = authblocks.project_blocks(_Builder(doc, shown, default, problems, set()), doc.data.get("auth"))
     return Project(
         status_table=_qualified(status["table"]) if "table" in status else default.status_table,
         status_key=status.get("key", default.status_key),

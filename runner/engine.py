@@ -12,6 +12,7 @@ connections owned by one task each, run in worker threads so the event loop keep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -42,7 +43,7 @@ from runner import (
 from runner.auth import Tokens
 from runner.auth import for_source as authenticator_for
 from runner.claimsize import ClaimSize
-from runner.conditional import NOT_ASKED, Store, kept
+from runner.conditional import NOT_ASKED, Store
 from runner.conditional import forget as forget_validators
 from runner.config import DEFAULT_OUTCOMES
 from runner.errors import DatabaseError, EntityError, MappingError, PaginationError, RunFailed, Stopped
@@ -148,8 +149,9 @@ class _Run:
         self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker(transient_runs=source.backoff.transient_runs)
+        self.lease: listings.Lease | None = None  # a list source's lease on its listing, renewed with the heartbeat
         # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
-        self.validators = Store(source, catalog=catalog, ask=not options.dry_run)
+        self.validators = Store(source, catalog=catalog, ask=not options.dry_run, settings=settings)
         self.write_failed = False
         self.complete = True  # before-steps see True; after-steps see whether the run really was complete
         # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
@@ -357,7 +359,7 @@ class _Run:
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
-        validators = kept(first, self.settings.redact) if self.validators.enabled else None
+        validators = self.validators.kept(first, self.settings.redact) if self.validators.enabled else None
         return self.result(entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values, validators=validators)
 
     def result(self, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
@@ -564,16 +566,15 @@ async def _drive(state: _Run) -> Report:
     write_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     job_link = database.Link(state.connect) if state.connect and not options.dry_run else None
     side: list[asyncio.Task[None]] = []
-    lock_conn = None
+    lease = None
     try:
         if job_link is not None and source.entities.type is spec.SelectionType.LIST:
-            lock_conn = state.connect() if state.connect else None
-            if lock_conn is not None and not await asyncio.to_thread(listings.take, lock_conn, source):
-                job = await asyncio.to_thread(listings.holder, lock_conn, source)
-                state.report.status = "busy"
-                state.report.error = listings.BUSY.format(source=source.name, job=f" (job {job})" if job else "")
+            lease = listings.Lease(source.name, state.options.heartbeat_every)
+            if not await asyncio.to_thread(job_link.call, lease.take):
+                state.report.status, state.report.error, lease = "busy", lease.busy, None
                 log.warning("%s: %s", source.name, state.report.error)
                 return state.report
+            state.lease = lease
         if job_link is not None:
             state.report.job_id = await asyncio.to_thread(
                 job_link.call,
@@ -584,6 +585,8 @@ async def _drive(state: _Run) -> Report:
                 metadata=options.metadata,
                 started_at=state.now,
             )
+            if lease is not None:
+                await asyncio.to_thread(job_link.call, lease.bind, state.report.job_id)
             await _steps(state, job_link, source.before, "before")
         side = [asyncio.create_task(_heartbeat(state, job_link)), asyncio.create_task(_deadline(state))]
         if source.entities.type is spec.SelectionType.LIST:
@@ -601,9 +604,11 @@ async def _drive(state: _Run) -> Report:
     finally:
         await _cancel(side)  # no heartbeat may start after the final update (a running one is waited for)
         _close(state, job_link)
-        for conn in (select_conn, lock_conn):  # closing the lock's connection releases the listing
-            if conn is not None:
-                conn.close()
+        if lease is not None and job_link is not None:  # else it lapses LEASE_BEATS heartbeats later
+            with contextlib.suppress(DatabaseError, psycopg.Error):
+                job_link.call(lease.release)
+        if select_conn is not None:
+            select_conn.close()
         for link in (write_link, job_link):
             if link is not None:
                 link.close()
@@ -877,6 +882,8 @@ async def _heartbeat(state: _Run, job_link: database.Link | None) -> None:
             await asyncio.to_thread(
                 job_link.call, selection.renew, state.source, state.options.holder, state.options.lease
             )
+            if state.lease is not None and not await asyncio.to_thread(job_link.call, state.lease.renew):
+                state.halt("failed", listings.LOST.format(source=state.source.name, seconds=state.lease.seconds))
         except (DatabaseError, psycopg.Error) as error:
             log.warning("%s: heartbeat failed (%s); retrying at the next beat", state.source.name, error)
 

@@ -60,6 +60,7 @@ OWN_TABLES = (
     "syncrun_cursors",
     "syncrun_validators",
     "syncrun_watermarks",
+    "syncrun_listings",
 )
 
 

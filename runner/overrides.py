@@ -36,7 +36,8 @@ from typing import cast
 
 from runner.errors import Problem, UsageError
 from runner.expressions import JSON
-from runner.redaction import FRAGMENT, Redactor
+from runner.fragments import FRAGMENT
+from runner.redaction import Redactor
 from runner.sourcefile import Document, Path_, did_you_mean, dotted, read, schema, show
 
 __all__ = ["Override", "apply", "blame", "parse", "recorded"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,25 +46,27 @@ __all__ = ["MAX_INTEGER", "Tracker", "Value", "decode", "encode", "parse", "sinc
 
 
 MAX_INTEGER = 2**63 - 1  # an integer watermark is a bigint: a version or sequence number, not 10**35
+_DIGITS = re.compile(r"-?[0-9]+")  # a cursor sent as text: ASCII digits, an optional minus, nothing else
 _EXACT_FLOAT = 2**53  # a JSON number beyond this is no longer exact as a float: it is refused
 
 
 def parse(found: JSON, kind: Value) -> Value:
     """A cursor (or `start`) value as the type of `kind`; ValueError says why it is not one. An
-    integer cursor takes whole numbers and strings of ASCII digits (APIs send 64-bit numbers as text),
-    within a signed 64-bit integer; a timestamp one takes ISO 8601 text with a zone, within the years
+    integer cursor takes whole numbers and strings of ASCII digits with an optional leading minus and
+    no spaces (APIs send 64-bit numbers as text), within a signed 64-bit integer, its largest value
+    (a sentinel more likely than a version) refused; a timestamp one takes ISO 8601 text with a zone, within the years
     1 to 9999 in UTC too."""
     if isinstance(kind, int):
         if isinstance(found, float) and found.is_integer() and abs(found) < _EXACT_FLOAT:
             found = int(found)
-        if isinstance(found, str) and len(found) <= 40:
-            digits = found.strip()
-            if digits.removeprefix("-").isascii() and digits.removeprefix("-").isdigit():
-                found = int(digits)
+        if isinstance(found, str) and len(found) <= 40 and _DIGITS.fullmatch(found):
+            found = int(found)
         if isinstance(found, bool) or not isinstance(found, int):
             raise ValueError(f"{_show(found)} is not an integer")
         if abs(found) > MAX_INTEGER:
-            raise ValueError(f"{_show(found)} is out of range (an integer watermark is at most {MAX_INTEGER})")
+            raise ValueError(f"{_show(found)} is out of range (an integer watermark is at most {MAX_INTEGER - 1})")
+        if found == MAX_INTEGER:  # a watermark there could never advance again: every run asks for it
+            raise ValueError(f"{found} is the largest 64-bit integer (a sentinel?): the watermark could not advance")
         return found
     if not isinstance(found, str):
         raise ValueError(f"{_show(found)} is not an ISO 8601 timestamp")
@@ -87,6 +90,10 @@ def _later(a: Value, b: Value) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a > b
     raise RunFailed("a timestamp and an integer cannot be compared: run with --restart")
+
+
+def _article(kind: object) -> str:
+    return f"an {kind}" if str(kind)[:1] in "aeiou" else f"a {kind}"
 
 
 def _show(value: JSON) -> str:
@@ -127,7 +134,7 @@ def decode(stored: Any, kind: Value) -> Value | None:
     wanted = "timestamp" if isinstance(kind, datetime) else "integer"
     if stored.get("type") != wanted:
         raise RunFailed(
-            f"the stored watermark is a {stored.get('type')}, but incremental.start is a {wanted}:"
+            f"the stored watermark is {_article(stored.get('type'))}, but incremental.start is {_article(wanted)}:"
             " run with --restart to start over from incremental.start"
         )
     return parse(stored["value"], kind)

@@ -71,6 +71,30 @@ def test_a_broken_shared_block_is_reported_where_it_is_written(
     assert cli.main(["validate", "source.yaml"]) == 2
 
 
+def test_a_broken_auth_section_keeps_the_projects_entity_key(tmp_path: Path) -> None:
+    """review16b N11: a schema problem in syncrun.yaml's `auth:` is the only problem reported; the
+    file's `entities:` and `status:` defaults still apply, so a source keyed by ticket_id is not also
+    told that {ticket_id} is not an entity column (have: appid). A broken `entities:` still falls back."""
+    (tmp_path / "syncrun.yaml").write_text(
+        "status: {table: hd_status, key: ticket_id}\nentities: {key: ticket_id, key_type: int}\n"
+        "auth:\n  helpdesk:\n    type: bearer\n"
+    )
+    file = tmp_path / "tickets.yaml"
+    file.write_text(
+        "name: tickets\nentities: {limit: 5}\nrequest: {url: 'https://api.example.com/tickets/{ticket_id}'}\n"
+        "rate_limit: {requests: 1, per: 1s}\n"
+        "writes: [{table: tickets, key: [id], columns: {id: entity.ticket_id}}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load(file)
+    assert [p.message for p in caught.value.problems] == ["is required but missing"]
+    assert [p.path for p in caught.value.problems] == ["auth.helpdesk.token"]
+    (tmp_path / "syncrun.yaml").write_text("entities: {key: ticket_id, key_type: integer}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(file)
+    assert any("entities.key_type" in str(p) for p in caught.value.problems)
+
+
 def test_use_without_a_project_file_says_so(tmp_path: Path) -> None:
     source = (CASES / "use_unknown.yaml").read_text().replace("helpdsk", "helpdesk")
     assert config.find_project(tmp_path / "s.yaml") is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import cli, conditional, config
+from runner import cli, conditional, config, templating
 from runner.client import Reply as ClientReply
 from runner.errors import ConfigError
 from tests.apiserver import ApiServer, Recorded, Reply
@@ -272,6 +272,88 @@ def test_emptied_target_table_is_fetched_again(env: Database, api: ApiServer, tm
     assert env.rows("select items_succeeded, items_unchanged from sync_jobs order by started_at desc limit 1") == [
         (3, 0)
     ]
+
+
+@dataclass
+class Keyed(Documents):
+    """The same API, its documents carrying their id (mapped as `id: body.id`, the tutorial's style)."""
+
+    def body(self, ident: int) -> dict[str, object]:
+        return {"id": ident, **super().body(ident)}
+
+
+def test_emptied_table_is_fetched_again_when_the_key_comes_from_the_reply(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """review16b N1: with the key column mapped from the reply (`id: body.id`), not `entity.id`, the
+    row each validator's reply wrote is kept with it (row_key) and looked up: deleted or truncated
+    rows are re-fetched, present ones still get 304s."""
+    docs = Keyed({1: 1, 2: 1, 3: 1})
+    file = seeded(env, tmp_path, api, docs)
+    file.write_text(file.read_text().replace("{id: entity.id,", "{id: body.id,"))
+    assert run(file, 3) == 0
+    assert env.rows("select entity_key, row_key from syncrun_validators order by 1") == [
+        (str(i), {"id": str(i)}) for i in range(1, 4)
+    ]
+    assert run(file, 3) == 0
+    assert docs.not_modified == 3
+    env.run("delete from stations where id = 2")
+    before = len(api.requests)
+    assert run(file, 3) == 0
+    assert {r.path: "if-none-match" in r.headers for r in api.requests[before:]} == {
+        "/stations/1": True,
+        "/stations/2": False,
+        "/stations/3": True,
+    }
+    env.run("truncate stations")
+    before = len(api.requests)
+    assert run(file, 3) == 0
+    assert sent_validators(api, before) == 0
+    assert env.scalar("select count(*) from stations") == 3
+    assert env.rows("select items_succeeded, items_unchanged from sync_jobs order by started_at desc limit 1") == [
+        (3, 0)
+    ]
+
+
+def test_another_server_behind_the_same_setting_gets_no_validators(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review16b N8: `${env.API_URL}` pointed elsewhere (here localhost instead of 127.0.0.1, as a
+    staging -> production switch would be): the origin is in the fingerprint, so the first server's
+    validators are not sent to the second; its own are, from the run after."""
+    docs = Documents({1: 1, 2: 1})
+    file = seeded(env, tmp_path, api, docs)
+    assert run(file, 2) == 0
+    assert run(file, 2) == 0
+    assert docs.not_modified == 2
+    monkeypatch.setenv("API_URL", api.url.replace("127.0.0.1", "localhost"))
+    before = len(api.requests)
+    assert run(file, 2) == 0
+    assert sent_validators(api, before) == 0
+    assert run(file, 2) == 0
+    assert docs.not_modified == 4
+
+
+def test_the_origin_holds_no_secret(tmp_path: Path) -> None:
+    """The origin is scheme://host:port only (no user info, path or query), and masked by the run's
+    redactor: a secret in the URL never reaches the fingerprint's input in plain form."""
+    file = tmp_path / "o.yaml"
+    file.write_text(
+        SOURCE.replace("EXTRA\n", "").replace(
+            '"${env.API_URL}/stations/{id}"', '"https://u:${secret.PW}@${secret.HOST}:8443/k/${secret.PW}/{id}"'
+        )
+    )
+    (tmp_path / "syncrun.yaml").write_text("status: {table: s, key: id}\nentities: {key: id, key_type: int}\n")
+    source = config.load(file)
+    secrets = {"PW": "password-12345678", "HOST": "internal-api.example"}
+    settings = templating.resolve(source.settings, secrets)
+    found = conditional.origin(source, settings)
+    assert found == "https://***:8443"
+    assert not any(piece in found for value in secrets.values() for piece in (value, value[:8]))
+    file.write_text(file.read_text().replace("${secret.HOST}", "${env.HOST}"))
+    source = config.load(file)
+    settings = templating.resolve(source.settings, {"PW": "password-12345678", "HOST": "API.example"})
+    assert conditional.origin(source, settings) == "https://api.example:8443"
 
 
 def test_a_changed_mapping_fetches_every_entity_again(env: Database, api: ApiServer, tmp_path: Path) -> None:

@@ -348,8 +348,11 @@ def test_a_start_at_the_earliest_date_with_a_lookback_asks_from_it(
     [
         (10**35, "is out of range"),
         (2**63, "is out of range"),
+        (2**63 - 1, "is the largest 64-bit integer (a sentinel?): the watermark could not advance"),
+        (str(2**63 - 1), "is the largest 64-bit integer"),
         (1e30, "is not an integer"),
         ("7.5", "is not an integer"),
+        (" 7", "is not an integer"),
     ],
 )
 def test_integer_cursors_are_bounded(value: Any, why: str, env: Database, api: ApiServer, tmp_path: Path) -> None:
@@ -376,10 +379,17 @@ def test_integer_cursors_as_digit_strings_are_read(env: Database, api: ApiServer
 
 
 def test_parse_bounds() -> None:
-    assert watermarks.parse(" 42 ", 0) == 42
+    """review16b N10: digits only (ASCII, an optional leading minus, no spaces or signs); the largest
+    bigint, which no later value could pass, is refused too."""
+    assert watermarks.parse("42", 0) == 42
+    assert watermarks.parse("-42", 0) == -42
+    assert watermarks.parse("007", 0) == 7
     assert watermarks.parse(-(2**63) + 1, 0) == -(2**63) + 1
-    for bad in ("٣", "1" * 50, 2**63, True, "0x10"):
+    assert watermarks.parse(2**63 - 2, 0) == 2**63 - 2
+    for bad in ("٣", "1" * 50, 2**63, True, "0x10", " 7", "7 ", "+7", "7\n", "1_000", "", "-", "- 7"):
         with pytest.raises(ValueError, match=r"not an integer|out of range"):
             watermarks.parse(bad, 0)
+    with pytest.raises(ValueError, match="largest 64-bit integer"):
+        watermarks.parse(2**63 - 1, 0)
     with pytest.raises(ValueError, match="out of range"):
         watermarks.parse("9999-12-31T23:59:59-14:00", datetime.now(UTC))

@@ -33,6 +33,7 @@ def test_check_on_an_empty_database_names_everything_and_the_command(db: Databas
         "syncrun_cursors is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_validators is missing: run `syncrun migrate sources/example.yaml`",
         "syncrun_watermarks is missing: run `syncrun migrate sources/example.yaml`",
+        "syncrun_listings is missing: run `syncrun migrate sources/example.yaml`",
         "sync_jobs is missing: run `syncrun migrate sources/example.yaml`",
         "sync_status is missing: run `syncrun migrate sources/example.yaml`",
     ]
@@ -50,6 +51,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0006_watermarks",
         "0007_transient_runs",
         "0008_validator_fingerprint",
+        "0009_listing_leases",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -61,6 +63,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (6, "0006_watermarks"),
         (7, "0007_transient_runs"),
         (8, "0008_validator_fingerprint"),
+        (9, "0009_listing_leases"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -221,6 +224,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0006_watermarks",
         "0007_transient_runs",
         "0008_validator_fingerprint",
+        "0009_listing_leases",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [
