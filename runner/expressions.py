@@ -379,14 +379,27 @@ EVALUATION_FAULTS: tuple[type[Exception], ...] = (
 )
 
 Compiled = Callable[[JSON], JSON]
+_COMPILED = frozenset(
+    {
+        "comparator",
+        "and_expression",
+        "or_expression",
+        "not_expression",
+        "function_expression",
+        "multi_select_list",
+        "pipe",
+    }
+)
 _ORDERING = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
 
 
 def _compile(ast: dict[str, Any]) -> Compiled | None:
     """Plain Python for the shapes outcome rules and most mappings are made of: field paths,
-    literals, comparisons, `&&`, `||`, `!`. They run for every request and every row, and jmespath's
-    interpreter costs ~5 µs a node. Anything else (functions, projections, …) returns None and is
-    interpreted. Semantics follow jmespath's visitor exactly (tests/test_expressions.py compares)."""
+    literals, comparisons, `&&`, `||`, `!`, `@`, pipes, lists and function calls (the functions
+    themselves are jmespath's, through its own signature checks). They run for every request and
+    every row, and jmespath's interpreter costs ~5 µs a node. Anything else (projections, filters,
+    slices, `&expression` arguments, …) returns None and is interpreted. Semantics follow jmespath's
+    visitor exactly (tests/test_expressions.py compares)."""
     kind = ast["type"]
     if kind in ("field", "subexpression"):
         path = _fast(ast)
@@ -394,12 +407,24 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
     if kind == "literal":
         value = ast["value"]
         return lambda _: value
-    if kind not in ("comparator", "and_expression", "or_expression", "not_expression"):
+    if kind == "current":
+        return lambda data: data
+    if kind not in _COMPILED:
         return None  # before the children: a slice's children are numbers, not nodes
     parts = [_compile(child) for child in ast["children"]]
     if any(part is None for part in parts):
-        return None
+        return None  # an `&expression` argument (sort_by, max_by, map) among them: interpreted
     compiled = [part for part in parts if part is not None]
+    if kind == "function_expression":
+        # Arguments evaluated here, then jmespath's own call: its signature checks (and their
+        # errors) and the function itself, as the interpreter would; only the tree walk is saved.
+        name, call = ast["value"], _OPTIONS.custom_functions.call_function
+        return lambda data: call(name, [argument(data) for argument in compiled])
+    if kind == "multi_select_list":
+        return lambda data: None if data is None else [item(data) for item in compiled]
+    if kind == "pipe":
+        left, right = compiled
+        return lambda data: right(left(data))
     if kind == "comparator":
         return _comparator(ast["value"], compiled[0], compiled[1])
     if kind == "and_expression":
