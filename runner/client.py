@@ -316,7 +316,8 @@ async def read_body(response: httpx.Response, max_body: int, url: str) -> bytes:
                         f"exceeded request.max_body ({max_body:,} bytes) once decoded"
                         f" (Content-Encoding: {decoder.codings}); stopped reading"
                     )
-                await asyncio.sleep(0)  # inflating is CPU work: let the other requests run between steps
+                if decoder.layers:  # inflating is CPU work: let the other requests run between steps
+                    await asyncio.sleep(0)
         if seen:  # a 204 or an empty 200 may still name a coding: nothing to decode is not truncated
             decoder.finish()
     except _BadBody as exc:
@@ -478,7 +479,8 @@ def parse_json(raw: bytes, content_type: str = "application/json") -> tuple[JSON
         if "integer string conversion" in text_error:
             text_error = "a number has more digits than Python converts (4,300)"
         return None, f"unusable JSON: {text_error}"
-    depth = _depth(text)
+    # Nesting cannot pass the number of opening brackets (counted at C speed; most bodies stop here).
+    depth = _depth(text) if text.count("[") + text.count("{") > MAX_DEPTH else 0
     if depth > MAX_DEPTH:
         return None, f"JSON nested {depth:,} levels deep, more than {MAX_DEPTH}"
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):

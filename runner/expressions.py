@@ -418,8 +418,8 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
     if kind == "function_expression":
         # Arguments evaluated here, then jmespath's own call: its signature checks (and their
         # errors) and the function itself, as the interpreter would; only the tree walk is saved.
-        name, call = ast["value"], _OPTIONS.custom_functions.call_function
-        return lambda data: call(name, [argument(data) for argument in compiled])
+        call = _caller(ast["value"])
+        return lambda data: call([argument(data) for argument in compiled])
     if kind == "multi_select_list":
         return lambda data: None if data is None else [item(data) for item in compiled]
     if kind == "pipe":
@@ -437,6 +437,40 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
         (inner,) = compiled
         return lambda data: _not(inner(data))
     return None
+
+
+def _caller(name: str) -> Callable[[list[JSON]], JSON]:
+    """The function `name` called on evaluated arguments. Arguments whose types its signature accepts
+    go straight to it; anything else goes through jmespath's `call_function`, which raises the same
+    error as the interpreter (unknown function, arity, type). jmespath checks the top-level type by
+    its Python type's name (a bool is no number) and, for typed arrays, each element: those
+    signatures always go through jmespath."""
+    functions = _OPTIONS.custom_functions
+    checked = partial(functions.call_function, name)
+    entry = functions.FUNCTION_TABLE.get(name)
+    if entry is None:
+        return checked
+    signature, function = entry["signature"], entry["function"]
+    variadic = bool(signature) and bool(signature[-1].get("variadic"))
+    allowed: list[frozenset[str] | None] = []
+    for argument in signature:
+        if not argument["types"]:
+            allowed.append(None)
+            continue
+        names, subtypes = functions._get_allowed_pytypes(argument["types"])
+        if subtypes:
+            return checked
+        allowed.append(frozenset(names))
+    count = len(signature)
+
+    def call(arguments: list[JSON]) -> JSON:
+        if (len(arguments) >= count if variadic else len(arguments) == count) and all(
+            types is None or type(value).__name__ in types for value, types in zip(arguments, allowed, strict=False)
+        ):
+            return function(functions, *arguments)
+        return checked(arguments)
+
+    return call
 
 
 def _walk(path: tuple[str, ...], data: JSON) -> JSON:

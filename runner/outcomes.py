@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from jmespath.exceptions import JMESPathError
 
@@ -39,7 +39,7 @@ def classify(
     for index, rule in enumerate(rules, start=1):
         name = rule.name or f"rule {index}"
         if truthy(_search(rule.when, context, name)):
-            return replace(_decide(rule, name, context, stamp_on_skip), index=index)
+            return _decide(rule, name, context, stamp_on_skip, index)
     return Decision(
         outcome=spec.Outcome.ERROR,
         rule="",
@@ -49,7 +49,7 @@ def classify(
     )
 
 
-def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: bool) -> Decision:
+def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: bool, index: int) -> Decision:
     outcome = rule.outcome
     skipping = outcome in (spec.Outcome.SKIP, spec.Outcome.SKIP_UNTIL)
     message = None
@@ -67,6 +67,7 @@ def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: boo
         or (skipping and (rule.stamp if rule.stamp is not None else stamp_on_skip)),
         until=rule.duration if outcome is spec.Outcome.SKIP_UNTIL else None,
         values={f.column: _search(f.expression, context, name) for f in rule.set},
+        index=index,
     )
 
 
