@@ -348,7 +348,7 @@ class _Run:
             redact = self.settings.redact.value  # an API that echoes a token never gets it stored
             cut = keep if number == len(replies) else None
             for index, produced in mapping.rows(self.source, base, keep=cut).items():
-                rows[index].extend({column: redact(value) for column, value in row.items()} for row in produced)
+                rows[index].extend(mapping.redacted(produced, redact))
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
