@@ -1,7 +1,7 @@
 """The HTTP client: one `send` per logical request, with a total per-attempt timeout, a body-size cap,
 tenacity retries with backoff, and Retry-After honoured for the whole rate-limit bucket.
 
-httpx exceptions are translated here and nowhere else. The only tenacity import.
+httpx exceptions are translated here and nowhere else. The only tenacity import (at the first retry).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import tenacity
 
 from runner import spec
 from runner.aiotransport import AiohttpTransport
@@ -31,6 +30,9 @@ from runner.errors import FetchError, RunFailed, Transient
 from runner.expressions import JSON
 from runner.plans import RequestPlan
 from runner.ratelimit import GRANTED, Limiter, RateLimitedTransport
+
+if TYPE_CHECKING:
+    import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,8 @@ async def send(
     except _Retryable as exc:
         failed = exc
     if policy.attempts > 1:
+        import tenacity  # only a retry needs it: ~5 ms of start-up otherwise
+
         await sleep(_delay(policy, failed, 1))
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(policy.attempts - 1),

@@ -46,6 +46,16 @@ def context(
     }
 
 
+def run_values(now: datetime, job_id: str | None) -> dict[str, JSON]:
+    """The context's `run` section: when the run started (UTC) and its job."""
+    return {
+        "now": now.isoformat(),
+        "today": now.date().isoformat(),  # the run's UTC date, never the machine's local date
+        "started_at": now.isoformat(),
+        "job_id": job_id,
+    }
+
+
 def records(source: spec.Source, base: dict[str, JSON]) -> list[JSON]:
     """The record(s) a response carries: `records:` may select one object or a list of them."""
     found = base["body"] if source.records is None else _search(source.records, base, "records")
