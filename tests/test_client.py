@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from runner import client, spec
 from runner.aiotransport import MAX_HEADERS, _headers
+from runner.client import _depth
 from runner.errors import FetchError, RunFailed, Transient
 from runner.expressions import Expression
 from runner.ratelimit import Limiter
@@ -630,3 +631,19 @@ def test_headers_go_to_aiohttp_as_httpx_lists_them(headers: list[tuple[str, str 
     """The transport's header list is httpx's `multi_items()` (lower-case names, httpx's encoding)."""
     built = httpx.Headers(headers)
     assert _headers(built) == built.multi_items()
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ("[]", 1),
+        ("{}", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('[[], [[{}]], "[[[[[["]', 4),
+        ("[" * 300 + "]" * 300, 300),
+    ],
+)
+def test_nesting_is_measured_on_the_decoded_value(text: str, depth: int) -> None:
+    """Brackets inside strings do not count; empty containers do."""
+    assert _depth(json.loads(text)) == depth
