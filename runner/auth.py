@@ -3,11 +3,12 @@ tokens fetched while the run goes (client credentials, refresh token).
 
 `AuthTransport` wraps the rate-limited transport, so every attempt and every page to the source's own
 origin carries the credentials, and a request to another origin (a next-page link to `allow_origins`)
-never does. Token requests (runner/tokens.py) go through a plain client of their own: they do not
-spend the API's rate budget. One token is shared by all concurrent requests, and by every source of
-the run using the same auth block (`Tokens`); one fetch is in flight at a time; it is renewed shortly
-before `expires_in` runs out, and once when the API answers 401 to it. A token is a secret the moment
-it arrives (added to the run's Redactor), and it is never stored.
+never does. Token requests (runner/tokens.py) go through a client of their own: they do not spend the
+API's rate budget unless the block says so (`rate_limited: true`). One token is shared by all
+concurrent requests, and by every source of the run using the same auth block (`Tokens`); one fetch
+is in flight at a time; it is renewed shortly before `expires_in` runs out, and once when the API
+answers 401 to it. A token is a secret the moment it arrives (added to the run's Redactor), and it is
+never stored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +24,7 @@ import httpx
 
 from runner import spec, templating, tokens
 from runner.errors import RunFailed
+from runner.ratelimit.local import Limiter
 
 log = logging.getLogger("syncrun")
 
@@ -60,20 +63,27 @@ class Tokens:
 
 
 class Token:
-    """One access token and when to renew it; one fetch in flight at a time (the lock)."""
+    """One access token and when to renew it; one fetch in flight at a time (the lock). A failed fetch
+    is remembered (`failed`): every request that waited for the renewal, and any later one, gets the
+    same failure without asking the endpoint again. Otherwise each waiter would repeat the whole retry
+    policy (8 requests in flight, 3 attempts: 24 token requests for one failure), and with a rotating
+    refresh-token provider re-send a refresh token the provider has already spent, which providers with
+    reuse detection answer by revoking the whole token family."""
 
     def __init__(self) -> None:
         self.value: str | None = None
         self.renew_at = float("inf")
         self.fetches = 0  # token requests made (for tests and logs)
+        self.failed: str | None = None  # the message of the fetch that failed: the run is over
         self.lock = asyncio.Lock()
 
 
 def for_source(
-    source: spec.Source, settings: templating.Settings, tokens: Tokens | None = None
+    source: spec.Source, settings: templating.Settings, tokens: Tokens | None = None, limiter: Limiter | None = None
 ) -> Authenticator | None:
     """The source's authenticator for this run, or None without an `auth:` block. `tokens` holds the
-    run's OAuth2 tokens (shared between sources using one block); a new one when not given."""
+    run's OAuth2 tokens (shared between sources using one block); a new one when not given. `limiter`:
+    the source's, which token requests wait for only with `auth.rate_limited`."""
     if source.auth is None:
         return None
     tokens = tokens or Tokens()
@@ -87,6 +97,8 @@ def for_source(
         retry=source.retry,
         token=tokens.token(source.auth),
         stand_in=tokens.stand_in,
+        verify_tls=source.request.verify_tls if source.auth.verify_tls is None else source.auth.verify_tls,
+        limiter=limiter if source.auth.rate_limited else None,
     )
 
 
@@ -106,13 +118,22 @@ class Authenticator:
         token_transport: httpx.AsyncBaseTransport | None = None,
         token: Token | None = None,
         stand_in: bool = False,
+        verify_tls: bool = True,
+        limiter: Limiter | None = None,
     ) -> None:
         self.auth, self.own, self.settings, self.clock = auth, own, settings, clock
         self.oauth2 = auth.type in (spec.AuthType.OAUTH2_CLIENT_CREDENTIALS, spec.AuthType.OAUTH2_REFRESH_TOKEN)
         self.token = token or Token()
         self.stand_in = stand_in
         self.endpoint = tokens.Endpoint(
-            auth, settings, timeout=timeout, retry=retry, sleep=sleep, transport=token_transport
+            auth,
+            settings,
+            timeout=timeout,
+            retry=retry,
+            sleep=sleep,
+            transport=token_transport,
+            verify_tls=verify_tls,
+            limiter=limiter,
         )
 
     @property
@@ -147,7 +168,7 @@ class Authenticator:
     async def current(self) -> str:
         token = self.token
         async with token.lock:
-            if token.value is None or self.clock() >= token.renew_at:
+            if token.value is None or self.clock() >= token.renew_at or token.failed is not None:
                 await self.fetch()
             assert token.value is not None
             return token.value
@@ -161,6 +182,8 @@ class Authenticator:
     async def fetch(self) -> None:
         """A new token into the shared Token (its lock held by the caller)."""
         token = self.token
+        if token.failed is not None:
+            raise RunFailed(token.failed)
         if self.stand_in:
             token.fetches += 1
             token.value, token.renew_at = f"replayed-token-{token.fetches}", float("inf")
@@ -169,19 +192,13 @@ class Authenticator:
         before = self.endpoint.attempts
         try:
             grant = await self.endpoint.grant()
+            self.refuse_rotation(grant)
+        except RunFailed as error:
+            token.failed = str(error)
+            raise
         finally:
             token.fetches += self.endpoint.attempts - before  # each attempt is a token request
         shown = self.settings.redact(self.value(self.auth.token_url))
-        if (
-            self.auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN
-            and grant.refresh_token is not None
-            and grant.refresh_token != self.value(self.auth.refresh_token)
-        ):
-            raise RunFailed(
-                f"the token endpoint {shown} rotated the refresh token (it answered a new one), which"
-                " syncrun does not support: it never stores tokens, so the next run would hold a spent one"
-                " — use a client that does not rotate refresh tokens, or oauth2_client_credentials"
-            )
         token.value = grant.access_token
         expires = grant.expires_in
         token.renew_at = (
@@ -189,6 +206,23 @@ class Authenticator:
         )
         lasts = f"expires in {expires:g} s" if expires is not None else "no expires_in"
         log.info("fetched an access token from %s (%s; token request %d)", shown, lasts, token.fetches)
+
+    def refuse_rotation(self, grant: tokens.Grant) -> None:
+        """A refresh-token grant answered with a new refresh token: the provider rotates them. The one
+        configured is then most likely spent, and syncrun never stores tokens: say so, and what to do."""
+        if (
+            self.auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN
+            and grant.refresh_token is not None
+            and grant.refresh_token != self.value(self.auth.refresh_token)
+        ):
+            shown = self.settings.redact(self.value(self.auth.token_url))
+            raise RunFailed(
+                f"the token endpoint {shown} rotated the refresh token (it answered a new one), which"
+                f" syncrun does not support: it never stores tokens. The provider has most likely spent"
+                f" {self.auth.field('refresh_token')} with this answer, so the next run would fail with"
+                " invalid_grant: obtain a new refresh token, and use a client that does not rotate refresh"
+                " tokens, or oauth2_client_credentials"
+            )
 
     async def rejected(self, request: httpx.Request, response: httpx.Response, *, renewed: bool) -> str:
         """The message for a 401 the credentials could not get past."""
@@ -205,6 +239,26 @@ class Authenticator:
             f"HTTP 401 from {request.method} {url} — the API rejected the {self.auth.type.value} credentials{again}"
             f"{f' ({said})' if said else ''}; check {fields}"
         )
+
+    def lacking(self, request: httpx.Request, scope: str) -> str:
+        """The message for a 403 whose challenge says `insufficient_scope` (RFC 6750 §3.1): every request
+        of the source carries the same credentials, so the run stops, naming the scope the API asked for."""
+        wanted = tokens.text(scope[:120].encode()).strip("'\"")
+        asked = f"; the API asks for scope {wanted!r}" if wanted else ""
+        if self.oauth2:
+            sent = " ".join(self.auth.scopes) or "none"
+            what = (
+                f"the access token lacks a scope this request needs{asked};"
+                f" add it to {self.auth.field('scopes')} (sent: {sent})"
+            )
+        else:
+            names = [self.auth.field(name) for name in _FIELDS[self.auth.type]]
+            what = (
+                f"the {self.auth.type.value} credentials lack a permission this request needs{asked};"
+                f" check what {names[0]} may do"
+            )
+        url = self.settings.redact(str(request.url))
+        return self.settings.redact(f"HTTP 403 (insufficient_scope) from {request.method} {url} — {what}")
 
     async def aclose(self) -> None:
         await self.endpoint.aclose()
@@ -234,6 +288,11 @@ class AuthTransport(httpx.AsyncBaseTransport):
             renewals += 1
             used = await authenticator.apply(sent)
             response = await self.inner.handle_async_request(sent)
+        if response.status_code == 403:  # sent with the credentials (the request is to the own origin)
+            challenge = _params(response.headers.get("www-authenticate", ""))
+            if challenge.get("error") == "insufficient_scope":  # RFC 6750 §3.1: the same for every request
+                await response.aclose()
+                raise RunFailed(authenticator.lacking(request, challenge.get("scope", "")))
         if response.status_code != 401:
             return response
         try:
@@ -264,6 +323,18 @@ async def _excerpt(response: httpx.Response) -> bytes:
     if response.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
         return b""
     return bytes(raw[:EXCERPT])
+
+
+_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))')
+
+
+def _params(header: str) -> dict[str, str]:
+    """The auth-params of a challenge: `Bearer error="insufficient_scope", scope="a b"` (RFC 6750 §3),
+    names lower-cased, the first of each kept; at most the first 4 KB read."""
+    found: dict[str, str] = {}
+    for match in _PARAM.finditer(header[:4096]):
+        found.setdefault(match[1].lower(), match[2] if match[2] is not None else match[3])
+    return found
 
 
 def _challenge(header: str) -> str:

@@ -10,16 +10,19 @@ the `Checker` (it reports each problem at its file and line), for a source file 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Protocol, cast
 
 from runner import spec, templating
 from runner.expressions import JSON
+from runner.redaction import Redactor
 from runner.sourcefile import Path_, did_you_mean, show
 
 TEMPLATES = frozenset(
     {"token", "value", "username", "password", "token_url", "client_id", "client_secret", "refresh_token"}
 )
+_NONE = templating.Settings({}, Redactor())  # a URL without settings renders without any
 SECRETS = frozenset({"token", "value", "password", "client_secret", "refresh_token"})
 
 
@@ -44,6 +47,8 @@ def block(checker: Checker, raw: dict[str, JSON], at: Path_, *, shared: str | No
         )
         return None
     timeout = checker.duration((*at, "timeout"), raw["timeout"], positive=True) if "timeout" in raw else None
+    if (url := fields.get("token_url")) is not None:
+        token_url(checker, (*at, "token_url"), url)
     if any(t is None for t in fields.values()) or any(t is None for _, t in extra):
         return None
     return spec.Auth(
@@ -54,6 +59,8 @@ def block(checker: Checker, raw: dict[str, JSON], at: Path_, *, shared: str | No
         extra=cast(tuple[tuple[str, spec.Template], ...], extra),
         client_auth=client_auth,
         timeout=timeout,
+        verify_tls=cast(bool | None, raw.get("verify_tls")),
+        rate_limited=raw.get("rate_limited") is True,
         shared=shared,
         **cast(dict[str, spec.Template], fields),
     )
@@ -101,6 +108,16 @@ def check_overlap(checker: Checker, request: JSON, auth: spec.Auth) -> None:
     for key, _ in _items(request.get(part)):
         if key.lower() == name.lower() if part == "headers" else key == name:
             checker.add(("request", part, key), f"is also set by {where}: remove one of the two")
+
+
+def token_url(checker: Checker, path: Path_, url: spec.Template) -> None:
+    """An http(s) URL with a host, as the request URL must be: written whole, checked now; one that
+    reads a setting is checked at run start with the value (runner/preflight.py)."""
+    first = url.segments[0] if url.segments else None
+    if isinstance(first, spec.Literal) and not re.match(r"https?://", first.text, re.IGNORECASE):
+        checker.add(path, "must start with http:// or https:// (or a setting such as ${env.TOKEN_URL})")
+    elif not url.settings and (reason := templating.url_problem(templating.render(url, {}, _NONE, url=True))):
+        checker.add(path, f"is not a usable URL: {reason}")
 
 
 def template(checker: Checker, path: Path_, value: JSON, *, secret: bool = False) -> spec.Template | None:

@@ -12,8 +12,11 @@ for dashboards, runner/stamps.py):
   which it failed transiently, and from `backoff.transient_runs` such runs (default 3) it climbs the
   same ladder. The count is added once per run, at its end (`record`), for the entities the run
   wrote as failed transiently — not for a refused credential (the source's problem), not for an
-  entity whose claim was lost, and not at all when the circuit breaker stopped the run (an outage is
-  the API's, so "no entity was penalised" holds). Only an entity whose latest event is still that
+  entity whose claim was lost. A run the circuit breaker stopped counts too: 20 entities that fail
+  every time at the front of the selection order trip it on every run, and uncounted they would never
+  back off and nothing behind them would ever be fetched (review13 F1). In a real outage that costs
+  the entities each run tried (the breaker stops it after ~20) one count per run, a back-off only
+  after K runs in a row, reset by their next success. Only an entity whose latest event is still that
   failure is counted (another runner's later success wins).
 - **The cut-off** (`entities.max_consecutive_errors`): an entity whose failed runs since its last
   success (`consecutive_errors + transient_runs`) reach it is no longer selected (`--ids` still

@@ -1,12 +1,20 @@
-"""The circuit breaker: stop a run whose failures are the API's, not the entities'.
+"""The circuit breaker: stop a run whose failures look like the API's, not the entities'.
 
-Two trips, both ending the run as `failed` with one clear message and penalising no entity
-(their errors are recorded, but their backoff does not advance):
+Two trips, both ending the run as `failed` with one clear message. What the breaker spares is the
+rate budget and the definitive penalty, not the record: every failed entity's error is recorded
+(syncrun_state.last_error, the seed's `last_error_*` and `consecutive_errors`), none is filed as a
+definitive failure (so none backs off at once), and
 
 - **credentials**: `AUTH_TRIP` consecutive 401/403 answers. A revoked key fails every entity the
-  same way; there is no point spending the rate budget of the whole run to learn that.
+  same way; there is no point spending the rate budget of the whole run to learn that. A refused
+  credential is the source's problem: it never counts against an entity (no backoff, ever).
 - **outage**: `OUTAGE_TRIP` consecutive entities that failed with transient errors (5xx, 429,
-  timeouts, connection resets) after all their retries: the API is down, not those entities.
+  timeouts, connection resets) after all their retries: the API looks down — or these entities fail
+  every time (a run of broken entities at the front of the selection order looks the same from here).
+  So each of them counts one transiently failed run, like in any other run (runner/backoff.py), and
+  only an entity that failed like this in `backoff.transient_runs` runs in a row backs off: a real
+  outage costs at most the few entities each run tried, a mild ladder from `initial`, reset by their
+  next success; broken entities move out of the way instead of stopping every run at the same place.
 
 Any success or skip closes the breaker again (resets both counts). The engine counts each entity as
 its outcome is decided, not when its write batch commits, so at most `AUTH_TRIP` refused requests (plus
@@ -18,7 +26,8 @@ the summary tell the same story: "stopped after 5 consecutive authentication fai
 
 "Stopped" only when it did stop something: a trip on the run's last entities, with nothing selected
 left to process, ends the run as `failed` all the same, but says "the run ended on ... (nothing was
-left to stop)" (`message(stopped=False)`).
+left to stop)" (`message(stopped=False)`). Every message starts with `circuit breaker: ` (the
+stable prefix docs/cli.md lists).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ class Breaker:
     what: str = ""  # what tripped it: "5 consecutive authentication failures (HTTP 401/403)"
     late: int = 0  # entities that finished after the trip (they were in flight)
     late_failed: int = 0
+    transient_runs: int = 3  # the source's backoff.transient_runs, for the outage message
 
     def message(self, *, stopped: bool = True) -> str | None:
         """The trip message with the in-flight entities that finished after it; None if not tripped.
@@ -76,11 +86,26 @@ class Breaker:
         self.outage = self.outage + 1 if transient else 0
         if self.auth >= AUTH_TRIP:
             self.what = f"{self.auth} consecutive authentication failures (HTTP 401/403)"
-            self.tripped = (
-                f"circuit breaker: stopped after {self.what}"
-                " — the API refused our credentials: check the source's secrets; no entity was penalised"
-            )
+            self.tripped = f"circuit breaker: stopped after {self.what} — {AUTH_TAIL}"
         elif self.outage >= OUTAGE_TRIP:
             self.what = f"{self.outage} consecutive entities failed with transient errors after every retry"
-            self.tripped = f"circuit breaker: stopped after {self.what} — the API looks down; no entity was penalised"
+            self.tripped = f"circuit breaker: stopped after {self.what} — {outage_tail(self.transient_runs)}"
         return self.tripped
+
+
+AUTH_TAIL = "the API refused our credentials: check the source's secrets; errors recorded, no entity backs off for them"
+
+
+def outage_tail(transient_runs: int) -> str:
+    """What an outage trip did to the entities (docs/cli.md lists it; tests pin it)."""
+    then = (
+        "never backs off for it (backoff.transient_runs: 0)"
+        if transient_runs == 0
+        else f"backs off only from its {_nth(transient_runs)} such run in a row"
+    )
+    return f"the API looks down, or these entities fail every time; each counts one transiently failed run and {then}"
+
+
+def _nth(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -291,6 +291,9 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
     for override in sets:  # secrets cannot be overridden (runner/overrides.py): the values can be shown
         log.info("--set %s=%s", override.name, settings.redact(repr(override.value)))
+    if sets:  # the job row keeps them as the log shows them: a secret's value given by mistake is masked
+        shown = overrides.recorded(sets, settings.redact)
+        options = replace(options, metadata={**options.metadata, "overrides": shown})
     listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
     progress.start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)
     try:
@@ -334,7 +337,6 @@ def _options(
         heartbeat_every=args.heartbeat,
         metadata={
             **({"replay": str(args.replay), "rate_scale": args.rate_scale} if args.replay else {}),
-            **({"overrides": overrides.recorded(sets)} if sets else {}),
         },
         max_items=given,
         overridden=frozenset(o.name for o in sets),
@@ -471,6 +473,10 @@ def _exit_code(report: engine.Report) -> int:
     return 0 if report.status == "completed" else 1
 
 
+# The summary line's note for a run --max-runtime ended (its job row: graceful_stop, stop_reason max_runtime)
+STOPPED_EARLY = "stopped early: --max-runtime reached, no new entities were taken; the rest is left for the next run"
+
+
 def _summarise(report: engine.Report) -> None:
     c = report.counters
     rate = c.requests / report.elapsed if report.elapsed else 0.0
@@ -482,7 +488,8 @@ def _summarise(report: engine.Report) -> None:
         f" {c.requests} requests in {report.elapsed:.1f}s ({rate:.1f}/s)"
     )
     capped = f"{report.capped} entity listing{'' if report.capped == 1 else 's'} capped (not complete)"
-    notes = [note for note in (report.listing, capped if report.capped else None, report.error) if note]
+    early = STOPPED_EARLY if report.metadata.get("stop_reason") == "max_runtime" else None
+    notes = [note for note in (early, report.listing, capped if report.capped else None, report.error) if note]
     print("; ".join([line, *notes]), file=sys.stderr)
 
 

@@ -800,10 +800,14 @@ class _Builder:
 
     def size(self, path: Path_, value: JSON) -> int:
         try:
-            return parse_size(value)
+            size = parse_size(value)
         except ValueError as error:
             self.add(path, str(error))
             return 1
+        if size == 0:  # like a 0s timeout: every response would fail
+            self.add(path, f"{show(value)} is out of range: must be more than 0")
+            return 1
+        return size
 
     def optional_expression(self, path: Path_, roots: Roots | None, raw: JSON = None) -> Expression | None:
         raw = self.raw if raw is None else raw

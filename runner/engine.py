@@ -147,7 +147,7 @@ class _Run:
         per_request = source.request.batch.size if source.request.batch else 1
         self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
-        self.breaker = breaker.Breaker()
+        self.breaker = breaker.Breaker(transient_runs=source.backoff.transient_runs)
         # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
         self.validators = Store(source, catalog=catalog, ask=not options.dry_run)
         self.write_failed = False
@@ -168,6 +168,11 @@ class _Run:
             if reason:
                 self.report.metadata.update({"graceful_stop": True, "stop_reason": reason})
             self.stop.set()
+        elif status == "failed" and self.report.status == "completed":
+            # A failure while --max-runtime lets in-flight work finish (a token endpoint that never
+            # answered, say) is still a failure: the run must not end `completed`, exit 0.
+            self.report.status = status
+            self.report.error = self.settings.redact(error) if error is not None else None
 
     # --- the pipeline -----------------------------------------------------------------------------
     async def produce(self, chunks: Iterator[list[dict[str, JSON]]]) -> None:
@@ -441,6 +446,14 @@ class _Run:
                     trace.result = replaced[id(trace.result.entity)]
         for trace in batch:
             self.count(trace)
+        if conn is not None and self.report.job_id is not None and results:
+            # The job row's counters follow the commits (one cheap update per batch): a runner killed
+            # outright leaves a row, reaped later, that says what it committed (jobs.heartbeat).
+            counters = replace(self.report.counters, requests=self.limiter.requests)
+            try:
+                await asyncio.to_thread(conn.call, jobs.heartbeat, self.report.job_id, counters)
+            except (DatabaseError, psycopg.Error) as error:
+                log.warning("%s: could not update the job's counters (%s)", self.source.name, error)
         if self.options.dry_run:
             self.report.traces.extend(batch)
 
@@ -513,7 +526,7 @@ async def run(
             transport=transport(s) if transport else None,
             max_connections=s.concurrency,
             stop=stop,  # a request still waiting for its grant when the run stops is not sent
-            authenticator=authenticator_for(s, settings, tokens),
+            authenticator=authenticator_for(s, settings, tokens, limiters[s.rate_limit.bucket]),
         )
         for s, stop in zip(sources, stops, strict=True)
     ]
@@ -626,9 +639,17 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
     start, done = None, 0  # done: pages of this listing read by earlier runs
     # `--set incremental.start=…` asks from that point for this run: a new listing, whatever was stored
     again = "incremental.start" in options.overridden and source.incremental is not None
+    url = listings.address(source, state.settings)  # a checkpoint is resumed only by the same listing
     if cursor_conn is not None and not options.restart and not again:
         checkpoint = await asyncio.to_thread(cursor_conn.call, jobs.load_cursor, source.name)
-        if checkpoint is not None:
+        if checkpoint is not None and not listings.resumable(checkpoint, url):
+            log.warning(
+                "%s: the checkpoint was made for another URL (%s, now %s): not resumed, the listing starts over",
+                source.name,
+                checkpoint.url,
+                url,
+            )
+        elif checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
             log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
     # incremental: ${incremental.since}, advanced at the end, never past when the listing started
@@ -679,6 +700,7 @@ async def _catalogue(state: _Run, write_conn: database.Link | None, cursor_conn:
                         state.report.job_id,
                         listing_started_at=state.listing_started,
                         pages=number,
+                        url=url,
                     )
             capped, resume = page.capped, page.resume
             if state.stop.is_set():
@@ -890,8 +912,8 @@ def _close(state: _Run, job_link: database.Link | None) -> None:
         return
     keys = [*state.unprocessed, *state.inflight]
     try:
-        # an outage (the breaker) is the API's: its run counts no transient failure against an entity
-        if state.transients.keys and state.breaker.tripped is None:
+        # a breaker run too: entities failing on every run must back off, or they stop every run (runner/breaker.py)
+        if state.transients.keys:
             job_link.call(backoff.record, state.source, state.transients.keys)
     except (DatabaseError, psycopg.Error) as error:
         log.warning("%s: could not count transient failures (%s)", state.source.name, error)

@@ -44,6 +44,7 @@ from runner.database import identifier
 from runner.errors import SelectionError
 from runner.expressions import JSON
 from runner.migrations import table_columns, unique_keys
+from runner.sourcefile import show
 
 STATUS_ALIAS = "s"  # runner.selection's alias of the status table
 Types = tuple[tuple[spec.ColumnRef, str], ...]  # column -> format_type text, hashable for lru_cache
@@ -254,7 +255,7 @@ def _value_problems(condition: spec.Condition, type_name: str) -> list[str]:
     problems = []
     for value in values:
         if (reason := _unfit(value, kind(type_name))) is not None:
-            shown = f"{{{value.unit}: ...}}" if isinstance(value, spec.Clock) else repr(value)
+            shown = f"{{{value.unit}: ...}}" if isinstance(value, spec.Clock) else show(value)
             problems.append(f"entities: {condition.column} ({type_name}) {condition.op.value} {shown}: {reason}")
     return problems
 

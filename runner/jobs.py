@@ -183,6 +183,7 @@ class Checkpoint:
     position: Any
     listing_started_at: datetime | None
     pages: int = 0  # pages of the listing read before it (0 when not recorded)
+    url: str | None = None  # the listing's URL it was made for (runner/listings.py); None: not recorded
 
 
 def load_cursor(conn: psycopg.Connection, source: str) -> Checkpoint | None:
@@ -194,11 +195,12 @@ def load_cursor(conn: psycopg.Connection, source: str) -> Checkpoint | None:
     stored = row[0]
     if isinstance(stored, dict) and "position" in stored:
         started = stored.get("listing_started_at")
-        pages = stored.get("pages")
+        pages, url = stored.get("pages"), stored.get("url")
         return Checkpoint(
             stored["position"],
             datetime.fromisoformat(started) if isinstance(started, str) else None,
             pages if isinstance(pages, int) and not isinstance(pages, bool) and pages >= 0 else 0,
+            url if isinstance(url, str) else None,
         )
     return Checkpoint(stored, None)  # a bare position: written before the listing's start was kept
 
@@ -211,14 +213,17 @@ def save_cursor(
     *,
     listing_started_at: datetime | None,
     pages: int = 0,
+    url: str | None = None,
 ) -> None:
     """Checkpoint after a page's rows committed: a crash re-fetches at most that one page, and writes
     are idempotent, so nothing is lost and nothing is doubled. Stored as
-    {"position": …, "listing_started_at": "<ISO 8601>", "pages": <pages read so far>}."""
+    {"position": …, "listing_started_at": "<ISO 8601>", "pages": <pages read so far>, "url": "<the
+    listing's URL, redacted>"}."""
     stored = {
         "position": cursor,
         "listing_started_at": None if listing_started_at is None else listing_started_at.isoformat(),
         "pages": pages,
+        **({"url": url} if url is not None else {}),
     }
     with conn.transaction():
         conn.execute(

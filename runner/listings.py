@@ -5,6 +5,11 @@ meanwhile (cron plus a manual run, two schedulers) does not resume the live run'
 read the same pages again: it ends at once as `busy` (exit 75, EX_TEMPFAIL: try again later),
 before any job row or request, naming the job that holds the listing.
 
+A checkpoint belongs to the listing it was made for: it records the listing's URL (`address`: the
+request URL with its env/secret settings filled in, redacted, the watermark left as `${…}`), and a
+run whose URL differs (`--set request.url=…`, another `${env.API_URL}`) does not resume it: it says
+so in the log and starts over. A checkpoint written before syncrun recorded the URL resumes as before.
+
 Per-entity sources need none of this: their entities are claimed one by one (runner/selection.py).
 A dry run reads no checkpoint and writes nothing, so it takes no lock. If the database connection
 holding the lock is lost mid-run, so is the lock; the run's later checkpoint writes then fail with
@@ -17,10 +22,11 @@ from typing import Any
 
 import psycopg
 
-from runner import jobs
+from runner import jobs, spec
 from runner.spec import Source
+from runner.templating import Settings
 
-__all__ = ["BUSY", "KEY", "holder", "take"]
+__all__ = ["BUSY", "KEY", "address", "holder", "resumable", "take"]
 
 BUSY = "another run of {source} is reading its listing{job}; this run read nothing (exit 75: try again later)"
 
@@ -42,3 +48,22 @@ def holder(conn: psycopg.Connection[Any], source: Source) -> str | None:
     with conn.transaction():
         running = [job for job in jobs.recent(conn, source.job_type, 5) if job.status == "running"]
     return running[0].id if running else None
+
+
+def address(source: Source, settings: Settings) -> str:
+    """The listing's URL as its checkpoint records it: settings filled in (so another `${env.API_URL}`
+    is another listing), redacted, and whatever changes from run to run (the watermark) left as written."""
+    parts: list[str] = []
+    for segment in source.request.url.segments:
+        if isinstance(segment, spec.Literal):
+            parts.append(segment.text)
+        elif isinstance(segment, spec.Setting) and (segment.kind, segment.name) in settings.values:
+            parts.append(settings.values[(segment.kind, segment.name)])
+        else:
+            parts.append(f"${{{getattr(segment, 'kind', 'entity')}.{segment.name}}}")
+    return settings.redact("".join(parts))
+
+
+def resumable(checkpoint: jobs.Checkpoint, url: str) -> bool:
+    """The checkpoint was made for this URL (or before checkpoints recorded one)."""
+    return checkpoint.url is None or checkpoint.url == url

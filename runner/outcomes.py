@@ -1,19 +1,24 @@
 """Classifying a reply: the first outcome rule whose `when` is truthy decides success, skip, skip_until
 or error. The rules are data (spec.OutcomeRule); this module only evaluates them in order.
+
+A rule's own error message about a reply that is not JSON (an HTML page, JSON cut short) keeps what
+arrived: `storefront sent no JSON object (HTTP 200 text/html: '<html>…')`, the engine's bounded
+description (fetch.describe: 80 characters, and why it is not JSON), redacted with the message —
+otherwise a source's rule would replace the one diagnostic an operator needs.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from jmespath.exceptions import JMESPathError
 
 from runner import spec
 from runner.errors import OutcomeError
 from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
-from runner.fetch import Reply
+from runner.fetch import Reply, describe
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +44,10 @@ def classify(
     for index, rule in enumerate(rules, start=1):
         name = rule.name or f"rule {index}"
         if truthy(_search(rule.when, context, name)):
-            return _decide(rule, name, context, stamp_on_skip, index)
+            decision = _decide(rule, name, context, stamp_on_skip, index)
+            if decision.message is not None and rule.message and reply.body is None and (reply.raw or reply.problem):
+                decision = replace(decision, message=f"{decision.message} ({describe(reply)})")  # rare: errors only
+            return decision
     return Decision(
         outcome=spec.Outcome.ERROR,
         rule="",

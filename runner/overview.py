@@ -6,6 +6,11 @@ transiently since (5xx, timeouts: they back off after `backoff.transient_runs` s
 can be in both. `held_back`: entities at the cut-off (`entities.max_consecutive_errors`), never
 selected again until a run by `--ids` succeeds.
 
+The text form prints the two populations on two lines: `status table: syncable N   due now …   never
+synced …` (rows of the status table, `syncable_column` true) and `state, syncable or not: backing
+off …   failing …` (every entity with a `syncrun_state` row for the source, also one made unsyncable
+since), so no line mixes counts of different groups.
+
 Read-only queries over the status table, `syncrun_state` and the jobs table. "Due now" is counted
 with the default selection's own query (selection's SQL, without claiming), so it never disagrees
 with what a run would pick; the other selection types (function, sql, list) decide in user code,
@@ -227,9 +232,15 @@ def format_text(states: list[SourceState], redact: Redactor | None = None) -> st
     out: list[str] = []
     for state in states:
         out.append(f"{state.source} (job type {state.job_type}, {state.selection} selection)")
-        out.append(f"  entities {_n(state.entities)}   due now {_n(state.due)}   never synced {_n(state.never_synced)}")
+        # Two populations, one line each (review13 F8): the status table's syncable rows, and every
+        # entity syncrun keeps state for (a row made unsyncable since still counts there).
         out.append(
-            f"  backing off {state.backoff:,}   skip-until {state.skip_until:,}   claimed {state.claimed:,}"
+            f"  status table: syncable {_n(state.entities)}   due now {_n(state.due)}"
+            f"   never synced {_n(state.never_synced)}"
+        )
+        out.append(
+            f"  state, syncable or not: backing off {state.backoff:,}   skip-until {state.skip_until:,}"
+            f"   claimed {state.claimed:,}"
             f"   failing {state.failing:,}   failing transiently {state.failing_transiently:,}"
             + (f"   held back {state.held_back:,}" if state.held_back is not None else "")
             + (f"   gone {state.deleted:,}" if state.deleted else "")

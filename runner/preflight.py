@@ -78,6 +78,15 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
             names = ", ".join(dict.fromkeys(_label(s) for s in request.url.settings))
             verb = "makes" if len(request.url.settings) == 1 else "make"
             problems.append(f"{names} {verb} the request URL of source '{source.name}' unusable: {reason}")
+    token_url = source.auth.token_url if source.auth is not None else None
+    if (
+        token_url
+        and token_url.settings
+        and (reason := templating.url_problem(templating.render(token_url, {}, settings, url=True)))
+    ):
+        names = ", ".join(dict.fromkeys(_label(s) for s in token_url.settings))
+        verb = "makes" if len(token_url.settings) == 1 else "make"
+        problems.append(f"{names} {verb} the token URL of source '{source.name}' unusable: {reason}")
     for header, template in [*request.headers, *_auth_headers(source.auth)]:
         for setting in template.settings:
             value = settings.values.get((setting.kind, setting.name), "")  # the watermark: filled in later

@@ -35,6 +35,13 @@ masked whole only too. The price of masking pieces: a secret containing a common
 Code that cuts, escapes or reprs external text must redact first (`excerpt` does both in order); the
 fragment masking is the net under that rule, not a licence to skip it.
 
+Run-time values (`add(..., run_time=True)`: OAuth2 tokens, which replace each other all run long)
+are masked while recent: the newest RECENT always, older ones until RETAIN seconds after they were
+replaced, MAX_RECENT at most. Every output is redacted as it is made, so a token is retired long after
+the last text that could hold it; and the pattern, rebuilt at each renewal, stays bounded: adding the
+40th 1 KB token took 1.9 s when every token ever seen stayed in it, ~0.3 s with the bound, and the
+240th (an 8-hour run with 120-second tokens) costs the same (busy 2-core machine).
+
 Cost: one regular expression over a trie of all pieces, so redacting is linear in the text; a text
 without `\\`, `&`, `%` or NUL has no decoded view (one character-class scan). Measured (`python -m
 tests.test_redaction`, busy 2-core machine): a 40-character token and a DSN password cost 13 µs per
@@ -48,6 +55,7 @@ import html
 import json
 import re
 import threading
+import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from html.entities import html5
@@ -60,6 +68,9 @@ import yaml
 MASK = "***"
 MIN_SECRET_LENGTH = 3  # masking 1–2 character "secrets" would shred every message
 FRAGMENT = 8  # no piece of a secret this long (in any form) reaches an output
+RECENT = 4  # run-time values (tokens) always masked: the one in use and those just before it
+RETAIN = 300.0  # seconds an older run-time value stays masked after the next one replaced it...
+MAX_RECENT = 8  # ...but at most this many run-time values are masked (see Redactor.add)
 CUT_MARKS = re.compile(r"…|\.\.\.")  # how syncrun's excerpts say they were cut
 
 # What a URL may keep unencoded (reserved and unreserved characters): httpx leaves these alone when a
@@ -95,19 +106,41 @@ def _markdown_cell(text: str) -> str:
 class Redactor:
     """Masks the secrets it was given (and those `add`ed later) in any text: `redact(text)`."""
 
-    def __init__(self, secrets: Iterable[str | None] = (), *, whole: Iterable[str | None] = ()) -> None:
+    def __init__(
+        self,
+        secrets: Iterable[str | None] = (),
+        *,
+        whole: Iterable[str | None] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lock = threading.Lock()
-        self._pieces: set[str] = set()
+        self._pieces: set[str] = set()  # configured secrets' pieces (every form), kept for the whole run
         self._heads: set[str] = set()  # the first characters of every form, for a secret cut at a mark
-        self._pattern: re.Pattern[str] | None = None
         self._raw: set[str] = set()  # the secrets' own pieces, searched in a text's decoded views
+        # Run-time values (`add(..., run_time=True)`), newest last: value -> (pieces, heads, raw, added at).
+        self._recent: dict[str, tuple[set[str], set[str], set[str], float]] = {}
+        self._masked_heads: frozenset[str] = frozenset()  # _heads and the recent values' heads, as used
+        self._pattern: re.Pattern[str] | None = None
         self._raw_pattern: re.Pattern[str] | None = None
         self._listeners: list[Callable[[list[str]], None]] = []
+        self.clock = clock
         self.add(*secrets)
         self.add(*whole, fragments=False)
 
-    def add(self, *secrets: str | None, fragments: bool = True) -> None:
-        """Mask these values too, in every output from now on (a token fetched mid-run, say)."""
+    def add(self, *secrets: str | None, fragments: bool = True, run_time: bool = False) -> None:
+        """Mask these values too, in every output from now on (a token fetched mid-run, say).
+
+        `run_time`: a value obtained while the run goes (an access token), one of a series that replace
+        each other. Only the newest RECENT of them, and older ones for RETAIN seconds after they were
+        replaced (MAX_RECENT in all), stay in the pattern: rebuilding it for every token ever seen made
+        each renewal slower than the last (2 s for the 40th 1 KB token, blocking the event loop). A
+        retired token was replaced long before: no request carries it any more, and what its answers
+        said was redacted when it was handled (rows, errors, cassettes and logs are redacted as they
+        are made, never later)."""
+        if run_time and len(secrets) > 1:  # each one retires on its own
+            for secret in secrets:
+                self.add(secret, fragments=fragments, run_time=True)
+            return
         pieces: set[str] = set()
         heads: set[str] = set()
         raw: set[str] = set()
@@ -124,19 +157,42 @@ class Redactor:
             for reading in views(secret):
                 if len(reading) >= MIN_SECRET_LENGTH:
                     raw |= _grams(reading) if cut else {reading}
-        with self._lock:
-            if pieces <= self._pieces and heads <= self._heads and raw <= self._raw:
-                return
-            # New objects, swapped in whole: a thread redacting meanwhile sees the old ones or the new.
-            self._pieces = self._pieces | pieces
-            self._heads = self._heads | heads
-            self._raw = self._raw | raw
-            self._pattern = re.compile(_trie_regex(self._pieces))
-            self._raw_pattern = re.compile(_trie_regex(self._raw, loose=True))
-            listeners = list(self._listeners)
         added = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
+        if not added:
+            return
+        with self._lock:
+            if run_time:
+                now = self.clock()
+                for secret in added:
+                    self._recent.pop(secret, None)  # answered again: the newest once more
+                    self._recent[secret] = (pieces, heads, raw, now)
+                self._retire(now)
+            elif pieces <= self._pieces and heads <= self._heads and raw <= self._raw:
+                return
+            else:
+                self._pieces = self._pieces | pieces
+                self._heads = self._heads | heads
+                self._raw = self._raw | raw
+            # New objects, swapped in whole: a thread redacting meanwhile sees the old ones or the new.
+            recent = list(self._recent.values())
+            every = self._pieces.union(*(r[0] for r in recent))
+            self._masked_heads = frozenset(self._heads.union(*(r[1] for r in recent)))
+            readings = self._raw.union(*(r[2] for r in recent))
+            self._pattern = re.compile(_trie_regex(every)) if every else None
+            self._raw_pattern = re.compile(_trie_regex(readings, loose=True)) if readings else None
+            listeners = list(self._listeners)
         for listener in listeners:
             listener(added)
+
+    def _retire(self, now: float) -> None:
+        """Drop the oldest run-time values beyond the newest RECENT: each once it was replaced more
+        than RETAIN seconds ago (by the next one), or at once beyond MAX_RECENT."""
+        while len(self._recent) > RECENT:
+            values = list(self._recent.values())
+            replaced = values[1][3]  # when the value after the oldest arrived
+            if len(values) <= MAX_RECENT and now - replaced < RETAIN:
+                return
+            del self._recent[next(iter(self._recent))]
 
     def listen(self, announce: Callable[[list[str]], None]) -> None:
         """Call `announce` with each new value `add`ed from now on, before `add` returns (so before
@@ -185,7 +241,7 @@ class Redactor:
                 yield start, end
 
     def _cut_heads(self, text: str) -> Iterator[tuple[int, int]]:
-        heads = self._heads
+        heads = self._masked_heads
         if not heads:
             return
         for mark in CUT_MARKS.finditer(text):

@@ -304,6 +304,8 @@ class Auth:
     extra: tuple[tuple[str, Template], ...] = ()  # oauth2_*: more form fields of the token request
     client_auth: ClientAuth = ClientAuth.POST  # oauth2_*: where the client id and secret go
     timeout: float | None = None  # oauth2_*: a whole token request; None: the source's request.timeout
+    verify_tls: bool | None = None  # oauth2_*: verify the token endpoint's certificate; None: request.verify_tls
+    rate_limited: bool = False  # oauth2_*: token requests wait for (and spend) the source's rate limit
     shared: str | None = None  # the block's name in syncrun.yaml's `auth:` (a source's `use:`), else None
 
     def field(self, key: str) -> str:

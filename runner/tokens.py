@@ -2,7 +2,9 @@
 
 `Endpoint.grant()` POSTs the grant (client credentials or refresh token) with the client's id and
 secret as form fields or as HTTP Basic (`auth.client_auth`), retried like an API request
-(`source.retry`: a connection error, a timeout or a status in `retry.statuses`). Each attempt has a
+(`source.retry`: a connection error, a timeout or a status in `retry.statuses`). The endpoint's TLS
+certificate is verified as `auth.verify_tls` says (default: `request.verify_tls`), and with
+`auth.rate_limited` each attempt waits for the source's rate limit and spends its budget. Each attempt has a
 deadline for the whole exchange (`auth.timeout`, else `request.timeout`: connect, send and the answer
 read to its end, so a server that drips one byte a second cannot hold a run), and the answer is read
 with the API bodies' bounded reader (runner/client.read_body: MAX_BODY bytes, decoded in steps).
@@ -29,6 +31,7 @@ import httpx
 
 from runner import spec, templating
 from runner.errors import FetchError, RunFailed
+from runner.ratelimit.local import Limiter
 
 log = logging.getLogger("syncrun")
 
@@ -67,11 +70,23 @@ class Endpoint:
         retry: spec.Retry,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify_tls: bool = True,
+        limiter: Limiter | None = None,
     ) -> None:
         self.auth, self.settings, self.retry, self.sleep = auth, settings, retry, sleep
         self.timeout = auth.timeout or timeout
-        self.http = httpx.AsyncClient(transport=transport, timeout=self.timeout, follow_redirects=False)
+        self.deadline_key = auth.field("timeout") if auth.timeout else "request.timeout"
+        if not verify_tls:
+            shown = auth.token_url.text if auth.token_url else ""  # as written: a setting stays ${...}
+            log.warning("TLS certificate verification is disabled for the token endpoint %s", shown)
+        inner = transport or httpx.AsyncHTTPTransport(verify=verify_tls)
+        if limiter is not None:  # auth.rate_limited: the token endpoint shares the API's quota
+            from runner.ratelimit.transport import RateLimitedTransport
+
+            inner = RateLimitedTransport(inner, limiter)
+        self.http = httpx.AsyncClient(transport=inner, timeout=self.timeout, follow_redirects=False)
         self.attempts = 0  # token requests sent (for tests and logs)
+        self.answered: int | None = None  # the status of the current attempt, once its headers arrived
 
     def value(self, template: spec.Template | None) -> str:
         assert template is not None  # the schema requires the type's fields
@@ -111,7 +126,22 @@ class Endpoint:
         status, raw = await self.post(url, form, headers, shown)
         if status // 100 != 2:
             raise RunFailed(self.settings.redact(self.refused(shown, status, raw[:EXCERPT])))
-        return self.checked(shown, status, raw)
+        try:
+            # In a thread: adding a token to the redactor compiles its pattern (~0.1 s for a 1 KB token),
+            # which would stall every other request of the run on the event loop.
+            return await asyncio.to_thread(self.checked, shown, status, raw)
+        except RunFailed as error:
+            raise RunFailed(f"{error}{self.maybe_spent()}") from None
+
+    def maybe_spent(self) -> str:
+        """For the refresh-token grant, after a success answer syncrun could not use: a rotating
+        provider has spent the configured refresh token with it (syncrun never sends it again)."""
+        if self.auth.type is not spec.AuthType.OAUTH2_REFRESH_TOKEN:
+            return ""
+        return (
+            f"; if the provider rotates refresh tokens, it has spent {self.auth.field('refresh_token')} with"
+            " this answer and a new one must be obtained"
+        )
 
     async def post(self, url: str, form: dict[str, str], headers: dict[str, str], shown: str) -> tuple[int, bytes]:
         """(status, body) of the token request, retried like an API request when the connection fails,
@@ -119,20 +149,28 @@ class Endpoint:
         policy = self.retry
         for attempt in range(1, policy.attempts + 1):
             self.attempts += 1
+            self.answered = None
             try:
                 async with asyncio.timeout(self.timeout):
                     status, raw = await self.exchange(url, form, headers, shown)
             except (httpx.HTTPError, TimeoutError) as error:
-                if attempt == policy.attempts:
+                # A refresh token the provider answered to (its status line arrived) is never sent again:
+                # a rotating provider may have spent it, and re-sending a spent one revokes the family.
+                spent = self.answered is not None and self.auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN
+                if attempt == policy.attempts or spent:
                     what = (
-                        f"no answer within {self.timeout:g} s ({self.auth.field('timeout')})"
+                        f"no answer within {self.timeout:g} s ({self.deadline_key})"
                         if isinstance(error, TimeoutError)
                         else f"{type(error).__name__}: {error}"
                     )
                     raise RunFailed(
                         self.settings.redact(
                             f"could not get an access token from {shown} ({what}; {attempt} attempts)"
-                            f" — check {self.auth.field('token_url')} and that the token endpoint is up"
+                            + (
+                                f" after it answered HTTP {self.answered}{self.maybe_spent()}"
+                                if spent
+                                else f" — check {self.auth.field('token_url')} and that the token endpoint is up"
+                            )
                         )
                     ) from None
             else:
@@ -146,6 +184,7 @@ class Endpoint:
 
         request = self.http.build_request("POST", url, data=form, headers=headers)
         response = await self.http.send(request, stream=True)
+        self.answered = response.status_code
         try:
             raw = await read_body(response, MAX_BODY, shown)
         except FetchError as error:  # too large (declared, on the wire or once decoded), or a broken coding
@@ -180,16 +219,24 @@ class Endpoint:
             raise RunFailed(
                 f"{what} with an access_token of {len(token):,} characters (at most {MAX_TOKEN:,} are used)"
             )
-        self.settings.redact.add(token)  # before anything else can see it
+        self.settings.redact.add(token, run_time=True)  # before anything else can see it
         if not _HEADER_TEXT.fullmatch(token):
             raise RunFailed(
                 f"{what} with an access_token that cannot be sent in a header"
                 " (a space, a line break, a control or a non-ASCII character)"
             )
+        kind = body.get("token_type")
+        if kind is not None and (not isinstance(kind, str) or kind.lower() != "bearer"):
+            log.warning(
+                "the token endpoint %s answered token_type %s: syncrun sends every token as Bearer (RFC 6750),"
+                " the only kind it supports; if the API refuses it, ask the provider for Bearer tokens",
+                shown,
+                self.settings.redact(_shown(kind)),
+            )
         rotated = body.get("refresh_token")
         rotated = rotated if isinstance(rotated, str) and rotated else None
         if rotated is not None and len(rotated) <= MAX_TOKEN:
-            self.settings.redact.add(rotated)
+            self.settings.redact.add(rotated, run_time=True)
         return Grant(token, self.lifetime(shown, body.get("expires_in")), rotated)
 
     def lifetime(self, shown: str, expires: object) -> float | None:
@@ -215,14 +262,55 @@ class Endpoint:
 
         body, _ = parse_json(raw)
         said = oauth_error(body) or text(raw)
-        hint = (
-            f"check {self.auth.field('client_id')} and {self.auth.field('client_secret')}"
-            + (f" (sent as {self.auth.client_auth.value})" if status in (400, 401) else "")
-            if self.auth.type is spec.AuthType.OAUTH2_CLIENT_CREDENTIALS
-            else f"check {self.auth.field('refresh_token')} (it may have expired or been revoked)"
-            f" and {self.auth.field('client_id')}"
+        code = body.get("error") if isinstance(body, dict) else None
+        return (
+            f"the token endpoint {shown} answered HTTP {status}{f' ({said})' if said else ''}"
+            f" — {self.advice(status, code if isinstance(code, str) else '')}"
         )
-        return f"the token endpoint {shown} answered HTTP {status}{f' ({said})' if said else ''} — {hint}"
+
+    def advice(self, status: int, code: str) -> str:
+        """What to do about a refusal: by its RFC 6749 §5.2 error code when it has one, else by status."""
+        auth, field = self.auth, self.auth.field
+        refresh = auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN
+        grant = "refresh_token" if refresh else "client_credentials"
+        client = field("client_id") + (f" and {field('client_secret')}" if auth.client_secret is not None else "")
+        sent = f" (sent as {auth.client_auth.value}; the provider may want the other client_auth)"
+        scopes = " ".join(auth.scopes) or "none"
+        by_code = {
+            "invalid_client": f"the provider does not accept the client: check {client}"
+            + (sent if auth.client_secret is not None else ""),
+            "invalid_grant": (
+                f"the provider refused {field('refresh_token')}: it expired, was revoked or was already"
+                " used (a rotating provider spends each one); obtain a new refresh token"
+                if refresh
+                else f"the provider refused the client credentials grant: check {field('scopes')}, {client}"
+            ),
+            "unauthorized_client": f"the client {field('client_id')} may not use the {grant} grant: allow it"
+            " for this client at the provider, or use the other auth.type",
+            "unsupported_grant_type": f"this endpoint does not offer the {grant} grant: check"
+            f" {field('token_url')} and auth.type",
+            "invalid_scope": f"the provider refused the scopes asked for: check {field('scopes')} (sent: {scopes})",
+            "invalid_request": f"the provider found the token request malformed (a missing, repeated or"
+            f" unsupported parameter): check {field('extra')} (fields it requires, e.g. audience) and"
+            f" {field('client_auth')}",
+        }
+        if code in by_code:
+            return by_code[code]
+        if 300 <= status < 400:
+            return (
+                "a redirect, which token requests do not follow (they carry the client secret):"
+                f" check {field('token_url')}"
+            )
+        if status in (404, 405, 410):
+            return f"check {field('token_url')}: it is not the provider's token endpoint"
+        if status == 429 or status >= 500:
+            return "the token endpoint is rate-limited or failing at the moment: nothing to fix here, run again later"
+        if status == 401 or (status == 400 and not code):
+            refresh_hint = f" and {field('refresh_token')}" if refresh else ""
+            return f"check {client}{refresh_hint}" + (sent if auth.client_secret is not None else "")
+        if status == 403:
+            return f"the provider refuses this client: check that {field('client_id')} may use the {grant} grant"
+        return f"check {field('token_url')}, {client} and {field('scopes')}"
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -290,7 +290,11 @@ def test_a_rotated_refresh_token_is_refused_clearly(
     ("case", "expected"),
     [
         ("down", "could not get an access token from http://127.0.0.1:9/oauth/token (ConnectError: "),
-        ("bad secret", "answered HTTP 401 (invalid_client: bad client secret) — check auth.client_id and"),
+        (
+            "bad secret",
+            "answered HTTP 401 (invalid_client: bad client secret) — the provider does not accept the client:"
+            " check auth.client_id and",
+        ),
     ],
 )
 def test_a_token_endpoint_failure_fails_the_run_naming_it(

@@ -53,6 +53,8 @@ def test_a_wrong_use_is_refused_at_load(case: Path, monkeypatch: pytest.MonkeyPa
                 "syncrun.yaml:12: auth.public.client_auth: client_secret_basic needs a client_secret (a public"
                 " client has none: remove it)",
                 "syncrun.yaml:18: auth.instant.timeout: '0s' is out of range: must be more than 0",
+                "syncrun.yaml:21: auth.nowhere.token_url: must start with http:// or https:// (or a setting such as"
+                " ${env.TOKEN_URL})",
             ],
         ),
     ],

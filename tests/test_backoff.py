@@ -116,16 +116,56 @@ def test_refused_credentials_are_not_the_entitys_transient_failures(
     assert "HTTP 401" in env.scalar("select last_error_message from sync_status where appid = 2")
 
 
-def test_a_run_the_breaker_stopped_counts_no_transient_failure(env: Database, api: ApiServer, tmp_path: Path) -> None:
-    """An API-wide outage is the API's: the breaker's run leaves every transient_runs at 0."""
+def test_entities_failing_at_the_front_of_every_run_back_off_and_free_the_rest(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13 F1: 25 entities answering 503 every time, first in the selection order, trip the
+    breaker on every run. Each breaker run counts a transiently failed run for the ones it tried, so
+    from the 3rd run (backoff.transient_runs) they back off, and the 4th run reaches the healthy
+    entities behind them; `status` shows them failing transiently."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
     seed(env, source, appids=range(1, 31))
-    for appid in range(1, 31):
+    for appid in range(1, 26):
         api.route(f"/apps/{appid}", Reply(503))
-    assert run(str(source)) == 1
-    assert env.scalar("select count(*) from syncrun_state where last_error is not null") >= 20
-    assert env.scalar("select count(*) from syncrun_state where transient_runs > 0 or next_attempt_at is not null") == 0
+    for appid in range(26, 31):
+        api.route(f"/apps/{appid}", app(appid))
+    healthy = [f"/apps/{appid}" for appid in range(26, 31)]
+    for runs in (1, 2, 3):
+        assert run(str(source)) == 1
+        message = env.scalar("select error_message from sync_jobs order by started_at desc limit 1")
+        assert message.startswith("circuit breaker: stopped after 20 consecutive entities failed")
+        assert "each counts one transiently failed run and backs off only from its 3rd such run in a row" in message
+        assert {state(env, str(appid))[1] for appid in range(1, 21)} == {runs}
+        assert not any(r.path in healthy for r in api.requests)
+    assert {state(env, str(appid))[2] for appid in range(1, 21)} == {15}  # the ladder's first rung
+    asked = len(api.requests)
+    assert run(str(source)) == 0  # 21..25 fail (5 in a row: no trip), 26..30 are fetched at last
+    assert sorted(r.path for r in api.requests[asked:]) == sorted(f"/apps/{a}" for a in range(21, 31))
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
+    capsys.readouterr()
+    assert cli.main(["status", str(source), "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)["sources"]
+    assert (shown["failing_transiently"], shown["backoff"]) == (25, 20)
+
+
+def test_a_due_set_of_only_failing_entities_backs_off(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review13 F1, the steady state: the due set is 20 entities failing every time, so every run ends
+    on the breaker ("nothing was left to stop"); they still count, back off from the 3rd run, and the
+    4th run asks nothing."""
+    source = one_attempt(tmp_path)
+    source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
+    seed(env, source, appids=range(1, 21))
+    for appid in range(1, 21):
+        api.route(f"/apps/{appid}", Reply(503))
+    for runs in (1, 2, 3):
+        assert run(str(source)) == 1
+        message = env.scalar("select error_message from sync_jobs order by started_at desc limit 1")
+        assert message.startswith("circuit breaker: the run ended on 20 consecutive entities failed")
+        assert {state(env, str(appid))[1:] for appid in range(1, 21)} == {(runs, 15 if runs == 3 else None)}
+    asked = len(api.requests)
+    assert run(str(source)) == 0
+    assert len(api.requests) == asked
 
 
 def test_the_cut_off_holds_back_entities_with_too_many_failed_runs(

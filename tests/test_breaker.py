@@ -12,7 +12,10 @@ from tests.test_engine import env, run, seed, write_source
 __all__ = ["env"]  # the fixture, re-used
 
 OUTAGE = f"{breaker.OUTAGE_TRIP} consecutive entities failed with transient errors after every retry"
-TAIL = " — the API looks down; no entity was penalised"
+TAIL = (
+    " — the API looks down, or these entities fail every time; each counts one transiently failed run and"
+    " backs off only from its 3rd such run in a row"
+)
 
 
 def tripped() -> breaker.Breaker:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import jobs
 from tests.apiserver import ApiServer, Reply
 from tests.pg import Database
 from tests.test_engine import app, seed, write_source
@@ -78,6 +79,30 @@ def test_sigterm_cancels_cleanly_with_exact_counters(
     assert metadata == {"graceful_stop": True, "stop_reason": "SIGTERM"}
 
 
+def test_a_killed_runs_job_row_keeps_what_it_committed(
+    db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """review13 F5: the job row's counters follow each committed batch (not only the heartbeat, here
+    once an hour), so a runner killed outright (SIGKILL) leaves a row that, reaped, says what it wrote."""
+    source = write_source(tmp_path)
+    seed(db, source, appids=range(1, 9))
+    held_routes(api, fast=4, held=4, hold=5.0)
+    process = start(["run", str(source), "--set", "write_batch=2", "--heartbeat", "3600"], env)
+    counters = "select items_processed, items_succeeded, items_created, requests_made from sync_jobs"
+    wait_for(lambda: db.rows(counters) and db.rows(counters)[0][1] == 4)
+    process.kill()
+    process.communicate(timeout=20)
+    assert db.rows("select status from sync_jobs") == [("running",)]
+    assert jobs.reap(db.conn, 0) == 1
+    status, error, processed, succeeded, created, requests = db.rows(
+        "select status, error_message, items_processed, items_succeeded, items_created, requests_made from sync_jobs"
+    )[0]
+    assert (status, error.startswith("abandoned: no heartbeat for")) == ("failed", True)
+    stamped = db.scalar("select count(*) from sync_status where last_alpha_sync is not null")
+    assert processed == succeeded == created == stamped == db.scalar("select count(*) from apps") == 4
+    assert requests >= 4
+
+
 @pytest.mark.slow
 def test_max_runtime_stops_cleanly_and_completes(
     db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path
@@ -97,6 +122,11 @@ def test_max_runtime_stops_cleanly_and_completes(
     assert processed == db.scalar("select count(*) from apps") == len(api.requests)
     assert error is None
     assert metadata == {"graceful_stop": True, "stop_reason": "max_runtime"}
+    # the summary line says it stopped early, and why (review13 F6)
+    (summary,) = [line for line in err.splitlines() if line.startswith("alpha: completed — ")]
+    assert summary.endswith(
+        "; stopped early: --max-runtime reached, no new entities were taken; the rest is left for the next run"
+    )
 
 
 def test_validate_exit_codes(tmp_path: Path) -> None:

@@ -211,6 +211,8 @@ order: [{first: {column: apps.is_released, op: "=", value: false}}, {first: {col
         ("join: [{table: apps, on: type}]", "entities.join[0]: apps.type is not unique"),
         ("join: [{table: apps, on: nope}]", "entities.join[0]: apps has no column nope (on)"),
         ("where: [{column: total, op: '=', value: '12'}]", "total (integer) = '12': the column holds numbers"),
+        # printed as the file wrote it (YAML), not as Python would (review13 F10)
+        ("where: [{column: total, op: '=', value: true}]", "total (integer) = true: the column holds numbers"),
         ("where: [{column: total, op: '<', value: {now: true}}]", "now/today compare with a date or timestamp column"),
         (
             "join: [{table: apps}]\nwhere: [{column: apps.release_date, op: '=', value: 'May 1'}]",

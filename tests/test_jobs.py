@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,9 +209,43 @@ def test_error_messages_are_stable_and_documented() -> None:
         shown = template.replace("{", "<").replace("}", ">")
         assert f"`{shown}`" in documented, shown
     assert "`circuit breaker: stopped after" in documented
+    for made in breaker_texts():
+        assert made.startswith("circuit breaker: ")
+        assert any(re.fullmatch(form, made) for form in documented_breaker_forms(documented)), made
     breaker_ = breaker.Breaker()
     trip = None
     for _ in range(breaker.AUTH_TRIP):
         trip = breaker_.observe(failed=True, auth=True, transient=False)
     assert trip is not None
     assert trip.startswith("circuit breaker: stopped after 5 consecutive authentication failures")
+
+
+def breaker_texts() -> list[str]:
+    """Every form a breaker's error_message takes (review13 F4): both trips, stopped or ended, with or
+    without entities finishing after the trip, for K = 3, 1 and 0."""
+    out = []
+    for auth, trip in ((True, breaker.AUTH_TRIP), (False, breaker.OUTAGE_TRIP)):
+        for k in (3, 1, 0):
+            for late in (0, 1, 2):
+                b = breaker.Breaker(transient_runs=k)
+                for _ in range(trip + late):
+                    b.observe(failed=True, auth=auth, transient=not auth)
+                out += [str(b.message()), str(b.message(stopped=False))]
+    return out
+
+
+def documented_breaker_forms(documented: str) -> list[str]:
+    """docs/cli.md's breaker rows, every combination, as regular expressions (`<…>` matches anything)."""
+    auth, outage, ended, late = re.findall(r"^\| `(circuit breaker: [^`]*)`", documented, re.MULTILINE)
+    assert ended == "circuit breaker: the run ended on <what> (nothing was left to stop) — <tail>"
+    pairs = [row.removeprefix("circuit breaker: stopped after ").split(" — ") for row in (auth, outage)]
+    what, tail = pairs[1]
+    pairs.append([what, tail.split(" and backs off")[0] + " and never backs off for it (backoff.transient_runs: 0)"])
+    in_flight = late.split("<either form>")[1].split(" — ")[0]
+    forms = []
+    for what, tail in pairs:
+        for head in (f"stopped after {what}", f"the run ended on {what} (nothing was left to stop)"):
+            for middle in ("", in_flight):
+                form = f"circuit breaker: {head}{middle} — {tail}"
+                forms.append(".+?".join(re.escape(part) for part in re.split(r"<[^>]*>", form)))
+    return forms

@@ -50,13 +50,88 @@ def test_values_are_yaml_scalars(text: str, path: tuple[Any, ...], value: Any) -
         ("pagination.max_items=", "--set pagination.max_items= has no value (write '' for empty text, null for none)"),
         ("rate_limit={requests: 1}", "--set rate_limit: the value must be a scalar"),
         ("records=[a, b]", "--set records: the value must be a scalar"),
-        ("request.query.key=${secret.STEAM_API_KEY}", "--set request.query.key: a value cannot name a secret"),
+        ("request.query.key=${secret.STEAM_API_KEY}", "--set request.query.key: a value cannot name a setting"),
     ],
 )
 def test_malformed_overrides_are_usage_errors(text: str, message: str) -> None:
     with pytest.raises(UsageError) as error:
         overrides.parse([text])
     assert str(error.value).startswith(message)
+
+
+NAMES_A_SETTING = "a value cannot name a setting (${secret.…}, ${env.…})"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "${secret.ANY_ENV_VAR}",
+        "'${secret.ANY_ENV_VAR}'",
+        '"\\u0024{secret.ANY_ENV_VAR}"',  # YAML's escapes decode after the argument is read
+        '"\\x24{secret.ANY_ENV_VAR}"',
+        '"\\U00000024{secret.ANY_ENV_VAR}"',
+        '"\\u0024\\u007bsecret.ANY_ENV_VAR}"',
+        '"$\\\n  {secret.ANY_ENV_VAR}"',  # a double-quoted line continuation joins `$` and `{`
+        "${env.DATABASE_URL}",  # ${env.X} reads any variable of the runner's environment as well
+        '"x\\u0024{env.DATABASE_URL}y"',
+        "!!str ${secret.ANY_ENV_VAR}",
+    ],
+)
+def test_a_value_naming_a_setting_is_refused_however_it_is_encoded(value: str) -> None:
+    """review13 F2: the guard reads the value as YAML decoded it, not the argument's text, so no
+    escape smuggles a `${secret.X}` (or `${env.X}`) into a request."""
+    with pytest.raises(UsageError) as error:
+        overrides.parse([f"request.query.leak={value}"])
+    assert NAMES_A_SETTING in str(error.value)
+
+
+def test_a_dollar_and_a_brace_in_separate_values_name_nothing() -> None:
+    """Each override replaces a whole value: `$` in one and `{secret.X}` in another never join."""
+    parsed = overrides.parse(["description=$", "request.query.a=$", "request.query.b='{secret.X}'"])
+    assert [o.value for o in parsed] == ["$", "$", "{secret.X}"]
+    with pytest.raises(UsageError) as error:
+        overrides.parse(["request.query.${secret.X}=1"])
+    assert "a path cannot name a setting" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("concurrency=16", 16),
+        ("concurrency=-3", -3),
+        ("rate_limit.requests=2.5", 2.5),
+        ("concurrency=0x10", "0x10"),
+        ("concurrency=0o20", "0o20"),
+        ("concurrency=1_0", "1_0"),
+        ("concurrency=1:30", "1:30"),
+        ("write_batch=1e3", "1e3"),
+        ("description=2024-01-01", "2024-01-01"),
+    ],
+)
+def test_numbers_are_decimal(text: str, value: Any) -> None:
+    """review13 F10: one rule for numbers — decimal digits. YAML 1.1's hexadecimal, octal, underscored
+    and sexagesimal integers stay text like `1e3` (so they are refused where a number goes)."""
+    (override,) = overrides.parse([text])
+    assert override.value == value
+
+
+def test_a_hexadecimal_number_is_refused_where_a_number_goes() -> None:
+    (problem,) = problems("concurrency=0x10")
+    assert problem.endswith("concurrency: expected a whole number, got '0x10' (from --set concurrency)")
+
+
+def test_zero_max_body_is_refused_like_other_zero_limits() -> None:
+    (problem,) = problems("request.max_body=0B")
+    assert problem.endswith("request.max_body: '0B' is out of range: must be more than 0 (from --set request.max_body)")
+
+
+def test_an_item_of_a_list_the_file_lacks_is_named_as_a_list() -> None:
+    """review13 F10: not "no setting '0' in entities.where", as if `where` were a mapping."""
+    (problem,) = problems("entities.where.0.column=x")
+    assert problem.endswith(
+        "--set entities.where.0.column: entities.where is not in the file: a list's items must be there to be"
+        " set (write the list in the file)"
+    )
 
 
 # --- applied before validation ----------------------------------------------------------------------
@@ -211,6 +286,59 @@ def test_set_max_items_and_rate_limit_for_a_smoke_run(
     assert cli.main(["run", str(APPLIST), *FAST]) == 0
     assert steam.scalar("select count(*) from apps") == len(APPS)
     assert api.requests[2].query.get("last_appid") == "50"
+
+
+def test_an_override_cannot_send_the_sources_credentials_to_another_origin(
+    steam: Database, api: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13 F3: the applist sends STEAM_API_KEY in its query; `--set request.url=` naming another
+    host (or a userinfo trick) exits 2 before any request or job row, saying how to do it deliberately."""
+    for url in ("http://127.0.0.1:9/steal", f"http://evil@{api.url.partition('://')[2]}/x"):
+        assert cli.main(["run", str(APPLIST), "--set", f"request.url={url}", *FAST]) == 2
+        err = capsys.readouterr().err
+        assert "--set request.url: would send this source's credentials to another origin than the file's" in err
+        assert "set the environment variable its URL names (or copy the file)" in err
+    assert (len(api.requests), steam.scalar("select count(*) from sync_jobs")) == (0, 0)
+
+
+def test_a_checkpoint_is_resumed_only_by_the_listing_it_was_made_for(
+    steam: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13 F3: the checkpoint records the listing's URL; a run against another URL (here the
+    deliberate way: the environment variable the file's URL names) starts over and says so."""
+    assert cli.main(["run", str(APPLIST), "--set", "pagination.max_items=7", *FAST]) == 0
+    (stored,) = steam.rows("select cursor from syncrun_cursors")
+    assert stored[0]["url"] == f"{api.url}{ROUTE}"
+    api.route(f"/mirror{ROUTE}", applist_page)
+    monkeypatch.setenv("STEAM_API_URL", f"{api.url}/mirror")
+    capsys.readouterr()
+    assert cli.main(["run", str(APPLIST), "--set", "pagination.max_items=1", *FAST]) == 0
+    assert (api.requests[-1].path, api.requests[-1].query.get("last_appid")) == (f"/mirror{ROUTE}", None)
+    assert "the checkpoint was made for another URL" in capsys.readouterr().err
+    assert KEY[:8] not in str(steam.rows("select cursor from syncrun_cursors"))
+
+
+def test_a_secrets_value_given_to_set_reaches_no_output(
+    steam: Database, api: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13 F9: a secret's value (or an 8-character piece of it) mistyped into a --set value is
+    masked in the log, the job row's metadata and a validation error; no piece of it reaches stdout,
+    stderr or any table syncrun writes."""
+    values = [f"xx {KEY}", f"yy {KEY[3:15]}"]
+    assert cli.main(["run", str(APPLIST), *(f"--set=description={v}" for v in values[:1]), *FAST]) == 0
+    assert cli.main(["run", str(APPLIST), f"--set=description={values[1]}", "--restart", *FAST]) == 0
+    assert cli.main(["run", str(APPLIST), f"--set=pagination.max_items={KEY}", *FAST]) == 2
+    out, err = capsys.readouterr()
+    assert "expected a whole number, got '***' (from --set pagination.max_items)" in err
+    stored = steam.rows(
+        "select (select json_agg(j)::text from sync_jobs j), (select json_agg(c)::text from syncrun_cursors c),"
+        " (select json_agg(s)::text from syncrun_state s)"
+    )
+    metadata = [row[0] for row in steam.rows("select metadata->'overrides'->>'description' from sync_jobs")]
+    assert sorted(metadata) == ["xx ***", "yy ***"]
+    for text in (out, err, str(stored)):
+        for start in range(len(KEY) - 7):
+            assert KEY[start : start + 8] not in text
 
 
 def test_test_read_takes_overrides(capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,7 +53,12 @@ def test_status_text(env: Database, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli.main(["status", str(source)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("alpha (job type alpha, default selection)\n")
-    assert "  entities 2   due now 2   never synced 2\n" in out
+    # one population a line (review13 F8): the status table's syncable rows, then syncrun_state's entities
+    assert "  status table: syncable 2   due now 2   never synced 2\n" in out
+    assert (
+        "  state, syncable or not: backing off 0   skip-until 0   claimed 0   failing 0   failing transiently 0\n"
+        in out
+    )
     assert "  no runs yet\n" in out
 
 

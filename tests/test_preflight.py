@@ -136,6 +136,30 @@ def test_bad_setting_texts(tmp_path: Path, environ: dict[str, str], message: str
     assert _check(tmp_path, **environ) == message
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("not a url", "it must start with http:// or https://"),
+        ("ftp://auth.example.com", "it must start with http:// or https://"),
+        ("https://", "it has no host (write https://host/…)"),
+    ],
+)
+def test_a_token_url_from_a_setting_is_checked_at_run_start(tmp_path: Path, value: str, reason: str) -> None:
+    """auth.token_url read from a setting gets the request URL's check, with the value (exit 2)."""
+    text = SOURCE.replace(
+        '  headers: {Authorization: "Bearer ${secret.API_TOKEN}"}\n',
+        "auth: {type: oauth2_client_credentials, token_url: '${env.TOKEN_URL}/token', client_id: a,"
+        " client_secret: '${secret.API_TOKEN}'}\n",
+    )
+    source = _source(tmp_path, text)
+    settings = templating.resolve(source.settings, {**FINE, "TOKEN_URL": value})
+    with pytest.raises(SettingError) as caught:
+        preflight.check_settings([source], settings)
+    assert str(caught.value) == f"setting TOKEN_URL makes the token URL of source 'alpha' unusable: {reason}"
+    fine = templating.resolve(source.settings, {**FINE, "TOKEN_URL": "https://auth.example.com"})
+    preflight.check_settings([source], fine)
+
+
 def test_every_problem_is_listed(tmp_path: Path) -> None:
     """Several bad settings are reported together; a bad value is not reported twice (as a URL too)."""
     assert _check(tmp_path, API_URL="http://h\n", API_TOKEN=TOKEN + "\n", QUERY_KEY="k\x7f") == (

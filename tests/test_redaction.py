@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -354,3 +355,46 @@ def _measure() -> None:  # pragma: no cover - `python -m tests.test_redaction`: 
 
 if __name__ == "__main__":
     _measure()
+
+
+def test_run_time_tokens_stay_masked_while_recent_and_the_pattern_stays_bounded() -> None:
+    """An 8-hour run renewing its token every 120 s: the configured secret and the newest tokens (the
+    one in use, the RECENT before it, and any replaced less than RETAIN seconds ago) are masked, pieces
+    included; older ones retire, so the pattern holds at most MAX_RECENT tokens and adding the 240th
+    costs what adding the 10th did."""
+    from runner import redaction
+
+    now = [0.0]
+    redact = Redactor(["configured-Secret-Xy12Zw34"], clock=lambda: now[0])
+    issued = ["at-" + hashlib.sha256(str(n).encode()).hexdigest()[:48] for n in range(240)]  # no shared piece
+    for token in issued:
+        now[0] += 120.0
+        redact.add(token, run_time=True)
+        assert len(redact._recent) <= redaction.MAX_RECENT
+    kept = max(redaction.RECENT, int(redaction.RETAIN // 120) + 1)
+    for token in issued[-kept:]:
+        assert redact(f"x {token} y") == "x *** y"
+        assert redact(f"x {token[2:14]} y") == "x *** y"
+    assert redact("configured-Secret-Xy12Zw34") == "***"
+    assert redact(f"x {issued[0]} y") == f"x {issued[0]} y"  # replaced 8 hours ago: retired
+
+    burst = Redactor(clock=lambda: now[0])  # tokens renewed every second: bounded by MAX_RECENT
+    for token in issued[:40]:
+        burst.add(token, run_time=True)
+    assert len(burst._recent) == redaction.MAX_RECENT
+    assert burst(issued[39]) == "***"
+    assert burst(issued[40 - redaction.MAX_RECENT]) == "***"
+    assert burst(issued[0]) == issued[0]
+
+
+def test_a_run_time_token_answered_again_is_the_newest_again() -> None:
+    """A provider answering the same token twice: it is not retired as an old one."""
+    now = [0.0]
+    redact = Redactor(clock=lambda: now[0])
+    same = "at-same-Jh4Kl6Mn8Bv0Cx2Z"
+    redact.add(same, run_time=True)
+    for n in range(20):
+        now[0] += 1000.0
+        redact.add(f"at-other-{n:03d}-Pq1Wo9Ei7Ru5", run_time=True)
+        redact.add(same, run_time=True)
+    assert redact(same) == "***"

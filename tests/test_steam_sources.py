@@ -887,3 +887,36 @@ def test_developer_spelling_does_not_depend_on_arrival_order(
     assert names == [("Sable Works",)]
     assert steam.rows("select name from publishers where normalized_name = 'sable works'") == [("SABLE WORKS",)]
     assert steam.scalar("select release_date from apps where appid = 570") == dt.date(2012, 1, 1)  # a bare year
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "detail"),
+    [
+        ("<html><body>Steam is busy</body></html>", "text/html", "(HTTP 200 text/html: '<html><body>Steam is busy"),
+        ('{"570": {"success": true, "data": {"name": "Dota', "application/json", "(HTTP 200 application/json: '{"),
+    ],
+)
+def test_storefront_not_json_keeps_what_arrived(
+    steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body: str, content_type: str, detail: str
+) -> None:
+    """review13 F7: the source's `not json` rule names the error; the engine's description of what
+    arrived (bounded, redacted) follows it instead of being replaced by it."""
+    golden_file = Golden.load("steam-storefront")
+    prepare(steam, golden_file, monkeypatch)
+    directory = cassette(tmp_path, "steam-storefront", {"appids=570&": [response(200, body, content_type)] * 4})
+    assert replay(golden_file.source, directory, "--ids", "570", scale=FAST) == 1
+    (error,) = steam.rows("select last_error from syncrun_state where entity_key = '570'")[0]
+    assert error.startswith(f"storefront sent no JSON object {detail}")
+    assert len(error) < 300
+    assert steam.scalar("select last_error_message from sync_status where appid = 570") == error
+
+
+def test_ccu_html_keeps_what_arrived(steam: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """review13 F7: `Steam CCU: HTTP 200, result null` says what arrived too."""
+    golden_file = Golden.load("steam-ccu")
+    prepare(steam, golden_file, monkeypatch)
+    page = response(200, "<html>maintenance</html>", "text/html")
+    directory = cassette(tmp_path, "steam-ccu", {"appid=730": [page] * 4})
+    assert replay(golden_file.source, directory, "--ids", "730", scale=FAST) == 1
+    (error,) = steam.rows("select last_error from syncrun_state where entity_key = '730'")[0]
+    assert error == "Steam CCU: HTTP 200, result null (HTTP 200 text/html: '<html>maintenance</html>')"

@@ -102,9 +102,10 @@ def test_client_authentication_method(client_auth: str | None, server: str, api:
         assert grant(ep) == tokens.Grant(TOKEN, 3600.0)
     else:
         message = failure(ep)
-        assert f"answered HTTP 401 (invalid_client) — check auth.client_id and auth.client_secret (sent as {sent})" in (
-            message
-        )
+        assert (
+            "answered HTTP 401 (invalid_client) — the provider does not accept the client: check auth.client_id"
+            f" and auth.client_secret (sent as {sent}; the provider may want the other client_auth)"
+        ) in message
         assert SECRET[:8] not in message
 
 
@@ -168,6 +169,55 @@ def test_a_slow_token_endpoint_runs_into_the_deadline(reply: Reply, api: ApiServ
     assert [r.path for r in api.requests] == ["/oauth/token"] * 2
 
 
+# --- a refusal says which key to check: by its RFC 6749 §5.2 error code, else by its status -----------------
+REFUSALS = {
+    "404 typo in the path": (Reply(404, json={}), "— check auth.token_url: it is not the provider's token endpoint"),
+    "405": (Reply(405), "HTTP 405 — check auth.token_url"),
+    "redirect": (Reply(302, headers={"Location": "/login"}), "a redirect, which token requests do not follow"),
+    "500": (Reply(500, json={"error": "server_error"}), "(server_error) — the token endpoint is rate-limited or"),
+    "429": (Reply(429), "HTTP 429 — the token endpoint is rate-limited or failing at the moment: nothing to fix"),
+    "invalid_client": (Reply(400, json={"error": "invalid_client"}), "not accept the client: check auth.client_id"),
+    "invalid_scope": (
+        Reply(400, json={"error": "invalid_scope", "error_description": "unknown scope"}),
+        "(invalid_scope: unknown scope) — the provider refused the scopes asked for: check auth.scopes (sent: read)",
+    ),
+    "invalid_request": (
+        Reply(400, json={"error": "invalid_request"}),
+        "found the token request malformed (a missing, repeated or unsupported parameter): check auth.extra",
+    ),
+    "unauthorized_client": (
+        Reply(400, json={"error": "unauthorized_client"}),
+        "the client auth.client_id may not use the client_credentials grant: allow it",
+    ),
+    "unsupported_grant_type": (
+        Reply(400, json={"error": "unsupported_grant_type"}),
+        "this endpoint does not offer the client_credentials grant: check auth.token_url and auth.type",
+    ),
+    "invalid_grant": (
+        Reply(400, json={"error": "invalid_grant"}),
+        "refused the client credentials grant: check auth.scopes, auth.client_id and auth.client_secret",
+    ),
+    "401 without a code": (Reply(401), "HTTP 401 — check auth.client_id and auth.client_secret (sent as"),
+    "403 without a code": (Reply(403), "HTTP 403 — the provider refuses this client: check that auth.client_id may"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refusal_points_at_the_key_to_check(case: str, api: ApiServer, tmp_path: Path) -> None:
+    """A 404 or a redirect is the URL, a 5xx or 429 the provider's trouble, an RFC 6749 error code its
+    own key; the secret is never quoted, not even when the provider echoes it."""
+    reply, expected = REFUSALS[case]
+    if reply.json is not None:
+        reply = Reply(reply.status, json={**reply.json, "echo": SECRET}, headers=reply.headers)
+    api.route("/oauth/token", reply)
+    message = failure(endpoint(api, tmp_path))
+    assert expected in message
+    if case in ("404 typo in the path", "405", "redirect", "500", "429"):
+        assert "client_id" not in message  # nothing to check there
+    assert SECRET[:8] not in message
+    assert SECRET[-8:] not in message
+
+
 @pytest.mark.parametrize(
     ("expires_in", "lifetime"),
     [
@@ -210,3 +260,17 @@ def test_a_token_is_masked_from_the_moment_it_arrives(api: ApiServer, tmp_path: 
     assert TOKEN in heard
     assert "rt-Kd83Jf72Hs61" in heard
     assert ep.settings.redact(f"x {TOKEN[3:11]} rt-Kd83Jf72 y") == "x *** *** y"
+
+
+@pytest.mark.parametrize(("token_type", "warned"), [("Bearer", False), ("bearer", False), (None, False), ("mac", True)])
+def test_a_token_type_other_than_bearer_is_used_with_a_warning(
+    token_type: str | None, warned: bool, api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """syncrun sends Bearer tokens only: another token_type is said, not silently taken for one."""
+    body = {"access_token": TOKEN, "expires_in": 60} | ({"token_type": token_type} if token_type else {})
+    api.route("/oauth/token", Reply(200, json=body))
+    with caplog.at_level(logging.WARNING, logger="syncrun"):
+        assert grant(endpoint(api, tmp_path)).access_token == TOKEN
+    said = [r.getMessage() for r in caplog.records if "token_type" in r.getMessage()]
+    assert bool(said) == warned
+    assert all("answered token_type 'mac': syncrun sends every token as Bearer" in m for m in said)

@@ -1,0 +1,288 @@
+"""Renewing an OAuth2 token when it fails (runner/auth.py `Token.failed`): one renewal in flight, its
+failure remembered and given to every request that waited for it, at most `retry.attempts` token
+requests per renewal, and a refresh token never sent again once a rotating provider answered to it.
+Against a loopback token endpoint of the tests' own."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+
+from runner import auth, cli, config, templating
+from runner.errors import RunFailed
+from runner.redaction import Redactor
+from tests import test_auth
+from tests.apiserver import ApiServer, Recorded, Reply
+from tests.pg import Database
+from tests.test_auth import env  # noqa: F401 (a fixture)
+from tests.test_security import tls_api  # noqa: F401 (a fixture: HTTPS with a throwaway certificate)
+
+CLIENT_SECRET = "cs-Wq5Er7Ty9Ui1Op3A"
+REFRESH = "rt-Zx4Cv6Bn8Ml0Kj2H"
+SOURCE = """\
+name: t
+entities: {{columns: {{appid: int}}}}
+request: {{url: "{url}/apps/{{appid}}"}}
+auth: {auth}
+rate_limit: {{requests: 100, per: 1s}}
+retry: {{attempts: 3, initial: 10ms, max_delay: 10ms}}
+writes: [{{table: apps, key: [appid], columns: {{appid: entity.appid}}}}]
+"""
+CLIENT_CREDENTIALS = (
+    "{{type: oauth2_client_credentials, token_url: '{url}/oauth/token', client_id: c1,"
+    " client_secret: '${{secret.CLIENT_SECRET}}'}}"
+)
+REFRESH_TOKEN = (
+    "{{type: oauth2_refresh_token, token_url: '{url}/oauth/token', client_id: c1,"
+    " refresh_token: '${{secret.REFRESH_TOKEN}}'}}"
+)
+SECRETS = {("secret", "CLIENT_SECRET"): CLIENT_SECRET, ("secret", "REFRESH_TOKEN"): REFRESH}
+
+
+def authenticator(api: ApiServer, tmp_path: Path, block: str) -> auth.Authenticator:
+    text = SOURCE.format(url=api.url, auth=block.format(url=api.url))
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    found = auth.for_source(source, settings)
+    assert found is not None
+    return found
+
+
+async def waiters(authenticator: auth.Authenticator, rejected: str | None, count: int = 8) -> list[BaseException]:
+    """`count` requests at once: each renews the token `rejected` (or asks for the first one)."""
+
+    async def one() -> None:
+        if rejected is None:
+            await authenticator.current()
+        else:
+            await authenticator.renew(rejected)
+
+    try:
+        results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    finally:
+        await authenticator.aclose()
+    return [r for r in results if isinstance(r, BaseException)]
+
+
+def test_a_failing_first_fetch_is_asked_once_per_renewal_not_once_per_waiter(api: ApiServer, tmp_path: Path) -> None:
+    """8 requests wait for the first token; the endpoint answers 500: 3 token requests (retry.attempts),
+    and all 8 requests get the same failure."""
+    api.route("/oauth/token", Reply(500, json={"error": "server_error"}))
+    failures = asyncio.run(waiters(authenticator(api, tmp_path, CLIENT_CREDENTIALS), None))
+    assert len(api.requests) == 3
+    assert len(failures) == 8
+    assert all(isinstance(f, RunFailed) for f in failures)
+    assert len({str(f) for f in failures}) == 1
+    assert "answered HTTP 500 (server_error) — the token endpoint is rate-limited or failing" in str(failures[0])
+
+
+def test_a_failing_renewal_mid_run_is_remembered(api: ApiServer, tmp_path: Path) -> None:
+    """A good token, then the endpoint fails: the 8 requests refused with the old token cause one
+    renewal (3 attempts), and a request afterwards is refused at once, without a token request."""
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-first-Mn3Bv5Cx7Z"}), Reply(503))
+    found = authenticator(api, tmp_path, CLIENT_CREDENTIALS)
+
+    async def main() -> tuple[list[BaseException], BaseException | None]:
+        first = await found.current()
+        failures = await waiters(found, first)
+        try:
+            await found.current()
+        except RunFailed as error:
+            return failures, error
+        return failures, None
+
+    failures, later = asyncio.run(main())
+    assert len(api.requests) == 1 + 3
+    assert len(failures) == 8
+    assert later is not None
+    assert str(later) == str(failures[0])
+    assert found.fetches == 4
+
+
+def test_a_rotating_provider_is_sent_the_refresh_token_once(api: ApiServer, tmp_path: Path) -> None:
+    """The provider spends the refresh token and answers a new one: the run stops saying the configured
+    one is most likely spent; none of the 7 other waiting requests sends it again (a provider with
+    reuse detection would revoke the whole token family)."""
+    sent: list[str] = []
+
+    def rotating(request: Recorded) -> Reply:
+        form = dict(parse_qsl(request.body.decode()))
+        sent.append(form.get("refresh_token", ""))
+        if form.get("refresh_token") != REFRESH or len(sent) > 1:
+            return Reply(400, json={"error": "invalid_grant", "error_description": "reused: family revoked"})
+        return Reply(200, json={"access_token": "at-" + secrets.token_hex(8), "refresh_token": "rt-new-Qa1Ws2Ed3R"})
+
+    api.route("/oauth/token", rotating)
+    failures = asyncio.run(waiters(authenticator(api, tmp_path, REFRESH_TOKEN), None))
+    assert sent == [REFRESH]
+    assert len(failures) == 8
+    message = str(failures[0])
+    assert "rotated the refresh token" in message
+    assert "most likely spent auth.refresh_token" in message
+    assert "obtain a new refresh token" in message
+    assert "rt-new" not in message
+    assert REFRESH[:8] not in message
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, body=b"<html>not json</html>"),
+        Reply(200, json={"access_token": "bad token with spaces", "refresh_token": "rt-new-Qa1Ws2Ed3R"}),
+        Reply(200, drip=0.05),
+    ],
+    ids=["not json", "unusable token", "answer cut by the deadline"],
+)
+def test_a_refresh_token_answered_to_is_never_sent_again(reply: Reply, api: ApiServer, tmp_path: Path) -> None:
+    """A success answer syncrun cannot use (or whose body never finished) may have rotated the refresh
+    token: no retry with it, and the message says it may be spent."""
+    api.route("/oauth/token", reply)
+    block = REFRESH_TOKEN.replace("refresh_token: ", "timeout: 300ms, refresh_token: ")
+    failures = asyncio.run(waiters(authenticator(api, tmp_path, block), None, count=3))
+    assert len(api.requests) == 1
+    assert len(failures) == 3
+    assert "it has spent auth.refresh_token with this answer and a new one must be obtained" in str(failures[0])
+
+
+def test_a_refresh_token_refused_with_an_error_is_retried_only_when_transient(api: ApiServer, tmp_path: Path) -> None:
+    """An error answer spends nothing: a 503 is retried (retry.attempts), an invalid_grant is not."""
+    api.route("/oauth/token", Reply(503), Reply(400, json={"error": "invalid_grant"}))
+    failures = asyncio.run(waiters(authenticator(api, tmp_path, REFRESH_TOKEN), None, count=2))
+    assert len(api.requests) == 2
+    assert "the provider refused auth.refresh_token: it expired, was revoked or was already used" in str(failures[0])
+
+
+# --- a 403 that says insufficient_scope (RFC 6750 §3.1) -----------------------------------------------------
+def send(api: ApiServer, tmp_path: Path, block: str, path: str) -> int:
+    """One GET of `path` through the source's AuthTransport; its status."""
+    import httpx
+
+    found = authenticator(api, tmp_path, block)
+
+    async def main() -> int:
+        transport = auth.AuthTransport(httpx.AsyncHTTPTransport(), found)
+        async with httpx.AsyncClient(transport=transport) as http:
+            return (await http.get(f"{api.url}{path}")).status_code
+
+    return asyncio.run(main())
+
+
+def test_a_403_for_a_missing_scope_fails_the_run_naming_the_scope(api: ApiServer, tmp_path: Path) -> None:
+    """The challenge names the scope the API wants: the run stops (every request carries the same token),
+    saying which scope to add to auth.scopes; the token is not quoted."""
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-Lk9Jh7Gf5Ds3Aq1W", "expires_in": 3600}))
+    challenge = 'Bearer realm="api", error="insufficient_scope", scope="tickets:write admin", error_description="x"'
+    api.route("/apps/1", Reply(403, json={"error": "insufficient_scope"}, headers={"WWW-Authenticate": challenge}))
+    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "client_id: c1, scopes: ['tickets:read'],")
+    with pytest.raises(RunFailed) as caught:
+        send(api, tmp_path, block, "/apps/1")
+    message = str(caught.value)
+    assert message == (
+        f"HTTP 403 (insufficient_scope) from GET {api.url}/apps/1 — the access token lacks a scope this request"
+        " needs; the API asks for scope 'tickets:write admin'; add it to auth.scopes (sent: tickets:read)"
+    )
+
+
+def test_another_403_stays_the_entity_s_outcome(api: ApiServer, tmp_path: Path) -> None:
+    """A 403 without that challenge (this entity is forbidden) is answered to the caller as it is."""
+    api.route("/apps/1", Reply(403, json={"error": "forbidden"}, headers={"WWW-Authenticate": 'Bearer realm="a"'}))
+    block = "{{type: bearer, token: '${{secret.CLIENT_SECRET}}'}}"
+    assert send(api, tmp_path, block, "/apps/1") == 403
+    api.route("/apps/2", Reply(403, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'}))
+    with pytest.raises(RunFailed, match="the bearer credentials lack a permission this request needs; check what"):
+        send(api, tmp_path, block, "/apps/2")
+
+
+# --- a run that could not get a token is never `completed` ----------------------------------------------------
+def test_max_runtime_while_the_token_endpoint_hangs_fails_the_run(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--max-runtime passes while the first token request hangs; the token failure that follows (within
+    the grace period) makes the run `failed`, exit 1, not `completed` with nothing processed."""
+    api.route("/oauth/token", Reply(200, hang=True))
+    block = test_auth.CLIENT_CREDENTIALS.replace("scopes:", "timeout: 400ms, scopes:")
+    source = test_auth.source_with(tmp_path, block, concurrency=2)
+    test_auth.seed(env, source, range(1, 4))
+    assert cli.main(["run", str(source), "--max-runtime", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "max runtime reached" in err
+    assert "could not get an access token" in err
+    status, processed, metadata = env.rows("select status, items_processed, metadata from sync_jobs")[0]
+    assert (status, processed) == ("failed", 0)
+    assert metadata["stop_reason"] == "max_runtime"
+
+
+# --- the token endpoint's TLS: as the source's request.verify_tls, unless auth.verify_tls says -----------------
+TOKEN_ANSWER = Reply(200, json={"access_token": "at-Tl5Sv7Er9Fy1Ca3B", "expires_in": 3600})
+
+
+def tls_source(server: ApiServer, tmp_path: Path, *, request: str = "", block: str = "") -> auth.Authenticator:
+    url = server.url.replace("http://", "https://")
+    text = SOURCE.format(
+        url=url, auth=CLIENT_CREDENTIALS.format(url=url).replace("client_id: c1,", block + " client_id: c1,")
+    )
+    text = text.replace(
+        f'request: {{url: "{url}/apps/{{appid}}"}}', f'request: {{url: "{url}/apps/{{appid}}"{request}}}'
+    )
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    found = auth.for_source(source, settings)
+    assert found is not None
+    return found
+
+
+def first_token(found: auth.Authenticator) -> str:
+    async def main() -> str:
+        try:
+            return await found.current()
+        finally:
+            await found.aclose()
+
+    return asyncio.run(main())
+
+
+def test_the_token_endpoint_follows_request_verify_tls(
+    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A self-signed token endpoint: refused by default; accepted (with a warning naming it) when the
+    source turns verification off; refused again when auth.verify_tls turns it back on for the token
+    endpoint alone."""
+    tls_api.route("/oauth/token", TOKEN_ANSWER)
+    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        first_token(tls_source(tls_api, tmp_path))
+    with caplog.at_level("WARNING", logger="syncrun"):
+        assert first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false")) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert "TLS certificate verification is disabled for the token endpoint https://" in caplog.text
+    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false", block=" verify_tls: true,"))
+    assert first_token(tls_source(tls_api, tmp_path, block=" verify_tls: false,")) == "at-Tl5Sv7Er9Fy1Ca3B"
+
+
+# --- token requests and the rate budget ----------------------------------------------------------------------
+@pytest.mark.parametrize("rate_limited", [False, True])
+def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
+    rate_limited: bool, api: ApiServer, tmp_path: Path
+) -> None:
+    """With `rate_limited: true` each token request waits for the source's limiter and counts in it;
+    by default the limiter never sees one."""
+    from runner.ratelimit import Limiter
+
+    api.route("/oauth/token", Reply(503), TOKEN_ANSWER)  # two token requests: a retry is a request too
+    block = CLIENT_CREDENTIALS.replace("client_id: c1,", f"rate_limited: {str(rate_limited).lower()}, client_id: c1,")
+    source = config.loads(SOURCE.format(url=api.url, auth=block.format(url=api.url)), tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+    assert first_token(found) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert len(api.requests) == 2
+    assert limiter.requests == (2 if rate_limited else 0)
