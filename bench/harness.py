@@ -246,6 +246,7 @@ class Proc:
     maxrss_kb: int
     stdout: str
     stderr: str
+    cpu_s: float = 0.0  # the child's own CPU time, user + system (os.wait4)
 
     def tail(self, lines: int = 6) -> str:
         return "\n".join((self.stderr or self.stdout).strip().splitlines()[-lines:])
@@ -280,7 +281,8 @@ class Started:
             handle.seek(0)
             texts.append(handle.read())
             handle.close()
-        return Proc(self.cmd, self.proc.returncode, elapsed, usage.ru_maxrss, texts[0], texts[1])
+        cpu = usage.ru_utime + usage.ru_stime
+        return Proc(self.cmd, self.proc.returncode, elapsed, usage.ru_maxrss, texts[0], texts[1], cpu)
 
 
 def syncrun(args: Sequence[str], *, dsn: str, api: str, cwd: Path) -> Started:

@@ -99,7 +99,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response = await self._session.request(
                 request.method,
                 url,
-                headers=list(request.headers.multi_items()),
+                headers=_headers(request.headers),
                 data=body or None,
                 allow_redirects=False,
                 compress=False,
@@ -126,6 +126,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
             if self._tls:  # aiohttp's advice: TLS connections closed by the server (Connection: close)
                 await asyncio.sleep(_TLS_SHUTDOWN)  # finish their shutdown after the session is gone
+
+
+def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
+    """`headers.multi_items()` (names lower-case), with the encoding looked up once: httpx works it
+    out again on every access."""
+    encoding = headers.encoding
+    return [(name.lower().decode(encoding), value.decode(encoding)) for name, value in headers.raw]
 
 
 class _Body(httpx.AsyncByteStream):

@@ -47,6 +47,7 @@ from runner import (
     templating,
     workflow,
 )
+from runner.aiotransport import AiohttpTransport
 from runner.errors import ConfigError, SyncrunError, UsageError
 from runner.overrides import Override
 from runner.redaction import Redactor
@@ -453,8 +454,9 @@ def _transports(
     if playback.record is not None:
 
         def recording(source: spec.Source) -> httpx.AsyncBaseTransport:
-            limits = httpx.Limits(max_connections=source.concurrency)
-            inner = httpx.AsyncHTTPTransport(verify=source.request.verify_tls, limits=limits)
+            # the transport of a normal run (runner/client.py `build`), so a recorded run sends alike
+            limits = httpx.Limits(max_connections=source.concurrency, max_keepalive_connections=source.concurrency)
+            inner = AiohttpTransport(verify=source.request.verify_tls, limits=limits)
             return recorders.setdefault(
                 source.name, replay.RecordingTransport(inner, settings.redact, max_body=source.request.max_body)
             )

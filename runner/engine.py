@@ -355,7 +355,7 @@ class _Run:
             redact = self.settings.redact.value  # an API that echoes a token never gets it stored
             cut = keep if number == len(replies) else None
             for index, produced in mapping.rows(self.source, base, keep=cut).items():
-                rows[index].extend({column: redact(value) for column, value in row.items()} for row in produced)
+                rows[index].extend(mapping.redacted(produced, redact))
             if self.source.status is not None:
                 status = mapping.status_values(self.source.status, base)
                 values.update({column: redact(value) for column, value in status.items()})
@@ -383,12 +383,7 @@ class _Run:
         return self.result(entity, spec.Outcome.ERROR, error=self.settings.redact(message), definitive=definitive)
 
     def run_values(self) -> dict[str, JSON]:
-        return {
-            "now": self.now.isoformat(),
-            "today": self.now.date().isoformat(),  # the run's UTC date, never the machine's local date
-            "started_at": self.now.isoformat(),
-            "job_id": self.report.job_id,
-        }
+        return mapping.run_values(self.now, self.report.job_id)
 
     async def write(self, conn: database.Link | None) -> None:
         """Batch results into write transactions until the fetchers are done. The writer never stops
@@ -398,8 +393,9 @@ class _Run:
         finished = False
         crash: BaseException | None = None
         while not finished:
+            ready = self.results.qsize()  # wait_for makes a task per call: only when nothing is ready
             try:
-                item = await asyncio.wait_for(self.results.get(), timeout=_FLUSH_EVERY)
+                item = self.results.get_nowait() if ready else await asyncio.wait_for(self.results.get(), _FLUSH_EVERY)
             except TimeoutError:
                 item = None
             finished = item is _DONE

@@ -379,14 +379,27 @@ EVALUATION_FAULTS: tuple[type[Exception], ...] = (
 )
 
 Compiled = Callable[[JSON], JSON]
+_COMPILED = frozenset(
+    {
+        "comparator",
+        "and_expression",
+        "or_expression",
+        "not_expression",
+        "function_expression",
+        "multi_select_list",
+        "pipe",
+    }
+)
 _ORDERING = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
 
 
 def _compile(ast: dict[str, Any]) -> Compiled | None:
     """Plain Python for the shapes outcome rules and most mappings are made of: field paths,
-    literals, comparisons, `&&`, `||`, `!`. They run for every request and every row, and jmespath's
-    interpreter costs ~5 µs a node. Anything else (functions, projections, …) returns None and is
-    interpreted. Semantics follow jmespath's visitor exactly (tests/test_expressions.py compares)."""
+    literals, comparisons, `&&`, `||`, `!`, `@`, pipes, lists and function calls (the functions
+    themselves are jmespath's, through its own signature checks). They run for every request and
+    every row, and jmespath's interpreter costs ~5 µs a node. Anything else (projections, filters,
+    slices, `&expression` arguments, …) returns None and is interpreted. Semantics follow jmespath's
+    visitor exactly (tests/test_expressions.py compares)."""
     kind = ast["type"]
     if kind in ("field", "subexpression"):
         path = _fast(ast)
@@ -394,12 +407,24 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
     if kind == "literal":
         value = ast["value"]
         return lambda _: value
-    if kind not in ("comparator", "and_expression", "or_expression", "not_expression"):
+    if kind == "current":
+        return lambda data: data
+    if kind not in _COMPILED:
         return None  # before the children: a slice's children are numbers, not nodes
     parts = [_compile(child) for child in ast["children"]]
     if any(part is None for part in parts):
-        return None
+        return None  # an `&expression` argument (sort_by, max_by, map) among them: interpreted
     compiled = [part for part in parts if part is not None]
+    if kind == "function_expression":
+        # Arguments evaluated here, then jmespath's own call: its signature checks (and their
+        # errors) and the function itself, as the interpreter would; only the tree walk is saved.
+        call = _caller(ast["value"])
+        return lambda data: call([argument(data) for argument in compiled])
+    if kind == "multi_select_list":
+        return lambda data: None if data is None else [item(data) for item in compiled]
+    if kind == "pipe":
+        left, right = compiled
+        return lambda data: right(left(data))
     if kind == "comparator":
         return _comparator(ast["value"], compiled[0], compiled[1])
     if kind == "and_expression":
@@ -412,6 +437,40 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
         (inner,) = compiled
         return lambda data: _not(inner(data))
     return None
+
+
+def _caller(name: str) -> Callable[[list[JSON]], JSON]:
+    """The function `name` called on evaluated arguments. Arguments whose types its signature accepts
+    go straight to it; anything else goes through jmespath's `call_function`, which raises the same
+    error as the interpreter (unknown function, arity, type). jmespath checks the top-level type by
+    its Python type's name (a bool is no number) and, for typed arrays, each element: those
+    signatures always go through jmespath."""
+    functions = _OPTIONS.custom_functions
+    checked = partial(functions.call_function, name)
+    entry = functions.FUNCTION_TABLE.get(name)
+    if entry is None:
+        return checked
+    signature, function = entry["signature"], entry["function"]
+    variadic = bool(signature) and bool(signature[-1].get("variadic"))
+    allowed: list[frozenset[str] | None] = []
+    for argument in signature:
+        if not argument["types"]:
+            allowed.append(None)
+            continue
+        names, subtypes = functions._get_allowed_pytypes(argument["types"])
+        if subtypes:
+            return checked
+        allowed.append(frozenset(names))
+    count = len(signature)
+
+    def call(arguments: list[JSON]) -> JSON:
+        if (len(arguments) >= count if variadic else len(arguments) == count) and all(
+            types is None or type(value).__name__ in types for value, types in zip(arguments, allowed, strict=False)
+        ):
+            return function(functions, *arguments)
+        return checked(arguments)
+
+    return call
 
 
 def _walk(path: tuple[str, ...], data: JSON) -> JSON:

@@ -5,14 +5,13 @@ return one `Reply` per page. Sending, retries and the rate limit are client.send
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
 
 from runner import client as http
-from runner import mapping, spec, templating
+from runner import mapping, plans, spec, templating
 from runner import pagination as pagination_
 from runner.client import Reply
 from runner.errors import EntityError, FetchError, PaginationError
@@ -21,8 +20,7 @@ from runner.ratelimit import Limiter
 
 __all__ = ["Page", "Reply", "build_request", "describe", "entity", "next_page", "pages"]
 
-_HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")  # what a header value may carry (RFC 9110 field-vchar, SP, HTAB)
-_PLACEHOLDER = "0"  # stands in for every entity value when checking the URL's structure
+_PLACEHOLDER = plans.PLACEHOLDER  # stands in for every entity value when checking the URL's structure
 
 
 def build_request(
@@ -35,15 +33,30 @@ def build_request(
     rendered with a harmless placeholder; so no value can point the request somewhere else.
     """
     request = source.request
+    plan = _plan(client, request, settings)
+    if plan is not None and (built := plan.build(entity, client)) is not None:
+        return built
     url = templating.render(request.url, entity, settings, url=True)
     _check_structure(url, request.url, settings)
     params = httpx.QueryParams([(name, templating.render(t, entity, settings, url=False)) for name, t in request.query])
     headers = [(name, templating.render(t, entity, settings, url=False)) for name, t in request.headers]
     for name, value in headers:
-        if not _HEADER_TEXT.fullmatch(value):  # settings were checked at run start: an entity value did this
-            what = "a line break" if "\r" in value or "\n" in value else "a non-ASCII or control character"
-            raise FetchError(f"header {name} would contain {what} (from an entity value); not sent")
+        if (problem := plans.header_problem(name, value)) is not None:
+            raise problem
     return client.build_request(request.method, url, params=params or None, headers=headers)
+
+
+def _plan(client: httpx.AsyncClient, request: spec.Request, settings: templating.Settings) -> plans.RequestPlan | None:
+    """The source's compiled request, made once per (request, settings) on clients from
+    `client.build` (their `plans`); None for any other client (tests' own), which renders per entity."""
+    if not isinstance(client, http.Client):
+        return None
+    compiled = client.plans
+    key = (id(request), id(settings))
+    plan = compiled.get(key)
+    if plan is None or plan.request is not request or plan.settings is not settings:
+        plan = compiled[key] = plans.RequestPlan(client, request, settings)
+    return plan
 
 
 def _check_structure(url: str, template: spec.Template, settings: templating.Settings) -> None:

@@ -12,7 +12,7 @@ expression and the value that did not fit.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -46,6 +46,16 @@ def context(
     }
 
 
+def run_values(now: datetime, job_id: str | None) -> dict[str, JSON]:
+    """The context's `run` section: when the run started (UTC) and its job."""
+    return {
+        "now": now.isoformat(),
+        "today": now.date().isoformat(),  # the run's UTC date, never the machine's local date
+        "started_at": now.isoformat(),
+        "job_id": job_id,
+    }
+
+
 def records(source: spec.Source, base: dict[str, JSON]) -> list[JSON]:
     """The record(s) a response carries: `records:` may select one object or a list of them."""
     found = base["body"] if source.records is None else _search(source.records, base, "records")
@@ -60,11 +70,34 @@ def rows(source: spec.Source, base: dict[str, JSON], *, keep: int | None = None)
     first `keep` records: a page that max_items cut)."""
     out: dict[int, list[Row]] = {index: [] for index in range(len(source.writes))}
     found = records(source, base)
+    getters = [_getters(write) for write in source.writes]  # once per response, not per record
     for record in found if keep is None else found[:keep]:
         document = {**base, "record": record}
         for index, write in enumerate(source.writes):
-            out[index].extend(_write_rows(write, document, index))
+            out[index].extend(_write_rows(write, document, index, getters[index]))
     return out
+
+
+Getters = tuple[tuple[str, Callable[[JSON], JSON]], ...]
+
+
+def _getters(write: spec.Write) -> Getters | None:
+    """(column, compiled expression) for every value of a row, columns then lookups (the order `_row`
+    fills them in); None when one of them is interpreted by jmespath."""
+    pairs = [(f.column, f.expression.fast) for f in write.columns]
+    pairs += [(lookup.column, lookup.value.fast) for lookup in write.lookups]
+    if any(get is None for _, get in pairs):
+        return None
+    return tuple((column, get) for column, get in pairs if get is not None)
+
+
+_SCALARS = (int, float, bool)
+
+
+def redacted(rows: list[Row], redact: Callable[[JSON], JSON]) -> list[Row]:
+    """`rows` with every value passed through `redact` (the run's `Redactor.value`), except numbers,
+    booleans and nulls, which it returns as they are: 1,000-record pages need not call it for them."""
+    return [{c: v if v is None or type(v) in _SCALARS else redact(v) for c, v in row.items()} for row in rows]
 
 
 def status_values(status: spec.Status, base: dict[str, JSON]) -> dict[str, JSON]:
@@ -72,9 +105,9 @@ def status_values(status: spec.Status, base: dict[str, JSON]) -> dict[str, JSON]
     return {f.column: _search(f.expression, base, f"status.set.{f.column}") for f in status.set}
 
 
-def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> list[Row]:
+def _write_rows(write: spec.Write, document: dict[str, JSON], index: int, getters: Getters | None = None) -> list[Row]:
     if write.rows is None:
-        return [_row(write, document, index)] if _wanted(write, document, index) else []
+        return [_row(write, document, index, getters)] if _wanted(write, document, index) else []
     items = _search(write.rows, document, f"writes[{index}].rows")
     if items is None:
         return []
@@ -84,18 +117,25 @@ def _write_rows(write: spec.Write, document: dict[str, JSON], index: int) -> lis
         )
     documents = ({**document, "item": item} for item in items)
     # With rows:, `when` is asked per item (it may read `item`, as the schema says), not once per record.
-    return [_row(write, each, index) for each in documents if _wanted(write, each, index)]
+    return [_row(write, each, index, getters) for each in documents if _wanted(write, each, index)]
 
 
 def _wanted(write: spec.Write, document: dict[str, JSON], index: int) -> bool:
     return write.when is None or truthy(_search(write.when, document, f"writes[{index}].when"))
 
 
-def _row(write: spec.Write, document: dict[str, JSON], index: int) -> Row:
-    row = {f.column: _search(f.expression, document, write.table, f.column) for f in write.columns}
-    # A lookup column carries its natural-key value here; the writer swaps in the dimension's id.
-    for lookup in write.lookups:
-        row[lookup.column] = _search(lookup.value, document, write.table, lookup.column)
+def _row(write: spec.Write, document: dict[str, JSON], index: int, getters: Getters | None = None) -> Row:
+    row: Row | None = None
+    if getters is not None:  # every value compiled: one comprehension, no per-column error handling
+        try:
+            row = {column: get(document) for column, get in getters}
+        except (JMESPathError, *EVALUATION_FAULTS):
+            row = None  # evaluated again below, column by column, for the message naming the column
+    if row is None:
+        row = {f.column: _search(f.expression, document, write.table, f.column) for f in write.columns}
+        # A lookup column carries its natural-key value here; the writer swaps in the dimension's id.
+        for lookup in write.lookups:
+            row[lookup.column] = _search(lookup.value, document, write.table, lookup.column)
     for column in write.key:
         if row.get(column) is None:
             sources = {f.column: f.expression.text for f in write.columns}

@@ -44,9 +44,9 @@ def classify(
     for index, rule in enumerate(rules, start=1):
         name = rule.name or f"rule {index}"
         if truthy(_search(rule.when, context, name)):
-            decision = replace(_decide(rule, name, context, stamp_on_skip), index=index)
+            decision = _decide(rule, name, context, stamp_on_skip, index)
             if decision.message is not None and rule.message and reply.body is None and (reply.raw or reply.problem):
-                decision = replace(decision, message=f"{decision.message} ({describe(reply)})")
+                decision = replace(decision, message=f"{decision.message} ({describe(reply)})")  # rare: errors only
             return decision
     return Decision(
         outcome=spec.Outcome.ERROR,
@@ -57,7 +57,7 @@ def classify(
     )
 
 
-def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: bool) -> Decision:
+def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: bool, index: int) -> Decision:
     outcome = rule.outcome
     skipping = outcome in (spec.Outcome.SKIP, spec.Outcome.SKIP_UNTIL)
     message = None
@@ -75,6 +75,7 @@ def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: boo
         or (skipping and (rule.stamp if rule.stamp is not None else stamp_on_skip)),
         until=rule.duration if outcome is spec.Outcome.SKIP_UNTIL else None,
         values={f.column: _search(f.expression, context, name) for f in rule.set},
+        index=index,
     )
 
 

@@ -117,6 +117,9 @@ class RecordingTransport(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport, redact: Redactor, *, max_body: int) -> None:
         self._inner, self._redact, self._max_body = inner, redact, max_body
         self.interactions: list[dict[str, Any]] = []
+        # The rate limiter stamps a grant when the inner transport writes the request (its trace
+        # events pass through here untouched, on the same request), as in a run without --record.
+        self.emits_trace = getattr(inner, "emits_trace", False) or isinstance(inner, httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)

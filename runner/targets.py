@@ -45,6 +45,7 @@ from jmespath.exceptions import JMESPathError
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from runner import writeplan
 from runner.database import identifier
 from runner.migrations import Catalog
 from runner.spec import Lookup, Merge, QualifiedName, Write, WriteMode
@@ -126,7 +127,7 @@ def write(
     if target.key:
         rows = _dedup(target, rows)
     columns = written_columns(target)
-    params = [tuple(row.get(c) for c in columns) for row in rows]
+    params = writeplan.params(rows, columns)
     if target.function is not None:
         types = column_types(target, catalog)
         run(cursor, str(target.function), function_sql(target, tuple(types.get(c) for c in columns)), params)
@@ -256,7 +257,7 @@ def _dedup(target: Write, rows: list[Row]) -> list[Row]:
     """One row per conflict key, the last one winning, in key order (the same lock order everywhere).
     A `preferred_spelling` column keeps the preferred value among the key's rows instead (the rule
     the upsert applies against the stored row), so the result does not depend on the batch's order."""
-    unique = {tuple(row.get(k) for k in target.key): row for row in rows}
+    unique = dict(zip(writeplan.params(rows, target.key), rows, strict=True))
     spelled = [c for c, how in target.merge if how is Merge.PREFERRED_SPELLING]
     if spelled and len(unique) < len(rows):
         for row in rows:

@@ -40,12 +40,12 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from runner import conditional, deletes, stamps, targets
+from runner import conditional, deletes, stamps, targets, writeplan
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
 from runner.spec import Outcome, SelectionType, Source
 from runner.targets import MAX_MESSAGE
-from runner.values import Unfit, column_types, fit
+from runner.values import Unfit, fit
 
 ATTEMPTS = 3  # whole-batch attempts on deadlock / serialization failure
 # 40P01 / 40001 (and the rest of class 40): the whole batch can simply run again
@@ -280,9 +280,7 @@ def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityRe
 
 
 def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Catalog) -> list[dict[str, Any]]:
-    target = source.writes[index]
-    types = column_types(target, catalog)
-    return [fit(str(target.function or target.table), types, row) for row in rows]
+    return writeplan.plan(source.writes[index], catalog).fit(rows)
 
 
 # --- per-source state --------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from runner import client, spec
-from runner.aiotransport import MAX_HEADERS
+from runner.aiotransport import MAX_HEADERS, _headers
+from runner.client import _depth
 from runner.errors import FetchError, RunFailed, Transient
 from runner.expressions import Expression
 from runner.ratelimit import Limiter
@@ -617,3 +618,32 @@ def test_retry_after_parsing_is_total() -> None:
     assert client._retry_after("-3") == 0.0
     for header in ("Mon, 01 Jan 99999999999 00:00:00 GMT", "nan", "inf", "", "soon", "\x00", "9" * 5000):
         assert client._retry_after(header) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Host", "api.test"), ("User-Agent", "x"), ("X-Two", "1"), ("x-two", "2")],
+        [("X-Latin", "caf\u00e9".encode("latin-1")), ("Accept", "*/*")],
+    ],
+)
+def test_headers_go_to_aiohttp_as_httpx_lists_them(headers: list[tuple[str, str | bytes]]) -> None:
+    """The transport's header list is httpx's `multi_items()` (lower-case names, httpx's encoding)."""
+    built = httpx.Headers(headers)
+    assert _headers(built) == built.multi_items()
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ("[]", 1),
+        ("{}", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('[[], [[{}]], "[[[[[["]', 4),
+        ("[" * 300 + "]" * 300, 300),
+    ],
+)
+def test_nesting_is_measured_on_the_decoded_value(text: str, depth: int) -> None:
+    """Brackets inside strings do not count; empty containers do."""
+    assert _depth(json.loads(text)) == depth

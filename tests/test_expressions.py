@@ -180,11 +180,47 @@ _FAST_EXPRESSIONS = [
 ]
 
 
+_FUNCTION_EXPRESSIONS = [
+    "trim(a)",
+    "lower(a)",
+    "enum_or(lower(a), ['a', 'b'], 'z')",
+    "as_int(a.b)",
+    "length(a)",
+    "to_string(a)",
+    "coalesce(a, b, `1`)",
+    "not_null(a, b)",
+    "contains(a, 'a')",
+    "[a, b]",
+    "a | b",
+    "@",
+    "body | [a, @]",
+    "concat(a, '-', to_json(b))",
+]
+
+
 def test_the_common_shapes_are_compiled() -> None:
-    """Paths, literals, comparisons and logic skip the interpreter; function calls do not."""
-    assert all(Expression.compile(text).fast is not None for text in _FAST_EXPRESSIONS)
-    assert Expression.compile("trim(a)").fast is None
+    """Paths, literals, comparisons, logic and function calls skip the interpreter's tree walk;
+    projections, indexes and `&expression` arguments do not."""
+    assert all(Expression.compile(text).fast is not None for text in _FAST_EXPRESSIONS + _FUNCTION_EXPRESSIONS)
     assert Expression.compile("a[0]").fast is None
+    assert Expression.compile("sort_by(a, &b)").fast is None
+    assert Expression.compile("length(a[*].b)").fast is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(document=_DOCUMENTS, text=st.sampled_from(_FUNCTION_EXPRESSIONS))
+def test_compiled_function_calls_agree_with_the_interpreter(document: dict[str, object], text: str) -> None:
+    """With syncrun's functions: the same value, or the same error (a signature's type error)."""
+    expression = Expression.compile(text)
+    try:
+        expected: object = expression.parsed.search(document, options=_OPTIONS)
+    except Exception as error:  # whatever the interpreter raises, the compiled form must raise too
+        with pytest.raises(type(error)):
+            expression.search(document)
+        return
+    actual = expression.search(document)
+    assert actual == expected
+    assert type(actual) is type(expected)
 
 
 @settings(max_examples=300, deadline=None)

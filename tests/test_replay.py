@@ -12,12 +12,15 @@ import httpx
 import pytest
 import yaml
 
-from runner import cli
+from runner import cli, spec, templating
+from runner.aiotransport import AiohttpTransport
+from runner.ratelimit import Limiter, RateLimitedTransport
 from runner.redaction import FRAGMENT, Redactor, forms
 from runner.replay import CASSETTE, RecordingTransport, ReplayTransport
 from tests.apiserver import ApiServer, Reply
 from tests.pg import Database
 from tests.test_engine import app, seed, write_source
+from tests.test_fetch import make_source
 
 SECRET = "s3cr3t-token-value"
 
@@ -165,3 +168,17 @@ def test_a_damaged_cassette_is_a_usage_error(
     (tmp_path / "rec" / source.stem / CASSETTE).write_bytes(content)
     assert cli.main(["run", str(source), "--replay", str(tmp_path / "rec"), "--dry-run", "--ids", "1"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_recording_sends_through_the_transport_of_a_normal_run(tmp_path: Path) -> None:
+    """--record wraps the aiohttp transport a run uses (not httpcore's), and the limiter still stamps
+    grants when the request is written: the recorder passes the transport's trace events on."""
+    settings = templating.Settings({}, Redactor([]))
+    make, _ = cli._transports(cli._Playback(record=tmp_path), settings)
+    assert make is not None
+    recorder = make(make_source("http://api.test/x"))
+    assert isinstance(recorder, RecordingTransport)
+    assert isinstance(recorder._inner, AiohttpTransport)
+    limited = RateLimitedTransport(recorder, Limiter(spec.RateLimit(requests=1, per=1.0, bucket="b")))
+    assert limited._traced
+    asyncio.run(recorder.aclose())
