@@ -28,6 +28,7 @@ from runner import client, spec
 from runner.ratelimit import MARGIN, DatabaseLimiter, Limiter, RedisLimiter
 from tests.apiserver import ApiServer, Reply, worst_window
 from tests.netproxy import DelayProxy, certificate
+from tests.noise import Noise
 from tests.pg import Database
 from tests.test_ratelimit_redis import REDIS_URL, _reachable
 
@@ -35,6 +36,14 @@ pytestmark = pytest.mark.timing  # every test here reads real time, or shares a 
 
 KINDS = ("process", "database", "redis")
 HARNESS = 0.04  # seconds of arrival jitter the loopback harness itself adds under load (see above)
+
+
+def jitter(noise: Noise) -> float:
+    """The arrival jitter allowed: HARNESS, or more when the machine was measured busier. An arrival passes
+    two sleepers that may wake late (the proxy's child process, the server's thread), and the arrival
+    before it may have been late by as much: with two CPU burners and other suites beside it, 4 in a
+    window were seen 1 time in 4 runs while the writes held 3."""
+    return max(HARNESS, 3 * noise.worst)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +132,8 @@ def test_window_limit_on_a_slow_network(
     db = request.getfixturevalue("db") if kind == "database" else None
     limiter = build(kind, shaped(kind, f"net-{kind}-{time.time_ns()}", requests=3, per=1.5, burst=3), db)
     writes: list[float] = []
-    started = run(slow_tls, limiter, count=12, concurrency=3, writes=writes)
+    with Noise() as noise:
+        started = run(slow_tls, limiter, count=12, concurrency=3, writes=writes)
     arrivals = sorted(api.arrivals("/x"))
     assert worst_window(writes, 1.5) <= 3, [round(w - started, 3) for w in sorted(writes)]
     assert len(arrivals) == 12
@@ -131,7 +141,8 @@ def test_window_limit_on_a_slow_network(
     # at once: each waited for its connection set-up (0.1-0.3 s, the handshake) and its re-stamp; a
     # lost slot would cost a window (1.5 s)
     assert arrivals[2] - started < 1.0, [round(a - started, 3) for a in arrivals]
-    assert worst_window(arrivals, 1.5 - HARNESS) <= 3, [round(a - started, 3) for a in arrivals]
+    shown = ([round(a - started, 3) for a in arrivals], noise.worst)
+    assert worst_window(arrivals, 1.5 - jitter(noise)) <= 3, shown
     assert mean(cycles(arrivals, 3)) <= (1.5 + MARGIN) / 0.97, [round(a - started, 3) for a in arrivals]
 
 
@@ -147,15 +158,16 @@ def test_token_bucket_on_a_slow_network(
     rate = shaped(kind, f"tok-{kind}-{time.time_ns()}", requests=1, per=1.0, burst=3, form=spec.LimitForm.TOKEN)
     limiter = build(kind, rate, db)
     writes: list[float] = []
-    started = run(slow_tls, limiter, count=8, concurrency=3, writes=writes)
+    with Noise() as noise:
+        started = run(slow_tls, limiter, count=8, concurrency=3, writes=writes)
     arrivals = sorted(api.arrivals("/x"))
-    shown = [round(a - started, 3) for a in arrivals]
+    shown = ([round(a - started, 3) for a in arrivals], noise.worst)
     writes.sort()
     assert len(arrivals) == 8
     assert arrivals[2] - started < 0.9, shown  # at once (a lost slot would cost a second)
     for i, earlier in enumerate(arrivals):
         for j in range(i + 3, len(arrivals)):  # j - i + 1 arrivals in the span: at most 3 + 1/s x span
             assert writes[j] - writes[i] >= (j - i - 2) * 1.0 - 1e-3, [round(w - started, 3) for w in writes]
-            assert arrivals[j] - earlier >= (j - i - 2) * 1.0 - HARNESS, shown
+            assert arrivals[j] - earlier >= (j - i - 2) * 1.0 - jitter(noise), shown
     # the 5 after the burst: one a second from the first token's refill (>= 97 %)
     assert arrivals[-1] - arrivals[0] <= 5 * (1.0 + MARGIN) / 0.97, shown
