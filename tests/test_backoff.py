@@ -171,25 +171,49 @@ def test_a_due_set_of_only_failing_entities_backs_off(env: Database, api: ApiSer
 def test_the_cut_off_holds_back_entities_with_too_many_failed_runs(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """entities.max_consecutive_errors: 2 — definitive errors plus transiently failed runs since the last
-    success; at 2 the entity is not selected (backoff aside), `status` says how many are held back,
-    and `--ids` still runs it."""
+    """entities.max_consecutive_errors: 2 — definitive errors in a row since the last success (transiently
+    failed runs do not count: review13b N1); at 2 the entity is not selected (backoff aside), `status`
+    says how many are held back, and `--ids` still runs it."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("  limit: 100\n", "  limit: 100\n  max_consecutive_errors: 2\n"))
     seed(env, source, appids=[1, 2, 3, 4])
     env.run(
         "insert into syncrun_state (source, entity_key, consecutive_errors, transient_runs, last_error) values"
-        " ('alpha', '1', 2, 0, 'x'), ('alpha', '2', 1, 1, 'x'), ('alpha', '3', 1, 0, 'x')"
+        " ('alpha', '1', 2, 0, 'x'), ('alpha', '2', 1, 5, 'x'), ('alpha', '3', 1, 0, 'x')"
     )
     for appid in range(1, 5):
         api.route(f"/apps/{appid}", app(appid))
     assert run(str(source)) == 0
-    assert sorted(r.path for r in api.requests) == ["/apps/3", "/apps/4"]
+    assert sorted(r.path for r in api.requests) == ["/apps/2", "/apps/3", "/apps/4"]
     capsys.readouterr()
     assert cli.main(["status", str(source), "--json"]) == 0
     (shown,) = json.loads(capsys.readouterr().out)["sources"]
-    assert (shown["held_back"], shown["due"]) == (2, 0)
+    assert (shown["held_back"], shown["due"]) == (1, 0)
     assert cli.main(["status", str(source)]) == 0
-    assert "   held back 2" in capsys.readouterr().out
+    assert "   held back 1" in capsys.readouterr().out
     assert run(str(source), "--ids", "1") == 0
     assert state(env, "1") == (0, 0, None)
+
+
+def test_an_outage_as_long_as_the_cut_off_holds_no_entity_back(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review13b N1: with max_consecutive_errors: 3, an API-wide outage lasting 3 runs counts a
+    transiently failed run (up to 3) for the entities each run tried; they back off on the ladder, but
+    the cut-off reads definitive errors only, so once the API is back (and their wait is over) every
+    entity is selected and synced again."""
+    source = one_attempt(tmp_path)
+    source.write_text(
+        source.read_text()
+        .replace("concurrency: 4", "concurrency: 1")
+        .replace("  limit: 100\n", "  limit: 100\n  max_consecutive_errors: 3\n")
+    )
+    seed(env, source, appids=range(1, 26))
+    for appid in range(1, 26):
+        api.route(f"/apps/{appid}", Reply(503))
+    for _ in range(3):
+        assert run(str(source)) == 1  # the breaker: the API looks down
+    assert env.scalar("select max(transient_runs) from syncrun_state where source = 'alpha'") == 3
+    env.run("update syncrun_state set next_attempt_at = null where source = 'alpha'")  # their wait is over
+    for appid in range(1, 26):
+        api.route(f"/apps/{appid}", app(appid))
+    assert run(str(source)) == 0
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 25
