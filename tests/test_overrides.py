@@ -301,6 +301,18 @@ def test_an_override_cannot_send_the_sources_credentials_to_another_origin(
     assert (len(api.requests), steam.scalar("select count(*) from sync_jobs")) == (0, 0)
 
 
+def test_an_override_cannot_turn_tls_verification_off_on_a_credentialed_source(
+    steam: Database, api: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13b N5: `--set request.verify_tls=false` would hand STEAM_API_KEY to whoever answers for
+    the host: refused (exit 2) like an origin change, before any request or job row; `true` is fine."""
+    assert cli.main(["run", str(APPLIST), "--set", "request.verify_tls=false", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "--set request.verify_tls: would send this source's credentials without verifying" in err
+    assert (len(api.requests), steam.scalar("select count(*) from sync_jobs")) == (0, 0)
+    assert cli.main(["validate", str(APPLIST), "--set", "request.verify_tls=true"]) == 0
+
+
 def test_a_checkpoint_is_resumed_only_by_the_listing_it_was_made_for(
     steam: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
