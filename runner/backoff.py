@@ -18,9 +18,12 @@ for dashboards, runner/stamps.py):
   the entities each run tried (the breaker stops it after ~20) one count per run, a back-off only
   after K runs in a row, reset by their next success. Only an entity whose latest event is still that
   failure is counted (another runner's later success wins).
-- **The cut-off** (`entities.max_consecutive_errors`): an entity whose failed runs since its last
-  success (`consecutive_errors + transient_runs`) reach it is no longer selected (`--ids` still
-  runs it); `syncrun status` counts those held back.
+- **The cut-off** (`entities.max_consecutive_errors`): an entity whose definitive errors in a row
+  since its last success (`consecutive_errors`) reach it is no longer selected (`--ids` still runs
+  it); `syncrun status` counts those held back. Transiently failed runs do not count toward it
+  (review13b N1): an API-wide outage of K runs counts one for each entity each run tried — the head
+  of the order — and a cut-off fed by them would hold back those healthy entities for good; they
+  back off on the ladder instead, and their next success resets it.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def held_back_sql(source: Source) -> sql.Composable | None:
     limit = source.entities.max_consecutive_errors
     if limit is None:
         return None
-    return sql.SQL("(st.consecutive_errors + st.transient_runs) >= {}").format(sql.Literal(limit))
+    return sql.SQL("st.consecutive_errors >= {}").format(sql.Literal(limit))
 
 
 @dataclass(slots=True)

@@ -483,6 +483,9 @@ class _Run:
     def judge(self, trace: Trace) -> None:
         """Each outcome reaches the breaker when known, not when written (a batch of bad-key requests later)."""
         assert trace.result is not None
+        result = trace.result
+        if result.outcome is spec.Outcome.ERROR and not result.definitive and trace.status in breaker.AUTH_STATUSES:
+            trace.result = replace(result, refused=True)  # recorded as such (syncrun_state.refused)
         if trip := self.breaker.judge(trace.result, trace.status):
             log.error("%s: %s", self.source.name, trip)
             self.halt("failed", trip)

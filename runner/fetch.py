@@ -43,7 +43,7 @@ def build_request(
     for name, value in headers:
         if (problem := plans.header_problem(name, value)) is not None:
             raise problem
-    return client.build_request(request.method, url, params=params or None, headers=headers)
+    return client.build_request(request.method, plans.with_query(url, params), headers=headers)
 
 
 def _plan(client: httpx.AsyncClient, request: spec.Request, settings: templating.Settings) -> plans.RequestPlan | None:

@@ -18,8 +18,9 @@ reading (the run fails), so two readers never checkpoint the same listing. Times
 `now()`, so runners' clocks need not agree.
 
 A checkpoint belongs to the listing it was made for: it records the listing's URL (`address`: the
-request URL with its env/secret settings filled in, redacted, the watermark left as `${…}`), and a
-run whose URL differs (`--set request.url=…`, another `${env.API_URL}`) does not resume it: it says
+request URL and `request.query` with their env/secret settings filled in, redacted, the watermark left
+as `${…}`), and a run whose URL or query differs (`--set request.url=…`, `--set request.query.type=…`,
+another `${env.API_URL}`) does not resume it: it says
 so in the log and starts over. A checkpoint written before syncrun recorded the URL resumes as before.
 
 Per-entity sources need none of this: their entities are claimed one by one (runner/selection.py).
@@ -125,17 +126,28 @@ def _utc(at: datetime) -> str:
 
 
 def address(source: Source, settings: Settings) -> str:
-    """The listing's URL as its checkpoint records it: settings filled in (so another `${env.API_URL}`
-    is another listing), redacted, and whatever changes from run to run (the watermark) left as written."""
+    """The listing's URL and query as its checkpoint records them: settings filled in (so another
+    `${env.API_URL}` or `${env.REGION}` is another listing), redacted, and whatever changes from run to
+    run (the watermark) left as written. `request.query` is part of it (review13b N6): a filter
+    parameter changed by `--set request.query.type=dlc` is another listing, not a place to resume;
+    the pagination parameters are not in request.query, so they never are."""
+    url = _rendered(source.request.url, settings)
+    query = "&".join(f"{name}={_rendered(value, settings)}" for name, value in source.request.query)
+    if query:
+        url = f"{url}{'&' if '?' in url else '?'}{query}"
+    return settings.redact(url)
+
+
+def _rendered(template: spec.Template, settings: Settings) -> str:
     parts: list[str] = []
-    for segment in source.request.url.segments:
+    for segment in template.segments:
         if isinstance(segment, spec.Literal):
             parts.append(segment.text)
         elif isinstance(segment, spec.Setting) and (segment.kind, segment.name) in settings.values:
             parts.append(settings.values[(segment.kind, segment.name)])
         else:
             parts.append(f"${{{getattr(segment, 'kind', 'entity')}.{segment.name}}}")
-    return settings.redact("".join(parts))
+    return "".join(parts)
 
 
 def resumable(checkpoint: jobs.Checkpoint, url: str) -> bool:

@@ -18,7 +18,8 @@ that happens to hold a secret, mistyped on a command line, is masked).
 
 Where credentials go is not overridable either: a source that sends any (an `auth:` block, a
 `${secret.X}` anywhere in the file) keeps its origins. `--set request.url=…` (and
-`pagination.allow_origins`) may change the path and query, not the scheme, host or port (the origin);
+`pagination.allow_origins`) may change the path and query, not the scheme, host or port (the origin),
+and `request.verify_tls` cannot be turned off;
 pointing such a source at another host is done deliberately, by the environment variable its URL
 names (`${env.STEAM_API_URL}`) or by a copy of the file. A listing's checkpoint is bound to the URL
 it was made for (runner/jobs.py), so a run against another URL starts over.
@@ -52,6 +53,8 @@ _DECIMAL = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)
 _ORIGINS = (("request", "url"), ("pagination", "allow_origins"))
 # Where credentials live: never overridable, whatever they hold today.
 _REFUSED = (("auth",), ("request", "headers"))
+# Turning TLS verification off hands the credentials to whoever answers for the host (review13b N5).
+_VERIFY_TLS = ("request", "verify_tls")
 _SCHEMA = "source.schema.json"
 
 
@@ -164,6 +167,13 @@ def _refusal(doc: Document, override: Override) -> str | None:
                 " --set may change a URL's path and query only. To point the source at another host deliberately,"
                 " set the environment variable its URL names (or copy the file)"
             )
+    if path == _VERIFY_TLS and override.value is not True and _sends_credentials(doc.data):
+        # review13b N5: without verification whoever answers for the host gets the credentials
+        return (
+            "would send this source's credentials without verifying the server's TLS certificate; --set cannot"
+            " turn verification off on a source that sends credentials (write request.verify_tls: false in a copy"
+            " of the file, deliberately)"
+        )
     return None
 
 

@@ -3,8 +3,10 @@
 Failing is counted two ways (runner.backoff): `failing`, entities with definitive errors since their
 last success (they back off at once); `failing_transiently`, entities with runs that failed
 transiently since (5xx, timeouts: they back off after `backoff.transient_runs` such runs). An entity
-can be in both. `held_back`: entities at the cut-off (`entities.max_consecutive_errors`), never
-selected again until a run by `--ids` succeeds.
+can be in both. `refused`: entities whose latest attempt was refused with HTTP 401/403
+(syncrun_state.refused): recorded, never counted against them, but shown so that a few entities the
+API refuses one by one (a private or removed item) are not invisible. `held_back`: entities at the
+cut-off (`entities.max_consecutive_errors`), never selected again until a run by `--ids` succeeds.
 
 The text form prints the two populations on two lines: `status table: syncable N   due now …   never
 synced …` (rows of the status table, `syncable_column` true) and `state, syncable or not: backing
@@ -66,6 +68,7 @@ class SourceState:
     claimed: int = 0
     failing: int = 0  # with definitive errors since their last success (syncrun_state.consecutive_errors)
     failing_transiently: int = 0  # with runs that failed transiently since their last success (transient_runs)
+    refused: int = 0  # latest attempt refused with 401/403 (syncrun_state.refused): no backoff, but seen
     held_back: int | None = None  # at the cut-off (entities.max_consecutive_errors); None: the source has none
     deleted: int = 0  # found gone by an `outcome: delete` (syncrun_state.deleted_at): never selected again
     top_errors: list[tuple[str, int]] = field(default_factory=list)
@@ -139,20 +142,23 @@ def _state(conn: psycopg.Connection, source: Source, state: SourceState) -> None
                 " count(*) filter (where consecutive_errors > 0),"
                 " count(*) filter (where deleted_at is not null),"
                 " count(*) filter (where transient_runs > 0),"
-                " count(*) filter (where deleted_at is null and {})"
+                " count(*) filter (where deleted_at is null and {}),"
+                " count(*) filter (where refused and deleted_at is null)"
                 " from syncrun_state st where source = %s"
             ).format(held_back),
             (source.name,),
         ).fetchone()
         errors = conn.execute(
             "select last_error, count(*) from syncrun_state"
-            " where source = %s and (consecutive_errors > 0 or transient_runs > 0) and last_error is not null"
+            " where source = %s and (consecutive_errors > 0 or transient_runs > 0 or refused)"
+            " and last_error is not null"
             " group by last_error order by count(*) desc, last_error limit %s",
             (source.name, TOP_ERRORS),
         ).fetchall()
     assert row is not None
     state.backoff, state.skip_until, state.claimed, state.failing, state.deleted = (int(v) for v in row[:5])
     state.failing_transiently = int(row[5])
+    state.refused = int(row[7])
     state.held_back = int(row[6]) if source.entities.max_consecutive_errors is not None else None
     state.top_errors = [(str(message), int(count)) for message, count in errors]
 
@@ -242,6 +248,7 @@ def format_text(states: list[SourceState], redact: Redactor | None = None) -> st
             f"  state, syncable or not: backing off {state.backoff:,}   skip-until {state.skip_until:,}"
             f"   claimed {state.claimed:,}"
             f"   failing {state.failing:,}   failing transiently {state.failing_transiently:,}"
+            + (f"   refused (401/403) {state.refused:,}" if state.refused else "")
             + (f"   held back {state.held_back:,}" if state.held_back is not None else "")
             + (f"   gone {state.deleted:,}" if state.deleted else "")
         )

@@ -21,11 +21,14 @@ compares them over hostile values):
 - Query parameters (`request.query`) and header values are rendered and encoded by httpx's own
   QueryParams and Headers, as before; header values are checked for line breaks per entity.
 
+- A URL with a query of its own (`url: http://h/a?fixed=1`) keeps it, and `request.query`'s parameters
+  follow it (`?fixed=1&id=7`) on both paths (`with_query`): httpx's `params=` would replace the URL's
+  query instead, and the request went out as `?id=7`.
+
 Anything the fast path does not cover takes the general path, `fetch.build_request`'s old code:
-a value in the host, a fragment, header names repeated in another case, a URL with a query of its
-own next to `request.query` (httpx drops the URL's), a client holding cookies (httpx adds them per
-request), or an httpx whose URL internals differ from those this was written against (checked at
-compile time).
+a value in the host, a fragment, header names repeated in another case, a client holding cookies
+(httpx adds them per request), or an httpx whose URL internals differ from those this was written
+against (checked at compile time).
 """
 
 from __future__ import annotations
@@ -87,8 +90,6 @@ class RequestPlan:
         if authority is None:
             return
         path_part, _, query_part = rendered[authority.end() - 1 :].partition("?")
-        if request.query and "?" in rendered:
-            return  # httpx replaces the URL's own query with `request.query` (not ours to repeat)
         names = [name.lower() for name, _ in request.headers]
         if len(set(names)) != len(names):
             return
@@ -96,7 +97,7 @@ class RequestPlan:
             [(name, templating.render(t, placeholder, settings, url=False)) for name, t in request.query]
         )
         headers = [(name, templating.render(t, placeholder, settings, url=False)) for name, t in request.headers]
-        proto = client.build_request(request.method, rendered, params=params or None, headers=headers)
+        proto = client.build_request(request.method, with_query(rendered, params), headers=headers)
         reference = httpx.URL(rendered)._uri_reference
         if reference.path != path_part or (reference.query or "") != query_part or reference.fragment is not None:
             return  # httpx would re-encode or normalise a constant piece: not ours to predict
@@ -143,14 +144,23 @@ class RequestPlan:
         path = "".join(p.text if p.column is None else templating.encode(entity[p.column]) for p in path_pieces)
         if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
             return None  # httpx would drop the segment: leave it to httpx
-        if params is not None:
-            query: str | None = str(params)
-        else:
-            text = "".join(p.text if p.column is None else templating.encode(entity[p.column]) for p in query_pieces)
-            query = text if query_pieces else self._reference.query
+        text = "".join(p.text if p.column is None else templating.encode(entity[p.column]) for p in query_pieces)
+        query: str | None = text if query_pieces else self._reference.query
+        if params:
+            query = f"{query}&{params}" if query else str(params)
         url = httpx.URL.__new__(httpx.URL)
         url._uri_reference = self._reference._replace(path=path, query=query or None)
         return url
+
+
+def with_query(url: str, params: httpx.QueryParams) -> httpx.URL:
+    """`url` with `request.query`'s parameters after its own query, which is kept as written (httpx's
+    `params=` replaces a URL's query: `http://h/a?fixed=1` + id=7 went out as `?id=7`)."""
+    parsed = httpx.URL(url)
+    if not params:
+        return parsed
+    own = parsed.query.decode("ascii")
+    return parsed.copy_with(query=(f"{own}&{params}" if own else str(params)).encode("ascii"))
 
 
 def _pieces(template: spec.Template, settings: templating.Settings) -> list[_Piece]:

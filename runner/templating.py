@@ -144,9 +144,13 @@ def url_problem(url: str) -> str | None:
     if reason := uri_problem(url, ("http", "https")):
         return reason
     try:
-        httpx.URL(url)
+        parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as error:  # its text quotes the URL: keep only the words before
         return f"httpx cannot parse it ({re.split(r'[,:]', str(error))[0].strip() or 'invalid URL'})"
+    if parsed.userinfo:
+        # review13b N3: sent as Basic credentials, unredacted (an env value), or with an Authorization
+        # header a crash in the HTTP client; and `http://user@host` passes for the file's origin
+        return "it has a user name or password (user@host): credentials go in auth: (or a header), never in the URL"
     return None
 
 

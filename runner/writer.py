@@ -82,6 +82,9 @@ class EntityResult:
     # whether a 304 showed the entity unchanged (a stamped skip that writes no rows)
     validators: conditional.Validators | None = None
     unchanged: bool = False
+    # a transient failure that was a 401/403: recorded (syncrun_state.refused) but never counted against
+    # the entity; the engine sets it where it knows the reply's status (Engine.judge)
+    refused: bool = False
 
     @property
     def stamped(self) -> bool:
@@ -285,13 +288,15 @@ def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Cat
 
 # --- per-source state --------------------------------------------------------------------------------------
 # One row per entity from arrays: kind is ok (success/skip), skip_until, error (definitive: backoff),
-# transient (recorded, no backoff) or deleted. `on conflict do update` sees only the proposed row
+# transient (recorded, no backoff), refused (a 401/403: recorded like transient, and `refused` set) or
+# deleted. `on conflict do update` sees only the proposed row
 # (excluded), so the update reads the kind back from it: error <=> consecutive_errors = 1; transient <=>
 # an error message with consecutive_errors = 0; ok/skip_until <=> last_success_at (skip_until: skip_until
 # too); deleted <=> deleted_at. An answer other than gone or an error means the entity exists again.
 _STATE = sql.SQL(
     """insert into syncrun_state as st (source, entity_key, consecutive_errors, last_error, last_error_at,
-    next_attempt_at, skip_until, last_success_at, deleted_at, claimed_by, claim_expires_at, updated_at, transient_runs)
+    next_attempt_at, skip_until, last_success_at, deleted_at, claimed_by, claim_expires_at, updated_at, transient_runs,
+    refused)
 select %(source)s::text, v.key,
     case when v.kind = 'error' then 1 else 0 end,
     v.error,
@@ -300,7 +305,7 @@ select %(source)s::text, v.key,
     case when v.kind = 'skip_until' then now() + v.until * interval '1 second' end,
     case when v.kind in ('ok', 'skip_until') then now() end,
     case when v.kind = 'deleted' then now() end,
-    null, null, now(), 0
+    null, null, now(), 0, v.kind = 'refused'
 from unnest(%(keys)s::text[], %(kinds)s::text[], %(errors)s::text[], %(untils)s::float8[]) as v(key, kind, error, until)
 on conflict (source, entity_key) do update set
     consecutive_errors = case when excluded.consecutive_errors = 1 then st.consecutive_errors + 1
@@ -313,6 +318,7 @@ on conflict (source, entity_key) do update set
                 %(cap)s::float8) * interval '1 second'
         when excluded.last_error is not null then st.next_attempt_at end,
     transient_runs = case when excluded.last_error is not null then st.transient_runs else 0 end,
+    refused = excluded.refused,
     skip_until = case when excluded.last_success_at is not null then excluded.skip_until else st.skip_until end,
     last_success_at = coalesce(excluded.last_success_at, st.last_success_at),
     deleted_at = case when excluded.deleted_at is not null then excluded.deleted_at
@@ -356,7 +362,8 @@ def _write_state(cursor: psycopg.Cursor[Any], source: Source, batch: list[Entity
 def _state_row(result: EntityResult) -> tuple[str, str | None, float | None]:
     """(kind, error message, skip seconds)."""
     if result.outcome is Outcome.ERROR:
-        return ("error" if result.definitive else "transient", (result.error or "error")[:MAX_MESSAGE], None)
+        kind = "error" if result.definitive else "refused" if result.refused else "transient"
+        return (kind, (result.error or "error")[:MAX_MESSAGE], None)
     if result.outcome is Outcome.DELETE:
         return ("deleted", None, None)
     if result.skip_until is not None:

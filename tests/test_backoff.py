@@ -116,37 +116,105 @@ def test_refused_credentials_are_not_the_entitys_transient_failures(
     assert "HTTP 401" in env.scalar("select last_error_message from sync_status where appid = 2")
 
 
-def test_entities_failing_at_the_front_of_every_run_back_off_and_free_the_rest(
+def test_entities_failing_at_the_front_go_behind_the_healthy_ones(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """review13 F1: 25 entities answering 503 every time, first in the selection order, trip the
-    breaker on every run. Each breaker run counts a transiently failed run for the ones it tried, so
-    from the 3rd run (backoff.transient_runs) they back off, and the 4th run reaches the healthy
-    entities behind them; `status` shows them failing transiently."""
+    """review13 F1, review13b N2: 25 entities answering 503 every time, first in the selection order
+    (higher priority). Run 1 tries them first and trips the breaker (nothing healthy fetched); from then
+    on their last attempt failed, so the default order puts them after the healthy due entities: run 2
+    fetches all 5 healthy entities first (then ends on the failing ones), without waiting for their
+    backoff. `status` shows them failing transiently."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
     seed(env, source, appids=range(1, 31))
+    env.run("update sync_status set priority_score = 100 where appid <= 25")
     for appid in range(1, 26):
         api.route(f"/apps/{appid}", Reply(503))
     for appid in range(26, 31):
         api.route(f"/apps/{appid}", app(appid))
     healthy = [f"/apps/{appid}" for appid in range(26, 31)]
-    for runs in (1, 2, 3):
-        assert run(str(source)) == 1
-        message = env.scalar("select error_message from sync_jobs order by started_at desc limit 1")
-        assert message.startswith("circuit breaker: stopped after 20 consecutive entities failed")
-        assert "each counts one transiently failed run and backs off only from its 3rd such run in a row" in message
-        assert {state(env, str(appid))[1] for appid in range(1, 21)} == {runs}
-        assert not any(r.path in healthy for r in api.requests)
-    assert {state(env, str(appid))[2] for appid in range(1, 21)} == {15}  # the ladder's first rung
+    assert run(str(source)) == 1
+    message = env.scalar("select error_message from sync_jobs order by started_at desc limit 1")
+    assert message.startswith("circuit breaker: stopped after 20 consecutive entities failed")
+    assert "each counts one transiently failed run and backs off only from its 3rd such run in a row" in message
+    assert not any(r.path in healthy for r in api.requests)
     asked = len(api.requests)
-    assert run(str(source)) == 0  # 21..25 fail (5 in a row: no trip), 26..30 are fetched at last
-    assert sorted(r.path for r in api.requests[asked:]) == sorted(f"/apps/{a}" for a in range(21, 31))
+    assert run(str(source)) == 1  # 21..25 (never tried) and the healthy ones first, then 1..20: a trip at the end
+    paths = [r.path for r in api.requests[asked:]]
+    assert paths[:10] == [f"/apps/{a}" for a in range(21, 31)]
+    assert sorted(paths[10:]) == sorted(f"/apps/{a}" for a in range(1, 21))
+    message = env.scalar("select error_message from sync_jobs order by started_at desc limit 1")
+    assert message.startswith("circuit breaker: the run ended on 20 consecutive entities failed")
     assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
     capsys.readouterr()
     assert cli.main(["status", str(source), "--json"]) == 0
     (shown,) = json.loads(capsys.readouterr().out)["sources"]
-    assert (shown["failing_transiently"], shown["backoff"]) == (25, 20)
+    assert shown["failing_transiently"] == 25
+
+
+@pytest.mark.parametrize("kind", ["transient", "definitive", "refused"])
+def test_the_first_run_reaches_healthy_entities_behind_a_block_that_failed_last_time(
+    env: Database, api: ApiServer, tmp_path: Path, kind: str
+) -> None:
+    """review13b N2, N4 at the source's real schedule: 25 entities first in the order failed on their
+    last attempt (2 h ago) and are due again (their wait is over); the healthy due entities behind them
+    are fetched first in the very next run, whatever the kind of failure."""
+    source = one_attempt(tmp_path)
+    source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
+    seed(env, source, appids=range(1, 31))
+    env.run("update sync_status set priority_score = 100 where appid <= 25")
+    counts = {"transient": "0, 1, false", "definitive": "1, 0, false", "refused": "0, 0, true"}[kind]
+    env.run(
+        "insert into syncrun_state (source, entity_key, consecutive_errors, transient_runs, refused, last_error,"
+        f" last_error_at) select 'alpha', a::text, {counts}, 'HTTP 503', now() - interval '2 hours'"
+        " from generate_series(1, 25) a"
+    )
+    reply = Reply(403) if kind == "refused" else Reply(503)
+    for appid in range(1, 26):
+        api.route(f"/apps/{appid}", reply)
+    for appid in range(26, 31):
+        api.route(f"/apps/{appid}", app(appid))
+    assert run(str(source)) == 1  # the block trips the breaker, at the end now
+    assert [r.path for r in api.requests[:5]] == [f"/apps/{a}" for a in range(26, 31)]
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
+
+
+def test_entity_specific_refusals_are_recorded_shown_and_do_not_starve_the_rest(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13b N4: 5 entities answering 403 (a private item, say) at the front trip the auth breaker
+    once; they are recorded as refused (never backed off), `status` shows them, and the next run
+    fetches the healthy entities first."""
+    source = one_attempt(tmp_path)
+    source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
+    seed(env, source, appids=range(1, 16))
+    env.run("update sync_status set priority_score = 100 where appid <= 5")
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", Reply(403))
+    for appid in range(6, 16):
+        api.route(f"/apps/{appid}", app(appid))
+    assert run(str(source)) == 1
+    assert "5 consecutive authentication failures" in env.scalar(
+        "select error_message from sync_jobs order by started_at desc limit 1"
+    )
+    assert env.rows(
+        "select count(*), min(consecutive_errors), max(transient_runs), count(next_attempt_at) from syncrun_state"
+        " where source = 'alpha' and refused"
+    ) == [(5, 0, 0, 0)]
+    capsys.readouterr()
+    assert cli.main(["status", str(source), "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)["sources"]
+    assert (shown["refused"], shown["failing"], shown["failing_transiently"], shown["backoff"]) == (5, 0, 0, 0)
+    assert [e["count"] for e in shown["top_errors"]] == [5]
+    assert cli.main(["status", str(source)]) == 0
+    assert "   refused (401/403) 5" in capsys.readouterr().out
+    asked = len(api.requests)
+    assert run(str(source)) == 1  # the healthy ones first; the refused five end the run on the breaker
+    assert [r.path for r in api.requests[asked : asked + 10]] == [f"/apps/{a}" for a in range(6, 16)]
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 10
+    api.route("/apps/1", app(1))
+    assert run(str(source), "--ids", "1") == 0
+    assert env.scalar("select refused from syncrun_state where source = 'alpha' and entity_key = '1'") is False
 
 
 def test_a_due_set_of_only_failing_entities_backs_off(env: Database, api: ApiServer, tmp_path: Path) -> None:
@@ -171,25 +239,49 @@ def test_a_due_set_of_only_failing_entities_backs_off(env: Database, api: ApiSer
 def test_the_cut_off_holds_back_entities_with_too_many_failed_runs(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """entities.max_consecutive_errors: 2 — definitive errors plus transiently failed runs since the last
-    success; at 2 the entity is not selected (backoff aside), `status` says how many are held back,
-    and `--ids` still runs it."""
+    """entities.max_consecutive_errors: 2 — definitive errors in a row since the last success (transiently
+    failed runs do not count: review13b N1); at 2 the entity is not selected (backoff aside), `status`
+    says how many are held back, and `--ids` still runs it."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("  limit: 100\n", "  limit: 100\n  max_consecutive_errors: 2\n"))
     seed(env, source, appids=[1, 2, 3, 4])
     env.run(
         "insert into syncrun_state (source, entity_key, consecutive_errors, transient_runs, last_error) values"
-        " ('alpha', '1', 2, 0, 'x'), ('alpha', '2', 1, 1, 'x'), ('alpha', '3', 1, 0, 'x')"
+        " ('alpha', '1', 2, 0, 'x'), ('alpha', '2', 1, 5, 'x'), ('alpha', '3', 1, 0, 'x')"
     )
     for appid in range(1, 5):
         api.route(f"/apps/{appid}", app(appid))
     assert run(str(source)) == 0
-    assert sorted(r.path for r in api.requests) == ["/apps/3", "/apps/4"]
+    assert sorted(r.path for r in api.requests) == ["/apps/2", "/apps/3", "/apps/4"]
     capsys.readouterr()
     assert cli.main(["status", str(source), "--json"]) == 0
     (shown,) = json.loads(capsys.readouterr().out)["sources"]
-    assert (shown["held_back"], shown["due"]) == (2, 0)
+    assert (shown["held_back"], shown["due"]) == (1, 0)
     assert cli.main(["status", str(source)]) == 0
-    assert "   held back 2" in capsys.readouterr().out
+    assert "   held back 1" in capsys.readouterr().out
     assert run(str(source), "--ids", "1") == 0
     assert state(env, "1") == (0, 0, None)
+
+
+def test_an_outage_as_long_as_the_cut_off_holds_no_entity_back(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review13b N1: with max_consecutive_errors: 3, an API-wide outage lasting 3 runs counts a
+    transiently failed run (up to 3) for the entities each run tried; they back off on the ladder, but
+    the cut-off reads definitive errors only, so once the API is back (and their wait is over) every
+    entity is selected and synced again."""
+    source = one_attempt(tmp_path)
+    source.write_text(
+        source.read_text()
+        .replace("concurrency: 4", "concurrency: 1")
+        .replace("  limit: 100\n", "  limit: 100\n  max_consecutive_errors: 3\n")
+    )
+    seed(env, source, appids=range(1, 26))
+    for appid in range(1, 26):
+        api.route(f"/apps/{appid}", Reply(503))
+    for _ in range(3):
+        assert run(str(source)) == 1  # the breaker: the API looks down
+    assert env.scalar("select max(transient_runs) from syncrun_state where source = 'alpha'") == 3
+    env.run("update syncrun_state set next_attempt_at = null where source = 'alpha'")  # their wait is over
+    for appid in range(1, 26):
+        api.route(f"/apps/{appid}", app(appid))
+    assert run(str(source)) == 0
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 25

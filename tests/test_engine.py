@@ -398,3 +398,42 @@ def test_a_bug_while_fetching_ends_the_run_with_exact_counters(
     assert "Traceback" in err
     assert "a bug near ***" in err
     assert "s3cr3t-t" not in err
+
+
+@pytest.mark.parametrize(
+    ("how", "args"),
+    [
+        ("file", ()),  # a literal URL: refused at load
+        ("set", ("--set",)),  # by --set, on the file's own host and port: at load too
+        ("env", ()),  # built from a setting: refused at run start
+    ],
+)
+def test_a_url_with_userinfo_is_refused_before_anything_is_sent(
+    env: Database,
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+    args: tuple[str, ...],
+) -> None:
+    """review13b N3: `http://user@host/…` with an Authorization header crashed the run (exit 70).
+    Refused with exit 2 whether the file, --set or an environment value puts it there; nothing is sent."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1])
+    api.route("/apps/1", app(1))
+    host = api.url.removeprefix("http://")
+    if how == "file":
+        source.write_text(source.read_text().replace("${env.API_URL}", f"http://u@{host}"))
+    elif how == "set":
+        source.write_text(source.read_text().replace("${env.API_URL}", api.url))
+        args = (*args, f"request.url=http://evil@{host}/apps/{{appid}}")
+    else:
+        monkeypatch.setenv("API_URL", f"http://u:pw-secret@{host}")
+    capsys.readouterr()
+    assert run(str(source), *args) == 2
+    err = capsys.readouterr().err
+    assert "it has a user name or password (user@host): credentials go in auth:" in err
+    assert "Traceback" not in err
+    assert "pw-secret" not in err
+    assert api.requests == []

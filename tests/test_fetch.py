@@ -97,6 +97,17 @@ def test_query_values_are_rendered_and_encoded(api: ApiServer) -> None:
     assert seen.query == {"id": "1&admin=true", "cc": "us", "key": "hunter22"}
 
 
+def test_the_urls_own_query_is_kept_and_request_query_follows(api: ApiServer) -> None:
+    """`url: .../a?fixed=1` plus `request.query: {id: ...}`: httpx's params= replaced the URL's query,
+    so the request went out as `?id=7`; now the server sees the URL's own parameters as written, then
+    request.query's (an entity value still cannot add a parameter: `&` stays inside it)."""
+    source = make_source(api.url + "/apps/{appid}?fixed=1&b=x%20y", query={"id": "{cc}"})
+    fetch_entity(source, {"appid": "7", "cc": "7&admin=true"})
+    (seen,) = api.requests
+    assert seen.target == "/apps/7?fixed=1&b=x%20y&id=7%26admin%3Dtrue"
+    assert seen.query == {"fixed": "1", "b": "x y", "id": "7&admin=true"}
+
+
 def test_headers_are_rendered() -> None:
     """Header templates are rendered with entity values and settings."""
     request = build(make_source("http://api.test/x", headers={"X-App": "{appid}"}), {"appid": "7"})

@@ -52,6 +52,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0007_transient_runs",
         "0008_validator_fingerprint",
         "0009_listing_leases",
+        "0010_refused",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -64,6 +65,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (7, "0007_transient_runs"),
         (8, "0008_validator_fingerprint"),
         (9, "0009_listing_leases"),
+        (10, "0010_refused"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -225,6 +227,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0007_transient_runs",
         "0008_validator_fingerprint",
         "0009_listing_leases",
+        "0010_refused",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [

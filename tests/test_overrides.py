@@ -301,6 +301,18 @@ def test_an_override_cannot_send_the_sources_credentials_to_another_origin(
     assert (len(api.requests), steam.scalar("select count(*) from sync_jobs")) == (0, 0)
 
 
+def test_an_override_cannot_turn_tls_verification_off_on_a_credentialed_source(
+    steam: Database, api: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13b N5: `--set request.verify_tls=false` would hand STEAM_API_KEY to whoever answers for
+    the host: refused (exit 2) like an origin change, before any request or job row; `true` is fine."""
+    assert cli.main(["run", str(APPLIST), "--set", "request.verify_tls=false", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "--set request.verify_tls: would send this source's credentials without verifying" in err
+    assert (len(api.requests), steam.scalar("select count(*) from sync_jobs")) == (0, 0)
+    assert cli.main(["validate", str(APPLIST), "--set", "request.verify_tls=true"]) == 0
+
+
 def test_a_checkpoint_is_resumed_only_by_the_listing_it_was_made_for(
     steam: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -308,7 +320,7 @@ def test_a_checkpoint_is_resumed_only_by_the_listing_it_was_made_for(
     deliberate way: the environment variable the file's URL names) starts over and says so."""
     assert cli.main(["run", str(APPLIST), "--set", "pagination.max_items=7", *FAST]) == 0
     (stored,) = steam.rows("select cursor from syncrun_cursors")
-    assert stored[0]["url"] == f"{api.url}{ROUTE}"
+    assert stored[0]["url"] == f"{api.url}{ROUTE}?key=***&max_results=50000"  # the key redacted
     api.route(f"/mirror{ROUTE}", applist_page)
     monkeypatch.setenv("STEAM_API_URL", f"{api.url}/mirror")
     capsys.readouterr()
@@ -316,6 +328,29 @@ def test_a_checkpoint_is_resumed_only_by_the_listing_it_was_made_for(
     assert (api.requests[-1].path, api.requests[-1].query.get("last_appid")) == (f"/mirror{ROUTE}", None)
     assert "the checkpoint was made for another URL" in capsys.readouterr().err
     assert KEY[:8] not in str(steam.rows("select cursor from syncrun_cursors"))
+
+
+def test_a_checkpoint_is_not_resumed_after_a_query_change(
+    steam: Database, api: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review13b N6: the checkpoint records `request.query` too, so a run asking another query (a
+    filter parameter, here the page size) starts over instead of resuming another listing's position;
+    the same query resumes."""
+    assert cli.main(["run", str(APPLIST), "--set", "pagination.max_items=7", *FAST]) == 0
+    capsys.readouterr()
+    asked = len(api.requests)
+    assert (
+        cli.main(
+            ["run", str(APPLIST), "--set", "request.query.max_results=3", "--set", "pagination.max_items=7", *FAST]
+        )
+        == 0
+    )
+    assert api.requests[asked].query.get("last_appid") is None
+    assert api.requests[asked].query.get("max_results") == "3"
+    assert "the checkpoint was made for another URL" in capsys.readouterr().err
+    asked = len(api.requests)
+    assert cli.main(["run", str(APPLIST), "--set", "request.query.max_results=3", *FAST]) == 0
+    assert api.requests[asked].query.get("last_appid") is not None  # the same listing: resumed
 
 
 def test_a_secrets_value_given_to_set_reaches_no_output(

@@ -74,6 +74,8 @@ def _same(fast: httpx.Request, general: httpx.Request) -> None:
         ("http://api.test/apps/{appid}.json?cc={cc}&l=en", {}),
         ("http://api.test/apps/x{appid}y{cc}", {}),
         ("http://api.test/apps", {"query": {"id": "{appid}", "key": "${secret.KEY}"}}),
+        ("http://api.test/apps?fixed=1&b=x%20y", {"query": {"id": "{appid}"}}),  # the URL's own query kept
+        ("http://api.test/apps/{appid}?cc={cc}", {"query": {"id": "{appid}"}}),
         ("http://api.test/apps/{appid}", {"headers": {"X-App": "{appid}", "Authorization": "Bearer ${secret.KEY}"}}),
         ("http://api.test/apps/{appid}", {"headers": {"Accept-Encoding": "identity", "Accept": "application/json"}}),
     ],
@@ -104,11 +106,10 @@ def test_a_header_line_break_is_refused_on_the_compiled_path() -> None:
         "http://api.test",  # no path
         "http://api.test/a b/{appid}",  # httpx re-encodes the constant part
         "http://api.test/a/./b/{appid}",  # httpx removes the dot segment
-        "http://api.test/a/{appid}?fixed=1&",  # with `request.query`, httpx drops the URL's own query
     ],
 )
 def test_urls_the_plan_leaves_to_the_general_path(url: str) -> None:
-    source = make_source(url, query={"cc": "{cc}"} if "fixed" in url else None)
+    source = make_source(url)
     plan = plans.RequestPlan(httpx.AsyncClient(), source.request, SETTINGS)
     assert plan.build({"appid": "1"}, httpx.AsyncClient()) is None
 
@@ -132,3 +133,11 @@ def test_a_client_holding_cookies_takes_the_general_path() -> None:
     assert plan.build({"appid": "1"}, http) is not None
     http.cookies.set("session", "s", domain="api.test")
     assert plan.build({"appid": "1"}, http) is None
+
+
+def test_the_urls_own_query_comes_first_then_request_query() -> None:
+    """`url: http://h/a?fixed=1` with `request.query: {id: ...}`: httpx's params= replaced the URL's
+    query (the request went out as `?id=7`); both paths now send `?fixed=1&id=7`."""
+    fast, general = _both("http://api.test/a?fixed=1", {"appid": 7}, query={"id": "{appid}"})
+    _same(fast, general)
+    assert fast.url.raw_path == b"/a?fixed=1&id=7"

@@ -90,3 +90,13 @@ def test_bad_templates(text: str, message: str) -> None:
     """Malformed placeholders are a ValueError saying what to write instead."""
     with pytest.raises(ValueError, match="^" + __import__("re").escape(message)):
         templating.parse(text)
+
+
+def test_a_request_url_with_a_user_name_or_password_is_refused() -> None:
+    """review13b N3: credentials go in auth:, never in the URL (with an Authorization header the HTTP
+    client crashed; without one, an env value's password went out as Basic credentials)."""
+    for url in ("http://user@h.example/a", "http://u:pw@h.example:8080/a", "https://:pw@h.example/"):
+        assert templating.url_problem(url) == (
+            "it has a user name or password (user@host): credentials go in auth: (or a header), never in the URL"
+        )
+    assert templating.url_problem("http://h.example/a?x=user@host#@y") is None  # an @ after the host is no userinfo
