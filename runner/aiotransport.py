@@ -53,7 +53,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     emits_trace = True  # runner/ratelimit/transport.py: stamps grants at send_request_headers.started
 
     def __init__(self, *, verify: bool = True, limits: httpx.Limits) -> None:
-        self._ssl: ssl.SSLContext | bool = httpx.create_ssl_context(verify=verify) if verify else False
+        # Built on the first https request: loading the CA bundle costs ~20 ms of start-up, which a
+        # plain-http source (and every run before its first request) need not pay.
+        self._verify = verify
+        self._context: ssl.SSLContext | None = None
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
         self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
@@ -63,7 +66,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         connector = aiohttp.TCPConnector(
             limit=limit,
             limit_per_host=0,
-            ssl=self._ssl,
+            ssl=self._verify,  # https requests bring their own context (_tls_context); False: no checks
             keepalive_timeout=self._limits.keepalive_expiry if self._limits.keepalive_expiry is not None else 5.0,
         )
         trace = aiohttp.TraceConfig()
@@ -93,7 +96,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         body = await request.aread()
         url = yarl.URL(str(request.url), encoded=True)
-        self._tls = self._tls or url.scheme == "https"
+        https = url.scheme == "https"
+        self._tls = self._tls or https
         context = SimpleNamespace(trace=request.extensions.get("trace"), scheme=url.scheme)
         with _mapped():
             response = await self._session.request(
@@ -108,6 +112,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
                 server_hostname=request.extensions.get("sni_hostname"),
                 trace_request_ctx=context,
+                ssl=self._tls_context() if https and self._verify else self._verify,
             )
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if response.reason:
@@ -119,6 +124,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions=extensions,
         )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._context is None:
+            self._context = httpx.create_ssl_context(verify=True)
+        return self._context
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -15,11 +15,12 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from jmespath.exceptions import JMESPathError
 
-from runner import spec
+from runner import expressions, spec
 from runner.errors import MappingError
 from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
 
@@ -70,11 +71,23 @@ def rows(source: spec.Source, base: dict[str, JSON], *, keep: int | None = None)
     first `keep` records: a page that max_items cut)."""
     out: dict[int, list[Row]] = {index: [] for index in range(len(source.writes))}
     found = records(source, base)
+    if keep is not None:
+        found = found[:keep]
     getters = [_getters(write) for write in source.writes]  # once per response, not per record
-    for record in found if keep is None else found[:keep]:
-        document = {**base, "record": record}
-        for index, write in enumerate(source.writes):
-            out[index].extend(_write_rows(write, document, index, getters[index]))
+    direct = {index: _over_record(write, base) for index, write in enumerate(source.writes)}
+    for index, write in enumerate(source.writes):
+        each = direct[index]
+        if each is not None:  # one row per record, every value a path: no document per record
+            out[index] = [{column: get(record) for column, get in each} for record in found]
+            if write.key and any(row.get(column) is None for row in out[index] for column in write.key):
+                direct = {}  # a null key: the loop below raises the message it always raised, in order
+                break
+    if len(direct) < len(source.writes) or None in direct.values():
+        for record in found:
+            document = {**base, "record": record}
+            for index, write in enumerate(source.writes):
+                if direct.get(index) is None:
+                    out[index].extend(_write_rows(write, document, index, getters[index]))
     return out
 
 
@@ -89,6 +102,36 @@ def _getters(write: spec.Write) -> Getters | None:
     if any(get is None for _, get in pairs):
         return None
     return tuple((column, get) for column, get in pairs if get is not None)
+
+
+def _over_record(write: spec.Write, base: dict[str, JSON]) -> Getters | None:
+    """(column, getter over the record) for a write that makes one row per record (no `rows:`, no
+    `when`) whose values are all plain paths; None otherwise. A `record.…` path is walked from the
+    record itself; any other path (`entity.appid`) reads the same value for every record of the
+    response, so it is read once from `base` (which differs from the record's document only in
+    `record`). Same values as `_row`'s getters over `{**base, "record": record}`: bulk pages (1,000
+    records a response) skipped building a document per record and walking it from the top."""
+    if write.rows is not None or write.when is not None:
+        return None
+    pairs = [(f.column, f.expression) for f in write.columns] + [(lk.column, lk.value) for lk in write.lookups]
+    out: list[tuple[str, Callable[[JSON], JSON]]] = []
+    for column, expression in pairs:
+        path = expression.path
+        if path is None or not path:
+            return None
+        if path[0] == "record":
+            out.append((column, expressions.getter(path[1:]) if len(path) > 1 else _same))
+        else:
+            out.append((column, partial(_constant, expressions.getter(path)(base))))
+    return tuple(out)
+
+
+def _same(value: JSON) -> JSON:
+    return value
+
+
+def _constant(value: JSON, _: JSON) -> JSON:
+    return value
 
 
 _SCALARS = (int, float, bool)

@@ -18,11 +18,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runner.jobs import Counters
+
+if TYPE_CHECKING:  # tqdm is imported when bars go up (a terminal): a run in CI need not load it
+    from tqdm import tqdm
 
 
 @dataclass
@@ -51,6 +52,8 @@ class _AboveBars:
 
     def write(self, text: str) -> int:
         if text.strip():
+            from tqdm import tqdm
+
             tqdm.write(text.rstrip("\n"), file=self.stream)
         return len(text)
 
@@ -73,6 +76,8 @@ def start(sources: Sequence[str], total: int | None, *, stream: TextIO | None = 
     target = stream or sys.stderr
     if not (enabled(target) if live is None else live):
         return
+    from tqdm import tqdm
+
     for position, name in enumerate(sources):
         _board.bars[name] = tqdm(
             total=total, desc=name, unit="entity", position=position, file=target, dynamic_ncols=True, leave=True

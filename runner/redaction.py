@@ -188,6 +188,12 @@ class Redactor:
         with self._lock:
             self._listeners.append(announce)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to mask yet (no secret configured or added): every call returns its input as it is.
+        Checked again at each use, since `add` may arm it mid-run."""
+        return self._pattern is None and not self._tokens
+
     def __call__(self, text: str) -> str:
         pattern, tokens = self._pattern, self._tokens
         if (pattern is None and not tokens) or not text:

@@ -164,3 +164,47 @@ def test_when_with_rows_is_asked_per_item() -> None:
     assert mapping.rows(make_source(writes=(write,)), base)[0] == [{"appid": 1, "tag": "a"}]
     base["body"] = {**record, "listed": False}
     assert mapping.rows(make_source(writes=(write,)), base)[0] == []
+
+
+def _slow(source: spec.Source, base: dict[str, Any]) -> dict[int, list[mapping.Row]]:
+    """mapping.rows the general way: a document per record, every value searched from the top."""
+    out: dict[int, list[mapping.Row]] = {index: [] for index in range(len(source.writes))}
+    for record in mapping.records(source, base):
+        document = {**base, "record": record}
+        for index, write in enumerate(source.writes):
+            out[index].extend(mapping._write_rows(write, document, index))
+    return out
+
+
+def test_rows_of_plain_paths_read_from_the_record_match_the_general_path() -> None:
+    """A write whose values are all plain paths maps each record without a document per record
+    (`_over_record`): same rows, same column order, for odd records too (not objects, missing and
+    nested fields, a field named like a document key), with entity values read once."""
+    columns = {"appid": "entity.appid", "id": "record.id", "deep": "record.a.b.c", "whole": "record",
+               "odd": "record.entity", "deeper": "record.a.b.c.d", "status": "status", "run": "run.x"}  # fmt: skip
+    fields = tuple(spec.Field(c, expr(e)) for c, e in columns.items())
+    keyless = spec.Write(table=spec.QualifiedName(None, "apps"), key=(), columns=fields)
+    keyed = replace(keyless, key=("appid",))
+    records = [{"id": 1, "a": {"b": {"c": {"d": 4}}}, "entity": "x"}, {"a": {"b": 2}}, 3, None, "s", [1], {}]
+    base = {"entity": {"appid": 7}, "body": records, "status": 200, "run": {"x": "y"}, "response": {}}
+    for write in (keyless, keyed):
+        source = make_source(writes=(write, keyless))
+        got, expected = mapping.rows(source, base), _slow(source, base)
+        assert got == expected
+        assert [list(row) for row in got[0]] == [list(row) for row in expected[0]]
+    assert got[0][0] == {"appid": 7, "id": 1, "deep": {"d": 4}, "whole": records[0], "odd": "x", "deeper": 4,
+                         "status": 200, "run": "y"}  # fmt: skip
+
+
+def test_a_null_key_from_a_plain_path_is_the_same_error() -> None:
+    """The first record with a null key column raises the message the general path raises."""
+    with pytest.raises(MappingError, match=r"apps\.appid: key column is null \('record\.id' found nothing\)"):
+        rows_of_key({"data": [{"id": 1}, {"id": None}]})
+
+
+def rows_of_key(body: dict[str, Any]) -> list[mapping.Row]:
+    write = spec.Write(
+        table=spec.QualifiedName(None, "apps"), key=("appid",), columns=(spec.Field("appid", expr("record.id")),)
+    )
+    base = {"entity": {"appid": 1}, "body": body, "response": {}, "run": {}}
+    return mapping.rows(replace(make_source(writes=(write,)), records=expr("body.data")), base)[0]

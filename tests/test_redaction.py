@@ -389,3 +389,15 @@ def test_a_short_run_time_value_is_masked_whole() -> None:
     redact.add("at-Qw3", run_time=True)
     assert redact("token at-Qw3 here") == "token *** here"
     assert redact("at-Q") == "at-Q"
+
+
+def test_idle_until_a_secret_is_added() -> None:
+    """`idle` (the engine then skips redacting rows) only while there is nothing to mask: it turns
+    off the moment a secret is added mid-run, and an idle redactor returns every text as it is."""
+    redactor = Redactor()
+    assert redactor.idle
+    assert redactor("any text") == "any text"
+    redactor.add("tok-abcdefgh-1234", run_time=True)
+    assert not redactor.idle
+    assert "abcdefgh" not in redactor("echo tok-abcdefgh-1234")
+    assert not Redactor(["s3cr3t-value"]).idle

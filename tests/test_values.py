@@ -224,3 +224,24 @@ def test_every_value_fit_accepts_postgresql_stores(db: Database, column: str, va
     event("stored")
     with db.connect() as conn:
         conn.execute(f"insert into hostile ({column}) values (%s)", [row[column]])
+
+
+@pytest.mark.parametrize("type_name", ["smallint", "integer", "bigint", "text", "character varying", "numeric", None])
+def test_unchanged_only_when_the_converter_returns_every_value_as_it_is(type_name: str | None) -> None:
+    """`values.unchanged` lets WritePlan.fit skip a column: it must never say so for a value the
+    converter would change or refuse (a bool, a float, an int out of range, NUL, a lone surrogate)."""
+    samples: list[Any] = [0, 1, -1, 2**15, -(2**15) - 1, 2**31, 2**63, -(2**63), True, 1.0, "7", "a", "", "a\x00b",
+                          "x\ud800", "é", None, [1], {"a": 1}]  # fmt: skip
+    convert = values.converter(type_name)
+    for first in samples:
+        for second in samples:
+            column = [first, second, None]
+            if not values.unchanged(type_name, column):
+                continue
+            for value in column:
+                if value is not None and convert is not None:
+                    assert convert(value) is value, (type_name, value)
+    assert values.unchanged("integer", [1, None, 2])
+    assert values.unchanged("text", ["a", None])
+    assert not values.unchanged("integer", [1, True])
+    assert not values.unchanged("text", ["a", "\x00"])
