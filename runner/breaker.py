@@ -9,12 +9,18 @@ definitive failure (so none backs off at once), and
   same way; there is no point spending the rate budget of the whole run to learn that. A refused
   credential is the source's problem: it never counts against an entity (no backoff, ever).
 - **outage**: `OUTAGE_TRIP` consecutive entities that failed with transient errors (5xx, 429,
-  timeouts, connection resets) after all their retries: the API looks down — or these entities fail
-  every time (a run of broken entities at the front of the selection order looks the same from here).
-  So each of them counts one transiently failed run, like in any other run (runner/backoff.py), and
-  only an entity that failed like this in `backoff.transient_runs` runs in a row backs off: a real
-  outage costs at most the few entities each run tried, a mild ladder from `initial`, reset by their
-  next success; broken entities move out of the way instead of stopping every run at the same place.
+  timeouts, connection resets) after all their retries: the API looks down. Each of them counts one
+  transiently failed run, like in any other run (runner/backoff.py), and only an entity that failed
+  like this in `backoff.transient_runs` runs in a row backs off: a real outage costs at most the few
+  entities each run tried, a mild ladder from `initial`, reset by their next success.
+
+**Known-bad entities are not counted** (runner/history.py): the failure of an entity whose previous
+attempt failed too (any kind, 401/403 included) neither extends nor resets either streak. Otherwise a
+block of entities that fail every time, first in the selection order, would trip the breaker at the
+same place on every run and nothing behind it would ever be fetched; now each of them is attempted
+once per run (and backs off on the ladder), and the run goes on to the rest. An outage still trips
+quickly: the entities failing then were healthy until now. Entities never attempted have no history
+and count; a block of new broken entities trips one run, and is known-bad from the next.
 
 Any success or skip closes the breaker again (resets both counts). The engine counts each entity as
 its outcome is decided, not when its write batch commits, so at most `AUTH_TRIP` refused requests (plus
@@ -65,19 +71,24 @@ class Breaker:
             head = f"{head}; {self.late} more {were} already in flight ({self.late_failed} failed too)"
         return f"{head} — {tail}"
 
-    def judge(self, result: EntityResult, status: int | None) -> str | None:
+    def judge(self, result: EntityResult, status: int | None, *, known_bad: bool = False) -> str | None:
         """Count one entity's outcome as soon as it is known (before it is written): a refused
-        credential is an auth failure, any other non-definitive failure a transient one."""
+        credential is an auth failure, any other non-definitive failure a transient one. `known_bad`:
+        the entity's previous attempt failed too (runner/history.py), so its failure is not counted."""
         failed = result.outcome is Outcome.ERROR
         auth = failed and status in AUTH_STATUSES
-        return self.observe(failed=failed, auth=auth, transient=failed and not result.definitive and not auth)
+        transient = failed and not result.definitive and not auth
+        return self.observe(failed=failed, auth=auth, transient=transient, known_bad=known_bad)
 
-    def observe(self, *, failed: bool, auth: bool, transient: bool) -> str | None:
+    def observe(self, *, failed: bool, auth: bool, transient: bool, known_bad: bool = False) -> str | None:
         """Count one finished entity; the trip message when the breaker opens, else None (also for
-        each entity finishing after the trip: it was in flight, and is counted in `late`)."""
+        each entity finishing after the trip: it was in flight, and is counted in `late`). A failure
+        of a known-bad entity changes neither streak."""
         if self.tripped is not None:
             self.late += 1
             self.late_failed += failed
+            return None
+        if failed and known_bad:
             return None
         if not failed:
             self.auth = self.outage = 0

@@ -30,6 +30,7 @@ from runner import (
     client,
     database,
     fetch,
+    history,
     jobs,
     listings,
     mapping,
@@ -149,6 +150,7 @@ class _Run:
         self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
         self.breaker = breaker.Breaker(transient_runs=source.backoff.transient_runs)
+        self.history = history.History(source)  # known-bad entities: the breaker does not count them
         self.lease: listings.Lease | None = None  # a list source's lease on its listing, renewed with the heartbeat
         # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
         self.validators = Store(source, catalog=catalog, ask=not options.dry_run, settings=settings)
@@ -487,7 +489,7 @@ class _Run:
         result = trace.result
         if result.outcome is spec.Outcome.ERROR and not result.definitive and trace.status in breaker.AUTH_STATUSES:
             trace.result = replace(result, refused=True)  # recorded as such (syncrun_state.refused)
-        if trip := self.breaker.judge(trace.result, trace.status):
+        if trip := self.breaker.judge(trace.result, trace.status, known_bad=self.history.known_bad(trace.entity)):
             log.error("%s: %s", self.source.name, trip)
             self.halt("failed", trip)
 
@@ -623,7 +625,11 @@ async def _pipeline(state: _Run, select_conn: psycopg.Connection[Any] | None, wr
             "%s: --restart: forgot %d stored validator(s); requests are unconditional", state.source.name, forgotten
         )
     tasks = [
-        asyncio.create_task(state.produce(state.validators.attach(select_conn, _chunks(state, select_conn)))),
+        asyncio.create_task(
+            state.produce(
+                state.validators.attach(select_conn, state.history.attach(select_conn, _chunks(state, select_conn)))
+            )
+        ),
         *(asyncio.create_task(state.fetcher()) for _ in range(state.source.concurrency)),
     ]
     writer_task = asyncio.create_task(state.write(write_conn))

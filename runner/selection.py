@@ -3,10 +3,11 @@
 `chunks(...)` yields lists of entity dicts (the declared `entities.columns`), at most `chunk_size`
 each and `limit` in total. It never uses OFFSET and never one unbounded statement.
 
-- default: the status table's due-ness query. Order: entities whose latest attempt failed (before
-  this run) last, then the declared `entities.order` terms, never synced for this source first, then
-  priority desc, oldest stamp, key. Every sort key is made ascending (priority negated, a sentinel
-  for the null stamp) so one row comparison `(a, b, c, d) > (...)` is the keyset cursor.
+- default: the status table's due-ness query. Order: the declared `entities.order` terms, never
+  synced for this source first, then priority desc, oldest stamp, key. Every sort key is made
+  ascending (priority negated, a sentinel for the null stamp) so one row comparison
+  `(a, b, c, d) > (...)` is the keyset cursor. (Entities that failed last time keep their place: the
+  breaker does not count them, runner/history.py.)
   Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
   in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), held back by the cut-off
   (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. The
@@ -220,7 +221,7 @@ def _default_sql(
     entities, status = source.entities, source.status
     assert status is not None
     key, stamp = sql.Identifier(entities.key), sql.Identifier(status.column)
-    order = [_FAILED_BEFORE, *filters.order_sql(entities, types), *_order_exprs(source)]
+    order = [*filters.order_sql(entities, types), *_order_exprs(source)]
     names = [sql.Identifier(f"__o{i}") for i in range(len(order) - 1)]  # the last sort key is the key itself
     where = [
         sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(entities.syncable_column))
@@ -267,19 +268,6 @@ def _default_sql(
     )
 
 
-# Whether the entity's latest attempt before this run failed (definitively, transiently or refused with
-# 401/403; syncrun_state records each as last_error_at after any last_success_at): such entities go
-# after every entity whose latest attempt did not fail, so a block of entities that fail every time
-# cannot trip the breaker at the front of every run while healthy due entities behind wait (review13b
-# N2, N4). Only failures before `since` (the run's first selection) count: an entity failing during
-# the run keeps the place it was selected at, so the keyset cursor, already past it, never meets it
-# again in the same run. Never null, ascending (false first), like the other sort keys.
-_FAILED_BEFORE = sql.SQL(
-    "coalesce(st.last_error_at > coalesce(st.last_success_at, '-infinity')"
-    " and st.last_error_at < coalesce(%(since)s::timestamptz, 'infinity'), false)"
-)
-
-
 def _order_exprs(source: Source) -> list[sql.Composable]:
     """(synced?, -priority, stamp, key): all ascending, none null, so a row comparison is the keyset."""
     assert source.status is not None
@@ -311,12 +299,9 @@ def _default(
 ) -> Iterator[list[Entity]]:
     cursor: tuple[Any, ...] | None = None
     types = filters.types(conn, source)
-    with conn.transaction():
-        row = conn.execute("select now()").fetchone()  # the order's "before this run" (runner._FAILED_BEFORE)
-    since = row[0] if row is not None else None
     while (size := budget.next()) > 0:
         query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled, types)
-        params = {**claim.params(), **filters.params(source.entities), "n": size, "after": after, "since": since}
+        params = {**claim.params(), **filters.params(source.entities), "n": size, "after": after}
         if partition is not None:
             params.update(part_index=partition.shard, part_count=partition.shards)
         params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
@@ -381,7 +366,7 @@ def check(conn: psycopg.Connection, source: Source) -> None:
     entities = source.entities
     if entities.type is SelectionType.LIST or (entities.type is SelectionType.DEFAULT and source.status is None):
         return
-    params: dict[str, Any] = {**_Claim(source.name, "check", 1.0).params(), "n": 1, "after": None, "since": None}
+    params: dict[str, Any] = {**_Claim(source.name, "check", 1.0).params(), "n": 1, "after": None}
     if entities.type is SelectionType.DEFAULT:
         filters.check(conn, source)
         params.update(filters.params(entities))
@@ -401,10 +386,9 @@ def _public(row: Entity) -> Entity:
 def due_sql(conn: psycopg.Connection, source: Source) -> tuple[sql.Composed, dict[str, Any]]:
     """The default selection's query without claiming (every row it returns is due), and its filter
     parameters; the caller adds source, holder, lease, n and after."""
-    return _default_sql(source, False, False, False, False, filters.types(conn, source)), {
-        **filters.params(source.entities),
-        "since": None,
-    }
+    return _default_sql(source, False, False, False, False, filters.types(conn, source)), filters.params(
+        source.entities
+    )
 
 
 # --- explicit ids (runner.ids finds their columns) ---------------------------------------------------

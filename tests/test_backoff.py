@@ -116,14 +116,14 @@ def test_refused_credentials_are_not_the_entitys_transient_failures(
     assert "HTTP 401" in env.scalar("select last_error_message from sync_status where appid = 2")
 
 
-def test_entities_failing_at_the_front_go_behind_the_healthy_ones(
+def test_entities_failing_at_the_front_are_tried_once_and_the_run_goes_on(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """review13 F1, review13b N2: 25 entities answering 503 every time, first in the selection order
-    (higher priority). Run 1 tries them first and trips the breaker (nothing healthy fetched); from then
-    on their last attempt failed, so the default order puts them after the healthy due entities: run 2
-    fetches all 5 healthy entities first (then ends on the failing ones), without waiting for their
-    backoff. `status` shows them failing transiently."""
+    """review13 F1, review13b N2, review13c R1: 25 entities answering 503 every time, first in the
+    selection order (higher priority). Run 1 has no history: it tries 20 of them and trips the breaker.
+    From then on their last attempt failed, so the breaker does not count them: run 2 tries each of
+    them once (in the usual order, first), 21..25 (never tried: 5 in a row, no trip), and fetches the
+    5 healthy entities behind them. `status` shows them failing transiently."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
     seed(env, source, appids=range(1, 31))
@@ -139,13 +139,11 @@ def test_entities_failing_at_the_front_go_behind_the_healthy_ones(
     assert "each counts one transiently failed run and backs off only from its 3rd such run in a row" in message
     assert not any(r.path in healthy for r in api.requests)
     asked = len(api.requests)
-    assert run(str(source)) == 1  # 21..25 (never tried) and the healthy ones first, then 1..20: a trip at the end
-    paths = [r.path for r in api.requests[asked:]]
-    assert paths[:10] == [f"/apps/{a}" for a in range(21, 31)]
-    assert sorted(paths[10:]) == sorted(f"/apps/{a}" for a in range(1, 21))
-    message = env.scalar("select error_message from sync_jobs order by started_at desc limit 1")
-    assert message.startswith("circuit breaker: the run ended on 20 consecutive entities failed")
+    run(str(source))
+    assert [r.path for r in api.requests[asked:]] == [f"/apps/{a}" for a in range(1, 31)]
+    assert env.scalar("select error_message from sync_jobs order by started_at desc limit 1") is None
     assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
+    assert {state(env, str(appid))[1] for appid in range(1, 21)} == {2}
     capsys.readouterr()
     assert cli.main(["status", str(source), "--json"]) == 0
     (shown,) = json.loads(capsys.readouterr().out)["sources"]
@@ -157,8 +155,9 @@ def test_the_first_run_reaches_healthy_entities_behind_a_block_that_failed_last_
     env: Database, api: ApiServer, tmp_path: Path, kind: str
 ) -> None:
     """review13b N2, N4 at the source's real schedule: 25 entities first in the order failed on their
-    last attempt (2 h ago) and are due again (their wait is over); the healthy due entities behind them
-    are fetched first in the very next run, whatever the kind of failure."""
+    last attempt (2 h ago) and are due again (their wait is over). The next run tries each of them once
+    without tripping the breaker (they are known-bad: not counted) and reaches the healthy entities
+    behind them, whatever the kind of failure."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
     seed(env, source, appids=range(1, 31))
@@ -174,62 +173,71 @@ def test_the_first_run_reaches_healthy_entities_behind_a_block_that_failed_last_
         api.route(f"/apps/{appid}", reply)
     for appid in range(26, 31):
         api.route(f"/apps/{appid}", app(appid))
-    assert run(str(source)) == 1  # the block trips the breaker, at the end now
-    assert [r.path for r in api.requests[:5]] == [f"/apps/{a}" for a in range(26, 31)]
+    run(str(source))
+    assert [r.path for r in api.requests] == [f"/apps/{a}" for a in range(1, 31)]
+    assert env.scalar("select error_message from sync_jobs") is None  # no trip
     assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
 
 
-def test_entity_specific_refusals_are_recorded_shown_and_do_not_starve_the_rest(
-    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """review13b N4: 5 entities answering 403 (a private item, say) at the front trip the auth breaker
-    once; they are recorded as refused (never backed off), `status` shows them, and the next run
-    fetches the healthy entities first."""
+def test_a_top_entity_that_failed_once_is_retried_first(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review13c R1: the top-priority entity hits one 503 in a run that takes 5 of 30 due entities.
+    The next run (the due set still larger than a run takes) asks for it first again."""
+    source = one_attempt(tmp_path)
+    source.write_text(
+        source.read_text().replace("concurrency: 4", "concurrency: 1").replace("  limit: 100\n", "  limit: 5\n")
+    )
+    seed(env, source, appids=range(1, 31))
+    env.run("update sync_status set priority_score = 100 where appid = 1")
+    api.route("/apps/1", Reply(503))
+    for appid in range(2, 31):
+        api.route(f"/apps/{appid}", app(appid))
+    run(str(source))
+    assert [r.path for r in api.requests] == [f"/apps/{a}" for a in range(1, 6)]
+    api.route("/apps/1", app(1))
+    assert run(str(source)) == 0
+    assert [r.path for r in api.requests[5:]] == [f"/apps/{a}" for a in (1, 6, 7, 8, 9)]
+    assert state(env, "1") == (0, 0, None)
+
+
+def test_an_outage_still_trips_on_previously_healthy_entities(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A known-bad block at the front neither hides nor delays an outage: 5 entities that failed last
+    time, then 25 synced fine until now, all answering 503: the 5 are not counted, and the breaker
+    trips on the 20th previously-healthy one (25 requests)."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
-    seed(env, source, appids=range(1, 16))
+    seed(env, source, appids=range(1, 31))
     env.run("update sync_status set priority_score = 100 where appid <= 5")
-    for appid in range(1, 6):
-        api.route(f"/apps/{appid}", Reply(403))
-    for appid in range(6, 16):
-        api.route(f"/apps/{appid}", app(appid))
-    assert run(str(source)) == 1
-    assert "5 consecutive authentication failures" in env.scalar(
-        "select error_message from sync_jobs order by started_at desc limit 1"
+    env.run(
+        "insert into syncrun_state (source, entity_key, consecutive_errors, transient_runs, last_error,"
+        " last_error_at, last_success_at) select 'alpha', a::text, 0, case when a <= 5 then 1 else 0 end,"
+        " case when a <= 5 then 'HTTP 503' end, case when a <= 5 then now() - interval '2 hours' end,"
+        " now() - interval '3 hours' from generate_series(1, 30) a"
     )
-    assert env.rows(
-        "select count(*), min(consecutive_errors), max(transient_runs), count(next_attempt_at) from syncrun_state"
-        " where source = 'alpha' and refused"
-    ) == [(5, 0, 0, 0)]
-    capsys.readouterr()
-    assert cli.main(["status", str(source), "--json"]) == 0
-    (shown,) = json.loads(capsys.readouterr().out)["sources"]
-    assert (shown["refused"], shown["failing"], shown["failing_transiently"], shown["backoff"]) == (5, 0, 0, 0)
-    assert [e["count"] for e in shown["top_errors"]] == [5]
-    assert cli.main(["status", str(source)]) == 0
-    assert "   refused (401/403) 5" in capsys.readouterr().out
-    asked = len(api.requests)
-    assert run(str(source)) == 1  # the healthy ones first; the refused five end the run on the breaker
-    assert [r.path for r in api.requests[asked : asked + 10]] == [f"/apps/{a}" for a in range(6, 16)]
-    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 10
-    api.route("/apps/1", app(1))
-    assert run(str(source), "--ids", "1") == 0
-    assert env.scalar("select refused from syncrun_state where source = 'alpha' and entity_key = '1'") is False
+    for appid in range(1, 31):
+        api.route(f"/apps/{appid}", Reply(503))
+    assert run(str(source)) == 1
+    message = env.scalar("select error_message from sync_jobs")
+    assert message.startswith("circuit breaker: stopped after 20 consecutive entities failed")
+    assert [r.path for r in api.requests] == [f"/apps/{a}" for a in range(1, 26)]
 
 
 def test_a_due_set_of_only_failing_entities_backs_off(env: Database, api: ApiServer, tmp_path: Path) -> None:
-    """review13 F1, the steady state: the due set is 20 entities failing every time, so every run ends
-    on the breaker ("nothing was left to stop"); they still count, back off from the 3rd run, and the
-    4th run asks nothing."""
+    """review13 F1, the steady state: the due set is 20 entities failing every time. Run 1 has no
+    history and ends on the breaker ("nothing was left to stop"); from run 2 they are known-bad, so the
+    breaker does not count them and the run completes (fail_ratio: 1 here). Every run counts one
+    transiently failed run for each; they back off from the 3rd run, and the 4th run asks nothing."""
     source = one_attempt(tmp_path)
     source.write_text(source.read_text().replace("concurrency: 4", "concurrency: 1"))
     seed(env, source, appids=range(1, 21))
     for appid in range(1, 21):
         api.route(f"/apps/{appid}", Reply(503))
     for runs in (1, 2, 3):
-        assert run(str(source)) == 1
+        assert run(str(source)) == (1 if runs == 1 else 0)
         message = env.scalar("select error_message from sync_jobs order by started_at desc limit 1")
-        assert message.startswith("circuit breaker: the run ended on 20 consecutive entities failed")
+        if runs == 1:
+            assert message.startswith("circuit breaker: the run ended on 20 consecutive entities failed")
+        else:
+            assert message is None
         assert {state(env, str(appid))[1:] for appid in range(1, 21)} == {(runs, 15 if runs == 3 else None)}
     asked = len(api.requests)
     assert run(str(source)) == 0
@@ -277,8 +285,9 @@ def test_an_outage_as_long_as_the_cut_off_holds_no_entity_back(env: Database, ap
     seed(env, source, appids=range(1, 26))
     for appid in range(1, 26):
         api.route(f"/apps/{appid}", Reply(503))
-    for _ in range(3):
-        assert run(str(source)) == 1  # the breaker: the API looks down
+    assert run(str(source)) == 1  # the breaker: the API looks down
+    for _ in range(2):  # 1..20 are known-bad now (not counted): the 5 others do not trip it
+        run(str(source))
     assert env.scalar("select max(transient_runs) from syncrun_state where source = 'alpha'") == 3
     env.run("update syncrun_state set next_attempt_at = null where source = 'alpha'")  # their wait is over
     for appid in range(1, 26):

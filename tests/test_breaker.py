@@ -63,3 +63,19 @@ def test_a_trip_with_entities_left_stopped_the_run(env: Database, api: ApiServer
     message = outage(env, api, tmp_path, breaker.OUTAGE_TRIP + 10)
     assert message == f"circuit breaker: stopped after {OUTAGE}{TAIL}"
     assert len(api.requests) < breaker.OUTAGE_TRIP + 10
+
+
+def test_known_bad_failures_neither_extend_nor_reset_a_streak() -> None:
+    """runner/history.py: a failure of an entity whose previous attempt failed is not counted."""
+    b = breaker.Breaker()
+    for _ in range(breaker.OUTAGE_TRIP - 1):
+        assert b.observe(failed=True, auth=False, transient=True) is None
+    for _ in range(100):
+        assert b.observe(failed=True, auth=False, transient=True, known_bad=True) is None
+        assert b.observe(failed=True, auth=True, transient=False, known_bad=True) is None
+    assert (b.outage, b.auth) == (breaker.OUTAGE_TRIP - 1, 0)
+    assert b.observe(failed=True, auth=False, transient=True) is not None
+    c = breaker.Breaker()
+    c.observe(failed=True, auth=False, transient=True)
+    c.observe(failed=False, auth=False, transient=False, known_bad=True)  # a success resets, known-bad or not
+    assert c.outage == 0

@@ -316,25 +316,23 @@ def test_runners_claiming_in_small_chunks_share_the_due_set(db: Database) -> Non
         "refused = true",  # refused with 401/403: recorded, never counted
     ],
 )
-def test_entities_whose_last_attempt_failed_come_after_the_others(status: Database, failure: str) -> None:
-    """review13b N2, N4: 60 and 40 (never synced, first in the order) failed on their last attempt,
-    so they go after every due entity whose last attempt did not fail, in the usual order among
-    themselves; an entity that failed and succeeded since is back in its place."""
+def test_entities_whose_last_attempt_failed_keep_their_place_in_the_order(status: Database, failure: str) -> None:
+    """review13c R1: 60 and 40 (never synced, first in the order) failed on their last attempt; they
+    stay first (a failure does not demote an entity: a once-failed top entity would wait behind every
+    healthy one for good). The breaker, not the order, keeps such a block from stopping every run
+    (runner/history.py)."""
     status.run(
         "insert into syncrun_state (source, entity_key, last_error, last_error_at) values"
-        " ('example', '60', 'x', now() - interval '2 hours'), ('example', '40', 'x', now() - interval '2 hours'),"
-        " ('example', '30', 'x', now() - interval '2 hours')"
+        " ('example', '60', 'x', now() - interval '2 hours'), ('example', '40', 'x', now() - interval '2 hours')"
     )
     status.run(f"update syncrun_state set {failure} where source = 'example' and entity_key in ('60', '40')")
-    status.run("update syncrun_state set last_success_at = now() where source = 'example' and entity_key = '30'")
-    assert _flat(_select(status, claim=False)) == [30, 80, 70, 10, 60, 40]
-    assert _select(status, chunk_size=2, holder="b") == [[30, 80], [70, 10], [60, 40]]
+    assert _flat(_select(status, claim=False)) == [60, 40, 30, 80, 70, 10]
+    assert _select(status, chunk_size=2, holder="b") == [[60, 40], [30, 80], [70, 10]]
 
 
 def test_an_entity_failing_during_the_run_is_not_selected_again_by_the_next_chunk(status: Database) -> None:
-    """The failed-last flag reads failures from before the run's first chunk: an entity that fails
-    between two chunks (written, its claim released) keeps its place behind the keyset cursor and is
-    not met again in the same run."""
+    """An entity that fails between two chunks (written, its claim released) is behind the keyset
+    cursor and is not met again in the same run."""
     pages = selection.chunks(status.conn, SOURCE, limit=100, holder="a", lease_seconds=60, chunk_size=2)
     first = next(pages)
     assert [row["appid"] for row in first] == [60, 40]
