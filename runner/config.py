@@ -321,7 +321,7 @@ class _Builder:
         }
         url = templates.get(("request", "url"))
         if url is not None:
-            self.check_url(url)
+            self.check_url(url, [str(name) for name, _ in _items(raw.get("query"))])
         if not self.usable(("request",)) or url is None:
             return None
         extra: dict[str, JSON] = {k: raw[k] for k in ("method", "verify_tls", "conditional") if k in raw}
@@ -387,14 +387,15 @@ class _Builder:
         elif path[1] == "headers" and (char := next((c for c in written if not c.isascii()), None)) is not None:
             self.add(path, f"contains a non-ASCII character (U+{ord(char):04X}): HTTP header values must be ASCII")
 
-    def check_url(self, url: spec.Template) -> None:
+    def check_url(self, url: spec.Template, query: list[str]) -> None:
+        """`query`: request.query's names (a name also in the URL's own query would be sent twice)."""
         first = url.segments[0] if url.segments else None
         if isinstance(first, spec.Literal) and not re.match(r"https?://", first.text, re.IGNORECASE):
             self.add(("request", "url"), "must start with http:// or https:// (or a setting such as ${env.API_URL})")
         elif not url.settings:  # nothing left to fill in at run start: check the whole URL now
             placeholders = dict.fromkeys(url.columns, "0")
-            no_settings = templating.Settings({}, Redactor())
-            if reason := templating.url_problem(templating.render(url, placeholders, no_settings, url=True)):
+            rendered = templating.render(url, placeholders, templating.Settings({}, Redactor()), url=True)
+            if reason := templating.url_problem(rendered) or templating.query_problem(rendered, query):
                 self.add(("request", "url"), f"is not a usable URL: {reason}")
         head = ""
         for segment in url.segments:

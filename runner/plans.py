@@ -23,12 +23,13 @@ compares them over hostile values):
 
 - A URL with a query of its own (`url: http://h/a?fixed=1`) keeps it, and `request.query`'s parameters
   follow it (`?fixed=1&id=7`) on both paths (`with_query`): httpx's `params=` would replace the URL's
-  query instead, and the request went out as `?id=7`.
+  query instead, and the request went out as `?id=7`. A name in both is refused at load and at run
+  start (templating.query_problem): it would be sent twice.
 
 Anything the fast path does not cover takes the general path, `fetch.build_request`'s old code:
-a value in the host, a fragment, header names repeated in another case, a client holding cookies
-(httpx adds them per request), or an httpx whose URL internals differ from those this was written
-against (checked at compile time).
+a value in the host, a fragment (refused at load and at run start since review13c R4), header
+names repeated in another case, a client holding cookies (httpx adds them per request), or an
+httpx whose URL internals differ from those this was written against (checked at compile time).
 """
 
 from __future__ import annotations

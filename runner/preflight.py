@@ -74,7 +74,8 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
     request = source.request
     if request.url.settings:
         placeholders = dict.fromkeys(request.url.columns, _PLACEHOLDER)
-        if reason := templating.url_problem(templating.render(request.url, placeholders, settings, url=True)):
+        rendered = templating.render(request.url, placeholders, settings, url=True)
+        if reason := templating.url_problem(rendered) or templating.query_problem(rendered, dict(request.query)):
             names = ", ".join(dict.fromkeys(_label(s) for s in request.url.settings))
             verb = "makes" if len(request.url.settings) == 1 else "make"
             problems.append(f"{names} {verb} the request URL of source '{source.name}' unusable: {reason}")

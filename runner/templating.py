@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 import httpx
 
@@ -151,6 +151,23 @@ def url_problem(url: str) -> str | None:
         # review13b N3: sent as Basic credentials, unredacted (an env value), or with an Authorization
         # header a crash in the HTTP client; and `http://user@host` passes for the file's origin
         return "it has a user name or password (user@host): credentials go in auth: (or a header), never in the URL"
+    return None
+
+
+def query_problem(url: str, names: Iterable[str]) -> str | None:
+    """What the request URL's own query or fragment would get wrong, in words; None when fine.
+    `names`: request.query's parameter names, which follow the URL's own query (runner/plans.py).
+    A name in both would be sent twice (`?appid=99&appid=7`), and an API reading the first value would
+    answer every entity with entity 99's data (review13c R2). A #fragment is never sent (R4)."""
+    parts = urlsplit(url)
+    if "#" in url:
+        return "it has a #fragment, which is never sent to the server: remove it"
+    own = {unquote_plus(pair.partition("=")[0]) for pair in parts.query.split("&") if pair}
+    if both := [name for name in names if name in own]:
+        return (
+            f"the query parameter {both[0]!r} is both in the URL's own query and in request.query, so it"
+            " would be sent twice: write it in one place"
+        )
     return None
 
 

@@ -102,6 +102,16 @@ def test_good_settings_pass(tmp_path: Path) -> None:
             " (an IPv6 host is written like http://[::1]:8080/)",
         ),
         (
+            {"API_URL": "http://127.0.0.1:8080/api?key=1&"},  # review13c R2: sent twice
+            "setting API_URL makes the request URL of source 'alpha' unusable: the query parameter 'key' is both"
+            " in the URL's own query and in request.query, so it would be sent twice: write it in one place",
+        ),
+        (
+            {"API_URL": "http://127.0.0.1:8080/api#top"},  # review13c R4: never sent
+            "setting API_URL makes the request URL of source 'alpha' unusable: it has a #fragment, which is never"
+            " sent to the server: remove it",
+        ),
+        (
             {"API_URL": "http://127.0.0.1:99999"},
             "setting API_URL makes the request URL of source 'alpha' unusable: it has port 99999 out of range"
             " (1–65535)",
