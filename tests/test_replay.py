@@ -14,6 +14,7 @@ import yaml
 
 from runner import cli, spec, templating
 from runner.aiotransport import AiohttpTransport
+from runner.commands import run as run_command
 from runner.ratelimit import Limiter, RateLimitedTransport
 from runner.redaction import FRAGMENT, Redactor, forms
 from runner.replay import CASSETTE, RecordingTransport, ReplayTransport
@@ -174,7 +175,7 @@ def test_recording_sends_through_the_transport_of_a_normal_run(tmp_path: Path) -
     """--record wraps the aiohttp transport a run uses (not httpcore's), and the limiter still stamps
     grants when the request is written: the recorder passes the transport's trace events on."""
     settings = templating.Settings({}, Redactor([]))
-    make, _ = cli._transports(cli._Playback(record=tmp_path), settings)
+    make, _ = run_command._transports(run_command._Playback(record=tmp_path), settings)
     assert make is not None
     recorder = make(make_source("http://api.test/x"))
     assert isinstance(recorder, RecordingTransport)
