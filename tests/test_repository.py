@@ -198,8 +198,8 @@ def test_wheel_carries_the_schema(tmp_path: Path) -> None:
         assert "runner/schemas/project.schema.json" in archive.namelist()
         archive.extractall(site)
     script = (
-        "import sys; from pathlib import Path; from runner import config\n"
-        "assert not (Path(config.__file__).parent.parent / 'schemas').exists()\n"
+        "import sys; from pathlib import Path; from runner import config, sourcefile\n"
+        "assert not (Path(sourcefile.__file__).parent.parent / 'schemas').exists()\n"
         "print(config.validate([Path(sys.argv[1])]))\n"
     )
     result = subprocess.run(

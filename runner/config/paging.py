@@ -1,0 +1,110 @@
+"""`pagination:`: where the next page is, and what a paged request may not also do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from runner import spec, templating
+from runner.config.builder import Builder
+from runner.expressions import JSON
+from runner.sourcefile import show
+
+# request.query names that set a page size: with pagination, they belong in page_size/size_param.
+PAGE_SIZE_PARAMS = frozenset(
+    {"page_size", "pagesize", "per_page", "perpage", "limit", "page[size]", "page[limit]", "max_results", "maxresults"}
+)
+
+
+class PaginationSection(Builder):
+    """`pagination:`, and the request settings that cannot go with it."""
+
+    def pagination(self) -> spec.Pagination | None:
+        raw = self.section("pagination", {})
+        if raw is None:
+            return None
+        keys = ("param", "start", "max_pages", "max_items", "page_size", "size_param")
+        extra: dict[str, Any] = {k: raw[k] for k in keys if k in raw}
+        for key in ("cursor", "next", "has_more", "total", "total_pages"):
+            if key in raw and self.usable(("pagination", key)):
+                extra[key] = self.reply_expression(("pagination", key), raw[key])
+        origins = list(enumerate(raw.get("allow_origins", ())))
+        for i, origin in origins:
+            if self.usable(("pagination", "allow_origins", i)) and (reason := _origin_problem(origin)):
+                self.add(("pagination", "allow_origins", i), f"{show(origin)} is not a usable origin: {reason}")
+        extra["allow_origins"] = tuple(o.rstrip("/").lower() for _, o in origins)
+        kind = spec.PaginationType(raw.get("type", "none"))
+        if "size_param" in raw and "page_size" not in raw:
+            self.add(("pagination", "size_param"), "sends page_size, which is not set: add page_size")
+        if "size_param" in raw and raw["size_param"] == raw.get("param"):
+            self.add(
+                ("pagination", "size_param"),
+                f"{show(raw['size_param'])} is also pagination.param: the page size and the position need"
+                " two parameters",
+            )
+        self.check_query_page_size(raw, kind)
+        request = self.raw.get("request")
+        if (
+            isinstance(request, dict)
+            and request.get("conditional") is True
+            and (kind, "batch" in request)
+            != (
+                spec.PaginationType.NONE,
+                False,
+            )
+        ):
+            self.add(
+                ("request", "conditional"),
+                "conditional requests need one request per entity: a paged or batched reply's validator"
+                " does not cover the entity's whole data; remove `conditional: true`",
+            )
+        if kind is not spec.PaginationType.NONE and isinstance(request, dict) and "batch" in request:
+            self.add(
+                ("request", "batch"),
+                f"cannot be combined with pagination (type: {kind.value}): a batched request lists"
+                " several entities in one reply, a paged one follows one listing; remove one of them",
+            )
+        return spec.Pagination(type=kind, missing_next=spec.MissingNext(raw.get("missing_next", "fail")), **extra)
+
+    def check_query_page_size(self, raw: dict[str, JSON], kind: spec.PaginationType) -> None:
+        """A page size written in request.query instead of pagination.page_size: the request sends it,
+        but pagination cannot tell a full page from the last one (the guard against a silently cut
+        listing is off), or size_param would send page_size over it. Only refused when nothing else
+        (has_more, total, total_pages) says where the listing ends."""
+        query = self.raw.get("request", {}).get("query") if isinstance(self.raw.get("request"), dict) else None
+        if kind is spec.PaginationType.NONE or not isinstance(query, dict):
+            return
+        size_param = raw.get("size_param")
+        # Nothing else says where the listing ends (has_more, total, total_pages): page_size is the guard.
+        unguarded = not {"page_size", "has_more", "total", "total_pages"} & raw.keys()
+        for name, value in query.items():
+            path = ("request", "query", name)
+            if name == size_param:
+                self.add(
+                    path,
+                    f"is pagination.size_param, which sends pagination.page_size: remove it here"
+                    f" (and set page_size: {value})"
+                    if "page_size" not in raw
+                    else "is pagination.size_param, which sends pagination.page_size: remove it here",
+                )
+            elif unguarded and size_param is None and name.lower() in PAGE_SIZE_PARAMS:
+                self.add(
+                    path,
+                    f"looks like a page size: write it as pagination.page_size: {value} and size_param: {name},"
+                    " so a full page with no next page is caught instead of ending the listing",
+                )
+
+
+def _origin_problem(origin: str) -> str | None:
+    """What makes an allow_origins entry something a next URL could never match, in words."""
+    if reason := templating.url_problem(origin):
+        return reason
+    if "*" in origin:
+        return "wildcards (*) are not supported: list each origin, as https://cdn.example.com"
+    url = httpx.URL(origin)
+    if url.userinfo:
+        return "it has a user name or password (user@host): an origin is scheme://host[:port]"
+    if url.raw_path not in (b"", b"/") or url.query or url.fragment:
+        return "it has a path, query or fragment: an origin is scheme://host[:port]"
+    return None
