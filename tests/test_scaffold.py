@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import cli, config, scaffold, spec
+from runner import cli, config, samples, scaffold, spec
 from runner.errors import UsageError
 from runner.spec import SelectionType
 from tests import pagedapi
@@ -108,7 +108,7 @@ def test_sample_that_is_not_usable_json(project: Path, content: bytes, reason: s
     """A sample the engine could not read either names the file and why, and how to save a response."""
     (project / "bad.json").write_bytes(content)
     with pytest.raises(UsageError) as error:
-        scaffold.read_sample(Path("bad.json"))
+        samples.read_sample(Path("bad.json"))
     assert str(error.value).startswith(f"--sample bad.json: not JSON syncrun can use ({reason}) — save one raw")
 
 

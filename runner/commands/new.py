@@ -10,7 +10,7 @@ from runner.errors import UsageError
 
 
 def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from runner import scaffold, starters
+    from runner import samples, scaffold, starters
 
     out = args.out or Path("sources") / f"{args.name}.yaml"
     given = starters.parse_headers(args.header)
@@ -18,7 +18,7 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     redact = starters.redactor(given, keys)  # no piece of a value given here reaches the file or an output
     try:
         sample, headers = (
-            (scaffold.read_sample(args.sample), {}) if args.sample else scaffold.fetch_reply(args.url, args.id, given)
+            (samples.read_sample(args.sample), {}) if args.sample else samples.fetch_reply(args.url, args.id, given)
         )
         starter = starters.starter(args.name, given, args.auth, keys)
         reply_headers = {name: redact(value) for name, value in headers.items()}
@@ -26,7 +26,7 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except UsageError as error:
         raise UsageError(redact(str(error))) from None
     scaffold.write(out, redact(text), force=args.force)
-    print(f"wrote {out}: edit it, then {scaffold.next_steps(out, not scaffold.placeholders(url), args.name)}")
+    print(f"wrote {out}: edit it, then {scaffold.next_steps(out, not samples.placeholders(url), args.name)}")
     if starter.secrets:
         print(f"it reads the secrets {', '.join(dict.fromkeys(starter.secrets))}: set them before running")
     return 0
