@@ -1,7 +1,7 @@
 """`before` / `after` steps: the source's own SQL, run around the entities (e.g. mark apps SteamSpy
 never listed), each in its own transaction.
 
-A step may use the named parameters %(job_id)s, %(started_at)s and %(source)s (config.py rejects
+A step may use the named parameters %(job_id)s, %(started_at)s and %(source)s (runner/config/ rejects
 others). The engine provides them: `started_at` is the run's start, except for a list source, where
 it is when its listing started (the first run of a listing resumed from checkpoints; runner/jobs.py
 keeps it with the checkpoint) and writes a literal % as %% whether or not it uses any. Parameters are bound client side
@@ -48,7 +48,7 @@ def run(
 
 
 def _execute(conn: psycopg.Connection[Any], text: str, params: dict[str, Any]) -> None:
-    # Always with params, so %% means % in every step (as config.py requires); client-side binding,
+    # Always with params, so %% means % in every step (as runner/config/ requires); client-side binding,
     # because server-side binding allows one statement per call.
     with conn.transaction(), psycopg.ClientCursor(conn) as cursor:
         cursor.execute(text, params)

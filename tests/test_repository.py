@@ -1,4 +1,4 @@
-"""Repository-level checks: bundled sources load, the schema is valid and agrees with runner/spec.py."""
+"""Repository-level checks: bundled sources load, the schema is valid and agrees with runner/spec/."""
 
 from __future__ import annotations
 
