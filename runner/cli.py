@@ -1,4 +1,5 @@
-"""The `syncrun` command: parses arguments, calls config/engine/migrations, maps errors to exit codes.
+"""The `syncrun` command: parses arguments, hands them to the subcommand's module (runner/commands/),
+maps errors to exit codes.
 
 Exit codes: 0 completed; 1 failed (run-level failure, or failed/processed above fail_ratio);
 2 bad configuration, missing table or column, bad usage; 130/143 stopped by SIGINT/SIGTERM;
