@@ -39,7 +39,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from runner import backoff, claims, filters
+from runner import backoff, claims, filters, filtersql
 from runner import ids as ids_
 from runner.claims import Entity
 from runner.claims import release as release  # the engine releases and renews through runner.selection
@@ -115,7 +115,7 @@ def _default_sql(
     entities, status = source.entities, source.status
     assert status is not None
     key, stamp = sql.Identifier(entities.key), sql.Identifier(status.column)
-    order = [*filters.order_sql(entities, types), *_order_exprs(source)]
+    order = [*filtersql.order_sql(entities, types), *_order_exprs(source)]
     names = [sql.Identifier(f"__o{i}") for i in range(len(order) - 1)]  # the last sort key is the key itself
     where = [
         sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(entities.syncable_column))
@@ -125,7 +125,7 @@ def _default_sql(
         sql.SQL("(st.source is null or ({} and {}))").format(
             claims.waiting(backoff.held_back_sql(source)), claims.FREE
         ),
-        *filters.where_sql(entities),
+        *filtersql.where_sql(entities),
     ]
     if keyset:
         cursor = sql.SQL(", ").join(sql.Placeholder(f"c{i}") for i in range(len(order)))
@@ -153,7 +153,7 @@ def _default_sql(
         columns=columns,
         internal=internal,
         status=identifier(status.table),
-        joins=filters.joins_sql(entities),
+        joins=filtersql.joins_sql(entities),
         key=key,
         where=sql.SQL(" and ").join(where),
         order=sql.SQL(", ").join(order),
@@ -199,7 +199,7 @@ def _default(
     types = filters.types(conn, source)
     while (size := budget.next()) > 0:
         query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled, types)
-        params = {**claim.params(), **filters.params(source.entities), "n": size, "after": after}
+        params = {**claim.params(), **filtersql.params(source.entities), "n": size, "after": after}
         if partition is not None:
             params.update(part_index=partition.shard, part_count=partition.shards)
         params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
@@ -267,7 +267,7 @@ def check(conn: psycopg.Connection, source: Source) -> None:
     params: dict[str, Any] = {**claims.Claim(source.name, "check", 1.0).params(), "n": 1, "after": None}
     if entities.type is SelectionType.DEFAULT:
         filters.check(conn, source)
-        params.update(filters.params(entities))
+        params.update(filtersql.params(entities))
         query: sql.SQL | sql.Composed = _default_sql(source, False, False, False, True, filters.types(conn, source))
     elif entities.type is SelectionType.FUNCTION:
         query = _function_sql(source, 1, None)
@@ -284,7 +284,7 @@ def _public(row: Entity) -> Entity:
 def due_sql(conn: psycopg.Connection, source: Source) -> tuple[sql.Composed, dict[str, Any]]:
     """The default selection's query without claiming (every row it returns is due), and its filter
     parameters; the caller adds source, holder, lease, n and after."""
-    return _default_sql(source, False, False, False, False, filters.types(conn, source)), filters.params(
+    return _default_sql(source, False, False, False, False, filters.types(conn, source)), filtersql.params(
         source.entities
     )
 
