@@ -36,9 +36,9 @@ from typing import Any
 import psycopg
 
 from runner import spec
+from runner.catalog import table_columns, unique_keys
 from runner.errors import SelectionError
 from runner.expressions import JSON
-from runner.migrations import table_columns, unique_keys
 from runner.sourcefile import show
 
 Types = tuple[tuple[spec.ColumnRef, str], ...]  # column -> format_type text, hashable for lru_cache
