@@ -95,18 +95,6 @@ def test_expired_claims_can_be_taken_over(status: Database) -> None:
     assert _flat(_select(status, holder="b", limit=1)) == [60]
 
 
-def test_renew_and_release(status: Database) -> None:
-    """renew extends a holder's leases; release frees chosen entities for others."""
-    _select(status, holder="a", limit=3)
-    status.run("update syncrun_state set claim_expires_at = now() + interval '1 second' where claimed_by = 'a'")
-    assert selection.renew(status.conn, SOURCE, "a", 600) == 3
-    assert status.scalar(
-        "select min(claim_expires_at) > now() + interval '500 seconds' from syncrun_state where claimed_by = 'a'"
-    )
-    assert selection.release(status.conn, SOURCE, "a", [60, 40]) == 2
-    assert _flat(_select(status, holder="b", limit=2)) == [60, 40]
-
-
 def test_dry_runs_claim_nothing(status: Database) -> None:
     """claim=False selects the same entities and leaves syncrun_state untouched."""
     assert _flat(_select(status, claim=False)) == [60, 40, 30, 80, 70, 10]
