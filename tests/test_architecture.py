@@ -90,7 +90,7 @@ NOT_IN_MAP_TODAY = frozenset(
 UPWARD_TODAY = frozenset(
     {
         ("auth", "client"),  # a late import of client.parse_json (client imports auth)
-        ("auth", "ratelimit"),  # auth's transport wraps the limiter's, listed below auth
+        ("auth", "ratelimit"),  # auth's transport wraps the limiter's; the map lists ratelimit above auth
         ("auth", "templating"),
         ("backoff", "breaker"),  # breaker.AUTH_STATUSES
         ("client", "plans"),
@@ -100,7 +100,7 @@ UPWARD_TODAY = frozenset(
         ("deletes", "writer"),  # TYPE_CHECKING: writer.EntityResult
         ("fetch", "mapping"),
         ("preflight", "templating"),
-        ("project", "workflow"),  # two rows of the faces
+        ("project", "workflow"),  # `project` writes the workflow file; its row is below the faces' row
         ("ratelimit", "database"),  # the shared limiters reuse database's timeouts and DSN redaction
         ("selection", "backoff"),
         ("writeplan", "values"),
