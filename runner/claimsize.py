@@ -1,6 +1,6 @@
 """How many entities a runner claims at a time: about `horizon` seconds of its own work.
 
-Runners of one source without `--partition` share the due set through claims (runner/selection.py).
+Runners of one source without `--partition` share the due set through claims (runner/claims.py).
 A runner that claimed a fixed 500 at once took every due entity of a small run before the others
 had started (four runners did 400/0/0/0). Claiming what this runner will finish in the next quarter
 second keeps every runner coming back for more while the others do too, so each gets a share in

@@ -4,18 +4,13 @@ Two kinds of SQL file:
 - `NNNN_name.sql`: syncrun's own tables, applied once each, in order, and recorded in
   `syncrun_migrations(version, name, applied_at)`;
 - `jobs_table.sql` / `status_table.sql`: the seed-shaped tables, whose names come from the sources.
-  They are idempotent and re-applied on every migrate, so a new source pointing at a new status
-  table, or an old seed-shaped table, is brought up to date by the same command.
-Then each source gets the status-table columns its settings use, and nothing else: its
-`last_<source>_sync` stamp; with the default selection its priority/syncable/interval columns (those
-not set to null); the `last_error_*` columns unless `error_columns: false`; and, for a source
-selecting with `function: get_apps_for_sync`, that function (when the schema has none) and the
-columns it reads.
+  They are idempotent and re-applied on every migrate (runner/statustables.py: what each source
+  adds to its status table).
 
 `migrate` runs everything in one transaction under an advisory lock, so two migrates never race.
 `check` never changes anything: it names every missing table/column and the command that fixes it,
 and returns the column types of every table a source writes or looks up in, and the argument types
-of every function writer (the writer checks values against them).
+of every function writer (the writer checks values against them; runner/catalog.py reads them).
 """
 
 from __future__ import annotations
@@ -29,19 +24,19 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from runner.database import identifier, regclass_text
+from runner.catalog import Catalog as Catalog  # re-exported: the writer's modules take it from here
+from runner.catalog import function_arguments, unique_keys
+from runner.catalog import table_columns as table_columns  # re-exported: runner.overview reads tables here
+from runner.database import regclass_text
 from runner.errors import SchemaMismatch
 from runner.spec import QualifiedName, SelectionType, Source, Write
+from runner.statustables import ERROR_COLUMNS as ERROR_COLUMNS  # re-exported for runner.stamps
+from runner.statustables import KEY_TYPES as KEY_TYPES  # re-exported for runner.ids
+from runner.statustables import SEED_FUNCTION, SQL_DIR, ensure_sql, seed_function, source_columns, status_sources
 
 JOBS_TABLE = QualifiedName(None, "sync_jobs")
-SEED_FUNCTION = "get_apps_for_sync"
-SQL_DIR = Path(__file__).parent / "sql"
-KEY_TYPES = {"int": "integer", "bigint": "bigint", "text": "text"}
 _VERSIONED = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _LOCK_KEY = 7_305_215_001  # pg_advisory_xact_lock key for `migrate`; any constant unique to syncrun
-
-# name -> column types, e.g. {QualifiedName(None, "apps"): {"appid": "integer", "name": "text"}}
-Catalog = dict[QualifiedName, dict[str, str]]
 
 JOB_COLUMNS = (
     "heartbeat_at",
@@ -53,7 +48,6 @@ JOB_COLUMNS = (
     "items_deleted",
     "items_unchanged",
 )
-ERROR_COLUMNS = ("last_error_source", "last_error_message", "last_error_at")
 OWN_TABLES = (
     "syncrun_migrations",
     "syncrun_state",
@@ -70,120 +64,6 @@ def versioned_files() -> list[tuple[int, str, Path]]:
     return sorted((int(m.group(1)), f"{m.group(1)}_{m.group(2)}", p) for m, p in found)
 
 
-def _template(name: str, **params: sql.Composable) -> sql.Composed:
-    return sql.SQL((SQL_DIR / name).read_text()).format(**params)
-
-
-def _jobs_sql(jobs: QualifiedName) -> sql.Composed:
-    return _template(
-        "jobs_table.sql",
-        jobs_table=identifier(jobs),
-        jobs_literal=sql.Literal(regclass_text(jobs)),
-        jobs_index_type=sql.Identifier(f"{jobs.name}_job_type_started_idx"),
-        jobs_index_running=sql.Identifier(f"{jobs.name}_running_heartbeat_idx"),
-    )
-
-
-def _status_sql(source: Source) -> sql.Composed:
-    assert source.status is not None
-    table = source.status.table
-    return _template(
-        "status_table.sql",
-        status_table=identifier(table),
-        key=sql.Identifier(source.status.key),
-        key_type=sql.SQL(KEY_TYPES[source.entities.key_type]),
-    )
-
-
-def _seed_function(source: Source) -> bool:
-    """Whether the source selects with the seed's get_apps_for_sync in its status table's schema."""
-    function, status = source.entities.function, source.status
-    return (
-        source.entities.type is SelectionType.FUNCTION
-        and function is not None
-        and status is not None
-        and function.name == SEED_FUNCTION
-        and function.schema in (None, status.table.schema)
-    )
-
-
-def _function_sql(source: Source) -> sql.Composed:
-    assert source.status is not None
-    table = source.status.table
-    schema = sql.Literal(table.schema) if table.schema else sql.SQL("current_schema()")
-    return _template(
-        "status_function.sql",
-        status_literal=sql.Literal(regclass_text(table)),
-        key=sql.Identifier(source.status.key),
-        key_literal=sql.Literal(source.status.key),
-        key_type=sql.SQL(KEY_TYPES[source.entities.key_type]),
-        function=identifier(QualifiedName(table.schema, SEED_FUNCTION)),
-        function_schema=schema,
-    )
-
-
-def _source_columns(source: Source) -> list[tuple[str, str]]:
-    """(column, DDL type) this source's settings use on its status table; migrate adds nothing else."""
-    assert source.status is not None
-    needed = [(source.status.column, "timestamptz")]
-    entities = source.entities
-    if entities.type is SelectionType.DEFAULT:
-        for column, ddl in (
-            (entities.priority_column, "int default 0"),
-            (entities.syncable_column, "boolean default true"),
-            (entities.interval_column, "int"),
-        ):
-            if column:
-                needed.append((column, ddl))
-    elif _seed_function(source):  # the columns get_apps_for_sync reads
-        needed += [("priority_score", "int default 0"), ("is_syncable", "boolean default true")]
-        needed += [("sync_interval_hours", "int default 24")]
-    if source.status.error_columns:
-        needed += list(zip(ERROR_COLUMNS, ("text", "text", "timestamptz"), strict=True))
-    return needed
-
-
-def _source_sql(source: Source) -> Iterator[sql.Composed]:
-    assert source.status is not None
-    table = identifier(source.status.table)
-    for column, ddl in _source_columns(source):
-        yield sql.SQL("alter table {} add column if not exists {} {};\n").format(
-            table,
-            sql.Identifier(column),
-            sql.SQL(ddl),
-        )
-    if source.status.error_columns:
-        yield _enum_value_sql(source)
-
-
-def _enum_value_sql(source: Source) -> sql.Composed:
-    """Let the seed's `last_error_source sync_source` enum (Supabase) accept this source's name.
-
-    Adding a value is additive: no table rewrite, no lock on a large table, and the user's functions
-    taking `p_source sync_source` keep working (converting the column to text would break views and
-    comparisons that depend on the enum). A text column (Tiger, ours) is left alone.
-    """
-    assert source.status is not None
-    return sql.SQL(
-        "do $do$\ndeclare\n    t regtype;\nbegin\n"
-        "    select a.atttypid::regtype into t from pg_attribute a join pg_type y on y.oid = a.atttypid\n"
-        "    where a.attrelid = {}::regclass and a.attname = 'last_error_source'\n"
-        "      and not a.attisdropped and y.typtype = 'e';\n"
-        "    if t is not null then\n"
-        "        execute format('alter type %s add value if not exists %L', t, {});\n"
-        "    end if;\nend\n$do$;\n"
-    ).format(sql.Literal(regclass_text(source.status.table)), sql.Literal(source.name))
-
-
-def _status_sources(sources: Iterable[Source]) -> list[Source]:
-    """One source per distinct status table (the table's shape comes from the first)."""
-    seen: dict[QualifiedName, Source] = {}
-    for source in sources:
-        if source.status is not None:
-            seen.setdefault(source.status.table, source)
-    return list(seen.values())
-
-
 _LEDGER = sql.SQL(
     "create table if not exists syncrun_migrations (\n"
     "    version int primary key,\n    name text not null,\n"
@@ -192,23 +72,13 @@ _LEDGER = sql.SQL(
 _RECORD = "insert into syncrun_migrations (version, name) values ({}, {}) on conflict do nothing;\n"
 
 
-def _ensure_sql(sources: Sequence[Source], jobs: QualifiedName) -> list[sql.Composed]:
-    statements = [_jobs_sql(jobs)]
-    statements += [_status_sql(source) for source in _status_sources(sources)]
-    for source in sources:
-        if source.status is not None:
-            statements += list(_source_sql(source))
-    statements += [_function_sql(source) for source in _status_sources(filter(_seed_function, sources))]
-    return statements
-
-
 def migration_sql(sources: Sequence[Source], *, jobs_table: QualifiedName = JOBS_TABLE) -> str:
     """Everything `migrate` would run, as one script for the user's own migrations folder."""
     parts = ["-- generated by `syncrun migrate --sql`; idempotent\nbegin;\n\n", _LEDGER.as_string(), "\n"]
     for version, name, path in versioned_files():
         parts += [f"-- {name}\n", path.read_text(), "\n"]
         parts.append(sql.SQL(_RECORD).format(version, name).as_string() + "\n")
-    parts += [statement.as_string() + "\n" for statement in _ensure_sql(sources, jobs_table)]
+    parts += [statement.as_string() + "\n" for statement in ensure_sql(sources, jobs_table)]
     parts.append("commit;\n")
     return "".join(parts)
 
@@ -241,7 +111,7 @@ def migrate(
                 conn.execute(sql.SQL(_RECORD).format(version, name))
                 ran.append(name)
         before = _shape(conn, sources, jobs_table)
-        for statement in _ensure_sql(sources, jobs_table):
+        for statement in ensure_sql(sources, jobs_table):
             conn.execute(statement)
         if changed is not None:
             changed += _changes(before, _shape(conn, sources, jobs_table))
@@ -254,10 +124,10 @@ _Shape = dict[str, dict[str, str] | None]
 def _shape(conn: psycopg.Connection, sources: Sequence[Source], jobs: QualifiedName) -> _Shape:
     """The tables migrate's DDL touches: name -> columns (None: missing); functions: name -> {} or None."""
     shape: _Shape = {f"table {jobs}": table_columns(conn, jobs)}
-    for source in _status_sources(sources):
+    for source in status_sources(sources):
         assert source.status is not None
         shape[f"table {source.status.table}"] = table_columns(conn, source.status.table)
-    for source in _status_sources(filter(_seed_function, sources)):
+    for source in status_sources(filter(seed_function, sources)):
         assert source.status is not None
         schema = source.status.table.schema
         found = conn.execute(
@@ -294,32 +164,6 @@ def _display(path: Path) -> str:
         except ValueError:
             return str(path)
     return str(path)
-
-
-def table_columns(conn: psycopg.Connection, table: QualifiedName, *, generated: bool = True) -> dict[str, str] | None:
-    """Column name -> `format_type` text ("integer", "numeric(10,2)", "jsonb"), or None if no table.
-    `generated=False` leaves generated columns out: nothing may write them (nor touch updated_at)."""
-    row = conn.execute("select to_regclass(%s)::oid", (regclass_text(table),)).fetchone()
-    if row is None or row[0] is None:
-        return None
-    rows = conn.execute(
-        "select attname, format_type(atttypid, atttypmod) from pg_attribute"
-        " where attrelid = %s and attnum > 0 and not attisdropped and (%s or attgenerated = '') order by attnum",
-        (row[0], generated),
-    ).fetchall()
-    return {name: type_ for name, type_ in rows}
-
-
-def unique_keys(conn: psycopg.Connection, table: QualifiedName) -> list[frozenset[str]]:
-    """Column sets of the table's plain unique indexes (what `on conflict (cols)` can infer)."""
-    rows = conn.execute(
-        "select array(select attname from pg_attribute a where a.attrelid = i.indrelid"
-        "             and a.attnum = any(i.indkey)) from pg_index i"
-        " where i.indrelid = to_regclass(%s) and i.indisunique and i.indpred is null"
-        " and i.indexprs is null",
-        (regclass_text(table),),
-    ).fetchall()
-    return [frozenset(row[0]) for row in rows]
 
 
 def check(conn: psycopg.Connection, sources: Sequence[Source], *, jobs_table: QualifiedName = JOBS_TABLE) -> Catalog:
@@ -371,7 +215,7 @@ def _status_problems(conn: psycopg.Connection, source: Source) -> list[str]:
     columns = table_columns(conn, table)
     if columns is None:
         return [f"{table} is missing: {fix}"]
-    wanted = [c for c, _ in _source_columns(source)]
+    wanted = [c for c, _ in source_columns(source)]
     writable = table_columns(conn, table, generated=False) or {}
     stamped = [source.status.column, *(f.column for f in source.status.set)]
     stamped += list(ERROR_COLUMNS) if source.status.error_columns else []
@@ -461,20 +305,6 @@ def _function_problems(conn: psycopg.Connection, write: Write, catalog: Catalog,
     catalog[write.function] = arguments
     mapped = [*write.column_names, *(lookup.column for lookup in write.lookups)]
     return [f"{write.function}: no argument named {c} {where}" for c in mapped if c not in arguments]
-
-
-def function_arguments(conn: psycopg.Connection, name: QualifiedName) -> dict[str, str] | None:
-    """Input argument name -> `format_type` text of a function, or None if no (single) such function."""
-    if conn.execute("select to_regproc(%s)", (regclass_text(name),)).fetchone() == (None,):
-        return None  # to_regproc is null for an unknown name and for an overloaded one alike
-    rows = conn.execute(
-        "select a.name, format_type(a.type, null) from pg_proc p,"
-        " unnest(p.proargnames, coalesce(p.proallargtypes, p.proargtypes::oid[]), p.proargmodes)"
-        " as a(name, type, mode)"
-        " where p.oid = to_regproc(%s) and coalesce(a.mode, 'i') in ('i', 'b', 'v') and a.name <> ''",
-        (regclass_text(name),),
-    ).fetchall()
-    return {name: type_ for name, type_ in rows}
 
 
 def bundled_tables() -> list[str]:

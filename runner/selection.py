@@ -21,60 +21,37 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
 - ids: exactly these entities (`--ids`), whether due or not (backoff is ignored, claims are not);
   their columns come from the source's own selection (runner.ids).
 
-Claims, so several runners of one source never process the same entity at once: every chunk is
-claimed in the same statement that selects it, with `insert into syncrun_state ... on conflict do
-update set claimed_by = ... where <the claim is free or expired or ours>` returning the keys won.
-Under READ COMMITTED a concurrent claimer of the same row waits for the other's commit, then the
-WHERE is re-checked on the committed row, so exactly one wins; rows are claimed in key order, so
-two claimers cannot deadlock. Unlike `FOR UPDATE SKIP LOCKED` on the status table this takes no
-lock on the user's table (seed workers keep updating it) and leaves a lease that outlives the
-transaction, which is what a run of minutes needs. Claims commit before a chunk is yielded.
+Claims (runner/claims.py): every chunk is claimed in the same statement that selects it, so several
+runners of one source never process the same entity at once; claims commit before a chunk is yielded.
 
-Static sharding (`--partition i/n`): `partition_of(key, n)` = first 32 bits of md5(key as text)
-mod n, in Python and SQL alike. Steam appids are multiples of 10, so `appid % n` is not an option.
+Static sharding (`--partition i/n`): runner/partitions.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from runner import backoff, filters
+from runner import backoff, claims, filters, filtersql
 from runner import ids as ids_
+from runner.claims import Entity
+from runner.claims import release as release  # the engine releases and renews through runner.selection
+from runner.claims import renew as renew
 from runner.database import identifier
 from runner.errors import SelectionError
+from runner.partitions import Partition, partition_of, partition_sql
 from runner.spec import SelectionType, Source
 
 CHUNK_SIZE = 500
 NEVER = datetime(1900, 1, 1, tzinfo=UTC)  # sort sentinel for a null stamp (never-synced rows sort first anyway)
-Entity = dict[str, Any]
 _INTERNAL = "__"  # prefix of the selection's own columns (sort keys, __claimed): never an entity's
-
-
-class Partition(NamedTuple):
-    """`--partition shard/shards`, e.g. 0/4; a plain `(shard, shards)` tuple works too."""
-
-    shard: int
-    shards: int
-
-
-def partition_of(key: object, count: int) -> int:
-    """The shard of `key` among `count`; agrees with `partition_sql`."""
-    return int(hashlib.md5(str(key).encode()).hexdigest()[:8], 16) % count
-
-
-def partition_sql(key: sql.Composable, count: int | sql.Composable) -> sql.Composed:
-    """The SQL twin of `partition_of`: `key`'s shard among `count` (an int or a placeholder)."""
-    modulus = count if isinstance(count, sql.Composable) else sql.Literal(count)
-    return sql.SQL("(('x' || substr(md5(({})::text), 1, 8))::bit(32)::bigint %% {})").format(key, modulus)
 
 
 def chunks(
@@ -96,17 +73,17 @@ def chunks(
     `chunk_size` may be a callable asked before each chunk (runner/claimsize.py: a runner claims what
     it will finish soon, so several runners of one source share the due set).
     """
-    claims = _Claim(source.name, holder, lease_seconds, claim, backoff.held_back_sql(source))
+    claimer = claims.Claim(source.name, holder, lease_seconds, claim, backoff.held_back_sql(source))
     part = Partition(*partition) if partition is not None else None
     budget = _Budget(limit, chunk_size)
     if ids is not None:
-        pages = _by_ids(conn, source, list(ids), claims, budget)
+        pages = _by_ids(conn, source, list(ids), claimer, budget)
     elif source.entities.type is SelectionType.DEFAULT:
-        pages = _default(conn, source, claims, part, after, budget)
+        pages = _default(conn, source, claimer, part, after, budget)
     elif source.entities.type is SelectionType.FUNCTION:
-        pages = _function(conn, source, claims, part, after, budget)
+        pages = _function(conn, source, claimer, part, after, budget)
     elif source.entities.type is SelectionType.SQL:
-        pages = _user_sql(conn, source, claims, part, after, budget)
+        pages = _user_sql(conn, source, claimer, part, after, budget)
     else:
         raise ValueError(f"{source.name}: a list-shaped source has no entity selection")
     # Pages can be empty (every candidate claimed by someone else); the caller never sees those.
@@ -129,89 +106,6 @@ class _Budget:
         return rows
 
 
-def renew(conn: psycopg.Connection, source: Source | str, holder: str, lease_seconds: float) -> int:
-    """Extend every claim `holder` has on `source` (call with the job heartbeat); returns how many."""
-    with conn.transaction():
-        cursor = conn.execute(
-            "update syncrun_state set claim_expires_at = now() + %s::float8 * interval '1 second'"
-            " where source = %s and claimed_by = %s",
-            (lease_seconds, _name(source), holder),
-        )
-    return cursor.rowcount
-
-
-def release(conn: psycopg.Connection, source: Source | str, holder: str, keys: Sequence[Any]) -> int:
-    """Drop `holder`'s claims on these entities (they were not processed)."""
-    with conn.transaction():
-        cursor = conn.execute(
-            "update syncrun_state set claimed_by = null, claim_expires_at = null"
-            " where source = %s and claimed_by = %s and entity_key = any(%s::text[])",
-            (_name(source), holder, [str(k) for k in keys]),
-        )
-    return cursor.rowcount
-
-
-def _name(source: Source | str) -> str:
-    return source if isinstance(source, str) else source.name
-
-
-# --- claims ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    source: str
-    holder: str
-    lease: float
-    enabled: bool = True
-    held_back: sql.Composable | None = None  # the cut-off (entities.max_consecutive_errors), if any
-
-    def params(self) -> dict[str, Any]:
-        return {"source": self.source, "holder": self.holder, "lease": self.lease}
-
-
-_FREE = sql.SQL("(st.claimed_by is null or st.claimed_by = {holder} or st.claim_expires_at <= now())").format(
-    holder=sql.Placeholder("holder")
-)
-# A deleted entity counts as backing off forever: only `--ids` (which ignores backoff) takes it again.
-_NOT_BACKING_OFF = sql.SQL(
-    "coalesce(st.next_attempt_at, '-infinity') <= now() and coalesce(st.skip_until, '-infinity') <= now()"
-    " and st.deleted_at is null"
-)
-
-
-def _waiting(held_back: sql.Composable | None) -> sql.Composable:
-    """Backing off, skipped until later, gone, or held back by the cut-off: not to be taken now."""
-    return _NOT_BACKING_OFF if held_back is None else sql.SQL("{} and not {}").format(_NOT_BACKING_OFF, held_back)
-
-
-def _claim_sql(
-    candidates: sql.Composable, respect_backoff: bool, held_back: sql.Composable | None = None
-) -> sql.Composed:
-    """insert ... on conflict do update ... where free: the keys (as text) this holder won."""
-    condition = sql.SQL(" and ").join([_FREE, _waiting(held_back)] if respect_backoff else [_FREE])
-    return sql.SQL(
-        "insert into syncrun_state as st (source, entity_key, claimed_by, claim_expires_at)"
-        " select %(source)s, k, %(holder)s, now() + %(lease)s::float8 * interval '1 second'"
-        " from ({}) c(k) order by k"
-        " on conflict (source, entity_key) do update"
-        " set claimed_by = excluded.claimed_by, claim_expires_at = excluded.claim_expires_at,"
-        " updated_at = now() where {} returning st.entity_key"
-    ).format(candidates, condition)
-
-
-def _claim_keys(conn: psycopg.Connection, claim: _Claim, keys: list[Any], respect_backoff: bool) -> set[str]:
-    query = _claim_sql(sql.SQL("select unnest(%(keys)s::text[])"), respect_backoff, claim.held_back)
-    with conn.transaction():
-        rows = conn.execute(query, {**claim.params(), "keys": [str(k) for k in keys]}).fetchall()
-    return {row[0] for row in rows}
-
-
-def _claimed(conn: psycopg.Connection, claim: _Claim, rows: list[Entity], key: str, backoff: bool) -> list[Entity]:
-    if not claim.enabled:
-        return rows
-    won = _claim_keys(conn, claim, [row[key] for row in rows], backoff) if rows else set()
-    return [row for row in rows if str(row[key]) in won]
-
-
 # --- default selection ----------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
 def _default_sql(
@@ -221,15 +115,17 @@ def _default_sql(
     entities, status = source.entities, source.status
     assert status is not None
     key, stamp = sql.Identifier(entities.key), sql.Identifier(status.column)
-    order = [*filters.order_sql(entities, types), *_order_exprs(source)]
+    order = [*filtersql.order_sql(entities, types), *_order_exprs(source)]
     names = [sql.Identifier(f"__o{i}") for i in range(len(order) - 1)]  # the last sort key is the key itself
     where = [
         sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(entities.syncable_column))
         if entities.syncable_column
         else sql.SQL("true"),
         sql.SQL("(s.{0} is null or s.{0} < now() - {1})").format(stamp, _interval(source)),
-        sql.SQL("(st.source is null or ({} and {}))").format(_waiting(backoff.held_back_sql(source)), _FREE),
-        *filters.where_sql(entities),
+        sql.SQL("(st.source is null or ({} and {}))").format(
+            claims.waiting(backoff.held_back_sql(source)), claims.FREE
+        ),
+        *filtersql.where_sql(entities),
     ]
     if keyset:
         cursor = sql.SQL(", ").join(sql.Placeholder(f"c{i}") for i in range(len(order)))
@@ -257,11 +153,13 @@ def _default_sql(
         columns=columns,
         internal=internal,
         status=identifier(status.table),
-        joins=filters.joins_sql(entities),
+        joins=filtersql.joins_sql(entities),
         key=key,
         where=sql.SQL(" and ").join(where),
         order=sql.SQL(", ").join(order),
-        claim=_claim_sql(sql.SQL("select {}::text from candidates").format(key), True, backoff.held_back_sql(source))
+        claim=claims.claim_sql(
+            sql.SQL("select {}::text from candidates").format(key), True, backoff.held_back_sql(source)
+        )
         if claiming
         else sql.SQL("select {}::text as entity_key from candidates").format(key),
         internal_order=sql.SQL(", ").join([*names, sql.SQL("c.{}").format(key)]),
@@ -292,7 +190,7 @@ def _interval(source: Source) -> sql.Composable:
 def _default(
     conn: psycopg.Connection,
     source: Source,
-    claim: _Claim,
+    claim: claims.Claim,
     partition: Partition | None,
     after: Any,
     budget: _Budget,
@@ -301,7 +199,7 @@ def _default(
     types = filters.types(conn, source)
     while (size := budget.next()) > 0:
         query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled, types)
-        params = {**claim.params(), **filters.params(source.entities), "n": size, "after": after}
+        params = {**claim.params(), **filtersql.params(source.entities), "n": size, "after": after}
         if partition is not None:
             params.update(part_index=partition.shard, part_count=partition.shards)
         params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
@@ -366,10 +264,10 @@ def check(conn: psycopg.Connection, source: Source) -> None:
     entities = source.entities
     if entities.type is SelectionType.LIST or (entities.type is SelectionType.DEFAULT and source.status is None):
         return
-    params: dict[str, Any] = {**_Claim(source.name, "check", 1.0).params(), "n": 1, "after": None}
+    params: dict[str, Any] = {**claims.Claim(source.name, "check", 1.0).params(), "n": 1, "after": None}
     if entities.type is SelectionType.DEFAULT:
         filters.check(conn, source)
-        params.update(filters.params(entities))
+        params.update(filtersql.params(entities))
         query: sql.SQL | sql.Composed = _default_sql(source, False, False, False, True, filters.types(conn, source))
     elif entities.type is SelectionType.FUNCTION:
         query = _function_sql(source, 1, None)
@@ -386,7 +284,7 @@ def _public(row: Entity) -> Entity:
 def due_sql(conn: psycopg.Connection, source: Source) -> tuple[sql.Composed, dict[str, Any]]:
     """The default selection's query without claiming (every row it returns is due), and its filter
     parameters; the caller adds source, holder, lease, n and after."""
-    return _default_sql(source, False, False, False, False, filters.types(conn, source)), filters.params(
+    return _default_sql(source, False, False, False, False, filters.types(conn, source)), filtersql.params(
         source.entities
     )
 
@@ -396,13 +294,13 @@ cast_key = ids_.cast_key  # the command line and the engine cast --ids here
 
 
 def _by_ids(
-    conn: psycopg.Connection, source: Source, ids: list[Any], claim: _Claim, budget: _Budget
+    conn: psycopg.Connection, source: Source, ids: list[Any], claim: claims.Claim, budget: _Budget
 ) -> Iterator[list[Entity]]:
     key = source.entities.key
     typed = list(dict.fromkeys(cast_key(source, value) for value in ids))
     while typed and (size := budget.next()) > 0:
         page, typed = typed[:size], typed[size:]
-        yield budget.spend(_claimed(conn, claim, ids_.rows(conn, source, page), key, backoff=False))
+        yield budget.spend(claims.claimed(conn, claim, ids_.rows(conn, source, page), key, backoff=False))
 
 
 # --- function and sql selection -------------------------------------------------------------------------
@@ -416,7 +314,7 @@ def _takes_after_key(source: Source) -> bool:
 def _function(
     conn: psycopg.Connection,
     source: Source,
-    claim: _Claim,
+    claim: claims.Claim,
     partition: Partition | None,
     after: Any,
     budget: _Budget,
@@ -431,13 +329,13 @@ def _function(
     rows = _keep(source, _fetch(conn, _function_sql(source, wanted, after), {}, source), partition)
     while rows and (size := budget.next()) > 0:
         page, rows = rows[:size], rows[size:]
-        yield budget.spend(_claimed(conn, claim, page, source.entities.key, backoff=True))
+        yield budget.spend(claims.claimed(conn, claim, page, source.entities.key, backoff=True))
 
 
 def _user_sql(
     conn: psycopg.Connection,
     source: Source,
-    claim: _Claim,
+    claim: claims.Claim,
     partition: Partition | None,
     after: Any,
     budget: _Budget,
@@ -454,7 +352,7 @@ def _user_sql(
 def _paged(
     conn: psycopg.Connection,
     source: Source,
-    claim: _Claim,
+    claim: claims.Claim,
     partition: Partition | None,
     after: Any,
     budget: _Budget,
@@ -470,7 +368,7 @@ def _paged(
             return  # also guards against a query that ignores after_key
         seen.update(row[key] for row in fresh)
         after = rows[-1][key]
-        yield budget.spend(_claimed(conn, claim, _keep(source, fresh, partition)[:size], key, backoff=True))
+        yield budget.spend(claims.claimed(conn, claim, _keep(source, fresh, partition)[:size], key, backoff=True))
         if len(rows) < size:
             return
 

@@ -1,5 +1,5 @@
-"""filters: entities.join/where/order read from YAML, checked against the catalog, compiled into the
-default selection (runner.selection), values bound as parameters."""
+"""filters (and filtersql): entities.join/where/order read from YAML, checked against the catalog,
+compiled into the default selection (runner.selection), values bound as parameters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runner import config, filters, selection, spec
+from runner import config, filtersql, selection, spec
 from runner.errors import ConfigError, SelectionError
 from tests.pg import Database
 
@@ -273,7 +273,7 @@ order: [{first: {column: total, op: ">", value: 0.5}}, {column: a.release_date, 
         spec.OrderTerm(first=spec.Condition(spec.ColumnRef(None, "total"), spec.FilterOp.GT, 0.5)),
         spec.OrderTerm(column=date_ref, direction=spec.Direction.DESC),
     )
-    assert filters.params(entities) == {"f0": 7, "f1": 1, "f2": 2, "f3": 0.5}
+    assert filtersql.params(entities) == {"f0": 7, "f1": 1, "f2": 2, "f3": 0.5}
 
 
 def test_read_reports_load_time_problems(tmp_path: Path) -> None:

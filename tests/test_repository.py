@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from runner import config, expressions, spec
+from runner import config, functions, spec
 
 ROOT = Path(__file__).parent.parent
 SCHEMA = config.schema("source.schema.json")
@@ -175,12 +175,12 @@ def test_objects_are_strict() -> None:
 
 
 def test_custom_functions_are_documented() -> None:
-    """Every custom JMESPath function is listed in the schema and in the expressions docstring."""
+    """Every custom JMESPath function is listed in the schema and in the functions docstring."""
     text = SCHEMA["$defs"]["mapping"]["description"]
     listed = {name.strip(" .") for name in text.split("you can use:")[1].split(",")}
-    assert listed == set(expressions.CUSTOM_FUNCTIONS)
-    doc = expressions.__doc__ or ""
-    assert [name for name in sorted(expressions.CUSTOM_FUNCTIONS) if f"{name}(" not in doc] == []
+    assert listed == set(functions.CUSTOM_FUNCTIONS)
+    doc = functions.__doc__ or ""
+    assert [name for name in sorted(functions.CUSTOM_FUNCTIONS) if f"{name}(" not in doc] == []
 
 
 @pytest.mark.slow

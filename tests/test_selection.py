@@ -1,15 +1,16 @@
-"""selection: due-ness order, keyset chunks, claims, ids, function/sql selection, partitions."""
+"""selection: due-ness order, keyset chunks, claims taken as chunks are selected, ids, function/sql
+selection, partitioned selections."""
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from typing import Any
 
 import pytest
 
 from runner import selection
 from runner.errors import SelectionError
+from runner.partitions import partition_of
 from runner.spec import FunctionArg, QualifiedName, SelectionType
 from tests.pg import Database, make_source
 
@@ -94,18 +95,6 @@ def test_expired_claims_can_be_taken_over(status: Database) -> None:
     assert _flat(_select(status, holder="b", limit=1)) == [60]
 
 
-def test_renew_and_release(status: Database) -> None:
-    """renew extends a holder's leases; release frees chosen entities for others."""
-    _select(status, holder="a", limit=3)
-    status.run("update syncrun_state set claim_expires_at = now() + interval '1 second' where claimed_by = 'a'")
-    assert selection.renew(status.conn, SOURCE, "a", 600) == 3
-    assert status.scalar(
-        "select min(claim_expires_at) > now() + interval '500 seconds' from syncrun_state where claimed_by = 'a'"
-    )
-    assert selection.release(status.conn, SOURCE, "a", [60, 40]) == 2
-    assert _flat(_select(status, holder="b", limit=2)) == [60, 40]
-
-
 def test_dry_runs_claim_nothing(status: Database) -> None:
     """claim=False selects the same entities and leaves syncrun_state untouched."""
     assert _flat(_select(status, claim=False)) == [60, 40, 30, 80, 70, 10]
@@ -187,31 +176,11 @@ def test_ids_respect_other_holders_claims(status: Database) -> None:
     assert _flat(_select(status, holder="a", ids=[60, 40])) == [40]
 
 
-def test_partition_of_is_balanced_on_steam_appids() -> None:
-    """Appids are multiples of 10: every shard of n = 2..8 gets a fair share (appid % n would not)."""
-    keys = range(10, 200_010, 10)
-    for shards in range(2, 9):
-        sizes = Counter(selection.partition_of(key, shards) for key in keys)
-        assert sorted(sizes) == list(range(shards))
-        assert all(abs(size * shards / len(keys) - 1) < 0.1 for size in sizes.values())
-
-
-def test_partition_sql_agrees_with_python(db: Database) -> None:
-    """The SQL expression puts every key in the same shard as partition_of."""
-    from psycopg import sql
-
-    query = sql.SQL("select k, {} from unnest(%s::text[]) k").format(selection.partition_sql(sql.SQL("k"), 7))
-    keys = [str(k) for k in range(10, 5000, 10)] + ["abc", "ÿ-ünï"]
-    with db.conn.transaction():
-        rows = db.conn.execute(query, (keys,)).fetchall()
-    assert rows == [(k, selection.partition_of(k, 7)) for k in keys]
-
-
 def test_partitions_split_the_default_selection(status: Database) -> None:
     """The shards of one selection are disjoint and together give all due entities."""
     shards = [_flat(_select(status, partition=(i, 3), claim=False)) for i in range(3)]
     assert sorted(k for shard in shards for k in shard) == [10, 30, 40, 60, 70, 80]
-    assert all(selection.partition_of(k, 3) == i for i, shard in enumerate(shards) for k in shard)
+    assert all(partition_of(k, 3) == i for i, shard in enumerate(shards) for k in shard)
 
 
 # --- function and sql selection --------------------------------------------------------------------------

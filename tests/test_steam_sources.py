@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import yaml
 
-from runner import cli, config, selection
+from runner import cli, config, partitions, selection
 from tests import golden
 from tests.golden import Golden
 from tests.pg import Database
@@ -314,7 +314,7 @@ def test_hazard_3_partitions_balanced_on_appids(steam: Database) -> None:
     for count in (2, 3, 5, 6, 10):
         sizes = [0] * count
         for appid in appids:
-            sizes[selection.partition_of(appid, count)] += 1
+            sizes[partitions.partition_of(appid, count)] += 1
         mean = len(appids) / count
         assert all(abs(size - mean) < 0.05 * mean for size in sizes), (count, sizes)
     # what #3 was about: appid % 6 leaves shards 1, 3, 5 empty, appid % 5 puts everything on shard 0
@@ -322,9 +322,9 @@ def test_hazard_3_partitions_balanced_on_appids(steam: Database) -> None:
     assert {a % 5 for a in appids} == {0}
     # the SQL twin (used by the selection) agrees with the Python one
     sample = list(range(10, 20_010, 10))
-    shard = selection.partition_sql(psycopg.sql.SQL("k"), 6)
+    shard = partitions.partition_sql(psycopg.sql.SQL("k"), 6)
     in_sql = steam.rows(psycopg.sql.SQL("select k, {} from unnest(%s::int[]) as k").format(shard), (sample,))
-    assert dict(in_sql) == {k: selection.partition_of(k, 6) for k in sample}
+    assert dict(in_sql) == {k: partitions.partition_of(k, 6) for k in sample}
 
 
 def test_hazard_3_partitions_split_a_run_without_overlap_or_gaps(
@@ -345,7 +345,7 @@ def test_hazard_3_partitions_split_a_run_without_overlap_or_gaps(
     assert set().union(*shards) == STOREFRONT_DUE
     assert sum(len(s) for s in shards) == len(STOREFRONT_DUE)  # no app in two shards
     for shard, apps in enumerate(shards):
-        assert apps == {a for a in STOREFRONT_DUE if selection.partition_of(a, 3) == shard}
+        assert apps == {a for a in STOREFRONT_DUE if partitions.partition_of(a, 3) == shard}
     assert all(shards), [len(s) for s in shards]  # 11 multiples of 10, and no shard is empty
 
 
