@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner import mapping, migrations, targets, writer
+from runner import mapping, migrations, statements, targets, writer
 from runner.errors import SchemaMismatch
 from runner.spec import Field, Lookup, Merge, Outcome, QualifiedName, Source, Write, WriteMode
 from runner.writer import EntityResult
@@ -268,7 +268,7 @@ def test_a_second_same_day_run_never_lowers_ccu_peak(metrics: Database) -> None:
 
 def test_greatest_is_atomic_in_sql(metrics: Database) -> None:
     """The merge is one upsert evaluated against the locked row: a concurrent higher peak is never lost."""
-    statement = targets.upsert_sql(CCU, False).as_string()
+    statement = statements.upsert_sql(CCU, False).as_string()
     assert 'on conflict ("appid", "metric_date") do update set' in statement
     assert '"ccu_peak" = greatest(t."ccu_peak", excluded."ccu_peak")' in statement
     source = make_source(writes=(CCU,))
@@ -329,7 +329,7 @@ SOURCED = target(
 def test_with_greatest_keeps_the_old_value_when_greatest_keeps_the_old_peak(metrics: Database) -> None:
     """ccu_source follows ccu_peak: a lower sample keeps the stored source; an equal or higher one takes over."""
     source = make_source(writes=(SOURCED,))
-    statement = targets.upsert_sql(SOURCED, False).as_string()
+    statement = statements.upsert_sql(SOURCED, False).as_string()
     assert 'case when t."ccu_peak" is null or excluded."ccu_peak" >= t."ccu_peak"' in statement
     assert run(metrics, [ccu(10, 900, "steamspy")], source) == []
     assert run(metrics, [ccu(10, 300, "steam_api")], source) == []
