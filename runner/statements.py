@@ -113,9 +113,12 @@ def temp_sql(target: Write) -> sql.Composed:
     ).format(_temp(target), sql.SQL(", ").join(map(sql.Identifier, written_columns(target))), identifier(target.table))
 
 
-def copy_sql(target: Write) -> sql.Composed:
-    return sql.SQL("copy {} ({}) from stdin").format(
-        _temp(target), sql.SQL(", ").join(map(sql.Identifier, written_columns(target)))
+def copy_sql(target: Write, binary: bool = False) -> sql.Composed:
+    """COPY into the temp table, as text or (`binary`) in PostgreSQL's binary format."""
+    return sql.SQL("copy {} ({}) from stdin{}").format(
+        _temp(target),
+        sql.SQL(", ").join(map(sql.Identifier, written_columns(target))),
+        sql.SQL(" (format binary)" if binary else ""),
     )
 
 

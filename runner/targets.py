@@ -187,9 +187,12 @@ def _copy(cursor: psycopg.Cursor[Any], plan: WritePlan, params: list[tuple[Any, 
     every transaction: no create + drop per batch, and still right through a transaction-mode pooler
     that hands each transaction a different server session.
     """
+    binary = plan.binary(params)
     try:
         cursor.execute(plan.temp)
-        with cursor.copy(plan.copy) as copy:
+        with cursor.copy(plan.copy_binary if binary else plan.copy) as copy:
+            if binary:
+                copy.set_types(plan.copy_types)
             for row in params:
                 copy.write_row(row)
         if not count:

@@ -67,6 +67,11 @@ class WritePlan:
         self.upsert = statements.upsert_sql(target, touch)
         self.temp = statements.temp_sql(target)
         self.copy = statements.copy_sql(target)
+        # COPY in binary when every written column is of a type whose binary form the rows' values
+        # (checked per batch: `binary`) map onto exactly as their text form does; else as text
+        self.binary_types = _binary_types(self.table_types, self.columns)  # the table's: lookups resolved
+        self.copy_types = [_BINARY[name][0] for name in self.binary_types or ()]
+        self.copy_binary = statements.copy_sql(target, binary=True)
         self.copy_upsert = statements.copy_upsert_sql(target, touch)
         self.replaced = Scoped(target.table, target.replace_by)
         self.deleting = target.on_delete is OnDelete.DELETE and bool(target.delete_by)
@@ -127,6 +132,18 @@ class WritePlan:
         values = {column: expression.search({"entity": entity}) for column, expression in self._removal}
         return tuple(fit(str(self.target.table), self.types, values).values())
 
+    def binary(self, params: list[tuple[Any, ...]]) -> bool:
+        """Whether `params` (rows of values for the written columns) can go by binary COPY: each
+        column's values all of the one Python type its binary form is made from (or null)."""
+        if self.binary_types is None:
+            return False
+        for index, name in enumerate(self.binary_types):
+            kinds = set(map(type, map(itemgetter(index), params)))
+            kinds.discard(_NONE)
+            if not kinds <= _BINARY[name][1]:
+                return False
+        return True
+
     def unnest_upsert(self, casts: tuple[str, ...]) -> sql.Composed:
         """The upsert from one array per column of types `casts` (those depend on the batch's values)."""
         found = self._unnest.get(casts)
@@ -141,6 +158,33 @@ class WritePlan:
             made = statements.delete_sql(by) if casts is None else statements.delete_many_sql(by, casts)
             found = self._deletes[by, casts] = made
         return found
+
+
+# Column types (format_type text, without a size) whose binary COPY form psycopg makes from these
+# Python types byte for byte what the text form gives once PostgreSQL parses it: integers, text in
+# the database's encoding (values.fit has refused NULs and lone surrogates), booleans, doubles
+# (repr round-trips; NaN and infinity refused by fit). Anything else goes as text.
+_BINARY: dict[str, tuple[str, frozenset[type]]] = {
+    "smallint": ("int2", frozenset({int})),
+    "integer": ("int4", frozenset({int})),
+    "bigint": ("int8", frozenset({int})),
+    "text": ("text", frozenset({str})),
+    "character varying": ("varchar", frozenset({str})),
+    "boolean": ("bool", frozenset({bool})),
+    "double precision": ("float8", frozenset({float})),
+}
+_NONE = type(None)
+
+
+def _binary_types(types: dict[str, str], columns: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The written columns' types by their names in `_BINARY`, or None when one is not there."""
+    found = []
+    for column in columns:
+        name = types.get(column, "").partition("(")[0]
+        if name not in _BINARY:
+            return None
+        found.append(name)
+    return tuple(found)
 
 
 def _over(expression: Expression | None, entity: dict[str, Any]) -> Any:
