@@ -22,7 +22,9 @@ Per target, in this order:
     temp table, one per target, is `create temp table if not exists ... on commit delete rows; delete
     from it` at the start of every use: no create + drop per batch, and still right behind a
     transaction-mode pooler (pgbouncer), where each transaction may land on another server session:
-    wherever it lands, the statement creates the table or finds it there, empty.
+    wherever it lands, the statement creates the table or finds it there, empty. The COPY is binary
+    when every written column is an integer, text, boolean or double column and the batch's values
+    of the matching Python types (`WritePlan.binary`: what lands is what the text form gives); else text.
   - from 2 rows: one `insert ... select ... from unnest(%b::int[], %b::text[], ...)`, one binary
     array parameter per column: one statement, no temp table, nothing kept between transactions.
   - one row, or columns that cannot go as arrays (an array-typed or unknown column, or values of
