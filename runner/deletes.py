@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from runner import targets
-from runner.migrations import Catalog
 from runner.spec import OnDelete, Outcome, Source, Write
-from runner.values import column_types, fit
 
 if TYPE_CHECKING:
+    from runner.writeplan import SourcePlan
     from runner.writer import EntityResult
 
 
@@ -85,29 +84,16 @@ def deleting(write: Write) -> bool:
     return write.on_delete is OnDelete.DELETE and bool(write.delete_by)
 
 
-def scopes(source: Source, entity: dict[str, Any], catalog: Catalog) -> dict[int, tuple[Any, ...]]:
-    """Write index -> the entity's delete_by values, typed for their columns (values.Unfit if they
-    do not fit: the entity fails, named, before anything is sent)."""
-    found = {}
-    for index, write in enumerate(source.writes):
-        if deleting(write):
-            expressions = {f.column: f.expression for f in write.columns}
-            values = {c: expressions[c].search({"entity": entity}) for c in write.delete_by}
-            found[index] = tuple(fit(str(write.table), column_types(write, catalog), values).values())
-    return found
-
-
-def write(cursor: psycopg.Cursor[Any], source: Source, batch: Sequence[EntityResult], catalog: Catalog) -> None:
+def write(cursor: psycopg.Cursor[Any], plan: SourcePlan, batch: Sequence[EntityResult]) -> None:
     """Delete the rows of the batch's deleted entities, table by table in reverse write order."""
     gone = [result for result in batch if result.outcome is Outcome.DELETE]
     if not gone:
         return
-    for index in reversed(range(len(source.writes))):
-        write_ = source.writes[index]
+    for index in reversed(plan.deleting):
         found = sorted({result.removals[index] for result in gone if index in result.removals}, key=str)
         if found:
-            by = targets.Scoped(write_.table, write_.delete_by)
-            targets.delete_scopes(cursor, by, found, column_types(write_, catalog))
+            write_ = plan.writes[index]
+            targets.delete_scopes(cursor, write_, write_.removed, found)
 
 
 def described(source: Source, entity: dict[str, Any]) -> list[str]:

@@ -29,18 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from runner import targets
+from runner import statements
 from runner.database import identifier
 from runner.errors import DatabaseError
 from runner.migrations import ERROR_COLUMNS, Catalog
-from runner.spec import Outcome, Source, Status
-from runner.targets import MAX_MESSAGE
+from runner.spec import Outcome, Status
+from runner.statements import MAX_MESSAGE
 from runner.values import coerce
 
 if TYPE_CHECKING:
@@ -50,28 +49,52 @@ Params = list[tuple[Any, ...]]
 COUNTER = "consecutive_errors"  # the seed's failure counter, maintained when the status table has it
 
 
-def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], catalog: Catalog) -> None:
+class StampPlan:
+    """The status stamp compiled once per run (runner.writeplan): the status table's column types, what
+    a stamp touches and clears, and the select of the keys that have rows. The statements for each set
+    of `status.set` columns (and array types) are built on first use and kept."""
+
+    def __init__(self, status: Status, catalog: Catalog, source: str) -> None:
+        self.status, self.source = status, source
+        self.columns = catalog.get(status.table, {})
+        self.touch = "updated_at" in self.columns
+        self.clear = _cleared(status, self.columns)
+        self.count = COUNTER in self.columns
+        key_type = self.columns.get(status.key)
+        array = sql.SQL("%s") if key_type is None else sql.SQL("%s::") + sql.SQL(key_type + "[]")
+        self.having = sql.SQL("select {0} from {1} where {0} = any({2})").format(
+            sql.Identifier(status.key), identifier(status.table), array
+        )
+        self._built: dict[tuple[Any, ...], sql.Composed] = {}
+
+    def statement(self, build: Callable[..., sql.Composed], *args: Any, **kwargs: Any) -> sql.Composed:
+        """`build(status, touch, *args, **kwargs)`, built once per run for each set of arguments."""
+        key = (build, args, tuple(kwargs.items()))
+        found = self._built.get(key)
+        if found is None:
+            found = self._built[key] = build(self.status, self.touch, *args, **kwargs)
+        return found
+
+
+def write(cursor: psycopg.Cursor[Any], plan: StampPlan | None, batch: list[EntityResult]) -> None:
     """The stamps of the batch's stamped entities, then the error columns of its failed ones."""
-    status = source.status
-    if status is None:
+    if plan is None:
         return
-    columns = catalog.get(status.table, {})
-    touch = "updated_at" in columns
-    clear = _cleared(status, columns)
+    status, columns, clear = plan.status, plan.columns, plan.clear
     stamped = {r.key: r for r in batch if r.stamped}  # last wins, like target rows
     groups: dict[tuple[str, ...], Params] = {}
     for key in sorted(stamped, key=str):
         extra = stamped[key].status_values
         groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
-    having = _having_rows(cursor, status, columns, list(stamped)) if stamped else set()
+    having = _having_rows(cursor, plan, list(stamped)) if stamped else set()
     for names, params in groups.items():
         old, new = [p for p in params if p[0] in having], [p for p in params if p[0] not in having]
         with _named(status, "status stamp"):
-            one, many = update_sql(status, touch, names, clear=clear), partial(update_many_sql, clear=clear)
-            _run(cursor, status, columns, names, old, one, many)
+            one = plan.statement(update_sql, names, clear=clear)
+            _run(cursor, plan, names, old, one, update_many_sql, clear=clear)
         with _named(status, "status stamp, creating the status row the entity lacks"):
-            one, many = stamp_sql(status, touch, names, clear=clear), partial(stamp_many_sql, clear=clear)
-            _run(cursor, status, columns, names, new, one, many)
+            one = plan.statement(stamp_sql, names, clear=clear)
+            _run(cursor, plan, names, new, one, stamp_many_sql, clear=clear)
     # outcome delete: no stamp (nothing was synced), only the rule's `set` columns, and only on a row
     # that exists: a gone entity must not get a status row created for it (nor one a delete just removed)
     gone = {r.key: r for r in batch if r.outcome is Outcome.DELETE and r.status_values}
@@ -81,23 +104,22 @@ def write(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult]
         marks.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
     for names, params in marks.items():
         with _named(status, "status columns of a deleted entity", names):
-            many = partial(update_many_sql, stamp=False)
-            _run(cursor, status, columns, names, params, update_sql(status, touch, names, stamp=False), many)
+            one = plan.statement(update_sql, names, stamp=False)
+            _run(cursor, plan, names, params, one, update_many_sql, stamp=False)
     if status.error_columns:
         errors = {r.key: r for r in batch if r.outcome is Outcome.ERROR}  # last wins, as row by row did
         params = [
-            (errors[key].error_source or source.name, (errors[key].error or "")[:MAX_MESSAGE], key)
+            (errors[key].error_source or plan.source, (errors[key].error or "")[:MAX_MESSAGE], key)
             for key in sorted(errors, key=str)
         ]
         # typed by the catalog: last_error_source may be an enum (Supabase's sync_source), not text
-        casts = targets.array_casts(columns, ("last_error_source", "last_error_message", status.key), params)
-        count = COUNTER in columns
+        casts = statements.array_casts(columns, ("last_error_source", "last_error_message", status.key), params)
         with _named(status, "status error columns (last_error_*)"):
             if casts is None:
-                targets.run(cursor, str(status.table), error_sql(status, touch, count), params)
+                statements.run(cursor, str(status.table), plan.statement(error_sql, plan.count), params)
             elif params:
-                statement = error_many_sql(status, touch, casts, count)
-                targets.run(cursor, str(status.table), statement, [targets.arrays(params)])
+                statement = plan.statement(error_many_sql, casts, plan.count)
+                statements.run(cursor, str(status.table), statement, [statements.arrays(params)])
 
 
 def _cleared(status: Status, columns: dict[str, str]) -> tuple[str, ...]:
@@ -107,36 +129,31 @@ def _cleared(status: Status, columns: dict[str, str]) -> tuple[str, ...]:
     return tuple(c for c in (*ERROR_COLUMNS, COUNTER) if c in columns)
 
 
-def _having_rows(cursor: psycopg.Cursor[Any], status: Status, columns: dict[str, str], keys: list[Any]) -> set[Any]:
+def _having_rows(cursor: psycopg.Cursor[Any], plan: StampPlan, keys: list[Any]) -> set[Any]:
     """The keys that have a status row (the array typed like the key column, so its index is used)."""
-    key_type = columns.get(status.key)
-    array = sql.SQL("%s") if key_type is None else sql.SQL("%s::") + sql.SQL(key_type + "[]")
-    query = sql.SQL("select {0} from {1} where {0} = any({2})").format(
-        sql.Identifier(status.key), identifier(status.table), array
-    )
-    with _named(status, "status stamp"):
-        return {row[0] for row in cursor.execute(query, (keys,))}
+    with _named(plan.status, "status stamp"):
+        return {row[0] for row in cursor.execute(plan.having, (keys,))}
 
 
 def _run(
     cursor: psycopg.Cursor[Any],
-    status: Status,
-    columns: dict[str, str],
+    plan: StampPlan,
     names: tuple[str, ...],
     params: Params,
     one: sql.Composed,
-    many: Callable[[Status, bool, tuple[str, ...], tuple[str, ...]], sql.Composed],
+    many: Callable[..., sql.Composed],
+    **options: Any,
 ) -> None:
     """From arrays when every column can go as one, else a row at a time (an array or unknown type,
     mixed values); a row is (key, *extra)."""
     if not params:
         return
-    casts = targets.array_casts(columns, (status.key, *names), params)
+    table = str(plan.status.table)
+    casts = statements.array_casts(plan.columns, (plan.status.key, *names), params)
     if casts is None:
-        targets.run(cursor, str(status.table), one, params)
+        statements.run(cursor, table, one, params)
     else:
-        statement = many(status, "updated_at" in columns, names, casts)
-        targets.run(cursor, str(status.table), statement, [targets.arrays(params)])
+        statements.run(cursor, table, plan.statement(many, names, casts, **options), [statements.arrays(params)])
 
 
 @contextmanager
@@ -145,15 +162,14 @@ def _named(status: Status, what: str, columns: tuple[str, ...] = ()) -> Iterator
     where = f"{what} ({', '.join(f'{status.table}.{c}' for c in columns or (status.column,))})"
     try:
         yield
-    except targets.Failed as failure:
-        raise targets.Failed(f"{where}: {failure}") from failure
+    except statements.Failed as failure:
+        raise statements.Failed(f"{where}: {failure}") from failure
     except (psycopg.errors.ProgrammingError, psycopg.errors.NotSupportedError) as error:
         reason = error.diag.message_primary or str(error).strip()
         raise DatabaseError(f"{where} failed on {status.table}: {reason}") from error
 
 
-# --- statements (built once per status table and set of columns) --------------------------------------
-@lru_cache(maxsize=64)
+# --- statements (built once per run and set of columns: StampPlan.statement) --------------------------------------
 def update_sql(
     status: Status,
     touch_updated_at: bool,
@@ -170,7 +186,6 @@ def update_sql(
     )
 
 
-@lru_cache(maxsize=64)
 def update_many_sql(
     status: Status,
     touch_updated_at: bool,
@@ -184,11 +199,10 @@ def update_many_sql(
     names = (status.key, *extra)
     sets = _stamp_sets(status, touch_updated_at, extra, "v.{}", stamp=stamp, clear=clear)
     return sql.SQL("update {} as s set {} from {} where s.{} = v.{}").format(
-        identifier(status.table), sets, targets.unnest_sql(names, casts), *[sql.Identifier(status.key)] * 2
+        identifier(status.table), sets, statements.unnest_sql(names, casts), *[sql.Identifier(status.key)] * 2
     )
 
 
-@lru_cache(maxsize=64)
 def stamp_sql(
     status: Status, touch_updated_at: bool, extra: tuple[str, ...] = (), *, clear: tuple[str, ...] = ()
 ) -> sql.Composed:
@@ -205,7 +219,6 @@ def stamp_sql(
     )
 
 
-@lru_cache(maxsize=64)
 def stamp_many_sql(
     status: Status,
     touch_updated_at: bool,
@@ -223,7 +236,7 @@ def stamp_many_sql(
         identifier(status.table),
         sql.SQL(", ").join(columns),
         sql.SQL(", ").join(values),
-        targets.unnest_sql(names, casts),
+        statements.unnest_sql(names, casts),
         sql.Identifier(status.key),
         _stamp_sets(status, touch_updated_at, extra, clear=clear),
     )
@@ -251,7 +264,6 @@ def _stamp_sets(
     return sql.SQL(", ").join(sets)
 
 
-@lru_cache(maxsize=64)
 def error_sql(status: Status, touch_updated_at: bool, count: bool = False) -> sql.Composed:
     """The seed's last_error_* columns (and `consecutive_errors + 1` when `count`), for dashboards only
     (selection reads syncrun_state)."""
@@ -261,7 +273,6 @@ def error_sql(status: Status, touch_updated_at: bool, count: bool = False) -> sq
     ).format(identifier(status.table), touch, sql.Identifier(status.key))
 
 
-@lru_cache(maxsize=64)
 def error_many_sql(status: Status, touch_updated_at: bool, casts: tuple[str, ...], count: bool = False) -> sql.Composed:
     """The same update for a whole batch: arrays of sources, messages and keys, of types `casts`."""
     touch = sql.SQL(", updated_at = now()" if touch_updated_at else "") + _counted(count)

@@ -43,9 +43,10 @@ from psycopg import sql
 from runner import conditional, deletes, stamps, targets, writeplan
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
-from runner.spec import Outcome, SelectionType, Source
-from runner.targets import MAX_MESSAGE
+from runner.spec import Outcome, Source
+from runner.statements import MAX_MESSAGE, Failed, run
 from runner.values import Unfit, fit
+from runner.writeplan import SourcePlan
 
 ATTEMPTS = 3  # whole-batch attempts on deadlock / serialization failure
 # 40P01 / 40001 (and the rest of class 40): the whole batch can simply run again
@@ -71,9 +72,9 @@ class EntityResult:
     skip_until: float | None = None  # seconds from now
     error_source: str = ""  # the source name, for the seed's last_error_source
     status_values: dict[str, Any] = field(default_factory=dict)  # `status.set` columns, written with the stamp
-    # write index -> this entity's replace_by values (targets.scope); `write` fills it in, callers don't
+    # write index -> this entity's replace_by values (WritePlan.scope); `write` fills it in, callers don't
     scopes: dict[int, tuple[Any, ...]] = field(default_factory=dict)
-    # outcome delete: write index -> the entity's delete_by values (deletes.scopes); filled in like scopes
+    # outcome delete: write index -> the entity's delete_by values (WritePlan.removal); filled in like scopes
     removals: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     # a capped listing (max_pages, max_items, the default page cap): its rows are upserted, but its
     # replace_by writes delete nothing, since the rows beyond the cap were not read, not gone
@@ -118,13 +119,7 @@ class Tally:
         self.updated += other.updated
 
 
-def primary(source: Source) -> int | None:
-    """The index of the write whose rows items_created / items_updated count: the one marked
-    `primary: true`, else the first `table:` write; None when every write calls a function."""
-    marked = [index for index, target in enumerate(source.writes) if target.primary]
-    tables = [index for index, target in enumerate(source.writes) if target.function is None]
-    found = marked or tables
-    return found[0] if found else None
+primary = writeplan.primary  # the write items_created / items_updated count (spec and conditional name it here)
 
 
 def write(
@@ -139,54 +134,52 @@ def write(
 ) -> list[EntityResult]:
     """Write a batch in one transaction; return the results that failed here, as error results.
 
-    `holder`: release only this holder's claims (None releases any). `job_id` is not stored today.
-    `tally`: gets the primary write's inserted / updated rows added, once the batch committed.
+    The source's writes are compiled under `catalog` on the run's first batch (writeplan.compiled);
+    from there on only that plan is executed. `holder`: release only this holder's claims (None
+    releases any). `job_id` is not stored today. `tally`: gets the primary write's inserted /
+    updated rows added, once the batch committed.
     """
-    batch = [_checked(source, result, catalog) for result in results]
+    plan = writeplan.compiled(source, catalog)
+    batch = [_checked(plan, result) for result in results]
     unfit = [checked for checked, result in zip(batch, results, strict=True) if checked.outcome is not result.outcome]
     for attempt in range(1, ATTEMPTS + 1):
         counts = Tally()  # an attempt that rolls back counts nothing
         try:
-            failed = unfit + _attempt(conn, source, batch, catalog, holder, counts)
+            failed = unfit + _attempt(conn, plan, batch, holder, counts)
             if tally is not None:
                 tally.add(counts)
             return failed
         except _RETRYABLE as error:
             if attempt == ATTEMPTS:
-                raise DatabaseError(f"writing {source.name}: gave up after {ATTEMPTS} attempts: {error}") from error
+                raise DatabaseError(f"writing {plan.name}: gave up after {ATTEMPTS} attempts: {error}") from error
             time.sleep(0.1 * attempt)
         except psycopg.Error as error:  # connection lost, or a schema changed under us: the caller's
-            raise DatabaseError(f"writing {source.name}: {error}") from error
+            raise DatabaseError(f"writing {plan.name}: {error}") from error
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _attempt(
-    conn: psycopg.Connection,
-    source: Source,
-    batch: list[EntityResult],
-    catalog: Catalog,
-    holder: str | None,
-    counts: Tally,
+    conn: psycopg.Connection, plan: SourcePlan, batch: list[EntityResult], holder: str | None, counts: Tally
 ) -> list[EntityResult]:
     try:
         whole = Tally()
         with conn.transaction():
-            kept, lost = _fence(conn, source, batch, holder)
-            _write_all(conn, source, kept, catalog, holder, counts=whole)
+            kept, lost = _fence(conn, plan, batch, holder)
+            _write_all(conn, plan, kept, holder, counts=whole)
         counts.add(whole)
         return lost
-    except targets.Failed:
+    except Failed:
         pass  # rolled back: find the culprits one entity at a time
-    return _replay(conn, source, batch, catalog, holder, counts)
+    return _replay(conn, plan, batch, holder, counts)
 
 
 def _fence(
-    conn: psycopg.Connection, source: Source, batch: list[EntityResult], holder: str | None
+    conn: psycopg.Connection, plan: SourcePlan, batch: list[EntityResult], holder: str | None
 ) -> tuple[list[EntityResult], list[EntityResult]]:
     """Writes are fenced to the claim holder: lock the claims this runner still holds (so none can be
     taken over until we commit) and drop the entities whose claim expired and went to another runner
     meanwhile — their rows, status and state are that runner's to write now."""
-    if holder is None or source.entities.type is SelectionType.LIST or not batch:
+    if holder is None or plan.listing or not batch:
         return batch, []
     keys = sorted({str(result.key) for result in batch})
     held = {
@@ -194,7 +187,7 @@ def _fence(
         for row in conn.execute(
             "select entity_key from syncrun_state where source = %s and entity_key = any(%s)"
             " and claimed_by = %s order by entity_key for update",
-            (source.name, keys, holder),
+            (plan.name, keys, holder),
         )
     }
     kept = [result for result in batch if str(result.key) in held]
@@ -210,27 +203,22 @@ def _fence(
 
 
 def _replay(
-    conn: psycopg.Connection,
-    source: Source,
-    batch: list[EntityResult],
-    catalog: Catalog,
-    holder: str | None,
-    counts: Tally,
+    conn: psycopg.Connection, plan: SourcePlan, batch: list[EntityResult], holder: str | None, counts: Tally
 ) -> list[EntityResult]:
     failures: list[EntityResult] = []
     kept = Tally()
     with conn.transaction():
-        batch, failures = _fence(conn, source, batch, holder)
+        batch, failures = _fence(conn, plan, batch, holder)
         for result in batch:
             try:
                 one = Tally()
                 with conn.transaction():  # a savepoint
-                    _write_all(conn, source, [result], catalog, holder, bulk=False, counts=one)
+                    _write_all(conn, plan, [result], holder, bulk=False, counts=one)
                 kept.add(one)  # the savepoint was released: these rows stay
-            except targets.Failed as failure:
+            except Failed as failure:
                 bad = result.failed(str(failure))
                 with conn.transaction():
-                    _write_all(conn, source, [bad], catalog, holder, bulk=False)
+                    _write_all(conn, plan, [bad], holder, bulk=False)
                 failures.append(bad)
     counts.add(kept)
     return failures
@@ -238,52 +226,49 @@ def _replay(
 
 def _write_all(
     conn: psycopg.Connection,
-    source: Source,
+    plan: SourcePlan,
     batch: list[EntityResult],
-    catalog: Catalog,
     holder: str | None,
     bulk: bool = True,
     counts: Tally | None = None,
 ) -> None:
     """Targets in declaration order, then status, then state: the same lock order in every runner."""
     live = [result for result in batch if result.outcome is not Outcome.ERROR]
-    main = primary(source) if counts is not None else None
+    main = plan.primary if counts is not None else None
     with conn.cursor() as cursor:
-        deletes.write(cursor, source, live, catalog)
-        for index, target in enumerate(source.writes):
+        deletes.write(cursor, plan, live)
+        for index, target in enumerate(plan.writes):
             rows = [row for result in live for row in result.rows.get(index, [])]
             scopes = [result.scopes[index] for result in live if index in result.scopes]
-            created, updated = targets.write(cursor, target, rows, scopes, catalog, bulk=bulk, count=index == main)
+            created, updated = targets.write(cursor, target, rows, scopes, bulk=bulk, count=index == main)
             if counts is not None and index == main:
                 counts.created, counts.updated = counts.created + created, counts.updated + updated
-        stamps.write(cursor, source, batch, catalog)
-        if source.entities.type is not SelectionType.LIST:  # a catalogue page is no entity: no state
-            _write_state(cursor, source, batch, holder)
-            conditional.write(cursor, source, batch)
+        stamps.write(cursor, plan.stamp, batch)
+        if not plan.listing:  # a catalogue page is no entity: no state
+            _write_state(cursor, plan, batch, holder)
+            conditional.write(cursor, plan.source, batch)
 
 
-def _checked(source: Source, result: EntityResult, catalog: Catalog) -> EntityResult:
+def _checked(plan: SourcePlan, result: EntityResult) -> EntityResult:
     """The result with its values converted for their columns and its replace scopes worked out; or,
     when something does not fit, the result failed with a message naming table, column and value."""
     if result.outcome is Outcome.ERROR:
         return result
     try:
-        if result.status_values and source.status is not None:
-            fit(str(source.status.table), catalog.get(source.status.table, {}), result.status_values)
-        rows = {index: _fitted(source, index, rows, catalog) for index, rows in result.rows.items()}
+        if result.status_values and plan.stamp is not None:
+            fit(str(plan.stamp.status.table), plan.stamp.columns, result.status_values)
+        rows = {index: plan.writes[index].fit(rows) for index, rows in result.rows.items()}
+        replacing = result.outcome is Outcome.SUCCESS and not result.partial
         scopes = {
-            index: targets.scope(target, result.entity, catalog)
-            for index, target in enumerate(source.writes)
-            if target.replace_by and index in result.rows and result.outcome is Outcome.SUCCESS and not result.partial
+            index: plan.writes[index].scope(result.entity)
+            for index in plan.replacing
+            if replacing and index in result.rows
         }
-        removals = deletes.scopes(source, result.entity, catalog) if result.outcome is Outcome.DELETE else {}
+        deleted = result.outcome is Outcome.DELETE
+        removals = {index: plan.writes[index].removal(result.entity) for index in plan.deleting} if deleted else {}
     except Unfit as unfit:
         return result.failed(str(unfit))
     return replace(result, rows=rows, scopes=scopes, removals=removals)
-
-
-def _fitted(source: Source, index: int, rows: list[dict[str, Any]], catalog: Catalog) -> list[dict[str, Any]]:
-    return writeplan.plan(source.writes[index], catalog).fit(rows)
 
 
 # --- per-source state --------------------------------------------------------------------------------------
@@ -331,7 +316,7 @@ on conflict (source, entity_key) do update set
 )
 
 
-def _write_state(cursor: psycopg.Cursor[Any], source: Source, batch: list[EntityResult], holder: str | None) -> None:
+def _write_state(cursor: psycopg.Cursor[Any], plan: SourcePlan, batch: list[EntityResult], holder: str | None) -> None:
     """One statement per round: an entity that occurs twice in the batch (one statement cannot update a
     row twice) goes again in the next round, so its outcomes apply in order as they did row by row."""
     rounds: list[dict[str, EntityResult]] = []
@@ -346,17 +331,17 @@ def _write_state(cursor: psycopg.Cursor[Any], source: Source, batch: list[Entity
         keys = sorted(entities)  # the same lock order in every runner
         rows = [_state_row(entities[key]) for key in keys]
         params = {
-            "source": source.name,
+            "source": plan.name,
             "keys": keys,
             "kinds": [row[0] for row in rows],
             "errors": [row[1] for row in rows],
             "untils": [row[2] for row in rows],
-            "base": source.backoff.initial,
-            "factor": source.backoff.factor,
-            "cap": source.backoff.cap,
+            "base": plan.backoff.initial,
+            "factor": plan.backoff.factor,
+            "cap": plan.backoff.cap,
             "holder": holder,
         }
-        targets.run(cursor, "syncrun_state", _STATE, [params])
+        run(cursor, "syncrun_state", _STATE, [params])
 
 
 def _state_row(result: EntityResult) -> tuple[str, str | None, float | None]:

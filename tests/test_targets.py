@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner import mapping, migrations, targets, writer
+from runner import mapping, migrations, statements, targets, writeplan, writer
 from runner.errors import SchemaMismatch
 from runner.spec import Field, Lookup, Merge, Outcome, QualifiedName, Source, Write, WriteMode
 from runner.writer import EntityResult
@@ -268,7 +268,7 @@ def test_a_second_same_day_run_never_lowers_ccu_peak(metrics: Database) -> None:
 
 def test_greatest_is_atomic_in_sql(metrics: Database) -> None:
     """The merge is one upsert evaluated against the locked row: a concurrent higher peak is never lost."""
-    statement = targets.upsert_sql(CCU, False).as_string()
+    statement = statements.upsert_sql(CCU, False).as_string()
     assert 'on conflict ("appid", "metric_date") do update set' in statement
     assert '"ccu_peak" = greatest(t."ccu_peak", excluded."ccu_peak")' in statement
     source = make_source(writes=(CCU,))
@@ -329,7 +329,7 @@ SOURCED = target(
 def test_with_greatest_keeps_the_old_value_when_greatest_keeps_the_old_peak(metrics: Database) -> None:
     """ccu_source follows ccu_peak: a lower sample keeps the stored source; an equal or higher one takes over."""
     source = make_source(writes=(SOURCED,))
-    statement = targets.upsert_sql(SOURCED, False).as_string()
+    statement = statements.upsert_sql(SOURCED, False).as_string()
     assert 'case when t."ccu_peak" is null or excluded."ccu_peak" >= t."ccu_peak"' in statement
     assert run(metrics, [ccu(10, 900, "steamspy")], source) == []
     assert run(metrics, [ccu(10, 300, "steam_api")], source) == []
@@ -376,3 +376,60 @@ def test_without_an_initcap_form_the_first_in_code_points_wins(tables: Database)
 def test_initcap_is_postgresqls(tables: Database, text: str) -> None:
     """The batch's de-duplication ranks spellings as the upsert does."""
     assert targets.initcap(text) == tables.scalar("select initcap(%s)", (text,))
+
+
+# --- how the rows travel ----------------------------------------------------------------------------
+KINDS = target(
+    "kinds",
+    ["id"],
+    {c: f"record.{c}" for c in ("id", "small", "n", "t", "v", "b", "d")},
+)
+
+
+def test_binary_copy_lands_what_text_copy_lands(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose columns are all integers, text, booleans or doubles goes by binary COPY; what it
+    stores is exactly what the text COPY stores (compared as PostgreSQL prints the rows)."""
+    source = make_source(writes=(KINDS,))
+    db.migrate(source)
+    db.run(
+        "create table kinds (id bigint primary key, small smallint, n int, t text, v varchar(12), b boolean,"
+        " d double precision, updated_at timestamptz)"
+    )
+    texts = ["a\\b\tc\nd\re", "", "é😀 \u2028", "\\N", "NULL", None, ' "q" ']
+    doubles = [-0.0, 0.1, 1e308, 5e-324, None, 2.5, -1.0]
+    rows = [
+        {
+            "id": i * 2**40,
+            "small": [-32768, 32767, None, 0][i % 4],
+            "n": [-(2**31), 2**31 - 1, None, i][i % 4],
+            "t": texts[i % len(texts)],
+            "v": (texts[i % len(texts)] or "")[:12] if i % 5 else None,
+            "b": [True, False, None][i % 3],
+            "d": doubles[i % len(doubles)],
+        }
+        for i in range(1, targets.COPY_FROM + 20)
+    ]
+    results = [result(1, {0: rows})]
+    stored = "select k::text from kinds k order by id"
+    binary = []
+    original = writeplan.WritePlan.binary
+    monkeypatch.setattr(writeplan.WritePlan, "binary", lambda self, p: binary.append(original(self, p)) or binary[-1])
+    assert run(db, results, source) == []
+    assert binary == [True]
+    by_binary = db.rows(stored)
+    db.run("truncate kinds")
+    monkeypatch.setattr(writeplan.WritePlan, "binary", lambda self, p: False)
+    assert run(db, results, source) == []
+    assert [r[:-1] for r in db.rows(stored)] == [r[:-1] for r in by_binary]  # updated_at: now(), per run
+    assert db.rows("select count(*), count(updated_at) from kinds") == [(len(rows), len(rows))]
+
+
+def test_a_column_of_another_type_goes_by_text_copy(db: Database) -> None:
+    """numeric, timestamps, json, arrays, enums...: their binary forms are not made from what the
+    values hold; the whole batch goes as text."""
+    plan = writeplan.WritePlan(KINDS, {QualifiedName(None, "kinds"): {"id": "bigint", "d": "numeric"}})
+    assert plan.binary_types is None
+    assert not plan.binary([(1, None, None, None, None, None, 1.5)])
+    plan = writeplan.WritePlan(KINDS, {QualifiedName(None, "kinds"): dict.fromkeys(KINDS.column_names, "bigint")})
+    assert plan.binary([(1, 2, 3, 4, 5, 6, None)])
+    assert not plan.binary([(1, 2, 3, 4, 5, True, None)])  # a bool is no int here

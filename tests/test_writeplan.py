@@ -9,7 +9,7 @@ from psycopg.types.json import Jsonb
 
 from runner import values, writeplan
 from runner.spec import QualifiedName
-from tests.pg import write
+from tests.pg import make_source, write
 
 TARGET = write("items", ["id"], ["id", "name", "price", "seen", "tags", "extra"])
 CATALOG: Any = {
@@ -34,7 +34,7 @@ TYPES = CATALOG[QualifiedName(None, "items")]
     ],
 )
 def test_rows_fit_as_values_fit_converts_them(row: dict[str, Any]) -> None:
-    fitted = writeplan.plan(TARGET, CATALOG).fit([row, row])
+    fitted = writeplan.WritePlan(TARGET, CATALOG).fit([row, row])
     assert [_plain(r) for r in fitted] == [_plain(values.fit("items", TYPES, row))] * 2
 
 
@@ -53,14 +53,27 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 )
 def test_a_misfit_is_named_as_values_fit_names_it(row: dict[str, Any], message: str) -> None:
     with pytest.raises(values.Unfit) as caught:
-        writeplan.plan(TARGET, CATALOG).fit([{"id": 9}, row])
+        writeplan.WritePlan(TARGET, CATALOG).fit([{"id": 9}, row])
     assert str(caught.value) == message
 
 
-def test_a_plan_is_made_once_per_target_and_catalog() -> None:
-    first = writeplan.plan(TARGET, CATALOG)
-    assert writeplan.plan(TARGET, CATALOG) is first
-    assert writeplan.plan(TARGET, dict(CATALOG)) is not first
+def test_a_plan_is_made_once_per_source_and_catalog() -> None:
+    source = make_source(writes=(TARGET,))
+    first = writeplan.compiled(source, CATALOG)
+    assert writeplan.compiled(source, CATALOG) is first
+    assert writeplan.compiled(source, dict(CATALOG)) is not first
+    assert writeplan.compiled(make_source(writes=(TARGET,)), CATALOG) is not first
+    assert first.writes[0].target is TARGET
+
+
+def test_the_statements_are_built_with_the_plan() -> None:
+    """The upsert forms, the COPY temp table and the deletes come from the plan, built once."""
+    plan = writeplan.WritePlan(TARGET, CATALOG)
+    assert plan.columns == ("id", "name", "price", "seen", "tags", "extra")
+    assert 'on conflict ("id") do update set "name" = excluded."name"' in plan.upsert.as_string()
+    assert "copy" in plan.copy.as_string()
+    assert plan.unnest_upsert(("bigint[]",) * 6) is plan.unnest_upsert(("bigint[]",) * 6)
+    assert plan.delete(plan.replaced, None) is plan.delete(plan.replaced, None)
 
 
 def test_params_are_the_columns_in_order_null_where_missing() -> None:
