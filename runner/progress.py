@@ -1,13 +1,15 @@
-"""Progress of a run: a live bar on a terminal (tqdm), the engine's periodic log lines elsewhere.
+"""Progress of a run: a live bar on a terminal (tqdm), periodic log lines elsewhere.
 
-The engine calls one hook per finished entity, from `_Run.count`:
+The engine emits events (runner/events.py) to the observers `observers(...)` builds for the command
+line, which brackets the run with `observers(...)` (it calls `start`) and `stop()`:
 
-    progress.tick(self.source.name, self.report.counters, result.error)
+    Bar          one `tick` per finished entity: the bar moves, a failure's message is tallied
+    Lines        a failed entity's warning, and a `progress` log line every N entities
+    StepSummary  the Markdown summary when the run is over (runner/workflow.py)
 
-and the CLI brackets a run with `start(...)` / `stop()`. Off a terminal (CI, cron, a pipe) `start`
-shows nothing and the engine's `log.info("progress", ...)` lines every N entities are the progress;
-on a terminal they are dropped while the bar is up, and every other log line is printed above the
-bar. `tick` also tallies error messages per source, for the step summary's "top errors".
+Off a terminal (CI, cron, a pipe) `start` shows nothing and the `log.info("progress", ...)` lines
+are the progress; on a terminal they are dropped while the bar is up, and every other log line is
+printed above the bar. The "github" log format (runner/logs.py) turns warnings into annotations.
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from runner import spec, workflow
+from runner.events import EntityDone, Event, Observer
 from runner.jobs import Counters
 
 if TYPE_CHECKING:  # tqdm is imported when bars go up (a terminal): a run in CI need not load it
     from tqdm import tqdm
+
+    from runner.engine import Options
+
+log = logging.getLogger("syncrun")
 
 
 @dataclass
@@ -125,3 +133,46 @@ def stop() -> None:
             handler.setStream(previous)
             handler.removeFilter(drop)
     _board.handlers.clear()
+
+
+def observers(sources: Sequence[spec.Source], options: Options, environ: Mapping[str, str]) -> list[Observer]:
+    """The run's observers, bars started: a list source counts pages, not entities, so it has no total."""
+    listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)
+    start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)
+    return [Bar(), Lines(options.progress_every), workflow.StepSummary(environ, top_errors)]
+
+
+class Bar:
+    """Moves the bar (when one is up) and tallies failures' messages for the step summary."""
+
+    def notice(self, event: Event) -> None:
+        if isinstance(event, EntityDone):
+            tick(event.source, event.counters, event.error)
+
+
+class Lines:
+    """The run's log lines: a failed entity's warning; every `every` entities, a `progress` line."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def notice(self, event: Event) -> None:
+        if not isinstance(event, EntityDone):
+            return
+        if event.outcome is spec.Outcome.ERROR:
+            log.warning("%s %s failed: %s", event.source, event.key, event.error)
+        c, every = event.counters, self.every
+        if c.processed // every > (c.processed - event.items) // every:
+            log.info("progress", extra={"source": event.source, **_figures(event)})
+
+
+def _figures(event: EntityDone) -> dict[str, Any]:
+    c = event.counters
+    return {
+        "processed": c.processed,
+        "succeeded": c.succeeded,
+        "failed": c.failed,
+        "skipped": c.skipped,
+        "requests": event.requests,
+        "rate": round(c.processed / event.elapsed, 2) if event.elapsed else 0.0,
+    }

@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runner import spec
+from runner.events import Event, Finished
 
 if TYPE_CHECKING:
     from runner.engine import Report
@@ -277,6 +278,20 @@ def write_step_summary(
     if target:
         with open(target, "a", encoding="utf-8") as file:
             file.write(step_summary(reports, errors))
+
+
+class StepSummary:
+    """An observer of the run (runner/events.py): when it is over, `write_step_summary` with the
+    top errors `errors()` gives then."""
+
+    def __init__(
+        self, environ: Mapping[str, str], errors: Callable[[], Mapping[str, Sequence[tuple[str, int]]]]
+    ) -> None:
+        self.environ, self.errors = environ, errors
+
+    def notice(self, event: Event) -> None:
+        if isinstance(event, Finished):
+            write_step_summary(self.environ, event.reports, self.errors())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from runner import (
     database,
     deletes,
     engine,
+    events,
     explain,
     ids,
     jobs,
@@ -67,10 +68,9 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if sets:  # the job row keeps them as the log shows them: a secret's value given by mistake is masked
         shown = overrides.recorded(sets, settings.redact)
         options = replace(options, metadata={**options.metadata, "overrides": shown})
-    listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)  # pages, not entities: no total
-    progress.start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)
+    observers = progress.observers(sources, options, environ)  # the step summary is written by one of them
     try:
-        reports = asyncio.run(_execute(sources, options, settings, dsn, _playback(args)))
+        reports = asyncio.run(_execute(sources, options, settings, dsn, _playback(args), observers))
     finally:
         progress.stop()
     for report in reports:
@@ -79,7 +79,6 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         elif options.dry_run:
             _print_traces(report, next(s for s in sources if s.name == report.source), settings.redact)
         _summarise(report)
-    workflow.write_step_summary(environ, reports, progress.top_errors())
     return max(_exit_code(report) for report in reports)
 
 
@@ -164,6 +163,7 @@ async def _execute(
     settings: templating.Settings,
     dsn: str | None,
     playback: _Playback = _Playback(),
+    observers: Sequence[events.Observer] = (),
 ) -> list[engine.Report]:
     needs_db = not (options.dry_run and options.ids and all(ids.key_only(s) for s in sources))
     target = await asyncio.to_thread(database.open_target, dsn) if needs_db else None
@@ -204,6 +204,7 @@ async def _execute(
             transport=transport,
             sleep=(lambda seconds: asyncio.sleep(seconds / scale)) if scale != 1.0 else asyncio.sleep,
             tokens=auth.Tokens(stand_in=playback.replay is not None),  # a replay asks no token endpoint
+            observers=observers,
         )
     finally:
         for limiter in limiters.values():

@@ -1,0 +1,184 @@
+"""The entry point and the main pipeline: sources side by side, each select -> fetch -> write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import httpx
+import psycopg
+
+from runner import client, database, jobs, listings, selection, spec
+from runner.auth import Tokens
+from runner.auth import for_source as authenticator_for
+from runner.conditional import forget as forget_validators
+from runner.engine import bookkeeping, catalogue, fetchers, stopping, writes
+from runner.engine.report import Options, Report
+from runner.engine.state import DONE, Connect, Run
+from runner.errors import DatabaseError
+from runner.events import Finished, Observer
+from runner.expressions import JSON
+from runner.ratelimit import Limiter
+from runner.templating import Settings
+
+log = logging.getLogger("syncrun")
+
+
+async def run(
+    sources: list[spec.Source],
+    options: Options,
+    *,
+    settings: Settings,
+    limiters: dict[str, Limiter],
+    connect: Connect | None,
+    catalog: Any = None,
+    transport: Callable[[spec.Source], httpx.AsyncBaseTransport | None] | None = None,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+    install_signals: bool = True,
+    tokens: Tokens | None = None,
+    observers: Sequence[Observer] = (),
+) -> list[Report]:
+    """Run sources side by side to the end (or until stopped); one Report each, in order.
+
+    Sources naming the same rate-limit bucket share its limiter. With `options.dry_run` nothing is
+    written: no job row, no rows, no status. `connect` may then be None when `--ids` names the
+    entities and the selection needs no database. `tokens`: the run's OAuth2 tokens (runner/auth.py).
+    `observers` are told what happens (runner/events.py), the reports last.
+    """
+    stops = [asyncio.Event() for _ in sources]
+    tokens = tokens or Tokens()  # sources using one auth block share its token
+    clients = [
+        client.build(
+            s.request,
+            limiters[s.rate_limit.bucket],
+            transport=transport(s) if transport else None,
+            max_connections=s.concurrency,
+            stop=stop,  # a request still waiting for its grant when the run stops is not sent
+            authenticator=authenticator_for(s, settings, tokens, limiters[s.rate_limit.bucket]),
+        )
+        for s, stop in zip(sources, stops, strict=True)
+    ]
+    states = [
+        Run(s, options, settings, limiters[s.rate_limit.bucket], http, connect, catalog, sleep, stop, observers)
+        for s, http, stop in zip(sources, clients, stops, strict=True)
+    ]
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+    for signum in signals:
+        loop.add_signal_handler(signum, stopping.halt_all, states, signum)
+    try:
+        reports = list(await asyncio.gather(*(_drive(state) for state in states)))
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        for http in clients:
+            await http.aclose()
+    for observer in observers:
+        observer.notice(Finished(reports))
+    return reports
+
+
+async def _drive(state: Run) -> Report:
+    source, options = state.source, state.options
+    select_conn = state.connect() if state.connect else None
+    write_link = database.Link(state.connect) if state.connect and not options.dry_run else None
+    job_link = database.Link(state.connect) if state.connect and not options.dry_run else None
+    side: list[asyncio.Task[None]] = []
+    lease = None
+    try:
+        if job_link is not None and source.entities.type is spec.SelectionType.LIST:
+            lease = listings.Lease(source.name, state.options.heartbeat_every)
+            if not await asyncio.to_thread(job_link.call, lease.take):
+                state.report.status, state.report.error, lease = "busy", lease.busy, None
+                log.warning("%s: %s", source.name, state.report.error)
+                return state.report
+            state.lease = lease
+        if job_link is not None:
+            state.report.job_id = await asyncio.to_thread(
+                job_link.call,
+                jobs.start,
+                source.job_type,
+                batch_size=options.limit,
+                github_run_id=options.github_run_id,
+                metadata=options.metadata,
+                started_at=state.now,
+            )
+            if lease is not None:
+                await asyncio.to_thread(job_link.call, lease.bind, state.report.job_id)
+            await bookkeeping.run_steps(state, job_link, source.before, "before")
+        side = [
+            asyncio.create_task(bookkeeping.heartbeat(state, job_link)),
+            asyncio.create_task(stopping.deadline(state)),
+        ]
+        if source.entities.type is spec.SelectionType.LIST:
+            await catalogue.read(state, write_link, job_link)
+        else:
+            await _pipeline(state, select_conn, write_link)
+        await stopping.cancel(side)
+        bookkeeping.conclude(state)
+        if job_link is not None:
+            await bookkeeping.run_steps(state, job_link, source.after, "after")
+    except BaseException as error:
+        state.report.status = "failed"
+        state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        await stopping.cancel(side)  # no heartbeat may start after the final update (a running one is waited for)
+        bookkeeping.close(state, job_link)
+        if lease is not None and job_link is not None:  # else it lapses LEASE_BEATS heartbeats later
+            with contextlib.suppress(DatabaseError, psycopg.Error):
+                job_link.call(lease.release)
+        if select_conn is not None:
+            select_conn.close()
+        for link in (write_link, job_link):
+            if link is not None:
+                link.close()
+    return state.report
+
+
+async def _pipeline(state: Run, select_conn: psycopg.Connection[Any] | None, write_conn: database.Link | None) -> None:
+    """Entity-shaped sources: selection -> concurrent fetchers -> batched writer."""
+    if state.options.restart and write_conn is not None and state.validators.enabled:
+        forgotten = await asyncio.to_thread(write_conn.call, forget_validators, state.source.name)
+        log.info(
+            "%s: --restart: forgot %d stored validator(s); requests are unconditional", state.source.name, forgotten
+        )
+    tasks = [
+        asyncio.create_task(
+            fetchers.produce(
+                state,
+                state.validators.attach(select_conn, state.history.attach(select_conn, _chunks(state, select_conn))),
+            )
+        ),
+        *(asyncio.create_task(fetchers.fetcher(state)) for _ in range(state.source.concurrency)),
+    ]
+    writer_task = asyncio.create_task(writes.write(state, write_conn))
+    try:
+        await stopping.finish_fetching(state, tasks)
+    finally:  # even when a fetcher crashed: what was fetched is written, and counted, before the run ends
+        await state.results.put(DONE)
+        await writer_task
+    state.complete = state.complete and state.report.counters.failed == 0
+
+
+def _chunks(state: Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[dict[str, JSON]]]:
+    source, options = state.source, state.options
+    if conn is None:  # dry run with --ids and a key-only selection: no database needed
+        key = source.entities.key
+        ids = [selection.cast_key(source, value) for value in options.ids or ()]
+        return iter([[{key: value} for value in ids]] if ids else [])
+    return selection.chunks(
+        conn,
+        source,
+        limit=options.limit,
+        holder=options.holder,
+        lease_seconds=options.lease,
+        ids=options.ids,
+        partition=options.partition,
+        claim=not options.dry_run,
+        chunk_size=state.claim_size.size,
+    )

@@ -1,0 +1,98 @@
+"""One source's run in progress: its queues, counters and claims, and the one way it stops (`halt`).
+
+The other engine modules are functions over this state; it emits what happens to the run's
+observers (runner/events.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+
+from runner import backoff, breaker, history, listings, mapping, spec
+from runner.claimsize import ClaimSize
+from runner.conditional import Store
+from runner.engine.report import Options, Report
+from runner.events import Event, Halted, Observer
+from runner.expressions import JSON
+from runner.ratelimit import Limiter
+from runner.templating import Settings
+
+DONE = object()  # end of a queue
+PAGE = "page"  # list-shaped sources: the page number stands in for the entity key
+
+Connect = Callable[[], psycopg.Connection[Any]]
+
+
+class Run:
+    def __init__(
+        self,
+        source: spec.Source,
+        options: Options,
+        settings: Settings,
+        limiter: Limiter,
+        http: httpx.AsyncClient,
+        connect: Connect | None,
+        catalog: Any,
+        sleep: Callable[[float], Any],
+        stop: asyncio.Event | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.source, self.options, self.settings = source, options, settings
+        self.limiter, self.http, self.connect, self.catalog, self.sleep = limiter, http, connect, catalog, sleep
+        self.observers = observers
+        self.report = Report(source.name)
+        self.stop = stop or asyncio.Event()
+        self.started = time.monotonic()
+        self.now = datetime.now(UTC)
+        self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
+        self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
+        self.unprocessed: list[JSON] = []
+        self.exhausted = False  # the selection had no more entities (a breaker trip then stopped nothing)
+        self.transients = backoff.Transients(source)  # counted at the end of the run (runner.backoff)
+        # Claim about a quarter second of this runner's work at a time: runners of one source share
+        # the due set instead of the first one claiming all of it.
+        per_request = source.request.batch.size if source.request.batch else 1
+        self.claim_size = ClaimSize(source.concurrency * per_request)
+        self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
+        self.breaker = breaker.Breaker(transient_runs=source.backoff.transient_runs)
+        self.history = history.History(source)  # known-bad entities: the breaker does not count them
+        self.lease: listings.Lease | None = None  # a list source's lease on its listing, renewed with the heartbeat
+        # ETag/Last-Modified per entity, loaded as selected; a dry run sends none (it shows the API's answer)
+        self.validators = Store(source, catalog=catalog, ask=not options.dry_run, settings=settings)
+        self.write_failed = False
+        self.complete = True  # before-steps see True; after-steps see whether the run really was complete
+        # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
+        # when the listing started, carried by its checkpoint; None when a checkpoint did not say.
+        self.listing_started: datetime | None = self.now
+
+    def emit(self, event: Event) -> None:
+        for observer in self.observers:
+            observer.notice(event)
+
+    def halt(self, status: str, error: str | None = None, signum: int | None = None, *, reason: str = "") -> None:
+        """Take no new entities; in-flight ones finish (within the grace period) and are written.
+        `reason`: a graceful stop asked for from outside (max_runtime, SIGTERM, SIGINT), which the
+        job row's metadata keeps ({"graceful_stop": true, "stop_reason": "max_runtime"})."""
+        if not self.stop.is_set():
+            # Redacted here too: a halt message may quote an exception (`{error!r}`) nobody redacted.
+            error = self.settings.redact(error) if error is not None else None
+            self.report.status, self.report.error, self.report.signal = status, error, signum
+            if reason:
+                self.report.metadata.update({"graceful_stop": True, "stop_reason": reason})
+            self.stop.set()
+            self.emit(Halted(self.source.name, status, error, reason))
+        elif status == "failed" and self.report.status == "completed":
+            # A failure while --max-runtime lets in-flight work finish (a token endpoint that never
+            # answered, say) is still a failure: the run must not end `completed`, exit 0.
+            self.report.status = status
+            self.report.error = self.settings.redact(error) if error is not None else None
+
+    def run_values(self) -> dict[str, JSON]:
+        return mapping.run_values(self.now, self.report.job_id)

@@ -1,0 +1,119 @@
+"""The write side: traces batched into write transactions (runner/writer.py: rows, status and state
+commit together), the counters that follow the commits, and the events observers see for them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+
+import psycopg
+
+from runner import database, jobs, spec, writer
+from runner.engine.report import Trace
+from runner.engine.state import DONE, Run
+from runner.errors import DatabaseError
+from runner.events import BatchWritten, EntityDone
+
+log = logging.getLogger("syncrun")
+
+_FLUSH_EVERY = 0.25  # seconds a partial write batch may wait for more results
+
+
+async def write(state: Run, conn: database.Link | None) -> None:
+    """Batch results into write transactions until the fetchers are done. The writer never stops
+    consuming before that, even after a failure: a fetcher blocked on a full queue would hang the
+    run (and leave its job `running`)."""
+    batch: list[Trace] = []
+    finished = False
+    crash: BaseException | None = None
+    while not finished:
+        ready = state.results.qsize()  # wait_for makes a task per call: only when nothing is ready
+        try:
+            item = state.results.get_nowait() if ready else await asyncio.wait_for(state.results.get(), _FLUSH_EVERY)
+        except TimeoutError:
+            item = None
+        finished = item is DONE
+        if isinstance(item, Trace):
+            batch.append(item)
+        if batch and (finished or item is None or len(batch) >= state.source.write_batch):
+            try:
+                await flush(state, conn, batch)
+            except Exception as error:  # a bug: stop the run, keep draining, surface it at the end
+                crash = crash or error
+                state.write_failed = True
+                state.halt("failed", f"internal error while writing: {error!r}")
+            batch = []
+    if crash is not None:
+        raise crash
+
+
+async def flush(state: Run, conn: database.Link | None, batch: list[Trace]) -> None:
+    results = [t.result for t in batch if t.result is not None]
+    if conn is not None:
+        if state.write_failed:  # the database is gone: nothing more is written or counted
+            state.unprocessed.extend(result.key for result in results)
+            return
+        tally = writer.Tally()
+        try:
+            failed = await asyncio.to_thread(
+                conn.call,
+                writer.write,
+                state.source,
+                results,
+                catalog=state.catalog,
+                job_id=state.report.job_id,
+                holder=state.options.holder,
+                tally=tally,
+            )
+        except (DatabaseError, psycopg.Error) as error:
+            # Nothing of this batch committed (one transaction), so none of it is counted.
+            state.write_failed = True
+            state.unprocessed.extend(result.key for result in results)
+            state.halt("failed", state.settings.redact(f"writing to the database failed: {error}"))
+            return
+        c = state.report.counters  # rows of the primary target this batch inserted / updated
+        state.report.counters = replace(c, created=c.created + tally.created, updated=c.updated + tally.updated)
+        replaced = {id(f.entity): f for f in failed}
+        # as written: a claim lost or a value that turned out not to fit is no transient failure
+        state.transients.note(
+            (t.result, t.status) for t in batch if t.result is not None and id(t.result.entity) not in replaced
+        )
+        for trace in batch:
+            if trace.result is not None and id(trace.result.entity) in replaced:
+                trace.result = replaced[id(trace.result.entity)]
+    for trace in batch:
+        count(state, trace)
+    if conn is not None and results:
+        state.emit(BatchWritten(state.source.name, len(results), state.report.counters))
+    if conn is not None and state.report.job_id is not None and results:
+        # The job row's counters follow the commits (one cheap update per batch): a runner killed
+        # outright leaves a row, reaped later, that says what it committed (jobs.heartbeat).
+        counters = replace(state.report.counters, requests=state.limiter.requests)
+        try:
+            await asyncio.to_thread(conn.call, jobs.heartbeat, state.report.job_id, counters)
+        except (DatabaseError, psycopg.Error) as error:
+            log.warning("%s: could not update the job's counters (%s)", state.source.name, error)
+    if state.options.dry_run:
+        state.report.traces.extend(batch)
+
+
+def count(state: Run, trace: Trace) -> None:
+    result = trace.result
+    assert result is not None
+    c = state.report.counters
+    kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
+    kind = "unchanged" if result.unchanged and result.outcome is not spec.Outcome.ERROR else kind
+    n = 1 if trace.items is None else trace.items  # a list source counts a page's records, not the page
+    if trace.items is not None:
+        pages = state.report.metadata
+        pages["pages"] = int(pages.get("pages") or 0) + 1
+        if result.outcome is spec.Outcome.ERROR:
+            pages["pages_failed"] = int(pages.get("pages_failed") or 0) + 1
+    c = replace(c, processed=c.processed + n, **{kind: getattr(c, kind) + n})
+    state.report.counters = c
+    elapsed = time.monotonic() - state.started
+    state.emit(
+        EntityDone(state.source.name, result.key, result.outcome, result.error, c, n, state.limiter.requests, elapsed)
+    )
