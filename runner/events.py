@@ -23,7 +23,7 @@ from runner.expressions import JSON
 from runner.jobs import Counters
 
 if TYPE_CHECKING:
-    from runner.engine import Report
+    from runner.engine.report import Report
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ decides which, and a record's value of another type fails the run (naming it) ra
 guessed at.
 
 The watermark advances only when a run reads the listing to its natural end, as the checkpoint is
-cleared (runner/engine.py `_catalogue`): a failed, capped or interrupted run keeps the old one. The
+cleared (runner/engine/catalogue.py `read`): a failed, capped or interrupted run keeps the old one. The
 largest value seen so far is kept with it (`pending`) after each committed page, so a listing
 resumed from its checkpoint by a later run advances, at its completion, past what the earlier runs
 of it read. A new listing (no checkpoint) starts with no pending value; `--restart` forgets both.
