@@ -14,10 +14,13 @@ What this transport guarantees, and how:
   decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
 - No cookie jar (httpx's client owns cookies), no redirects, no proxy from the environment (as with
   httpx's own transport under a custom transport), TLS verified with httpx's SSL context.
-- The rate limiter's send-time stamping works as with httpcore: aiohttp's trace hooks are forwarded
-  to the request's httpx `trace` extension under httpcore's event names. `on_request_headers_sent`
-  runs right before the request line and headers are serialised and written (for a request without
-  a body, nothing awaits between them), like httpcore's `send_request_headers.started`.
+- The rate limiter's send-time stamping works as with httpcore: the request's httpx `trace` extension
+  hears httpcore's event names. `send_request_headers.started` is awaited at the top of
+  `ClientRequest.send`, right before the request line and headers are serialised and written (for a
+  request without a body nothing awaits between them), like httpcore's; a connection this request
+  opened is announced first (`connect_tcp.started`, and `start_tls.started` for https). Not through
+  aiohttp's TraceConfig: its signals (ten per request, each building a parameter object) cost ~40 us
+  of event-loop time per request, more than the events syncrun needs (docs/benchmarks.md, fourth pass).
 - Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
   on a kept-alive connection the server had closed is switched off.
 - aiohttp's exceptions become httpx's: connection trouble is an `httpx.TransportError` (retryable),
@@ -29,9 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -69,17 +73,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             ssl=self._verify,  # https requests bring their own context (_tls_context); False: no checks
             keepalive_timeout=self._limits.keepalive_expiry if self._limits.keepalive_expiry is not None else 5.0,
         )
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_start.append(_connect_started)
-        trace.on_request_headers_sent.append(_headers_sent)
-        trace.on_request_end.append(_answered)
         session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
-            trace_configs=[trace],
+            request_class=_Request,
             max_line_size=_HEADER_LIMIT,
             max_field_size=_HEADER_LIMIT,
             max_headers=MAX_HEADERS,
@@ -98,22 +98,27 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url = yarl.URL(str(request.url), encoded=True)
         https = url.scheme == "https"
         self._tls = self._tls or https
-        context = SimpleNamespace(trace=request.extensions.get("trace"), scheme=url.scheme)
-        with _mapped():
-            response = await self._session.request(
-                request.method,
-                url,
-                headers=_headers(request.headers),
-                data=body or None,
-                allow_redirects=False,
-                compress=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
-                ),
-                server_hostname=request.extensions.get("sni_hostname"),
-                trace_request_ctx=context,
-                ssl=self._tls_context() if https and self._verify else self._verify,
-            )
+        trace = request.extensions.get("trace")
+        token = _TRACE.set(trace)
+        try:
+            with _mapped():
+                response = await self._session.request(
+                    request.method,
+                    url,
+                    headers=_headers(request.headers),
+                    data=body or None,
+                    allow_redirects=False,
+                    compress=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
+                    ),
+                    server_hostname=request.extensions.get("sni_hostname"),
+                    ssl=self._tls_context() if https and self._verify else self._verify,
+                )
+        finally:
+            _TRACE.reset(token)
+        if trace is not None:
+            await trace("http11.receive_response_headers.complete", {})
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
@@ -181,22 +186,27 @@ def _mapped() -> Iterator[None]:
         raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
 
 
-# --- aiohttp trace hooks -> the request's httpx `trace` extension (httpcore's event names) -----------
-async def _forward(context: SimpleNamespace, event: str) -> None:
-    trace = getattr(context.trace_request_ctx, "trace", None)
-    if trace is not None:
-        await trace(event, {})
+# --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------
+_TRACE: contextvars.ContextVar[Any] = contextvars.ContextVar("syncrun_trace", default=None)
+_seen: weakref.WeakSet[object] = weakref.WeakSet()  # connections that carried a request already
 
 
-async def _connect_started(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
-    await _forward(context, "connection.connect_tcp.started")
-    if getattr(context.trace_request_ctx, "scheme", "") == "https":  # the server takes part in the handshake
-        await _forward(context, "connection.start_tls.started")
+class _Request(aiohttp.ClientRequest):
+    """aiohttp's request, announcing its send to the httpx request's `trace` (set in `_TRACE` by
+    `handle_async_request`, in the same task). `send` is called with the connection taken from the
+    pool (and connected): a connection no request used before is this request's own set-up."""
 
-
-async def _headers_sent(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
-    await _forward(context, "http11.send_request_headers.started")
-
-
-async def _answered(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
-    await _forward(context, "http11.receive_response_headers.complete")
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = conn.protocol
+        opened = protocol is not None and protocol not in _seen
+        if opened:
+            _seen.add(protocol)
+        trace = _TRACE.get()
+        if trace is not None:
+            if opened:
+                await trace("connection.connect_tcp.started", {})
+                if self.url.scheme == "https":  # the server takes part in the handshake
+                    await trace("connection.start_tls.started", {})
+            await trace("http11.send_request_headers.started", {})
+        # nothing awaits from here until the request line and headers are written (see the docstring)
+        return await super().send(conn)
