@@ -162,6 +162,16 @@ class _Body(httpx.AsyncByteStream):
             async for chunk in self._response.content.iter_any():
                 yield chunk
 
+    async def read_declared(self, size: int) -> bytes:
+        """The whole body at once, when its Content-Length declared `size` bytes (runner/body.py checks
+        that against max_body first): aiohttp's parser ends the body there (a body cut short is a
+        protocol error, as when iterating; a 304's or a HEAD's declared length is no body at all)."""
+        with _mapped():
+            data = await self._response.content.read()
+        if len(data) > size:  # not framed by the declared length after all: never more than declared
+            raise httpx.RemoteProtocolError(f"the body ran past its declared {size:,} bytes")
+        return data
+
     async def aclose(self) -> None:
         self._response.release()
 

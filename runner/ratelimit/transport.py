@@ -92,7 +92,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         if stop is None:
             return await self._limiter.reserve()
         if self._stopping is None or self._stopping.get_loop() is not asyncio.get_running_loop():
-            self._stopping = asyncio.ensure_future(self._stop.wait())
+            self._stopping = asyncio.ensure_future(stop.wait())
         if not self._stopping.done():
             reserving = asyncio.ensure_future(self._limiter.reserve())
             await asyncio.wait({reserving, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
