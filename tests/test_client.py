@@ -460,6 +460,31 @@ def test_content_length_shorter_than_the_body_is_never_taken_as_the_next_respons
 
 
 @pytest.mark.parametrize(
+    ("head", "body", "expected"),
+    [
+        ("HTTP/1.1 304 Not Modified\nContent-Length: 1234\n", b"", b""),  # a length, but no body follows
+        ("HTTP/1.1 200 OK\nContent-Length: 0\n", b"", b""),
+        ("HTTP/1.1 200 OK\nContent-Length: 7\n", b'{"a":1}', b'{"a":1}'),
+        ("HTTP/1.1 200 OK\nContent-Length: 99\nTransfer-Encoding: chunked\n", b'7\r\n{"a":1}\r\n0\r\n\r\n', None),
+    ],
+    ids=["304", "empty", "declared", "declared-and-chunked"],
+)
+def test_a_declared_length_read_in_one_go_is_the_body_the_parser_framed(
+    api: ApiServer, head: str, body: bytes, expected: bytes | None
+) -> None:
+    """An identity body with a Content-Length is read at once (runner/body.py); what arrives is what
+    aiohttp's parser framed: a 304's declared length is no body, and a length next to chunked
+    framing is either refused or ignored, never read past (None: refused, the retry answers)."""
+    api.route("/x", Reply(raw=_raw(head, body)), Reply(200, json=PAYLOAD))
+    reply = send(api.url + "/x", policy=spec.Retry(attempts=2, jitter=0, statuses=frozenset()))
+    if expected is None:
+        assert reply.body == PAYLOAD
+    else:
+        assert reply.raw == expected
+        assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize(
     "header", ["Mon, 01 Jan 99999999999 00:00:00 GMT", "nan", "inf", "1e999", "-inf", "Mon, 99 Foo 2024 99:99:99 GMT"]
 )
 def test_an_unreadable_retry_after_is_normal_backoff(api: ApiServer, header: str) -> None:
