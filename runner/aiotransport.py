@@ -63,6 +63,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._context: ssl.SSLContext | None = None
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
 
     def _open(self) -> aiohttp.ClientSession:
@@ -109,9 +110,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     data=body or None,
                     allow_redirects=False,
                     compress=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
-                    ),
+                    timeout=self._timeout(timeouts.get("connect"), timeouts.get("read")),
                     server_hostname=request.extensions.get("sni_hostname"),
                     ssl=self._tls_context() if https and self._verify else self._verify,
                 )
@@ -129,6 +128,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions=extensions,
         )
+
+    def _timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+        """aiohttp's per-read timeouts (the attempt's total is client.send's), one object per pair: a
+        source's requests all carry the same."""
+        timeout = self._timeouts.get((connect, read))
+        if timeout is None:
+            timeout = self._timeouts[connect, read] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect, sock_read=read
+            )
+        return timeout
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._context is None:

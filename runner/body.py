@@ -233,7 +233,7 @@ def parse_json(raw: bytes, content_type: str = "application/json") -> tuple[JSON
     except UnicodeDecodeError as exc:
         return None, f"not valid {encoding.removesuffix('-sig').upper()} at byte {exc.start:,}: {exc.reason}"
     try:
-        value = json.loads(text, parse_constant=_constant, parse_float=_float)
+        value = _loads(text)
     except RecursionError:
         return None, f"JSON nested deeper than {MAX_DEPTH} levels"
     except json.JSONDecodeError as exc:
@@ -250,6 +250,14 @@ def parse_json(raw: bytes, content_type: str = "application/json") -> tuple[JSON
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
         return None, "unusable JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text"
     return value, ""
+
+
+def _loads(text: str) -> JSON:
+    """`json.loads(text, parse_constant=_constant, parse_float=_float)` with the decoder made once:
+    json.loads builds a new decoder and scanner on every call with hooks (~5 us of a 17 us parse)."""
+    if text.startswith("\ufeff"):  # as json.loads refuses it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 def _constant(name: str) -> float:
@@ -296,3 +304,6 @@ def _has_lone_surrogate(value: JSON) -> bool:
         elif isinstance(item, list):
             pending.extend(item)
     return False
+
+
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
