@@ -14,10 +14,13 @@ What this transport guarantees, and how:
   decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
 - No cookie jar (httpx's client owns cookies), no redirects, no proxy from the environment (as with
   httpx's own transport under a custom transport), TLS verified with httpx's SSL context.
-- The rate limiter's send-time stamping works as with httpcore: aiohttp's trace hooks are forwarded
-  to the request's httpx `trace` extension under httpcore's event names. `on_request_headers_sent`
-  runs right before the request line and headers are serialised and written (for a request without
-  a body, nothing awaits between them), like httpcore's `send_request_headers.started`.
+- The rate limiter's send-time stamping works as with httpcore: the request's httpx `trace` extension
+  hears httpcore's event names. `send_request_headers.started` is awaited at the top of
+  `ClientRequest.send`, right before the request line and headers are serialised and written (for a
+  request without a body nothing awaits between them), like httpcore's; a connection this request
+  opened is announced first (`connect_tcp.started`, and `start_tls.started` for https). Not through
+  aiohttp's TraceConfig: its signals (ten per request, each building a parameter object) cost ~40 us
+  of event-loop time per request, more than the events syncrun needs (docs/benchmarks.md, fourth pass).
 - Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
   on a kept-alive connection the server had closed is switched off.
 - aiohttp's exceptions become httpx's: connection trouble is an `httpx.TransportError` (retryable),
@@ -29,9 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -59,6 +63,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._context: ssl.SSLContext | None = None
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
 
     def _open(self) -> aiohttp.ClientSession:
@@ -69,17 +74,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             ssl=self._verify,  # https requests bring their own context (_tls_context); False: no checks
             keepalive_timeout=self._limits.keepalive_expiry if self._limits.keepalive_expiry is not None else 5.0,
         )
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_start.append(_connect_started)
-        trace.on_request_headers_sent.append(_headers_sent)
-        trace.on_request_end.append(_answered)
         session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
-            trace_configs=[trace],
+            request_class=_Request,
             max_line_size=_HEADER_LIMIT,
             max_field_size=_HEADER_LIMIT,
             max_headers=MAX_HEADERS,
@@ -98,32 +99,45 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url = yarl.URL(str(request.url), encoded=True)
         https = url.scheme == "https"
         self._tls = self._tls or https
-        context = SimpleNamespace(trace=request.extensions.get("trace"), scheme=url.scheme)
-        with _mapped():
-            response = await self._session.request(
-                request.method,
-                url,
-                headers=_headers(request.headers),
-                data=body or None,
-                allow_redirects=False,
-                compress=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
-                ),
-                server_hostname=request.extensions.get("sni_hostname"),
-                trace_request_ctx=context,
-                ssl=self._tls_context() if https and self._verify else self._verify,
-            )
+        trace = request.extensions.get("trace")
+        token = _TRACE.set(trace)
+        try:
+            with _mapped():
+                response = await self._session.request(
+                    request.method,
+                    url,
+                    headers=_headers(request.headers),
+                    data=body or None,
+                    allow_redirects=False,
+                    compress=False,
+                    timeout=self._timeout(timeouts.get("connect"), timeouts.get("read")),
+                    server_hostname=request.extensions.get("sni_hostname"),
+                    ssl=self._tls_context() if https and self._verify else self._verify,
+                )
+        finally:
+            _TRACE.reset(token)
+        if trace is not None:
+            await trace("http11.receive_response_headers.complete", {})
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
         return httpx.Response(
             status_code=response.status,
-            headers=response.raw_headers,
+            headers=_response_headers(response.raw_headers),
             stream=_Body(response),
             request=request,
             extensions=extensions,
         )
+
+    def _timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+        """aiohttp's per-read timeouts (the attempt's total is client.send's), one object per pair: a
+        source's requests all carry the same."""
+        timeout = self._timeouts.get((connect, read))
+        if timeout is None:
+            timeout = self._timeouts[connect, read] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect, sock_read=read
+            )
+        return timeout
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._context is None:
@@ -145,6 +159,21 @@ def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
     return [(name.lower().decode(encoding), value.decode(encoding)) for name, value in headers.raw]
 
 
+def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> httpx.Headers | tuple[tuple[bytes, bytes], ...]:
+    """httpx's Headers of aiohttp's raw (bytes) pairs, made as httpx makes them from bytes (a name, its
+    lower case, the value as is) without normalising every item again (~10 us per response); the
+    raw pairs when this httpx keeps its headers otherwise (checked once, at import)."""
+    if not _HEADERS_AS_LIST:
+        return raw
+    headers = httpx.Headers()
+    headers._list = [(name, name.lower(), value) for name, value in raw]
+    return headers
+
+
+_SAMPLE = ((b"Content-Type", b"application/json"), (b"X-A", b"caf\xc3\xa9 "), (b"x-a", b""))
+_HEADERS_AS_LIST = getattr(httpx.Headers(_SAMPLE), "_list", None) == [(n, n.lower(), v) for n, v in _SAMPLE]
+
+
 class _Body(httpx.AsyncByteStream):
     """The response body as it arrives; closing it before the end closes the connection (aiohttp
     does not return a connection with unread body bytes to its pool)."""
@@ -156,6 +185,16 @@ class _Body(httpx.AsyncByteStream):
         with _mapped():
             async for chunk in self._response.content.iter_any():
                 yield chunk
+
+    async def read_declared(self, size: int) -> bytes:
+        """The whole body at once, when its Content-Length declared `size` bytes (runner/body.py checks
+        that against max_body first): aiohttp's parser ends the body there (a body cut short is a
+        protocol error, as when iterating; a 304's or a HEAD's declared length is no body at all)."""
+        with _mapped():
+            data = await self._response.content.read()
+        if len(data) > size:  # not framed by the declared length after all: never more than declared
+            raise httpx.RemoteProtocolError(f"the body ran past its declared {size:,} bytes")
+        return data
 
     async def aclose(self) -> None:
         self._response.release()
@@ -181,22 +220,27 @@ def _mapped() -> Iterator[None]:
         raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
 
 
-# --- aiohttp trace hooks -> the request's httpx `trace` extension (httpcore's event names) -----------
-async def _forward(context: SimpleNamespace, event: str) -> None:
-    trace = getattr(context.trace_request_ctx, "trace", None)
-    if trace is not None:
-        await trace(event, {})
+# --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------
+_TRACE: contextvars.ContextVar[Any] = contextvars.ContextVar("syncrun_trace", default=None)
+_seen: weakref.WeakSet[object] = weakref.WeakSet()  # connections that carried a request already
 
 
-async def _connect_started(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
-    await _forward(context, "connection.connect_tcp.started")
-    if getattr(context.trace_request_ctx, "scheme", "") == "https":  # the server takes part in the handshake
-        await _forward(context, "connection.start_tls.started")
+class _Request(aiohttp.ClientRequest):
+    """aiohttp's request, announcing its send to the httpx request's `trace` (set in `_TRACE` by
+    `handle_async_request`, in the same task). `send` is called with the connection taken from the
+    pool (and connected): a connection no request used before is this request's own set-up."""
 
-
-async def _headers_sent(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
-    await _forward(context, "http11.send_request_headers.started")
-
-
-async def _answered(_: aiohttp.ClientSession, context: SimpleNamespace, __: object) -> None:
-    await _forward(context, "http11.receive_response_headers.complete")
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = conn.protocol
+        opened = protocol is not None and protocol not in _seen
+        if opened:
+            _seen.add(protocol)
+        trace = _TRACE.get()
+        if trace is not None:
+            if opened:
+                await trace("connection.connect_tcp.started", {})
+                if self.url.scheme == "https":  # the server takes part in the handshake
+                    await trace("connection.start_tls.started", {})
+            await trace("http11.send_request_headers.started", {})
+        # nothing awaits from here until the request line and headers are written (see the docstring)
+        return await super().send(conn)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from runner import spec, templating, tokens
+from runner.body import parse_json
 from runner.errors import RunFailed
 from runner.ratelimit.local import AUTHORIZE, Limiter
 from runner.ratelimit.transport import RateLimitedTransport
@@ -235,8 +236,6 @@ class Authenticator:
 
     async def rejected(self, request: httpx.Request, response: httpx.Response, *, renewed: bool) -> str:
         """The message for a 401 the credentials could not get past."""
-        from runner.client import parse_json  # runner.client imports this module
-
         raw = await _excerpt(response)
         body, _ = parse_json(raw)  # bounded depth: 2 KB of `[` is no traceback
         said = _challenge(response.headers.get("www-authenticate", "")) or tokens.oauth_error(body) or tokens.text(raw)

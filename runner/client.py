@@ -7,15 +7,11 @@ httpx exceptions are translated here and nowhere else. The only tenacity import 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
-import re
 import time
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -25,36 +21,21 @@ import httpx
 from runner import spec
 from runner.aiotransport import AiohttpTransport
 from runner.auth import Authenticator, AuthTransport
+from runner.body import ACCEPT_ENCODING, MAX_DEPTH, excerpt, joined, parse_json, read_body
 from runner.errors import FetchError, RunFailed, Transient
-from runner.expressions import JSON
 from runner.plans import RequestPlan
 from runner.ratelimit import GRANTED, Limiter, RateLimitedTransport
+from runner.reply import EXCERPT, Reply
+
+# Where other modules (and tests) have always found them: the body's reader and the reply.
+__all__ = ["ACCEPT_ENCODING", "EXCERPT", "MAX_DEPTH", "Client", "Reply", "build", "parse_json", "read_body", "send"]
 
 if TYPE_CHECKING:
     import tenacity
 
 log = logging.getLogger(__name__)
 
-EXCERPT = 200  # bytes of the body kept in Reply.raw for messages
-ACCEPT_ENCODING = "gzip, deflate"  # what _Decoder can inflate in bounded steps (brotli/zstd: not installed)
-MAX_CODINGS = 2  # content-coding layers decoded ("gzip, gzip" is legal); more are refused
-MAX_DEPTH = 128  # JSON nesting accepted: far below Python's recursion limit and PostgreSQL's jsonb's
-_STEP = 64 * 1024  # decoded bytes per decompress call: the work one event-loop step does
 TRANSIENT_EXCERPT = 80  # characters of a transient answer's body quoted in its retry message
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reply:
-    """One HTTP response, read and closed. `body` is the decoded JSON, or None when it is not JSON."""
-
-    status: int
-    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
-    body: JSON
-    raw: bytes  # the first EXCERPT bytes, for messages
-    url: str  # redacted
-    elapsed: float  # seconds from the rate-limit grant to the end of the body
-    content_type: str  # media type, lower-case, without parameters ("" when absent)
-    problem: str = ""  # why `body` is None although bytes arrived ("" for a plain non-JSON page)
 
 
 class Client(httpx.AsyncClient):
@@ -204,9 +185,11 @@ async def _attempt(
             request.extensions[GRANTED] = granted
             response = await _exchange(client, request)
             try:
+                headers = joined(response.headers)  # once for the whole attempt
                 if response.status_code in policy.statuses:
-                    raise _transient_status(response, policy, limiter, url, await _excerpt(response))
-                raw = await read_body(response, max_body, url)
+                    raw = await excerpt(response, headers)
+                    raise _transient_status(response.status_code, headers, policy, limiter, url, raw)
+                raw = await read_body(response, max_body, url, headers)
             finally:
                 await response.aclose()
     except TimeoutError:
@@ -219,7 +202,7 @@ async def _attempt(
         raise FetchError(f"unusable response from {url} ({type(exc).__name__}: {exc})") from None
     finally:
         request.extensions.pop(GRANTED, None)
-    return _reply(response, raw, url, time.monotonic() - started)
+    return _reply(response.status_code, headers, raw, url, time.monotonic() - started)
 
 
 async def _exchange(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
@@ -238,19 +221,19 @@ async def _exchange(client: httpx.AsyncClient, request: httpx.Request) -> httpx.
 
 
 def _transient_status(
-    response: httpx.Response, policy: spec.Retry, limiter: Limiter, url: str, raw: bytes
+    status: int, headers: Mapping[str, str], policy: spec.Retry, limiter: Limiter, url: str, raw: bytes
 ) -> _Retryable:
     """The retryable error for a transient status; a Retry-After pauses the bucket (or fails the run)."""
-    header = response.headers.get("retry-after")
+    header = headers.get("retry-after")
     retry_after = _retry_after(header) if header else None
     if retry_after is not None:
         if retry_after > policy.max_wait:
             raise RunFailed(
-                f"{url} answered HTTP {response.status_code} with Retry-After: {header} ({retry_after:.0f} s),"
+                f"{url} answered HTTP {status} with Retry-After: {header} ({retry_after:.0f} s),"
                 f" longer than retry.max_wait ({policy.max_wait:g} s); stopping the run instead of waiting"
             )
         limiter.pause(retry_after)
-    detail = f"HTTP {response.status_code}" + (f" (Retry-After: {header})" if header else "")
+    detail = f"HTTP {status}" + (f" (Retry-After: {header})" if header else "")
     # Cut by characters, with a mark: the caller redacts this text (it has the redactor), which masks
     # any 8-character piece of a secret and, before the mark, any start of one the cut left behind.
     text = raw.decode("utf-8", "replace").strip()
@@ -277,169 +260,11 @@ def _retry_after(value: str) -> float | None:
         return None
 
 
-async def _excerpt(response: httpx.Response) -> bytes:
-    """The first EXCERPT decoded bytes, for a message; best effort (a bad encoding gives what decoded)."""
-    excerpt, seen = bytearray(), 0
-    try:
-        chunks, decoder = _stream(response, _STEP)
-        async for chunk in chunks:
-            seen += len(chunk)
-            for piece in decoder.feed(chunk):
-                excerpt += piece
-                if len(excerpt) >= EXCERPT:
-                    return bytes(excerpt[:EXCERPT])
-            if seen > _STEP:
-                break
-    except _BadBody:
-        pass
-    return bytes(excerpt)
-
-
-async def read_body(response: httpx.Response, max_body: int, url: str) -> bytes:
-    """The whole decoded body, abandoned (not buffered) as soon as the bytes on the wire or the decoded
-    bytes would exceed `max_body`. The raw stream is decoded here, in steps of at most _STEP bytes with
-    a yield to the loop between them, so a compression bomb costs at most `max_body` of memory and work."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body:
-        raise FetchError(
-            f"response body from {url} declares {int(declared):,} bytes (Content-Length),"
-            f" more than request.max_body ({max_body:,} bytes)"
-        )
-    body, seen = bytearray(), 0
-    try:
-        chunks, decoder = _stream(response, max_body)
-        async for chunk in chunks:
-            seen += len(chunk)
-            if seen > max_body:
-                raise _BadBody(f"exceeded request.max_body ({max_body:,} bytes); stopped reading")
-            for piece in decoder.feed(chunk):
-                body += piece
-                if len(body) > max_body:
-                    raise _BadBody(
-                        f"exceeded request.max_body ({max_body:,} bytes) once decoded"
-                        f" (Content-Encoding: {decoder.codings}); stopped reading"
-                    )
-                if decoder.layers:  # inflating is CPU work: let the other requests run between steps
-                    await asyncio.sleep(0)
-        if seen:  # a 204 or an empty 200 may still name a coding: nothing to decode is not truncated
-            decoder.finish()
-    except _BadBody as exc:
-        raise FetchError(f"response body from {url} {exc}") from None
-    return bytes(body)
-
-
-def _stream(response: httpx.Response, limit: int) -> tuple[AsyncIterator[bytes], _Decoder]:
-    """The body's raw chunks and the decoder for them. A response made in memory (MockTransport, a
-    replayed cassette) was read and decoded by httpx when it was built: its content passes as is."""
-    if response.is_stream_consumed:
-        return _once(response.content), _Decoder(httpx.Headers(), limit=limit)
-    return response.aiter_raw(), _Decoder(response.headers, limit=limit)
-
-
-async def _once(content: bytes) -> AsyncIterator[bytes]:
-    yield content
-
-
-class _BadBody(Exception):
-    """The body cannot be decoded within the limits; the message completes "response body from URL ..."."""
-
-
-class _Layer:
-    """One gzip/deflate content-coding layer, inflated in pieces of at most _STEP bytes, `limit` in all."""
-
-    def __init__(self, coding: str, limit: int) -> None:
-        self.coding, self.limit, self.produced = coding, limit, 0
-        self.head = b""  # deflate: the first bytes, until they show zlib-wrapped or raw deflate
-        self.inflate: zlib._Decompress | None = None
-        if coding != "deflate":
-            self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        if self.inflate is None:  # RFC 9110 says zlib-wrapped; some servers send raw deflate
-            self.head += data
-            if len(self.head) < 2:
-                return
-            data, self.head = self.head, b""
-            zlib_header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-            self.inflate = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        yield from self._inflate(data)
-
-    def _inflate(self, data: bytes) -> Iterator[bytes]:
-        while True:
-            inflate = self.inflate
-            assert inflate is not None
-            if inflate.eof:  # what follows the end of the data
-                if not data.strip(b"\0"):  # nothing, or NUL padding
-                    return
-                if self.coding == "deflate":
-                    raise _BadBody(f"has {len(data):,} bytes after the end of its deflate data")
-                self.inflate = inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member
-            try:
-                piece = inflate.decompress(data, _STEP)
-            except zlib.error as exc:
-                raise _BadBody(f"is not valid {self.coding} data (Content-Encoding: {self.coding}): {exc}") from None
-            data = inflate.unused_data if inflate.eof else inflate.unconsumed_tail
-            self.produced += len(piece)
-            if self.produced > self.limit:
-                raise _BadBody(f"inflates past request.max_body ({self.limit:,} bytes); stopped reading")
-            if piece:
-                yield piece
-            if not inflate.eof and not data and len(piece) < _STEP:  # all input used, all output out
-                return
-
-    def finish(self) -> None:
-        if self.inflate is None or not self.inflate.eof:
-            raise _BadBody(f"ends inside its {self.coding} data (truncated; Content-Encoding: {self.coding})")
-
-
-class _Decoder:
-    """The body's Content-Encoding undone layer by layer: gzip/x-gzip and deflate, at most MAX_CODINGS
-    layers; identity is nothing. Anything else (br, zstd, compress, …) is refused by name: httpx's own
-    decoders inflate a chunk without bound, and brotli/zstd bindings here cannot cap their output."""
-
-    def __init__(self, headers: httpx.Headers, *, limit: int) -> None:
-        names = [c.strip().lower() for c in headers.get_list("content-encoding", split_commas=True)]
-        codings = [c for c in names if c not in ("", "identity")]
-        self.codings = ", ".join(codings) or "identity"
-        unknown = sorted({c for c in codings if c not in ("gzip", "x-gzip", "deflate")})
-        if unknown:
-            raise _BadBody(
-                f"uses Content-Encoding {', '.join(unknown)}, which syncrun does not decode"
-                f" (it asks for {ACCEPT_ENCODING})"
-            )
-        if len(codings) > MAX_CODINGS:
-            raise _BadBody(
-                f"is encoded {len(codings)} times (Content-Encoding: {self.codings});"
-                f" syncrun decodes at most {MAX_CODINGS} layers"
-            )
-        # Codings are listed in the order they were applied: undo the last first.
-        self.layers = [_Layer("gzip" if c == "x-gzip" else c, limit) for c in reversed(codings)]
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        return self._through(0, data)
-
-    def _through(self, index: int, data: bytes) -> Iterator[bytes]:
-        if index == len(self.layers):
-            if data:
-                yield data
-            return
-        for piece in self.layers[index].feed(data):
-            yield from self._through(index + 1, piece)
-
-    def finish(self) -> None:
-        for layer in self.layers:
-            layer.finish()
-
-
-def _reply(response: httpx.Response, raw: bytes, url: str, elapsed: float) -> Reply:
-    values: dict[str, list[str]] = {}
-    for name, value in response.headers.multi_items():  # joined once: thousands of repeats stay linear
-        values.setdefault(name, []).append(value)
-    headers = {name: ", ".join(repeated) for name, repeated in values.items()}
+def _reply(status: int, headers: dict[str, str], raw: bytes, url: str, elapsed: float) -> Reply:
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     body, problem = parse_json(raw, content_type)
     return Reply(
-        status=response.status_code,
+        status=status,
         headers=headers,
         body=body,
         raw=raw[:EXCERPT],
@@ -448,87 +273,3 @@ def _reply(response: httpx.Response, raw: bytes, url: str, elapsed: float) -> Re
         content_type=content_type,
         problem=problem,
     )
-
-
-# --- JSON: strict, and nothing downstream (JMESPath, json.dumps, psycopg, jsonb) can choke on it --------
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def parse_json(raw: bytes, content_type: str = "application/json") -> tuple[JSON, str]:
-    """(the body as JSON, "") or (None, why not). Strict where Python's json is lenient: no NaN or
-    Infinity, no number beyond a double (1e999), no lone surrogate, at most MAX_DEPTH levels; invalid
-    bytes in the charset (UTF-8/16/32, detected as RFC 8259 says) are refused, not replaced. Duplicate
-    keys: the last wins, as in PostgreSQL's jsonb. A syntax error is only a `problem` for a JSON media
-    type: an HTML page is simply not JSON."""
-    if not raw.strip():
-        return None, ""
-    encoding = json.detect_encoding(raw)
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        return None, f"not valid {encoding.removesuffix('-sig').upper()} at byte {exc.start:,}: {exc.reason}"
-    try:
-        value = json.loads(text, parse_constant=_constant, parse_float=_float)
-    except RecursionError:
-        return None, f"JSON nested deeper than {MAX_DEPTH} levels"
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc}" if "json" in content_type else ""
-    except ValueError as exc:  # from the hooks, or int(): more than sys.get_int_max_str_digits() digits
-        text_error = str(exc)
-        if "integer string conversion" in text_error:
-            text_error = "a number has more digits than Python converts (4,300)"
-        return None, f"unusable JSON: {text_error}"
-    # Nesting cannot pass the number of opening brackets (counted at C speed; most bodies stop here).
-    depth = _depth(value) if text.count("[") + text.count("{") > MAX_DEPTH else 0
-    if depth > MAX_DEPTH:
-        return None, f"JSON nested {depth:,} levels deep, more than {MAX_DEPTH}"
-    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
-        return None, "unusable JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text"
-    return value, ""
-
-
-def _constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _float(literal: str) -> float:
-    number = float(literal)
-    if not math.isfinite(number):
-        raise ValueError(f"the number {literal[:40]} is out of range for a double")
-    return number
-
-
-def _depth(value: JSON) -> int:
-    """The deepest nesting of arrays and objects in a decoded JSON value, level by level (no
-    recursion): the containers of each level are gathered from the one above. ~0.3 ms for a
-    1,000-record page, where a regex pass over the text (strings removed, brackets counted) cost
-    1.2 ms, twice the decoding itself."""
-    level = [value] if type(value) is dict or type(value) is list else []
-    depth = 0
-    while level:
-        depth += 1
-        below: list[JSON] = []
-        append = below.append
-        for item in level:
-            for child in item.values() if type(item) is dict else item:
-                kind = type(child)  # json.loads makes exactly these types: no isinstance needed
-                if kind is dict or kind is list:
-                    append(child)
-        level = below
-    return depth
-
-
-def _has_lone_surrogate(value: JSON) -> bool:
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return True
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return False

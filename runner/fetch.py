@@ -13,10 +13,10 @@ import httpx
 from runner import client as http
 from runner import mapping, plans, spec, templating
 from runner import pagination as pagination_
-from runner.client import Reply
 from runner.errors import EntityError, FetchError, PaginationError
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
+from runner.reply import Reply, describe
 
 __all__ = ["Page", "Reply", "build_request", "describe", "entity", "next_page", "pages"]
 
@@ -236,13 +236,3 @@ def _auth_param(source: spec.Source) -> frozenset[str]:
 def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
     url = request.url.copy_set_param(name, value)
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
-
-
-def describe(reply: Reply) -> str:
-    """What arrived, for messages: `HTTP 200 text/html: '<html><body>oops'`, and why it is not
-    usable JSON when the client said (`... ('JSON nested 2,000 levels deep, more than 128')`)."""
-    text = reply.raw.decode("utf-8", "replace")
-    text = text if len(text) <= 80 else text[:80] + "…"  # the mark lets the redactor mask a secret cut here
-    kind = reply.content_type or "(no content type)"
-    what = f"HTTP {reply.status} {kind}: {text!r}" if text else f"HTTP {reply.status} {kind}: (empty body)"
-    return f"{what} ({reply.problem})" if reply.problem else what

@@ -3,7 +3,7 @@ or error. The rules are data (spec.OutcomeRule); this module only evaluates them
 
 A rule's own error message about a reply that is not JSON (an HTML page, JSON cut short) keeps what
 arrived: `storefront sent no JSON object (HTTP 200 text/html: '<html>…')`, the engine's bounded
-description (fetch.describe: 80 characters, and why it is not JSON), redacted with the message —
+description (reply.describe: 80 characters, and why it is not JSON), redacted with the message —
 otherwise a source's rule would replace the one diagnostic an operator needs.
 """
 
@@ -18,7 +18,7 @@ from jmespath.exceptions import JMESPathError
 from runner import spec
 from runner.errors import OutcomeError
 from runner.expressions import EVALUATION_FAULTS, JSON, Expression, truthy
-from runner.fetch import Reply, describe
+from runner.reply import Reply, describe
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

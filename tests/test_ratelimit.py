@@ -519,3 +519,41 @@ def test_margin_from_yaml(tmp_path: Path) -> None:
     bad.write_text(base.format(rl="{requests: 2, per: 1s, margin: 2m}"))
     with pytest.raises(ConfigError, match=r"rate_limit.margin: '2m' is out of range: from 0s to 60s"):
         config.load(bad)
+
+
+def test_try_reserve_grants_only_what_reserve_would_grant_at_once() -> None:
+    """The transport's synchronous grant: the same grant `reserve()` would hand out without waiting,
+    else None (the slot is later, or another request already waits for the lock: its turn is kept)."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        limiter = Limiter(spec.RateLimit(requests=2, per=1.0, bucket="t"), margin=0.0, clock=clock, sleep=clock.sleep)
+        first = limiter.try_reserve()
+        assert first is not None
+        assert first.at == clock()
+        assert limiter.requests == 1
+        second = await limiter.reserve()
+        assert second.at == clock()
+        assert limiter.try_reserve() is None  # two open grants fill the window
+        limiter.release(first)
+        limiter.release(second)
+        assert limiter.try_reserve() is None  # the window holds both stamps for a second
+        clock.now += 1.0
+        async with limiter._loop_lock():  # a request holds the lock: never jump ahead of it
+            assert limiter.try_reserve() is None
+        third = limiter.try_reserve()
+        assert third is not None
+        assert limiter.requests == 3
+        limiter.close()
+        assert limiter.try_reserve() is None
+
+    asyncio.run(main())
+
+
+def test_a_shared_limiter_has_no_synchronous_grant(db: Database) -> None:
+    limiter = DatabaseLimiter(spec.RateLimit(requests=5, per=1.0, bucket="t", shared=spec.LimitScope.DATABASE), db.dsn)
+
+    async def main() -> None:
+        assert limiter.try_reserve() is None
+
+    asyncio.run(main())

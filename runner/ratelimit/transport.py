@@ -83,10 +83,16 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                 extensions["trace"] = previous
 
     async def _reserve(self) -> Grant:
-        if self._stop is None:
+        stop = self._stop
+        if stop is None or not stop.is_set():
+            # the budget has room now: no task, no wait (a request that must wait takes the path below)
+            grant = self._limiter.try_reserve()
+            if grant is not None:
+                return grant
+        if stop is None:
             return await self._limiter.reserve()
         if self._stopping is None or self._stopping.get_loop() is not asyncio.get_running_loop():
-            self._stopping = asyncio.ensure_future(self._stop.wait())
+            self._stopping = asyncio.ensure_future(stop.wait())
         if not self._stopping.done():
             reserving = asyncio.ensure_future(self._limiter.reserve())
             await asyncio.wait({reserving, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
