@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import sys
 import traceback
@@ -18,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner import logs, migrations
-from runner.commands import demo, init, migrate, new, run, status, validate, workflow
+from runner.commands import demo, init, migrate, new, options, run, status, validate, workflow
 from runner.errors import ConfigError, SyncrunError
 
 EXIT_INTERNAL = 70
@@ -51,44 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """`argv` as the command line would give it: how `demo` and `test-read` build a `run` with its defaults."""
-    return _parser().parse_args(argv)
-
-
-_LONGEST = 10 * 365 * 86400.0  # any longer wait is a typo, and the event loop cannot schedule 1e300 s
-
-
-def _seconds(text: str) -> float:
-    """A duration option: a finite number of seconds above 0 (argparse turns the error into exit 2)."""
-    return _number(text, 0.0, _LONGEST, "a number of seconds above 0", low_allowed=False)
-
-
-def _seconds_or_zero(text: str) -> float:
-    return _number(text, 0.0, _LONGEST, "a number of seconds", low_allowed=True)
-
-
-def _factor(text: str) -> float:
-    return _number(text, 0.0, 1e6, "a number above 0", low_allowed=False)
-
-
-def _number(text: str, low: float, high: float, what: str, *, low_allowed: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (low <= value <= high if low_allowed else low < value <= high):  # NaN fails both
-        raise argparse.ArgumentTypeError(f"expected {what}, at most {high:.0f}, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """A count option: a whole number from 1 (argparse turns the error into exit 2)."""
-    if not text.isascii() or not text.isdigit() or len(text) > 10 or not 1 <= int(text) <= run.MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {run.MAX_LIMIT}, got {text!r}")
-    return int(text)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncrun", description="Declarative sync runner: HTTP APIs into PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"syncrun {_version()}")
@@ -96,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     validate_parser = commands.add_parser("validate", help="check source files; exit 2 listing every problem")
     validate_parser.add_argument("paths", nargs="*", type=Path, help="source files (default: sources/*.yaml)")
-    _set_option(validate_parser)
+    options.set_option(validate_parser)
     validate_parser.set_defaults(handler=validate.handle)
 
     migrate_parser = commands.add_parser("migrate", help="create or upgrade syncrun's tables (idempotent)")
@@ -112,62 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate_parser.set_defaults(handler=migrate.handle)
 
     run_parser = commands.add_parser("run", help="run one or more sources (also: syncrun SOURCE.yaml)")
-    run_parser.add_argument("sources", nargs="+", type=Path)
-    run_parser.add_argument("--limit", type=_count, help="entities per run (default: the source's entities.limit)")
-    run_parser.add_argument(
-        "--batch-size", type=_count, dest="batch_size", help="alias of --limit (as the seed's BATCH_SIZE)"
-    )
-    run_parser.add_argument("--ids", help="comma-separated entity keys to run instead of the selection")
-    run_parser.add_argument("--dry-run", action="store_true", help="fetch, classify and map; print; write nothing")
-    run_parser.add_argument(
-        "--max-runtime", type=_seconds, metavar="SECONDS", help="stop taking entities after this long"
-    )
-    run_parser.add_argument(
-        "--grace",
-        type=_seconds_or_zero,
-        default=5.0,
-        metavar="SECONDS",
-        help="time in-flight entities get after a stop",
-    )
-    run_parser.add_argument("--partition", help="static shard i/n of the selection (e.g. 0/4)")
-    run_parser.add_argument(
-        "--lease",
-        type=_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="how long a claim on an entity lives without a heartbeat (a crashed runner's entities free up after it)",
-    )
-    run_parser.add_argument(
-        "--heartbeat", type=_seconds, default=5.0, metavar="SECONDS", help="job heartbeat and claim renewal interval"
-    )
-    run_parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="forget a list source's checkpoint and watermark, or a per-entity source's validators",
-    )
-    run_parser.add_argument(
-        "--record", type=Path, metavar="DIR", help="save the run's HTTP exchanges (secrets masked) to DIR"
-    )
-    run_parser.add_argument(
-        "--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network"
-    )
-    run_parser.add_argument(
-        "--rate-scale",
-        type=_factor,
-        default=1.0,
-        metavar="K",
-        help="with --replay: run the rate limiter and every wait K times faster (recorded in the job row)",
-    )
-    _set_option(run_parser)
-    run_parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    run_parser.add_argument("--progress-every", type=_count, default=100, metavar="N")
-    run_parser.add_argument(
-        "--stale-after",
-        type=_seconds,
-        default=300.0,
-        metavar="SECONDS",
-        help="reap running jobs without a heartbeat for this long",
-    )
+    options.run(run_parser)
     run_parser.set_defaults(handler=run.handle)
 
     demo_parser = commands.add_parser(
@@ -195,18 +101,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        metavar="PATH=VALUE",
-        help="override a setting of the source files for this run, e.g. pagination.max_items=2 or"
-        " rate_limit.per=1s (repeatable; validated like the file; not for auth, headers or secrets)",
-    )
-
-
 # --- test-read, status, workflow, new (runner/commands/run.py, status.py, workflow.py, new.py) -------------
 def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     read_parser = commands.add_parser(
@@ -217,14 +111,16 @@ def _more_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     read_parser.add_argument(
         "--replay", type=Path, metavar="DIR", help="serve HTTP from the cassettes under DIR; no network"
     )
-    _set_option(read_parser)
+    options.set_option(read_parser)
     read_parser.add_argument("--log-format", choices=("text", "json"), default="text")
     read_parser.set_defaults(handler=run.test_read)
 
     status_parser = commands.add_parser("status", help="per source: due, never synced, backing off, failing; last runs")
     status_parser.add_argument("sources", nargs="*", type=Path, help="source files (default: sources/*.yaml)")
     status_parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    status_parser.add_argument("--runs", type=_count, default=5, metavar="N", help="how many recent runs to show")
+    status_parser.add_argument(
+        "--runs", type=options.count, default=5, metavar="N", help="how many recent runs to show"
+    )
     status_parser.set_defaults(handler=status.handle)
 
     flow_parser = commands.add_parser("workflow", help="print a scheduled GitHub Actions workflow for a source")

@@ -13,16 +13,14 @@ from psycopg.conninfo import make_conninfo
 
 from runner import config, database, migrations, preflight
 from runner.commands import run
+from runner.commands.options import run_arguments
 from runner.errors import UsageError
 
 
 def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """The Steam sources from their replays on the embedded database (or, with --example, the example
     source against a local demo API), through the normal run path; then what was written."""
-    from runner import (
-        cli,  # cli imports this module; run's defaults come from its one parser
-        demo,  # the demo API is only imported when asked for
-    )
+    from runner import demo  # the demo API is only imported when asked for
 
     if args.serve:
         return _serve_demo(args, environ)
@@ -43,8 +41,8 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     codes = []
     for path in sources:
         replayed = root / "sources" / "replays" / path.stem
-        run_args = ["run", str(path), "--replay", str(replayed), "--rate-scale", "50", "--progress-every", "50"]
-        codes.append(int(run.handle(cli.parse(run_args), local)))
+        run_args = [str(path), "--replay", str(replayed), "--rate-scale", "50", "--progress-every", "50"]
+        codes.append(int(run.handle(run_arguments(run_args), local)))
     with database.connect(dsn) as conn:
         print(demo.steam_summary(conn))
     return max(codes)
@@ -69,9 +67,7 @@ def _example_demo(environ: Mapping[str, str]) -> int:
 
 
 def _run_demo(source_path: Path, environ: Mapping[str, str]) -> int:
-    from runner import cli  # as in handle
-
-    args = cli.parse(["run", str(source_path), "--progress-every", "10"])
+    args = run_arguments([str(source_path), "--progress-every", "10"])
     return int(run.handle(args, environ))
 
 

@@ -40,13 +40,12 @@ from runner import (
 )
 from runner.aiotransport import AiohttpTransport
 from runner.commands import connections
+from runner.commands.options import MAX_LIMIT, run_arguments
 from runner.errors import UsageError
 from runner.overrides import Override
 from runner.redaction import Redactor
 
 log = logging.getLogger("syncrun")
-
-MAX_LIMIT = 2**31 - 1  # sync_jobs.batch_size is an integer column
 
 
 def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -297,9 +296,7 @@ def test_read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """`run --dry-run --ids` on the same code path, printed as an explanation. Every option test-read
     declares is forwarded to run's namespace under the same name (so run options added later, like
     --replay, need only be declared here too)."""
-    from runner import cli  # cli imports this module; run's defaults come from its one parser
-
-    forwarded = cli.parse(["run", *map(str, args.sources)])
+    forwarded = run_arguments([*map(str, args.sources)])
     for name, value in vars(args).items():
         if name not in ("handler", "command"):
             setattr(forwarded, name, value)
