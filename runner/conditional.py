@@ -38,10 +38,10 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from runner.client import Reply
 from runner.database import identifier
 from runner.expressions import JSON
 from runner.migrations import Catalog
+from runner.reply import Reply
 from runner.spec import Column, Outcome, PaginationType, QualifiedName, SelectionType, Source
 from runner.templating import Settings, render
 

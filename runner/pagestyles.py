@@ -13,9 +13,9 @@ import httpx
 from jmespath.exceptions import JMESPathError
 
 from runner import links, spec
-from runner.client import Reply
 from runner.errors import PaginationError
 from runner.expressions import EVALUATION_FAULTS, JSON, Expression
+from runner.reply import Reply
 
 __all__ = ["BY_URL", "MAX_CURSOR", "NUMBERED", "STYLES", "At", "Step", "context", "empty", "shown"]
 

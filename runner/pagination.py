@@ -16,10 +16,10 @@ from collections.abc import Callable
 import httpx
 
 from runner import spec
-from runner.client import Reply
 from runner.errors import PaginationError
 from runner.expressions import JSON
 from runner.pagestyles import BY_URL, NUMBERED, STYLES, At, Position, Step, context, empty, shown
+from runner.reply import Reply
 
 __all__ = ["STYLES", "Step", "Walk", "context", "empty"]
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
-from runner import client
+from runner import body
 from runner.errors import UsageError
 from runner.redaction import Redactor
 
@@ -123,8 +123,8 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
-        try:  # decoded by the client's own bounded reader: a bomb costs no more when recording
-            content = await client.read_body(response, self._max_body, self._redact(str(request.url)))
+        try:  # decoded by a run's own bounded reader (runner.body): a bomb costs no more when recording
+            content = await body.read_body(response, self._max_body, self._redact(str(request.url)))
         finally:
             await response.aclose()
         self.interactions.append(

@@ -7,7 +7,7 @@ certificate is verified as `auth.verify_tls` says (default: `request.verify_tls`
 `auth.rate_limited` each attempt waits for the source's rate limit and spends its budget. Each attempt has a
 deadline for the whole exchange (`auth.timeout`, else `request.timeout`: connect, send and the answer
 read to its end, so a server that drips one byte a second cannot hold a run), and the answer is read
-with the API bodies' bounded reader (runner/client.read_body: MAX_BODY bytes, decoded in steps).
+with the API bodies' bounded reader (runner/body.read_body: MAX_BODY bytes, decoded in steps).
 
 The answer is hostile until checked: not JSON, a list, nested past the parser's depth, an
 access_token that is not text, too long (MAX_TOKEN) or not sendable in a header (a CR/LF, a control
@@ -30,8 +30,10 @@ from urllib.parse import quote_plus
 import httpx
 
 from runner import spec, templating
+from runner.body import ACCEPT_ENCODING, parse_json, read_body
 from runner.errors import FetchError, RunFailed
 from runner.ratelimit.local import Limiter
+from runner.ratelimit.transport import RateLimitedTransport
 
 log = logging.getLogger("syncrun")
 
@@ -55,9 +57,6 @@ class Grant:
     refresh_token: str | None = None
 
 
-# runner.client imports runner.auth, which imports this module: its parts are imported where used.
-
-
 class Endpoint:
     """The token requests of one source (its retry policy and deadline); `transport` is for tests."""
 
@@ -78,8 +77,6 @@ class Endpoint:
         self.deadline_key = auth.field("timeout") if auth.timeout else "request.timeout"
         inner = transport or httpx.AsyncHTTPTransport(verify=verify_tls)
         if limiter is not None:  # auth.rate_limited: the token endpoint shares the API's quota
-            from runner.ratelimit.transport import RateLimitedTransport
-
             inner = RateLimitedTransport(inner, limiter)
         self.http = httpx.AsyncClient(transport=inner, timeout=self.timeout, follow_redirects=False)
         self.attempts = 0  # token requests sent (for tests and logs)
@@ -91,8 +88,6 @@ class Endpoint:
 
     def request_parts(self) -> tuple[str, dict[str, str], dict[str, str]]:
         """(URL, form, headers) of the token request."""
-        from runner.client import ACCEPT_ENCODING
-
         auth = self.auth
         form: dict[str, str] = {}
         if auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN:
@@ -177,8 +172,6 @@ class Endpoint:
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     async def exchange(self, url: str, form: dict[str, str], headers: dict[str, str], shown: str) -> tuple[int, bytes]:
-        from runner.client import read_body
-
         request = self.http.build_request("POST", url, data=form, headers=headers)
         response = await self.http.send(request, stream=True)
         self.answered = response.status_code
@@ -198,8 +191,6 @@ class Endpoint:
 
     def checked(self, shown: str, status: int, raw: bytes) -> Grant:
         """The answer of a 2xx, checked; the tokens in it added to the redactor first."""
-        from runner.client import parse_json
-
         body, problem = parse_json(raw)
         what = f"the token endpoint {shown} answered HTTP {status}"
         if not isinstance(body, dict):
@@ -255,8 +246,6 @@ class Endpoint:
         return None
 
     def refused(self, shown: str, status: int, raw: bytes) -> str:
-        from runner.client import parse_json
-
         body, _ = parse_json(raw)
         said = oauth_error(body) or text(raw)
         code = body.get("error") if isinstance(body, dict) else None

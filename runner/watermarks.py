@@ -35,9 +35,9 @@ from jmespath.exceptions import JMESPathError
 from psycopg.types.json import Jsonb
 
 from runner import database, mapping, spec, templating
-from runner.client import Reply
 from runner.errors import EntityError, RunFailed
 from runner.expressions import EVALUATION_FAULTS, JSON
+from runner.reply import Reply
 
 Value = datetime | int
 log = logging.getLogger("syncrun")
