@@ -39,7 +39,7 @@ from runner.breaker import AUTH_STATUSES
 from runner.spec import Outcome, SelectionType, Source
 
 if TYPE_CHECKING:
-    from runner.writer import EntityResult
+    from runner.results import EntityResult
 
 CHUNK = 5_000  # keys per statement at the end of a run: bounded statements and lock sets
 

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runner.results import EntityResult
 from runner.spec import Outcome
-from runner.writer import EntityResult
 
 AUTH_STATUSES = frozenset({401, 403})
 AUTH_TRIP = 5

@@ -26,8 +26,8 @@ from runner import targets
 from runner.spec import OnDelete, Outcome, Source, Write
 
 if TYPE_CHECKING:
+    from runner.results import EntityResult
     from runner.writeplan import SourcePlan
-    from runner.writer import EntityResult
 
 
 def columns(write: Write, key: str) -> tuple[tuple[str, ...], str | None]:

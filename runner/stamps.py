@@ -43,7 +43,7 @@ from runner.statements import MAX_MESSAGE
 from runner.values import coerce
 
 if TYPE_CHECKING:
-    from runner.writer import EntityResult
+    from runner.results import EntityResult
 
 Params = list[tuple[Any, ...]]
 COUNTER = "consecutive_errors"  # the seed's failure counter, maintained when the status table has it
