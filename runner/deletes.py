@@ -80,10 +80,6 @@ def _field(name: str) -> dict[str, Any]:
     return {"type": "field", "children": [], "value": name}
 
 
-def deleting(write: Write) -> bool:
-    return write.on_delete is OnDelete.DELETE and bool(write.delete_by)
-
-
 def write(cursor: psycopg.Cursor[Any], plan: SourcePlan, batch: Sequence[EntityResult]) -> None:
     """Delete the rows of the batch's deleted entities, table by table in reverse write order."""
     gone = [result for result in batch if result.outcome is Outcome.DELETE]
@@ -100,7 +96,7 @@ def described(source: Source, entity: dict[str, Any]) -> list[str]:
     """What a delete of this entity removes and keeps, for dry runs: `apps where appid = 10`."""
     lines = []
     for write in source.writes:
-        if deleting(write):
+        if write.deleting:
             expressions = {f.column: f.expression for f in write.columns}
             where = " and ".join(f"{c} = {expressions[c].search({'entity': entity})!r}" for c in write.delete_by)
             lines.append(f"delete    {write.table} where {where}")

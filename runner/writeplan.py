@@ -26,7 +26,7 @@ from psycopg import sql
 from runner import statements
 from runner.expressions import Expression
 from runner.migrations import Catalog
-from runner.spec import Backoff, Lookup, Merge, OnDelete, SelectionType, Source, Write
+from runner.spec import Backoff, Lookup, Merge, SelectionType, Source, Write
 from runner.stamps import StampPlan
 from runner.statements import Scoped
 from runner.values import FAULTS, Unfit, column_types, converter, fit, unchanged
@@ -74,7 +74,7 @@ class WritePlan:
         self.copy_binary = statements.copy_sql(target, binary=True)
         self.copy_upsert = statements.copy_upsert_sql(target, touch)
         self.replaced = Scoped(target.table, target.replace_by)
-        self.deleting = target.on_delete is OnDelete.DELETE and bool(target.delete_by)
+        self.deleting = target.deleting
         self.removed = Scoped(target.table, target.delete_by)
         mapped = {f.column: f.expression for f in target.columns}
         self._scope = tuple((column, mapped.get(column)) for column in target.replace_by)

@@ -79,6 +79,11 @@ class Write:
     def column_names(self) -> tuple[str, ...]:
         return tuple(f.column for f in self.columns)
 
+    @property
+    def deleting(self) -> bool:
+        """`outcome: delete` removes this write's rows of the entity: the one rule deletes and writeplan read."""
+        return self.on_delete is OnDelete.DELETE and bool(self.delete_by)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Status:
