@@ -249,7 +249,7 @@ class Expression:
     @classmethod
     def compile(cls, text: str) -> Expression:
         """Compile `text`; raises jmespath.exceptions.ParseError, or ExpressionTooComplex when it is
-        too long or deep to parse safely (config.py turns either into a Problem)."""
+        too long or deep to parse safely (runner/exprcheck.py turns either into a config problem)."""
         if reason := too_complex(text):
             raise ExpressionTooComplex(reason)
         try:

@@ -1,7 +1,8 @@
 """Reading a YAML file for config: node lines kept, aliases and absurd nesting refused, and JSON
 Schema errors turned into `file:line: path: message` problems a YAML author can act on.
 
-Used by `config` only (for source files and syncrun.yaml); returns plain dicts, lists and scalars.
+Used by `config` (for source files and syncrun.yaml) and the modules it reads sections with (filters,
+authblocks, overrides, exprcheck, ownership); returns plain dicts, lists and scalars.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - `db` (function): a fresh schema per test, first on the search_path of `db.dsn` (through the
   `options=-c search_path=...` connection parameter, so subprocesses and new connections see it)
   and dropped afterwards, with any extra schemas the test asked for.
-- `make_source(...)`: a `spec.Source` built directly, without config.py.
+- `make_source(...)`: a `spec.Source` built directly, without runner/config.
 """
 
 from __future__ import annotations

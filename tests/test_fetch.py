@@ -26,7 +26,7 @@ def make_source(
     headers: dict[str, str] | None = None,
     pagination: spec.Pagination = NO_PAGINATION,
 ) -> spec.Source:
-    """A minimal Source built directly (no config.py): entity key `appid`, a fast retry policy."""
+    """A minimal Source built directly (not loaded by runner/config): entity key `appid`, a fast retry policy."""
     return spec.Source(
         name="t",
         path=Path("t.yaml"),

@@ -54,7 +54,7 @@ class RequestSection(Builder):
         return auth
 
     def batch(self, raw: JSON, columns: frozenset[str] | None) -> spec.Batch | None:
-        roots = self.mapping_roots(columns, record=False)  # evaluated over the mapping context (engine.part)
+        roots = self.mapping_roots(columns, record=False)  # evaluated over the mapping context (engine.batches.part)
         record = self.expression(("request", "batch", "record"), raw["record"], roots)
         extra = {k: raw[k] for k in ("separator",) if k in raw}
         return None if record is None else spec.Batch(size=raw["size"], param=raw["param"], record=record, **extra)

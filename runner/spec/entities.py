@@ -38,7 +38,7 @@ class Entities:
     syncable_column: str | None = "is_syncable"
     # the cut-off: an entity with this many failed runs since its last success is not selected (None: never)
     max_consecutive_errors: int | None = None
-    join: tuple[Join, ...] = ()  # default selection: tables left-joined on the key (runner/filters.py)
+    join: tuple[Join, ...] = ()  # default selection: tables left-joined on the key (runner/filtersql.py)
     where: tuple[Filter, ...] = ()  # default selection: all must hold for an entity to be due
     order: tuple[OrderTerm, ...] = ()  # default selection: sort terms before the built-in ones
 

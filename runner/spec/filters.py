@@ -1,4 +1,4 @@
-"""The declarative join, filters and order of the default selection (compiled by runner/filters.py)."""
+"""The declarative join, filters and order of the default selection (compiled by runner/filtersql.py)."""
 
 from __future__ import annotations
 
