@@ -11,7 +11,8 @@ does not remove it) and under `if TYPE_CHECKING:`. Type-only imports count becau
 the direction of the flow, not about import time: a module that names another's type in its
 signatures knows that module's concepts, and a type-only import is how a back-edge (and a cycle)
 hides. The fix for one is the same as for any other upward import: move the type down to a module
-both can import (as `Reply` moved from fetch to client).
+both can import (as `Reply` moved from fetch to runner.reply, and `EntityResult` from writer to
+runner.results).
 """
 
 from __future__ import annotations
@@ -46,64 +47,32 @@ FORBIDDEN: tuple[tuple[str, tuple[str, ...], str], ...] = (
             ("writer", "targets", "writeplan", "statements"),
             "the HTTP side knows nothing of writing: hand rows on through the engine",
         )
-        # fetch and client, and the modules split out of them (transport, compiled request, paging)
-        for http in ("fetch", "client", "aiotransport", "plans", "pagination", "pagestyles")
+        # fetch and client, and the modules split out of them (transport, compiled request, paging, body,
+        # reply), and the credentials they send (auth, tokens)
+        for http in (
+            "fetch",
+            "client",
+            "aiotransport",
+            "plans",
+            "pagination",
+            "pagestyles",
+            "body",
+            "reply",
+            "auth",
+            "tokens",
+        )
+    ),
+    (
+        "commands",
+        ("cli",),
+        "a subcommand takes what it needs from below: run's options and their defaults are commands.options'",
     ),
     ("mapping", ("database",), "mapping turns a reply into rows without a connection: the writer writes them"),
     (
         "outcomes",
         ("fetch",),
-        "classifying a reply needs only the reply: take `Reply` from the lower module both use (runner.client)",
+        "classifying a reply needs only the reply: take `Reply` from the lower module both use (runner.reply)",
     ),
-)
-
-# PENDING: the splits other helpers of issue #15 are making right now (engine, cli, config, spec,
-# scaffold, client, pagination, targets). The lead empties these sets as their splits land; the test
-# fails on an entry that no longer applies, so it says which one to remove.
-PENDING_SIZE = frozenset({"cli", "config", "spec", "scaffold", "client", "pagination", "targets"})
-PENDING_IMPORTS = frozenset(
-    {
-        ("outcomes", "fetch"),  # Reply is runner.client's already; fetch.describe (the excerpt) must follow it
-    }
-)
-
-# TEMPORARY: where docs/architecture.md's table, as written, disagrees with the code today (issue #15).
-# Not weakened silently: each entry is either an import to move down or a row to reorder in the map,
-# for the lead to decide. The test fails on an entry that no longer applies, so the sets only shrink.
-NOT_IN_MAP_TODAY = frozenset(
-    {
-        "aiotransport",
-        "authblocks",
-        "claimsize",
-        "conditional",
-        "ids",
-        "listings",
-        "logs",
-        "overrides",
-        "stamps",
-        "starters",
-        "tokens",
-        "watermarks",
-    }
-)
-UPWARD_TODAY = frozenset(
-    {
-        ("auth", "client"),  # a late import of client.parse_json (client imports auth)
-        ("auth", "ratelimit"),  # auth's transport wraps the limiter's; the map lists ratelimit above auth
-        ("auth", "templating"),
-        ("backoff", "breaker"),  # breaker.AUTH_STATUSES
-        ("client", "plans"),
-        ("config", "deletes"),  # config sits low in the map but builds from deletes, filters, ...
-        ("config", "filters"),
-        ("deletes", "targets"),
-        ("deletes", "writer"),  # TYPE_CHECKING: writer.EntityResult
-        ("fetch", "mapping"),
-        ("preflight", "templating"),
-        ("project", "workflow"),  # `project` writes the workflow file; its row is below the faces' row
-        ("ratelimit", "database"),  # the shared limiters reuse database's timeouts and DSN redaction
-        ("selection", "backoff"),
-        ("writeplan", "values"),
-    }
 )
 
 
@@ -199,7 +168,7 @@ ALL_IMPORTS = [found for module in MODULES for found in imports_of(module)]
 def map_rows() -> list[tuple[int, list[str]]]:
     """(line number, module names) of each row, top first. In the first cell, backticked names are
     modules; names in parentheses are the modules of the package before them (`commands` (`run`, ...)),
-    or more modules of the row when the parentheses start with `+` (`config` (+ `sourcefile`))."""
+    or more modules of the row when the parentheses start with `+` (`config` (+ `exprcheck`))."""
     lines = MAP.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| module |"))
     rows: list[tuple[int, list[str]]] = []
@@ -244,10 +213,6 @@ def shown(row: int) -> str:
     return f"docs/architecture.md:{number} (`{'`, `'.join(names)}`)"
 
 
-def listed(pairs: frozenset[tuple[str, str]], found: Import) -> bool:
-    return any(within(found.importer, a) and within(found.imported, b) for a, b in pairs)
-
-
 # --- the tests -------------------------------------------------------------------------------------------
 def test_every_module_has_at_most_400_lines() -> None:
     sizes = {module: len(path.read_text().splitlines()) for module, path in MODULES.items()}
@@ -255,11 +220,9 @@ def test_every_module_has_at_most_400_lines() -> None:
         f"{path_of(module)}: {lines} lines, {lines - MAX_LINES} over {MAX_LINES}: split it along the seam it"
         " already has into modules named by nouns (no utils), and give each a row in docs/architecture.md"
         for module, lines in sorted(sizes.items())
-        if lines > MAX_LINES and module not in PENDING_SIZE
+        if lines > MAX_LINES
     ]
     assert not too_long, "\n".join(too_long)
-    done = sorted(module for module in PENDING_SIZE if module not in MODULES or sizes[module] <= MAX_LINES)
-    assert not done, f"within {MAX_LINES} lines now (or gone): remove {done} from PENDING_SIZE in {__file__}"
 
 
 def test_no_forbidden_imports() -> None:
@@ -267,15 +230,9 @@ def test_no_forbidden_imports() -> None:
         f"{found}: forbidden ({importer} must not import {', '.join(forbidden)}): {why}"
         for importer, forbidden, why in FORBIDDEN
         for found in ALL_IMPORTS
-        if within(found.importer, importer)
-        and any(within(found.imported, name) for name in forbidden)
-        and not listed(PENDING_IMPORTS, found)
+        if within(found.importer, importer) and any(within(found.imported, name) for name in forbidden)
     ]
     assert not broken, "\n".join(broken)
-    stale = sorted(
-        pair for pair in PENDING_IMPORTS if not any(listed(frozenset({pair}), found) for found in ALL_IMPORTS)
-    )
-    assert not stale, f"no longer imported: remove {stale} from PENDING_IMPORTS in {__file__}"
 
 
 def test_every_module_has_a_row_in_the_map() -> None:
@@ -283,11 +240,9 @@ def test_every_module_has_a_row_in_the_map() -> None:
         f"{path_of(module)} has no row in docs/architecture.md's module table: add one for `{module}` below"
         " every module that imports it and above every module it imports, saying what it owns"
         for module in sorted(MODULES)
-        if module not in UNMAPPED and row_of(module) is None and module not in NOT_IN_MAP_TODAY
+        if module not in UNMAPPED and row_of(module) is None
     ]
     assert not missing, "\n".join(missing)
-    stale = sorted(name for name in NOT_IN_MAP_TODAY if name not in MODULES or name in ROW_OF)
-    assert not stale, f"in the map now (or gone): remove {stale} from NOT_IN_MAP_TODAY in {__file__}"
 
 
 def test_every_row_of_the_map_names_a_module() -> None:
@@ -301,17 +256,11 @@ def test_every_row_of_the_map_names_a_module() -> None:
 
 def test_imports_go_down_the_map() -> None:
     """A module imports only modules below its row; modules sharing a row (a package's modules,
-    `config` (+ `sourcefile`, `exprcheck`)) form one layer and may import each other."""
+    `config` (+ `exprcheck`)) form one layer and may import each other."""
     upward: list[str] = []
-    used: set[tuple[str, str]] = set()
     for found in ALL_IMPORTS:
         here, there = row_of(found.importer), row_of(found.imported)
         if here is None or there is None or there >= here:
-            continue
-        if listed(PENDING_IMPORTS, found):
-            continue
-        if listed(UPWARD_TODAY, found):
-            used.update(pair for pair in UPWARD_TODAY if listed(frozenset({pair}), found))
             continue
         upward.append(
             f"{found}, which the map lists above it: {shown(there)} is above {shown(here)}, and a module"
@@ -319,5 +268,3 @@ def test_imports_go_down_the_map() -> None:
             " below both); if the map is what is wrong, move the row"
         )
     assert not upward, "\n".join(upward)
-    stale = sorted(UPWARD_TODAY - used)
-    assert not stale, f"no longer imported upward: remove {stale} from UPWARD_TODAY in {__file__}"
