@@ -437,3 +437,39 @@ def test_a_url_with_userinfo_is_refused_before_anything_is_sent(
     assert "Traceback" not in err
     assert "pw-secret" not in err
     assert api.requests == []
+
+
+def test_ids_another_live_runner_holds_are_named_and_the_run_is_not_completed(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review11 F3: `--ids` names exactly what to run; ids another live runner holds used to be skipped
+    silently (`completed`, exit 0, a subset). They are named and the run fails (exit 1); the others run.
+    A claim that has lapsed (its runner is gone) is no reason: that id runs."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=range(1, 9))
+    for appid in range(1, 9):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "insert into syncrun_state (source, entity_key, claimed_by, claim_expires_at) select 'alpha', k::text,"
+        " 'elsewhere:7:cafe', now() + interval '10 minutes' from unnest('{2,3,4,5,6,7}'::int[]) k"
+    )
+    env.run("update syncrun_state set claim_expires_at = now() - interval '1 second' where entity_key = '7'")
+    assert run(str(source), "--ids", "1,2,3,4,5,6,7,8") == 1
+    ((status, processed, error, busy),) = env.rows(
+        "select status, items_processed, error_message, metadata->>'busy_ids' from sync_jobs"
+    )
+    assert (status, processed, busy) == ("failed", 3, "5")
+    assert error.startswith(
+        "5 of the --ids were not run: another runner holds them (2, 3, 4, 5, 6; held by elsewhere:7:cafe until "
+    )
+    assert sorted(r.path for r in api.requests) == ["/apps/1", "/apps/7", "/apps/8"]
+    assert f"warning alpha: {error}" in capsys.readouterr().err
+    # the other runner's claims are untouched; once they are free, the same command completes
+    assert (
+        env.scalar(
+            "select count(*) from syncrun_state where claimed_by = 'elsewhere:7:cafe' and claim_expires_at > now()"
+        )
+        == 5
+    )
+    env.run("update syncrun_state set claimed_by = null, claim_expires_at = null")
+    assert run(str(source), "--ids", "1,2,3,4,5,6,7,8") == 0

@@ -20,6 +20,8 @@ from runner.expressions import JSON
 
 log = logging.getLogger("syncrun")
 
+_CLAIM_WAIT = 10.0  # seconds a cut producer waits for its running claim statement (then the lease frees it)
+
 
 async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
     """Feed the fetchers groups of entities: one each, or `request.batch.size` for batched requests
@@ -28,7 +30,7 @@ async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
     group: list[dict[str, JSON]] = []
     while not state.stop.is_set():
         try:
-            chunk = await asyncio.to_thread(next, chunks, None)
+            chunk = await _next(chunks)
         except (DatabaseError, psycopg.Error) as error:
             state.halt("failed", f"selecting entities: {error}")
             break
@@ -47,6 +49,20 @@ async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
     # fetchers are cut with it, so nobody waits for these.
     for _ in range(state.source.concurrency):
         await state.entities.put(DONE)
+
+
+async def _next(chunks: Iterator[list[dict[str, JSON]]]) -> list[dict[str, JSON]] | None:
+    """The next chunk, selected and claimed in a worker thread. A producer cut by the grace period
+    first lets a claim statement already running finish (a thread cannot be cancelled), so the claims
+    it takes exist when the run's end releases what it holds."""
+    claiming = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+    try:
+        return await asyncio.shield(claiming)
+    except asyncio.CancelledError:
+        await asyncio.wait({claiming}, timeout=_CLAIM_WAIT)
+        if claiming.done() and not claiming.cancelled():
+            claiming.exception()  # read: an error here has nobody left to report it to
+        raise
 
 
 async def hand_over(state: Run, group: list[dict[str, JSON]]) -> None:

@@ -16,6 +16,7 @@ import httpx
 import psycopg
 
 from runner import backoff, breaker, history, listings, mapping, spec
+from runner.claims import Held
 from runner.claimsize import ClaimSize
 from runner.conditional import Store
 from runner.engine.report import Options, Report
@@ -61,6 +62,7 @@ class Run:
         per_request = source.request.batch.size if source.request.batch else 1
         self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
+        self.busy: list[Held] = []  # `--ids` another runner holds: not run, so the run is not complete
         self.breaker = breaker.Breaker(transient_runs=source.backoff.transient_runs)
         self.history = history.History(source)  # known-bad entities: the breaker does not count them
         self.lease: listings.Lease | None = None  # a list source's lease on its listing, renewed with the heartbeat
