@@ -473,3 +473,53 @@ def test_ids_another_live_runner_holds_are_named_and_the_run_is_not_completed(
     )
     env.run("update syncrun_state set claimed_by = null, claim_expires_at = null")
     assert run(str(source), "--ids", "1,2,3,4,5,6,7,8") == 0
+
+
+TEXT_KEYS = """\
+name: slugs
+entities:
+  type: default
+  columns: {{slug: text}}
+request:
+  url: "${{env.API_URL}}/{path}"
+  timeout: 2s
+{request}rate_limit: {{requests: 200, per: 1s, burst: 20, bucket: slugs}}
+retry: {{attempts: 1}}
+fail_ratio: 1
+writes:
+  - table: slugs
+    key: [slug]
+    columns: {{slug: entity.slug, name: body.name}}
+"""
+
+
+def text_keyed(db: Database, tmp: Path, slugs: list[str], *, path: str, request: str = "") -> Path:
+    """A source over text keys (`slug`), seeded with these entities; `request`: more of its request block."""
+    (tmp / "syncrun.yaml").write_text(
+        "status: {table: sync_status, key: slug}\nentities: {key: slug, key_type: text}\n"
+    )
+    file = tmp / "slugs.yaml"
+    file.write_text(TEXT_KEYS.format(path=path, request=request))
+    assert cli.main(["migrate", str(file)]) == 0
+    db.run("create table slugs (slug text primary key, name text)")
+    db.rows("insert into sync_status (slug) select unnest(%s::text[]) returning slug", (slugs,))
+    return file
+
+
+def test_a_batched_key_holding_the_separator_fails_alone_unsent(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review11 F5: `b1,b2` joined into `ids=b1,b2,b3` was three ids to the API for two entities. The
+    entity whose key contains `batch.separator` fails alone, definitively, and is not sent; the rest of
+    its batch goes out as one request."""
+    batch = '  batch: {size: 10, param: ids, record: "get(body, entity.slug)"}\n'
+    source = text_keyed(env, tmp_path, ["b1,b2", "b3", "b4", "x;y"], path="batch", request=batch)
+    api.route(
+        "/batch",
+        lambda r: Reply(200, json={i: {"name": f"N {i}"} for i in r.query["ids"].split(",")}),
+    )
+    assert run(str(source)) == 0
+    assert [r.query["ids"] for r in api.requests] == ["b3,b4,x;y"]
+    assert env.rows("select slug, name from slugs order by slug") == [("b3", "N b3"), ("b4", "N b4"), ("x;y", "N x;y")]
+    assert env.rows("select entity_key, last_error from syncrun_state where last_error is not null") == [
+        ("b1,b2", "key contains the batch separator ','; not sent")
+    ]
+    assert env.rows("select items_processed, items_succeeded, items_failed from sync_jobs") == [(4, 3, 1)]
