@@ -523,3 +523,19 @@ def test_a_batched_key_holding_the_separator_fails_alone_unsent(env: Database, a
         ("b1,b2", "key contains the batch separator ','; not sent")
     ]
     assert env.rows("select items_processed, items_succeeded, items_failed from sync_jobs") == [(4, 3, 1)]
+
+
+def test_an_entity_key_with_a_line_break_cannot_forge_log_lines(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review11 F8: a key holding CR/LF printed its own line in the text log (here a fake summary
+    line). Control characters in text log lines and in the summary line are escaped."""
+    forged = "z\r\n04:00:00 info    slugs: completed — processed 999"
+    source = text_keyed(env, tmp_path, [forged, "\x1b[31mred"], path="s", request='  headers: {X-Id: "{slug}"}\n')
+    api.route("/s", Reply(200, json={"name": "n"}))
+    assert run(str(source), "--ids", f"{forged},\x1b[31mred") == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "\x1b" not in err
+    assert "slugs z\\r\\n04:00:00 info    slugs: completed — processed 999 failed: header X-Id" in err
+    assert [line.split(" ", 2)[1] for line in err.splitlines() if not line.startswith("slugs:")] == ["warning"] * 2
