@@ -539,3 +539,33 @@ def test_an_entity_key_with_a_line_break_cannot_forge_log_lines(
     assert "\x1b" not in err
     assert "slugs z\\r\\n04:00:00 info    slugs: completed — processed 999 failed: header X-Id" in err
     assert [line.split(" ", 2)[1] for line in err.splitlines() if not line.startswith("slugs:")] == ["warning"] * 2
+
+
+@pytest.mark.parametrize(("bound", "most"), [(500_000, 2), (50_000, 1)])
+def test_heavy_rows_are_committed_before_write_batch_fills_entity_by_entity(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int, most: int
+) -> None:
+    """review11 F7: a 10 MB body decodes into ~270 MB of Python objects, and `write_batch` (100) of
+    them waited for one commit (4.4 GB for 16). The writer commits once the rows waiting pass
+    writes.HOLD_BYTES (here lowered): ~210 KB of rows each, so at most 2 entities per transaction under
+    500 KB, and each alone under 50 KB (heavier than the bound: written alone, no hang). An entity's
+    rows and its stamp still commit in one transaction (the same xmin)."""
+    from runner.engine import writes
+
+    monkeypatch.setattr(writes, "HOLD_BYTES", bound)
+    source = write_source(tmp_path, columns="name: record.name\n      payload: record.payload")
+    seed(env, source, appids=range(1, 13))
+    env.run("alter table apps add column payload jsonb")
+    for appid in range(1, 13):
+        api.route(f"/apps/{appid}", app(appid, payload=[f"{appid:040d}"] * 2000))
+    assert run(str(source), "--set", "write_batch=100") == 0
+    per_transaction = env.rows("select count(*) from apps group by xmin::text")
+    assert max(n for (n,) in per_transaction) <= most
+    assert sum(n for (n,) in per_transaction) == 12
+    assert (
+        env.scalar(
+            "select count(*) from apps a join sync_status s using (appid)"
+            " where a.xmin::text = s.xmin::text and s.last_alpha_sync is not null"
+        )
+        == 12
+    )

@@ -12,7 +12,7 @@ from dataclasses import replace
 import psycopg
 
 from runner import breaker, fetch, spec
-from runner.engine import batches, classification
+from runner.engine import batches, classification, writes
 from runner.engine.report import Trace
 from runner.engine.state import DONE, Run
 from runner.errors import DatabaseError, EntityError, RunFailed, Stopped
@@ -85,7 +85,7 @@ async def fetcher(state: Run) -> None:
             state.unprocessed.extend(keys)
         for trace in traces:
             judge(state, trace)
-            await state.results.put(trace)
+            await writes.hand_over(state, trace)
         state.inflight.difference_update(keys)
         state.claim_size.done(len(keys))
 

@@ -66,6 +66,7 @@ class Trace:
     declared: bool = False  # the deciding outcome rule is the source's own, not a default one
     capped: str = ""  # why a cap (max_pages, max_items, the default page cap) cut this entity's listing
     items: int | None = None  # a list source's page: the records it counts as (None: one entity)
+    weight: int = 0  # bytes its rows hold, roughly, while they wait for the writer (runner/engine/writes.py)
 
 
 @dataclass(slots=True)

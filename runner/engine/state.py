@@ -54,6 +54,11 @@ class Run:
         self.now = datetime.now(UTC)
         self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
         self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
+        # Estimated bytes of the rows queued or batched for the writer, not yet committed: fetchers wait
+        # in `room` while it is past writes.HOLD_BYTES, so memory follows it, not write_batch (F7).
+        self.held = 0
+        self.room = asyncio.Condition()
+        self.waiting = 0  # fetchers waiting in `room`: the writer commits what it has at once
         self.unprocessed: list[JSON] = []
         self.exhausted = False  # the selection had no more entities (a breaker trip then stopped nothing)
         self.transients = backoff.Transients(source)  # counted at the end of the run (runner.backoff)
