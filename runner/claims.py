@@ -8,13 +8,17 @@ lock on the user's table (seed workers keep updating it) and leaves a lease that
 transaction, which is what a run of minutes needs. Claims commit before a chunk is yielded.
 
 `renew` extends a holder's claims with the job heartbeat; `release` gives back the ones it did not
-process. runner/selection.py claims every chunk it selects through `Claim`, `claim_sql` and `claimed`.
+process, `release_held` every one it still holds when its run ends (a write releases its entities'
+claims in the same transaction, so what is left was not finished: queued, in flight, or claimed by a
+selection statement the run stopped waiting for). `held` says who holds the keys a claim did not win.
+runner/selection.py claims every chunk it selects through `Claim`, `claim_sql` and `claimed`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -45,6 +49,38 @@ def release(conn: psycopg.Connection, source: Source | str, holder: str, keys: S
             (_name(source), holder, [str(k) for k in keys]),
         )
     return cursor.rowcount
+
+
+def release_held(conn: psycopg.Connection, source: Source | str, holder: str) -> int:
+    """Drop every claim `holder` still has on `source` (its run is over: none of them will be written)."""
+    with conn.transaction():
+        cursor = conn.execute(
+            "update syncrun_state set claimed_by = null, claim_expires_at = null where source = %s and claimed_by = %s",
+            (_name(source), holder),
+        )
+    return cursor.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An entity a claim did not win: its key, who holds it and until when unless renewed (None: the
+    claim lapsed since)."""
+
+    key: Any
+    holder: str | None
+    until: datetime | None
+
+
+def held(conn: psycopg.Connection, source: Source | str, keys: Sequence[Any]) -> list[Held]:
+    """Who holds these entities' live claims (keys no claim of ours won), one per key in the order given."""
+    with conn.transaction():
+        rows = conn.execute(
+            "select entity_key, claimed_by, claim_expires_at from syncrun_state where source = %s"
+            " and entity_key = any(%s::text[]) and claimed_by is not null and claim_expires_at > now()",
+            (_name(source), [str(k) for k in keys]),
+        ).fetchall()
+    found = {row[0]: (row[1], row[2]) for row in rows}
+    return [Held(key, *found.get(str(key), (None, None))) for key in keys]
 
 
 def _name(source: Source | str) -> str:

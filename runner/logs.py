@@ -1,7 +1,9 @@
 """Log output: readable text or one JSON object per line, always passed through the redactor.
 
 Every record goes through `_Redacting`, so a secret that slips into a message (an API echoing a
-token, an exception text with a DSN) is masked before it reaches a terminal or a CI log.
+token, an exception text with a DSN) is masked before it reaches a terminal or a CI log. A text
+record is one line: control characters in it (an entity key's CR/LF, an API's ESC) are escaped, so
+they cannot forge log lines or terminal output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,19 @@ from runner.redaction import Redactor
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _configured: list[Redactor] = [Redactor()]  # see redactor()
 _OURS = "_syncrun_redacting"  # marks the root handler `configure` adds, so a second call replaces it
+# C0, DEL and C1 controls as repr writes them; also the Unicode line and paragraph separators and the
+# bidi embeddings, overrides and isolates, which reorder or break a line as a terminal shows it.
+_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0D: "\\r",
+    **{code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+}
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters escaped (`\\n`, `\\r`, `\\x1b`), everything else as it is."""
+    return text.translate(_ESCAPED)
 
 
 class _Redacting(logging.Filter):
@@ -52,7 +67,8 @@ class _Text(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        return f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f" {extras}" if extras else "")
+        line = f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f" {extras}" if extras else "")
+        return printable(line)
 
 
 class _GitHub(_Text):

@@ -19,7 +19,8 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
 - sql: the user's query with `%(limit)s`, `%(after_key)s` (null first) and `%(source)s`; it must
   return the key column, order by it and start after `after_key`. Paged with after_key.
 - ids: exactly these entities (`--ids`), whether due or not (backoff is ignored, claims are not);
-  their columns come from the source's own selection (runner.ids).
+  their columns come from the source's own selection (runner.ids). An id another runner holds is
+  not run: it goes to the caller's `busy` list (with its holder), so the run can say so.
 
 Claims (runner/claims.py): every chunk is claimed in the same statement that selects it, so several
 runners of one source never process the same entity at once; claims commit before a chunk is yielded.
@@ -42,7 +43,9 @@ from psycopg.rows import dict_row
 from runner import backoff, claims, filters, filtersql
 from runner import ids as ids_
 from runner.claims import Entity
+from runner.claims import Held as Held
 from runner.claims import release as release  # the engine releases and renews through runner.selection
+from runner.claims import release_held as release_held
 from runner.claims import renew as renew
 from runner.database import identifier
 from runner.errors import SelectionError
@@ -66,18 +69,20 @@ def chunks(
     partition: tuple[int, int] | None = None,
     claim: bool = True,
     chunk_size: int | Callable[[], int] = CHUNK_SIZE,
+    busy: list[Held] | None = None,
 ) -> Iterator[list[Entity]]:
     """Entities in chunks, `limit` in total, each chunk claimed for `holder` before it is yielded.
 
     `after` starts past that key; `claim=False` (dry runs) selects without claiming anything.
     `chunk_size` may be a callable asked before each chunk (runner/claimsize.py: a runner claims what
-    it will finish soon, so several runners of one source share the due set).
+    it will finish soon, so several runners of one source share the due set). `busy` collects the
+    `ids` another runner holds (other selections skip those silently: they are not due for this runner).
     """
     claimer = claims.Claim(source.name, holder, lease_seconds, claim, backoff.held_back_sql(source))
     part = Partition(*partition) if partition is not None else None
     budget = _Budget(limit, chunk_size)
     if ids is not None:
-        pages = _by_ids(conn, source, list(ids), claimer, budget)
+        pages = _by_ids(conn, source, list(ids), claimer, budget, busy if busy is not None else [])
     elif source.entities.type is SelectionType.DEFAULT:
         pages = _default(conn, source, claimer, part, after, budget)
     elif source.entities.type is SelectionType.FUNCTION:
@@ -294,13 +299,18 @@ cast_key = ids_.cast_key  # the command line and the engine cast --ids here
 
 
 def _by_ids(
-    conn: psycopg.Connection, source: Source, ids: list[Any], claim: claims.Claim, budget: _Budget
+    conn: psycopg.Connection, source: Source, ids: list[Any], claim: claims.Claim, budget: _Budget, busy: list[Held]
 ) -> Iterator[list[Entity]]:
     key = source.entities.key
     typed = list(dict.fromkeys(cast_key(source, value) for value in ids))
     while typed and (size := budget.next()) > 0:
         page, typed = typed[:size], typed[size:]
-        yield budget.spend(claims.claimed(conn, claim, ids_.rows(conn, source, page), key, backoff=False))
+        rows = ids_.rows(conn, source, page)
+        won = claims.claimed(conn, claim, rows, key, backoff=False)
+        if len(won) < len(rows):  # backoff is ignored: only a live claim of another runner refuses an id
+            taken = {row[key] for row in won}
+            busy.extend(claims.held(conn, source, [row[key] for row in rows if row[key] not in taken]))
+        yield budget.spend(won)
 
 
 # --- function and sql selection -------------------------------------------------------------------------

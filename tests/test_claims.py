@@ -60,3 +60,28 @@ def test_backing_off_entities_are_claimed_only_when_backoff_is_ignored(state: Da
 def test_a_dry_run_claims_nothing(state: Database) -> None:
     assert _claim(state, "a", [1, 2], enabled=False) == [1, 2]
     assert state.scalar("select count(*) from syncrun_state") == 0
+
+
+def test_release_held_drops_every_claim_of_the_holder_on_the_source_only(state: Database) -> None:
+    _claim(state, "a", [1, 2])
+    _claim(state, "b", [3])
+    state.run(
+        "insert into syncrun_state (source, entity_key, claimed_by, claim_expires_at)"
+        " values ('other', '1', 'a', now() + interval '1 hour')"
+    )
+    assert claims.release_held(state.conn, SOURCE, "a") == 2
+    assert state.rows(
+        "select source, entity_key, claimed_by from syncrun_state where claimed_by is not null order by 1, 2"
+    ) == [
+        ("example", "3", "b"),
+        ("other", "1", "a"),
+    ]
+
+
+def test_held_names_the_holder_of_each_key_a_claim_did_not_win(state: Database) -> None:
+    _claim(state, "b", [2, 3])
+    state.run("update syncrun_state set claim_expires_at = now() - interval '1 second' where entity_key = '3'")
+    held = claims.held(state.conn, SOURCE, [2, 3, 4])
+    assert [(h.key, h.holder) for h in held] == [(2, "b"), (3, None), (4, None)]  # 3's claim lapsed: nobody's
+    assert held[0].until is not None
+    assert held[1].until is None

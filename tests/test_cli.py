@@ -416,3 +416,38 @@ def test_waiting_for_a_grant_is_not_in_flight_work(
     assert len(api.requests) == 1
     assert db.rows("select status, items_processed, items_failed from sync_jobs") == [("cancelled", 1, 0)]
     assert db.scalar("select count(*) from syncrun_state where last_error is not null") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ids", [True, False], ids=["ids", "default"])
+def test_a_run_cut_by_the_grace_period_releases_every_claim_it_holds(
+    db: Database, api: ApiServer, env: dict[str, str], tmp_path: Path, ids: bool
+) -> None:
+    """review11 F3: SIGTERM with requests outliving --grace. The entities queued for the fetchers the
+    grace period cut were in no list of unfinished keys, so their claims stayed for the whole lease and
+    the next `--ids` run silently skipped them. The run releases every claim it still holds; the next
+    run of the same ids runs all of them."""
+    source = write_source(tmp_path)  # concurrency 4: 4 in flight, 8 queued, the producer 4 more ahead
+    seed(db, source, appids=range(1, 41))
+    for appid in range(1, 41):
+        api.route(f"/apps/{appid}", Reply(hang=True))
+    every = ["--ids", ",".join(map(str, range(1, 41)))]
+    process = start(["run", str(source), "--grace", "0.2", *(every if ids else [])], env)
+    wait_for(lambda: len(api.requests) >= 4)
+    wait_for(lambda: db.scalar("select count(*) from syncrun_state where claimed_by is not null") >= 16)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 143, err
+    assert db.rows("select status, items_processed from sync_jobs") == [("cancelled", 0)]
+    assert db.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
+    for appid in range(1, 41):
+        api.route(f"/apps/{appid}", app(appid))
+    again = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(source), *every],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert again.returncode == 0, again.stderr
+    assert db.scalar("select items_succeeded from sync_jobs where status = 'completed'") == 40

@@ -437,3 +437,135 @@ def test_a_url_with_userinfo_is_refused_before_anything_is_sent(
     assert "Traceback" not in err
     assert "pw-secret" not in err
     assert api.requests == []
+
+
+def test_ids_another_live_runner_holds_are_named_and_the_run_is_not_completed(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review11 F3: `--ids` names exactly what to run; ids another live runner holds used to be skipped
+    silently (`completed`, exit 0, a subset). They are named and the run fails (exit 1); the others run.
+    A claim that has lapsed (its runner is gone) is no reason: that id runs."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=range(1, 9))
+    for appid in range(1, 9):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "insert into syncrun_state (source, entity_key, claimed_by, claim_expires_at) select 'alpha', k::text,"
+        " 'elsewhere:7:cafe', now() + interval '10 minutes' from unnest('{2,3,4,5,6,7}'::int[]) k"
+    )
+    env.run("update syncrun_state set claim_expires_at = now() - interval '1 second' where entity_key = '7'")
+    assert run(str(source), "--ids", "1,2,3,4,5,6,7,8") == 1
+    ((status, processed, error, busy),) = env.rows(
+        "select status, items_processed, error_message, metadata->>'busy_ids' from sync_jobs"
+    )
+    assert (status, processed, busy) == ("failed", 3, "5")
+    assert error.startswith(
+        "5 of the --ids were not run: another runner holds them (2, 3, 4, 5, 6; held by elsewhere:7:cafe until "
+    )
+    assert sorted(r.path for r in api.requests) == ["/apps/1", "/apps/7", "/apps/8"]
+    assert f"warning alpha: {error}" in capsys.readouterr().err
+    # the other runner's claims are untouched; once they are free, the same command completes
+    assert (
+        env.scalar(
+            "select count(*) from syncrun_state where claimed_by = 'elsewhere:7:cafe' and claim_expires_at > now()"
+        )
+        == 5
+    )
+    env.run("update syncrun_state set claimed_by = null, claim_expires_at = null")
+    assert run(str(source), "--ids", "1,2,3,4,5,6,7,8") == 0
+
+
+TEXT_KEYS = """\
+name: slugs
+entities:
+  type: default
+  columns: {{slug: text}}
+request:
+  url: "${{env.API_URL}}/{path}"
+  timeout: 2s
+{request}rate_limit: {{requests: 200, per: 1s, burst: 20, bucket: slugs}}
+retry: {{attempts: 1}}
+fail_ratio: 1
+writes:
+  - table: slugs
+    key: [slug]
+    columns: {{slug: entity.slug, name: body.name}}
+"""
+
+
+def text_keyed(db: Database, tmp: Path, slugs: list[str], *, path: str, request: str = "") -> Path:
+    """A source over text keys (`slug`), seeded with these entities; `request`: more of its request block."""
+    (tmp / "syncrun.yaml").write_text(
+        "status: {table: sync_status, key: slug}\nentities: {key: slug, key_type: text}\n"
+    )
+    file = tmp / "slugs.yaml"
+    file.write_text(TEXT_KEYS.format(path=path, request=request))
+    assert cli.main(["migrate", str(file)]) == 0
+    db.run("create table slugs (slug text primary key, name text)")
+    db.rows("insert into sync_status (slug) select unnest(%s::text[]) returning slug", (slugs,))
+    return file
+
+
+def test_a_batched_key_holding_the_separator_fails_alone_unsent(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review11 F5: `b1,b2` joined into `ids=b1,b2,b3` was three ids to the API for two entities. The
+    entity whose key contains `batch.separator` fails alone, definitively, and is not sent; the rest of
+    its batch goes out as one request."""
+    batch = '  batch: {size: 10, param: ids, record: "get(body, entity.slug)"}\n'
+    source = text_keyed(env, tmp_path, ["b1,b2", "b3", "b4", "x;y"], path="batch", request=batch)
+    api.route(
+        "/batch",
+        lambda r: Reply(200, json={i: {"name": f"N {i}"} for i in r.query["ids"].split(",")}),
+    )
+    assert run(str(source)) == 0
+    assert [r.query["ids"] for r in api.requests] == ["b3,b4,x;y"]
+    assert env.rows("select slug, name from slugs order by slug") == [("b3", "N b3"), ("b4", "N b4"), ("x;y", "N x;y")]
+    assert env.rows("select entity_key, last_error from syncrun_state where last_error is not null") == [
+        ("b1,b2", "key contains the batch separator ','; not sent")
+    ]
+    assert env.rows("select items_processed, items_succeeded, items_failed from sync_jobs") == [(4, 3, 1)]
+
+
+def test_an_entity_key_with_a_line_break_cannot_forge_log_lines(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review11 F8: a key holding CR/LF printed its own line in the text log (here a fake summary
+    line). Control characters in text log lines and in the summary line are escaped."""
+    forged = "z\r\n04:00:00 info    slugs: completed — processed 999"
+    source = text_keyed(env, tmp_path, [forged, "\x1b[31mred"], path="s", request='  headers: {X-Id: "{slug}"}\n')
+    api.route("/s", Reply(200, json={"name": "n"}))
+    assert run(str(source), "--ids", f"{forged},\x1b[31mred") == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "\x1b" not in err
+    assert "slugs z\\r\\n04:00:00 info    slugs: completed — processed 999 failed: header X-Id" in err
+    assert [line.split(" ", 2)[1] for line in err.splitlines() if not line.startswith("slugs:")] == ["warning"] * 2
+
+
+@pytest.mark.parametrize(("bound", "most"), [(500_000, 2), (50_000, 1)])
+def test_heavy_rows_are_committed_before_write_batch_fills_entity_by_entity(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int, most: int
+) -> None:
+    """review11 F7: a 10 MB body decodes into ~270 MB of Python objects, and `write_batch` (100) of
+    them waited for one commit (4.4 GB for 16). The writer commits once the rows waiting pass
+    writes.HOLD_BYTES (here lowered): ~210 KB of rows each, so at most 2 entities per transaction under
+    500 KB, and each alone under 50 KB (heavier than the bound: written alone, no hang). An entity's
+    rows and its stamp still commit in one transaction (the same xmin)."""
+    from runner.engine import writes
+
+    monkeypatch.setattr(writes, "HOLD_BYTES", bound)
+    source = write_source(tmp_path, columns="name: record.name\n      payload: record.payload")
+    seed(env, source, appids=range(1, 13))
+    env.run("alter table apps add column payload jsonb")
+    for appid in range(1, 13):
+        api.route(f"/apps/{appid}", app(appid, payload=[f"{appid:040d}"] * 2000))
+    assert run(str(source), "--set", "write_batch=100") == 0
+    per_transaction = env.rows("select count(*) from apps group by xmin::text")
+    assert max(n for (n,) in per_transaction) <= most
+    assert sum(n for (n,) in per_transaction) == 12
+    assert (
+        env.scalar(
+            "select count(*) from apps a join sync_status s using (appid)"
+            " where a.xmin::text = s.xmin::text and s.last_alpha_sync is not null"
+        )
+        == 12
+    )

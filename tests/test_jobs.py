@@ -197,6 +197,10 @@ STABLE = {
     ),
     engine.CANCELLED.format(signal="SIGTERM"): "cancelled by SIGTERM",
     engine.LISTING_PAGE_FAILED.format(page=2, error="HTTP 503"): "page 2 of the listing failed: HTTP 503",
+    engine.BUSY_IDS.format(count=2, ids="7, 9", holder="held by vm:12:ab until 04:43:11 UTC"): (
+        "2 of the --ids were not run: another runner holds them (7, 9; held by vm:12:ab until 04:43:11 UTC);"
+        " run them again when it has finished (a claim lapses --lease seconds after its runner's last heartbeat)"
+    ),
 }
 
 
@@ -205,7 +209,7 @@ def test_error_messages_are_stable_and_documented() -> None:
     for made, expected in STABLE.items():
         assert made == expected
     documented = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
-    for template in (jobs.ABANDONED, engine.FAIL_RATIO, engine.CANCELLED, engine.LISTING_PAGE_FAILED):
+    for template in (jobs.ABANDONED, engine.FAIL_RATIO, engine.CANCELLED, engine.LISTING_PAGE_FAILED, engine.BUSY_IDS):
         shown = template.replace("{", "<").replace("}", ">")
         assert f"`{shown}`" in documented, shown
     assert "`circuit breaker: stopped after" in documented

@@ -173,7 +173,9 @@ def test_a_broken_selection_names_its_setting(status: Database, changes: dict[st
 def test_ids_respect_other_holders_claims(status: Database) -> None:
     """An entity claimed by another live runner is not handed out again through --ids."""
     _select(status, holder="b", limit=1)
-    assert _flat(_select(status, holder="a", ids=[60, 40])) == [40]
+    busy: list[selection.Held] = []
+    assert _flat(_select(status, holder="a", ids=[60, 40], busy=busy)) == [40]
+    assert [(held.key, held.holder) for held in busy] == [(60, "b")]  # named, so the run can say so
 
 
 def test_partitions_split_the_default_selection(status: Database) -> None:

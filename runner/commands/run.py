@@ -263,7 +263,7 @@ def _summarise(report: engine.Report) -> None:
     capped = f"{report.capped} entity listing{'' if report.capped == 1 else 's'} capped (not complete)"
     early = STOPPED_EARLY if report.metadata.get("stop_reason") == "max_runtime" else None
     notes = [note for note in (early, report.listing, capped if report.capped else None, report.error) if note]
-    print("; ".join([line, *notes]), file=sys.stderr)
+    print(logs.printable("; ".join([line, *notes])), file=sys.stderr)  # an error may quote an entity key
 
 
 def _s(count: object) -> str:

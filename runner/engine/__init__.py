@@ -24,6 +24,6 @@ terminal. Its modules:
 """
 
 from runner.engine.pipeline import run
-from runner.engine.report import CANCELLED, FAIL_RATIO, LISTING_PAGE_FAILED, Options, Report, Trace
+from runner.engine.report import BUSY_IDS, CANCELLED, FAIL_RATIO, LISTING_PAGE_FAILED, Options, Report, Trace
 
-__all__ = ["CANCELLED", "FAIL_RATIO", "LISTING_PAGE_FAILED", "Options", "Report", "Trace", "run"]
+__all__ = ["BUSY_IDS", "CANCELLED", "FAIL_RATIO", "LISTING_PAGE_FAILED", "Options", "Report", "Trace", "run"]

@@ -11,6 +11,7 @@ from runner.engine.report import Trace
 from runner.engine.state import Run
 from runner.errors import EntityError, RunFailed, Stopped
 from runner.expressions import JSON
+from runner.spec import Batch
 
 
 async def process(state: Run, group: list[dict[str, JSON]]) -> list[Trace]:
@@ -20,6 +21,21 @@ async def process(state: Run, group: list[dict[str, JSON]]) -> list[Trace]:
     assert batch is not None
     key = state.source.entities.key
     group = sorted(group, key=lambda entity: entity[key])  # deterministic requests (and replays)
+    # A key holding the separator would be several ids on the wire (`b1,b2` is b1 and b2 to the API):
+    # that entity fails alone, unsent, like a header value with a line break; the others go out.
+    split = [entity for entity in group if batch.separator in str(entity[key])]
+    refused = [Trace(entity) for entity in split]
+    for trace in refused:
+        message = f"key contains the batch separator {batch.separator!r}; not sent"
+        trace.result = classification.failure(state, trace.entity, message, definitive=True)
+    group = [entity for entity in group if batch.separator not in str(entity[key])]
+    if not group:
+        return refused
+    sent = await _request(state, batch, key, group)
+    return refused + sent if sent else []  # [] : the run stopped under the request, nothing is counted
+
+
+async def _request(state: Run, batch: Batch, key: str, group: list[dict[str, JSON]]) -> list[Trace]:
     joined = batch.separator.join(str(entity[key]) for entity in group)
     traces = [Trace(entity) for entity in group]
     try:

@@ -11,7 +11,7 @@ from dataclasses import replace
 import psycopg
 
 from runner import backoff, database, jobs, listings, selection, spec, steps
-from runner.engine.report import FAIL_RATIO
+from runner.engine.report import FAIL_RATIO, busy
 from runner.engine.state import Run
 from runner.errors import DatabaseError
 
@@ -58,6 +58,14 @@ def conclude(state: Run) -> None:
     if (state.breaker.late or not stopped) and (message := state.breaker.message(stopped=stopped)):
         log.error("%s: %s", source.name, message)
         report.error = state.settings.redact(message)
+    if state.busy:
+        # `--ids` names exactly what to run: a subset is no `completed` run (docs/cli.md, exit 1)
+        message = busy(state.busy)
+        log.warning("%s: %s", source.name, message)
+        report.metadata["busy_ids"] = len(state.busy)
+        state.complete = False
+        if report.status == "completed":
+            report.status, report.error = "failed", message
     if report.status == "completed" and c.processed and c.failed / c.processed > source.fail_ratio:
         report.status = "failed"
         what = "records" if source.entities.type is spec.SelectionType.LIST else "entities"
@@ -73,7 +81,6 @@ def close(state: Run, job_link: database.Link | None) -> None:
     report.counters = replace(report.counters, requests=state.limiter.requests)
     if job_link is None:
         return
-    keys = [*state.unprocessed, *state.inflight]
     try:
         # a breaker run too: entities failing on every run must back off, or they stop every run (runner/breaker.py)
         if state.transients.keys:
@@ -81,8 +88,10 @@ def close(state: Run, job_link: database.Link | None) -> None:
     except (DatabaseError, psycopg.Error) as error:
         log.warning("%s: could not count transient failures (%s)", state.source.name, error)
     try:
-        if keys:
-            job_link.call(selection.release, state.source, state.options.holder, keys)
+        # Every claim still held, not just the keys known to be unfinished: entities queued for the
+        # fetchers when the grace period cut them were in neither list (an `--ids` run SIGTERM'd with
+        # requests hanging left 192 claims for the whole lease). A write releases its own claims.
+        job_link.call(selection.release_held, state.source, state.options.holder)
     except (DatabaseError, psycopg.Error) as error:
         log.warning("%s: could not release claims (%s); they expire with their lease", state.source.name, error)
     if report.job_id is not None:

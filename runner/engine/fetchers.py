@@ -12,13 +12,15 @@ from dataclasses import replace
 import psycopg
 
 from runner import breaker, fetch, spec
-from runner.engine import batches, classification
+from runner.engine import batches, classification, writes
 from runner.engine.report import Trace
 from runner.engine.state import DONE, Run
 from runner.errors import DatabaseError, EntityError, RunFailed, Stopped
 from runner.expressions import JSON
 
 log = logging.getLogger("syncrun")
+
+_CLAIM_WAIT = 10.0  # seconds a cut producer waits for its running claim statement (then the lease frees it)
 
 
 async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
@@ -28,7 +30,7 @@ async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
     group: list[dict[str, JSON]] = []
     while not state.stop.is_set():
         try:
-            chunk = await asyncio.to_thread(next, chunks, None)
+            chunk = await _next(chunks)
         except (DatabaseError, psycopg.Error) as error:
             state.halt("failed", f"selecting entities: {error}")
             break
@@ -47,6 +49,20 @@ async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
     # fetchers are cut with it, so nobody waits for these.
     for _ in range(state.source.concurrency):
         await state.entities.put(DONE)
+
+
+async def _next(chunks: Iterator[list[dict[str, JSON]]]) -> list[dict[str, JSON]] | None:
+    """The next chunk, selected and claimed in a worker thread. A producer cut by the grace period
+    first lets a claim statement already running finish (a thread cannot be cancelled), so the claims
+    it takes exist when the run's end releases what it holds."""
+    claiming = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+    try:
+        return await asyncio.shield(claiming)
+    except asyncio.CancelledError:
+        await asyncio.wait({claiming}, timeout=_CLAIM_WAIT)
+        if claiming.done() and not claiming.cancelled():
+            claiming.exception()  # read: an error here has nobody left to report it to
+        raise
 
 
 async def hand_over(state: Run, group: list[dict[str, JSON]]) -> None:
@@ -69,7 +85,7 @@ async def fetcher(state: Run) -> None:
             state.unprocessed.extend(keys)
         for trace in traces:
             judge(state, trace)
-            await state.results.put(trace)
+            await writes.hand_over(state, trace)
         state.inflight.difference_update(keys)
         state.claim_size.done(len(keys))
 

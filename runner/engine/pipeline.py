@@ -181,4 +181,5 @@ def _chunks(state: Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[d
         partition=options.partition,
         claim=not options.dry_run,
         chunk_size=state.claim_size.size,
+        busy=state.busy,
     )

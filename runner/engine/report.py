@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC
 
 from runner import jobs, writer
+from runner.claims import Held
 from runner.expressions import JSON
 
 # Job rows' error_message texts that dashboards may match on (docs/cli.md lists them; tests pin them)
 FAIL_RATIO = "{failed} of {processed} {what} failed, above fail_ratio {ratio}"
 CANCELLED = "cancelled by {signal}"
 LISTING_PAGE_FAILED = "page {page} of the listing failed: {error}"
+BUSY_IDS = (
+    "{count} of the --ids were not run: another runner holds them ({ids}; {holder}); run them again when it"
+    " has finished (a claim lapses --lease seconds after its runner's last heartbeat)"
+)
+_SHOWN = 5  # ids a message names at most
+
+
+def busy(held: list[Held]) -> str:
+    """BUSY_IDS for these ids: how many, the first few, and who holds the first of them till when."""
+    ids = ", ".join(str(h.key) for h in held[:_SHOWN])
+    ids += f" and {len(held) - _SHOWN} more" if len(held) > _SHOWN else ""
+    holder = next((h for h in held if h.holder is not None and h.until is not None), None)
+    by = "their claims lapsed since"
+    if holder is not None and holder.until is not None:
+        by = f"held by {holder.holder} until {holder.until.astimezone(UTC):%H:%M:%S} UTC"
+    return BUSY_IDS.format(count=len(held), ids=ids, holder=by)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +66,7 @@ class Trace:
     declared: bool = False  # the deciding outcome rule is the source's own, not a default one
     capped: str = ""  # why a cap (max_pages, max_items, the default page cap) cut this entity's listing
     items: int | None = None  # a list source's page: the records it counts as (None: one entity)
+    weight: int = 0  # bytes its rows hold, roughly, while they wait for the writer (runner/engine/writes.py)
 
 
 @dataclass(slots=True)

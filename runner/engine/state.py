@@ -16,6 +16,7 @@ import httpx
 import psycopg
 
 from runner import backoff, breaker, history, listings, mapping, spec
+from runner.claims import Held
 from runner.claimsize import ClaimSize
 from runner.conditional import Store
 from runner.engine.report import Options, Report
@@ -53,6 +54,11 @@ class Run:
         self.now = datetime.now(UTC)
         self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
         self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
+        # Estimated bytes of the rows queued or batched for the writer, not yet committed: fetchers wait
+        # in `room` while it is past writes.HOLD_BYTES, so memory follows it, not write_batch (F7).
+        self.held = 0
+        self.room = asyncio.Condition()
+        self.waiting = 0  # fetchers waiting in `room`: the writer commits what it has at once
         self.unprocessed: list[JSON] = []
         self.exhausted = False  # the selection had no more entities (a breaker trip then stopped nothing)
         self.transients = backoff.Transients(source)  # counted at the end of the run (runner.backoff)
@@ -61,6 +67,7 @@ class Run:
         per_request = source.request.batch.size if source.request.batch else 1
         self.claim_size = ClaimSize(source.concurrency * per_request)
         self.inflight: set[JSON] = set()  # keys being fetched: released if the grace period cuts them
+        self.busy: list[Held] = []  # `--ids` another runner holds: not run, so the run is not complete
         self.breaker = breaker.Breaker(transient_runs=source.backoff.transient_runs)
         self.history = history.History(source)  # known-bad entities: the breaker does not count them
         self.lease: listings.Lease | None = None  # a list source's lease on its listing, renewed with the heartbeat

@@ -46,6 +46,10 @@ async def finish_fetching(state: Run, tasks: list[asyncio.Task[None]]) -> None:
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+    # Groups still queued for fetchers that were cut: claimed, never fetched (the run stopped something)
+    while not state.entities.empty():
+        if isinstance(group := state.entities.get_nowait(), list):
+            state.unprocessed.extend(entity[state.source.entities.key] for entity in group)
     stop_wait.cancel()
     # Every task's exception is read, not just the first one raised: several fetchers meeting the same
     # error (a shared limiter refusing the bucket) left asyncio's "Task exception was never retrieved"

@@ -1,5 +1,12 @@
 """The write side: traces batched into write transactions (runner/writer.py: rows, status and state
-commit together), the counters that follow the commits, and the events observers see for them."""
+commit together), the counters that follow the commits, and the events observers see for them.
+
+What waits for a commit is bounded in bytes as well as in entities: a 10 MB JSON body (max_body)
+can decode into ~270 MB of Python objects, and `write_batch` (100) such entities, plus a results
+queue twice that long, once held 4.4 GB for 16 of them. Each trace's rows are weighed when its
+fetcher hands it over (`weight`: about 64 bytes a JSON value plus string lengths); past HOLD_BYTES
+waiting, fetchers wait and the writer commits what it has. A batch still holds whole entities, so
+an entity's rows and stamp still commit together; one entity heavier than the bound goes alone."""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 
@@ -19,6 +27,54 @@ from runner.events import BatchWritten, EntityDone
 log = logging.getLogger("syncrun")
 
 _FLUSH_EVERY = 0.25  # seconds a partial write batch may wait for more results
+HOLD_BYTES = 64 * 2**20  # rows waiting for their commit, estimated (docs/reliability.md: memory)
+_VALUE = 64  # bytes a decoded JSON value costs Python, about: an empty list is 56, plus its slot
+
+
+def weight(trace: Trace) -> int:
+    """About the bytes `trace`'s rows hold: _VALUE per row and per JSON value in them, nested ones
+    included, plus the length of each string. Counting stops past HOLD_BYTES (such a trace is
+    written alone anyway), so weighing one costs at most ~1 M steps."""
+    result = trace.result
+    if result is None:
+        return _VALUE
+    total, pending = _VALUE, list[Any]()
+    for rows in result.rows.values():
+        total += _VALUE * len(rows)
+        for row in rows:
+            pending.extend(row.values())
+    while pending and total <= HOLD_BYTES:
+        value = pending.pop()
+        total += _VALUE
+        kind = type(value)
+        if kind is str:
+            total += len(value)
+        elif kind is list:
+            pending.extend(value)
+        elif kind is dict:
+            pending.extend(value.values())
+    return total
+
+
+async def hand_over(state: Run, trace: Trace) -> None:
+    """Queue a trace for the writer once the rows waiting for a commit leave room for it (an empty
+    queue always does: a trace heavier than HOLD_BYTES waits for the others and goes alone)."""
+    trace.weight = weight(trace)
+    async with state.room:
+        state.waiting += 1
+        try:
+            await state.room.wait_for(lambda: state.held == 0 or state.held + trace.weight <= HOLD_BYTES)
+        finally:
+            state.waiting -= 1
+        state.held += trace.weight
+    await state.results.put(trace)
+
+
+async def _written(state: Run, batch: list[Trace]) -> None:
+    """The batch is committed (or given up): its weight leaves the writer, waiting fetchers go on."""
+    async with state.room:
+        state.held -= sum(trace.weight for trace in batch)
+        state.room.notify_all()
 
 
 async def write(state: Run, conn: database.Link | None) -> None:
@@ -26,6 +82,7 @@ async def write(state: Run, conn: database.Link | None) -> None:
     consuming before that, even after a failure: a fetcher blocked on a full queue would hang the
     run (and leave its job `running`)."""
     batch: list[Trace] = []
+    batched = 0  # the batch's weight
     finished = False
     crash: BaseException | None = None
     while not finished:
@@ -37,14 +94,20 @@ async def write(state: Run, conn: database.Link | None) -> None:
         finished = item is DONE
         if isinstance(item, Trace):
             batch.append(item)
-        if batch and (finished or item is None or len(batch) >= state.source.write_batch):
+            batched += item.weight
+        full = len(batch) >= state.source.write_batch or batched >= HOLD_BYTES
+        # a fetcher waits for room and nothing more is queued: what the batch has is all that comes
+        blocked = state.waiting > 0 and state.results.empty()
+        if batch and (finished or item is None or full or blocked):
             try:
                 await flush(state, conn, batch)
             except Exception as error:  # a bug: stop the run, keep draining, surface it at the end
                 crash = crash or error
                 state.write_failed = True
                 state.halt("failed", f"internal error while writing: {error!r}")
-            batch = []
+            finally:
+                await _written(state, batch)
+            batch, batched = [], 0
     if crash is not None:
         raise crash
 
