@@ -13,6 +13,7 @@ upsert reporting how many rows it inserted and updated.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import psycopg
@@ -98,25 +99,41 @@ def written_columns(target: Write) -> tuple[str, ...]:
     return (*target.column_names, *(lookup.column for lookup in target.lookups))
 
 
-def _temp(target: Write) -> sql.Identifier:
-    """The temp table's name for a target: its table and written columns, hashed (names are <= 63 bytes)."""
-    shape = repr((str(target.table), written_columns(target))).encode()
+def _temp(target: Write, types: Mapping[str, str]) -> sql.Identifier:
+    """The temp table's name for a target: its table, written columns and their types, hashed (names
+    are <= 63 bytes). The types are in the name because the table outlives the run behind a pooler in
+    transaction mode: a later run after an `alter table ... type` must not COPY into the old shape
+    (a binary COPY would be read as the old type: review15 F2)."""
+    columns = written_columns(target)
+    shape = repr((str(target.table), columns, tuple(types.get(c) for c in columns))).encode()
     return sql.Identifier("_syncrun_rows_" + hashlib.blake2b(shape, digest_size=8).hexdigest())
 
 
-def temp_sql(target: Write) -> sql.Composed:
-    """create temp table if not exists ... on commit delete rows (typed like the written columns); then
-    empty it, for a caller whose transaction spans batches (no commit between them: a savepoint each).
-    Two statements, one round trip: no parameters, so psycopg sends them as one query."""
-    return sql.SQL(
-        "create temp table if not exists {0} on commit delete rows as select {1} from {2} with no data; delete from {0}"
-    ).format(_temp(target), sql.SQL(", ").join(map(sql.Identifier, written_columns(target))), identifier(target.table))
+def temp_sql(target: Write, types: Mapping[str, str]) -> sql.Composed:
+    """create temp table if not exists ... on commit delete rows; then empty it, for a caller whose
+    transaction spans batches (no commit between them: a savepoint each). Two statements, one round
+    trip: no parameters, so psycopg sends them as one query.
+
+    Typed with `types` (the write plan's: the catalog as the run read it), not `as select` from the
+    table: the rows were fitted, and a binary COPY encoded, for those types. A column altered since
+    then is converted by the `insert ... select` into it, as PostgreSQL converts any assignment."""
+    columns = written_columns(target)
+    if not all(types.get(c) for c in columns):  # not in the catalog (cannot happen once checked): as the table is
+        return sql.SQL(
+            "create temp table if not exists {0} on commit delete rows as select {1} from {2} with no data;"
+            " delete from {0}"
+        ).format(_temp(target, types), sql.SQL(", ").join(map(sql.Identifier, columns)), identifier(target.table))
+    # format_type text is PostgreSQL's own rendering of a type name, quoted where it must be
+    shape = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types[c])) for c in columns)
+    return sql.SQL("create temp table if not exists {0} ({1}) on commit delete rows; delete from {0}").format(
+        _temp(target, types), shape
+    )
 
 
-def copy_sql(target: Write, binary: bool = False) -> sql.Composed:
+def copy_sql(target: Write, types: Mapping[str, str], binary: bool = False) -> sql.Composed:
     """COPY into the temp table, as text or (`binary`) in PostgreSQL's binary format."""
     return sql.SQL("copy {} ({}) from stdin{}").format(
-        _temp(target),
+        _temp(target, types),
         sql.SQL(", ").join(map(sql.Identifier, written_columns(target))),
         sql.SQL(" (format binary)" if binary else ""),
     )
@@ -187,7 +204,7 @@ def upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
     )
 
 
-def copy_upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
+def copy_upsert_sql(target: Write, types: Mapping[str, str], touch_updated_at: bool) -> sql.Composed:
     """The same upsert, reading the rows COPY put into the temp table."""
     columns, _, action = _upsert_parts(target, touch_updated_at)
     values = sql.SQL(", ").join(
@@ -200,7 +217,7 @@ def copy_upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
         identifier(target.table),
         columns,
         values,
-        _temp(target),
+        _temp(target, types),
         sql.SQL(", ").join(map(sql.Identifier, target.key)),
         action,
     )

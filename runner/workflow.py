@@ -19,6 +19,7 @@ from the source name (never :00, when GitHub's scheduler is busiest and delays r
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,9 @@ from runner.events import Event, Finished
 
 if TYPE_CHECKING:
     from runner.engine import Report
+
+log = logging.getLogger(__name__)
+
 
 SETUP_MINUTES = 4  # checkout, setup-python, pip install: paid before the first request
 STOP_MARGIN_MINUTES = 2  # --max-runtime ends this long before the timeout (grace + writes + job row)
@@ -273,11 +277,16 @@ def write_step_summary(
     reports: Sequence[Report],
     errors: Mapping[str, Sequence[tuple[str, int]]] | None = None,
 ) -> None:
-    """Append `step_summary` to `$GITHUB_STEP_SUMMARY` when it is set (any CI that sets it)."""
+    """Append `step_summary` to `$GITHUB_STEP_SUMMARY` when it is set (any CI that sets it). A file that
+    cannot be written is a warning: the summary is a courtesy, and the run's own result (its lines, job
+    rows, exit status) must not be lost to it (review15 F1)."""
     target = environ.get("GITHUB_STEP_SUMMARY")
     if target:
-        with open(target, "a", encoding="utf-8") as file:
-            file.write(step_summary(reports, errors))
+        try:
+            with open(target, "a", encoding="utf-8") as file:
+                file.write(step_summary(reports, errors))
+        except OSError as error:
+            log.warning("could not write the step summary to $GITHUB_STEP_SUMMARY: %s", error.strerror or error)
 
 
 class StepSummary:

@@ -65,14 +65,14 @@ class WritePlan:
         touch = "updated_at" in self.table_types
         self.touch = touch
         self.upsert = statements.upsert_sql(target, touch)
-        self.temp = statements.temp_sql(target)
-        self.copy = statements.copy_sql(target)
+        self.temp = statements.temp_sql(target, self.table_types)
+        self.copy = statements.copy_sql(target, self.table_types)
         # COPY in binary when every written column is of a type whose binary form the rows' values
         # (checked per batch: `binary`) map onto exactly as their text form does; else as text
         self.binary_types = _binary_types(self.table_types, self.columns)  # the table's: lookups resolved
         self.copy_types = [_BINARY[name][0] for name in self.binary_types or ()]
-        self.copy_binary = statements.copy_sql(target, binary=True)
-        self.copy_upsert = statements.copy_upsert_sql(target, touch)
+        self.copy_binary = statements.copy_sql(target, self.table_types, binary=True)
+        self.copy_upsert = statements.copy_upsert_sql(target, self.table_types, touch)
         self.replaced = Scoped(target.table, target.replace_by)
         self.deleting = target.deleting
         self.removed = Scoped(target.table, target.delete_by)

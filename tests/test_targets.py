@@ -433,3 +433,33 @@ def test_a_column_of_another_type_goes_by_text_copy(db: Database) -> None:
     plan = writeplan.WritePlan(KINDS, {QualifiedName(None, "kinds"): dict.fromkeys(KINDS.column_names, "bigint")})
     assert plan.binary([(1, 2, 3, 4, 5, 6, None)])
     assert not plan.binary([(1, 2, 3, 4, 5, True, None)])  # a bool is no int here
+
+
+TP = target("tp", ["id"], {"id": "record.id", "x": "record.x"})
+
+
+def test_a_column_altered_between_runs_on_one_connection_gets_its_values(db: Database) -> None:
+    """Behind a pooler in transaction mode the temp table outlives the run that made it: a later run
+    after `alter table ... type` must not COPY (binary) into the old shape, where bigint bytes read as
+    a double came out 0 (review15 F2)."""
+    source = make_source(writes=(TP,))
+    db.migrate(source)
+    db.run("create table tp (id bigint primary key, x double precision)")
+    many = targets.COPY_FROM + 1
+    assert run(db, [result(1, {0: [{"id": i, "x": 0.5} for i in range(many)]})], source) == []
+    db.run("alter table tp alter column x type bigint")
+    assert run(db, [result(1, {0: [{"id": i, "x": 2**31 - 1 + i} for i in range(many)]})], source) == []
+    assert db.rows("select min(x - id), max(x - id) from tp") == [(2**31 - 1, 2**31 - 1)]
+
+
+def test_a_column_altered_during_a_run_gets_its_values(db: Database) -> None:
+    """The rows were fitted (and a binary COPY encoded) for the types the run read at its start; a
+    column altered since is converted on the way in, as PostgreSQL converts any assignment."""
+    source = make_source(writes=(TP,))
+    db.migrate(source)
+    db.run("create table tp (id bigint primary key, x integer)")
+    catalog = migrations.check(db.conn, [source])
+    db.run("alter table tp alter column x type real")
+    rows = [{"id": i, "x": 150} for i in range(targets.COPY_FROM + 1)]
+    assert writer.write(db.conn, source, [result(1, {0: rows})], catalog=catalog) == []
+    assert db.rows("select distinct x from tp") == [(150.0,)]

@@ -161,3 +161,23 @@ def test_run_under_github_actions_masks_and_writes_a_summary(
     assert "s3cr3t-token-value" not in out.err
     summary = gh_env.read_text()
     assert "| alpha | ✅ completed | 2 | 1 | 1 |" in summary
+
+
+def test_a_step_summary_that_cannot_be_written_is_a_warning(
+    gh_env: Path,
+    db: Database,
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unwritable $GITHUB_STEP_SUMMARY costs the summary, not the run's result lines or its exit
+    status (review15 F1: a traceback, exit 70, hid them)."""
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "missing" / "summary.md"))
+    source = write_source(tmp_path)
+    seed(db, source, appids=[1])
+    api.route("/apps/1", app(1))
+    assert cli.main(["run", str(source)]) == 0
+    out = capsys.readouterr()
+    assert "alpha: completed" in out.out + out.err
+    assert "could not write the step summary" in out.out + out.err
