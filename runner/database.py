@@ -178,7 +178,12 @@ def connect(dsn: str | None, *, data_dir: Path | None = None) -> psycopg.Connect
             " (write @ / ? # [ ] and spaces as %40 %2F %3F %23 %5B %5D %20)"
         )
     try:
-        return psycopg.connect(dsn, autocommit=False, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT)
+        # UTF8 whatever the database's encoding: a value a LATIN1 database cannot hold is then the
+        # server's data error (22P05), which fails that entity, not psycopg's UnicodeEncodeError in the
+        # client, which crashed the run (review15 P1). pgbouncer tracks client_encoding per client.
+        return psycopg.connect(
+            dsn, autocommit=False, prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT, client_encoding="UTF8"
+        )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {_reason(exc, dsn)}") from None
 

@@ -6,11 +6,13 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from runner import database
 from runner.errors import DatabaseError
@@ -143,3 +145,24 @@ def test_link_runs_one_operation_at_a_time(db: Database) -> None:
         release.set()
         assert (first.result(5), second.result(5)) == (1, 2)
     link.close()
+
+
+def test_a_value_the_databases_encoding_cannot_hold_is_a_data_error(pg_dsn: str) -> None:
+    """On a LATIN1 database, "漢" is the server's data error (the entity's failure), not a
+    UnicodeEncodeError in psycopg's dumper that crashed the run (review15 P1)."""
+    name = f"syncrun_latin1_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f"create database {name} encoding 'LATIN1' template template0 lc_collate 'C' lc_ctype 'C'")
+    try:
+        with database.connect(make_conninfo(pg_dsn, dbname=name)) as conn:
+            conn.execute("create temp table t (x text)")
+            conn.execute("insert into t values (%s)", ["é"])  # LATIN1 holds it
+            with pytest.raises(psycopg.errors.DataError):
+                conn.execute("insert into t values (%s)", ["漢"])
+            conn.rollback()
+            conn.execute("create temp table t (x text)")
+            with pytest.raises(psycopg.errors.DataError), conn.cursor().copy("copy t (x) from stdin") as copy:
+                copy.write_row(["😀"])
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f"drop database if exists {name}")
