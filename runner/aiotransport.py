@@ -12,7 +12,7 @@ What this transport guarantees, and how:
   segment (tests/test_fetch.py::test_entity_values_cannot_change_url_structure).
 - The body arrives as the server sent it: `auto_decompress=False`, so runner/client.py's bounded
   decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
-- No cookie jar (httpx's client owns cookies), no redirects, no proxy from the environment (as with
+- No cookie jar (nor does runner/client.py keep one), no redirects, no proxy from the environment (as with
   httpx's own transport under a custom transport), TLS verified with httpx's SSL context.
 - The rate limiter's send-time stamping works as with httpcore: the request's httpx `trace` extension
   hears httpcore's event names. `send_request_headers.started` is awaited at the top of
@@ -24,8 +24,9 @@ What this transport guarantees, and how:
 - Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
   on a kept-alive connection the server had closed is switched off.
 - aiohttp's exceptions become httpx's: connection trouble is an `httpx.TransportError` (retryable),
-  aiohttp's own timeouts an `httpx.TimeoutException`. Nothing else is caught: a cancellation (the
-  attempt's total deadline) passes through untouched.
+  aiohttp's own timeouts an `httpx.TimeoutException`, a request head aiohttp refuses to write (a
+  ValueError) an `httpx.LocalProtocolError`. Nothing else is caught: a cancellation (the attempt's
+  total deadline) passes through untouched.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         trace = request.extensions.get("trace")
         token = _TRACE.set(trace)
         try:
-            with _mapped():
+            with _refused(), _mapped():
                 response = await self._session.request(
                     request.method,
                     url,
@@ -218,6 +219,18 @@ def _mapped() -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
     except aiohttp.ClientError as exc:  # ClientOSError (reset mid-response) and the rest: the wire failed
         raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """aiohttp refusing to write a request's head (a control character in a header value: a
+    ValueError; a character the head's encoding lacks: a UnicodeError, which is one) becomes httpx's
+    LocalProtocolError, as h11 raised it under httpx's own transport: that request's failure
+    (runner/client.py makes it definitive), never an exception httpx's callers do not expect."""
+    try:
+        yield
+    except ValueError as exc:
+        raise httpx.LocalProtocolError(f"the request cannot be sent: {exc}") from exc
 
 
 # --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------

@@ -518,3 +518,61 @@ def test_headers_go_to_aiohttp_as_httpx_lists_them(headers: list[tuple[str, str 
     """The transport's header list is httpx's `multi_items()` (lower-case names, httpx's encoding)."""
     built = httpx.Headers(headers)
     assert _headers(built) == built.multi_items()
+
+
+# --- cookies: never kept, never sent (review11 F1, F2) ------------------------------------------------------
+def test_cookies_an_api_sets_are_never_kept_nor_sent_back(api: ApiServer) -> None:
+    """A flood of new cookies on every answer, one with a control character, one with a non-ASCII byte:
+    every later request still goes out, with no Cookie header at all, and the client's jar stays
+    empty (it grew by ~7 MB per answer and was sent back whole; the odd cookies made every later
+    request raise). httpx's own `send` (an OAuth2 token request's path) keeps none either."""
+    served = iter(range(1_000_000))
+
+    def flood(_: object) -> Reply:
+        n = next(served)
+        cookies = tuple(("Set-Cookie", f"c{n}_{i}={'v' * 4000}; Path=/") for i in range(100))
+        return Reply(200, json=PAYLOAD, repeated=cookies)
+
+    api.route("/flood", flood)
+    api.route("/ctl", Reply(200, json=PAYLOAD, headers={"Set-Cookie": "a=x\x01y; Path=/"}))
+    api.route("/utf", Reply(200, json=PAYLOAD, headers={"Set-Cookie": "b=\xfc\xfe; Path=/"}))
+    paths = ["/flood", "/ctl", "/utf"] * 4
+
+    async def main() -> None:
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/flood"), limiter, max_connections=2) as http:
+            for path in paths:
+                request = http.build_request("GET", api.url + path)
+                reply = await client.send(
+                    http, request, POLICY, max_body=1_000_000, timeout=5, limiter=limiter, redact=str
+                )
+                assert reply.body == PAYLOAD
+            response = await http.send(http.build_request("GET", api.url + "/ctl"))
+            assert response.status_code == 200
+            assert len(http.cookies.jar) == 0
+
+    asyncio.run(main())
+    assert [r.path for r in api.requests] == [*paths, "/ctl"]
+    assert all("cookie" not in r.headers for r in api.requests)
+
+
+@pytest.mark.parametrize("value", ["x\x01y", "x\x7fy", "x\x0by"])
+def test_a_head_aiohttp_refuses_to_write_is_the_requests_definitive_failure(api: ApiServer, value: str) -> None:
+    """A control character in a header value: aiohttp's ValueError became a traceback (exit 70); now an
+    `unusable request` FetchError, not retried (another attempt would fail the same way), and the
+    server never hears of it."""
+    api.route("/x", Reply(200, json=PAYLOAD))
+
+    async def main() -> None:
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/x"), limiter, max_connections=2) as http:
+            request = http.build_request("GET", api.url + "/x", headers={"X-A": value})
+            with pytest.raises(FetchError, match="unusable request") as caught:
+                await client.send(http, request, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+            assert not isinstance(caught.value, Transient)
+            again = http.build_request("GET", api.url + "/x")
+            reply = await client.send(http, again, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+            assert reply.body == PAYLOAD
+
+    asyncio.run(main())
+    assert len(api.requests) == 1

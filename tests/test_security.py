@@ -491,3 +491,20 @@ def test_tls_verification_is_on_by_default_and_off_only_with_a_warning(
     relaxed = project.syncrun("run", str(project.source), "--ids", "one", api_url=url)
     assert "TLS certificate verification is disabled for ${env.API_URL}/items/{slug}/detail" in relaxed.stderr
     assert project.rows("select slug, title from items") == [("one", "One")]
+
+
+def test_cookies_an_api_sets_cannot_stop_a_run(cluster: faultlib.Cluster, tmp_path: Path, api: ApiServer) -> None:
+    """review11 F2: one Set-Cookie with a control character or a non-ASCII byte made every later
+    request of the run raise (exit 70). syncrun keeps no cookies: every entity is written, exit 0, and
+    no request carries a Cookie header."""
+    project = Project(cluster, tmp_path, "sec_cookie")
+    slugs = ["one", "two", "three", "four", "five"]
+    project.seed(slugs)
+    cookies = {"one": "a=x\x01y; Path=/", "two": "b=\xfc\xfe; Path=/", "three": "c=x\x7fy; Path=/"}
+    for slug in slugs:
+        headers = {"Set-Cookie": cookies[slug]} if slug in cookies else {}
+        api.route(f"/items/{slug}/detail", Reply(200, json={"title": slug.title(), "tags": []}, headers=headers))
+    project.syncrun("run", str(project.source), "--ids", ",".join(slugs), api_url=api.url)
+    assert sorted(project.rows("select slug, title from items")) == sorted((s, s.title()) for s in slugs)
+    assert len(api.requests) == len(slugs)
+    assert all("cookie" not in r.headers for r in api.requests)
