@@ -21,6 +21,8 @@ What this transport guarantees, and how:
   opened is announced first (`connect_tcp.started`, and `start_tls.started` for https). Not through
   aiohttp's TraceConfig: its signals (ten per request, each building a parameter object) cost ~40 us
   of event-loop time per request, more than the events syncrun needs (docs/benchmarks.md, fourth pass).
+- An answer is the answer to its own request: a pooled connection that hears anything after its
+  answer was complete and before the next request began is closed, never reused (`_Handler`).
 - Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
   on a kept-alive connection the server had closed is switched off.
 - aiohttp's exceptions become httpx's: connection trouble is an `httpx.TransportError` (retryable),
@@ -34,14 +36,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import httpx
 import yarl
+from aiohttp.client_proto import ResponseHandler
 
 # Bounds on a response's head, so hostile headers cost at most ~8 MiB per connection: 64 KiB per line
 # (a Link header with a long next-page URL must reach runner/pagination.py, which names the problem;
@@ -69,7 +73,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         limit = self._limits.max_connections or 0
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
             limit=limit,
             limit_per_host=0,
             ssl=self._verify,  # https requests bring their own context (_tls_context); False: no checks
@@ -231,6 +235,51 @@ def _refused() -> Iterator[None]:
         yield
     except ValueError as exc:
         raise httpx.LocalProtocolError(f"the request cannot be sent: {exc}") from exc
+
+
+# --- a pooled connection that hears anything while idle is closed, never reused --------------------------
+class _Handler(ResponseHandler):
+    """aiohttp's protocol for one connection, closing it when bytes arrive after its answer was complete
+    and before the next request began. aiohttp parsed and buffered them, and the next request on the
+    connection took them as its answer: every later entity got its predecessor's (review11 F9; a 408
+    an idle connection hears, a response written twice). httpcore refused a connection readable while
+    idle; this closes it as soon as the bytes come, so the connector finds it closed and opens another.
+
+    Relies on ResponseHandler's `set_response_params` (called once per request, before it is sent),
+    `feed_data` (each parsed response head with its payload) and `data_received`: all there since
+    aiohttp 3.0; tests/test_client.py::test_bytes_an_idle_connection_hears_never_answer_a_request
+    fails if this stops working."""
+
+    _answered = False  # the current request's final answer is complete: any byte now is unsolicited
+
+    def set_response_params(self, *args: Any, **kwargs: Any) -> None:
+        self._answered = False
+        super().set_response_params(*args, **kwargs)
+
+    def feed_data(self, data: Any, *args: Any) -> None:
+        message, payload = data
+        if self._answered:  # another response after the answer, in the same read: aiohttp closes it too
+            self.force_close()
+        elif not 100 <= message.code < 200 or message.code == 101:  # 1xx is not the answer, 101 is final
+            payload.on_eof(self._answer_complete)  # called at once for a payload already complete
+        super().feed_data(data, *args)
+
+    def _answer_complete(self) -> None:
+        self._answered = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered and data:
+            self.force_close()
+            self.close()  # the connector finds it not connected: closed, never handed to a request
+            return
+        super().data_received(data)
+
+
+class _Connector(aiohttp.TCPConnector):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        factory = functools.partial(_Handler, loop=self._loop)
+        self._factory = cast("functools.partial[ResponseHandler]", factory)  # aiohttp's protocol factory
 
 
 # --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------

@@ -576,3 +576,50 @@ def test_a_head_aiohttp_refuses_to_write_is_the_requests_definitive_failure(api:
 
     asyncio.run(main())
     assert len(api.requests) == 1
+
+
+# --- bytes on an idle pooled connection (review11 F9) ----------------------------------------------------------
+def test_bytes_an_idle_connection_hears_never_answer_a_request() -> None:
+    """A server answers each request with its target, and on a connection's first request also writes,
+    a little later, a whole extra response onto the then idle keep-alive connection. aiohttp kept the
+    connection and the next request took those bytes as its answer, and every later one its
+    predecessor's (k2 ← STRAY, k3 ← k2, …). Now such a connection is closed: each gets its own."""
+
+    async def main() -> list[object]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            served = 0
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    target = head.split(b" ", 2)[1].decode()
+                    served += 1
+                    writer.write(_json_response({"target": target}))
+                    await writer.drain()
+                    if served == 1:
+                        await asyncio.sleep(0.1)
+                        writer.write(_json_response({"target": "STRAY"}))
+                        await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        limiter = _limiter()
+        bodies: list[object] = []
+        async with server, client.build(_request_spec(url + "/k1"), limiter, max_connections=1) as http:
+            for n in range(1, 6):
+                request = http.build_request("GET", f"{url}/k{n}")
+                reply = await client.send(http, request, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+                bodies.append(reply.body)
+                await asyncio.sleep(0.3)  # the stray answer arrives while the connection is idle in the pool
+        return bodies
+
+    assert asyncio.run(main()) == [{"target": f"/k{n}"} for n in range(1, 6)]
+
+
+def _json_response(value: object) -> bytes:
+    body = json.dumps(value).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
