@@ -53,6 +53,7 @@ from aiohttp.client_proto import ResponseHandler
 # error: retried, then the entity's transient failure.
 _HEADER_LIMIT = 64 * 1024
 MAX_HEADERS = 128
+_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
 
 
@@ -86,6 +87,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
             request_class=_Request,
+            # The request goes out with exactly the headers httpx built: aiohttp would add its own
+            # Accept, Accept-Encoding and User-Agent when httpx's lack them, and Content-Type:
+            # application/octet-stream to a POST httpx gave none (an API may answer 415; review11 O1).
+            skip_auto_headers=_AUTO_HEADERS,
             max_line_size=_HEADER_LIMIT,
             max_field_size=_HEADER_LIMIT,
             max_headers=MAX_HEADERS,

@@ -623,3 +623,32 @@ def test_bytes_an_idle_connection_hears_never_answer_a_request() -> None:
 def _json_response(value: object) -> bytes:
     body = json.dumps(value).encode()
     return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("POST", {}),
+        ("POST", {"content": b"raw"}),
+        ("PUT", {"headers": {"Accept": "application/json"}}),
+        ("GET", {"headers": {"User-Agent": "syncrun-test"}}),
+    ],
+    ids=["bodyless-post", "post-bytes", "put", "get"],
+)
+def test_requests_go_out_with_exactly_the_headers_httpx_built(
+    api: ApiServer, method: str, options: dict[str, object]
+) -> None:
+    """aiohttp added `Content-Type: application/octet-stream` to a POST httpx gave none (review11 O1);
+    it adds none of its own headers now, nor drops one of httpx's."""
+    api.route("/x", Reply(200, json=PAYLOAD))
+
+    async def main() -> httpx.Request:
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/x"), limiter, max_connections=1) as http:
+            request = http.build_request(method, api.url + "/x", **options)  # type: ignore[arg-type]
+            await client.send(http, request, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+            return request
+
+    request = asyncio.run(main())
+    (seen,) = api.requests
+    assert seen.headers == {name.lower(): value for name, value in request.headers.items()}
