@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -120,7 +121,9 @@ async def send(
     than `timeout` (connect + send + the whole body). Between attempts: exponential backoff with
     jitter, or the server's Retry-After, which pauses the whole bucket. Raises Transient when the
     attempts run out, FetchError for a body over `max_body`, RunFailed for a Retry-After beyond
-    `policy.max_wait`. Any other status is returned: the outcome rules decide what it means.
+    `policy.max_wait` or a server certificate TLS verification refuses (a setting to fix, not an
+    entity's transient failure to retry until the breaker trips). Any other status is returned: the
+    outcome rules decide what it means.
     `client` must come from `build`: its transport starts the timeout clock when the budget is granted.
     """
     url = redact(str(request.url))
@@ -207,6 +210,12 @@ async def _attempt(
     except httpx.LocalProtocolError as exc:  # this request's head cannot be written: another attempt neither
         raise FetchError(f"unusable request to {url} ({exc})") from None
     except httpx.TransportError as exc:
+        if refused := _certificate_refused(exc):  # the same for every request to the origin: not the entity's
+            raise RunFailed(
+                f"TLS certificate verification failed for {url} ({refused}): if the API's certificate is"
+                " signed by a private CA, set SSL_CERT_FILE to that CA's certificate file; for a test"
+                " server only, set request.verify_tls: false"
+            ) from None
         raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from None
     except httpx.HTTPError as exc:  # anything else httpx raises is about this response: definitive
         raise FetchError(f"unusable response from {url} ({type(exc).__name__}: {exc})") from None
@@ -227,6 +236,19 @@ async def _exchange(client: httpx.AsyncClient, request: httpx.Request) -> httpx.
     response = await client.chain.handle_async_request(request)
     response.request = request
     return response
+
+
+def _certificate_refused(exc: BaseException) -> str:
+    """Why the server's certificate was refused, when that is what failed the connection (under
+    aiohttp's transport or httpx's own, an ssl.SSLCertVerificationError is in the chain); else ""."""
+    reason, seen = "", exc.__cause__ or exc.__context__
+    for _ in range(8):  # a chain is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):  # aiohttp's own error is one, without the reason
+            reason = str(getattr(seen, "verify_message", None) or reason or "certificate refused")
+        seen = seen.__cause__ or seen.__context__
+    return reason
 
 
 def _transient_status(
