@@ -46,13 +46,18 @@ import aiohttp
 import httpx
 import yarl
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 
-# Bounds on a response's head, so hostile headers cost at most ~8 MiB per connection: 64 KiB per line
-# (a Link header with a long next-page URL must reach runner/pagination.py, which names the problem;
-# aiohttp's default is 8,190) and 128 fields (aiohttp's default). A response over them is a protocol
-# error: retried, then the entity's transient failure.
+# Bounds on a response's head: 64 KiB per line (a Link header with a long next-page URL must reach
+# runner/pagination.py, which names the problem; aiohttp's default is 8,190), 128 fields (aiohttp's
+# default), and MAX_HEAD bytes received before the head ends (interim 1xx heads included; the read that
+# completes a head may add up to 256 KiB, asyncio's largest read, so ~512 KiB): the first two alone
+# let 128 fields of 64 KiB through, ~12.5 MB of memory per answer in flight (1.1 GB at concurrency
+# 64; review11 O4). A response over them is a protocol error: retried, then the entity's transient
+# failure.
 _HEADER_LIMIT = 64 * 1024
 MAX_HEADERS = 128
+MAX_HEAD = 256 * 1024
 _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
 
@@ -256,9 +261,11 @@ class _Handler(ResponseHandler):
     fails if this stops working."""
 
     _answered = False  # the current request's final answer is complete: any byte now is unsolicited
+    _head = 0  # bytes received for the current request, while its final answer's head is incomplete
+    _in_head = False
 
     def set_response_params(self, *args: Any, **kwargs: Any) -> None:
-        self._answered = False
+        self._answered, self._head, self._in_head = False, 0, True
         super().set_response_params(*args, **kwargs)
 
     def feed_data(self, data: Any, *args: Any) -> None:
@@ -266,6 +273,7 @@ class _Handler(ResponseHandler):
         if self._answered:  # another response after the answer, in the same read: aiohttp closes it too
             self.force_close()
         elif not 100 <= message.code < 200 or message.code == 101:  # 1xx is not the answer, 101 is final
+            self._in_head = False
             payload.on_eof(self._answer_complete)  # called at once for a payload already complete
         super().feed_data(data, *args)
 
@@ -278,6 +286,12 @@ class _Handler(ResponseHandler):
             self.close()  # the connector finds it not connected: closed, never handed to a request
             return
         super().data_received(data)
+        if self._in_head:  # no final head parsed yet, so every byte so far was head: MAX_HEAD + one read
+            self._head += len(data)
+            if self._head > MAX_HEAD and self.transport is not None:
+                self._in_head = False
+                self.transport.close()  # as aiohttp does on a parse error
+                self.set_exception(HttpProcessingError(message=f"the response head is over {MAX_HEAD:,} bytes"))
 
 
 class _Connector(aiohttp.TCPConnector):

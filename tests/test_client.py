@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from runner import client, spec
-from runner.aiotransport import MAX_HEADERS, _headers
+from runner.aiotransport import MAX_HEAD, MAX_HEADERS, _headers
 from runner.errors import FetchError, RunFailed, Transient
 from runner.ratelimit import Limiter
 from tests.apiserver import ApiServer, FakeClock, Reply
@@ -449,6 +449,20 @@ def test_thousands_of_headers_are_a_transient_protocol_error(api: ApiServer) -> 
     api.route("/x", *[Reply(raw=_raw(head, b"{}"))] * 4)
     with pytest.raises(Transient, match="Too many headers"):
         send(api.url + "/x")
+
+
+@pytest.mark.parametrize("interim", [0, 4], ids=["one-head", "with-103s"])
+def test_a_head_over_the_total_bound_is_a_transient_protocol_error(api: ApiServer, interim: int) -> None:
+    """Fields and lines each within their bounds, 100 x 6,000 bytes: over MAX_HEAD and the one read
+    past it that may complete a head (interim 103 heads count too), so refused before it is parsed
+    into memory (review11 O4); a head of ~120 KB (a long Link header, say) still passes."""
+    early = "HTTP/1.1 103 Early Hints\n" + "".join(f"Link: </{i}>\n" for i in range(20)) + "\n"
+    fat = early * interim + "HTTP/1.1 200 OK\nContent-Length: 2\n" + f"X-F: {'v' * 6000}\n" * 100
+    api.route("/x", *[Reply(raw=_raw(fat, b"{}"))] * 4)
+    with pytest.raises(Transient, match=f"over {MAX_HEAD:,} bytes"):
+        send(api.url + "/x")
+    api.route("/ok", Reply(raw=_raw("HTTP/1.1 200 OK\nContent-Length: 2\n" + f"Link: <{'v' * 60_000}>\n" * 2, b"{}")))
+    assert send(api.url + "/ok").body == {}
 
 
 def test_content_length_shorter_than_the_body_is_never_taken_as_the_next_response(api: ApiServer) -> None:
