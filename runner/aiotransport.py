@@ -255,10 +255,13 @@ class _Handler(ResponseHandler):
     an idle connection hears, a response written twice). httpcore refused a connection readable while
     idle; this closes it as soon as the bytes come, so the connector finds it closed and opens another.
 
+    It also counts the bytes of a head still incomplete, against MAX_HEAD (see there).
+
     Relies on ResponseHandler's `set_response_params` (called once per request, before it is sent),
-    `feed_data` (each parsed response head with its payload) and `data_received`: all there since
-    aiohttp 3.0; tests/test_client.py::test_bytes_an_idle_connection_hears_never_answer_a_request
-    fails if this stops working."""
+    `feed_data` (each parsed response head with its payload), `data_received`, and the connector's
+    `_factory`: all there since aiohttp 3.0 (pyproject allows >= 3.10);
+    tests/test_client.py::test_bytes_an_idle_connection_hears_never_answer_a_request and
+    ::test_a_head_over_the_total_bound_is_a_transient_protocol_error fail if this stops working."""
 
     _answered = False  # the current request's final answer is complete: any byte now is unsolicited
     _head = 0  # bytes received for the current request, while its final answer's head is incomplete
