@@ -12,7 +12,7 @@ What this transport guarantees, and how:
   segment (tests/test_fetch.py::test_entity_values_cannot_change_url_structure).
 - The body arrives as the server sent it: `auto_decompress=False`, so runner/client.py's bounded
   decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
-- No cookie jar (httpx's client owns cookies), no redirects, no proxy from the environment (as with
+- No cookie jar (nor does runner/client.py keep one), no redirects, no proxy from the environment (as with
   httpx's own transport under a custom transport), TLS verified with httpx's SSL context.
 - The rate limiter's send-time stamping works as with httpcore: the request's httpx `trace` extension
   hears httpcore's event names. `send_request_headers.started` is awaited at the top of
@@ -21,11 +21,14 @@ What this transport guarantees, and how:
   opened is announced first (`connect_tcp.started`, and `start_tls.started` for https). Not through
   aiohttp's TraceConfig: its signals (ten per request, each building a parameter object) cost ~40 us
   of event-loop time per request, more than the events syncrun needs (docs/benchmarks.md, fourth pass).
+- An answer is the answer to its own request: a pooled connection that hears anything after its
+  answer was complete and before the next request began is closed, never reused (`_Handler`).
 - Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
   on a kept-alive connection the server had closed is switched off.
 - aiohttp's exceptions become httpx's: connection trouble is an `httpx.TransportError` (retryable),
-  aiohttp's own timeouts an `httpx.TimeoutException`. Nothing else is caught: a cancellation (the
-  attempt's total deadline) passes through untouched.
+  aiohttp's own timeouts an `httpx.TimeoutException`, a request head aiohttp refuses to write (a
+  ValueError) an `httpx.LocalProtocolError`. Nothing else is caught: a cancellation (the attempt's
+  total deadline) passes through untouched.
 """
 
 from __future__ import annotations
@@ -33,21 +36,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import httpx
 import yarl
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 
-# Bounds on a response's head, so hostile headers cost at most ~8 MiB per connection: 64 KiB per line
-# (a Link header with a long next-page URL must reach runner/pagination.py, which names the problem;
-# aiohttp's default is 8,190) and 128 fields (aiohttp's default). A response over them is a protocol
-# error: retried, then the entity's transient failure.
+# Bounds on a response's head: 64 KiB per line (a Link header with a long next-page URL must reach
+# runner/pagination.py, which names the problem; aiohttp's default is 8,190), 128 fields (aiohttp's
+# default), and MAX_HEAD bytes received before the head ends (interim 1xx heads included; the read that
+# completes a head may add up to 256 KiB, asyncio's largest read, so ~512 KiB): the first two alone
+# let 128 fields of 64 KiB through, ~12.5 MB of memory per answer in flight (1.1 GB at concurrency
+# 64; review11 O4). A response over them is a protocol error: retried, then the entity's transient
+# failure.
 _HEADER_LIMIT = 64 * 1024
 MAX_HEADERS = 128
+MAX_HEAD = 256 * 1024
+_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
 
 
@@ -68,7 +79,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         limit = self._limits.max_connections or 0
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
             limit=limit,
             limit_per_host=0,
             ssl=self._verify,  # https requests bring their own context (_tls_context); False: no checks
@@ -81,6 +92,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
             request_class=_Request,
+            # The request goes out with exactly the headers httpx built: aiohttp would add its own
+            # Accept, Accept-Encoding and User-Agent when httpx's lack them, and Content-Type:
+            # application/octet-stream to a POST httpx gave none (an API may answer 415; review11 O1).
+            skip_auto_headers=_AUTO_HEADERS,
             max_line_size=_HEADER_LIMIT,
             max_field_size=_HEADER_LIMIT,
             max_headers=MAX_HEADERS,
@@ -102,7 +117,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         trace = request.extensions.get("trace")
         token = _TRACE.set(trace)
         try:
-            with _mapped():
+            with _refused(), _mapped():
                 response = await self._session.request(
                     request.method,
                     url,
@@ -218,6 +233,75 @@ def _mapped() -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
     except aiohttp.ClientError as exc:  # ClientOSError (reset mid-response) and the rest: the wire failed
         raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """aiohttp refusing to write a request's head (a control character in a header value: a
+    ValueError; a character the head's encoding lacks: a UnicodeError, which is one) becomes httpx's
+    LocalProtocolError, as h11 raised it under httpx's own transport: that request's failure
+    (runner/client.py makes it definitive), never an exception httpx's callers do not expect."""
+    try:
+        yield
+    except ValueError as exc:
+        raise httpx.LocalProtocolError(f"the request cannot be sent: {exc}") from exc
+
+
+# --- a pooled connection that hears anything while idle is closed, never reused --------------------------
+class _Handler(ResponseHandler):
+    """aiohttp's protocol for one connection, closing it when bytes arrive after its answer was complete
+    and before the next request began. aiohttp parsed and buffered them, and the next request on the
+    connection took them as its answer: every later entity got its predecessor's (review11 F9; a 408
+    an idle connection hears, a response written twice). httpcore refused a connection readable while
+    idle; this closes it as soon as the bytes come, so the connector finds it closed and opens another.
+
+    It also counts the bytes of a head still incomplete, against MAX_HEAD (see there).
+
+    Relies on ResponseHandler's `set_response_params` (called once per request, before it is sent),
+    `feed_data` (each parsed response head with its payload), `data_received`, and the connector's
+    `_factory`: all there since aiohttp 3.0 (pyproject allows >= 3.10);
+    tests/test_client.py::test_bytes_an_idle_connection_hears_never_answer_a_request and
+    ::test_a_head_over_the_total_bound_is_a_transient_protocol_error fail if this stops working."""
+
+    _answered = False  # the current request's final answer is complete: any byte now is unsolicited
+    _head = 0  # bytes received for the current request, while its final answer's head is incomplete
+    _in_head = False
+
+    def set_response_params(self, *args: Any, **kwargs: Any) -> None:
+        self._answered, self._head, self._in_head = False, 0, True
+        super().set_response_params(*args, **kwargs)
+
+    def feed_data(self, data: Any, *args: Any) -> None:
+        message, payload = data
+        if self._answered:  # another response after the answer, in the same read: aiohttp closes it too
+            self.force_close()
+        elif not 100 <= message.code < 200 or message.code == 101:  # 1xx is not the answer, 101 is final
+            self._in_head = False
+            payload.on_eof(self._answer_complete)  # called at once for a payload already complete
+        super().feed_data(data, *args)
+
+    def _answer_complete(self) -> None:
+        self._answered = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered and data:
+            self.force_close()
+            self.close()  # the connector finds it not connected: closed, never handed to a request
+            return
+        super().data_received(data)
+        if self._in_head:  # no final head parsed yet, so every byte so far was head: MAX_HEAD + one read
+            self._head += len(data)
+            if self._head > MAX_HEAD and self.transport is not None:
+                self._in_head = False
+                self.transport.close()  # as aiohttp does on a parse error
+                self.set_exception(HttpProcessingError(message=f"the response head is over {MAX_HEAD:,} bytes"))
+
+
+class _Connector(aiohttp.TCPConnector):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        factory = functools.partial(_Handler, loop=self._loop)
+        self._factory = cast("functools.partial[ResponseHandler]", factory)  # aiohttp's protocol factory
 
 
 # --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------

@@ -1,6 +1,10 @@
 """The HTTP client: one `send` per logical request, with a total per-attempt timeout, a body-size cap,
 tenacity retries with backoff, and Retry-After honoured for the whole rate-limit bucket.
 
+Cookies are not kept: a `Set-Cookie` from the API is ignored, so no answer can grow the state every
+later request carries or put bytes into a later request's head (docs/troubleshooting.md, "Cookies").
+A source that needs a cookie sends it as a header (`request.headers: {Cookie: …}`).
+
 httpx exceptions are translated here and nowhere else. The only tenacity import (at the first retry).
 """
 
@@ -10,10 +14,12 @@ import asyncio
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -36,16 +42,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSIENT_EXCERPT = 80  # characters of a transient answer's body quoted in its retry message
+_NO_COOKIES = DefaultCookiePolicy(allowed_domains=[])  # no domain may set (or be sent) a cookie
 
 
 class Client(httpx.AsyncClient):
     """httpx's client as `build` makes it. `send` below hands its requests straight to `chain` (the
     transports: auth, rate limit, aiohttp), skipping httpx's per-request work that a source run does
-    not use (its cookie jar's extraction cost ~0.14 ms per response when no cookie came; redirects
+    not use (its cookie jar: a server's cookies are never kept, see the module's docstring; redirects
     are off, auth is a transport). `plans`: each source's compiled request (runner/plans.py)."""
 
     def __init__(self, *, chain: httpx.AsyncBaseTransport, **options: Any) -> None:
-        super().__init__(transport=chain, **options)
+        # A jar that refuses every cookie, for a request sent through httpx's own `send` (`_exchange`
+        # does not look at Set-Cookie at all).
+        super().__init__(transport=chain, cookies=CookieJar(_NO_COOKIES), **options)
         self.chain = chain
         self.plans: dict[tuple[int, int], RequestPlan] = {}
 
@@ -112,7 +121,9 @@ async def send(
     than `timeout` (connect + send + the whole body). Between attempts: exponential backoff with
     jitter, or the server's Retry-After, which pauses the whole bucket. Raises Transient when the
     attempts run out, FetchError for a body over `max_body`, RunFailed for a Retry-After beyond
-    `policy.max_wait`. Any other status is returned: the outcome rules decide what it means.
+    `policy.max_wait` or a server certificate TLS verification refuses (a setting to fix, not an
+    entity's transient failure to retry until the breaker trips). Any other status is returned: the
+    outcome rules decide what it means.
     `client` must come from `build`: its transport starts the timeout clock when the budget is granted.
     """
     url = redact(str(request.url))
@@ -196,7 +207,15 @@ async def _attempt(
         raise _Retryable(f"no complete answer within {timeout:g} s (request.timeout)") from None
     except httpx.TimeoutException as exc:
         raise _Retryable(f"timed out ({type(exc).__name__})") from None
+    except httpx.LocalProtocolError as exc:  # this request's head cannot be written: another attempt neither
+        raise FetchError(f"unusable request to {url} ({exc})") from None
     except httpx.TransportError as exc:
+        if refused := _certificate_refused(exc):  # the same for every request to the origin: not the entity's
+            raise RunFailed(
+                f"TLS certificate verification failed for {url} ({refused}): if the API's certificate is"
+                " signed by a private CA, set SSL_CERT_FILE to that CA's certificate file; for a test"
+                " server only, set request.verify_tls: false"
+            ) from None
         raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from None
     except httpx.HTTPError as exc:  # anything else httpx raises is about this response: definitive
         raise FetchError(f"unusable response from {url} ({type(exc).__name__}: {exc})") from None
@@ -207,17 +226,29 @@ async def _attempt(
 
 async def _exchange(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
     """`client.send(request, stream=True)`, directly through a `Client`'s transports. What httpx's send
-    would add and syncrun depends on is kept: the response knows its request, and cookies a server
-    sets are kept for the next requests (as httpx's jar does; rare, so only looked for)."""
+    would add and syncrun depends on is kept: the response knows its request. Its cookie jar is not:
+    a jar grew without bound under a Set-Cookie flood and was sent back whole on every request, and
+    one cookie with a control or non-ASCII byte made every later request raise (review11 F1, F2)."""
     if not isinstance(client, Client):
         return await client.send(request, stream=True)
     if client.is_closed:
         raise RuntimeError("the HTTP client of this run was closed")
     response = await client.chain.handle_async_request(request)
     response.request = request
-    if "set-cookie" in response.headers:
-        client.cookies.extract_cookies(response)
     return response
+
+
+def _certificate_refused(exc: BaseException) -> str:
+    """Why the server's certificate was refused, when that is what failed the connection (under
+    aiohttp's transport or httpx's own, an ssl.SSLCertVerificationError is in the chain); else ""."""
+    reason, seen = "", exc.__cause__ or exc.__context__
+    for _ in range(8):  # a chain is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):  # aiohttp's own error is one, without the reason
+            reason = str(getattr(seen, "verify_message", None) or reason or "certificate refused")
+        seen = seen.__cause__ or seen.__context__
+    return reason
 
 
 def _transient_status(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
+import time
 import zlib
 
 import httpx
@@ -181,3 +183,38 @@ def test_parse_json_never_raises(raw: bytes) -> None:
 def test_nesting_is_measured_on_the_decoded_value(text: str, depth: int) -> None:
     """Brackets inside strings do not count; empty containers do."""
     assert _depth(json.loads(text)) == depth
+
+
+# --- gzip members (review11 F4) -----------------------------------------------------------------------------
+def _decode(coding: str, raw: bytes, chunk: int, limit: int = 20_000_000) -> bytes:
+    decoder, decoded = reader._Decoder(coding, limit=limit), bytearray()
+    for offset in range(0, len(raw), chunk):
+        for piece in decoder.feed(raw[offset : offset + chunk]):
+            decoded += piece
+    decoder.finish()
+    return bytes(decoded)
+
+
+def test_many_empty_gzip_members_are_refused_after_little_work() -> None:
+    """9.9 MB of empty gzip members (495,000 of them) in one chunk cost ~7.5 s of CPU, quadratic in the
+    chunk (each member's end copied the rest of it): now the body is refused at MAX_MEMBERS, in a few ms
+    (the bound below is ~100x the time measured on a loaded 2-CPU machine)."""
+    body = gzip.compress(b"", 9) * 495_000
+    started = time.process_time()
+    with pytest.raises(reader._BadBody, match="more than 1,000 gzip members"):
+        _decode("gzip", body, len(body))
+    assert time.process_time() - started < 1.0
+
+
+@pytest.mark.parametrize("chunk", [7, 4096, 10_000_000])
+def test_gzip_members_up_to_the_bound_decode_whole_and_in_order(chunk: int) -> None:
+    parts = [json.dumps({"n": n}).encode() for n in range(reader.MAX_MEMBERS)]
+    body = b"".join(gzip.compress(part) for part in parts)
+    assert _decode("gzip", body, chunk) == b"".join(parts)
+
+
+def test_a_large_chunk_of_one_member_decodes_in_slices() -> None:
+    """A 1 MB compressed chunk (incompressible data) goes to zlib in _STEP slices, with the same result."""
+    data = random.Random(7).randbytes(1_000_000) + b"\0" * 3_000_000
+    assert _decode("gzip", gzip.compress(data), 10_000_000) == data
+    assert _decode("deflate", zlib.compress(data), 10_000_000) == data

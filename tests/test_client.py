@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from runner import client, spec
-from runner.aiotransport import MAX_HEADERS, _headers
+from runner.aiotransport import MAX_HEAD, MAX_HEADERS, _headers
 from runner.errors import FetchError, RunFailed, Transient
 from runner.ratelimit import Limiter
 from tests.apiserver import ApiServer, FakeClock, Reply
@@ -451,6 +451,20 @@ def test_thousands_of_headers_are_a_transient_protocol_error(api: ApiServer) -> 
         send(api.url + "/x")
 
 
+@pytest.mark.parametrize("interim", [0, 4], ids=["one-head", "with-103s"])
+def test_a_head_over_the_total_bound_is_a_transient_protocol_error(api: ApiServer, interim: int) -> None:
+    """Fields and lines each within their bounds, 100 x 6,000 bytes: over MAX_HEAD and the one read
+    past it that may complete a head (interim 103 heads count too), so refused before it is parsed
+    into memory (review11 O4); a head of ~120 KB (a long Link header, say) still passes."""
+    early = "HTTP/1.1 103 Early Hints\n" + "".join(f"Link: </{i}>\n" for i in range(20)) + "\n"
+    fat = early * interim + "HTTP/1.1 200 OK\nContent-Length: 2\n" + f"X-F: {'v' * 6000}\n" * 100
+    api.route("/x", *[Reply(raw=_raw(fat, b"{}"))] * 4)
+    with pytest.raises(Transient, match=f"over {MAX_HEAD:,} bytes"):
+        send(api.url + "/x")
+    api.route("/ok", Reply(raw=_raw("HTTP/1.1 200 OK\nContent-Length: 2\n" + f"Link: <{'v' * 60_000}>\n" * 2, b"{}")))
+    assert send(api.url + "/ok").body == {}
+
+
 def test_content_length_shorter_than_the_body_is_never_taken_as_the_next_response(api: ApiServer) -> None:
     """Content-Length: 2 before a longer body: aiohttp's parser refuses the junk after the declared
     body as a protocol error (retried on a fresh connection); the junk never becomes the next answer."""
@@ -518,3 +532,137 @@ def test_headers_go_to_aiohttp_as_httpx_lists_them(headers: list[tuple[str, str 
     """The transport's header list is httpx's `multi_items()` (lower-case names, httpx's encoding)."""
     built = httpx.Headers(headers)
     assert _headers(built) == built.multi_items()
+
+
+# --- cookies: never kept, never sent (review11 F1, F2) ------------------------------------------------------
+def test_cookies_an_api_sets_are_never_kept_nor_sent_back(api: ApiServer) -> None:
+    """A flood of new cookies on every answer, one with a control character, one with a non-ASCII byte:
+    every later request still goes out, with no Cookie header at all, and the client's jar stays
+    empty (it grew by ~7 MB per answer and was sent back whole; the odd cookies made every later
+    request raise). httpx's own `send` (an OAuth2 token request's path) keeps none either."""
+    served = iter(range(1_000_000))
+
+    def flood(_: object) -> Reply:
+        n = next(served)
+        cookies = tuple(("Set-Cookie", f"c{n}_{i}={'v' * 4000}; Path=/") for i in range(100))
+        return Reply(200, json=PAYLOAD, repeated=cookies)
+
+    api.route("/flood", flood)
+    api.route("/ctl", Reply(200, json=PAYLOAD, headers={"Set-Cookie": "a=x\x01y; Path=/"}))
+    api.route("/utf", Reply(200, json=PAYLOAD, headers={"Set-Cookie": "b=\xfc\xfe; Path=/"}))
+    paths = ["/flood", "/ctl", "/utf"] * 4
+
+    async def main() -> None:
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/flood"), limiter, max_connections=2) as http:
+            for path in paths:
+                request = http.build_request("GET", api.url + path)
+                reply = await client.send(
+                    http, request, POLICY, max_body=1_000_000, timeout=5, limiter=limiter, redact=str
+                )
+                assert reply.body == PAYLOAD
+            response = await http.send(http.build_request("GET", api.url + "/ctl"))
+            assert response.status_code == 200
+            assert len(http.cookies.jar) == 0
+
+    asyncio.run(main())
+    assert [r.path for r in api.requests] == [*paths, "/ctl"]
+    assert all("cookie" not in r.headers for r in api.requests)
+
+
+@pytest.mark.parametrize("value", ["x\x01y", "x\x7fy", "x\x0by"])
+def test_a_head_aiohttp_refuses_to_write_is_the_requests_definitive_failure(api: ApiServer, value: str) -> None:
+    """A control character in a header value: aiohttp's ValueError became a traceback (exit 70); now an
+    `unusable request` FetchError, not retried (another attempt would fail the same way), and the
+    server never hears of it."""
+    api.route("/x", Reply(200, json=PAYLOAD))
+
+    async def main() -> None:
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/x"), limiter, max_connections=2) as http:
+            request = http.build_request("GET", api.url + "/x", headers={"X-A": value})
+            with pytest.raises(FetchError, match="unusable request") as caught:
+                await client.send(http, request, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+            assert not isinstance(caught.value, Transient)
+            again = http.build_request("GET", api.url + "/x")
+            reply = await client.send(http, again, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+            assert reply.body == PAYLOAD
+
+    asyncio.run(main())
+    assert len(api.requests) == 1
+
+
+# --- bytes on an idle pooled connection (review11 F9) ----------------------------------------------------------
+def test_bytes_an_idle_connection_hears_never_answer_a_request() -> None:
+    """A server answers each request with its target, and on a connection's first request also writes,
+    a little later, a whole extra response onto the then idle keep-alive connection. aiohttp kept the
+    connection and the next request took those bytes as its answer, and every later one its
+    predecessor's (k2 ← STRAY, k3 ← k2, …). Now such a connection is closed: each gets its own."""
+
+    async def main() -> list[object]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            served = 0
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    target = head.split(b" ", 2)[1].decode()
+                    served += 1
+                    writer.write(_json_response({"target": target}))
+                    await writer.drain()
+                    if served == 1:
+                        await asyncio.sleep(0.1)
+                        writer.write(_json_response({"target": "STRAY"}))
+                        await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        limiter = _limiter()
+        bodies: list[object] = []
+        async with server, client.build(_request_spec(url + "/k1"), limiter, max_connections=1) as http:
+            for n in range(1, 6):
+                request = http.build_request("GET", f"{url}/k{n}")
+                reply = await client.send(http, request, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+                bodies.append(reply.body)
+                await asyncio.sleep(0.3)  # the stray answer arrives while the connection is idle in the pool
+        return bodies
+
+    assert asyncio.run(main()) == [{"target": f"/k{n}"} for n in range(1, 6)]
+
+
+def _json_response(value: object) -> bytes:
+    body = json.dumps(value).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("POST", {}),
+        ("POST", {"content": b"raw"}),
+        ("PUT", {"headers": {"Accept": "application/json"}}),
+        ("GET", {"headers": {"User-Agent": "syncrun-test"}}),
+    ],
+    ids=["bodyless-post", "post-bytes", "put", "get"],
+)
+def test_requests_go_out_with_exactly_the_headers_httpx_built(
+    api: ApiServer, method: str, options: dict[str, object]
+) -> None:
+    """aiohttp added `Content-Type: application/octet-stream` to a POST httpx gave none (review11 O1);
+    it adds none of its own headers now, nor drops one of httpx's."""
+    api.route("/x", Reply(200, json=PAYLOAD))
+
+    async def main() -> httpx.Request:
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/x"), limiter, max_connections=1) as http:
+            request = http.build_request(method, api.url + "/x", **options)  # type: ignore[arg-type]
+            await client.send(http, request, POLICY, max_body=1000, timeout=5, limiter=limiter, redact=str)
+            return request
+
+    request = asyncio.run(main())
+    (seen,) = api.requests
+    assert seen.headers == {name.lower(): value for name, value in request.headers.items()}

@@ -475,19 +475,48 @@ def tls_api(tmp_path: Path) -> Iterator[ApiServer]:
 def test_tls_verification_is_on_by_default_and_off_only_with_a_warning(
     cluster: faultlib.Cluster, tmp_path: Path, tls_api: ApiServer
 ) -> None:
-    """A self-signed certificate fails the entity by default; `request.verify_tls: false` accepts it and
+    """A self-signed certificate fails the run by default, once, naming the settings that fix it (it was
+    each entity's transient failure, retried with budget spent until the breaker tripped; review11
+    O3); SSL_CERT_FILE naming the certificate trusts it; `request.verify_tls: false` accepts it and
     the run log says that verification is off, naming the URL."""
     project = Project(cluster, tmp_path, "sec_tls")
-    project.seed(["one"])
-    tls_api.route("/items/one/detail", Reply(200, json={"title": "One", "tags": []}))
+    project.seed(["one", "two", "three", "four", "five", "six"])
+    for slug in ("one", "two"):
+        tls_api.route(f"/items/{slug}/detail", Reply(200, json={"title": slug.title(), "tags": []}))
     url = tls_api.url.replace("http://", "https://")
-    strict = project.syncrun("run", str(project.source), api_url=url)  # fail_ratio 1: the entity fails, exit 0
-    assert "CERTIFICATE_VERIFY_FAILED" in strict.stderr or "certificate verify failed" in strict.stderr
+    strict = project.syncrun("run", str(project.source), api_url=url, code=1)
+    assert "TLS certificate verification failed for https://127.0.0.1:" in strict.stderr
+    assert "self-signed certificate" in strict.stderr
+    assert "SSL_CERT_FILE" in strict.stderr
+    assert "request.verify_tls: false" in strict.stderr
     assert "verification is disabled" not in strict.stderr
+    assert "Traceback" not in strict.stderr
     assert project.rows("select count(*) from items") == [(0,)]
+    assert project.rows("select status from sync_jobs") == [("failed",)]
+    project.env["SSL_CERT_FILE"] = str(tmp_path / "cert.pem")
+    project.syncrun("run", str(project.source), "--ids", "two", api_url=url)
+    del project.env["SSL_CERT_FILE"]
+    assert project.rows("select slug, title from items") == [("two", "Two")]
     project.source.write_text(
         project.source.read_text().replace("  timeout: 2s\n", "  timeout: 2s\n  verify_tls: false\n")
     )
     relaxed = project.syncrun("run", str(project.source), "--ids", "one", api_url=url)
     assert "TLS certificate verification is disabled for ${env.API_URL}/items/{slug}/detail" in relaxed.stderr
-    assert project.rows("select slug, title from items") == [("one", "One")]
+    assert sorted(project.rows("select slug, title from items")) == [("one", "One"), ("two", "Two")]
+
+
+def test_cookies_an_api_sets_cannot_stop_a_run(cluster: faultlib.Cluster, tmp_path: Path, api: ApiServer) -> None:
+    """review11 F2: one Set-Cookie with a control character or a non-ASCII byte made every later
+    request of the run raise (exit 70). syncrun keeps no cookies: every entity is written, exit 0, and
+    no request carries a Cookie header."""
+    project = Project(cluster, tmp_path, "sec_cookie")
+    slugs = ["one", "two", "three", "four", "five"]
+    project.seed(slugs)
+    cookies = {"one": "a=x\x01y; Path=/", "two": "b=\xfc\xfe; Path=/", "three": "c=x\x7fy; Path=/"}
+    for slug in slugs:
+        headers = {"Set-Cookie": cookies[slug]} if slug in cookies else {}
+        api.route(f"/items/{slug}/detail", Reply(200, json={"title": slug.title(), "tags": []}, headers=headers))
+    project.syncrun("run", str(project.source), "--ids", ",".join(slugs), api_url=api.url)
+    assert sorted(project.rows("select slug, title from items")) == sorted((s, s.title()) for s in slugs)
+    assert len(api.requests) == len(slugs)
+    assert all("cookie" not in r.headers for r in api.requests)
