@@ -92,7 +92,10 @@ async def _fetch(
     """(status, headers, decoded body) of one GET of `target`; UsageError for anything else."""
     # A one-off client only to build the request as a run's client would (its default headers);
     # the request goes straight to the transport: no cookie jar, no redirects, no auth flow.
-    builder = httpx.AsyncClient(headers={"Accept-Encoding": ACCEPT_ENCODING}, follow_redirects=False)
+    # Its timeouts (httpx's default: 5 s per read) become aiohttp's per-read ones: only the total applies.
+    builder = httpx.AsyncClient(
+        headers={"Accept-Encoding": ACCEPT_ENCODING}, follow_redirects=False, timeout=httpx.Timeout(deadline)
+    )
     transport = AiohttpTransport(limits=httpx.Limits(max_connections=1))
     try:
         async with asyncio.timeout(deadline):
