@@ -6,6 +6,7 @@ parser), and the URL's `{placeholders}` that say which entity to ask for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -137,8 +138,10 @@ async def _fetch(
 
 def _redirected(status: int, target: str, location: str) -> str:
     """The message for a redirect, naming where it points (resolved against `target`)."""
+    with contextlib.suppress(ValueError):  # a Location urllib cannot read ("http://[::1/") is shown as it came
+        location = urljoin(target, location)
     return (
-        f"--url: the API answered HTTP {status}, a redirect to {_shown(urljoin(target, location))};"
+        f"--url: the API answered HTTP {status}, a redirect to {_shown(location)};"
         " syncrun follows no redirect (nor would a run): pass that URL as --url"
     )
 

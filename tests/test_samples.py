@@ -181,6 +181,7 @@ _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         (Reply(raw=b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 500 + b"\r\n{}"), "could not fetch a sample"),
         (Reply(raw=b"garbage\r\n\r\n"), "could not fetch a sample"),
         (Reply(302, headers={"Location": "http://x/\x1b[2Jé"}), "a redirect to http://x/\\x1b[2J\\xe9;"),
+        (Reply(307, headers={"Location": "http://[::1/x"}), "a redirect to http://[::1/x;"),
         (Reply(200, json={"a": 1}, headers={"Set-Cookie": "a=\xfc\x01; Path=/"}), None),
     ],
     ids=[
@@ -194,6 +195,7 @@ _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         "500-headers",
         "garbage",
         "odd-location",
+        "bad-location",
         "odd-cookie",
     ],
 )
