@@ -15,7 +15,7 @@ import httpx
 
 from runner import templating
 from runner.aiotransport import AiohttpTransport
-from runner.client import ACCEPT_ENCODING, parse_json, read_body
+from runner.body import ACCEPT_ENCODING, joined, parse_json, read_body
 from runner.errors import FetchError, UsageError
 from runner.spec import Column
 
@@ -63,7 +63,7 @@ def fetch_reply(
     without a value). UsageError when the API does not answer with usable JSON within `deadline`
     seconds (connect, headers and body) and `max_body` bytes (on the wire and decoded).
 
-    Fetched as a run fetches (runner/client.py): the same transport (no proxy, no cookie jar), no
+    Fetched as a run fetches (runner/client.py, runner/body.py): the same transport (no proxy, no cookie jar), no
     redirect followed (`sent` holds the user's credentials: they go to this URL's origin and nowhere
     else), the body read by the bounded decoder, the strict JSON parser."""
     columns = placeholders(url)
@@ -104,10 +104,11 @@ async def _fetch(
             request = builder.build_request("GET", target, headers=sent)
             response = await transport.handle_async_request(request)
             try:
-                location = response.headers.get("location")
+                headers = joined(response.headers)
+                location = headers.get("location")
                 if 300 <= response.status_code < 400 and location is not None:
                     raise UsageError(_redirected(response.status_code, target, location))
-                raw = await read_body(response, max_body, _shown(target))
+                raw = await read_body(response, max_body, _shown(target), headers)
             finally:
                 await response.aclose()
     except TimeoutError:
@@ -130,10 +131,7 @@ async def _fetch(
     finally:
         await transport.aclose()
         await builder.aclose()
-    values: dict[str, list[str]] = {}
-    for name, text in response.headers.multi_items():  # joined once: many repeats stay linear
-        values.setdefault(name.lower(), []).append(text)
-    return response.status_code, {name: ", ".join(repeated) for name, repeated in values.items()}, raw
+    return response.status_code, headers, raw
 
 
 def _redirected(status: int, target: str, location: str) -> str:
