@@ -5,8 +5,11 @@ the wire and decoded, a total deadline, the strict JSON parser; each ends as exi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import socket
+import threading
 import time
 import tracemalloc
 import zlib
@@ -136,6 +139,34 @@ def test_a_slow_server_ends_at_the_total_deadline(project: Path, api: ApiServer,
         "--url: no complete answer within 1 s (connect, headers and body): save one response and pass --sample"
     )
     assert 0.9 <= elapsed < 6.0, elapsed  # the margin: a loaded 2-CPU machine
+
+
+def test_a_body_of_declared_length_dripped_ends_at_the_deadline(project: Path) -> None:
+    """The review's drip: `Content-Length: 100000`, then a byte every 0.05 s (a body read in one go
+    when its length is declared: the deadline still ends it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.05):
+                    connection.sendall(b" ")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UsageError, match=r"no complete answer within 1 s \(connect, headers and body\)"):
+            samples.fetch_reply(f"http://127.0.0.1:{listener.getsockname()[1]}/drip", None, deadline=1.0)
+        assert time.monotonic() - started < 6.0
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=2)
 
 
 def test_a_slow_answer_inside_the_deadline_is_read(project: Path, api: ApiServer) -> None:
