@@ -78,8 +78,12 @@ def parse_headers(given: list[str]) -> list[tuple[str, str]]:
 
 
 def credentials(url: str) -> tuple[str, list[tuple[str, str]]]:
-    """`url` without its query parameters named like a credential, and those (name, value) pairs."""
-    parts = urlsplit(url)
+    """`url` without its query parameters named like a credential, and those (name, value) pairs. A URL
+    urllib cannot split (`http://[::1/x`) is refused here, before anything reads it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise UsageError(f"--url is not a URL syntax can read ({error})") from None
     if not parts.query or "${" in parts.query:
         return url, []
     pairs = parse_qsl(parts.query, keep_blank_values=True)

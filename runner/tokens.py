@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote_plus
 
 import httpx
@@ -34,6 +35,8 @@ from runner.body import ACCEPT_ENCODING, parse_json, read_body
 from runner.errors import FetchError, RunFailed
 from runner.ratelimit.local import Limiter
 from runner.ratelimit.transport import RateLimitedTransport
+
+_NO_COOKIES = DefaultCookiePolicy(allowed_domains=[])  # no domain may set (or be sent) a cookie
 
 log = logging.getLogger("syncrun")
 
@@ -78,7 +81,11 @@ class Endpoint:
         inner = transport or httpx.AsyncHTTPTransport(verify=verify_tls)
         if limiter is not None:  # auth.rate_limited: the token endpoint shares the API's quota
             inner = RateLimitedTransport(inner, limiter)
-        self.http = httpx.AsyncClient(transport=inner, timeout=self.timeout, follow_redirects=False)
+        # No cookies, as for the API (runner/client.py): a token endpoint's Set-Cookie could otherwise
+        # grow every later token request or put bytes httpx cannot encode into one (a crash)
+        self.http = httpx.AsyncClient(
+            transport=inner, timeout=self.timeout, follow_redirects=False, cookies=CookieJar(_NO_COOKIES)
+        )
         self.attempts = 0  # token requests sent (for tests and logs)
         self.answered: int | None = None  # the status of the current attempt, once its headers arrived
 

@@ -563,3 +563,11 @@ def test_a_bad_header_exits_2_quoting_nothing_of_its_value(
     assert message in err
     assert "APIK" not in err
     assert "secret" not in err
+
+
+def test_a_url_urllib_cannot_split_exits_2(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`http://[::1/x` (an unclosed IPv6 bracket) was a ValueError from urlsplit: exit 70."""
+    assert cli.main(["new", "v6", "--url", "http://[::1/x?api_key=SeCrEtApIkEy123", "--id", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--url is not a URL" in err
+    assert "SeCrEtAp" not in err

@@ -274,3 +274,26 @@ def test_a_token_type_other_than_bearer_is_used_with_a_warning(
     said = [r.getMessage() for r in caplog.records if "token_type" in r.getMessage()]
     assert bool(said) == warned
     assert all("answered token_type 'mac': syncrun sends every token as Bearer" in m for m in said)
+
+
+def test_a_token_endpoints_cookies_are_not_kept(api: ApiServer, tmp_path: Path) -> None:
+    """A Set-Cookie from the token endpoint (here non-ASCII, which httpx cannot put into a later
+    request's head: a crash) is ignored, as the API's are: the next token request carries no Cookie."""
+    api.route(
+        "/oauth/token",
+        Reply(
+            200,
+            json={"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600},
+            repeated=(("Set-Cookie", "a=\u00fc; Path=/"), ("Set-Cookie", "b=1; Path=/")),
+        ),
+    )
+    ep = endpoint(api, tmp_path)
+
+    async def twice() -> list[tokens.Grant]:
+        try:
+            return [await ep.grant(), await ep.grant()]
+        finally:
+            await ep.aclose()
+
+    assert asyncio.run(twice()) == [tokens.Grant(TOKEN, 3600.0)] * 2
+    assert [r.headers.get("cookie") for r in api.requests] == [None, None]
