@@ -13,7 +13,7 @@ upsert reporting how many rows it inserted and updated.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import psycopg
@@ -206,40 +206,25 @@ def upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
 
 def copy_upsert_sql(target: Write, types: Mapping[str, str], touch_updated_at: bool) -> sql.Composed:
     """The same upsert, reading the rows COPY put into the temp table."""
-    columns, _, action = _upsert_parts(target, touch_updated_at)
-    values = sql.SQL(", ").join(
-        [
-            *map(sql.Identifier, written_columns(target)),
-            *([sql.SQL("now()")] if _touches(target, touch_updated_at) else []),
-        ]
-    )
-    return sql.SQL("insert into {} as t ({}) select {} from {} on conflict ({}) {}").format(
-        identifier(target.table),
-        columns,
-        values,
-        _temp(target, types),
-        sql.SQL(", ").join(map(sql.Identifier, target.key)),
-        action,
-    )
+    names = written_columns(target)
+    return _upsert_from(target, touch_updated_at, map(sql.Identifier, names), _temp(target, types))
 
 
 def unnest_upsert_sql(target: Write, touch_updated_at: bool, casts: tuple[str, ...]) -> sql.Composed:
     """The same upsert, reading the rows from one array parameter per written column (`casts`)."""
-    columns, _, action = _upsert_parts(target, touch_updated_at)
     names = written_columns(target)
-    values = sql.SQL(", ").join(
-        [
-            *(sql.SQL("v.{}").format(sql.Identifier(c)) for c in names),
-            *([sql.SQL("now()")] if _touches(target, touch_updated_at) else []),
-        ]
-    )
+    selected = (sql.SQL("v.{}").format(sql.Identifier(c)) for c in names)
+    return _upsert_from(target, touch_updated_at, selected, unnest_sql(names, casts))
+
+
+def _upsert_from(
+    target: Write, touch_updated_at: bool, selected: Iterable[sql.Composable], rows: sql.Composable
+) -> sql.Composed:
+    """`insert ... select <selected> from <rows> on conflict ...`: the upsert fed by a set of rows."""
+    columns, _, action = _upsert_parts(target, touch_updated_at)
+    values = sql.SQL(", ").join([*selected, *([sql.SQL("now()")] if _touches(target, touch_updated_at) else [])])
     return sql.SQL("insert into {} as t ({}) select {} from {} on conflict ({}) {}").format(
-        identifier(target.table),
-        columns,
-        values,
-        unnest_sql(names, casts),
-        sql.SQL(", ").join(map(sql.Identifier, target.key)),
-        action,
+        identifier(target.table), columns, values, rows, sql.SQL(", ").join(map(sql.Identifier, target.key)), action
     )
 
 

@@ -303,3 +303,13 @@ def api() -> Iterator[ApiServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def other() -> Iterator[ApiServer]:
+    """A second loopback server: another origin (another port), recording what it receives."""
+    server = ApiServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -459,15 +458,6 @@ def test_pages_on_the_own_origin_carry_the_credentials_other_origins_never(
 
 def linked(target: str, item: int) -> Reply:
     return Reply(200, json=[{"id": item}], headers={"Link": f'<{target}>; rel="next"'})
-
-
-@pytest.fixture
-def other() -> Iterator[ApiServer]:
-    server = ApiServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_every_example_in_docs_auth_validates(tmp_path: Path) -> None:

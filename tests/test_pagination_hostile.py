@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -266,16 +265,6 @@ def test_a_total_may_come_from_a_header_or_as_a_whole_float(api: ApiServer) -> N
 
 
 # --- review 12: headers and userinfo towards other origins, empty pages, has_more as text ----------------
-@pytest.fixture
-def other() -> Iterator[ApiServer]:
-    """A second loopback server: another origin (another port), recording what it receives."""
-    server = ApiServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_an_allowed_origin_gets_its_own_host_header(api: ApiServer, other: ApiServer) -> None:
     """The first request's Host (and credentials) never go to the other server: it sees its own."""
     api.route("/x", linked(other.url + "/y?page=2"))

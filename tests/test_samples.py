@@ -13,7 +13,6 @@ import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,16 +30,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "syncrun.yaml").write_text("status: {table: sync_status, key: appid}\nentities: {key: appid}\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-@pytest.fixture
-def other() -> Iterator[ApiServer]:
-    """A second loopback server: another origin (another port)."""
-    server = ApiServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
