@@ -76,10 +76,12 @@ class _GitHub(_Text):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        # The runner decodes %25, %0D and %0A in an annotation's message: a key holding "%0A::error::"
+        # would otherwise become a second, forged annotation line (review2 N2)
         if record.levelno >= logging.ERROR:
-            return "::error::" + line
+            return "::error::" + line.replace("%", "%25")
         if record.levelno >= logging.WARNING:
-            return "::warning::" + line
+            return "::warning::" + line.replace("%", "%25")
         return line
 
 

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from runner.database import identifier
+from runner.database import identifier, regclass_text
 from runner.spec import Lookup, Merge, QualifiedName, Write, WriteMode
 from runner.values import array_cast
 
@@ -99,41 +99,53 @@ def written_columns(target: Write) -> tuple[str, ...]:
     return (*target.column_names, *(lookup.column for lookup in target.lookups))
 
 
-def _temp(target: Write, types: Mapping[str, str]) -> sql.Identifier:
-    """The temp table's name for a target: its table, written columns and their types, hashed (names
-    are <= 63 bytes). The types are in the name because the table outlives the run behind a pooler in
-    transaction mode: a later run after an `alter table ... type` must not COPY into the old shape
-    (a binary COPY would be read as the old type: review15 F2)."""
+def _temp(target: Write, types: Mapping[str, str], binary: bool) -> sql.Identifier:
+    """The temp table's name for a target: its table, written columns, their types and the COPY format,
+    hashed (names are <= 63 bytes). The types are in the name because the table outlives the run behind
+    a pooler in transaction mode: a later run after an `alter table ... type` must not COPY into the
+    old shape (binary bytes read as the old type stored bigint 2147483647 as 0: review15 F2)."""
     columns = written_columns(target)
-    shape = repr((str(target.table), columns, tuple(types.get(c) for c in columns))).encode()
+    shape = repr((str(target.table), columns, tuple(types.get(c) for c in columns), binary)).encode()
     return sql.Identifier("_syncrun_rows_" + hashlib.blake2b(shape, digest_size=8).hexdigest())
 
 
-def temp_sql(target: Write, types: Mapping[str, str]) -> sql.Composed:
+def temp_sql(target: Write, types: Mapping[str, str], binary: bool = False) -> sql.Composed:
     """create temp table if not exists ... on commit delete rows; then empty it, for a caller whose
     transaction spans batches (no commit between them: a savepoint each). Two statements, one round
     trip: no parameters, so psycopg sends them as one query.
 
-    Typed with `types` (the write plan's: the catalog as the run read it), not `as select` from the
-    table: the rows were fitted, and a binary COPY encoded, for those types. A column altered since
-    then is converted by the `insert ... select` into it, as PostgreSQL converts any assignment."""
+    For text COPY the table is shaped `as select` from the target as it is now: text is parsed into the
+    column's current type, so a column altered since the run started (text to integer) still takes it.
+    For binary COPY it is typed with `types` (the write plan's: the catalog as the run read it), which
+    is what the bytes were encoded for; the `insert ... select` converts into a column altered since, as
+    PostgreSQL converts any assignment (an alter with no such cast fails the batch, never misreads it)."""
     columns = written_columns(target)
-    if not all(types.get(c) for c in columns):  # not in the catalog (cannot happen once checked): as the table is
+    name = _temp(target, types, binary)
+    if not binary or not all(types.get(c) for c in columns):
         return sql.SQL(
             "create temp table if not exists {0} on commit delete rows as select {1} from {2} with no data;"
             " delete from {0}"
-        ).format(_temp(target, types), sql.SQL(", ").join(map(sql.Identifier, columns)), identifier(target.table))
+        ).format(name, sql.SQL(", ").join(map(sql.Identifier, columns)), identifier(target.table))
     # format_type text is PostgreSQL's own rendering of a type name, quoted where it must be
     shape = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types[c])) for c in columns)
     return sql.SQL("create temp table if not exists {0} ({1}) on commit delete rows; delete from {0}").format(
-        _temp(target, types), shape
+        name, shape
+    )
+
+
+def types_sql(target: Write) -> tuple[str, tuple[str, list[str]]]:
+    """The query (and its parameters) for the written columns' types as the table has them now."""
+    return (
+        "select attname, format_type(atttypid, atttypmod) from pg_attribute"
+        " where attrelid = to_regclass(%s) and attname = any(%s) and attnum > 0 and not attisdropped",
+        (regclass_text(target.table), list(written_columns(target))),
     )
 
 
 def copy_sql(target: Write, types: Mapping[str, str], binary: bool = False) -> sql.Composed:
     """COPY into the temp table, as text or (`binary`) in PostgreSQL's binary format."""
     return sql.SQL("copy {} ({}) from stdin{}").format(
-        _temp(target, types),
+        _temp(target, types, binary),
         sql.SQL(", ").join(map(sql.Identifier, written_columns(target))),
         sql.SQL(" (format binary)" if binary else ""),
     )
@@ -204,10 +216,12 @@ def upsert_sql(target: Write, touch_updated_at: bool) -> sql.Composed:
     )
 
 
-def copy_upsert_sql(target: Write, types: Mapping[str, str], touch_updated_at: bool) -> sql.Composed:
-    """The same upsert, reading the rows COPY put into the temp table."""
+def copy_upsert_sql(
+    target: Write, types: Mapping[str, str], touch_updated_at: bool, binary: bool = False
+) -> sql.Composed:
+    """The same upsert, reading the rows COPY put into the temp table (the binary or the text one)."""
     names = written_columns(target)
-    return _upsert_from(target, touch_updated_at, map(sql.Identifier, names), _temp(target, types))
+    return _upsert_from(target, touch_updated_at, map(sql.Identifier, names), _temp(target, types, binary))
 
 
 def unnest_upsert_sql(target: Write, touch_updated_at: bool, casts: tuple[str, ...]) -> sql.Composed:

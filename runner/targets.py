@@ -189,18 +189,19 @@ def _copy(cursor: psycopg.Cursor[Any], plan: WritePlan, params: list[tuple[Any, 
     every transaction: no create + drop per batch, and still right through a transaction-mode pooler
     that hands each transaction a different server session.
     """
-    binary = plan.binary(params)
     try:
-        cursor.execute(plan.temp)
+        binary = plan.binary(params) and plan.types_hold(cursor)
+        cursor.execute(plan.temp_binary if binary else plan.temp)
         with cursor.copy(plan.copy_binary if binary else plan.copy) as copy:
             if binary:
                 copy.set_types(plan.copy_types)
             for row in params:
                 copy.write_row(row)
+        upsert = plan.copy_upsert_binary if binary else plan.copy_upsert
         if not count:
-            cursor.execute(plan.copy_upsert)
+            cursor.execute(upsert)
             return 0, 0
-        found = cursor.execute(counted(plan.copy_upsert)).fetchone()
+        found = cursor.execute(counted(upsert)).fetchone()
     except DATA_ERRORS as error:
         raise Failed(describe(plan.label, error)) from error
     return (0, 0) if found is None else (int(found[0]), int(found[1]))

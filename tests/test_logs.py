@@ -39,3 +39,16 @@ def test_json_keeps_the_characters_themselves(capsys: pytest.CaptureFixture[str]
     logging.getLogger("syncrun").warning("%s", FORGED)
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == FORGED
+
+
+def test_an_annotation_cannot_carry_an_encoded_line_break(capsys: pytest.CaptureFixture[str]) -> None:
+    """review2 N2: the Actions runner decodes %0A, %0D and %25 in an annotation's message, so a key
+    `pct%0A::error::forged%25` became a second annotation; `%` is written as %25 there (the runner shows
+    it as `%`). Lines that are not annotations are printed as they are."""
+    logs.configure("github", Redactor())
+    logging.getLogger("syncrun").warning("%s failed", "pct%0A::error::forged%25")
+    logging.getLogger("syncrun").info("%s done", "50%")
+    warning, info = capsys.readouterr().err.splitlines()
+    assert warning.startswith("::warning::")
+    assert warning.endswith("pct%250A::error::forged%2525 failed")
+    assert info.endswith(" 50% done")
