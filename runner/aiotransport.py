@@ -50,8 +50,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 # Bounds on a response's head: 64 KiB per line (a Link header with a long next-page URL must reach
 # runner/pagination.py, which names the problem; aiohttp's default is 8,190), 128 fields (aiohttp's
-# default), and MAX_HEAD bytes received before the head ends (interim 1xx heads included; the read that
-# completes a head may add up to 256 KiB, asyncio's largest read, so ~512 KiB): the first two alone
+# default), and MAX_HEAD bytes of head per request (interim 1xx heads included): counted as bytes arrive
+# while the head is incomplete, and once parsed as its lines' lengths, so a head over MAX_HEAD is refused
+# however the reads split it (to within its line terminators' few hundred bytes): the first two alone
 # let 128 fields of 64 KiB through, ~12.5 MB of memory per answer in flight (1.1 GB at concurrency
 # 64; review11 O4). A response over them is a protocol error: retried, then the entity's transient
 # failure.
@@ -265,14 +266,21 @@ class _Handler(ResponseHandler):
 
     _answered = False  # the current request's final answer is complete: any byte now is unsolicited
     _head = 0  # bytes received for the current request, while its final answer's head is incomplete
+    _parsed = 0  # bytes of the heads parsed for the current request (their lines, terminators included)
     _in_head = False
 
     def set_response_params(self, *args: Any, **kwargs: Any) -> None:
-        self._answered, self._head, self._in_head = False, 0, True
+        self._answered, self._head, self._parsed, self._in_head = False, 0, 0, True
         super().set_response_params(*args, **kwargs)
 
     def feed_data(self, data: Any, *args: Any) -> None:
         message, payload = data
+        # a head that ended inside the read which took the count past MAX_HEAD is measured here, so the
+        # bound does not depend on how the kernel split the bytes (a flaky pass between 256 and 512 KiB)
+        self._parsed += sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 17
+        if self._parsed > MAX_HEAD and not self._answered:
+            self._too_big()
+            return
         if self._answered:  # another response after the answer, in the same read: aiohttp closes it too
             self.force_close()
         elif not 100 <= message.code < 200 or message.code == 101:  # 1xx is not the answer, 101 is final
@@ -291,10 +299,14 @@ class _Handler(ResponseHandler):
         super().data_received(data)
         if self._in_head:  # no final head parsed yet, so every byte so far was head: MAX_HEAD + one read
             self._head += len(data)
-            if self._head > MAX_HEAD and self.transport is not None:
-                self._in_head = False
-                self.transport.close()  # as aiohttp does on a parse error
-                self.set_exception(HttpProcessingError(message=f"the response head is over {MAX_HEAD:,} bytes"))
+            if self._head > MAX_HEAD:
+                self._too_big()
+
+    def _too_big(self) -> None:
+        self._in_head = False
+        if self.transport is not None:
+            self.transport.close()  # as aiohttp does on a parse error
+        self.set_exception(HttpProcessingError(message=f"the response head is over {MAX_HEAD:,} bytes"))
 
 
 class _Connector(aiohttp.TCPConnector):

@@ -461,6 +461,15 @@ def test_a_head_over_the_total_bound_is_a_transient_protocol_error(api: ApiServe
     api.route("/x", *[Reply(raw=_raw(fat, b"{}"))] * 4)
     with pytest.raises(Transient, match=f"over {MAX_HEAD:,} bytes"):
         send(api.url + "/x")
+    # between MAX_HEAD and MAX_HEAD + one read: refused whichever read completes it (it passed or not
+    # with the kernel's split: a flaky test caught it)
+    for size in (MAX_HEAD + 1_000, MAX_HEAD + 100_000, 2 * MAX_HEAD - 1_000):
+        fields = size // 6_000 + 1
+        over = "HTTP/1.1 200 OK\nContent-Length: 2\n" + f"X-F: {'v' * 6000}\n" * fields
+        api.route("/over", *[Reply(raw=_raw(over, b"{}"))] * 4)
+        for _ in range(3):
+            with pytest.raises(Transient, match=f"over {MAX_HEAD:,} bytes"):
+                send(api.url + "/over")
     api.route("/ok", Reply(raw=_raw("HTTP/1.1 200 OK\nContent-Length: 2\n" + f"Link: <{'v' * 60_000}>\n" * 2, b"{}")))
     assert send(api.url + "/ok").body == {}
 
@@ -544,7 +553,7 @@ def test_cookies_an_api_sets_are_never_kept_nor_sent_back(api: ApiServer) -> Non
 
     def flood(_: object) -> Reply:
         n = next(served)
-        cookies = tuple(("Set-Cookie", f"c{n}_{i}={'v' * 4000}; Path=/") for i in range(100))
+        cookies = tuple(("Set-Cookie", f"c{n}_{i}={'v' * 4000}; Path=/") for i in range(50))  # < MAX_HEAD
         return Reply(200, json=PAYLOAD, repeated=cookies)
 
     api.route("/flood", flood)
