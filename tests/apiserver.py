@@ -295,21 +295,21 @@ class SkippingClock(FakeClock):
         self.now += max(seconds, 0.0)
 
 
-@pytest.fixture
-def api() -> Iterator[ApiServer]:
-    """A started loopback ApiServer, stopped after the test."""
+def _served() -> Iterator[ApiServer]:
     server = ApiServer().start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def api() -> Iterator[ApiServer]:
+    """A started loopback ApiServer, stopped after the test."""
+    yield from _served()
 
 
 @pytest.fixture
 def other() -> Iterator[ApiServer]:
     """A second loopback server: another origin (another port), recording what it receives."""
-    server = ApiServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _served()
