@@ -46,6 +46,12 @@ class Server:
     def reset(self) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{self.base}/_reset", method="POST"), timeout=30).read()
 
+    def prepare_bulk(self, pages: int) -> None:
+        """Render bulk pages 1..pages in the server now (bench/server.py: serving them then costs no JSON work)."""
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.base}/_prepare/bulk/{pages}", method="POST"), timeout=60
+        ).read()
+
     def stats(self) -> tuple[list[float], list[int]]:
         data = json.loads(urllib.request.urlopen(f"{self.base}/_stats", timeout=60).read())
         return data["arrivals"], data["keys"]

@@ -272,6 +272,7 @@ class Bench:
         rows = pages * 1000
         label = f"5. bulk: {pages} responses × 1,000 records = {rows:,} rows"
         text = harness.BULK_SOURCE.format(concurrency=4, write_batch=5)
+        self.server.prepare_bulk(pages)  # the fake API's JSON work is not the client's (bench/server.py)
         procs, job = self.run_syncrun("s5", text, pages, pages, 0)
         self.check_syncrun(procs, job, rows)
         assert job is not None
