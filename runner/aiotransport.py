@@ -60,6 +60,9 @@ _HEADER_LIMIT = 64 * 1024
 MAX_HEADERS = 128
 MAX_HEAD = 256 * 1024
 _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# Extension a caller sets (runner/client.py, once the attempt's total deadline runs: at its grant)
+# when that deadline bounds the request's whole exchange, connecting and reading the body included.
+BOUNDED = "syncrun.bounded"
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
 
 
@@ -110,7 +113,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
             self._session = self._open()
-        timeouts = request.extensions.get("timeout", {})
+        # an attempt whose whole duration the caller bounds needs no per-read timer (two timer handles
+        # per request, rescheduled at every read): the bound always falls first
+        timeouts = {} if request.extensions.get(BOUNDED) else request.extensions.get("timeout", {})
         body = await request.aread()
         url = yarl.URL(str(request.url), encoded=True)
         https = url.scheme == "https"
@@ -219,6 +224,19 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self._response.release()
+
+
+def released(response: httpx.Response) -> bool:
+    """Close a response this transport made, as `await response.aclose()` would (its body's connection
+    goes back to the pool, or is closed with unread bytes), without httpx's request context manager
+    and coroutine per response; False for any other response (the caller closes it the usual way)."""
+    stream = response.stream
+    if type(stream) is not _Body:
+        return False
+    if not response.is_closed:
+        response.is_closed = True
+        stream._response.release()
+    return True
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from runner.errors import MappingError
 from runner.expressions import JSON
 
 log = logging.getLogger("syncrun")
+_DEFAULTS = frozenset(map(id, DEFAULT_OUTCOMES))  # the default rules, by identity (module constants: ids stay)
 
 
 def replies(state: Run, listing: list[fetch.Page]) -> list[fetch.Reply]:
@@ -61,7 +62,7 @@ def classify(
     decision = outcomes.classify(source.outcomes, first, entity, stamp_on_skip=stamp_on_skip)
     trace.rule = decision.rule
     rule = source.outcomes[decision.index - 1] if decision.index else None
-    trace.declared = rule is not None and not any(rule is default for default in DEFAULT_OUTCOMES)
+    trace.declared = rule is not None and id(rule) not in _DEFAULTS
     if decision.outcome is spec.Outcome.ERROR:
         # A refused credential is the source's problem, not the entity's: record, don't penalise.
         definitive = first.status not in breaker.AUTH_STATUSES
