@@ -116,7 +116,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # an attempt whose whole duration the caller bounds needs no per-read timer (two timer handles
         # per request, rescheduled at every read): the bound always falls first
         timeouts = {} if request.extensions.get(BOUNDED) else request.extensions.get("timeout", {})
-        body = await request.aread()
+        body = request.content if hasattr(request, "_content") else await request.aread()  # read: no await
         url = yarl.URL(str(request.url), encoded=True)
         https = url.scheme == "https"
         self._tls = self._tls or https
