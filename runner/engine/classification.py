@@ -54,7 +54,8 @@ def classify(
     first = replies[0]
     trace.requests = [reply.url for reply in replies]
     trace.status, trace.elapsed = first.status, sum(r.elapsed for r in replies)
-    trace.excerpt = fetch.describe(first)
+    if state.options.dry_run:  # only a dry run keeps its traces (for its output and test-read's)
+        trace.excerpt = fetch.describe(first)
     stamp_on_skip = source.status.stamp_on_skip if source.status else False
     if first.status == 304 and state.validators.enabled:  # Not Modified: only an answer to validators sent
         unchanged = result(state, entity, spec.Outcome.SKIP, stamp=True, unchanged=True)
