@@ -67,15 +67,17 @@ def _collector() -> Iterator[None]:
     """The garbage collector tuned for the run: what start-up built (modules, specs, compiled plans) is
     frozen, so full collections no longer walk it, and the youngest generation is collected less
     often. Cyclic garbage is still collected, later: at most _GEN0 young objects more wait for it.
-    Both are undone when the run ends (a process running several, tests, gets its defaults back)."""
-    threshold = gc.get_threshold()
+    Both are undone when the run ends (a process running several, tests, gets its defaults back); a
+    process that froze objects of its own before keeps them frozen."""
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(max(threshold[0], _GEN0), *threshold[1:])
     try:
         yield
     finally:
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if not frozen:
+            gc.unfreeze()
 
 
 async def _run(
