@@ -29,6 +29,10 @@ What this transport guarantees, and how:
   aiohttp's own timeouts an `httpx.TimeoutException`, a request head aiohttp refuses to write (a
   ValueError) an `httpx.LocalProtocolError`. Nothing else is caught: a cancellation (the attempt's
   total deadline) passes through untouched.
+- aiohttp's per-read and connect timeouts (httpx's `timeout` extension) are set unless the request
+  says its whole exchange is bounded already (`BOUNDED`: runner/client.py sets it when the attempt's
+  total deadline starts, at the grant): under that deadline they could only fire later than it, and
+  cost two timer handles per request, one rescheduled at every read.
 """
 
 from __future__ import annotations
