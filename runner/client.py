@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from runner import spec
-from runner.aiotransport import AiohttpTransport
+from runner.aiotransport import BOUNDED, AiohttpTransport, released
 from runner.auth import Authenticator, AuthTransport
 from runner.body import ACCEPT_ENCODING, MAX_DEPTH, excerpt, joined, parse_json, read_body
 from runner.errors import FetchError, RunFailed, Transient
@@ -192,6 +192,7 @@ async def _attempt(
                 nonlocal started
                 started = time.monotonic()
                 deadline.reschedule(loop.time() + timeout)
+                request.extensions[BOUNDED] = True  # aiohttp's per-read timers are not needed under it
 
             request.extensions[GRANTED] = granted
             response = await _exchange(client, request)
@@ -202,7 +203,8 @@ async def _attempt(
                     raise _transient_status(response.status_code, headers, policy, limiter, url, raw)
                 raw = await read_body(response, max_body, url, headers)
             finally:
-                await response.aclose()
+                if not released(response):
+                    await response.aclose()
     except TimeoutError:
         raise _Retryable(f"no complete answer within {timeout:g} s (request.timeout)") from None
     except httpx.TimeoutException as exc:
@@ -221,6 +223,7 @@ async def _attempt(
         raise FetchError(f"unusable response from {url} ({type(exc).__name__}: {exc})") from None
     finally:
         request.extensions.pop(GRANTED, None)
+        request.extensions.pop(BOUNDED, None)
     return _reply(response.status_code, headers, raw, url, time.monotonic() - started)
 
 

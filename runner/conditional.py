@@ -202,6 +202,7 @@ class Store:
         self.fingerprint = fingerprint(source, origin(source, settings) if settings is not None else "")
         self.anchor = anchor(source, catalog) if catalog is not None else None
         self.known: dict[str, Validators] = {}
+        self._none: Validators | None = None  # nothing to keep, under this run's fingerprint
 
     def attach(
         self, conn: psycopg.Connection[Any] | None, chunks: Iterator[list[dict[str, JSON]]]
@@ -217,6 +218,11 @@ class Store:
 
     def kept(self, reply: Reply, redact: Callable[[str], str] = str) -> Validators:
         """`kept`, to be stored under this run's fingerprint."""
+        headers = reply.headers
+        if "etag" not in headers and "last-modified" not in headers:  # most replies: one object, made once
+            if self._none is None:
+                self._none = Validators(fingerprint=self.fingerprint)
+            return self._none
         return replace(kept(reply, redact), fingerprint=self.fingerprint)
 
     def headers(self, entity: Mapping[str, JSON]) -> dict[str, str]:

@@ -118,6 +118,20 @@ async def entity(
     """Every page for one entity, in order (see `pages`). A later page that is not 2xx fails the
     entity: the outcome rules judge the first reply, and the rows of a partial listing must not go in.
     `headers` go on the first request only (conditional requests: runner.conditional)."""
+    if _single(source.pagination):  # one request, one page: what `pages` does for it, without the walk
+        request = _first(client, source, entity, settings, params, headers)
+        reply = await http.send(
+            client,
+            request,
+            source.retry,
+            max_body=source.request.max_body,
+            timeout=source.request.timeout,
+            limiter=limiter,
+            redact=settings.redact,
+            sleep=sleep,
+        )
+        records = _records(source, entity, reply)
+        return [Page(reply, None, "", None, len(records) if records is not None else 0)]
     walk = pages(client, source, entity, settings, limiter=limiter, sleep=sleep, params=params, headers=headers)
     listing = [page async for page in walk]
     for number, page in enumerate(listing[1:], start=2):
@@ -148,11 +162,7 @@ async def pages(
     cursor, page, offset or URL; `params` adds query parameters (batched ids).
     """
     pagination = source.pagination
-    first = build_request(client, source, entity, settings)
-    for name, value in (params or {}).items():
-        first = _with_query(first, name, value)
-    for name, value in (headers or {}).items():
-        first.headers[name] = value
+    first = _first(client, source, entity, settings, params, headers)
     walk = pagination_.Walk(
         pagination,
         first,
@@ -187,6 +197,33 @@ async def pages(
         if follow is None or capped:
             return
         position = follow
+
+
+def _single(pagination: spec.Pagination) -> bool:
+    """Whether a listing is one page whatever the reply says: no pagination, so no next page, no page
+    size parameter, and no max_items to cut the page (`Walk` would find exactly that, per entity)."""
+    return (
+        pagination.type is spec.PaginationType.NONE
+        and pagination.max_items is None
+        and (pagination.size_param is None or pagination.page_size is None)
+    )
+
+
+def _first(
+    client: httpx.AsyncClient,
+    source: spec.Source,
+    entity: Mapping[str, JSON],
+    settings: templating.Settings,
+    params: Mapping[str, str] | None,
+    headers: Mapping[str, str] | None,
+) -> httpx.Request:
+    """The listing's first request: the entity's, with the batch's `params` and conditional `headers`."""
+    first = build_request(client, source, entity, settings)
+    for name, value in (params or {}).items():
+        first = _with_query(first, name, value)
+    for name, value in (headers or {}).items():
+        first.headers[name] = value
+    return first
 
 
 async def next_page(pages: AsyncGenerator[Page, None], stop: asyncio.Event, grace: float) -> Page | None:

@@ -40,11 +40,14 @@ def classify(
     No matching rule is an error "no outcome rule matched HTTP <status>". `stamp_on_skip` is the
     status section's default for skip rules that do not say `stamp`.
     """
-    context = {"status": reply.status, "headers": dict(reply.headers), "body": reply.body, "entity": dict(entity)}
+    headers = reply.headers if type(reply.headers) is dict else dict(reply.headers)  # read, never changed
+    context = {"status": reply.status, "headers": headers, "body": reply.body, "entity": _plain(entity)}
     for index, rule in enumerate(rules, start=1):
         name = rule.name or f"rule {index}"
         if truthy(_search(rule.when, context, name)):
-            decision = _decide(rule, name, context, stamp_on_skip, index)
+            decision = _constant(rule, stamp_on_skip, index)
+            if decision is None:
+                decision = _decide(rule, name, context, stamp_on_skip, index)
             if decision.message is not None and rule.message and reply.body is None and (reply.raw or reply.problem):
                 decision = replace(decision, message=f"{decision.message} ({describe(reply)})")  # rare: errors only
             return decision
@@ -55,6 +58,28 @@ def classify(
         stamp=False,
         until=None,
     )
+
+
+def _plain(entity: Mapping[str, JSON]) -> dict[str, JSON]:
+    return entity if type(entity) is dict else dict(entity)
+
+
+# A rule's decision that does not depend on the reply (no message, no `set:`), made once: (rule, decision)
+# by the rule's id, the rule kept so that its id is never reused while the entry exists.
+_decisions: dict[tuple[int, bool, int], tuple[spec.OutcomeRule, Decision]] = {}
+
+
+def _constant(rule: spec.OutcomeRule, stamp_on_skip: bool, index: int) -> Decision | None:
+    """The decision of a rule that says the same of every reply (a success, a skip), made once per
+    rule instead of once per reply; None for one that reads the reply (an error's message, `set:`)."""
+    if rule.outcome is spec.Outcome.ERROR or rule.set:
+        return None
+    key = (id(rule), stamp_on_skip, index)
+    entry = _decisions.get(key)
+    if entry is None or entry[0] is not rule:
+        name = rule.name or f"rule {index}"
+        entry = _decisions[key] = (rule, _decide(rule, name, {}, stamp_on_skip, index))
+    return entry[1]
 
 
 def _decide(rule: spec.OutcomeRule, name: str, context: JSON, stamp_on_skip: bool, index: int) -> Decision:

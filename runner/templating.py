@@ -126,6 +126,8 @@ def render(template: spec.Template, entity: Mapping[str, JSON], settings: Settin
 
 def encode(value: JSON) -> str:
     """Percent-encode one entity value so it stays inside one URL path segment or query value."""
+    if type(value) is int:  # digits and a sign: nothing to encode (bool is not an int here)
+        return str(value)
     text = quote(_text(value), safe="")
     # "." and ".." are legal path segments that servers resolve; encode them so a value can never
     # climb out of the path the template fixed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,19 @@ def test_full_run_writes_rows_status_state_and_job(env: Database, api: ApiServer
     assert stamped == 5 == len(api.requests)
     assert env.scalar("select count(*) from syncrun_state where source = 'alpha' and last_success_at is not null") == 5
     assert all(r.headers["authorization"] == "Bearer s3cr3t-token-value" for r in api.requests)
+
+
+def test_the_collector_is_as_it_was_after_a_run(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A run freezes start-up's objects and collects young ones less often (runner/engine/pipeline.py
+    `_collector`); afterwards the process has its thresholds back and nothing left frozen."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1, 2])
+    for appid in (1, 2):
+        api.route(f"/apps/{appid}", app(appid))
+    before = gc.get_threshold(), gc.get_freeze_count()
+    assert run(str(source)) == 0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    assert env.scalar("select count(*) from apps") == 2
 
 
 def test_a_run_with_no_work_completes_with_zeros(env: Database, tmp_path: Path) -> None:

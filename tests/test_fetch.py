@@ -222,3 +222,25 @@ def test_a_non_2xx_reply_after_the_first_page_fails_the_entity(api: ApiServer) -
     with pytest.raises(PaginationError, match=r"^page 2 of the listing answered HTTP 404 application/json: '\{\}'"):
         fetch_entity(source, {"appid": "1"})
     assert [r.query["p"] for r in api.requests] == ["0", "1"]
+
+
+# --- one page without a walk ----------------------------------------------------------------------------
+def test_a_one_page_listing_is_the_page_the_walk_gives(api: ApiServer) -> None:
+    """`fetch.entity` sends a source without pagination (nor max_items) straight, without a `Walk`:
+    its one page is the page `fetch.pages` yields for it, item count and all."""
+    api.route("/apps/7", Reply(200, json={"data": [1, 2, 3]}), Reply(200, json={"data": [1, 2, 3]}))
+    source = make_source(api.url + "/apps/{appid}")
+    limiter = Limiter(source.rate_limit)
+
+    async def main() -> tuple[list[fetch.Page], list[fetch.Page]]:
+        async with client.build(source.request, limiter, max_connections=2) as http:
+            direct = await fetch.entity(http, source, {"appid": "7"}, SETTINGS, limiter=limiter)
+            walked = [page async for page in fetch.pages(http, source, {"appid": "7"}, SETTINGS, limiter=limiter)]
+            return direct, walked
+
+    direct, walked = asyncio.run(main())
+    assert len(direct) == len(walked) == 1
+    (one,), (other,) = direct, walked
+    assert (one.resume, one.capped, one.keep, one.items) == (other.resume, other.capped, other.keep, other.items)
+    assert (one.reply.status, one.reply.body, one.reply.url) == (200, {"data": [1, 2, 3]}, api.url + "/apps/7")
+    assert other.reply.body == one.reply.body

@@ -14,6 +14,7 @@ from runner.errors import MappingError
 from runner.expressions import JSON
 
 log = logging.getLogger("syncrun")
+_DEFAULTS = frozenset(map(id, DEFAULT_OUTCOMES))  # the default rules, by identity (module constants: ids stay)
 
 
 def replies(state: Run, listing: list[fetch.Page]) -> list[fetch.Reply]:
@@ -53,7 +54,8 @@ def classify(
     first = replies[0]
     trace.requests = [reply.url for reply in replies]
     trace.status, trace.elapsed = first.status, sum(r.elapsed for r in replies)
-    trace.excerpt = fetch.describe(first)
+    if state.options.dry_run:  # only a dry run keeps its traces (for its output and test-read's)
+        trace.excerpt = fetch.describe(first)
     stamp_on_skip = source.status.stamp_on_skip if source.status else False
     if first.status == 304 and state.validators.enabled:  # Not Modified: only an answer to validators sent
         unchanged = result(state, entity, spec.Outcome.SKIP, stamp=True, unchanged=True)
@@ -61,7 +63,7 @@ def classify(
     decision = outcomes.classify(source.outcomes, first, entity, stamp_on_skip=stamp_on_skip)
     trace.rule = decision.rule
     rule = source.outcomes[decision.index - 1] if decision.index else None
-    trace.declared = rule is not None and not any(rule is default for default in DEFAULT_OUTCOMES)
+    trace.declared = rule is not None and id(rule) not in _DEFAULTS
     if decision.outcome is spec.Outcome.ERROR:
         # A refused credential is the source's problem, not the entity's: record, don't penalise.
         definitive = first.status not in breaker.AUTH_STATUSES

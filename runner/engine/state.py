@@ -78,6 +78,7 @@ class Run:
         # A list source's listing may span runs (a cap, an interruption): %(started_at)s of its steps is
         # when the listing started, carried by its checkpoint; None when a checkpoint did not say.
         self.listing_started: datetime | None = self.now
+        self._run_values: tuple[str | None, dict[str, JSON]] | None = None
 
     def emit(self, event: Event) -> None:
         for observer in self.observers:
@@ -102,4 +103,9 @@ class Run:
             self.report.error = self.settings.redact(error) if error is not None else None
 
     def run_values(self) -> dict[str, JSON]:
-        return mapping.run_values(self.now, self.report.job_id)
+        """The mapping context's `run` section, made once per job id (it was two isoformat calls and a
+        date per reply); callers only read it (mapping.context copies it into each document)."""
+        job_id = self.report.job_id
+        if self._run_values is None or self._run_values[0] != job_id:
+            self._run_values = (job_id, mapping.run_values(self.now, job_id))
+        return self._run_values[1]
