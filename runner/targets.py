@@ -190,8 +190,9 @@ def _copy(cursor: psycopg.Cursor[Any], plan: WritePlan, params: list[tuple[Any, 
     that hands each transaction a different server session.
     """
     try:
-        binary = plan.binary(params) and plan.types_hold(cursor)
-        cursor.execute(plan.temp_binary if binary else plan.temp)
+        binary = plan.binary(params) and plan.binary_temp(cursor)
+        if not binary:
+            cursor.execute(plan.temp)
         with cursor.copy(plan.copy_binary if binary else plan.copy) as copy:
             if binary:
                 copy.set_types(plan.copy_types)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from operator import itemgetter
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any
 
 import psycopg
