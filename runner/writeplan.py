@@ -96,7 +96,7 @@ class WritePlan:
         converters = {
             column: convert
             for column, convert in self.converters.items()
-            if convert is not None and not unchanged(self.types[column], _column(rows, column))
+            if convert is not None and not unchanged(self.types[column], column_values(rows, column))
         }
         if not converters:
             return list(rows)  # the rows are the mapping's own, made for this result and never changed
@@ -234,11 +234,12 @@ def primary(source: Source) -> int | None:
     return found[0] if found else None
 
 
-def _column(rows: list[Row], column: str) -> list[Any]:
+def column_values(rows: list[Row], name: str) -> list[Any]:
+    """The values of one column, row by row; a row without it has null there (as row.get gives)."""
     try:
-        return list(map(itemgetter(column), rows))
+        return list(map(itemgetter(name), rows))
     except KeyError:  # a row without the column: null, as row.get gives
-        return [row.get(column) for row in rows]
+        return [row.get(name) for row in rows]
 
 
 _sources: dict[tuple[int, int], SourcePlan] = {}
