@@ -11,11 +11,11 @@ expression and the value that did not fit.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from jmespath.exceptions import JMESPathError
@@ -78,7 +78,7 @@ def rows(source: spec.Source, base: dict[str, JSON], *, keep: int | None = None)
     for index, write in enumerate(source.writes):
         each = direct[index]
         if each is not None:  # one row per record, every value a path: no document per record
-            out[index] = [{column: get(record) for column, get in each} for record in found]
+            out[index] = list(map(each, found))
             if write.key and any(row.get(column) is None for row in out[index] for column in write.key):
                 direct = {}  # a null key: the loop below raises the message it always raised, in order
                 break
@@ -104,34 +104,70 @@ def _getters(write: spec.Write) -> Getters | None:
     return tuple((column, get) for column, get in pairs if get is not None)
 
 
-def _over_record(write: spec.Write, base: dict[str, JSON]) -> Getters | None:
-    """(column, getter over the record) for a write that makes one row per record (no `rows:`, no
-    `when`) whose values are all plain paths; None otherwise. A `record.…` path is walked from the
-    record itself; any other path (`entity.appid`) reads the same value for every record of the
-    response, so it is read once from `base` (which differs from the record's document only in
-    `record`). Same values as `_row`'s getters over `{**base, "record": record}`: bulk pages (1,000
-    records a response) skipped building a document per record and walking it from the top."""
+def _over_record(write: spec.Write, base: dict[str, JSON]) -> Callable[[JSON], Row] | None:
+    """The row of one record, for a write that makes one row per record (no `rows:`, no `when`) whose
+    values are all plain paths; None otherwise. A `record.…` path is walked from the record itself;
+    any other path (`entity.appid`) reads the same value for every record of the response, so it is
+    read once from `base` (which differs from the record's document only in `record`). Same values,
+    in the same column order, as `_row`'s getters over `{**base, "record": record}`: bulk pages (1,000
+    records a response) skipped building a document per record and walking it from the top, and one
+    generated function per write (`_maker`) makes each row in one call, not one call per column."""
     if write.rows is not None or write.when is not None:
         return None
     pairs = [(f.column, f.expression) for f in write.columns] + [(lk.column, lk.value) for lk in write.lookups]
-    out: list[tuple[str, Callable[[JSON], JSON]]] = []
+    shape: list[tuple[str, tuple[str, ...] | None]] = []
+    constants: list[JSON] = []
     for column, expression in pairs:
         path = expression.path
         if path is None or not path:
             return None
         if path[0] == "record":
-            out.append((column, expressions.getter(path[1:]) if len(path) > 1 else _same))
+            shape.append((column, path[1:]))
         else:
-            out.append((column, partial(_constant, expressions.getter(path)(base))))
-    return tuple(out)
+            shape.append((column, None))
+            constants.append(expressions.getter(path)(base))
+    return _maker(tuple(shape))(*constants)
 
 
-def _same(value: JSON) -> JSON:
-    return value
-
-
-def _constant(value: JSON, _: JSON) -> JSON:
-    return value
+@functools.lru_cache(maxsize=256)
+def _maker(shape: tuple[tuple[str, tuple[str, ...] | None], ...]) -> Callable[..., Callable[[JSON], Row]]:
+    """A factory, compiled once per shape, of the function making a row from a record: `shape` is each
+    column with its path under `record` (None: a value the same for every record, given to the
+    factory in column order). The generated code holds only names made here; every column and field
+    name from the YAML is bound as a value (`_k0`, `_n0_0`, ...), never spliced into the source. A
+    field of anything but an object is null, as in jmespath (`expressions.getter`)."""
+    names: dict[str, object] = {}
+    parameters, found, missing = [], [], []
+    for i, (column, path) in enumerate(shape):
+        names[f"_k{i}"] = column
+        if path is None:
+            parameters.append(f"_c{i}")
+            found.append(f"_k{i}: _c{i}")
+            missing.append(f"_k{i}: _c{i}")
+            continue
+        if not path:
+            found.append(f"_k{i}: r")
+            missing.append(f"_k{i}: r")
+            continue
+        names[f"_n{i}_0"] = path[0]
+        value = f"g(_n{i}_0)"
+        for j, name in enumerate(path[1:], start=1):
+            names[f"_n{i}_{j}"] = name
+            value = f"(_t.get(_n{i}_{j}) if isinstance(_t := {value}, dict) else None)"
+        found.append(f"_k{i}: {value}")
+        missing.append(f"_k{i}: None")
+    source = (
+        f"def factory({', '.join(parameters)}):\n"
+        "    def row(r):\n"
+        "        if isinstance(r, dict):\n"
+        "            g = r.get\n"
+        f"            return {{{', '.join(found)}}}\n"
+        f"        return {{{', '.join(missing)}}}\n"
+        "    return row\n"
+    )
+    exec(compile(source, "<syncrun row maker>", "exec"), names)  # our own names only: see above
+    factory: Callable[..., Callable[[JSON], Row]] = names["factory"]  # type: ignore[assignment]
+    return factory
 
 
 _SCALARS = (int, float, bool)

@@ -44,11 +44,16 @@ def describe(table: str, error: psycopg.Error) -> str:
 
 
 def run(cursor: psycopg.Cursor[Any], table: str, statement: sql.SQL | sql.Composed, params: list[Any]) -> None:
-    """`executemany` (pipelined); a data error becomes `Failed` naming `table`."""
+    """`executemany` (pipelined), or `execute` for one set of parameters (one round trip where a
+    pipeline takes three: the writer's array statements have one); a data error becomes `Failed`
+    naming `table`."""
     if not params:
         return
     try:
-        cursor.executemany(statement, params)
+        if len(params) == 1:
+            cursor.execute(statement, params[0])
+        else:
+            cursor.executemany(statement, params)
     except DATA_ERRORS as error:
         raise Failed(describe(table, error)) from error
 
@@ -133,13 +138,19 @@ def temp_sql(target: Write, types: Mapping[str, str], binary: bool = False) -> s
     )
 
 
-def types_sql(target: Write) -> tuple[str, tuple[str, list[str]]]:
-    """The query (and its parameters) for the written columns' types as the table has them now."""
-    return (
+def types_sql(target: Write) -> sql.Composed:
+    """The written columns' types as the table has them now: (name, format_type text) rows. The table
+    and names go in as literals, so the query can ride in one simple query after the temp table's
+    statements (`checked_temp_sql`)."""
+    return sql.SQL(
         "select attname, format_type(atttypid, atttypmod) from pg_attribute"
-        " where attrelid = to_regclass(%s) and attname = any(%s) and attnum > 0 and not attisdropped",
-        (regclass_text(target.table), list(written_columns(target))),
-    )
+        " where attrelid = to_regclass({}) and attname = any({}::text[]) and attnum > 0 and not attisdropped"
+    ).format(sql.Literal(regclass_text(target.table)), sql.Literal(list(written_columns(target))))
+
+
+def checked_temp_sql(target: Write, types: Mapping[str, str]) -> sql.Composed:
+    """The binary COPY's temp table statements, then `types_sql`: three statements, one round trip."""
+    return sql.SQL("{}; {}").format(temp_sql(target, types, binary=True), types_sql(target))
 
 
 def copy_sql(target: Write, types: Mapping[str, str], binary: bool = False) -> sql.Composed:

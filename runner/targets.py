@@ -150,6 +150,14 @@ def _dedup(plan: WritePlan, rows: list[Row]) -> list[Row]:
     """One row per conflict key, the last one winning, in key order (the same lock order everywhere).
     A `preferred_spelling` column keeps the preferred value among the key's rows instead (the rule
     the upsert applies against the stored row), so the result does not depend on the batch's order."""
+    if len(plan.key) == 1 and not plan.spelled:  # by the values themselves: no 1-tuple per row
+        (column,) = plan.key
+        by = dict(zip(writeplan.column_values(rows, column), rows, strict=True))
+        try:
+            keys = sorted(by)  # the order of the 1-tuples below: a tuple compares by its element
+        except TypeError:
+            keys = sorted(by, key=lambda value: str((value,)))
+        return [by[key] for key in keys]
     unique = dict(zip(writeplan.params(rows, plan.key), rows, strict=True))
     if plan.spelled and len(unique) < len(rows):
         for row in rows:
@@ -190,8 +198,9 @@ def _copy(cursor: psycopg.Cursor[Any], plan: WritePlan, params: list[tuple[Any, 
     that hands each transaction a different server session.
     """
     try:
-        binary = plan.binary(params) and plan.types_hold(cursor)
-        cursor.execute(plan.temp_binary if binary else plan.temp)
+        binary = plan.binary(params) and plan.binary_temp(cursor)
+        if not binary:
+            cursor.execute(plan.temp)
         with cursor.copy(plan.copy_binary if binary else plan.copy) as copy:
             if binary:
                 copy.set_types(plan.copy_types)

@@ -73,8 +73,7 @@ class WritePlan:
         self.copy_types = [_BINARY[name][0] for name in self.binary_types or ()]
         self.copy_binary = statements.copy_sql(target, self.table_types, binary=True)
         self.copy_upsert = statements.copy_upsert_sql(target, self.table_types, touch)
-        self.temp_binary = statements.temp_sql(target, self.table_types, binary=True)
-        self.types_query = statements.types_sql(target)
+        self.temp_checked = statements.checked_temp_sql(target, self.table_types)
         self.written_types = {c: self.table_types.get(c) for c in statements.written_columns(target)}
         self.copy_upsert_binary = statements.copy_upsert_sql(target, self.table_types, touch, binary=True)
         self.replaced = Scoped(target.table, target.replace_by)
@@ -97,7 +96,7 @@ class WritePlan:
         converters = {
             column: convert
             for column, convert in self.converters.items()
-            if convert is not None and not unchanged(self.types[column], _column(rows, column))
+            if convert is not None and not unchanged(self.types[column], column_values(rows, column))
         }
         if not converters:
             return list(rows)  # the rows are the mapping's own, made for this result and never changed
@@ -136,13 +135,16 @@ class WritePlan:
         values = {column: expression.search({"entity": entity}) for column, expression in self._removal}
         return tuple(fit(str(self.target.table), self.types, values).values())
 
-    def types_hold(self, cursor: Any) -> bool:
-        """Whether the written columns still have the types this plan was made for. Asked before a
-        binary COPY (one query per batch of 100 rows or more): the bytes are encoded for those types,
-        and a column altered since the run began (text to integer, say) must take the text COPY, whose
-        temp table is shaped like the table as it is now (review2 N1)."""
-        query, params = self.types_query
-        return dict(cursor.execute(query, params).fetchall()) == self.written_types
+    def binary_temp(self, cursor: Any) -> bool:
+        """Make the binary COPY's temp table ready and say whether the written columns still have the
+        types this plan was made for, in one round trip (per batch of 100 rows or more): the bytes are
+        encoded for those types, and a column altered since the run began (text to integer, say) must
+        take the text COPY, whose temp table is shaped like the table as it is now (review2 N1); the
+        binary one, empty, is then simply not used."""
+        cursor.execute(self.temp_checked)
+        while cursor.nextset():  # the results of create and delete, then the types
+            pass
+        return dict(cursor.fetchall()) == self.written_types
 
     def binary(self, params: list[tuple[Any, ...]]) -> bool:
         """Whether `params` (rows of values for the written columns) can go by binary COPY: each
@@ -232,11 +234,12 @@ def primary(source: Source) -> int | None:
     return found[0] if found else None
 
 
-def _column(rows: list[Row], column: str) -> list[Any]:
+def column_values(rows: list[Row], name: str) -> list[Any]:
+    """The values of one column, row by row; a row without it has null there (as row.get gives)."""
     try:
-        return list(map(itemgetter(column), rows))
+        return list(map(itemgetter(name), rows))
     except KeyError:  # a row without the column: null, as row.get gives
-        return [row.get(column) for row in rows]
+        return [row.get(name) for row in rows]
 
 
 _sources: dict[tuple[int, int], SourcePlan] = {}

@@ -11,6 +11,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runner import breaker, cli, fetch
+from runner.engine import writes
+from runner.engine.report import Trace
+from runner.results import EntityResult
+from runner.spec import Outcome
 from tests.apiserver import ApiServer, Reply
 from tests.pg import Database
 
@@ -564,8 +568,6 @@ def test_heavy_rows_are_committed_before_write_batch_fills_entity_by_entity(
     writes.HOLD_BYTES (here lowered): ~210 KB of rows each, so at most 2 entities per transaction under
     500 KB, and each alone under 50 KB (heavier than the bound: written alone, no hang). An entity's
     rows and its stamp still commit in one transaction (the same xmin)."""
-    from runner.engine import writes
-
     monkeypatch.setattr(writes, "HOLD_BYTES", bound)
     source = write_source(tmp_path, columns="name: record.name\n      payload: record.payload")
     seed(env, source, appids=range(1, 13))
@@ -583,3 +585,38 @@ def test_heavy_rows_are_committed_before_write_batch_fills_entity_by_entity(
         )
         == 12
     )
+
+
+def _weight_one_by_one(rows: dict[int, list[dict[str, Any]]]) -> int:
+    """writes.weight as it was: every value walked on its own (the reference for the column-wise one)."""
+    total, pending = writes._VALUE, list[Any]()
+    for each in rows.values():
+        total += writes._VALUE * len(each)
+        for row in each:
+            pending.extend(row.values())
+    while pending:
+        value = pending.pop()
+        total += writes._VALUE
+        if type(value) is str:
+            total += len(value)
+        elif type(value) is list:
+            pending.extend(value)
+        elif type(value) is dict:
+            pending.extend(value.values())
+    return total
+
+
+def test_rows_weigh_the_same_column_by_column_as_value_by_value() -> None:
+    """Rows of one shape are weighed a column at a time; odd shapes (a missing or extra column,
+    nested values, mixed types in a column) fall back to the walk: the number is the same."""
+    shapes: list[dict[int, list[dict[str, Any]]]] = [
+        {0: [{"id": i, "name": f"item {i}", "price": i * 1.5, "free": i % 2 == 0, "none": None} for i in range(50)]},
+        {0: [{"a": 1, "b": "x"}, {"a": 2}], 1: [{"a": 1}, {"b": 2}]},
+        {0: [{"a": [1, "two", {"three": "3"}], "b": {"c": ["d"]}}, {"a": "s", "b": None}]},
+        {0: [{"a": 1, "b": "é"}, {"a": "mixed", "b": 2.5}], 1: []},
+        {0: [], 1: [{}, {}]},
+    ]
+    for rows in shapes:
+        trace = Trace({"id": 1})
+        trace.result = EntityResult(key=1, entity={"id": 1}, outcome=Outcome.SUCCESS, rows=rows, error_source="t")
+        assert writes.weight(trace) == _weight_one_by_one(rows), rows

@@ -3,6 +3,7 @@ fault, never an exception that ends the run."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -208,3 +209,20 @@ def rows_of_key(body: dict[str, Any]) -> list[mapping.Row]:
     )
     base = {"entity": {"appid": 1}, "body": body, "response": {}, "run": {}}
     return mapping.rows(replace(make_source(writes=(write,)), records=expr("body.data")), base)[0]
+
+
+def test_field_and_column_names_never_become_code() -> None:
+    """The generated row maker binds every name from the YAML as a value: quotes, brackets and code in
+    a quoted field name are only a key to look up."""
+    odd = "x'): __import__('os') #\"\n"
+    write = spec.Write(
+        table=spec.QualifiedName(None, "apps"),
+        key=(),
+        columns=(
+            spec.Field("a", expr(f"record.{json.dumps(odd)}")),
+            spec.Field("b", expr(f"record.{json.dumps(odd)}.c")),
+        ),
+    )
+    base = {"entity": {}, "body": {"data": [{odd: {"c": 1}}, {odd: 2}, 5]}, "response": {}, "run": {}}
+    got = mapping.rows(replace(make_source(writes=(write,)), records=expr("body.data")), base)[0]
+    assert got == [{"a": {"c": 1}, "b": 1}, {"a": 2, "b": None}, {"a": None, "b": None}]

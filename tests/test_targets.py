@@ -479,3 +479,19 @@ def test_a_text_column_altered_to_a_stricter_type_during_a_run_takes_its_values(
     rows = [{"id": i, "n": str(i), "e": "ok"} for i in range(targets.COPY_FROM + 1)]
     assert writer.write(db.conn, source, [result(1, {0: rows})], catalog=catalog) == []
     assert db.rows("select count(*), sum(n), min(e::text) from tm") == [(len(rows), sum(range(len(rows))), "ok")]
+
+
+def test_a_one_column_key_dedups_as_the_tuples_of_a_wider_key_do() -> None:
+    """One row per key, the last winning, in the keys' order: by the values themselves for a one-column
+    key, as by their 1-tuples (also when mixed types leave only the text order); a missing key is null."""
+    target = Write(table=QualifiedName(None, "t"), key=("id",), columns=(Field("id", expr("record.id")),))
+    plan = writeplan.WritePlan(target, {QualifiedName(None, "t"): {"id": "bigint"}})
+    for keys in ([3, 1, 2, 1, 3], [5, "a", 5, "b", 2], [2.5, 1, True, 2.5], [None, 1]):
+        rows: list[dict[str, Any]] = [{"id": key, "n": n} for n, key in enumerate(keys)]
+        rows.append({"n": "no id"})
+        unique = {(row.get("id"),): row for row in rows}
+        try:
+            ordered = sorted(unique)
+        except TypeError:
+            ordered = sorted(unique, key=str)
+        assert targets._dedup(plan, rows) == [unique[key] for key in ordered], keys

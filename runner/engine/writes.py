@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -34,15 +35,28 @@ _VALUE = 64  # bytes a decoded JSON value costs Python, about: an empty list is 
 def weight(trace: Trace) -> int:
     """About the bytes `trace`'s rows hold: _VALUE per row and per JSON value in them, nested ones
     included, plus the length of each string. Counting stops past HOLD_BYTES (such a trace is
-    written alone anyway), so weighing one costs at most ~1 M steps."""
+    written alone anyway), so weighing one costs at most ~1 M steps. Rows of the same columns are
+    weighed a column at a time (`_columns`): a column of numbers or text, most of a bulk page, costs
+    no Python step per value."""
     result = trace.result
     if result is None:
         return _VALUE
     total, pending = _VALUE, list[Any]()
     for rows in result.rows.values():
         total += _VALUE * len(rows)
-        for row in rows:
-            pending.extend(row.values())
+        shared = _columns(rows)
+        if shared is None:
+            for row in rows:
+                pending.extend(row.values())
+            continue
+        for values in shared:
+            kinds = set(map(type, values))
+            if kinds <= _FLAT:
+                total += _VALUE * len(values)
+                if str in kinds:
+                    total += sum(map(len, values) if kinds == _TEXT else (len(v) for v in values if type(v) is str))
+            else:
+                pending.extend(values)
     while pending and total <= HOLD_BYTES:
         value = pending.pop()
         total += _VALUE
@@ -54,6 +68,24 @@ def weight(trace: Trace) -> int:
         elif kind is dict:
             pending.extend(value.values())
     return total
+
+
+_FLAT = frozenset({str, int, float, bool, type(None)})  # what a JSON value without nesting is
+_TEXT = frozenset({str})
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[list[Any]] | None:
+    """The values of `rows` column by column, when every row has the first row's columns (and no
+    other); else None."""
+    if not rows:
+        return []
+    names = list(rows[0])
+    if set(map(len, rows)) != {len(names)}:
+        return None
+    try:
+        return [list(map(itemgetter(name), rows)) for name in names]
+    except KeyError:
+        return None
 
 
 async def hand_over(state: Run, trace: Trace) -> None:
@@ -120,22 +152,15 @@ async def flush(state: Run, conn: database.Link | None, batch: list[Trace]) -> N
             return
         tally = writer.Tally()
         try:
-            failed = await asyncio.to_thread(
-                conn.call,
-                writer.write,
-                state.source,
-                results,
-                catalog=state.catalog,
-                job_id=state.report.job_id,
-                holder=state.options.holder,
-                tally=tally,
-            )
+            failed, unbeaten = await asyncio.to_thread(conn.call, _write, state, batch, results, tally)
         except (DatabaseError, psycopg.Error) as error:
             # Nothing of this batch committed (one transaction), so none of it is counted.
             state.write_failed = True
             state.unprocessed.extend(result.key for result in results)
             state.halt("failed", state.settings.redact(f"writing to the database failed: {error}"))
             return
+        if unbeaten is not None:
+            log.warning("%s: could not update the job's counters (%s)", state.source.name, unbeaten)
         c = state.report.counters  # rows of the primary target this batch inserted / updated
         state.report.counters = replace(c, created=c.created + tally.created, updated=c.updated + tally.updated)
         replaced = {id(f.entity): f for f in failed}
@@ -150,32 +175,59 @@ async def flush(state: Run, conn: database.Link | None, batch: list[Trace]) -> N
         count(state, trace)
     if conn is not None and results:
         state.emit(BatchWritten(state.source.name, len(results), state.report.counters))
-    if conn is not None and state.report.job_id is not None and results:
-        # The job row's counters follow the commits (one cheap update per batch): a runner killed
-        # outright leaves a row, reaped later, that says what it committed (jobs.heartbeat).
-        counters = replace(state.report.counters, requests=state.limiter.requests)
-        try:
-            await asyncio.to_thread(conn.call, jobs.heartbeat, state.report.job_id, counters)
-        except (DatabaseError, psycopg.Error) as error:
-            log.warning("%s: could not update the job's counters (%s)", state.source.name, error)
     if state.options.dry_run:
         state.report.traces.extend(batch)
+
+
+def _write(
+    conn: psycopg.Connection, state: Run, batch: list[Trace], results: list[writer.EntityResult], tally: writer.Tally
+) -> tuple[list[writer.EntityResult], Exception | None]:
+    """`writer.write` of the batch, then, in the same worker-thread call (no trip back through the
+    event loop between them), the job row's counters as the loop is about to count them (`counted`):
+    they follow the commits, so a runner killed outright leaves a row, reaped later, that says what it
+    committed. (failed results, the job row update's error: only logged, as the batch committed.)"""
+    failed = writer.write(
+        conn,
+        state.source,
+        results,
+        catalog=state.catalog,
+        job_id=state.report.job_id,
+        holder=state.options.holder,
+        tally=tally,
+    )
+    if state.report.job_id is None or not results:
+        return failed, None
+    replaced = {id(f.entity): f for f in failed}
+    c = state.report.counters  # only the writer task changes them, and it is waiting for this call
+    c = replace(c, created=c.created + tally.created, updated=c.updated + tally.updated)
+    for trace in batch:
+        if trace.result is not None:
+            c = counted(c, replaced.get(id(trace.result.entity), trace.result), trace.items)
+    try:
+        jobs.heartbeat(conn, state.report.job_id, replace(c, requests=state.limiter.requests))
+    except (DatabaseError, psycopg.Error) as error:
+        return failed, error
+    return failed, None
+
+
+def counted(c: jobs.Counters, result: writer.EntityResult, items: int | None) -> jobs.Counters:
+    """`c` with one more result (`items`: a list source's page counts its records, not the page)."""
+    kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
+    kind = "unchanged" if result.unchanged and result.outcome is not spec.Outcome.ERROR else kind
+    n = 1 if items is None else items
+    return replace(c, processed=c.processed + n, **{kind: getattr(c, kind) + n})
 
 
 def count(state: Run, trace: Trace) -> None:
     result = trace.result
     assert result is not None
-    c = state.report.counters
-    kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
-    kind = "unchanged" if result.unchanged and result.outcome is not spec.Outcome.ERROR else kind
-    n = 1 if trace.items is None else trace.items  # a list source counts a page's records, not the page
     if trace.items is not None:
         pages = state.report.metadata
         pages["pages"] = int(pages.get("pages") or 0) + 1
         if result.outcome is spec.Outcome.ERROR:
             pages["pages_failed"] = int(pages.get("pages_failed") or 0) + 1
-    c = replace(c, processed=c.processed + n, **{kind: getattr(c, kind) + n})
-    state.report.counters = c
+    c = state.report.counters = counted(state.report.counters, result, trace.items)
+    n = 1 if trace.items is None else trace.items
     elapsed = time.monotonic() - state.started
     state.emit(
         EntityDone(state.source.name, result.key, result.outcome, result.error, c, n, state.limiter.requests, elapsed)
