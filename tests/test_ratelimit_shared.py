@@ -274,6 +274,38 @@ def test_a_restamp_that_a_younger_reservation_relies_on_is_refused(db: Database)
     assert granted[2] - granted[1] >= 0.5 + MARGIN - 1e-6
 
 
+def test_a_restamp_does_not_hold_back_other_reservations_and_the_window_holds(db: Database) -> None:
+    """2 per 1 s, burst 2: A's first grant is used 0.3 s late and re-stamped. B's reservation, made
+    after, goes at once (it used to wait for the re-stamped time, the bucket's latest grant: every new
+    plain-HTTP connection pushed every process's schedule so). B's next one waits for the 2nd latest
+    grant by time + the window, and no window of the log holds 3."""
+    clock = SkippingClock()
+    migrated(db)
+    a = DatabaseLimiter(shared(2, 1.0, burst=2), db.dsn, clock=clock, sleep=clock.sleep)
+    b = DatabaseLimiter(shared(2, 1.0, burst=2), db.dsn, clock=clock, sleep=clock.sleep)
+
+    async def main() -> None:
+        first = await a.reserve()
+        clock.now += 0.3  # A connected slowly
+        assert not await a.sending(first)
+        for _ in range(2):
+            await b.sending(await b.reserve())
+
+    try:
+        asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    assert (a.restamped, a.discarded, b.discarded) == (1, 0, 0)
+    moved, second, third = (
+        r[0] for r in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")
+    )
+    assert moved - second >= 0.3  # B's first did not wait for A's re-stamped grant
+    assert third - second >= 1.0 + MARGIN - 1e-6  # the 2nd latest when it was reserved
+    times = sorted((moved, second, third))
+    assert times[2] - times[0] >= 1.0 + MARGIN - 1e-6  # never 3 in one window
+
+
 def test_a_reservation_abandoned_while_waiting_is_given_back(db: Database) -> None:
     """1 per 60 s: the first grant goes at once; a run stopped while waiting for the second used to
     leave that reservation a minute ahead in the log, so the next run waited two minutes. The cancelled
