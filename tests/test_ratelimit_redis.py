@@ -274,7 +274,7 @@ def test_a_restamp_does_not_hold_back_other_reservations_and_the_window_holds(re
     assert (a.restamped, a.discarded, b.discarded) == (1, 0, 0)
     assert int(state[b"seq"]) == 3
     second, moved, third = granted  # ascending: B's first went before A's moved one
-    assert moved - second >= 0.3
+    assert second < moved  # B's first did not wait for A's re-stamped grant (it was >= it: the floor)
     assert third - second >= 1.0 + MARGIN - 1e-6  # the 2nd latest when it was reserved: never 3 in a window
     assert float(state[b"last"]) == third
 

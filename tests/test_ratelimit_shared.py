@@ -300,7 +300,7 @@ def test_a_restamp_does_not_hold_back_other_reservations_and_the_window_holds(db
     moved, second, third = (
         r[0] for r in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")
     )
-    assert moved - second >= 0.3  # B's first did not wait for A's re-stamped grant
+    assert second < moved  # B's first did not wait for A's re-stamped grant (it was >= it: the floor)
     assert third - second >= 1.0 + MARGIN - 1e-6  # the 2nd latest when it was reserved
     times = sorted((moved, second, third))
     assert times[2] - times[0] >= 1.0 + MARGIN - 1e-6  # never 3 in one window
