@@ -249,6 +249,36 @@ def test_a_restamp_that_a_younger_reservation_relies_on_is_refused(redis_url: st
     assert granted[2] - granted[1] >= 0.5 + MARGIN - 1e-6
 
 
+def test_a_restamp_does_not_hold_back_other_reservations_and_the_window_holds(redis_url: str, bucket: str) -> None:
+    """2 per 1 s, burst 2: A's first grant is used 0.3 s late and re-stamped; B's, reserved after,
+    goes at once (not at the re-stamped time, the bucket's latest grant), B's next one a window after
+    the 2nd latest by time, and no window of the log holds 3 (test_ratelimit_shared's, on Redis)."""
+    fake, other = FakeTime(), FakeTime()
+    rate = shared(2, 1.0, burst=2, bucket=bucket)
+    a = RedisLimiter(rate, redis_url, clock=fake.clock, sleep=fake.sleep)
+    b = RedisLimiter(rate, redis_url, clock=other.clock, sleep=other.sleep)
+
+    async def main() -> None:
+        try:
+            first = await a.reserve()
+            fake.now += 0.3  # A connected slowly
+            assert not await a.sending(first)
+            for _ in range(2):
+                await b.sending(await b.reserve())
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    asyncio.run(main())
+    granted, state, _ = _log(redis_url, bucket)
+    assert (a.restamped, a.discarded, b.discarded) == (1, 0, 0)
+    assert int(state[b"seq"]) == 3
+    second, moved, third = granted  # ascending: B's first went before A's moved one
+    assert second < moved  # B's first did not wait for A's re-stamped grant (it was >= it: the floor)
+    assert third - second >= 1.0 + MARGIN - 1e-6  # the 2nd latest when it was reserved: never 3 in a window
+    assert float(state[b"last"]) == third
+
+
 def test_pause_is_shared_between_limiters(redis_url: str, bucket: str) -> None:
     """A Retry-After on one limiter (6 s at time_scale 10: 0.6 s) holds another limiter's next grant,
     by the server's clock, and a later, shorter pause does not shorten it."""

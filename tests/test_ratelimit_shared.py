@@ -71,8 +71,9 @@ def test_missing_migration_names_the_fix(db: Database) -> None:
 
 
 def test_grants_follow_the_in_process_rules(db: Database) -> None:
-    """6 per 0.6 s, burst 2: pairs (0.6 + margin) * 2 / 6 s apart by the database's clock; the log
-    keeps the last 6 grants; every grant used or discarded (too late, on a busy machine) is counted."""
+    """6 per 0.6 s, burst 2: pairs (0.6 + margin) * 2 / 6 s apart by the database's clock (in time
+    order: a grant re-stamped on a busy machine moves, and the next reservations no longer wait for it);
+    the log keeps the last 6 grants; every grant used or discarded (too late) is counted."""
     limiter = DatabaseLimiter(shared(6, 0.6, burst=2), migrated(db).dsn)
 
     async def main() -> None:
@@ -83,11 +84,11 @@ def test_grants_follow_the_in_process_rules(db: Database) -> None:
         asyncio.run(main())
     finally:
         limiter.close()
-    granted = [row[0] for row in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")]
+    granted = [row[0] for row in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by at")]
     assert len(granted) == 6
     spacing = (0.6 + MARGIN) * 2 / 6
     assert all(later - earlier >= spacing - 1e-6 for earlier, later in zip(granted, granted[2:], strict=False))
-    if limiter.discarded == 0:
+    if limiter.discarded == limiter.restamped == 0:
         assert [round((t - granted[0]) / spacing) for t in granted] == [0, 0, 1, 1, 2, 2]
     assert limiter.requests == 6
     assert db.scalar("select seq from syncrun_rate_limits where bucket = 'b'") == 6 + limiter.discarded
@@ -272,6 +273,38 @@ def test_a_restamp_that_a_younger_reservation_relies_on_is_refused(db: Database)
     assert len(granted) == 3
     assert granted[1] - granted[0] >= 0.5 + MARGIN - 1e-6
     assert granted[2] - granted[1] >= 0.5 + MARGIN - 1e-6
+
+
+def test_a_restamp_does_not_hold_back_other_reservations_and_the_window_holds(db: Database) -> None:
+    """2 per 1 s, burst 2: A's first grant is used 0.3 s late and re-stamped. B's reservation, made
+    after, goes at once (it used to wait for the re-stamped time, the bucket's latest grant: every new
+    plain-HTTP connection pushed every process's schedule so). B's next one waits for the 2nd latest
+    grant by time + the window, and no window of the log holds 3."""
+    clock = SkippingClock()
+    migrated(db)
+    a = DatabaseLimiter(shared(2, 1.0, burst=2), db.dsn, clock=clock, sleep=clock.sleep)
+    b = DatabaseLimiter(shared(2, 1.0, burst=2), db.dsn, clock=clock, sleep=clock.sleep)
+
+    async def main() -> None:
+        first = await a.reserve()
+        clock.now += 0.3  # A connected slowly
+        assert not await a.sending(first)
+        for _ in range(2):
+            await b.sending(await b.reserve())
+
+    try:
+        asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    assert (a.restamped, a.discarded, b.discarded) == (1, 0, 0)
+    moved, second, third = (
+        r[0] for r in db.rows("select extract(epoch from at)::float8 from syncrun_rate_log order by seq")
+    )
+    assert second < moved  # B's first did not wait for A's re-stamped grant (it was >= it: the floor)
+    assert third - second >= 1.0 + MARGIN - 1e-6  # the 2nd latest when it was reserved
+    times = sorted((moved, second, third))
+    assert times[2] - times[0] >= 1.0 + MARGIN - 1e-6  # never 3 in one window
 
 
 def test_a_reservation_abandoned_while_waiting_is_given_back(db: Database) -> None:

@@ -2,7 +2,7 @@
 
     local.py        the in-process limiter (`shared: process`), Grant, the constants
     shared.py       what the shared limiters have in common: reservations, re-stamps, clock offsets
-    database.py     `shared: database` (migrations 0002, 0003)
+    database.py     `shared: database` (migrations 0002, 0003, 0011)
     redisstore.py   `shared: redis` (one Lua script per grant)
     transport.py    RateLimitedTransport: reserve, stamp at the socket write, release
 

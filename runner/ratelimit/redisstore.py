@@ -28,7 +28,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # re-stamp refolds from the grant it moves. ARGV: requests, window (per + margin; token form: the tolerance), burst,
 # pause (seconds to extend the shared pause by first; <= 0: none), interval (> 0: the token form's
 # seconds per token), the bucket's name (for messages). The rules are syncrun_rate_reserve's (migration
-# 0003), including the refusal of another limit while the bucket's last grant still binds. Returns {the grant's
+# 0011), including the refusal of another limit while the bucket's last grant still binds. Returns {the grant's
 # time, now, seq} as strings, and passes scores as strings: Lua numbers would be truncated to integers
 # on return and rounded to 14 digits (100 us) when passed to a command.
 REDIS_GRANT = """
@@ -59,10 +59,11 @@ local at
 if interval > 0 then  -- token form: GCRA, `window` is the tolerance
   at = math.max(now, paused, last, tat - window)
   tat = math.max(tat, at) + interval
-else
-  at = math.max(now, paused, last, ago(requests, window), ago(burst, window * burst / requests))
+else  -- no `last` floor: a re-stamp moved it, and the exact n-th latest keeps the window (docs/rate-limits.md)
+  at = math.max(now, paused, ago(requests, window), ago(burst, window * burst / requests))
 end
 local when = string.format('%.6f', at)
+last = math.max(last, at)  -- the latest grant time, whichever grant it is
 redis.call('ZADD', KEYS[1], when, string.format('%d', seq))
 local gone = redis.call('ZRANGE', KEYS[1], 0, -(requests + burst + 64) - 1)
 if #gone > 0 then
@@ -71,13 +72,13 @@ if #gone > 0 then
 end
 if interval > 0 then redis.call('HSET', KEYS[3], string.format('%d', seq), string.format('%.6f', tat)) end
 redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq), 'paused_until', string.format('%.6f', paused),
-           'last', when, 'tat', string.format('%.6f', tat),
+           'last', string.format('%.6f', last), 'tat', string.format('%.6f', tat),
            'declared', declared, 'declared_for', string.format('%.6f', math.max(window, interval)))
 -- an idle bucket vanishes 1 s after its log imposes nothing and its pause is over: the window form's
 -- latest grant + window; the token form's tat (the bucket is full again then; `window` there is the
 -- burst's tolerance, which made the keys live (burst - 1) intervals too long)
 local imposes = tat
-if interval <= 0 then imposes = at + math.max(window, 0) end
+if interval <= 0 then imposes = last + math.max(window, 0) end
 local ttl = math.ceil((math.max(imposes, paused) - now) * 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
@@ -96,8 +97,8 @@ if tonumber(redis.call('HGET', KEYS[2], 'seq')) ~= tonumber(ARGV[1]) then return
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 local prev = string.format('%d', tonumber(ARGV[1]) - 1)
-local at, tat = redis.call('ZSCORE', KEYS[1], prev), redis.call('HGET', KEYS[3], prev)
-redis.call('HSET', KEYS[2], 'seq', prev, 'last', at or '0', 'tat', tat or '0')
+local top, tat = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES'), redis.call('HGET', KEYS[3], prev)
+redis.call('HSET', KEYS[2], 'seq', prev, 'last', top[2] or '0', 'tat', tat or '0')
 return 1
 """
 
