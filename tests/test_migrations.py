@@ -53,6 +53,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         "0008_validator_fingerprint",
         "0009_listing_leases",
         "0010_refused",
+        "0011_rate_limit_unordered",
     ]
     assert migrations.migrate(db.conn, [source]) == []
     assert db.rows("select version, name from syncrun_migrations order by version") == [
@@ -66,6 +67,7 @@ def test_migrate_creates_everything_and_is_idempotent(db: Database) -> None:
         (8, "0008_validator_fingerprint"),
         (9, "0009_listing_leases"),
         (10, "0010_refused"),
+        (11, "0011_rate_limit_unordered"),
     ]
     catalog = migrations.check(db.conn, [source])
     assert catalog[QualifiedName(None, "sync_status")]["last_example_sync"] == "timestamp with time zone"
@@ -228,6 +230,7 @@ def test_upgrading_a_supabase_shaped_database_keeps_data_and_functions(db: Datab
         "0008_validator_fingerprint",
         "0009_listing_leases",
         "0010_refused",
+        "0011_rate_limit_unordered",
     ]
     migrations.check(db.conn, [source])
     assert db.rows("select appid, priority_score, last_error_source::text from sync_status order by appid") == [
