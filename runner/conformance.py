@@ -17,14 +17,16 @@ lists of text or of whole numbers only (the schemas' two kinds), anything else i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urldefrag, urljoin
 
 Schema = Any  # a JSON Schema: a mapping of keywords, or true / false
 
-# Keywords that say nothing about validity (no format checker is used, so `format` is one too).
-_ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "$comment", "title", "description", "examples", "default"})
+# Keywords that say nothing about validity by themselves (`then` and `else` are read by `if`; a `$id`
+# is one only at a schema's root: elsewhere it would move where `$ref`s point).
+_IGNORED = frozenset({"$schema", "$id", "$defs", "$comment", "title", "description", "examples", "default"})
+_IGNORED |= {"then", "else"}
 
 
 def _number(value: object) -> bool:
@@ -55,6 +57,10 @@ def equal(one: object, two: object) -> bool:
     return one == two
 
 
+class Unsure(Exception):
+    """A keyword (or a value under `uniqueItems`) this module does not decide: jsonschema will."""
+
+
 class Schemas:
     """Schemas by name, each with its `$id` (which `$ref`s use); `fits(document, name)` is True only
     when jsonschema would find no problem."""
@@ -63,23 +69,24 @@ class Schemas:
         self._ids = {name: str(document["$id"]) for name, document in documents.items()}
         self._roots = {self._ids[name]: document for name, document in documents.items()}
         self._refs: dict[tuple[str, str], tuple[Schema, str]] = {}
-        self._patterns: dict[str, re.Pattern[str]] = {}
-        try:
-            self.supported = all(self._known(root, base, True) for base, root in self._roots.items())
-        except (KeyError, TypeError, ValueError, re.error):  # a `$ref` to nowhere, a bad pattern, ...
-            self.supported = False
 
     def fits(self, document: object, name: str) -> bool:
         uri = self._ids[name]
-        return self.supported and self._fits(document, self._roots[uri], uri)
+        try:
+            return self._fits(document, self._roots[uri], uri)
+        except (Unsure, KeyError, TypeError, re.error):  # not ours to say (a `$ref` to nowhere: KeyError)
+            return False
 
-    # --- checking a document -------------------------------------------------------------------------
     def _fits(self, value: object, schema: Schema, base: str) -> bool:
         if schema is True or schema is False:
             return bool(schema)
         for keyword, expected in schema.items():
             check = _KEYWORDS.get(keyword)
-            if check is not None and not check(self, expected, value, schema, base):
+            if check is None:
+                # An unknown keyword must not answer no either: under a `not` that would be a yes.
+                if keyword not in _IGNORED or (keyword == "$id" and schema is not self._roots.get(base)):
+                    raise Unsure(keyword)
+            elif not check(self, expected, value, schema, base):
                 return False
         return True
 
@@ -93,41 +100,13 @@ class Schemas:
             found = self._refs[(ref, base)] = (target, uri)
         return found
 
-    def _search(self, pattern: str, text: str) -> bool:
-        compiled = self._patterns.get(pattern)
-        if compiled is None:
-            compiled = self._patterns[pattern] = re.compile(pattern)
-        return compiled.search(text) is not None
 
-    # --- is every keyword one of ours? ---------------------------------------------------------------
-    def _known(self, schema: Schema, base: str, root: bool = False) -> bool:
-        if isinstance(schema, bool):
-            return True
-        if not isinstance(schema, dict) or ("$id" in schema and not root):
-            return False
-        for keyword, value in schema.items():
-            if keyword in _ANNOTATIONS or keyword in _PLAIN:
-                continue
-            if keyword == "type" and all(t in _TYPES for t in ([value] if isinstance(value, str) else value)):
-                continue
-            if keyword == "pattern":
-                self._search(value, "")  # compiles it: re.error leaves the schema to jsonschema
-                continue
-            if keyword == "$ref":
-                self._ref(value, base)
-                continue
-            subschemas = _SUBSCHEMAS.get(keyword)
-            if subschemas is None or not all(self._known(sub, base) for sub in subschemas(value)):
-                return False
-        return all(self._known(sub, base) for sub in schema.get("$defs", {}).values())
-
-
-def _unique(items: list[object]) -> bool | None:
+def _unique(items: list[object]) -> bool:
     if all(isinstance(item, str) for item in items) or all(
         isinstance(item, int) and not isinstance(item, bool) for item in items
     ):
         return len(set(items)) == len(items)  # all text or all whole numbers
-    return None  # anything else: jsonschema's `uniq` decides
+    raise Unsure("uniqueItems")  # anything else: jsonschema's `uniq` decides
 
 
 def _one_of(checker: Schemas, options: list[Schema], value: object, base: str) -> bool:
@@ -168,14 +147,14 @@ _KEYWORDS: dict[str, _Check] = {
     "type": lambda c, types, v, s, b: any(_TYPES[t](v) for t in ([types] if isinstance(types, str) else types)),
     "enum": lambda c, options, v, s, b: any(equal(option, v) for option in options),
     "const": lambda c, const, v, s, b: equal(v, const),
-    "pattern": lambda c, pattern, v, s, b: not _str(v) or c._search(pattern, v),
+    "pattern": lambda c, pattern, v, s, b: not _str(v) or re.search(pattern, v) is not None,
     "minLength": lambda c, n, v, s, b: not _str(v) or len(v) >= n,
     "maxLength": lambda c, n, v, s, b: not _str(v) or len(v) <= n,
     "minimum": lambda c, n, v, s, b: not _number(v) or v >= n,
     "maximum": lambda c, n, v, s, b: not _number(v) or v <= n,
     "minItems": lambda c, n, v, s, b: not _list(v) or len(v) >= n,
     "maxItems": lambda c, n, v, s, b: not _list(v) or len(v) <= n,
-    "uniqueItems": lambda c, unique, v, s, b: not unique or not _list(v) or bool(_unique(v)),
+    "uniqueItems": lambda c, unique, v, s, b: not unique or not _list(v) or _unique(v),
     "minProperties": lambda c, n, v, s, b: not _dict(v) or len(v) >= n,
     "maxProperties": lambda c, n, v, s, b: not _dict(v) or len(v) <= n,
     "required": lambda c, names, v, s, b: not _dict(v) or all(name in v for name in names),
@@ -191,20 +170,4 @@ _KEYWORDS: dict[str, _Check] = {
     "not": lambda c, sub, v, s, b: not c._fits(v, sub, b),
     "if": lambda c, sub, v, s, b: _if(c, sub, v, s, b),
     "$ref": lambda c, ref, v, s, b: _ref(c, ref, v, b),
-}
-# Keywords whose value is no schema (checked as they are), and where the others keep their subschemas.
-_PLAIN = frozenset(_KEYWORDS) - {"type", "pattern", "$ref", "properties", "additionalProperties", "propertyNames"}
-_PLAIN -= {"items", "allOf", "anyOf", "oneOf", "not", "if"}
-_SUBSCHEMAS: dict[str, Callable[[Any], Iterable[Schema]]] = {
-    "properties": lambda value: value.values(),
-    "additionalProperties": lambda value: [value],
-    "propertyNames": lambda value: [value],
-    "items": lambda value: [value],
-    "allOf": lambda value: value,
-    "anyOf": lambda value: value,
-    "oneOf": lambda value: value,
-    "not": lambda value: [value],
-    "if": lambda value: [value],
-    "then": lambda value: [value],
-    "else": lambda value: [value],
 }
