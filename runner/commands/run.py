@@ -166,9 +166,29 @@ async def _execute(
 ) -> list[engine.Report]:
     needs_db = not (options.dry_run and options.ids and all(ids.key_only(s) for s in sources))
     target = await asyncio.to_thread(database.open_target, dsn) if needs_db else None
+    # The checks' connection, then each source's three (select, write, job row; a dry run's select
+    # only) are opened side by side while the checks run (runner/engine/pipeline.py `_drive`).
+    per_source = 1 if options.dry_run else 3
+    ahead = database.Ahead(target.connect, 1 + per_source * len(sources)) if target is not None else None
+    try:
+        return await _checked_run(sources, options, settings, target, ahead, playback, observers)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+async def _checked_run(
+    sources: list[spec.Source],
+    options: engine.Options,
+    settings: templating.Settings,
+    target: database.Target | None,
+    ahead: database.Ahead | None,
+    playback: _Playback,
+    observers: Sequence[events.Observer],
+) -> list[engine.Report]:
     catalog = None
-    if target is not None:
-        with target.connect() as conn:
+    if target is not None and ahead is not None:
+        with ahead.connect() as conn:
             if target.embedded:
                 migrations.migrate(conn, sources)
             catalog = migrations.check(conn, sources)
@@ -198,7 +218,7 @@ async def _execute(
             options,
             settings=settings,
             limiters=limiters,
-            connect=target.connect if target else None,
+            connect=ahead.connect if ahead else None,
             catalog=catalog,
             transport=transport,
             sleep=(lambda seconds: asyncio.sleep(seconds / scale)) if scale != 1.0 else asyncio.sleep,
