@@ -41,7 +41,7 @@ from runner import (
 from runner.aiotransport import AiohttpTransport
 from runner.commands import connections
 from runner.commands.options import MAX_LIMIT, run_arguments
-from runner.errors import UsageError
+from runner.errors import SettingError, UsageError
 from runner.overrides import Override
 from runner.redaction import Redactor
 
@@ -49,6 +49,29 @@ log = logging.getLogger("syncrun")
 
 
 def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    early = _early_connections(args, environ)
+    try:
+        return _handle(args, environ, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _early_connections(args: argparse.Namespace, environ: Mapping[str, str]) -> database.Ahead | None:
+    """A run against DATABASE_URL opens its connections (database.Ahead) while it reads its source
+    files: only when the variable passes the preflight check (else that error is raised in its
+    place, after the source files), and not for a dry run, which may need no database at all."""
+    dsn = database.dsn_from_env(environ)
+    if dsn is None or args.dry_run:
+        return None
+    try:
+        preflight.check_environment(environ)
+    except SettingError:
+        return None
+    return database.Ahead(database.Target(dsn, embedded=False).connect, 1 + 3 * len(args.sources))
+
+
+def _handle(args: argparse.Namespace, environ: Mapping[str, str], early: database.Ahead | None) -> int:
     sets = overrides.parse(args.overrides)
     sources = [config.load(path, sets) for path in args.sources]
     options = _options(args, environ, sources, sets)
@@ -69,7 +92,7 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         options = replace(options, metadata={**options.metadata, "overrides": shown})
     observers = progress.observers(sources, options, environ)  # the step summary is written by one of them
     try:
-        reports = asyncio.run(_execute(sources, options, settings, dsn, _playback(args), observers))
+        reports = asyncio.run(_execute(sources, options, settings, dsn, _playback(args), observers, early))
     finally:
         progress.stop()
     for report in reports:
@@ -163,13 +186,14 @@ async def _execute(
     dsn: str | None,
     playback: _Playback = _Playback(),
     observers: Sequence[events.Observer] = (),
+    early: database.Ahead | None = None,
 ) -> list[engine.Report]:
     needs_db = not (options.dry_run and options.ids and all(ids.key_only(s) for s in sources))
     target = await asyncio.to_thread(database.open_target, dsn) if needs_db else None
     # The checks' connection, then each source's three (select, write, job row; a dry run's select
-    # only) are opened side by side while the checks run (runner/engine/pipeline.py `_drive`).
+    # only) are opened side by side (runner/engine/pipeline.py `_drive` takes them), if not already.
     per_source = 1 if options.dry_run else 3
-    ahead = database.Ahead(target.connect, 1 + per_source * len(sources)) if target is not None else None
+    ahead = early or (database.Ahead(target.connect, 1 + per_source * len(sources)) if target else None)
     try:
         return await _checked_run(sources, options, settings, target, ahead, playback, observers)
     finally:
