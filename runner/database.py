@@ -268,12 +268,13 @@ class Link:
 class Ahead:
     """`count` connections opened side by side, each in a thread of its own, before they are asked
     for: a run's start then waits for the slowest of them instead of for their sum (a connection to
-    a local server costs 2-5 ms, most of it the server starting a backend; a run asks for one to
-    check the schema and then three per source), and none of them waits for the run to read its
-    source files first. `connect` hands them out in order, raising a failed one's error as the
-    connect itself would have; once they are all taken it opens new ones as `open_` does. `close`
-    closes those never asked for, also any still being opened. The threads are daemons: a run that
-    ends early (a bad source file) never waits for a connect to an unreachable host to time out."""
+    a local server costs 2-5 ms, most of it the server starting a backend; a run asks for three per
+    source and checks the schema on the first before it gives it back: `give_back`), and none of
+    them waits for the run to read its source files first. `connect` hands them out in order,
+    raising a failed one's error as the connect itself would have; once they are all taken it opens
+    new ones as `open_` does. `close` closes those never asked for, also any still being opened.
+    The threads are daemons: a run that ends early (a bad source file) never waits for a connect
+    to an unreachable host to time out."""
 
     def __init__(self, open_: Callable[[], psycopg.Connection], count: int) -> None:
         self._open = open_
@@ -300,6 +301,12 @@ class Ahead:
         except IndexError:
             return self._open()
         return opening.result()
+
+    def give_back(self, conn: psycopg.Connection) -> None:
+        """Hand `conn`, open and idle, to the next `connect` (before those opened ahead)."""
+        opened: Future[psycopg.Connection] = Future()
+        opened.set_result(conn)
+        self._ready.appendleft(opened)
 
     def close(self) -> None:
         while self._ready:

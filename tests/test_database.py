@@ -104,8 +104,8 @@ def test_connect_settings_suit_transaction_poolers(pg_dsn: str) -> None:
 
 
 def test_connections_opened_ahead_are_handed_out_then_new_ones(pg_dsn: str) -> None:
-    """`Ahead`: the opened connections in turn, each a connection of `connect`'s settings, then new
-    ones; `close` closes those nobody asked for."""
+    """`Ahead`: the opened connections in turn, each a connection of `connect`'s settings, one
+    given back first, then new ones; `close` closes those nobody asked for."""
     opened: list[psycopg.Connection] = []
 
     def open_() -> psycopg.Connection:
@@ -119,6 +119,8 @@ def test_connections_opened_ahead_are_handed_out_then_new_ones(pg_dsn: str) -> N
     assert first.execute("select 1").fetchone() == (1,)
     assert first.autocommit is False
     assert first.prepare_threshold is None
+    ahead.give_back(first)  # next in line again (the run's checks hand theirs to the engine)
+    assert ahead.connect() is first
     third, fourth = ahead.connect(), ahead.connect()  # the fourth was not opened ahead
     assert len({id(c) for c in (first, second, third, fourth)}) == 4
     assert len(opened) == 4
