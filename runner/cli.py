@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncrun", description="Declarative sync runner: HTTP APIs into PostgreSQL.")
-    parser.add_argument("--version", action="version", version=f"syncrun {_version()}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate_parser = commands.add_parser("validate", help="check source files; exit 2 listing every problem")
@@ -170,7 +170,17 @@ def _project_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     init_parser.set_defaults(handler=init.handle)
 
 
-def _version() -> str:
-    from runner import project
+class _Version(argparse._VersionAction):
+    """argparse's `--version`, the text asked for only when it is printed: finding the installed
+    distribution's metadata (and importing runner.project, runner.demo and http.server with it) cost
+    every start ~2 ms."""
 
-    return project.version()
+    @property
+    def version(self) -> str:
+        from runner import project
+
+        return f"syncrun {project.version()}"
+
+    @version.setter
+    def version(self, value: str | None) -> None:
+        pass  # argparse sets None at construction
