@@ -22,7 +22,9 @@ import re
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -261,3 +263,56 @@ class Link:
     def close(self) -> None:
         with self._lock, contextlib.suppress(psycopg.Error):
             self.conn.close()
+
+
+class Ahead:
+    """`count` connections opened side by side, each in a thread of its own, before they are asked
+    for: a run's start then waits for the slowest of them instead of for their sum (a connection to
+    a local server costs 2-5 ms, most of it the server starting a backend; a run asks for three per
+    source and checks the schema on the first before it gives it back: `give_back`), and none of
+    them waits for the run to read its source files first. `connect` hands them out in order,
+    raising a failed one's error as the connect itself would have; once they are all taken it opens
+    new ones as `open_` does. `close` closes those never asked for, also any still being opened.
+    The threads are daemons: a run that ends early (a bad source file) never waits for a connect
+    to an unreachable host to time out."""
+
+    def __init__(self, open_: Callable[[], psycopg.Connection], count: int) -> None:
+        self._open = open_
+        self._ready: deque[Future[psycopg.Connection]] = deque(self._start() for _ in range(count))
+
+    def _start(self) -> Future[psycopg.Connection]:
+        opening: Future[psycopg.Connection] = Future()
+
+        def open_one() -> None:
+            opening.set_running_or_notify_cancel()
+            try:
+                conn = self._open()
+            except BaseException as error:  # raised again where the connection is taken
+                opening.set_exception(error)
+            else:
+                opening.set_result(conn)
+
+        threading.Thread(target=open_one, name="syncrun-connect", daemon=True).start()
+        return opening
+
+    def connect(self) -> psycopg.Connection:
+        try:
+            opening = self._ready.popleft()
+        except IndexError:
+            return self._open()
+        return opening.result()
+
+    def give_back(self, conn: psycopg.Connection) -> None:
+        """Hand `conn`, open and idle, to the next `connect` (before those opened ahead)."""
+        opened: Future[psycopg.Connection] = Future()
+        opened.set_result(conn)
+        self._ready.appendleft(opened)
+
+    def close(self) -> None:
+        while self._ready:
+            self._ready.popleft().add_done_callback(_close_unused)
+
+
+def _close_unused(opening: Future[psycopg.Connection]) -> None:
+    if opening.exception() is None:
+        opening.result().close()

@@ -16,15 +16,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
-from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
-from jsonschema.validators import extend  # type: ignore[import-untyped]
-from referencing import Registry, Resource
 
+from runner.conformance import Schemas
 from runner.errors import Problem
 from runner.expressions import JSON
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError  # type: ignore[import-untyped]
 
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 32  # deeper nesting is never a real source, and PyYAML's composer recurses
@@ -52,17 +53,25 @@ def _whole_number(checker: object, instance: object) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-# jsonschema counts 1.0 as an integer; the builders then get a float where a count or size belongs.
-_Strict = extend(
-    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number)
-)
+@functools.cache
+def validator(name: str) -> Any:
+    """jsonschema's validator for a schema: imported only for a file `conformance` cannot pass (~30 ms)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.validators import extend  # type: ignore[import-untyped]
+    from referencing import Registry, Resource
+
+    # jsonschema counts 1.0 as an integer; the builders then get a float where a count or size belongs.
+    strict = extend(
+        Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number)
+    )
+    # syncrun.yaml's auth blocks are source.schema.json's `auth` (a `$ref` across the two files).
+    known = [(str(s["$id"]), Resource.from_contents(s)) for s in map(schema, SCHEMAS)]
+    return strict(schema(name), registry=Registry().with_resources(known))
 
 
 @functools.cache
-def validator(name: str) -> Draft202012Validator:
-    # syncrun.yaml's auth blocks are source.schema.json's `auth` (a `$ref` across the two files).
-    known = [(str(s["$id"]), Resource.from_contents(s)) for s in map(schema, SCHEMAS)]
-    return _Strict(schema(name), registry=Registry().with_resources(known))
+def _schemas() -> Schemas:
+    return Schemas({name: schema(name) for name in SCHEMAS})
 
 
 # --- reading YAML, keeping lines ----------------------------------------------------------------
@@ -217,6 +226,8 @@ _DISCRIMINATOR_DEFAULTS = {"entities": ("type", "default"), "pagination": ("type
 
 def check(doc: Document, schema_name: str) -> tuple[list[Problem], set[Path_]]:
     """Every schema problem, and the paths they are at (so the caller can skip broken sections)."""
+    if _schemas().fits(doc.data, schema_name):  # jsonschema would find nothing: it is not even imported
+        return [], set()
     errors = list(validator(schema_name).iter_errors(doc.data))
     problems = [problem for error in errors for problem in _explain(error, doc)]
     # An unknown or inapplicable key leaves the rest of its section well-formed: still check that.

@@ -451,3 +451,29 @@ def test_a_run_cut_by_the_grace_period_releases_every_claim_it_holds(
     )
     assert again.returncode == 0, again.stderr
     assert db.scalar("select items_succeeded from sync_jobs where status = 'completed'") == 40
+
+
+def test_a_bad_source_file_exits_2_without_waiting_for_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run opens its connections while it reads its source files (runner/database.py `Ahead`); a
+    file that does not validate still exits 2 at once with its problems, while a connect to a server
+    that never answers (a listening socket nobody accepts on) is still waiting for its timeout."""
+    import socket
+
+    from runner import cli, database
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nunknown_key: 1\n")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://app:s3cret@127.0.0.1:{silent.getsockname()[1]}/app")
+        started = time.monotonic()
+        code = cli.main(["run", str(bad)])
+        elapsed = time.monotonic() - started
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown_key" in err
+    assert "s3cret" not in err
+    assert elapsed < database.CONNECT_TIMEOUT  # waiting for the connect would take all of it

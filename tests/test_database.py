@@ -103,6 +103,52 @@ def test_connect_settings_suit_transaction_poolers(pg_dsn: str) -> None:
         assert database.open_target(pg_dsn) == database.Target(pg_dsn, embedded=False)
 
 
+def test_connections_opened_ahead_are_handed_out_then_new_ones(pg_dsn: str) -> None:
+    """`Ahead`: the opened connections in turn, each a connection of `connect`'s settings, one
+    given back first, then new ones; `close` closes those nobody asked for."""
+    opened: list[psycopg.Connection] = []
+
+    def open_() -> psycopg.Connection:
+        conn = database.connect(pg_dsn)
+        opened.append(conn)
+        return conn
+
+    ahead = database.Ahead(open_, 3)
+    first, second = ahead.connect(), ahead.connect()
+    assert first is not second
+    assert first.execute("select 1").fetchone() == (1,)
+    assert first.autocommit is False
+    assert first.prepare_threshold is None
+    ahead.give_back(first)  # next in line again (the run's checks hand theirs to the engine)
+    assert ahead.connect() is first
+    third, fourth = ahead.connect(), ahead.connect()  # the fourth was not opened ahead
+    assert len({id(c) for c in (first, second, third, fourth)}) == 4
+    assert len(opened) == 4
+    ahead.close()
+    assert not any(conn.closed for conn in opened)  # taken connections are their takers' to close
+    for conn in opened:
+        conn.close()
+
+    unused = database.Ahead(open_, 2)
+    taken = unused.connect()
+    unused.close()
+    deadline = time.monotonic() + 30  # the untaken one is closed as soon as it is open
+    while sum(conn.closed for conn in opened[4:]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(opened) == 6
+    assert [conn.closed for conn in opened[4:]].count(True) == 1  # the one never taken
+    assert not taken.closed
+    taken.close()
+
+
+def test_a_connection_opened_ahead_fails_when_it_is_taken() -> None:
+    """The error of a failed connect is raised where the connection is asked for, as it was before."""
+    ahead = database.Ahead(lambda: database.connect("postgresql://app:s3cret@127.0.0.1:1/app"), 2)
+    with pytest.raises(DatabaseError, match=r"^cannot connect to postgresql://app:\*\*\*@127.0.0.1:1/app: "):
+        ahead.connect()
+    ahead.close()
+
+
 @pytest.mark.slow
 def test_embedded_default_starts_in_its_data_dir() -> None:
     """Without a DSN, the embedded server starts in the data dir and says it is embedded."""
