@@ -67,16 +67,19 @@ def _collector() -> Iterator[None]:
     """The garbage collector tuned for the run: what start-up built (modules, specs, compiled plans) is
     frozen, so full collections no longer walk it, and the youngest generation is collected less
     often. Cyclic garbage is still collected, later: at most _GEN0 young objects more wait for it.
-    Both are undone when the run ends (a process running several, tests, gets its defaults back); a
-    process that froze objects of its own before keeps them frozen."""
-    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
-    gc.freeze()
+    Both are undone when the run ends (a process running several, tests, gets its defaults back). A
+    process that froze objects before (runner/cli.py freezes what importing it made) is left as it
+    is: freezing again could not be undone without unfreezing its objects too, and each run of such
+    a process would keep its start-up's objects, garbage or not, for good."""
+    threshold, freezing = gc.get_threshold(), gc.get_freeze_count() == 0
+    if freezing:
+        gc.freeze()
     gc.set_threshold(max(threshold[0], _GEN0), *threshold[1:])
     try:
         yield
     finally:
         gc.set_threshold(*threshold)
-        if not frozen:
+        if freezing:
             gc.unfreeze()
 
 
