@@ -628,3 +628,32 @@ def test_rows_weigh_the_same_column_by_column_as_value_by_value() -> None:
         trace = Trace({"id": 1})
         trace.result = EntityResult(key=1, entity={"id": 1}, outcome=Outcome.SUCCESS, rows=rows, error_source="t")
         assert writes.weight(trace) == _weight_one_by_one(rows), rows
+
+
+def test_a_source_that_cannot_connect_leaves_no_job_row_running(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review revA F1: two sources through a role allowed 4 connections (a run opens 6): one source's
+    connect fails the run (exit 1), and every job row any source had inserted is finished, not left
+    `running` (the other source's task was cancelled while its thread inserted the row, whose id was
+    then lost). Repeated: which connections fail depends on the order they are opened in."""
+    first, second = write_source(tmp_path, "alpha"), write_source(tmp_path, "beta")
+    seed(env, first, second)
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", app(appid))
+    role = f"limited_{os.getpid()}"
+    owner = conninfo_to_dict(env.dsn).get("user", "postgres")
+    env.run(f"drop role if exists {role}; create role {role} login connection limit 4 in role {owner}")
+    try:
+        monkeypatch.setenv("DATABASE_URL", make_conninfo(env.dsn, user=role))
+        started = 0
+        for _ in range(5):
+            assert run(str(first), str(second)) == 1
+            assert env.rows("select job_type from sync_jobs where status = 'running'") == []
+            for (error,) in env.rows("select error_message from sync_jobs"):
+                assert "too many connections" in error or error.startswith("stopped before it finished")
+            started += env.scalar("select count(*) from sync_jobs")
+            env.run("delete from sync_jobs")
+        assert started > 0  # some runs got as far as a job row
+    finally:
+        env.run(f"select pg_terminate_backend(pid) from pg_stat_activity where usename = '{role}'; drop role {role}")

@@ -117,8 +117,16 @@ async def _run(
     signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
     for signum in signals:
         loop.add_signal_handler(signum, stopping.halt_all, states, signum)
+    drives = [asyncio.ensure_future(_drive(state)) for state in states]
     try:
-        reports = list(await asyncio.gather(*(_drive(state) for state in states)))
+        reports = list(await asyncio.gather(*drives))
+    except BaseException:
+        # one source failed the run: the others stop now, each finishing its job row and closing its
+        # connections while the event loop and the HTTP clients are still up
+        for drive in drives:
+            drive.cancel()
+        await asyncio.gather(*drives, return_exceptions=True)
+        raise
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
@@ -131,12 +139,17 @@ async def _run(
 
 async def _drive(state: Run) -> Report:
     source, options = state.source, state.options
-    select_conn = state.connect() if state.connect else None
-    write_link = database.Link(state.connect) if state.connect and not options.dry_run else None
-    job_link = database.Link(state.connect) if state.connect and not options.dry_run else None
+    select_conn: psycopg.Connection[Any] | None = None
+    write_link = job_link = None
     side: list[asyncio.Task[None]] = []
     lease = None
     try:
+        # inside the `try`: a connection that fails to open closes the ones opened before it
+        if state.connect:
+            select_conn = state.connect()
+            if not options.dry_run:
+                write_link = database.Link(state.connect)
+                job_link = database.Link(state.connect)
         if job_link is not None and source.entities.type is spec.SelectionType.LIST:
             lease = listings.Lease(source.name, state.options.heartbeat_every)
             if not await asyncio.to_thread(job_link.call, lease.take):
@@ -145,15 +158,7 @@ async def _drive(state: Run) -> Report:
                 return state.report
             state.lease = lease
         if job_link is not None:
-            state.report.job_id = await asyncio.to_thread(
-                job_link.call,
-                jobs.start,
-                source.job_type,
-                batch_size=options.limit,
-                github_run_id=options.github_run_id,
-                metadata=options.metadata,
-                started_at=state.now,
-            )
+            await _start_job(state, job_link)
             if lease is not None:
                 await asyncio.to_thread(job_link.call, lease.bind, state.report.job_id)
             await bookkeeping.run_steps(state, job_link, source.before, "before")
@@ -171,7 +176,10 @@ async def _drive(state: Run) -> Report:
             await bookkeeping.run_steps(state, job_link, source.after, "after")
     except BaseException as error:
         state.report.status = "failed"
-        state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
+        if isinstance(error, asyncio.CancelledError):  # `_run`: another source failed the run
+            state.report.error = "stopped before it finished: the run ended (another source failed)"
+        else:
+            state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
         raise
     finally:
         await stopping.cancel(side)  # no heartbeat may start after the final update (a running one is waited for)
@@ -185,6 +193,31 @@ async def _drive(state: Run) -> Report:
             if link is not None:
                 link.close()
     return state.report
+
+
+async def _start_job(state: Run, job_link: database.Link) -> None:
+    """Insert the job row and keep its id, also when this task is cancelled meanwhile (another
+    source's failure ends the run): the thread inserting it cannot be stopped, and a row whose id
+    is lost could never be finished (it would stay `running` until a later run reaps it)."""
+    source, options = state.source, state.options
+    inserting = asyncio.ensure_future(
+        asyncio.to_thread(
+            job_link.call,
+            jobs.start,
+            source.job_type,
+            batch_size=options.limit,
+            github_run_id=options.github_run_id,
+            metadata=options.metadata,
+            started_at=state.now,
+        )
+    )
+    try:
+        state.report.job_id = await asyncio.shield(inserting)
+    except asyncio.CancelledError:
+        await asyncio.wait({inserting})
+        if not inserting.cancelled() and inserting.exception() is None:
+            state.report.job_id = inserting.result()
+        raise
 
 
 async def _pipeline(state: Run, select_conn: psycopg.Connection[Any] | None, write_conn: database.Link | None) -> None:
