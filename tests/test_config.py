@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -488,3 +489,40 @@ def test_fuzz_examples_edit_what_they_say() -> None:
     assert f"  limit: {'9' * 5000}\n" in _edit("entities.limit", "9" * 5000)
     assert "records: 'x'\n" in _edit("records", "'x'")
     assert "  initial: 5s\n" in _edit("retry.initial", "5s")
+
+
+def test_an_unknown_key_in_schedule_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """Review revA F2: an unknown key is reported, and the section is still read (to find the rest of
+    its problems); `schedule:` was read by splatting it into its spec, so `bogus: 1` raised TypeError
+    (exit 70)."""
+    text = MINIMAL + 'schedule: {cron: "0 * * * *", bogus: 1}\n'
+    assert _problems(tmp_path, text) == [
+        "9: schedule.bogus: unknown key 'bogus' (allowed: cron, partitions, timeout_minutes)"
+    ]
+
+
+def _mappings(node: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(node, dict):
+        return [path] + [p for k, v in node.items() for p in _mappings(v, (*path, k))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _mappings(v, (*path, i))]
+    return []
+
+
+@pytest.mark.parametrize(
+    "bundled", sorted((Path(__file__).parent.parent / "sources").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_an_unknown_key_in_any_mapping_of_a_bundled_source_is_a_problem(tmp_path: Path, bundled: Path) -> None:
+    """Review revA F2, everywhere: `bogus: 1` added to each mapping of each bundled source, one at a
+    time, loads or is a ConfigError (exit 2), never another exception (exit 70)."""
+    document = yaml.safe_load(bundled.read_text())
+    for path in _mappings(document):
+        changed = yaml.safe_load(bundled.read_text())
+        node = changed
+        for step in path:
+            node = node[step]
+        node["bogus"] = 1
+        target = tmp_path / bundled.name
+        target.write_text(yaml.safe_dump(changed, sort_keys=False))
+        with contextlib.suppress(ConfigError):  # many mappings take any key: columns, headers, params
+            config.load(target)

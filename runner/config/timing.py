@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from runner import spec
@@ -21,7 +22,10 @@ class TimingSection(Builder):
 
     def schedule(self) -> spec.Schedule | None:
         raw = self.section("schedule")
-        return None if raw is None else spec.Schedule(**raw)
+        if raw is None:
+            return None
+        # an unknown key is a schema problem already reported, which does not stop the section being read
+        return spec.Schedule(**{f.name: raw[f.name] for f in dataclasses.fields(spec.Schedule) if f.name in raw})
 
     def rate_limit(self, name: str) -> spec.RateLimit | None:
         raw = self.section("rate_limit")
