@@ -12,7 +12,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
+from runner import conformance
 from runner.conformance import Schemas
 from runner.errors import Problem
 from runner.expressions import JSON
@@ -61,12 +62,23 @@ def validator(name: str) -> Any:
     from referencing import Registry, Resource
 
     # jsonschema counts 1.0 as an integer; the builders then get a float where a count or size belongs.
+    # And its `pattern` is Python's `re.search`, whose `$` passes a final newline (conformance.matches).
     strict = extend(
-        Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number)
+        Draft202012Validator,
+        validators={"pattern": _pattern},
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _whole_number),
     )
     # syncrun.yaml's auth blocks are source.schema.json's `auth` (a `$ref` across the two files).
     known = [(str(s["$id"]), Resource.from_contents(s)) for s in map(schema, SCHEMAS)]
     return strict(schema(name), registry=Registry().with_resources(known))
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
+    """jsonschema's `pattern` keyword, with the pattern read as JSON Schema means it."""
+    if validator.is_type(instance, "string") and not conformance.matches(pattern, instance):
+        from jsonschema import ValidationError
+
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 @functools.cache

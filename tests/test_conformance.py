@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema._utils import equal as jsonschema_equal  # type: ignore[import-untyped]
 
-from runner import sourcefile
+from runner import conformance, sourcefile
 from runner.conformance import Schemas, equal
 
 ROOT = Path(__file__).parent.parent
@@ -157,3 +159,53 @@ def test_what_it_does_not_know_is_left_to_jsonschema(schema: dict[str, Any]) -> 
 def test_equal_is_jsonschemas(one: Any, two: Any) -> None:
     assert equal(one, two) == jsonschema_equal(one, two)
     assert equal(two, one) == jsonschema_equal(two, one)
+
+
+@pytest.mark.parametrize(
+    ("schema", "value"),
+    [
+        # a known keyword's no, met before an unknown one, turned into a yes under `not` (review revA F4)
+        ({"not": {"additionalProperties": False, "patternProperties": {"^x": {}}}}, {"x": 1}),
+        ({"not": {"items": False, "prefixItems": [{}]}}, [1]),
+        ({"oneOf": [{"additionalProperties": False, "patternProperties": {"^x": {}}}, {"type": "object"}]}, {"x": 1}),
+        (
+            {"if": {"additionalProperties": False, "patternProperties": {"^x": {}}}, "then": {"required": ["y"]}},
+            {"x": 1},
+        ),
+        ({"not": {"minimum": 0}}, float("nan")),  # jsonschema's comparisons pass a NaN
+        ({"oneOf": [{"maximum": 5}, {"type": "number"}]}, float("nan")),
+    ],
+)
+def test_a_no_is_never_a_yes_jsonschema_would_not_say(schema: dict[str, Any], value: Any) -> None:
+    root = {"$id": "https://x.example/s.json", **schema}
+    if Schemas({"s.json": root}).fits(value, "s.json"):
+        assert Draft202012Validator(root).is_valid(value)
+
+
+def test_dollar_is_the_end_of_the_text_as_in_json_schema(tmp_path: Path) -> None:
+    """Python's `$` also matches before a final newline: "mine\n" passed `^[a-z_]...$`, became a
+    column `last_mine\n_sync` and a job type with a newline (review revA F3). Both checkers now read
+    the patterns as JSON Schema (ECMA 262) does; every anchored pattern in our schemas ends with it."""
+    assert conformance.matches("^[a-z]+$", "mine")
+    assert not conformance.matches("^[a-z]+$", "mine\n")
+    assert conformance.matches("^[a-z$]+$", "a$")  # a `$` in a class is a character
+    for name in sourcefile.SCHEMAS:
+        for pattern in _patterns(sourcefile.schema(name)):
+            assert pattern.endswith("$") or "$" not in pattern.replace("\\$", ""), pattern
+    source = (ROOT / "sources" / "example.yaml").read_text()
+    for field, line in (("name", "name: example"), ("rate_limit.per", "per: 1s")):
+        assert line in source, field
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(source.replace(line, line.replace(": ", ': "') + '\\n"', 1))
+        problems, _ = sourcefile.check(sourcefile.read(bad.read_bytes(), str(bad))[0], "source.schema.json")
+        assert problems, field
+        assert not sourcefile.validator("source.schema.json").is_valid(yaml.safe_load(bad.read_text()))
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []
