@@ -38,19 +38,21 @@ What this transport guarantees, and how:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
+import itertools
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aiohttp
 import httpx
 import yarl
+from aiohttp import hdrs
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 # Bounds on a response's head: 64 KiB per line (a Link header with a long next-page URL must reach
 # runner/pagination.py, which names the problem; aiohttp's default is 8,190), 128 fields (aiohttp's
@@ -64,6 +66,10 @@ _HEADER_LIMIT = 64 * 1024
 MAX_HEADERS = 128
 MAX_HEAD = 256 * 1024
 _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_SKIPPED = frozenset(istr(name) for name in _AUTO_HEADERS)  # as the session keeps them
+# what aiohttp's ClientRequest makes of _SKIPPED per request, made once (only read)
+_SKIP = CIMultiDictProxy(CIMultiDict((name, None) for name in sorted(_SKIPPED)))
+_PREPARED_MAX = 256  # header sets kept in aiohttp's form (a source's requests carry a few; per-entity values more)
 # Extension a caller sets (runner/client.py, once the attempt's total deadline runs: at its grant)
 # when that deadline bounds the request's whole exchange, connecting and reading the body included.
 BOUNDED = "syncrun.bounded"
@@ -84,6 +90,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
+        self._prepared: dict[object, CIMultiDictProxy[str]] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         limit = self._limits.max_connections or 0
@@ -126,11 +133,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._tls = self._tls or https
         trace = request.extensions.get("trace")
         token = _TRACE.set(trace)
-        try:  # not `with _refused(), _mapped()`: two generator context managers per request cost ~3 us
+        try:  # not two generator context managers (~3 us per request)
             response = await self._session.request(
                 request.method,
                 url,
-                headers=_headers(request.headers),
+                headers=self._headers(request.headers),
                 data=body or None,
                 allow_redirects=False,
                 compress=False,
@@ -157,6 +164,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             extensions=extensions,
         )
 
+    def _headers(self, headers: httpx.Headers) -> CIMultiDictProxy[str]:
+        """`_headers(headers)` as aiohttp's read-only multidict, once per distinct set (aiohttp copies it)."""
+        key = tuple(headers._list) if _HEADERS_AS_LIST else tuple(headers.raw)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if len(self._prepared) >= _PREPARED_MAX:
+                self._prepared.clear()
+            prepared = self._prepared[key] = CIMultiDictProxy(CIMultiDict(_headers(headers)))
+        return prepared
+
     def _timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
         """aiohttp's per-read timeouts (the attempt's total is client.send's), one object per pair: a
         source's requests all carry the same."""
@@ -181,8 +198,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 
 def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
-    """`headers.multi_items()` (names lower-case), with the encoding looked up once: httpx works it
-    out again on every access."""
+    """`headers.multi_items()` (names lower-case), the encoding looked up once (httpx's: per access)."""
     encoding = headers.encoding
     return [(name.lower().decode(encoding), value.decode(encoding)) for name, value in headers.raw]
 
@@ -208,11 +224,14 @@ class _Body(httpx.AsyncByteStream):
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+        self.raw_headers = response.raw_headers  # the head as it arrived (runner/body.py `head`)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped():
+        try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
+        except aiohttp.ClientError as exc:
+            raise _wire(exc) from exc
 
     async def read_declared(self, size: int) -> bytes:
         """The whole body at once, when its Content-Length declared `size` bytes (runner/body.py checks
@@ -241,14 +260,6 @@ def released(response: httpx.Response) -> bool:
         response.is_closed = True
         stream._response.release()
     return True
-
-
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    try:
-        yield
-    except aiohttp.ClientError as exc:
-        raise _wire(exc) from exc
 
 
 def _wire(exc: aiohttp.ClientError) -> httpx.TransportError:
@@ -305,7 +316,8 @@ class _Handler(ResponseHandler):
         message, payload = data
         # a head that ended inside the read which took the count past MAX_HEAD is measured here, so the
         # bound does not depend on how the kernel split the bytes (a flaky pass between 256 and 512 KiB)
-        self._parsed += sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 17
+        raw = message.raw_headers
+        self._parsed += sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw) + 17
         if self._parsed > MAX_HEAD and not self._answered:
             self._too_big()
             return
@@ -368,3 +380,21 @@ class _Request(aiohttp.ClientRequest):
             await trace("http11.send_request_headers.started", {})
         # nothing awaits from here until the request line and headers are written (see the docstring)
         return await super().send(conn)
+
+    # aiohttp's per-request work for options the same on every request of ours, skipped (its internals:
+    # tests/test_aiotransport.py compares the heads with its own ClientRequest's, fails if they change)
+    def update_headers(self, headers: Any) -> None:
+        """`ClientSession._request` hands over the request's own merged copy of our headers (new per
+        request) with httpx's Host: aiohttp's would copy it again after a Host that httpx's replaces."""
+        if type(headers) is CIMultiDict and hdrs.HOST in headers:
+            self.headers = headers
+        else:
+            super().update_headers(headers)
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        """With every automatic header skipped (_AUTO_HEADERS) there is nothing to add: aiohttp's own
+        sorts the skipped names into a new CIMultiDict and copies the headers, per request."""
+        if skip_auto_headers == _SKIPPED:
+            self._skip_auto_headers = cast("CIMultiDict[None]", _SKIP)  # read-only: only looked up
+        else:
+            super().update_auto_headers(skip_auto_headers)
