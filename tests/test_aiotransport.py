@@ -145,3 +145,32 @@ def test_prepared_header_sets_are_bounded() -> None:
         assert len(transport._prepared) <= _PREPARED_MAX
     with pytest.raises(TypeError):
         prepared["x-entity"] = "changed"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/apps/%2E%2E/details",
+        "http://api.test/a/../b/./c",  # httpx resolves these; what it holds goes over
+        "https://u:p%40ss@api.test:8443/a%2Fb/%3F%23/caf%C3%A9",
+        "http://[::1]:9000/x",
+        "http://b\u00fccher.example/p",
+        "http://api.test",
+        "http://api.test/a?q=1&r=%23",
+        "http://api.test/a?",
+        "http://api.test/a#frag",
+    ],
+)
+def test_urls_go_to_aiohttp_as_httpx_holds_them(url: str) -> None:
+    """`_url` (an origin's yarl URL, made once, with the path put in) is yarl's parse of httpx's text."""
+    transport = AiohttpTransport(limits=LIMITS)
+    parsed = httpx.URL(url)
+    for _ in range(2):
+        fast, slow = transport._url(parsed), yarl.URL(str(parsed), encoded=True)
+        assert fast == slow
+        assert (str(fast), fast.raw_path_qs, fast.raw_host, fast.port) == (
+            str(slow),
+            slow.raw_path_qs,
+            slow.raw_host,
+            slow.port,
+        )
