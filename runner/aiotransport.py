@@ -223,8 +223,7 @@ _URL_PARTS = f"{_REF.scheme}://{_REF.authority}{_REF.path}" == "https://u:p@h.te
 
 
 class _Body(httpx.AsyncByteStream):
-    """The response body as it arrives; closing it before the end closes the connection (aiohttp
-    does not return a connection with unread body bytes to its pool)."""
+    """The response body as it arrives; closed before its end, its connection is closed (not pooled)."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -241,8 +240,9 @@ class _Body(httpx.AsyncByteStream):
         """The whole body at once, when its Content-Length declared `size` bytes (runner/body.py checks
         that against max_body first): aiohttp's parser ends the body there (a body cut short is a
         protocol error, as when iterating; a 304's or a HEAD's declared length is no body at all)."""
-        try:
-            data = await self._response.content.read()
+        content = self._response.content
+        try:  # a body the parser has ended is all buffered: taken without read()'s coroutine and loop
+            data = content.read_nowait() if content.is_eof() else await content.read()
         except aiohttp.ClientError as exc:
             raise _wire(exc) from exc
         if len(data) > size:  # not framed by the declared length after all: never more than declared
