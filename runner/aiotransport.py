@@ -38,7 +38,6 @@ import contextvars
 import functools
 import itertools
 import ssl
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -305,6 +304,7 @@ class _Handler(ResponseHandler):
     tests/test_client.py::test_bytes_an_idle_connection_hears_never_answer_a_request and
     ::test_a_head_over_the_total_bound_is_a_transient_protocol_error fail if this stops working."""
 
+    carried = False  # a request was sent on this connection (`_Request.send`: else it opened it)
     _answered = False  # the current request's final answer is complete: any byte now is unsolicited
     _head = 0  # bytes received for the current request, while its final answer's head is incomplete
     _parsed = 0  # bytes of the heads parsed for the current request (their lines, terminators included)
@@ -360,7 +360,6 @@ class _Connector(aiohttp.TCPConnector):
 
 # --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------
 _TRACE: contextvars.ContextVar[Any] = contextvars.ContextVar("syncrun_trace", default=None)
-_seen: weakref.WeakSet[object] = weakref.WeakSet()  # connections that carried a request already
 
 
 class _Request(aiohttp.ClientRequest):
@@ -370,9 +369,9 @@ class _Request(aiohttp.ClientRequest):
 
     async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         protocol = conn.protocol
-        opened = protocol is not None and protocol not in _seen
-        if opened:
-            _seen.add(protocol)
+        opened = False
+        if isinstance(protocol, _Handler) and not protocol.carried:  # our connector makes only these
+            protocol.carried = opened = True
         trace = _TRACE.get()
         if trace is not None:
             if opened:
