@@ -126,7 +126,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         trace = request.extensions.get("trace")
         token = _TRACE.set(trace)
         try:  # not two generator context managers (~3 us per request)
-            response = await self._session.request(
+            response = await self._session._request(  # request()'s context manager: not needed
                 request.method,
                 url,
                 headers=self._headers(request.headers),
