@@ -116,8 +116,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
             self._session = self._open()
-        # an attempt whose whole duration the caller bounds needs no per-read timer (two timer handles
-        # per request, rescheduled at every read): the bound always falls first
+        # an attempt bounded as a whole needs no per-read timers (two handles, rescheduled per read)
         timeouts = {} if request.extensions.get(BOUNDED) else request.extensions.get("timeout", {})
         body = request.content if hasattr(request, "_content") else await request.aread()  # read: no await
         url = self._url(request.url)
@@ -174,7 +173,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         prepared = self._prepared.get(key)
         if prepared is None:
             self._prepared = {} if len(self._prepared) >= _PREPARED_MAX else self._prepared
-            prepared = self._prepared[key] = CIMultiDictProxy(CIMultiDict(_headers(headers)))
+            pairs = _headers(headers)  # Host first, once, with its last value: as aiohttp's own puts it
+            pairs = [*[p for p in pairs if p[0] == "host"][-1:], *(p for p in pairs if p[0] != "host")]
+            prepared = self._prepared[key] = CIMultiDictProxy(CIMultiDict(pairs))
         return prepared
 
     def _timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:

@@ -54,6 +54,8 @@ REQUESTS = [
     ("GET", {}),
     ("GET", {"headers": [("X-Two", "1"), ("x-two", "2"), ("Authorization", "Bearer t")]}),
     ("GET", {"headers": {"Host": "other.test:8080", "User-Agent": "syncrun-test", "Accept": "text/csv"}}),
+    ("GET", {"headers": [("X-A", "1"), ("Host", "other.test")]}),
+    ("GET", {"headers": [("HOST", "one.test"), ("X-A", "1"), ("host", "two.test")]}),
     ("POST", {}),
     ("POST", {"content": b'{"a": 1}', "headers": {"Content-Type": "application/json"}}),
     ("PUT", {"content": b"raw"}),
