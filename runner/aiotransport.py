@@ -7,20 +7,16 @@ transport, the body-size and decompression bounds of runner/client.py.
 
 What this transport guarantees, and how:
 
-- The URL goes over exactly as httpx built it. aiohttp is handed `yarl.URL(..., encoded=True)`, so
-  yarl neither decodes `%2E%2E` nor resolves dot segments: an entity value `..` stays a literal
-  segment (tests/test_fetch.py::test_entity_values_cannot_change_url_structure).
+- The URL goes over exactly as httpx built it: yarl is handed it encoded (`_url`), so it neither decodes
+  `%2E%2E` nor resolves dot segments (tests/test_fetch.py::test_entity_values_cannot_change_url_structure).
 - The body arrives as the server sent it: `auto_decompress=False`, so runner/client.py's bounded
   decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
-- No cookie jar (nor does runner/client.py keep one), no redirects, no proxy from the environment (as with
-  httpx's own transport under a custom transport), TLS verified with httpx's SSL context.
+- No cookie jar, no redirects, no proxy from the environment; TLS verified with httpx's SSL context.
 - The rate limiter's send-time stamping works as with httpcore: the request's httpx `trace` extension
   hears httpcore's event names. `send_request_headers.started` is awaited at the top of
-  `ClientRequest.send`, right before the request line and headers are serialised and written (for a
-  request without a body nothing awaits between them), like httpcore's; a connection this request
-  opened is announced first (`connect_tcp.started`, and `start_tls.started` for https). Not through
-  aiohttp's TraceConfig: its signals (ten per request, each building a parameter object) cost ~40 us
-  of event-loop time per request, more than the events syncrun needs (docs/benchmarks.md, fourth pass).
+  `ClientRequest.send`, right before the head is serialised and written (nothing awaits between them
+  for a request without a body); a connection this request opened is announced first (`connect_tcp.
+  started`, `start_tls.started` for https). Not aiohttp's TraceConfig: ~40 us per request (fourth pass).
 - An answer is the answer to its own request: a pooled connection that hears anything after its
   answer was complete and before the next request began is closed, never reused (`_Handler`).
 - Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
@@ -38,34 +34,36 @@ What this transport guarantees, and how:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
+import itertools
 import ssl
-import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aiohttp
 import httpx
 import yarl
+from aiohttp import hdrs
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 # Bounds on a response's head: 64 KiB per line (a Link header with a long next-page URL must reach
 # runner/pagination.py, which names the problem; aiohttp's default is 8,190), 128 fields (aiohttp's
 # default), and MAX_HEAD bytes of head per request (interim 1xx heads included): counted as bytes arrive
 # while the head is incomplete, and once parsed as its lines' lengths, so a head over MAX_HEAD is refused
-# however the reads split it (to within its line terminators' few hundred bytes): the first two alone
-# let 128 fields of 64 KiB through, ~12.5 MB of memory per answer in flight (1.1 GB at concurrency
-# 64; review11 O4). A response over them is a protocol error: retried, then the entity's transient
-# failure.
+# however the reads split it (to within its terminators' few hundred bytes): the first two alone let
+# 128 fields of 64 KiB through, ~12.5 MB per answer in flight (1.1 GB at concurrency 64; review11 O4).
+# A response over them is a protocol error: retried, then the entity's transient failure.
 _HEADER_LIMIT = 64 * 1024
 MAX_HEADERS = 128
 MAX_HEAD = 256 * 1024
 _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-# Extension a caller sets (runner/client.py, once the attempt's total deadline runs: at its grant)
-# when that deadline bounds the request's whole exchange, connecting and reading the body included.
+_SKIPPED = frozenset(istr(name) for name in _AUTO_HEADERS)  # as the session keeps them
+_SKIP = CIMultiDictProxy(CIMultiDict((name, None) for name in sorted(_SKIPPED)))  # aiohttp's per-request form
+_PREPARED_MAX = 256  # header sets kept in aiohttp's form (a source's requests carry a few; per-entity values more)
+# Extension set (runner/client.py, at the grant) when the attempt's total deadline bounds its whole exchange
 BOUNDED = "syncrun.bounded"
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
 
@@ -76,14 +74,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     emits_trace = True  # runner/ratelimit/transport.py: stamps grants at send_request_headers.started
 
     def __init__(self, *, verify: bool = True, limits: httpx.Limits) -> None:
-        # Built on the first https request: loading the CA bundle costs ~20 ms of start-up, which a
-        # plain-http source (and every run before its first request) need not pay.
+        # Built on the first https request: loading the CA bundle costs ~20 ms a plain-http run need not pay
         self._verify = verify
         self._context: ssl.SSLContext | None = None
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
+        self._prepared: dict[object, CIMultiDictProxy[str]] = {}
+        self._origins: dict[str, yarl.URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         limit = self._limits.max_connections or 0
@@ -117,20 +116,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._session is None:
             self._session = self._open()
-        # an attempt whose whole duration the caller bounds needs no per-read timer (two timer handles
-        # per request, rescheduled at every read): the bound always falls first
+        # an attempt bounded as a whole needs no per-read timers (two handles, rescheduled per read)
         timeouts = {} if request.extensions.get(BOUNDED) else request.extensions.get("timeout", {})
         body = request.content if hasattr(request, "_content") else await request.aread()  # read: no await
-        url = yarl.URL(str(request.url), encoded=True)
+        url = self._url(request.url)
         https = url.scheme == "https"
         self._tls = self._tls or https
         trace = request.extensions.get("trace")
         token = _TRACE.set(trace)
-        try:  # not `with _refused(), _mapped()`: two generator context managers per request cost ~3 us
-            response = await self._session.request(
+        try:  # not two generator context managers (~3 us per request)
+            response = await self._session._request(  # request()'s context manager: not needed
                 request.method,
                 url,
-                headers=_headers(request.headers),
+                headers=self._headers(request.headers),
                 data=body or None,
                 allow_redirects=False,
                 compress=False,
@@ -157,9 +155,31 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             extensions=extensions,
         )
 
+    def _url(self, url: httpx.URL) -> yarl.URL:
+        """`yarl.URL(str(url), encoded=True)`: for a URL without query or fragment, its origin's yarl URL
+        (made once) with the path as httpx holds it, encoded; neither parses the text again (~3 us)."""
+        ref = url._uri_reference
+        if ref.query is not None or ref.fragment is not None or not _URL_PARTS:
+            return yarl.URL(str(url), encoded=True)
+        origin = self._origins.get(key := f"{ref.scheme}://{ref.authority}")
+        if origin is None:
+            self._origins = {} if len(self._origins) >= _PREPARED_MAX else self._origins
+            origin = self._origins[key] = yarl.URL(key, encoded=True)
+        return origin.with_path(ref.path, encoded=True)
+
+    def _headers(self, headers: httpx.Headers) -> CIMultiDictProxy[str]:
+        """`_headers(headers)` as aiohttp's read-only multidict, once per distinct set (aiohttp copies it)."""
+        key = tuple(headers._list) if _HEADERS_AS_LIST else tuple(headers.raw)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            self._prepared = {} if len(self._prepared) >= _PREPARED_MAX else self._prepared
+            pairs = _headers(headers)  # Host first, once, with its last value: as aiohttp's own puts it
+            pairs = [*[p for p in pairs if p[0] == "host"][-1:], *(p for p in pairs if p[0] != "host")]
+            prepared = self._prepared[key] = CIMultiDictProxy(CIMultiDict(pairs))
+        return prepared
+
     def _timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
-        """aiohttp's per-read timeouts (the attempt's total is client.send's), one object per pair: a
-        source's requests all carry the same."""
+        """aiohttp's per-read timeouts (the attempt's total is client.send's), one object per pair."""
         timeout = self._timeouts.get((connect, read))
         if timeout is None:
             timeout = self._timeouts[connect, read] = aiohttp.ClientTimeout(
@@ -181,16 +201,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 
 def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
-    """`headers.multi_items()` (names lower-case), with the encoding looked up once: httpx works it
-    out again on every access."""
+    """`headers.multi_items()` (names lower-case), the encoding looked up once (httpx's: per access)."""
     encoding = headers.encoding
     return [(name.lower().decode(encoding), value.decode(encoding)) for name, value in headers.raw]
 
 
 def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> httpx.Headers | tuple[tuple[bytes, bytes], ...]:
-    """httpx's Headers of aiohttp's raw (bytes) pairs, made as httpx makes them from bytes (a name, its
-    lower case, the value as is) without normalising every item again (~10 us per response); the
-    raw pairs when this httpx keeps its headers otherwise (checked once, at import)."""
+    """httpx's Headers of aiohttp's raw pairs as httpx makes them, without normalising them again
+    (~10 us per response); the raw pairs when this httpx keeps its headers otherwise (checked at import)."""
     if not _HEADERS_AS_LIST:
         return raw
     headers = httpx.Headers()
@@ -200,26 +218,31 @@ def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> httpx.Headers | t
 
 _SAMPLE = ((b"Content-Type", b"application/json"), (b"X-A", b"caf\xc3\xa9 "), (b"x-a", b""))
 _HEADERS_AS_LIST = getattr(httpx.Headers(_SAMPLE), "_list", None) == [(n, n.lower(), v) for n, v in _SAMPLE]
+_REF = httpx.URL("https://u:p@h.test:8443/a/%2E%2E/b")._uri_reference  # `_url`'s parts of an httpx URL
+_URL_PARTS = f"{_REF.scheme}://{_REF.authority}{_REF.path}" == "https://u:p@h.test:8443/a/%2E%2E/b"
 
 
 class _Body(httpx.AsyncByteStream):
-    """The response body as it arrives; closing it before the end closes the connection (aiohttp
-    does not return a connection with unread body bytes to its pool)."""
+    """The response body as it arrives; closed before its end, its connection is closed (not pooled)."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+        self.raw_headers = response.raw_headers  # the head as it arrived (runner/body.py `head`)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped():
+        try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
+        except aiohttp.ClientError as exc:
+            raise _wire(exc) from exc
 
     async def read_declared(self, size: int) -> bytes:
         """The whole body at once, when its Content-Length declared `size` bytes (runner/body.py checks
         that against max_body first): aiohttp's parser ends the body there (a body cut short is a
         protocol error, as when iterating; a 304's or a HEAD's declared length is no body at all)."""
-        try:
-            data = await self._response.content.read()
+        content = self._response.content
+        try:  # a body the parser has ended is all buffered: taken without read()'s coroutine and loop
+            data = content.read_nowait() if content.is_eof() else await content.read()
         except aiohttp.ClientError as exc:
             raise _wire(exc) from exc
         if len(data) > size:  # not framed by the declared length after all: never more than declared
@@ -243,14 +266,6 @@ def released(response: httpx.Response) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    try:
-        yield
-    except aiohttp.ClientError as exc:
-        raise _wire(exc) from exc
-
-
 def _wire(exc: aiohttp.ClientError) -> httpx.TransportError:
     """httpx's error for aiohttp's (raised `from` it by the caller)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -269,10 +284,9 @@ def _wire(exc: aiohttp.ClientError) -> httpx.TransportError:
 
 
 def _unsendable(exc: ValueError) -> httpx.LocalProtocolError:
-    """aiohttp refusing to write a request's head (a control character in a header value: a
-    ValueError; a character the head's encoding lacks: a UnicodeError, which is one) becomes httpx's
-    LocalProtocolError, as h11 raised it under httpx's own transport: that request's failure
-    (runner/client.py makes it definitive), never an exception httpx's callers do not expect."""
+    """aiohttp refusing to write a request's head (a control character in a header value, a character
+    the head's encoding lacks: ValueErrors) becomes httpx's LocalProtocolError, as h11 raised it: that
+    request's failure (runner/client.py makes it definitive), never an exception callers do not expect."""
     return httpx.LocalProtocolError(f"the request cannot be sent: {exc}")
 
 
@@ -286,12 +300,12 @@ class _Handler(ResponseHandler):
 
     It also counts the bytes of a head still incomplete, against MAX_HEAD (see there).
 
-    Relies on ResponseHandler's `set_response_params` (called once per request, before it is sent),
-    `feed_data` (each parsed response head with its payload), `data_received`, and the connector's
-    `_factory`: all there since aiohttp 3.0 (pyproject allows >= 3.10);
+    Relies on ResponseHandler's `set_response_params` (once per request, before it is sent), `feed_data`
+    (each parsed head with its payload), `data_received`, and the connector's `_factory` (aiohttp 3.0+);
     tests/test_client.py::test_bytes_an_idle_connection_hears_never_answer_a_request and
     ::test_a_head_over_the_total_bound_is_a_transient_protocol_error fail if this stops working."""
 
+    carried = False  # a request was sent on this connection (`_Request.send`: else it opened it)
     _answered = False  # the current request's final answer is complete: any byte now is unsolicited
     _head = 0  # bytes received for the current request, while its final answer's head is incomplete
     _parsed = 0  # bytes of the heads parsed for the current request (their lines, terminators included)
@@ -305,7 +319,8 @@ class _Handler(ResponseHandler):
         message, payload = data
         # a head that ended inside the read which took the count past MAX_HEAD is measured here, so the
         # bound does not depend on how the kernel split the bytes (a flaky pass between 256 and 512 KiB)
-        self._parsed += sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 17
+        raw = message.raw_headers
+        self._parsed += sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw) + 17
         if self._parsed > MAX_HEAD and not self._answered:
             self._too_big()
             return
@@ -346,7 +361,6 @@ class _Connector(aiohttp.TCPConnector):
 
 # --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------
 _TRACE: contextvars.ContextVar[Any] = contextvars.ContextVar("syncrun_trace", default=None)
-_seen: weakref.WeakSet[object] = weakref.WeakSet()  # connections that carried a request already
 
 
 class _Request(aiohttp.ClientRequest):
@@ -356,9 +370,9 @@ class _Request(aiohttp.ClientRequest):
 
     async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         protocol = conn.protocol
-        opened = protocol is not None and protocol not in _seen
-        if opened:
-            _seen.add(protocol)
+        opened = False
+        if isinstance(protocol, _Handler) and not protocol.carried:  # our connector makes only these
+            protocol.carried = opened = True
         trace = _TRACE.get()
         if trace is not None:
             if opened:
@@ -368,3 +382,19 @@ class _Request(aiohttp.ClientRequest):
             await trace("http11.send_request_headers.started", {})
         # nothing awaits from here until the request line and headers are written (see the docstring)
         return await super().send(conn)
+
+    # aiohttp's per-request copies (~10 us) for options the same on every request of ours, skipped: its
+    # internals; tests/test_aiotransport.py compares the heads with its own ClientRequest's
+    def update_headers(self, headers: Any) -> None:
+        """Taken as they come: `ClientSession._request`'s own new merged copy, with httpx's Host."""
+        if type(headers) is CIMultiDict and hdrs.HOST in headers:
+            self.headers = headers
+        else:
+            super().update_headers(headers)
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        """Every automatic header skipped: nothing to add, the skipped names already in aiohttp's form."""
+        if skip_auto_headers == _SKIPPED:
+            self._skip_auto_headers = cast("CIMultiDict[None]", _SKIP)  # read-only: only looked up
+        else:
+            super().update_auto_headers(skip_auto_headers)

@@ -38,6 +38,44 @@ def joined(headers: httpx.Headers) -> dict[str, str]:
     return {name: ", ".join(repeated) for name, repeated in values.items()}
 
 
+def head(response: httpx.Response) -> dict[str, str]:
+    """`joined(response.headers)`, from the raw pairs when the response's stream kept them
+    (runner/aiotransport.py's): the same names and values, without httpx's encoding pass and lists.
+    The encoding is httpx's choice for the whole head: ASCII, else UTF-8, else ISO-8859-1."""
+    raw: tuple[tuple[bytes, bytes], ...] | None = getattr(response.stream, "raw_headers", None)
+    if raw is None:
+        return joined(response.headers)
+    try:
+        return _joined(raw, "ascii")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return _joined(raw, "utf-8")
+    except UnicodeDecodeError:
+        return _joined(raw, "iso-8859-1")
+
+
+def _joined(raw: tuple[tuple[bytes, bytes], ...], encoding: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    repeated: dict[str, list[str]] | None = None  # names seen twice: joined once at the end (linear)
+    for name, value in raw:
+        key = name.lower().decode(encoding)
+        text = value.decode(encoding)
+        if key in values:
+            if repeated is None:
+                repeated = {}
+            if key in repeated:
+                repeated[key].append(text)
+            else:
+                repeated[key] = [values[key], text]
+        else:
+            values[key] = text
+    if repeated is not None:
+        for key, parts in repeated.items():
+            values[key] = ", ".join(parts)
+    return values
+
+
 async def excerpt(response: httpx.Response, headers: Mapping[str, str] | None = None) -> bytes:
     """The first EXCERPT decoded bytes, for a message; best effort (a bad encoding gives what decoded)."""
     kept, seen = bytearray(), 0
@@ -241,7 +279,10 @@ def parse_json(raw: bytes, content_type: str = "application/json") -> tuple[JSON
     type: an HTML page is simply not JSON."""
     if not raw.strip():
         return None, ""
-    encoding = json.detect_encoding(raw)
+    # json.detect_encoding's answer for a body opening an object or array with a non-NUL byte after it
+    # (no BOM, not UTF-16/32), without its call and its four prefix checks
+    opening = raw[0]
+    encoding = "utf-8" if (opening == 0x7B or opening == 0x5B) and raw[1:2] != b"\0" else json.detect_encoding(raw)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:

@@ -166,11 +166,13 @@ class RequestPlan:
 
     def _url(self, entity: Mapping[str, JSON], params: httpx.QueryParams | None) -> httpx.URL | None:
         path_pieces, query_pieces = self._pieces
-        path = "".join(p.text if p.column is None else templating.encode(entity[p.column]) for p in path_pieces)
+        encode = templating.encode
+        path = "".join([p.text if p.column is None else encode(entity[p.column]) for p in path_pieces])
         if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
             return None  # httpx would drop the segment: leave it to httpx
-        text = "".join(p.text if p.column is None else templating.encode(entity[p.column]) for p in query_pieces)
-        query: str | None = text if query_pieces else self._reference.query
+        query: str | None = self._reference.query
+        if query_pieces:
+            query = "".join([p.text if p.column is None else encode(entity[p.column]) for p in query_pieces])
         if params:
             query = f"{query}&{params}" if query else str(params)
         url = httpx.URL.__new__(httpx.URL)

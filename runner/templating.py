@@ -128,10 +128,14 @@ def encode(value: JSON) -> str:
     """Percent-encode one entity value so it stays inside one URL path segment or query value."""
     if type(value) is int:  # digits and a sign: nothing to encode (bool is not an int here)
         return str(value)
-    text = quote(_text(value), safe="")
+    # only characters quote() keeps as they are: the text itself, without quote's per-character work
+    text = value if type(value) is str and _UNRESERVED(value) else quote(_text(value), safe="")
     # "." and ".." are legal path segments that servers resolve; encode them so a value can never
     # climb out of the path the template fixed.
     return text.replace(".", "%2E") if set(text) <= {"."} else text
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch  # what quote(safe="") leaves as it is
 
 
 def _text(value: JSON) -> str:

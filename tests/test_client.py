@@ -205,6 +205,40 @@ def test_hung_server_hits_the_total_timeout(api: ApiServer) -> None:
     assert len(api.requests) == 2
 
 
+def test_a_cancelled_attempt_is_cancelled_and_a_timed_out_one_leaves_no_cancellation(api: ApiServer) -> None:
+    """The attempt's deadline cancels its task and takes that back as a retryable timeout; a cancellation
+    from outside (the run's stop) passes as a cancellation, never as a timeout to retry; and a task
+    whose attempts timed out has no cancellation left pending (`cancelling()` is 0)."""
+    api.route("/x", Reply(hang=True))
+
+    async def attempt(timeout: float, attempts: int) -> client.Reply:
+        limiter = _limiter()
+        async with client.build(_request_spec(api.url + "/x", timeout), limiter, max_connections=2) as http:
+            request = http.build_request("GET", api.url + "/x")
+            policy = spec.Retry(attempts=attempts, initial=0.01, jitter=0)
+            return await client.send(http, request, policy, max_body=100, timeout=timeout, limiter=limiter, redact=str)
+
+    async def timed_out() -> int:
+        with pytest.raises(Transient, match=r"no complete answer within 0\.2 s"):
+            await attempt(0.2, 2)
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0)  # a cancellation left pending would land here
+        return task.cancelling()
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(attempt(5.0, 3))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    assert asyncio.run(timed_out()) == 0
+    requests = len(api.requests)
+    asyncio.run(cancelled())
+    assert len(api.requests) == requests + 1  # no retry after a cancellation
+
+
 def test_slow_drip_body_hits_the_total_timeout(api: ApiServer) -> None:
     """A body trickling in a byte every 0.1 s beats every per-read timeout but not the total one."""
     api.route("/x", Reply(drip=0.1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
 from runner import spec, templating
@@ -47,6 +49,17 @@ def test_parse_segments() -> None:
 def test_entity_values_are_percent_encoded(value: object, encoded: str) -> None:
     """An entity value stays inside its path segment: nothing in it changes host, path or query."""
     assert _render("https://api.example/apps/{v}", value) == f"https://api.example/apps/{encoded}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "abc-DEF_09.~", "...", "a.b", "a b", "a/b", "\u0661\u0662", "caf\u00e9", "x\n", "a~b%", "A" * 300, "-1"],
+)
+def test_text_quote_keeps_is_taken_as_it_is(value: str) -> None:
+    """The shortcut for text made only of what quote() keeps gives what quote() gives (Arabic-Indic
+    digits are not ASCII digits; dots alone are still encoded)."""
+    expected = quote(value, safe="")
+    assert templating.encode(value) == (expected.replace(".", "%2E") if set(expected) <= {"."} else expected)
 
 
 def test_settings_are_inserted_as_written() -> None:

@@ -1,0 +1,178 @@
+"""runner/aiotransport.py's shortcuts through aiohttp's per-request work, checked against aiohttp itself:
+the bytes a request puts on the wire are those aiohttp's own ClientRequest writes for the same options,
+and a response's head reads as httpx reads it. These fail when an aiohttp (or httpx) upgrade changes
+what the shortcuts stand in for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import httpx
+import pytest
+import yarl
+
+from runner import body
+from runner.aiotransport import _AUTO_HEADERS, _PREPARED_MAX, AiohttpTransport, _headers
+
+LIMITS = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+
+async def _heads(answer: bytes, *exchanges: Callable[[str], Awaitable[None]]) -> list[list[bytes]]:
+    """The request heads (and bodies) one raw server received while each `exchange(url)` ran, as bytes."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            lines = [line.split(b":", 1) for line in head.split(b"\r\n")]
+            length = next((int(line[1]) for line in lines if line[0].lower() == b"content-length"), 0)
+            seen.append(head + (await reader.readexactly(length) if length else b""))
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    heads: list[list[bytes]] = []
+    try:
+        for exchange in exchanges:
+            await exchange(f"http://127.0.0.1:{port}/a/%2E%2E/b%3Fc?q=1&r=%23")
+            heads.append(seen[:])
+            seen.clear()
+    finally:
+        server.close()
+    return heads
+
+
+REQUESTS = [
+    ("GET", {}),
+    ("GET", {"headers": [("X-Two", "1"), ("x-two", "2"), ("Authorization", "Bearer t")]}),
+    ("GET", {"headers": {"Host": "other.test:8080", "User-Agent": "syncrun-test", "Accept": "text/csv"}}),
+    ("GET", {"headers": [("X-A", "1"), ("Host", "other.test")]}),
+    ("GET", {"headers": [("HOST", "one.test"), ("X-A", "1"), ("host", "two.test")]}),
+    ("POST", {}),
+    ("POST", {"content": b'{"a": 1}', "headers": {"Content-Type": "application/json"}}),
+    ("PUT", {"content": b"raw"}),
+    ("DELETE", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "options"), REQUESTS)
+def test_the_fast_request_heads_are_aiohttps(method: str, options: dict[str, object]) -> None:
+    """`_Request.update_headers` / `update_auto_headers` and the prepared header sets skip aiohttp's
+    per-request copies; what goes on the wire is what aiohttp's own request writes for the options
+    the transport used to pass (headers as httpx lists them, every automatic header skipped)."""
+
+    async def ours(url: str) -> None:
+        transport = AiohttpTransport(limits=LIMITS)
+        try:
+            for _ in range(2):  # the second from the prepared header set
+                request = httpx.Request(method, url, **options)  # type: ignore[arg-type]
+                response = await transport.handle_async_request(request)
+                await response.aread()
+        finally:
+            await transport.aclose()
+
+    async def aiohttps(url: str) -> None:
+        session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, skip_auto_headers=_AUTO_HEADERS
+        )
+        try:
+            for _ in range(2):
+                request = httpx.Request(method, url, **options)  # type: ignore[arg-type]
+                content = request.read()
+                async with session.request(
+                    method,
+                    yarl.URL(str(request.url), encoded=True),
+                    headers=_headers(request.headers),
+                    data=content or None,
+                    allow_redirects=False,
+                    compress=False,
+                ) as response:
+                    await response.read()
+        finally:
+            await session.close()
+
+    fast, stock = asyncio.run(_heads(ANSWER, ours, aiohttps))
+    assert len(fast) == 2
+    assert fast == stock
+    assert fast[0].split(b" ")[1] == b"/a/%2E%2E/b%3Fc?q=1&r=%23"  # the path as encoded, never resolved
+
+
+def test_a_response_head_reads_as_httpx_reads_it() -> None:
+    """`body.head` joins aiohttp's raw pairs itself; the names, values and their encoding are httpx's."""
+    heads = [
+        b"X-Rep: 1\r\nx-rep: 2\r\nX-REP: 3\r\nLink: <a>\r\nX-Empty: \r\n",
+        "X-Text: caf\u00e9 \u2603\r\nx-TEXT: ok\r\n".encode(),
+        "X-Latin: caf\u00e9\r\nx-latin: na\u00efve\r\n".encode("latin-1"),
+    ]
+
+    async def main(extra: bytes) -> tuple[dict[str, str], dict[str, str]]:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + extra + b"\r\n{}"
+        got: list[tuple[dict[str, str], dict[str, str]]] = []
+
+        async def exchange(url: str) -> None:
+            transport = AiohttpTransport(limits=LIMITS)
+            try:
+                response = await transport.handle_async_request(httpx.Request("GET", url))
+                got.append((body.head(response), body.joined(response.headers)))
+                await response.aread()
+            finally:
+                await transport.aclose()
+
+        await _heads(answer, exchange)
+        return got[0]
+
+    for extra in heads:
+        fast, httpxs = asyncio.run(main(extra))
+        assert fast == httpxs
+        assert list(fast) == list(httpxs)
+    assert asyncio.run(main(heads[0]))[0]["x-rep"] == "1, 2, 3"
+
+
+def test_prepared_header_sets_are_bounded() -> None:
+    """Header values that change per entity (a templated header) never grow the prepared sets past
+    _PREPARED_MAX; a set prepared is aiohttp's read-only view of httpx's list."""
+    transport = AiohttpTransport(limits=LIMITS)
+    for n in range(_PREPARED_MAX * 2 + 3):
+        headers = httpx.Headers({"X-Entity": str(n), "Accept": "*/*"})
+        prepared = transport._headers(headers)
+        assert list(prepared.items()) == headers.multi_items()
+        assert len(transport._prepared) <= _PREPARED_MAX
+    with pytest.raises(TypeError):
+        prepared["x-entity"] = "changed"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/apps/%2E%2E/details",
+        "http://api.test/a/../b/./c",  # httpx resolves these; what it holds goes over
+        "https://u:p%40ss@api.test:8443/a%2Fb/%3F%23/caf%C3%A9",
+        "http://[::1]:9000/x",
+        "http://b\u00fccher.example/p",
+        "http://api.test",
+        "http://api.test/a?q=1&r=%23",
+        "http://api.test/a?",
+        "http://api.test/a#frag",
+    ],
+)
+def test_urls_go_to_aiohttp_as_httpx_holds_them(url: str) -> None:
+    """`_url` (an origin's yarl URL, made once, with the path put in) is yarl's parse of httpx's text."""
+    transport = AiohttpTransport(limits=LIMITS)
+    parsed = httpx.URL(url)
+    for _ in range(2):
+        fast, slow = transport._url(parsed), yarl.URL(str(parsed), encoded=True)
+        assert fast == slow
+        assert (str(fast), fast.raw_path_qs, fast.raw_host, fast.port) == (
+            str(slow),
+            slow.raw_path_qs,
+            slow.raw_host,
+            slow.port,
+        )
