@@ -4,7 +4,8 @@ The command line passes the observers in (runner/progress.py `observers`: the pr
 periodic `progress` log lines and failed-entity warnings, which the "github" log format turns into
 Actions annotations, and the step summary of runner/workflow.py). The engine knows only this module.
 
-    EntityDone    an entity (a list source's page) was counted: its outcome, the counters after it
+    EntitiesDone  entities (a list source's pages) were counted, a batch at a time: each one's
+                  result in order, the counters before and after them
     BatchWritten  a batch of results committed: rows, status and state in one transaction
     Halted        a source takes no new entities (signal, --max-runtime, a failure): status and why
     Finished      every source's run is over: their reports, in order
@@ -14,28 +15,41 @@ Observers run on the event loop, between entities: they must be quick and must n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from runner import spec
-from runner.expressions import JSON
 from runner.jobs import Counters
+from runner.results import EntityResult, counted
 
 if TYPE_CHECKING:
     from runner.engine.report import Report
 
 
 @dataclass(frozen=True, slots=True)
-class EntityDone:
+class EntitiesDone:
+    """Entities counted together (one event a batch: one per entity cost more than counting them)."""
+
     source: str
-    key: JSON
-    outcome: spec.Outcome
-    error: str | None
-    counters: Counters  # the source's counters after this entity
-    items: int  # what it counted as: 1, or the records of a list source's page
+    results: Sequence[EntityResult]  # in the order counted
+    items: Sequence[int | None] | None  # what each counted as (a list source's page: its records); None: 1 each
+    before: Counters  # the source's counters before the first of them
+    counters: Counters  # ... and after the last
     requests: int  # requests the source's limiter granted so far
     elapsed: float  # seconds since the source's run started
+
+    def each(self) -> Iterator[tuple[int, EntityResult]]:
+        """(`processed` after it, the result) for each entity in order."""
+        processed = self.before.processed
+        for index, result in enumerate(self.results):
+            n = 1 if self.items is None else self.items[index]
+            processed += 1 if n is None else n
+            yield processed, result
+
+    def after(self, index: int) -> Counters:
+        """The counters right after the `index`th entity: what they said then."""
+        items = None if self.items is None else self.items[: index + 1]
+        return counted(self.before, self.results[: index + 1], items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +72,7 @@ class Finished:
     reports: Sequence[Report]
 
 
-Event = EntityDone | BatchWritten | Halted | Finished
+Event = EntitiesDone | BatchWritten | Halted | Finished
 
 
 class Observer(Protocol):

@@ -3,7 +3,7 @@
 The engine emits events (runner/events.py) to the observers `observers(...)` builds for the command
 line, which brackets the run with `observers(...)` (it calls `start`) and `stop()`:
 
-    Bar          one `tick` per finished entity: the bar moves, a failure's message is tallied
+    Bar          one `tick` per batch of finished entities: the bar moves, failures' messages tallied
     Lines        a failed entity's warning, and a `progress` log line every N entities
     StepSummary  the Markdown summary when the run is over (runner/workflow.py)
 
@@ -20,10 +20,11 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runner import spec, workflow
-from runner.events import EntityDone, Event, Observer
+from runner.events import EntitiesDone, Event, Observer
 from runner.jobs import Counters
 
 if TYPE_CHECKING:  # tqdm is imported when bars go up (a terminal): a run in CI need not load it
@@ -146,8 +147,11 @@ class Bar:
     """Moves the bar (when one is up) and tallies failures' messages for the step summary."""
 
     def notice(self, event: Event) -> None:
-        if isinstance(event, EntityDone):
-            tick(event.source, event.counters, event.error)
+        if isinstance(event, EntitiesDone):
+            for result in event.results:
+                if result.error:
+                    _board.errors.setdefault(event.source, Counter())[result.error[:200]] += 1
+            tick(event.source, event.counters)
 
 
 class Lines:
@@ -157,17 +161,24 @@ class Lines:
         self.every = every
 
     def notice(self, event: Event) -> None:
-        if not isinstance(event, EntityDone):
+        if not isinstance(event, EntitiesDone):
             return
-        if event.outcome is spec.Outcome.ERROR:
-            log.warning("%s %s failed: %s", event.source, event.key, event.error)
-        c, every = event.counters, self.every
-        if c.processed // every > (c.processed - event.items) // every:
-            log.info("progress", extra={"source": event.source, **_figures(event)})
+        every, before = self.every, event.before.processed
+        failures = spec.Outcome.ERROR in map(_outcome, event.results)
+        if not failures and event.counters.processed // every == before // every:
+            return  # no failure, no line due: nothing to say (most batches)
+        for index, (processed, result) in enumerate(event.each()):
+            if result.outcome is spec.Outcome.ERROR:
+                log.warning("%s %s failed: %s", event.source, result.key, result.error)
+            if processed // every > before // every:
+                log.info("progress", extra={"source": event.source, **_figures(event.after(index), event)})
+            before = processed
 
 
-def _figures(event: EntityDone) -> dict[str, Any]:
-    c = event.counters
+_outcome = attrgetter("outcome")
+
+
+def _figures(c: Counters, event: EntitiesDone) -> dict[str, Any]:
     return {
         "processed": c.processed,
         "succeeded": c.succeeded,

@@ -4,10 +4,14 @@ deletes. Below all of them, so none reaches up into runner.writer for the type."
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any
 
 from runner import conditional
+from runner.jobs import Counters
 from runner.spec import Outcome
 
 
@@ -46,6 +50,13 @@ class EntityResult:
     refused: bool = False
 
     @property
+    def counter(self) -> str:
+        """The job row's counter this result adds to (besides `processed`)."""
+        if self.outcome is Outcome.ERROR:
+            return "failed"
+        return "unchanged" if self.unchanged else _COUNTERS.get(self.outcome, "skipped")
+
+    @property
     def stamped(self) -> bool:
         return self.outcome is Outcome.SUCCESS or (self.outcome is not Outcome.ERROR and self.stamp)
 
@@ -62,3 +73,21 @@ class EntityResult:
             definitive=True,
             stamp=False,
         )
+
+
+_COUNTERS = {Outcome.SUCCESS: "succeeded", Outcome.DELETE: "deleted"}  # the other outcomes: skipped
+
+
+def counted(c: Counters, results: Sequence[EntityResult], items: Sequence[int | None] | None = None) -> Counters:
+    """`c` with `results` counted, one object for all of them (one per entity was a dataclass copy per
+    entity). `items`: what each counts as (a list source's page: its records; None: 1), else 1 each."""
+    if items is None:
+        counts = Counter(map(attrgetter("counter"), results))
+    else:
+        counts = Counter[str]()
+        for result, n in zip(results, items, strict=True):
+            counts[result.counter] += 1 if n is None else n
+    if not counts:
+        return c
+    added = {name: getattr(c, name) + n for name, n in counts.items()}
+    return replace(c, processed=c.processed + sum(counts.values()), **added)

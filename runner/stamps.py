@@ -83,9 +83,12 @@ def write(cursor: psycopg.Cursor[Any], plan: StampPlan | None, batch: list[Entit
     status, columns, clear = plan.status, plan.columns, plan.clear
     stamped = {r.key: r for r in batch if r.stamped}  # last wins, like target rows
     groups: dict[tuple[str, ...], Params] = {}
-    for key in sorted(stamped, key=str):
-        extra = stamped[key].status_values
-        groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
+    if stamped and not any(result.status_values for result in stamped.values()):  # usually: the stamp alone
+        groups[()] = [(key,) for key in sorted(stamped, key=str)]
+    else:
+        for key in sorted(stamped, key=str):
+            extra = stamped[key].status_values
+            groups.setdefault(tuple(extra), []).append((key, *(coerce(columns.get(c), v) for c, v in extra.items())))
     having = _having_rows(cursor, plan, list(stamped)) if stamped else set()
     for names, params in groups.items():
         old, new = [p for p in params if p[0] in having], [p for p in params if p[0] not in having]

@@ -295,8 +295,8 @@ _INT_LIMITS = {"smallint": 1 << 15, "integer": 1 << 31, "bigint": 1 << 63}
 
 def unchanged(type_name: str | None, values: list[Any]) -> bool:
     """True when `converter(type_name)` returns each non-null value of `values` as it is, checked for
-    the whole column at once (C-speed builtins): integers of the column's range, or plain text
-    without a NUL or lone surrogate. False means "convert them one by one", never "they do not fit"."""
+    the whole column at once (C-speed builtins): integers of the column's range, plain text without a
+    NUL or lone surrogate, booleans, finite doubles. False means "convert them one by one", never "they do not fit"."""
     kinds = set(map(type, values))
     present = [value for value in values if value is not None] if _NONE in kinds else values
     kinds.discard(_NONE)
@@ -308,6 +308,10 @@ def unchanged(type_name: str | None, values: list[Any]) -> bool:
     if type_name in ("text", "character varying"):  # without a (size): `text`'s and varchar's common case
         joined = "".join(present) if kinds == {str} else "\x00"  # a NUL or surrogate is one character:
         return "\x00" not in joined and not _SURROGATE.search(joined)  # no join can make or hide one
+    if type_name == "boolean":
+        return kinds == {bool}
+    if type_name == "double precision":  # float() of a float is that float
+        return kinds == {float} and all(map(math.isfinite, present))
     return False
 
 

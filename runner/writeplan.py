@@ -85,6 +85,15 @@ class WritePlan:
         self._unnest: dict[tuple[str, ...], sql.Composed] = {}
         self._deletes: dict[tuple[Scoped, tuple[str, ...] | None], sql.Composed] = {}
 
+    def as_is(self, rows: list[Row]) -> bool:
+        """Whether `fit` would return every row as it is: each column's values come through their
+        converter unchanged (`values.unchanged`, the column at once). The writer asks it of a whole
+        batch's rows; true for them is true for any part of them."""
+        return all(
+            convert is None or unchanged(self.types[column], column_values(rows, column))
+            for column, convert in self.converters.items()
+        )
+
     def fit(self, rows: list[Row]) -> list[Row]:
         """Every row with its values converted for their columns; raises Unfit naming the first misfit.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from runner.engine import writes
 from runner.engine.report import Trace
 from runner.results import EntityResult
 from runner.spec import Outcome
-from tests.apiserver import ApiServer, Reply
+from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 
 TABLES = """
@@ -593,6 +594,35 @@ def test_heavy_rows_are_committed_before_write_batch_fills_entity_by_entity(
         )
         == 12
     )
+
+
+def test_a_partial_batch_is_committed_once_no_result_came_for_a_while(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """The writer commits what it has when no result came for writes._FLUSH_EVERY, not only when
+    write_batch fills or the fetchers are done: entity 5's reply is held back until the rows of 1-4
+    are committed (it fails if they never are), so the run completes only if they were committed
+    while 5 was still in flight; 5 then goes in a transaction of its own."""
+    source = write_source(tmp_path)
+    seed(env, source)
+    for appid in range(1, 5):
+        api.route(f"/apps/{appid}", app(appid))
+
+    def after_the_others(_: Recorded) -> Reply:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if env.scalar("select count(*) from apps") == 4:
+                return app(5)
+            time.sleep(0.05)
+        return Reply(400)  # definitive: entity 5 fails, and the run with it
+
+    api.route("/apps/5", after_the_others)
+    assert run(str(source), "--set", "request.timeout=30s") == 0
+    assert env.rows("select appid from apps order by appid") == [(i,) for i in range(1, 6)]
+    xmins = env.rows("select appid, xmin::text from apps order by appid")
+    assert len({xmin for _, xmin in xmins[:4]} & {xmins[4][1]}) == 0
+    job = env.rows("select status, items_processed, items_succeeded from sync_jobs where job_type = 'alpha'")
+    assert job == [("completed", 5, 5)]
 
 
 def _weight_one_by_one(rows: dict[int, list[dict[str, Any]]]) -> int:

@@ -8,8 +8,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from runner import config, engine, ratelimit, spec, templating
-from runner.events import EntityDone, Event, Finished
+from runner import config, engine, jobs, ratelimit, spec, templating
+from runner.events import EntitiesDone, Event, Finished
 from tests.apiserver import ApiServer, Reply
 from tests.test_engine import app, write_source
 
@@ -23,7 +23,7 @@ class Recorder:
 
 
 def test_observers_see_each_entity_then_the_reports(api: ApiServer, tmp_path: Path) -> None:
-    """One EntityDone per entity (outcome, error, counters after it), then Finished with the reports."""
+    """EntitiesDone for the entities (each one's result, the counters after it), then Finished with the reports."""
     api.route("/apps/1", app(1))
     api.route("/apps/2", Reply(400))
     source = config.load(write_source(tmp_path))
@@ -48,12 +48,15 @@ def test_observers_see_each_entity_then_the_reports(api: ApiServer, tmp_path: Pa
                 await limiter.aclose()
 
     reports = asyncio.run(main())
-    done = [e for e in recorder.events if isinstance(e, EntityDone)]
-    assert sorted((e.key, e.outcome, e.error) for e in done) == [
+    done = [e for e in recorder.events if isinstance(e, EntitiesDone)]
+    results = [result for event in done for result in event.results]
+    assert sorted((r.key, r.outcome, r.error) for r in results) == [
         (1, spec.Outcome.SUCCESS, None),
         (2, spec.Outcome.ERROR, "HTTP 400"),
     ]
-    assert [e.counters.processed for e in done] == [1, 2]
+    each = [(processed, event.after(index)) for event in done for index, (processed, _) in enumerate(event.each())]
+    assert [(processed, counters.processed) for processed, counters in each] == [(1, 1), (2, 2)]
+    assert [event.before for event in done] == [jobs.Counters(), *(event.counters for event in done[:-1])]
     assert done[-1].counters.failed == 1
     assert done[-1].requests == 2
     assert recorder.events[-1] == Finished(reports)

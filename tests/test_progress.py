@@ -7,8 +7,10 @@ import logging
 
 import pytest
 
-from runner import jobs, logs, progress
+from runner import jobs, logs, progress, spec
+from runner.events import EntitiesDone
 from runner.redaction import Redactor
+from runner.results import EntityResult, counted
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +57,45 @@ def test_top_errors_counts_messages_per_source() -> None:
     assert progress.top_errors() == {"alpha": [("HTTP 500", 2), ("timeout", 1)]}
     progress.start(["alpha"], None, live=False)
     assert progress.top_errors() == {}
+
+
+def _result(key: int, outcome: spec.Outcome, error: str | None = None) -> EntityResult:
+    return EntityResult(key=key, entity={"id": key}, outcome=outcome, error=error, error_source="alpha")
+
+
+def test_a_batch_event_says_what_one_event_per_entity_said(caplog: pytest.LogCaptureFixture) -> None:
+    """One EntitiesDone per batch: each failure's warning in order, and a `progress` line where the
+    count crosses a multiple of `every`, with the counters as they were right after that entity (the
+    requests and elapsed time of the batch's counting); the bar's tally of failure messages."""
+    progress.start(["alpha"], None, live=False)
+    ok, bad = spec.Outcome.SUCCESS, spec.Outcome.ERROR
+    results = [_result(1, ok), _result(2, bad, "HTTP 500"), _result(3, ok), _result(4, bad, "timeout"), _result(5, ok)]
+    before = jobs.Counters(processed=1, succeeded=1, created=7)
+    after = counted(before, results)
+    event = EntitiesDone("alpha", results, None, before, after, requests=9, elapsed=2.0)
+    assert after == jobs.Counters(processed=6, succeeded=4, failed=2, created=7)
+    caplog.set_level(logging.INFO, logger="syncrun")
+    progress.Lines(2).notice(event)
+    progress.Bar().notice(event)
+    lines = [(r.getMessage(), getattr(r, "processed", None), getattr(r, "failed", None)) for r in caplog.records]
+    assert lines == [
+        ("progress", 2, 0),
+        ("alpha 2 failed: HTTP 500", None, None),
+        ("progress", 4, 1),
+        ("alpha 4 failed: timeout", None, None),
+        ("progress", 6, 2),
+    ]
+    assert {r.getMessage(): getattr(r, "rate", None) for r in caplog.records}["progress"] == 3.0
+    assert [event.after(i).processed for i in range(5)] == [2, 3, 4, 5, 6]
+    assert progress.top_errors() == {"alpha": [("HTTP 500", 1), ("timeout", 1)]}
+
+
+def test_a_batch_of_list_pages_counts_their_records() -> None:
+    """A list source's pages count as their records (`items`): the lines cross where the records do."""
+    results = [_result(0, spec.Outcome.SUCCESS), _result(1, spec.Outcome.SUCCESS)]
+    event = EntitiesDone(
+        "alpha", results, [250, 30], jobs.Counters(), counted(jobs.Counters(), results, [250, 30]), 2, 1.0
+    )
+    assert [processed for processed, _ in event.each()] == [250, 280]
+    assert event.after(0) == jobs.Counters(processed=250, succeeded=250)
+    assert event.counters == jobs.Counters(processed=280, succeeded=280)

@@ -226,12 +226,16 @@ def test_every_value_fit_accepts_postgresql_stores(db: Database, column: str, va
         conn.execute(f"insert into hostile ({column}) values (%s)", [row[column]])
 
 
-@pytest.mark.parametrize("type_name", ["smallint", "integer", "bigint", "text", "character varying", "numeric", None])
+@pytest.mark.parametrize(
+    "type_name",
+    ["smallint", "integer", "bigint", "text", "character varying", "numeric", "boolean", "double precision", None],
+)
 def test_unchanged_only_when_the_converter_returns_every_value_as_it_is(type_name: str | None) -> None:
     """`values.unchanged` lets WritePlan.fit skip a column: it must never say so for a value the
     converter would change or refuse (a bool, a float, an int out of range, NUL, a lone surrogate)."""
-    samples: list[Any] = [0, 1, -1, 2**15, -(2**15) - 1, 2**31, 2**63, -(2**63), True, 1.0, "7", "a", "", "a\x00b",
-                          "x\ud800", "é", None, [1], {"a": 1}]  # fmt: skip
+    samples: list[Any] = [0, 1, -1, 2**15, -(2**15) - 1, 2**31, 2**63, -(2**63), True, False, 1.0, 2.5, 1e308,
+                          float("nan"), float("inf"), "7", "a", "", "a\x00b", "x\ud800", "é", "true", None, [1],
+                          {"a": 1}]  # fmt: skip
     convert = values.converter(type_name)
     for first in samples:
         for second in samples:
@@ -245,3 +249,8 @@ def test_unchanged_only_when_the_converter_returns_every_value_as_it_is(type_nam
     assert values.unchanged("text", ["a", None])
     assert not values.unchanged("integer", [1, True])
     assert not values.unchanged("text", ["a", "\x00"])
+    assert values.unchanged("boolean", [True, None, False])
+    assert not values.unchanged("boolean", [True, 1])
+    assert values.unchanged("double precision", [1.5, None])
+    assert not values.unchanged("double precision", [1.5, float("nan")])
+    assert not values.unchanged("double precision", [1.5, 2])

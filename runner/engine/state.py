@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,7 @@ from runner import backoff, breaker, history, listings, mapping, spec
 from runner.claims import Held
 from runner.claimsize import ClaimSize
 from runner.conditional import Store
-from runner.engine.report import Options, Report
+from runner.engine.report import Options, Report, Trace
 from runner.events import Event, Halted, Observer
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
@@ -53,7 +54,8 @@ class Run:
         self.started = time.monotonic()
         self.now = datetime.now(UTC)
         self.entities: asyncio.Queue[object] = asyncio.Queue(maxsize=source.concurrency * 2)
-        self.results: asyncio.Queue[object] = asyncio.Queue(maxsize=max(source.write_batch * 2, 16))
+        self.results = Outbox()
+        self.queued = max(source.write_batch * 2, 16)  # traces `results` holds at most: fetchers wait in `room`
         # Estimated bytes of the rows queued or batched for the writer, not yet committed: fetchers wait
         # in `room` while it is past writes.HOLD_BYTES, so memory follows it, not write_batch (F7).
         self.held = 0
@@ -109,3 +111,46 @@ class Run:
         if self._run_values is None or self._run_values[0] != job_id:
             self._run_values = (job_id, mapping.run_values(self.now, job_id))
         return self._run_values[1]
+
+
+class Outbox:
+    """The traces the fetchers handed over and the writer has not taken yet (runner/engine/writes.py),
+    and the writer's sleep. The writer is woken when there is a batch for it, or something that wants
+    one written (a fetcher waiting for room, the end, the first trace for a writer that has no timer
+    armed), not once per trace: an `asyncio.Queue` cost a wake-up, a `wait_for` task and a timer per
+    entity on the event loop."""
+
+    def __init__(self) -> None:
+        self.traces: deque[Trace] = deque()
+        self.weight = 0  # of `traces` (writes.weight)
+        self.last = 0.0  # time.monotonic() of the latest trace handed over
+        self.done = False  # no more traces come: the writer writes what is left and ends
+        self.timed = False  # the writer sleeps with a timer armed (it has traces waiting for more)
+        self._bell: asyncio.Future[None] | None = None
+
+    @property
+    def asleep(self) -> bool:
+        return self._bell is not None
+
+    async def put(self, item: object) -> None:
+        """`DONE`: the fetchers are over (the pipeline says so, once)."""
+        assert item is DONE
+        self.done = True
+        self.wake()
+
+    def wake(self) -> None:
+        if self._bell is not None and not self._bell.done():
+            self._bell.set_result(None)
+
+    async def sleep(self, timeout: float | None) -> None:
+        """Until `wake`, or `timeout` seconds (None: no timer)."""
+        loop = asyncio.get_running_loop()
+        self._bell = bell = loop.create_future()
+        self.timed = timeout is not None
+        timer = None if timeout is None else loop.call_later(timeout, self.wake)
+        try:
+            await bell
+        finally:
+            self._bell = None
+            if timer is not None:
+                timer.cancel()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from operator import itemgetter
 from typing import Any
@@ -21,9 +22,10 @@ import psycopg
 
 from runner import database, jobs, spec, writer
 from runner.engine.report import Trace
-from runner.engine.state import DONE, Run
+from runner.engine.state import Run
 from runner.errors import DatabaseError
-from runner.events import BatchWritten, EntityDone
+from runner.events import BatchWritten, EntitiesDone
+from runner.results import counted
 
 log = logging.getLogger("syncrun")
 
@@ -37,14 +39,14 @@ def weight(trace: Trace) -> int:
     included, plus the length of each string. Counting stops past HOLD_BYTES (such a trace is
     written alone anyway), so weighing one costs at most ~1 M steps. Rows of the same columns are
     weighed a column at a time (`_columns`): a column of numbers or text, most of a bulk page, costs
-    no Python step per value."""
+    no Python step per value; a few rows (one per entity, most often) are walked value by value."""
     result = trace.result
     if result is None:
         return _VALUE
     total, pending = _VALUE, list[Any]()
     for rows in result.rows.values():
         total += _VALUE * len(rows)
-        shared = _columns(rows)
+        shared = _columns(rows) if len(rows) >= _COLUMNWISE else None
         if shared is None:
             for row in rows:
                 pending.extend(row.values())
@@ -70,6 +72,7 @@ def weight(trace: Trace) -> int:
     return total
 
 
+_COLUMNWISE = 8  # rows from which weighing a column at a time pays (its sets and lists cost more for one row)
 _FLAT = frozenset({str, int, float, bool, type(None)})  # what a JSON value without nesting is
 _TEXT = frozenset({str})
 
@@ -89,57 +92,91 @@ def _columns(rows: list[dict[str, Any]]) -> list[list[Any]] | None:
 
 
 async def hand_over(state: Run, trace: Trace) -> None:
-    """Queue a trace for the writer once the rows waiting for a commit leave room for it (an empty
-    queue always does: a trace heavier than HOLD_BYTES waits for the others and goes alone)."""
+    """Hand a trace to the writer once the rows waiting for a commit leave room for it (an empty
+    outbox always does: a trace heavier than HOLD_BYTES waits for the others and goes alone). With
+    room and nobody waiting before it, that is a few additions: no lock, no queue, no task switch."""
     trace.weight = weight(trace)
-    async with state.room:
-        state.waiting += 1
-        try:
-            await state.room.wait_for(lambda: state.held == 0 or state.held + trace.weight <= HOLD_BYTES)
-        finally:
-            state.waiting -= 1
-        state.held += trace.weight
-    await state.results.put(trace)
+    if state.waiting or not _fits(state, trace.weight):
+        async with state.room:
+            if not _fits(state, trace.weight):
+                state.waiting += 1
+                state.results.wake()  # a fetcher waits: the writer commits what it has
+                try:
+                    await state.room.wait_for(lambda: _fits(state, trace.weight))
+                finally:
+                    state.waiting -= 1
+            _add(state, trace)
+        return
+    _add(state, trace)
+
+
+def _fits(state: Run, weight: int) -> bool:
+    return (state.held == 0 or state.held + weight <= HOLD_BYTES) and len(state.results.traces) < state.queued
+
+
+def _add(state: Run, trace: Trace) -> None:
+    box = state.results
+    state.held += trace.weight
+    box.traces.append(trace)
+    box.weight += trace.weight
+    box.last = time.monotonic()
+    # the writer wakes for a batch, for a fetcher waiting, or to arm its timer for this first trace
+    if box.asleep and (
+        not box.timed or len(box.traces) >= state.source.write_batch or box.weight >= HOLD_BYTES or state.waiting
+    ):
+        box.wake()
+
+
+async def _take(state: Run) -> list[Trace]:
+    """The next batch once there is one to write: `write_batch` traces or HOLD_BYTES of rows, or what
+    there is when a fetcher waits for room, when no trace came for _FLUSH_EVERY seconds, or at the end;
+    [] at the end when nothing is left."""
+    box, size = state.results, state.source.write_batch
+    while not (box.done or (box.traces and (len(box.traces) >= size or box.weight >= HOLD_BYTES or state.waiting))):
+        if not box.traces:
+            await box.sleep(None)
+            continue
+        idle = box.last + _FLUSH_EVERY - time.monotonic()
+        if idle <= 0:
+            break
+        await box.sleep(idle)
+    batch: list[Trace] = []
+    batched = 0  # the batch's weight
+    while box.traces and len(batch) < size and batched < HOLD_BYTES:
+        trace = box.traces.popleft()
+        batch.append(trace)
+        batched += trace.weight
+    box.weight -= batched
+    await _notify(state)  # room in the outbox
+    return batch
+
+
+async def _notify(state: Run) -> None:
+    if state.waiting:
+        async with state.room:
+            state.room.notify_all()
 
 
 async def _written(state: Run, batch: list[Trace]) -> None:
     """The batch is committed (or given up): its weight leaves the writer, waiting fetchers go on."""
-    async with state.room:
-        state.held -= sum(trace.weight for trace in batch)
-        state.room.notify_all()
+    state.held -= sum(trace.weight for trace in batch)
+    await _notify(state)
 
 
 async def write(state: Run, conn: database.Link | None) -> None:
-    """Batch results into write transactions until the fetchers are done. The writer never stops
-    consuming before that, even after a failure: a fetcher blocked on a full queue would hang the
-    run (and leave its job `running`)."""
-    batch: list[Trace] = []
-    batched = 0  # the batch's weight
-    finished = False
+    """Write batches of results until the fetchers are done. The writer never stops taking them
+    before that, even after a failure: a fetcher waiting for room would hang the run (and leave its
+    job `running`)."""
     crash: BaseException | None = None
-    while not finished:
-        ready = state.results.qsize()  # wait_for makes a task per call: only when nothing is ready
+    while batch := await _take(state):
         try:
-            item = state.results.get_nowait() if ready else await asyncio.wait_for(state.results.get(), _FLUSH_EVERY)
-        except TimeoutError:
-            item = None
-        finished = item is DONE
-        if isinstance(item, Trace):
-            batch.append(item)
-            batched += item.weight
-        full = len(batch) >= state.source.write_batch or batched >= HOLD_BYTES
-        # a fetcher waits for room and nothing more is queued: what the batch has is all that comes
-        blocked = state.waiting > 0 and state.results.empty()
-        if batch and (finished or item is None or full or blocked):
-            try:
-                await flush(state, conn, batch)
-            except Exception as error:  # a bug: stop the run, keep draining, surface it at the end
-                crash = crash or error
-                state.write_failed = True
-                state.halt("failed", f"internal error while writing: {error!r}")
-            finally:
-                await _written(state, batch)
-            batch, batched = [], 0
+            await flush(state, conn, batch)
+        except Exception as error:  # a bug: stop the run, keep draining, surface it at the end
+            crash = crash or error
+            state.write_failed = True
+            state.halt("failed", f"internal error while writing: {error!r}")
+        finally:
+            await _written(state, batch)
     if crash is not None:
         raise crash
 
@@ -168,11 +205,11 @@ async def flush(state: Run, conn: database.Link | None, batch: list[Trace]) -> N
         state.transients.note(
             (t.result, t.status) for t in batch if t.result is not None and id(t.result.entity) not in replaced
         )
-        for trace in batch:
-            if trace.result is not None and id(trace.result.entity) in replaced:
-                trace.result = replaced[id(trace.result.entity)]
-    for trace in batch:
-        count(state, trace)
+        if replaced:
+            for trace in batch:
+                if trace.result is not None and id(trace.result.entity) in replaced:
+                    trace.result = replaced[id(trace.result.entity)]
+    count(state, batch)
     if conn is not None and results:
         state.emit(BatchWritten(state.source.name, len(results), state.report.counters))
     if state.options.dry_run:
@@ -183,7 +220,7 @@ def _write(
     conn: psycopg.Connection, state: Run, batch: list[Trace], results: list[writer.EntityResult], tally: writer.Tally
 ) -> tuple[list[writer.EntityResult], Exception | None]:
     """`writer.write` of the batch, then, in the same worker-thread call (no trip back through the
-    event loop between them), the job row's counters as the loop is about to count them (`counted`):
+    event loop between them), the job row's counters as the loop is about to count them (`count`):
     they follow the commits, so a runner killed outright leaves a row, reaped later, that says what it
     committed. (failed results, the job row update's error: only logged, as the batch committed.)"""
     failed = writer.write(
@@ -198,11 +235,10 @@ def _write(
     if state.report.job_id is None or not results:
         return failed, None
     replaced = {id(f.entity): f for f in failed}
+    final = [replaced.get(id(result.entity), result) for result in results] if replaced else results
     c = state.report.counters  # only the writer task changes them, and it is waiting for this call
     c = replace(c, created=c.created + tally.created, updated=c.updated + tally.updated)
-    for trace in batch:
-        if trace.result is not None:
-            c = counted(c, replaced.get(id(trace.result.entity), trace.result), trace.items)
+    c = counted(c, final, _items(t for t in batch if t.result is not None))
     try:
         jobs.heartbeat(conn, state.report.job_id, replace(c, requests=state.limiter.requests))
     except (DatabaseError, psycopg.Error) as error:
@@ -210,25 +246,27 @@ def _write(
     return failed, None
 
 
-def counted(c: jobs.Counters, result: writer.EntityResult, items: int | None) -> jobs.Counters:
-    """`c` with one more result (`items`: a list source's page counts its records, not the page)."""
-    kind = {"success": "succeeded", "error": "failed", "delete": "deleted"}.get(result.outcome.value, "skipped")
-    kind = "unchanged" if result.unchanged and result.outcome is not spec.Outcome.ERROR else kind
-    n = 1 if items is None else items
-    return replace(c, processed=c.processed + n, **{kind: getattr(c, kind) + n})
+def _items(traces: Iterable[Trace]) -> list[int | None] | None:
+    """What each trace counts as (`Trace.items`), or None when each counts as one (entity sources)."""
+    items = [trace.items for trace in traces]
+    return items if any(n is not None for n in items) else None
 
 
-def count(state: Run, trace: Trace) -> None:
-    result = trace.result
-    assert result is not None
-    if trace.items is not None:
+def count(state: Run, batch: list[Trace]) -> None:
+    """Count the batch's results into the report's counters, and say so to the observers (one event)."""
+    done = [trace for trace in batch if trace.result is not None]
+    results = [trace.result for trace in done if trace.result is not None]
+    items = _items(done)
+    if items is not None:
         pages = state.report.metadata
-        pages["pages"] = int(pages.get("pages") or 0) + 1
-        if result.outcome is spec.Outcome.ERROR:
-            pages["pages_failed"] = int(pages.get("pages_failed") or 0) + 1
-    c = state.report.counters = counted(state.report.counters, result, trace.items)
-    n = 1 if trace.items is None else trace.items
+        for trace in done:
+            if trace.items is not None and trace.result is not None:
+                pages["pages"] = int(pages.get("pages") or 0) + 1
+                if trace.result.outcome is spec.Outcome.ERROR:
+                    pages["pages_failed"] = int(pages.get("pages_failed") or 0) + 1
+    before = state.report.counters
+    state.report.counters = counted(before, results, items)
     elapsed = time.monotonic() - state.started
-    state.emit(
-        EntityDone(state.source.name, result.key, result.outcome, result.error, c, n, state.limiter.requests, elapsed)
-    )
+    if results:
+        counters, requests = state.report.counters, state.limiter.requests
+        state.emit(EntitiesDone(state.source.name, results, items, before, counters, requests, elapsed))
