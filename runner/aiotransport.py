@@ -1,9 +1,7 @@
 """AiohttpTransport: httpx's API (requests, responses, exceptions) over an aiohttp connection pool.
 
-Why: httpcore's pool bookkeeping grows with the square of the pool size; one `AsyncClient` above ~32
-connections collapses (50-120 requests/s at 64, docs/benchmarks.md), while aiohttp's connector stays
-linear. Everything above the transport stays httpx: request building, auth, the rate limiter's
-transport, the body-size and decompression bounds of runner/client.py.
+Why: httpcore's pool collapses above ~32 connections (docs/benchmarks.md); aiohttp's connector stays
+linear. Above the transport all stays httpx: requests, auth, the limiter's transport, body bounds.
 
 What this transport guarantees, and how:
 
@@ -25,10 +23,8 @@ What this transport guarantees, and how:
   aiohttp's own timeouts an `httpx.TimeoutException`, a request head aiohttp refuses to write (a
   ValueError) an `httpx.LocalProtocolError`. Nothing else is caught: a cancellation (the attempt's
   total deadline) passes through untouched.
-- aiohttp's per-read and connect timeouts (httpx's `timeout` extension) are set unless the request
-  says its whole exchange is bounded already (`BOUNDED`: runner/client.py sets it when the attempt's
-  total deadline starts, at the grant): under that deadline they could only fire later than it, and
-  cost two timer handles per request, one rescheduled at every read.
+- aiohttp's per-read and connect timeouts are set unless the request's whole exchange is bounded
+  (`BOUNDED`, set by runner/client.py at the grant): they could only fire after that deadline.
 """
 
 from __future__ import annotations
@@ -63,6 +59,7 @@ _AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _SKIPPED = frozenset(istr(name) for name in _AUTO_HEADERS)  # as the session keeps them
 _SKIP = CIMultiDictProxy(CIMultiDict((name, None) for name in sorted(_SKIPPED)))  # aiohttp's per-request form
 _PREPARED_MAX = 256  # header sets kept in aiohttp's form (a source's requests carry a few; per-entity values more)
+_PREPARED_BYTES = 8192  # and only small ones: a set with an entity's long value is made per request (≤ ~6 MB kept)
 # Extension set (runner/client.py, at the grant) when the attempt's total deadline bounds its whole exchange
 BOUNDED = "syncrun.bounded"
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
@@ -172,10 +169,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         key = tuple(headers._list) if _HEADERS_AS_LIST else tuple(headers.raw)
         prepared = self._prepared.get(key)
         if prepared is None:
-            self._prepared = {} if len(self._prepared) >= _PREPARED_MAX else self._prepared
             pairs = _headers(headers)  # Host first, once, with its last value: as aiohttp's own puts it
             pairs = [*[p for p in pairs if p[0] == "host"][-1:], *(p for p in pairs if p[0] != "host")]
-            prepared = self._prepared[key] = CIMultiDictProxy(CIMultiDict(pairs))
+            prepared = CIMultiDictProxy(CIMultiDict(pairs))
+            if sum(len(name) + len(value) for name, value in pairs) <= _PREPARED_BYTES:  # review revC F1
+                self._prepared = {} if len(self._prepared) >= _PREPARED_MAX else self._prepared
+                self._prepared[key] = prepared
         return prepared
 
     def _timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
