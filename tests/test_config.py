@@ -526,3 +526,16 @@ def test_an_unknown_key_in_any_mapping_of_a_bundled_source_is_a_problem(tmp_path
         target.write_text(yaml.safe_dump(changed, sort_keys=False))
         with contextlib.suppress(ConfigError):  # many mappings take any key: columns, headers, params
             config.load(target)
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "TE", "Upgrade"])
+def test_a_header_that_frames_the_request_is_refused(tmp_path: Path, name: str) -> None:
+    """Review revC: a source's `Content-Length: "{appid}"` went out as written on a reused connection,
+    so an entity's value could decide where the server thinks the next request begins."""
+    text = MINIMAL.replace(
+        'request: {url: "https://api.example/apps/{appid}"}',
+        f'request: {{url: "https://api.example/apps/{{appid}}", headers: {{{name}: "{{appid}}"}}}}',
+    )
+    assert _problems(tmp_path, text) == [
+        f"3: request.headers.{name}: frames the request: the HTTP client sets it, not a source"
+    ]

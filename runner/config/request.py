@@ -10,6 +10,10 @@ from runner.expressions import JSON
 from runner.redaction import Redactor
 from runner.sourcefile import Path_, did_you_mean
 
+# Headers that say where a request ends or what the connection does (review revC: `Content-Length:
+# "{id}"` sent on a reused connection would let an entity's value decide where the next request begins).
+FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade"})
+
 
 class RequestSection(Builder):
     """`request:` (URL, query, headers, batch) and `auth:` (runner/authblocks.py)."""
@@ -28,6 +32,9 @@ class RequestSection(Builder):
         url = templates.get(("request", "url"))
         if url is not None:
             self.check_url(url, [str(name) for name, _ in _items(raw.get("query"))])
+        for name, _ in _items(raw.get("headers")):
+            if str(name).lower() in FRAMING:  # a templated one would let an entity's value reframe the stream
+                self.add(("request", "headers", name), "frames the request: the HTTP client sets it, not a source")
         if not self.usable(("request",)) or url is None:
             return None
         extra: dict[str, JSON] = {k: raw[k] for k in ("method", "verify_tls", "conditional") if k in raw}
