@@ -167,11 +167,13 @@ class Lines:
         failures = spec.Outcome.ERROR in map(_outcome, event.results)
         if not failures and event.counters.processed // every == before // every:
             return  # no failure, no line due: nothing to say (most batches)
+        known = None  # the counters at the last line, counted on from there
         for index, (processed, result) in enumerate(event.each()):
             if result.outcome is spec.Outcome.ERROR:
                 log.warning("%s %s failed: %s", event.source, result.key, result.error)
             if processed // every > before // every:
-                log.info("progress", extra={"source": event.source, **_figures(event.after(index), event)})
+                known = index + 1, event.after(index, known)
+                log.info("progress", extra={"source": event.source, **_figures(known[1], event)})
             before = processed
 
 
