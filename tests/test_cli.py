@@ -87,7 +87,7 @@ def test_a_killed_runs_job_row_keeps_what_it_committed(
     source = write_source(tmp_path)
     seed(db, source, appids=range(1, 9))
     held_routes(api, fast=4, held=4, hold=5.0)
-    process = start(["run", str(source), "--set", "write_batch=2", "--heartbeat", "3600"], env)
+    process = start(["run", str(source), "--set", "write_batch=2", "--heartbeat", "3600", "--lease", "7200"], env)
     counters = "select items_processed, items_succeeded, items_created, requests_made from sync_jobs"
     wait_for(lambda: db.rows(counters) and db.rows(counters)[0][1] == 4)
     process.kill()
@@ -477,3 +477,12 @@ def test_a_bad_source_file_exits_2_without_waiting_for_the_database(
     assert "unknown_key" in err
     assert "s3cret" not in err
     assert elapsed < database.CONNECT_TIMEOUT  # waiting for the connect would take all of it
+
+
+def test_a_heartbeat_longer_than_half_the_lease_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """Review revD F2: `--lease 1 --heartbeat 100` ran, and its claims lapsed between renewals: a
+    second runner took and fetched entities the first still worked on. Now exit 2 before any request."""
+    from runner import cli
+
+    assert cli.main(["run", "sources/example.yaml", "--lease", "1", "--heartbeat", "100"]) == 2
+    assert "--heartbeat (100s) must be at most half of --lease (1s)" in capsys.readouterr().err

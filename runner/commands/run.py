@@ -111,6 +111,11 @@ def _options(
     limit = given or sources[0].entities.limit
     if not 0 < limit <= MAX_LIMIT:
         raise UsageError(f"--limit must be a whole number from 1 to {MAX_LIMIT}, got {limit}")
+    if args.heartbeat * 2 > args.lease:  # review revD F2: claims lapsed between renewals (fetched twice)
+        raise UsageError(
+            f"--heartbeat ({args.heartbeat:g}s) must be at most half of --lease ({args.lease:g}s): claims are"
+            " renewed every heartbeat, and one that lapses between renewals lets another runner take its entity"
+        )
     ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else None
     for source in sources:  # keys of the source's type, or a usage error before any job row
         for value in ids or ():
