@@ -119,16 +119,8 @@ async def entity(
     entity: the outcome rules judge the first reply, and the rows of a partial listing must not go in.
     `headers` go on the first request only (conditional requests: runner.conditional)."""
     if _single(source.pagination):  # one request, one page: what `pages` does for it, without the walk
-        request = _first(client, source, entity, settings, params, headers)
-        reply = await http.send(
-            client,
-            request,
-            source.retry,
-            max_body=source.request.max_body,
-            timeout=source.request.timeout,
-            limiter=limiter,
-            redact=settings.redact,
-            sleep=sleep,
+        reply = await _send(
+            client, source, _first(client, source, entity, settings, params, headers), settings, limiter, sleep
         )
         records = _records(source, entity, reply)
         return [Page(reply, None, "", None, len(records) if records is not None else 0)]
@@ -138,6 +130,27 @@ async def entity(
         if page.reply.status // 100 != 2:
             raise PaginationError(f"page {number} of the listing answered {describe(page.reply)} ({page.reply.url})")
     return listing
+
+
+async def _send(
+    client: httpx.AsyncClient,
+    source: spec.Source,
+    request: httpx.Request,
+    settings: templating.Settings,
+    limiter: Limiter,
+    sleep: Callable[[float], Awaitable[None]],
+) -> Reply:
+    """One page's request through the limiter, the retries and the body bounds."""
+    return await http.send(
+        client,
+        request,
+        source.retry,
+        max_body=source.request.max_body,
+        timeout=source.request.timeout,
+        limiter=limiter,
+        redact=settings.redact,
+        sleep=sleep,
+    )
 
 
 async def pages(
@@ -173,16 +186,7 @@ async def pages(
     position = walk.start(start)
     while True:
         request = walk.request(position)
-        reply = await http.send(
-            client,
-            request,
-            source.retry,
-            max_body=source.request.max_body,
-            timeout=source.request.timeout,
-            limiter=limiter,
-            redact=settings.redact,
-            sleep=sleep,
-        )
+        reply = await _send(client, source, request, settings, limiter, sleep)
         records = _records(source, entity, reply)
         if walk.ended(reply, None if records is None else len(records)):
             return
