@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.ratelimit.local import FRESH
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.netproxy import DelayProxy, certificate
 from tests.pg import Database
@@ -126,8 +127,11 @@ def test_bundled_steamspy_source_requests_pages_a_minute_apart(
     assert all(60.0 <= gap <= 61.0 for gap in gaps), gaps
     assert db.scalar("select status from sync_jobs") == "completed"
     assert db.scalar("select seq from syncrun_rate_limits where bucket = 'steamspy-all'") == 3
+    # Issue #10's reservations were minutes ahead. A send on a new plain-HTTP connection is stamped
+    # FRESH (50 ms) later on purpose (the server may count it until it answers), so a run that ends
+    # within 50 ms of its last send leaves that much ahead: 23 ms was seen in CI once runs got faster.
     ahead = db.scalar("select extract(epoch from last_at - clock_timestamp()) from syncrun_rate_limits")
-    assert ahead < 0, f"the last reservation is {ahead:.1f} s in the future"
+    assert ahead < FRESH, f"the last reservation is {ahead:.3f} s in the future"
 
 
 @pytest.mark.parametrize("shared", ["database", "redis"])
