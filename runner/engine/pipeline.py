@@ -50,10 +50,46 @@ async def run(
     entities and the selection needs no database. `tokens`: the run's OAuth2 tokens (runner/auth.py).
     `observers` are told what happens (runner/events.py), the reports last.
     """
-    with _collector():
-        return await _run(
-            sources, options, settings, limiters, connect, catalog, transport, sleep, install_signals, tokens, observers
+    stops = [asyncio.Event() for _ in sources]
+    tokens = tokens or Tokens()  # sources using one auth block share its token
+    clients = [
+        client.build(
+            s.request,
+            limiters[s.rate_limit.bucket],
+            transport=transport(s) if transport else None,
+            max_connections=s.concurrency,
+            stop=stop,  # a request still waiting for its grant when the run stops is not sent
+            authenticator=authenticator_for(s, settings, tokens, limiters[s.rate_limit.bucket]),
         )
+        for s, stop in zip(sources, stops, strict=True)
+    ]
+    states = [
+        Run(s, options, settings, limiters[s.rate_limit.bucket], http, connect, catalog, sleep, stop, observers)
+        for s, http, stop in zip(sources, clients, stops, strict=True)
+    ]
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+    for signum in signals:
+        loop.add_signal_handler(signum, stopping.halt_all, states, signum)
+    drives = [asyncio.ensure_future(_drive(state)) for state in states]
+    try:
+        with _collector():
+            reports = list(await asyncio.gather(*drives))
+    except BaseException:
+        # one source failed the run: the others stop now, each finishing its job row and closing its
+        # connections while the event loop and the HTTP clients are still up
+        for drive in drives:
+            drive.cancel()
+        await asyncio.gather(*drives, return_exceptions=True)
+        raise
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        for http in clients:
+            await http.aclose()
+    for observer in observers:
+        observer.notice(Finished(reports))
+    return reports
 
 
 # Young objects a collection of the youngest generation waits for during a run (CPython's default: 700).
@@ -81,60 +117,6 @@ def _collector() -> Iterator[None]:
         gc.set_threshold(*threshold)
         if freezing:
             gc.unfreeze()
-
-
-async def _run(
-    sources: list[spec.Source],
-    options: Options,
-    settings: Settings,
-    limiters: dict[str, Limiter],
-    connect: Connect | None,
-    catalog: Any,
-    transport: Callable[[spec.Source], httpx.AsyncBaseTransport | None] | None,
-    sleep: Callable[[float], Any],
-    install_signals: bool,
-    tokens: Tokens | None,
-    observers: Sequence[Observer],
-) -> list[Report]:
-    stops = [asyncio.Event() for _ in sources]
-    tokens = tokens or Tokens()  # sources using one auth block share its token
-    clients = [
-        client.build(
-            s.request,
-            limiters[s.rate_limit.bucket],
-            transport=transport(s) if transport else None,
-            max_connections=s.concurrency,
-            stop=stop,  # a request still waiting for its grant when the run stops is not sent
-            authenticator=authenticator_for(s, settings, tokens, limiters[s.rate_limit.bucket]),
-        )
-        for s, stop in zip(sources, stops, strict=True)
-    ]
-    states = [
-        Run(s, options, settings, limiters[s.rate_limit.bucket], http, connect, catalog, sleep, stop, observers)
-        for s, http, stop in zip(sources, clients, stops, strict=True)
-    ]
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
-    for signum in signals:
-        loop.add_signal_handler(signum, stopping.halt_all, states, signum)
-    drives = [asyncio.ensure_future(_drive(state)) for state in states]
-    try:
-        reports = list(await asyncio.gather(*drives))
-    except BaseException:
-        # one source failed the run: the others stop now, each finishing its job row and closing its
-        # connections while the event loop and the HTTP clients are still up
-        for drive in drives:
-            drive.cancel()
-        await asyncio.gather(*drives, return_exceptions=True)
-        raise
-    finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
-        for http in clients:
-            await http.aclose()
-    for observer in observers:
-        observer.notice(Finished(reports))
-    return reports
 
 
 async def _drive(state: Run) -> Report:
@@ -176,7 +158,7 @@ async def _drive(state: Run) -> Report:
             await bookkeeping.run_steps(state, job_link, source.after, "after")
     except BaseException as error:
         state.report.status = "failed"
-        if isinstance(error, asyncio.CancelledError):  # `_run`: another source failed the run
+        if isinstance(error, asyncio.CancelledError):  # `run`: another source failed the run
             state.report.error = "stopped before it finished: the run ended (another source failed)"
         else:
             state.report.error = state.settings.redact(f"{type(error).__name__}: {error}")
