@@ -259,6 +259,9 @@ def test_a_key_the_sql_selection_returns_twice_is_one_entity(status: Database) -
     pages = _select(status, source, chunk_size=4, limit=6)
     assert pages == [[10, 20], [30, 40], [50], [60]]
     assert status.scalar("select count(*) from syncrun_state where claimed_by = 'a'") == 6
+    shards = [_flat(_select(status, source, partition=(i, 3), claim=False)) for i in range(3)]
+    assert sorted(k for shard in shards for k in shard) == list(range(10, 101, 10))  # each once, in one shard
+    assert all(partition_of(k, 3) == i for i, shard in enumerate(shards) for k in shard)
 
 
 def test_a_key_the_function_selection_returns_twice_is_one_entity(status: Database) -> None:
