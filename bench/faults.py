@@ -13,13 +13,12 @@ PostgreSQL cluster, then:
 Columns: proc/ok/fail/skip — the fault run's job counters; missing — rows an entity should have
 and lacks (either check); dup — rows present twice; wrong — rows no expected entity explains (a
 differing value, a stale child row, a half-written entity); stuck — jobs left `running` and claims
-still held once every runner has exited; over — requests beyond the API's rate limit in any 1 s window,
-by the kernel's receive timestamps (when the runner wrote them: `StampedServer`; the server threads'
-own readings bunch when they lag, which no client could prevent), plus requests that arrived while a
-Retry-After pause was in force; unfair — entities
-put into backoff by a failure that was not theirs; miscount — job counters that disagree with the
-database. `checks` lists the fault's own expectations that failed (job status, message, exit code,
-duration), or `ok`.
+still held once every runner has exited; over — requests beyond the API's rate limit in any 1 s
+window by the kernel's receive timestamps (when the runner wrote them: `StampedServer`; the server
+threads' own readings bunch when they lag, which no client could prevent), plus requests that
+arrived while a Retry-After pause was in force; unfair — entities put into backoff by a failure
+that was not theirs; miscount — job counters that disagree with the database. `checks` lists the
+fault's own expectations that failed (job status, message, exit code, duration), or `ok`.
 
     python -m bench.faults                 # the whole matrix (~3 minutes on 2 cores)
     python -m bench.faults --only 1a,10    # some rows
