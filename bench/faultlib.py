@@ -8,6 +8,8 @@ cluster, pgbouncer in front of it, the fault source, subprocess runs and the dat
 - `Bouncer`: pgbouncer, pool_mode=transaction, a pool of 2 server connections, in front of a cluster.
 - `Workload`: a database cloned from a template (N entities seeded), the fault source YAML, and the
   reference data (`expected`) a clean run produces; `check()` compares what is in the database.
+- `StampedServer`: tests/apiserver.py's server with each request's arrival taken from the kernel's
+  receive timestamp (when the client wrote it), for the matrix's rate-limit check.
 
 Missing binaries raise `Missing`; tests turn that into a failure under CI=true and a skip otherwise.
 """
@@ -15,10 +17,12 @@ Missing binaries raise `Missing`; tests turn that into a failure under CI=true a
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,6 +35,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from tests.apiserver import ApiServer, _Handler
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -500,3 +506,86 @@ def cluster_or_missing() -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+# --- when the client sent: the kernel's receive timestamps ------------------------------------------------
+# SO_TIMESTAMPNS (Linux, asm-generic/socket.h; Python has no name for it): every recvmsg carries the
+# kernel's timestamp of the data it returns, a struct timespec of CLOCK_REALTIME. On loopback the kernel
+# takes it inside the client's send (netif_rx, with net.core.netdev_tstamp_prequeue at its default 1),
+# so it says when the client wrote the request, whatever this server's threads did afterwards.
+SO_TIMESTAMPNS = 35
+
+
+def realtime_offset() -> tuple[float, float]:
+    """CLOCK_REALTIME minus CLOCK_MONOTONIC, and how far off that can be: half the tightest of a few
+    adjacent readings (a preemption between two readings would widen one). Both clocks are slewed
+    alike; only a step of the wall clock would move the offset, and nothing steps it in a test."""
+    spans = []
+    for _ in range(20):
+        before, real, after = time.monotonic(), time.time(), time.monotonic()
+        spans.append((after - before, real - (before + after) / 2))
+    span, offset = min(spans)
+    return offset, span / 2 + 1e-6  # time.time() itself is read to the microsecond here
+
+
+class _StampedSocket(io.RawIOBase):
+    """The handler's socket as a raw stream that keeps the kernel timestamp of its last read (monotonic
+    seconds), or None when the kernel gave none."""
+
+    def __init__(self, sock: socket.socket, offset: float) -> None:
+        super().__init__()
+        self._sock, self._offset = sock, offset
+        self.stamp: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.stamp = None
+        size, ancillary, _, _ = self._sock.recvmsg_into([buffer], socket.CMSG_SPACE(16))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                self.stamp = seconds + nanoseconds / 1e9 - self._offset
+        return size
+
+
+class _StampedHandler(_Handler):
+    server: Any
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain reader: its reference to the socket would keep the descriptor open
+        self.rfile = io.BufferedReader(_StampedSocket(self.connection, self.server.api.offset))
+
+    def parse_request(self) -> bool:
+        stamp = self.rfile.raw.stamp  # type: ignore[attr-defined]  # of the read that brought the request line
+        parsed = super().parse_request()  # sets `_arrived`: when this thread had read the line
+        self.server.api.stamped(self, stamp)
+        return parsed
+
+
+class StampedServer(ApiServer):
+    """tests/apiserver.py's server, each request's `at` taken from the kernel's receive timestamp: when
+    the client wrote it (loopback), not when one of this server's threads got round to reading it. A
+    thread that reads late (a busy machine, this process's GIL) bunches the arrivals it reads: the
+    fault matrix counted windows over the rate limit that the client never sent.
+
+    `lags`: how much later than the kernel's stamp a thread read each request; `unstamped`: requests
+    the kernel gave no timestamp for (their `at` is the thread's reading); `uncertainty`: how far a
+    stamp, converted to time.monotonic(), can be off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset, self.uncertainty = realtime_offset()
+        self.lags: list[float] = []
+        self.unstamped = 0
+        self._httpd.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # accepted sockets inherit it
+        self._httpd.RequestHandlerClass = _StampedHandler
+
+    def stamped(self, handler: Any, stamp: float | None) -> None:
+        if stamp is None:
+            self.unstamped += 1
+            return
+        self.lags.append(handler._arrived - stamp)
+        handler._arrived = stamp

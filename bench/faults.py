@@ -13,11 +13,12 @@ PostgreSQL cluster, then:
 Columns: proc/ok/fail/skip — the fault run's job counters; missing — rows an entity should have
 and lacks (either check); dup — rows present twice; wrong — rows no expected entity explains (a
 differing value, a stale child row, a half-written entity); stuck — jobs left `running` and claims
-still held once every runner has exited; over — requests beyond the rate limit in any 1 s window at
-the server, plus requests that arrived while a Retry-After pause was in force; unfair — entities
-put into backoff by a failure that was not theirs; miscount — job counters that disagree with the
-database. `checks` lists the fault's own expectations that failed (job status, message, exit code,
-duration), or `ok`.
+still held once every runner has exited; over — requests beyond the API's rate limit in any 1 s
+window by the kernel's receive timestamps (when the runner wrote them: `StampedServer`; the server
+threads' own readings bunch when they lag, which no client could prevent), plus requests that
+arrived while a Retry-After pause was in force; unfair — entities put into backoff by a failure
+that was not theirs; miscount — job counters that disagree with the database. `checks` lists the
+fault's own expectations that failed (job status, message, exit code, duration), or `ok`.
 
     python -m bench.faults                 # the whole matrix (~3 minutes on 2 cores)
     python -m bench.faults --only 1a,10    # some rows
@@ -46,9 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.faultlib import (
+    RATE,
     Bouncer,
     Cluster,
     Completed,
+    StampedServer,
     Workload,
     compare,
     payload,
@@ -133,6 +136,7 @@ class Fault:
     workload: dict[str, Any] = field(default_factory=dict)
     during: Callable[[Any, ApiServer, Workload], None] | None = None  # acts on the running process
     bouncer: bool = False
+    limit: int = RATE  # the API's limit (requests per second) the `over` column counts against
     exact: bool = False  # every request of the fault run belongs to an entity counted as succeeded
     says: Callable[[int], str] = lambda appid: ""  # a fragment the entity's recorded error must contain
     slow: bool = False
@@ -532,16 +536,28 @@ def _check_messages(result: Result, fault: Fault, workload: Workload) -> None:
             result.problems.append(f"entity {appid} failed definitively but was not backed off")
 
 
-def _over(api: ApiServer, first: int, last: int, pauses: Pauses, workload: Workload) -> int:
+def over(api: ApiServer, first: int, last: int, pauses: Pauses, *, limit: int, in_flight: int) -> int:
+    """Requests `first:last` beyond `limit` in any 1 s window, plus those inside a Retry-After pause
+    beyond the `in_flight` the client could not hold back (`Pauses.violations`). By `Recorded.at`:
+    a `StampedServer`'s are when the client wrote each request."""
     arrivals = [r.at for r in api.requests[first:last]]
-    return max(0, worst_window(arrivals, 1.0) - workload.rate) + pauses.violations(arrivals, workload.concurrency - 1)
+    return max(0, worst_window(arrivals, 1.0) - limit) + pauses.violations(arrivals, in_flight)
+
+
+def _over(api: StampedServer, first: int, last: int, pauses: Pauses, limit: int, workload: Workload) -> int:
+    return over(api, first, last, pauses, limit=limit, in_flight=workload.concurrency - 1)
+
+
+def _unstamped(result: Result, api: StampedServer) -> None:
+    if api.unstamped:  # their `at` is a thread's reading: a window over the limit may be the server's own
+        result.problems.append(f"{api.unstamped} requests without a kernel receive timestamp: `over` is unsure")
 
 
 def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
     result = Result(fault.id, fault.title)
     workload = Workload(cluster, f"f{fault.id}", tmp / fault.id, entities=fault.entities, **fault.workload)
     bouncer = Bouncer(cluster) if fault.bouncer else None
-    api = ApiServer().start()
+    api = StampedServer().start()
     try:
         dsn = cluster.dsn(workload.name, port=bouncer.port) if bouncer else None
         pauses = Pauses()
@@ -596,9 +612,10 @@ def run_fault(fault: Fault, cluster: Cluster, tmp: Path) -> Result:
         result.missing, result.duplicated, result.wrong = verdict.missing, verdict.duplicated, verdict.wrong
         result.notes += verdict.notes
         result.stuck += workload.stuck()
-        result.over = _over(api, 0, first_end, pauses, workload) + _over(
-            api, first_end, len(api.requests), pauses, workload
+        result.over = _over(api, 0, first_end, pauses, fault.limit, workload) + _over(
+            api, first_end, len(api.requests), pauses, fault.limit, workload
         )
+        _unstamped(result, api)
     finally:
         api.stop()
         if bouncer is not None:
@@ -613,7 +630,7 @@ def kill_trial(trial: int, cluster: Cluster, tmp: Path, seed: int = 6) -> Result
     rng = random.Random(seed * 1000 + trial)
     result = Result("11", "SIGKILL at random points")
     workload = Workload(cluster, f"kill{trial}", tmp / f"kill{trial}")
-    api = ApiServer().start()
+    api = StampedServer().start()
     try:
         for appid in workload.keys:
             api.route(f"/apps/{appid}", ok(appid, delay=0.03))
@@ -656,9 +673,10 @@ def kill_trial(trial: int, cluster: Cluster, tmp: Path, seed: int = 6) -> Result
         result.stuck = workload.stuck()
         result.unfair = len(workload.penalised())
         pauses = Pauses()
-        result.over = _over(api, 0, first_end, pauses, workload) + _over(
-            api, first_end, len(api.requests), pauses, workload
+        result.over = _over(api, 0, first_end, pauses, RATE, workload) + _over(
+            api, first_end, len(api.requests), pauses, RATE, workload
         )
+        _unstamped(result, api)
     finally:
         api.stop()
     return result

@@ -24,8 +24,8 @@ from bench.baseline import STAMP, UPSERT
 from bench.harness import Workdir, scratch
 from runner import config, migrations, targets, writer
 from runner.database import connect
+from runner.results import EntityResult
 from runner.spec import Outcome, Source
-from runner.writer import EntityResult
 
 
 def _source(text: str) -> Source:

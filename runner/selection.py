@@ -51,6 +51,7 @@ from runner.database import identifier
 from runner.errors import SelectionError
 from runner.partitions import Partition, partition_of, partition_sql
 from runner.spec import SelectionType, Source
+from runner.values import show
 
 CHUNK_SIZE = 500
 NEVER = datetime(1900, 1, 1, tzinfo=UTC)  # sort sentinel for a null stamp (never-synced rows sort first anyway)
@@ -317,10 +318,6 @@ def _by_ids(
 _function_sql = ids_.function_sql
 
 
-def _takes_after_key(source: Source) -> bool:
-    return any(arg.parameter == "after_key" for _, arg in source.entities.args)
-
-
 def _function(
     conn: psycopg.Connection,
     source: Source,
@@ -329,7 +326,7 @@ def _function(
     after: Any,
     budget: _Budget,
 ) -> Iterator[list[Entity]]:
-    if _takes_after_key(source):
+    if any(arg.parameter == "after_key" for _, arg in source.entities.args):
         yield from _paged(conn, source, claim, partition, after, budget, lambda n, a: (_function_sql(source, n, a), {}))
         return
     # Called once: a function without after_key cannot be paged. With --partition it is asked for
@@ -384,10 +381,20 @@ def _paged(
 
 
 def _keep(source: Source, rows: list[Entity], partition: Partition | None) -> list[Entity]:
-    """The declared columns the rows have, for rows in this shard."""
-    names = [c.name for c in source.entities.columns]
-    kept = [{n: row[n] for n in names if n in row} for row in rows]
+    """The declared columns the rows have, one entity per key, for rows in this shard. A key the query
+    returns twice is one entity, fetched once (its claim, stamp and state are per key); twice with
+    different columns it would be two requests for one entity: SelectionError, naming them."""
+    names, key = [c.name for c in source.entities.columns], source.entities.key
+    kept: dict[Any, Entity] = {}
+    for row in rows:
+        entity = {n: row[n] for n in names if n in row}
+        if (first := kept.setdefault(entity[key], entity)) != entity:
+            differs = next(n for n in names if first.get(n) != entity.get(n))
+            raise SelectionError(
+                f"{source.name}: {setting(source)} returned {key} {show(entity[key])} twice, with {differs}"
+                f" {show(first.get(differs))} and {show(entity.get(differs))}: an entity is selected once"
+                f" per key, so return one row per {key}"
+            )
     if partition is None:
-        return kept
-    key = source.entities.key
-    return [row for row in kept if partition_of(row[key], partition.shards) == partition.shard]
+        return list(kept.values())
+    return [row for k, row in kept.items() if partition_of(k, partition.shards) == partition.shard]

@@ -43,7 +43,7 @@ from psycopg import sql
 from runner import conditional, deletes, stamps, targets, writeplan
 from runner.errors import DatabaseError
 from runner.migrations import Catalog
-from runner.results import EntityResult as EntityResult  # what `write` takes (the engine says writer.EntityResult)
+from runner.results import EntityResult
 from runner.spec import Outcome, Source
 from runner.statements import MAX_MESSAGE, Failed, run
 from runner.values import Unfit, fit

@@ -10,11 +10,15 @@ binaries skip these tests locally and fail them under CI=true.
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import faultlib, faults
+from tests.apiserver import Reply
 from tests.cluster import unavailable
 
 BUGS: dict[str, str] = {}  # fault id -> engine bug (a strict xfail); empty: every fault is handled
@@ -49,6 +53,76 @@ def test_sigkill_at_random_points_recovers(cluster: faultlib.Cluster, tmp_path: 
     MATRIX.append(result)
     assert result.clean, faults.format_table([result])
     assert result.succeeded > 0
+
+
+def test_a_runner_over_the_apis_limit_fails_its_row(cluster: faultlib.Cluster, tmp_path: Path) -> None:
+    """The `over` check catches a client that really sends too much: the runner keeps its source's
+    30/s, the API allows 10/s. 40 entities, one request each, take about 1.3 s at 30/s: a second
+    of them holds about 30 requests, far over 10."""
+    fault = faults.Fault("x", "30/s against an API allowing 10/s", lambda k, p: [faults.ok(k)], entities=40, limit=10)
+    result = faults.run_fault(fault, cluster, tmp_path)
+    assert result.over > 0, faults.format_table([result])
+    assert not result.clean
+    assert (result.problems, result.missing, result.wrong, result.stuck) == ([], 0, 0, 0)
+
+
+def test_over_counts_the_requests_a_client_sent_beyond_the_limit() -> None:
+    """31 requests written back to back on 31 connections: one over a limit of 30 in a second; any
+    30 of them: none over."""
+    api = faultlib.StampedServer().start()
+    api.route("/x", Reply(200, json={}))
+    host, port = api.url.removeprefix("http://").split(":")
+    sockets = [socket.create_connection((host, int(port))) for _ in range(31)]
+    try:
+        started = time.monotonic()
+        for sock in sockets:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        written = time.monotonic() - started
+        for sock in sockets:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in sockets:
+            sock.close()
+        api.stop()
+    assert written < 1.0  # what the counts below rely on: all 31 were written within a second
+    assert faults.over(api, 0, 31, faults.Pauses(), limit=30, in_flight=0) == 1
+    assert faults.over(api, 0, 30, faults.Pauses(), limit=30, in_flight=0) == 0
+    assert api.unstamped == 0
+
+
+class _LateReader(faultlib._StampedHandler):
+    """Reads its request only once the test says so: a server thread running late."""
+
+    go: threading.Event
+
+    def setup(self) -> None:
+        self.go.wait(10)
+        super().setup()
+
+
+def test_an_arrival_is_when_the_client_wrote_it_not_when_the_server_read_it() -> None:
+    """The server's thread reads the request 0.3 s after the client wrote it (a busy machine, an accept
+    queue): `at` is still the write, within the clock conversion's measured uncertainty, and the
+    thread's lateness is in `lags`."""
+    _LateReader.go = threading.Event()
+    api = faultlib.StampedServer()
+    api._httpd.RequestHandlerClass = _LateReader
+    api.start()
+    api.route("/x", Reply(200, json={}))
+    host, port = api.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port))) as sock:
+            before = time.monotonic()
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            after = time.monotonic()
+            time.sleep(0.3)
+            _LateReader.go.set()
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        api.stop()
+    [request] = api.requests
+    assert before - api.uncertainty <= request.at <= after + api.uncertainty
+    assert api.lags[0] >= 0.3 - api.uncertainty
 
 
 def test_matrix_table_lists_every_column() -> None:

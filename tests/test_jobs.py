@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from runner import breaker, engine, jobs, migrations, spec, targets, writer
+from runner.results import EntityResult
 from runner.spec import Outcome, WriteMode
-from runner.writer import EntityResult
 from tests.pg import Database, make_source, write
 
 

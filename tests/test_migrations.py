@@ -10,6 +10,7 @@ import pytest
 
 from runner import cli, jobs, migrations, writer
 from runner.errors import SchemaMismatch
+from runner.results import EntityResult
 from runner.spec import Field, FunctionArg, Outcome, QualifiedName, SelectionType
 from tests.pg import Database, expr, make_source, with_status, write
 from tests.test_engine import write_source
@@ -257,7 +258,7 @@ def test_supabase_enum_error_source_accepts_our_source_name(db: Database) -> Non
     source = make_source("storefront_v2", writes=(APPS,))
     db.migrate(source)
     catalog = migrations.check(db.conn, [source])
-    failed = writer.EntityResult(
+    failed = EntityResult(
         key=20, entity={"appid": 20}, outcome=Outcome.ERROR, error="HTTP 403", error_source="storefront_v2"
     )
     assert writer.write(db.conn, source, [failed], catalog=catalog) == []

@@ -241,6 +241,53 @@ def test_sql_selection_that_ignores_after_key_stops(status: Database) -> None:
     assert _select(status, source, chunk_size=3, claim=False) == [[10, 20, 30]]
 
 
+# A query over a union or a join can return a key twice (revD F3: the claim then failed the run with
+# PostgreSQL's "ON CONFLICT DO UPDATE command cannot affect row a second time").
+TWICE = (
+    "select appid, score from (select appid, priority_score as score from sync_status"
+    " union all select appid, {other} from sync_status) s"
+    " where appid > coalesce(%(after_key)s::int, 0) order by appid, score limit %(limit)s"
+)
+
+
+def test_a_key_the_sql_selection_returns_twice_is_one_entity(status: Database) -> None:
+    """Every key twice, the same columns both times: one entity per key, claimed and run once, pages
+    going on by the key (a page of 4 rows holds 2 entities; the last pages ask for what is left)."""
+    source = make_source(
+        selection=SelectionType.SQL, sql=TWICE.format(other="priority_score"), columns=(("score", "int"),)
+    )
+    pages = _select(status, source, chunk_size=4, limit=6)
+    assert pages == [[10, 20], [30, 40], [50], [60]]
+    assert status.scalar("select count(*) from syncrun_state where claimed_by = 'a'") == 6
+    shards = [_flat(_select(status, source, partition=(i, 3), claim=False)) for i in range(3)]
+    assert sorted(k for shard in shards for k in shard) == list(range(10, 101, 10))  # each once, in one shard
+    assert all(partition_of(k, 3) == i for i, shard in enumerate(shards) for k in shard)
+
+
+def test_a_key_the_function_selection_returns_twice_is_one_entity(status: Database) -> None:
+    """A function called once (no after_key) that repeats a key: that entity once, in its first place."""
+    status.run(
+        "create function pick(p_limit int) returns table (appid int, score int) language sql as"
+        " $$ select * from (values (40, 1), (60, 2), (40, 1), (10, 3)) v $$"
+    )
+    source = _function_source(("p_limit", FunctionArg(parameter="limit")))
+    assert _select(status, source) == [[40, 60, 10]]
+
+
+def test_a_key_returned_twice_with_different_columns_fails_naming_it(status: Database) -> None:
+    """Twice with different columns is two different requests for one entity (its claim, stamp and
+    state are per key): the selection fails, naming the setting, the key and the column, and claims
+    nothing of that page."""
+    source = make_source(selection=SelectionType.SQL, sql=TWICE.format(other="-1"), columns=(("score", "int"),))
+    with pytest.raises(SelectionError) as raised:
+        _select(status, source, chunk_size=4)
+    assert str(raised.value) == (
+        "example: entities.sql returned appid 10 twice, with score -1 and 1:"
+        " an entity is selected once per key, so return one row per appid"
+    )
+    assert status.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
+
+
 def test_ids_for_function_sources_are_key_only(status: Database) -> None:
     """With --ids a function/sql source gets {key: id} dicts, the key cast to its type."""
     source = make_source(selection=SelectionType.SQL, sql="select 1")

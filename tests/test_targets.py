@@ -11,8 +11,8 @@ import pytest
 
 from runner import mapping, migrations, statements, targets, writeplan, writer
 from runner.errors import SchemaMismatch
+from runner.results import EntityResult
 from runner.spec import Field, Lookup, Merge, Outcome, QualifiedName, Source, Write, WriteMode
-from runner.writer import EntityResult
 from tests.pg import Database, expr, make_source
 
 Rows = dict[int, list[dict[str, Any]]]

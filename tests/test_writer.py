@@ -9,8 +9,8 @@ import pytest
 
 from runner import migrations, targets, writer
 from runner.errors import DatabaseError
+from runner.results import EntityResult
 from runner.spec import Merge, Outcome, WriteMode
-from runner.writer import EntityResult
 from tests.pg import Database, make_source, with_status, write
 
 APPS = write("apps", ["appid"], ["appid", "name", "price_cents"])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from runner import breaker, fetch, mapping, outcomes, spec, writer
+from runner import breaker, fetch, mapping, outcomes, spec
 from runner.conditional import NOT_ASKED
 from runner.config import DEFAULT_OUTCOMES
 from runner.engine.report import Trace
 from runner.engine.state import PAGE, Run
 from runner.errors import MappingError
 from runner.expressions import JSON
+from runner.results import EntityResult
 
 log = logging.getLogger("syncrun")
 _DEFAULTS = frozenset(map(id, DEFAULT_OUTCOMES))  # the default rules, by identity (module constants: ids stay)
@@ -48,7 +49,7 @@ def classify(
     *,
     whole: JSON = None,
     keep: int | None = None,
-) -> writer.EntityResult:
+) -> EntityResult:
     """The entity's outcome and rows; `keep`: only the first records of the last reply (max_items)."""
     source = state.source
     first = replies[0]
@@ -95,8 +96,8 @@ def classify(
     return result(state, entity, spec.Outcome.SUCCESS, rows=rows, stamp=True, values=values, validators=validators)
 
 
-def result(state: Run, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> writer.EntityResult:
-    return writer.EntityResult(
+def result(state: Run, entity: dict[str, JSON], outcome: spec.Outcome, **fields: Any) -> EntityResult:
+    return EntityResult(
         key=entity.get(state.source.entities.key, entity.get(PAGE)),
         entity=entity,
         outcome=outcome,
@@ -112,6 +113,6 @@ def result(state: Run, entity: dict[str, JSON], outcome: spec.Outcome, **fields:
     )
 
 
-def failure(state: Run, entity: dict[str, JSON], message: str, *, definitive: bool) -> writer.EntityResult:
+def failure(state: Run, entity: dict[str, JSON], message: str, *, definitive: bool) -> EntityResult:
     # API text can echo a token back (an error page quoting the request): redact before storing.
     return result(state, entity, spec.Outcome.ERROR, error=state.settings.redact(message), definitive=definitive)

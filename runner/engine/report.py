@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC
 
-from runner import jobs, writer
+from runner import jobs
 from runner.claims import Held
 from runner.expressions import JSON
+from runner.results import EntityResult
 
 # Job rows' error_message texts that dashboards may match on (docs/cli.md lists them; tests pin them)
 FAIL_RATIO = "{failed} of {processed} {what} failed, above fail_ratio {ratio}"
@@ -62,7 +63,7 @@ class Trace:
     elapsed: float = 0.0
     excerpt: str = ""
     rule: str = ""
-    result: writer.EntityResult | None = None
+    result: EntityResult | None = None
     declared: bool = False  # the deciding outcome rule is the source's own, not a default one
     capped: str = ""  # why a cap (max_pages, max_items, the default page cap) cut this entity's listing
     items: int | None = None  # a list source's page: the records it counts as (None: one entity)

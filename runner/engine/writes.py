@@ -25,7 +25,7 @@ from runner.engine.report import Trace
 from runner.engine.state import Run
 from runner.errors import DatabaseError
 from runner.events import BatchWritten, EntitiesDone
-from runner.results import counted
+from runner.results import EntityResult, counted
 
 log = logging.getLogger("syncrun")
 
@@ -217,8 +217,8 @@ async def flush(state: Run, conn: database.Link | None, batch: list[Trace]) -> N
 
 
 def _write(
-    conn: psycopg.Connection, state: Run, batch: list[Trace], results: list[writer.EntityResult], tally: writer.Tally
-) -> tuple[list[writer.EntityResult], Exception | None]:
+    conn: psycopg.Connection, state: Run, batch: list[Trace], results: list[EntityResult], tally: writer.Tally
+) -> tuple[list[EntityResult], Exception | None]:
     """`writer.write` of the batch, then, in the same worker-thread call (no trip back through the
     event loop between them), the job row's counters as the loop is about to count them (`count`):
     they follow the commits, so a runner killed outright leaves a row, reaped later, that says what it
