@@ -46,12 +46,13 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             authorize = extensions.get(AUTHORIZE)
             if callable(authorize):  # the credentials, as fresh as the moment of sending (runner/auth.py)
                 await authorize(request)
+            # called with the request sent: a copy (runner/auth.py's) is what the inner transport reads
             granted = extensions.get(GRANTED)
             if callable(granted):
-                granted()
+                granted(request)
             if not self._traced:
                 if await limiter.sending(grant) and callable(granted):
-                    granted()
+                    granted(request)
                 return await self._inner.handle_async_request(request)
 
             fresh = False  # this request opened a plain-HTTP connection: the server may count it late
@@ -67,7 +68,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                 elif event.endswith(".send_request_headers.started"):
                     again = await (limiter.sending_unseen(grant) if fresh else limiter.sending(grant, learn=True))
                     if again and callable(granted):
-                        granted()  # granted again (a shared limiter): restart the attempt's clock
+                        granted(request)  # granted again (a shared limiter): restart the attempt's clock
                 elif event.endswith(".receive_response_headers.complete"):
                     limiter.answered(grant)  # a no-op once stamped at the write
                 if previous is not None:
