@@ -37,13 +37,14 @@ import httpx
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from runner.aiowire import Connector, exchange
+from runner.aiowire import Connector, Request, exchange
 from runner.aiowire import request as request_
 
 _PREPARED_MAX = 256  # header sets kept in aiohttp's form (a source's requests carry a few; per-entity values more)
 _PREPARED_BYTES = 8192  # and only small ones: a set with an entity's long value is made per request (≤ ~6 MB kept)
 # Extension set (runner/client.py, at the grant) when the attempt's total deadline bounds its whole exchange
 BOUNDED = "syncrun.bounded"
+_SCHEMES = ("http", "https")
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
 
 
@@ -62,7 +63,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
         self._prepared: dict[object, CIMultiDictProxy[str]] = {}
-        self._origins: dict[str, yarl.URL] = {}
+        self._origins: dict[str, tuple[yarl.URL, bool | None]] = {}
 
     def _open(self) -> Connector:
         keepalive = self._limits.keepalive_expiry
@@ -81,20 +82,33 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # an attempt bounded as a whole needs no per-read timers (two handles, rescheduled per read)
         timeouts = {} if extensions.get(BOUNDED) else extensions.get("timeout", {})
         body = request.content if hasattr(request, "_content") else await request.aread()  # read: no await
-        url = self._url(request.url)
-        https = url.scheme == "https"
+        url, plain = self._url(request.url)
+        https = url.scheme == "https" if plain is None else plain
         self._tls = self._tls or https
         trace = extensions.get("trace")
+        ssl = self._tls_context() if https and self._verify else self._verify
         try:
-            sent = request_(
-                request.method,
-                url,
-                self._headers(request.headers),
-                body or None,
-                ssl=self._tls_context() if https and self._verify else self._verify,
-                server_hostname=extensions.get("sni_hostname"),
-                trace=trace,
-            )
+            if plain is None:  # the URL and its origin checked as ClientSession checked them
+                sent = request_(
+                    request.method,
+                    url,
+                    self._headers(request.headers),
+                    body or None,
+                    ssl=ssl,
+                    server_hostname=extensions.get("sni_hostname"),
+                    trace=trace,
+                )
+            else:  # an origin checked once
+                sent = Request(
+                    request.method,
+                    url,
+                    self._headers(request.headers),
+                    body or None,
+                    loop=connector._loop,
+                    ssl=ssl,
+                    server_hostname=extensions.get("sni_hostname"),
+                    trace=trace,
+                )
             response = await exchange(connector, sent, self._timeout(timeouts.get("connect"), timeouts.get("read")))
         except aiohttp.ClientError as exc:
             raise _wire(exc) from exc
@@ -102,28 +116,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise _unsendable(exc) from exc
         if trace is not None:
             await trace("http11.receive_response_headers.complete", {})
-        extensions_: dict[str, Any] = {"http_version": b"HTTP/1.1"}
-        if response.reason:
-            extensions_["reason_phrase"] = response.reason.encode("latin-1", "replace")
-        return httpx.Response(
-            status_code=response.status,
-            headers=_response_headers(response.raw_headers),
-            stream=_Body(response),
-            request=request,
-            extensions=extensions_,
-        )
+        return _response(response, request)
 
-    def _url(self, url: httpx.URL) -> yarl.URL:
+    def _url(self, url: httpx.URL) -> tuple[yarl.URL, bool | None]:
         """`yarl.URL(str(url), encoded=True)`: for a URL without query or fragment, its origin's yarl URL
-        (made once) with the path as httpx holds it, encoded; neither parses the text again (~3 us)."""
+        (made once) with the path as httpx holds it, encoded; neither parses the text again (~3 us).
+        Second: for such a URL whose origin aiowire.request would let through as it is (http or https, a
+        host, no credentials), whether it is https; else None (the URL is checked per request)."""
         ref = url._uri_reference
         if ref.query is not None or ref.fragment is not None or not _URL_PARTS:
-            return yarl.URL(str(url), encoded=True)
-        origin = self._origins.get(key := f"{ref.scheme}://{ref.authority}")
-        if origin is None:
+            return yarl.URL(str(url), encoded=True), None
+        known = self._origins.get(key := f"{ref.scheme}://{ref.authority}")
+        if known is None:
             self._origins = {} if len(self._origins) >= _PREPARED_MAX else self._origins
-            origin = self._origins[key] = yarl.URL(key, encoded=True)
-        return origin.with_path(ref.path, encoded=True)
+            origin = yarl.URL(key, encoded=True)
+            plain = (
+                origin.scheme in _SCHEMES and bool(origin.raw_host) and origin.raw_user is origin.raw_password is None
+            )
+            known = self._origins[key] = (origin, origin.scheme == "https" if plain else None)
+        return known[0].with_path(ref.path, encoded=True), known[1]
 
     def _headers(self, headers: httpx.Headers) -> CIMultiDictProxy[str]:
         """`_headers(headers)` as aiohttp's read-only multidict, once per distinct set (aiohttp copies it)."""
@@ -166,14 +177,53 @@ def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
     return [(name.lower().decode(encoding), value.decode(encoding)) for name, value in headers.raw]
 
 
-def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> httpx.Headers | tuple[tuple[bytes, bytes], ...]:
+def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> httpx.Headers:
     """httpx's Headers of aiohttp's raw pairs as httpx makes them, without normalising them again
-    (~10 us per response); the raw pairs when this httpx keeps its headers otherwise (checked at import)."""
+    (~10 us per response) when this httpx keeps its headers as checked at import."""
     if not _HEADERS_AS_LIST:
-        return raw
+        return httpx.Headers(raw)
     headers = httpx.Headers()
     headers._list = [(name, name.lower(), value) for name, value in raw]
     return headers
+
+
+class _Response(httpx.Response):
+    """httpx's Response for one of aiohttp's, its `headers` made from the raw pairs when first read: the
+    attempt reads the raw pairs (runner/body.py `head`), so most responses never need httpx's form."""
+
+    _headers: httpx.Headers | None
+    _raw: tuple[tuple[bytes, bytes], ...]
+
+    @property
+    def headers(self) -> httpx.Headers:
+        if self._headers is None:
+            self._headers = _response_headers(self._raw)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: httpx.Headers) -> None:
+        self._headers = value
+
+
+def _response(response: aiohttp.ClientResponse, request: httpx.Request) -> httpx.Response:
+    """`httpx.Response(status_code=…, stream=_Body(response), request=…, extensions=…)` with the
+    attributes its constructor sets for those, set directly (~3 us); tests/test_aiotransport.py compares
+    them with the constructor's, and fails when an httpx upgrade sets others."""
+    made = _Response.__new__(_Response)
+    made.status_code = response.status
+    made._headers, made._raw = None, response.raw_headers
+    made._request = request
+    made.next_request = None
+    extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+    if response.reason:
+        extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+    made.extensions = extensions
+    made.history = []
+    made.is_closed = made.is_stream_consumed = False
+    made.default_encoding = "utf-8"
+    made.stream = _Body(response)
+    made._num_bytes_downloaded = 0
+    return made
 
 
 _SAMPLE = ((b"Content-Type", b"application/json"), (b"X-A", b"caf\xc3\xa9 "), (b"x-a", b""))

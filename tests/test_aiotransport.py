@@ -13,7 +13,7 @@ import pytest
 import yarl
 
 from runner import body
-from runner.aiotransport import _PREPARED_BYTES, _PREPARED_MAX, AiohttpTransport
+from runner.aiotransport import _PREPARED_BYTES, _PREPARED_MAX, AiohttpTransport, _response
 
 LIMITS = httpx.Limits(max_connections=2, max_keepalive_connections=2)
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
@@ -124,7 +124,7 @@ def test_urls_go_to_aiohttp_as_httpx_holds_them(url: str) -> None:
     transport = AiohttpTransport(limits=LIMITS)
     parsed = httpx.URL(url)
     for _ in range(2):
-        fast, slow = transport._url(parsed), yarl.URL(str(parsed), encoded=True)
+        (fast, _), slow = transport._url(parsed), yarl.URL(str(parsed), encoded=True)
         assert fast == slow
         assert (str(fast), fast.raw_path_qs, fast.raw_host, fast.port) == (
             str(slow),
@@ -132,3 +132,49 @@ def test_urls_go_to_aiohttp_as_httpx_holds_them(url: str) -> None:
             slow.raw_host,
             slow.port,
         )
+
+
+def test_a_response_is_httpxs() -> None:
+    """`_response` sets the attributes httpx.Response's constructor sets for a streamed response, to the
+    same values, and its headers (made when first read) are the ones httpx makes of the raw pairs."""
+    raw = ((b"Content-Type", b"application/json"), (b"X-Rep", b"1"), (b"x-rep", "caf\u00e9".encode()))
+
+    class Answer:  # what _response reads of aiohttp's ClientResponse
+        status, reason, raw_headers = 203, "Fine", raw
+
+    request = httpx.Request("GET", "http://api.test/a")
+    ours = _response(Answer(), request)  # type: ignore[arg-type]
+    stock = httpx.Response(
+        203,
+        headers=raw,
+        stream=ours.stream,
+        request=request,
+        extensions={"http_version": b"HTTP/1.1", "reason_phrase": b"Fine"},
+    )
+    mine, theirs = dict(vars(ours)), dict(vars(stock))
+    assert mine.pop("_raw") == raw
+    assert mine.pop("_headers") is None  # not made until read
+    headers = theirs.pop("headers")
+    assert mine == theirs
+    assert ours.headers.raw == headers.raw
+    assert ours.headers.multi_items() == headers.multi_items()
+    assert ours.headers.encoding == headers.encoding
+    assert (ours.reason_phrase, ours.http_version, ours.request) == (stock.reason_phrase, stock.http_version, request)
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("http://api.test/a", False),
+        ("https://api.test:8443/a", True),
+        ("https://u:p@api.test/a", None),  # Basic auth from the URL: aiowire.request's path
+        ("http://:p@api.test/a", None),
+        ("ftp://api.test/a", None),  # refused there
+        ("http://api.test/a?q=1", None),  # parsed per request
+    ],
+)
+def test_only_a_plain_origin_skips_the_request_checks(url: str, plain: bool | None) -> None:
+    """`_url` says https or not only for an origin aiowire.request would pass as it is."""
+    transport = AiohttpTransport(limits=LIMITS)
+    for _ in range(2):
+        assert transport._url(httpx.URL(url))[1] is plain
