@@ -38,8 +38,11 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._stopping: asyncio.Future[Any] | None = None  # one waiter on `stop`, shared by all requests
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        limiter = self._limiter
-        grant = await self._reserve()
+        limiter, stop = self._limiter, self._stop
+        # the budget has room now: no coroutine, no wait (a request that must wait takes `_wait`)
+        grant = limiter.try_reserve() if stop is None or not stop.is_set() else None
+        if grant is None:
+            grant = await self._wait()
         extensions = request.extensions
         previous = extensions.get("trace")
         try:
@@ -83,13 +86,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             else:
                 extensions["trace"] = previous
 
-    async def _reserve(self) -> Grant:
+    async def _wait(self) -> Grant:
         stop = self._stop
-        if stop is None or not stop.is_set():
-            # the budget has room now: no task, no wait (a request that must wait takes the path below)
-            grant = self._limiter.try_reserve()
-            if grant is not None:
-                return grant
         if stop is None:
             return await self._limiter.reserve()
         if self._stopping is None or self._stopping.get_loop() is not asyncio.get_running_loop():
