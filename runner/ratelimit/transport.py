@@ -17,10 +17,10 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     """Wait for the bucket's budget before every request an `AsyncClient` sends, retries included, and
     stamp the grant when the request's bytes actually leave.
 
-    With httpx's own transport (httpcore), and with runner/aiotransport.py's (which forwards aiohttp's
-    trace hooks under httpcore's event names), the stamp comes from the `trace` extension at
-    `send_request_headers.started`: the connection is taken from the pool (and connected) by then, and
-    nothing awaits between that event and the socket write. Any other inner transport (MockTransport)
+    With httpx's own transport (httpcore), and with runner/aiotransport.py's (whose requests announce
+    their send under httpcore's event names: runner/aiowire.py), the stamp comes from the `trace`
+    extension at `send_request_headers.started`: the connection is taken from the pool (and connected)
+    by then, and nothing awaits between that event and the socket write. Any other inner transport (MockTransport)
     has no such event: the grant is stamped as it is handed over, and what that transport does before
     writing (connecting, its own pool) is not seen; see docs/rate-limits.md.
 
@@ -30,7 +30,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport, limiter: Limiter, *, stop: asyncio.Event | None = None) -> None:
         self._inner, self._limiter = inner, limiter
-        # httpcore's transport, and runner/aiotransport.py's, which forwards aiohttp's hooks under its names
+        # httpcore's transport, and runner/aiotransport.py's, which announces its sends under httpcore's names
         self._traced = isinstance(inner, httpx.AsyncHTTPTransport) or getattr(inner, "emits_trace", False)
         # Once the run is stopped, a request still waiting for its grant is not sent (`Stopped`): the
         # wait is not in-flight work, so the run ends at once instead of after the grace period.
