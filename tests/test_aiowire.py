@@ -305,3 +305,38 @@ def _taken(transport: AiohttpTransport) -> int:
     """Connections the pool counts as in use (a connection being opened included)."""
     connector = transport._connector
     return 0 if connector is None else len(connector._acquired)
+
+
+def test_a_request_the_server_dropped_is_not_sent_again() -> None:
+    """ClientSession sent an idempotent request again, on a new connection, when a kept-alive one was
+    closed under it: an attempt that spent no rate-limit budget (bench/faults.py fault 3). Here the
+    server reads the second request and closes the connection: that attempt fails, nothing is resent."""
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            if len(heads) > 1:
+                break  # read, never answered: the connection closes under the request
+            writer.write(ANSWER)
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        transport = AiohttpTransport(limits=httpx.Limits(max_connections=1))
+        try:
+            response = await transport.handle_async_request(httpx.Request("GET", origin + "/a"))
+            await response.aread()
+            with pytest.raises(httpx.RemoteProtocolError):
+                await transport.handle_async_request(httpx.Request("GET", origin + "/b"))
+        finally:
+            await transport.aclose()
+            server.close()
+
+    asyncio.run(main())
+    # a resend is read before the attempt fails: the server closes its connection only after reading it
+    assert [head.split(b" ")[1] for head in heads] == [b"/a", b"/b"]
