@@ -11,14 +11,12 @@ What this transport guarantees, and how:
   decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
 - No cookie jar, no redirects, no proxy from the environment; TLS verified with httpx's SSL context.
 - The rate limiter's send-time stamping works as with httpcore: the request's httpx `trace` extension
-  hears httpcore's event names. `send_request_headers.started` is awaited at the top of
-  `ClientRequest.send`, right before the head is serialised and written (nothing awaits between them
-  for a request without a body); a connection this request opened is announced first (`connect_tcp.
-  started`, `start_tls.started` for https). Not aiohttp's TraceConfig: ~40 us per request (fourth pass).
+  hears httpcore's event names, `send_request_headers.started` right before the head is written
+  (runner/aiowire.py's `Request.send`). Not aiohttp's TraceConfig: ~40 us per request (fourth pass).
 - An answer is the answer to its own request: a pooled connection that hears anything after its
-  answer was complete and before the next request began is closed, never reused (`_Handler`).
-- Every attempt goes through the rate limiter: aiohttp's own silent resend of an idempotent request
-  on a kept-alive connection the server had closed is switched off.
+  answer was complete and before the next request began is closed, never reused (aiowire's `Handler`).
+- Every attempt goes through the rate limiter: nothing is sent again below it (ClientSession's silent
+  resend on a kept-alive connection the server had closed is not used: aiowire sends each request once).
 - aiohttp's exceptions become httpx's: connection trouble is an `httpx.TransportError` (retryable),
   aiohttp's own timeouts an `httpx.TimeoutException`, a request head aiohttp refuses to write (a
   ValueError) an `httpx.LocalProtocolError`. Nothing else is caught: a cancellation (the attempt's
@@ -30,43 +28,29 @@ What this transport guarantees, and how:
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
-import itertools
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import httpx
 import yarl
-from aiohttp import hdrs
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
-# Bounds on a response's head: 64 KiB per line (a Link header with a long next-page URL must reach
-# runner/pagination.py, which names the problem; aiohttp's default is 8,190), 128 fields (aiohttp's
-# default), and MAX_HEAD bytes of head per request (interim 1xx heads included): counted as bytes arrive
-# while the head is incomplete, and once parsed as its lines' lengths, so a head over MAX_HEAD is refused
-# however the reads split it (to within its terminators' few hundred bytes): the first two alone let
-# 128 fields of 64 KiB through, ~12.5 MB per answer in flight (1.1 GB at concurrency 64; review11 O4).
-# A response over them is a protocol error: retried, then the entity's transient failure.
-_HEADER_LIMIT = 64 * 1024
-MAX_HEADERS = 128
-MAX_HEAD = 256 * 1024
-_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_SKIPPED = frozenset(istr(name) for name in _AUTO_HEADERS)  # as the session keeps them
-_SKIP = CIMultiDictProxy(CIMultiDict((name, None) for name in sorted(_SKIPPED)))  # aiohttp's per-request form
+from runner.aiowire import Connector, Request, exchange
+from runner.aiowire import request as request_
+
 _PREPARED_MAX = 256  # header sets kept in aiohttp's form (a source's requests carry a few; per-entity values more)
 _PREPARED_BYTES = 8192  # and only small ones: a set with an entity's long value is made per request (≤ ~6 MB kept)
 # Extension set (runner/client.py, at the grant) when the attempt's total deadline bounds its whole exchange
 BOUNDED = "syncrun.bounded"
+_SCHEMES = ("http", "https")
 _TLS_SHUTDOWN = 0.25  # seconds the loop is given to finish closing TLS connections (once, at the end)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """One aiohttp session (created on first use, inside the running loop) holding `limits.max_connections`."""
+    """aiohttp's connection pool (made on first use, inside the running loop) of `limits.max_connections`;
+    each request sent by runner/aiowire.py, not through a ClientSession."""
 
     emits_trace = True  # runner/ratelimit/transport.py: stamps grants at send_request_headers.started
 
@@ -75,94 +59,82 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._context: ssl.SSLContext | None = None
         self._limits = limits
-        self._session: aiohttp.ClientSession | None = None
+        self._connector: Connector | None = None
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         self._tls = False  # a TLS connection was used: its shutdown handshake needs the loop a little longer
         self._prepared: dict[object, CIMultiDictProxy[str]] = {}
-        self._origins: dict[str, yarl.URL] = {}
+        self._origins: dict[str, tuple[yarl.URL, bool | None]] = {}
 
-    def _open(self) -> aiohttp.ClientSession:
-        limit = self._limits.max_connections or 0
-        connector = _Connector(
-            limit=limit,
+    def _open(self) -> Connector:
+        keepalive = self._limits.keepalive_expiry
+        return Connector(
+            limit=self._limits.max_connections or 0,
             limit_per_host=0,
             ssl=self._verify,  # https requests bring their own context (_tls_context); False: no checks
-            keepalive_timeout=self._limits.keepalive_expiry if self._limits.keepalive_expiry is not None else 5.0,
+            keepalive_timeout=keepalive if keepalive is not None else 5.0,
         )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None),
-            request_class=_Request,
-            # The request goes out with exactly the headers httpx built: aiohttp would add its own
-            # Accept, Accept-Encoding and User-Agent when httpx's lack them, and Content-Type:
-            # application/octet-stream to a POST httpx gave none (an API may answer 415; review11 O1).
-            skip_auto_headers=_AUTO_HEADERS,
-            max_line_size=_HEADER_LIMIT,
-            max_field_size=_HEADER_LIMIT,
-            max_headers=MAX_HEADERS,
-        )
-        # aiohttp silently sends an idempotent request again when a kept-alive connection turns out
-        # closed: an attempt that spent no rate-limit budget (bench/faults.py fault 3 saw the windows
-        # overrun). No public switch; tests/test_faults.py fault 3 fails if this stops working.
-        session._retry_connection = False
-        return session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._session is None:
-            self._session = self._open()
+        connector = self._connector
+        if connector is None:
+            connector = self._connector = self._open()
+        extensions = request.extensions
         # an attempt bounded as a whole needs no per-read timers (two handles, rescheduled per read)
-        timeouts = {} if request.extensions.get(BOUNDED) else request.extensions.get("timeout", {})
+        timeouts = {} if extensions.get(BOUNDED) else extensions.get("timeout", {})
         body = request.content if hasattr(request, "_content") else await request.aread()  # read: no await
-        url = self._url(request.url)
-        https = url.scheme == "https"
+        url, plain = self._url(request.url)
+        https = url.scheme == "https" if plain is None else plain
         self._tls = self._tls or https
-        trace = request.extensions.get("trace")
-        token = _TRACE.set(trace)
-        try:  # not two generator context managers (~3 us per request)
-            response = await self._session._request(  # request()'s context manager: not needed
-                request.method,
-                url,
-                headers=self._headers(request.headers),
-                data=body or None,
-                allow_redirects=False,
-                compress=False,
-                timeout=self._timeout(timeouts.get("connect"), timeouts.get("read")),
-                server_hostname=request.extensions.get("sni_hostname"),
-                ssl=self._tls_context() if https and self._verify else self._verify,
-            )
+        trace = extensions.get("trace")
+        ssl = self._tls_context() if https and self._verify else self._verify
+        try:
+            if plain is None:  # the URL and its origin checked as ClientSession checked them
+                sent = request_(
+                    request.method,
+                    url,
+                    self._headers(request.headers),
+                    body or None,
+                    ssl=ssl,
+                    server_hostname=extensions.get("sni_hostname"),
+                    trace=trace,
+                )
+            else:  # an origin checked once
+                sent = Request(
+                    request.method,
+                    url,
+                    self._headers(request.headers),
+                    body or None,
+                    loop=connector._loop,
+                    ssl=ssl,
+                    server_hostname=extensions.get("sni_hostname"),
+                    trace=trace,
+                )
+            response = await exchange(connector, sent, self._timeout(timeouts.get("connect"), timeouts.get("read")))
         except aiohttp.ClientError as exc:
             raise _wire(exc) from exc
         except ValueError as exc:
             raise _unsendable(exc) from exc
-        finally:
-            _TRACE.reset(token)
         if trace is not None:
             await trace("http11.receive_response_headers.complete", {})
-        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
-        if response.reason:
-            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
-        return httpx.Response(
-            status_code=response.status,
-            headers=_response_headers(response.raw_headers),
-            stream=_Body(response),
-            request=request,
-            extensions=extensions,
-        )
+        return _response(response, request)
 
-    def _url(self, url: httpx.URL) -> yarl.URL:
+    def _url(self, url: httpx.URL) -> tuple[yarl.URL, bool | None]:
         """`yarl.URL(str(url), encoded=True)`: for a URL without query or fragment, its origin's yarl URL
-        (made once) with the path as httpx holds it, encoded; neither parses the text again (~3 us)."""
+        (made once) with the path as httpx holds it, encoded; neither parses the text again (~3 us).
+        Second: for such a URL whose origin aiowire.request would let through as it is (http or https, a
+        host, no credentials), whether it is https; else None (the URL is checked per request)."""
         ref = url._uri_reference
         if ref.query is not None or ref.fragment is not None or not _URL_PARTS:
-            return yarl.URL(str(url), encoded=True)
-        origin = self._origins.get(key := f"{ref.scheme}://{ref.authority}")
-        if origin is None:
+            return yarl.URL(str(url), encoded=True), None
+        known = self._origins.get(key := f"{ref.scheme}://{ref.authority}")
+        if known is None:
             self._origins = {} if len(self._origins) >= _PREPARED_MAX else self._origins
-            origin = self._origins[key] = yarl.URL(key, encoded=True)
-        return origin.with_path(ref.path, encoded=True)
+            origin = yarl.URL(key, encoded=True)
+            plain = (
+                origin.scheme in _SCHEMES and bool(origin.raw_host) and origin.raw_user is origin.raw_password is None
+            )
+            known = self._origins[key] = (origin, origin.scheme == "https" if plain else None)
+        return known[0].with_path(ref.path, encoded=True), known[1]
 
     def _headers(self, headers: httpx.Headers) -> CIMultiDictProxy[str]:
         """`_headers(headers)` as aiohttp's read-only multidict, once per distinct set (aiohttp copies it)."""
@@ -192,9 +164,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._context
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._connector is not None:
+            await self._connector.close()
+            self._connector = None
             if self._tls:  # aiohttp's advice: TLS connections closed by the server (Connection: close)
                 await asyncio.sleep(_TLS_SHUTDOWN)  # finish their shutdown after the session is gone
 
@@ -205,14 +177,53 @@ def _headers(headers: httpx.Headers) -> list[tuple[str, str]]:
     return [(name.lower().decode(encoding), value.decode(encoding)) for name, value in headers.raw]
 
 
-def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> httpx.Headers | tuple[tuple[bytes, bytes], ...]:
+def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> httpx.Headers:
     """httpx's Headers of aiohttp's raw pairs as httpx makes them, without normalising them again
-    (~10 us per response); the raw pairs when this httpx keeps its headers otherwise (checked at import)."""
+    (~10 us per response) when this httpx keeps its headers as checked at import."""
     if not _HEADERS_AS_LIST:
-        return raw
+        return httpx.Headers(raw)
     headers = httpx.Headers()
     headers._list = [(name, name.lower(), value) for name, value in raw]
     return headers
+
+
+class _Response(httpx.Response):
+    """httpx's Response for one of aiohttp's, its `headers` made from the raw pairs when first read: the
+    attempt reads the raw pairs (runner/body.py `head`), so most responses never need httpx's form."""
+
+    _headers: httpx.Headers | None
+    _raw: tuple[tuple[bytes, bytes], ...]
+
+    @property
+    def headers(self) -> httpx.Headers:
+        if self._headers is None:
+            self._headers = _response_headers(self._raw)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: httpx.Headers) -> None:
+        self._headers = value
+
+
+def _response(response: aiohttp.ClientResponse, request: httpx.Request) -> httpx.Response:
+    """`httpx.Response(status_code=…, stream=_Body(response), request=…, extensions=…)` with the
+    attributes its constructor sets for those, set directly (~3 us); tests/test_aiotransport.py compares
+    them with the constructor's, and fails when an httpx upgrade sets others."""
+    made = _Response.__new__(_Response)
+    made.status_code = response.status
+    made._headers, made._raw = None, response.raw_headers
+    made._request = request
+    made.next_request = None
+    extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+    if response.reason:
+        extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+    made.extensions = extensions
+    made.history = []
+    made.is_closed = made.is_stream_consumed = False
+    made.default_encoding = "utf-8"
+    made.stream = _Body(response)
+    made._num_bytes_downloaded = 0
+    return made
 
 
 _SAMPLE = ((b"Content-Type", b"application/json"), (b"X-A", b"caf\xc3\xa9 "), (b"x-a", b""))
@@ -287,113 +298,3 @@ def _unsendable(exc: ValueError) -> httpx.LocalProtocolError:
     the head's encoding lacks: ValueErrors) becomes httpx's LocalProtocolError, as h11 raised it: that
     request's failure (runner/client.py makes it definitive), never an exception callers do not expect."""
     return httpx.LocalProtocolError(f"the request cannot be sent: {exc}")
-
-
-# --- a pooled connection that hears anything while idle is closed, never reused --------------------------
-class _Handler(ResponseHandler):
-    """aiohttp's protocol for one connection, closing it when bytes arrive after its answer was complete
-    and before the next request began. aiohttp parsed and buffered them, and the next request on the
-    connection took them as its answer: every later entity got its predecessor's (review11 F9; a 408
-    an idle connection hears, a response written twice). httpcore refused a connection readable while
-    idle; this closes it as soon as the bytes come, so the connector finds it closed and opens another.
-
-    It also counts the bytes of a head still incomplete, against MAX_HEAD (see there).
-
-    Relies on ResponseHandler's `set_response_params` (once per request, before it is sent), `feed_data`
-    (each parsed head with its payload), `data_received`, and the connector's `_factory` (aiohttp 3.0+);
-    tests/test_client.py::test_bytes_an_idle_connection_hears_never_answer_a_request and
-    ::test_a_head_over_the_total_bound_is_a_transient_protocol_error fail if this stops working."""
-
-    carried = False  # a request was sent on this connection (`_Request.send`: else it opened it)
-    _answered = False  # the current request's final answer is complete: any byte now is unsolicited
-    _head = 0  # bytes received for the current request, while its final answer's head is incomplete
-    _parsed = 0  # bytes of the heads parsed for the current request (their lines, terminators included)
-    _in_head = False
-
-    def set_response_params(self, *args: Any, **kwargs: Any) -> None:
-        self._answered, self._head, self._parsed, self._in_head = False, 0, 0, True
-        super().set_response_params(*args, **kwargs)
-
-    def feed_data(self, data: Any, *args: Any) -> None:
-        message, payload = data
-        # a head that ended inside the read which took the count past MAX_HEAD is measured here, so the
-        # bound does not depend on how the kernel split the bytes (a flaky pass between 256 and 512 KiB)
-        raw = message.raw_headers
-        self._parsed += sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw) + 17
-        if self._parsed > MAX_HEAD and not self._answered:
-            self._too_big()
-            return
-        if self._answered:  # another response after the answer, in the same read: aiohttp closes it too
-            self.force_close()
-        elif not 100 <= message.code < 200 or message.code == 101:  # 1xx is not the answer, 101 is final
-            self._in_head = False
-            payload.on_eof(self._answer_complete)  # called at once for a payload already complete
-        super().feed_data(data, *args)
-
-    def _answer_complete(self) -> None:
-        self._answered = True
-
-    def data_received(self, data: bytes) -> None:
-        if self._answered and data:
-            self.force_close()
-            self.close()  # the connector finds it not connected: closed, never handed to a request
-            return
-        super().data_received(data)
-        if self._in_head:  # no final head parsed yet, so every byte so far was head: MAX_HEAD + one read
-            self._head += len(data)
-            if self._head > MAX_HEAD:
-                self._too_big()
-
-    def _too_big(self) -> None:
-        self._in_head = False
-        if self.transport is not None:
-            self.transport.close()  # as aiohttp does on a parse error
-        self.set_exception(HttpProcessingError(message=f"the response head is over {MAX_HEAD:,} bytes"))
-
-
-class _Connector(aiohttp.TCPConnector):
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        factory = functools.partial(_Handler, loop=self._loop)
-        self._factory = cast("functools.partial[ResponseHandler]", factory)  # aiohttp's protocol factory
-
-
-# --- the request's httpx `trace` extension, heard where httpcore would send its events ----------------
-_TRACE: contextvars.ContextVar[Any] = contextvars.ContextVar("syncrun_trace", default=None)
-
-
-class _Request(aiohttp.ClientRequest):
-    """aiohttp's request, announcing its send to the httpx request's `trace` (set in `_TRACE` by
-    `handle_async_request`, in the same task). `send` is called with the connection taken from the
-    pool (and connected): a connection no request used before is this request's own set-up."""
-
-    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
-        protocol = conn.protocol
-        opened = False
-        if isinstance(protocol, _Handler) and not protocol.carried:  # our connector makes only these
-            protocol.carried = opened = True
-        trace = _TRACE.get()
-        if trace is not None:
-            if opened:
-                await trace("connection.connect_tcp.started", {})
-                if self.url.scheme == "https":  # the server takes part in the handshake
-                    await trace("connection.start_tls.started", {})
-            await trace("http11.send_request_headers.started", {})
-        # nothing awaits from here until the request line and headers are written (see the docstring)
-        return await super().send(conn)
-
-    # aiohttp's per-request copies (~10 us) for options the same on every request of ours, skipped: its
-    # internals; tests/test_aiotransport.py compares the heads with its own ClientRequest's
-    def update_headers(self, headers: Any) -> None:
-        """Taken as they come: `ClientSession._request`'s own new merged copy, with httpx's Host."""
-        if type(headers) is CIMultiDict and hdrs.HOST in headers:
-            self.headers = headers
-        else:
-            super().update_headers(headers)
-
-    def update_auto_headers(self, skip_auto_headers: Any) -> None:
-        """Every automatic header skipped: nothing to add, the skipped names already in aiohttp's form."""
-        if skip_auto_headers == _SKIPPED:
-            self._skip_auto_headers = cast("CIMultiDict[None]", _SKIP)  # read-only: only looked up
-        else:
-            super().update_auto_headers(skip_auto_headers)

@@ -183,7 +183,7 @@ async def _attempt(
     limiter: Limiter,
     url: str,
 ) -> Reply:
-    deadline = _Deadline(request, timeout)
+    deadline = _Deadline(timeout)
     request.extensions[GRANTED] = deadline.granted  # the clock starts once the rate limit lets it go
     try:
         response = await _exchange(client, request)
@@ -224,30 +224,31 @@ async def _attempt(
 
 
 class _Deadline:
-    """An attempt's total timeout, from its grant (`granted`, called by the rate limiter's transport when
-    the budget lets the request go, and again when a shared limiter grants it again) to the end of its
+    """An attempt's total timeout, from its grant (`granted`, called by the rate limiter's transport with
+    the request it sends when the budget lets it go, and again when a shared limiter grants it again:
+    runner/auth.py sends a copy, which is the one the inner transport reads `BOUNDED` from) to the end of its
     body: the attempt's task is cancelled when it runs out, and `expired` tells that cancellation from
     any other. What `asyncio.timeout` did here (its context manager, state machine and a timer made,
     then rescheduled at the grant) cost ~4 us per attempt; this makes one timer, at the grant."""
 
-    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_request", "_task", "_timeout", "started")
+    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_task", "_timeout", "started")
 
-    def __init__(self, request: httpx.Request, timeout: float) -> None:
+    def __init__(self, timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         self._task, self._cancelling = task, task.cancelling()
-        self._request, self._timeout = request, timeout
+        self._timeout = timeout
         self._handle: asyncio.TimerHandle | None = None
         self._fired = False
         self.started = time.monotonic()
 
-    def granted(self) -> None:
+    def granted(self, sending: httpx.Request) -> None:
         self.started = time.monotonic()
         if self._handle is not None:
             self._handle.cancel()
         self._handle = self._loop.call_at(self._loop.time() + self._timeout, self._expire)
-        self._request.extensions[BOUNDED] = True  # aiohttp's per-read timers are not needed under it
+        sending.extensions[BOUNDED] = True  # aiohttp's per-read timers are not needed under it
 
     def _expire(self) -> None:
         self._fired = True

@@ -1,6 +1,6 @@
-"""runner/aiotransport.py's shortcuts through aiohttp's per-request work, checked against aiohttp itself:
-the bytes a request puts on the wire are those aiohttp's own ClientRequest writes for the same options,
-and a response's head reads as httpx reads it. These fail when an aiohttp (or httpx) upgrade changes
+"""runner/aiotransport.py's shortcuts between httpx's objects and aiohttp's, checked against the libraries
+themselves: a response's head reads as httpx reads it, URLs go over as httpx holds them, prepared header
+sets stay bounded (the bytes on the wire: tests/test_aiowire.py). These fail when an aiohttp (or httpx) upgrade changes
 what the shortcuts stand in for."""
 
 from __future__ import annotations
@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import httpx
 import pytest
 import yarl
 
 from runner import body
-from runner.aiotransport import _AUTO_HEADERS, _PREPARED_BYTES, _PREPARED_MAX, AiohttpTransport, _headers
+from runner.aiotransport import _PREPARED_BYTES, _PREPARED_MAX, AiohttpTransport, _response
 
 LIMITS = httpx.Limits(max_connections=2, max_keepalive_connections=2)
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
@@ -48,61 +47,6 @@ async def _heads(answer: bytes, *exchanges: Callable[[str], Awaitable[None]]) ->
     finally:
         server.close()
     return heads
-
-
-REQUESTS = [
-    ("GET", {}),
-    ("GET", {"headers": [("X-Two", "1"), ("x-two", "2"), ("Authorization", "Bearer t")]}),
-    ("GET", {"headers": {"Host": "other.test:8080", "User-Agent": "syncrun-test", "Accept": "text/csv"}}),
-    ("GET", {"headers": [("X-A", "1"), ("Host", "other.test")]}),
-    ("GET", {"headers": [("HOST", "one.test"), ("X-A", "1"), ("host", "two.test")]}),
-    ("POST", {}),
-    ("POST", {"content": b'{"a": 1}', "headers": {"Content-Type": "application/json"}}),
-    ("PUT", {"content": b"raw"}),
-    ("DELETE", {}),
-]
-
-
-@pytest.mark.parametrize(("method", "options"), REQUESTS)
-def test_the_fast_request_heads_are_aiohttps(method: str, options: dict[str, object]) -> None:
-    """`_Request.update_headers` / `update_auto_headers` and the prepared header sets skip aiohttp's
-    per-request copies; what goes on the wire is what aiohttp's own request writes for the options
-    the transport used to pass (headers as httpx lists them, every automatic header skipped)."""
-
-    async def ours(url: str) -> None:
-        transport = AiohttpTransport(limits=LIMITS)
-        try:
-            for _ in range(2):  # the second from the prepared header set
-                request = httpx.Request(method, url, **options)  # type: ignore[arg-type]
-                response = await transport.handle_async_request(request)
-                await response.aread()
-        finally:
-            await transport.aclose()
-
-    async def aiohttps(url: str) -> None:
-        session = aiohttp.ClientSession(
-            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, skip_auto_headers=_AUTO_HEADERS
-        )
-        try:
-            for _ in range(2):
-                request = httpx.Request(method, url, **options)  # type: ignore[arg-type]
-                content = request.read()
-                async with session.request(
-                    method,
-                    yarl.URL(str(request.url), encoded=True),
-                    headers=_headers(request.headers),
-                    data=content or None,
-                    allow_redirects=False,
-                    compress=False,
-                ) as response:
-                    await response.read()
-        finally:
-            await session.close()
-
-    fast, stock = asyncio.run(_heads(ANSWER, ours, aiohttps))
-    assert len(fast) == 2
-    assert fast == stock
-    assert fast[0].split(b" ")[1] == b"/a/%2E%2E/b%3Fc?q=1&r=%23"  # the path as encoded, never resolved
 
 
 def test_a_response_head_reads_as_httpx_reads_it() -> None:
@@ -180,7 +124,7 @@ def test_urls_go_to_aiohttp_as_httpx_holds_them(url: str) -> None:
     transport = AiohttpTransport(limits=LIMITS)
     parsed = httpx.URL(url)
     for _ in range(2):
-        fast, slow = transport._url(parsed), yarl.URL(str(parsed), encoded=True)
+        (fast, _), slow = transport._url(parsed), yarl.URL(str(parsed), encoded=True)
         assert fast == slow
         assert (str(fast), fast.raw_path_qs, fast.raw_host, fast.port) == (
             str(slow),
@@ -188,3 +132,49 @@ def test_urls_go_to_aiohttp_as_httpx_holds_them(url: str) -> None:
             slow.raw_host,
             slow.port,
         )
+
+
+def test_a_response_is_httpxs() -> None:
+    """`_response` sets the attributes httpx.Response's constructor sets for a streamed response, to the
+    same values, and its headers (made when first read) are the ones httpx makes of the raw pairs."""
+    raw = ((b"Content-Type", b"application/json"), (b"X-Rep", b"1"), (b"x-rep", "caf\u00e9".encode()))
+
+    class Answer:  # what _response reads of aiohttp's ClientResponse
+        status, reason, raw_headers = 203, "Fine", raw
+
+    request = httpx.Request("GET", "http://api.test/a")
+    ours = _response(Answer(), request)  # type: ignore[arg-type]
+    stock = httpx.Response(
+        203,
+        headers=raw,
+        stream=ours.stream,
+        request=request,
+        extensions={"http_version": b"HTTP/1.1", "reason_phrase": b"Fine"},
+    )
+    mine, theirs = dict(vars(ours)), dict(vars(stock))
+    assert mine.pop("_raw") == raw
+    assert mine.pop("_headers") is None  # not made until read
+    headers = theirs.pop("headers")
+    assert mine == theirs
+    assert ours.headers.raw == headers.raw
+    assert ours.headers.multi_items() == headers.multi_items()
+    assert ours.headers.encoding == headers.encoding
+    assert (ours.reason_phrase, ours.http_version, ours.request) == (stock.reason_phrase, stock.http_version, request)
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("http://api.test/a", False),
+        ("https://api.test:8443/a", True),
+        ("https://u:p@api.test/a", None),  # Basic auth from the URL: aiowire.request's path
+        ("http://:p@api.test/a", None),
+        ("ftp://api.test/a", None),  # refused there
+        ("http://api.test/a?q=1", None),  # parsed per request
+    ],
+)
+def test_only_a_plain_origin_skips_the_request_checks(url: str, plain: bool | None) -> None:
+    """`_url` says https or not only for an origin aiowire.request would pass as it is."""
+    transport = AiohttpTransport(limits=LIMITS)
+    for _ in range(2):
+        assert transport._url(httpx.URL(url))[1] is plain

@@ -53,6 +53,7 @@ FORBIDDEN: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "fetch",
             "client",
             "aiotransport",
+            "aiowire",
             "plans",
             "pagination",
             "pagestyles",

@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+import httpx
 import pytest
 
-from runner import cli, client, config, fetch, templating
-from runner.auth import for_source
+from runner import auth, cli, client, config, fetch, spec, templating
+from runner.aiotransport import BOUNDED, AiohttpTransport
+from runner.auth import Authenticator, for_source
 from runner.ratelimit import Limiter
 from runner.redaction import Redactor
 from tests.apiserver import ApiServer, Recorded, Reply
@@ -651,3 +653,51 @@ def test_an_old_token_echoed_many_renewals_later_never_reaches_any_output(
     files = [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
     leaked = planted_leaks([result.stdout, result.stderr, *stored, *files], [*server.issued, CLIENT_SECRET])
     assert not leaked, "\n".join(leaked)
+
+
+def test_an_authenticated_attempt_is_bounded_as_a_whole(tmp_path: Path) -> None:
+    """Review revB F3: AuthTransport sends a copy of the request, made before the grant marked the
+    attempt as bounded by its total deadline; the copy reached aiohttp without the mark, so every request
+    of a source with `auth:` still set aiohttp's per-read timers. The mark is on the request sent."""
+    seen: list[object] = []
+
+    class Recording(AiohttpTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request.extensions.get(BOUNDED))
+            return await super().handle_async_request(request)
+
+    async def main(origin: str) -> None:
+        request = spec.Request(url=spec.Template(origin, (spec.Literal(origin),)))
+        bearer = spec.Auth(type=spec.AuthType.BEARER, token=spec.Template(TOKEN, (spec.Literal(TOKEN),)))
+        settings = templating.Settings({}, Redactor())
+        authenticator = Authenticator(bearer, auth.origin(httpx.URL(origin)), settings, timeout=5)
+        limiter = Limiter(spec.RateLimit(requests=100, per=1.0, bucket="bounded"))
+        limits = httpx.Limits(max_connections=1)
+        built = client.build(
+            request, limiter, transport=Recording(limits=limits), max_connections=1, authenticator=authenticator
+        )
+        try:
+            reply = await client.send(
+                built, built.build_request("GET", origin + "/a"), spec.Retry(attempts=1),
+                max_body=1000, timeout=5, limiter=limiter, redact=str,
+            )  # fmt: skip
+        finally:
+            await built.aclose()
+        assert reply.status == 200
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert f"authorization: bearer {TOKEN}".lower().encode() in head.lower()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        try:
+            await main(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        finally:
+            server.close()
+
+    asyncio.run(run())
+    assert seen == [True]

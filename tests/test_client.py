@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from runner import client, spec
-from runner.aiotransport import MAX_HEAD, MAX_HEADERS, _headers
+from runner.aiotransport import _headers
+from runner.aiowire import MAX_HEAD, MAX_HEADERS
 from runner.errors import FetchError, RunFailed, Transient
 from runner.ratelimit import Limiter
 from tests.apiserver import ApiServer, FakeClock, Reply

@@ -17,10 +17,10 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
     """Wait for the bucket's budget before every request an `AsyncClient` sends, retries included, and
     stamp the grant when the request's bytes actually leave.
 
-    With httpx's own transport (httpcore), and with runner/aiotransport.py's (which forwards aiohttp's
-    trace hooks under httpcore's event names), the stamp comes from the `trace` extension at
-    `send_request_headers.started`: the connection is taken from the pool (and connected) by then, and
-    nothing awaits between that event and the socket write. Any other inner transport (MockTransport)
+    With httpx's own transport (httpcore), and with runner/aiotransport.py's (whose requests announce
+    their send under httpcore's event names: runner/aiowire.py), the stamp comes from the `trace`
+    extension at `send_request_headers.started`: the connection is taken from the pool (and connected)
+    by then, and nothing awaits between that event and the socket write. Any other inner transport (MockTransport)
     has no such event: the grant is stamped as it is handed over, and what that transport does before
     writing (connecting, its own pool) is not seen; see docs/rate-limits.md.
 
@@ -30,7 +30,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport, limiter: Limiter, *, stop: asyncio.Event | None = None) -> None:
         self._inner, self._limiter = inner, limiter
-        # httpcore's transport, and runner/aiotransport.py's, which forwards aiohttp's hooks under its names
+        # httpcore's transport, and runner/aiotransport.py's, which announces its sends under httpcore's names
         self._traced = isinstance(inner, httpx.AsyncHTTPTransport) or getattr(inner, "emits_trace", False)
         # Once the run is stopped, a request still waiting for its grant is not sent (`Stopped`): the
         # wait is not in-flight work, so the run ends at once instead of after the grace period.
@@ -38,20 +38,24 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         self._stopping: asyncio.Future[Any] | None = None  # one waiter on `stop`, shared by all requests
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        limiter = self._limiter
-        grant = await self._reserve()
+        limiter, stop = self._limiter, self._stop
+        # the budget has room now: no coroutine, no wait (a request that must wait takes `_wait`)
+        grant = limiter.try_reserve() if stop is None or not stop.is_set() else None
+        if grant is None:
+            grant = await self._wait()
         extensions = request.extensions
         previous = extensions.get("trace")
         try:
             authorize = extensions.get(AUTHORIZE)
             if callable(authorize):  # the credentials, as fresh as the moment of sending (runner/auth.py)
                 await authorize(request)
+            # called with the request sent: a copy (runner/auth.py's) is what the inner transport reads
             granted = extensions.get(GRANTED)
             if callable(granted):
-                granted()
+                granted(request)
             if not self._traced:
                 if await limiter.sending(grant) and callable(granted):
-                    granted()
+                    granted(request)
                 return await self._inner.handle_async_request(request)
 
             fresh = False  # this request opened a plain-HTTP connection: the server may count it late
@@ -67,7 +71,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
                 elif event.endswith(".send_request_headers.started"):
                     again = await (limiter.sending_unseen(grant) if fresh else limiter.sending(grant, learn=True))
                     if again and callable(granted):
-                        granted()  # granted again (a shared limiter): restart the attempt's clock
+                        granted(request)  # granted again (a shared limiter): restart the attempt's clock
                 elif event.endswith(".receive_response_headers.complete"):
                     limiter.answered(grant)  # a no-op once stamped at the write
                 if previous is not None:
@@ -82,13 +86,8 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             else:
                 extensions["trace"] = previous
 
-    async def _reserve(self) -> Grant:
+    async def _wait(self) -> Grant:
         stop = self._stop
-        if stop is None or not stop.is_set():
-            # the budget has room now: no task, no wait (a request that must wait takes the path below)
-            grant = self._limiter.try_reserve()
-            if grant is not None:
-                return grant
         if stop is None:
             return await self._limiter.reserve()
         if self._stopping is None or self._stopping.get_loop() is not asyncio.get_running_loop():
