@@ -27,11 +27,13 @@ gc.disable()
 try:
     from runner import logs, migrations
     from runner.commands import demo, init, migrate, new, options, run, status, validate, workflow
+    from runner.engine import pipeline
     from runner.errors import ConfigError, SyncrunError
 finally:
     gc.freeze()
     if _collecting:
         gc.enable()
+pipeline.start_up_frozen()
 
 EXIT_INTERNAL = 70
 COMMANDS = ("validate", "migrate", "run", "demo", "test-read", "status", "workflow", "new", "init")
