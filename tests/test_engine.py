@@ -146,6 +146,26 @@ def test_a_run_with_no_work_completes_with_zeros(env: Database, tmp_path: Path) 
     assert env.rows("select status, items_processed from sync_jobs") == [("completed", 0)]
 
 
+def test_a_job_row_that_cannot_be_inserted_leaves_no_claim_and_sends_nothing(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """The first chunk is claimed while the job row is inserted (runner/engine/pipeline.py
+    `_claims_early`). When the insert fails, the run fails before any request, and the claim, which
+    ran beside it, is released with the rest once it is over: nothing is left claimed."""
+    source = write_source(tmp_path)
+    seed(env, source)
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'no jobs today'; end $$;"
+        " create trigger refuse before insert on sync_jobs for each row execute function refuse();"
+    )
+    assert run(str(source)) != 0  # 70 today: the insert's psycopg error is not mapped to a run failure (exit 1)
+    assert not api.requests
+    assert env.scalar("select count(*) from sync_jobs") == 0
+    assert env.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
+
+
 def test_transient_failures_then_success(env: Database, api: ApiServer, tmp_path: Path) -> None:
     """503, 503, 503, 200 succeeds after backoff; a 404 is a skip after one request."""
     source = write_source(tmp_path)
