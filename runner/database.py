@@ -278,22 +278,24 @@ class Ahead:
 
     def __init__(self, open_: Callable[[], psycopg.Connection], count: int) -> None:
         self._open = open_
-        self._ready: deque[Future[psycopg.Connection]] = deque(self._start() for _ in range(count))
+        self._ready: deque[Future[psycopg.Connection]] = deque(Future() for _ in range(count))
+        # One thread started from here, which starts one per connection: the caller waits for one
+        # thread to start (Thread.start waits until it runs, and then for the GIL back), not for each.
+        if count:
+            _daemon(self._start, list(self._ready))
 
-    def _start(self) -> Future[psycopg.Connection]:
-        opening: Future[psycopg.Connection] = Future()
+    def _start(self, openings: list[Future[psycopg.Connection]]) -> None:
+        for opening in openings:
+            _daemon(self._open_one, opening)
 
-        def open_one() -> None:
-            opening.set_running_or_notify_cancel()
-            try:
-                conn = self._open()
-            except BaseException as error:  # raised again where the connection is taken
-                opening.set_exception(error)
-            else:
-                opening.set_result(conn)
-
-        threading.Thread(target=open_one, name="syncrun-connect", daemon=True).start()
-        return opening
+    def _open_one(self, opening: Future[psycopg.Connection]) -> None:
+        opening.set_running_or_notify_cancel()
+        try:
+            conn = self._open()
+        except BaseException as error:  # raised again where the connection is taken
+            opening.set_exception(error)
+        else:
+            opening.set_result(conn)
 
     def connect(self) -> psycopg.Connection:
         try:
@@ -311,6 +313,10 @@ class Ahead:
     def close(self) -> None:
         while self._ready:
             self._ready.popleft().add_done_callback(_close_unused)
+
+
+def _daemon(target: Callable[..., None], *args: Any) -> None:
+    threading.Thread(target=target, args=args, name="syncrun-connect", daemon=True).start()
 
 
 def _close_unused(opening: Future[psycopg.Connection]) -> None:
