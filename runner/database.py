@@ -15,7 +15,6 @@ we fail with its redacted form instead of silently writing somewhere else.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import logging
 import os
@@ -274,12 +273,27 @@ class Ahead:
     them waits for the run to read its source files first. `connect` hands them out in order,
     raising a failed one's error as the connect itself would have; once they are all taken it opens
     new ones as `open_` does. `close` closes those never asked for, also any still being opened.
-    Nothing waits for the threads (`beside`): a run that ends early (a bad source file) never waits
-    for a connect to an unreachable host to time out."""
+    The threads are daemons: a run that ends early (a bad source file) never waits for a connect
+    to an unreachable host to time out."""
 
     def __init__(self, open_: Callable[[], psycopg.Connection], count: int) -> None:
         self._open = open_
-        self._ready: deque[Future[psycopg.Connection]] = deque(beside(open_) for _ in range(count))
+        self._ready: deque[Future[psycopg.Connection]] = deque(self._start() for _ in range(count))
+
+    def _start(self) -> Future[psycopg.Connection]:
+        opening: Future[psycopg.Connection] = Future()
+
+        def open_one() -> None:
+            opening.set_running_or_notify_cancel()
+            try:
+                conn = self._open()
+            except BaseException as error:  # raised again where the connection is taken
+                opening.set_exception(error)
+            else:
+                opening.set_result(conn)
+
+        threading.Thread(target=open_one, name="syncrun-connect", daemon=True).start()
+        return opening
 
     def connect(self) -> psycopg.Connection:
         try:
@@ -297,26 +311,6 @@ class Ahead:
     def close(self) -> None:
         while self._ready:
             self._ready.popleft().add_done_callback(_close_unused)
-
-
-def beside(function: Callable[..., T], *args: Any) -> Future[T]:
-    """`function(*args)` in a thread of its own, its result (or error, raised where it is taken) in the
-    future returned. The thread is started without waiting for it to run (`Thread.start` waits, and
-    then for the GIL back: 1-10 ms of a run's start under load for three connections) and nothing
-    waits for it at exit (a connect to a silent server never holds the process, as with a daemon)."""
-    done: Future[T] = Future()
-
-    def run() -> None:
-        done.set_running_or_notify_cancel()
-        try:
-            result = function(*args)
-        except BaseException as error:
-            done.set_exception(error)
-        else:
-            done.set_result(result)
-
-    _thread.start_new_thread(run, ())
-    return done
 
 
 def _close_unused(opening: Future[psycopg.Connection]) -> None:
