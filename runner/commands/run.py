@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -92,7 +95,8 @@ def _handle(args: argparse.Namespace, environ: Mapping[str, str], early: databas
         options = replace(options, metadata={**options.metadata, "overrides": shown})
     observers = progress.observers(sources, options, environ)  # the step summary is written by one of them
     try:
-        reports = asyncio.run(_execute(sources, options, settings, dsn, _playback(args), observers, early))
+        with _interruptible():
+            reports = asyncio.run(_execute(sources, options, settings, dsn, _playback(args), observers, early))
     finally:
         progress.stop()
     for report in reports:
@@ -102,6 +106,30 @@ def _handle(args: argparse.Namespace, environ: Mapping[str, str], early: databas
             _print_traces(report, next(s for s in sources if s.name == report.source), settings.redact)
         _summarise(report)
     return max(_exit_code(report) for report in reports)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt (exit 130) wherever the run's start-up waits (review revA F5).
+    asyncio.run's own SIGINT handler only cancels the main task, which a call blocking the event loop
+    does not see: the first connect to a silent server held Ctrl-C for the 10 s connect timeout (and
+    then exited 1), a check's query waiting on a lock held it for good. No job row exists until the
+    engine runs, and the engine puts its graceful stop in place first (runner/engine/pipeline.py).
+    A process that set SIGINT's handler itself (or ignores SIGINT) keeps it."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # as Python's own handler: not that object, which asyncio.run replaces
 
 
 def _options(

@@ -20,17 +20,26 @@ from runner.expressions import JSON
 
 log = logging.getLogger("syncrun")
 
+Chunk = list[dict[str, JSON]] | None  # a claimed chunk of entities; None: the selection is exhausted
 _CLAIM_WAIT = 10.0  # seconds a cut producer waits for its running claim statement (then the lease frees it)
+# _STAGGER: the first chunk's groups are handed over one event-loop pass apart. Handed over at once,
+# every fetcher built and started its request (~0.3 ms each) before the loop saw the first connection
+# open, so the run's first request went out after all of them; now the first connection's steps
+# take turns with the later fetchers' starts. Later chunks go at once (a pass per entity costs).
 
 
-async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
+async def produce(
+    state: Run, chunks: Iterator[list[dict[str, JSON]]], claimed: asyncio.Future[Chunk] | None = None
+) -> None:
     """Feed the fetchers groups of entities: one each, or `request.batch.size` for batched requests
-    (grouped here, in selection order, so batches are full and deterministic)."""
+    (grouped here, in selection order, so batches are full and deterministic). `claimed`: the first
+    chunk's claim, already started (`claim`)."""
     size = state.source.request.batch.size if state.source.request.batch else 1
     group: list[dict[str, JSON]] = []
+    first = True
     while not state.stop.is_set():
         try:
-            chunk = await _next(chunks)
+            chunk = await (claimed if first and claimed is not None else _next(chunks))
         except (DatabaseError, psycopg.Error) as error:
             state.halt("failed", f"selecting entities: {error}")
             break
@@ -42,6 +51,9 @@ async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
             if len(group) == size:
                 await hand_over(state, group)
                 group = []
+                if first:  # one pass apart (_STAGGER above)
+                    await asyncio.sleep(0)
+        first = False
     if group:
         await hand_over(state, group)
     # Not in a `finally`: a producer cut by the grace period (or a bug) must not then wait on a full
@@ -51,7 +63,20 @@ async def produce(state: Run, chunks: Iterator[list[dict[str, JSON]]]) -> None:
         await state.entities.put(DONE)
 
 
-async def _next(chunks: Iterator[list[dict[str, JSON]]]) -> list[dict[str, JSON]] | None:
+def claim(chunks: Iterator[list[dict[str, JSON]]]) -> asyncio.Future[Chunk]:
+    """The next chunk's selection and claim, started now (`settle` it if `produce` never takes it)."""
+    return asyncio.ensure_future(_next(chunks))
+
+
+async def settle(claimed: asyncio.Future[Chunk]) -> None:
+    """Let a claim started by `claim` end, taken or not: its statement runs on the select connection,
+    and the run releases its claims only after it (what it claimed is released with them)."""
+    await asyncio.wait({claimed})
+    if not claimed.cancelled():
+        claimed.exception()  # read: `produce` reported it, or the run ended before it could
+
+
+async def _next(chunks: Iterator[list[dict[str, JSON]]]) -> Chunk:
     """The next chunk, selected and claimed in a worker thread. A producer cut by the grace period
     first lets a claim statement already running finish (a thread cannot be cancelled), so the claims
     it takes exist when the run's end releases what it holds."""
