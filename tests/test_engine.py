@@ -147,7 +147,7 @@ def test_a_run_with_no_work_completes_with_zeros(env: Database, tmp_path: Path) 
 
 
 def test_a_job_row_that_cannot_be_inserted_leaves_no_claim_and_sends_nothing(
-    env: Database, api: ApiServer, tmp_path: Path
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The first chunk is claimed while the job row is inserted (runner/engine/pipeline.py
     `_claims_early`). When the insert fails, the run fails before any request, and the claim, which
@@ -160,7 +160,8 @@ def test_a_job_row_that_cannot_be_inserted_leaves_no_claim_and_sends_nothing(
         "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'no jobs today'; end $$;"
         " create trigger refuse before insert on sync_jobs for each row execute function refuse();"
     )
-    assert run(str(source)) != 0  # 70 today: the insert's psycopg error is not mapped to a run failure (exit 1)
+    assert run(str(source)) == 1  # the run's failure, with the server's message: not a traceback (70)
+    assert "no jobs today" in capsys.readouterr().err
     assert not api.requests
     assert env.scalar("select count(*) from sync_jobs") == 0
     assert env.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0

@@ -173,6 +173,12 @@ async def _drive(state: Run) -> Report:
         bookkeeping.conclude(state)
         if job_link is not None:
             await bookkeeping.run_steps(state, job_link, source.after, "after")
+    except psycopg.Error as error:
+        # a statement of the run's own bookkeeping refused (the job row's insert behind a trigger, a
+        # permission): the run's failure with the server's message (exit 1), not a traceback (exit 70)
+        state.report.status = "failed"
+        state.report.error = state.settings.redact(f"the database refused: {type(error).__name__}: {error}")
+        raise DatabaseError(f"{source.name}: {state.report.error}") from error
     except BaseException as error:
         state.report.status = "failed"
         if isinstance(error, asyncio.CancelledError):  # `run`: another source failed the run
