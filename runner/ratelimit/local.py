@@ -48,8 +48,9 @@ MARGIN = 0.010
 # whole period. 0.5 % of the rate buys it (300 ms at 1 per 60 s, 45 ms at 3 per 9 s).
 MARGIN_SHARE = 0.005
 
-# Request extension key: called right after the budget is granted. client.send uses it to start an
-# attempt's timeout clock then, so time spent waiting for the budget never counts as a timeout.
+# Request extension key: called, with the request about to be sent (AuthTransport's copy when the
+# source has `auth:`), right after the budget is granted. client.send uses it to start an attempt's
+# timeout clock then, so time spent waiting for the budget never counts as a timeout.
 GRANTED = "syncrun.granted"
 # Request extension key: an async callable awaited with the request once its budget is granted, right
 # before it is sent (before GRANTED's clock starts). runner/auth.py puts the credentials on there, so a
