@@ -124,6 +124,31 @@ def test_static_credentials_reach_every_request(kind: str, env: Database, api: A
 
 
 @pytest.mark.parametrize("kind", list(STATIC))
+def test_static_credentials_an_api_echoes_are_stored_masked(
+    kind: str, env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """An API that echoes the request's credentials into the body: the stored rows hold no 8-character
+    piece of the credential as it was sent, its base64 form for basic included (review revE F1: the
+    `Authorization: Basic …` header was stored as it came, and it decodes to the password)."""
+    auth, _ = STATIC[kind]
+    source = source_with(tmp_path, auth)
+    seed(env, source, range(1, 5))
+
+    def echo(request: Recorded) -> Reply:
+        sent = [request.headers.get("authorization", ""), request.headers.get("x-api-key", ""), str(request.query)]
+        return Reply(200, json={"name": "App", "note": " ".join(sent)})
+
+    route_apps(api, range(1, 5), echo)
+    assert cli.main(["run", str(source)]) == 0
+    notes = [note for (note,) in env.rows("select note from apps")]
+    assert len(notes) == 4
+    assert all("***" in note for note in notes)
+    basic = base64.b64encode(f"syncer:{PASSWORD}".encode()).decode()
+    leaked = planted_leaks(notes, [TOKEN, KEY, PASSWORD, basic])
+    assert not leaked, "\n".join(leaked)
+
+
+@pytest.mark.parametrize("kind", list(STATIC))
 def test_wrong_static_credentials_fail_the_run_saying_what_to_check(
     kind: str, env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
