@@ -7,6 +7,8 @@ What this transport guarantees, and how:
 
 - The URL goes over exactly as httpx built it: yarl is handed it encoded (`_url`), so it neither decodes
   `%2E%2E` nor resolves dot segments (tests/test_fetch.py::test_entity_values_cannot_change_url_structure).
+  (httpx itself resolves literal `..` segments when it parses a URL, such as an API's next-page link:
+  `/c/../d` is sent as `/d`, as a browser would; entity values are encoded before that and cannot.)
 - The body arrives as the server sent it: `auto_decompress=False`, so runner/client.py's bounded
   decoder (gzip/deflate in steps, `max_body` on the wire and decoded) is the only one.
 - No cookie jar, no redirects, no proxy from the environment; TLS verified with httpx's SSL context.

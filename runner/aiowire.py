@@ -8,7 +8,7 @@ the merged headers, the proxy and auth look-ups, the request's two dozen options
 the largest share of the loop's time per entity at 0 ms (docs/benchmarks.md, session 6, pass a). What it
 did that syncrun depends on is done here for those options:
 
-- the URL as given (yarl, encoded: never decoded or resolved), its fragment dropped, credentials in it
+- the URL as given (yarl, encoded: never decoded or resolved here), its fragment dropped, credentials in it
   as aiohttp sends them (Basic; not with an Authorization header too); only http(s);
 - the headers exactly as given (Host among them), none added (aiohttp's automatic ones all skipped), a
   body's Content-Length; no cookies, no proxy, no redirects, no decompression (`auto_decompress` off);
