@@ -46,11 +46,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
 def check_settings(sources: Sequence[spec.Source], settings: templating.Settings) -> None:
     """Each resolved setting value, then each source's request URL and headers with the values filled
     in; SettingError listing every problem."""
-    used = {(s.kind, s.name): s for source in sources for s in source.settings}
-    bad = {key: problem for key, s in used.items() if (problem := value_problem(_label(s), settings.values[key]))}
+    used = {(s.kind, s.name, s.default): s for source in sources for s in source.settings}
+    bad = {key: problem for key, s in used.items() if (problem := value_problem(_label(s), settings.of(s)))}
     problems = list(dict.fromkeys(bad.values()))  # ${env.X} and ${secret.X} read one variable
     for source in sources:
-        if not any((s.kind, s.name) in bad for s in source.settings):
+        if not any((s.kind, s.name, s.default) in bad for s in source.settings):
             problems += _request_problems(source, settings)
     _raise(problems)
 
@@ -90,7 +90,8 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
         problems.append(f"{names} {verb} the token URL of source '{source.name}' unusable: {reason}")
     for header, template in [*request.headers, *_auth_headers(source.auth)]:
         for setting in template.settings:
-            value = settings.values.get((setting.kind, setting.name), "")  # the watermark: filled in later
+            # the watermark is filled in later
+            value = "" if setting.kind == templating.WATERMARK[0] else settings.of(setting)
             if (char := next((c for c in value if not c.isascii()), None)) is not None:
                 problems.append(
                     f"{_label(setting)} is sent in header {header} of source '{source.name}' but contains"

@@ -64,10 +64,25 @@ def _literal(text: str, segments: list[spec.Segment]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Resolved setting values for a run, and the redactor that masks the secret ones."""
+    """Resolved setting values for a run, and the redactor that masks the secret ones. `values` holds
+    what the environment set; a `${env.NAME:-default}` the environment leaves unset is its own use's
+    default (`of`), never another use's: two sources (or a URL and a header) may give one variable
+    different defaults (review revF F1: the last default read went to every use, and one source's
+    requests, credentials included, went to the other's host). `secrets`: the secret values in use,
+    secret defaults included (for the CI log masks)."""
 
     values: Mapping[tuple[str, str], str]
     redact: Redactor
+    secrets: tuple[str, ...] = ()
+
+    def of(self, setting: spec.Setting) -> str:
+        """This use's value: the environment's, else its own default; KeyError when it has neither."""
+        value = self.values.get((setting.kind, setting.name))
+        if value is None:
+            if setting.default is None or setting.default == "":
+                raise KeyError((setting.kind, setting.name))
+            return setting.default
+        return value
 
 
 def resolve(
@@ -78,12 +93,14 @@ def resolve(
     are masked too."""
     values: dict[tuple[str, str], str] = {}
     missing: list[str] = []
+    defaults: list[str] = []  # secret defaults in use: masked like the secrets the environment gives
     for setting in settings:
-        value = environ.get(setting.name) or setting.default
-        if value is None or value == "":
-            missing.append(f"{setting.name} (${{{setting.kind}.{setting.name}}})")
-        else:
+        if value := environ.get(setting.name):
             values[(setting.kind, setting.name)] = value
+        elif setting.default:  # each use keeps its own default (Settings.of)
+            defaults += [setting.default] if setting.kind == "secret" else []
+        else:
+            missing.append(f"{setting.name} (${{{setting.kind}.{setting.name}}})")
     if missing:
         raise SettingError(
             "missing setting"
@@ -97,8 +114,8 @@ def resolve(
     for (kind, name), value in values.items():  # checked before the redactor percent-encodes them
         if not_utf8(value):
             raise SettingError(f"{'secret' if kind == 'secret' else 'setting'} {name} {not_utf8(value)}")
-    secrets = [v for (kind, _), v in values.items() if kind == "secret"]
-    return Settings(values, Redactor([*secrets, *extra_secrets]))
+    secrets = [*(v for (kind, _), v in values.items() if kind == "secret"), *dict.fromkeys(defaults)]
+    return Settings(values, Redactor([*secrets, *extra_secrets]), tuple(secrets))
 
 
 def not_utf8(value: str) -> str | None:
@@ -120,7 +137,7 @@ def render(template: spec.Template, entity: Mapping[str, JSON], settings: Settin
             since = settings.values.get(WATERMARK, "")  # filled in by the engine; "" only in load-time checks
             out.append(encode(since) if url else since)
         else:
-            out.append(settings.values[(segment.kind, segment.name)])
+            out.append(settings.of(segment))
     return "".join(out)
 
 

@@ -223,7 +223,7 @@ class Tracker:
                 self.value, self.healed = self.ceiling, True
         value = incremental.start if self.value is None else self.value
         values = {**settings.values, templating.WATERMARK: since(incremental, value)}
-        return templating.Settings(values, settings.redact)
+        return templating.Settings(values, settings.redact, settings.secrets)
 
     async def page(self, reply: Reply, outcome: spec.Outcome, job_id: str | None) -> None:
         """A page's rows committed: keep the largest cursor value of its records (a declared end of

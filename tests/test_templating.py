@@ -113,3 +113,34 @@ def test_a_request_url_with_a_user_name_or_password_is_refused() -> None:
             "it has a user name or password (user@host): credentials go in auth: (or a header), never in the URL"
         )
     assert templating.url_problem("http://h.example/a?x=user@host#@y") is None  # an @ after the host is no userinfo
+
+
+def test_each_use_of_a_variable_keeps_its_own_default() -> None:
+    """Two templates give one unset variable different defaults: each renders with its own (review
+    revF F1: the last default read went to every use, and one source's requests went to the other's
+    host). Set, the environment's value is every use's."""
+    one = templating.parse("http://127.0.0.1:${env.PORT:-27621}/one")
+    two = templating.parse("http://127.0.0.1:${env.PORT:-27622}/two")
+    uses = [*one.settings, *two.settings]
+    unset = templating.resolve(uses, {})
+    assert templating.render(one, {}, unset, url=True) == "http://127.0.0.1:27621/one"
+    assert templating.render(two, {}, unset, url=True) == "http://127.0.0.1:27622/two"
+    given = templating.resolve(uses, {"PORT": "9"})
+    assert templating.render(one, {}, given, url=True) == "http://127.0.0.1:9/one"
+    assert templating.render(two, {}, given, url=True) == "http://127.0.0.1:9/two"
+
+
+def test_a_secret_default_in_use_is_masked() -> None:
+    """A `${secret.NAME:-default}` the environment leaves unset sends its default: masked like any secret."""
+    template = templating.parse("Bearer ${secret.TOKEN:-fallback-Qw3rTy9Zx}")
+    settings = templating.resolve(template.settings, {})
+    assert templating.render(template, {}, settings, url=False) == "Bearer fallback-Qw3rTy9Zx"
+    assert "fallback-Qw3rTy9Zx" in settings.secrets
+    assert "Qw3rTy9Zx" not in settings.redact("the API said fallback-Qw3rTy9Zx is wrong")
+
+
+def test_a_variable_used_with_and_without_a_default_is_missing_when_unset() -> None:
+    with_default = templating.parse("${env.HOST:-example.test}")
+    without = templating.parse("${env.HOST}")
+    with pytest.raises(SettingError, match="HOST"):
+        templating.resolve([*with_default.settings, *without.settings], {})

@@ -84,7 +84,7 @@ def _handle(args: argparse.Namespace, environ: Mapping[str, str], early: databas
     settings = templating.resolve([s for src in sources for s in src.settings], environ, extra_secrets=secrets)
     settings.redact.add(*urls, fragments=False)
     preflight.check_settings(sources, settings)
-    workflow.announce_masks(environ, [v for (kind, _), v in settings.values.items() if kind == "secret"] + secrets)
+    workflow.announce_masks(environ, [*settings.secrets, *secrets])
     # A token obtained mid-run (runner/tokens.py) is masked in the job's log as soon as it arrives.
     settings.redact.listen(lambda values: workflow.announce_masks(environ, values))
     logs.configure(workflow.log_format(args.log_format, environ), settings.redact)
