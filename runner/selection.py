@@ -42,11 +42,7 @@ from psycopg.rows import dict_row
 
 from runner import backoff, claims, filters, filtersql
 from runner import ids as ids_
-from runner.claims import Entity
-from runner.claims import Held as Held
-from runner.claims import release as release  # the engine releases and renews through runner.selection
-from runner.claims import release_held as release_held
-from runner.claims import renew as renew
+from runner.claims import Entity, Held
 from runner.database import identifier
 from runner.errors import SelectionError
 from runner.partitions import Partition, partition_of, partition_sql
@@ -388,8 +384,8 @@ def _keep(source: Source, rows: list[Entity], partition: Partition | None) -> li
     kept: dict[Any, Entity] = {}
     for row in rows:
         entity = {n: row[n] for n in names if n in row}
-        if (first := kept.setdefault(entity[key], entity)) != entity:
-            differs = next(n for n in names if first.get(n) != entity.get(n))
+        first = kept.setdefault(entity[key], entity)
+        if (differs := next((n for n in names if not _equal(first.get(n), entity.get(n))), None)) is not None:
             raise SelectionError(
                 f"{source.name}: {setting(source)} returned {key} {show(entity[key])} twice, with {differs}"
                 f" {show(first.get(differs))} and {show(entity.get(differs))}: an entity is selected once"
@@ -398,3 +394,7 @@ def _keep(source: Source, rows: list[Entity], partition: Partition | None) -> li
     if partition is None:
         return list(kept.values())
     return [row for k, row in kept.items() if partition_of(k, partition.shards) == partition.shard]
+
+
+def _equal(one: Any, other: Any) -> bool:
+    return bool(one == other or (one != one and other != other))  # a NaN is a NaN (review revF F5: "nan and nan")

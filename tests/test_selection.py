@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runner import selection
+from runner import claims, selection
 from runner.errors import SelectionError
 from runner.partitions import partition_of
 from runner.spec import FunctionArg, QualifiedName, SelectionType
@@ -173,7 +173,7 @@ def test_a_broken_selection_names_its_setting(status: Database, changes: dict[st
 def test_ids_respect_other_holders_claims(status: Database) -> None:
     """An entity claimed by another live runner is not handed out again through --ids."""
     _select(status, holder="b", limit=1)
-    busy: list[selection.Held] = []
+    busy: list[claims.Held] = []
     assert _flat(_select(status, holder="a", ids=[60, 40], busy=busy)) == [40]
     assert [(held.key, held.holder) for held in busy] == [(60, "b")]  # named, so the run can say so
 
@@ -286,6 +286,17 @@ def test_a_key_returned_twice_with_different_columns_fails_naming_it(status: Dat
         " an entity is selected once per key, so return one row per appid"
     )
     assert status.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
+
+
+def test_a_key_returned_twice_with_a_nan_column_is_one_entity(status: Database) -> None:
+    """NaN is never == NaN in Python: the same row twice with a NaN column was reported as 'x nan and
+    nan' and failed the run (review revF F5). It is the same row: one entity."""
+    query = (
+        "select appid, 'NaN'::float8 as x from sync_status where appid in (10, 20)"
+        " and appid > coalesce(%(after_key)s::int, 0) union all select 10, 'NaN'::float8 order by 1 limit %(limit)s"
+    )
+    source = make_source(selection=SelectionType.SQL, sql=query, columns=(("x", "float"),))
+    assert _select(status, source, chunk_size=4, claim=False) == [[10, 20]]
 
 
 def test_ids_for_function_sources_are_key_only(status: Database) -> None:

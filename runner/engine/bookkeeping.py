@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import psycopg
 
-from runner import backoff, database, jobs, listings, selection, spec, steps
+from runner import backoff, claims, database, jobs, listings, spec, steps
 from runner.engine.report import FAIL_RATIO, busy
 from runner.engine.state import Run
 from runner.errors import DatabaseError
@@ -28,7 +28,7 @@ async def heartbeat(state: Run, job_link: database.Link | None) -> None:
             await asyncio.to_thread(job_link.call, jobs.heartbeat, state.report.job_id, counters)
             # Claims live as long as their runner does: renewed with the heartbeat, expire after a crash.
             await asyncio.to_thread(
-                job_link.call, selection.renew, state.source, state.options.holder, state.options.lease
+                job_link.call, claims.renew, state.source, state.options.holder, state.options.lease
             )
             if state.lease is not None and not await asyncio.to_thread(job_link.call, state.lease.renew):
                 state.halt("failed", listings.LOST.format(source=state.source.name, seconds=state.lease.seconds))
@@ -91,7 +91,7 @@ def close(state: Run, job_link: database.Link | None) -> None:
         # Every claim still held, not just the keys known to be unfinished: entities queued for the
         # fetchers when the grace period cut them were in neither list (an `--ids` run SIGTERM'd with
         # requests hanging left 192 claims for the whole lease). A write releases its own claims.
-        job_link.call(selection.release_held, state.source, state.options.holder)
+        job_link.call(claims.release_held, state.source, state.options.holder)
     except (DatabaseError, psycopg.Error) as error:
         log.warning("%s: could not release claims (%s); they expire with their lease", state.source.name, error)
     if report.job_id is not None:
