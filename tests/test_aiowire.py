@@ -28,16 +28,20 @@ PATH = "/a/%2E%2E/b%3Fc?q=1&r=%23"
 Exchange = Callable[[str], Awaitable[None]]
 
 
+async def _head(reader: asyncio.StreamReader) -> bytes | None:
+    """The next request head a raw server reads; None once the client has gone."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
 async def _heads(answer: bytes, *exchanges: Exchange, tls: ssl.SSLContext | None = None) -> list[list[bytes]]:
     """The request heads (and bodies) one raw server received while each `exchange(origin)` ran."""
     seen: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
+        while (head := await _head(reader)) is not None:
             lines = [line.split(b":", 1) for line in head.split(b"\r\n")]
             length = next((int(line[1]) for line in lines if line[0].lower() == b"content-length"), 0)
             if b"100-continue" in head.lower():  # the body comes after the interim answer
@@ -227,11 +231,7 @@ async def _server() -> tuple[asyncio.Server, int]:
     never finished: its connection stays in use)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
+        while (head := await _head(reader)) is not None:
             line = head.split(b"\r\n")[0]
             if b"/partial" in line:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}")

@@ -6,11 +6,13 @@ main task, which a call blocking the event loop never saw: the connect held Ctrl
 
 from __future__ import annotations
 
+import contextlib
 import select
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,21 +59,27 @@ def interrupted(process: subprocess.Popen[str]) -> tuple[int, float, str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/syscall").exists(), reason="needs /proc/PID/syscall (Linux)")
+@contextlib.contextmanager
+def reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """The child, killed and reaped if a check failed before it ended."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def test_ctrl_c_while_the_first_connect_waits_on_a_silent_server_exits_130_at_once(tmp_path: Path) -> None:
     source = write_source(tmp_path)
     with socket.socket() as silent:  # listens, never accepts: a connect waits for its whole timeout
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         dsn = f"postgresql://app:s3cret@127.0.0.1:{silent.getsockname()[1]}/app"
-        process = start(["run", str(source)], {"DATABASE_URL": dsn, "API_URL": "http://127.0.0.1:9"})
-        try:
+        with reaped(start(["run", str(source)], {"DATABASE_URL": dsn, "API_URL": "http://127.0.0.1:9"})) as process:
             settled(lambda: waiting_on_a_lock(process.pid), process)  # the run waits for its first connection
             assert select.select([silent], [], [], 0)[0], "no connect reached the server"
             code, took, err = interrupted(process)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
     assert code == 130, err
     assert took < database.CONNECT_TIMEOUT / 2, took  # not the connect's timeout (10 s); ~0.02 s here
     assert "Traceback" not in err
@@ -88,15 +96,10 @@ def test_ctrl_c_while_a_check_waits_on_a_lock_exits_130_without_a_job_row(
     seed(db, source)
     with db.connect() as holder:
         holder.execute("lock table sync_status in access exclusive mode")
-        process = start(["run", str(source)], {"DATABASE_URL": db.dsn, "API_URL": api.url})
-        try:
+        with reaped(start(["run", str(source)], {"DATABASE_URL": db.dsn, "API_URL": api.url})) as process:
             waiting = "select count(*) from pg_locks where relation = 'sync_status'::regclass and not granted"
             settled(lambda: db.scalar(waiting) > 0, process)
             code, took, err = interrupted(process)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
     assert code == 130, err
     assert took < database.CONNECT_TIMEOUT / 2, took
     assert "Traceback" not in err
