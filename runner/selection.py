@@ -397,4 +397,4 @@ def _keep(source: Source, rows: list[Entity], partition: Partition | None) -> li
 
 
 def _equal(one: Any, other: Any) -> bool:
-    return bool(one == other or (one != one and other != other))  # a NaN is a NaN (review revF F5: "nan and nan")
+    return bool(one == other or repr(one) == repr(other))  # NaN != NaN, also inside json (revF F5, revG F4)

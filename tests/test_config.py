@@ -539,3 +539,33 @@ def test_a_header_that_frames_the_request_is_refused(tmp_path: Path, name: str) 
     assert _problems(tmp_path, text) == [
         f"3: request.headers.{name}: frames the request: the HTTP client sets it, not a source"
     ]
+
+
+def test_each_use_of_a_setting_with_its_own_default_is_resolved_and_masked(tmp_path: Path) -> None:
+    """One secret with two defaults (a header and the query) is two uses: both defaults are masked; a
+    variable used with a default and without one is missing when unset (review revG F1, F2: only the
+    first use reached resolving, so the other default went out unmasked, and the use without a default
+    crashed the run with a KeyError instead of exit 2)."""
+    from runner import templating
+    from runner.errors import SettingError
+
+    source = _load(
+        tmp_path,
+        MINIMAL.replace(
+            'request: {url: "https://api.example/apps/{appid}"}',
+            'request: {url: "https://api.example/apps/{appid}", headers: {X-A: "${secret.K:-AAAAAAAAfirst1}"},'
+            ' query: {k: "${secret.K:-BBBBBBBBsecond2}"}}',
+        ),
+    )
+    settings = templating.resolve(source.settings, {})
+    assert settings.redact("x-a: AAAAAAAAfirst1 k=BBBBBBBBsecond2") == "x-a: *** k=***"
+    mixed = _load(
+        tmp_path,
+        MINIMAL.replace(
+            'request: {url: "https://api.example/apps/{appid}"}',
+            'request: {url: "${env.HOST:-https://api.example}/apps/{appid}", headers: {X-Host: "${env.HOST}"}}',
+        ),
+        "m.yaml",
+    )
+    with pytest.raises(SettingError, match="HOST"):
+        templating.resolve(mixed.settings, {})

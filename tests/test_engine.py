@@ -167,6 +167,27 @@ def test_a_job_row_that_cannot_be_inserted_leaves_no_claim_and_sends_nothing(
     assert env.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
 
 
+def test_a_job_row_whose_final_update_is_refused_fails_the_run_without_a_traceback(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The job row's final update refused by the database (a trigger): exit 1 with the server's
+    message, the claims released all the same (review revG F3: a traceback, exit 70)."""
+    source = write_source(tmp_path)
+    seed(env, source)
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "create function refuse() returns trigger language plpgsql as $$ begin"
+        " if new.status <> 'running' then raise exception 'no finishing today'; end if; return new; end $$;"
+        " create trigger refuse before update on sync_jobs for each row execute function refuse();"
+    )
+    assert run(str(source)) == 1
+    err = capsys.readouterr().err
+    assert "no finishing today" in err
+    assert "Traceback" not in err
+    assert env.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
+
+
 def test_transient_failures_then_success(env: Database, api: ApiServer, tmp_path: Path) -> None:
     """503, 503, 503, 200 succeeds after backoff; a 404 is a skip after one request."""
     source = write_source(tmp_path)

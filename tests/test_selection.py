@@ -299,6 +299,17 @@ def test_a_key_returned_twice_with_a_nan_column_is_one_entity(status: Database) 
     assert _select(status, source, chunk_size=4, claim=False) == [[10, 20]]
 
 
+def test_a_key_returned_twice_with_a_nan_inside_a_json_column_is_one_entity(status: Database) -> None:
+    """The same for a NaN inside a list (review revG F4: two lists holding NaN compared unequal)."""
+    query = (
+        "select appid, array['NaN'::float8] as x from sync_status where appid in (10, 20)"
+        " and appid > coalesce(%(after_key)s::int, 0) union all select 10, array['NaN'::float8]"
+        " order by 1 limit %(limit)s"
+    )
+    source = make_source(selection=SelectionType.SQL, sql=query, columns=(("x", "json"),))
+    assert _select(status, source, chunk_size=4, claim=False) == [[10, 20]]
+
+
 def test_ids_for_function_sources_are_key_only(status: Database) -> None:
     """With --ids a function/sql source gets {key: id} dicts, the key cast to its type."""
     source = make_source(selection=SelectionType.SQL, sql="select 1")

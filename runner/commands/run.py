@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import psycopg
 
 from runner import (
     auth,
@@ -44,7 +45,7 @@ from runner import (
 from runner.aiotransport import AiohttpTransport
 from runner.commands import connections
 from runner.commands.options import MAX_LIMIT, run_arguments
-from runner.errors import SettingError, UsageError
+from runner.errors import DatabaseError, SettingError, UsageError
 from runner.overrides import Override
 from runner.redaction import Redactor
 
@@ -55,6 +56,11 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     early = _early_connections(args, environ)
     try:
         return _handle(args, environ, early)
+    except psycopg.Error as error:
+        # the database refused a statement of the run's own (reaping old job rows without UPDATE on
+        # sync_jobs, a job row's final update behind a trigger): the run's failure with the server's
+        # message (exit 1), not a traceback (review revG F3)
+        raise DatabaseError(f"the database refused: {type(error).__name__}: {error}") from error
     finally:
         if early is not None:
             early.close()

@@ -190,15 +190,17 @@ async def _drive(state: Run) -> Report:
         if selected is not None and selected[1] is not None:  # its claim statement ends before claims are released
             await fetchers.settle(selected[1])
         await stopping.cancel(side)  # no heartbeat may start after the final update (a running one is waited for)
-        bookkeeping.close(state, job_link)
-        if lease is not None and job_link is not None:  # else it lapses LEASE_BEATS heartbeats later
-            with contextlib.suppress(DatabaseError, psycopg.Error):
-                job_link.call(lease.release)
-        if select_conn is not None:
-            select_conn.close()
-        for link in (write_link, job_link):
-            if link is not None:
-                link.close()
+        try:
+            bookkeeping.close(state, job_link)  # its final update refused (a trigger): the rest still runs
+        finally:
+            if lease is not None and job_link is not None:  # else it lapses LEASE_BEATS heartbeats later
+                with contextlib.suppress(DatabaseError, psycopg.Error):
+                    job_link.call(lease.release)
+            if select_conn is not None:
+                select_conn.close()
+            for link in (write_link, job_link):
+                if link is not None:
+                    link.close()
     return state.report
 
 

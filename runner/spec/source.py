@@ -45,17 +45,19 @@ class Source:
 
     @property
     def settings(self) -> tuple[Setting, ...]:
-        """Every ${env.*}/${secret.*} the source uses, in order of first appearance."""
+        """Every ${env.*}/${secret.*} the source uses, in order of first appearance: each use with its own
+        default (a variable used with two defaults, or with one and without, is two: resolving and
+        masking must see both; review revG F1/F2)."""
         templates = [
             self.request.url,
             *(t for _, t in self.request.query),
             *(t for _, t in self.request.headers),
             *(self.auth.templates if self.auth else ()),
         ]
-        seen: dict[tuple[str, str], Setting] = {}
+        seen: dict[tuple[str, str, str | None], Setting] = {}
         for template in templates:
             for setting in template.settings:
                 if setting.kind == "incremental":  # not the environment's: the engine fills it in
                     continue
-                seen.setdefault((setting.kind, setting.name), setting)
+                seen.setdefault((setting.kind, setting.name, setting.default), setting)
         return tuple(seen.values())
