@@ -139,6 +139,9 @@ def template(checker: Checker, path: Path_, value: JSON, *, secret: bool = False
             " committed with it, and ${env.*} values are shown in logs",
         )
         return None
+    if secret and any(s.default for s in parsed.settings):  # review revG F5: a literal in the file after all
+        checker.add(path, "a secret's default (${secret.NAME:-…}) is a credential written in the file: drop it")
+        return None
     checker.check_text(path, parsed)
     return parsed
 

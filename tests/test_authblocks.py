@@ -173,3 +173,18 @@ def test_the_shared_example_in_docs_auth_validates(tmp_path: Path) -> None:
     assert auth is not None
     assert auth.shared == "helpdesk"
     assert auth.scopes == ("tickets:read",)
+
+
+def test_a_credential_with_a_secret_default_is_refused(tmp_path: Path) -> None:
+    """`${secret.NAME:-literal}` in a credential is the literal written in the file after all (review
+    revG F5: `syncrun validate` accepted it, where docs/auth.md says a credential in the file is refused)."""
+    (tmp_path / "syncrun.yaml").write_text("status: {table: sync_status, key: appid}\n")
+    source = tmp_path / "s.yaml"
+    source.write_text(
+        SOURCE.format(name="alpha", path="apps", bucket="alpha", columns="name: record.name")
+        + "auth: {type: bearer, token: '${secret.API_TOKEN:-committed-token-123}'}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load(source)
+    problems = [str(problem) for problem in caught.value.problems]
+    assert any("a secret's default" in problem and "auth.token" in problem for problem in problems), problems
