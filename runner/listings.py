@@ -143,7 +143,7 @@ def _rendered(template: spec.Template, settings: Settings) -> str:
     for segment in template.segments:
         if isinstance(segment, spec.Literal):
             parts.append(segment.text)
-        elif isinstance(segment, spec.Setting) and (value := _value(settings, segment)) is not None:
+        elif isinstance(segment, spec.Setting) and (value := settings.get(segment)) is not None:
             parts.append(value)
         else:
             parts.append(f"${{{getattr(segment, 'kind', 'entity')}.{segment.name}}}")
@@ -153,10 +153,3 @@ def _rendered(template: spec.Template, settings: Settings) -> str:
 def resumable(checkpoint: jobs.Checkpoint, url: str) -> bool:
     """The checkpoint was made for this URL (or before checkpoints recorded one)."""
     return checkpoint.url is None or checkpoint.url == url
-
-
-def _value(settings: Settings, setting: spec.Setting) -> str | None:
-    try:
-        return settings.of(setting)
-    except KeyError:
-        return None

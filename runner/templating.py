@@ -75,13 +75,15 @@ class Settings:
     redact: Redactor
     secrets: tuple[str, ...] = ()
 
-    def of(self, setting: spec.Setting) -> str:
-        """This use's value: the environment's, else its own default; KeyError when it has neither."""
+    def get(self, setting: spec.Setting) -> str | None:
+        """This use's value: the environment's, else its own default; None when it has neither."""
         value = self.values.get((setting.kind, setting.name))
-        if value is None:
-            if setting.default is None or setting.default == "":
-                raise KeyError((setting.kind, setting.name))
-            return setting.default
+        return (setting.default or None) if value is None else value
+
+    def of(self, setting: spec.Setting) -> str:
+        """`get`, for a use the run resolved (`resolve` refused a missing one): KeyError otherwise."""
+        if (value := self.get(setting)) is None:
+            raise KeyError((setting.kind, setting.name))
         return value
 
 
