@@ -71,6 +71,12 @@ class SchemaMismatch(SyncrunError):
 class DatabaseError(SyncrunError):
     exit_code = 1
 
+    @classmethod
+    def refused(cls, error: Exception) -> DatabaseError:
+        """The database refused one of the run's own statements (a trigger, a permission): the run's
+        failure with the server's message (exit 1), not a traceback (exit 70)."""
+        return cls(f"the database refused: {type(error).__name__}: {error}")
+
 
 class StoreUnreachable(DatabaseError):
     """A shared rate limit's store (PostgreSQL, Redis) could not be reached, or the connection broke

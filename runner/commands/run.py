@@ -60,7 +60,7 @@ def handle(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         # the database refused a statement of the run's own (reaping old job rows without UPDATE on
         # sync_jobs, a job row's final update behind a trigger): the run's failure with the server's
         # message (exit 1), not a traceback (review revG F3)
-        raise DatabaseError(f"the database refused: {type(error).__name__}: {error}") from error
+        raise DatabaseError.refused(error) from error
     finally:
         if early is not None:
             early.close()

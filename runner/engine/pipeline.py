@@ -177,7 +177,7 @@ async def _drive(state: Run) -> Report:
         # a statement of the run's own bookkeeping refused (the job row's insert behind a trigger, a
         # permission): the run's failure with the server's message (exit 1), not a traceback (exit 70)
         state.report.status = "failed"
-        state.report.error = state.settings.redact(f"the database refused: {type(error).__name__}: {error}")
+        state.report.error = state.settings.redact(str(DatabaseError.refused(error)))
         raise DatabaseError(f"{source.name}: {state.report.error}") from error
     except BaseException as error:
         state.report.status = "failed"
