@@ -45,6 +45,10 @@ CONCURRENCY = 16  # scenarios 3-6
 LIMIT, LIMIT_LATENCY_MS, BURST = 50, 200, 5  # scenarios 3 and 4s: 50 requests per 1 s window
 RUNNERS, RUNNERS_LATENCY_MS = (1, 2, 4), 50
 STARTUP_SLACK = 0.1  # s: syncrun's start-up may exceed the aiohttp baseline's by this much
+# A 0 ms cell is a 0.3-3 s job whose rate moved by 2x between runs of unchanged code on this shared
+# 2-core machine (docs/benchmarks.md, session 7): it runs as this many syncrun/aiohttp pairs, one after
+# the other, and the row is the pair with the median ratio. 50 ms cells are long and steady: one pair.
+PAIRS_AT_0MS = 3
 
 
 @dataclass
@@ -133,26 +137,33 @@ class Bench:
         target = 0.8 if latency_ms == 0 else 0.9
         label = f"1. {n:,} entities, {latency_ms} ms, concurrency {concurrency}"
         text = harness.apps_source(concurrency=concurrency)
-        procs, job = self.run_syncrun(f"s1_{latency_ms}_{concurrency}", text, n, n, latency_ms)
-        self.check_syncrun(procs, job, n)
-        assert job is not None
-        ours = n / float(job["duration"])  # type: ignore[arg-type]
-        first = self.first_arrival
-        aio_s, aio_first = self.run_baseline(f"a1_{latency_ms}_{concurrency}", n, latency_ms, concurrency, "aiohttp")
+        pairs = []
+        for _ in range(PAIRS_AT_0MS if latency_ms == 0 else 1):
+            procs, job = self.run_syncrun(f"s1_{latency_ms}_{concurrency}", text, n, n, latency_ms)
+            self.check_syncrun(procs, job, n)
+            assert job is not None
+            first = self.first_arrival
+            aio_s, aio_first = self.run_baseline(
+                f"a1_{latency_ms}_{concurrency}", n, latency_ms, concurrency, "aiohttp"
+            )
+            ours = n / float(job["duration"])  # type: ignore[arg-type]
+            pairs.append((ours * aio_s / n, ours, n / aio_s, job, first, aio_first))
+        pairs.sort(key=lambda pair: pair[0])
+        ratio, ours, aio, job, first, aio_first = pairs[len(pairs) // 2]
         hx_s, _ = self.run_baseline(f"h1_{latency_ms}_{concurrency}", n, latency_ms, concurrency, "httpx")
-        aio, hx = n / aio_s, n / hx_s
+        hx = n / hx_s
         self.rates[(latency_ms, concurrency, n)] = ours
         if not self.startup:
             self.startup = {"syncrun": first, "aiohttp": aio_first}
-        ratio = ours / aio
+        spread = f"; pairs {', '.join(f'{pair[0]:.2f}' for pair in pairs)}" if len(pairs) > 1 else ""
         self.add(
             label,
             f"{ours:,.0f}/s (job {float(job['duration']):.1f} s)",  # type: ignore[arg-type]
             f"aiohttp {aio:,.0f}/s; httpx×{-(-concurrency // 8)} {hx:,.0f}/s",
-            f"{ratio:.2f}× aiohttp ({ours / hx:.2f}× httpx)",
+            f"{ratio:.2f}× aiohttp ({ours / hx:.2f}× httpx{spread})",
             f"≥ {target:.1f}× aiohttp",
             ratio >= target,
-            {"syncrun": ours, "aiohttp": aio, "httpx": hx, "ratio": ratio, "job": job},
+            {"syncrun": ours, "aiohttp": aio, "httpx": hx, "ratio": ratio, "pairs": [p[0] for p in pairs], "job": job},
         )
 
     def scaling(self) -> None:
