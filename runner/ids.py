@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from runner import picks
 from runner.database import identifier
 from runner.errors import UsageError
 from runner.migrations import KEY_TYPES
@@ -125,7 +126,7 @@ def _selected_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]
         params |= {"limit": _WHOLE, "after_key": None, "source": source.name}
         setting = "entities.sql"
     else:
-        inner = function_sql(source, _WHOLE, None)
+        inner = picks.function_sql(source, _WHOLE, None)
         setting = f"entities.function {entities.function}"
     columns = sql.SQL(", ").join(sql.SQL("q.{0}").format(sql.Identifier(c.name)) for c in entities.columns)
     query = sql.SQL("select {} from ({}) q where q.{}::text = any(%(texts)s::text[])").format(
@@ -133,16 +134,3 @@ def _selected_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]
     )
     params["texts"] = [str(k) for k in params.pop("keys")]
     return _fetch(conn, query, params, setting)
-
-
-def function_sql(source: Source, limit: int, after: Any) -> sql.Composed:
-    """`select * from fn(name => value, ...)`; values are literals, safely quoted by psycopg."""
-    engine = {"limit": limit, "after_key": after, "source": source.name}
-    args = [
-        sql.SQL("{} => {}").format(
-            sql.Identifier(name), sql.Literal(engine[arg.parameter] if arg.parameter else arg.value)
-        )
-        for name, arg in source.entities.args
-    ]
-    assert source.entities.function is not None
-    return sql.SQL("select * from {}({})").format(identifier(source.entities.function), sql.SQL(", ").join(args))
