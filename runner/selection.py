@@ -10,7 +10,8 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
   breaker does not count them, runner/history.py.)
   Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
   in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), held back by the cut-off
-  (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. The
+  (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. A row
+  with a NULL key is never claimed, so never run; each chunk that meets one says so (a warning). The
   backoff, skip_until, deleted_at and cut-off checks apply to function and sql selections too,
   in the claim. `entities.join/where/order` add declared filters and sort terms (runner.filters,
   placed before the built-in order); `--ids` ignores them like it ignores due-ness.
@@ -140,7 +141,10 @@ def _default_sql(
         where=sql.SQL(" and ").join(where),
         order=sql.SQL(", ").join(order),
         claim=claims.claim_sql(
-            sql.SQL("select {}::text from candidates").format(key), True, backoff.held_back_sql(source)
+            # a NULL key names no entity: never claimed, so never run (_default names them)
+            sql.SQL("select {0}::text from candidates where {0} is not null").format(key),
+            True,
+            backoff.held_back_sql(source),
         )
         if claiming
         else sql.SQL("select {}::text as entity_key from candidates").format(key),
@@ -190,9 +194,14 @@ def _default(
             return
         last = rows[-1]
         cursor = (*(value for name, value in last.items() if name.startswith("__o")), last[source.entities.key])
+        if nulls := sum(row[source.entities.key] is None for row in rows):
+            picks.null_keys(source, str(source.status.table if source.status else "?"), nulls, _NULL_REMEDY)
         yield budget.spend([_public(row) for row in rows if row["__claimed"]])
         if len(rows) < size:
             return
+
+
+_NULL_REMEDY = "give them a key or delete them"  # a NULL key sorts last in the keyset: the cursor passes it
 
 
 def _fetch(
@@ -271,6 +280,7 @@ def due_sql(conn: psycopg.Connection, source: Source) -> tuple[sql.Composed, dic
 
 # --- explicit ids (runner.ids finds their columns) ---------------------------------------------------
 cast_key = ids_.cast_key  # the command line and the engine cast --ids here
+keys_of = ids_.keys_of  # ... and take each once
 
 
 def _by_ids(
@@ -282,7 +292,7 @@ def _by_ids(
     busy: list[Held],
 ) -> Iterator[list[Entity]]:
     key = source.entities.key
-    typed = list(dict.fromkeys(cast_key(source, value) for value in ids))
+    typed = ids_.keys_of(source, ids)
     while typed and (size := budget.next()) > 0:
         page, typed = typed[:size], typed[size:]
         rows = ids_.rows(conn, source, page)

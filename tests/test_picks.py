@@ -3,14 +3,18 @@ entities (one per key; a key twice with different columns fails naming it)."""
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner import selection
+from runner import cli, picks, selection
 from runner.errors import SelectionError
 from runner.partitions import partition_of
 from runner.spec import FunctionArg, QualifiedName, SelectionType
+from tests.apiserver import ApiServer, Reply
 from tests.pg import Database, make_source
 from tests.test_selection import _flat, _select, seeded
 
@@ -143,3 +147,167 @@ def test_a_key_returned_twice_with_a_nan_inside_a_json_column_is_one_entity(stat
     )
     source = make_source(selection=SelectionType.SQL, sql=query, columns=(("x", "json"),))
     assert _select(status, source, chunk_size=4, claim=False) == [[10, 20]]
+
+
+# --- keys as entities.key_type, NULL keys: end to end (CLI, loopback API, PostgreSQL) ----------------------
+KEYED = """\
+name: keyed
+entities:
+  type: sql
+  columns: {{appid: {kind}}}
+  sql: >-
+    select appid from ({rows}) v(appid) where %(after_key)s::text is null limit %(limit)s
+  limit: 100
+request:
+  url: "${{env.API_URL}}/apps/{{appid}}"
+  timeout: 2s
+rate_limit: {{requests: 500, per: 1s, burst: 50, bucket: keyed}}
+retry: {{attempts: 2, initial: 10ms, max_delay: 50ms, max_wait: 2s}}
+writes:
+  - table: seen
+    key: [appid]
+    columns:
+      appid: entity.appid
+"""
+
+
+@pytest.fixture
+def env(db: Database, api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> Database:
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    return db
+
+
+def keyed(db: Database, tmp: Path, rows: str, kind: str = "int") -> Path:
+    """A source whose sql selection returns `rows` (a `values` list) once, whatever after_key is."""
+    (tmp / "syncrun.yaml").write_text(
+        f"status: {{table: sync_status, key: appid}}\nentities: {{key: appid, key_type: {kind}}}\n"
+    )
+    source = tmp / "keyed.yaml"
+    source.write_text(KEYED.format(kind=kind, rows=rows))
+    assert cli.main(["migrate", str(source)]) == 0
+    db.run(f"create table seen (appid {kind} primary key)")
+    return source
+
+
+def test_a_null_key_is_not_fetched_and_is_named(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review F4: a NULL key was fetched as `/apps/` (the entity 'None') and counted. A NULL key names
+    no entity: it is left out with a warning naming the source and the setting; the others run and
+    the run completes."""
+    source = keyed(env, tmp_path, "values (1), (null), (2), (null)")
+    api.route("/apps/1", Reply(200, json={}))
+    api.route("/apps/2", Reply(200, json={}))
+    assert cli.main(["run", str(source)]) == 0
+    assert sorted(r.path for r in api.requests) == ["/apps/1", "/apps/2"]
+    assert env.rows("select status, items_processed from sync_jobs") == [("completed", 2)]
+    assert env.rows("select appid from seen order by 1") == [(1,), (2,)]
+    assert (
+        "keyed: entities.sql returned 2 rows with a NULL appid: not run (a NULL key names no entity);"
+        " leave them out of the selection (where appid is not null)"
+    ) in capsys.readouterr().err
+    assert env.scalar("select count(*) from syncrun_state where entity_key not in ('1', '2')") == 0
+
+
+def test_keys_are_read_as_the_key_type(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """review F7: '01', '1', ' 2 ' and 2 from a text query for an int key were four entities, and the
+    batch then failed (one status row twice). Read as PostgreSQL's int cast reads them, they are
+    entities 1 and 2, fetched, written and stamped once each."""
+    source = keyed(env, tmp_path, "values ('01'), ('1'), (' 2 '), ('2')")
+    api.route("/apps/1", Reply(200, json={}))
+    api.route("/apps/2", Reply(200, json={}))
+    assert cli.main(["run", str(source)]) == 0
+    assert sorted(r.path for r in api.requests) == ["/apps/1", "/apps/2"]
+    assert env.rows("select status, items_processed, items_succeeded from sync_jobs") == [("completed", 2, 2)]
+    assert env.rows("select appid from sync_status where last_keyed_sync is not null order by 1") == [(1,), (2,)]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("'abc'", "'abc' is not a whole number"),
+        ("'01.5'", "'01.5' is not a whole number"),
+        ("'1e3'", "'1e3' is not a whole number"),
+        ("'2147483648'", "'2147483648' is out of int's range"),
+    ],
+)
+def test_a_key_that_is_not_of_the_key_type_fails_the_selection_naming_it(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, reason: str
+) -> None:
+    """A key that cannot be an int is a query of the wrong type, not an entity's outcome: the
+    selection fails naming the source, the setting and the key, before any request of that page
+    or claim (it failed at write time, exit 1 with nothing stamped and a database error)."""
+    source = keyed(env, tmp_path, f"values ('1'), ({value})")
+    assert cli.main(["run", str(source)]) == 1
+    said = f"keyed: entities.sql returned appid {reason}; the key is int (entities.key_type)"
+    assert said in capsys.readouterr().err
+    [(status, error)] = env.rows("select status, error_message from sync_jobs")
+    assert (status, said in error) == ("failed", True)
+    assert api.requests == []
+    assert env.scalar("select count(*) from syncrun_state") == 0
+
+
+def test_an_integer_key_of_a_text_key_type_is_its_text(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """A query returning integers for a text key: each key is its text, stamped on its status row
+    (the integer was compared with the text column and the batch failed)."""
+    source = keyed(env, tmp_path, "values (1), (7)", kind="text")
+    for path in ("/apps/1", "/apps/7"):
+        api.route(path, Reply(200, json={}))
+    assert cli.main(["run", str(source)]) == 0
+    assert sorted(r.path for r in api.requests) == ["/apps/1", "/apps/7"]
+    assert env.rows("select appid from sync_status where last_keyed_sync is not null order by 1") == [("1",), ("7",)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "typed"),
+    [
+        ("int", "01", 1),
+        ("int", " +7\t", 7),
+        ("int", "-2147483648", -(2**31)),
+        ("int", 5, 5),
+        ("int", Decimal("5"), 5),
+        ("int", 5.0, 5),
+        ("bigint", "9223372036854775807", 2**63 - 1),
+        ("bigint", "0000000000000000000000001", 1),
+        ("text", "01", "01"),
+        ("text", " a ", " a "),
+        ("text", 12, "12"),
+    ],
+)
+def test_typed(kind: str, value: Any, typed: Any) -> None:
+    """Keys as key_type: what PostgreSQL's own cast reads as that number (whitespace, sign, leading zeros)."""
+    assert picks.typed(kind, value) == typed
+    assert type(picks.typed(kind, value)) is type(typed)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "reason"),
+    [
+        ("int", "", "'' is not a whole number"),
+        ("int", "1_000", "'1_000' is not a whole number"),
+        ("int", "0x10", "'0x10' is not a whole number"),
+        ("int", "\u0663", "'\u0663' is not a whole number"),
+        ("int", "\u00a01", "'\\xa01' is not a whole number"),
+        ("int", True, "True is not a whole number"),
+        ("int", 1.5, "1.5 is not a whole number"),
+        ("int", Decimal("NaN"), "Decimal('NaN') is not a whole number"),
+        ("int", -(2**31) - 1, "-2147483649 is out of int's range"),
+        ("bigint", "9" * 5000, "'" + "9" * 56 + "... is out of bigint's range"),
+        ("bigint", Decimal("1E+999999999"), "Decimal('1E+999999999') is out of bigint's range"),
+        ("text", 1.5, "1.5 is a float, not text"),
+        ("text", True, "True is a bool, not text"),
+    ],
+)
+def test_not_typed(kind: str, value: Any, reason: str) -> None:
+    """Anything else is refused with the reason (bounded: a huge number is never built)."""
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        picks.typed(kind, value)
+
+
+def test_a_selection_without_the_key_column_fails_naming_it(status: Database) -> None:
+    """A query that returns no key column was a KeyError (exit 70): a SelectionError naming it."""
+    query = "select appid as id from sync_status where %(after_key)s::int is null limit %(limit)s"
+    source = make_source(selection=SelectionType.SQL, sql=query)
+    with pytest.raises(SelectionError, match=r"^example: entities.sql returned no appid column: return the key"):
+        _select(status, source, claim=False)

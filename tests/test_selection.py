@@ -4,14 +4,16 @@ selection, partitioned selections."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner import claims, selection
+from runner import claims, cli, selection
 from runner.errors import SelectionError
 from runner.partitions import partition_of
 from runner.spec import QualifiedName, SelectionType
+from tests.apiserver import ApiServer, Reply
 from tests.pg import Database, make_source
 
 SOURCE = make_source(columns=(("priority_score", "int"),))
@@ -260,3 +262,34 @@ def test_an_entity_failing_during_the_run_is_not_selected_again_by_the_next_chun
         " claimed_by = null, claim_expires_at = null where source = 'example' and entity_key in ('60', '40')"
     )
     assert [[row["appid"] for row in page] for page in pages] == [[30, 80], [70, 10]]
+
+
+def test_a_null_key_in_the_status_table_is_named_and_the_others_run(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review F4: a status table without a primary key can hold a NULL key; claiming it failed the
+    whole run (null entity_key in syncrun_state). It names no entity: left out with a warning naming
+    the source and the table, the others run and the run completes (every run says so again)."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    db.run("create table sync_status (appid int); create table seen (appid int primary key)")
+    (tmp_path / "syncrun.yaml").write_text("status: {table: sync_status, key: appid}\n")
+    source = tmp_path / "plain.yaml"
+    source.write_text(
+        "name: plain\nentities: {limit: 10}\nrequest: {url: '${env.API_URL}/apps/{appid}'}\n"
+        "rate_limit: {requests: 100, per: 1s}\nwrites: [{table: seen, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    assert cli.main(["migrate", str(source)]) == 0
+    db.run("insert into sync_status (appid) values (1), (null), (2), (null)")
+    api.route("/apps/1", Reply(200, json={}))
+    api.route("/apps/2", Reply(200, json={}))
+    for run in (1, 2):
+        assert cli.main(["run", str(source)] + (["--dry-run"] if run == 2 else [])) == 0
+        said = (
+            "plain: sync_status returned 2 rows with a NULL appid: not run (a NULL key names no entity);"
+            " give them a key or delete them"
+        )
+        assert said in capsys.readouterr().err
+    assert sorted(r.path for r in api.requests) == ["/apps/1", "/apps/2"]  # the second run: only NULLs due
+    assert db.rows("select status, items_processed from sync_jobs") == [("completed", 2)]
+    assert db.scalar("select count(*) from syncrun_state where entity_key not in ('1', '2')") == 0
