@@ -12,6 +12,11 @@ source's own selection finds them.
   come from); the default selection's due-ness and backoff, syncrun's own, are bypassed, and a key-only
   source runs no query at all.
 
+Ids are keys of the key's type (`cast_key`, read as runner/picks.py reads a selection's keys:
+`--ids 5,05` is one entity), each once. The rows found become entities as a selection's do
+(picks.entities): the key as its type, the same row twice one entity, two different rows for one
+id refused (SelectionError) rather than one of them winning.
+
 An id whose row is missing (no status row; left out by the query's own filters) cannot be run: its
 other columns are unknown, and guessing null would fetch the wrong URL or write wrong rows.
 `missing` names those ids so the command line refuses them (exit 2) before any job row or request;
@@ -27,6 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from runner import picks
 from runner.database import identifier
 from runner.errors import UsageError
 from runner.migrations import KEY_TYPES
@@ -34,21 +40,24 @@ from runner.spec import SelectionType, Source
 
 Entity = dict[str, Any]
 _WHOLE = 2**31 - 1  # `limit` for a selection run whole (its limit parameter is an int)
-_KEY_LIMITS = {"int": 2**31 - 1, "bigint": 2**63 - 1}  # PostgreSQL's integer and bigint
 
 
 def cast_key(source: Source, value: Any) -> Any:
     """An `--ids` value as the key type (int for int/bigint keys); UsageError when it is not one of
     them (`1e3`, `٣`, past the column's range), so the command line can refuse it before any job row."""
-    kind, text = source.entities.key_type, str(value)
-    if kind == "text":
-        return text
-    digits = text[1:] if text[:1] in "+-" else text
-    if digits.isascii() and digits.isdigit() and len(digits) <= 19 and abs(int(text)) <= _KEY_LIMITS[kind]:
-        return int(text)
-    raise UsageError(
-        f"--ids: {text!r} is not a whole number of the key's type ({source.name}'s key {source.entities.key} is {kind})"
-    )
+    kind = source.entities.key_type
+    try:
+        return picks.typed(kind, str(value))
+    except ValueError:
+        raise UsageError(
+            f"--ids: {str(value)!r} is not a whole number of the key's type ({source.name}'s key"
+            f" {source.entities.key} is {kind})"
+        ) from None
+
+
+def keys_of(source: Source, ids: Sequence[Any]) -> list[Any]:
+    """The ids as keys of the key's type, each once, in the order given (`5,05,5` is one entity)."""
+    return list(dict.fromkeys(cast_key(source, value) for value in ids))
 
 
 def key_only(source: Source) -> bool:
@@ -61,19 +70,19 @@ def rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]) -> list[
     key = source.entities.key
     if key_only(source) or source.entities.type is SelectionType.LIST:
         return [{key: value} for value in keys]
-    if source.entities.type is SelectionType.DEFAULT:
-        found = _status_rows(conn, source, keys)
+    if source.entities.type is SelectionType.DEFAULT and source.status is not None:
+        found = picks.entities(source, _status_rows(conn, source, keys), str(source.status.table))
     else:
-        found = _selected_rows(conn, source, keys)
+        found = picks.entities(source, _selected_rows(conn, source, keys))
     by_key = {row[key]: row for row in found}
     return [by_key[value] for value in keys if value in by_key]
 
 
 def missing(conn: psycopg.Connection, source: Source, ids: Sequence[Any]) -> None:
     """UsageError naming the ids whose entity columns the source's selection cannot supply."""
-    keys = list(dict.fromkeys(cast_key(source, value) for value in ids))
-    present = {row[source.entities.key] for row in rows(conn, source, keys)}
-    absent = [str(value) for value in keys if value not in present]
+    wanted = keys_of(source, ids)
+    present = {row[source.entities.key] for row in rows(conn, source, wanted)}
+    absent = [str(value) for value in wanted if value not in present]
     if not absent:
         return
     others = ", ".join(c.name for c in source.entities.columns[1:])
@@ -125,24 +134,17 @@ def _selected_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]
         params |= {"limit": _WHOLE, "after_key": None, "source": source.name}
         setting = "entities.sql"
     else:
-        inner = function_sql(source, _WHOLE, None)
+        inner = picks.function_sql(source, _WHOLE, None)
         setting = f"entities.function {entities.function}"
     columns = sql.SQL(", ").join(sql.SQL("q.{0}").format(sql.Identifier(c.name)) for c in entities.columns)
-    query = sql.SQL("select {} from ({}) q where q.{}::text = any(%(texts)s::text[])").format(
-        columns, inner, sql.Identifier(entities.key)
-    )
-    params["texts"] = [str(k) for k in params.pop("keys")]
-    return _fetch(conn, query, params, setting)
-
-
-def function_sql(source: Source, limit: int, after: Any) -> sql.Composed:
-    """`select * from fn(name => value, ...)`; values are literals, safely quoted by psycopg."""
-    engine = {"limit": limit, "after_key": after, "source": source.name}
-    args = [
-        sql.SQL("{} => {}").format(
-            sql.Identifier(name), sql.Literal(engine[arg.parameter] if arg.parameter else arg.value)
+    key = sql.SQL("q.{}::text").format(sql.Identifier(entities.key))
+    if entities.key_type == "text":
+        params["texts"] = [str(k) for k in params.pop("keys")]
+        matches = sql.SQL("{} = any(%(texts)s::text[])").format(key)
+    else:  # the query's key as picks.typed reads it ('01', ' 2 '), so --ids find what a run selects
+        params["numbers"] = params.pop("keys")
+        matches = sql.SQL("case when {0} ~ {1} then {0}::numeric end = any(%(numbers)s::numeric[])").format(
+            key, sql.Literal(r"^[ \t\n\r\v\f]*[+-]?[0-9]+(\.0*)?[ \t\n\r\v\f]*$")
         )
-        for name, arg in source.entities.args
-    ]
-    assert source.entities.function is not None
-    return sql.SQL("select * from {}({})").format(identifier(source.entities.function), sql.SQL(", ").join(args))
+    query = sql.SQL("select {} from ({}) q where {}").format(columns, inner, matches)
+    return _fetch(conn, query, params, setting)

@@ -10,14 +10,12 @@ each and `limit` in total. It never uses OFFSET and never one unbounded statemen
   breaker does not count them, runner/history.py.)
   Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
   in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), held back by the cut-off
-  (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. The
+  (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. A row
+  with a NULL key is never claimed, so never run; each chunk that meets one says so (a warning). The
   backoff, skip_until, deleted_at and cut-off checks apply to function and sql selections too,
   in the claim. `entities.join/where/order` add declared filters and sort terms (runner.filters,
   placed before the built-in order); `--ids` ignores them like it ignores due-ness.
-- function: `select * from fn(name => value, ...)`. A function taking the `after_key` parameter
-  is paged with it; any other function is called once with the whole limit.
-- sql: the user's query with `%(limit)s`, `%(after_key)s` (null first) and `%(source)s`; it must
-  return the key column, order by it and start after `after_key`. Paged with after_key.
+- function / sql: the user's own statement, paged with `after_key` (runner/picks.py).
 - ids: exactly these entities (`--ids`), whether due or not (backoff is ignored, claims are not);
   their columns come from the source's own selection (runner.ids). An id another runner holds is
   not run: it goes to the caller's `busy` list (with its holder), so the run can say so.
@@ -31,23 +29,21 @@ Static sharding (`--partition i/n`): runner/partitions.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from runner import backoff, claims, filters, filtersql
+from runner import backoff, claims, filters, filtersql, picks
 from runner import ids as ids_
 from runner.claims import Entity, Held
 from runner.database import identifier
 from runner.errors import SelectionError
-from runner.partitions import Partition, partition_of, partition_sql
+from runner.partitions import Partition, partition_sql
 from runner.spec import SelectionType, Source
-from runner.values import show
 
 CHUNK_SIZE = 500
 NEVER = datetime(1900, 1, 1, tzinfo=UTC)  # sort sentinel for a null stamp (never-synced rows sort first anyway)
@@ -77,35 +73,20 @@ def chunks(
     """
     claimer = claims.Claim(source.name, holder, lease_seconds, claim, backoff.held_back_sql(source))
     part = Partition(*partition) if partition is not None else None
-    budget = _Budget(limit, chunk_size)
+    budget = picks.Budget(limit, chunk_size)
+    fetch: picks.Fetch = partial(_fetch, conn, source=source)
     if ids is not None:
         pages = _by_ids(conn, source, list(ids), claimer, budget, busy if busy is not None else [])
     elif source.entities.type is SelectionType.DEFAULT:
         pages = _default(conn, source, claimer, part, after, budget)
     elif source.entities.type is SelectionType.FUNCTION:
-        pages = _function(conn, source, claimer, part, after, budget)
+        pages = picks.function(conn, fetch, source, claimer, part, after, budget)
     elif source.entities.type is SelectionType.SQL:
-        pages = _user_sql(conn, source, claimer, part, after, budget)
+        pages = picks.user_sql(conn, fetch, source, claimer, part, after, budget)
     else:
         raise ValueError(f"{source.name}: a list-shaped source has no entity selection")
     # Pages can be empty (every candidate claimed by someone else); the caller never sees those.
     yield from (page for page in pages if page)
-
-
-@dataclass(slots=True)
-class _Budget:
-    """How many entities may still be claimed: no chunk ever claims more than the run will process."""
-
-    left: int
-    size: int | Callable[[], int]
-
-    def next(self) -> int:
-        size = self.size() if callable(self.size) else self.size
-        return max(0, min(max(1, size), self.left))
-
-    def spend(self, rows: list[Entity]) -> list[Entity]:
-        self.left -= len(rows)
-        return rows
 
 
 # --- default selection ----------------------------------------------------------------------------------
@@ -160,7 +141,10 @@ def _default_sql(
         where=sql.SQL(" and ").join(where),
         order=sql.SQL(", ").join(order),
         claim=claims.claim_sql(
-            sql.SQL("select {}::text from candidates").format(key), True, backoff.held_back_sql(source)
+            # a NULL key names no entity: never claimed, so never run (_default names them)
+            sql.SQL("select {0}::text from candidates where {0} is not null").format(key),
+            True,
+            backoff.held_back_sql(source),
         )
         if claiming
         else sql.SQL("select {}::text as entity_key from candidates").format(key),
@@ -195,7 +179,7 @@ def _default(
     claim: claims.Claim,
     partition: Partition | None,
     after: Any,
-    budget: _Budget,
+    budget: picks.Budget,
 ) -> Iterator[list[Entity]]:
     cursor: tuple[Any, ...] | None = None
     types = filters.types(conn, source)
@@ -210,9 +194,14 @@ def _default(
             return
         last = rows[-1]
         cursor = (*(value for name, value in last.items() if name.startswith("__o")), last[source.entities.key])
+        if nulls := sum(row[source.entities.key] is None for row in rows):
+            picks.null_keys(source, str(source.status.table if source.status else "?"), nulls, _NULL_REMEDY)
         yield budget.spend([_public(row) for row in rows if row["__claimed"]])
         if len(rows) < size:
             return
+
+
+_NULL_REMEDY = "give them a key or delete them"  # a NULL key sorts last in the keyset: the cursor passes it
 
 
 def _fetch(
@@ -233,10 +222,8 @@ _SETTING_ERRORS = (psycopg.errors.ProgrammingError, psycopg.errors.DataError, ps
 def setting(source: Source) -> str:
     """The settings a source's selection is built from, as the user wrote them."""
     entities = source.entities
-    if entities.type is SelectionType.SQL:
-        return "entities.sql"
-    if entities.type is SelectionType.FUNCTION:
-        return f"entities.function ({entities.function})"
+    if entities.type in (SelectionType.SQL, SelectionType.FUNCTION):
+        return picks.setting(source)
     named = [
         f"{name}: {value}"
         for name, value in (
@@ -272,7 +259,7 @@ def check(conn: psycopg.Connection, source: Source) -> None:
         params.update(filtersql.params(entities))
         query: sql.SQL | sql.Composed = _default_sql(source, False, False, False, True, filters.types(conn, source))
     elif entities.type is SelectionType.FUNCTION:
-        query = _function_sql(source, 1, None)
+        query = picks.function_sql(source, 1, None)
     else:
         assert entities.sql is not None
         query, params = sql.SQL(entities.sql), {"limit": 1, "after_key": None, "source": source.name}
@@ -293,13 +280,19 @@ def due_sql(conn: psycopg.Connection, source: Source) -> tuple[sql.Composed, dic
 
 # --- explicit ids (runner.ids finds their columns) ---------------------------------------------------
 cast_key = ids_.cast_key  # the command line and the engine cast --ids here
+keys_of = ids_.keys_of  # ... and take each once
 
 
 def _by_ids(
-    conn: psycopg.Connection, source: Source, ids: list[Any], claim: claims.Claim, budget: _Budget, busy: list[Held]
+    conn: psycopg.Connection,
+    source: Source,
+    ids: list[Any],
+    claim: claims.Claim,
+    budget: picks.Budget,
+    busy: list[Held],
 ) -> Iterator[list[Entity]]:
     key = source.entities.key
-    typed = list(dict.fromkeys(cast_key(source, value) for value in ids))
+    typed = ids_.keys_of(source, ids)
     while typed and (size := budget.next()) > 0:
         page, typed = typed[:size], typed[size:]
         rows = ids_.rows(conn, source, page)
@@ -308,93 +301,3 @@ def _by_ids(
             taken = {row[key] for row in won}
             busy.extend(claims.held(conn, source, [row[key] for row in rows if row[key] not in taken]))
         yield budget.spend(won)
-
-
-# --- function and sql selection -------------------------------------------------------------------------
-_function_sql = ids_.function_sql
-
-
-def _function(
-    conn: psycopg.Connection,
-    source: Source,
-    claim: claims.Claim,
-    partition: Partition | None,
-    after: Any,
-    budget: _Budget,
-) -> Iterator[list[Entity]]:
-    if any(arg.parameter == "after_key" for _, arg in source.entities.args):
-        yield from _paged(conn, source, claim, partition, after, budget, lambda n, a: (_function_sql(source, n, a), {}))
-        return
-    # Called once: a function without after_key cannot be paged. With --partition it is asked for
-    # limit x count rows so that this shard still gets about `limit` after filtering.
-    # Entities backing off are dropped after the call, so fewer than `limit` may come back.
-    wanted = budget.left * (partition.shards if partition else 1)
-    rows = _keep(source, _fetch(conn, _function_sql(source, wanted, after), {}, source), partition)
-    while rows and (size := budget.next()) > 0:
-        page, rows = rows[:size], rows[size:]
-        yield budget.spend(claims.claimed(conn, claim, page, source.entities.key, backoff=True))
-
-
-def _user_sql(
-    conn: psycopg.Connection,
-    source: Source,
-    claim: claims.Claim,
-    partition: Partition | None,
-    after: Any,
-    budget: _Budget,
-) -> Iterator[list[Entity]]:
-    assert source.entities.sql is not None
-    query = sql.SQL(source.entities.sql)
-
-    def page(n: int, after_key: Any) -> tuple[sql.SQL, dict[str, Any]]:
-        return query, {"limit": n, "after_key": after_key, "source": source.name}
-
-    yield from _paged(conn, source, claim, partition, after, budget, page)
-
-
-def _paged(
-    conn: psycopg.Connection,
-    source: Source,
-    claim: claims.Claim,
-    partition: Partition | None,
-    after: Any,
-    budget: _Budget,
-    page: Callable[[int, Any], tuple[sql.SQL | sql.Composed, dict[str, Any]]],
-) -> Iterator[list[Entity]]:
-    """Call `page(n, after_key)` until it returns fewer than n rows or nothing new."""
-    key, seen = source.entities.key, set[Any]()
-    while (size := budget.next()) > 0:
-        query, params = page(size, after)
-        rows = _fetch(conn, query, params, source)
-        fresh = [row for row in rows if row[key] not in seen]
-        if not fresh:
-            return  # also guards against a query that ignores after_key
-        seen.update(row[key] for row in fresh)
-        after = rows[-1][key]
-        yield budget.spend(claims.claimed(conn, claim, _keep(source, fresh, partition)[:size], key, backoff=True))
-        if len(rows) < size:
-            return
-
-
-def _keep(source: Source, rows: list[Entity], partition: Partition | None) -> list[Entity]:
-    """The declared columns the rows have, one entity per key, for rows in this shard. A key the query
-    returns twice is one entity, fetched once (its claim, stamp and state are per key); twice with
-    different columns it would be two requests for one entity: SelectionError, naming them."""
-    names, key = [c.name for c in source.entities.columns], source.entities.key
-    kept: dict[Any, Entity] = {}
-    for row in rows:
-        entity = {n: row[n] for n in names if n in row}
-        first = kept.setdefault(entity[key], entity)
-        if (differs := next((n for n in names if not _equal(first.get(n), entity.get(n))), None)) is not None:
-            raise SelectionError(
-                f"{source.name}: {setting(source)} returned {key} {show(entity[key])} twice, with {differs}"
-                f" {show(first.get(differs))} and {show(entity.get(differs))}: an entity is selected once"
-                f" per key, so return one row per {key}"
-            )
-    if partition is None:
-        return list(kept.values())
-    return [row for k, row in kept.items() if partition_of(k, partition.shards) == partition.shard]
-
-
-def _equal(one: Any, other: Any) -> bool:
-    return bool(one == other or repr(one) == repr(other))  # NaN != NaN, also inside json (revF F5, revG F4)

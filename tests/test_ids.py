@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from runner import ids
-from runner.errors import UsageError
+from runner import cli, ids
+from runner.errors import SelectionError, UsageError
 from runner.spec import FunctionArg, QualifiedName, SelectionType
+from tests.apiserver import ApiServer, Reply
 from tests.pg import Database, make_source
 
 SINCE_SQL = (
@@ -106,3 +109,82 @@ def test_a_broken_query_names_the_setting(seen: Database) -> None:
 def test_cast_key(kind: str, value: str, cast: object) -> None:
     """Ids become the key's type."""
     assert ids.cast_key(make_source(key_type=kind), value) == cast
+
+
+def test_ids_find_keys_the_query_returns_as_text(seen: Database) -> None:
+    """A query returning its int keys as text ('01', ' 2'): --ids 1,2 are those entities (read as the
+    key type, as a normal run reads them: runner/picks.py), not refused as missing."""
+    query = "select appid, since from (select lpad(appid::text, 2, '0') as appid, since from seen) s"
+    source = make_source(selection=SelectionType.SQL, sql=query, columns=(("since", "text"),))
+    assert ids.rows(seen.conn, source, [2, 1]) == [
+        {"appid": 2, "since": "2024-02-02"},
+        {"appid": 1, "since": "2024-01-01"},
+    ]
+    ids.missing(seen.conn, source, ["1", "2"])
+
+
+def test_an_id_the_query_returns_twice_is_one_entity_or_refused(seen: Database) -> None:
+    """review F6b: the last of two rows for an id won silently. The same row twice is one entity;
+    two different rows are two requests for one entity, refused as an sql selection refuses them."""
+    same = "select appid, since from seen union all select appid, since from seen"
+    source = make_source(selection=SelectionType.SQL, sql=same, columns=(("since", "text"),))
+    assert ids.rows(seen.conn, source, [1]) == [{"appid": 1, "since": "2024-01-01"}]
+    other = "select appid, since from seen union all select appid, 'x' from seen"
+    source = make_source(selection=SelectionType.SQL, sql=other, columns=(("since", "text"),))
+    with pytest.raises(SelectionError) as error:
+        ids.missing(seen.conn, source, ["1", "01"])
+    assert str(error.value) == (
+        "example: entities.sql returned appid 1 twice, with since '2024-01-01' and 'x': an entity is"
+        " selected once per key, so return one row per appid"
+    )
+    assert error.value.exit_code == 2
+
+
+def test_a_status_table_with_an_id_twice_is_refused(db: Database) -> None:
+    """A status table without a unique key can hold an entity twice: with different columns the id
+    is refused naming them (the last row won silently)."""
+    source = make_source(columns=(("cc", "text"),))
+    db.run("create table sync_status (appid int, cc text); insert into sync_status values (1, 'us'), (1, 'de')")
+    with pytest.raises(SelectionError, match=r"^example: sync_status returned appid 1 twice, with cc 'us' and 'de'"):
+        ids.rows(db.conn, source, [1])
+
+
+def test_duplicate_ids_are_one_entity(api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review F6b: `test-read --ids 5,05` on a key-only source (no database needed) fetched 5 twice."""
+    monkeypatch.setenv("API_URL", api.url)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    source = tmp_path / "one.yaml"
+    source.write_text(
+        "name: one\nentities: {type: sql, key: appid, key_type: int,"
+        ' sql: "select 1 as appid where %(after_key)s::int is null limit %(limit)s"}\n'
+        'request: {url: "${env.API_URL}/apps/{appid}"}\nrate_limit: {requests: 10, per: 1s}\nstatus: false\n'
+        "writes: [{table: seen, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    api.route("/apps/5", Reply(200, json={}))
+    assert cli.main(["test-read", str(source), "--ids", "5,05, 5"]) == 0
+    assert [r.path for r in api.requests] == ["/apps/5"]
+
+
+def test_an_id_in_conflict_stops_the_run_before_any_job_row(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review F6b end to end: `run --ids 5,5` on a query returning 5 twice with different columns
+    fetched `/apps/5/b` (the last row) and completed; it is refused, exit 2, before any request."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    source = tmp_path / "two.yaml"
+    source.write_text(
+        "name: two\nentities: {type: sql, key: appid, key_type: int, columns: {appid: int, cc: text},"
+        " sql: \"select * from (values (5, 'a'), (5, 'b')) v(appid, cc)"
+        ' where %(after_key)s::int is null limit %(limit)s"}\n'
+        'request: {url: "${env.API_URL}/apps/{appid}/{cc}"}\nrate_limit: {requests: 10, per: 1s}\nstatus: false\n'
+        "writes: [{table: seen, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    db.run("create table seen (appid int primary key)")
+    assert cli.main(["migrate", str(source)]) == 0
+    api.route("/apps/5/a", Reply(200, json={}))
+    api.route("/apps/5/b", Reply(200, json={}))
+    assert cli.main(["run", str(source), "--ids", "5,5"]) == 2
+    assert "two: entities.sql returned appid 5 twice, with cc 'a' and 'b'" in capsys.readouterr().err
+    assert api.requests == []
+    assert db.scalar("select count(*) from sync_jobs") == 0

@@ -270,7 +270,7 @@ def _chunks(state: Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[d
     source, options = state.source, state.options
     if conn is None:  # dry run with --ids and a key-only selection: no database needed
         key = source.entities.key
-        ids = [selection.cast_key(source, value) for value in options.ids or ()]
+        ids = selection.keys_of(source, options.ids or ())
         return iter([[{key: value} for value in ids]] if ids else [])
     return selection.chunks(
         conn,
