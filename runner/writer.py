@@ -32,7 +32,7 @@ pipelined executemany of the row-by-row statements.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -67,6 +67,9 @@ class Tally:
         self.updated += other.updated
 
 
+# called last inside a batch's transaction: (connection, the results that failed, the primary write's counts)
+BeforeCommit = Callable[[psycopg.Connection, list[EntityResult], Tally], None]
+
 primary = writeplan.primary  # the write items_created / items_updated count (spec and conditional name it here)
 
 
@@ -79,13 +82,17 @@ def write(
     job_id: str | None = None,
     holder: str | None = None,
     tally: Tally | None = None,
+    before_commit: BeforeCommit | None = None,
 ) -> list[EntityResult]:
     """Write a batch in one transaction; return the results that failed here, as error results.
 
     The source's writes are compiled under `catalog` on the run's first batch (writeplan.compiled);
     from there on only that plan is executed. `holder`: release only this holder's claims (None
     releases any). `job_id` is not stored today. `tally`: gets the primary write's inserted /
-    updated rows added, once the batch committed.
+    updated rows added, once the batch committed. `before_commit(conn, failed, counts)`: called
+    last inside the batch's transaction with what this attempt came to (the results that failed,
+    the primary write's counts), so what it writes commits with the batch, or not at all (the job
+    row's counters: one commit, one WAL flush, per batch instead of two).
     """
     plan = writeplan.compiled(source, catalog)
     as_is = _as_is(plan, results)
@@ -94,7 +101,7 @@ def write(
     for attempt in range(1, ATTEMPTS + 1):
         counts = Tally()  # an attempt that rolls back counts nothing
         try:
-            failed = unfit + _attempt(conn, plan, batch, holder, counts)
+            failed = _attempt(conn, plan, batch, holder, counts, unfit, before_commit)
             if tally is not None:
                 tally.add(counts)
             return failed
@@ -108,18 +115,26 @@ def write(
 
 
 def _attempt(
-    conn: psycopg.Connection, plan: SourcePlan, batch: list[EntityResult], holder: str | None, counts: Tally
+    conn: psycopg.Connection,
+    plan: SourcePlan,
+    batch: list[EntityResult],
+    holder: str | None,
+    counts: Tally,
+    unfit: list[EntityResult],
+    before_commit: BeforeCommit | None,
 ) -> list[EntityResult]:
     try:
         whole = Tally()
         with conn.transaction():
             kept, lost = _fence(conn, plan, batch, holder)
             _write_all(conn, plan, kept, holder, counts=whole)
+            if before_commit is not None:
+                before_commit(conn, unfit + lost, whole)
         counts.add(whole)
-        return lost
+        return unfit + lost
     except Failed:
         pass  # rolled back: find the culprits one entity at a time
-    return _replay(conn, plan, batch, holder, counts)
+    return _replay(conn, plan, batch, holder, counts, unfit, before_commit)
 
 
 def _fence(
@@ -154,7 +169,13 @@ def _fence(
 
 
 def _replay(
-    conn: psycopg.Connection, plan: SourcePlan, batch: list[EntityResult], holder: str | None, counts: Tally
+    conn: psycopg.Connection,
+    plan: SourcePlan,
+    batch: list[EntityResult],
+    holder: str | None,
+    counts: Tally,
+    unfit: list[EntityResult],
+    before_commit: BeforeCommit | None,
 ) -> list[EntityResult]:
     failures: list[EntityResult] = []
     kept = Tally()
@@ -171,8 +192,10 @@ def _replay(
                 with conn.transaction():
                     _write_all(conn, plan, [bad], holder, bulk=False)
                 failures.append(bad)
+        if before_commit is not None:
+            before_commit(conn, unfit + failures, kept)
     counts.add(kept)
-    return failures
+    return unfit + failures
 
 
 def _write_all(

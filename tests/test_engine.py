@@ -188,6 +188,50 @@ def test_a_job_row_whose_final_update_is_refused_fails_the_run_without_a_traceba
     assert env.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
 
 
+def test_the_job_counters_commit_in_each_batch_transaction(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The job row's counters are updated inside each batch's own transaction (one commit, one WAL
+    flush per batch, not two): every update of the running job row shares a transaction with rows."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=range(1, 26))
+    for appid in range(1, 26):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "create table txids (what text, txid bigint);"
+        "create function note_txid() returns trigger language plpgsql as $$ begin"
+        " insert into txids values (tg_table_name, txid_current()); return new; end $$;"
+        " create trigger note after insert on apps for each row execute function note_txid();"
+        " create trigger note after update on sync_jobs for each row when (new.status = 'running')"
+        " execute function note_txid();"
+    )
+    assert run(str(source), "--heartbeat", "3600", "--lease", "7200") == 0
+    batches = {txid for (txid,) in env.rows("select txid from txids where what = 'apps'")}
+    beats = {txid for (txid,) in env.rows("select txid from txids where what = 'sync_jobs'")}
+    assert len(batches) >= 3  # write_batch 10, 25 entities
+    assert beats == batches
+    assert env.rows("select status, items_succeeded from sync_jobs") == [("completed", 25)]
+
+
+def test_a_refused_counters_update_leaves_the_batch_committed(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The counters' update is a savepoint in the batch's transaction: refused (a trigger), it is
+    logged and the batch's rows and stamps commit all the same."""
+    source = write_source(tmp_path)
+    seed(env, source)
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "create function refuse() returns trigger language plpgsql as $$ begin"
+        " if new.status = 'running' then raise exception 'no counting today'; end if; return new; end $$;"
+        " create trigger refuse before update on sync_jobs for each row execute function refuse();"
+    )
+    assert run(str(source), "--heartbeat", "3600", "--lease", "7200") == 0
+    assert "could not update the job's counters (no counting today" in capsys.readouterr().err
+    assert env.scalar("select count(*) from apps") == 5
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
+    assert env.rows("select status, items_succeeded from sync_jobs") == [("completed", 5)]
+
+
 def test_transient_failures_then_success(env: Database, api: ApiServer, tmp_path: Path) -> None:
     """503, 503, 503, 200 succeeds after backoff; a 404 is a skip after one request."""
     source = write_source(tmp_path)

@@ -206,6 +206,32 @@ def test_a_constraint_violation_is_replayed_per_entity(tables: Database) -> None
     ]
 
 
+def test_before_commit_runs_last_inside_the_batch_transaction(tables: Database) -> None:
+    """`before_commit` gets the attempt's failed results (an unfit value, a replayed constraint
+    violation) and the primary write's counts inside the batch's transaction: what it writes commits
+    with the rows (the engine puts the job row's counters there), and when it fails nothing commits."""
+    catalog = migrations.check(tables.conn, [SOURCE])
+    seen: list[tuple[list[Any], int, int, Any]] = []
+
+    def before(conn: psycopg.Connection, failed: list[EntityResult], counts: writer.Tally) -> None:
+        written = conn.execute("select array_agg(appid order by appid) from apps").fetchone()
+        seen.append(([f.key for f in failed], counts.created, counts.updated, written and written[0]))
+
+    results = [ok(10, app(10)), ok(20, app(20, price="abc")), ok(30, app(30, price=-5)), ok(40, app(40))]
+    failed = writer.write(tables.conn, SOURCE, results, catalog=catalog, before_commit=before)
+    assert [f.key for f in failed] == [20, 30]
+    # the first attempt rolled back at the check violation, before before_commit; the replay calls it
+    assert seen == [([20, 30], 2, 0, [10, 40])]
+
+    def refuse(conn: psycopg.Connection, failed: list[EntityResult], counts: writer.Tally) -> None:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        writer.write(tables.conn, SOURCE, [ok(50, app(50))], catalog=catalog, before_commit=refuse)
+    assert tables.rows("select appid from apps order by 1") == [(10,), (40,)]
+    assert tables.scalar("select count(*) from syncrun_state where entity_key = '50'") == 0
+
+
 def test_deadlocks_retry_the_batch(tables: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """A deadlock retries the whole batch; repeated ones become a DatabaseError."""
     calls = []
