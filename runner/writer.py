@@ -98,10 +98,11 @@ def write(
     as_is = _as_is(plan, results)
     batch = [_checked(plan, result, as_is) for result in results]
     unfit = [checked for checked, result in zip(batch, results, strict=True) if checked.outcome is not result.outcome]
+    typed = frozenset(index for index in as_is if not plan.writes[index].lookups)  # lookups change values
     for attempt in range(1, ATTEMPTS + 1):
         counts = Tally()  # an attempt that rolls back counts nothing
         try:
-            failed = _attempt(conn, plan, batch, holder, counts, unfit, before_commit)
+            failed = _attempt(conn, plan, batch, holder, counts, unfit, before_commit, typed)
             if tally is not None:
                 tally.add(counts)
             return failed
@@ -122,12 +123,13 @@ def _attempt(
     counts: Tally,
     unfit: list[EntityResult],
     before_commit: BeforeCommit | None,
+    typed: frozenset[int] = frozenset(),
 ) -> list[EntityResult]:
     try:
         whole = Tally()
         with conn.transaction():
             kept, lost = _fence(conn, plan, batch, holder)
-            _write_all(conn, plan, kept, holder, counts=whole)
+            _write_all(conn, plan, kept, holder, counts=whole, typed=typed)
             if before_commit is not None:
                 before_commit(conn, unfit + lost, whole)
         counts.add(whole)
@@ -205,8 +207,10 @@ def _write_all(
     holder: str | None,
     bulk: bool = True,
     counts: Tally | None = None,
+    typed: frozenset[int] = frozenset(),
 ) -> None:
-    """Targets in declaration order, then status, then state: the same lock order in every runner."""
+    """Targets in declaration order, then status, then state: the same lock order in every runner.
+    `typed`: the writes whose rows are known to hold each column's own Python type (`_as_is`)."""
     live = [result for result in batch if result.outcome is not Outcome.ERROR]
     main = plan.primary if counts is not None else None
     with conn.cursor() as cursor:
@@ -214,7 +218,9 @@ def _write_all(
         for index, target in enumerate(plan.writes):
             rows = [row for result in live for row in result.rows.get(index, [])]
             scopes = [result.scopes[index] for result in live if index in result.scopes]
-            created, updated = targets.write(cursor, target, rows, scopes, bulk=bulk, count=index == main)
+            created, updated = targets.write(
+                cursor, target, rows, scopes, bulk=bulk, count=index == main, typed=index in typed
+            )
             if counts is not None and index == main:
                 counts.created, counts.updated = counts.created + created, counts.updated + updated
         stamps.write(cursor, plan.stamp, batch)
@@ -224,16 +230,39 @@ def _write_all(
 
 
 def _as_is(plan: SourcePlan, results: Sequence[EntityResult]) -> frozenset[int]:
-    """The writes whose rows, over the whole batch, need no conversion (`WritePlan.as_is`): checked a
-    column at a time for all the batch's rows at once, so that an entity of those writes costs no
-    call per row. Each entity's rows are a part of the batch's, so they need none either."""
-    indexes = {index for result in results if result.outcome is not Outcome.ERROR for index in result.rows}
+    """The writes whose rows, over the whole batch, need no conversion (`WritePlan.as_is`): from each
+    result's `fits` when every one has it (`fitted`, worked out as the engine handed them over), else
+    checked a column at a time for all the batch's rows at once, so that an entity of those writes
+    costs no call per row. Each entity's rows are a part of the batch's, so they need none either;
+    and the batch's need none when no entity's do (each value is judged on its own)."""
+    live = [result for result in results if result.outcome is not Outcome.ERROR]
+    indexes = {index for result in live for index in result.rows}
+    fits = [(result.rows, result.fits) for result in live if result.fits is not None]
     found = set()
     for index in indexes:
-        rows = [row for result in results if result.outcome is not Outcome.ERROR for row in result.rows.get(index, ())]
+        if len(fits) == len(live):  # every result's known
+            if all(index in known for rows, known in fits if index in rows):
+                found.add(index)
+            continue
+        rows = [row for result in live for row in result.rows.get(index, ())]
         if plan.writes[index].as_is(rows):
             found.add(index)
     return frozenset(found)
+
+
+FITTED_FROM = 100  # rows of an entity from which `fitted` pays: a few rows are checked cheaper with the batch's
+
+
+def fitted(source: Source, catalog: Catalog, result: EntityResult) -> EntityResult:
+    """`result` with `fits` worked out (`_as_is` then reads it): the engine calls this as it hands a
+    result of many rows (a bulk page) over to the writer, so the column checks of its rows are not
+    made on the write path, where the writer waits for them between round trips. A result of fewer
+    than FITTED_FROM rows is returned as it is (checked with its batch, as before)."""
+    if result.outcome is Outcome.ERROR or sum(map(len, result.rows.values())) < FITTED_FROM:
+        return result
+    plan = writeplan.compiled(source, catalog)
+    fits = frozenset(index for index, rows in result.rows.items() if plan.writes[index].as_is(rows))
+    return replace(result, fits=fits)
 
 
 def _checked(plan: SourcePlan, result: EntityResult, as_is: frozenset[int] = frozenset()) -> EntityResult:

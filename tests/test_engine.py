@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from runner import breaker, cli, fetch
+from runner import breaker, cli, fetch, writer
 from runner.engine import pipeline, writes
 from runner.engine.report import Trace
 from runner.results import EntityResult
@@ -230,6 +230,37 @@ def test_a_refused_counters_update_leaves_the_batch_committed(
     assert env.scalar("select count(*) from apps") == 5
     assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
     assert env.rows("select status, items_succeeded from sync_jobs") == [("completed", 5)]
+
+
+def test_bulk_pages_are_checked_as_they_are_handed_over(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of many records has its rows' column checks made as the fetcher hands it over
+    (writer.fitted), off the write path; a NUL in one page's text still ends as that entity's error,
+    and the other page is written."""
+    source = write_source(tmp_path, columns="name: record.name\n      price_cents: record.price")
+    source.write_text(source.read_text().replace("records: body", "records: body.data"))
+    seed(env, source, appids=[1, 2])
+    many = writer.FITTED_FROM + 20
+    api.route("/apps/1", Reply(200, json={"data": [{"name": f"n{i}", "price": i} for i in range(many)]}))
+    api.route(
+        "/apps/2", Reply(200, json={"data": [{"name": "a\u0000b" if i == 7 else "b", "price": i} for i in range(many)]})
+    )
+    fits = []
+    real = writer.fitted
+
+    def spy(*args: Any) -> EntityResult:
+        found = real(*args)
+        fits.append((found.key, found.fits))
+        return found
+
+    monkeypatch.setattr(writer, "fitted", spy)
+    assert run(str(source)) == 0
+    assert sorted(fits) == [(1, frozenset({0})), (2, frozenset())]
+    assert env.rows("select appid, name, price_cents from apps") == [(1, f"n{many - 1}", many - 1)]
+    assert env.scalar("select last_error from syncrun_state where entity_key = '2'") == (
+        "apps.name: 'a\\x00b' contains a NUL character, which PostgreSQL text cannot store"
+    )
 
 
 def test_transient_failures_then_success(env: Database, api: ApiServer, tmp_path: Path) -> None:

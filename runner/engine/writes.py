@@ -95,6 +95,9 @@ async def hand_over(state: Run, trace: Trace) -> None:
     """Hand a trace to the writer once the rows waiting for a commit leave room for it (an empty
     outbox always does: a trace heavier than HOLD_BYTES waits for the others and goes alone). With
     room and nobody waiting before it, that is a few additions: no lock, no queue, no task switch."""
+    if trace.result is not None and state.catalog is not None and not state.options.dry_run:
+        # a bulk page's column checks made here, beside its fetch, not on the write path
+        trace.result = writer.fitted(state.source, state.catalog, trace.result)
     trace.weight = weight(trace)
     if state.waiting or not _fits(state, trace.weight):
         async with state.room:
