@@ -239,7 +239,7 @@ def _write(
         c = replace(c, created=c.created + counts.created, updated=c.updated + counts.updated)
         c = counted(c, final, _items(t for t in batch if t.result is not None))
         try:
-            jobs.heartbeat(conn, state.report.job_id, replace(c, requests=state.limiter.requests))  # a savepoint
+            jobs.beat_within(conn, state.report.job_id, replace(c, requests=state.limiter.requests))
         except (DatabaseError, psycopg.Error) as error:
             unbeaten.append(error)
 
