@@ -108,6 +108,28 @@ def heartbeat(conn: psycopg.Connection, job_id: str, counters: Counters, *, tabl
         conn.execute(query, {**counters.params(), "id": job_id})
 
 
+_WITHIN = sql.SQL("savepoint syncrun_counters; {}; release savepoint syncrun_counters")
+
+
+def beat_within(
+    conn: psycopg.Connection, job_id: str, counters: Counters, *, table: QualifiedName = JOBS_TABLE
+) -> None:
+    """`heartbeat` inside the caller's transaction (the writer's batch: the counters commit with it),
+    in a savepoint of its own: refused (a trigger), the update is undone and the error raised, and the
+    caller's transaction goes on. Savepoint, update and release go as one query (the values bound by
+    psycopg on this side): one round trip where `heartbeat`'s nested transaction took three."""
+    query = sql.SQL("update {} set heartbeat_at = now(), {} where id = %(id)s and status = 'running'").format(
+        identifier(table), _SET_COUNTERS
+    )
+    bound = psycopg.ClientCursor(conn).mogrify(query, {**counters.params(), "id": job_id})
+    try:
+        conn.execute(_WITHIN.format(sql.SQL(bound)))  # no parameters: one simple query, three statements
+    except psycopg.Error:
+        if not conn.broken:
+            conn.execute("rollback to savepoint syncrun_counters")
+        raise
+
+
 def finish(
     conn: psycopg.Connection,
     job_id: str,

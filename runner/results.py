@@ -48,6 +48,10 @@ class EntityResult:
     # a transient failure that was a 401/403: recorded (syncrun_state.refused) but never counted against
     # the entity; the engine sets it where it knows the reply's status (engine.fetchers)
     refused: bool = False
+    # the writes whose rows need no conversion for their columns (writeplan.WritePlan.as_is), worked out
+    # under the run's write plan by writer.fitted as the engine hands the result over, off the write
+    # path; None: not worked out (the writer checks the batch's rows itself)
+    fits: frozenset[int] | None = None
 
     @property
     def counter(self) -> str:
@@ -72,6 +76,7 @@ class EntityResult:
             error=message,
             definitive=True,
             stamp=False,
+            fits=None,
         )
 
 

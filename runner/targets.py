@@ -75,9 +75,12 @@ def write(
     *,
     bulk: bool,
     count: bool = False,
+    typed: bool = False,
 ) -> tuple[int, int]:
     """Resolve lookups, delete the `scopes`' rows, then upsert `rows` (or call the function per row).
-    With `count`, (rows inserted, rows updated) by the upsert (`counted`); else (0, 0)."""
+    With `count`, (rows inserted, rows updated) by the upsert (`counted`); else (0, 0). `typed`: every
+    value is known to be of its column's own Python type (the writer found the rows need no
+    conversion: int for integer columns, str for text, ...), so the COPY may go binary unchecked."""
     for resolve in plan.lookups:
         rows = _resolve(cursor, plan, resolve, rows)
     if plan.key:
@@ -90,7 +93,7 @@ def write(
     if not params:
         return 0, 0
     if bulk and len(params) >= COPY_FROM:
-        return _copy(cursor, plan, params, count)
+        return _copy(cursor, plan, params, count, typed)
     casts = array_casts(plan.table_types, plan.columns, params) if len(params) >= UNNEST_FROM else None
     bound: list[Any]
     if casts is None:
@@ -190,7 +193,9 @@ def initcap(text: str) -> str:
     return "".join(out)
 
 
-def _copy(cursor: psycopg.Cursor[Any], plan: WritePlan, params: list[tuple[Any, ...]], count: bool) -> tuple[int, int]:
+def _copy(
+    cursor: psycopg.Cursor[Any], plan: WritePlan, params: list[tuple[Any, ...]], count: bool, typed: bool = False
+) -> tuple[int, int]:
     """COPY into a temp table shaped like the written columns, then one insert ... select ... on conflict.
 
     The temp table (one per target: `statements.temp_sql`) is created if missing, and emptied, inside
@@ -198,7 +203,9 @@ def _copy(cursor: psycopg.Cursor[Any], plan: WritePlan, params: list[tuple[Any, 
     that hands each transaction a different server session.
     """
     try:
-        binary = plan.binary(params) and plan.binary_temp(cursor)
+        # rows that need no conversion hold exactly the Python types the binary forms are made from
+        # (values.unchanged: int, str, bool, float), so `binary`'s scan of every value is not needed
+        binary = ((typed and plan.binary_types is not None) or plan.binary(params)) and plan.binary_temp(cursor)
         if not binary:
             cursor.execute(plan.temp)
         with cursor.copy(plan.copy_binary if binary else plan.copy) as copy:

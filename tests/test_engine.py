@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from runner import breaker, cli, fetch
+from runner import breaker, cli, fetch, writer
 from runner.engine import pipeline, writes
 from runner.engine.report import Trace
 from runner.results import EntityResult
@@ -186,6 +187,105 @@ def test_a_job_row_whose_final_update_is_refused_fails_the_run_without_a_traceba
     assert "no finishing today" in err
     assert "Traceback" not in err
     assert env.scalar("select count(*) from syncrun_state where claimed_by is not null") == 0
+
+
+def test_the_job_counters_commit_in_each_batch_transaction(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """The job row's counters are updated inside each batch's own transaction (one commit, one WAL
+    flush per batch, not two): every update of the running job row shares a transaction with rows."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=range(1, 26))
+    for appid in range(1, 26):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "create table txids (what text, txid bigint);"
+        "create function note_txid() returns trigger language plpgsql as $$ begin"
+        " insert into txids values (tg_table_name, txid_current()); return new; end $$;"
+        " create trigger note after insert on apps for each row execute function note_txid();"
+        " create trigger note after update on sync_jobs for each row when (new.status = 'running')"
+        " execute function note_txid();"
+    )
+    assert run(str(source), "--heartbeat", "3600", "--lease", "7200") == 0
+    batches = {txid for (txid,) in env.rows("select txid from txids where what = 'apps'")}
+    beats = {txid for (txid,) in env.rows("select txid from txids where what = 'sync_jobs'")}
+    assert len(batches) >= 3  # write_batch 10, 25 entities
+    assert beats == batches
+    assert env.rows("select status, items_succeeded from sync_jobs") == [("completed", 25)]
+
+
+def test_a_refused_counters_update_leaves_the_batch_committed(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The counters' update is a savepoint in the batch's transaction: refused (a trigger), it is
+    logged and the batch's rows and stamps commit all the same."""
+    source = write_source(tmp_path)
+    seed(env, source)
+    for appid in range(1, 6):
+        api.route(f"/apps/{appid}", app(appid))
+    env.run(
+        "create function refuse() returns trigger language plpgsql as $$ begin"
+        " if new.status = 'running' then raise exception 'no counting today'; end if; return new; end $$;"
+        " create trigger refuse before update on sync_jobs for each row execute function refuse();"
+    )
+    assert run(str(source), "--heartbeat", "3600", "--lease", "7200") == 0
+    assert "could not update the job's counters (no counting today" in capsys.readouterr().err
+    assert env.scalar("select count(*) from apps") == 5
+    assert env.scalar("select count(*) from sync_status where last_alpha_sync is not null") == 5
+    assert env.rows("select status, items_succeeded from sync_jobs") == [("completed", 5)]
+
+
+def test_bulk_pages_are_checked_as_they_are_handed_over(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of many records has its rows' column checks made as the fetcher hands it over
+    (writer.fitted), off the write path; a NUL in one page's text still ends as that entity's error,
+    and the other page is written."""
+    source = write_source(tmp_path, columns="name: record.name\n      price_cents: record.price")
+    source.write_text(source.read_text().replace("records: body", "records: body.data"))
+    seed(env, source, appids=[1, 2])
+    many = writer.FITTED_FROM + 20
+    api.route("/apps/1", Reply(200, json={"data": [{"name": f"n{i}", "price": i} for i in range(many)]}))
+    api.route(
+        "/apps/2", Reply(200, json={"data": [{"name": "a\u0000b" if i == 7 else "b", "price": i} for i in range(many)]})
+    )
+    fits = []
+    real = writer.fitted
+
+    def spy(*args: Any) -> EntityResult:
+        found = real(*args)
+        fits.append((found.key, found.fits))
+        return found
+
+    monkeypatch.setattr(writer, "fitted", spy)
+    assert run(str(source)) == 0
+    assert sorted(fits) == [(1, frozenset({0})), (2, frozenset())]
+    assert env.rows("select appid, name, price_cents from apps") == [(1, f"n{many - 1}", many - 1)]
+    assert env.scalar("select last_error from syncrun_state where entity_key = '2'") == (
+        "apps.name: 'a\\x00b' contains a NUL character, which PostgreSQL text cannot store"
+    )
+
+
+def test_a_run_shortens_the_switch_interval_and_puts_it_back(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a run goes, a thread waiting for the GIL (the writer's, back from a round trip) gets it
+    within pipeline.SWITCH_INTERVAL, not CPython's 5 ms; afterwards the process has its own back."""
+    source = write_source(tmp_path)
+    seed(env, source, appids=[1, 2])
+    for appid in (1, 2):
+        api.route(f"/apps/{appid}", app(appid))
+    seen = []
+    real = writer.write
+
+    def write(*args: Any, **kwargs: Any) -> list[EntityResult]:
+        seen.append(sys.getswitchinterval())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "write", write)
+    before = sys.getswitchinterval()
+    assert before > pipeline.SWITCH_INTERVAL
+    assert run(str(source)) == 0
+    assert seen == [pipeline.SWITCH_INTERVAL]
+    assert sys.getswitchinterval() == before
 
 
 def test_transient_failures_then_success(env: Database, api: ApiServer, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from runner import breaker, engine, jobs, migrations, spec, targets, writer
@@ -45,6 +46,41 @@ def test_heartbeat_and_finish_write_counters(migrated: Database) -> None:
         "select status, completed_at is not null, items_processed, items_succeeded, items_failed, items_skipped,"
         " items_created, items_updated, requests_made, error_message from sync_jobs"
     ) == [("failed", True, 5, 3, 1, 1, 2, 1, 9, "RunFailed: boom")]
+
+
+def test_beat_within_commits_with_the_callers_transaction_or_is_undone_alone(migrated: Database) -> None:
+    """beat_within updates the counters inside the caller's transaction (they commit with it, or not
+    at all); refused (a trigger), its update alone is undone, the error raised, and the caller's other
+    changes still commit. A job id is bound on this side, quoted: no statement of its own."""
+    job = jobs.start(migrated.conn, "example")
+    conn = migrated.conn
+
+    def failing_batch() -> None:
+        with conn.transaction():
+            jobs.beat_within(conn, job, jobs.Counters(processed=4))
+            raise RuntimeError("the batch failed")
+
+    with pytest.raises(RuntimeError):
+        failing_batch()
+    assert migrated.rows("select items_processed from sync_jobs") == [(0,)]
+    with conn.transaction():
+        jobs.beat_within(conn, job, jobs.Counters(processed=5, requests=6))
+    assert migrated.rows("select items_processed, requests_made from sync_jobs") == [(5, 6)]
+    migrated.run(
+        "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'no counting'; end $$;"
+        " create trigger refuse before update on sync_jobs for each row execute function refuse();"
+        " create table kept (x int)"
+    )
+    with conn.transaction():
+        conn.execute("insert into kept values (1)")
+        with pytest.raises(psycopg.errors.RaiseException, match="no counting"):
+            jobs.beat_within(conn, job, jobs.Counters(processed=9))
+        conn.execute("insert into kept values (2)")
+    assert migrated.rows("select x from kept order by x") == [(1,), (2,)]
+    assert migrated.rows("select items_processed from sync_jobs") == [(5,)]
+    with conn.transaction(), pytest.raises(psycopg.errors.InvalidTextRepresentation):  # a value, not SQL
+        jobs.beat_within(conn, "x'); drop table kept; --", jobs.Counters())
+    assert migrated.scalar("select count(*) from kept") == 2
 
 
 def test_finish_rejects_unknown_statuses(migrated: Database) -> None:

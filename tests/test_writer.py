@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner import migrations, targets, writer
+from runner import migrations, targets, writeplan, writer
 from runner.errors import DatabaseError
 from runner.results import EntityResult
 from runner.spec import Merge, Outcome, WriteMode
@@ -206,6 +206,32 @@ def test_a_constraint_violation_is_replayed_per_entity(tables: Database) -> None
     ]
 
 
+def test_before_commit_runs_last_inside_the_batch_transaction(tables: Database) -> None:
+    """`before_commit` gets the attempt's failed results (an unfit value, a replayed constraint
+    violation) and the primary write's counts inside the batch's transaction: what it writes commits
+    with the rows (the engine puts the job row's counters there), and when it fails nothing commits."""
+    catalog = migrations.check(tables.conn, [SOURCE])
+    seen: list[tuple[list[Any], int, int, Any]] = []
+
+    def before(conn: psycopg.Connection, failed: list[EntityResult], counts: writer.Tally) -> None:
+        written = conn.execute("select array_agg(appid order by appid) from apps").fetchone()
+        seen.append(([f.key for f in failed], counts.created, counts.updated, written and written[0]))
+
+    results = [ok(10, app(10)), ok(20, app(20, price="abc")), ok(30, app(30, price=-5)), ok(40, app(40))]
+    failed = writer.write(tables.conn, SOURCE, results, catalog=catalog, before_commit=before)
+    assert [f.key for f in failed] == [20, 30]
+    # the first attempt rolled back at the check violation, before before_commit; the replay calls it
+    assert seen == [([20, 30], 2, 0, [10, 40])]
+
+    def refuse(conn: psycopg.Connection, failed: list[EntityResult], counts: writer.Tally) -> None:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        writer.write(tables.conn, SOURCE, [ok(50, app(50))], catalog=catalog, before_commit=refuse)
+    assert tables.rows("select appid from apps order by 1") == [(10,), (40,)]
+    assert tables.scalar("select count(*) from syncrun_state where entity_key = '50'") == 0
+
+
 def test_deadlocks_retry_the_batch(tables: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """A deadlock retries the whole batch; repeated ones become a DatabaseError."""
     calls = []
@@ -346,3 +372,71 @@ def test_writes_are_fenced_to_the_claim_holder(tables: Database) -> None:
         ("10", None),
         ("20", "runner-b"),
     ]
+
+
+def _page(key: int, first: int, count: int, **values: Any) -> EntityResult:
+    """A bulk entity: `count` app rows from appid `first`, with `values` replacing name / price_cents."""
+    rows = [{"appid": i, "name": f"app {i}", "price_cents": i, **values} for i in range(first, first + count)]
+    return ok(key, (0, rows))
+
+
+def test_fitted_pages_are_checked_off_the_write_path_and_still_converted_or_refused(
+    tables: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`writer.fitted` works out a bulk page's writes whose rows need no conversion (the engine calls
+    it as it hands a page over); the writer reads that instead of checking the batch's columns again,
+    and still converts a page of numbers as text, keeps NULLs, and refuses a NUL in text as that
+    entity's outcome. A page under FITTED_FROM rows is left to the batch's own check."""
+    catalog = migrations.check(tables.conn, [SOURCE])
+    n = writer.FITTED_FROM
+    pages = [
+        _page(1, 1, n),
+        _page(2, n + 1, n, price_cents="42"),
+        _page(3, 2 * n + 1, n, name="a\x00b"),
+        _page(4, 3 * n + 1, n, name=None, price_cents=None),
+    ]
+    fitted = [writer.fitted(SOURCE, catalog, page) for page in pages]
+    assert [page.fits for page in fitted] == [frozenset({0}), frozenset(), frozenset(), frozenset({0})]
+    assert writer.fitted(SOURCE, catalog, _page(5, 4 * n + 1, 1)).fits is None
+
+    checks: list[int] = []
+    as_is = writeplan.WritePlan.as_is
+    monkeypatch.setattr(writeplan.WritePlan, "as_is", lambda plan, rows: checks.append(len(rows)) or as_is(plan, rows))
+    failed = writer.write(tables.conn, SOURCE, fitted, catalog=catalog)
+    assert checks == []  # every page's fits known: no column checked again on the write path
+    assert [(f.key, f.error) for f in failed] == [
+        (3, "apps.name: 'a\\x00b' contains a NUL character, which PostgreSQL text cannot store")
+    ]
+    assert tables.scalar("select count(*) from apps") == 3 * n
+    assert tables.rows(f"select distinct price_cents from apps where appid between {n + 1} and {2 * n}") == [(42,)]
+    assert tables.rows(f"select distinct name, price_cents from apps where appid > {3 * n}") == [(None, None)]
+
+    # one page without fits (a few rows): the batch's rows are checked together, as before
+    failed = writer.write(tables.conn, SOURCE, [fitted[0], _page(5, 4 * n + 1, 1, price_cents="7")], catalog=catalog)
+    assert failed == []
+    assert checks == [n + 1]
+    assert tables.scalar(f"select price_cents from apps where appid = {4 * n + 1}") == 7
+
+
+def test_rows_that_need_no_conversion_take_the_binary_copy_without_a_scan(
+    tables: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows found to need no conversion hold exactly the Python types the binary COPY is made from, so
+    `WritePlan.binary`'s scan of every value is skipped; rows that were converted are still scanned."""
+    catalog = migrations.check(tables.conn, [SOURCE])
+    n = targets.COPY_FROM
+    scans: list[int] = []
+    binary = writeplan.WritePlan.binary
+    monkeypatch.setattr(
+        writeplan.WritePlan, "binary", lambda plan, params: scans.append(len(params)) or binary(plan, params)
+    )
+    temps: list[bool] = []
+    binary_temp = writeplan.WritePlan.binary_temp
+    monkeypatch.setattr(
+        writeplan.WritePlan, "binary_temp", lambda plan, cursor: temps.append(True) or binary_temp(plan, cursor)
+    )
+    assert writer.write(tables.conn, SOURCE, [_page(1, 1, n)], catalog=catalog) == []
+    assert (scans, temps) == ([], [True])  # binary COPY, no scan
+    assert writer.write(tables.conn, SOURCE, [_page(2, n + 1, n, price_cents="5")], catalog=catalog) == []
+    assert (scans, temps) == ([n], [True, True])  # converted: scanned, then binary all the same
+    assert tables.scalar(f"select count(*) from apps where appid > {n} and price_cents = 5") == n

@@ -95,6 +95,9 @@ async def hand_over(state: Run, trace: Trace) -> None:
     """Hand a trace to the writer once the rows waiting for a commit leave room for it (an empty
     outbox always does: a trace heavier than HOLD_BYTES waits for the others and goes alone). With
     room and nobody waiting before it, that is a few additions: no lock, no queue, no task switch."""
+    if trace.result is not None and state.catalog is not None and not state.options.dry_run:
+        # a bulk page's column checks made here, beside its fetch, not on the write path
+        trace.result = writer.fitted(state.source, state.catalog, trace.result)
     trace.weight = weight(trace)
     if state.waiting or not _fits(state, trace.weight):
         async with state.room:
@@ -219,10 +222,27 @@ async def flush(state: Run, conn: database.Link | None, batch: list[Trace]) -> N
 def _write(
     conn: psycopg.Connection, state: Run, batch: list[Trace], results: list[EntityResult], tally: writer.Tally
 ) -> tuple[list[EntityResult], Exception | None]:
-    """`writer.write` of the batch, then, in the same worker-thread call (no trip back through the
-    event loop between them), the job row's counters as the loop is about to count them (`count`):
-    they follow the commits, so a runner killed outright leaves a row, reaped later, that says what it
-    committed. (failed results, the job row update's error: only logged, as the batch committed.)"""
+    """`writer.write` of the batch, the job row's counters updated in the batch's own transaction
+    (`writer.write`'s `before_commit`) as the loop is about to count them (`count`): they follow the
+    commits, exactly, so a runner killed outright leaves a row, reaped later, that says what it
+    committed; and the batch costs one commit (one WAL flush), not two. The update runs in a
+    savepoint: refused (a trigger), it is only logged and the batch still commits. (failed results,
+    the job row update's error.)"""
+    unbeaten: list[Exception] = []
+
+    def beat(conn: psycopg.Connection, failed: list[EntityResult], counts: writer.Tally) -> None:
+        unbeaten.clear()  # a batch retried whole (a deadlock) beats again
+        assert state.report.job_id is not None
+        replaced = {id(f.entity): f for f in failed}
+        final = [replaced.get(id(result.entity), result) for result in results] if replaced else results
+        c = state.report.counters  # only the writer task changes them, and it is waiting for this call
+        c = replace(c, created=c.created + counts.created, updated=c.updated + counts.updated)
+        c = counted(c, final, _items(t for t in batch if t.result is not None))
+        try:
+            jobs.beat_within(conn, state.report.job_id, replace(c, requests=state.limiter.requests))
+        except (DatabaseError, psycopg.Error) as error:
+            unbeaten.append(error)
+
     failed = writer.write(
         conn,
         state.source,
@@ -231,19 +251,9 @@ def _write(
         job_id=state.report.job_id,
         holder=state.options.holder,
         tally=tally,
+        before_commit=beat if state.report.job_id is not None and results else None,
     )
-    if state.report.job_id is None or not results:
-        return failed, None
-    replaced = {id(f.entity): f for f in failed}
-    final = [replaced.get(id(result.entity), result) for result in results] if replaced else results
-    c = state.report.counters  # only the writer task changes them, and it is waiting for this call
-    c = replace(c, created=c.created + tally.created, updated=c.updated + tally.updated)
-    c = counted(c, final, _items(t for t in batch if t.result is not None))
-    try:
-        jobs.heartbeat(conn, state.report.job_id, replace(c, requests=state.limiter.requests))
-    except (DatabaseError, psycopg.Error) as error:
-        return failed, error
-    return failed, None
+    return failed, unbeaten[0] if unbeaten else None
 
 
 def _items(traces: Iterable[Trace]) -> list[int | None] | None:
