@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -262,30 +261,6 @@ def test_bulk_pages_are_checked_as_they_are_handed_over(
     assert env.scalar("select last_error from syncrun_state where entity_key = '2'") == (
         "apps.name: 'a\\x00b' contains a NUL character, which PostgreSQL text cannot store"
     )
-
-
-def test_a_run_shortens_the_switch_interval_and_puts_it_back(
-    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While a run goes, a thread waiting for the GIL (the writer's, back from a round trip) gets it
-    within pipeline.SWITCH_INTERVAL, not CPython's 5 ms; afterwards the process has its own back."""
-    source = write_source(tmp_path)
-    seed(env, source, appids=[1, 2])
-    for appid in (1, 2):
-        api.route(f"/apps/{appid}", app(appid))
-    seen = []
-    real = writer.write
-
-    def write(*args: Any, **kwargs: Any) -> list[EntityResult]:
-        seen.append(sys.getswitchinterval())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(writer, "write", write)
-    before = sys.getswitchinterval()
-    assert before > pipeline.SWITCH_INTERVAL
-    assert run(str(source)) == 0
-    assert seen == [pipeline.SWITCH_INTERVAL]
-    assert sys.getswitchinterval() == before
 
 
 def test_transient_failures_then_success(env: Database, api: ApiServer, tmp_path: Path) -> None:

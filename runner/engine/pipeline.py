@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -74,7 +73,7 @@ async def run(
         loop.add_signal_handler(signum, stopping.halt_all, states, signum)
     drives = [asyncio.ensure_future(_drive(state)) for state in states]
     try:
-        with _collector(), _switching():
+        with _collector():
             reports = list(await asyncio.gather(*drives))
     except BaseException:
         # one source failed the run: the others stop now, each finishing its job row and closing its
@@ -91,27 +90,6 @@ async def run(
     for observer in observers:
         observer.notice(Finished(reports))
     return reports
-
-
-# How long a thread runs Python before one waiting for the GIL gets it, during a run (CPython's
-# default: 5 ms). The writer's thread waits on PostgreSQL a round trip at a time (a batch makes a
-# dozen) while the event loop maps pages in between; each answer then waited for the GIL up to 5 ms:
-# a round trip measured 0.02 ms alone, 2.9 ms on average beside a thread mapping JSON pages, 0.2 ms
-# with 0.5 ms here (docs/benchmarks.md, scenario 5). The loop's own work is not slowed: it is the same
-# work, handed over more often (a hand-over costs a few microseconds).
-SWITCH_INTERVAL = 0.0005
-
-
-@contextlib.contextmanager
-def _switching() -> Iterator[None]:
-    """The interpreter's switch interval shortened to SWITCH_INTERVAL for the run, then put back (a
-    process running several, tests, gets its own back)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, SWITCH_INTERVAL))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 # Young objects a collection of the youngest generation waits for during a run (CPython's default: 700).
