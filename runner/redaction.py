@@ -201,8 +201,8 @@ class Redactor:
         if (pattern is None and not tokens) or not text:
             return text
         spans = [*self._matches(pattern, text), *tokens.spans(text), *self._cut_heads(text)]
-        if spans and ESCAPISH.search(text):
-            spans = [_unsplit(text, start, end) for start, end in spans]
+        if spans and ESCAPISH.search(text):  # the stretches they mask, each kept from cutting an escape
+            spans = [_unsplit(text, start, end) for start, end in _merged(spans)]
         raw_pattern = self._raw_pattern
         if (raw_pattern is not None or tokens) and ESCAPISH.search(text):
             spans += self._decoded_matches(raw_pattern, text)
@@ -278,15 +278,27 @@ _UNIT = re.compile(
     r"|&(?:#[xX][0-9a-fA-F]{1,8};?|#[0-9]{1,8};?|[A-Za-z][A-Za-z0-9]{1,31};)",
 )
 _UNIT_LONGEST = 34
+_UNIT_START = re.compile(r"[\\%&]")
 _RUN_LONGEST = 256  # backslashes counted back for parity: past that, a wrong guess costs one escape
 
 
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping and touching spans as the stretches they mask together."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
 def _unsplit(text: str, start: int, end: int) -> tuple[int, int]:
-    """A piece's span made not to cut an escape in two: a piece of a secret's escaped form ends inside
+    """A masked stretch made not to cut an escape in two: a piece of a secret's escaped form ends inside
     an escape that is not the secret's (`abcdefg\\` of `abcdefg\\"` before a `\\n`), and masking half of
-    it would leave an orphan (`***n`, a `\\***` that is no JSON). The span shrinks to the escapes it
+    it would leave an orphan (`***n`, a `\\***` that is no JSON). The stretch shrinks to the escapes it
     holds whole, which leaves at most one escape's characters at each end, not a FRAGMENT-character
-    piece; a span within one escape (a secret holding a literal `\\U0001F600`) grows to the escape."""
+    piece; a stretch within one escape (a secret holding a literal `\\U0001F600`) grows to the escape."""
     head, tail = _unit_around(text, start), _unit_around(text, end)
     inner = head[1] if head else start, tail[0] if tail else end
     if inner[0] < inner[1]:
@@ -296,11 +308,11 @@ def _unsplit(text: str, start: int, end: int) -> tuple[int, int]:
 
 def _unit_around(text: str, at: int) -> tuple[int, int] | None:
     """The escape that position `at` falls strictly inside of, if any."""
-    for start in range(at - 1, max(-1, at - _UNIT_LONGEST), -1):
-        if text[start] in "\\%&" and _escapes_nothing(text, start):
-            unit = _UNIT.match(text, start)
-            if unit is not None and unit.end() > at:
-                return unit.span()
+    starts = [m.start() for m in _UNIT_START.finditer(text, max(0, at - _UNIT_LONGEST + 1), at)]
+    for start in reversed(starts):  # the nearest first (parity skips the second `\` of a `\\`)
+        unit = _UNIT.match(text, start)
+        if unit is not None and unit.end() > at and _escapes_nothing(text, start):
+            return unit.span()
     return None
 
 
