@@ -275,17 +275,22 @@ def test_requests_refused_at_once_share_one_renewal_when_the_provider_answers_th
     rate_limited: bool, api: ApiServer, tmp_path: Path
 ) -> None:
     """Review revE F2: a provider that answers every token request with the token it cached; the API
-    refuses the first 9 requests (sent at once with it) with 401, then takes it. One renewal, not one
-    per refused request: 2 token requests, and every request sent once more and answered 200. With
-    `rate_limited: true` both token requests spend the limiter's budget, as before."""
+    refuses the 9 requests sent at once with it with 401 (all 9 answered together, once the last has
+    arrived), then takes it. One renewal, not one per refused request: 2 token requests, and every
+    request sent once more and answered 200. With `rate_limited: true` both token requests spend the
+    limiter's budget, as before."""
     api.route("/oauth/token", Reply(200, json={"access_token": "at-Same5Cached7Tok9", "expires_in": 3600}))
+    arrived = threading.Barrier(9, timeout=30)  # no resend can arrive among the first 9: none is answered yet
     refused = iter(range(9))
     lock = threading.Lock()
 
     def app(request: Recorded) -> Reply:
         with lock:
             first = next(refused, None) is not None
-        return Reply(401, json={"error": "invalid_token"}) if first else Reply(200, json={"ok": True})
+        if not first:
+            return Reply(200, json={"ok": True})
+        arrived.wait()
+        return Reply(401, json={"error": "invalid_token"})
 
     for appid in range(9):
         api.route(f"/apps/{appid}", app)
