@@ -66,7 +66,11 @@ class Tokens:
 
 
 class Token:
-    """One access token and when to renew it; one fetch in flight at a time (the lock). A failed fetch
+    """One access token and when to renew it; one fetch in flight at a time (the lock). Renewals are
+    told apart by `generation`, not by the token's value: a provider may answer a renewal with the
+    token it gave before (cached until it expires), and a request refused with generation 3 renews
+    only while generation 3 is current; the others refused with it wait for that renewal and use its
+    token (review revE F2: compared by value, 9 requests refused at once made 9 token requests). A failed fetch
     is remembered (`failed`): every request that waited for the renewal, and any later one, gets the
     same failure without asking the endpoint again. Otherwise each waiter would repeat the whole retry
     policy (8 requests in flight, 3 attempts: 24 token requests for one failure), and with a rotating
@@ -75,6 +79,7 @@ class Token:
 
     def __init__(self) -> None:
         self.value: str | None = None
+        self.generation = 0  # tokens fetched so far: which one a request was sent with
         self.renew_at = float("inf")
         self.fetches = 0  # token requests made (for tests and logs)
         self.failed: str | None = None  # the message of the fetch that failed: the run is over
@@ -165,10 +170,10 @@ class Authenticator:
             self._basic_header = f"Basic {encoded}"
         return self._basic_header
 
-    async def apply(self, request: httpx.Request, *, fetch: bool = True) -> str | None:
+    async def apply(self, request: httpx.Request, *, fetch: bool = True) -> int | None:
         """Add the credentials to `request`, a copy made for sending (callers build the next page from
-        theirs, which must stay without them); the OAuth2 token used, else None. `fetch`: renew a token
-        that is due (else the newest one is used as it is)."""
+        theirs, which must stay without them); the generation of the OAuth2 token used (`Token`), else
+        None. `fetch`: renew a token that is due (else the newest one is used as it is)."""
         auth = self.auth
         if auth.type is spec.AuthType.BEARER:
             request.headers["Authorization"] = f"Bearer {self.value(auth.token)}"
@@ -181,9 +186,12 @@ class Authenticator:
             else:
                 request.url = request.url.copy_set_param(auth.name, self.value(auth.value))
         else:
-            token = await self.current() if fetch or self.token.value is None else self.token.value
-            request.headers["Authorization"] = f"Bearer {token}"
-            return token
+            if fetch or self.token.value is None:
+                await self.current()
+            # read together, after any wait: the generation names the value sent
+            value, generation = self.token.value, self.token.generation
+            request.headers["Authorization"] = f"Bearer {value}"
+            return generation
         return None
 
     async def current(self) -> str:
@@ -194,10 +202,11 @@ class Authenticator:
             assert token.value is not None
             return token.value
 
-    async def renew(self, rejected: str) -> None:
-        """The API refused `rejected`: fetch a new token, unless another request already did."""
+    async def renew(self, rejected: int) -> None:
+        """The API refused the token of generation `rejected`: fetch a new one, unless another request
+        already did (or is doing it: this waits for the lock, then finds a later generation)."""
         async with self.token.lock:
-            if self.token.value == rejected:
+            if self.token.generation == rejected:
                 await self.fetch()
 
     async def fetch(self) -> None:
@@ -207,6 +216,7 @@ class Authenticator:
             raise RunFailed(token.failed)
         if self.stand_in:
             token.fetches += 1
+            token.generation += 1
             token.value, token.renew_at = f"replayed-token-{token.fetches}", float("inf")
             return
         started = self.clock()
@@ -221,6 +231,7 @@ class Authenticator:
             token.fetches += self.endpoint.attempts - before  # each attempt is a token request
         shown = self.settings.redact(self.value(self.auth.token_url))
         token.value = grant.access_token
+        token.generation += 1
         expires = grant.expires_in
         token.renew_at = (
             float("inf") if expires is None else started + expires - min(MAX_MARGIN, expires * MARGIN_SHARE)
@@ -297,7 +308,7 @@ class AuthTransport(httpx.AsyncBaseTransport):
         if origin(request.url) != authenticator.own:
             return await self.inner.handle_async_request(request)
         sent = _copy(request)
-        used: str | None = None
+        used: int | None = None  # the generation of the token sent (Token)
 
         async def authorize(sending: httpx.Request) -> None:
             # After the limiter's grant: a token picked before the wait (up to concurrency × the rate's

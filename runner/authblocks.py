@@ -112,12 +112,15 @@ def check_overlap(checker: Checker, request: JSON, auth: spec.Auth) -> None:
 
 def token_url(checker: Checker, path: Path_, url: spec.Template) -> None:
     """An http(s) URL with a host, as the request URL must be: written whole, checked now; one that
-    reads a setting is checked at run start with the value (runner/preflight.py)."""
+    reads a setting is checked at run start with the value (runner/preflight.py), one whose settings
+    all have defaults now as well (the defaults are the file's)."""
     first = url.segments[0] if url.segments else None
     if isinstance(first, spec.Literal) and not re.match(r"https?://", first.text, re.IGNORECASE):
         checker.add(path, "must start with http:// or https:// (or a setting such as ${env.TOKEN_URL})")
-    elif not url.settings and (reason := templating.url_problem(templating.render(url, {}, _NONE, url=True))):
-        checker.add(path, f"is not a usable URL: {reason}")
+    elif all(s.default for s in url.settings) and (
+        reason := templating.url_problem(templating.render(url, {}, _NONE, url=True))
+    ):  # written whole in the file, defaults included (review revH F3)
+        checker.add(path, f"is not a usable URL{templating.with_defaults(url)}: {reason}")
 
 
 def template(checker: Checker, path: Path_, value: JSON, *, secret: bool = False) -> spec.Template | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -47,7 +48,10 @@ def check_settings(sources: Sequence[spec.Source], settings: templating.Settings
     """Each resolved setting value, then each source's request URL and headers with the values filled
     in; SettingError listing every problem."""
     used = {(s.kind, s.name, s.default): s for source in sources for s in source.settings}
-    bad = {key: problem for key, s in used.items() if (problem := value_problem(_label(s), settings.of(s)))}
+    # A default in use is the file's text, checked when the file was read (runner/config/request.py),
+    # not a CI value to blame here (review revH F3).
+    given = {key: s for key, s in used.items() if (s.kind, s.name) in settings.values}
+    bad = {key: problem for key, s in given.items() if (problem := value_problem(_label(s), settings.of(s)))}
     problems = list(dict.fromkeys(bad.values()))  # ${env.X} and ${secret.X} read one variable
     for source in sources:
         if not any((s.kind, s.name, s.default) in bad for s in source.settings):
@@ -76,18 +80,14 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
         placeholders = dict.fromkeys(request.url.columns, _PLACEHOLDER)
         rendered = templating.render(request.url, placeholders, settings, url=True)
         if reason := templating.url_problem(rendered) or templating.query_problem(rendered, dict(request.query)):
-            names = ", ".join(dict.fromkeys(_label(s) for s in request.url.settings))
-            verb = "makes" if len(request.url.settings) == 1 else "make"
-            problems.append(f"{names} {verb} the request URL of source '{source.name}' unusable: {reason}")
+            problems.append(_url_problem(source, ("request", "url"), request.url, settings, reason))
     token_url = source.auth.token_url if source.auth is not None else None
     if (
         token_url
         and token_url.settings
         and (reason := templating.url_problem(templating.render(token_url, {}, settings, url=True)))
     ):
-        names = ", ".join(dict.fromkeys(_label(s) for s in token_url.settings))
-        verb = "makes" if len(token_url.settings) == 1 else "make"
-        problems.append(f"{names} {verb} the token URL of source '{source.name}' unusable: {reason}")
+        problems.append(_url_problem(source, ("auth", "token_url"), token_url, settings, reason))
     for header, template in [*request.headers, *_auth_headers(source.auth)]:
         for setting in template.settings:
             # the watermark is filled in later
@@ -99,6 +99,37 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
                     " (a pasted typographic quote or non-breaking space?), or encode it as the API expects"
                 )
     return problems
+
+
+def _url_problem(
+    source: spec.Source, path: tuple[str, str], url: spec.Template, settings: templating.Settings, reason: str
+) -> str:
+    """The settings that make a URL unusable, in words. When one of them is its default, the URL is
+    partly the file's text: the problem names the file and line (`file:line: request.url: …`), the
+    default as `${env.X:-…}` (review revH F3), and the values from the environment as ever."""
+    names = ", ".join(
+        dict.fromkeys(
+            _label(s) if (s.kind, s.name) in settings.values else f"{templating.written(s)} (its default)"
+            for s in url.settings
+        )
+    )
+    verb = "makes" if len(dict.fromkeys(url.settings)) == 1 else "make"
+    what = "request URL" if path[0] == "request" else "token URL"
+    message = f"{names} {verb} the {what} of source '{source.name}' unusable: {reason}"
+    if all((s.kind, s.name) in settings.values for s in url.settings):
+        return message
+    return f"{_written_at(source.path, path)}: {message}"
+
+
+def _written_at(file: Path, path: tuple[str, str]) -> str:
+    """`file:line: request.url` for a problem with what the file says (read again: an error path only)."""
+    from runner import sourcefile  # not needed by a run that passes
+
+    try:
+        doc, _ = sourcefile.read(file.read_bytes(), str(file))
+    except OSError:
+        doc = None
+    return f"{file}:{doc.line(path) if doc is not None else 1}: {sourcefile.dotted(path)}"
 
 
 def _auth_headers(auth: spec.Auth | None) -> list[tuple[str, spec.Template]]:

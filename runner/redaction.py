@@ -32,6 +32,10 @@ Values added with `fragments=False` (a whole DSN, whose pieces are host names an
 masked whole only too. The price of masking pieces: a secret containing a common 8-character word
 ("postgres") masks that word wherever it appears.
 
+A mask never cuts an escape in two (`_unsplit`): a piece that ends or starts inside an escape that is
+not the secret's (`abcdefg\\` of a secret's `abcdefg\\"`, before a body's `\\n`) stops short of it, so
+a redacted JSON body is still JSON and a URL still percent-encoded (a cassette replays).
+
 Code that cuts, escapes or reprs external text must redact first (`excerpt` does both in order); the
 fragment masking is the net under that rule, not a licence to skip it.
 
@@ -86,7 +90,7 @@ def forms(secret: str) -> set[str]:
         found |= _hex_cases(quote_plus(secret, safe=safe))
     found |= {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
     for text in (repr(secret + "'\""), ascii(secret + "'\"")):  # forces '…' quoting, with \' inside
-        body = text[1:-3]
+        body = text[1:-4]  # without the quote, the added `\'"` and the closing quote
         found |= {body, body.replace("\\'", "'")}  # `"…"` quoting (a secret with ' and no ") leaves ' bare
     found.add(repr(secret.encode())[2:-1])
     for unicode in (True, False):
@@ -197,6 +201,8 @@ class Redactor:
         if (pattern is None and not tokens) or not text:
             return text
         spans = [*self._matches(pattern, text), *tokens.spans(text), *self._cut_heads(text)]
+        if spans and ESCAPISH.search(text):  # the stretches they mask, each kept from cutting an escape
+            spans = [_unsplit(text, start, end) for start, end in _merged(spans)]
         raw_pattern = self._raw_pattern
         if (raw_pattern is not None or tokens) and ESCAPISH.search(text):
             spans += self._decoded_matches(raw_pattern, text)
@@ -263,6 +269,59 @@ class Redactor:
         if isinstance(value, tuple):  # a plain tuple back (a named tuple cannot be rebuilt from one iterable)
             return tuple(self.value(v) for v in value)
         return value
+
+
+# One escape of any style, as a mask must not cut it: JSON's, repr's and YAML's backslash escapes (as
+# runner/escapes.py reads them), a percent-encoded byte, an HTML entity (the longest: `&`, 32 more, `;`).
+_UNIT = re.compile(
+    r"\\(?:u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[bfnrtv0\\/\"' |])|%[0-9a-fA-F]{2}"
+    r"|&(?:#[xX][0-9a-fA-F]{1,8};?|#[0-9]{1,8};?|[A-Za-z][A-Za-z0-9]{1,31};)",
+)
+_UNIT_LONGEST = 34
+_UNIT_START = re.compile(r"[\\%&]")
+_RUN_LONGEST = 256  # backslashes counted back for parity: past that, a wrong guess costs one escape
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping and touching spans as the stretches they mask together."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _unsplit(text: str, start: int, end: int) -> tuple[int, int]:
+    """A masked stretch made not to cut an escape in two: a piece of a secret's escaped form ends inside
+    an escape that is not the secret's (`abcdefg\\` of `abcdefg\\"` before a `\\n`), and masking half of
+    it would leave an orphan (`***n`, a `\\***` that is no JSON). The stretch shrinks to the escapes it
+    holds whole, which leaves at most one escape's characters at each end, not a FRAGMENT-character
+    piece; a stretch within one escape (a secret holding a literal `\\U0001F600`) grows to the escape."""
+    head, tail = _unit_around(text, start), _unit_around(text, end)
+    inner = head[1] if head else start, tail[0] if tail else end
+    if inner[0] < inner[1]:
+        return inner
+    return head[0] if head else start, tail[1] if tail else end
+
+
+def _unit_around(text: str, at: int) -> tuple[int, int] | None:
+    """The escape that position `at` falls strictly inside of, if any."""
+    starts = [m.start() for m in _UNIT_START.finditer(text, max(0, at - _UNIT_LONGEST + 1), at)]
+    for start in reversed(starts):  # the nearest first (parity skips the second `\` of a `\\`)
+        unit = _UNIT.match(text, start)
+        if unit is not None and unit.end() > at and _escapes_nothing(text, start):
+            return unit.span()
+    return None
+
+
+def _escapes_nothing(text: str, at: int) -> bool:
+    """Whether `at` starts an escape rather than being the escaped character (`\\\\` then `n` is two)."""
+    before = at
+    while before > max(0, at - _RUN_LONGEST) and text[before - 1] == "\\":  # bounded: a hostile run
+        before -= 1
+    return (at - before) % 2 == 0
 
 
 def _heads(form: str) -> set[str]:

@@ -120,6 +120,22 @@ def resolve(
     return Settings(values, Redactor([*secrets, *extra_secrets]), tuple(secrets))
 
 
+DEFAULT_SPACES = "the default starts or ends with whitespace, which would be sent as it is: remove it"
+
+
+def written(setting: spec.Setting) -> str:
+    """How a setting with a default is named in a problem with the file: `${env.NAME:-…}` (never the
+    default itself, which may be a secret's)."""
+    return f"${{{setting.kind}.{setting.name}:-…}}"
+
+
+def with_defaults(template: spec.Template) -> str:
+    """` with the defaults written here (${env.X:-…})` when the template reads settings, else ``."""
+    if not template.settings:
+        return ""
+    return " with the defaults written here (" + ", ".join(dict.fromkeys(map(written, template.settings))) + ")"
+
+
 def not_utf8(value: str) -> str | None:
     """Python reads environment bytes that are not UTF-8 as lone surrogates, which nothing can encode."""
     if any("\udc80" <= c <= "\udcff" for c in value):

@@ -99,13 +99,18 @@ def max_runtime_seconds(timeout: int) -> int:
 
 
 def _env_lines(source: spec.Source) -> list[str]:
-    lines = ["DATABASE_URL: ${{ secrets.DATABASE_URL }}"]
+    """The step's `env:` lines, one per variable (a YAML mapping keeps one value per key): a variable
+    the source reads both as `${env.X}` and `${secret.X}` comes from secrets (review revH F4), since
+    its value is then a secret; BATCH_SIZE and DRY_RUN are the workflow's own inputs."""
+    env = {"DATABASE_URL": "${{ secrets.DATABASE_URL }}"}
     for setting in source.settings:
         if setting.secret:
-            lines.append(f"{setting.name}: ${{{{ secrets.{setting.name} }}}}")
+            env[setting.name] = f"${{{{ secrets.{setting.name} }}}}"
         else:  # an unset variable arrives empty, which syncrun treats as unset: the default applies
-            lines.append(f"{setting.name}: ${{{{ vars.{setting.name} }}}}")
-    return list(dict.fromkeys(lines))
+            env.setdefault(setting.name, f"${{{{ vars.{setting.name} }}}}")
+    env["BATCH_SIZE"] = "${{ inputs.limit }}"
+    env["DRY_RUN"] = "${{ inputs.dry_run && '--dry-run' || '' }}"
+    return [f"{name}: {value}" for name, value in env.items()]
 
 
 def render(source: spec.Source, path: str, *, requirements: str | None = None) -> str:
@@ -171,8 +176,6 @@ jobs:
         shell: bash
         env:
 {env}
-          BATCH_SIZE: ${{{{ inputs.limit }}}}
-          DRY_RUN: ${{{{ inputs.dry_run && '--dry-run' || '' }}}}
         run: {command}
 """
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+import httpx
 import pytest
 
 from runner import auth, cli, config, templating
 from runner.errors import RunFailed
+from runner.ratelimit import Limiter
 from runner.redaction import Redactor
 from tests import test_auth
 from tests.apiserver import ApiServer, Recorded, Reply
@@ -52,8 +55,8 @@ def authenticator(api: ApiServer, tmp_path: Path, block: str) -> auth.Authentica
     return found
 
 
-async def waiters(authenticator: auth.Authenticator, rejected: str | None, count: int = 8) -> list[BaseException]:
-    """`count` requests at once: each renews the token `rejected` (or asks for the first one)."""
+async def waiters(authenticator: auth.Authenticator, rejected: int | None, count: int = 8) -> list[BaseException]:
+    """`count` requests at once: each renews the token of generation `rejected` (or asks for the first)."""
 
     async def one() -> None:
         if rejected is None:
@@ -87,8 +90,8 @@ def test_a_failing_renewal_mid_run_is_remembered(api: ApiServer, tmp_path: Path)
     found = authenticator(api, tmp_path, CLIENT_CREDENTIALS)
 
     async def main() -> tuple[list[BaseException], BaseException | None]:
-        first = await found.current()
-        failures = await waiters(found, first)
+        await found.current()
+        failures = await waiters(found, found.token.generation)
         try:
             await found.current()
         except RunFailed as error:
@@ -267,6 +270,50 @@ def test_the_token_endpoint_follows_request_verify_tls(
     assert first_token(tls_source(tls_api, tmp_path, block=" verify_tls: false,")) == "at-Tl5Sv7Er9Fy1Ca3B"
 
 
+@pytest.mark.parametrize("rate_limited", [False, True])
+def test_requests_refused_at_once_share_one_renewal_when_the_provider_answers_the_same_token(
+    rate_limited: bool, api: ApiServer, tmp_path: Path
+) -> None:
+    """Review revE F2: a provider that answers every token request with the token it cached; the API
+    refuses the 9 requests sent at once with it with 401 (all 9 answered together, once the last has
+    arrived), then takes it. One renewal, not one per refused request: 2 token requests, and every
+    request sent once more and answered 200. With `rate_limited: true` both token requests spend the
+    limiter's budget, as before."""
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-Same5Cached7Tok9", "expires_in": 3600}))
+    arrived = threading.Barrier(9, timeout=30)  # no resend can arrive among the first 9: none is answered yet
+    refused = iter(range(9))
+    lock = threading.Lock()
+
+    def app(request: Recorded) -> Reply:
+        with lock:
+            first = next(refused, None) is not None
+        if not first:
+            return Reply(200, json={"ok": True})
+        arrived.wait()
+        return Reply(401, json={"error": "invalid_token"})
+
+    for appid in range(9):
+        api.route(f"/apps/{appid}", app)
+    block = CLIENT_CREDENTIALS.replace("client_id: c1,", f"rate_limited: {str(rate_limited).lower()}, client_id: c1,")
+    source = config.loads(SOURCE.format(url=api.url, auth=block.format(url=api.url)), tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+
+    async def main() -> list[int]:
+        transport = auth.AuthTransport(httpx.AsyncHTTPTransport(), found)
+        async with httpx.AsyncClient(transport=transport) as session:
+            replies = await asyncio.gather(*(session.get(f"{api.url}/apps/{appid}") for appid in range(9)))
+        return [reply.status_code for reply in replies]
+
+    assert asyncio.run(main()) == [200] * 9
+    assert len([r for r in api.requests if r.path == "/oauth/token"]) == 2  # the first token, one renewal
+    assert found.fetches == 2
+    assert len([r for r in api.requests if r.path.startswith("/apps/")]) == 18
+    assert limiter.requests == (2 if rate_limited else 0)  # only token requests go through it here
+
+
 # --- token requests and the rate budget ----------------------------------------------------------------------
 @pytest.mark.parametrize("rate_limited", [False, True])
 def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
@@ -274,8 +321,6 @@ def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
 ) -> None:
     """With `rate_limited: true` each token request waits for the source's limiter and counts in it;
     by default the limiter never sees one."""
-    from runner.ratelimit import Limiter
-
     api.route("/oauth/token", Reply(503), TOKEN_ANSWER)  # two token requests: a retry is a request too
     block = CLIENT_CREDENTIALS.replace("client_id: c1,", f"rate_limited: {str(rate_limited).lower()}, client_id: c1,")
     source = config.loads(SOURCE.format(url=api.url, auth=block.format(url=api.url)), tmp_path / "t.yaml")

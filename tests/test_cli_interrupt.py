@@ -7,10 +7,12 @@ main task, which a call blocking the event loop never saw: the connect held Ctrl
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +107,36 @@ def test_ctrl_c_while_a_check_waits_on_a_lock_exits_130_without_a_job_row(
     assert "Traceback" not in err
     assert db.scalar("select count(*) from sync_jobs") == 0
     assert not api.requests
+
+
+SLOW_IMPORT = """\
+import os, sys, time
+
+class _Slow:  # holds the import of one module: Ctrl-C then lands while syncrun's modules load
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ.get("SYNCRUN_TEST_SLOW_IMPORT"):
+            sys.stderr.write("importing\\n")
+            sys.stderr.flush()
+            time.sleep(60)
+        return None
+
+sys.meta_path.insert(0, _Slow())
+"""
+
+
+@pytest.mark.parametrize("module", ["runner.cli", "runner.errors"])
+@pytest.mark.parametrize("script", [False, True], ids=["python -m runner", "syncrun"])
+def test_ctrl_c_while_the_modules_load_exits_130_without_a_traceback(tmp_path: Path, module: str, script: bool) -> None:
+    """Review revF F8: SIGINT while Python still imports syncrun (held at `module` by a sitecustomize
+    on PYTHONPATH), for `python -m runner` and the installed `syncrun` script: exit 130, no traceback."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_IMPORT)
+    command = [str(Path(sys.executable).with_name("syncrun"))] if script else [sys.executable, "-m", "runner"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SYNCRUN_TEST_SLOW_IMPORT": module}
+    with reaped(subprocess.Popen([*command, "--version"], env=env, stderr=subprocess.PIPE, text=True)) as process:
+        assert process.stderr is not None
+        assert process.stderr.readline() == "importing\n", process.communicate()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "KeyboardInterrupt" not in err, err

@@ -271,3 +271,37 @@ def test_good_connection_urls_pass() -> None:
     preflight.check_environment({"DATABASE_URL": "host=db.example port=5432 dbname=app password='a b'"})
     preflight.check_environment({"DATABASE_URL": "postgresql://u@h1:5432,h2:5433/app"})
     preflight.check_environment({"SYNCRUN_REDIS_URL": "rediss://:pw@[::1]:6380/1"})
+
+
+def test_a_default_that_breaks_the_url_is_reported_at_its_file_and_line(tmp_path: Path) -> None:
+    """Review revH F3: a URL whose default (the file's text) cannot be checked at load, since another
+    of its settings comes from the environment: at run start the problem names the file, the line and
+    the default, not a CI variable; set from the environment, the same value keeps today's message."""
+    text = SOURCE.replace('"${env.API_URL}/apps/{appid}"', '"${env.API_HOST:-http://[::1}${env.API_PATH}/{appid}"')
+    source = _source(tmp_path, text)
+    with pytest.raises(SettingError) as caught:
+        preflight.check_settings([source], templating.resolve(source.settings, {**FINE, "API_PATH": "/apps"}))
+    assert str(caught.value) == (
+        f"{tmp_path / 'alpha.yaml'}:4: request.url: ${{env.API_HOST:-…}} (its default), setting API_PATH make"
+        " the request URL of source 'alpha' unusable: the host has an unbalanced '[' or ']' (an IPv6 host is"
+        " written like http://[::1]:8080/)"
+    )
+    environ = {**FINE, "API_PATH": "/apps", "API_HOST": "http://[::1"}
+    with pytest.raises(SettingError) as caught:
+        preflight.check_settings([source], templating.resolve(source.settings, environ))
+    assert str(caught.value).startswith("setting API_HOST, setting API_PATH make the request URL of source 'alpha'")
+
+
+def test_a_default_is_not_blamed_on_ci(tmp_path: Path) -> None:
+    """A default with a trailing space is the file's (refused at load, file:line); the same value from
+    the environment is the CI variable's copy-paste mistake, as before."""
+    text = SOURCE.replace('"${secret.QUERY_KEY:-k}"', '"${env.QUERY_KEY:-k }"')
+    with pytest.raises(config.ConfigError) as caught:
+        _source(tmp_path, text)
+    assert str(caught.value) == (
+        f"{tmp_path / 'alpha.yaml'}:5: request.query.key: ${{env.QUERY_KEY:-…}}: the default starts or ends"
+        " with whitespace, which would be sent as it is: remove it"
+    )
+    assert _check(tmp_path, QUERY_KEY="k ") == (
+        "secret QUERY_KEY starts or ends with whitespace — a common copy-paste mistake in CI secrets; remove it"
+    )

@@ -305,6 +305,48 @@ def test_decoded_views_leave_other_text_alone() -> None:
         assert redact(text) == text
 
 
+def test_a_mask_never_cuts_an_escape_in_two() -> None:
+    """Review revH F1: a secret right before an escape (`\\"`, `\\u0022`, `%22`, `&quot;`) keeps the escape
+    whole, and so does a piece of a secret's escaped form that ends or starts inside an escape that is
+    not the secret's: the JSON body stays JSON, the URL stays percent-encoded."""
+    token, quoted = "s3cretTokenValue42", 'abcdefg"hijk-0123'
+    redact = Redactor([token, quoted])
+    for after in ('\\"', "\\\\", "\\n", "\\u0022", "\\x22", "%22", "&quot;", "&#34;"):
+        assert redact(f"<{token}{after}>") == f"<{MASK}{after}>"
+    assert redact(f"<\\u0022{token}>") == f"<\\u0022{MASK}>"
+    # pieces of `abcdefg\\"hijk-0123` ending or starting inside another escape
+    for value in ("abcdefg\n", "abcdefg\u00e9", "abcdefg\\u0022", 'Xbcdefg"hijk-Y', 'say "cdefg"hijk-0', "\\"):
+        text = json.dumps({"k": [value, token + value]})
+        clean = redact(text)
+        assert MASK in clean, text
+        json.loads(clean)
+        assert_unreadable(clean, quoted)
+    assert redact("k=abcdefg%0A&x=1") == f"k={MASK}%0A&x=1"
+
+
+@settings(
+    max_examples=int(os.environ.get("REDACTION_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    secret=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters='"'), min_size=8),
+    data=st.data(),
+    around=st.lists(st.text(max_size=6), min_size=2, max_size=2),
+)
+def test_a_json_body_stays_json_whatever_piece_of_a_secret_it_holds(
+    secret: str, data: st.DataObject, around: list[str]
+) -> None:
+    """Any piece of any secret (but one holding a `"`, which can meet the document's own quotes) inside
+    a JSON string next to any text: the redacted body still parses, and holds no piece of the secret."""
+    start = data.draw(st.integers(0, len(secret) - 1))
+    piece = secret[start : data.draw(st.integers(start + 1, len(secret)))]
+    text = json.dumps([around[0] + piece + around[1]], ensure_ascii=data.draw(st.booleans()))
+    clean = Redactor([secret])(text)
+    json.loads(clean)
+    assert_unreadable(clean, secret)
+
+
 _HOSTILE_CHARS = st.sampled_from(list("\\/\"'%&#;+ ~<>ux0A\x00é✓ž𝄞"))  # escape starters, hex, NUL, non-ASCII
 _SECRETS = st.text(
     st.one_of(_HOSTILE_CHARS, st.characters(codec="utf-8", exclude_categories=("Cs",))), min_size=FRAGMENT, max_size=24

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import resource
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -140,6 +141,26 @@ def test_a_cassette_holds_no_piece_of_a_secret_in_any_form(tmp_path: Path) -> No
     replayed = asyncio.run(get(ReplayTransport(tmp_path, Redactor([HOSTILE]))))
     assert replayed.status_code == live.status_code == 400
     assert replayed.json()["error"][0] == "***"
+
+
+def test_a_body_with_a_secret_before_an_escape_replays_as_json(tmp_path: Path) -> None:
+    """A token right before `\\"`, `\\\\`, `\\n` or `\\u00e9` in a JSON body (review revH F1): the mask
+    eats nothing of the escape, so the cassette's body still parses on replay."""
+    values = [f'said "{SECRET}"', f"{SECRET}\\x", f"{SECRET}\nnext", f"{SECRET}é", f'{SECRET[:12]}"cut']
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=json.dumps({"echo": values}).encode())
+
+    recorder = RecordingTransport(httpx.MockTransport(handler), Redactor([SECRET]), max_body=10_000_000)
+
+    async def get(transport: httpx.AsyncBaseTransport) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get("http://api.test/x")
+
+    asyncio.run(get(recorder))
+    recorder.save(tmp_path)
+    replayed = asyncio.run(get(ReplayTransport(tmp_path, Redactor([SECRET]))))
+    assert replayed.json() == {"echo": ['said "***"', "***\\x", "***\nnext", "***é", '***"cut']}
 
 
 @pytest.mark.parametrize(

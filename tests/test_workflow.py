@@ -39,6 +39,34 @@ def test_render_has_schedule_inputs_concurrency_timeout_and_settings(tmp_path: P
     assert runtime < job["timeout-minutes"] * 60
 
 
+class _Strict(yaml.SafeLoader):
+    """A loader that refuses a key twice in one mapping (GitHub does; safe_load keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        assert len(keys) == len(set(keys)), f"duplicate key in {keys}"
+        return super().construct_mapping(node, deep=deep)
+
+
+def test_a_variable_read_as_env_and_as_secret_is_one_secret(tmp_path: Path) -> None:
+    """Review revH F4: `${env.API_TOKEN}` and `${secret.API_TOKEN}` in one source (and the workflow's
+    own BATCH_SIZE read by the source) give each variable once, a secret from secrets."""
+    file = write_source(tmp_path)
+    query = "{t: '${env.API_TOKEN}', n: '${env.BATCH_SIZE:-5}', u: '${secret.API_URL}'}"
+    text = file.read_text().replace("  timeout: 2s", f"  query: {query}\n  timeout: 2s")
+    file.write_text(text)
+    source = config.load(file)
+    assert {(s.name, s.secret) for s in source.settings} >= {("API_TOKEN", False), ("API_TOKEN", True)}
+    step = yaml.load(workflow.render(source, "sources/alpha.yaml"), Loader=_Strict)["jobs"]["sync"]["steps"][-1]
+    assert step["env"] == {
+        "DATABASE_URL": "${{ secrets.DATABASE_URL }}",
+        "API_URL": "${{ secrets.API_URL }}",
+        "API_TOKEN": "${{ secrets.API_TOKEN }}",
+        "BATCH_SIZE": "${{ inputs.limit }}",
+        "DRY_RUN": "${{ inputs.dry_run && '--dry-run' || '' }}",
+    }
+
+
 def test_timeout_follows_limit_over_rate(tmp_path: Path) -> None:
     """timeout-minutes grows with limit / rate, within GitHub's bounds; max-runtime stays below it."""
     source = config.load(write_source(tmp_path))

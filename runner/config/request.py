@@ -98,17 +98,21 @@ class RequestSection(Builder):
             self.add(path, f"contains a control character (U+{ord(char):04X}): a request value is one line of text")
         elif path[1] == "headers" and (char := next((c for c in written if not c.isascii()), None)) is not None:
             self.add(path, f"contains a non-ASCII character (U+{ord(char):04X}): HTTP header values must be ASCII")
+        # review revH F3: a default is the file's text, not a CI variable's; run start would blame CI
+        for setting in template.settings:
+            if setting.default and setting.default != setting.default.strip():
+                self.add(path, f"{templating.written(setting)}: {templating.DEFAULT_SPACES}")
 
     def check_url(self, url: spec.Template, query: list[str]) -> None:
         """`query`: request.query's names (a name also in the URL's own query would be sent twice)."""
         first = url.segments[0] if url.segments else None
         if isinstance(first, spec.Literal) and not re.match(r"https?://", first.text, re.IGNORECASE):
             self.add(("request", "url"), "must start with http:// or https:// (or a setting such as ${env.API_URL})")
-        elif not url.settings:  # nothing left to fill in at run start: check the whole URL now
+        elif all(s.default for s in url.settings):  # all written in the file: check the whole URL now
             placeholders = dict.fromkeys(url.columns, "0")
             rendered = templating.render(url, placeholders, templating.Settings({}, Redactor()), url=True)
             if reason := templating.url_problem(rendered) or templating.query_problem(rendered, query):
-                self.add(("request", "url"), f"is not a usable URL: {reason}")
+                self.add(("request", "url"), f"is not a usable URL{templating.with_defaults(url)}: {reason}")
         head = ""
         for segment in url.segments:
             if isinstance(segment, spec.Column):
