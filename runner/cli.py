@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# Importing the subcommands (and through them httpx, aiohttp, psycopg, the specs) makes ~90,000
+# Importing `run` (and through it httpx, aiohttp, psycopg, the specs) makes ~90,000
 # objects the cyclic collector tracks, nearly all of them living as long as the process: its ~130
 # passes over them while they were being made cost ~30 ms of every start. So the collector is off
 # while they are imported, and they are then frozen out of its generations, so that the run's
@@ -26,7 +26,7 @@ _collecting = gc.isenabled()
 gc.disable()
 try:
     from runner import logs, migrations
-    from runner.commands import demo, init, migrate, new, options, run, status, validate, workflow
+    from runner.commands import options, run
     from runner.engine import pipeline
     from runner.errors import ConfigError, SyncrunError
 finally:
@@ -65,28 +65,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The command line. Given the subcommand the arguments name, only its arguments are declared:
-    argparse consults no other subcommand's, and the top-level usage, help and errors show each one
-    by its name and `help` alone. Declaring all nine cost every start 2-8 ms (a help formatter and
-    gettext's locale look-ups per argument)."""
+    """The command line. Given the subcommand the arguments name, only it is declared: argparse
+    consults no other subcommand once the name has matched, and a subcommand's usage, help and errors
+    are its own parser's. Without one, every subcommand is declared (for the top-level usage, help
+    and errors, which list them all). Declaring all nine cost every start ~2 ms (~10M instructions:
+    a parser, a help formatter and gettext's look-ups per argument); each `declare` imports its own
+    subcommand's module, so a run imports none of the others."""
     parser = argparse.ArgumentParser(prog="syncrun", description="Declarative sync runner: HTTP APIs into PostgreSQL.")
     parser.add_argument("--version", action=_Version)
-    commands = parser.add_subparsers(dest="command", required=True)
+    # with one declared, the top-level usage (an unrecognized argument's error shows it) still names all nine
+    listed = None if command is None else "{" + ",".join(_COMMANDS) + "}"
+    commands = parser.add_subparsers(dest="command", required=True, metavar=listed)
     for name, (summary, declare) in _COMMANDS.items():
-        subparser = commands.add_parser(name, help=summary)
         if command in (None, name):
-            declare(subparser)
+            declare(commands.add_parser(name, help=summary))
     return parser
 
 
 # --- each subcommand's arguments (runner/commands/NAME.py handles it) ----------------------------------------
 def _validate(parser: argparse.ArgumentParser) -> None:
+    from runner.commands import validate
+
     parser.add_argument("paths", nargs="*", type=Path, help="source files (default: sources/*.yaml)")
     options.set_option(parser)
     parser.set_defaults(handler=validate.handle)
 
 
 def _migrate(parser: argparse.ArgumentParser) -> None:
+    from runner.commands import migrate
+
     parser.add_argument("sources", nargs="*", type=Path, help="sources whose status columns to add")
     parser.add_argument("--sql", action="store_true", help="print the DDL instead of applying it")
     parser.add_argument(
@@ -105,6 +112,8 @@ def _run(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(parser: argparse.ArgumentParser) -> None:
+    from runner.commands import demo
+
     parser.add_argument(
         "--example", action="store_true", help="run sources/example.yaml against a local demo API instead"
     )
@@ -134,6 +143,8 @@ def _test_read(parser: argparse.ArgumentParser) -> None:
 
 
 def _status(parser: argparse.ArgumentParser) -> None:
+    from runner.commands import status
+
     parser.add_argument("sources", nargs="*", type=Path, help="source files (default: sources/*.yaml)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--runs", type=options.count, default=5, metavar="N", help="how many recent runs to show")
@@ -141,12 +152,16 @@ def _status(parser: argparse.ArgumentParser) -> None:
 
 
 def _workflow(parser: argparse.ArgumentParser) -> None:
+    from runner.commands import workflow
+
     parser.add_argument("source", type=Path)
     parser.add_argument("--out", type=Path, help="write it to this file instead of printing it")
     parser.set_defaults(handler=workflow.handle)
 
 
 def _new(parser: argparse.ArgumentParser) -> None:
+    from runner.commands import new
+
     parser.add_argument("name", help="the source name (lower-case letters, digits and _)")
     parser.add_argument("--url", required=True, help="the endpoint, with {placeholders} for entity columns")
     parser.add_argument("--sample", type=Path, help="a JSON response of the endpoint (default: fetch the URL)")
@@ -167,6 +182,8 @@ def _new(parser: argparse.ArgumentParser) -> None:
 
 
 def _init(parser: argparse.ArgumentParser) -> None:
+    from runner.commands import init
+
     parser.add_argument("directory", nargs="?", type=Path, default=Path(), help="where (default: here)")
     parser.set_defaults(handler=init.handle)
 

@@ -7,7 +7,6 @@ authblocks, overrides, exprcheck, ownership); returns plain dicts, lists and sca
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import math
@@ -351,6 +350,8 @@ def _get(data: JSON, path: Path_) -> JSON:
 
 def did_you_mean(word: JSON, choices: Iterable[JSON], *, inside: bool = False) -> str:
     """` (did you mean 'x'?)`, or `; did you mean 'x'?` to go `inside` a parenthesis; "" if nothing is close."""
+    import difflib  # only a file with a problem needs it: not imported by every run
+
     close = difflib.get_close_matches(word, [str(c) for c in choices], n=1) if isinstance(word, str) else []
     if not close:
         return ""

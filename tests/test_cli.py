@@ -486,3 +486,30 @@ def test_a_heartbeat_longer_than_half_the_lease_is_refused(capsys: pytest.Captur
 
     assert cli.main(["run", "sources/example.yaml", "--lease", "1", "--heartbeat", "100"]) == 2
     assert "--heartbeat (100s) must be at most half of --lease (1s)" in capsys.readouterr().err
+
+
+# Modules a run must not import (issue #11, start-up): the other subcommands' (a run parses only its
+# own arguments), and what only a file with a problem (difflib) or a text with an HTML entity (html) needs.
+NOT_FOR_A_RUN = {
+    *(f"runner.commands.{name}" for name in ("demo", "init", "migrate", "new", "status", "validate", "workflow")),
+    "difflib",
+    "html",
+    "html.entities",
+}
+
+
+def test_a_run_imports_only_what_every_run_needs() -> None:
+    """`syncrun run` (its module imported, its arguments parsed) imports no other subcommand's module,
+    and neither difflib nor html: each costs every start its share of the ~0.1 s start-up budget."""
+    code = "import sys; from runner import cli; cli._parser('run').parse_args(['run', 'x.yaml']); print(*sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert NOT_FOR_A_RUN.isdisjoint(loaded.stdout.split())
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "test-read"])
+def test_one_declared_subcommand_keeps_the_top_level_usage(command: str) -> None:
+    """With only the named subcommand declared, the usage an unrecognized argument prints still lists
+    all nine, as with every one declared."""
+    from runner import cli
+
+    assert cli._parser(command).format_usage() == cli._parser().format_usage()
