@@ -232,9 +232,12 @@ def _twice(conn: psycopg.Connection, source: Source) -> None:
     """SelectionError naming a key the status table holds twice (the claim cannot claim it twice)."""
     assert source.status is not None
     key = sql.Identifier(source.entities.key)
-    query = sql.SQL("select {0}::text as k from {1} where {0} is not null group by {0} having count(*) > 1 limit 1")
-    with conn.transaction():
-        row = conn.execute(query.format(key, identifier(source.status.table))).fetchone()
+    query = sql.SQL("select {0} from {1} where {0} is not null group by {0} having count(*) > 1 limit 1")
+    try:
+        with conn.transaction():
+            row = conn.execute(query.format(key, identifier(source.status.table))).fetchone()
+    except psycopg.errors.ProgrammingError:  # no such column or table: the caller's error says so
+        return
     if row is not None:
         table, name = source.status.table, source.entities.key
         raise SelectionError(

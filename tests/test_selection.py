@@ -347,7 +347,7 @@ def test_a_status_table_holding_a_key_twice_fails_naming_it(
     db.run("insert into sync_status (appid) values (1), (2), (2)")
     assert cli.main(["run", str(source)]) == 1
     said = (
-        "plain: sync_status holds appid '2' more than once: an entity is selected once per key, so keep one"
+        "plain: sync_status holds appid 2 more than once: an entity is selected once per key, so keep one"
         " row per appid in sync_status (a primary key on appid)"
     )
     assert said in capsys.readouterr().err
