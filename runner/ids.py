@@ -37,6 +37,7 @@ from runner.database import identifier
 from runner.errors import UsageError
 from runner.migrations import KEY_TYPES
 from runner.spec import SelectionType, Source
+from runner.values import show
 
 Entity = dict[str, Any]
 _WHOLE = 2**31 - 1  # `limit` for a selection run whole (its limit parameter is an int)
@@ -50,13 +51,16 @@ def cast_key(source: Source, value: Any) -> Any:
         return picks.typed(kind, str(value))
     except ValueError:
         raise UsageError(
-            f"--ids: {str(value)!r} is not a whole number of the key's type ({source.name}'s key"
+            f"--ids: {show(str(value))} is not a whole number of the key's type ({source.name}'s key"
             f" {source.entities.key} is {kind})"
         ) from None
 
 
 def keys_of(source: Source, ids: Sequence[Any]) -> list[Any]:
-    """The ids as keys of the key's type, each once, in the order given (`5,05,5` is one entity)."""
+    """The ids as keys of the key's type, each once, in the order given (`5,05,5` is one entity);
+    UsageError for none (`--ids ,` ran nothing and reported it completed)."""
+    if not ids:
+        raise UsageError(f"--ids names no id: give {source.name}'s keys, comma-separated (--ids 730,570)")
     return list(dict.fromkeys(cast_key(source, value) for value in ids))
 
 
@@ -71,7 +75,7 @@ def rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]) -> list[
     if key_only(source) or source.entities.type is SelectionType.LIST:
         return [{key: value} for value in keys]
     if source.entities.type is SelectionType.DEFAULT and source.status is not None:
-        found = picks.entities(source, _status_rows(conn, source, keys), str(source.status.table))
+        found = picks.entities(source, _status_rows(conn, source, keys), str(source.status.table), remedy="keep")
     else:
         found = picks.entities(source, _selected_rows(conn, source, keys))
     by_key = {row[key]: row for row in found}
@@ -82,7 +86,7 @@ def missing(conn: psycopg.Connection, source: Source, ids: Sequence[Any]) -> Non
     """UsageError naming the ids whose entity columns the source's selection cannot supply."""
     wanted = keys_of(source, ids)
     present = {row[source.entities.key] for row in rows(conn, source, wanted)}
-    absent = [str(value) for value in wanted if value not in present]
+    absent = [value for value in wanted if value not in present]
     if not absent:
         return
     others = ", ".join(c.name for c in source.entities.columns[1:])
@@ -93,9 +97,27 @@ def missing(conn: psycopg.Connection, source: Source, ids: Sequence[Any]) -> Non
         " apply to --ids too)"
     )
     raise UsageError(
-        f"--ids {','.join(absent)}: {where}, so their entity columns ({others}) are unknown;"
+        f"--ids {_listed(absent)}: {where}, so their entity columns ({others}) are unknown;"
         f" {source.name} cannot run them — name ids its selection returns"
     )
+
+
+def gone(source: Source, keys: Sequence[Any]) -> str:
+    """Why the run failed: these ids were there when it started (missing), not when they were run."""
+    if source.entities.type is SelectionType.DEFAULT and source.status is not None:
+        there = f"{source.status.table} had a row for them when the run started but not when they were run"
+    else:
+        there = (
+            f"entities.{source.entities.type.value} returned them when the run started but not when they"
+            " were run (its own filters, due-ness included, apply to --ids)"
+        )
+    return f"--ids {_listed(keys)}: {there}, so {source.name} did not run them; run them again if still wanted"
+
+
+def _listed(keys: Sequence[Any]) -> str:
+    """Ids for a message: each cut to 60 characters, the first 20 of them (keys can be long texts)."""
+    shown = [text if len(text := str(key)) <= 60 else text[:57] + "..." for key in keys[:20]]
+    return ",".join(shown) + (f" (and {len(keys) - 20} more)" if len(keys) > 20 else "")
 
 
 def _fetch(conn: psycopg.Connection, query: sql.Composed, params: dict[str, Any], setting: str) -> list[Entity]:
@@ -105,6 +127,8 @@ def _fetch(conn: psycopg.Connection, query: sql.Composed, params: dict[str, Any]
     except (psycopg.errors.ProgrammingError, psycopg.errors.DataError) as error:
         # The user's query or column settings, not a bug: say which setting, like the selection does.
         raise UsageError(f"--ids: {setting} failed: {error.diag.message_primary or error}") from None
+    except (ValueError, RecursionError) as error:  # a value psycopg cannot load (json past 4300 digits)
+        raise UsageError(f"--ids: {setting} failed: a value it returned cannot be read ({show(str(error))})") from None
 
 
 def _status_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]) -> list[Entity]:

@@ -6,6 +6,14 @@
 - sql: the user's query with `%(limit)s`, `%(after_key)s` (null first) and `%(source)s`; it must
   return the key column, order by it and start after `after_key`. Paged with after_key.
 
+Paging: after_key is the last key of the page as the query returned it (it orders in its own type:
+after ' 1' comes '01', the entity 1 again for an int key, then '5'). A page of keys already seen
+does not end the selection, nor does a page of NULL keys (a `desc` order puts them first: that page
+is asked again, wider, until a key follows them). A page that cannot move on - its last key was an
+after_key already (the query ignores after_key), or only NULL keys past NULL_PAST of them - fails
+the selection (SelectionError, naming the source and the setting): ending it there would report
+the entities not reached as a completed run.
+
 Rows become entities (`entities`): the declared columns, one entity per key.
 
 - The key is read as `entities.key_type` (`typed`), as PostgreSQL's own cast would read it, so the
@@ -140,21 +148,61 @@ def _paged(
     budget: Budget,
     page: Callable[[int, Any], tuple[Statement, dict[str, Any]]],
 ) -> Iterator[list[Entity]]:
-    """Call `page(n, after_key)` until it returns fewer than n rows or nothing new."""
-    key, seen = source.entities.key, set[Any]()
+    """Call `page(n, after_key)` until it returns fewer than n rows (module docstring: paging).
+
+    after_key is the last non-NULL key of the rows taken, as the query returned it (the query orders
+    in its own type: after '01' for an int key, not after 1). A page of keys already seen goes on;
+    a page that cannot move (its last key was an after_key already, or NULL keys only, past
+    NULL_PAST of them) fails the selection: silently ending it would call a partial run complete."""
+    key, kind, origin = source.entities.key, source.entities.key_type, setting(source)
+    seen, asked, widen = set[Any](), {after}, 0
     while (size := budget.next()) > 0:
-        query, params = page(size, after)
+        limit = size + widen  # widened past a run of NULL keys the last page was made of
+        query, params = page(limit, after)
         rows = fetch(query, params)
-        fresh = [entity for entity in entities(source, rows) if entity[key] not in seen]
-        if not fresh:
-            return  # also guards against a query that ignores after_key
-        seen.update(entity[key] for entity in fresh)
-        # after_key as the query returned it (its own type and order), past any NULL key
-        after = next((row[key] for row in reversed(rows) if row[key] is not None), after)
-        kept = _shard(source, fresh, partition)[:size]
-        yield budget.spend(claims.claimed(conn, claim, kept, key, backoff=True))
-        if len(rows) < size:
+        by_key = {entity[key]: entity for entity in entities(source, rows, warn=False)}
+        taken, fresh = len(rows), list[Entity]()
+        for i, row in enumerate(rows):
+            if row[key] is None or (typed_key := typed(kind, row[key])) in seen:
+                continue
+            if len(fresh) == size:  # the rest is the next page's (it starts after the last row taken)
+                taken = i
+                break
+            seen.add(typed_key)
+            fresh.append(by_key[typed_key])
+        last = next((row[key] for row in reversed(rows[:taken]) if row[key] is not None), None)
+        ended = len(rows) < limit and taken == len(rows)
+        if last is None and not ended:  # NULL keys only: after_key cannot move past them
+            if len(rows) >= NULL_PAST:
+                raise SelectionError(_stuck_on_nulls(source, origin, len(rows), after))
+            widen = 2 * len(rows)
+            continue
+        if nulls := sum(row[key] is None for row in rows[:taken]):
+            null_keys(source, origin, nulls, f"leave them out of the selection (where {key} is not null)")
+        if kept := _shard(source, fresh, partition):
+            yield budget.spend(claims.claimed(conn, claim, kept, key, backoff=True))
+        if ended:
             return
+        if last in asked:  # the query's own last key did not move: the same page again and again
+            raise SelectionError(
+                f"{source.name}: {origin} returned a page ending at {key} {show(last)} again (after_key"
+                f" {show(after)}): it cannot page on, so the run stops rather than skip the rest; start"
+                f" after after_key, ordered by {key} (entities.key)"
+            )
+        asked.add(last)
+        after, widen = last, 0
+
+
+NULL_PAST = 10_000  # NULL-key rows a page is widened past (ordered first, e.g. `desc`) before failing
+
+
+def _stuck_on_nulls(source: Source, origin: str, count: int, after: Any) -> str:
+    key = source.entities.key
+    return (
+        f"{source.name}: {origin} returned {count} rows with a NULL {key} and no {key} after them"
+        f" (after_key {show(after)}): after_key cannot move past them, so the run stops rather than skip"
+        f" the rest; leave them out of the selection (where {key} is not null)"
+    )
 
 
 def _shard(source: Source, rows: list[Entity], partition: Partition | None) -> list[Entity]:
@@ -164,17 +212,25 @@ def _shard(source: Source, rows: list[Entity], partition: Partition | None) -> l
     return [row for row in rows if partition_of(row[key], partition.shards) == partition.shard]
 
 
-def entities(source: Source, rows: list[Entity], origin: str | None = None) -> list[Entity]:
-    """The declared columns the rows have, one entity per key, the key as key_type; rows with a NULL
-    key left out, with a warning (module docstring). `origin`: what returned the rows (the setting)."""
+def entities(
+    source: Source, rows: list[Entity], origin: str | None = None, *, warn: bool = True, remedy: str = ""
+) -> list[Entity]:
+    """The declared columns of the rows, one entity per key, the key as key_type; rows with a NULL
+    key left out, with a warning unless `warn` is false (the caller counts them). `origin`: what
+    returned the rows (the setting); `remedy`: what to do about a key twice."""
     names, key, kind = [c.name for c in source.entities.columns], source.entities.key, source.entities.key_type
     origin = origin or setting(source)
     kept: dict[Any, Entity] = {}
     nulls = 0
     for row in rows:
-        entity = {n: row[n] for n in names if n in row}
-        if key not in entity:  # was a KeyError, a traceback (exit 70)
-            raise SelectionError(f"{source.name}: {origin} returned no {key} column: return the key (entities.key)")
+        if (absent := next((n for n in names if n not in row), None)) is not None:  # was a KeyError (exit 70)
+            raise SelectionError(
+                f"{source.name}: {origin} returned no {absent} column: return the key (entities.key)"
+                if absent == key
+                else f"{source.name}: {origin} returned no {absent} column: return every entities.columns"
+                f" column ({', '.join(names)})"
+            )
+        entity = {n: row[n] for n in names}
         if entity[key] is None:
             nulls += 1
             continue
@@ -190,9 +246,9 @@ def entities(source: Source, rows: list[Entity], origin: str | None = None) -> l
             raise SelectionError(
                 f"{source.name}: {origin} returned {key} {show(entity[key])} twice, with {differs}"
                 f" {show(first.get(differs))} and {show(entity.get(differs))}: an entity is selected once"
-                f" per key, so return one row per {key}"
+                f" per key, so {remedy or 'return'} one row per {key}"
             )
-    if nulls:
+    if nulls and warn:
         null_keys(source, origin, nulls, f"leave them out of the selection (where {key} is not null)")
     return list(kept.values())
 
@@ -243,8 +299,8 @@ def _whole(value: Any) -> int | None:
         digits = text[1:] if text[:1] in "+-" else text
         if not (digits.isascii() and digits.isdigit()):
             return None
-        sign = -1 if text[:1] == "-" else 1
-        return int(text) if len(digits.lstrip("0")) <= 20 else sign * 2**64
+        sign, digits = -1 if text[:1] == "-" else 1, digits.lstrip("0") or "0"  # int() refuses 4300+ digits
+        return sign * int(digits) if len(digits) <= 20 else sign * 2**64
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():

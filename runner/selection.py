@@ -44,6 +44,7 @@ from runner.database import identifier
 from runner.errors import SelectionError
 from runner.partitions import Partition, partition_sql
 from runner.spec import SelectionType, Source
+from runner.values import show
 
 CHUNK_SIZE = 500
 NEVER = datetime(1900, 1, 1, tzinfo=UTC)  # sort sentinel for a null stamp (never-synced rows sort first anyway)
@@ -97,18 +98,15 @@ def _default_sql(
     """`types`: the catalog types of the columns `entities.order` names (filters.types)."""
     entities, status = source.entities, source.status
     assert status is not None
-    key, stamp = sql.Identifier(entities.key), sql.Identifier(status.column)
+    key = sql.Identifier(entities.key)
     order = [*filtersql.order_sql(entities, types), *_order_exprs(source)]
     names = [sql.Identifier(f"__o{i}") for i in range(len(order) - 1)]  # the last sort key is the key itself
     where = [
-        sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(entities.syncable_column))
-        if entities.syncable_column
-        else sql.SQL("true"),
-        sql.SQL("(s.{0} is null or s.{0} < now() - {1})").format(stamp, _interval(source)),
+        *_due_terms(source),
         sql.SQL("(st.source is null or ({} and {}))").format(
             claims.waiting(backoff.held_back_sql(source)), claims.FREE
         ),
-        *filtersql.where_sql(entities),
+        sql.SQL("s.{} is not null").format(key),  # names no entity: never due (_nulls counts them)
     ]
     if keyset:
         cursor = sql.SQL(", ").join(sql.Placeholder(f"c{i}") for i in range(len(order)))
@@ -141,8 +139,7 @@ def _default_sql(
         where=sql.SQL(" and ").join(where),
         order=sql.SQL(", ").join(order),
         claim=claims.claim_sql(
-            # a NULL key names no entity: never claimed, so never run (_default names them)
-            sql.SQL("select {0}::text from candidates where {0} is not null").format(key),
+            sql.SQL("select {}::text from candidates").format(key),
             True,
             backoff.held_back_sql(source),
         )
@@ -150,6 +147,19 @@ def _default_sql(
         else sql.SQL("select {}::text as entity_key from candidates").format(key),
         internal_order=sql.SQL(", ").join([*names, sql.SQL("c.{}").format(key)]),
     )
+
+
+def _due_terms(source: Source) -> list[sql.Composable]:
+    """A status row is due: syncable, its stamp older than its interval, the declared `where` terms."""
+    entities, status = source.entities, source.status
+    assert status is not None
+    return [
+        sql.SQL("coalesce(s.{}, true)").format(sql.Identifier(entities.syncable_column))
+        if entities.syncable_column
+        else sql.SQL("true"),
+        sql.SQL("(s.{0} is null or s.{0} < now() - {1})").format(sql.Identifier(status.column), _interval(source)),
+        *filtersql.where_sql(entities),
+    ]
 
 
 def _order_exprs(source: Source) -> list[sql.Composable]:
@@ -183,25 +193,57 @@ def _default(
 ) -> Iterator[list[Entity]]:
     cursor: tuple[Any, ...] | None = None
     types = filters.types(conn, source)
+    _nulls(conn, source)
     while (size := budget.next()) > 0:
         query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled, types)
         params = {**claim.params(), **filtersql.params(source.entities), "n": size, "after": after}
         if partition is not None:
             params.update(part_index=partition.shard, part_count=partition.shards)
         params.update({f"c{i}": value for i, value in enumerate(cursor or ())})
-        rows = _fetch(conn, query, params, source)
+        try:
+            rows = _fetch(conn, query, params, source)
+        except SelectionError:
+            _twice(conn, source)  # a clearer message when the claim failed on a key the table holds twice
+            raise
         if not rows:
             return
         last = rows[-1]
         cursor = (*(value for name, value in last.items() if name.startswith("__o")), last[source.entities.key])
-        if nulls := sum(row[source.entities.key] is None for row in rows):
-            picks.null_keys(source, str(source.status.table if source.status else "?"), nulls, _NULL_REMEDY)
         yield budget.spend([_public(row) for row in rows if row["__claimed"]])
         if len(rows) < size:
             return
 
 
-_NULL_REMEDY = "give them a key or delete them"  # a NULL key sorts last in the keyset: the cursor passes it
+def _nulls(conn: psycopg.Connection, source: Source) -> None:
+    """Warn (once a run) about the due rows with a NULL key: the selection leaves them out."""
+    assert source.status is not None
+    query = sql.SQL("select count(*) as n from {} s{} where s.{} is null and {}").format(
+        identifier(source.status.table),
+        filtersql.joins_sql(source.entities),
+        sql.Identifier(source.entities.key),
+        sql.SQL(" and ").join(_due_terms(source)),
+    )
+    [row] = _fetch(conn, query, filtersql.params(source.entities), source)
+    if row["n"]:
+        picks.null_keys(source, str(source.status.table), row["n"], "give them a key or delete them")
+
+
+def _twice(conn: psycopg.Connection, source: Source) -> None:
+    """SelectionError naming a key the status table holds twice (the claim cannot claim it twice)."""
+    assert source.status is not None
+    key = sql.Identifier(source.entities.key)
+    query = sql.SQL("select {0} from {1} where {0} is not null group by {0} having count(*) > 1 limit 1")
+    try:
+        with conn.transaction():
+            row = conn.execute(query.format(key, identifier(source.status.table))).fetchone()
+    except psycopg.errors.ProgrammingError:  # no such column or table: the caller's error says so
+        return
+    if row is not None:
+        table, name = source.status.table, source.entities.key
+        raise SelectionError(
+            f"{source.name}: {table} holds {name} {show(row[0])} more than once: an entity is selected once"
+            f" per key, so keep one row per {name} in {table} (a primary key on {name})"
+        )
 
 
 def _fetch(
@@ -212,6 +254,11 @@ def _fetch(
             return cursor.execute(query, params).fetchall()
     except _SETTING_ERRORS as error:
         raise SelectionError(_failed(source, error)) from None
+    except (ValueError, RecursionError) as error:  # a value psycopg cannot load (json past 4300 digits, deep)
+        raise SelectionError(
+            f"{source.name}: selecting entities with {setting(source)} failed: a value it returned cannot be"
+            f" read ({show(str(error))}); return the entity columns as plain values"
+        ) from None
 
 
 # What a selection's own settings can cause (an unknown or mistyped column, the user's SQL or function
@@ -292,12 +339,15 @@ def _by_ids(
     busy: list[Held],
 ) -> Iterator[list[Entity]]:
     key = source.entities.key
-    typed = ids_.keys_of(source, ids)
+    typed, gone = ids_.keys_of(source, ids), list[Any]()
     while typed and (size := budget.next()) > 0:
         page, typed = typed[:size], typed[size:]
         rows = ids_.rows(conn, source, page)
+        gone += [value for value in page if value not in {row[key] for row in rows}]
         won = claims.claimed(conn, claim, rows, key, backoff=False)
         if len(won) < len(rows):  # backoff is ignored: only a live claim of another runner refuses an id
             taken = {row[key] for row in won}
             busy.extend(claims.held(conn, source, [row[key] for row in rows if row[key] not in taken]))
         yield budget.spend(won)
+    if gone:  # checked at the start (ids.missing), gone since: a subset of the ids is not a completed run
+        raise SelectionError(ids_.gone(source, gone))

@@ -145,8 +145,11 @@ def test_a_status_table_with_an_id_twice_is_refused(db: Database) -> None:
     is refused naming them (the last row won silently)."""
     source = make_source(columns=(("cc", "text"),))
     db.run("create table sync_status (appid int, cc text); insert into sync_status values (1, 'us'), (1, 'de')")
-    with pytest.raises(SelectionError, match=r"^example: sync_status returned appid 1 twice, with cc 'us' and 'de'"):
+    with pytest.raises(
+        SelectionError, match=r"^example: sync_status returned appid 1 twice, with cc 'us' and 'de'"
+    ) as raised:
         ids.rows(db.conn, source, [1])
+    assert str(raised.value).endswith("so keep one row per appid")  # a table, not a query (review revI F10)
 
 
 def test_duplicate_ids_are_one_entity(api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,3 +191,69 @@ def test_an_id_in_conflict_stops_the_run_before_any_job_row(
     assert "two: entities.sql returned appid 5 twice, with cc 'a' and 'b'" in capsys.readouterr().err
     assert api.requests == []
     assert db.scalar("select count(*) from sync_jobs") == 0
+
+
+def _two_columns(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: ApiServer, query: str) -> Path:
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    source = tmp_path / "two.yaml"
+    source.write_text(
+        "name: two\nentities: {type: sql, key: appid, key_type: int, columns: {appid: int, cc: text},"
+        f' sql: "{query}"}}\n'
+        'request: {url: "${env.API_URL}/apps/{appid}/{cc}"}\nrate_limit: {requests: 10, per: 1s}\nstatus: false\n'
+        "writes: [{table: seen, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    db.run("create table seen (appid int primary key)")
+    assert cli.main(["migrate", str(source)]) == 0
+    return source
+
+
+def test_an_id_the_query_no_longer_returns_fails_the_run_naming_it(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revI F5: the ids are checked, then the query runs again for them; an id it no longer
+    returned was dropped silently and the run `completed`. A subset of the named ids is not a
+    completed run: the job fails (exit 1) naming the ids."""
+    db.run(
+        "create sequence flip; create table things (appid int, cc text); insert into things values (5, 'us'), (6, 'de')"
+    )
+    query = (  # returns the rows on every other call: the check sees them, the run does not
+        "with c as materialized (select nextval('flip') v) select appid, cc from things, c where mod(c.v, 2) = 1"
+        " and appid > coalesce(%(after_key)s::int, 0) order by appid limit %(limit)s"
+    )
+    source = _two_columns(db, tmp_path, monkeypatch, api, query)
+    assert cli.main(["run", str(source), "--ids", "5,6"]) == 1
+    said = "--ids 5,6: entities.sql returned them when the run started but not when they were run"
+    assert said in capsys.readouterr().err
+    [(status, error)] = db.rows("select status, error_message from sync_jobs")
+    assert (status, said in error) == ("failed", True)
+    assert api.requests == []
+
+
+@pytest.mark.parametrize("given", [",", " , ,", ""])
+def test_ids_naming_no_id_are_refused(
+    db: Database,
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    given: str,
+) -> None:
+    """review revI F10: `--ids ,` ran 0 entities and reported completed (`--ids ''` ran the whole
+    selection): refused, exit 2, before any job row."""
+    source = _two_columns(
+        db, tmp_path, monkeypatch, api, "select 5 as appid, 'us' as cc where %(after_key)s::int is null limit %(limit)s"
+    )
+    assert cli.main(["run", str(source), "--ids", given]) == 2
+    assert "--ids names no id: give two's keys, comma-separated" in capsys.readouterr().err
+    assert db.scalar("select count(*) from sync_jobs") == 0
+    assert api.requests == []
+
+
+def test_a_long_id_is_not_echoed_in_full() -> None:
+    """review revI F7: a 5000-character id was echoed whole in the refusal."""
+    with pytest.raises(UsageError) as raised:
+        ids.cast_key(make_source(), "x" * 5000)
+    assert str(raised.value).startswith("--ids: '" + "x" * 56 + "... is not a whole number")
+    assert len(str(raised.value)) < 200
+    assert ids.cast_key(make_source(), "0" * 5000 + "7") == 7  # read as PostgreSQL reads it

@@ -72,12 +72,73 @@ def test_sql_selection_pages_with_after_key(status: Database) -> None:
     assert _select(status, source, chunk_size=3) == [[10, 30, 40], [60, 70, 80]]
 
 
-def test_sql_selection_that_ignores_after_key_stops(status: Database) -> None:
-    """A query that returns the same rows again ends the selection instead of looping forever."""
+def test_sql_selection_that_ignores_after_key_fails_instead_of_looping(status: Database) -> None:
+    """A query that returns the same page again cannot page on: the selection fails naming the source
+    and the setting (review revI F1: ending it silently reported the entities not reached as a
+    completed run), and never loops."""
     source = make_source(
         selection=SelectionType.SQL, sql="select appid from sync_status order by appid limit %(limit)s"
     )
-    assert _select(status, source, chunk_size=3, claim=False) == [[10, 20, 30]]
+    pages = selection.chunks(status.conn, source, limit=100, holder="a", lease_seconds=60, chunk_size=3, claim=False)
+    assert [row["appid"] for row in next(pages)] == [10, 20, 30]
+    with pytest.raises(SelectionError) as raised:
+        next(pages)
+    assert str(raised.value) == (
+        "example: entities.sql returned a page ending at appid 30 again (after_key 30): it cannot page on,"
+        " so the run stops rather than skip the rest; start after after_key, ordered by appid (entities.key)"
+    )
+
+
+def test_null_keys_ordered_first_do_not_end_the_selection(status: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """review revI F1: a `desc` query puts NULL keys first; a page made only of them ended the
+    selection (0 run, completed). The page is asked again, wider, past them: every entity runs, and
+    the warning counts each NULL row once."""
+    status.run(
+        "create table catalog (appid int); insert into catalog select appid from sync_status;"
+        " insert into catalog select null from generate_series(1, 8)"
+    )
+    query = (
+        "select appid from catalog where %(after_key)s::int is null or appid < %(after_key)s::int"
+        " order by appid desc limit %(limit)s"
+    )
+    source = make_source(selection=SelectionType.SQL, sql=query)
+    assert _flat(_select(status, source, chunk_size=3, claim=False)) == list(range(100, 9, -10))
+    warned = [r.getMessage() for r in caplog.records if "NULL" in r.getMessage()]
+    assert warned == [
+        "example: entities.sql returned 8 rows with a NULL appid: not run (a NULL key names no entity);"
+        " leave them out of the selection (where appid is not null)"
+    ]
+
+
+def test_a_selection_of_null_keys_only_fails_instead_of_ending(status: Database) -> None:
+    """NULL keys without end (after_key cannot move past them): the selection fails naming them,
+    after widening the page to picks.NULL_PAST rows at most (bounded memory, no loop)."""
+    query = "select null::int as appid from generate_series(1, %(limit)s) where %(after_key)s::int is null"
+    source = make_source(selection=SelectionType.SQL, sql=query)
+    with pytest.raises(SelectionError) as raised:
+        _select(status, source, chunk_size=3, claim=False)
+    assert re.fullmatch(
+        r"example: entities.sql returned \d+ rows with a NULL appid and no appid after them \(after_key None\):"
+        r" after_key cannot move past them, .*leave them out of the selection \(where appid is not null\)",
+        str(raised.value),
+    )
+    assert picks.NULL_PAST <= int(str(raised.value).split()[3]) < 2 * picks.NULL_PAST + 3
+
+
+def test_a_page_of_keys_already_seen_does_not_end_the_selection(status: Database) -> None:
+    """review revI F2: ordered by its text, ' 1'..' 4' come before '01'..'04' (the same int keys):
+    that page of keys already seen ended the selection and 5, 6, 7 never ran. after_key moves by the
+    key as the query returned it ('04'), so paging goes on."""
+    status.run(
+        "create table codes (code text primary key);"
+        " insert into codes values (' 1'), (' 2'), (' 3'), (' 4'), ('01'), ('02'), ('03'), ('04'), ('5'), ('6'), ('7')"
+    )
+    query = (
+        "select code as appid from codes where code > coalesce(%(after_key)s::text, '') order by code limit %(limit)s"
+    )
+    source = make_source(selection=SelectionType.SQL, sql=query)
+    assert _select(status, source, chunk_size=4, claim=False) == [[1, 2, 3, 4], [5, 6, 7]]
+    assert _flat(_select(status, source, chunk_size=3)) == [1, 2, 3, 4, 5, 6, 7]  # a page cut mid-way: none lost
 
 
 # A query over a union or a join can return a key twice (revD F3: the claim then failed the run with
@@ -270,6 +331,7 @@ def test_an_integer_key_of_a_text_key_type_is_its_text(env: Database, api: ApiSe
         ("int", 5.0, 5),
         ("bigint", "9223372036854775807", 2**63 - 1),
         ("bigint", "0000000000000000000000001", 1),
+        ("int", " -" + "0" * 5000 + "7 ", -7),  # review revI F7: int() refuses 4300+ digits; PostgreSQL reads it
         ("text", "01", "01"),
         ("text", " a ", " a "),
         ("text", 12, "12"),
@@ -303,6 +365,20 @@ def test_not_typed(kind: str, value: Any, reason: str) -> None:
     """Anything else is refused with the reason (bounded: a huge number is never built)."""
     with pytest.raises(ValueError, match=re.escape(reason)):
         picks.typed(kind, value)
+
+
+def test_a_selection_without_a_declared_column_fails_naming_it(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revI F3: a declared column the query does not return was a KeyError building the URL
+    (exit 70): the selection fails naming the column, exit 1, before any request."""
+    source = keyed(env, tmp_path, "values (1)")
+    source.write_text(source.read_text().replace("columns: {appid: int}", "columns: {appid: int, cc: text}"))
+    assert cli.main(["run", str(source)]) == 1
+    said = "keyed: entities.sql returned no cc column: return every entities.columns column (appid, cc)"
+    assert said in capsys.readouterr().err
+    assert env.rows("select status from sync_jobs") == [("failed",)]
+    assert api.requests == []
 
 
 def test_a_selection_without_the_key_column_fails_naming_it(status: Database) -> None:

@@ -129,9 +129,12 @@ def test_concurrent_runners_never_share_an_entity(db: Database) -> None:
 
 def test_ids_select_exactly_those_entities(status: Database) -> None:
     """--ids ignores due-ness and backoff and keeps the order given; an id with no status row has no
-    columns to run with, so it is left out (the command line refuses it: tests/test_ids.py)."""
-    pages = list(selection.chunks(status.conn, SOURCE, limit=10, holder="a", lease_seconds=60, ids=["20", 90, "12345"]))
-    assert pages == [[{"appid": 20, "priority_score": 9}, {"appid": 90, "priority_score": 8}]]
+    columns to run with: the others run, then the selection fails naming it (the command line refuses
+    it before the run: tests/test_ids.py; a row gone since then must not end `completed`)."""
+    pages = selection.chunks(status.conn, SOURCE, limit=10, holder="a", lease_seconds=60, ids=["20", 90, "12345"])
+    assert next(pages) == [{"appid": 20, "priority_score": 9}, {"appid": 90, "priority_score": 8}]
+    with pytest.raises(SelectionError, match=r"^--ids 12345: sync_status had a row for them when the run started"):
+        next(pages)
 
 
 def test_no_priority_column_orders_by_stamp_then_key(status: Database) -> None:
@@ -293,3 +296,68 @@ def test_a_null_key_in_the_status_table_is_named_and_the_others_run(
     assert sorted(r.path for r in api.requests) == ["/apps/1", "/apps/2"]  # the second run: only NULLs due
     assert db.rows("select status, items_processed from sync_jobs") == [("completed", 2)]
     assert db.scalar("select count(*) from syncrun_state where entity_key not in ('1', '2')") == 0
+
+
+def _plain(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: ApiServer, table: str) -> Path:
+    """A default-selection source over `table` (created by `table`, a statement), fetching /apps/{appid}."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    db.run(f"{table}; create table seen (appid int primary key)")
+    (tmp_path / "syncrun.yaml").write_text("status: {table: sync_status, key: appid}\n")
+    source = tmp_path / "plain.yaml"
+    source.write_text(
+        "name: plain\nentities: {limit: 100}\nrequest: {url: '${env.API_URL}/apps/{appid}'}\n"
+        "rate_limit: {requests: 1000, per: 1s}\nwrites: [{table: seen, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    assert cli.main(["migrate", str(source)]) == 0
+    return source
+
+
+def test_null_keys_are_counted_every_run_and_never_due(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revI F6: NULL keys sort after the others, so a run that stopped before them (its limit)
+    never said so, and `status` counted them as due. One count a run: the warning is right every
+    run; `status` does not count them as due."""
+    source = _plain(db, tmp_path, monkeypatch, api, "create table sync_status (appid int)")
+    db.run("insert into sync_status (appid) select g from generate_series(1, 12) g")
+    db.run("insert into sync_status (appid) select null from generate_series(1, 6)")
+    for appid in range(1, 13):
+        api.route(f"/apps/{appid}", Reply(200, json={}))
+    assert cli.main(["status", str(source)]) == 0
+    assert "due now 12 " in capsys.readouterr().out
+    for limit in ("5", "100"):
+        assert cli.main(["run", str(source), "--limit", limit]) == 0
+        err = capsys.readouterr().err
+        assert err.count("with a NULL appid") == 1
+        assert "plain: sync_status returned 6 rows with a NULL appid: not run" in err
+    assert db.rows("select status, items_processed from sync_jobs order by started_at") == [
+        ("completed", 5),
+        ("completed", 7),
+    ]
+
+
+def test_a_status_table_holding_a_key_twice_fails_naming_it(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revI F10: a status table without a unique key holding a key twice failed the run with
+    PostgreSQL's 'ON CONFLICT DO UPDATE command cannot affect row a second time': the run fails
+    (exit 1) naming the key and the table, before any request."""
+    source = _plain(db, tmp_path, monkeypatch, api, "create table sync_status (appid int)")
+    db.run("insert into sync_status (appid) values (1), (2), (2)")
+    assert cli.main(["run", str(source)]) == 1
+    said = (
+        "plain: sync_status holds appid 2 more than once: an entity is selected once per key, so keep one"
+        " row per appid in sync_status (a primary key on appid)"
+    )
+    assert said in capsys.readouterr().err
+    assert api.requests == []
+
+
+def test_a_value_psycopg_cannot_load_fails_the_selection_naming_it(status: Database) -> None:
+    """review revI F4: a jsonb number past 4300 digits raised psycopg's ValueError (exit 70): the
+    selection fails naming the source and the setting."""
+    query = "select ('1' || repeat('0', 5000))::jsonb as appid where %(after_key)s::text is null limit %(limit)s"
+    source = make_source(selection=SelectionType.SQL, sql=query)
+    with pytest.raises(SelectionError, match=r"^example: selecting entities with entities.sql failed: a value it"):
+        _select(status, source, claim=False)

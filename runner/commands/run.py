@@ -150,10 +150,10 @@ def _options(
             f"--heartbeat ({args.heartbeat:g}s) must be at most half of --lease ({args.lease:g}s): claims are"
             " renewed every heartbeat, and one that lapses between renewals lets another runner take its entity"
         )
-    ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else None
+    ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids is not None else None
     for source in sources:  # keys of the source's type, or a usage error before any job row
-        for value in ids or ():
-            selection.cast_key(source, value)
+        if ids is not None:
+            selection.keys_of(source, ids)  # `--ids ,` names none: refused
     return engine.Options(
         limit=limit,
         ids=ids,
