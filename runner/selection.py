@@ -193,7 +193,7 @@ def _default(
 ) -> Iterator[list[Entity]]:
     cursor: tuple[Any, ...] | None = None
     types = filters.types(conn, source)
-    _nulls(conn, source)
+    counted = False
     while (size := budget.next()) > 0:
         query = _default_sql(source, cursor is not None, partition is not None, after is not None, claim.enabled, types)
         params = {**claim.params(), **filtersql.params(source.entities), "n": size, "after": after}
@@ -205,11 +205,13 @@ def _default(
         except SelectionError:
             _twice(conn, source)  # a clearer message when the claim failed on a key the table holds twice
             raise
-        if not rows:
-            return
-        last = rows[-1]
-        cursor = (*(value for name, value in last.items() if name.startswith("__o")), last[source.entities.key])
-        yield budget.spend([_public(row) for row in rows if row["__claimed"]])
+        if rows:
+            last = rows[-1]
+            cursor = (*(value for name, value in last.items() if name.startswith("__o")), last[source.entities.key])
+            yield budget.spend([_public(row) for row in rows if row["__claimed"]])
+        if not counted:  # after the first chunk is handed over: the count never delays the first request
+            _nulls(conn, source)
+            counted = True
         if len(rows) < size:
             return
 
