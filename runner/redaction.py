@@ -304,12 +304,14 @@ def _unsplit(text: str, start: int, end: int) -> tuple[int, int]:
     """A masked stretch made not to cut an escape in two: a piece of a secret's escaped form ends inside
     an escape that is not the secret's (`abcdefg\\` of `abcdefg\\"` before a `\\n`), and masking half of
     it would leave an orphan (`***n`, a `\\***` that is no JSON). The stretch shrinks to the escapes it
-    holds whole, which leaves at most one escape's characters at each end, not a FRAGMENT-character
-    piece; a stretch within one escape (a secret holding a literal `\\U0001F600`) grows to the escape."""
+    holds whole, which leaves fewer than FRAGMENT of the secret's characters at each end: where the cut
+    escape holds FRAGMENT or more of them (a secret ending in a literal `\\U0001F6` before a body's
+    `\\U0001F600`), the stretch grows to the whole escape instead, as does a stretch within one escape."""
     head, tail = _unit_around(text, start), _unit_around(text, end)
-    inner = head[1] if head else start, tail[0] if tail else end
-    if inner[0] < inner[1]:
-        return inner
+    low = start if head is None else head[0] if head[1] - start >= FRAGMENT else head[1]
+    high = end if tail is None else tail[1] if end - tail[0] >= FRAGMENT else tail[0]
+    if low < high:
+        return low, high
     return head[0] if head else start, tail[1] if tail else end
 
 

@@ -324,6 +324,20 @@ def test_a_mask_never_cuts_an_escape_in_two() -> None:
     assert redact("k=abcdefg%0A&x=1") == f"k={MASK}%0A&x=1"
 
 
+def test_a_cut_escape_holding_a_fragment_of_the_secret_is_masked_whole() -> None:
+    """Review revJ F9: shrinking a stretch back to whole escapes left a 10-character `\\U0001F600`
+    showing `\\U0001F6`, the last 8 characters of a secret that ends in them."""
+    secret = "abcdefghij\\U0001F6"
+    text = f'"{secret}00"'
+    clean = Redactor([secret])(text)
+    assert clean == f'"{MASK}"', clean  # a Python-style escape, no JSON: the text is not JSON either
+    assert_unreadable(clean, secret)
+    secret = "0001F600abcdefghij"  # the same at the start: the secret begins inside an escape
+    clean = Redactor([secret])('"\\U0001F600abcdefghij"')
+    assert clean == f'"{MASK}"', clean
+    assert_unreadable(clean, secret)
+
+
 @settings(
     max_examples=int(os.environ.get("REDACTION_EXAMPLES", "300")),
     deadline=None,
