@@ -268,7 +268,7 @@ class _Decoder:
 
 # --- JSON: strict, and nothing downstream (JMESPath, json.dumps, psycopg, jsonb) can choke on it --------
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def parse_json(raw: bytes, content_type: str = "application/json") -> tuple[JSON, str]:

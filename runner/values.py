@@ -78,7 +78,7 @@ def array_cast(type_name: str | None, values: Iterable[Any]) -> str | None:
 
 # What a converter could raise beyond Unfit on a value nobody foresaw (fit names it in the message).
 FAULTS = _FAULTS = (ArithmeticError, ValueError, TypeError, LookupError, RecursionError)
-_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate has no UTF-8 encoding: psycopg would raise
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone surrogate has no UTF-8 encoding: psycopg would raise
 
 
 def show(value: Any) -> str:

@@ -109,6 +109,19 @@ def db(pg_dsn: str) -> Iterator[Database]:
                 admin.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
 
 
+def fault(db: Database, table: str, sqlstate: str, message: str, times: int | None) -> None:
+    """The server refuses writes to `table` with `sqlstate`, the first `times` statements (None: every
+    one). A trigger, not a patched function: writer may be compiled (hatch_build.py), where a module's
+    own calls do not look its functions up. The count is a sequence: a rollback does not undo it."""
+    limit = "true" if times is None else f"nextval('fault_calls') <= {times}"
+    db.run("create sequence fault_calls")
+    db.run(
+        f"create function fault() returns trigger language plpgsql as $$ begin if {limit} then"
+        f" raise exception '{message}' using errcode = '{sqlstate}'; end if; return null; end $$"
+    )
+    db.run(f"create trigger fault after insert on {table} for each statement execute function fault()")
+
+
 # --- spec builders ---------------------------------------------------------------------------------------
 def expr(text: str) -> Expression:
     return Expression.compile(text)

@@ -6,14 +6,13 @@ import itertools
 import threading
 from typing import Any
 
-import psycopg
 import pytest
 
 from runner import mapping, migrations, statements, targets, writeplan, writer
 from runner.errors import SchemaMismatch
 from runner.results import EntityResult
 from runner.spec import Field, Lookup, Merge, Outcome, QualifiedName, Source, Write, WriteMode
-from tests.pg import Database, expr, make_source
+from tests.pg import Database, expr, fault, make_source
 
 Rows = dict[int, list[dict[str, Any]]]
 
@@ -288,7 +287,7 @@ def test_greatest_is_atomic_in_sql(metrics: Database) -> None:
     assert metrics.rows("select ccu_peak from daily_metrics") == [(900,)]
 
 
-def test_insert_mode_appends_once_across_a_retried_batch(metrics: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_insert_mode_appends_once_across_a_retried_batch(metrics: Database) -> None:
     """mode=insert with a key fixed before any retry (run.started_at): a retried batch adds no duplicates."""
     metrics.run(
         "create table ccu_samples (appid int, fetched_at timestamptz, players int, primary key (appid, fetched_at))"
@@ -301,19 +300,11 @@ def test_insert_mode_appends_once_across_a_retried_batch(metrics: Database, monk
     )
     source = make_source(writes=(samples,))
     row = {"appid": 10, "fetched_at": "2025-01-01T10:00:00+00:00", "players": 5}
-    calls: list[int] = []
-    original = writer._write_all
-
-    def deadlock_once(*args: Any, **kwargs: Any) -> None:
-        original(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 1:  # after the rows went in: the rollback must undo them, the retry redo them
-            raise psycopg.errors.DeadlockDetected("deadlock detected")
-
-    monkeypatch.setattr(writer, "_write_all", deadlock_once)
+    # after the rows went in (an AFTER trigger): the rollback must undo them, the retry redo them
+    fault(metrics, "ccu_samples", "40P01", "deadlock detected", times=1)
     assert run(metrics, [result(10, {0: [row]})], source) == []
     assert run(metrics, [result(10, {0: [{**row, "players": 99}]})], source) == []  # a re-sent row is ignored
-    assert len(calls) == 3
+    assert metrics.rows("select last_value from fault_calls") == [(3,)]  # refused, retried, the second run
     assert metrics.rows("select appid, players from ccu_samples") == [(10, 5)]
 
 
@@ -379,22 +370,20 @@ def test_initcap_is_postgresqls(tables: Database, text: str) -> None:
 
 
 # --- how the rows travel ----------------------------------------------------------------------------
-KINDS = target(
-    "kinds",
-    ["id"],
-    {c: f"record.{c}" for c in ("id", "small", "n", "t", "v", "b", "d")},
-)
+KINDS_COLUMNS = {c: f"record.{c}" for c in ("id", "small", "n", "t", "v", "b", "d")}
+KINDS = target("kinds", ["id"], KINDS_COLUMNS)
 
 
-def test_binary_copy_lands_what_text_copy_lands(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_binary_copy_lands_what_text_copy_lands(db: Database) -> None:
     """A batch whose columns are all integers, text, booleans or doubles goes by binary COPY; what it
     stores is exactly what the text COPY stores (compared as PostgreSQL prints the rows)."""
     source = make_source(writes=(KINDS,))
     db.migrate(source)
-    db.run(
-        "create table kinds (id bigint primary key, small smallint, n int, t text, v varchar(12), b boolean,"
-        " d double precision, updated_at timestamptz)"
-    )
+    for table, more in (("kinds", ""), ("kinds_text", ", x numeric")):
+        db.run(
+            f"create table {table} (id bigint primary key, small smallint, n int, t text, v varchar(12), b boolean,"
+            f" d double precision{more}, updated_at timestamptz)"
+        )
     texts = ["a\\b\tc\nd\re", "", "é😀 \u2028", "\\N", "NULL", None, ' "q" ']
     doubles = [-0.0, 0.1, 1e308, 5e-324, None, 2.5, -1.0]
     rows = [
@@ -409,19 +398,21 @@ def test_binary_copy_lands_what_text_copy_lands(db: Database, monkeypatch: pytes
         }
         for i in range(1, targets.COPY_FROM + 20)
     ]
-    results = [result(1, {0: rows})]
-    stored = "select k::text from kinds k order by id"
-    binary = []
-    original = writeplan.WritePlan.binary
-    monkeypatch.setattr(writeplan.WritePlan, "binary", lambda self, p: binary.append(original(self, p)) or binary[-1])
-    assert run(db, results, source) == []
-    assert binary == [True]
-    by_binary = db.rows(stored)
-    db.run("truncate kinds")
-    monkeypatch.setattr(writeplan.WritePlan, "binary", lambda self, p: False)
-    assert run(db, results, source) == []
-    assert [r[:-1] for r in db.rows(stored)] == [r[:-1] for r in by_binary]  # updated_at: now(), per run
-    assert db.rows("select count(*), count(updated_at) from kinds") == [(len(rows), len(rows))]
+    # each COPY format has its temp table (statements.temp_sql), kept by the session: which ones exist
+    # say which way the batches went (not a patched WritePlan.binary: writeplan may be compiled)
+    temps = "select count(*) from pg_class where relnamespace = pg_my_temp_schema() and relkind = 'r'"
+    assert run(db, [result(1, {0: rows})], source) == []
+    assert db.rows(temps) == [(1,)]  # the binary one
+    # the same rows into a table that also has a numeric column (mapped, null): no binary form, so text
+    as_text = make_source(writes=(target("kinds_text", ["id"], {**KINDS_COLUMNS, "x": "record.x"}),))
+    assert run(db, [result(1, {0: rows})], as_text) == []
+    assert db.rows(temps) == [(2,)]  # and now the text one
+    columns = "(id, small, n, t, v, b, d)::text"
+    assert db.rows(f"select {columns} from kinds_text order by id") == db.rows(
+        f"select {columns} from kinds order by id"
+    )
+    for table in ("kinds", "kinds_text"):
+        assert db.rows(f"select count(*), count(updated_at) from {table}") == [(len(rows), len(rows))]
 
 
 def test_a_column_of_another_type_goes_by_text_copy(db: Database) -> None:

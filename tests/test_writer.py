@@ -11,7 +11,7 @@ from runner import migrations, targets, writeplan, writer
 from runner.errors import DatabaseError
 from runner.results import EntityResult
 from runner.spec import Merge, Outcome, WriteMode
-from tests.pg import Database, make_source, with_status, write
+from tests.pg import Database, fault, make_source, with_status, write
 
 APPS = write("apps", ["appid"], ["appid", "name", "price_cents"])
 TAGS = write("app_tags", ["appid", "tag"], ["appid", "tag"])
@@ -232,27 +232,19 @@ def test_before_commit_runs_last_inside_the_batch_transaction(tables: Database) 
     assert tables.scalar("select count(*) from syncrun_state where entity_key = '50'") == 0
 
 
-def test_deadlocks_retry_the_batch(tables: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deadlock retries the whole batch; repeated ones become a DatabaseError."""
-    calls = []
-    original = writer._attempt
-
-    def flaky(*args: Any) -> list[EntityResult]:
-        calls.append(1)
-        if len(calls) == 1:
-            raise psycopg.errors.DeadlockDetected("deadlock detected")
-        return original(*args)
-
-    monkeypatch.setattr(writer, "_attempt", flaky)
+def test_deadlocks_retry_the_batch(tables: Database) -> None:
+    """A deadlock retries the whole batch."""
+    fault(tables, "apps", "40P01", "deadlock detected", times=1)
     assert run(tables, [ok(10, app(10))]) == []
     assert tables.rows("select appid from apps") == [(10,)]
+    assert tables.rows("select last_value from fault_calls") == [(2,)]  # refused once, then written
 
-    def always(*args: Any) -> list[EntityResult]:
-        raise psycopg.errors.SerializationFailure("could not serialize access")
 
-    monkeypatch.setattr(writer, "_attempt", always)
+def test_repeated_serialization_failures_become_a_database_error(tables: Database) -> None:
+    fault(tables, "apps", "40001", "could not serialize access", times=None)
     with pytest.raises(DatabaseError, match="writing example: gave up after 3 attempts: could not serialize access"):
         run(tables, [ok(10, app(10))])
+    assert tables.rows("select appid from apps") == []
 
 
 def test_large_batches_go_through_copy_with_the_same_semantics(tables: Database) -> None:
