@@ -10,6 +10,7 @@ setting is an error at run start naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -229,9 +230,34 @@ def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     if not parts.hostname and parts.scheme.lower() != "unix":
         return f"it has no host (write {parts.scheme.lower()}://host/…)"
     host = parts.netloc.rpartition("@")[2]
+    if parts.hostname and not host.startswith("[") and (reason := _host_problem(parts.hostname)):
+        return reason
     port = host.rpartition("]")[2].removeprefix(":") if host.startswith("[") else host.partition(":")[2]
     if port and not valid_port(port):
         return f"it has {port_words(port)}"
+    return None
+
+
+# A host name's labels: letters (any script: httpx IDNA-encodes them), digits, '-' and '_' (service
+# names), separated by single dots; a trailing dot is the root. Bracketed IPv6 hosts urlsplit checks.
+_HOST_NAME = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
+
+
+def _host_problem(host: str) -> str | None:
+    """Whether a host can be connected to, in words that never quote it (review revJ F5: httpx
+    percent-encodes `exa mple.com` into the host and every entity failed to connect to
+    `exa%20mple.com`; a run that cannot reach its host is a configuration error, not N failures)."""
+    if " " in host:
+        return "its host contains a space: a host is a name like api.example.com or an IP address"
+    if not _HOST_NAME.fullmatch(host):
+        return (
+            "its host is not a valid name or IP address (a name has letters, digits, '-' and '_' between single dots)"
+        )
+    if all(label.isdigit() for label in host.rstrip(".").split(".")):  # numbers only: an IPv4 address
+        try:
+            ipaddress.IPv4Address(host.rstrip("."))
+        except ValueError:
+            return "its host is not a valid IPv4 address (four numbers from 0 to 255, like 127.0.0.1)"
     return None
 
 

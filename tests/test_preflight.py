@@ -134,10 +134,25 @@ def test_good_settings_pass(tmp_path: Path) -> None:
             "setting API_URL makes the request URL of source 'alpha' unusable: its host part contains a backslash"
             " (percent-encode it as %5C, or use / for a path)",
         ),
+        (  # review revJ F5: httpx sent it to exa%20mple.com; every entity failed to connect
+            {"API_URL": "http://exa mple.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host contains a space: a host"
+            " is a name like api.example.com or an IP address",
+        ),
         (
-            {"API_URL": "http://exa\u200bmple.com"},
-            "setting API_URL makes the request URL of source 'alpha' unusable: httpx cannot parse it"
-            " (Invalid IDNA hostname)",
+            {"API_URL": "http://exa%20mple.com:8080"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid name or IP"
+            " address (a name has letters, digits, '-' and '_' between single dots)",
+        ),
+        (
+            {"API_URL": "http://10.0.0.256"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid IPv4"
+            " address (four numbers from 0 to 255, like 127.0.0.1)",
+        ),
+        (
+            {"API_URL": "http://exa\u200bmple.com"},  # a zero-width space: no letter
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid name or IP"
+            " address (a name has letters, digits, '-' and '_' between single dots)",
         ),
     ],
 )
@@ -152,6 +167,10 @@ def test_bad_setting_texts(tmp_path: Path, environ: dict[str, str], message: str
         ("not a url", "it must start with http:// or https://"),
         ("ftp://auth.example.com", "it must start with http:// or https://"),
         ("https://", "it has no host (write https://host/…)"),
+        (  # review revJ F5
+            "https://auth example.com",
+            "its host contains a space: a host is a name like api.example.com or an IP address",
+        ),
     ],
 )
 def test_a_token_url_from_a_setting_is_checked_at_run_start(tmp_path: Path, value: str, reason: str) -> None:

@@ -98,10 +98,10 @@ class PaginationSection(Builder):
 
 def _origin_problem(origin: str) -> str | None:
     """What makes an allow_origins entry something a next URL could never match, in words."""
+    if "*" in origin:  # before the URL check, which would only say the host is not a valid name
+        return "wildcards (*) are not supported: list each origin, as https://cdn.example.com"
     if reason := templating.url_problem(origin):
         return reason
-    if "*" in origin:
-        return "wildcards (*) are not supported: list each origin, as https://cdn.example.com"
     url = httpx.URL(origin)
     if url.userinfo:
         return "it has a user name or password (user@host): an origin is scheme://host[:port]"
