@@ -145,9 +145,9 @@ def _options(
     limit = given or sources[0].entities.limit
     if not 0 < limit <= MAX_LIMIT:
         raise UsageError(f"--limit must be a whole number from 1 to {MAX_LIMIT}, got {limit}")
-    ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids is not None else None
-    if ids is not None:
-        limit = _ids_limit(args, sources, ids)
+    ids_ = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids is not None else None
+    if ids_ is not None:  # every id named runs (review revJ F2); a limit with them is refused
+        limit = ids.run_size(sources, ids_, "--limit" if args.limit else "--batch-size" if args.batch_size else None)
     if args.heartbeat * 2 > args.lease:  # review revD F2: claims lapsed between renewals (fetched twice)
         raise UsageError(
             f"--heartbeat ({args.heartbeat:g}s) must be at most half of --lease ({args.lease:g}s): claims are"
@@ -155,7 +155,7 @@ def _options(
         )
     return engine.Options(
         limit=limit,
-        ids=ids,
+        ids=ids_,
         dry_run=args.dry_run,
         max_runtime=args.max_runtime,
         grace=args.grace,
@@ -173,21 +173,6 @@ def _options(
         max_items=given,
         overridden=frozenset(o.name for o in sets),
     )
-
-
-def _ids_limit(args: argparse.Namespace, sources: list[spec.Source], ids: tuple[str, ...]) -> int:
-    """The run's size with `--ids`: every id named, each source's keys cast (a usage error before any
-    job row; `--ids ,` names none). Review revJ F2: `entities.limit` (100) cut 150 ids to 100 and the
-    run reported `completed`. A limit caps a selection, not a list written out: `--limit` with `--ids`
-    is refused (which ids would it mean?), and `BATCH_SIZE`, the environment's usual run size, does
-    not apply to them."""
-    if args.limit or args.batch_size:
-        option = "--limit" if args.limit else "--batch-size"
-        raise UsageError(
-            f"{option} and --ids exclude each other: --ids runs every id it names (a limit caps the"
-            " selection); name only the ids to run"
-        )
-    return max(len(selection.keys_of(source, ids)) for source in sources)
 
 
 @dataclass(frozen=True, slots=True)
