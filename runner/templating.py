@@ -196,21 +196,37 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def query_problem(url: str, names: Iterable[str]) -> str | None:
+def query_problem(url: str, names: Iterable[str], paged: Mapping[str, str] | None = None) -> str | None:
     """What the request URL's own query or fragment would get wrong, in words; None when fine.
     `names`: request.query's parameter names, which follow the URL's own query (runner/plans.py).
     A name in both would be sent twice (`?appid=99&appid=7`), and an API reading the first value would
-    answer every entity with entity 99's data (review13c R2). A #fragment is never sent (R4)."""
+    answer every entity with entity 99's data (review13c R2). A #fragment is never sent (R4).
+    `paged`: the parameters the pagination sets (name -> its setting), which would replace the URL's."""
     parts = urlsplit(url)
     if "#" in url:
         return "it has a #fragment, which is never sent to the server: remove it"
-    own = {unquote_plus(pair.partition("=")[0]) for pair in parts.query.split("&") if pair}
+    own = query_names(parts.query)
     if both := [name for name in names if name in own]:
         return (
             f"the query parameter {both[0]!r} is both in the URL's own query and in request.query, so it"
             " would be sent twice: write it in one place"
         )
+    if replaced := [name for name in paged or {} if name in own]:
+        return paged_problem(replaced[0], (paged or {})[replaced[0]])
     return None
+
+
+def query_names(query: str) -> set[str]:
+    """The parameter names of a URL's query text (`a=1&b` -> {a, b}), decoded."""
+    return {unquote_plus(pair.partition("=")[0]) for pair in query.split("&") if pair}
+
+
+def paged_problem(name: str, setting: str) -> str:
+    """A parameter of the URL's own query that the pagination sets too (review revJ F7)."""
+    return (
+        f"the query parameter {name!r} is in the URL's own query, but {setting} sets it on the listing's"
+        " requests, replacing the URL's value: remove it from the URL"
+    )
 
 
 def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:

@@ -324,3 +324,31 @@ def test_a_default_is_not_blamed_on_ci(tmp_path: Path) -> None:
     assert _check(tmp_path, QUERY_KEY="k ") == (
         "secret QUERY_KEY starts or ends with whitespace — a common copy-paste mistake in CI secrets; remove it"
     )
+
+
+def test_a_url_setting_with_a_parameter_the_pagination_sets_is_refused(tmp_path: Path) -> None:
+    """review revJ F7 at run start: a base URL from the environment whose query has the pagination's
+    parameter (`?page=1`): the written value would be replaced on every page. Exit 2, naming it."""
+    text = """\
+    name: alpha
+    entities: {type: list}
+    request: {url: "${env.API_URL}/list"}
+    pagination: {type: page, param: page, page_size: 10, size_param: per_page}
+    rate_limit: {requests: 1, per: 1s}
+    status: false
+    writes:
+      - {table: apps, key: [appid], columns: {appid: record.id}}
+    """
+    source = _source(tmp_path, text)
+    for url, name, setting in [
+        ("http://h.example/v1?page=1", "page", "param"),
+        ("http://h/?per_page=5", "per_page", "size_param"),
+    ]:
+        with pytest.raises(SettingError) as caught:
+            preflight.check_settings([source], templating.resolve(source.settings, {"API_URL": url}))
+        assert str(caught.value) == (
+            f"setting API_URL makes the request URL of source 'alpha' unusable: the query parameter '{name}' is in"
+            f" the URL's own query, but pagination.{setting} sets it on the listing's requests, replacing the URL's"
+            " value: remove it from the URL"
+        )
+    preflight.check_settings([source], templating.resolve(source.settings, {"API_URL": "http://h.example/v1?cc=us"}))
