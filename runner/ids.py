@@ -64,6 +64,20 @@ def keys_of(source: Source, ids: Sequence[Any]) -> list[Any]:
     return list(dict.fromkeys(cast_key(source, value) for value in ids))
 
 
+def run_size(sources: Sequence[Source], ids: Sequence[Any], limit: str | None) -> int:
+    """A run's size with `--ids`: every id named, each source's keys cast (a UsageError before any job
+    row; `--ids ,` names none). Review revJ F2: `entities.limit` (100) cut 150 ids to 100 and the run
+    reported `completed`. A limit caps a selection, not a list written out: `limit`, the option given
+    with them (`--limit`), is refused (which ids would it mean?), and BATCH_SIZE, the environment's
+    usual run size, does not apply to them."""
+    if limit is not None:
+        raise UsageError(
+            f"{limit} and --ids exclude each other: --ids runs every id it names (a limit caps the selection);"
+            " name only the ids to run"
+        )
+    return max(len(keys_of(source, ids)) for source in sources)
+
+
 def key_only(source: Source) -> bool:
     """Whether the source needs nothing but the key: then any id can run, with no database row."""
     return source.entities.column_names <= {source.entities.key}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit, urlunsplit
 
 from runner.fieldguess import field, scalar
 
@@ -162,6 +162,16 @@ def pagination_text(url: str, body: Any, headers: dict[str, str] | None, records
             lines.append(f"size_param: {size[1]}")
     text = f"# pagination: detected {detected}; see docs/reference.md#pagination\n"
     return text + "pagination:\n" + "".join(f"  {line}\n" for line in lines) + "\n"
+
+
+def paged_url(url: str, block: str) -> str:
+    """The URL as the source file writes it: without the query parameters its pagination `block` sets
+    (`param`, `size_param`), which the pagination sends on the listing's requests and validate
+    refuses in the URL too (review revJ F7). `?page=1&per_page=7` became `start: 1`, `page_size: 7`."""
+    names = set(re.findall(r"^  (?:param|size_param): ([^\s#]+)", block, re.MULTILINE))
+    parts = urlsplit(url)
+    kept = [pair for pair in parts.query.split("&") if pair and unquote_plus(pair.partition("=")[0]) not in names]
+    return url if not names else urlunsplit(parts._replace(query="&".join(kept)))
 
 
 _PAGINATION_HINT = (

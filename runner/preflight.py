@@ -79,7 +79,8 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
     if request.url.settings:
         placeholders = dict.fromkeys(request.url.columns, _PLACEHOLDER)
         rendered = templating.render(request.url, placeholders, settings, url=True)
-        if reason := templating.url_problem(rendered) or templating.query_problem(rendered, dict(request.query)):
+        paged = source.pagination.query_names()
+        if reason := templating.url_problem(rendered) or templating.query_problem(rendered, dict(request.query), paged):
             problems.append(_url_problem(source, ("request", "url"), request.url, settings, reason))
     token_url = source.auth.token_url if source.auth is not None else None
     if (

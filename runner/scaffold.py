@@ -97,15 +97,15 @@ def source_text(
     text += f"name: {name}\n"
     text += f"description: {scalar(f'TODO: what {name} syncs, from {url}')}\n\n"
     text += _entities(listed, key, project.key, entity_columns)
-    text += f"request:\n  url: {scalar(url)}\n  timeout: 30s\n"
+    paging = pageguess.pagination_text(url, sample, headers, records) if listed else ""
+    text += f"request:\n  url: {scalar(pageguess.paged_url(url, paging))}\n  timeout: 30s\n"
     starter = starter or starters.Starter()
     if starter.headers:
         text += "  headers:\n" + "".join(f"    {header}: {value}\n" for header, value in starter.headers)
     if starter.query:
         text += "  query:\n" + "".join(f"    {json.dumps(name)}: {value}\n" for name, value in starter.query)
     text += "\n" + "".join(f"{line}\n" for line in starter.auth) + ("\n" if starter.auth else "")
-    if listed:
-        text += pageguess.pagination_text(url, sample, headers, records)
+    text += paging
     text += "rate_limit:                         # ask the API's documentation; retries take tokens too\n"
     text += f"  requests: 1\n  per: 1s\n  burst: 1\n  bucket: {name}\n\n"
     text += "retry:\n  attempts: 4\n  initial: 1s\n  max_delay: 30s\n  max_wait: 120s\n\n"

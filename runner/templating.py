@@ -10,6 +10,7 @@ setting is an error at run start naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -195,21 +196,37 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def query_problem(url: str, names: Iterable[str]) -> str | None:
+def query_problem(url: str, names: Iterable[str], paged: Mapping[str, str] | None = None) -> str | None:
     """What the request URL's own query or fragment would get wrong, in words; None when fine.
     `names`: request.query's parameter names, which follow the URL's own query (runner/plans.py).
     A name in both would be sent twice (`?appid=99&appid=7`), and an API reading the first value would
-    answer every entity with entity 99's data (review13c R2). A #fragment is never sent (R4)."""
+    answer every entity with entity 99's data (review13c R2). A #fragment is never sent (R4).
+    `paged`: the parameters the pagination sets (name -> its setting), which would replace the URL's."""
     parts = urlsplit(url)
     if "#" in url:
         return "it has a #fragment, which is never sent to the server: remove it"
-    own = {unquote_plus(pair.partition("=")[0]) for pair in parts.query.split("&") if pair}
+    own = query_names(parts.query)
     if both := [name for name in names if name in own]:
         return (
             f"the query parameter {both[0]!r} is both in the URL's own query and in request.query, so it"
             " would be sent twice: write it in one place"
         )
+    if replaced := [name for name in paged or {} if name in own]:
+        return paged_problem(replaced[0], (paged or {})[replaced[0]])
     return None
+
+
+def query_names(query: str) -> set[str]:
+    """The parameter names of a URL's query text (`a=1&b` -> {a, b}), decoded."""
+    return {unquote_plus(pair.partition("=")[0]) for pair in query.split("&") if pair}
+
+
+def paged_problem(name: str, setting: str) -> str:
+    """A parameter of the URL's own query that the pagination sets too (review revJ F7)."""
+    return (
+        f"the query parameter {name!r} is in the URL's own query, but {setting} sets it on the listing's"
+        " requests, replacing the URL's value: remove it from the URL"
+    )
 
 
 def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
@@ -229,9 +246,34 @@ def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     if not parts.hostname and parts.scheme.lower() != "unix":
         return f"it has no host (write {parts.scheme.lower()}://host/…)"
     host = parts.netloc.rpartition("@")[2]
+    if parts.hostname and not host.startswith("[") and (reason := _host_problem(parts.hostname)):
+        return reason
     port = host.rpartition("]")[2].removeprefix(":") if host.startswith("[") else host.partition(":")[2]
     if port and not valid_port(port):
         return f"it has {port_words(port)}"
+    return None
+
+
+# A host name's labels: letters (any script: httpx IDNA-encodes them), digits, '-' and '_' (service
+# names), separated by single dots; a trailing dot is the root. Bracketed IPv6 hosts urlsplit checks.
+_HOST_NAME = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
+
+
+def _host_problem(host: str) -> str | None:
+    """Whether a host can be connected to, in words that never quote it (review revJ F5: httpx
+    percent-encodes `exa mple.com` into the host and every entity failed to connect to
+    `exa%20mple.com`; a run that cannot reach its host is a configuration error, not N failures)."""
+    if " " in host:
+        return "its host contains a space: a host is a name like api.example.com or an IP address"
+    if not _HOST_NAME.fullmatch(host):
+        return (
+            "its host is not a valid name or IP address (a name has letters, digits, '-' and '_' between single dots)"
+        )
+    if all(label.isdigit() for label in host.rstrip(".").split(".")):  # numbers only: an IPv4 address
+        try:
+            ipaddress.IPv4Address(host.rstrip("."))
+        except ValueError:
+            return "its host is not a valid IPv4 address (four numbers from 0 to 255, like 127.0.0.1)"
     return None
 
 

@@ -213,6 +213,11 @@ BAD_SETTINGS = {
         "setting API_URL makes the request URL of source 'alpha' unusable: the host has an unbalanced '[' or ']'"
         " (an IPv6 host is written like http://[::1]:8080/)",
     ),
+    "a space in the host": (  # review revJ F5: every entity failed to connect to exa%20mple.com
+        {"API_URL": "http://exa mple.com"},
+        "setting API_URL makes the request URL of source 'alpha' unusable: its host contains a space: a host is"
+        " a name like api.example.com or an IP address",
+    ),
     "port out of range": (
         {"API_URL": "http://127.0.0.1:99999"},
         "setting API_URL makes the request URL of source 'alpha' unusable: it has port 99999 out of range (1–65535)",

@@ -569,3 +569,59 @@ def test_each_use_of_a_setting_with_its_own_default_is_resolved_and_masked(tmp_p
     )
     with pytest.raises(SettingError, match="HOST"):
         templating.resolve(mixed.settings, {})
+
+
+PAGED = """\
+name: t
+entities: {type: list}
+request: {url: "https://api.example/list?cc=us&QUERY", query: {REQUEST}}
+pagination: PAGINATION
+rate_limit: {requests: 1, per: 1s}
+status: false
+writes:
+  - table: apps
+    key: [appid]
+    columns: {appid: record.id}
+"""
+
+
+def _paged(query: str, request: str, pagination: str) -> str:
+    return PAGED.replace("QUERY", query).replace("REQUEST", request).replace("PAGINATION", pagination)
+
+
+@pytest.mark.parametrize(
+    ("query", "pagination", "name", "setting"),
+    [
+        ("page=1", "{type: page, param: page}", "page", "param"),
+        ("offset=50", "{type: offset, param: offset, page_size: 50}", "offset", "param"),
+        ("after=x", "{type: cursor, param: after, cursor: body.next}", "after", "param"),
+        ("limit=10", "{type: link, page_size: 10, size_param: limit}", "limit", "size_param"),
+        ("per_page=5", "{type: page, param: page, page_size: 5, size_param: per_page}", "per_page", "size_param"),
+    ],
+)
+def test_a_url_query_parameter_the_pagination_sets_is_refused(
+    tmp_path: Path, query: str, pagination: str, name: str, setting: str
+) -> None:
+    """review revJ F7: `url: …/list?page=1` with `param: page` validated, and the requests went out with
+    page=0, then page=1: the value written in the URL was replaced, though a URL's query is kept as
+    written. Refused for each parameter a pagination sets, naming it, at the URL's line."""
+    assert _problems(tmp_path, _paged(query, "", pagination)) == [
+        f"3: request.url: the query parameter '{name}' is in the URL's own query, but pagination.{setting} sets"
+        " it on the listing's requests, replacing the URL's value: remove it from the URL"
+    ]
+    _load(tmp_path, _paged("x=1", "", pagination))  # other parameters are kept as written
+
+
+@pytest.mark.parametrize(
+    ("pagination", "first"),
+    [
+        ("{type: page, param: page}", " (pagination.start sets the first one)"),
+        ("{type: cursor, param: page, cursor: body.c}", ""),
+    ],
+)
+def test_a_request_query_parameter_the_pagination_sets_is_refused(tmp_path: Path, pagination: str, first: str) -> None:
+    """review revJ F7: `query: {page: 3}` with `param: page` was replaced on every request as silently."""
+    assert _problems(tmp_path, _paged("x=1", "page: '3'", pagination)) == [
+        "3: request.query.page: is pagination.param, which the pagination sets on the listing's requests,"
+        f" replacing this value: remove it here{first}"
+    ]

@@ -257,3 +257,54 @@ def test_a_long_id_is_not_echoed_in_full() -> None:
     assert str(raised.value).startswith("--ids: '" + "x" * 56 + "... is not a whole number")
     assert len(str(raised.value)) < 200
     assert ids.cast_key(make_source(), "0" * 5000 + "7") == 7  # read as PostgreSQL reads it
+
+
+def _key_only(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: ApiServer) -> Path:
+    """A key-only source (any id runs) whose `entities.limit` is 100."""
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("API_URL", api.url)
+    monkeypatch.delenv("BATCH_SIZE", raising=False)
+    source = tmp_path / "many.yaml"
+    source.write_text(
+        "name: many\nentities: {type: sql, key: appid, key_type: int, limit: 100,"
+        ' sql: "select 1 as appid where %(after_key)s::int is null limit %(limit)s"}\n'
+        'request: {url: "${env.API_URL}/apps/{appid}"}\nrate_limit: {requests: 1000, per: 1s}\nstatus: false\n'
+        "writes: [{table: seen, key: [appid], columns: {appid: entity.appid}}]\n"
+    )
+    db.run("create table seen (appid int primary key)")
+    assert cli.main(["migrate", str(source)]) == 0
+    return source
+
+
+def test_every_named_id_runs_past_entities_limit(
+    db: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review revJ F2: `run --ids 1001,…,1150` with `entities.limit: 100` ran 100 of the 150 ids and
+    reported `completed`, exit 0. Every named id runs (BATCH_SIZE, the usual run size, does not cut
+    them either), and the job row's batch size is the number named."""
+    source = _key_only(db, tmp_path, monkeypatch, api)
+    monkeypatch.setenv("BATCH_SIZE", "20")
+    for appid in range(1001, 1151):
+        api.route(f"/apps/{appid}", Reply(200, json={}))
+    assert cli.main(["run", str(source), "--ids", ",".join(map(str, range(1001, 1151)))]) == 0
+    assert sorted(int(r.path.rsplit("/", 1)[1]) for r in api.requests) == list(range(1001, 1151))
+    assert db.scalar("select count(*) from seen") == 150
+    assert db.rows("select status, items_processed, batch_size from sync_jobs") == [("completed", 150, 150)]
+
+
+@pytest.mark.parametrize("option", ["--limit", "--batch-size"])
+def test_a_limit_with_ids_is_refused(
+    db: Database,
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+) -> None:
+    """review revJ F2: which of the ids would `--limit 1 --ids 5,6` mean? Refused, exit 2, before any
+    job row or request, rather than a subset run and reported complete."""
+    source = _key_only(db, tmp_path, monkeypatch, api)
+    assert cli.main(["run", str(source), "--ids", "5,6", option, "1"]) == 2
+    assert f"{option} and --ids exclude each other: --ids runs every id it names" in capsys.readouterr().err
+    assert db.scalar("select count(*) from sync_jobs") == 0
+    assert api.requests == []

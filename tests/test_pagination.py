@@ -204,9 +204,12 @@ def test_a_cap_stops_the_listing_and_keeps_it_incomplete(
     assert env.scalar("select count(*) from items") == 0  # the after-step ran this time
 
 
-def test_a_failed_page_fails_the_run_and_resumes_there(env: Database, api: ApiServer, tmp_path: Path) -> None:
+def test_a_failed_page_fails_the_run_and_resumes_there(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Page 2 keeps answering 503: the run fails (a listing that stopped early is never completed),
-    page 1 is kept and checkpointed, and the next run resumes at page 2."""
+    page 1 is kept and checkpointed, and the next run resumes at page 2. The warning names the page
+    as the summary does (review revJ F7: `flaky 1 failed` beside `page 2 of the listing failed`)."""
     source = list_source(tmp_path, "flaky", "link", "{type: link}", "body")
     prepare(env, source)
     api.route("/link", lambda r: Reply(503) if r.query.get("page") == "2" else pagedapi.link_page(api, r))
@@ -215,6 +218,9 @@ def test_a_failed_page_fails_the_run_and_resumes_there(env: Database, api: ApiSe
     assert status == "failed"
     assert error is not None
     assert error.startswith("page 2 of the listing failed: gave up after 3 attempts: HTTP 503")
+    err = capsys.readouterr().err
+    assert "warning flaky page 2 failed: gave up after 3 attempts: HTTP 503" in err
+    assert "page 2 of the listing failed: gave up after 3 attempts: HTTP 503" in err
     assert env.scalar("select count(*) from items") == 10
     api.route("/link", lambda r: pagedapi.link_page(api, r))
     assert cli.main(["run", str(source)]) == 0

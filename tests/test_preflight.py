@@ -134,10 +134,25 @@ def test_good_settings_pass(tmp_path: Path) -> None:
             "setting API_URL makes the request URL of source 'alpha' unusable: its host part contains a backslash"
             " (percent-encode it as %5C, or use / for a path)",
         ),
+        (  # review revJ F5: httpx sent it to exa%20mple.com; every entity failed to connect
+            {"API_URL": "http://exa mple.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host contains a space: a host"
+            " is a name like api.example.com or an IP address",
+        ),
         (
-            {"API_URL": "http://exa\u200bmple.com"},
-            "setting API_URL makes the request URL of source 'alpha' unusable: httpx cannot parse it"
-            " (Invalid IDNA hostname)",
+            {"API_URL": "http://exa%20mple.com:8080"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid name or IP"
+            " address (a name has letters, digits, '-' and '_' between single dots)",
+        ),
+        (
+            {"API_URL": "http://10.0.0.256"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid IPv4"
+            " address (four numbers from 0 to 255, like 127.0.0.1)",
+        ),
+        (
+            {"API_URL": "http://exa\u200bmple.com"},  # a zero-width space: no letter
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid name or IP"
+            " address (a name has letters, digits, '-' and '_' between single dots)",
         ),
     ],
 )
@@ -152,6 +167,10 @@ def test_bad_setting_texts(tmp_path: Path, environ: dict[str, str], message: str
         ("not a url", "it must start with http:// or https://"),
         ("ftp://auth.example.com", "it must start with http:// or https://"),
         ("https://", "it has no host (write https://host/…)"),
+        (  # review revJ F5
+            "https://auth example.com",
+            "its host contains a space: a host is a name like api.example.com or an IP address",
+        ),
     ],
 )
 def test_a_token_url_from_a_setting_is_checked_at_run_start(tmp_path: Path, value: str, reason: str) -> None:
@@ -305,3 +324,31 @@ def test_a_default_is_not_blamed_on_ci(tmp_path: Path) -> None:
     assert _check(tmp_path, QUERY_KEY="k ") == (
         "secret QUERY_KEY starts or ends with whitespace — a common copy-paste mistake in CI secrets; remove it"
     )
+
+
+def test_a_url_setting_with_a_parameter_the_pagination_sets_is_refused(tmp_path: Path) -> None:
+    """review revJ F7 at run start: a base URL from the environment whose query has the pagination's
+    parameter (`?page=1`): the written value would be replaced on every page. Exit 2, naming it."""
+    text = """\
+    name: alpha
+    entities: {type: list}
+    request: {url: "${env.API_URL}/list"}
+    pagination: {type: page, param: page, page_size: 10, size_param: per_page}
+    rate_limit: {requests: 1, per: 1s}
+    status: false
+    writes:
+      - {table: apps, key: [appid], columns: {appid: record.id}}
+    """
+    source = _source(tmp_path, text)
+    for url, name, setting in [
+        ("http://h.example/v1?page=1", "page", "param"),
+        ("http://h/?per_page=5", "per_page", "size_param"),
+    ]:
+        with pytest.raises(SettingError) as caught:
+            preflight.check_settings([source], templating.resolve(source.settings, {"API_URL": url}))
+        assert str(caught.value) == (
+            f"setting API_URL makes the request URL of source 'alpha' unusable: the query parameter '{name}' is in"
+            f" the URL's own query, but pagination.{setting} sets it on the listing's requests, replacing the URL's"
+            " value: remove it from the URL"
+        )
+    preflight.check_settings([source], templating.resolve(source.settings, {"API_URL": "http://h.example/v1?cc=us"}))

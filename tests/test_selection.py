@@ -137,6 +137,18 @@ def test_ids_select_exactly_those_entities(status: Database) -> None:
         next(pages)
 
 
+def test_ids_run_whole_past_the_limit(status: Database) -> None:
+    """review revJ F2: 150 ids with `limit` 100 selected the first 100 and the run reported completed;
+    a limit caps a selection, never a list of ids (the command line refuses `--limit` with `--ids`)."""
+    source = make_source(selection=SelectionType.SQL, sql="select 1")  # key-only: any id runs
+    chunks = selection.chunks(
+        status.conn, source, limit=100, holder="a", lease_seconds=60, ids=range(1, 151), chunk_size=40
+    )
+    pages = list(chunks)
+    assert [len(page) for page in pages] == [40, 40, 40, 30]
+    assert _flat([[row["appid"] for row in page] for page in pages]) == list(range(1, 151))
+
+
 def test_no_priority_column_orders_by_stamp_then_key(status: Database) -> None:
     """`priority_column: null` is allowed: never synced first, then the oldest stamp, then the key
     (the constant put in its place was once a bare `0`, read by ORDER BY as a column position)."""

@@ -115,6 +115,27 @@ def test_a_request_url_with_a_user_name_or_password_is_refused() -> None:
     assert templating.url_problem("http://h.example/a?x=user@host#@y") is None  # an @ after the host is no userinfo
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["exa mple.com", "exa%20mple.com", "a..b", "a!b", "a,b", "1.2.3.4.5", "10.0.0.256", "3000000000"],
+)
+def test_a_host_that_cannot_be_reached_is_refused(host: str) -> None:
+    """review revJ F5: `http://exa mple.com` passed; httpx sent every request to `exa%20mple.com`, and
+    each entity failed to connect. A host is a name or an IP address, and the reason never quotes it."""
+    reason = templating.url_problem(f"http://{host}:8080/e/1")
+    assert reason is not None
+    assert reason.startswith("its host ")
+    assert host not in reason
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "api.example.com", "api.example.com.", "db_1", "bücher.example", "127.0.0.1", "[::1]"]
+)
+def test_host_names_and_ip_addresses_pass(host: str) -> None:
+    """Names (any script, `_` for service names, a trailing root dot), IPv4 and bracketed IPv6 hosts."""
+    assert templating.url_problem(f"http://{host}:8080/e/1") is None
+
+
 def test_each_use_of_a_variable_keeps_its_own_default() -> None:
     """Two templates give one unset variable different defaults: each renders with its own (review
     revF F1: the last default read went to every use, and one source's requests went to the other's

@@ -145,18 +145,17 @@ def _options(
     limit = given or sources[0].entities.limit
     if not 0 < limit <= MAX_LIMIT:
         raise UsageError(f"--limit must be a whole number from 1 to {MAX_LIMIT}, got {limit}")
+    ids_ = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids is not None else None
+    if ids_ is not None:  # every id named runs (review revJ F2); a limit with them is refused
+        limit = ids.run_size(sources, ids_, "--limit" if args.limit else "--batch-size" if args.batch_size else None)
     if args.heartbeat * 2 > args.lease:  # review revD F2: claims lapsed between renewals (fetched twice)
         raise UsageError(
             f"--heartbeat ({args.heartbeat:g}s) must be at most half of --lease ({args.lease:g}s): claims are"
             " renewed every heartbeat, and one that lapses between renewals lets another runner take its entity"
         )
-    ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids is not None else None
-    for source in sources:  # keys of the source's type, or a usage error before any job row
-        if ids is not None:
-            selection.keys_of(source, ids)  # `--ids ,` names none: refused
     return engine.Options(
         limit=limit,
-        ids=ids,
+        ids=ids_,
         dry_run=args.dry_run,
         max_runtime=args.max_runtime,
         grace=args.grace,

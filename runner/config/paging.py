@@ -65,7 +65,35 @@ class PaginationSection(Builder):
                 f"cannot be combined with pagination (type: {kind.value}): a batched request lists"
                 " several entities in one reply, a paged one follows one listing; remove one of them",
             )
-        return spec.Pagination(type=kind, missing_next=spec.MissingNext(raw.get("missing_next", "fail")), **extra)
+        pagination = spec.Pagination(type=kind, missing_next=spec.MissingNext(raw.get("missing_next", "fail")), **extra)
+        self.check_query_names(pagination)
+        return pagination
+
+    def check_query_names(self, pagination: spec.Pagination) -> None:
+        """A parameter the pagination sets, also written in the URL's own query or in request.query: the
+        written value is replaced on every page (review revJ F7: `?page=1` with `param: page` sent
+        page=0, then page=1), while the docs say a URL's query is kept as written. A query that comes
+        from a setting is checked at run start (runner/preflight.py)."""
+        request = self.raw.get("request")
+        if not isinstance(request, dict):
+            return
+        paged = pagination.query_names()
+        url = request.get("url")
+        own = templating.query_names(url.partition("#")[0].partition("?")[2]) if isinstance(url, str) else set()
+        for name, setting in paged.items():
+            if name in own:
+                self.add(("request", "url"), templating.paged_problem(name, setting))
+        query = request.get("query")
+        for name in query if isinstance(query, dict) else ():
+            if paged.get(name) == "pagination.param":  # size_param: check_query_page_size says it
+                first = (
+                    "" if pagination.type is spec.PaginationType.CURSOR else " (pagination.start sets the first one)"
+                )
+                self.add(
+                    ("request", "query", name),
+                    f"is pagination.param, which the pagination sets on the listing's requests, replacing this"
+                    f" value: remove it here{first}",
+                )
 
     def check_query_page_size(self, raw: dict[str, JSON], kind: spec.PaginationType) -> None:
         """A page size written in request.query instead of pagination.page_size: the request sends it,
@@ -98,10 +126,10 @@ class PaginationSection(Builder):
 
 def _origin_problem(origin: str) -> str | None:
     """What makes an allow_origins entry something a next URL could never match, in words."""
+    if "*" in origin:  # before the URL check, which would only say the host is not a valid name
+        return "wildcards (*) are not supported: list each origin, as https://cdn.example.com"
     if reason := templating.url_problem(origin):
         return reason
-    if "*" in origin:
-        return "wildcards (*) are not supported: list each origin, as https://cdn.example.com"
     url = httpx.URL(origin)
     if url.userinfo:
         return "it has a user name or password (user@host): an origin is scheme://host[:port]"

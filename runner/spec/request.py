@@ -67,3 +67,13 @@ class Pagination:
     max_items: int | None = None  # a cap on items, checked after each page; reaching it: "not complete"
     missing_next: MissingNext = MissingNext.FAIL
     allow_origins: tuple[str, ...] = ()  # next URLs may lead to these origins too (without secret headers)
+
+    def query_names(self) -> dict[str, str]:
+        """The query parameters this pagination sets on its requests (replacing any value of that name
+        the request already has), each with the setting that names it, for messages."""
+        names = {}
+        if self.type in (PaginationType.CURSOR, PaginationType.PAGE, PaginationType.OFFSET) and self.param:
+            names[self.param] = "pagination.param"
+        if self.size_param is not None and self.page_size is not None:
+            names[self.size_param] = "pagination.size_param"
+        return names
