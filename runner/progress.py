@@ -139,7 +139,8 @@ def stop() -> None:
 def observers(sources: Sequence[spec.Source], options: Options, environ: Mapping[str, str]) -> list[Observer]:
     """The run's observers, bars started: a list source counts pages, not entities, so it has no total."""
     listed = any(s.entities.type is spec.SelectionType.LIST for s in sources)
-    start([s.name for s in sources], None if listed else len(options.ids) if options.ids else options.limit)
+    limit = options.limit or max(s.entities.limit for s in sources)
+    start([s.name for s in sources], None if listed else len(options.ids) if options.ids else limit)
     return [Bar(), Lines(options.progress_every), workflow.StepSummary(environ, top_errors)]
 
 

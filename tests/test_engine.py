@@ -369,6 +369,24 @@ def test_two_sources_one_bucket_share_the_limiter(env: Database, api: ApiServer,
     assert arrivals[-1] - arrivals[0] >= 1.3
 
 
+def test_each_source_of_a_run_takes_its_own_entities_limit(env: Database, api: ApiServer, tmp_path: Path) -> None:
+    """`syncrun run a.yaml b.yaml` with no --limit: each source runs up to its own `entities.limit`
+    (the first source's limit was applied to every source)."""
+    a = write_source(tmp_path, "alpha", path="a")
+    b = write_source(tmp_path, "beta", path="b", columns="review_count: record.reviews")
+    a.write_text(a.read_text().replace("limit: 100", "limit: 3"))
+    b.write_text(b.read_text().replace("limit: 100", "limit: 7"))
+    seed(env, a, b, appids=range(1, 11))
+    for appid in range(1, 11):
+        api.route(f"/a/{appid}", app(appid))
+        api.route(f"/b/{appid}", Reply(200, json={"reviews": appid}))
+    assert cli.main(["run", str(a), str(b)]) == 0
+    jobs = env.rows("select job_type, items_processed, batch_size from sync_jobs order by job_type")
+    assert jobs == [("alpha", 3, 3), ("beta", 7, 7)]
+    assert cli.main(["run", str(a), str(b), "--limit", "2"]) == 0  # a limit given applies to each
+    assert env.scalar("select count(*) from sync_jobs where items_processed = 2 and batch_size = 2") == 2
+
+
 def test_stale_running_job_of_another_type_is_reaped(env: Database, api: ApiServer, tmp_path: Path) -> None:
     """A `running` job of any type without a recent heartbeat is marked failed by the next invocation."""
     source = write_source(tmp_path)

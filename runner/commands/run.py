@@ -142,8 +142,8 @@ def _options(
     args: argparse.Namespace, environ: Mapping[str, str], sources: list[spec.Source], sets: Sequence[Override] = ()
 ) -> engine.Options:
     given = args.limit or args.batch_size or _env_int(environ, "BATCH_SIZE")
-    limit = given or sources[0].entities.limit
-    if not 0 < limit <= MAX_LIMIT:
+    limit = given  # None: each source its own entities.limit (not the first source's for all)
+    if limit is not None and not 0 < limit <= MAX_LIMIT:
         raise UsageError(f"--limit must be a whole number from 1 to {MAX_LIMIT}, got {limit}")
     ids_ = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids is not None else None
     if ids_ is not None:  # every id named runs (review revJ F2); a limit with them is refused

@@ -34,7 +34,7 @@ def busy(held: list[Held]) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
-    limit: int
+    limit: int | None  # None: each source's own entities.limit
     ids: tuple[str, ...] | None = None
     dry_run: bool = False
     max_runtime: float | None = None
