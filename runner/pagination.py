@@ -101,7 +101,7 @@ class Walk:
             return _sized(_with_query(first, self.pagination.param, str(position)), self.pagination)
         try:
             url = self._checked(first.url.join(str(position)), str(position))
-        except httpx.InvalidURL as error:
+        except (httpx.InvalidURL, UnicodeError) as error:  # UnicodeError: idna refusing an `xn--` host
             raise PaginationError(f"next-page URL {self.redact(str(position))!r} is not a URL: {error}") from None
         own = _origin(url) == _origin(first.url)
         if own:  # the source's own credentials go back in; the API's link never carries them
@@ -194,7 +194,7 @@ class Walk:
             raise PaginationError(f"a next-page URL of {len(text)} characters (at most {MAX_URL}); not followed")
         try:
             url = self._checked(sent.url.join(text), text)
-        except httpx.InvalidURL as error:
+        except (httpx.InvalidURL, UnicodeError) as error:  # UnicodeError: idna refusing an `xn--` host (revK F3)
             raise PaginationError(f"next-page URL {self.redact(text)!r} is not a URL: {error}") from None
         return str(url.copy_with(params=[(k, v) for k, v in url.params.multi_items() if k not in self.secret_params]))
 

@@ -414,6 +414,22 @@ def test_a_next_url_that_is_a_number_is_an_error(env: Database, api: ApiServer, 
     assert len(api.requests) == 1
 
 
+@pytest.mark.parametrize("next_url", ["http://xn--zz/items", "http://xn--a.com/x"])
+def test_a_next_url_with_a_host_idna_refuses_is_an_error(
+    env: Database, api: ApiServer, tmp_path: Path, next_url: str
+) -> None:
+    """Review revK F3: an API's next link to an `xn--` host idna cannot read raised out of the run
+    (a traceback, exit 70); it is the listing's error, as any URL that is no URL."""
+    source = list_source(tmp_path, "idna", "idna", "{type: next_url, next: body.next}", "body.data")
+    prepare(env, source)
+    api.route("/idna", Reply(200, json={"data": pagedapi.ITEMS[:3], "next": next_url}))
+    assert cli.main(["run", str(source)]) == 1
+    _, error = job(env, "idna")
+    assert error is not None
+    assert "is not a URL" in error
+    assert len(api.requests) == 1
+
+
 def test_a_listing_over_capped_runs_cleans_up_with_its_own_start(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -117,7 +117,10 @@ def test_a_request_url_with_a_user_name_or_password_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "host",
-    ["exa mple.com", "exa%20mple.com", "a..b", "a!b", "a,b", "1.2.3.4.5", "10.0.0.256", "3000000000"],
+    [
+        *("exa mple.com", "exa%20mple.com", "a..b", "a!b", "a,b", "1.2.3.4.5", "10.0.0.256", "3000000000"),
+        *("xn--zz", "XN--ZZ.invalid", "xn--a.com", "\u00b2", "\u0661\u0662\u0667.0.0.1"),  # revK F3, F6: idna refuses
+    ],
 )
 def test_a_host_that_cannot_be_reached_is_refused(host: str) -> None:
     """review revJ F5: `http://exa mple.com` passed; httpx sent every request to `exa%20mple.com`, and
@@ -129,10 +132,16 @@ def test_a_host_that_cannot_be_reached_is_refused(host: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["localhost", "api.example.com", "api.example.com.", "db_1", "bücher.example", "127.0.0.1", "[::1]"]
+    "host",
+    [
+        *("localhost", "api.example.com", "api.example.com.", "db_1", "bücher.example", "127.0.0.1", "[::1]"),
+        # revK F2: scripts with combining marks, and a dotted capital I that lower-cases to two characters
+        *("सरकार.भारत", "இந்தியா.example", "ยินดี.ไทย", "İstanbul.example", "xn--bcher-kva.example"),
+    ],
 )
 def test_host_names_and_ip_addresses_pass(host: str) -> None:
-    """Names (any script, `_` for service names, a trailing root dot), IPv4 and bracketed IPv6 hosts."""
+    """Names (any script, checked in their IDNA form; `_` for service names, a trailing root dot), IPv4
+    and bracketed IPv6 hosts."""
     assert templating.url_problem(f"http://{host}:8080/e/1") is None
 
 
