@@ -168,7 +168,9 @@ def paged_url(url: str, block: str) -> str:
     """The URL as the source file writes it: without the query parameters its pagination `block` sets
     (`param`, `size_param`), which the pagination sends on the listing's requests and validate
     refuses in the URL too (review revJ F7). `?page=1&per_page=7` became `start: 1`, `page_size: 7`."""
-    names = set(re.findall(r"^  (?:param|size_param): ([^\s#]+)", block, re.MULTILINE))
+    # A cursor's `param` stays: the first request is sent as written, its value the first cursor
+    setting = "size_param" if re.search(r"^  type: cursor\b", block, re.MULTILINE) else "param|size_param"
+    names = set(re.findall(rf"^  (?:{setting}): ([^\s#]+)", block, re.MULTILINE))
     parts = urlsplit(url)
     kept = [pair for pair in parts.query.split("&") if pair and unquote_plus(pair.partition("=")[0]) not in names]
     return url if not names else urlunsplit(parts._replace(query="&".join(kept)))

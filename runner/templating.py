@@ -269,7 +269,7 @@ def _host_problem(host: str) -> str | None:
     if not host.isascii() or "xn--" in host.lower():
         encoded = _idna(host)
         if encoded is None:
-            return "its host is not a valid international name (IDNA refuses it)"
+            return "its host is not a valid name or IP address (IDNA, the encoding of international names, refuses it)"
         host = encoded
     if not _HOST_NAME.fullmatch(host):
         return (

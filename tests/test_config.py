@@ -594,7 +594,6 @@ def _paged(query: str, request: str, pagination: str) -> str:
     [
         ("page=1", "{type: page, param: page}", "page", "param"),
         ("offset=50", "{type: offset, param: offset, page_size: 50}", "offset", "param"),
-        ("after=x", "{type: cursor, param: after, cursor: body.next}", "after", "param"),
         ("limit=10", "{type: link, page_size: 10, size_param: limit}", "limit", "size_param"),
         ("per_page=5", "{type: page, param: page, page_size: 5, size_param: per_page}", "per_page", "size_param"),
     ],
@@ -612,11 +611,20 @@ def test_a_url_query_parameter_the_pagination_sets_is_refused(
     _load(tmp_path, _paged("x=1", "", pagination))  # other parameters are kept as written
 
 
+def test_a_cursor_pagination_param_in_the_url_is_the_first_cursor(tmp_path: Path) -> None:
+    """review revK F1: an API that starts a cursor listing at `?cursor=*` (Crossref, Solr) could no
+    longer be configured: the first request is sent as written, so the URL's (or request.query's)
+    value is the first cursor, and the later pages replace it."""
+    pagination = "{type: cursor, param: after, cursor: body.next}"
+    _load(tmp_path, _paged("after=*", "", pagination))
+    _load(tmp_path, _paged("x=1", "after: '*'", pagination))
+
+
 @pytest.mark.parametrize(
     ("pagination", "first"),
     [
         ("{type: page, param: page}", " (pagination.start sets the first one)"),
-        ("{type: cursor, param: page, cursor: body.c}", ""),
+        ("{type: offset, param: page, page_size: 10}", " (pagination.start sets the first one)"),
     ],
 )
 def test_a_request_query_parameter_the_pagination_sets_is_refused(tmp_path: Path, pagination: str, first: str) -> None:

@@ -152,7 +152,7 @@ def test_good_settings_pass(tmp_path: Path) -> None:
         (
             {"API_URL": "http://exa\u200bmple.com"},  # a zero-width space: no letter
             "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid name or IP"
-            " address (a name has letters, digits, '-' and '_' between single dots)",
+            " address (IDNA, the encoding of international names, refuses it)",
         ),
     ],
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import cli, config, samples, scaffold, spec
+from runner import cli, config, pageguess, samples, scaffold, spec
 from runner.errors import UsageError
 from runner.spec import SelectionType
 from tests import pagedapi
@@ -571,3 +571,12 @@ def test_a_url_urllib_cannot_split_exits_2(project: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "--url is not a URL" in err
     assert "SeCrEtAp" not in err
+
+
+def test_the_written_url_keeps_a_cursor_param_as_the_first_cursor() -> None:
+    """review revK F1: `syncrun new --url …/cur?cursor=*` wrote the URL without `cursor=*`, and the
+    API refused the first page; a page block's `param` still leaves (pagination.start says it)."""
+    cursor = "pagination:\n  type: cursor\n  param: cursor\n  size_param: limit\n"
+    assert pageguess.paged_url("http://h/cur?cursor=*&limit=5&q=x", cursor) == "http://h/cur?cursor=*&q=x"
+    page = "pagination:\n  type: page\n  param: page\n"
+    assert pageguess.paged_url("http://h/list?page=1&q=x", page) == "http://h/list?q=x"

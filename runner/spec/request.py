@@ -70,9 +70,11 @@ class Pagination:
 
     def query_names(self) -> dict[str, str]:
         """The query parameters this pagination sets on its requests (replacing any value of that name
-        the request already has), each with the setting that names it, for messages."""
+        the request already has), each with the setting that names it, for messages. Not a cursor
+        pagination's `param`: the first request is sent as written, so a value there is the first
+        cursor (`?cursor=*`, as Crossref and Solr start; review revK F1)."""
         names = {}
-        if self.type in (PaginationType.CURSOR, PaginationType.PAGE, PaginationType.OFFSET) and self.param:
+        if self.type in (PaginationType.PAGE, PaginationType.OFFSET) and self.param:
             names[self.param] = "pagination.param"
         if self.size_param is not None and self.page_size is not None:
             names[self.size_param] = "pagination.size_param"
