@@ -430,3 +430,35 @@ def test_a_rate_limited_token_request_s_deadline_starts_at_its_grant(api: ApiSer
     assert asyncio.run(asyncio.wait_for(main(), 30)) == "at-Tl5Sv7Er9Fy1Ca3B"
     assert len(api.requests) == 1
     assert limiter.requests == 2
+
+
+def test_a_run_whose_first_token_is_refused_at_concurrency_above_the_rate_completes(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+) -> None:
+    """Review revJ F1 as a run (its numbers, 5 times faster): `rate_limited: true`, 5 per 200 ms,
+    concurrency 32, request.timeout 1 s, 20 entities; the API refuses the first token. The re-sends
+    queue behind each other and the renewal for longer than the timeout. Before, their deadlines fired
+    in the queue, each cancelled wait left a grant open for ever, and after five the run hung at 11 or
+    12 processed (bounded here by --max-runtime). Now it completes, with one renewal."""
+    api.route(
+        "/oauth/token",
+        Reply(200, json={"access_token": "at-refused-Hy6Gt8Fr0D"}),
+        Reply(200, json={"access_token": "at-taken-Ju7Ki9Lo1P"}),
+    )
+    test_auth.route_apps(
+        api, range(1, 21), test_auth.guarded(lambda r: r.headers.get("authorization") == "Bearer at-taken-Ju7Ki9Lo1P")
+    )
+    block = test_auth.CLIENT_CREDENTIALS.replace("scopes:", "rate_limited: true, scopes:")
+    source = test_auth.source_with(tmp_path, block, concurrency=32)
+    text = source.read_text().replace(
+        "{requests: 200, per: 1s, burst: 20, bucket: alpha}", "{requests: 5, per: 200ms, burst: 5}"
+    )
+    text = text.replace("attempts: 4,", "attempts: 2,")
+    source.write_text(text.replace("timeout: 2s", "timeout: 1s"))
+    test_auth.seed(env, source, range(1, 21))
+    assert cli.main(["run", str(source), "--max-runtime", "20"]) == 0
+    status, processed, succeeded = env.rows("select status, items_processed, items_succeeded from sync_jobs")[0]
+    assert (status, processed, succeeded) == ("completed", 20, 20)
+    assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
