@@ -332,7 +332,8 @@ class AuthTransport(httpx.AsyncBaseTransport):
         while response.status_code == 401 and used is not None and renewals < MAX_RENEWALS:
             # Renewed only if no other request did it meanwhile; sent again with whichever token is current.
             await response.aclose()
-            if callable(waiting := sent.extensions.get(WAITING)):  # not on the attempt's clock (client.py)
+            # not on the attempt's clock (client.py); the limiter's next grant (GRANTED) starts it again
+            if isinstance(self.inner, RateLimitedTransport) and callable(waiting := sent.extensions.get(WAITING)):
                 waiting(sent)
             await authenticator.renew(used)
             renewals += 1
