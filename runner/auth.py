@@ -25,7 +25,7 @@ import httpx
 from runner import spec, templating, tokens
 from runner.body import parse_json
 from runner.errors import RunFailed
-from runner.ratelimit.local import AUTHORIZE, Limiter
+from runner.ratelimit.local import AUTHORIZE, WAITING, Limiter
 from runner.ratelimit.transport import RateLimitedTransport
 
 log = logging.getLogger("syncrun")
@@ -332,6 +332,9 @@ class AuthTransport(httpx.AsyncBaseTransport):
         while response.status_code == 401 and used is not None and renewals < MAX_RENEWALS:
             # Renewed only if no other request did it meanwhile; sent again with whichever token is current.
             await response.aclose()
+            # not on the attempt's clock (client.py); the limiter's next grant (GRANTED) starts it again
+            if isinstance(self.inner, RateLimitedTransport) and callable(waiting := sent.extensions.get(WAITING)):
+                waiting(sent)
             await authenticator.renew(used)
             renewals += 1
             response = await send()

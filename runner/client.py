@@ -30,7 +30,7 @@ from runner.auth import Authenticator, AuthTransport
 from runner.body import ACCEPT_ENCODING, MAX_DEPTH, excerpt, head, parse_json, read_body
 from runner.errors import FetchError, RunFailed, Transient
 from runner.plans import RequestPlan
-from runner.ratelimit import GRANTED, Limiter, RateLimitedTransport
+from runner.ratelimit import GRANTED, WAITING, Limiter, RateLimitedTransport
 from runner.reply import EXCERPT, Reply
 
 # Where other modules (and tests) have always found them: the body's reader and the reply.
@@ -185,6 +185,7 @@ async def _attempt(
 ) -> Reply:
     deadline = _Deadline(timeout)
     request.extensions[GRANTED] = deadline.granted  # the clock starts once the rate limit lets it go
+    request.extensions[WAITING] = deadline.waiting  # and stops while a 401's renewal and new grant are awaited
     try:
         response = await _exchange(client, request)
         try:
@@ -219,6 +220,7 @@ async def _attempt(
     finally:
         deadline.close()
         request.extensions.pop(GRANTED, None)
+        request.extensions.pop(WAITING, None)
         request.extensions.pop(BOUNDED, None)
     return _reply(response.status_code, headers, raw, url, time.monotonic() - deadline.started)
 
@@ -249,6 +251,13 @@ class _Deadline:
             self._handle.cancel()
         self._handle = self._loop.call_at(self._loop.time() + self._timeout, self._expire)
         sending.extensions[BOUNDED] = True  # aiohttp's per-read timers are not needed under it
+
+    def waiting(self, _: httpx.Request) -> None:
+        """The attempt waits again (runner/auth.py: a 401's renewal, then a new grant): the clock stops
+        until `granted` starts it for the request sent again."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
     def _expire(self) -> None:
         self._fired = True

@@ -33,7 +33,7 @@ import httpx
 from runner import spec, templating
 from runner.body import ACCEPT_ENCODING, parse_json, read_body
 from runner.errors import FetchError, RunFailed
-from runner.ratelimit.local import Limiter
+from runner.ratelimit.local import GRANTED, Limiter
 from runner.ratelimit.transport import RateLimitedTransport
 
 _NO_COOKIES = DefaultCookiePolicy(allowed_domains=[])  # no domain may set (or be sent) a cookie
@@ -81,6 +81,7 @@ class Endpoint:
         inner = transport or httpx.AsyncHTTPTransport(verify=verify_tls)
         if limiter is not None:  # auth.rate_limited: the token endpoint shares the API's quota
             inner = RateLimitedTransport(inner, limiter)
+        self.limited = limiter is not None
         # No cookies, as for the API (runner/client.py): a token endpoint's Set-Cookie could otherwise
         # grow every later token request or put bytes httpx cannot encode into one (a crash)
         self.http = httpx.AsyncClient(
@@ -150,8 +151,10 @@ class Endpoint:
             self.attempts += 1
             self.answered = None
             try:
-                async with asyncio.timeout(self.timeout):
-                    status, raw = await self.exchange(url, form, headers, shown)
+                # With auth.rate_limited the deadline starts at the grant (`exchange`): a wait for the
+                # budget behind `concurrency` requests is no slowness of the endpoint's
+                async with asyncio.timeout(None if self.limited else self.timeout) as deadline:
+                    status, raw = await self.exchange(url, form, headers, shown, deadline)
             except (httpx.HTTPError, TimeoutError) as error:
                 # A refresh token the provider answered to (its status line arrived) is never sent again:
                 # a rotating provider may have spent it, and re-sending a spent one revokes the family.
@@ -178,8 +181,12 @@ class Endpoint:
             await self.sleep(min(policy.initial * policy.factor ** (attempt - 1), policy.max_delay))
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
-    async def exchange(self, url: str, form: dict[str, str], headers: dict[str, str], shown: str) -> tuple[int, bytes]:
+    async def exchange(
+        self, url: str, form: dict[str, str], headers: dict[str, str], shown: str, deadline: asyncio.Timeout
+    ) -> tuple[int, bytes]:
         request = self.http.build_request("POST", url, data=form, headers=headers)
+        loop = asyncio.get_running_loop()
+        request.extensions[GRANTED] = lambda _: deadline.reschedule(loop.time() + self.timeout)
         response = await self.http.send(request, stream=True)
         self.answered = response.status_code
         try:

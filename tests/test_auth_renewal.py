@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
-from runner import auth, cli, config, templating
+from runner import auth, cli, client, config, spec, templating
 from runner.errors import RunFailed
 from runner.ratelimit import Limiter
 from runner.redaction import Redactor
@@ -362,3 +362,103 @@ def test_a_run_names_the_unverified_token_endpoint_once(
     assert cli.main(["run", *paths, "--ids", "1,2"]) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert err.count(f"TLS certificate verification is disabled for the token endpoint {url}/oauth/token") == 1, err
+
+
+# --- a renewal, and the wait for the budget, are not on a request's clock (review revJ F1) ------------------
+def test_a_slow_renewal_after_a_401_is_not_on_the_request_s_clock(api: ApiServer, tmp_path: Path) -> None:
+    """Two requests refused with the first token; the renewal takes 2 s, request.timeout is 1 s. The
+    attempt's clock stops at the 401 and starts again at the new grant: both are answered 200 with the
+    renewed token, in one attempt each. Before, the first request's deadline fired during the renewal
+    and cancelled it mid-answer; the second then renewed again, sending the refresh token a second time
+    (a rotating provider may have spent it with the answer the cancellation threw away)."""
+    api.route(
+        "/oauth/token",
+        Reply(200, json={"access_token": "at-first-Rq2Wz4Xc6V"}),
+        Reply(200, json={"access_token": "at-second-Pl3Ok5Ij7U"}, delay=2.0),
+    )
+    app = test_auth.guarded(lambda r: r.headers.get("authorization") == "Bearer at-second-Pl3Ok5Ij7U")
+    test_auth.route_apps(api, range(2), app)
+    block = REFRESH_TOKEN.replace("refresh_token: ", "timeout: 5s, refresh_token: ")  # the endpoint's own deadline
+    text = SOURCE.format(url=api.url, auth=block.format(url=api.url))
+    source = config.loads(text.replace('{appid}"}', '{appid}", timeout: 1s}'), tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+
+    async def one(http: httpx.AsyncClient, appid: int) -> int:
+        request = http.build_request("GET", f"{api.url}/apps/{appid}")
+        reply = await client.send(
+            http, request, spec.Retry(attempts=1), max_body=1000, timeout=1.0, limiter=limiter, redact=str
+        )
+        return reply.status
+
+    async def main() -> list[int]:
+        http = client.build(source.request, limiter, max_connections=4, authenticator=found)
+        try:
+            return list(await asyncio.gather(one(http, 0), one(http, 1)))
+        finally:
+            await http.aclose()
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [200, 200]
+    assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
+    assert found.fetches == 2
+
+
+def test_a_rate_limited_token_request_s_deadline_starts_at_its_grant(api: ApiServer, tmp_path: Path) -> None:
+    """`rate_limited: true`, auth.timeout 500 ms, and the budget taken for 2 s (a grant held open 1 s,
+    then 1 per 1 s): the token request waits its turn and is then answered. Before, its deadline ran
+    while it waited for the budget: `no answer within 0.5 s` without a byte sent, and at concurrency 32
+    and 5/s every renewal failed the run so."""
+    api.route("/oauth/token", TOKEN_ANSWER)
+    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "rate_limited: true, timeout: 500ms, client_id: c1,")
+    text = SOURCE.format(url=api.url, auth=block.format(url=api.url)).replace("attempts: 3", "attempts: 1")
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(spec.RateLimit(requests=1, per=1.0, bucket="held"))
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+
+    async def main() -> str:
+        held = await limiter.reserve()
+        asyncio.get_running_loop().call_later(1.0, limiter.release, held)
+        try:
+            return await found.current()
+        finally:
+            await found.aclose()
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert len(api.requests) == 1
+    assert limiter.requests == 2
+
+
+def test_a_run_whose_first_token_is_refused_at_concurrency_above_the_rate_completes(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+) -> None:
+    """Review revJ F1 as a run (its numbers, 5 times faster): `rate_limited: true`, 5 per 200 ms,
+    concurrency 32, request.timeout 1 s, 20 entities; the API refuses the first token. The re-sends
+    queue behind each other and the renewal for longer than the timeout. Before, their deadlines fired
+    in the queue, each cancelled wait left a grant open for ever, and after five the run hung at 11 or
+    12 processed (bounded here by --max-runtime). Now it completes, with one renewal."""
+    api.route(
+        "/oauth/token",
+        Reply(200, json={"access_token": "at-refused-Hy6Gt8Fr0D"}),
+        Reply(200, json={"access_token": "at-taken-Ju7Ki9Lo1P"}),
+    )
+    test_auth.route_apps(
+        api, range(1, 21), test_auth.guarded(lambda r: r.headers.get("authorization") == "Bearer at-taken-Ju7Ki9Lo1P")
+    )
+    block = test_auth.CLIENT_CREDENTIALS.replace("scopes:", "rate_limited: true, scopes:")
+    source = test_auth.source_with(tmp_path, block, concurrency=32)
+    text = source.read_text().replace(
+        "{requests: 200, per: 1s, burst: 20, bucket: alpha}", "{requests: 5, per: 200ms, burst: 5}"
+    )
+    text = text.replace("attempts: 4,", "attempts: 2,")
+    source.write_text(text.replace("timeout: 2s", "timeout: 1s"))
+    test_auth.seed(env, source, range(1, 21))
+    assert cli.main(["run", str(source), "--max-runtime", "20"]) == 0
+    status, processed, succeeded = env.rows("select status, items_processed, items_succeeded from sync_jobs")[0]
+    assert (status, processed, succeeded) == ("completed", 20, 20)
+    assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal

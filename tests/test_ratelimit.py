@@ -269,6 +269,37 @@ def test_transport_stamps_at_the_write_and_a_new_connection_at_its_answer(api: A
     assert 0.2 <= writes[2] - writes[1] < 0.2 + 0.05 + noise.worst
 
 
+def test_a_request_cancelled_while_it_waits_for_its_grant_leaves_none_open(api: ApiServer) -> None:
+    """Review revJ F1: 1 per 1 s (fake clock); the first request's grant stays open until its answer
+    (0.3 s late); a second, waiting for that stamp, is cancelled (its attempt's deadline did this). Its
+    reserve went on and took the next grant, which nobody ever stamped: the third request waited for
+    ever (a run hung). Now the third is sent, and the cancelled one cost nothing."""
+    api.route("/slow", Reply(200, json={}, delay=0.3))
+    api.route("/x", Reply(200, json={}))
+    clock = FakeClock()
+    limiter = Limiter(rate(1, 1.0), clock=clock, sleep=clock.sleep)
+
+    async def main() -> None:
+        stop = asyncio.Event()  # as a run builds it: the wait races the run's stop
+        transport = RateLimitedTransport(httpx.AsyncHTTPTransport(), limiter, stop=stop)
+        async with httpx.AsyncClient(transport=transport) as http:
+            first = asyncio.ensure_future(http.get(api.url + "/slow"))
+            while limiter.requests < 1:
+                await asyncio.sleep(0.005)
+            second = asyncio.ensure_future(http.get(api.url + "/x"))
+            while limiter._stamped is None:  # the second waits for the first's stamp
+                await asyncio.sleep(0.005)
+            second.cancel()
+            (await first).raise_for_status()
+            (await asyncio.wait_for(http.get(api.url + "/x"), 10)).raise_for_status()
+            with contextlib.suppress(asyncio.CancelledError):
+                await second
+
+    asyncio.run(main())
+    assert [r.path for r in api.requests] == ["/slow", "/x"]
+    assert limiter.requests == 2
+
+
 def test_failed_connections_release_their_grants() -> None:
     """1 per 0.1 s against a closed port: every attempt fails before writing and still frees its grant
     (else the next would wait forever)."""

@@ -16,7 +16,19 @@ from collections.abc import Iterable
 from runner import spec
 from runner.errors import UsageError
 from runner.ratelimit.database import DatabaseLimiter
-from runner.ratelimit.local import FRESH, GRANTED, LATE, LEAD_CAP, MARGIN, MARGIN_SHARE, Clock, Grant, Limiter, Sleep
+from runner.ratelimit.local import (
+    FRESH,
+    GRANTED,
+    LATE,
+    LEAD_CAP,
+    MARGIN,
+    MARGIN_SHARE,
+    WAITING,
+    Clock,
+    Grant,
+    Limiter,
+    Sleep,
+)
 from runner.ratelimit.redisstore import (
     DEFAULT_REDIS_URL,
     REDIS_GRANT,
@@ -42,6 +54,7 @@ __all__ = [
     "REDIS_PAUSE",
     "REDIS_PREFIX",
     "REDIS_RESTAMP",
+    "WAITING",
     "Clock",
     "DatabaseLimiter",
     "Grant",

@@ -52,6 +52,11 @@ MARGIN_SHARE = 0.005
 # source has `auth:`), right after the budget is granted. client.send uses it to start an attempt's
 # timeout clock then, so time spent waiting for the budget never counts as a timeout.
 GRANTED = "syncrun.granted"
+# Request extension key: called, with the request, when an attempt goes back to wait after an answer
+# (runner/auth.py, after a 401: for a renewed token, then for the budget again); client.send stops the
+# attempt's timeout clock there, until GRANTED starts it again. Otherwise the renewal and the wait ran
+# on the clock of the first grant, and a deadline that fired in the wait cancelled the renewal.
+WAITING = "syncrun.waiting"
 # Request extension key: an async callable awaited with the request once its budget is granted, right
 # before it is sent (before GRANTED's clock starts). runner/auth.py puts the credentials on there, so a
 # request that waited for the limiter never carries a token that expired while it waited.

@@ -94,13 +94,27 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             self._stopping = asyncio.ensure_future(stop.wait())
         if not self._stopping.done():
             reserving = asyncio.ensure_future(self._limiter.reserve())
-            await asyncio.wait({reserving, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({reserving, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                # Cancelled while waiting (the attempt's deadline, the run's end): `asyncio.wait` leaves
+                # the reserve running, and a grant it hands out later would stay open, counted in every
+                # window, for ever; a few of those and nothing is granted again (review revJ F1: a hang).
+                reserving.cancel()
+                reserving.add_done_callback(self._abandoned)
+                raise
             if not self._stopping.done():
                 return reserving.result()
             reserving.cancel()  # a shared limiter gives the reservation back
             with contextlib.suppress(asyncio.CancelledError, Stopped):
                 self._limiter.release(await reserving)  # granted in the same step: stamped, never sent
         raise Stopped("the run stopped while this request waited for its rate-limit grant; not sent")
+
+    def _abandoned(self, reserving: asyncio.Future[Grant]) -> None:
+        """A reserve whose caller is gone: a grant it got all the same (in the step it was cancelled) is
+        stamped as sent now, as `release` stamps any grant never sent; one it never got costs nothing."""
+        if not reserving.cancelled() and reserving.exception() is None:
+            self._limiter.release(reserving.result())
 
     async def aclose(self) -> None:
         if self._stopping is not None:
