@@ -101,11 +101,16 @@ def start(
 def heartbeat(conn: psycopg.Connection, job_id: str, counters: Counters, *, table: QualifiedName = JOBS_TABLE) -> None:
     """Say the job is alive, with its counters so far. A finished job is left as it is: a heartbeat that
     lands after the final update must not roll its counters back."""
-    query = sql.SQL("update {} set heartbeat_at = now(), {} where id = %(id)s and status = 'running'").format(
-        identifier(table), _SET_COUNTERS
-    )
+    query = _beat(table)
     with conn.transaction():
         conn.execute(query, {**counters.params(), "id": job_id})
+
+
+def _beat(table: QualifiedName) -> sql.Composed:
+    """The running job's counters and heartbeat: left alone once it finished (see `heartbeat`)."""
+    return sql.SQL("update {} set heartbeat_at = now(), {} where id = %(id)s and status = 'running'").format(
+        identifier(table), _SET_COUNTERS
+    )
 
 
 _WITHIN = sql.SQL("savepoint syncrun_counters; {}; release savepoint syncrun_counters")
@@ -118,9 +123,7 @@ def beat_within(
     in a savepoint of its own: refused (a trigger), the update is undone and the error raised, and the
     caller's transaction goes on. Savepoint, update and release go as one query (the values bound by
     psycopg on this side): one round trip where `heartbeat`'s nested transaction took three."""
-    query = sql.SQL("update {} set heartbeat_at = now(), {} where id = %(id)s and status = 'running'").format(
-        identifier(table), _SET_COUNTERS
-    )
+    query = _beat(table)
     bound = psycopg.ClientCursor(conn).mogrify(query, {**counters.params(), "id": job_id})
     try:
         conn.execute(_WITHIN.format(sql.SQL(bound)))  # no parameters: one simple query, three statements
