@@ -12,7 +12,8 @@ wrote out). It never uses OFFSET and never one unbounded statement.
   Not due: not syncable, stamp younger than its interval, backoff (next_attempt_at) or skip_until
   in the future, gone (syncrun_state.deleted_at: an `outcome: delete`), held back by the cut-off
   (`entities.max_consecutive_errors`, runner.backoff), or a live claim by another holder. A row
-  with a NULL key is never claimed, so never run; each chunk that meets one says so (a warning). The
+  with a NULL key is never claimed, so never run; a run counts the due ones once, after its first
+  chunk, and says so (a warning). The
   backoff, skip_until, deleted_at and cut-off checks apply to function and sql selections too,
   in the claim. `entities.join/where/order` add declared filters and sort terms (runner.filters,
   placed before the built-in order); `--ids` ignores them like it ignores due-ness.
@@ -76,10 +77,9 @@ def chunks(
     """
     claimer = claims.Claim(source.name, holder, lease_seconds, claim, backoff.held_back_sql(source))
     part = Partition(*partition) if partition is not None else None
-    budget = picks.Budget(limit, chunk_size)
+    budget = picks.Budget(limit if ids is None else len(ids), chunk_size)
     fetch: picks.Fetch = partial(_fetch, conn, source=source)
     if ids is not None:
-        budget = picks.Budget(len(ids), chunk_size)
         pages = _by_ids(conn, source, list(ids), claimer, budget, busy if busy is not None else [])
     elif source.entities.type is SelectionType.DEFAULT:
         pages = _default(conn, source, claimer, part, after, budget)
