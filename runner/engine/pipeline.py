@@ -214,7 +214,7 @@ async def _start_job(state: Run, job_link: database.Link) -> None:
             job_link.call,
             jobs.start,
             source.job_type,
-            batch_size=options.limit or source.entities.limit,
+            batch_size=state.limit,
             github_run_id=options.github_run_id,
             metadata=options.metadata,
             started_at=state.now,
@@ -275,7 +275,7 @@ def _chunks(state: Run, conn: psycopg.Connection[Any] | None) -> Iterator[list[d
     return selection.chunks(
         conn,
         source,
-        limit=options.limit or source.entities.limit,
+        limit=state.limit,
         holder=options.holder,
         lease_seconds=options.lease,
         ids=options.ids,

@@ -104,6 +104,12 @@ class Run:
             self.report.status = status
             self.report.error = self.settings.redact(error) if error is not None else None
 
+    @property
+    def limit(self) -> int:
+        """Entities this run takes of the source: the run's --limit, else the source's entities.limit
+        (a multi-source run without --limit gives each source its own)."""
+        return self.options.limit or self.source.entities.limit
+
     def run_values(self) -> dict[str, JSON]:
         """The mapping context's `run` section, made once per job id (it was two isoformat calls and a
         date per reply); callers only read it (mapping.context copies it into each document)."""
