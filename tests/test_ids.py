@@ -308,3 +308,38 @@ def test_a_limit_with_ids_is_refused(
     assert f"{option} and --ids exclude each other: --ids runs every id it names" in capsys.readouterr().err
     assert db.scalar("select count(*) from sync_jobs") == 0
     assert api.requests == []
+
+
+def _listing(tmp_path: Path, name: str) -> Path:
+    source = tmp_path / f"{name}.yaml"
+    source.write_text(
+        f"name: {name}\nentities: {{type: list}}\n"
+        'request: {url: "${env.API_URL}/list"}\nrate_limit: {requests: 10, per: 1s}\nstatus: false\n'
+        "records: body\nwrites: [{table: seen, key: [appid], columns: {appid: record.id}}]\n"
+    )
+    return source
+
+
+@pytest.mark.parametrize("command", ["run", "test-read"])
+def test_ids_on_a_list_source_are_refused(
+    db: Database,
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    """review revK F7: `run --ids 1,2` on a list source read the whole listing, ignoring the ids.
+    A listing has no entities to name: refused, exit 2, naming the source, before any request or
+    job row; in a run of several sources too (`--ids` applies to each), naming the list source."""
+    entity = _key_only(db, tmp_path, monkeypatch, api)
+    listing = _listing(tmp_path, "catalogue")
+    api.route("/list", Reply(200, json=[{"id": 1}]))
+    api.route("/apps/1", Reply(200, json={}))
+    assert cli.main([command, str(listing), "--ids", "1,2"]) == 2
+    said = "--ids: catalogue is a list source (entities.type: list): a listing is read page by page"
+    assert said in capsys.readouterr().err
+    assert cli.main([command, str(entity), str(listing), "--ids", "1"]) == 2
+    assert said in capsys.readouterr().err
+    assert api.requests == []
+    assert db.scalar("select count(*) from sync_jobs") == 0
