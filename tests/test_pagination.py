@@ -204,6 +204,41 @@ def test_a_cap_stops_the_listing_and_keeps_it_incomplete(
     assert env.scalar("select count(*) from items") == 0  # the after-step ran this time
 
 
+def test_a_cap_below_the_page_size_fails_the_run_that_cannot_get_past_it(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revK F8: BATCH_SIZE 5 on a listing of 10-record pages cut page 1 in every run, each
+    resumed at page 1's start again and reported `completed`: the listing never got past it. The first
+    such run (a smoke run) writes its 5 and warns; the next one, resuming there with the same cap, fails
+    before writing, naming the setting; so does a cap cutting the page a run resumes at later on.
+    --restart reads the first records again."""
+    source = list_source(tmp_path, "stuck", "link", "{type: link}", "body")
+    prepare(env, source)
+    monkeypatch.setenv("BATCH_SIZE", "5")
+    assert cli.main(["run", str(source)]) == 0
+    assert "stuck: this run's record cap (--limit, --batch-size or BATCH_SIZE: 5) cut the first page" in (
+        capsys.readouterr().err
+    )
+    assert env.scalar("select count(*) from items") == 5
+    assert cli.main(["run", str(source)]) == 1
+    status, error = env.rows("select status, error_message from sync_jobs order by started_at")[-1]
+    said = (
+        "stuck: this run's record cap (--limit, --batch-size or BATCH_SIZE: 5) cut page 1 of the listing, the"
+        " first page this run read (where it resumed), before its end: a capped listing resumes at the start"
+        " of the page it cut"
+    )
+    assert (status, (error or "").startswith(said)) == ("failed", True)
+    assert said in capsys.readouterr().err
+    assert env.scalar("select count(*) from items") == 5
+    assert cli.main(["run", str(source), "--restart"]) == 0  # a smoke run again
+    monkeypatch.delenv("BATCH_SIZE")
+    assert cli.main(["run", str(source), "--limit", "15"]) == 0  # page 2 cut: resumes there
+    assert cli.main(["run", str(source), "--limit", "5"]) == 1
+    assert "cut page 2 of the listing, the first page this run read" in capsys.readouterr().err
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
 def test_a_failed_page_fails_the_run_and_resumes_there(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
