@@ -144,6 +144,21 @@ def test_good_settings_pass(tmp_path: Path) -> None:
             "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid name or IP"
             " address (a name has letters, digits, '-' and '_' between single dots)",
         ),
+        (  # review revK F5: urlsplit took the zone; no request can name an interface
+            {"API_URL": "http://[fe80::1%25eth0]:8080"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its IPv6 host has a zone id (%…, an"
+            " interface): requests cannot name one; use a global address or a host name",
+        ),
+        (  # review revK F5: the resolver's idna codec raised UnicodeError out of the run
+            {"API_URL": "http://" + "a" * 64 + ".example.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host has a label of 64"
+            " characters (DNS allows at most 63 between dots)",
+        ),
+        (
+            {"API_URL": "http://api-.example.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host has a label that starts or"
+            " ends with '-' (RFC 1123: a label starts and ends with a letter or digit)",
+        ),
         (
             {"API_URL": "http://10.0.0.256"},
             "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid IPv4"
