@@ -221,6 +221,21 @@ def query_names(query: str) -> set[str]:
     return {unquote_plus(pair.partition("=")[0]) for pair in query.split("&") if pair}
 
 
+def repeated_cursor(query: str, name: str | None) -> str | None:
+    """A cursor pagination's `param` written more than once in the URL's own query (`?cursor=a&cursor=b`):
+    the first request would send every value, and which one the API reads as the first cursor is its
+    own guess (review revL F2). None when it is there at most once."""
+    if name is None:
+        return None
+    count = sum(1 for pair in query.split("&") if pair and unquote_plus(pair.partition("=")[0]) == name)
+    if count < 2:
+        return None
+    return (
+        f"the query parameter {name!r} is pagination.param, whose value in the URL is the first cursor, but it"
+        f" is there {count} times: the first request would send them all; write it once"
+    )
+
+
 def paged_problem(name: str, setting: str) -> str:
     """A parameter of the URL's own query that the pagination sets too (review revJ F7)."""
     return (

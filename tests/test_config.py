@@ -620,6 +620,19 @@ def test_a_cursor_pagination_param_in_the_url_is_the_first_cursor(tmp_path: Path
     _load(tmp_path, _paged("x=1", "after: '*'", pagination))
 
 
+@pytest.mark.parametrize("query", ["after=a&after=b", "after=*&x=1&after", "after=a&%61fter=b"])
+def test_a_cursor_param_twice_in_the_url_is_refused(tmp_path: Path, query: str) -> None:
+    """review revL F2: `?cursor=a&cursor=b` went out as written on the first request (which value
+    is the first cursor is the API's guess); refused at the URL's line, like the other pagination
+    parameters the URL may not hold. Once is the first cursor; other names may repeat."""
+    pagination = "{type: cursor, param: after, cursor: body.next}"
+    assert _problems(tmp_path, _paged(query, "", pagination)) == [
+        "3: request.url: the query parameter 'after' is pagination.param, whose value in the URL is the first"
+        " cursor, but it is there 2 times: the first request would send them all; write it once"
+    ]
+    _load(tmp_path, _paged("after=a&tag=1&tag=2", "", pagination))
+
+
 @pytest.mark.parametrize(
     ("pagination", "first"),
     [

@@ -367,3 +367,22 @@ def test_a_url_setting_with_a_parameter_the_pagination_sets_is_refused(tmp_path:
             " value: remove it from the URL"
         )
     preflight.check_settings([source], templating.resolve(source.settings, {"API_URL": "http://h.example/v1?cc=us"}))
+
+
+def test_a_cursor_param_twice_in_a_url_from_a_setting_is_refused(tmp_path: Path) -> None:
+    """review revL F2 at run start: a URL from the environment holding the cursor param twice would send
+    both on the first request; refused naming the variable, like the file's URL at validate."""
+    text = SOURCE.replace(
+        "rate_limit:", "pagination: {type: cursor, param: cursor, cursor: body.next}\nrate_limit:"
+    ).replace('"${env.API_URL}/apps/{appid}"', '"${env.API_URL}"')
+    source = _source(tmp_path, text)
+    settings = templating.resolve(source.settings, {**FINE, "API_URL": "http://127.0.0.1:8080/a?cursor=*&cursor=b"})
+    with pytest.raises(SettingError) as caught:
+        preflight.check_settings([source], settings)
+    assert str(caught.value) == (
+        "setting API_URL makes the request URL of source 'alpha' unusable: the query parameter 'cursor' is"
+        " pagination.param, whose value in the URL is the first cursor, but it is there 2 times: the first"
+        " request would send them all; write it once"
+    )
+    fine = templating.resolve(source.settings, {**FINE, "API_URL": "http://127.0.0.1:8080/a?cursor=*"})
+    preflight.check_settings([source], fine)

@@ -83,6 +83,10 @@ class PaginationSection(Builder):
         for name, setting in paged.items():
             if name in own:
                 self.add(("request", "url"), templating.paged_problem(name, setting))
+        if pagination.type is spec.PaginationType.CURSOR and isinstance(url, str):
+            own_query = url.partition("#")[0].partition("?")[2]
+            if reason := templating.repeated_cursor(own_query, pagination.param):
+                self.add(("request", "url"), reason)
         query = request.get("query")
         for name in query if isinstance(query, dict) else ():
             if paged.get(name) == "pagination.param":  # size_param: check_query_page_size says it
