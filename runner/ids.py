@@ -193,9 +193,18 @@ def _selected_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]
         params["texts"] = [str(k) for k in params.pop("keys")]
         matches = sql.SQL("{} = any(%(texts)s::text[])").format(key)
     else:  # the query's key as picks.typed reads it ('01', ' 2 '), so --ids find what a run selects
+        # Only a key that can be one of the ids is cast: its digits without sign, leading zeros and
+        # `.000` are at most 20 (a bigint's 19). Review revI F8: every row was cast, and one key past
+        # numeric's range (140,000 digits) failed `--ids` for all the others.
         params["numbers"] = params.pop("keys")
-        matches = sql.SQL("case when {0} ~ {1} then {0}::numeric end = any(%(numbers)s::numeric[])").format(
-            key, sql.Literal(r"^[ \t\n\r\v\f]*[+-]?[0-9]+(\.0*)?[ \t\n\r\v\f]*$")
+        matches = sql.SQL(
+            "case when {0} ~ {1} and length(ltrim(regexp_replace(btrim({0}, {2}), {3}, '', 'g'), '0')) <= 20"
+            " then {0}::numeric end = any(%(numbers)s::numeric[])"
+        ).format(
+            key,
+            sql.Literal(r"^[ \t\n\r\v\f]*[+-]?[0-9]+(\.0*)?[ \t\n\r\v\f]*$"),
+            sql.Literal(" \t\n\r\v\f"),
+            sql.Literal(r"^[+-]|\.0*$"),
         )
     query = sql.SQL("select {} from ({}) q where {}").format(columns, inner, matches)
     return _fetch(conn, query, params, setting)

@@ -343,3 +343,18 @@ def test_ids_on_a_list_source_are_refused(
     assert said in capsys.readouterr().err
     assert api.requests == []
     assert db.scalar("select count(*) from sync_jobs") == 0
+
+
+@pytest.mark.parametrize("other", ["repeat('9', 140000)", "'0.' || repeat('0', 20000) || '1'", "'1e999999'"])
+def test_only_the_named_ids_are_read_as_numbers(db: Database, other: str) -> None:
+    """review revI F8: `--ids` cast every row the query returned to numeric to compare it with the ids,
+    so one key past numeric's range (a 140,000-digit text) failed `--ids 5` for the others. A row
+    whose key cannot be one of the named ids is left alone; the named ones are found, in any
+    spelling PostgreSQL reads as them."""
+    query = (
+        f"select * from (values ({other}, 'x'), (' 05 ', 'a'), (' +6', 'b'), ('{'0' * 5000}7', 'c')) v(appid, cc)"
+        " where %(after_key)s::text is null limit %(limit)s"
+    )
+    source = make_source(selection=SelectionType.SQL, sql=query, columns=(("cc", "text"),))
+    found = ids.rows(db.conn, source, [5, 6, 7])
+    assert found == [{"appid": 5, "cc": "a"}, {"appid": 6, "cc": "b"}, {"appid": 7, "cc": "c"}]
