@@ -216,9 +216,9 @@ def test_a_cap_below_the_page_size_fails_the_run_that_cannot_get_past_it(
     prepare(env, source)
     monkeypatch.setenv("BATCH_SIZE", "5")
     assert cli.main(["run", str(source)]) == 0
-    assert "stuck: this run's record cap (--limit, --batch-size or BATCH_SIZE: 5) cut the first page" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "stuck: this run's record cap (--limit, --batch-size or BATCH_SIZE: 5) cut the first page" in err
+    assert "listing not complete: max_items 5 reached; resumes at its first page\n" in err
     assert env.scalar("select count(*) from items") == 5
     assert cli.main(["run", str(source)]) == 1
     status, error = env.rows("select status, error_message from sync_jobs order by started_at")[-1]

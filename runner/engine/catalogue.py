@@ -221,6 +221,8 @@ def _unfinished(state: Run, kind: str, why: str, resume: JSON, pages: int) -> No
     """A listing that stopped before its end without failing: capped or interrupted. The run says so
     (summary line, job metadata); its `when: complete` steps do not run."""
     state.complete = False
-    where = _where(state, resume, pages) if resume is not None else "its first page (no page was read)"
+    # a cap that cut the first page read it (resume None: that page's own position, the first request)
+    first = "its first page" if kind == "capped" else "its first page (no page was read)"
+    where = _where(state, resume, pages) if resume is not None else first
     state.report.listing = f"listing not complete: {why}; resumes at {where}"
     state.report.metadata.update({"listing": kind, "resumes_at_page": pages + 1})
