@@ -47,7 +47,11 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
         elif checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
             resumed = True
-            log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
+            log.info(
+                "%s: resuming at %s (use --restart to start over)",
+                source.name,
+                _where(state, start, done) if start is not None else "its first page",
+            )
     # incremental: ${incremental.since}, advanced at the end, never past when the listing started
     marks = Tracker(source, cursor_conn, ceiling=state.listing_started or state.now)
     state.settings = await marks.begin(
