@@ -184,6 +184,9 @@ async def pages(
         secret_headers=frozenset(name.lower() for name in _secret_names(source.request.headers)),
         secret_params=_secret_names(source.request.query) | _auth_param(source),
         redact=settings.redact,
+        # a cursor's first value in request.query goes out as written in the URL would (review revL F3)
+        first_cursor_in_query=pagination.type is spec.PaginationType.CURSOR
+        and any(name == pagination.param for name, _ in source.request.query),
     )
     position = walk.start(start)
     while True:

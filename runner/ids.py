@@ -69,7 +69,20 @@ def run_size(sources: Sequence[Source], ids: Sequence[Any], limit: str | None) -
     row; `--ids ,` names none). Review revJ F2: `entities.limit` (100) cut 150 ids to 100 and the run
     reported `completed`. A limit caps a selection, not a list written out: `limit`, the option given
     with them (`--limit`), is refused (which ids would it mean?), and BATCH_SIZE, the environment's
-    usual run size, does not apply to them."""
+    usual run size, does not apply to them.
+
+    A list source (`entities.type: list`) has no entities to name: its unit is the listing's page.
+    Review revK F7: `--ids 1,2` on one was ignored and the whole listing read; it is refused (exit 2),
+    also when only some sources of the run are list sources (`--ids` applies to every source of a run),
+    naming them, so the user runs them in a command of their own."""
+    listed = [source.name for source in sources if source.entities.type is SelectionType.LIST]
+    if listed:
+        raise UsageError(
+            f"--ids: {', '.join(listed)} {'is a list source' if len(listed) == 1 else 'are list sources'}"
+            " (entities.type: list): a listing is read page by page and has no entities to name; run"
+            f" {'it' if len(listed) == 1 else 'them'} without --ids (--dry-run reads it writing nothing),"
+            " and give --ids to the per-entity sources in a command of their own"
+        )
     if limit is not None:
         raise UsageError(
             f"{limit} and --ids exclude each other: --ids runs every id it names (a limit caps the selection);"
@@ -180,9 +193,18 @@ def _selected_rows(conn: psycopg.Connection, source: Source, keys: Sequence[Any]
         params["texts"] = [str(k) for k in params.pop("keys")]
         matches = sql.SQL("{} = any(%(texts)s::text[])").format(key)
     else:  # the query's key as picks.typed reads it ('01', ' 2 '), so --ids find what a run selects
+        # Only a key that can be one of the ids is cast: its digits without sign, leading zeros and
+        # `.000` are at most 20 (a bigint's 19). Review revI F8: every row was cast, and one key past
+        # numeric's range (140,000 digits) failed `--ids` for all the others.
         params["numbers"] = params.pop("keys")
-        matches = sql.SQL("case when {0} ~ {1} then {0}::numeric end = any(%(numbers)s::numeric[])").format(
-            key, sql.Literal(r"^[ \t\n\r\v\f]*[+-]?[0-9]+(\.0*)?[ \t\n\r\v\f]*$")
+        matches = sql.SQL(
+            "case when {0} ~ {1} and length(ltrim(regexp_replace(btrim({0}, {2}), {3}, '', 'g'), '0')) <= 20"
+            " then {0}::numeric end = any(%(numbers)s::numeric[])"
+        ).format(
+            key,
+            sql.Literal(r"^[ \t\n\r\v\f]*[+-]?[0-9]+(\.0*)?[ \t\n\r\v\f]*$"),
+            sql.Literal(" \t\n\r\v\f"),
+            sql.Literal(r"^[+-]|\.0*$"),
         )
     query = sql.SQL("select {} from ({}) q where {}").format(columns, inner, matches)
     return _fetch(conn, query, params, setting)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
+from urllib.parse import unquote_plus
 
 import httpx
 
@@ -62,8 +64,11 @@ class Walk:
         secret_headers: frozenset[str],
         secret_params: frozenset[str],
         redact: Callable[[str], str],
+        first_cursor_in_query: bool = False,
     ) -> None:
         self.pagination, self.first, self.redact = pagination, first, redact
+        if first_cursor_in_query and pagination.param is not None:
+            self.first = _as_written(first, pagination.param)
         self.secret_headers, self.secret_params = secret_headers | _FOREIGN_HEADERS, secret_params
         self.origins = {_origin(first.url), *(_origin(httpx.URL(o)) for o in pagination.allow_origins)}
         self.pages = self.items = 0
@@ -290,5 +295,36 @@ def _sized(request: httpx.Request, pagination: spec.Pagination) -> httpx.Request
 
 
 def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
-    url = request.url.copy_set_param(name, value)
+    """The request with `name` set to `value` (encoded as httpx encodes a parameter), in its place or
+    at the end; the rest of the query stays as it was sent. httpx's copy_set_param re-encodes the whole
+    query: a `?cursor=*` written in the URL went out as `cursor=%2A` once a size_param was added
+    (review revL F3), and the URL's own `?ids=a,b` as `ids=a%2Cb` from page 2 on."""
+    pair = str(httpx.QueryParams({name: value}))
+    pairs, placed = [], False
+    for raw in request.url.query.decode("ascii").split("&"):
+        if raw and unquote_plus(raw.partition("=")[0]) == name:
+            pairs += [] if placed else [pair]
+            placed = True
+        elif raw:
+            pairs.append(raw)
+    url = request.url.copy_with(query="&".join([*pairs, *([] if placed else [pair])]).encode("ascii"))
+    return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
+
+
+# What httpx percent-encodes in a query parameter's value but leaves as it is in a URL's query text.
+_KEPT_IN_URL = {f"%{ord(c):02X}": c for c in "!$'()*,;:@/?"}
+_ESCAPED = re.compile("|".join(map(re.escape, _KEPT_IN_URL)))
+
+
+def _as_written(request: httpx.Request, name: str) -> httpx.Request:
+    """The first request with a cursor pagination's `param`, given in request.query, sent as if written
+    in the URL (review revL F3: `query: {cursor: "*"}` went out as `cursor=%2A`, `?cursor=*` in the
+    URL as `cursor=*`; APIs starting a listing at `*` need not decode it)."""
+    pairs = []
+    for raw in request.url.query.decode("ascii").split("&"):
+        key, equals, value = raw.partition("=")
+        pairs.append(
+            key + equals + _ESCAPED.sub(lambda m: _KEPT_IN_URL[m[0]], value) if unquote_plus(key) == name else raw
+        )
+    url = request.url.copy_with(query="&".join(pairs).encode("ascii"))
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -80,7 +81,12 @@ def _request_problems(source: spec.Source, settings: templating.Settings) -> lis
         placeholders = dict.fromkeys(request.url.columns, _PLACEHOLDER)
         rendered = templating.render(request.url, placeholders, settings, url=True)
         paged = source.pagination.query_names()
-        if reason := templating.url_problem(rendered) or templating.query_problem(rendered, dict(request.query), paged):
+        cursor = source.pagination.param if source.pagination.type is spec.PaginationType.CURSOR else None
+        if (
+            reason := templating.url_problem(rendered)
+            or templating.query_problem(rendered, dict(request.query), paged)
+            or templating.repeated_cursor(urlsplit(rendered).query, cursor)
+        ):
             problems.append(_url_problem(source, ("request", "url"), request.url, settings, reason))
     token_url = source.auth.token_url if source.auth is not None else None
     if (

@@ -221,6 +221,21 @@ def query_names(query: str) -> set[str]:
     return {unquote_plus(pair.partition("=")[0]) for pair in query.split("&") if pair}
 
 
+def repeated_cursor(query: str, name: str | None) -> str | None:
+    """A cursor pagination's `param` written more than once in the URL's own query (`?cursor=a&cursor=b`):
+    the first request would send every value, and which one the API reads as the first cursor is its
+    own guess (review revL F2). None when it is there at most once."""
+    if name is None:
+        return None
+    count = sum(1 for pair in query.split("&") if pair and unquote_plus(pair.partition("=")[0]) == name)
+    if count < 2:
+        return None
+    return (
+        f"the query parameter {name!r} is pagination.param, whose value in the URL is the first cursor, but it"
+        f" is there {count} times: the first request would send them all; write it once"
+    )
+
+
 def paged_problem(name: str, setting: str) -> str:
     """A parameter of the URL's own query that the pagination sets too (review revJ F7)."""
     return (
@@ -246,6 +261,8 @@ def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     if not parts.hostname and parts.scheme.lower() != "unix":
         return f"it has no host (write {parts.scheme.lower()}://host/…)"
     host = parts.netloc.rpartition("@")[2]
+    if host.startswith("[") and (reason := _ipv6_problem(host[1:].partition("]")[0])):
+        return reason
     if parts.hostname and not host.startswith("[") and (reason := _host_problem(parts.hostname)):
         return reason
     port = host.rpartition("]")[2].removeprefix(":") if host.startswith("[") else host.partition(":")[2]
@@ -258,6 +275,10 @@ def uri_problem(url: str, schemes: tuple[str, ...]) -> str | None:
 # encodes it): letters, digits, '-' and '_' (service names), separated by single dots; a trailing dot
 # is the root. Bracketed IPv6 hosts urlsplit checks.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+# Review revK F5: httpx takes an ASCII host as it is, but the resolver does not: a label over 63
+# characters raised UnicodeError out of getaddrinfo (the idna codec), one starting or ending with '-'
+# (RFC 1123) or a name over 253 characters (RFC 1035) is no name a resolver answers for.
+_LABEL, _NAME = 63, 253
 
 
 def _host_problem(host: str) -> str | None:
@@ -275,11 +296,37 @@ def _host_problem(host: str) -> str | None:
         return (
             "its host is not a valid name or IP address (a name has letters, digits, '-' and '_' between single dots)"
         )
-    if all(label.isdigit() for label in host.rstrip(".").split(".")):  # numbers only: an IPv4 address
+    labels = host.rstrip(".").split(".")
+    if (longest := max(map(len, labels))) > _LABEL:
+        return f"its host has a label of {longest} characters (DNS allows at most {_LABEL} between dots)"
+    if (length := len(host.rstrip("."))) > _NAME:
+        return f"its host name is {length} characters long (DNS allows at most {_NAME})"
+    if any(label.startswith("-") or label.endswith("-") for label in labels):
+        return (
+            "its host has a label that starts or ends with '-' (RFC 1123: a label starts and ends with a letter"
+            " or digit)"
+        )
+    if all(label.isdigit() for label in labels):  # numbers only: an IPv4 address
         try:
             ipaddress.IPv4Address(host.rstrip("."))
         except ValueError:
             return "its host is not a valid IPv4 address (four numbers from 0 to 255, like 127.0.0.1)"
+    return None
+
+
+def _ipv6_problem(address: str) -> str | None:
+    """A bracketed host: an IPv6 address without a zone id. Review revK F5: `[fe80::1%25eth0]` passed
+    (urlsplit reads `%25eth0` as a scope) but no request can name an interface: a link-local address
+    with its zone failed every entity at connect time."""
+    if "%" in address:
+        return (
+            "its IPv6 host has a zone id (%…, an interface): requests cannot name one; use a global address"
+            " or a host name"
+        )
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return "its host is not a valid IPv6 address (written in brackets, like http://[2001:db8::1]:8080/)"
     return None
 
 

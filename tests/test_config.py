@@ -611,6 +611,34 @@ def test_a_url_query_parameter_the_pagination_sets_is_refused(
     _load(tmp_path, _paged("x=1", "", pagination))  # other parameters are kept as written
 
 
+@pytest.mark.parametrize(
+    ("query", "pagination", "problem"),
+    [
+        (
+            "${env.QN:-page}=1",
+            "{type: page, param: page}",
+            "the query parameter 'page' is in the URL's own query, but pagination.param sets it on the listing's"
+            " requests, replacing the URL's value: remove it from the URL",
+        ),
+        (
+            "after=*&${env.QN:-after=b}",
+            "{type: cursor, param: after, cursor: body.next}",
+            "the query parameter 'after' is pagination.param, whose value in the URL is the first cursor, but it"
+            " is there 2 times: the first request would send them all; write it once",
+        ),
+    ],
+)
+def test_a_pagination_param_from_a_written_default_is_refused_at_validate(
+    tmp_path: Path, query: str, pagination: str, problem: str
+) -> None:
+    """review revK F4: `?${env.QN:-page}=1` with `param: page` passed validate and was refused only at
+    run start. A default is the file's text: the URL is read with it, at the URL's line."""
+    assert _problems(tmp_path, _paged(query, "", pagination)) == [
+        f"3: request.url: is not a usable URL with the defaults written here (${{env.QN:-…}}): {problem}"
+    ]
+    _load(tmp_path, _paged("${env.QN:-x}=1", "", pagination))
+
+
 def test_a_cursor_pagination_param_in_the_url_is_the_first_cursor(tmp_path: Path) -> None:
     """review revK F1: an API that starts a cursor listing at `?cursor=*` (Crossref, Solr) could no
     longer be configured: the first request is sent as written, so the URL's (or request.query's)
@@ -618,6 +646,19 @@ def test_a_cursor_pagination_param_in_the_url_is_the_first_cursor(tmp_path: Path
     pagination = "{type: cursor, param: after, cursor: body.next}"
     _load(tmp_path, _paged("after=*", "", pagination))
     _load(tmp_path, _paged("x=1", "after: '*'", pagination))
+
+
+@pytest.mark.parametrize("query", ["after=a&after=b", "after=*&x=1&after", "after=a&%61fter=b"])
+def test_a_cursor_param_twice_in_the_url_is_refused(tmp_path: Path, query: str) -> None:
+    """review revL F2: `?cursor=a&cursor=b` went out as written on the first request (which value
+    is the first cursor is the API's guess); refused at the URL's line, like the other pagination
+    parameters the URL may not hold. Once is the first cursor; other names may repeat."""
+    pagination = "{type: cursor, param: after, cursor: body.next}"
+    assert _problems(tmp_path, _paged(query, "", pagination)) == [
+        "3: request.url: the query parameter 'after' is pagination.param, whose value in the URL is the first"
+        " cursor, but it is there 2 times: the first request would send them all; write it once"
+    ]
+    _load(tmp_path, _paged("after=a&tag=1&tag=2", "", pagination))
 
 
 @pytest.mark.parametrize(

@@ -308,3 +308,53 @@ def test_a_limit_with_ids_is_refused(
     assert f"{option} and --ids exclude each other: --ids runs every id it names" in capsys.readouterr().err
     assert db.scalar("select count(*) from sync_jobs") == 0
     assert api.requests == []
+
+
+def _listing(tmp_path: Path, name: str) -> Path:
+    source = tmp_path / f"{name}.yaml"
+    source.write_text(
+        f"name: {name}\nentities: {{type: list}}\n"
+        'request: {url: "${env.API_URL}/list"}\nrate_limit: {requests: 10, per: 1s}\nstatus: false\n'
+        "records: body\nwrites: [{table: seen, key: [appid], columns: {appid: record.id}}]\n"
+    )
+    return source
+
+
+@pytest.mark.parametrize("command", ["run", "test-read"])
+def test_ids_on_a_list_source_are_refused(
+    db: Database,
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    """review revK F7: `run --ids 1,2` on a list source read the whole listing, ignoring the ids.
+    A listing has no entities to name: refused, exit 2, naming the source, before any request or
+    job row; in a run of several sources too (`--ids` applies to each), naming the list source."""
+    entity = _key_only(db, tmp_path, monkeypatch, api)
+    listing = _listing(tmp_path, "catalogue")
+    api.route("/list", Reply(200, json=[{"id": 1}]))
+    api.route("/apps/1", Reply(200, json={}))
+    assert cli.main([command, str(listing), "--ids", "1,2"]) == 2
+    said = "--ids: catalogue is a list source (entities.type: list): a listing is read page by page"
+    assert said in capsys.readouterr().err
+    assert cli.main([command, str(entity), str(listing), "--ids", "1"]) == 2
+    assert said in capsys.readouterr().err
+    assert api.requests == []
+    assert db.scalar("select count(*) from sync_jobs") == 0
+
+
+@pytest.mark.parametrize("other", ["repeat('9', 140000)", "'0.' || repeat('0', 20000) || '1'", "'1e999999'"])
+def test_only_the_named_ids_are_read_as_numbers(db: Database, other: str) -> None:
+    """review revI F8: `--ids` cast every row the query returned to numeric to compare it with the ids,
+    so one key past numeric's range (a 140,000-digit text) failed `--ids 5` for the others. A row
+    whose key cannot be one of the named ids is left alone; the named ones are found, in any
+    spelling PostgreSQL reads as them."""
+    query = (
+        f"select * from (values ({other}, 'x'), (' 05 ', 'a'), (' +6', 'b'), ('{'0' * 5000}7', 'c')) v(appid, cc)"
+        " where %(after_key)s::text is null limit %(limit)s"
+    )
+    source = make_source(selection=SelectionType.SQL, sql=query, columns=(("cc", "text"),))
+    found = ids.rows(db.conn, source, [5, 6, 7])
+    assert found == [{"appid": 5, "cc": "a"}, {"appid": 6, "cc": "b"}, {"appid": 7, "cc": "c"}]

@@ -204,6 +204,83 @@ def test_a_cap_stops_the_listing_and_keeps_it_incomplete(
     assert env.scalar("select count(*) from items") == 0  # the after-step ran this time
 
 
+def test_a_cap_below_the_page_size_fails_the_run_that_cannot_get_past_it(
+    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revK F8: BATCH_SIZE 5 on a listing of 10-record pages cut page 1 in every run, each
+    resumed at page 1's start again and reported `completed`: the listing never got past it. The first
+    such run (a smoke run) writes its 5 and warns; the next one, resuming there with the same cap, fails
+    before writing, naming the setting; so does a cap cutting the page a run resumes at later on.
+    --restart reads the first records again."""
+    source = list_source(tmp_path, "stuck", "link", "{type: link}", "body")
+    prepare(env, source)
+    monkeypatch.setenv("BATCH_SIZE", "5")
+    assert cli.main(["run", str(source)]) == 0
+    err = capsys.readouterr().err
+    assert "stuck: this run's record cap (--limit, --batch-size or BATCH_SIZE: 5) cut the first page" in err
+    assert "listing not complete: max_items 5 reached; resumes at its first page\n" in err
+    assert env.scalar("select count(*) from items") == 5
+    assert cli.main(["run", str(source)]) == 1
+    status, error = env.rows("select status, error_message from sync_jobs order by started_at")[-1]
+    said = (
+        "stuck: this run's record cap (--limit, --batch-size or BATCH_SIZE: 5) cut page 1 of the listing, the"
+        " first page this run read (where it resumed), before its end: a capped listing resumes at the start"
+        " of the page it cut"
+    )
+    assert (status, (error or "").startswith(said)) == ("failed", True)
+    assert said in capsys.readouterr().err
+    assert env.scalar("select count(*) from items") == 5
+    assert cli.main(["run", str(source), "--restart"]) == 0  # a smoke run again
+    monkeypatch.delenv("BATCH_SIZE")
+    assert cli.main(["run", str(source), "--limit", "15"]) == 0  # page 2 cut: resumes there
+    assert cli.main(["run", str(source), "--limit", "5"]) == 1
+    assert "cut page 2 of the listing, the first page this run read" in capsys.readouterr().err
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
+def _starred(request: Recorded) -> Reply:
+    """A cursor listing that starts at `cursor=*` (Crossref, Solr) and reads `ids` as a list."""
+    assert request.query.get("ids") == "a,b"
+    cursor = request.query.get("cursor")
+    offset = 0 if cursor == "*" else pagedapi._offset(cursor)
+    more = offset + 10 < len(pagedapi.ITEMS)
+    return Reply(
+        200, json={"items": pagedapi.ITEMS[offset : offset + 10], "next": pagedapi.token(offset + 10) if more else None}
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "query", "first"),
+    [
+        ("starred?cursor=*&ids=a,b", "", "/starred?cursor=*&ids=a,b&limit=10"),
+        ("starred?ids=a,b", "query: {cursor: '*'}\n", "/starred?ids=a,b&cursor=*&limit=10"),
+    ],
+)
+def test_a_first_cursor_goes_out_as_written_in_the_url_or_the_query(
+    route: str, query: str, first: str, env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """review revL F3: a first cursor `*` in request.query went out as `cursor=%2A`, written in the URL
+    as `cursor=*` (and that one became %2A too once a size_param was added, as did the URL's own
+    `ids=a,b` from page 2 on). Both go out literally, as the URL writes them: the raw request line."""
+    source = list_source(
+        tmp_path,
+        "starred",
+        route,
+        "{type: cursor, param: cursor, cursor: body.next, page_size: 10, size_param: limit}",
+        "body.items",
+    )
+    source.write_text(source.read_text().replace("  headers:", f"  {query}  headers:" if query else "  headers:"))
+    prepare(env, source)
+    api.route("/starred", _starred)
+    assert cli.main(["run", str(source)]) == 0
+    targets = [r.target for r in api.requests]
+    assert targets[0] == first
+    assert all("ids=a,b&" in target or target.endswith("ids=a,b") for target in targets)
+    assert len(targets) == 3
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
 def test_a_failed_page_fails_the_run_and_resumes_there(
     env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -144,6 +144,21 @@ def test_good_settings_pass(tmp_path: Path) -> None:
             "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid name or IP"
             " address (a name has letters, digits, '-' and '_' between single dots)",
         ),
+        (  # review revK F5: urlsplit took the zone; no request can name an interface
+            {"API_URL": "http://[fe80::1%25eth0]:8080"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its IPv6 host has a zone id (%…, an"
+            " interface): requests cannot name one; use a global address or a host name",
+        ),
+        (  # review revK F5: the resolver's idna codec raised UnicodeError out of the run
+            {"API_URL": "http://" + "a" * 64 + ".example.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host has a label of 64"
+            " characters (DNS allows at most 63 between dots)",
+        ),
+        (
+            {"API_URL": "http://api-.example.com"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host has a label that starts or"
+            " ends with '-' (RFC 1123: a label starts and ends with a letter or digit)",
+        ),
         (
             {"API_URL": "http://10.0.0.256"},
             "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid IPv4"
@@ -352,3 +367,22 @@ def test_a_url_setting_with_a_parameter_the_pagination_sets_is_refused(tmp_path:
             " value: remove it from the URL"
         )
     preflight.check_settings([source], templating.resolve(source.settings, {"API_URL": "http://h.example/v1?cc=us"}))
+
+
+def test_a_cursor_param_twice_in_a_url_from_a_setting_is_refused(tmp_path: Path) -> None:
+    """review revL F2 at run start: a URL from the environment holding the cursor param twice would send
+    both on the first request; refused naming the variable, like the file's URL at validate."""
+    text = SOURCE.replace(
+        "rate_limit:", "pagination: {type: cursor, param: cursor, cursor: body.next}\nrate_limit:"
+    ).replace('"${env.API_URL}/apps/{appid}"', '"${env.API_URL}"')
+    source = _source(tmp_path, text)
+    settings = templating.resolve(source.settings, {**FINE, "API_URL": "http://127.0.0.1:8080/a?cursor=*&cursor=b"})
+    with pytest.raises(SettingError) as caught:
+        preflight.check_settings([source], settings)
+    assert str(caught.value) == (
+        "setting API_URL makes the request URL of source 'alpha' unusable: the query parameter 'cursor' is"
+        " pagination.param, whose value in the URL is the first cursor, but it is there 2 times: the first"
+        " request would send them all; write it once"
+    )
+    fine = templating.resolve(source.settings, {**FINE, "API_URL": "http://127.0.0.1:8080/a?cursor=*"})
+    preflight.check_settings([source], fine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from runner import spec, templating
@@ -143,6 +144,66 @@ def test_host_names_and_ip_addresses_pass(host: str) -> None:
     """Names (any script, checked in their IDNA form; `_` for service names, a trailing root dot), IPv4
     and bracketed IPv6 hosts."""
     assert templating.url_problem(f"http://{host}:8080/e/1") is None
+
+
+# review revK F5: host -> whether syncrun takes it. Every host it takes, httpx parses and the resolver's
+# idna codec (what getaddrinfo encodes a name with) encodes; the ones it refuses that httpx takes are
+# refused by RFC 1123/1035 (a '-' at a label's end, a label over 63, a name over 253) or name an
+# interface no request can (an IPv6 zone id).
+_HOSTS = {
+    "api.example.com": True,
+    "API.Example.COM": True,
+    "api.example.com.": True,
+    "_srv._tcp.example.com": True,
+    "a-b--c.example": True,
+    "a" * 63 + ".example": True,
+    ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]): True,  # 253 characters
+    "bücher.example": True,
+    "xn--bcher-kva.example": True,
+    "127.0.0.1": True,
+    "[::1]": True,
+    "[2001:db8::1]": True,
+    "[::ffff:127.0.0.1]": True,
+    "a" * 64 + ".example": False,
+    "ü" + "a" * 62 + ".example": False,  # 64 and more once IDNA-encoded
+    ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 63]): False,  # 255 characters
+    "-api.example.com": False,
+    "api-.example.com": False,
+    "api.-x.example": False,
+    "münchen-.example": False,
+    "[fe80::1%25eth0]": False,
+    "[fe80::1%eth0]": False,
+    "[v1.fe80::a+en1]": False,
+    "[127.0.0.1]": False,
+}
+
+
+def _httpx_takes(host: str) -> bool:
+    try:
+        raw = httpx.URL(f"http://{host}:8080/").raw_host
+    except (httpx.InvalidURL, ValueError):
+        return False
+    if host.startswith("["):
+        return True
+    try:
+        raw.decode("ascii").encode("idna")  # as getaddrinfo encodes a name (a UnicodeError for a 64-label)
+    except UnicodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("host", "taken"), sorted(_HOSTS.items()))
+def test_hosts_are_checked_as_httpx_and_the_resolver_read_them(host: str, taken: bool) -> None:
+    """review revK F5: labels over 63 characters, IPv6 zone ids and labels starting or ending with '-'
+    passed the host check. They are refused, never quoted; what httpx and the resolver take still passes."""
+    reason = templating.url_problem(f"http://{host}:8080/e/1")
+    assert (reason is None) == taken, reason
+    if taken:
+        assert _httpx_takes(host)
+    else:
+        assert reason is not None
+        assert reason.startswith("its ")
+        assert host not in reason
 
 
 def test_each_use_of_a_variable_keeps_its_own_default() -> None:

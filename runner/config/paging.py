@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from runner import spec, templating
 from runner.config.builder import Builder
 from runner.expressions import JSON
+from runner.redaction import Redactor
 from runner.sourcefile import show
 
 # request.query names that set a page size: with pagination, they belong in page_size/size_param.
@@ -79,10 +81,14 @@ class PaginationSection(Builder):
             return
         paged = pagination.query_names()
         url = request.get("url")
-        own = templating.query_names(url.partition("#")[0].partition("?")[2]) if isinstance(url, str) else set()
+        own_query, written = _own_query(url) if isinstance(url, str) else ("", "")
+        own = templating.query_names(own_query)
         for name, setting in paged.items():
             if name in own:
-                self.add(("request", "url"), templating.paged_problem(name, setting))
+                self.add(("request", "url"), written + templating.paged_problem(name, setting))
+        cursor = pagination.param if pagination.type is spec.PaginationType.CURSOR else None
+        if reason := templating.repeated_cursor(own_query, cursor):
+            self.add(("request", "url"), written + reason)
         query = request.get("query")
         for name in query if isinstance(query, dict) else ():
             if paged.get(name) == "pagination.param":  # size_param: check_query_page_size says it
@@ -122,6 +128,27 @@ class PaginationSection(Builder):
                     f"looks like a page size: write it as pagination.page_size: {value} and size_param: {name},"
                     " so a full page with no next page is caught instead of ending the listing",
                 )
+
+
+def _own_query(url: str) -> tuple[str, str]:
+    """The URL's own query as its requests send it, and how a problem with it starts. A URL whose
+    settings all have defaults written in the file is read with them (review revK F4: `?${env.QN:-page}=1`
+    with `param: page` passed validate and was refused only at run start); one reading a setting
+    without a default is checked at run start (runner/preflight.py)."""
+    as_written = url.partition("#")[0].partition("?")[2], ""
+    try:
+        template = templating.parse(url)
+    except ValueError:  # the request section reports it
+        return as_written
+    if not template.settings or not all(s.default for s in template.settings):
+        return as_written
+    placeholders = dict.fromkeys(template.columns, "0")
+    rendered = templating.render(template, placeholders, templating.Settings({}, Redactor()), url=True)
+    try:
+        query = urlsplit(rendered.partition("#")[0]).query
+    except ValueError:  # an unusable URL: the request section says why
+        return as_written
+    return query, f"is not a usable URL{templating.with_defaults(template)}: "
 
 
 def _origin_problem(origin: str) -> str | None:

@@ -31,6 +31,7 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
     fails the run: a listing with a hole in it is never complete."""
     source, options = state.source, state.options
     start, done = None, 0  # done: pages of this listing read by earlier runs
+    resumed = False  # a checkpoint was resumed (its position may be the first page's: None)
     # `--set incremental.start=…` asks from that point for this run: a new listing, whatever was stored
     again = "incremental.start" in options.overridden and source.incremental is not None
     url = listings.address(source, state.settings)  # a checkpoint is resumed only by the same listing
@@ -45,7 +46,12 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
             )
         elif checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
-            log.info("%s: resuming at %s (use --restart to start over)", source.name, _where(state, start, done))
+            resumed = True
+            log.info(
+                "%s: resuming at %s (use --restart to start over)",
+                source.name,
+                _where(state, start, done) if start is not None else "its first page",
+            )
     # incremental: ${incremental.since}, advanced at the end, never past when the listing started
     marks = Tracker(source, cursor_conn, ceiling=state.listing_started or state.now)
     state.settings = await marks.begin(
@@ -56,6 +62,10 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
     number, capped, resume = done, "", start
     try:
         while (page := await fetch.next_page(pages, state.stop, state.options.grace)) is not None:
+            if page.keep is not None and number == done and (stalled := _stalled(state, resumed, number)):
+                state.complete = False
+                state.halt("failed", stalled)
+                return
             trace = Trace({PAGE: number}, items=page.items)
             try:
                 trace.result = classification.classify(state, {PAGE: number}, [page.reply], trace, keep=page.keep)
@@ -79,7 +89,7 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
             number += 1 if page.keep is None else 0
             await marks.page(page.reply, trace.result.outcome, state.report.job_id)  # before the checkpoint
             if cursor_conn is not None:
-                if page.resume is None:
+                if page.resume is None and page.keep is None:
                     await asyncio.to_thread(cursor_conn.call, jobs.clear_cursor, source.name)
                 elif state.settings.redact(str(page.resume)) != str(page.resume):
                     # A next link echoing a secret under a name the source does not send it as: never
@@ -159,6 +169,35 @@ def _record_cap(source: spec.Source, limit: int | None) -> spec.Source:
     return replace(source, pagination=replace(source.pagination, max_items=limit))
 
 
+def _stalled(state: Run, resumed: bool, number: int) -> str:
+    """Review revK F8: a record cap (`--limit`, BATCH_SIZE, max_items) below a page's size cut the first
+    page every run read, and every run resumed at that page's start again: the listing never got past
+    it, each run reported `completed`. A run whose cap cuts the first page it reads makes no progress.
+    The first such run of a listing writes its records (a smoke run: `--limit 2`), warns, and keeps a
+    checkpoint there (a first page's position is None: one is kept all the same); a run resuming a
+    checkpoint that its cap cuts again fails here, before writing, naming the setting. "" when a run
+    resuming nothing may go on."""
+    source, limit = state.source, state.options.max_items
+    cap = source.pagination.max_items
+    setting = (
+        f"this run's record cap (--limit, --batch-size or BATCH_SIZE: {limit})"
+        if limit is not None and (cap is None or limit < cap)
+        else f"pagination.max_items ({cap})"
+    )
+    why = (
+        "a capped listing resumes at the start of the page it cut, so with this cap every run would write the"
+        f" same records of page {number + 1} and none would get past it"
+    )
+    if not resumed:
+        log.warning("%s: %s cut the first page this run read; %s", source.name, setting, why)
+        return ""
+    return (
+        f"{source.name}: {setting} cut page {number + 1} of the listing, the first page this run read (where it"
+        f" resumed), before its end: {why}; raise the cap above the page's records or run without it (an empty"
+        " BATCH_SIZE), or use --restart to read the first records of the listing again"
+    )
+
+
 def _not_a_page(trace: Trace) -> str | None:
     """Why a list source's reply is neither a page nor the listing's declared end; None when it is one.
     A default rule's skip (a 404 from a typo'd URL) is not an end: taken as one, the `when: complete`
@@ -186,6 +225,8 @@ def _unfinished(state: Run, kind: str, why: str, resume: JSON, pages: int) -> No
     """A listing that stopped before its end without failing: capped or interrupted. The run says so
     (summary line, job metadata); its `when: complete` steps do not run."""
     state.complete = False
-    where = _where(state, resume, pages) if resume is not None else "its first page (no page was read)"
+    # a cap that cut the first page read it (resume None: that page's own position, the first request)
+    first = "its first page" if kind == "capped" else "its first page (no page was read)"
+    where = _where(state, resume, pages) if resume is not None else first
     state.report.listing = f"listing not complete: {why}; resumes at {where}"
     state.report.metadata.update({"listing": kind, "resumes_at_page": pages + 1})
