@@ -1,13 +1,15 @@
-"""Renewing an OAuth2 token when it fails (runner/auth.py `Token.failed`): one renewal in flight, its
-failure remembered and given to every request that waited for it, at most `retry.attempts` token
+"""OAuth2 access tokens at run time (runner/oauth.py): one token shared by every request, renewed once per
+expiry and once per refused generation, before `expires_in` runs out; a failed renewal remembered
+(`Token.failed`) and given to every request that waited for it, at most `retry.attempts` token
 requests per renewal, and a refresh token never sent again once a rotating provider answered to it.
-Against a loopback token endpoint of the tests' own."""
+Against a loopback token endpoint of the tests' own (and tests.test_auth's strict OAuthServer)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -22,7 +24,6 @@ from tests import test_auth
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 from tests.test_auth import env  # noqa: F401 (a fixture)
-from tests.test_security import tls_api  # noqa: F401 (a fixture: HTTPS with a throwaway certificate)
 
 CLIENT_SECRET = "cs-Wq5Er7Ty9Ui1Op3A"
 REFRESH = "rt-Zx4Cv6Bn8Ml0Kj2H"
@@ -71,6 +72,94 @@ async def waiters(authenticator: auth.Authenticator, rejected: int | None, count
     return [r for r in results if isinstance(r, BaseException)]
 
 
+# --- one token for every request, renewed per expiry (a run against a strict provider) ------------------------
+def test_client_credentials_token_is_fetched_once_and_shared(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One token serves every concurrent request; token requests carry the form the server demands and
+    do not spend the rate limit (the run counts 20 requests, the 20 to the API)."""
+    server = test_auth.OAuthServer(api)
+    source = test_auth.source_with(tmp_path, test_auth.CLIENT_CREDENTIALS)
+    test_auth.seed(env, source, range(1, 21))
+    test_auth.route_apps(api, range(1, 21), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    err = capsys.readouterr().err
+    assert "; 20 requests in " in err
+    assert f"fetched an access token from {api.url}/oauth/token (expires in 3600 s; token request 1)" in err
+    assert env.scalar("select count(*) from apps") == 20
+    assert len(server.token_requests) == 1
+    assert server.token_requests[0]["grant_type"] == "client_credentials"
+    assert server.rejected == 0
+
+
+def test_a_token_spent_mid_run_is_renewed_once_per_expiry_at_concurrency_4(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+) -> None:
+    """Each token stops working after 8 requests; with 4 requests in flight, the 401s they get cause one
+    token request per expiry (never a storm), each rejected request is sent once more, and the run
+    completes with every row."""
+    server = test_auth.OAuthServer(api, uses=8)
+    source = test_auth.source_with(tmp_path, test_auth.CLIENT_CREDENTIALS, concurrency=4)
+    test_auth.seed(env, source, range(1, 41))
+    test_auth.route_apps(api, range(1, 41), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from apps") == 40
+    assert env.scalar("select status from sync_jobs") == "completed"
+    assert len(server.token_requests) == 5  # 40 requests, 8 per token
+    assert server.rejected >= 4  # the expiries really happened mid-run
+
+
+def test_a_token_is_renewed_before_expires_in_runs_out(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+) -> None:
+    """A token that says it expires in 1 s (and does) is replaced shortly before: no request is refused."""
+    server = test_auth.OAuthServer(api, expires_in=1, lifetime=1)
+    source = test_auth.source_with(tmp_path, test_auth.CLIENT_CREDENTIALS, concurrency=2)
+    test_auth.seed(env, source, range(1, 41))
+    for appid in range(1, 41):
+        api.route(f"/apps/{appid}", lambda r: (time.sleep(0.05), server.app(r))[1])
+    started = time.monotonic()
+    assert cli.main(["run", str(source)]) == 0
+    elapsed = time.monotonic() - started
+    assert env.scalar("select count(*) from apps") == 40
+    assert server.rejected == 0
+    assert 2 <= len(server.token_requests) <= int(elapsed / 0.9) + 2
+
+
+def test_a_rotated_refresh_token_is_refused_clearly(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+) -> None:
+    """A provider that answers a new refresh token fails the run: syncrun stores no tokens."""
+    server = test_auth.OAuthServer(api)
+    server.rotate = True
+    monkeypatch.setenv("REFRESH_TOKEN", server.refresh_token)
+    block = (
+        "{type: oauth2_refresh_token, token_url: '${env.API_URL}/oauth/token', client_id: syncrun-client,"
+        " refresh_token: '${secret.REFRESH_TOKEN}', scopes: ['read:apps']}"
+    )
+    source = test_auth.source_with(tmp_path, block)
+    test_auth.seed(env, source, range(1, 3))
+    test_auth.route_apps(api, range(1, 3), server.app)
+    assert cli.main(["run", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert "rotated the refresh token" in err
+    assert "does not support" in err
+    assert "rt-rotated" not in err
+    assert env.scalar("select count(*) from apps") == 0
+
+
+# --- a failed renewal is remembered ------------------------------------------------------------------------------
 def test_a_failing_first_fetch_is_asked_once_per_renewal_not_once_per_waiter(api: ApiServer, tmp_path: Path) -> None:
     """8 requests wait for the first token; the endpoint answers 500: 3 token requests (retry.attempts),
     and all 8 requests get the same failure."""
@@ -159,47 +248,6 @@ def test_a_refresh_token_refused_with_an_error_is_retried_only_when_transient(ap
     assert "the provider refused auth.refresh_token: it expired, was revoked or was already used" in str(failures[0])
 
 
-# --- a 403 that says insufficient_scope (RFC 6750 §3.1) -----------------------------------------------------
-def send(api: ApiServer, tmp_path: Path, block: str, path: str) -> int:
-    """One GET of `path` through the source's AuthTransport; its status."""
-    import httpx
-
-    found = authenticator(api, tmp_path, block)
-
-    async def main() -> int:
-        transport = auth.AuthTransport(httpx.AsyncHTTPTransport(), found)
-        async with httpx.AsyncClient(transport=transport) as http:
-            return (await http.get(f"{api.url}{path}")).status_code
-
-    return asyncio.run(main())
-
-
-def test_a_403_for_a_missing_scope_fails_the_run_naming_the_scope(api: ApiServer, tmp_path: Path) -> None:
-    """The challenge names the scope the API wants: the run stops (every request carries the same token),
-    saying which scope to add to auth.scopes; the token is not quoted."""
-    api.route("/oauth/token", Reply(200, json={"access_token": "at-Lk9Jh7Gf5Ds3Aq1W", "expires_in": 3600}))
-    challenge = 'Bearer realm="api", error="insufficient_scope", scope="tickets:write admin", error_description="x"'
-    api.route("/apps/1", Reply(403, json={"error": "insufficient_scope"}, headers={"WWW-Authenticate": challenge}))
-    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "client_id: c1, scopes: ['tickets:read'],")
-    with pytest.raises(RunFailed) as caught:
-        send(api, tmp_path, block, "/apps/1")
-    message = str(caught.value)
-    assert message == (
-        f"HTTP 403 (insufficient_scope) from GET {api.url}/apps/1 — the access token lacks a scope this request"
-        " needs; the API asks for scope 'tickets:write admin'; add it to auth.scopes (sent: tickets:read)"
-    )
-
-
-def test_another_403_stays_the_entity_s_outcome(api: ApiServer, tmp_path: Path) -> None:
-    """A 403 without that challenge (this entity is forbidden) is answered to the caller as it is."""
-    api.route("/apps/1", Reply(403, json={"error": "forbidden"}, headers={"WWW-Authenticate": 'Bearer realm="a"'}))
-    block = "{{type: bearer, token: '${{secret.CLIENT_SECRET}}'}}"
-    assert send(api, tmp_path, block, "/apps/1") == 403
-    api.route("/apps/2", Reply(403, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'}))
-    with pytest.raises(RunFailed, match="the bearer credentials lack a permission this request needs; check what"):
-        send(api, tmp_path, block, "/apps/2")
-
-
 # --- a run that could not get a token is never `completed` ----------------------------------------------------
 def test_max_runtime_while_the_token_endpoint_hangs_fails_the_run(
     env: Database,  # noqa: F811 (the fixture of tests.test_auth)
@@ -222,54 +270,7 @@ def test_max_runtime_while_the_token_endpoint_hangs_fails_the_run(
     assert metadata["stop_reason"] == "max_runtime"
 
 
-# --- the token endpoint's TLS: as the source's request.verify_tls, unless auth.verify_tls says -----------------
-TOKEN_ANSWER = Reply(200, json={"access_token": "at-Tl5Sv7Er9Fy1Ca3B", "expires_in": 3600})
-
-
-def tls_source(server: ApiServer, tmp_path: Path, *, request: str = "", block: str = "") -> auth.Authenticator:
-    url = server.url.replace("http://", "https://")
-    text = SOURCE.format(
-        url=url, auth=CLIENT_CREDENTIALS.format(url=url).replace("client_id: c1,", block + " client_id: c1,")
-    )
-    text = text.replace(
-        f'request: {{url: "{url}/apps/{{appid}}"}}', f'request: {{url: "{url}/apps/{{appid}}"{request}}}'
-    )
-    source = config.loads(text, tmp_path / "t.yaml")
-    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
-    found = auth.for_source(source, settings)
-    assert found is not None
-    return found
-
-
-def first_token(found: auth.Authenticator) -> str:
-    async def main() -> str:
-        try:
-            return await found.current()
-        finally:
-            await found.aclose()
-
-    return asyncio.run(main())
-
-
-def test_the_token_endpoint_follows_request_verify_tls(
-    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A self-signed token endpoint: refused by default; accepted (with a warning naming it) when the
-    source turns verification off; refused again when auth.verify_tls turns it back on for the token
-    endpoint alone."""
-    tls_api.route("/oauth/token", TOKEN_ANSWER)
-    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
-        first_token(tls_source(tls_api, tmp_path))
-    with caplog.at_level("WARNING", logger="syncrun"):
-        assert first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false")) == "at-Tl5Sv7Er9Fy1Ca3B"
-    assert "TLS certificate verification is disabled for the token endpoint https://" in caplog.text
-    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
-        first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false", block=" verify_tls: true,"))
-    assert first_token(tls_source(tls_api, tmp_path, block=" verify_tls: false,")) == "at-Tl5Sv7Er9Fy1Ca3B"
-
-
+# --- requests refused at once: one renewal ----------------------------------------------------------------------
 @pytest.mark.parametrize("rate_limited", [False, True])
 def test_requests_refused_at_once_share_one_renewal_when_the_provider_answers_the_same_token(
     rate_limited: bool, api: ApiServer, tmp_path: Path
@@ -314,56 +315,6 @@ def test_requests_refused_at_once_share_one_renewal_when_the_provider_answers_th
     assert limiter.requests == (2 if rate_limited else 0)  # only token requests go through it here
 
 
-# --- token requests and the rate budget ----------------------------------------------------------------------
-@pytest.mark.parametrize("rate_limited", [False, True])
-def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
-    rate_limited: bool, api: ApiServer, tmp_path: Path
-) -> None:
-    """With `rate_limited: true` each token request waits for the source's limiter and counts in it;
-    by default the limiter never sees one."""
-    api.route("/oauth/token", Reply(503), TOKEN_ANSWER)  # two token requests: a retry is a request too
-    block = CLIENT_CREDENTIALS.replace("client_id: c1,", f"rate_limited: {str(rate_limited).lower()}, client_id: c1,")
-    source = config.loads(SOURCE.format(url=api.url, auth=block.format(url=api.url)), tmp_path / "t.yaml")
-    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
-    limiter = Limiter(source.rate_limit)
-    found = auth.for_source(source, settings, limiter=limiter)
-    assert found is not None
-    assert first_token(found) == "at-Tl5Sv7Er9Fy1Ca3B"
-    assert len(api.requests) == 2
-    assert limiter.requests == (2 if rate_limited else 0)
-
-
-def test_a_run_names_the_unverified_token_endpoint_once(
-    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
-    db: Database,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """`request.verify_tls: false` turns verification off for the token endpoint too (it receives the
-    client secret): a `syncrun run` of two sources sharing the endpoint warns once, naming it."""
-    url = tls_api.url.replace("http://", "https://")
-    tls_api.route("/oauth/token", TOKEN_ANSWER)
-    for appid in (1, 2):
-        tls_api.route(f"/apps/{appid}", Reply(200, json={"appid": appid}))
-    monkeypatch.setenv("DATABASE_URL", db.dsn)
-    monkeypatch.setenv("CLIENT_SECRET", CLIENT_SECRET)
-    project = "status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n"
-    (tmp_path / "syncrun.yaml").write_text(project)
-    paths = []
-    for name in ("t", "u"):
-        text = SOURCE.replace("name: t", f"name: {name}").format(url=url, auth=CLIENT_CREDENTIALS.format(url=url))
-        text = text.replace('/apps/{appid}"}', '/apps/{appid}", verify_tls: false}')
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(text.replace("writes: [{table: apps", f"writes: [{{table: {name}_apps"))
-        paths.append(str(path))
-    db.run("create table t_apps (appid int primary key); create table u_apps (appid int primary key)")
-    assert cli.main(["migrate", *paths]) == 0
-    assert cli.main(["run", *paths, "--ids", "1,2"]) == 0, capsys.readouterr().err
-    err = capsys.readouterr().err
-    assert err.count(f"TLS certificate verification is disabled for the token endpoint {url}/oauth/token") == 1, err
-
-
 # --- a renewal, and the wait for the budget, are not on a request's clock (review revJ F1) ------------------
 def test_a_slow_renewal_after_a_401_is_not_on_the_request_s_clock(api: ApiServer, tmp_path: Path) -> None:
     """Two requests refused with the first token; the renewal takes 2 s, request.timeout is 1 s. The
@@ -403,33 +354,6 @@ def test_a_slow_renewal_after_a_401_is_not_on_the_request_s_clock(api: ApiServer
     assert asyncio.run(asyncio.wait_for(main(), 30)) == [200, 200]
     assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
     assert found.fetches == 2
-
-
-def test_a_rate_limited_token_request_s_deadline_starts_at_its_grant(api: ApiServer, tmp_path: Path) -> None:
-    """`rate_limited: true`, auth.timeout 500 ms, and the budget taken for 2 s (a grant held open 1 s,
-    then 1 per 1 s): the token request waits its turn and is then answered. Before, its deadline ran
-    while it waited for the budget: `no answer within 0.5 s` without a byte sent, and at concurrency 32
-    and 5/s every renewal failed the run so."""
-    api.route("/oauth/token", TOKEN_ANSWER)
-    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "rate_limited: true, timeout: 500ms, client_id: c1,")
-    text = SOURCE.format(url=api.url, auth=block.format(url=api.url)).replace("attempts: 3", "attempts: 1")
-    source = config.loads(text, tmp_path / "t.yaml")
-    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
-    limiter = Limiter(spec.RateLimit(requests=1, per=1.0, bucket="held"))
-    found = auth.for_source(source, settings, limiter=limiter)
-    assert found is not None
-
-    async def main() -> str:
-        held = await limiter.reserve()
-        asyncio.get_running_loop().call_later(1.0, limiter.release, held)
-        try:
-            return await found.current()
-        finally:
-            await found.aclose()
-
-    assert asyncio.run(asyncio.wait_for(main(), 30)) == "at-Tl5Sv7Er9Fy1Ca3B"
-    assert len(api.requests) == 1
-    assert limiter.requests == 2
 
 
 def test_a_run_whose_first_token_is_refused_at_concurrency_above_the_rate_completes(
