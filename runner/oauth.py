@@ -53,6 +53,7 @@ class Token:
         self.fetches = 0  # token requests made (for tests and logs)
         self.failed: str | None = None  # the message of the fetch that failed: the run is over
         self.lock = asyncio.Lock()
+        self.renewal: asyncio.Task[None] | None = None  # the fetch in flight, in a task of its own
 
 
 class AccessToken:
@@ -93,7 +94,18 @@ class AccessToken:
                 await self.fetch()
 
     async def fetch(self) -> None:
-        """A new token into the shared Token (its lock held by the caller)."""
+        """A new token into the shared Token (its lock held by the caller), fetched in a task of its own
+        that the caller waits for through a shield. A request cut off while it waits (the run's stop
+        grace ending its fetcher) leaves the token request going: a provider answers a renewal once (a
+        rotating one spends the refresh token with that answer), and the answer must be read and stored,
+        not thrown away mid-read. A request that takes the lock after a cut-off one finds the renewal
+        still in flight and waits for the same task: never a second token request for one renewal."""
+        token = self.token
+        if token.renewal is None or token.renewal.done():
+            token.renewal = asyncio.create_task(self._fetch(), name="syncrun token renewal")
+        await asyncio.shield(token.renewal)
+
+    async def _fetch(self) -> None:
         token = self.token
         if token.failed is not None:
             raise RunFailed(token.failed)
@@ -140,4 +152,16 @@ class AccessToken:
             )
 
     async def aclose(self) -> None:
+        """Close the token endpoint's client, once a renewal still in flight (every request that waited
+        for it was cut off) has stored its answer, waiting at most as long as the endpoint's retry policy
+        lets a renewal take. Its failure then reaches no request: it is logged, as it may say that the
+        refresh token is spent."""
+        renewal = self.token.renewal
+        if renewal is not None and not renewal.done():
+            done, _ = await asyncio.wait({renewal}, timeout=self.endpoint.longest())
+            if not done:
+                renewal.cancel()
+                await asyncio.gather(renewal, return_exceptions=True)
+            elif not renewal.cancelled() and (error := renewal.exception()) is not None:
+                log.warning("the token renewal in flight when the run stopped failed: %s", error)
         await self.endpoint.aclose()

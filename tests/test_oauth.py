@@ -386,3 +386,49 @@ def test_a_run_whose_first_token_is_refused_at_concurrency_above_the_rate_comple
     status, processed, succeeded = env.rows("select status, items_processed, items_succeeded from sync_jobs")[0]
     assert (status, processed, succeeded) == ("completed", 20, 20)
     assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
+
+
+# --- a renewal runs in a task of its own: a request cut off by the run's stop does not cut it off -----------
+@pytest.mark.parametrize("rotates", [False, True], ids=["same refresh token", "rotated refresh token"])
+def test_a_renewal_whose_request_the_run_s_stop_cuts_off_still_stores_its_answer(
+    rotates: bool, api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API refuses the first token; the renewal's answer takes 1 s, and the run's stop grace ends
+    the request that asked for it (its task cancelled) while the token endpoint is answering. The
+    renewal goes on in its own task and the client's close waits for it: the new token is stored
+    (generation 2, one renewal), or, when the provider rotated the refresh token with that answer, the
+    rotation is logged, saying the configured one is most likely spent. Before, the cancellation cut
+    the token request off mid-answer: the answer was lost (a rotating provider had spent the refresh
+    token, and nothing said so)."""
+    asked = threading.Event()
+    second = {"access_token": "at-second-Hn5Jm7Kl9P"} | ({"refresh_token": "rt-new-Ed4Rf6Tg8Y"} if rotates else {})
+
+    def renewal(request: Recorded) -> Reply:
+        asked.set()
+        return Reply(200, json=second, delay=1.0)
+
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-first-Bv2Cx4Zq6W"}), renewal)
+    api.route("/apps/1", Reply(401, json={"error": "invalid_token"}))
+    found = authenticator(api, tmp_path, REFRESH_TOKEN)
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=auth.AuthTransport(httpx.AsyncHTTPTransport(), found))
+        await found.current()
+        request = asyncio.create_task(http.get(f"{api.url}/apps/1"))
+        assert await asyncio.to_thread(asked.wait, 10)  # the renewal's token request has arrived
+        request.cancel()  # the stop grace ends the fetcher
+        await asyncio.gather(request, return_exceptions=True)
+        await http.aclose()  # the run's end: closes the source's client
+
+    with caplog.at_level("WARNING", logger="syncrun"):
+        asyncio.run(asyncio.wait_for(main(), 30))
+    assert [r.path for r in api.requests].count("/oauth/token") == 2
+    assert found.fetches == 2
+    if rotates:
+        assert found.token.failed is not None
+        assert "the token renewal in flight when the run stopped failed" in caplog.text
+        assert "rotated the refresh token" in caplog.text
+        assert "most likely spent auth.refresh_token" in caplog.text
+        assert "rt-new" not in caplog.text
+    else:
+        assert (found.token.generation, found.token.value) == (2, "at-second-Hn5Jm7Kl9P")
