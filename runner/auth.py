@@ -30,6 +30,7 @@ log = logging.getLogger("syncrun")
 
 NO_RETRY = spec.Retry(attempts=1)
 MAX_RENEWALS = 2  # a request refused with a token is sent again with a renewed one at most this often
+MAX_DECLINED = 3  # a request gives up a grant to wait for a renewal in flight at most this often
 
 Origin = tuple[str, str, int | None]
 
@@ -154,8 +155,16 @@ class Authenticator:
         """The API refused the token of generation `rejected`: renewed once for every request refused with it."""
         await self.access.renew(rejected)
 
+    def renewing(self) -> bool:
+        """Whether an OAuth2 token is being fetched right now (a request may wait for it)."""
+        return self.access.renewing()
+
     async def aclose(self) -> None:
         await self.access.aclose()
+
+
+class _Renewing(Exception):
+    """A rate-limited request granted while its token is being renewed: not sent with the old one."""
 
 
 class AuthTransport(httpx.AsyncBaseTransport):
@@ -173,22 +182,35 @@ class AuthTransport(httpx.AsyncBaseTransport):
             return await self.inner.handle_async_request(request)
         sent = _copy(request)
         used: int | None = None  # the generation of the token sent (Token)
+        limited = isinstance(self.inner, RateLimitedTransport)  # authorize() then runs holding a grant
+        declined = 0  # grants given up while the token was being renewed (rate_limited)
 
         async def authorize(sending: httpx.Request) -> None:
             # After the limiter's grant: a token picked before the wait (up to concurrency × the rate's
             # interval earlier) could expire in the queue and come back as a 401, spending the budget twice.
             # Renewing here holds the grant while the token endpoint answers; with `rate_limited` the token
             # request itself waits for the limiter, so then the newest token is taken as it is (a due one
-            # was renewed before the wait, below) and a 401 renews it as usual.
+            # was renewed before the wait, below) and a 401 renews it as usual. A grant that comes while
+            # that renewal is in flight is given up, not spent on the token the API just refused: waiting
+            # for the renewal here would hold the grant the token request may need (review revL F4).
             nonlocal used
+            if limited and authenticator.auth.rate_limited and authenticator.renewing() and declined < MAX_DECLINED:
+                raise _Renewing
             used = await authenticator.apply(sending, fetch=not authenticator.auth.rate_limited)
 
         async def send() -> httpx.Response:
-            if not isinstance(self.inner, RateLimitedTransport):
-                await authorize(sent)
-            elif authenticator.oauth2:
-                await authenticator.current()  # a token due now is renewed before the wait, not holding a grant
-            return await self.inner.handle_async_request(sent)
+            nonlocal declined
+            while True:
+                if not limited:
+                    await authorize(sent)
+                elif authenticator.oauth2:
+                    await authenticator.current()  # a token due now is renewed before the wait, not holding a grant
+                try:
+                    return await self.inner.handle_async_request(sent)
+                except _Renewing:
+                    # The limiter released the grant unsent, counted as sent (every attempt spends budget);
+                    # current() above waits for the renewal, then the request queues for a grant again.
+                    declined += 1
 
         sent.extensions[AUTHORIZE] = authorize
         response = await send()
@@ -197,7 +219,7 @@ class AuthTransport(httpx.AsyncBaseTransport):
             # Renewed only if no other request did it meanwhile; sent again with whichever token is current.
             await response.aclose()
             # not on the attempt's clock (client.py); the limiter's next grant (GRANTED) starts it again
-            if isinstance(self.inner, RateLimitedTransport) and callable(waiting := sent.extensions.get(WAITING)):
+            if limited and callable(waiting := sent.extensions.get(WAITING)):
                 waiting(sent)
             await authenticator.renew(used)
             renewals += 1

@@ -93,6 +93,11 @@ class AccessToken:
             if self.token.generation == rejected:
                 await self.fetch()
 
+    def renewing(self) -> bool:
+        """A fetch is in flight, or about to start (a request holds the lock to renew)."""
+        renewal = self.token.renewal
+        return self.token.lock.locked() or (renewal is not None and not renewal.done())
+
     async def fetch(self) -> None:
         """A new token into the shared Token (its lock held by the caller), fetched in a task of its own
         that the caller waits for through a shield. A request cut off while it waits (the run's stop

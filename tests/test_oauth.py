@@ -18,7 +18,7 @@ import pytest
 
 from runner import auth, cli, client, config, spec, templating
 from runner.errors import RunFailed
-from runner.ratelimit import Limiter
+from runner.ratelimit import Limiter, RateLimitedTransport
 from runner.redaction import Redactor
 from tests import test_auth
 from tests.apiserver import ApiServer, Recorded, Reply
@@ -432,3 +432,54 @@ def test_a_renewal_whose_request_the_run_s_stop_cuts_off_still_stores_its_answer
         assert "rt-new" not in caplog.text
     else:
         assert (found.token.generation, found.token.value) == (2, "at-second-Hn5Jm7Kl9P")
+
+
+# --- rate-limited renewals: a request granted while the token is renewed waits for the new one (revL F4) ----
+def test_requests_granted_while_a_rate_limited_renewal_is_in_flight_wait_for_it(api: ApiServer, tmp_path: Path) -> None:
+    """revL F4: `rate_limited: true` at 10 per second (one grant every 100 ms), 16 requests queued for
+    the limiter, and a provider that revokes the first token after 2 uses. The third request's 401
+    starts the renewal, whose token request queues behind the 13 others. Each of those, granted while
+    the renewal is in flight, gives its grant up (spent all the same: the limit holds) and waits for
+    the new token instead of sending the revoked one: one or two 401s, not one per queued request (14
+    before). Every request is answered 200; one renewal."""
+    lock = threading.Lock()
+    uses = {"Bearer at-first-Qz1Xw3Ec5R": 0}
+
+    def app(request: Recorded) -> Reply:
+        said = request.headers.get("authorization", "")
+        with lock:
+            if said == "Bearer at-first-Qz1Xw3Ec5R":
+                uses[said] += 1
+                if uses[said] > 2:  # revoked early: its expires_in said an hour
+                    return Reply(401, json={"error": "invalid_token"})
+        if said not in ("Bearer at-first-Qz1Xw3Ec5R", "Bearer at-second-Vb6Nm8Lk0J"):
+            return Reply(401, json={"error": "invalid_token"})
+        return Reply(200, json={"ok": True})
+
+    api.route(
+        "/oauth/token",
+        Reply(200, json={"access_token": "at-first-Qz1Xw3Ec5R", "expires_in": 3600}),
+        Reply(200, json={"access_token": "at-second-Vb6Nm8Lk0J", "expires_in": 3600}),
+    )
+    test_auth.route_apps(api, range(16), app)
+    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "rate_limited: true, client_id: c1,")
+    text = SOURCE.format(url=api.url, auth=block.format(url=api.url))
+    text = text.replace("rate_limit: {requests: 100, per: 1s}", "rate_limit: {requests: 10, per: 1s, burst: 1}")
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+
+    async def main() -> list[int]:
+        transport = auth.AuthTransport(RateLimitedTransport(httpx.AsyncHTTPTransport(), limiter), found)
+        async with httpx.AsyncClient(transport=transport) as session:
+            replies = await asyncio.gather(*(session.get(f"{api.url}/apps/{appid}") for appid in range(16)))
+        return [reply.status_code for reply in replies]
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == [200] * 16
+    sent = [r for r in api.requests if r.path.startswith("/apps/")]
+    refused = len(sent) - 16  # each request answered 200 once; every other answer was a 401
+    assert refused <= 2, f"{refused} requests sent with the revoked token"
+    assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
+    assert limiter.requests >= len(api.requests)  # every request sent spent a grant (token requests too)
