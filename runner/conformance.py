@@ -4,12 +4,12 @@ jsonschema (with referencing, attrs and rpds) costs ~30 ms to import, more than 
 building a source takes, and a run only needs its verdict on a file that is right. So a file is
 first checked here, with the few Draft 2020-12 keywords syncrun's schemas use, and only a file that
 does not fit (or a schema using any other keyword) goes to jsonschema, which then finds and words
-every problem as before (runner/sourcefile.py `check`). A yes here is therefore a promise: it must
+every problem as before (runner/schemacheck.py `check`). A yes here is therefore a promise: it must
 never be said of a document jsonschema would fault (tests/test_conformance.py compares the two on
 the bundled sources and on thousands of broken variants of them). A no costs only the slow path.
 
 Each keyword follows jsonschema's own (`jsonschema/_keywords.py`): a keyword about strings passes
-any other type, and so on; `integer` is syncrun's (runner/sourcefile.py: 1.0 is not one); `enum`
+any other type, and so on; `integer` is syncrun's (runner/schemacheck.py: 1.0 is not one); `enum`
 and `const` compare as its `equal` does (true is not 1, 1.0 is 1). `uniqueItems` is decided for
 lists of text or of whole numbers only (the schemas' two kinds), anything else is left to jsonschema.
 """

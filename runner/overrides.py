@@ -39,7 +39,8 @@ from runner.errors import Problem, UsageError
 from runner.expressions import JSON
 from runner.fragments import FRAGMENT
 from runner.redaction import Redactor
-from runner.sourcefile import Document, Path_, did_you_mean, dotted, read, schema, show
+from runner.schemacheck import schema
+from runner.sourcefile import Document, Path_, did_you_mean, dotted, read, show
 
 __all__ = ["Override", "apply", "blame", "parse", "recorded"]
 

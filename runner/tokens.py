@@ -94,6 +94,15 @@ class Endpoint:
         assert template is not None  # the schema requires the type's fields
         return templating.render(template, {}, self.settings, url=False)
 
+    def longest(self) -> float:
+        """The longest `grant()` takes, its waits for the rate limit aside: every attempt to its deadline
+        and the pauses between them."""
+        policy = self.retry
+        pauses = sum(
+            min(policy.initial * policy.factor ** (n - 1), policy.max_delay) for n in range(1, policy.attempts)
+        )
+        return policy.attempts * self.timeout + pauses
+
     def request_parts(self) -> tuple[str, dict[str, str], dict[str, str]]:
         """(URL, form, headers) of the token request."""
         auth = self.auth

@@ -48,7 +48,7 @@ FORBIDDEN: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "the HTTP side knows nothing of writing: hand rows on through the engine",
         )
         # fetch and client, and the modules split out of them (transport, compiled request, paging, body,
-        # reply), and the credentials they send (auth, tokens)
+        # reply), and the credentials they send (auth, oauth, refusals, tokens)
         for http in (
             "fetch",
             "client",
@@ -60,6 +60,8 @@ FORBIDDEN: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "body",
             "reply",
             "auth",
+            "oauth",
+            "refusals",
             "tokens",
         )
     ),

@@ -148,26 +148,6 @@ def test_static_credentials_an_api_echoes_are_stored_masked(
     assert not leaked, "\n".join(leaked)
 
 
-@pytest.mark.parametrize("kind", list(STATIC))
-def test_wrong_static_credentials_fail_the_run_saying_what_to_check(
-    kind: str, env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    """A credential the API refuses stops the run (exit 1) with the API's reason and the key to check."""
-    auth, check = STATIC[kind]
-    for number, name in enumerate(("API_TOKEN", "API_KEY", "API_PASSWORD")):
-        monkeypatch.setenv(name, f"wrong-{number}-Xy7Pq2Lm9Z")
-    source = source_with(tmp_path, auth, concurrency=1)
-    seed(env, source, range(1, 4))
-    route_apps(api, range(1, 4), guarded(check))
-    assert cli.main(["run", str(source)]) == 1
-    err = capsys.readouterr().err
-    field = {"bearer": "auth.token", "basic": "auth.username and auth.password"}.get(kind, "auth.value")
-    assert "HTTP 401 from GET" in err
-    assert f"(invalid_token); check {field}" in err
-    assert "wrong-" not in err
-    assert env.scalar("select status from sync_jobs") == "failed"
-
-
 # --- OAuth2 ------------------------------------------------------------------------------------------------
 class OAuthServer:
     """A strict OAuth2 provider and API on one ApiServer: POST /oauth/token (client credentials or
@@ -224,57 +204,6 @@ CLIENT_CREDENTIALS = (
 )
 
 
-def test_client_credentials_token_is_fetched_once_and_shared(
-    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """One token serves every concurrent request; token requests carry the form the server demands and
-    do not spend the rate limit (the run counts 20 requests, the 20 to the API)."""
-    server = OAuthServer(api)
-    source = source_with(tmp_path, CLIENT_CREDENTIALS)
-    seed(env, source, range(1, 21))
-    route_apps(api, range(1, 21), server.app)
-    assert cli.main(["run", str(source)]) == 0
-    err = capsys.readouterr().err
-    assert "; 20 requests in " in err
-    assert f"fetched an access token from {api.url}/oauth/token (expires in 3600 s; token request 1)" in err
-    assert env.scalar("select count(*) from apps") == 20
-    assert len(server.token_requests) == 1
-    assert server.token_requests[0]["grant_type"] == "client_credentials"
-    assert server.rejected == 0
-
-
-def test_a_token_spent_mid_run_is_renewed_once_per_expiry_at_concurrency_4(
-    env: Database, api: ApiServer, tmp_path: Path
-) -> None:
-    """Each token stops working after 8 requests; with 4 requests in flight, the 401s they get cause one
-    token request per expiry (never a storm), each rejected request is sent once more, and the run
-    completes with every row."""
-    server = OAuthServer(api, uses=8)
-    source = source_with(tmp_path, CLIENT_CREDENTIALS, concurrency=4)
-    seed(env, source, range(1, 41))
-    route_apps(api, range(1, 41), server.app)
-    assert cli.main(["run", str(source)]) == 0
-    assert env.scalar("select count(*) from apps") == 40
-    assert env.scalar("select status from sync_jobs") == "completed"
-    assert len(server.token_requests) == 5  # 40 requests, 8 per token
-    assert server.rejected >= 4  # the expiries really happened mid-run
-
-
-def test_a_token_is_renewed_before_expires_in_runs_out(env: Database, api: ApiServer, tmp_path: Path) -> None:
-    """A token that says it expires in 1 s (and does) is replaced shortly before: no request is refused."""
-    server = OAuthServer(api, expires_in=1, lifetime=1)
-    source = source_with(tmp_path, CLIENT_CREDENTIALS, concurrency=2)
-    seed(env, source, range(1, 41))
-    for appid in range(1, 41):
-        api.route(f"/apps/{appid}", lambda r: (time.sleep(0.05), server.app(r))[1])
-    started = time.monotonic()
-    assert cli.main(["run", str(source)]) == 0
-    elapsed = time.monotonic() - started
-    assert env.scalar("select count(*) from apps") == 40
-    assert server.rejected == 0
-    assert 2 <= len(server.token_requests) <= int(elapsed / 0.9) + 2
-
-
 def test_a_request_that_waited_for_the_rate_limit_carries_a_token_fresh_at_the_send(
     env: Database, api: ApiServer, tmp_path: Path
 ) -> None:
@@ -308,28 +237,6 @@ def test_refresh_token_grant(env: Database, api: ApiServer, tmp_path: Path, monk
     assert cli.main(["run", str(source)]) == 0
     assert env.scalar("select count(*) from apps") == 5
     assert [f["grant_type"] for f in server.token_requests] == ["refresh_token"]
-
-
-def test_a_rotated_refresh_token_is_refused_clearly(
-    env: Database, api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    """A provider that answers a new refresh token fails the run: syncrun stores no tokens."""
-    server = OAuthServer(api)
-    server.rotate = True
-    monkeypatch.setenv("REFRESH_TOKEN", server.refresh_token)
-    auth = (
-        "{type: oauth2_refresh_token, token_url: '${env.API_URL}/oauth/token', client_id: syncrun-client,"
-        " refresh_token: '${secret.REFRESH_TOKEN}', scopes: ['read:apps']}"
-    )
-    source = source_with(tmp_path, auth)
-    seed(env, source, range(1, 3))
-    route_apps(api, range(1, 3), server.app)
-    assert cli.main(["run", str(source)]) == 1
-    err = capsys.readouterr().err
-    assert "rotated the refresh token" in err
-    assert "does not support" in err
-    assert "rt-rotated" not in err
-    assert env.scalar("select count(*) from apps") == 0
 
 
 @pytest.mark.parametrize(

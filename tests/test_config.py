@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from runner import config, sourcefile, spec
+from runner import config, schemacheck, sourcefile, spec
 from runner.errors import ConfigError
 
 INVALID = Path(__file__).parent / "data" / "invalid"
@@ -264,7 +264,7 @@ def test_loading_does_not_mutate_the_document(tmp_path: Path) -> None:
     assert doc is not None
     assert not problems
     before = copy.deepcopy(doc.data)
-    _, blocked = sourcefile.check(doc, "source.schema.json")
+    _, blocked = schemacheck.check(doc, "source.schema.json")
     config._Builder(doc, Path("example.yaml"), config.Project(), [], blocked).source()
     assert doc.data == before
 

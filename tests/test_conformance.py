@@ -13,7 +13,7 @@ import yaml
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema._utils import equal as jsonschema_equal  # type: ignore[import-untyped]
 
-from runner import conformance, sourcefile
+from runner import conformance, schemacheck, sourcefile
 from runner.conformance import Schemas, equal
 
 ROOT = Path(__file__).parent.parent
@@ -38,11 +38,11 @@ def _documents() -> list[tuple[Path, Any]]:
 
 
 def _valid(data: Any, name: str) -> bool:
-    return not any(True for _ in sourcefile.validator(name).iter_errors(data))
+    return not any(True for _ in schemacheck.validator(name).iter_errors(data))
 
 
 def _schemas() -> Schemas:
-    return Schemas({name: sourcefile.schema(name) for name in sourcefile.SCHEMAS})
+    return Schemas({name: schemacheck.schema(name) for name in schemacheck.SCHEMAS})
 
 
 def test_every_file_gets_jsonschemas_verdict() -> None:
@@ -189,17 +189,17 @@ def test_dollar_is_the_end_of_the_text_as_in_json_schema(tmp_path: Path) -> None
     assert conformance.matches("^[a-z]+$", "mine")
     assert not conformance.matches("^[a-z]+$", "mine\n")
     assert conformance.matches("^[a-z$]+$", "a$")  # a `$` in a class is a character
-    for name in sourcefile.SCHEMAS:
-        for pattern in _patterns(sourcefile.schema(name)):
+    for name in schemacheck.SCHEMAS:
+        for pattern in _patterns(schemacheck.schema(name)):
             assert pattern.endswith("$") or "$" not in pattern.replace("\\$", ""), pattern
     source = (ROOT / "sources" / "example.yaml").read_text()
     for field, line in (("name", "name: example"), ("rate_limit.per", "per: 1s")):
         assert line in source, field
         bad = tmp_path / "bad.yaml"
         bad.write_text(source.replace(line, line.replace(": ", ': "') + '\\n"', 1))
-        problems, _ = sourcefile.check(sourcefile.read(bad.read_bytes(), str(bad))[0], "source.schema.json")
+        problems, _ = schemacheck.check(sourcefile.read(bad.read_bytes(), str(bad))[0], "source.schema.json")
         assert problems, field
-        assert not sourcefile.validator("source.schema.json").is_valid(yaml.safe_load(bad.read_text()))
+        assert not schemacheck.validator("source.schema.json").is_valid(yaml.safe_load(bad.read_text()))
 
 
 def _patterns(node: Any) -> list[str]:

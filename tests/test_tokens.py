@@ -1,6 +1,7 @@
 """The token endpoint (runner/tokens.py) against a strict loopback server: how the client authenticates
 (form fields or HTTP Basic), and what a hostile answer becomes (a clear RunFailed, or a token without a
-known lifetime), never a traceback, a hang or a token in a message."""
+known lifetime), never a traceback, a hang or a token in a message; its TLS verification (as the
+source's `request.verify_tls`, unless `auth.verify_tls` says) and its rate budget (`rate_limited`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ from urllib.parse import parse_qsl, quote_plus
 
 import pytest
 
-from runner import config, templating, tokens
+from runner import auth, cli, config, spec, templating, tokens
 from runner.errors import RunFailed
+from runner.ratelimit import Limiter
 from runner.redaction import Redactor
 from runner.spec import Retry
+from tests import test_oauth
 from tests.apiserver import ApiServer, Recorded, Reply
+from tests.pg import Database
+from tests.test_security import tls_api  # noqa: F401 (a fixture: HTTPS with a throwaway certificate)
 
 CLIENT_ID = "syncrun client/1"  # a space and a slash: form-encoded inside HTTP Basic (RFC 6749 §2.3.1)
 SECRET = "cs-Pq7:Wx+Ly 3/Zk9"
@@ -297,3 +302,133 @@ def test_a_token_endpoints_cookies_are_not_kept(api: ApiServer, tmp_path: Path) 
 
     assert asyncio.run(twice()) == [tokens.Grant(TOKEN, 3600.0)] * 2
     assert [r.headers.get("cookie") for r in api.requests] == [None, None]
+
+
+# --- the token endpoint's TLS and rate budget, through a source's authenticator -----------------------------
+TOKEN_ANSWER = Reply(200, json={"access_token": "at-Tl5Sv7Er9Fy1Ca3B", "expires_in": 3600})
+
+
+def tls_source(server: ApiServer, tmp_path: Path, *, request: str = "", block: str = "") -> auth.Authenticator:
+    url = server.url.replace("http://", "https://")
+    text = test_oauth.SOURCE.format(
+        url=url, auth=test_oauth.CLIENT_CREDENTIALS.format(url=url).replace("client_id: c1,", block + " client_id: c1,")
+    )
+    text = text.replace(
+        f'request: {{url: "{url}/apps/{{appid}}"}}', f'request: {{url: "{url}/apps/{{appid}}"{request}}}'
+    )
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(test_oauth.SECRETS), Redactor(test_oauth.SECRETS.values()))
+    found = auth.for_source(source, settings)
+    assert found is not None
+    return found
+
+
+def first_token(found: auth.Authenticator) -> str:
+    async def main() -> str:
+        try:
+            return await found.current()
+        finally:
+            await found.aclose()
+
+    return asyncio.run(main())
+
+
+def test_the_token_endpoint_follows_request_verify_tls(
+    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A self-signed token endpoint: refused by default; accepted (with a warning naming it) when the
+    source turns verification off; refused again when auth.verify_tls turns it back on for the token
+    endpoint alone."""
+    tls_api.route("/oauth/token", TOKEN_ANSWER)
+    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        first_token(tls_source(tls_api, tmp_path))
+    with caplog.at_level("WARNING", logger="syncrun"):
+        assert first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false")) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert "TLS certificate verification is disabled for the token endpoint https://" in caplog.text
+    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false", block=" verify_tls: true,"))
+    assert first_token(tls_source(tls_api, tmp_path, block=" verify_tls: false,")) == "at-Tl5Sv7Er9Fy1Ca3B"
+
+
+@pytest.mark.parametrize("rate_limited", [False, True])
+def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
+    rate_limited: bool, api: ApiServer, tmp_path: Path
+) -> None:
+    """With `rate_limited: true` each token request waits for the source's limiter and counts in it;
+    by default the limiter never sees one."""
+    api.route("/oauth/token", Reply(503), TOKEN_ANSWER)  # two token requests: a retry is a request too
+    block = test_oauth.CLIENT_CREDENTIALS.replace(
+        "client_id: c1,", f"rate_limited: {str(rate_limited).lower()}, client_id: c1,"
+    )
+    source = config.loads(test_oauth.SOURCE.format(url=api.url, auth=block.format(url=api.url)), tmp_path / "t.yaml")
+    settings = templating.Settings(dict(test_oauth.SECRETS), Redactor(test_oauth.SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+    assert first_token(found) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert len(api.requests) == 2
+    assert limiter.requests == (2 if rate_limited else 0)
+
+
+def test_a_run_names_the_unverified_token_endpoint_once(
+    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`request.verify_tls: false` turns verification off for the token endpoint too (it receives the
+    client secret): a `syncrun run` of two sources sharing the endpoint warns once, naming it."""
+    url = tls_api.url.replace("http://", "https://")
+    tls_api.route("/oauth/token", TOKEN_ANSWER)
+    for appid in (1, 2):
+        tls_api.route(f"/apps/{appid}", Reply(200, json={"appid": appid}))
+    monkeypatch.setenv("DATABASE_URL", db.dsn)
+    monkeypatch.setenv("CLIENT_SECRET", test_oauth.CLIENT_SECRET)
+    project = "status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n"
+    (tmp_path / "syncrun.yaml").write_text(project)
+    paths = []
+    for name in ("t", "u"):
+        text = test_oauth.SOURCE.replace("name: t", f"name: {name}").format(
+            url=url, auth=test_oauth.CLIENT_CREDENTIALS.format(url=url)
+        )
+        text = text.replace('/apps/{appid}"}', '/apps/{appid}", verify_tls: false}')
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text.replace("writes: [{table: apps", f"writes: [{{table: {name}_apps"))
+        paths.append(str(path))
+    db.run("create table t_apps (appid int primary key); create table u_apps (appid int primary key)")
+    assert cli.main(["migrate", *paths]) == 0
+    assert cli.main(["run", *paths, "--ids", "1,2"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count(f"TLS certificate verification is disabled for the token endpoint {url}/oauth/token") == 1, err
+
+
+def test_a_rate_limited_token_request_s_deadline_starts_at_its_grant(api: ApiServer, tmp_path: Path) -> None:
+    """`rate_limited: true`, auth.timeout 500 ms, and the budget taken for 2 s (a grant held open 1 s,
+    then 1 per 1 s): the token request waits its turn and is then answered. Before, its deadline ran
+    while it waited for the budget: `no answer within 0.5 s` without a byte sent, and at concurrency 32
+    and 5/s every renewal failed the run so."""
+    api.route("/oauth/token", TOKEN_ANSWER)
+    block = test_oauth.CLIENT_CREDENTIALS.replace(
+        "client_id: c1,", "rate_limited: true, timeout: 500ms, client_id: c1,"
+    )
+    text = test_oauth.SOURCE.format(url=api.url, auth=block.format(url=api.url)).replace("attempts: 3", "attempts: 1")
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(test_oauth.SECRETS), Redactor(test_oauth.SECRETS.values()))
+    limiter = Limiter(spec.RateLimit(requests=1, per=1.0, bucket="held"))
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+
+    async def main() -> str:
+        held = await limiter.reserve()
+        asyncio.get_running_loop().call_later(1.0, limiter.release, held)
+        try:
+            return await found.current()
+        finally:
+            await found.aclose()
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == "at-Tl5Sv7Er9Fy1Ca3B"
+    assert len(api.requests) == 1
+    assert limiter.requests == 2

@@ -24,8 +24,9 @@ from runner.config.units import MAX_DURATION, parse_duration, parse_size
 from runner.errors import ConfigError, Problem
 from runner.overrides import Override, blame
 from runner.overrides import apply as apply_overrides
-from runner.sourcefile import MAX_FILE_BYTES, check, read
-from runner.sourcefile import schema as schema  # re-exported: `config.schema()` for the CLI and tests
+from runner.schemacheck import check
+from runner.schemacheck import schema as schema  # re-exported: `config.schema()` for the CLI and tests
+from runner.sourcefile import MAX_FILE_BYTES, read
 
 __all__ = [
     "DEFAULT_LIMIT",

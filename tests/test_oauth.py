@@ -1,13 +1,15 @@
-"""Renewing an OAuth2 token when it fails (runner/auth.py `Token.failed`): one renewal in flight, its
-failure remembered and given to every request that waited for it, at most `retry.attempts` token
+"""OAuth2 access tokens at run time (runner/oauth.py): one token shared by every request, renewed once per
+expiry and once per refused generation, before `expires_in` runs out; a failed renewal remembered
+(`Token.failed`) and given to every request that waited for it, at most `retry.attempts` token
 requests per renewal, and a refresh token never sent again once a rotating provider answered to it.
-Against a loopback token endpoint of the tests' own."""
+Against a loopback token endpoint of the tests' own (and tests.test_auth's strict OAuthServer)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -16,13 +18,12 @@ import pytest
 
 from runner import auth, cli, client, config, spec, templating
 from runner.errors import RunFailed
-from runner.ratelimit import Limiter
+from runner.ratelimit import Limiter, RateLimitedTransport
 from runner.redaction import Redactor
 from tests import test_auth
 from tests.apiserver import ApiServer, Recorded, Reply
 from tests.pg import Database
 from tests.test_auth import env  # noqa: F401 (a fixture)
-from tests.test_security import tls_api  # noqa: F401 (a fixture: HTTPS with a throwaway certificate)
 
 CLIENT_SECRET = "cs-Wq5Er7Ty9Ui1Op3A"
 REFRESH = "rt-Zx4Cv6Bn8Ml0Kj2H"
@@ -71,6 +72,94 @@ async def waiters(authenticator: auth.Authenticator, rejected: int | None, count
     return [r for r in results if isinstance(r, BaseException)]
 
 
+# --- one token for every request, renewed per expiry (a run against a strict provider) ------------------------
+def test_client_credentials_token_is_fetched_once_and_shared(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One token serves every concurrent request; token requests carry the form the server demands and
+    do not spend the rate limit (the run counts 20 requests, the 20 to the API)."""
+    server = test_auth.OAuthServer(api)
+    source = test_auth.source_with(tmp_path, test_auth.CLIENT_CREDENTIALS)
+    test_auth.seed(env, source, range(1, 21))
+    test_auth.route_apps(api, range(1, 21), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    err = capsys.readouterr().err
+    assert "; 20 requests in " in err
+    assert f"fetched an access token from {api.url}/oauth/token (expires in 3600 s; token request 1)" in err
+    assert env.scalar("select count(*) from apps") == 20
+    assert len(server.token_requests) == 1
+    assert server.token_requests[0]["grant_type"] == "client_credentials"
+    assert server.rejected == 0
+
+
+def test_a_token_spent_mid_run_is_renewed_once_per_expiry_at_concurrency_4(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+) -> None:
+    """Each token stops working after 8 requests; with 4 requests in flight, the 401s they get cause one
+    token request per expiry (never a storm), each rejected request is sent once more, and the run
+    completes with every row."""
+    server = test_auth.OAuthServer(api, uses=8)
+    source = test_auth.source_with(tmp_path, test_auth.CLIENT_CREDENTIALS, concurrency=4)
+    test_auth.seed(env, source, range(1, 41))
+    test_auth.route_apps(api, range(1, 41), server.app)
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from apps") == 40
+    assert env.scalar("select status from sync_jobs") == "completed"
+    assert len(server.token_requests) == 5  # 40 requests, 8 per token
+    assert server.rejected >= 4  # the expiries really happened mid-run
+
+
+def test_a_token_is_renewed_before_expires_in_runs_out(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+) -> None:
+    """A token that says it expires in 1 s (and does) is replaced shortly before: no request is refused."""
+    server = test_auth.OAuthServer(api, expires_in=1, lifetime=1)
+    source = test_auth.source_with(tmp_path, test_auth.CLIENT_CREDENTIALS, concurrency=2)
+    test_auth.seed(env, source, range(1, 41))
+    for appid in range(1, 41):
+        api.route(f"/apps/{appid}", lambda r: (time.sleep(0.05), server.app(r))[1])
+    started = time.monotonic()
+    assert cli.main(["run", str(source)]) == 0
+    elapsed = time.monotonic() - started
+    assert env.scalar("select count(*) from apps") == 40
+    assert server.rejected == 0
+    assert 2 <= len(server.token_requests) <= int(elapsed / 0.9) + 2
+
+
+def test_a_rotated_refresh_token_is_refused_clearly(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+) -> None:
+    """A provider that answers a new refresh token fails the run: syncrun stores no tokens."""
+    server = test_auth.OAuthServer(api)
+    server.rotate = True
+    monkeypatch.setenv("REFRESH_TOKEN", server.refresh_token)
+    block = (
+        "{type: oauth2_refresh_token, token_url: '${env.API_URL}/oauth/token', client_id: syncrun-client,"
+        " refresh_token: '${secret.REFRESH_TOKEN}', scopes: ['read:apps']}"
+    )
+    source = test_auth.source_with(tmp_path, block)
+    test_auth.seed(env, source, range(1, 3))
+    test_auth.route_apps(api, range(1, 3), server.app)
+    assert cli.main(["run", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert "rotated the refresh token" in err
+    assert "does not support" in err
+    assert "rt-rotated" not in err
+    assert env.scalar("select count(*) from apps") == 0
+
+
+# --- a failed renewal is remembered ------------------------------------------------------------------------------
 def test_a_failing_first_fetch_is_asked_once_per_renewal_not_once_per_waiter(api: ApiServer, tmp_path: Path) -> None:
     """8 requests wait for the first token; the endpoint answers 500: 3 token requests (retry.attempts),
     and all 8 requests get the same failure."""
@@ -159,47 +248,6 @@ def test_a_refresh_token_refused_with_an_error_is_retried_only_when_transient(ap
     assert "the provider refused auth.refresh_token: it expired, was revoked or was already used" in str(failures[0])
 
 
-# --- a 403 that says insufficient_scope (RFC 6750 §3.1) -----------------------------------------------------
-def send(api: ApiServer, tmp_path: Path, block: str, path: str) -> int:
-    """One GET of `path` through the source's AuthTransport; its status."""
-    import httpx
-
-    found = authenticator(api, tmp_path, block)
-
-    async def main() -> int:
-        transport = auth.AuthTransport(httpx.AsyncHTTPTransport(), found)
-        async with httpx.AsyncClient(transport=transport) as http:
-            return (await http.get(f"{api.url}{path}")).status_code
-
-    return asyncio.run(main())
-
-
-def test_a_403_for_a_missing_scope_fails_the_run_naming_the_scope(api: ApiServer, tmp_path: Path) -> None:
-    """The challenge names the scope the API wants: the run stops (every request carries the same token),
-    saying which scope to add to auth.scopes; the token is not quoted."""
-    api.route("/oauth/token", Reply(200, json={"access_token": "at-Lk9Jh7Gf5Ds3Aq1W", "expires_in": 3600}))
-    challenge = 'Bearer realm="api", error="insufficient_scope", scope="tickets:write admin", error_description="x"'
-    api.route("/apps/1", Reply(403, json={"error": "insufficient_scope"}, headers={"WWW-Authenticate": challenge}))
-    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "client_id: c1, scopes: ['tickets:read'],")
-    with pytest.raises(RunFailed) as caught:
-        send(api, tmp_path, block, "/apps/1")
-    message = str(caught.value)
-    assert message == (
-        f"HTTP 403 (insufficient_scope) from GET {api.url}/apps/1 — the access token lacks a scope this request"
-        " needs; the API asks for scope 'tickets:write admin'; add it to auth.scopes (sent: tickets:read)"
-    )
-
-
-def test_another_403_stays_the_entity_s_outcome(api: ApiServer, tmp_path: Path) -> None:
-    """A 403 without that challenge (this entity is forbidden) is answered to the caller as it is."""
-    api.route("/apps/1", Reply(403, json={"error": "forbidden"}, headers={"WWW-Authenticate": 'Bearer realm="a"'}))
-    block = "{{type: bearer, token: '${{secret.CLIENT_SECRET}}'}}"
-    assert send(api, tmp_path, block, "/apps/1") == 403
-    api.route("/apps/2", Reply(403, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'}))
-    with pytest.raises(RunFailed, match="the bearer credentials lack a permission this request needs; check what"):
-        send(api, tmp_path, block, "/apps/2")
-
-
 # --- a run that could not get a token is never `completed` ----------------------------------------------------
 def test_max_runtime_while_the_token_endpoint_hangs_fails_the_run(
     env: Database,  # noqa: F811 (the fixture of tests.test_auth)
@@ -222,54 +270,7 @@ def test_max_runtime_while_the_token_endpoint_hangs_fails_the_run(
     assert metadata["stop_reason"] == "max_runtime"
 
 
-# --- the token endpoint's TLS: as the source's request.verify_tls, unless auth.verify_tls says -----------------
-TOKEN_ANSWER = Reply(200, json={"access_token": "at-Tl5Sv7Er9Fy1Ca3B", "expires_in": 3600})
-
-
-def tls_source(server: ApiServer, tmp_path: Path, *, request: str = "", block: str = "") -> auth.Authenticator:
-    url = server.url.replace("http://", "https://")
-    text = SOURCE.format(
-        url=url, auth=CLIENT_CREDENTIALS.format(url=url).replace("client_id: c1,", block + " client_id: c1,")
-    )
-    text = text.replace(
-        f'request: {{url: "{url}/apps/{{appid}}"}}', f'request: {{url: "{url}/apps/{{appid}}"{request}}}'
-    )
-    source = config.loads(text, tmp_path / "t.yaml")
-    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
-    found = auth.for_source(source, settings)
-    assert found is not None
-    return found
-
-
-def first_token(found: auth.Authenticator) -> str:
-    async def main() -> str:
-        try:
-            return await found.current()
-        finally:
-            await found.aclose()
-
-    return asyncio.run(main())
-
-
-def test_the_token_endpoint_follows_request_verify_tls(
-    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A self-signed token endpoint: refused by default; accepted (with a warning naming it) when the
-    source turns verification off; refused again when auth.verify_tls turns it back on for the token
-    endpoint alone."""
-    tls_api.route("/oauth/token", TOKEN_ANSWER)
-    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
-        first_token(tls_source(tls_api, tmp_path))
-    with caplog.at_level("WARNING", logger="syncrun"):
-        assert first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false")) == "at-Tl5Sv7Er9Fy1Ca3B"
-    assert "TLS certificate verification is disabled for the token endpoint https://" in caplog.text
-    with pytest.raises(RunFailed, match="CERTIFICATE_VERIFY_FAILED"):
-        first_token(tls_source(tls_api, tmp_path, request=", verify_tls: false", block=" verify_tls: true,"))
-    assert first_token(tls_source(tls_api, tmp_path, block=" verify_tls: false,")) == "at-Tl5Sv7Er9Fy1Ca3B"
-
-
+# --- requests refused at once: one renewal ----------------------------------------------------------------------
 @pytest.mark.parametrize("rate_limited", [False, True])
 def test_requests_refused_at_once_share_one_renewal_when_the_provider_answers_the_same_token(
     rate_limited: bool, api: ApiServer, tmp_path: Path
@@ -314,56 +315,6 @@ def test_requests_refused_at_once_share_one_renewal_when_the_provider_answers_th
     assert limiter.requests == (2 if rate_limited else 0)  # only token requests go through it here
 
 
-# --- token requests and the rate budget ----------------------------------------------------------------------
-@pytest.mark.parametrize("rate_limited", [False, True])
-def test_token_requests_spend_the_rate_budget_only_when_the_block_says_so(
-    rate_limited: bool, api: ApiServer, tmp_path: Path
-) -> None:
-    """With `rate_limited: true` each token request waits for the source's limiter and counts in it;
-    by default the limiter never sees one."""
-    api.route("/oauth/token", Reply(503), TOKEN_ANSWER)  # two token requests: a retry is a request too
-    block = CLIENT_CREDENTIALS.replace("client_id: c1,", f"rate_limited: {str(rate_limited).lower()}, client_id: c1,")
-    source = config.loads(SOURCE.format(url=api.url, auth=block.format(url=api.url)), tmp_path / "t.yaml")
-    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
-    limiter = Limiter(source.rate_limit)
-    found = auth.for_source(source, settings, limiter=limiter)
-    assert found is not None
-    assert first_token(found) == "at-Tl5Sv7Er9Fy1Ca3B"
-    assert len(api.requests) == 2
-    assert limiter.requests == (2 if rate_limited else 0)
-
-
-def test_a_run_names_the_unverified_token_endpoint_once(
-    tls_api: ApiServer,  # noqa: F811 (the fixture of tests.test_security)
-    db: Database,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """`request.verify_tls: false` turns verification off for the token endpoint too (it receives the
-    client secret): a `syncrun run` of two sources sharing the endpoint warns once, naming it."""
-    url = tls_api.url.replace("http://", "https://")
-    tls_api.route("/oauth/token", TOKEN_ANSWER)
-    for appid in (1, 2):
-        tls_api.route(f"/apps/{appid}", Reply(200, json={"appid": appid}))
-    monkeypatch.setenv("DATABASE_URL", db.dsn)
-    monkeypatch.setenv("CLIENT_SECRET", CLIENT_SECRET)
-    project = "status: {table: sync_status, key: appid}\nentities: {key: appid, key_type: int}\n"
-    (tmp_path / "syncrun.yaml").write_text(project)
-    paths = []
-    for name in ("t", "u"):
-        text = SOURCE.replace("name: t", f"name: {name}").format(url=url, auth=CLIENT_CREDENTIALS.format(url=url))
-        text = text.replace('/apps/{appid}"}', '/apps/{appid}", verify_tls: false}')
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(text.replace("writes: [{table: apps", f"writes: [{{table: {name}_apps"))
-        paths.append(str(path))
-    db.run("create table t_apps (appid int primary key); create table u_apps (appid int primary key)")
-    assert cli.main(["migrate", *paths]) == 0
-    assert cli.main(["run", *paths, "--ids", "1,2"]) == 0, capsys.readouterr().err
-    err = capsys.readouterr().err
-    assert err.count(f"TLS certificate verification is disabled for the token endpoint {url}/oauth/token") == 1, err
-
-
 # --- a renewal, and the wait for the budget, are not on a request's clock (review revJ F1) ------------------
 def test_a_slow_renewal_after_a_401_is_not_on_the_request_s_clock(api: ApiServer, tmp_path: Path) -> None:
     """Two requests refused with the first token; the renewal takes 2 s, request.timeout is 1 s. The
@@ -405,33 +356,6 @@ def test_a_slow_renewal_after_a_401_is_not_on_the_request_s_clock(api: ApiServer
     assert found.fetches == 2
 
 
-def test_a_rate_limited_token_request_s_deadline_starts_at_its_grant(api: ApiServer, tmp_path: Path) -> None:
-    """`rate_limited: true`, auth.timeout 500 ms, and the budget taken for 2 s (a grant held open 1 s,
-    then 1 per 1 s): the token request waits its turn and is then answered. Before, its deadline ran
-    while it waited for the budget: `no answer within 0.5 s` without a byte sent, and at concurrency 32
-    and 5/s every renewal failed the run so."""
-    api.route("/oauth/token", TOKEN_ANSWER)
-    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "rate_limited: true, timeout: 500ms, client_id: c1,")
-    text = SOURCE.format(url=api.url, auth=block.format(url=api.url)).replace("attempts: 3", "attempts: 1")
-    source = config.loads(text, tmp_path / "t.yaml")
-    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
-    limiter = Limiter(spec.RateLimit(requests=1, per=1.0, bucket="held"))
-    found = auth.for_source(source, settings, limiter=limiter)
-    assert found is not None
-
-    async def main() -> str:
-        held = await limiter.reserve()
-        asyncio.get_running_loop().call_later(1.0, limiter.release, held)
-        try:
-            return await found.current()
-        finally:
-            await found.aclose()
-
-    assert asyncio.run(asyncio.wait_for(main(), 30)) == "at-Tl5Sv7Er9Fy1Ca3B"
-    assert len(api.requests) == 1
-    assert limiter.requests == 2
-
-
 def test_a_run_whose_first_token_is_refused_at_concurrency_above_the_rate_completes(
     env: Database,  # noqa: F811 (the fixture of tests.test_auth)
     api: ApiServer,
@@ -462,3 +386,100 @@ def test_a_run_whose_first_token_is_refused_at_concurrency_above_the_rate_comple
     status, processed, succeeded = env.rows("select status, items_processed, items_succeeded from sync_jobs")[0]
     assert (status, processed, succeeded) == ("completed", 20, 20)
     assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
+
+
+# --- a renewal runs in a task of its own: a request cut off by the run's stop does not cut it off -----------
+@pytest.mark.parametrize("rotates", [False, True], ids=["same refresh token", "rotated refresh token"])
+def test_a_renewal_whose_request_the_run_s_stop_cuts_off_still_stores_its_answer(
+    rotates: bool, api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API refuses the first token; the renewal's answer takes 1 s, and the run's stop grace ends
+    the request that asked for it (its task cancelled) while the token endpoint is answering. The
+    renewal goes on in its own task and the client's close waits for it: the new token is stored
+    (generation 2, one renewal), or, when the provider rotated the refresh token with that answer, the
+    rotation is logged, saying the configured one is most likely spent. Before, the cancellation cut
+    the token request off mid-answer: the answer was lost (a rotating provider had spent the refresh
+    token, and nothing said so)."""
+    asked = threading.Event()
+    second = {"access_token": "at-second-Hn5Jm7Kl9P"} | ({"refresh_token": "rt-new-Ed4Rf6Tg8Y"} if rotates else {})
+
+    def renewal(request: Recorded) -> Reply:
+        asked.set()
+        return Reply(200, json=second, delay=1.0)
+
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-first-Bv2Cx4Zq6W"}), renewal)
+    api.route("/apps/1", Reply(401, json={"error": "invalid_token"}))
+    found = authenticator(api, tmp_path, REFRESH_TOKEN)
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=auth.AuthTransport(httpx.AsyncHTTPTransport(), found))
+        await found.current()
+        request = asyncio.create_task(http.get(f"{api.url}/apps/1"))
+        assert await asyncio.to_thread(asked.wait, 10)  # the renewal's token request has arrived
+        request.cancel()  # the stop grace ends the fetcher
+        await asyncio.gather(request, return_exceptions=True)
+        await http.aclose()  # the run's end: closes the source's client
+
+    with caplog.at_level("WARNING", logger="syncrun"):
+        asyncio.run(asyncio.wait_for(main(), 30))
+    assert [r.path for r in api.requests].count("/oauth/token") == 2
+    assert found.fetches == 2
+    if rotates:
+        assert found.token.failed is not None
+        assert "the token renewal in flight when the run stopped failed" in caplog.text
+        assert "rotated the refresh token" in caplog.text
+        assert "most likely spent auth.refresh_token" in caplog.text
+        assert "rt-new" not in caplog.text
+    else:
+        assert (found.token.generation, found.token.value) == (2, "at-second-Hn5Jm7Kl9P")
+
+
+# --- rate-limited renewals: a request granted while the token is renewed waits for the new one (revL F4) ----
+def test_requests_granted_while_a_rate_limited_renewal_is_in_flight_wait_for_it(api: ApiServer, tmp_path: Path) -> None:
+    """revL F4: `rate_limited: true` at 10 per second (one grant every 100 ms), 16 requests queued for
+    the limiter, and a provider that revokes the first token after 2 uses. The third request's 401
+    starts the renewal, whose token request queues behind the 13 others. Each of those, granted while
+    the renewal is in flight, gives its grant up (spent all the same: the limit holds) and waits for
+    the new token instead of sending the revoked one: one or two 401s, not one per queued request (14
+    before). Every request is answered 200; one renewal."""
+    lock = threading.Lock()
+    uses = {"Bearer at-first-Qz1Xw3Ec5R": 0}
+
+    def app(request: Recorded) -> Reply:
+        said = request.headers.get("authorization", "")
+        with lock:
+            if said == "Bearer at-first-Qz1Xw3Ec5R":
+                uses[said] += 1
+                if uses[said] > 2:  # revoked early: its expires_in said an hour
+                    return Reply(401, json={"error": "invalid_token"})
+        if said not in ("Bearer at-first-Qz1Xw3Ec5R", "Bearer at-second-Vb6Nm8Lk0J"):
+            return Reply(401, json={"error": "invalid_token"})
+        return Reply(200, json={"ok": True})
+
+    api.route(
+        "/oauth/token",
+        Reply(200, json={"access_token": "at-first-Qz1Xw3Ec5R", "expires_in": 3600}),
+        Reply(200, json={"access_token": "at-second-Vb6Nm8Lk0J", "expires_in": 3600}),
+    )
+    test_auth.route_apps(api, range(16), app)
+    block = CLIENT_CREDENTIALS.replace("client_id: c1,", "rate_limited: true, client_id: c1,")
+    text = SOURCE.format(url=api.url, auth=block.format(url=api.url))
+    text = text.replace("rate_limit: {requests: 100, per: 1s}", "rate_limit: {requests: 10, per: 1s, burst: 1}")
+    source = config.loads(text, tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    limiter = Limiter(source.rate_limit)
+    found = auth.for_source(source, settings, limiter=limiter)
+    assert found is not None
+
+    async def main() -> list[int]:
+        transport = auth.AuthTransport(RateLimitedTransport(httpx.AsyncHTTPTransport(), limiter), found)
+        async with httpx.AsyncClient(transport=transport) as session:
+            replies = await asyncio.gather(*(session.get(f"{api.url}/apps/{appid}") for appid in range(16)))
+        return [reply.status_code for reply in replies]
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == [200] * 16
+    sent = [r for r in api.requests if r.path.startswith("/apps/")]
+    refused = len(sent) - 16  # each request answered 200 once; every other answer was a 401
+    assert refused <= 2, f"{refused} requests sent with the revoked token"
+    assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
+    assert limiter.requests >= len(api.requests)  # every request sent spent a grant (token requests too)
