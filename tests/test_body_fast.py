@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from decimal import Decimal, localcontext
 from typing import Any
 
 import pytest
@@ -129,3 +130,23 @@ def test_a_lower_integer_digit_limit_is_kept() -> None:
             _check(b"[" + b"7" * digits + b"]")
     finally:
         sys.set_int_max_str_digits(before)
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=st.floats(min_value=0.0, allow_nan=False, allow_infinity=False), negative=st.booleans())
+@example(x=5e-324, negative=False)
+@example(x=2.2250738585072014e-308, negative=True)
+@example(x=1.7976931348623157e308, negative=False)  # its midpoint to the next rounds to infinity: refused
+@example(x=9007199254740993.0, negative=False)
+def test_floats_round_the_same_both_ways(x: float, negative: bool) -> None:
+    """The hard cases of rounding: a double's exact decimal expansion, and the exact midpoint between it
+    and the next double up (ties to even), besides its shortest and long forms."""
+    exact = Decimal(x)
+    with localcontext(prec=1200):  # a double's expansion has at most 767 significant digits: exact
+        midpoint = exact + (Decimal(math.nextafter(x, math.inf)) - exact) / 2
+    sign = "-" if negative else ""
+    for literal in (repr(x), f"{x:.20e}", f"{x:.30g}", str(exact), f"{midpoint:f}", f"{midpoint:e}"):
+        literal = literal.replace("E", "e").replace("e+", "e")
+        if "." not in literal and "e" not in literal:
+            literal += ".0"
+        _check(f"[{sign}{literal}]".encode())
