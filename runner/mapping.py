@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from jmespath.exceptions import JMESPathError
@@ -79,7 +80,7 @@ def rows(source: spec.Source, base: dict[str, JSON], *, keep: int | None = None)
         each = direct[index]
         if each is not None:  # one row per record, every value a path: no document per record
             out[index] = list(map(each, found))
-            if write.key and any(row.get(column) is None for row in out[index] for column in write.key):
+            if write.key and _null_key(out[index], write.key):
                 direct = {}  # a null key: the loop below raises the message it always raised, in order
                 break
     if len(direct) < len(source.writes) or None in direct.values():
@@ -89,6 +90,15 @@ def rows(source: spec.Source, base: dict[str, JSON], *, keep: int | None = None)
                 if direct.get(index) is None:
                     out[index].extend(_write_rows(write, document, index, getters[index]))
     return out
+
+
+def _null_key(rows: list[Row], key: tuple[str, ...]) -> bool:
+    """Whether a row's key column is null or missing (`row.get(column) is None`), a column at a time at
+    C speed: `None in` compares by identity first, and no JSON value but null equals None."""
+    try:
+        return any(None in map(itemgetter(column), rows) for column in key)
+    except KeyError:  # a row without a key column: null there
+        return True
 
 
 Getters = tuple[tuple[str, Callable[[JSON], JSON]], ...]

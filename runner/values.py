@@ -307,7 +307,8 @@ def unchanged(type_name: str | None, values: list[Any]) -> bool:
         return kinds == {int} and -limit <= min(present) and max(present) < limit
     if type_name in ("text", "character varying"):  # without a (size): `text`'s and varchar's common case
         joined = "".join(present) if kinds == {str} else "\x00"  # a NUL or surrogate is one character:
-        return "\x00" not in joined and not _SURROGATE.search(joined)  # no join can make or hide one
+        # no join can make or hide one; ASCII text (isascii reads its flag) holds no surrogate
+        return "\x00" not in joined and (joined.isascii() or not _SURROGATE.search(joined))
     if type_name == "boolean":
         return kinds == {bool}
     if type_name == "double precision":  # float() of a float is that float

@@ -32,6 +32,7 @@ from runner.statements import Scoped
 from runner.values import FAULTS, Unfit, column_types, converter, fit, unchanged
 
 Row = dict[str, Any]
+Columns = dict[str, list[Any]]  # rows' values by column, every row with the same columns
 
 
 class Resolve(NamedTuple):
@@ -85,12 +86,15 @@ class WritePlan:
         self._unnest: dict[tuple[str, ...], sql.Composed] = {}
         self._deletes: dict[tuple[Scoped, tuple[str, ...] | None], sql.Composed] = {}
 
-    def as_is(self, rows: list[Row]) -> bool:
+    def as_is(self, rows: list[Row], columns: Columns | None = None) -> bool:
         """Whether `fit` would return every row as it is: each column's values come through their
         converter unchanged (`values.unchanged`, the column at once). The writer asks it of a whole
-        batch's rows; true for them is true for any part of them."""
+        batch's rows; true for them is true for any part of them. `columns`: the rows' values by
+        column, when every row has the same columns (the engine's, made once for weighing too)."""
+        if columns is None:
+            columns = {}
         return all(
-            convert is None or unchanged(self.types[column], column_values(rows, column))
+            convert is None or unchanged(self.types[column], columns.get(column) or column_values(rows, column))
             for column, convert in self.converters.items()
         )
 

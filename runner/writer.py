@@ -34,7 +34,7 @@ pipelined executemany of the row-by-row statements.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -255,15 +255,22 @@ def _as_is(plan: SourcePlan, results: Sequence[EntityResult]) -> frozenset[int]:
 FITTED_FROM = 100  # rows of an entity from which `fitted` pays: a few rows are checked cheaper with the batch's
 
 
-def fitted(source: Source, catalog: Catalog, result: EntityResult) -> EntityResult:
+def fitted(
+    source: Source,
+    catalog: Catalog,
+    result: EntityResult,
+    columns: Mapping[int, writeplan.Columns | None] | None = None,
+) -> EntityResult:
     """`result` with `fits` worked out (`_as_is` then reads it): the engine calls this as it hands a
     result of many rows (a bulk page) over to the writer, so the column checks of its rows are not
     made on the write path, where the writer waits for them between round trips. A result of fewer
-    than FITTED_FROM rows is returned as it is (checked with its batch, as before)."""
+    than FITTED_FROM rows is returned as it is (checked with its batch, as before). `columns`: a write's
+    rows' values by column, when the caller has them (the engine weighs them too)."""
     if result.outcome is Outcome.ERROR or sum(map(len, result.rows.values())) < FITTED_FROM:
         return result
     plan = writeplan.compiled(source, catalog)
-    fits = frozenset(index for index, rows in result.rows.items() if plan.writes[index].as_is(rows))
+    shared = columns or {}
+    fits = frozenset(index for index, rows in result.rows.items() if plan.writes[index].as_is(rows, shared.get(index)))
     return replace(result, fits=fits)
 
 

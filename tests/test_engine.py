@@ -806,6 +806,7 @@ def test_rows_weigh_the_same_column_by_column_as_value_by_value() -> None:
         trace = Trace({"id": 1})
         trace.result = EntityResult(key=1, entity={"id": 1}, outcome=Outcome.SUCCESS, rows=rows, error_source="t")
         assert writes.weight(trace) == _weight_one_by_one(rows), rows
+        assert writes.weight(trace, writes.columns(rows)) == _weight_one_by_one(rows), rows  # hand_over's way
 
 
 def test_a_source_that_cannot_connect_leaves_no_job_row_running(

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner import cli, mapping, spec
 from runner.errors import MappingError
@@ -226,3 +228,20 @@ def test_field_and_column_names_never_become_code() -> None:
     base = {"entity": {}, "body": {"data": [{odd: {"c": 1}}, {odd: 2}, 5]}, "response": {}, "run": {}}
     got = mapping.rows(replace(make_source(writes=(write,)), records=expr("body.data")), base)[0]
     assert got == [{"a": {"c": 1}, "b": 1}, {"a": 2, "b": None}, {"a": None, "b": None}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.dictionaries(
+            st.sampled_from(["id", "page", "name"]),
+            st.none() | st.just(0) | st.just(False) | st.just("") | st.just(0.0) | st.just([]) | st.just({}),
+        ),
+        max_size=6,
+    ),
+    key=st.sampled_from([("id",), ("id", "page"), ("page", "name")]),
+)
+def test_a_null_key_is_found_as_row_by_row(rows: list[dict[str, Any]], key: tuple[str, ...]) -> None:
+    """`_null_key` (a column at a time) says what `row.get(column) is None` over every row and key
+    column says: a missing column is null; 0, False, "" and empty containers are not."""
+    assert mapping._null_key(rows, key) == any(row.get(column) is None for row in rows for column in key)

@@ -249,6 +249,8 @@ def test_unchanged_only_when_the_converter_returns_every_value_as_it_is(type_nam
     assert values.unchanged("text", ["a", None])
     assert not values.unchanged("integer", [1, True])
     assert not values.unchanged("text", ["a", "\x00"])
+    assert not values.unchanged("text", ["a", "\udfff"])  # not ASCII: searched for surrogates
+    assert values.unchanged("text", ["a", "é\U0001f600"])
     assert values.unchanged("boolean", [True, None, False])
     assert not values.unchanged("boolean", [True, 1])
     assert values.unchanged("double precision", [1.5, None])

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from runner import migrations, targets, writeplan, writer
+from runner.engine import writes
 from runner.errors import DatabaseError
 from runner.results import EntityResult
 from runner.spec import Merge, Outcome, WriteMode
@@ -389,6 +390,10 @@ def test_fitted_pages_are_checked_off_the_write_path_and_still_converted_or_refu
     ]
     fitted = [writer.fitted(SOURCE, catalog, page) for page in pages]
     assert [page.fits for page in fitted] == [frozenset({0}), frozenset(), frozenset(), frozenset({0})]
+    # the same from the columns the engine made for weighing the page (hand_over)
+    assert [writer.fitted(SOURCE, catalog, page, writes.columns(page.rows)).fits for page in pages] == [
+        page.fits for page in fitted
+    ]
     assert writer.fitted(SOURCE, catalog, _page(5, 4 * n + 1, 1)).fits is None
 
     checks: list[int] = []

@@ -34,24 +34,27 @@ HOLD_BYTES = 64 * 2**20  # rows waiting for their commit, estimated (docs/reliab
 _VALUE = 64  # bytes a decoded JSON value costs Python, about: an empty list is 56, plus its slot
 
 
-def weight(trace: Trace) -> int:
+def weight(trace: Trace, shared: Shared | None = None) -> int:
     """About the bytes `trace`'s rows hold: _VALUE per row and per JSON value in them, nested ones
     included, plus the length of each string. Counting stops past HOLD_BYTES (such a trace is
     written alone anyway), so weighing one costs at most ~1 M steps. Rows of the same columns are
     weighed a column at a time (`_columns`): a column of numbers or text, most of a bulk page, costs
-    no Python step per value; a few rows (one per entity, most often) are walked value by value."""
+    no Python step per value; a few rows (one per entity, most often) are walked value by value.
+    `shared`: `columns(trace.result)`, when the caller made them (hand_over: `writer.fitted` reads them too)."""
     result = trace.result
     if result is None:
         return _VALUE
+    if shared is None:
+        shared = columns(result.rows)
     total, pending = _VALUE, list[Any]()
-    for rows in result.rows.values():
+    for index, rows in result.rows.items():
         total += _VALUE * len(rows)
-        shared = _columns(rows) if len(rows) >= _COLUMNWISE else None
-        if shared is None:
+        by_name = shared.get(index)
+        if by_name is None:
             for row in rows:
                 pending.extend(row.values())
             continue
-        for values in shared:
+        for values in by_name.values():
             kinds = set(map(type, values))
             if kinds <= _FLAT:
                 total += _VALUE * len(values)
@@ -77,16 +80,24 @@ _FLAT = frozenset({str, int, float, bool, type(None)})  # what a JSON value with
 _TEXT = frozenset({str})
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[list[Any]] | None:
+Shared = dict[int, dict[str, list[Any]] | None]  # per write: its rows' values by column (`columns`)
+
+
+def columns(rows: dict[int, list[dict[str, Any]]]) -> Shared:
+    """Each write's rows column by column (`_columns`), for the writes of at least _COLUMNWISE rows."""
+    return {index: _columns(each) if len(each) >= _COLUMNWISE else None for index, each in rows.items()}
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]] | None:
     """The values of `rows` column by column, when every row has the first row's columns (and no
     other); else None."""
     if not rows:
-        return []
+        return {}
     names = list(rows[0])
     if set(map(len, rows)) != {len(names)}:
         return None
     try:
-        return [list(map(itemgetter(name), rows)) for name in names]
+        return {name: list(map(itemgetter(name), rows)) for name in names}
     except KeyError:
         return None
 
@@ -95,10 +106,11 @@ async def hand_over(state: Run, trace: Trace) -> None:
     """Hand a trace to the writer once the rows waiting for a commit leave room for it (an empty
     outbox always does: a trace heavier than HOLD_BYTES waits for the others and goes alone). With
     room and nobody waiting before it, that is a few additions: no lock, no queue, no task switch."""
+    shared = None if trace.result is None else columns(trace.result.rows)  # read by both, made once
     if trace.result is not None and state.catalog is not None and not state.options.dry_run:
         # a bulk page's column checks made here, beside its fetch, not on the write path
-        trace.result = writer.fitted(state.source, state.catalog, trace.result)
-    trace.weight = weight(trace)
+        trace.result = writer.fitted(state.source, state.catalog, trace.result, shared)
+    trace.weight = weight(trace, shared)
     if state.waiting or not _fits(state, trace.weight):
         async with state.room:
             if not _fits(state, trace.weight):
