@@ -50,6 +50,19 @@ def gather(stretches: array[int], spans: Iterable[tuple[int, int]]) -> None:
             stretches.append(end)
 
 
+def runs(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans in order of their start, overlapping and touching ones merged as they come: a secret
+    echoed 20,000 times matches as 20,000 stretches, not once per piece (22 each for 29 characters)."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
 def unsplit_all(text: str, stretches: array[int]) -> array[int]:
     """Every stretch made not to cut an escape in two (`unsplit`), merged again where they now touch."""
     out = array("q")

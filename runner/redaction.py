@@ -32,9 +32,20 @@ Values added with `fragments=False` (a whole DSN, whose pieces are host names an
 masked whole only too. The price of masking pieces: a secret containing a common 8-character word
 ("postgres") masks that word wherever it appears.
 
-A mask never cuts an escape in two (`_unsplit`): a piece that ends or starts inside an escape that is
-not the secret's (`abcdefg\\` of a secret's `abcdefg\\"`, before a body's `\\n`) stops short of it, so
-a redacted JSON body is still JSON and a URL still percent-encoded (a cassette replays).
+Base64: a configured secret's standard and URL-safe encodings (of its UTF-8), padded or not, and
+the characters that carry only its bits when it starts 0, 1 or 2 bytes into a longer encoded value
+(`encodings`), are masked as the secret is (every form, every piece if its pieces are; those shorter
+than FRAGMENT characters not at all: a 3-5 character secret's encoding would match base64 noise).
+Their pieces go into runner/fragments.py's set: in the pattern, base64's 64 first characters made
+every text cost 2-3×. Not run-time tokens': their encodings' pieces would triple the memory of an
+8-hour run's 240 tokens (46 → ~210 MB, `python -m bench.redaction_growth`), and nothing encodes one.
+
+A mask never cuts an escape in two, nor eats a JSON document's own quote (runner/masks.py), so a
+redacted JSON body is still JSON and a URL still percent-encoded (a cassette replays).
+
+A long text is searched a window at a time (`__call__`), so what a search builds (decoded views,
+their escape maps, every match's span) is bounded by the window, not the text: memory is ~2× the
+text (its output), where a 7.8 MB body echoing a secret densely peaked at 1.2 GB searched whole.
 
 Code that cuts, escapes or reprs external text must redact first (`excerpt` does both in order); the
 fragment masking is the net under that rule, not a licence to skip it.
@@ -73,7 +84,7 @@ import yaml
 from runner.escapes import ESCAPISH, View, decodings, views
 from runner.fragments import FRAGMENT, Fragments
 from runner.masks import MASK as MASK
-from runner.masks import REACH, gather, masked, unsplit_all
+from runner.masks import REACH, gather, masked, runs, unsplit_all
 
 MIN_SECRET_LENGTH = 3  # masking 1–2 character "secrets" would shred every message
 # FRAGMENT (runner/fragments.py): no piece of a secret this long (in any form) reaches an output
@@ -251,7 +262,7 @@ class Redactor:
             window = text if offset == 0 and high + margin >= len(text) else text[offset : high + margin]
             spans: list[tuple[int, int]] = []
             for found in self._spans(pattern, tokens, window):
-                spans += _runs((start + offset, end + offset) for start, end in found if low <= start + offset < high)
+                spans += runs((start + offset, end + offset) for start, end in found if low <= start + offset < high)
             gather(stretches, sorted(spans))
         if stretches and ESCAPISH.search(text):  # each kept from cutting an escape in two
             stretches = unsplit_all(text, stretches)
@@ -325,19 +336,6 @@ def _origins(spans: Iterable[tuple[int, int]], chain: list[View]) -> Iterator[tu
         for link in reversed(chain):
             start, end = link.span(start, end)
         yield start, end
-
-
-def _runs(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Spans in order of their start, overlapping and touching ones merged as they come: a secret
-    echoed 20,000 times matches as 20,000 stretches, not once per piece (22 each for 29 characters)."""
-    out: list[tuple[int, int]] = []
-    for start, end in spans:
-        if out and start <= out[-1][1]:
-            if end > out[-1][1]:
-                out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, end))
-    return out
 
 
 def _every_piece(secret: str) -> set[str]:
