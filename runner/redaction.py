@@ -36,8 +36,9 @@ Base64: a configured secret's standard and URL-safe encodings (of its UTF-8), pa
 the characters that carry only its bits when it starts 0, 1 or 2 bytes into a longer encoded value
 (`encodings`), are masked as the secret is (every form, every piece if its pieces are; those shorter
 than FRAGMENT characters not at all: a 3-5 character secret's encoding would match base64 noise).
-Their pieces go into runner/fragments.py's set: in the pattern, base64's 64 first characters made
-every text cost 2-3×. Not run-time tokens': their encodings' pieces would triple the memory of an
+Their pieces go into a runner/fragments.py set of their own, searched in the text (not its decoded
+views: their forms hold the escapes a view would read): in the pattern, base64's 64 first characters
+made every text cost 2-3×. Not run-time tokens': their encodings' pieces would triple the memory of an
 8-hour run's 240 tokens (46 → ~210 MB, `python -m bench.redaction_growth`), and nothing encodes one.
 
 A mask never cuts an escape in two, nor eats a JSON document's own quote (runner/masks.py), so a
@@ -157,6 +158,7 @@ class Redactor:
         self._heads: set[str] = set()  # the first characters of every form, for a secret cut at a mark
         self._raw: set[str] = set()  # the secrets' own pieces, searched in a text's decoded views
         self._tokens = Fragments()  # run-time values' pieces (every form and reading), for the whole run
+        self._encoded = Fragments()  # the pieces of configured secrets' base64 encodings (every form)
         self._masked_heads: frozenset[str] = frozenset()  # _heads, as used
         self._longest = FRAGMENT  # the longest piece: how far a window's margin must reach
         self._pattern: re.Pattern[str] | None = None
@@ -193,8 +195,8 @@ class Redactor:
             # if the secret's are): an API may echo one. Their pieces join runner/fragments.py's set:
             # in the pattern, their first characters (all of base64's 64) made every text cost 2-3×.
             for value in (secret, *encodings(secret)):
-                if cut and value != secret:
-                    encoded |= _every_piece(value)
+                if cut and value != secret:  # searched in the text only: the forms views would read
+                    encoded.update(*map(_grams, forms(value) | {value.replace("/", "\\/")}))
                     continue
                 for form in forms(value):
                     pieces |= _grams(form) if cut else {form}
@@ -207,7 +209,7 @@ class Redactor:
                     if len(reading) >= MIN_SECRET_LENGTH:
                         raw |= _grams(reading) if cut else {reading}
         with self._lock:
-            self._tokens.add(encoded)
+            self._encoded.add(encoded)
             if pieces <= self._pieces and heads <= self._heads and raw <= self._raw:
                 return
             # New objects, swapped in whole: a thread redacting meanwhile sees the old ones or the new.
@@ -274,6 +276,7 @@ class Redactor:
         """Where `text` holds something to mask: runs of spans, each in order of their start."""
         yield self._matches(pattern, text)
         yield tokens.spans(text)
+        yield self._encoded.spans(text)
         yield self._cut_heads(text)
         raw_pattern = self._raw_pattern
         if (raw_pattern is not None or tokens) and ESCAPISH.search(text):
