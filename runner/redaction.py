@@ -32,9 +32,21 @@ Values added with `fragments=False` (a whole DSN, whose pieces are host names an
 masked whole only too. The price of masking pieces: a secret containing a common 8-character word
 ("postgres") masks that word wherever it appears.
 
-A mask never cuts an escape in two (`_unsplit`): a piece that ends or starts inside an escape that is
-not the secret's (`abcdefg\\` of a secret's `abcdefg\\"`, before a body's `\\n`) stops short of it, so
-a redacted JSON body is still JSON and a URL still percent-encoded (a cassette replays).
+Base64: a configured secret's standard and URL-safe encodings (of its UTF-8), padded or not, and
+the characters that carry only its bits when it starts 0, 1 or 2 bytes into a longer encoded value
+(`encodings`), are masked as the secret is (every form, every piece if its pieces are; those shorter
+than FRAGMENT characters not at all: a 3-5 character secret's encoding would match base64 noise).
+Their pieces go into a runner/fragments.py set of their own, searched in the text (not its decoded
+views: their forms hold the escapes a view would read): in the pattern, base64's 64 first characters
+made every text cost 2-3×. Not run-time tokens': their encodings' pieces would triple the memory of an
+8-hour run's 240 tokens (46 → ~210 MB, `python -m bench.redaction_growth`), and nothing encodes one.
+
+A mask never cuts an escape in two, nor eats a JSON document's own quote (runner/masks.py), so a
+redacted JSON body is still JSON and a URL still percent-encoded (a cassette replays).
+
+A long text is searched a window at a time (`__call__`), so what a search builds (decoded views,
+their escape maps, every match's span) is bounded by the window, not the text: memory is ~2× the
+text (its output), where a 7.8 MB body echoing a secret densely peaked at 1.2 GB searched whole.
 
 Code that cuts, escapes or reprs external text must redact first (`excerpt` does both in order); the
 fragment masking is the net under that rule, not a licence to skip it.
@@ -59,9 +71,11 @@ and 155 ms. Ten hostile 48-character secrets: 60 µs and 200 ms; escaped, 185 µ
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -70,11 +84,15 @@ import yaml
 
 from runner.escapes import ESCAPISH, View, decodings, views
 from runner.fragments import FRAGMENT, Fragments
+from runner.masks import MASK as MASK
+from runner.masks import REACH, gather, masked, runs, unsplit_all
 
-MASK = "***"
 MIN_SECRET_LENGTH = 3  # masking 1–2 character "secrets" would shred every message
 # FRAGMENT (runner/fragments.py): no piece of a secret this long (in any form) reaches an output
 CUT_MARKS = re.compile(r"…|\.\.\.")  # how syncrun's excerpts say they were cut
+_CHUNK = 1 << 15  # a longer text is searched a window of this many characters at a time (`__call__`)
+_MARGIN = 2048  # characters each side of a window, at least: longer than any match's original span
+_STRETCH = 64  # ... and this many times the longest piece: an escape of an escape of each character
 
 # What a URL may keep unencoded (reserved and unreserved characters): httpx leaves these alone when a
 # secret is written into a path or query as-is, and encodes the rest (space, quotes, `\`, non-ASCII).
@@ -106,6 +124,23 @@ def forms(secret: str) -> set[str]:
     return {form for form in found if form}
 
 
+def encodings(secret: str) -> set[str]:
+    """`secret` (as UTF-8) base64-encoded, standard and URL-safe: alone (with and without padding), and
+    as it reads inside a longer encoded value where it starts 0, 1 or 2 bytes into a 3-byte group (the
+    characters that carry no bits of its neighbours). Those shorter than FRAGMENT are left out: they
+    would match any base64 text too often."""
+    data = secret.encode()
+    found: set[str] = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        alone = encode(data).decode()
+        found |= {alone, alone.rstrip("=")}
+        for shift, head in ((0, 0), (1, 2), (2, 3)):  # characters holding a bit of the bytes before
+            encoded = encode(bytes(shift) + data).decode().rstrip("=")
+            tail = 1 if (shift + len(data)) % 3 else 0  # the last one holds bits of the bytes after
+            found.add(encoded[head : len(encoded) - tail])
+    return {form for form in found if len(form) >= FRAGMENT}
+
+
 def _hex_cases(encoded: str) -> set[str]:
     return {encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), encoded)}
 
@@ -123,7 +158,9 @@ class Redactor:
         self._heads: set[str] = set()  # the first characters of every form, for a secret cut at a mark
         self._raw: set[str] = set()  # the secrets' own pieces, searched in a text's decoded views
         self._tokens = Fragments()  # run-time values' pieces (every form and reading), for the whole run
+        self._encoded = Fragments()  # the pieces of configured secrets' base64 encodings (every form)
         self._masked_heads: frozenset[str] = frozenset()  # _heads, as used
+        self._longest = FRAGMENT  # the longest piece: how far a window's margin must reach
         self._pattern: re.Pattern[str] | None = None
         self._raw_pattern: re.Pattern[str] | None = None
         self._listeners: list[Callable[[list[str]], None]] = []
@@ -151,18 +188,28 @@ class Redactor:
         pieces: set[str] = set()
         heads: set[str] = set()
         raw: set[str] = set()
+        encoded: set[str] = set()  # the pieces of the base64 encodings of those cut into pieces
         for secret in added:
             cut = fragments and len(secret) >= FRAGMENT
-            for form in forms(secret):
-                pieces |= _grams(form) if cut else {form}
-                if fragments:
-                    heads |= _heads(form)
-            # The secret as a decoded view reads it: raw, and its own decodings (a secret holding `%41`
-            # or `&amp;` reads differently once its neighbours were escaped and the view decodes both).
-            for reading in views(secret):
-                if len(reading) >= MIN_SECRET_LENGTH:
-                    raw |= _grams(reading) if cut else {reading}
+            # Each base64 encoding masked as the secret is (every form, as a view reads it; its pieces
+            # if the secret's are): an API may echo one. Their pieces join runner/fragments.py's set:
+            # in the pattern, their first characters (all of base64's 64) made every text cost 2-3×.
+            for value in (secret, *encodings(secret)):
+                if cut and value != secret:  # searched in the text only: the forms views would read
+                    encoded.update(*map(_grams, forms(value) | {value.replace("/", "\\/")}))
+                    continue
+                for form in forms(value):
+                    pieces |= _grams(form) if cut else {form}
+                    if fragments:
+                        heads |= _heads(form)
+                # The secret as a decoded view reads it: raw, and its own decodings (a secret holding
+                # `%41` or `&amp;` reads differently once its neighbours were escaped and the view
+                # decodes both).
+                for reading in views(value):
+                    if len(reading) >= MIN_SECRET_LENGTH:
+                        raw |= _grams(reading) if cut else {reading}
         with self._lock:
+            self._encoded.add(encoded)
             if pieces <= self._pieces and heads <= self._heads and raw <= self._raw:
                 return
             # New objects, swapped in whole: a thread redacting meanwhile sees the old ones or the new.
@@ -170,6 +217,7 @@ class Redactor:
             self._heads = self._heads | heads
             self._raw = self._raw | raw
             self._masked_heads = frozenset(self._heads)
+            self._longest = max(self._longest, *map(len, pieces | raw))
             self._pattern = re.compile(_trie_regex(self._pieces)) if self._pieces else None
             self._raw_pattern = re.compile(_trie_regex(self._raw, loose=True)) if self._raw else None
             listeners = list(self._listeners)
@@ -179,12 +227,9 @@ class Redactor:
     def _add_run_time(self, secrets: list[str]) -> None:
         pieces: set[str] = set()
         heads: set[str] = set()
-        for secret in secrets:
-            for form in forms(secret):
-                pieces |= _grams(form)
-                heads |= _heads(form)
-            for reading in views(secret):  # what a decoded view of an echo reads (see add)
-                pieces |= _grams(reading)
+        for secret in secrets:  # not their base64 encodings: see the module docstring
+            pieces |= _every_piece(secret)
+            heads |= {head for form in forms(secret) for head in _heads(form)}
         with self._lock:
             self._tokens.add(pieces, heads)
             listeners = list(self._listeners)
@@ -207,23 +252,35 @@ class Redactor:
         pattern, tokens = self._pattern, self._tokens
         if (pattern is None and not tokens) or not text:
             return text
-        spans = [*self._matches(pattern, text), *tokens.spans(text), *self._cut_heads(text)]
-        if spans and ESCAPISH.search(text):  # the stretches they mask, each kept from cutting an escape
-            spans = [_unsplit(text, start, end) for start, end in _merged(spans)]
+        # A long text is searched a window at a time (CHUNK characters and a margin each side, longer
+        # than any match), each match kept by the window its start falls in: a window's decoded views,
+        # escape maps and matches are made and dropped in turn, so memory stays a small multiple of
+        # the text (all at once, a 7.8 MB body echoing a secret 20,000 times peaked at 1.2 GB).
+        margin = max(_MARGIN, _STRETCH * self._longest + REACH)
+        stretches = array("q")
+        for low in range(0, len(text), _CHUNK):
+            high = min(low + _CHUNK, len(text))
+            offset = max(0, low - margin)
+            window = text if offset == 0 and high + margin >= len(text) else text[offset : high + margin]
+            spans: list[tuple[int, int]] = []
+            for found in self._spans(pattern, tokens, window):
+                spans += runs((start + offset, end + offset) for start, end in found if low <= start + offset < high)
+            gather(stretches, sorted(spans))
+        if stretches and ESCAPISH.search(text):  # each kept from cutting an escape in two
+            stretches = unsplit_all(text, stretches)
+        return masked(text, stretches)
+
+    def _spans(
+        self, pattern: re.Pattern[str] | None, tokens: Fragments, text: str
+    ) -> Iterator[Iterable[tuple[int, int]]]:
+        """Where `text` holds something to mask: runs of spans, each in order of their start."""
+        yield self._matches(pattern, text)
+        yield tokens.spans(text)
+        yield self._encoded.spans(text)
+        yield self._cut_heads(text)
         raw_pattern = self._raw_pattern
         if (raw_pattern is not None or tokens) and ESCAPISH.search(text):
-            spans += self._decoded_matches(raw_pattern, text)
-        spans.sort()
-        if not spans:
-            return text
-        out: list[str] = []
-        last = 0
-        for start, end in spans:
-            if start > last or not out:  # a new masked stretch; overlapping or touching ones merge
-                out += [text[last:start], MASK]
-            last = max(last, end)
-        out.append(text[last:])
-        return "".join(out)
+            yield from self._decoded_matches(raw_pattern, text)
 
     @staticmethod
     def _matches(pattern: re.Pattern[str] | None, text: str) -> Iterator[tuple[int, int]]:
@@ -236,17 +293,14 @@ class Redactor:
             yield match.span()
             position = match.start() + 1
 
-    def _decoded_matches(self, pattern: re.Pattern[str] | None, text: str) -> Iterator[tuple[int, int]]:
+    def _decoded_matches(self, pattern: re.Pattern[str] | None, text: str) -> Iterator[Iterator[tuple[int, int]]]:
         # The secret in a decoded view (escapes read as the characters they stand for), masked in the
         # original: whatever mix of escapes an echo chose, per character, reads as the secret there.
         chain: list[View] = []
         for view in decodings(text):
             chain.append(view)
-            found = [*self._matches(pattern, view.text), *self._tokens.spans(view.text), *self._cut_heads(view.text)]
-            for start, end in found:
-                for link in reversed(chain):
-                    start, end = link.span(start, end)
-                yield start, end
+            for found in (self._matches(pattern, view.text), self._tokens.spans(view.text), self._cut_heads(view.text)):
+                yield _origins(found, list(chain))
 
     def _cut_heads(self, text: str) -> Iterator[tuple[int, int]]:
         heads, more = self._masked_heads, self._tokens.heads
@@ -278,59 +332,19 @@ class Redactor:
         return value
 
 
-# One escape of any style, as a mask must not cut it: JSON's, repr's and YAML's backslash escapes (as
-# runner/escapes.py reads them), a percent-encoded byte, an HTML entity (the longest: `&`, 32 more, `;`).
-_UNIT = re.compile(
-    r"\\(?:u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[bfnrtv0\\/\"' |])|%[0-9a-fA-F]{2}"
-    r"|&(?:#[xX][0-9a-fA-F]{1,8};?|#[0-9]{1,8};?|[A-Za-z][A-Za-z0-9]{1,31};)",
-)
-_UNIT_LONGEST = 34
-_UNIT_START = re.compile(r"[\\%&]")
-_RUN_LONGEST = 256  # backslashes counted back for parity: past that, a wrong guess costs one escape
+def _origins(spans: Iterable[tuple[int, int]], chain: list[View]) -> Iterator[tuple[int, int]]:
+    """Spans of the last view of `chain` as the spans of the original text they came from (in order:
+    each view's map keeps it)."""
+    for start, end in spans:
+        for link in reversed(chain):
+            start, end = link.span(start, end)
+        yield start, end
 
 
-def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping and touching spans as the stretches they mask together."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
-
-
-def _unsplit(text: str, start: int, end: int) -> tuple[int, int]:
-    """A masked stretch made not to cut an escape in two: a piece of a secret's escaped form ends inside
-    an escape that is not the secret's (`abcdefg\\` of `abcdefg\\"` before a `\\n`), and masking half of
-    it would leave an orphan (`***n`, a `\\***` that is no JSON). The stretch shrinks to the escapes it
-    holds whole, which leaves fewer than FRAGMENT of the secret's characters at each end: where the cut
-    escape holds FRAGMENT or more of them (a secret ending in a literal `\\U0001F6` before a body's
-    `\\U0001F600`), the stretch grows to the whole escape instead, as does a stretch within one escape."""
-    head, tail = _unit_around(text, start), _unit_around(text, end)
-    low = start if head is None else head[0] if head[1] - start >= FRAGMENT else head[1]
-    high = end if tail is None else tail[1] if end - tail[0] >= FRAGMENT else tail[0]
-    if low < high:
-        return low, high
-    return head[0] if head else start, tail[1] if tail else end
-
-
-def _unit_around(text: str, at: int) -> tuple[int, int] | None:
-    """The escape that position `at` falls strictly inside of, if any."""
-    starts = [m.start() for m in _UNIT_START.finditer(text, max(0, at - _UNIT_LONGEST + 1), at)]
-    for start in reversed(starts):  # the nearest first (parity skips the second `\` of a `\\`)
-        unit = _UNIT.match(text, start)
-        if unit is not None and unit.end() > at and _escapes_nothing(text, start):
-            return unit.span()
-    return None
-
-
-def _escapes_nothing(text: str, at: int) -> bool:
-    """Whether `at` starts an escape rather than being the escaped character (`\\\\` then `n` is two)."""
-    before = at
-    while before > max(0, at - _RUN_LONGEST) and text[before - 1] == "\\":  # bounded: a hostile run
-        before -= 1
-    return (at - before) % 2 == 0
+def _every_piece(secret: str) -> set[str]:
+    """The FRAGMENT-character pieces of every form of `secret` and of every decoded view's reading."""
+    pieces = {piece for form in forms(secret) for piece in _grams(form)}
+    return pieces.union(*(_grams(reading) for reading in views(secret)))
 
 
 def _heads(form: str) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner.escapes import views
-from runner.redaction import FRAGMENT, MASK, Redactor, _html_escaped, forms
+from runner.redaction import FRAGMENT, MASK, Redactor, _html_escaped, encodings, forms
 
 HOSTILE = 'tok\\en"/%2F+~ spa cé ✓ü-9f3b2c71'  # \ " / % + ~, spaces, non-ASCII: 31 characters
 SECRETS = [HOSTILE, "line one\nline two!", "plain-9f3b2c71e8a4d6ab"]
@@ -465,3 +466,115 @@ def test_the_html_form_is_what_html_escape_writes(text: str) -> None:
     import html
 
     assert _html_escaped(text) == html.escape(text)
+
+
+def test_redacting_a_large_body_echoing_a_secret_takes_a_small_multiple_of_its_size() -> None:
+    """A 3 MB JSON body (an escape every ~20 characters, so it has decoded views) echoing a secret
+    5,000 times, raw and percent-encoded: the peak memory redaction allocates (tracemalloc counts
+    allocations, not time) stays under 4× the body (~2×: the output, and the pieces it is joined
+    from). Searched whole, with every piece's span kept as a tuple, it took 20× (a 7.8 MB body
+    echoing a secret densely peaked at 1.2 GB of RSS, ~160×)."""
+    import tracemalloc
+
+    secret = "s3cr3t-T0ken-abcdefghijkLMNOP"
+    redact = Redactor([secret, "other-Secret-0123456789"])
+    note = "lorem ipsum dolor sit amet \\/ caf\\u00e9 &amp; " * 24
+    row = (
+        '{"id": %d, "token": "' + secret + '", "note": "' + note + '", "url": "https://h/x?key=' + quote(secret) + '"}'
+    )
+    body = "[" + ", ".join(row % i for i in range(2_500)) + "]"
+    assert len(body) > 3_000_000
+    tracemalloc.start()
+    try:
+        clean = redact(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(body), f"redacting {len(body):,} bytes peaked at {peak:,} ({peak / len(body):.1f}×)"
+    assert clean.count(MASK) == 5_000
+    assert_clean(clean, [secret])
+    json.loads(clean)
+
+
+_PARTS = st.lists(
+    st.one_of(
+        _AROUND,
+        st.tuples(st.sampled_from(sorted(STYLES)), st.integers(0, 20), st.integers(1, 40)),
+    ),
+    max_size=60,
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("REDACTION_EXAMPLES", "300")) // 3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(secret=_SECRETS, parts=_PARTS)
+def test_a_text_searched_a_window_at_a_time_is_masked_as_if_searched_whole(
+    secret: str, parts: list[str | tuple[str, int, int]]
+) -> None:
+    """Windows of 40 characters (and the margin a match may need) give exactly what one search of
+    the whole text gives: a match across a window's edge is found by the window it starts in."""
+    import runner.redaction as redaction
+
+    text = "".join(part if isinstance(part, str) else echo(secret[part[1] : part[2]], part[0]) for part in parts)
+    redact = Redactor([secret, "plain-9f3b2c71e8a4d6ab"])
+    whole = redact(text)
+    chunk, least, stretch = redaction._CHUNK, redaction._MARGIN, redaction._STRETCH
+    try:
+        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = 40, 0, 12
+        assert redact(text) == whole
+    finally:
+        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = chunk, least, stretch
+
+
+@pytest.mark.parametrize("secret", [HOSTILE, "plain-9f3b2c71e8a4d6ab", "pw-Zq7!x:y@/k%3F", "passwd"])
+def test_base64_encodings_of_a_secret_are_masked(secret: str) -> None:
+    """Standard and URL-safe base64, padded or not, alone or 0, 1 or 2 bytes into a longer encoded
+    value, raw, percent-encoded or PHP-escaped: no FRAGMENT characters of the encoded secret stay.
+    Only the characters that carry the secret's bits alone are masked, so what surrounds it decodes."""
+    redact = Redactor([secret])
+    data = secret.encode()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        alone = encode(data).decode()
+        assert redact(f"x {alone} y") == "x *** y"
+        assert redact(f"x {alone.rstrip('=')} y") == "x *** y"
+        for before in (b"", b"A", b"AB", b"ABC-prefix", b"ABCD-prefix"):
+            for after in (b"", b"Z", b"-suffix"):
+                encoded = encode(before + data + after).decode()
+                inside = encoded[len(before) * 4 // 3 + 1 : (len(before) + len(data)) * 4 // 3]
+                for text in (encoded, quote(encoded, safe=""), encoded.replace("/", "\\/")):
+                    clean = redact(f"value={text};")
+                    assert clean.endswith(";")
+                    if len(secret) >= FRAGMENT:
+                        leaked = [piece for piece in fragments(inside) if piece in clean]
+                    else:  # a short secret is masked whole: its encoding alone, whole
+                        leaked = [alone] if before + after == b"" and alone in clean else []
+                    assert not leaked, f"{leaked[0]!r} of {inside!r} in {clean!r}"
+                    assert clean.startswith(f"value={text[: max(0, len(before) * 4 // 3 - 1)]}")
+
+
+def test_encodings_are_what_an_encoder_writes_around_the_secret() -> None:
+    """Each alignment's characters appear in every longer encoded value holding the secret there."""
+    rng = random.Random(5)
+    for secret in ("plain-9f3b2c71e8a4d6ab", HOSTILE, "12345678"):
+        found = encodings(secret)
+        for shift in range(3):
+            for _ in range(20):
+                before = rng.randbytes(shift + 3 * rng.randrange(3))
+                after = rng.randbytes(rng.randrange(4))
+                for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                    encoded = encode(before + secret.encode() + after).decode()
+                    assert any(form in encoded for form in found if len(form) >= FRAGMENT), (secret, shift)
+
+
+def test_a_run_time_token_s_base64_encodings_are_not_masked() -> None:
+    """Documented limit (docs/reliability.md): run-time tokens' encodings would triple the memory an
+    8-hour run's 240 tokens take; no syncrun path base64-encodes a bearer token."""
+    token = "tok-9f3b2c71e8a4d6ab0011"
+    redact = Redactor()
+    redact.add(token, run_time=True)
+    encoded = base64.b64encode(token.encode()).decode()
+    assert redact(f"x {encoded} y") == f"x {encoded} y"
+    assert redact(f"x {token} y") == "x *** y"
