@@ -217,7 +217,7 @@ class Redactor:
             self._heads = self._heads | heads
             self._raw = self._raw | raw
             self._masked_heads = frozenset(self._heads)
-            self._longest = max(self._longest, *map(len, pieces | raw))
+            self._longest = max([self._longest, *map(len, pieces | raw)])  # a list: never max(int) alone
             self._pattern = re.compile(_trie_regex(self._pieces)) if self._pieces else None
             self._raw_pattern = re.compile(_trie_regex(self._raw, loose=True)) if self._raw else None
             listeners = list(self._listeners)
