@@ -58,6 +58,7 @@ FORBIDDEN: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "pagination",
             "pagestyles",
             "body",
+            "jsontext",
             "reply",
             "auth",
             "oauth",

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from runner import body as reader
-from runner.body import _depth
 from runner.expressions import Expression
+from runner.jsontext import _depth
 from tests.pg import Database
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from runner import body as reader
+from runner import jsontext as reader
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -150,3 +150,17 @@ def test_floats_round_the_same_both_ways(x: float, negative: bool) -> None:
         if "." not in literal and "e" not in literal:
             literal += ".0"
         _check(f"[{sign}{literal}]".encode())
+
+
+def test_a_msgspec_before_0_19_leaves_every_body_to_the_stdlib_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """msgspec 0.18.x read some 20-digit integers past 2**64 as a wrong int64, and the fast path would
+    have taken its answer (review revN F1): pyproject asks for 0.19, and an older one found anyway is
+    not used."""
+    import msgspec
+
+    raw = b'{"big": -19718315575968634510}'
+    monkeypatch.setattr(msgspec, "__version__", "0.18.6")
+    monkeypatch.setattr(reader, "_MSGSPEC", None)
+    assert reader._fast(raw) is None
+    assert reader._MSGSPEC is reader._refuse
+    assert reader.parse_json(raw) == ({"big": -19718315575968634510}, "")
