@@ -269,6 +269,29 @@ def test_a_cap_cutting_the_page_an_uncapped_run_failed_at_is_a_first_cut(
     assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
 
 
+def test_a_cursor_no_checkpoint_can_hold_fails_the_listing_before_its_page_is_written(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revM L3: a cursor holding \\u0000 failed the run with a multi-line database error after
+    page 1's rows committed but not its checkpoint, and every later run did the same (jsonb refuses
+    \\u0000). Now the listing fails naming the cursor, in one line, before anything of that page is
+    written, and nothing is checkpointed."""
+    source = list_source(tmp_path, "nul", "nul", "{type: cursor, param: cursor, cursor: body.next}", "body.items")
+    prepare(env, source)
+    last = Reply(200, json={"items": [{"id": 2, "name": "b"}], "next": None})
+    api.route(
+        "/nul", lambda r: last if "cursor" in r.query else Reply(200, json={"items": [{"id": 1}], "next": "a\u0000b"})
+    )
+    assert cli.main(["run", str(source)]) == 1
+    status, error = job(env, "nul")
+    said = 'pagination.cursor (body.next) gave a cursor holding a NUL character (\\u0000), "a\\u0000b", on http'
+    assert (status, (error or "").startswith(said), "\n" in (error or "")) == ("failed", True, False)
+    assert said in capsys.readouterr().err
+    assert len(api.requests) == 1
+    assert env.scalar("select count(*) from items") == 0
+    assert env.scalar("select count(*) from syncrun_cursors") == 0
+
+
 def _starred(request: Recorded) -> Reply:
     """A cursor listing that starts at `cursor=*` (Crossref, Solr) and reads `ids` as a list."""
     assert request.query.get("ids") == "a,b"
