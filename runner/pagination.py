@@ -110,7 +110,7 @@ class Walk:
             raise PaginationError(f"next-page URL {self.redact(str(position))!r} is not a URL: {error}") from None
         own = _origin(url) == _origin(first.url)
         if own:  # the source's own credentials go back in; the API's link never carries them
-            secrets = [(k, v) for k, v in first.url.params.multi_items() if k in self.secret_params]
+            secrets = tuple((k, v) for k, v in first.url.params.multi_items() if k in self.secret_params)
             if secrets:  # appended to the link's query text, which is left as the API wrote it
                 query = b"&".join([*_pairs(url.query), str(httpx.QueryParams(secrets)).encode("ascii")])
                 url = url.copy_with(query=query)
