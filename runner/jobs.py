@@ -209,6 +209,7 @@ class Checkpoint:
     listing_started_at: datetime | None
     pages: int = 0  # pages of the listing read before it (0 when not recorded)
     url: str | None = None  # the listing's URL it was made for (runner/listings.py); None: not recorded
+    cut: bool = False  # a record cap cut the page it points at (runner/engine/catalogue.py)
 
 
 def load_cursor(conn: psycopg.Connection, source: str) -> Checkpoint | None:
@@ -226,6 +227,7 @@ def load_cursor(conn: psycopg.Connection, source: str) -> Checkpoint | None:
             datetime.fromisoformat(started) if isinstance(started, str) else None,
             pages if isinstance(pages, int) and not isinstance(pages, bool) and pages >= 0 else 0,
             url if isinstance(url, str) else None,
+            stored.get("cut") is True,
         )
     return Checkpoint(stored, None)  # a bare position: written before the listing's start was kept
 
@@ -239,16 +241,18 @@ def save_cursor(
     listing_started_at: datetime | None,
     pages: int = 0,
     url: str | None = None,
+    cut: bool = False,
 ) -> None:
     """Checkpoint after a page's rows committed: a crash re-fetches at most that one page, and writes
     are idempotent, so nothing is lost and nothing is doubled. Stored as
     {"position": …, "listing_started_at": "<ISO 8601>", "pages": <pages read so far>, "url": "<the
-    listing's URL, redacted>"}."""
+    listing's URL, redacted>"}, with "cut": true when a record cap cut the page it points at."""
     stored = {
         "position": cursor,
         "listing_started_at": None if listing_started_at is None else listing_started_at.isoformat(),
         "pages": pages,
         **({"url": url} if url is not None else {}),
+        **({"cut": True} if cut else {}),
     }
     with conn.transaction():
         conn.execute(

@@ -129,6 +129,11 @@ def _cursor(pagination: spec.Pagination, reply: Reply, at: At) -> Step:
     found = _value(_search(pagination.cursor, reply, "cursor"), f"pagination.{via}", reply)
     if found is not None and len(found) > MAX_CURSOR:
         raise PaginationError(f"pagination.{via} gave a cursor of {len(found)} characters (at most {MAX_CURSOR})")
+    if found is not None and "\x00" in found:  # jsonb refuses \u0000: the checkpoint could not be stored (revM L3)
+        raise PaginationError(
+            f"pagination.{via} gave a cursor holding a NUL character (\\u0000), {_excerpt(found)}, on {reply.url}:"
+            " no checkpoint can hold it; not followed"
+        )
     why = f"has_more ({pagination.has_more.text}) is true" if more and pagination.has_more else ""
     return Step(found, via, more, why)
 

@@ -110,9 +110,10 @@ class Walk:
             raise PaginationError(f"next-page URL {self.redact(str(position))!r} is not a URL: {error}") from None
         own = _origin(url) == _origin(first.url)
         if own:  # the source's own credentials go back in; the API's link never carries them
-            for name, value in first.url.params.multi_items():
-                if name in self.secret_params:
-                    url = url.copy_add_param(name, value)
+            secrets = tuple((k, v) for k, v in first.url.params.multi_items() if k in self.secret_params)
+            if secrets:  # appended to the link's query text, which is left as the API wrote it
+                query = b"&".join([*_pairs(url.query), str(httpx.QueryParams(secrets)).encode("ascii")])
+                url = url.copy_with(query=query)
         dropped = _HOP_HEADERS if own else _HOP_HEADERS | self.secret_headers
         headers = [(k, v) for k, v in first.headers.multi_items() if k.lower() not in dropped]
         request = httpx.Request(first.method, url, headers=headers, extensions=dict(first.extensions))
@@ -201,7 +202,14 @@ class Walk:
             url = self._checked(sent.url.join(text), text)
         except (httpx.InvalidURL, UnicodeError) as error:  # UnicodeError: idna refusing an `xn--` host (revK F3)
             raise PaginationError(f"next-page URL {self.redact(text)!r} is not a URL: {error}") from None
-        return str(url.copy_with(params=[(k, v) for k, v in url.params.multi_items() if k not in self.secret_params]))
+        # The query goes on as the API wrote it (as httpx parsed the link: only what cannot appear in a
+        # URL is percent-encoded), less the secret parameters: re-encoding it (`ids=a,b` -> `a%2Cb`,
+        # `&x` -> `x=`) breaks APIs that sign their next links over the query text (review revM M2).
+        pairs = _pairs(url.query)
+        kept = [pair for pair in pairs if _name(pair) not in self.secret_params]
+        if len(kept) < len(pairs):
+            url = url.copy_with(query=b"&".join(kept) or None)
+        return str(url)
 
     def _checked(self, url: httpx.URL, text: str) -> httpx.URL:
         if url.scheme not in ("http", "https") or not url.host:
@@ -299,16 +307,27 @@ def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
     at the end; the rest of the query stays as it was sent. httpx's copy_set_param re-encodes the whole
     query: a `?cursor=*` written in the URL went out as `cursor=%2A` once a size_param was added
     (review revL F3), and the URL's own `?ids=a,b` as `ids=a%2Cb` from page 2 on."""
-    pair = str(httpx.QueryParams({name: value}))
-    pairs, placed = [], False
-    for raw in request.url.query.decode("ascii").split("&"):
-        if raw and unquote_plus(raw.partition("=")[0]) == name:
+    pair = str(httpx.QueryParams({name: value})).encode("ascii")
+    pairs: list[bytes] = []
+    placed = False
+    for raw in _pairs(request.url.query):  # empty pairs (`a=1&&b`) stay: the text is left as it was
+        if _name(raw) == name:
             pairs += [] if placed else [pair]
             placed = True
-        elif raw:
+        else:
             pairs.append(raw)
-    url = request.url.copy_with(query="&".join([*pairs, *([] if placed else [pair])]).encode("ascii"))
+    url = request.url.copy_with(query=b"&".join([*pairs, *([] if placed else [pair])]))
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
+
+
+def _pairs(query: bytes) -> list[bytes]:
+    """A query's `&`-separated pieces as written, empty ones included; none for an empty query."""
+    return query.split(b"&") if query else []
+
+
+def _name(pair: bytes) -> str:
+    """A query piece's parameter name, decoded as a server reads it."""
+    return unquote_plus(pair.partition(b"=")[0].decode("ascii"))
 
 
 # What httpx percent-encodes in a query parameter's value but leaves as it is in a URL's query text.

@@ -279,6 +279,10 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 # characters raised UnicodeError out of getaddrinfo (the idna codec), one starting or ending with '-'
 # (RFC 1123) or a name over 253 characters (RFC 1035) is no name a resolver answers for.
 _LABEL, _NAME = 63, 253
+# Review revM L4: a last label of decimal digits or 0x-hex makes the host an IPv4 address to URL
+# parsers and resolvers, which read `0x7f000001`, `0x7f.1`, `127.1` and `0177.0.0.1` (octal) all as
+# 127.0.0.1; only the canonical dotted-decimal form is taken, so what a check reads is what is dialled.
+_NUMBER = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
 
 
 def _host_problem(host: str) -> str | None:
@@ -306,11 +310,14 @@ def _host_problem(host: str) -> str | None:
             "its host has a label that starts or ends with '-' (RFC 1123: a label starts and ends with a letter"
             " or digit)"
         )
-    if all(label.isdigit() for label in labels):  # numbers only: an IPv4 address
+    if _NUMBER.fullmatch(labels[-1]):  # ends in a number: an IPv4 address (WHATWG URL, "ends in a number")
         try:
-            ipaddress.IPv4Address(host.rstrip("."))
+            ipaddress.IPv4Address(host.rstrip("."))  # dotted decimal only: no leading zeros, no hex, 4 parts
         except ValueError:
-            return "its host is not a valid IPv4 address (four numbers from 0 to 255, like 127.0.0.1)"
+            return (
+                "its host is not a valid IPv4 address (four decimal numbers from 0 to 255 without leading zeros,"
+                " like 127.0.0.1)"
+            )
     return None
 
 

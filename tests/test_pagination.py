@@ -239,6 +239,59 @@ def test_a_cap_below_the_page_size_fails_the_run_that_cannot_get_past_it(
     assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
 
 
+def test_a_cap_cutting_the_page_an_uncapped_run_failed_at_is_a_first_cut(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revM L2: an uncapped run failed at page 3 (HTTP 500) and checkpointed it; a run with
+    --limit 2 resuming there failed ("every run would write the same records") though no cap had cut
+    that page yet. It is a first cut: it writes 2 of its 3 records, warns and keeps a checkpoint marked
+    cut; the next run cutting that page again fails before writing."""
+    source = list_source(tmp_path, "broke", "link", "{type: link}", "body")
+    prepare(env, source)
+    failing = {"on": True}
+    api.route(
+        "/link",
+        lambda r: Reply(500) if failing["on"] and r.query.get("page") == "3" else pagedapi.link_page(api, r),
+    )
+    assert cli.main(["run", str(source)]) == 1
+    assert env.scalar("select count(*) from items") == 20
+    capsys.readouterr()
+    failing["on"] = False
+    assert cli.main(["run", str(source), "--limit", "2"]) == 0
+    assert "broke: this run's record cap (--limit, --batch-size or BATCH_SIZE: 2) cut the first page" in (
+        capsys.readouterr().err
+    )
+    assert env.scalar("select count(*) from items") == 22
+    assert cli.main(["run", str(source), "--limit", "2"]) == 1
+    assert "cut page 3 of the listing, the first page this run read (where it resumed)" in capsys.readouterr().err
+    assert env.scalar("select count(*) from items") == 22
+    assert cli.main(["run", str(source)]) == 0
+    assert env.scalar("select count(*) from items") == len(pagedapi.ITEMS)
+
+
+def test_a_cursor_no_checkpoint_can_hold_fails_the_listing_before_its_page_is_written(
+    env: Database, api: ApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review revM L3: a cursor holding \\u0000 failed the run with a multi-line database error after
+    page 1's rows committed but not its checkpoint, and every later run did the same (jsonb refuses
+    \\u0000). Now the listing fails naming the cursor, in one line, before anything of that page is
+    written, and nothing is checkpointed."""
+    source = list_source(tmp_path, "nul", "nul", "{type: cursor, param: cursor, cursor: body.next}", "body.items")
+    prepare(env, source)
+    last = Reply(200, json={"items": [{"id": 2, "name": "b"}], "next": None})
+    api.route(
+        "/nul", lambda r: last if "cursor" in r.query else Reply(200, json={"items": [{"id": 1}], "next": "a\u0000b"})
+    )
+    assert cli.main(["run", str(source)]) == 1
+    status, error = job(env, "nul")
+    said = 'pagination.cursor (body.next) gave a cursor holding a NUL character (\\u0000), "a\\u0000b", on http'
+    assert (status, (error or "").startswith(said), "\n" in (error or "")) == ("failed", True, False)
+    assert said in capsys.readouterr().err
+    assert len(api.requests) == 1
+    assert env.scalar("select count(*) from items") == 0
+    assert env.scalar("select count(*) from syncrun_cursors") == 0
+
+
 def _starred(request: Recorded) -> Reply:
     """A cursor listing that starts at `cursor=*` (Crossref, Solr) and reads `ids` as a list."""
     assert request.query.get("ids") == "a,b"

@@ -162,7 +162,12 @@ def test_good_settings_pass(tmp_path: Path) -> None:
         (
             {"API_URL": "http://10.0.0.256"},
             "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid IPv4"
-            " address (four numbers from 0 to 255, like 127.0.0.1)",
+            " address (four decimal numbers from 0 to 255 without leading zeros, like 127.0.0.1)",
+        ),
+        (  # review revM L4: passed, and the resolver dialled 127.0.0.1
+            {"API_URL": "http://0x7f.1:8080"},
+            "setting API_URL makes the request URL of source 'alpha' unusable: its host is not a valid IPv4"
+            " address (four decimal numbers from 0 to 255 without leading zeros, like 127.0.0.1)",
         ),
         (
             {"API_URL": "http://exa\u200bmple.com"},  # a zero-width space: no letter

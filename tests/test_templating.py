@@ -121,6 +121,8 @@ def test_a_request_url_with_a_user_name_or_password_is_refused() -> None:
     [
         *("exa mple.com", "exa%20mple.com", "a..b", "a!b", "a,b", "1.2.3.4.5", "10.0.0.256", "3000000000"),
         *("xn--zz", "XN--ZZ.invalid", "xn--a.com", "\u00b2", "\u0661\u0662\u0667.0.0.1"),  # revK F3, F6: idna refuses
+        # revM L4: a last label that is a number makes an IPv4 address, written canonically or refused
+        *("0x7f000001", "0x7f.1", "0X7F.0.0.1", "127.1", "0177.0.0.1", "127.0.0.01", "2130706433", "api.1", "api.0x"),
     ],
 )
 def test_a_host_that_cannot_be_reached_is_refused(host: str) -> None:
@@ -161,6 +163,13 @@ _HOSTS = {
     "bücher.example": True,
     "xn--bcher-kva.example": True,
     "127.0.0.1": True,
+    "127.0.0.1.": True,
+    "0x.example": True,  # a hex-looking label that is not the last one: a name
+    "api.0xg": True,
+    "0x7f000001": False,  # revM L4: httpx and the resolver take these, as 127.0.0.1
+    "0x7f.1": False,
+    "127.1": False,
+    "0177.0.0.1": False,
     "[::1]": True,
     "[2001:db8::1]": True,
     "[::ffff:127.0.0.1]": True,

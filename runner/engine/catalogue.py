@@ -31,7 +31,7 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
     fails the run: a listing with a hole in it is never complete."""
     source, options = state.source, state.options
     start, done = None, 0  # done: pages of this listing read by earlier runs
-    resumed = False  # a checkpoint was resumed (its position may be the first page's: None)
+    recut = False  # the checkpoint resumed was left by a record cap cutting its page (position may be None)
     # `--set incremental.start=…` asks from that point for this run: a new listing, whatever was stored
     again = "incremental.start" in options.overridden and source.incremental is not None
     url = listings.address(source, state.settings)  # a checkpoint is resumed only by the same listing
@@ -46,7 +46,7 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
             )
         elif checkpoint is not None:
             start, done, state.listing_started = checkpoint.position, checkpoint.pages, checkpoint.listing_started_at
-            resumed = True
+            recut = checkpoint.cut
             log.info(
                 "%s: resuming at %s (use --restart to start over)",
                 source.name,
@@ -62,7 +62,7 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
     number, capped, resume = done, "", start
     try:
         while (page := await fetch.next_page(pages, state.stop, state.options.grace)) is not None:
-            if page.keep is not None and number == done and (stalled := _stalled(state, resumed, number)):
+            if page.keep is not None and number == done and (stalled := _stalled(state, recut, number)):
                 state.complete = False
                 state.halt("failed", stalled)
                 return
@@ -105,6 +105,7 @@ async def read(state: Run, write_conn: database.Link | None, cursor_conn: databa
                         listing_started_at=state.listing_started,
                         pages=number,
                         url=url,
+                        cut=page.keep is not None,
                     )
             capped, resume = page.capped, page.resume
             if state.stop.is_set():
@@ -169,14 +170,14 @@ def _record_cap(source: spec.Source, limit: int | None) -> spec.Source:
     return replace(source, pagination=replace(source.pagination, max_items=limit))
 
 
-def _stalled(state: Run, resumed: bool, number: int) -> str:
+def _stalled(state: Run, recut: bool, number: int) -> str:
     """Review revK F8: a record cap (`--limit`, BATCH_SIZE, max_items) below a page's size cut the first
     page every run read, and every run resumed at that page's start again: the listing never got past
     it, each run reported `completed`. A run whose cap cuts the first page it reads makes no progress.
-    The first such run of a listing writes its records (a smoke run: `--limit 2`), warns, and keeps a
-    checkpoint there (a first page's position is None: one is kept all the same); a run resuming a
-    checkpoint that its cap cuts again fails here, before writing, naming the setting. "" when a run
-    resuming nothing may go on."""
+    A first cut of a page (a smoke run: `--limit 2`; or a run resuming where an uncapped run failed,
+    review revM L2) writes its records, warns, and keeps a checkpoint there marked cut (a first page's
+    position is None: one is kept all the same); a run resuming a checkpoint that a cap cut (`recut`)
+    and cutting it again fails here, before writing, naming the setting. "" when the run may go on."""
     source, limit = state.source, state.options.max_items
     cap = source.pagination.max_items
     setting = (
@@ -188,7 +189,7 @@ def _stalled(state: Run, resumed: bool, number: int) -> str:
         "a capped listing resumes at the start of the page it cut, so with this cap every run would write the"
         f" same records of page {number + 1} and none would get past it"
     )
-    if not resumed:
+    if not recut:
         log.warning("%s: %s cut the first page this run read; %s", source.name, setting, why)
         return ""
     return (
