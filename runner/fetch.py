@@ -280,5 +280,5 @@ def _auth_param(source: spec.Source) -> frozenset[str]:
 
 
 def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
-    url = request.url.copy_set_param(name, value)
+    url = templating.with_param(request.url, name, value)  # the rest of the query as written
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))

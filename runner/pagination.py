@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 
 import httpx
 
-from runner import spec
+from runner import spec, templating
 from runner.errors import PaginationError
 from runner.expressions import JSON
 from runner.pagestyles import BY_URL, NUMBERED, STYLES, At, Position, Step, context, empty, shown
@@ -112,7 +112,7 @@ class Walk:
         if own:  # the source's own credentials go back in; the API's link never carries them
             secrets = tuple((k, v) for k, v in first.url.params.multi_items() if k in self.secret_params)
             if secrets:  # appended to the link's query text, which is left as the API wrote it
-                query = b"&".join([*_pairs(url.query), str(httpx.QueryParams(secrets)).encode("ascii")])
+                query = b"&".join([*templating.query_pairs(url.query), str(httpx.QueryParams(secrets)).encode("ascii")])
                 url = url.copy_with(query=query)
         dropped = _HOP_HEADERS if own else _HOP_HEADERS | self.secret_headers
         headers = [(k, v) for k, v in first.headers.multi_items() if k.lower() not in dropped]
@@ -205,8 +205,8 @@ class Walk:
         # The query goes on as the API wrote it (as httpx parsed the link: only what cannot appear in a
         # URL is percent-encoded), less the secret parameters: re-encoding it (`ids=a,b` -> `a%2Cb`,
         # `&x` -> `x=`) breaks APIs that sign their next links over the query text (review revM M2).
-        pairs = _pairs(url.query)
-        kept = [pair for pair in pairs if _name(pair) not in self.secret_params]
+        pairs = templating.query_pairs(url.query)
+        kept = [pair for pair in pairs if templating.pair_name(pair) not in self.secret_params]
         if len(kept) < len(pairs):
             url = url.copy_with(query=b"&".join(kept) or None)
         return str(url)
@@ -303,31 +303,8 @@ def _sized(request: httpx.Request, pagination: spec.Pagination) -> httpx.Request
 
 
 def _with_query(request: httpx.Request, name: str, value: str) -> httpx.Request:
-    """The request with `name` set to `value` (encoded as httpx encodes a parameter), in its place or
-    at the end; the rest of the query stays as it was sent. httpx's copy_set_param re-encodes the whole
-    query: a `?cursor=*` written in the URL went out as `cursor=%2A` once a size_param was added
-    (review revL F3), and the URL's own `?ids=a,b` as `ids=a%2Cb` from page 2 on."""
-    pair = str(httpx.QueryParams({name: value})).encode("ascii")
-    pairs: list[bytes] = []
-    placed = False
-    for raw in _pairs(request.url.query):  # empty pairs (`a=1&&b`) stay: the text is left as it was
-        if _name(raw) == name:
-            pairs += [] if placed else [pair]
-            placed = True
-        else:
-            pairs.append(raw)
-    url = request.url.copy_with(query=b"&".join([*pairs, *([] if placed else [pair])]))
+    url = templating.with_param(request.url, name, value)
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
-
-
-def _pairs(query: bytes) -> list[bytes]:
-    """A query's `&`-separated pieces as written, empty ones included; none for an empty query."""
-    return query.split(b"&") if query else []
-
-
-def _name(pair: bytes) -> str:
-    """A query piece's parameter name, decoded as a server reads it."""
-    return unquote_plus(pair.partition(b"=")[0].decode("ascii"))
 
 
 # What httpx percent-encodes in a query parameter's value but leaves as it is in a URL's query text.

@@ -358,3 +358,30 @@ def port_words(port: str) -> str:
     if re.fullmatch(r"[0-9]{1,6}", port):
         return f"port {int(port)} out of range (1–65535)"
     return "a port that is not a number from 1 to 65535"
+
+
+def with_param(url: httpx.URL, name: str, value: str) -> httpx.URL:
+    """`url` with `name` set to `value` (encoded as httpx encodes a parameter), in its place or at the
+    end; the rest of the query stays as written. httpx's copy_set_param re-encodes the whole query: a
+    `?cursor=*` written in the URL went out as `cursor=%2A` once a size_param was added (review revL F3),
+    the URL's own `?ids=a,b` as `ids=a%2Cb` from page 2 on, and once an API key went in the query."""
+    pair = str(httpx.QueryParams({name: value})).encode("ascii")
+    pairs: list[bytes] = []
+    placed = False
+    for raw in query_pairs(url.query):  # empty pairs (`a=1&&b`) stay: the text is left as it was
+        if pair_name(raw) == name:
+            pairs += [] if placed else [pair]
+            placed = True
+        else:
+            pairs.append(raw)
+    return url.copy_with(query=b"&".join([*pairs, *([] if placed else [pair])]))
+
+
+def query_pairs(query: bytes) -> list[bytes]:
+    """A query's `&`-separated pieces as written, empty ones included; none for an empty query."""
+    return query.split(b"&") if query else []
+
+
+def pair_name(pair: bytes) -> str:
+    """A query piece's parameter name, decoded as a server reads it."""
+    return unquote_plus(pair.partition(b"=")[0].decode("ascii"))
