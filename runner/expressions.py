@@ -102,6 +102,9 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
         # errors) and the function itself, as the interpreter would; only the tree walk is saved.
         return _function(ast["value"], compiled)
     if kind == "multi_select_list":
+        if all(child["type"] == "literal" for child in ast["children"]):  # `['game', 'dlc']`: read nothing
+            values = tuple(child["value"] for child in ast["children"])
+            return lambda data: None if data is None else [*values]
         return lambda data: None if data is None else [item(data) for item in compiled]
     if kind == "pipe":
         left, right = compiled

@@ -41,11 +41,14 @@ def context(
     """The document every mapping and the `records` expression is evaluated over. For a batched
     request `body` is this entity's part and `whole` the full response body."""
     return {
-        "entity": {name: _plain(value) for name, value in entity.items()},
+        "entity": {name: value if type(value) in _AS_IS else _plain(value) for name, value in entity.items()},
         "response": {"status": status, "headers": dict(headers), "body": body if whole is None else whole},
         "body": body,
         "run": dict(run),
     }
+
+
+_AS_IS = frozenset({int, str, float, bool, type(None)})  # what `_plain` returns as it is (no call per value)
 
 
 def run_values(now: datetime, job_id: str | None) -> dict[str, JSON]:
