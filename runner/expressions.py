@@ -100,9 +100,11 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
     if kind == "function_expression":
         # Arguments evaluated here, then jmespath's own call: its signature checks (and their
         # errors) and the function itself, as the interpreter would; only the tree walk is saved.
-        call = _caller(ast["value"])
-        return lambda data: call([argument(data) for argument in compiled])
+        return _function(ast["value"], compiled)
     if kind == "multi_select_list":
+        if all(child["type"] == "literal" for child in ast["children"]):  # `['game', 'dlc']`: read nothing
+            values = tuple(child["value"] for child in ast["children"])
+            return lambda data: None if data is None else [*values]
         return lambda data: None if data is None else [item(data) for item in compiled]
     if kind == "pipe":
         left, right = compiled
@@ -121,17 +123,62 @@ def _compile(ast: dict[str, Any]) -> Compiled | None:
     return None
 
 
-def _caller(name: str) -> Callable[[list[JSON]], JSON]:
-    """The function `name` called on evaluated arguments. Arguments whose types its signature accepts
-    go straight to it; anything else goes through jmespath's `call_function`, which raises the same
-    error as the interpreter (unknown function, arity, type). jmespath checks the top-level type by
-    its Python type's name (a bool is no number) and, for typed arrays, each element: those
-    signatures always go through jmespath."""
+def _function(name: str, arguments: list[Compiled]) -> Compiled:
+    """`name(arguments…)`: the arguments evaluated in order, then `_caller`'s call. A function of one to
+    three arguments whose signature `_typed` reads, called with that many, is checked inline (the same
+    type-name test): every row of a mapping calls a few (`trim(record.name)`), and the list and
+    generator of the general call cost about what the function itself does."""
+    call = _caller(name)
+    typed = _typed(name)
+    if typed is None or typed[2] or len(typed[1]) != len(arguments) or len(arguments) > 3:
+        return lambda data: call([argument(data) for argument in arguments])
+    function, allowed = typed[0], typed[1]
     functions = OPTIONS.custom_functions
-    checked = partial(functions.call_function, name)
+    if len(arguments) == 1:
+        (a,), (ta,) = arguments, allowed
+
+        def one(data: JSON) -> JSON:
+            x = a(data)
+            if ta is None or type(x).__name__ in ta:
+                return function(functions, x)
+            return call([x])
+
+        return one
+    if len(arguments) == 2:
+        (a, b), (ta, tb) = arguments, allowed
+
+        def two(data: JSON) -> JSON:
+            x, y = a(data), b(data)
+            if (ta is None or type(x).__name__ in ta) and (tb is None or type(y).__name__ in tb):
+                return function(functions, x, y)
+            return call([x, y])
+
+        return two
+    (a, b, c), (ta, tb, tc) = arguments, allowed
+
+    def three(data: JSON) -> JSON:
+        x, y, z = a(data), b(data), c(data)
+        if (
+            (ta is None or type(x).__name__ in ta)
+            and (tb is None or type(y).__name__ in tb)
+            and (tc is None or type(z).__name__ in tc)
+        ):
+            return function(functions, x, y, z)
+        return call([x, y, z])
+
+    return three
+
+
+Typed = tuple[Callable[..., JSON], list[frozenset[str] | None], bool]  # function, types per argument, variadic
+
+
+def _typed(name: str) -> Typed | None:
+    """The function `name`, the Python type names its signature accepts per argument (None: any) and
+    whether it is variadic; None when jmespath must check the call (no such function, a typed array)."""
+    functions = OPTIONS.custom_functions
     entry = functions.FUNCTION_TABLE.get(name)
     if entry is None:
-        return checked
+        return None
     signature, function = entry["signature"], entry["function"]
     variadic = bool(signature) and bool(signature[-1].get("variadic"))
     allowed: list[frozenset[str] | None] = []
@@ -141,9 +188,24 @@ def _caller(name: str) -> Callable[[list[JSON]], JSON]:
             continue
         names, subtypes = functions._get_allowed_pytypes(argument["types"])
         if subtypes:
-            return checked
+            return None
         allowed.append(frozenset(names))
-    count = len(signature)
+    return function, allowed, variadic
+
+
+def _caller(name: str) -> Callable[[list[JSON]], JSON]:
+    """The function `name` called on evaluated arguments. Arguments whose types its signature accepts
+    go straight to it; anything else goes through jmespath's `call_function`, which raises the same
+    error as the interpreter (unknown function, arity, type). jmespath checks the top-level type by
+    its Python type's name (a bool is no number) and, for typed arrays, each element: those
+    signatures always go through jmespath."""
+    functions = OPTIONS.custom_functions
+    checked = partial(functions.call_function, name)
+    typed = _typed(name)
+    if typed is None:
+        return checked
+    function, allowed, variadic = typed
+    count = len(allowed)
 
     def call(arguments: list[JSON]) -> JSON:
         if (len(arguments) >= count if variadic else len(arguments) == count) and all(

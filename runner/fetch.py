@@ -259,7 +259,13 @@ def _records(source: spec.Source, entity: Mapping[str, JSON], reply: Reply) -> l
     expects them (the mapping reports it for the page)."""
     if reply.body is None:
         return None
-    base = mapping.context(reply.body, reply.status, reply.headers, entity, {})
+    records = source.records
+    if records is None or (records.path is not None and records.path[0] == "body"):
+        # `body.data` (or no `records:`) reads nothing else of the context: the rest of it (the entity's
+        # values made plain, a copy of the headers) cost a page about what the count itself does
+        base: dict[str, JSON] = {"body": reply.body}
+    else:
+        base = mapping.context(reply.body, reply.status, reply.headers, entity, {})
     try:
         return mapping.records(source, base)
     except EntityError:

@@ -41,11 +41,14 @@ def context(
     """The document every mapping and the `records` expression is evaluated over. For a batched
     request `body` is this entity's part and `whole` the full response body."""
     return {
-        "entity": {name: _plain(value) for name, value in entity.items()},
+        "entity": {name: value if type(value) in _AS_IS else _plain(value) for name, value in entity.items()},
         "response": {"status": status, "headers": dict(headers), "body": body if whole is None else whole},
         "body": body,
         "run": dict(run),
     }
+
+
+_AS_IS = frozenset({int, str, float, bool, type(None)})  # what `_plain` returns as it is (no call per value)
 
 
 def run_values(now: datetime, job_id: str | None) -> dict[str, JSON]:
@@ -74,8 +77,9 @@ def rows(source: spec.Source, base: dict[str, JSON], *, keep: int | None = None)
     found = records(source, base)
     if keep is not None:
         found = found[:keep]
-    getters = [_getters(write) for write in source.writes]  # once per response, not per record
-    direct = {index: _over_record(write, base) for index, write in enumerate(source.writes)}
+    plans = [_plan(write) for write in source.writes]  # made once per write, not per response
+    getters = [getters for getters, _ in plans]
+    direct = {index: _over_record(write, base, plans[index][1]) for index, write in enumerate(source.writes)}
     for index, write in enumerate(source.writes):
         each = direct[index]
         if each is not None:  # one row per record, every value a path: no document per record
@@ -102,6 +106,25 @@ def _null_key(rows: list[Row], key: tuple[str, ...]) -> bool:
 
 
 Getters = tuple[tuple[str, Callable[[JSON], JSON]], ...]
+# `_over_record`'s part that depends on the write alone: its row maker's factory and, in column order,
+# the getters of the values read from the response's document rather than the record; None: no maker
+Direct = tuple[Callable[..., Callable[[JSON], Row]], tuple[Callable[[JSON], JSON], ...]] | None
+Plan = tuple[Getters | None, Direct]
+
+# Each write's plan by its id, with the write kept so that its id is never reused while the entry
+# exists (as outcomes.py keeps its constant decisions): a run asks for them once per response.
+_plans: dict[int, tuple[spec.Write, Plan]] = {}
+_PLANS = 256  # entries kept (a run has a few writes; a long test session loads many sources)
+
+
+def _plan(write: spec.Write) -> Plan:
+    """`_getters` and `_direct` of `write`, made once: both read only the write (the spec is frozen)."""
+    entry = _plans.get(id(write))
+    if entry is None or entry[0] is not write:
+        if len(_plans) >= _PLANS:
+            _plans.clear()
+        entry = _plans[id(write)] = (write, (_getters(write), _direct(write)))
+    return entry[1]
 
 
 def _getters(write: spec.Write) -> Getters | None:
@@ -114,19 +137,29 @@ def _getters(write: spec.Write) -> Getters | None:
     return tuple((column, get) for column, get in pairs if get is not None)
 
 
-def _over_record(write: spec.Write, base: dict[str, JSON]) -> Callable[[JSON], Row] | None:
+def _over_record(write: spec.Write, base: dict[str, JSON], direct: Direct) -> Callable[[JSON], Row] | None:
     """The row of one record, for a write that makes one row per record (no `rows:`, no `when`) whose
     values are all plain paths; None otherwise. A `record.…` path is walked from the record itself;
     any other path (`entity.appid`) reads the same value for every record of the response, so it is
     read once from `base` (which differs from the record's document only in `record`). Same values,
     in the same column order, as `_row`'s getters over `{**base, "record": record}`: bulk pages (1,000
     records a response) skipped building a document per record and walking it from the top, and one
-    generated function per write (`_maker`) makes each row in one call, not one call per column."""
+    generated function per write (`_maker`) makes each row in one call, not one call per column.
+    `direct`: the write's `_direct`."""
+    if direct is None:
+        return None
+    factory, constants = direct
+    return factory(*[get(base) for get in constants])
+
+
+def _direct(write: spec.Write) -> Direct:
+    """The factory of `write`'s row maker and the getters of its values read from `base`, in column
+    order (`_over_record`); None when the write needs a document per record."""
     if write.rows is not None or write.when is not None:
         return None
     pairs = [(f.column, f.expression) for f in write.columns] + [(lk.column, lk.value) for lk in write.lookups]
     shape: list[tuple[str, tuple[str, ...] | None]] = []
-    constants: list[JSON] = []
+    constants: list[Callable[[JSON], JSON]] = []
     for column, expression in pairs:
         path = expression.path
         if path is None or not path:
@@ -135,8 +168,8 @@ def _over_record(write: spec.Write, base: dict[str, JSON]) -> Callable[[JSON], R
             shape.append((column, path[1:]))
         else:
             shape.append((column, None))
-            constants.append(expressions.getter(path)(base))
-    return _maker(tuple(shape))(*constants)
+            constants.append(expressions.getter(path))
+    return _maker(tuple(shape)), tuple(constants)
 
 
 @functools.lru_cache(maxsize=256)

@@ -62,6 +62,9 @@ _FUNCTION_EXPRESSIONS = [
     "@",
     "body | [a, @]",
     "concat(a, '-', to_json(b))",
+    "clamp_or_null(a, `0`, b)",  # three typed arguments, checked inline
+    "contains(a)",  # the wrong count: jmespath's own arity error
+    "b | ['a', `1`]",  # a list of literals over a null, a value
 ]
 
 
