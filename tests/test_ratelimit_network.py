@@ -42,8 +42,14 @@ def jitter(noise: Noise) -> float:
     """The arrival jitter allowed: HARNESS, or more when the machine was measured busier. An arrival passes
     two sleepers that may wake late (the proxy's child process, the server's thread), and the arrival
     before it may have been late by as much: with two CPU burners and other suites beside it, 4 in a
-    window were seen 1 time in 4 runs while the writes held 3."""
-    return max(HARNESS, 3 * noise.worst)
+    window were seen 1 time in 4 runs while the writes held 3. On a busy machine (CPU pressure) a sleeper
+    still wakes promptly but the proxy's TLS work waits for a CPU: two arrivals 0.834 s apart where the
+    writes were 1 s apart were seen with the sampler's worst at ~14 ms (session 9, load ~4). BUSY_JITTER
+    still catches a slot given twice, which brings an arrival a whole period (1 s, 1.5 s) early."""
+    return max(HARNESS, 3 * noise.worst, BUSY_JITTER if noise.busy else 0.0)
+
+
+BUSY_JITTER = 0.25
 
 
 @pytest.fixture(scope="module")
