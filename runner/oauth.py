@@ -23,15 +23,22 @@ class Tokens:
     """The OAuth2 tokens of one run, one per auth block: sources that use the same block (a shared
     one from syncrun.yaml, or two identical ones) hold one token, renewed once for all of them. A
     replayed run (`stand_in`) never asks a token endpoint: its requests are answered from a cassette,
-    which never holds a token exchange, so each source gets a stand-in token instead."""
+    which never holds a token exchange, so each source gets a stand-in token instead. `grace`: how
+    long the run's end waits for a renewal still in flight (the run's --grace; None: as long as the
+    endpoint's retry policy lets one take), unless `abandon()` (a second signal) ends that wait."""
 
-    def __init__(self, *, stand_in: bool = False) -> None:
-        self.stand_in = stand_in
+    def __init__(self, *, stand_in: bool = False, grace: float | None = None) -> None:
+        self.stand_in, self.grace = stand_in, grace
         self.held: dict[spec.Auth, Token] = {}
         self.unverified: set[str] = set()  # token endpoints already named in a warning (once per run)
+        self.abandoned = asyncio.Event()
 
     def token(self, auth: spec.Auth) -> Token:
-        return self.held.setdefault(auth, Token())
+        return self.held.setdefault(auth, Token(self.grace, self.abandoned))
+
+    def abandon(self) -> None:
+        """Stop waiting for renewals in flight at the run's end (a second SIGINT/SIGTERM)."""
+        self.abandoned.set()
 
 
 class Token:
@@ -46,7 +53,7 @@ class Token:
     refresh-token provider re-send a refresh token the provider has already spent, which providers with
     reuse detection answer by revoking the whole token family."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float | None = None, abandoned: asyncio.Event | None = None) -> None:
         self.value: str | None = None
         self.generation = 0  # tokens fetched so far: which one a request was sent with
         self.renew_at = float("inf")
@@ -54,6 +61,9 @@ class Token:
         self.failed: str | None = None  # the message of the fetch that failed: the run is over
         self.lock = asyncio.Lock()
         self.renewal: asyncio.Task[None] | None = None  # the fetch in flight, in a task of its own
+        # the failure was raised to a request that waited for it (the run reports it), else the close logs it
+        self.delivered = False
+        self.grace, self.abandoned = grace, abandoned or asyncio.Event()
 
 
 class AccessToken:
@@ -108,7 +118,11 @@ class AccessToken:
         token = self.token
         if token.renewal is None or token.renewal.done():
             token.renewal = asyncio.create_task(self._fetch(), name="syncrun token renewal")
-        await asyncio.shield(token.renewal)
+        try:
+            await asyncio.shield(token.renewal)
+        except RunFailed:
+            token.delivered = True  # this request's run fails with it (or, stopped, keeps it: Run.halt)
+            raise
 
     async def _fetch(self) -> None:
         token = self.token
@@ -158,15 +172,33 @@ class AccessToken:
 
     async def aclose(self) -> None:
         """Close the token endpoint's client, once a renewal still in flight (every request that waited
-        for it was cut off) has stored its answer, waiting at most as long as the endpoint's retry policy
-        lets a renewal take. Its failure then reaches no request: it is logged, as it may say that the
-        refresh token is spent."""
-        renewal = self.token.renewal
+        for it was cut off) has stored its answer: waited for at most the run's stop grace (`Tokens`;
+        else as long as the endpoint's retry policy lets a renewal take), and no longer once the run is
+        abandoned (a second signal). A failure no request received is logged here, once: it may say
+        that the refresh token is spent, and the next run would otherwise fail without saying why."""
+        token = self.token
+        renewal = token.renewal
         if renewal is not None and not renewal.done():
-            done, _ = await asyncio.wait({renewal}, timeout=self.endpoint.longest())
-            if not done:
+            longest = self.endpoint.longest()
+            bound = longest if token.grace is None else min(token.grace, longest)
+            abandoned = asyncio.ensure_future(token.abandoned.wait())
+            try:
+                await asyncio.wait({renewal, abandoned}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                abandoned.cancel()
+            if not renewal.done():
                 renewal.cancel()
                 await asyncio.gather(renewal, return_exceptions=True)
-            elif not renewal.cancelled() and (error := renewal.exception()) is not None:
-                log.warning("the token renewal in flight when the run stopped failed: %s", error)
+                spent = (
+                    f": if the provider rotates refresh tokens and answered it, {self.auth.field('refresh_token')}"
+                    " may be spent, and a new one must be obtained"
+                    if self.auth.type is spec.AuthType.OAUTH2_REFRESH_TOKEN
+                    else ""
+                )
+                why = "a second signal" if token.abandoned.is_set() else f"--grace, {bound:g} s"
+                log.warning("the token renewal in flight when the run stopped was given up (%s)%s", why, spent)
+        failed = renewal is not None and renewal.done() and not renewal.cancelled() and not token.delivered
+        if failed and renewal is not None and (error := renewal.exception()) is not None:
+            token.delivered = True  # sources sharing the token: logged once
+            log.warning("the token renewal in flight when the run stopped failed: %s", error)
         await self.endpoint.aclose()

@@ -7,7 +7,9 @@ Against a loopback token endpoint of the tests' own (and tests.test_auth's stric
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from runner import auth, cli, client, config, spec, templating
+from runner.engine import stopping
 from runner.errors import RunFailed
 from runner.ratelimit import Limiter, RateLimitedTransport
 from runner.redaction import Redactor
@@ -482,4 +485,131 @@ def test_requests_granted_while_a_rate_limited_renewal_is_in_flight_wait_for_it(
     refused = len(sent) - 16  # each request answered 200 once; every other answer was a 401
     assert refused <= 2, f"{refused} requests sent with the revoked token"
     assert [r.path for r in api.requests].count("/oauth/token") == 2  # the first token, one renewal
-    assert limiter.requests >= len(api.requests)  # every request sent spent a grant (token requests too)
+    # every request sent spent a grant (token requests too), and only those count as requests made: a grant
+    # given up unsent spent budget but sent nothing (review revM L1: 143 requests made, the server saw 73)
+    assert limiter.requests == len(api.requests)
+
+
+# --- a run's stop and the renewal in flight (review revM M1, L5) -------------------------------------------------
+def test_a_renewal_that_fails_within_the_stop_s_grace_is_reported_in_the_job_row(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """revM M1: the API refuses the first token; SIGTERM arrives while the renewal is in flight, and the
+    token endpoint then refuses it (invalid_grant) within the grace. The request waiting for it gets the
+    failure, and the stopped run discarded it: exit 143, `cancelled by SIGTERM`, nothing said, the next run
+    failing without a reason. Now the run stays cancelled and says it, in the log and the job row."""
+    stopped = threading.Event()
+    halt_all = stopping.halt_all
+
+    def observed(*args: object) -> None:  # the engine's own handler, called through: only observed
+        halt_all(*args)  # type: ignore[arg-type]
+        stopped.set()
+
+    monkeypatch.setattr(stopping, "halt_all", observed)
+
+    def renewal(request: Recorded) -> Reply:
+        os.kill(os.getpid(), signal.SIGTERM)  # the run is inside the engine: its own handler takes it
+        assert stopped.wait(10)
+        return Reply(400, json={"error": "invalid_grant", "error_description": "grant revoked"})
+
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-first-Lk8Jh6Gf4D"}), renewal)
+    test_auth.route_apps(api, range(1, 4), Reply(401, json={"error": "invalid_token"}))
+    source = test_auth.source_with(tmp_path, test_auth.CLIENT_CREDENTIALS, concurrency=1)
+    test_auth.seed(env, source, range(1, 4))
+    assert cli.main(["run", str(source)]) == 143
+    err = capsys.readouterr().err
+    status, error = env.rows("select status, error_message from sync_jobs")[0]
+    assert status == "cancelled"
+    assert error.startswith("cancelled by SIGTERM; while stopping: the token endpoint")
+    assert "invalid_grant: grant revoked" in error
+    assert err.count("while stopping: the token endpoint") == 2  # the warning once, and the summary line
+    assert [r.path for r in api.requests].count("/oauth/token") == 2
+
+
+@pytest.mark.parametrize("second_signal", [False, True], ids=["grace", "second signal"])
+def test_the_close_waits_for_a_renewal_in_flight_at_most_the_grace(
+    second_signal: bool, api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """revM L5: after the stop, the close waited for a renewal in flight as long as the token retry
+    policy lets one take (3 attempts × request.timeout: here 90 s); now at most the run's --grace, and
+    not at all once a second signal abandoned it. The renewal is then given up, saying what that means
+    for a refresh token."""
+    asked = threading.Event()
+
+    def renewal(request: Recorded) -> Reply:
+        asked.set()
+        return Reply(200, hang=True)
+
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-first-Mn3Bv5Cx7Z"}), renewal)
+    api.route("/apps/1", Reply(401, json={"error": "invalid_token"}))
+    text = SOURCE.format(url=api.url, auth=REFRESH_TOKEN.format(url=api.url))
+    source = config.loads(text.replace("request: {", "request: {timeout: 30s, "), tmp_path / "t.yaml")
+    settings = templating.Settings(dict(SECRETS), Redactor(SECRETS.values()))
+    tokens = auth.Tokens(grace=60.0 if second_signal else 0.2)
+    found = auth.for_source(source, settings, tokens)
+    assert found is not None
+    assert found.access.endpoint.longest() >= 90
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=auth.AuthTransport(httpx.AsyncHTTPTransport(), found))
+        await found.current()
+        request = asyncio.create_task(http.get(f"{api.url}/apps/1"))
+        assert await asyncio.to_thread(asked.wait, 10)
+        request.cancel()  # the stop grace ends the fetcher
+        await asyncio.gather(request, return_exceptions=True)
+        if second_signal:
+            tokens.abandon()
+        await http.aclose()
+
+    with caplog.at_level("WARNING", logger="syncrun"):
+        asyncio.run(asyncio.wait_for(main(), 20))
+    why = "a second signal" if second_signal else "--grace, 0.2 s"
+    assert f"the token renewal in flight when the run stopped was given up ({why})" in caplog.text
+    assert "auth.refresh_token may be spent" in caplog.text
+    assert [r.path for r in api.requests].count("/oauth/token") == 2
+
+
+def test_a_second_signal_ends_the_wait_for_a_renewal_in_flight(
+    env: Database,  # noqa: F811 (the fixture of tests.test_auth)
+    api: ApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """revM L5: SIGTERM while the renewal hangs (its deadline 20 s), then a second SIGTERM: the run ends
+    after its --grace, its job row finished, without waiting for the token endpoint. Before, the engine
+    took its signal handlers down before the close, and the close waited out the token retry policy."""
+    stopped = threading.Event()
+    halt_all = stopping.halt_all
+
+    def observed(*args: object) -> None:  # the engine's own handler, called through: only observed
+        halt_all(*args)  # type: ignore[arg-type]
+        stopped.set()
+
+    monkeypatch.setattr(stopping, "halt_all", observed)
+
+    signalled = threading.Lock()
+
+    def renewal(request: Recorded) -> Reply:
+        if signalled.acquire(blocking=False):  # the first attempt only (a retry must not signal again)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stopped.wait(10)
+            os.kill(os.getpid(), signal.SIGTERM)  # the second one
+        return Reply(200, hang=True)
+
+    api.route("/oauth/token", Reply(200, json={"access_token": "at-first-Po9Iu7Yt5R"}), renewal)
+    test_auth.route_apps(api, range(1, 4), Reply(401, json={"error": "invalid_token"}))
+    block = test_auth.CLIENT_CREDENTIALS.replace("scopes:", "timeout: 20s, scopes:")
+    source = test_auth.source_with(tmp_path, block, concurrency=1)
+    test_auth.seed(env, source, range(1, 4))
+    started = time.monotonic()
+    assert cli.main(["run", str(source), "--grace", "0.5"]) == 143
+    assert time.monotonic() - started < 15  # the token endpoint's deadline alone is 20 s
+    err = capsys.readouterr().err
+    assert "received SIGTERM again: no longer waiting for a token renewal in flight" in err
+    assert "the token renewal in flight when the run stopped was given up (a second signal)" in err
+    assert env.rows("select status, error_message from sync_jobs") == [("cancelled", "cancelled by SIGTERM")]

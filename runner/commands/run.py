@@ -292,7 +292,7 @@ async def _checked_run(
             catalog=catalog,
             transport=transport,
             sleep=(lambda seconds: asyncio.sleep(seconds / scale)) if scale != 1.0 else asyncio.sleep,
-            tokens=auth.Tokens(stand_in=playback.replay is not None),  # a replay asks no token endpoint
+            tokens=auth.Tokens(stand_in=playback.replay is not None, grace=options.grace),  # a replay asks none
             observers=observers,
         )
     finally:

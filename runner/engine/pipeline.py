@@ -51,7 +51,7 @@ async def run(
     `observers` are told what happens (runner/events.py), the reports last.
     """
     stops = [asyncio.Event() for _ in sources]
-    tokens = tokens or Tokens()  # sources using one auth block share its token
+    tokens = tokens or Tokens(grace=options.grace)  # sources using one auth block share its token
     clients = [
         client.build(
             s.request,
@@ -70,7 +70,7 @@ async def run(
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
     for signum in signals:
-        loop.add_signal_handler(signum, stopping.halt_all, states, signum)
+        loop.add_signal_handler(signum, stopping.halt_all, states, signum, tokens)
     drives = [asyncio.ensure_future(_drive(state)) for state in states]
     try:
         with _collector():
@@ -83,10 +83,12 @@ async def run(
         await asyncio.gather(*drives, return_exceptions=True)
         raise
     finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
-        for http in clients:
-            await http.aclose()
+        try:  # a renewal in flight may hold the close up to --grace: a second signal ends that wait
+            for http in clients:
+                await http.aclose()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
     for observer in observers:
         observer.notice(Finished(reports))
     return reports

@@ -7,6 +7,7 @@ observers (runner/events.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from runner.events import Event, Halted, Observer
 from runner.expressions import JSON
 from runner.ratelimit import Limiter
 from runner.templating import Settings
+
+log = logging.getLogger("syncrun")
 
 DONE = object()  # end of a queue
 PAGE = "page"  # list-shaped sources: the page number stands in for the entity key
@@ -103,6 +106,15 @@ class Run:
             # answered, say) is still a failure: the run must not end `completed`, exit 0.
             self.report.status = status
             self.report.error = self.settings.redact(error) if error is not None else None
+        elif status == "failed" and self.report.status == "cancelled" and error is not None:
+            # A failure while a signal's stop lets in-flight work finish (a token renewal that failed:
+            # the refresh token may be spent) is not dropped: the run stays cancelled, and says it, once
+            # (every request that waited for the renewal gets the same failure).
+            error = self.settings.redact(error)
+            if error in (self.report.error or ""):
+                return
+            log.warning("%s: while stopping: %s", self.source.name, error)
+            self.report.error = f"{self.report.error}; while stopping: {error}"
 
     @property
     def limit(self) -> int:

@@ -8,13 +8,21 @@ import logging
 import signal
 from typing import Any
 
+from runner.auth import Tokens
 from runner.engine.report import CANCELLED
 from runner.engine.state import Run
 
 log = logging.getLogger("syncrun")
 
 
-def halt_all(states: list[Run], signum: int) -> None:
+def halt_all(states: list[Run], signum: int, tokens: Tokens | None = None) -> None:
+    if tokens is not None and any(state.report.signal is not None for state in states):
+        # A second signal: the run is already stopping, and what it still waits for is a token renewal
+        # in flight (runner/oauth.py, bounded by --grace): not waited for any longer. The grace given
+        # to in-flight entities is kept (their rows and status stamps commit together).
+        log.warning("received %s again: no longer waiting for a token renewal in flight", signal.Signals(signum).name)
+        tokens.abandon()
+        return
     log.warning("received %s: finishing in-flight entities, taking no new ones", signal.Signals(signum).name)
     for state in states:
         name = signal.Signals(signum).name

@@ -149,7 +149,7 @@ class Limiter:
         self.token = rate.form is spec.LimitForm.TOKEN
         # `--replay --rate-scale K`: the caller scales `rate.per`; server-given pauses scale here
         self.time_scale = time_scale
-        self.requests = 0  # grants so far: every attempt of every page
+        self.requests = 0  # requests sent with a grant: every attempt of every page (a grant given up unsent not)
         if margin is None:  # the caller's (tests, benchmarks) first, then the source's, then the default
             margin = rate.margin if rate.margin is not None else max(MARGIN, rate.per * MARGIN_SHARE)
         self.margin = margin

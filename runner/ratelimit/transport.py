@@ -48,7 +48,14 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         try:
             authorize = extensions.get(AUTHORIZE)
             if callable(authorize):  # the credentials, as fresh as the moment of sending (runner/auth.py)
-                await authorize(request)
+                try:
+                    await authorize(request)
+                except BaseException:
+                    # Given up unsent (a token renewal in flight, a failed one, the run's end): the grant
+                    # still spends budget (`release` below stamps it), but `requests` counts requests
+                    # sent, as the job row's requests_made says (review revM L1).
+                    limiter.requests -= 1
+                    raise
             # called with the request sent: a copy (runner/auth.py's) is what the inner transport reads
             granted = extensions.get(GRANTED)
             if callable(granted):
@@ -108,6 +115,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
             reserving.cancel()  # a shared limiter gives the reservation back
             with contextlib.suppress(asyncio.CancelledError, Stopped):
                 self._limiter.release(await reserving)  # granted in the same step: stamped, never sent
+                self._limiter.requests -= 1
         raise Stopped("the run stopped while this request waited for its rate-limit grant; not sent")
 
     def _abandoned(self, reserving: asyncio.Future[Grant]) -> None:
@@ -115,6 +123,7 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         stamped as sent now, as `release` stamps any grant never sent; one it never got costs nothing."""
         if not reserving.cancelled() and reserving.exception() is None:
             self._limiter.release(reserving.result())
+            self._limiter.requests -= 1  # never sent: not a request made
 
     async def aclose(self) -> None:
         if self._stopping is not None:
