@@ -137,7 +137,7 @@ class Authenticator:
             if auth.in_ is spec.KeyIn.HEADER:
                 request.headers[auth.name] = self.value(auth.value)
             else:
-                request.url = request.url.copy_set_param(auth.name, self.value(auth.value))
+                request.url = templating.with_param(request.url, auth.name, self.value(auth.value))
         else:
             if fetch or self.token.value is None:
                 await self.current()

@@ -123,6 +123,20 @@ def test_static_credentials_reach_every_request(kind: str, env: Database, api: A
     assert len(api.requests) == 8
 
 
+def test_an_api_key_in_the_query_leaves_the_rest_of_the_query_as_written(
+    env: Database, api: ApiServer, tmp_path: Path
+) -> None:
+    """The key is added without re-encoding the URL's own query: httpx's copy_set_param sent
+    `?ids=a,b&&c=*` as `ids=a%2Cb&c=%2A` (fix9d's note on review revM M2: a query signed over its
+    text, or an API reading `,` literally, saw another query)."""
+    source = source_with(tmp_path, STATIC["api_key query"][0])
+    source.write_text(source.read_text().replace('/apps/{appid}"', '/apps/{appid}?ids=a,b&&c=*"'))
+    seed(env, source, range(1, 3))
+    route_apps(api, range(1, 3), guarded(STATIC["api_key query"][1]))
+    assert cli.main(["run", str(source)]) == 0
+    assert sorted(r.target for r in api.requests) == [f"/apps/{n}?ids=a,b&&c=*&api_key={KEY}" for n in (1, 2)]
+
+
 @pytest.mark.parametrize("kind", list(STATIC))
 def test_static_credentials_an_api_echoes_are_stored_masked(
     kind: str, env: Database, api: ApiServer, tmp_path: Path
