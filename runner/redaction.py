@@ -83,6 +83,7 @@ from runner.forms import _html_escaped as _html_escaped
 from runner.forms import encodings as encodings
 from runner.forms import forms as forms
 from runner.fragments import FRAGMENT, PROBE, STRIDE, Fragments
+from runner.gaps import Gaps
 from runner.masks import MASK as MASK
 from runner.masks import REACH, gather, masked, runs, unsplit_all
 from runner.tries import trie_regex
@@ -205,9 +206,12 @@ class Redactor:
         # A long text is searched a window at a time (CHUNK characters and a margin each side, longer
         # than any match), each match kept by the window its start falls in: a window's decoded views,
         # escape maps and matches are made and dropped in turn, so memory stays a small multiple of
-        # the text (all at once, a 7.8 MB body echoing a secret 20,000 times peaked at 1.2 GB).
+        # the text (all at once, a 7.8 MB body echoing a secret 20,000 times peaked at 1.2 GB). Long runs
+        # of what a decoded view drops (NULs, `\\u0000`) are shortened first (runner/gaps.py): a secret
+        # cut by them reads whole in a view, so no window may find it farther apart than the margin.
         margin = max(_MARGIN, _STRETCH * self._longest + REACH)
-        searched = text
+        squeezed = Gaps(text)
+        searched = squeezed.text
         stretches = array("q")
         for low in range(0, len(searched), _CHUNK):
             high = min(low + _CHUNK, len(searched))
@@ -217,8 +221,9 @@ class Redactor:
             spans: list[tuple[int, int]] = []
             for found in self._spans(pattern, tokens, window):
                 kept = ((start + offset, end + offset) for start, end in found if low <= start + offset < high)
-                spans += runs(kept)
+                spans += runs(squeezed.origins(kept))
             gather(stretches, sorted(spans))
+        del searched, squeezed
         return self._laid(text, stretches)
 
     def _short(self, pattern: re.Pattern[str] | None, tokens: Fragments, text: str) -> str:

@@ -580,6 +580,62 @@ def test_a_run_time_token_s_base64_encodings_are_not_masked() -> None:
     assert redact(f"x {token} y") == "x *** y"
 
 
+# What a decoded view reads as nothing, in one round or more: NULs raw and escaped, escaped again.
+DROPPED = ["\x00", "\\u0000", "\\x00", "%00", "&#0;", "&#x0;", "\\0", "\\\\u0000", "%5Cu0000", "%2500", "&amp;#0;"]
+
+
+@settings(
+    max_examples=int(os.environ.get("REDACTION_EXAMPLES", "300")) // 3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    secret=st.sampled_from([HOSTILE, "plain-9f3b2c71e8a4d6ab", "Zq7Kx9Wm3Pv2"]),
+    data=st.data(),
+    before=st.integers(0, 120),
+)
+def test_a_secret_kept_apart_by_long_dropped_runs_is_masked_in_windows_as_whole(
+    secret: str, data: st.DataObject, before: int
+) -> None:
+    """A secret cut in parts of at most 7 characters, each pair kept apart by a run of what a decoded
+    view drops (mixed NUL escapes, up to ~2,700 characters: longer than a window and its margin),
+    reads whole in a view: searched a window at a time (40 characters here) it is masked exactly as
+    a search of the whole text masks it (review revN F2: no window found it, each 8-character piece
+    spanning more than a window)."""
+    import runner.redaction as redaction
+
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(secret) - 1), min_size=len(secret) // 7)))
+    parts = [secret[a:b] for a, b in itertools.pairwise([0, *cuts, len(secret)])]
+    long_parts = [part for part in parts if len(part) >= FRAGMENT]
+    runs = [
+        "".join(data.draw(st.lists(st.sampled_from(DROPPED), min_size=1, max_size=4)) * data.draw(st.integers(1, 300)))
+        for _ in parts[1:]
+    ]
+    text = "y" * before + "".join(p + r for p, r in zip(parts, [*runs, ""], strict=True)) + "y" * 50
+    redact = Redactor([secret])
+    whole = redact(text)
+    if not long_parts:  # the whole text's search masks it: every part was read as one secret
+        assert_unreadable(whole, secret)
+    chunk, least, stretch = redaction._CHUNK, redaction._MARGIN, redaction._STRETCH
+    try:
+        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = 40, 0, 12
+        assert redact(text) == whole
+    finally:
+        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = chunk, least, stretch
+
+
+@pytest.mark.parametrize("gap", ["\x00" * 2100, "\\u0000" * 400, "%00" * 800, "&#0;" * 600, "%5Cu0000" * 300])
+@pytest.mark.parametrize("at", [0, 32768 - 5, 32768 - 2200])
+def test_a_secret_cut_by_dropped_runs_longer_than_a_window_is_masked(gap: str, at: int) -> None:
+    """Review revN F2 as reported: a 12-character secret cut after 5 by a run of dropped escapes, at a
+    window's edge or not, in a text longer than a window, is masked."""
+    secret = "Zq7Kx9Wm3Pv2"
+    text = "y" * at + secret[:5] + gap + secret[5:] + "y" * 40_000
+    clean = Redactor([secret])(text)
+    assert MASK in clean
+    assert_unreadable(clean, secret)
+
+
 def test_a_short_text_with_nothing_to_mask_costs_one_call() -> None:
     """A mapped page calls the redactor for every string of every row once a secret is configured:
     a text of one window with nothing in it is checked in C (the pattern, the base64 pieces' probes,
