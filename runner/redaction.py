@@ -106,7 +106,7 @@ class Redactor:
         self._raw: set[str] = set()  # the secrets' own pieces, searched in a text's decoded views
         self._tokens = Fragments()  # run-time values' pieces (every form and reading), for the whole run
         self._encoded = Fragments()  # the pieces of configured secrets' base64 encodings (every form)
-        self._encoded_probes: frozenset[str] = frozenset()  # their probes (`_probed`: a short text's check)
+        self._encoded_probes: frozenset[str] = frozenset()  # their probes (`_probed`: checked before the scan)
         self._masked_heads: frozenset[str] = frozenset()  # _heads, as used
         self._longest = FRAGMENT  # the longest piece: how far a window's margin must reach
         self._pattern: re.Pattern[str] | None = None
@@ -260,7 +260,8 @@ class Redactor:
         """Where `text` holds something to mask: runs of spans, each in order of their start."""
         yield self._matches(pattern, text)
         yield tokens.spans(text)
-        yield self._encoded.spans(text)
+        if self._encoded_probes and _probed(text, self._encoded_probes):
+            yield self._encoded.spans(text)
         yield self._cut_heads(text)
         raw_pattern = self._raw_pattern
         if (raw_pattern is not None or tokens) and ESCAPISH.search(text):
@@ -323,20 +324,23 @@ def _probes(pieces: Iterable[str]) -> set[str]:
 
 def _probed(text: str, probes: frozenset[str]) -> bool:
     """Whether runner/fragments.py's scan of `text` may find a piece whose probes these are: the same
-    PROBE-character slices at STRIDE steps, looked up in C for a short text (a Python loop cost a
-    mapped row's strings ~1.5 µs each); a longer one is left to the scan."""
+    PROBE-character slices at STRIDE steps, taken and looked up in C (the scan's Python loop cost a
+    mapped row's strings ~1.5 µs each, and a body ~100 ms per MB). One getter per length up to
+    _PROBED_SHORT, then per power of two (its slices past the text are shorter than a probe)."""
     if len(text) < FRAGMENT:
         return False
     if len(text) > _PROBED_LONGEST:
         return True
-    getter = _PROBE_SLICES.get(len(text))
+    size = len(text) if len(text) <= _PROBED_SHORT else 1 << (len(text) - 1).bit_length()
+    getter = _PROBE_SLICES.get(size)
     if getter is None:  # an empty slice too, so one probe comes as a tuple of one, not the string itself
-        slices = [slice(at, at + PROBE) for at in range(0, len(text) - PROBE + 1, STRIDE)]
-        getter = _PROBE_SLICES[len(text)] = itemgetter(*slices, slice(0, 0))
+        slices = [slice(at, at + PROBE) for at in range(0, size - PROBE + 1, STRIDE)]
+        getter = _PROBE_SLICES[size] = itemgetter(*slices, slice(0, 0))
     return not probes.isdisjoint(getter(text))
 
 
-_PROBED_LONGEST = 256  # one getter per length up to this (~256 of them, 70 KB at most)
+_PROBED_SHORT = 256  # one getter per length up to this (~256 of them, 70 KB at most) ...
+_PROBED_LONGEST = 1 << 17  # ... then 9 more at most (a window and its margins: 1-2 of ~1 MB each)
 _PROBE_SLICES: dict[int, itemgetter[Any]] = {}
 
 
