@@ -325,23 +325,27 @@ def _probes(pieces: Iterable[str]) -> set[str]:
 def _probed(text: str, probes: frozenset[str]) -> bool:
     """Whether runner/fragments.py's scan of `text` may find a piece whose probes these are: the same
     PROBE-character slices at STRIDE steps, taken and looked up in C (the scan's Python loop cost a
-    mapped row's strings ~1.5 µs each, and a body ~100 ms per MB). One getter per length up to
-    _PROBED_SHORT, then per power of two (its slices past the text are shorter than a probe)."""
+    mapped row's strings ~1.5 µs each, and a body ~100 ms per MB). One getter per length (a power
+    of two once 2 longer ones are made: its slices past the text are shorter than a probe)."""
     if len(text) < FRAGMENT:
         return False
     if len(text) > _PROBED_LONGEST:
         return True
-    size = len(text) if len(text) <= _PROBED_SHORT else 1 << (len(text) - 1).bit_length()
-    getter = _PROBE_SLICES.get(size)
+    size = len(text)
+    made = _PROBE_SLICES if size <= _PROBED_SHORT else _WINDOW_SLICES
+    if made is _WINDOW_SLICES and size not in made and len(made) >= 2:
+        size = 1 << (size - 1).bit_length()  # a window's length is the same all text long: kept exactly
+    getter = made.get(size)
     if getter is None:  # an empty slice too, so one probe comes as a tuple of one, not the string itself
         slices = [slice(at, at + PROBE) for at in range(0, size - PROBE + 1, STRIDE)]
-        getter = _PROBE_SLICES[size] = itemgetter(*slices, slice(0, 0))
+        getter = made[size] = itemgetter(*slices, slice(0, 0))
     return not probes.isdisjoint(getter(text))
 
 
 _PROBED_SHORT = 256  # one getter per length up to this (~256 of them, 70 KB at most) ...
-_PROBED_LONGEST = 1 << 17  # ... then 9 more at most (a window and its margins: 1-2 of ~1 MB each)
+_PROBED_LONGEST = 1 << 16  # ... then 2 exact and 8 powers of two: ~4 MB at most (a window's: ~0.6 MB)
 _PROBE_SLICES: dict[int, itemgetter[Any]] = {}
+_WINDOW_SLICES: dict[int, itemgetter[Any]] = {}  # longer: at most 2 + 8
 
 
 def _origins(spans: Iterable[tuple[int, int]], chain: list[View]) -> Iterator[tuple[int, int]]:
