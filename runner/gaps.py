@@ -32,9 +32,12 @@ _TOKEN = (
     r"\x00|\\(?:\\|%5[cC])?(?:u0000|U00000000|x00|0(?![0-7]))|%5[cC](?:u0000|x00)|%(?:25){0,2}00"
     r"|&(?:amp;){0,2}#(?:[xX]0{1,8}|0{1,8});?"
 )
-# One token then more (not `{2,}`: sre skips ahead on the first token's first characters only then, 6× faster)
-_RUN = re.compile(rf"(?:{_TOKEN})(?:{_TOKEN})+")
+# One token then more (not `{2,}`: sre skips ahead on the first token's first characters only then, 6×
+# faster), at most _PART at a time: sre keeps a mark per repetition (a 7 MB run took 57× its size).
+_PART = 256
+_RUN = re.compile(rf"(?:{_TOKEN})(?:{_TOKEN}){{1,{_PART}}}")
 _ONE = re.compile(_TOKEN)
+Span = tuple[int, int]
 
 
 class Gaps:
@@ -50,10 +53,8 @@ class Gaps:
             return
         kept: list[str] = []
         last = removed = 0
-        for run in _RUN.finditer(text):
-            if run.end() - run.start() <= LONGEST:
-                continue
-            head, tail = _cut(text, run.start(), run.end())
+        for first, final in _runs(text):
+            head, tail = _cut(text, first, final)
             if head >= tail:
                 continue
             kept.append(text[last:head])
@@ -79,11 +80,31 @@ class Gaps:
         return index if k < 0 else index + self._removed[k]
 
 
-def _cut(text: str, start: int, end: int) -> tuple[int, int]:
-    """Where to cut the run text[start:end]: after its first tokens and before its last, KEEP
-    characters of them at most each side (at least one token), on the tokens' own boundaries."""
-    ends = [token.end() for token in _ONE.finditer(text, start, end)]
-    starts = [start, *ends[:-1]]
-    head = next((e for e in reversed(ends) if e - start <= KEEP), ends[0])
-    tail = next((s for s in starts if end - s <= KEEP), starts[-1])
+def _runs(text: str) -> Iterator[tuple[Span, Span]]:
+    """The runs of dropped tokens longer than LONGEST characters, each as (its first part, its last):
+    the spans of the first and last _PART tokens, which is all `_cut` reads."""
+    first: Span | None = None
+    final: Span | None = None
+    for part in _RUN.finditer(text):
+        if final is not None and part.start() == final[1]:  # the run goes on
+            final = part.span()
+            continue
+        if first is not None and final is not None and final[1] - first[0] > LONGEST:
+            yield first, final
+        first = final = part.span()
+    if first is not None and final is not None and final[1] - first[0] > LONGEST:
+        yield first, final
+
+
+def _cut(text: str, first: Span, final: Span) -> Span:
+    """Where to cut a run: after its first tokens and before its last, KEEP characters of them at
+    most each side (at least one token), on the tokens' own boundaries."""
+    start, end = first[0], final[1]
+    head = next(_ONE.finditer(text, start, end)).end()
+    for token in _ONE.finditer(text, start, first[1]):
+        if token.end() - start > KEEP:
+            break
+        head = token.end()
+    starts = [token.start() for token in _ONE.finditer(text, final[0], end)]
+    tail = next((at for at in starts if end - at <= KEEP), starts[-1])
     return head, tail

@@ -687,3 +687,22 @@ def test_a_long_text_is_scanned_for_base64_pieces_only_where_a_probe_is() -> Non
         assert len(scanned) == windows, scanned
         assert encoded not in clean
         scanned.clear()
+
+
+def test_a_very_long_dropped_run_costs_a_small_multiple_of_its_size() -> None:
+    """A 2.4 MB run of `\\u0000` keeping a secret's parts apart: masked, and the peak memory the
+    redaction allocates stays under 4× the text (the run is read a bounded part at a time: one
+    regular expression over all of it kept a mark per token, 57× the text)."""
+    import tracemalloc
+
+    secret = "Zq7Kx9Wm3Pv2"
+    text = "y" * 100 + secret[:5] + "\\u0000" * 400_000 + secret[5:] + "y" * 100
+    redact = Redactor([secret])
+    tracemalloc.start()
+    try:
+        clean = redact(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(text), f"{peak / len(text):.1f}×"
+    assert clean == "y" * 100 + MASK + "y" * 100
