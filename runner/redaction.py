@@ -47,6 +47,8 @@ redacted JSON body is still JSON and a URL still percent-encoded (a cassette rep
 A long text is searched a window at a time (`__call__`), so what a search builds (decoded views,
 their escape maps, every match's span) is bounded by the window, not the text: memory is ~2× the
 text (its output), where a 7.8 MB body echoing a secret densely peaked at 1.2 GB searched whole.
+Long runs of what a decoded view drops (NULs, `\\u0000`, `%00`) are shortened first (runner/gaps.py),
+so a secret they keep apart is found by a window as by a search of the whole text.
 
 Code that cuts, escapes or reprs external text must redact first (`excerpt` does both in order); the
 fragment masking is the net under that rule, not a licence to skip it.
@@ -63,29 +65,34 @@ the pattern), a 1 MB JSON-ish body 134 ms (242 ms), and the 240 tokens' pieces t
 run-time value shorter than FRAGMENT joins the configured secrets (masked whole).
 
 Cost: one regular expression over a trie of all pieces, so redacting is linear in the text; a text
-without `\\`, `&`, `%` or NUL has no decoded view (one character-class scan). Measured (`python -m
-tests.test_redaction`, busy 2-core machine): a 40-character token and a DSN password cost 13 µs per
-300-character log line and 48 ms per 1 MB body; with an escape every ~10 characters (JSON-ish), 45 µs
-and 155 ms. Ten hostile 48-character secrets: 60 µs and 200 ms; escaped, 185 µs and 540 ms.
+without `\\`, `&`, `%` or NUL has no decoded view (one character-class scan); a text of one window
+with nothing in it builds nothing (checks in C: ~2.5 µs a short string, 2.4-3.5 µs before windows,
+review revN F3). Measured 2026-12-05 (`python -m tests.test_redaction`, a 2-core machine other jobs
+shared, so ranges): a 40-character token and a DSN password cost 26-52 µs per 300-character log
+line and 150-180 ms per 1 MB body; with an escape every ~10 characters (JSON-ish), 86-102 µs and
+340-400 ms. Ten hostile 48-character secrets: ~100 µs and ~400 ms; escaped, ~285 µs and ~1.0 s.
+A 4.4 MB JSON array of 100,000 small records, no secret in it: 0.31-0.49 s (0.17-0.29 s before
+windows and base64 encodings; the encodings' probes, looked up in C, cost ~20 ms per MB of it).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from typing import Any
-from urllib.parse import quote, quote_plus
-
-import yaml
 
 from runner.escapes import ESCAPISH, View, decodings, views
-from runner.fragments import FRAGMENT, Fragments
+from runner.forms import _html_escaped as _html_escaped
+from runner.forms import encodings as encodings
+from runner.forms import forms as forms
+from runner.fragments import FRAGMENT, PROBE, STRIDE, Fragments
+from runner.gaps import Gaps
 from runner.masks import MASK as MASK
 from runner.masks import REACH, gather, masked, runs, unsplit_all
+from runner.tries import trie_regex
 
 MIN_SECRET_LENGTH = 3  # masking 1–2 character "secrets" would shred every message
 # FRAGMENT (runner/fragments.py): no piece of a secret this long (in any form) reaches an output
@@ -93,60 +100,6 @@ CUT_MARKS = re.compile(r"…|\.\.\.")  # how syncrun's excerpts say they were cu
 _CHUNK = 1 << 15  # a longer text is searched a window of this many characters at a time (`__call__`)
 _MARGIN = 2048  # characters each side of a window, at least: longer than any match's original span
 _STRETCH = 64  # ... and this many times the longest piece: an escape of an escape of each character
-
-# What a URL may keep unencoded (reserved and unreserved characters): httpx leaves these alone when a
-# secret is written into a path or query as-is, and encodes the rest (space, quotes, `\`, non-ASCII).
-_URL_KEPT = "!#$%&'()*+,/:;=?@[]~"
-
-
-def _html_escaped(text: str) -> str:
-    """`html.escape(text)`, written out: importing `html` builds its 2,231-entity table for `unescape`,
-    ~7M instructions of every start that only this line would use."""
-    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#x27;")):
-        text = text.replace(char, entity)
-    return text
-
-
-def forms(secret: str) -> set[str]:
-    """`secret` as every output may write it (see the module docstring); the raw value included."""
-    found = {secret, _html_escaped(secret), secret.replace("'", "''"), _markdown_cell(secret)}
-    for safe in ("", "/", _URL_KEPT):
-        found |= _hex_cases(quote(secret, safe=safe))
-        found |= _hex_cases(quote_plus(secret, safe=safe))
-    found |= {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
-    for text in (repr(secret + "'\""), ascii(secret + "'\"")):  # forces '…' quoting, with \' inside
-        body = text[1:-4]  # without the quote, the added `\'"` and the closing quote
-        found |= {body, body.replace("\\'", "'")}  # `"…"` quoting (a secret with ' and no ") leaves ' bare
-    found.add(repr(secret.encode())[2:-1])
-    for unicode in (True, False):
-        dumped = yaml.safe_dump(secret, default_style='"', width=2**31 - 1, allow_unicode=unicode)
-        found.add(dumped.strip().removeprefix('"').removesuffix('"'))
-    return {form for form in found if form}
-
-
-def encodings(secret: str) -> set[str]:
-    """`secret` (as UTF-8) base64-encoded, standard and URL-safe: alone (with and without padding), and
-    as it reads inside a longer encoded value where it starts 0, 1 or 2 bytes into a 3-byte group (the
-    characters that carry no bits of its neighbours). Those shorter than FRAGMENT are left out: they
-    would match any base64 text too often."""
-    data = secret.encode()
-    found: set[str] = set()
-    for encode in (base64.b64encode, base64.urlsafe_b64encode):
-        alone = encode(data).decode()
-        found |= {alone, alone.rstrip("=")}
-        for shift, head in ((0, 0), (1, 2), (2, 3)):  # characters holding a bit of the bytes before
-            encoded = encode(bytes(shift) + data).decode().rstrip("=")
-            tail = 1 if (shift + len(data)) % 3 else 0  # the last one holds bits of the bytes after
-            found.add(encoded[head : len(encoded) - tail])
-    return {form for form in found if len(form) >= FRAGMENT}
-
-
-def _hex_cases(encoded: str) -> set[str]:
-    return {encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), encoded)}
-
-
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 class Redactor:
@@ -159,6 +112,7 @@ class Redactor:
         self._raw: set[str] = set()  # the secrets' own pieces, searched in a text's decoded views
         self._tokens = Fragments()  # run-time values' pieces (every form and reading), for the whole run
         self._encoded = Fragments()  # the pieces of configured secrets' base64 encodings (every form)
+        self._encoded_probes: frozenset[str] = frozenset()  # their probes (`_probed`: checked before the scan)
         self._masked_heads: frozenset[str] = frozenset()  # _heads, as used
         self._longest = FRAGMENT  # the longest piece: how far a window's margin must reach
         self._pattern: re.Pattern[str] | None = None
@@ -210,6 +164,7 @@ class Redactor:
                         raw |= _grams(reading) if cut else {reading}
         with self._lock:
             self._encoded.add(encoded)
+            self._encoded_probes = self._encoded_probes | _probes(encoded)
             if pieces <= self._pieces and heads <= self._heads and raw <= self._raw:
                 return
             # New objects, swapped in whole: a thread redacting meanwhile sees the old ones or the new.
@@ -218,8 +173,8 @@ class Redactor:
             self._raw = self._raw | raw
             self._masked_heads = frozenset(self._heads)
             self._longest = max([self._longest, *map(len, pieces | raw)])  # a list: never max(int) alone
-            self._pattern = re.compile(_trie_regex(self._pieces)) if self._pieces else None
-            self._raw_pattern = re.compile(_trie_regex(self._raw, loose=True)) if self._raw else None
+            self._pattern = re.compile(trie_regex(self._pieces)) if self._pieces else None
+            self._raw_pattern = re.compile(trie_regex(self._raw, loose=True)) if self._raw else None
             listeners = list(self._listeners)
         for listener in listeners:
             listener(added)
@@ -252,20 +207,55 @@ class Redactor:
         pattern, tokens = self._pattern, self._tokens
         if (pattern is None and not tokens) or not text:
             return text
+        if len(text) <= _CHUNK:  # one window: searched whole, at the old per-call cost (a mapped row's strings)
+            return self._short(pattern, tokens, text)
         # A long text is searched a window at a time (CHUNK characters and a margin each side, longer
         # than any match), each match kept by the window its start falls in: a window's decoded views,
         # escape maps and matches are made and dropped in turn, so memory stays a small multiple of
-        # the text (all at once, a 7.8 MB body echoing a secret 20,000 times peaked at 1.2 GB).
+        # the text (all at once, a 7.8 MB body echoing a secret 20,000 times peaked at 1.2 GB). Long runs
+        # of what a decoded view drops (NULs, `\\u0000`) are shortened first (runner/gaps.py): a secret
+        # cut by them reads whole in a view, so no window may find it farther apart than the margin.
         margin = max(_MARGIN, _STRETCH * self._longest + REACH)
+        squeezed = Gaps(text)
+        searched = squeezed.text
         stretches = array("q")
-        for low in range(0, len(text), _CHUNK):
-            high = min(low + _CHUNK, len(text))
+        for low in range(0, len(searched), _CHUNK):
+            high = min(low + _CHUNK, len(searched))
             offset = max(0, low - margin)
-            window = text if offset == 0 and high + margin >= len(text) else text[offset : high + margin]
+            whole = offset == 0 and high + margin >= len(searched)
+            window = searched if whole else searched[offset : high + margin]
             spans: list[tuple[int, int]] = []
             for found in self._spans(pattern, tokens, window):
-                spans += runs((start + offset, end + offset) for start, end in found if low <= start + offset < high)
+                kept = ((start + offset, end + offset) for start, end in found if low <= start + offset < high)
+                spans += runs(squeezed.origins(kept))
             gather(stretches, sorted(spans))
+        del searched, squeezed
+        return self._laid(text, stretches)
+
+    def _short(self, pattern: re.Pattern[str] | None, tokens: Fragments, text: str) -> str:
+        """A text of one window: nothing built unless something may be found (most strings hold
+        nothing: a check each, in C where it can be)."""
+        escaped = ESCAPISH.search(text) is not None
+        found: list[tuple[int, int]] = []
+        if pattern is not None and pattern.search(text) is not None:
+            found += self._matches(pattern, text)
+        if tokens:
+            found += tokens.spans(text)
+        if self._encoded_probes and _probed(text, self._encoded_probes):
+            found += self._encoded.spans(text)
+        if "…" in text or "..." in text:
+            found += self._cut_heads(text)
+        if escaped and (self._raw_pattern is not None or tokens):
+            for spans in self._decoded_matches(self._raw_pattern, text):
+                found += spans
+        if not found:
+            return text
+        stretches = array("q")
+        gather(stretches, sorted(found))
+        return self._laid(text, stretches)
+
+    @staticmethod
+    def _laid(text: str, stretches: array[int]) -> str:
         if stretches and ESCAPISH.search(text):  # each kept from cutting an escape in two
             stretches = unsplit_all(text, stretches)
         return masked(text, stretches)
@@ -276,7 +266,8 @@ class Redactor:
         """Where `text` holds something to mask: runs of spans, each in order of their start."""
         yield self._matches(pattern, text)
         yield tokens.spans(text)
-        yield self._encoded.spans(text)
+        if self._encoded_probes and _probed(text, self._encoded_probes):
+            yield self._encoded.spans(text)
         yield self._cut_heads(text)
         raw_pattern = self._raw_pattern
         if (raw_pattern is not None or tokens) and ESCAPISH.search(text):
@@ -332,6 +323,37 @@ class Redactor:
         return value
 
 
+def _probes(pieces: Iterable[str]) -> set[str]:
+    """What runner/fragments.py looks up first for each piece: its PROBE-character starts at STRIDE steps."""
+    return {piece[i : i + PROBE] for piece in pieces if len(piece) == FRAGMENT for i in range(STRIDE)}
+
+
+def _probed(text: str, probes: frozenset[str]) -> bool:
+    """Whether runner/fragments.py's scan of `text` may find a piece whose probes these are: the same
+    PROBE-character slices at STRIDE steps, taken and looked up in C (the scan's Python loop cost a
+    mapped row's strings ~1.5 µs each, and a body ~100 ms per MB). One getter per length (a power
+    of two once 2 longer ones are made: its slices past the text are shorter than a probe)."""
+    if len(text) < FRAGMENT:
+        return False
+    if len(text) > _PROBED_LONGEST:
+        return True
+    size = len(text)
+    made = _PROBE_SLICES if size <= _PROBED_SHORT else _WINDOW_SLICES
+    if made is _WINDOW_SLICES and size not in made and len(made) >= 2:
+        size = 1 << (size - 1).bit_length()  # a window's length is the same all text long: kept exactly
+    getter = made.get(size)
+    if getter is None:  # an empty slice too, so one probe comes as a tuple of one, not the string itself
+        slices = [slice(at, at + PROBE) for at in range(0, size - PROBE + 1, STRIDE)]
+        getter = made[size] = itemgetter(*slices, slice(0, 0))
+    return not probes.isdisjoint(getter(text))
+
+
+_PROBED_SHORT = 256  # one getter per length up to this (~256 of them, 70 KB at most) ...
+_PROBED_LONGEST = 1 << 16  # ... then 2 exact and 8 powers of two: ~4 MB at most (a window's: ~0.6 MB)
+_PROBE_SLICES: dict[int, itemgetter[Any]] = {}
+_WINDOW_SLICES: dict[int, itemgetter[Any]] = {}  # longer: at most 2 + 8
+
+
 def _origins(spans: Iterable[tuple[int, int]], chain: list[View]) -> Iterator[tuple[int, int]]:
     """Spans of the last view of `chain` as the spans of the original text they came from (in order:
     each view's map keeps it)."""
@@ -355,42 +377,3 @@ def _grams(form: str) -> set[str]:
     if len(form) <= FRAGMENT:
         return {form}
     return {form[i : i + FRAGMENT] for i in range(len(form) - FRAGMENT + 1)}
-
-
-_TRIE_DEPTH = 64  # longer pieces (a whole DSN) are plain alternatives: the trie is built recursively
-
-
-def _trie_regex(pieces: Iterable[str], *, loose: bool = False) -> str:
-    """One regex matching any of `pieces`, longest first at each position: a trie of alternations for
-    the many short ones (sre then tries one branch per character), longest-first literals for the rest.
-    `loose`: a space matches `+` too (a form-encoded space, which a decoded view cannot decode: `+` is
-    also itself)."""
-    escape = _loose_escape if loose else re.escape
-    short = [piece for piece in pieces if len(piece) <= _TRIE_DEPTH]
-    long = sorted((piece for piece in pieces if len(piece) > _TRIE_DEPTH), key=len, reverse=True)
-    alternatives = [escape(piece) for piece in long]
-    return "|".join([*alternatives, _trie(short, escape)] if short else alternatives)
-
-
-def _loose_escape(text: str) -> str:
-    return "".join("[ +]" if char == " " else re.escape(char) for char in text)
-
-
-def _trie(pieces: Iterable[str], escape: Callable[[str], str]) -> str:
-    trie: dict[str, Any] = {}
-    for piece in pieces:
-        node = trie
-        for char in piece:
-            node = node.setdefault(char, {})
-        node[""] = {}
-    return _node_regex(trie, escape)
-
-
-def _node_regex(node: dict[str, Any], escape: Callable[[str], str]) -> str:
-    branches = [escape(char) + _node_regex(child, escape) for char, child in sorted(node.items()) if char]
-    if not branches:
-        return ""
-    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-    if "" in node:  # a piece ends here: take the longer one when it matches (greedy), else stop here
-        return f"(?:{body})?" if len(branches) == 1 else body + "?"
-    return body

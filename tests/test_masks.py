@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from runner.redaction import FRAGMENT, Redactor
+from runner.body import parse_json
+from runner.redaction import FRAGMENT, MASK, Redactor
 from tests.test_redaction import assert_unreadable
 
 # What JSON escapes (`"`, `\`, control characters), what other escapes start with, non-ASCII.
@@ -70,3 +72,16 @@ def test_a_json_body_stays_json_whatever_the_secret_holds(
     clean = Redactor([secret])(body)
     json.loads(clean)
     assert_unreadable(clean, secret)
+
+
+@pytest.mark.parametrize("before", ["", "  \n", "\ufeff", "\ufeff \n"])
+def test_a_json_body_after_a_bom_or_space_stays_json(before: str) -> None:
+    """A body opening with a UTF-8 BOM is a JSON document as runner/body.py's parse_json reads it: a
+    bare quote inside a masked stretch is its own and stays (review revN F4: `"e%h\\té\\n>"` then
+    `"g\\t"` of a secret read up to the string's closing quote, which was masked: the replay failed)."""
+    secret = 'e%h\té\n>"g\t'
+    document = json.dumps({"a": "e%h\té\n>", "b": [1, 2]}, ensure_ascii=False)
+    clean = Redactor([secret])(before + document)
+    value, problem = parse_json(clean.encode())
+    assert problem == ""
+    assert value == {"a": MASK, "b": [1, 2]}
