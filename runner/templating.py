@@ -312,7 +312,9 @@ def _host_problem(host: str) -> str | None:
         )
     if _NUMBER.fullmatch(labels[-1]):  # ends in a number: an IPv4 address (WHATWG URL, "ends in a number")
         try:
-            ipaddress.IPv4Address(host.rstrip("."))  # dotted decimal only: no leading zeros, no hex, 4 parts
+            if host.endswith("."):  # httpx refuses `127.0.0.1.` as no canonical IPv4 (review revO L1)
+                raise ValueError(host)
+            ipaddress.IPv4Address(host)  # dotted decimal only: no leading zeros, no hex, 4 parts
         except ValueError:
             return (
                 "its host is not a valid IPv4 address (four decimal numbers from 0 to 255 without leading zeros,"

@@ -163,7 +163,7 @@ _HOSTS = {
     "bücher.example": True,
     "xn--bcher-kva.example": True,
     "127.0.0.1": True,
-    "127.0.0.1.": True,
+    "127.0.0.1.": False,  # revO L1: validate took it; every request failed (not a canonical IPv4)
     "0x.example": True,  # a hex-looking label that is not the last one: a name
     "api.0xg": True,
     "0x7f000001": False,  # revM L4: httpx and the resolver take these, as 127.0.0.1
