@@ -510,17 +510,11 @@ def test_a_text_searched_a_window_at_a_time_is_masked_as_if_searched_whole(
 ) -> None:
     """Windows of 40 characters (and the margin a match may need) give exactly what one search of
     the whole text gives: a match across a window's edge is found by the window it starts in."""
-    import runner.redaction as redaction
 
     text = "".join(part if isinstance(part, str) else echo(secret[part[1] : part[2]], part[0]) for part in parts)
     redact = Redactor([secret, "plain-9f3b2c71e8a4d6ab"])
     whole = redact(text)
-    chunk, least, stretch = redaction._CHUNK, redaction._MARGIN, redaction._STRETCH
-    try:
-        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = 40, 0, 12
-        assert redact(text) == whole
-    finally:
-        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = chunk, least, stretch
+    assert _in_small_windows(redact, text) == whole
 
 
 @pytest.mark.parametrize("secret", [HOSTILE, "plain-9f3b2c71e8a4d6ab", "pw-Zq7!x:y@/k%3F", "passwd"])
@@ -596,7 +590,6 @@ def test_a_secret_kept_apart_by_long_dropped_runs_is_masked_in_windows_as_whole(
     reads whole in a view: searched a window at a time (40 characters here) it is masked exactly as
     a search of the whole text masks it (review revN F2: no window found it, each 8-character piece
     spanning more than a window)."""
-    import runner.redaction as redaction
 
     cuts = sorted(data.draw(st.sets(st.integers(1, len(secret) - 1), min_size=len(secret) // 7)))
     parts = [secret[a:b] for a, b in itertools.pairwise([0, *cuts, len(secret)])]
@@ -610,12 +603,7 @@ def test_a_secret_kept_apart_by_long_dropped_runs_is_masked_in_windows_as_whole(
     whole = redact(text)
     if not long_parts:  # the whole text's search masks it: every part was read as one secret
         assert_unreadable(whole, secret)
-    chunk, least, stretch = redaction._CHUNK, redaction._MARGIN, redaction._STRETCH
-    try:
-        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = 40, 0, 12
-        assert redact(text) == whole
-    finally:
-        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = chunk, least, stretch
+    assert _in_small_windows(redact, text) == whole
 
 
 @pytest.mark.parametrize("gap", ["\x00" * 2100, "\\u0000" * 400, "%00" * 800, "&#0;" * 600, "%5Cu0000" * 300])
@@ -704,3 +692,16 @@ def _traced(redact: Redactor, text: str) -> tuple[str, int]:
         return clean, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def _in_small_windows(redact: Redactor, text: str) -> str:
+    """`redact(text)` searched in windows of 40 characters (no extra margin, dropped runs kept to 12):
+    every window edge a short text has is crossed."""
+    import runner.redaction as redaction
+
+    chunk, least, stretch = redaction._CHUNK, redaction._MARGIN, redaction._STRETCH
+    try:
+        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = 40, 0, 12
+        return redact(text)
+    finally:
+        redaction._CHUNK, redaction._MARGIN, redaction._STRETCH = chunk, least, stretch
