@@ -13,7 +13,6 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from urllib.parse import unquote_plus
 
 import httpx
 
@@ -317,10 +316,10 @@ def _as_written(request: httpx.Request, name: str) -> httpx.Request:
     in the URL (review revL F3: `query: {cursor: "*"}` went out as `cursor=%2A`, `?cursor=*` in the
     URL as `cursor=*`; APIs starting a listing at `*` need not decode it)."""
     pairs = []
-    for raw in request.url.query.decode("ascii").split("&"):
-        key, equals, value = raw.partition("=")
-        pairs.append(
-            key + equals + _ESCAPED.sub(lambda m: _KEPT_IN_URL[m[0]], value) if unquote_plus(key) == name else raw
-        )
-    url = request.url.copy_with(query="&".join(pairs).encode("ascii"))
+    for raw in templating.query_pairs(request.url.query):
+        if templating.pair_name(raw) == name:
+            key, equals, value = raw.decode("ascii").partition("=")
+            raw = (key + equals + _ESCAPED.sub(lambda m: _KEPT_IN_URL[m[0]], value)).encode("ascii")
+        pairs.append(raw)
+    url = request.url.copy_with(query=b"&".join(pairs))
     return httpx.Request(request.method, url, headers=request.headers, extensions=dict(request.extensions))
